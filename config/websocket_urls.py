@@ -1,0 +1,2 @@
+# Websocket routes; the generation app adds /ws/jobs/.
+websocket_urlpatterns: list = []

@@ -1,0 +1,130 @@
+"""The contract between the platform (Django) and GPU workers, shared by both sides.
+
+This module is pure Python with no torch, diffusers or Django import: the web process imports it
+to build messages, the GPU worker to read them. Messages travel as Dramatiq messages over Redis;
+the database on the platform side stays the record of truth, a message is only a nudge.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+# Dramatiq queues and actor names. Each side sends to the other's actor by name with
+# `dramatiq.Message(...)`, so neither side imports the other's code.
+GPU_QUEUE = "gpu"
+GENERATE_ACTOR = "generate_images"
+PLATFORM_QUEUE = "platform"
+JOB_EVENT_ACTOR = "record_job_event"
+
+# Redis keys (plain redis-py, same REDIS_URL as the broker).
+CANCEL_KEY = "atelier:cancel:{job_id}"  # value: "interrupt" or "skip"; set by the platform
+CANCEL_TTL_SECONDS = 24 * 3600
+HEARTBEAT_KEY = "atelier:worker:{worker_id}"  # JSON WorkerHeartbeat, expires when the worker dies
+HEARTBEAT_INDEX = "atelier:workers"  # set of worker ids ever seen (prune those whose key expired)
+HEARTBEAT_INTERVAL_SECONDS = 3
+HEARTBEAT_TTL_SECONDS = 15
+
+CancelKind = Literal["interrupt", "skip"]
+GenerationMode = Literal["txt2img", "img2img"]
+JobEventKind = Literal["started", "succeeded", "failed", "cancelled"]
+
+
+class HiresOptions(TypedDict):
+    scale: float  # upscale factor of the first pass (ignored when resize_x/y are set)
+    resize_x: int  # 0: use scale
+    resize_y: int
+    upscaler: str  # "Latent" (and other latent modes) or "None"/an image upscaler name
+    second_pass_steps: int  # 0: same as steps
+    denoising_strength: float
+
+
+class GenerationRequest(TypedDict):
+    """What the platform asks a GPU worker to make. Every field is validated beforehand."""
+
+    job_id: str
+    attempt: int  # 1 for the first dispatch; a redelivery carries the same job_id and attempt
+    events_group: str  # channel-layer group to publish job.progress to (the owner's group)
+    mode: GenerationMode
+    checkpoint: str  # catalogue name of the checkpoint (file name without extension)
+    vae: str | None  # catalogue name of a VAE, or None for the checkpoint's own
+    prompt: str  # may contain A1111 syntax: (emphasis:1.2), [de-emphasis], BREAK, <lora:name:w>
+    negative_prompt: str
+    sampler: str  # A1111 sampler name, e.g. "DPM++ 2M" (legacy "DPM++ 2M Karras" accepted)
+    scheduler: str  # A1111 schedule type name or label, e.g. "Karras"; "Automatic" by default
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    seed: int  # already resolved: never -1 here; image i of the batch uses seed + i
+    batch_size: int
+    n_iter: int
+    clip_skip: int  # 1 = last layer (A1111 semantics)
+    denoising_strength: float  # img2img strength
+    init_image_png_b64: NotRequired[str | None]  # img2img source, PNG, base64
+    resize_mode: NotRequired[int]  # img2img: 0 just resize, 1 crop and resize, 2 resize and fill
+    hires: NotRequired[HiresOptions | None]  # txt2img hires fix; None = off
+
+
+class ResultImage(TypedDict):
+    png_b64: str  # PNG with the A1111 `parameters` text chunk
+    seed: int
+    infotext: str
+    width: int
+    height: int
+
+
+class JobTimings(TypedDict, total=False):
+    model_load_s: float
+    sampling_s: float
+    encode_s: float
+    total_s: float
+
+
+class JobEvent(TypedDict):
+    """What a GPU worker reports to the platform about a job (queue PLATFORM_QUEUE)."""
+
+    job_id: str
+    attempt: int
+    worker_id: str
+    kind: JobEventKind
+    images: NotRequired[list[ResultImage]]  # succeeded (also the finished images of a skip)
+    error: NotRequired[str]  # failed: a message fit to show the job's owner
+    steps_done: NotRequired[int]  # cancelled: sampling steps completed, for pro-rata pricing
+    timings: NotRequired[JobTimings]
+
+
+class ProgressEvent(TypedDict):
+    """Sent by the GPU worker to the job's events_group on the channel layer."""
+
+    type: Literal["job.progress"]
+    job_id: str
+    step: int
+    steps: int
+    eta: float  # seconds left for this job
+    preview: str | None  # data:image/jpeg;base64,... small, cheap latent approximation
+
+
+class ModelInventoryEntry(TypedDict):
+    name: str  # file name without extension: the catalogue key
+    filename: str  # relative to the models folder
+    kind: Literal["checkpoint", "lora", "vae", "embedding"]
+    family: str  # "sd1", "sd2", "sdxl", or "unknown"
+    size_bytes: int
+    sha256: str
+    short_hash: str  # A1111: first 10 hex of sha256
+
+
+class WorkerHeartbeat(TypedDict):
+    worker_id: str
+    hostname: str
+    device: str  # "cuda:0", "cpu"
+    memory_used_bytes: int
+    memory_budget_bytes: int
+    loaded_models: list[str]  # checkpoints held, hottest first
+    current_job: str | None
+    current_step: int | None
+    current_steps: int | None
+    recent_its: float | None  # sampling iterations per second, recent average
+    draining: bool
+    inventory: list[ModelInventoryEntry]
+    sent_at: float  # unix time
