@@ -1,0 +1,49 @@
+# One-word developer commands. `make run` and `make test` are all a newcomer needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: run test test-fast lint fmt bench install messages clean
+
+# Creates .venv and installs everything once; again only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[engine,dev]'
+	# Only for the CLIP tokenizer vocabulary file it ships; its dependencies (torchvision,
+	# timm) would break diffusers beside the CPU torch, so they are left out on purpose.
+	$(PY) -m pip install --quiet --no-deps open-clip-torch==3.3.0
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(PY) manage.py runplatform
+
+# The whole suite, with a private Redis unless REDIS_URL is set (CI sets it and DATABASE_URL).
+test: $(VENV)/.installed
+	$(PY) -m operations.with_redis -- $(PY) -m pytest
+
+test-fast: $(VENV)/.installed
+	$(PY) -m operations.with_redis -- $(PY) -m pytest -m "not browser"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) manage.py makemigrations --check --dry-run
+
+fmt: $(VENV)/.installed
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(VENV)/.installed
+	for b in bench/bench_*.py; do $(PY) -m operations.with_redis -- $(PY) $$b || exit 1; done
+
+# Rebuild translation catalogues after changing user-facing strings.
+messages: $(VENV)/.installed
+	$(PY) manage.py makemessages -l zh_Hans --ignore=.venv --ignore=tests --ignore=bench
+	$(PY) manage.py makemessages -d djangojs -l zh_Hans --ignore=.venv --ignore=staticfiles
+	$(PY) manage.py compilemessages --ignore=.venv
+
+clean:
+	rm -rf $(VENV) var staticfiles

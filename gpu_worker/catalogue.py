@@ -1,0 +1,292 @@
+"""The model catalogue: what lies in the models folder (A1111 layout). Torch-free.
+
+The web process imports this to list models; the worker to resolve a request's names. A name is
+only ever looked up in the scanned catalogue: it never becomes a path, so `../x` is simply an
+unknown model. Hashes are cached by path + size + mtime so a restart does not rehash gigabytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from gpu_worker.protocol import ModelInventoryEntry
+
+Kind = Literal["checkpoint", "lora", "vae", "embedding"]
+FOLDERS: dict[Kind, str] = {
+    "checkpoint": "Stable-diffusion",
+    "lora": "Lora",
+    "vae": "VAE",
+    "embedding": "embeddings",
+}
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+HASH_CACHE_VERSION = 1
+ARCHITECTURE_METADATA_KEY = "atelier.architecture"  # written by demo_model
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class UnknownModel(LookupError):
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind, self.name = kind, name
+        listing = ", ".join(known) if known else "none installed"
+        super().__init__(f"unknown {kind} {name!r} (available: {listing})")
+
+
+class UnreadableModel(ValueError):
+    """A file whose header cannot be read: truncated, corrupt or not a safetensors file."""
+
+
+@dataclass(frozen=True)
+class CatalogueItem:
+    name: str
+    kind: Kind
+    path: Path
+    filename: str  # relative to the models folder
+    family: str  # sd1 / sd2 / sdxl / unknown
+    architecture: str | None  # config folder under gpu_worker/configs, when known
+    size_bytes: int
+    sha256: str
+    is_folder: bool = False  # diffusers-format folder
+    is_pickle: bool = False
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:10]
+
+    def inventory_entry(self) -> ModelInventoryEntry:
+        return ModelInventoryEntry(
+            name=self.name,
+            filename=self.filename,
+            kind=self.kind,
+            family=self.family,
+            size_bytes=self.size_bytes,
+            sha256=self.sha256,
+            short_hash=self.short_hash,
+        )
+
+
+@dataclass
+class Catalogue:
+    models_dir: Path
+    items: dict[tuple[str, str], CatalogueItem] = field(default_factory=dict)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (filename, why)
+
+    def entries(self, kind: Kind | None = None) -> list[ModelInventoryEntry]:
+        return [
+            item.inventory_entry()
+            for item in sorted(self.items.values(), key=lambda i: (i.kind, i.name.lower()))
+            if kind is None or item.kind == kind
+        ]
+
+    def names(self, kind: Kind) -> list[str]:
+        return sorted((i.name for i in self.items.values() if i.kind == kind), key=str.lower)
+
+    def resolve(self, kind: Kind, name: str) -> CatalogueItem:
+        """Look a name up (also accepting `name.safetensors` and A1111 titles `x [hash]`)."""
+        candidate = name.strip()
+        if candidate.endswith("]") and " [" in candidate:
+            candidate = candidate.rsplit(" [", 1)[0]
+        for suffix in SAFE_SUFFIXES + PICKLE_SUFFIXES:
+            if candidate.endswith(suffix):
+                candidate = candidate[: -len(suffix)]
+        item = self.items.get((kind, candidate))
+        if item is None:
+            raise UnknownModel(kind, name, self.names(kind))
+        return item
+
+
+def scan_models(
+    models_dir: Path | str, *, allow_pickle: bool = False, hash_cache: Path | None = None
+) -> Catalogue:
+    """Scan the A1111 folders under models_dir. Missing folders are simply empty."""
+    models_dir = Path(models_dir)
+    cache = _HashCache(hash_cache or models_dir / ".atelier-hashes.json")
+    catalogue = Catalogue(models_dir=models_dir)
+    for kind, folder in FOLDERS.items():
+        root = models_dir / folder
+        if not root.is_dir():
+            continue
+        for path in sorted(_candidates(root, kind)):
+            relative = path.relative_to(models_dir).as_posix()
+            is_pickle = path.suffix.lower() in PICKLE_SUFFIXES
+            if is_pickle and not allow_pickle:
+                catalogue.refused.append((relative, "pickle file refused (use --allow-pickle)"))
+                continue
+            name = path.stem if path.is_file() else path.name
+            if (kind, name) in catalogue.items:
+                catalogue.refused.append((relative, f"duplicate name {name!r}"))
+                continue
+            try:
+                family, architecture = detect_family(path, kind)
+                size, sha = cache.digest(path)
+            except (OSError, UnreadableModel) as exc:
+                catalogue.refused.append((relative, f"unreadable: {exc}"))
+                continue
+            catalogue.items[(kind, name)] = CatalogueItem(
+                name=name,
+                kind=kind,
+                path=path,
+                filename=relative,
+                family=family,
+                architecture=architecture,
+                size_bytes=size,
+                sha256=sha,
+                is_folder=path.is_dir(),
+                is_pickle=is_pickle,
+            )
+    cache.save()
+    return catalogue
+
+
+def _candidates(root: Path, kind: Kind) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if kind == "checkpoint" and (here / "model_index.json").is_file() and here != root:
+            found.append(here)  # a diffusers-format folder counts as one checkpoint
+            dirnames.clear()
+            continue
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for filename in filenames:
+            if filename.startswith("."):
+                continue
+            if filename.lower().endswith(SAFE_SUFFIXES + PICKLE_SUFFIXES):
+                found.append(here / filename)
+    return found
+
+
+# --- safetensors header and family detection -------------------------------------------------
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """Parse the 8-byte little-endian length and JSON header of a .safetensors file."""
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise UnreadableModel(f"{path.name}: too short for a safetensors file")
+        (length,) = struct.unpack("<Q", raw)
+        if length <= 1 or length > MAX_HEADER_BYTES:
+            raise UnreadableModel(f"{path.name}: implausible header length {length}")
+        data = fh.read(length)
+    if len(data) != length:
+        raise UnreadableModel(f"{path.name}: truncated header")
+    try:
+        header = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnreadableModel(f"{path.name}: header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise UnreadableModel(f"{path.name}: header is not an object")
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if path.stat().st_size < 8 + length + end:
+        raise UnreadableModel(f"{path.name}: file is truncated")
+    return header
+
+
+FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+ARCHITECTURE_BY_FAMILY = {"sd1": "sd1", "sdxl": "sdxl"}  # configs shipped in gpu_worker/configs
+
+
+def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
+    """(family, config architecture) from a file's header or a diffusers folder's configs."""
+    if path.is_dir():
+        unet = path / "unet" / "config.json"
+        if unet.is_file():
+            context = json.loads(unet.read_text()).get("cross_attention_dim")
+            family = FAMILY_BY_CONTEXT.get(context, "unknown")
+            return family, None
+        return "unknown", None
+    if path.suffix.lower() != ".safetensors":
+        return "unknown", None
+    header = read_safetensors_header(path)
+    metadata = header.get("__metadata__") or {}
+    declared = metadata.get(ARCHITECTURE_METADATA_KEY)
+    if declared:
+        family = "sdxl" if "sdxl" in declared else "sd2" if "sd2" in declared else "sd1"
+        return family, declared
+    keys = header.keys()
+    family = "unknown"
+    if kind == "checkpoint":
+        if any(k.startswith("conditioner.embedders.1.model.") for k in keys):
+            family = "sdxl"
+        elif "cond_stage_model.model.token_embedding.weight" in keys:
+            family = "sd2"
+        elif any(k.startswith("cond_stage_model.transformer.") for k in keys):
+            family = "sd1"
+    elif kind == "lora":
+        if any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys):
+            family = "sdxl"
+        else:
+            for key, info in header.items():
+                if "attn2_to_k" in key and key.endswith("lora_down.weight"):
+                    family = FAMILY_BY_CONTEXT.get(info["shape"][-1], "unknown")
+                    break
+    elif kind == "embedding":
+        if "clip_g" in keys:
+            family = "sdxl"
+        else:
+            for key, info in header.items():
+                if key != "__metadata__" and info.get("shape"):
+                    family = {768: "sd1", 1024: "sd2"}.get(info["shape"][-1], "unknown")
+                    break
+    return family, ARCHITECTURE_BY_FAMILY.get(family)
+
+
+# --- hashing, cached ---------------------------------------------------------------------------
+
+
+class _HashCache:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dirty = False
+        try:
+            data = json.loads(path.read_text())
+            self.entries: dict[str, dict] = (
+                data["entries"] if data.get("version") == HASH_CACHE_VERSION else {}
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            self.entries = {}
+
+    def digest(self, path: Path) -> tuple[int, str]:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        size = sum(f.stat().st_size for f in files)
+        mtime = max((f.stat().st_mtime_ns for f in files), default=0)
+        key = str(path.resolve())
+        cached = self.entries.get(key)
+        if cached and cached["size"] == size and cached["mtime_ns"] == mtime:
+            return size, cached["sha256"]
+        if path.is_dir():
+            outer = hashlib.sha256()
+            for f in files:
+                outer.update(f.relative_to(path).as_posix().encode() + b"\0")
+                outer.update(sha256_file(f).encode())
+            sha = outer.hexdigest()
+        else:
+            sha = sha256_file(path)
+        self.entries[key] = {"size": size, "mtime_ns": mtime, "sha256": sha}
+        self.dirty = True
+        return size, sha
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"version": HASH_CACHE_VERSION, "entries": self.entries}))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only models folder: hashing again next time is the only cost
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,586 @@
+/* The generator page: enhances the server-rendered form.
+ *
+ * Submits jobs with fetch to the REST API, follows them over the /ws/jobs/ websocket and falls
+ * back to polling GET /api/v1/jobs/{id}/ while the socket is closed (reconnecting with backoff).
+ * Every user-facing string comes from the page's JSON data block, translated by Django.
+ */
+(function () {
+  "use strict";
+
+  var dataEl = document.getElementById("generator-data");
+  var form = document.getElementById("generator-form");
+  if (!dataEl || !form) return;
+  var DATA = JSON.parse(dataEl.textContent);
+  var T = DATA.strings;
+  var URLS = DATA.urls;
+
+  var fields = form.elements;
+  var jobsEl = document.getElementById("jobs");
+  var resultsEl = document.getElementById("results");
+  var priceEl = document.getElementById("price");
+  var errorsEl = document.getElementById("form-errors");
+  var submitButton = document.getElementById("generate-button");
+  var jobTemplate = document.getElementById("job-template");
+  var resultTemplate = document.getElementById("result-template");
+
+  var POLL_MS = 1500;
+  var SAFETY_POLL_MS = 10000; // even with the socket open: a dropped message never leaves a stale panel
+  var TERMINAL = { succeeded: true, failed: true, cancelled: true };
+  var MAX_PANELS = 6;
+
+  var jobs = new Map(); // job id -> {id, status, steps, panel, lastPoll}
+  var imageParams = new Map(); // image id -> {params, seed, width, height}
+  var initImage = null; // data: URI of the img2img source
+  var lastSeed = DATA.last_seed;
+
+  // ---- small helpers ----------------------------------------------------------------------
+
+  function fmt(template, values) {
+    return template.replace(/%\((\w+)\)s/g, function (_m, key) {
+      return values[key] === undefined || values[key] === null ? "" : String(values[key]);
+    });
+  }
+
+  function csrfToken() {
+    var input = form.querySelector("input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+
+  function newKey() {
+    if (window.crypto && typeof window.crypto.randomUUID === "function") return window.crypto.randomUUID();
+    return Date.now().toString(36) + "-" + Math.random().toString(36).slice(2);
+  }
+
+  // Resolves to {ok, status, data}; never rejects, so no promise error reaches the console.
+  function api(method, url, body, headers) {
+    var options = { method: method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    if (method !== "GET") options.headers["X-CSRFToken"] = csrfToken();
+    if (headers) Object.keys(headers).forEach(function (k) { options.headers[k] = headers[k]; });
+    return fetch(url, options).then(function (resp) {
+      return resp.json().catch(function () { return null; }).then(function (data) {
+        return { ok: resp.ok, status: resp.status, data: data };
+      });
+    }).catch(function () {
+      return { ok: false, status: 0, data: { detail: T.network_error } };
+    });
+  }
+
+  function jobUrl(id) { return URLS.job.replace(DATA.placeholder_id, id); }
+  function cancelUrl(id) { return URLS.job_cancel.replace(DATA.placeholder_id, id); }
+
+  // DRF errors: {"field": ["message", ...]} or {"detail": "..."}; lines "field: message".
+  function errorLines(data) {
+    if (!data) return [T.unknown_error];
+    if (typeof data === "string") return [data];
+    var lines = [];
+    Object.keys(data).forEach(function (key) {
+      var value = data[key];
+      var text = Array.isArray(value) ? value.map(function (v) {
+        return typeof v === "string" ? v : JSON.stringify(v);
+      }).join(" ") : (typeof value === "string" ? value : JSON.stringify(value));
+      var label = DATA.field_labels[key];
+      lines.push(key === "detail" || key === "non_field_errors" ? text : (label || key) + ": " + text);
+    });
+    return lines.length ? lines : [T.unknown_error];
+  }
+
+  function showErrors(lines) {
+    errorsEl.textContent = "";
+    if (!lines || !lines.length) { errorsEl.hidden = true; return; }
+    lines.forEach(function (line) {
+      var p = document.createElement("p");
+      p.className = "error";
+      p.textContent = line;
+      errorsEl.appendChild(p);
+    });
+    errorsEl.hidden = false;
+  }
+
+  function formatEta(seconds) {
+    if (seconds === null || seconds === undefined || isNaN(seconds)) return "";
+    seconds = Math.max(0, Math.round(Number(seconds)));
+    if (seconds < 60) return fmt(T.eta_seconds, { s: seconds });
+    return fmt(T.eta_minutes, { m: Math.floor(seconds / 60), s: seconds % 60 });
+  }
+
+  function toInt(value) { var n = parseInt(value, 10); return isNaN(n) ? null : n; }
+  function toFloat(value) { var n = parseFloat(value); return isNaN(n) ? null : n; }
+
+  // ---- the form <-> API parameters ----------------------------------------------------------
+
+  function collectParams() {
+    var params = {
+      prompt: fields.prompt.value,
+      negative_prompt: fields.negative_prompt.value,
+      checkpoint: fields.checkpoint.value,
+      vae: fields.vae.value || null,
+      sampler: fields.sampler.value,
+      scheduler: fields.scheduler.value,
+      steps: toInt(fields.steps.value),
+      cfg_scale: toFloat(fields.cfg_scale.value),
+      width: toInt(fields.width.value),
+      height: toInt(fields.height.value),
+      seed: toInt(fields.seed.value),
+      batch_size: toInt(fields.batch_size.value),
+      n_iter: toInt(fields.n_iter.value),
+      clip_skip: toInt(fields.clip_skip.value),
+      mode: initImage ? "img2img" : "txt2img",
+      hires: null
+    };
+    if (initImage) {
+      params.init_image = initImage.slice(initImage.indexOf(",") + 1);
+      params.denoising_strength = toFloat(fields.denoising_strength.value);
+      params.resize_mode = toInt(fields.resize_mode.value);
+    } else if (fields.hires_enabled.checked) {
+      params.hires = {
+        scale: toFloat(fields.hires_scale.value),
+        upscaler: fields.hires_upscaler.value,
+        second_pass_steps: toInt(fields.hires_second_pass_steps.value),
+        denoising_strength: toFloat(fields.hires_denoising_strength.value)
+      };
+    }
+    return params;
+  }
+
+  function setField(name, value) {
+    var field = fields[name];
+    if (!field || value === undefined || value === null) return;
+    if (field.tagName === "SELECT") {
+      var found = Array.prototype.some.call(field.options, function (o) { return o.value === String(value); });
+      if (found) field.value = String(value);
+    } else {
+      field.value = String(value);
+    }
+  }
+
+  function applyParams(params, seed) {
+    ["prompt", "negative_prompt", "checkpoint", "sampler", "scheduler", "steps", "cfg_scale",
+      "width", "height", "batch_size", "n_iter", "clip_skip", "denoising_strength", "resize_mode"]
+      .forEach(function (name) { setField(name, params[name]); });
+    setField("vae", params.vae || "");
+    setField("seed", seed !== undefined && seed !== null ? seed : params.seed);
+    var hires = params.hires;
+    fields.hires_enabled.checked = !!hires;
+    if (hires) {
+      setField("hires_scale", hires.scale);
+      setField("hires_upscaler", hires.upscaler);
+      setField("hires_second_pass_steps", hires.second_pass_steps);
+      setField("hires_denoising_strength", hires.denoising_strength);
+      document.getElementById("hires-options").open = true;
+    }
+    syncSizePreset();
+    schedulePrice();
+    form.scrollIntoView({ behavior: "smooth", block: "start" });
+  }
+
+  // ---- size presets, seed, LoRA, img2img -------------------------------------------------------
+
+  var presetSelect = fields.size_preset;
+  function syncSizePreset() {
+    var value = fields.width.value + "x" + fields.height.value;
+    var match = Array.prototype.some.call(presetSelect.options, function (o) { return o.value === value; });
+    presetSelect.value = match ? value : "custom";
+  }
+  presetSelect.addEventListener("change", function () {
+    if (presetSelect.value === "custom") { fields.width.focus(); return; }
+    var parts = presetSelect.value.split("x");
+    fields.width.value = parts[0];
+    fields.height.value = parts[1];
+    schedulePrice();
+  });
+  fields.width.addEventListener("input", syncSizePreset);
+  fields.height.addEventListener("input", syncSizePreset);
+  document.getElementById("swap-size").addEventListener("click", function () {
+    var w = fields.width.value;
+    fields.width.value = fields.height.value;
+    fields.height.value = w;
+    syncSizePreset();
+    schedulePrice();
+  });
+
+  document.getElementById("seed-random").addEventListener("click", function () {
+    fields.seed.value = "-1";
+    schedulePrice();
+  });
+  var reuseSeedButton = document.getElementById("seed-reuse");
+  function updateReuseSeed() { reuseSeedButton.disabled = lastSeed === null || lastSeed === undefined; }
+  reuseSeedButton.addEventListener("click", function () {
+    if (lastSeed !== null && lastSeed !== undefined) fields.seed.value = String(lastSeed);
+    schedulePrice();
+  });
+  updateReuseSeed();
+
+  var loraButton = document.getElementById("lora-insert");
+  if (loraButton) {
+    loraButton.addEventListener("click", function () {
+      var name = fields.lora_name.value;
+      if (!name) return;
+      var weight = toFloat(fields.lora_weight.value);
+      var tag = "<lora:" + name + ":" + (weight === null ? 0.8 : weight) + ">";
+      var prompt = fields.prompt;
+      var start = prompt.selectionStart === undefined ? prompt.value.length : prompt.selectionStart;
+      var end = prompt.selectionEnd === undefined ? start : prompt.selectionEnd;
+      var before = prompt.value.slice(0, start);
+      var after = prompt.value.slice(end);
+      var pad = before && !/\s$/.test(before) ? " " : "";
+      prompt.value = before + pad + tag + after;
+      var caret = (before + pad + tag).length;
+      prompt.focus();
+      prompt.setSelectionRange(caret, caret);
+      schedulePrice();
+    });
+  }
+
+  var initPreview = document.getElementById("init-preview");
+  var initClear = document.getElementById("init-clear");
+  var img2imgBox = document.getElementById("img2img-options");
+  var modeLabel = document.getElementById("mode-label");
+  function setInitImage(dataUri) {
+    initImage = dataUri;
+    if (dataUri) {
+      initPreview.src = dataUri;
+      initPreview.hidden = false;
+      initClear.hidden = false;
+      img2imgBox.open = true;
+    } else {
+      initPreview.removeAttribute("src");
+      initPreview.hidden = true;
+      initClear.hidden = true;
+      fields.init_image.value = "";
+    }
+    modeLabel.textContent = dataUri ? T.mode_img2img : T.mode_txt2img;
+    schedulePrice();
+  }
+  fields.init_image.addEventListener("change", function () {
+    var file = fields.init_image.files && fields.init_image.files[0];
+    if (!file) { setInitImage(null); return; }
+    var reader = new FileReader();
+    reader.onload = function () { setInitImage(String(reader.result)); };
+    reader.onerror = function () { showErrors([T.image_read_error]); };
+    reader.readAsDataURL(file);
+  });
+  initClear.addEventListener("click", function () { setInitImage(null); });
+
+  function sendToImg2img(url, width, height) {
+    fetch(url, { credentials: "same-origin" }).then(function (resp) {
+      if (!resp.ok) throw new Error(String(resp.status));
+      return resp.blob();
+    }).then(function (blob) {
+      var reader = new FileReader();
+      reader.onload = function () {
+        setInitImage(String(reader.result));
+        if (width && height) { fields.width.value = width; fields.height.value = height; syncSizePreset(); }
+        img2imgBox.scrollIntoView({ behavior: "smooth", block: "center" });
+      };
+      reader.readAsDataURL(blob);
+    }).catch(function () { showErrors([T.image_read_error]); });
+  }
+
+  // The model choice is remembered server-side, per user.
+  fields.checkpoint.addEventListener("change", function () {
+    api("POST", URLS.default_model, { checkpoint: fields.checkpoint.value });
+  });
+
+  // ---- live price ------------------------------------------------------------------------------
+
+  var priceTimer = null;
+  var priceSeq = 0;
+  function schedulePrice() {
+    if (priceTimer) clearTimeout(priceTimer);
+    priceTimer = setTimeout(updatePrice, 400);
+  }
+  function updatePrice() {
+    priceTimer = null;
+    var seq = ++priceSeq;
+    priceEl.classList.add("pending");
+    api("POST", URLS.quote, collectParams()).then(function (r) {
+      if (seq !== priceSeq) return; // a newer quote is on its way
+      priceEl.classList.remove("pending");
+      if (r.ok && r.data) {
+        priceEl.classList.remove("invalid");
+        priceEl.textContent = fmt(T.price, { price: r.data.price });
+      } else {
+        priceEl.classList.add("invalid");
+        priceEl.textContent = errorLines(r.data).join(" · ");
+      }
+    });
+  }
+  form.addEventListener("input", schedulePrice);
+  form.addEventListener("change", schedulePrice);
+
+  // ---- submit ----------------------------------------------------------------------------------
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    submitButton.disabled = true;
+    showErrors(null);
+    api("POST", URLS.jobs, collectParams(), { "Idempotency-Key": newKey() }).then(function (r) {
+      submitButton.disabled = false;
+      if (r.ok && r.data && r.data.id) {
+        applyJob(r.data);
+      } else {
+        showErrors(errorLines(r.data));
+      }
+    });
+  });
+
+  // ---- job panels ------------------------------------------------------------------------------
+
+  function trackJob(id) {
+    var job = jobs.get(id);
+    if (job) return job;
+    var node = jobTemplate.content.firstElementChild.cloneNode(true);
+    node.dataset.jobId = id;
+    node.querySelector(".job-stop").addEventListener("click", function () { stopJob(id); });
+    jobsEl.prepend(node);
+    jobsEl.hidden = false;
+    job = { id: id, status: null, steps: null, panel: node, lastPoll: 0 };
+    jobs.set(id, job);
+    // Keep the list short: drop the oldest finished panels.
+    var panels = jobsEl.querySelectorAll(".job");
+    for (var i = panels.length - 1; i >= MAX_PANELS; i--) {
+      var old = jobs.get(panels[i].dataset.jobId);
+      if (old && TERMINAL[old.status]) { jobs.delete(old.id); panels[i].remove(); }
+    }
+    return job;
+  }
+
+  function setStatus(job, status) {
+    if (TERMINAL[job.status]) return false; // a late message never revives a finished job
+    job.status = status;
+    var panel = job.panel;
+    panel.dataset.status = status;
+    panel.querySelector(".job-status").textContent = T["status_" + status] || status;
+    var stop = panel.querySelector(".job-stop");
+    stop.hidden = !!TERMINAL[status];
+    if (TERMINAL[status]) panel.querySelector(".job-info").textContent = "";
+    return true;
+  }
+
+  function setProgress(job, step, steps) {
+    if (!steps) return;
+    var bar = job.panel.querySelector("progress");
+    bar.max = steps;
+    bar.value = Math.min(step, steps);
+  }
+
+  function setInfo(job, text) { job.panel.querySelector(".job-info").textContent = text; }
+
+  function queuedInfo(position, eta) {
+    var parts = [];
+    if (position !== null && position !== undefined) parts.push(fmt(T.position, { position: position }));
+    if (eta !== null && eta !== undefined) parts.push(formatEta(eta));
+    return parts.join(" · ");
+  }
+
+  // A job as the REST API returns it (submit response, polling).
+  function applyJob(data) {
+    var job = trackJob(data.id);
+    if (data.params) job.params = data.params;
+    if (!job.steps && data.params) job.steps = data.params.steps * (data.params.n_iter || 1);
+    var status = data.status;
+    if (status === "queued") {
+      if (!setStatus(job, "queued")) return;
+      setInfo(job, queuedInfo(data.position, data.eta));
+    } else if (status === "running") {
+      if (!setStatus(job, "running")) return;
+      if (data.steps_done !== undefined && data.steps_done !== null) {
+        setProgress(job, data.steps_done, job.steps);
+        setInfo(job, fmt(T.step, { step: data.steps_done, steps: job.steps }) +
+          (data.eta !== null && data.eta !== undefined ? " · " + formatEta(data.eta) : ""));
+      }
+    } else if (status === "succeeded") {
+      finishSucceeded(job, data);
+    } else if (status === "failed") {
+      if (setStatus(job, "failed")) showJobError(job, data.error);
+    } else if (status === "cancelled") {
+      setStatus(job, "cancelled");
+    }
+  }
+
+  function finishSucceeded(job, data) {
+    if (!setStatus(job, "succeeded")) return;
+    var bar = job.panel.querySelector("progress");
+    bar.value = bar.max;
+    var images = data.images || [];
+    images.slice().reverse().forEach(function (image) { addResult(image, data.params || job.params); });
+    if (images.length) {
+      lastSeed = images[0].seed;
+      updateReuseSeed();
+      var preview = job.panel.querySelector(".job-preview");
+      preview.src = images[0].thumbnail_url || images[0].url;
+      preview.hidden = false;
+    }
+  }
+
+  function showJobError(job, message) {
+    var p = job.panel.querySelector(".job-error");
+    p.textContent = message || T.unknown_error;
+    p.hidden = false;
+  }
+
+  // A websocket event.
+  function applyEvent(msg) {
+    if (!msg || !msg.job_id) return;
+    var job = trackJob(msg.job_id);
+    switch (msg.type) {
+      case "job.queued":
+        if (setStatus(job, "queued")) setInfo(job, queuedInfo(msg.position, msg.eta));
+        break;
+      case "job.started":
+        if (setStatus(job, "running")) setInfo(job, T.starting);
+        break;
+      case "job.progress":
+        if (job.status !== "running" && !setStatus(job, "running")) break;
+        setProgress(job, msg.step, msg.steps);
+        setInfo(job, fmt(T.step, { step: msg.step, steps: msg.steps }) +
+          (msg.eta !== null && msg.eta !== undefined ? " · " + formatEta(msg.eta) : ""));
+        if (msg.preview) {
+          var preview = job.panel.querySelector(".job-preview");
+          preview.src = msg.preview;
+          preview.hidden = false;
+        }
+        break;
+      case "job.succeeded":
+        // The REST answer carries the parameters too (for "Reuse parameters").
+        pollJob(job);
+        break;
+      case "job.failed":
+        if (setStatus(job, "failed")) showJobError(job, msg.error);
+        break;
+      case "job.cancelled":
+        setStatus(job, "cancelled");
+        break;
+    }
+  }
+
+  function stopJob(id) {
+    var job = jobs.get(id);
+    if (!job || TERMINAL[job.status]) return;
+    var stop = job.panel.querySelector(".job-stop");
+    stop.disabled = true;
+    setInfo(job, T.stopping);
+    api("POST", cancelUrl(id)).then(function (r) {
+      stop.disabled = false;
+      if (r.ok && r.data && r.data.status) applyJob(r.data);
+      else if (!r.ok) showJobError(job, errorLines(r.data).join(" "));
+    });
+  }
+
+  function pollJob(job) {
+    job.lastPoll = Date.now();
+    return api("GET", jobUrl(job.id)).then(function (r) {
+      if (r.ok && r.data) applyJob(r.data);
+    });
+  }
+
+  // ---- results ---------------------------------------------------------------------------------
+
+  function addResult(image, params) {
+    if (resultsEl.querySelector('[data-image-id="' + image.id + '"]')) return;
+    var node = resultTemplate.content.firstElementChild.cloneNode(true);
+    fillResult(node, image);
+    imageParams.set(String(image.id), { params: params, seed: image.seed, width: image.width, height: image.height, url: image.url });
+    resultsEl.prepend(node);
+    var empty = document.getElementById("results-empty");
+    if (empty) empty.remove();
+  }
+
+  function fillResult(node, image) {
+    node.dataset.imageId = image.id;
+    node.dataset.url = image.url;
+    var img = node.querySelector("img");
+    img.src = image.thumbnail_url || image.url;
+    img.alt = fmt(T.image_alt, { seed: image.seed });
+    node.querySelector(".result-open").href = image.url;
+    var download = node.querySelector(".result-download");
+    download.href = image.url;
+    download.setAttribute("download", "atelier-" + image.seed + ".png");
+    node.querySelector(".result-seed").textContent = fmt(T.seed, { seed: image.seed });
+    node.querySelector(".result-reuse").href = URLS.reuse.replace(DATA.placeholder_id, image.id);
+    node.querySelector(".result-img2img").href = URLS.send_img2img.replace(DATA.placeholder_id, image.id);
+  }
+
+  resultsEl.addEventListener("click", function (event) {
+    var link = event.target.closest("a.result-reuse, a.result-img2img");
+    if (!link) return;
+    var figure = link.closest("[data-image-id]");
+    var known = imageParams.get(figure.dataset.imageId);
+    if (!known) return; // unknown here: follow the link, the server pre-fills the form
+    event.preventDefault();
+    if (link.classList.contains("result-reuse")) {
+      setInitImage(null);
+      applyParams(known.params, known.seed);
+    } else {
+      sendToImg2img(known.url, known.width, known.height);
+    }
+  });
+
+  (DATA.recent || []).forEach(function (item) {
+    imageParams.set(String(item.image.id), {
+      params: item.params, seed: item.image.seed, width: item.image.width,
+      height: item.image.height, url: item.image.url
+    });
+  });
+
+  // ---- websocket with reconnect, polling while it is closed ----------------------------------
+
+  var socket = null;
+  var socketOpen = false;
+  var reconnectDelay = 1000;
+
+  function connect() {
+    if (!("WebSocket" in window)) return;
+    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    try {
+      socket = new WebSocket(scheme + window.location.host + URLS.ws);
+    } catch (e) {
+      scheduleReconnect();
+      return;
+    }
+    socket.onopen = function () {
+      socketOpen = true;
+      reconnectDelay = 1000;
+      document.body.dataset.live = "socket";
+    };
+    socket.onmessage = function (event) {
+      var msg;
+      try { msg = JSON.parse(event.data); } catch (e) { return; }
+      applyEvent(msg);
+    };
+    socket.onclose = function () {
+      socket = null;
+      socketOpen = false;
+      document.body.dataset.live = "polling";
+      scheduleReconnect();
+    };
+  }
+
+  function scheduleReconnect() {
+    var delay = reconnectDelay;
+    reconnectDelay = Math.min(reconnectDelay * 2, 30000);
+    setTimeout(connect, delay + Math.random() * 300);
+  }
+
+  setInterval(function () {
+    var now = Date.now();
+    var every = socketOpen ? SAFETY_POLL_MS : POLL_MS;
+    jobs.forEach(function (job) {
+      if (!TERMINAL[job.status] && now - job.lastPoll >= every) pollJob(job);
+    });
+  }, 500);
+
+  // ---- start -----------------------------------------------------------------------------------
+
+  document.body.dataset.live = "polling";
+  (DATA.unfinished || []).forEach(applyJob);
+  if (DATA.init_image_url) sendToImg2img(DATA.init_image_url, null, null);
+  syncSizePreset();
+  setInitImage(null);
+  connect();
+  form.classList.add("enhanced");
+})();

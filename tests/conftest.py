@@ -1,0 +1,49 @@
+"""The small world every test lives in: alice and bob (members) and carol (staff)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+
+from accounts.models import User
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+def make_user(username: str, **extra: object) -> User:
+    return User.objects.create_user(
+        username=username, email=f"{username}@example.com", password=PASSWORD, **extra
+    )
+
+
+@pytest.fixture
+def alice(db) -> User:
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db) -> User:
+    return make_user("bob")
+
+
+@pytest.fixture
+def carol(db) -> User:
+    return make_user("carol", is_staff=True)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.fail("REDIS_URL is not set: run the suite with `make test`")
+    return url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> redis.Redis:
+    """A real Redis, emptied before each test that asks for it."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    return client
