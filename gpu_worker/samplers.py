@@ -160,6 +160,4 @@ def build_scheduler(choice: SamplerChoice, base_config: Any, *, seed: int) -> An
     config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
     for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
         config.pop(flag, None)
-    if "timestep_spacing" in accepted and "timestep_spacing" not in kwargs:
-        kwargs["timestep_spacing"] = "leading" if cls.__name__ in {"DDIMScheduler", "PNDMScheduler"} else "linspace"
     return cls.from_config(config, **kwargs)

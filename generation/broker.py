@@ -1,0 +1,81 @@
+"""The platform's Dramatiq broker on REDIS_URL, built on first use (never at import).
+
+Web processes use it to enqueue generation requests for GPU workers; the platform worker
+(`manage.py run_platform_worker`) consumes PLATFORM_QUEUE from it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+
+_lock = threading.Lock()
+_broker: RedisBroker | None = None
+_redis: redis.Redis | None = None
+
+
+class DjangoConnections(Middleware):
+    """Close stale database connections around each message, as Django does per request."""
+
+    def before_process_message(self, broker, message):  # type: ignore[no-untyped-def]
+        from django.db import close_old_connections
+
+        close_old_connections()
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):  # type: ignore[no-untyped-def]
+        from django.db import close_old_connections
+
+        close_old_connections()
+
+    after_skip_message = after_process_message
+
+    def before_worker_thread_shutdown(self, broker, thread):  # type: ignore[no-untyped-def]
+        from django.db import connections
+
+        connections.close_all()
+
+
+def redis_url() -> str:
+    from django.conf import settings
+
+    return settings.REDIS_URL
+
+
+def get_redis() -> redis.Redis:
+    """A plain client for the cancel flags, heartbeats and sweeper bookkeeping."""
+    global _redis
+    with _lock:
+        if _redis is None:
+            _redis = redis.Redis.from_url(
+                redis_url(), socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+            )
+        return _redis
+
+
+def get_broker() -> RedisBroker:
+    global _broker
+    with _lock:
+        if _broker is None:
+            broker = RedisBroker(
+                url=redis_url(), socket_connect_timeout=2, socket_timeout=10,
+                health_check_interval=30,
+            )
+            broker.add_middleware(DjangoConnections())
+            from generation.worker_events import register_platform_actors
+
+            register_platform_actors(broker)
+            _broker = broker
+        return _broker
+
+
+def reset_for_tests() -> None:
+    """Forget the cached clients (tests that change REDIS_URL)."""
+    global _broker, _redis
+    with _lock:
+        if _broker is not None:
+            _broker.close()
+        _broker = None
+        _redis = None

@@ -1,0 +1,29 @@
+"""What one user may ask for. `limits_for` is the single place the tiers issue will replace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class GenerationLimits:
+    max_side: int = 2048  # width and height, each a multiple of 8
+    max_pixels: int = 1536 * 1536  # width x height of the final image (hires target included)
+    max_steps: int = 150
+    min_cfg: float = 1.0
+    max_cfg: float = 30.0
+    max_images: int = 8  # batch_size x n_iter
+    max_prompt_chars: int = 2000
+    max_unfinished_jobs: int = 4
+    max_init_image_bytes: int = 10 * 1024 * 1024
+    max_init_image_pixels: int = 4096 * 4096  # Pillow decompression-bomb guard for uploads
+    max_attempts: int = 3  # dispatches before a job that never starts is failed
+
+
+DEFAULT_LIMITS = GenerationLimits()
+
+
+def limits_for(user: Any) -> GenerationLimits:
+    """The limits of `user`. Everyone gets the defaults until membership tiers exist."""
+    return DEFAULT_LIMITS

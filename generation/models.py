@@ -1,0 +1,320 @@
+"""Jobs, their images, the model catalogue and each user's generation settings.
+
+The job row is the record of truth. Its state changes only through the `mark_*` methods below,
+each a conditional UPDATE that returns whether this call won: a late or duplicated worker message
+loses the race and changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+
+def _random_name(folder: str, extension: str) -> str:
+    # Unguessable, and nothing the user typed: the name never derives from a prompt or a file.
+    return f"{folder}/{uuid.uuid4().hex}.{extension}"
+
+
+def image_upload_to(instance: Any, filename: str) -> str:
+    return _random_name("images", "png")
+
+
+def thumbnail_upload_to(instance: Any, filename: str) -> str:
+    return _random_name("images/thumbs", "webp")
+
+
+def init_image_upload_to(instance: Any, filename: str) -> str:
+    return _random_name("init", "png")
+
+
+class CatalogEntryQuerySet(models.QuerySet["CatalogEntry"]):
+    def visible_to(self, user: Any) -> CatalogEntryQuerySet:
+        """What `user` may pick: every enabled entry, until the tiers issue restricts some."""
+        return self.filter(enabled=True)
+
+    def usable_by(self, user: Any) -> CatalogEntryQuerySet:
+        """Visible and present on some worker (or the local models folder)."""
+        return self.visible_to(user).filter(available=True)
+
+    def checkpoints(self) -> CatalogEntryQuerySet:
+        return self.filter(kind=CatalogEntry.Kind.CHECKPOINT)
+
+
+class CatalogEntry(models.Model):
+    """One model file known to the platform; `name` is the catalogue key workers resolve."""
+
+    class Kind(models.TextChoices):
+        CHECKPOINT = "checkpoint", _("Checkpoint")
+        LORA = "lora", _("LoRA")
+        VAE = "vae", _("VAE")
+        EMBEDDING = "embedding", _("Embedding")
+
+    name = models.CharField(_("name"), max_length=200)
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
+    family = models.CharField(_("family"), max_length=16, default="unknown")
+    filename = models.CharField(_("file name"), max_length=500, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    short_hash = models.CharField(max_length=10, blank=True)
+    display_name = models.CharField(_("display name"), max_length=200, blank=True)
+    description = models.TextField(_("description"), blank=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    available = models.BooleanField(
+        _("available"), default=True, help_text=_("Some worker or the local models folder has it")
+    )
+    is_demo = models.BooleanField(_("demo model"), default=False)
+    cost_multiplier = models.DecimalField(max_digits=6, decimal_places=2, default=Decimal("1"))
+    default_params = models.JSONField(
+        default=dict, blank=True,
+        help_text=_("sampler, scheduler, steps, cfg_scale, width, height, clip_skip"),
+    )
+    trigger_words = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = CatalogEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["kind", "name"]
+        verbose_name = _("catalogue entry")
+        verbose_name_plural = _("catalogue entries")
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "name"], name="unique_catalog_name_per_kind"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+    @property
+    def title(self) -> str:
+        """A1111's checkpoint title: `name.safetensors [shorthash]`."""
+        base = self.filename.rsplit("/", 1)[-1] if self.filename else self.name
+        return f"{base} [{self.short_hash}]" if self.short_hash else base
+
+
+class JobQuerySet(models.QuerySet["Job"]):
+    def visible_to(self, user: Any) -> JobQuerySet:
+        if getattr(user, "is_staff", False):
+            return self.all()
+        return self.filter(owner=user)
+
+    def owned_by(self, user: Any) -> JobQuerySet:
+        return self.filter(owner=user)
+
+    def unfinished(self) -> JobQuerySet:
+        return self.filter(status__in=Job.UNFINISHED)
+
+    def queued(self) -> JobQuerySet:
+        return self.filter(status=Job.Status.QUEUED)
+
+    def running(self) -> JobQuerySet:
+        return self.filter(status=Job.Status.RUNNING)
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        RUNNING = "running", _("Running")
+        SUCCEEDED = "succeeded", _("Succeeded")
+        FAILED = "failed", _("Failed")
+        CANCELLED = "cancelled", _("Cancelled")
+
+    class Mode(models.TextChoices):
+        TXT2IMG = "txt2img", "txt2img"
+        IMG2IMG = "img2img", "img2img"
+
+    UNFINISHED = (Status.QUEUED, Status.RUNNING)
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generation_jobs"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.TXT2IMG)
+    params = models.JSONField(help_text=_("Validated parameters; the seed is already resolved"))
+    checkpoint = models.ForeignKey(CatalogEntry, on_delete=models.PROTECT, related_name="jobs")
+    init_image = models.ImageField(upload_to=init_image_upload_to, blank=True)
+    price = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
+    total_steps = models.PositiveIntegerField(default=0, help_text=_("Sampling steps, all images"))
+    attempt = models.PositiveIntegerField(default=0, help_text=_("Incremented on each dispatch"))
+    worker_id = models.CharField(max_length=200, blank=True)
+    message_id = models.CharField(
+        max_length=64, blank=True, help_text=_("Broker id of the latest dispatch (sweeper checks it)")
+    )
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    steps_done = models.PositiveIntegerField(default=0)
+    timings = models.JSONField(default=dict, blank=True)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="job_status_created"),
+            models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="unique_idempotency_key_per_owner",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.TERMINAL
+
+    @property
+    def image_count(self) -> int:
+        return int(self.params.get("batch_size", 1)) * int(self.params.get("n_iter", 1))
+
+    # --- transitions: each a conditional update; True only for the call that changed the row ---
+
+    def _claim(self, from_statuses: tuple[str, ...], attempt: int | None = None,
+               **changes: Any) -> bool:
+        rows = Job.objects.filter(pk=self.pk, status__in=from_statuses)
+        if attempt is not None:
+            rows = rows.filter(attempt=attempt)
+        won = rows.update(**changes) == 1
+        if won:
+            self.refresh_from_db()
+        return won
+
+    def mark_dispatched(self) -> bool:
+        """Take the next attempt number. Two dispatchers racing: only one gets it."""
+        won = (
+            Job.objects.filter(pk=self.pk, status=self.Status.QUEUED, attempt=self.attempt)
+            .update(attempt=F("attempt") + 1, dispatched_at=timezone.now())
+            == 1
+        )
+        self.refresh_from_db()
+        return won
+
+    def clear_dispatch(self) -> None:
+        """The enqueue failed: let the sweeper retry at once."""
+        Job.objects.filter(pk=self.pk, status=self.Status.QUEUED, attempt=self.attempt).update(
+            dispatched_at=None
+        )
+
+    def mark_running(self, worker_id: str, attempt: int) -> bool:
+        return self._claim(
+            (self.Status.QUEUED,), attempt,
+            status=self.Status.RUNNING, worker_id=worker_id[:200], started_at=timezone.now(),
+        )
+
+    def mark_succeeded(self, attempt: int, worker_id: str = "", timings: dict | None = None,
+                       steps_done: int | None = None) -> bool:
+        # From QUEUED too: the 'started' event may be processed after 'succeeded' (two threads).
+        now = timezone.now()
+        return self._claim(
+            self.UNFINISHED, attempt,
+            status=self.Status.SUCCEEDED, finished_at=now,
+            started_at=Coalesce(F("started_at"), Value(now)),
+            worker_id=worker_id[:200] or F("worker_id"),
+            timings=timings or {},
+            steps_done=self.total_steps if steps_done is None else steps_done,
+        )
+
+    def mark_failed(self, error: str, attempt: int | None = None, timings: dict | None = None
+                    ) -> bool:
+        return self._claim(
+            self.UNFINISHED, attempt,
+            status=self.Status.FAILED, finished_at=timezone.now(), error=error[:2000],
+            timings=timings or F("timings"),
+        )
+
+    def mark_cancelled(self, attempt: int | None = None, steps_done: int | None = None,
+                       from_statuses: tuple[str, ...] | None = None) -> bool:
+        return self._claim(
+            from_statuses or self.UNFINISHED, attempt,
+            status=self.Status.CANCELLED, finished_at=timezone.now(),
+            steps_done=F("steps_done") if steps_done is None else steps_done,
+        )
+
+    def mark_cancel_requested(self) -> bool:
+        return self._claim(
+            (self.Status.RUNNING,), None, cancel_requested_at=timezone.now()
+        )
+
+
+class JobImageQuerySet(models.QuerySet["JobImage"]):
+    def visible_to(self, user: Any) -> JobImageQuerySet:
+        if getattr(user, "is_staff", False):
+            return self.all()
+        return self.filter(owner=user)
+
+
+class JobImage(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="images")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generated_images"
+    )
+    index = models.PositiveIntegerField()
+    seed = models.BigIntegerField()
+    infotext = models.TextField(blank=True)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    file = models.ImageField(upload_to=image_upload_to)
+    thumbnail = models.ImageField(upload_to=thumbnail_upload_to, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = JobImageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "index"], name="unique_image_index_per_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"image {self.pk} of {self.job_id}"
+
+
+class UserGenerationSettings(models.Model):
+    """Each user's own model choice and last parameters: never global."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generation_settings"
+    )
+    default_checkpoint = models.ForeignKey(
+        CatalogEntry, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_params = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = _("generation settings")
+        verbose_name_plural = _("generation settings")
+
+    def __str__(self) -> str:
+        return f"settings of {self.user_id}"
+
+    @classmethod
+    def for_user(cls, user: Any) -> UserGenerationSettings:
+        obj, _created = cls.objects.get_or_create(user=user)
+        return obj
