@@ -23,6 +23,9 @@ HEARTBEAT_KEY = "atelier:worker:{worker_id}"  # JSON WorkerHeartbeat, expires wh
 HEARTBEAT_INDEX = "atelier:workers"  # set of worker ids ever seen (prune those whose key expired)
 HEARTBEAT_INTERVAL_SECONDS = 3
 HEARTBEAT_TTL_SECONDS = 15
+# Operator commands for one worker (JSON WorkerCommand items, RPUSH by the platform, LPOP by the
+# worker on each heartbeat).
+WORKER_COMMANDS_KEY = "atelier:worker:{worker_id}:commands"
 
 CancelKind = Literal["interrupt", "skip"]
 GenerationMode = Literal["txt2img", "img2img"]
@@ -112,6 +115,14 @@ class ModelInventoryEntry(TypedDict):
     size_bytes: int
     sha256: str
     short_hash: str  # A1111: first 10 hex of sha256
+
+
+class WorkerCommand(TypedDict):
+    """An operator's request to one worker: finish the current job and take no more, or free a
+    checkpoint from its cache."""
+
+    action: Literal["drain", "undrain", "unload"]
+    model: NotRequired[str]  # for "unload": the checkpoint's catalogue name
 
 
 class WorkerHeartbeat(TypedDict):

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
+from django.views.decorators.http import require_POST
+
+from generation.broker import get_redis
+from gpu_worker.protocol import WorkerCommand
+from operations import metrics
+from operations.charts import bar_chart
+from operations.workers import read_workers, send_worker_command
+
+
+@staff_member_required
+def ops_overview(request: HttpRequest) -> HttpResponse:
+    data = metrics.overview()
+    per_hour = data["jobs_per_hour"]
+    chart = bar_chart([(hour.strftime("%H:00"), n) for hour, n in per_hour])  # type: ignore[union-attr]
+    return render(request, "operations/overview.html", {**data, "chart": chart})
+
+
+@staff_member_required
+def ops_workers(request: HttpRequest) -> HttpResponse:
+    return render(request, "operations/workers.html", {"workers": read_workers(get_redis())})
+
+
+@staff_member_required
+@require_POST
+def ops_worker_command(request: HttpRequest, worker_id: str) -> HttpResponse:
+    action = request.POST.get("action", "")
+    command: WorkerCommand
+    if action in ("drain", "undrain"):
+        command = {"action": action}  # type: ignore[typeddict-item]
+    elif action == "unload" and request.POST.get("model"):
+        command = {"action": "unload", "model": request.POST["model"]}
+    else:
+        return HttpResponseBadRequest(_("action must be drain, undrain, or unload with a model"))
+    send_worker_command(get_redis(), worker_id, command)
+    messages.success(request, _("Sent “%(action)s” to %(worker)s.") % {
+        "action": action, "worker": worker_id})
+    return redirect("ops_workers")

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from generation.models import CatalogEntry, Job
+from gpu_worker.protocol import HEARTBEAT_INDEX, HEARTBEAT_KEY, WORKER_COMMANDS_KEY
+from operations.metrics import percentile
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def checkpoint(db) -> CatalogEntry:
+    return CatalogEntry.objects.create(name="model-a", kind="checkpoint")
+
+
+def make_job(owner, checkpoint, status, created_ago_s, wait_s=None, run_s=None) -> Job:
+    now = timezone.now()
+    created = now - timedelta(seconds=created_ago_s)
+    started = created + timedelta(seconds=wait_s) if wait_s is not None else None
+    finished = started + timedelta(seconds=run_s) if run_s is not None and started else None
+    return Job.objects.create(
+        owner=owner, checkpoint=checkpoint, status=status, params={}, created_at=created,
+        started_at=started, finished_at=finished,
+    )
+
+
+def heartbeat(worker_id: str, sent_at: float, **extra) -> dict:
+    beat = {
+        "worker_id": worker_id, "hostname": "box", "device": "cuda:0",
+        "memory_used_bytes": 2 * 1024**3, "memory_budget_bytes": 8 * 1024**3,
+        "loaded_models": ["model-a"], "current_job": None, "current_step": None,
+        "current_steps": None, "recent_its": 7.5, "draining": False, "inventory": [],
+        "sent_at": sent_at,
+    }
+    beat.update(extra)
+    return beat
+
+
+@pytest.mark.parametrize("url_name", ["ops", "ops_workers"])
+def test_anonymous_visitors_and_members_cannot_reach_the_ops_pages(client, alice, url_name):
+    assert client.get(reverse(url_name)).status_code == 302
+    client.force_login(alice)
+    response = client.get(reverse(url_name))
+    assert response.status_code == 302
+    assert "/admin/login/" in response["Location"]
+
+
+def test_a_member_cannot_send_commands_to_workers(client, alice, redis_client):
+    client.force_login(alice)
+    client.post(reverse("ops_worker_command", args=["w1"]), {"action": "drain"})
+    assert redis_client.llen(WORKER_COMMANDS_KEY.format(worker_id="w1")) == 0
+
+
+def test_ops_numbers_match_a_seeded_set_of_jobs(client, carol, alice, checkpoint):
+    other = CatalogEntry.objects.create(name="model-b", kind="checkpoint")
+    for _ in range(3):
+        make_job(alice, checkpoint, Job.Status.QUEUED, created_ago_s=10)
+    make_job(alice, other, Job.Status.QUEUED, created_ago_s=10)
+    make_job(alice, checkpoint, Job.Status.RUNNING, created_ago_s=30, wait_s=5)
+    # Last hour: waits 2, 4, 6, 8 s; runs 10, 10, 10, 30 s; one of four failed.
+    for wait, run, status in [(2, 10, "succeeded"), (4, 10, "succeeded"), (6, 10, "succeeded"),
+                              (8, 30, "failed")]:
+        make_job(alice, checkpoint, status, created_ago_s=600, wait_s=wait, run_s=run)
+    # Two hours ago: only in the day window.
+    make_job(alice, checkpoint, "succeeded", created_ago_s=7200, wait_s=100, run_s=20)
+
+    client.force_login(carol)
+    response = client.get(reverse("ops"))
+    assert response.status_code == 200
+    ctx = response.context
+    assert ctx["queued_total"] == 4 and ctx["running_total"] == 1
+    assert ctx["queue_by_model"] == [("model-a", 3), ("model-b", 1)]
+    hour, day = ctx["windows"]
+    assert (hour.finished, hour.failed) == (4, 1)
+    assert hour.failure_rate == pytest.approx(0.25)
+    assert hour.wait.median_s == pytest.approx(5.0)
+    assert hour.wait.p95_s == pytest.approx(8.0)
+    assert hour.run.median_s == pytest.approx(10.0)
+    assert day.finished == 5 and day.wait.p95_s == pytest.approx(100.0)
+    assert sum(n for _hour, n in ctx["jobs_per_hour"]) == 10
+    assert b"25%" in response.content
+
+
+def test_percentile_uses_nearest_rank():
+    assert percentile([], 0.95) is None
+    assert percentile([1.0], 0.95) == 1.0
+    assert percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
+
+
+def test_workers_view_shows_a_live_heartbeat_and_flags_a_stale_and_a_gone_one(
+    client, carol, redis_client
+):
+    now = time.time()
+    redis_client.sadd(HEARTBEAT_INDEX, "live-1", "stale-1", "gone-1")
+    redis_client.set(HEARTBEAT_KEY.format(worker_id="live-1"),
+                     json.dumps(heartbeat("live-1", now, current_job="abc", current_step=3,
+                                          current_steps=20)), ex=15)
+    redis_client.set(HEARTBEAT_KEY.format(worker_id="stale-1"),
+                     json.dumps(heartbeat("stale-1", now - 12)), ex=15)
+    client.force_login(carol)
+    response = client.get(reverse("ops_workers"))
+    states = {w.worker_id: w.state for w in response.context["workers"]}
+    assert states == {"live-1": "live", "stale-1": "stale", "gone-1": "gone"}
+    html = response.content.decode()
+    assert "cuda:0" in html and "model-a" in html and "3/20" in html
+    assert 'class="worker-stale"' in html and 'class="worker-gone"' in html
+
+
+def test_staff_can_ask_a_worker_to_drain_or_unload(client, carol, redis_client):
+    client.force_login(carol)
+    client.post(reverse("ops_worker_command", args=["w1"]), {"action": "drain"})
+    client.post(reverse("ops_worker_command", args=["w1"]), {"action": "unload", "model": "m"})
+    bad = client.post(reverse("ops_worker_command", args=["w1"]), {"action": "explode"})
+    assert bad.status_code == 400
+    queued = [json.loads(x) for x in redis_client.lrange(WORKER_COMMANDS_KEY.format(worker_id="w1"), 0, -1)]
+    assert queued == [{"action": "drain"}, {"action": "unload", "model": "m"}]
