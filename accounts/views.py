@@ -9,6 +9,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from accounts.forms import ApiTokenForm, SignUpForm
+from accounts.ledger import account_for, open_account
 from accounts.models import ApiToken
 
 
@@ -18,6 +19,7 @@ def signup(request: HttpRequest) -> HttpResponse:
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()
+        open_account(user)  # Free tier and the welcome grant
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(request, _("Welcome to Atelier, %(name)s!") % {"name": user.username})
         return redirect("home")
@@ -57,5 +59,8 @@ def _render_profile(
     return render(
         request,
         "accounts/profile.html",
-        {"token_form": form, "tokens": tokens, "new_secret": new_secret},
+        {
+            "token_form": form, "tokens": tokens, "new_secret": new_secret,
+            "credit_account": account_for(request.user),
+        },
     )

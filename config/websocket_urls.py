@@ -1,2 +1,8 @@
-# Websocket routes; the generation app adds /ws/jobs/.
-websocket_urlpatterns: list = []
+# Websocket routes.
+from django.urls import path
+
+from generation.consumers import JobsConsumer
+
+websocket_urlpatterns: list = [
+    path("ws/jobs/", JobsConsumer.as_asgi()),
+]

@@ -1,26 +1,38 @@
-"""The seam the credits issue fills in: a hold taken with the job, settled exactly once.
+"""The seam between jobs and the credit ledger: a hold taken with the job, settled exactly once.
 
 `hold_credits` runs inside the submission transaction (it may raise InsufficientCredits, which
 submission answers with 402); `capture_hold` / `release_hold` run inside the transaction of the
-job's terminal transition, only for the call that won it. All no-ops until credits exist.
+job's terminal transition, only for the call that won it. The ledger itself refuses a second
+settlement of the same job, so a repeated message cannot charge or refund twice either.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from accounts import ledger
+from accounts.ledger import InsufficientCredits
 
-class InsufficientCredits(Exception):
-    """Raised by hold_credits when the balance cannot cover the job's price."""
+__all__ = ["InsufficientCredits", "capture_hold", "hold_credits", "release_hold"]
 
 
 def hold_credits(user: Any, job: Any) -> None:
-    """Reserve job.price from user's balance (no-op until the credits issue)."""
+    """Reserve job.price from user's balance, or raise InsufficientCredits(balance, price)."""
+    ledger.hold(user, job.price, job.pk)
 
 
 def capture_hold(job: Any) -> None:
     """Turn the hold into a charge: the job succeeded."""
+    ledger.capture(job.pk)
 
 
 def release_hold(job: Any) -> None:
-    """Give the hold back: the job failed or was cancelled (pro-rata charging comes later)."""
+    """Settle a job that did not succeed. Failed, cancelled before it started, or lost with its
+    worker: all given back. Cancelled while running: the share of its steps that ran is
+    charged (rounded down to the cent), the rest given back."""
+    if job.status == "cancelled" and job.started_at is not None and job.steps_done > 0:
+        charge = ledger.pro_rata(job.price, job.steps_done, job.total_steps)
+        ledger.capture(job.pk, charge, reason=f"cancelled after {job.steps_done}/"
+                       f"{job.total_steps} steps")
+    else:
+        ledger.release(job.pk)

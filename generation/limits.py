@@ -1,9 +1,11 @@
-"""What one user may ask for. `limits_for` is the single place the tiers issue will replace."""
+"""What one user may ask for: `limits_for` reads the user's membership tier."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from accounts.tiers import tier_of
 
 
 @dataclass(frozen=True)
@@ -19,11 +21,23 @@ class GenerationLimits:
     max_init_image_bytes: int = 10 * 1024 * 1024
     max_init_image_pixels: int = 4096 * 4096  # Pillow decompression-bomb guard for uploads
     max_attempts: int = 3  # dispatches before a job that never starts is failed
+    priority_weight: int = 1  # the tier's share of GPU time when the queue is busy
 
 
 DEFAULT_LIMITS = GenerationLimits()
 
 
 def limits_for(user: Any) -> GenerationLimits:
-    """The limits of `user`. Everyone gets the defaults until membership tiers exist."""
-    return DEFAULT_LIMITS
+    """The limits of `user`: those of their membership tier (accounts.MembershipTier)."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return DEFAULT_LIMITS
+    tier = tier_of(user)
+    return replace(
+        DEFAULT_LIMITS,
+        max_side=tier.max_side,
+        max_pixels=tier.max_pixels,
+        max_steps=tier.max_steps,
+        max_images=tier.max_images,
+        max_unfinished_jobs=tier.max_unfinished_jobs,
+        priority_weight=tier.priority_weight,
+    )

@@ -38,8 +38,16 @@ def init_image_upload_to(instance: Any, filename: str) -> str:
 
 class CatalogEntryQuerySet(models.QuerySet["CatalogEntry"]):
     def visible_to(self, user: Any) -> CatalogEntryQuerySet:
-        """What `user` may pick: every enabled entry, until the tiers issue restricts some."""
-        return self.filter(enabled=True)
+        """What `user` may pick: enabled entries, checkpoints limited to those of their tier."""
+        from accounts.tiers import allowed_model_names
+
+        rows = self.filter(enabled=True)
+        if getattr(user, "is_staff", False):
+            return rows
+        names = allowed_model_names(user)
+        if names is None:
+            return rows
+        return rows.filter(~Q(kind=CatalogEntry.Kind.CHECKPOINT) | Q(name__in=names))
 
     def usable_by(self, user: Any) -> CatalogEntryQuerySet:
         """Visible and present on some worker (or the local models folder)."""
@@ -153,9 +161,10 @@ class Job(models.Model):
     attempt = models.PositiveIntegerField(default=0, help_text=_("Incremented on each dispatch"))
     worker_id = models.CharField(max_length=200, blank=True)
     message_id = models.CharField(
-        max_length=64, blank=True, help_text=_("Broker id of the latest dispatch (sweeper checks it)")
+        max_length=64, blank=True,
+        help_text=_("Broker id of the latest dispatch (the sweeper checks it)"),
     )
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    idempotency_key = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -176,7 +185,7 @@ class Job(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["owner", "idempotency_key"],
-                condition=Q(idempotency_key__isnull=False),
+                condition=~Q(idempotency_key=""),
                 name="unique_idempotency_key_per_owner",
             ),
         ]

@@ -77,7 +77,11 @@ def write_tokenizer_folder(folder: Path, *, pad_token: str = EOS) -> Path:
     """Write a CLIPTokenizer folder (idempotent). SDXL's second tokenizer pads with "!"."""
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "tokenizer_config.json"
-    if config_path.exists() and (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
+    if (
+        config_path.exists()
+        and (folder / "vocab.json").exists()
+        and (folder / "merges.txt").exists()
+    ):
         return folder
     merges = read_merges()
     vocab = build_vocab(merges)

@@ -17,8 +17,7 @@ if TYPE_CHECKING:
     import torch
 
 DEMO_CONFIG = "tiny-sd1"  # folder under gpu_worker/configs
-ARCHITECTURE_METADATA_KEY = "atelier.architecture"
-DEMO_METADATA_KEY = "atelier.demo"
+ARCHITECTURE_METADATA_KEY = "atelier.architecture"  # "tiny-sd1" marks a demo model
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,12 @@ def make_demo_models(models_dir: Path) -> list[Path]:
     written.append(_write_if_missing(models_dir / DEMO_LORA.relative, _lora))
     written.append(_write_if_missing(models_dir / DEMO_VAE.relative, _vae_file))
     return written
+
+
+def write_demo_checkpoint(models_dir: Path, name: str, seed: int) -> Path:
+    """One more demo checkpoint with its own weights (benchmarks want several)."""
+    demo = DemoFile(name, "Stable-diffusion", seed)
+    return _write_if_missing(models_dir / demo.relative, lambda: _checkpoint(demo))
 
 
 def _write_if_missing(path: Path, build) -> Path:  # type: ignore[no-untyped-def]
@@ -99,8 +104,9 @@ def _checkpoint(demo: DemoFile) -> tuple[dict[str, torch.Tensor], dict[str, str]
     for key, value in components["text_encoder"].state_dict().items():
         key = key if key.startswith("text_model.") else "text_model." + key
         state["cond_stage_model.transformer." + key] = value
-    metadata = {ARCHITECTURE_METADATA_KEY: DEMO_CONFIG, DEMO_METADATA_KEY: "true"}
-    return state, metadata
+    # One metadata key only: safetensors writes several in a random order, and the demo files
+    # must be byte-identical wherever they are made (their hash is the model hash).
+    return state, {ARCHITECTURE_METADATA_KEY: DEMO_CONFIG}
 
 
 def _vae_file() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -128,16 +134,14 @@ def _lora() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             if prefix == "lora_te_" and not name.startswith("text_model."):
                 name = "text_model." + name
             key = prefix + name.replace(".", "_")
-            state[f"{key}.lora_down.weight"] = torch.randn(
-                rank, sub.in_features, generator=generator
-            ) * 0.5
-            state[f"{key}.lora_up.weight"] = torch.randn(
-                sub.out_features, rank, generator=generator
-            ) * 0.5
+            state[f"{key}.lora_down.weight"] = (
+                torch.randn(rank, sub.in_features, generator=generator) * 0.5
+            )
+            state[f"{key}.lora_up.weight"] = (
+                torch.randn(sub.out_features, rank, generator=generator) * 0.5
+            )
             state[f"{key}.alpha"] = torch.tensor(float(rank))
-    metadata = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank)}
-    metadata[ARCHITECTURE_METADATA_KEY] = DEMO_CONFIG
-    return state, metadata
+    return state, {ARCHITECTURE_METADATA_KEY: DEMO_CONFIG}
 
 
 # --- diffusers -> original (LDM) key layout -------------------------------------------------
@@ -178,11 +182,17 @@ def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tenso
             prefixes.append((f"up_blocks.{i}.attentions.{j}.", f"output_blocks.{ldm}.1."))
         if i < levels - 1:
             prefixes.append(
-                (f"down_blocks.{i}.downsamplers.0.conv.", f"input_blocks.{per_level * (i + 1)}.0.op.")
+                (
+                    f"down_blocks.{i}.downsamplers.0.conv.",
+                    f"input_blocks.{per_level * (i + 1)}.0.op.",
+                )
             )
             slot = 2 if up_has_attention else 1
             prefixes.append(
-                (f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{per_level * i + per_level - 1}.{slot}.")
+                (
+                    f"up_blocks.{i}.upsamplers.0.",
+                    f"output_blocks.{per_level * i + per_level - 1}.{slot}.",
+                )
             )
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -199,14 +209,18 @@ def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor
     prefixes = []
     for i in range(levels):
         for j in range(config.layers_per_block + 1):
-            prefixes.append((f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}."))
+            prefixes.append(
+                (f"encoder.down_blocks.{i}.resnets.{j}.", f"encoder.down.{i}.block.{j}.")
+            )
             prefixes.append(
                 (f"decoder.up_blocks.{i}.resnets.{j}.", f"decoder.up.{levels - 1 - i}.block.{j}.")
             )
         prefixes.append(
             (f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample.")
         )
-        prefixes.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample."))
+        prefixes.append(
+            (f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{levels - 1 - i}.upsample.")
+        )
     for part in ("encoder", "decoder"):
         prefixes += [
             (f"{part}.mid_block.resnets.0.", f"{part}.mid.block_1."),

@@ -19,9 +19,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 SUPPORTED_ARCHITECTURES = ("sd1", "sdxl", "tiny-sd1")
+SDXL_SECOND_PAD = "!"  # SDXL's second tokenizer pads with "!", the first with <|endoftext|>
 
 
 class ModelLoadError(RuntimeError):
@@ -46,7 +48,7 @@ def config_folder(architecture: str, cache_dir: Path) -> Path:
     shutil.copytree(SHIPPED_CONFIGS / architecture, target, dirs_exist_ok=True)
     write_tokenizer_folder(target / "tokenizer")
     if (target / "text_encoder_2").is_dir():
-        write_tokenizer_folder(target / "tokenizer_2", pad_token="!")  # SDXL's second one pads "!"
+        write_tokenizer_folder(target / "tokenizer_2", pad_token=SDXL_SECOND_PAD)
     marker.touch()
     return target
 
@@ -65,14 +67,27 @@ def architecture_of(item: CatalogueItem, state_dict: dict | None = None) -> str:
     raise ModelLoadError(f"{item.filename}: family {item.family!r} is not supported")
 
 
+def quiet_libraries() -> None:
+    """No progress bars in a worker's log (one per component per load otherwise)."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_checkpoint(item: CatalogueItem, *, dtype: Any, cache_dir: Path) -> Any:
     """A StableDiffusion(XL)Pipeline on the CPU, from a single file or a diffusers folder."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    quiet_libraries()
+
     if not item.path.exists():
         raise ModelLoadError(f"model file {item.filename} is missing")
     pipeline_cls = StableDiffusionXLPipeline if item.family == "sdxl" else StableDiffusionPipeline
-    extra = {} if item.family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    extra = (
+        {} if item.family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    )
     try:
         if item.is_folder:
             return pipeline_cls.from_pretrained(
@@ -104,10 +119,15 @@ def load_vae(item: CatalogueItem, *, architecture: str, dtype: Any, cache_dir: P
         raise ModelLoadError(f"VAE file {item.filename} is missing")
     try:
         if item.is_folder:
-            return AutoencoderKL.from_pretrained(item.path, torch_dtype=dtype, local_files_only=True)
+            return AutoencoderKL.from_pretrained(
+                item.path, torch_dtype=dtype, local_files_only=True
+            )
         folder = config_folder(item.architecture or architecture, cache_dir)
         return AutoencoderKL.from_single_file(
-            str(item.path), config=str(folder), subfolder="vae", local_files_only=True,
+            str(item.path),
+            config=str(folder),
+            subfolder="vae",
+            local_files_only=True,
             torch_dtype=dtype,
         )
     except Exception as exc:

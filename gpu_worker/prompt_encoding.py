@@ -87,7 +87,13 @@ def encode_chunks(
         original_mean = z.mean(dim=(1, 2), keepdim=True)
         weighted = z * weights.to(z.dtype).unsqueeze(-1)
         if not torch.all(weights == 1.0):
-            weighted = weighted * (original_mean / weighted.mean(dim=(1, 2), keepdim=True))
+            new_mean = weighted.mean(dim=(1, 2), keepdim=True)
+            # A1111 divides unguarded; a mean of ~0 (an untrained model's LayerNorm) would give
+            # inf/NaN, so such chunks keep their weighted values as they are.
+            scale = z.abs().mean(dim=(1, 2), keepdim=True)
+            usable = new_mean.abs() > 1e-3 * scale
+            ratio = torch.where(usable, original_mean / torch.where(usable, new_mean, 1.0), 1.0)
+            weighted = weighted * ratio
     return weighted.reshape(1, -1, z.shape[-1])
 
 

@@ -53,22 +53,22 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
             res[p][1] *= multiplier
 
     for m in RE_ATTENTION.finditer(text):
-        token = m.group(0)
+        piece = m.group(0)
         weight = m.group(1)
-        if token.startswith("\\"):
-            res.append([token[1:], 1.0])
-        elif token == "(":
+        if piece.startswith("\\"):
+            res.append([piece[1:], 1.0])
+        elif piece == "(":
             round_brackets.append(len(res))
-        elif token == "[":
+        elif piece == "[":
             square_brackets.append(len(res))
         elif weight is not None and round_brackets:
             multiply_range(round_brackets.pop(), float(weight))
-        elif token == ")" and round_brackets:
+        elif piece == ")" and round_brackets:
             multiply_range(round_brackets.pop(), ROUND_MULTIPLIER)
-        elif token == "]" and square_brackets:
+        elif piece == "]" and square_brackets:
             multiply_range(square_brackets.pop(), SQUARE_MULTIPLIER)
         else:
-            for i, part in enumerate(RE_BREAK.split(token)):
+            for i, part in enumerate(RE_BREAK.split(piece)):
                 if i > 0:
                     res.append(["BREAK", BREAK_WEIGHT])
                 res.append([part, 1.0])

@@ -15,6 +15,10 @@ GPU_QUEUE = "gpu"
 GENERATE_ACTOR = "generate_images"
 PLATFORM_QUEUE = "platform"
 JOB_EVENT_ACTOR = "record_job_event"
+# Argument names: the platform sends kwargs={GENERATE_KWARG: GenerationRequest} to GENERATE_ACTOR,
+# the worker sends kwargs={JOB_EVENT_KWARG: JobEvent} to JOB_EVENT_ACTOR.
+GENERATE_KWARG = "request"
+JOB_EVENT_KWARG = "event"
 
 # Redis keys (plain redis-py, same REDIS_URL as the broker).
 CANCEL_KEY = "atelier:cancel:{job_id}"  # value: "interrupt" or "skip"; set by the platform
@@ -77,6 +81,7 @@ class ResultImage(TypedDict):
 
 
 class JobTimings(TypedDict, total=False):
+    queued_s: float  # from the Dramatiq message's enqueue time to the worker starting it
     model_load_s: float
     sampling_s: float
     encode_s: float
@@ -90,7 +95,8 @@ class JobEvent(TypedDict):
     attempt: int
     worker_id: str
     kind: JobEventKind
-    images: NotRequired[list[ResultImage]]  # succeeded (also the finished images of a skip)
+    images: NotRequired[list[ResultImage]]  # succeeded (also the finished images of a skip);
+    # cancelled: the images finished before an interrupt, when there are any
     error: NotRequired[str]  # failed: a message fit to show the job's owner
     steps_done: NotRequired[int]  # cancelled: sampling steps completed, for pro-rata pricing
     timings: NotRequired[JobTimings]

@@ -30,14 +30,35 @@ _DPMPP_SDE = {"algorithm_type": "sde-dpmsolver++"}
 SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), "DPMSolverMultistepScheduler", {}, "karras"),
     SamplerSpec("DPM++ SDE", ("k_dpmpp_sde",), "DPMSolverSDEScheduler", {}, "karras", True),
-    SamplerSpec("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), "DPMSolverMultistepScheduler", _DPMPP_SDE,
-                "exponential"),
-    SamplerSpec("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), "DPMSolverMultistepScheduler",
-                {**_DPMPP_SDE, "solver_type": "heun"}, "exponential"),
-    SamplerSpec("DPM++ 2S a", ("k_dpmpp_2s_a",), "DPMSolverSinglestepScheduler",
-                {"solver_order": 2}, "karras", note="approximation"),
-    SamplerSpec("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), "DPMSolverMultistepScheduler",
-                {**_DPMPP_SDE, "solver_order": 3}, "exponential"),
+    SamplerSpec(
+        "DPM++ 2M SDE",
+        ("k_dpmpp_2m_sde",),
+        "DPMSolverMultistepScheduler",
+        _DPMPP_SDE,
+        "exponential",
+    ),
+    SamplerSpec(
+        "DPM++ 2M SDE Heun",
+        ("k_dpmpp_2m_sde_heun",),
+        "DPMSolverMultistepScheduler",
+        {**_DPMPP_SDE, "solver_type": "heun"},
+        "exponential",
+    ),
+    SamplerSpec(
+        "DPM++ 2S a",
+        ("k_dpmpp_2s_a",),
+        "DPMSolverSinglestepScheduler",
+        {"solver_order": 2},
+        "karras",
+        note="approximation",
+    ),
+    SamplerSpec(
+        "DPM++ 3M SDE",
+        ("k_dpmpp_3m_sde",),
+        "DPMSolverMultistepScheduler",
+        {**_DPMPP_SDE, "solver_order": 3},
+        "exponential",
+    ),
     SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), "EulerAncestralDiscreteScheduler"),
     SamplerSpec("Euler", ("k_euler",), "EulerDiscreteScheduler"),
     SamplerSpec("LMS", ("k_lms",), "LMSDiscreteScheduler"),
@@ -46,8 +67,14 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler", {}, "karras", True),
     SamplerSpec("DPM fast", ("k_dpm_fast",), None, note="no diffusers equivalent"),
     SamplerSpec("DPM adaptive", ("k_dpm_ad",), None, note="no diffusers equivalent"),
-    SamplerSpec("Restart", ("restart",), "EulerDiscreteScheduler", {}, "karras",
-                note="approximated by Euler"),
+    SamplerSpec(
+        "Restart",
+        ("restart",),
+        "EulerDiscreteScheduler",
+        {},
+        "karras",
+        note="approximated by Euler",
+    ),
     SamplerSpec("DDIM", ("ddim",), "DDIMScheduler"),
     SamplerSpec("PLMS", ("plms",), "PNDMScheduler", {"skip_prk_steps": True}),
     SamplerSpec("UniPC", ("unipc",), "UniPCMultistepScheduler"),
@@ -105,15 +132,20 @@ def list_samplers() -> list[dict[str, Any]]:
 def list_schedulers() -> list[dict[str, Any]]:
     """GET /sdapi/v1/schedulers shape (only the ones this engine can run)."""
     return [
-        {"name": s.name, "label": s.label, "aliases": None, "default_rho": -1,
-         "need_inner_model": False}
+        {
+            "name": s.name,
+            "label": s.label,
+            "aliases": None,
+            "default_rho": -1,
+            "need_inner_model": False,
+        }
         for s in SCHEDULES
         if s.kwargs is not None
     ]
 
 
 def split_legacy_sampler(name: str) -> tuple[str, str | None]:
-    """"DPM++ 2M Karras" -> ("DPM++ 2M", "Karras"); names without a schedule suffix unchanged."""
+    """ "DPM++ 2M Karras" -> ("DPM++ 2M", "Karras"); names without a schedule suffix unchanged."""
     if name.lower() in _SAMPLER_INDEX:
         return name, None
     for schedule in SCHEDULES:

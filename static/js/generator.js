@@ -72,10 +72,16 @@
   function jobUrl(id) { return URLS.job.replace(DATA.placeholder_id, id); }
   function cancelUrl(id) { return URLS.job_cancel.replace(DATA.placeholder_id, id); }
 
-  // DRF errors: {"field": ["message", ...]} or {"detail": "..."}; lines "field: message".
-  function errorLines(data) {
+  // API errors: {"field": "steps", "detail": "..."}; DRF's own {"name": ["message"]} or
+  // {"detail": "..."} too. One line each: "Label: message".
+  function errorLines(data, status) {
+    if (status >= 500) return [fmt(T.server_error, { status: status })];
     if (!data) return [T.unknown_error];
     if (typeof data === "string") return [data];
+    if (typeof data.field === "string" && data.detail !== undefined) {
+      var name = DATA.field_labels[data.field] || data.field;
+      return [name + ": " + data.detail];
+    }
     var lines = [];
     Object.keys(data).forEach(function (key) {
       var value = data[key];
@@ -305,7 +311,7 @@
         priceEl.textContent = fmt(T.price, { price: r.data.price });
       } else {
         priceEl.classList.add("invalid");
-        priceEl.textContent = errorLines(r.data).join(" · ");
+        priceEl.textContent = errorLines(r.data, r.status).join(" · ");
       }
     });
   }
@@ -323,7 +329,7 @@
       if (r.ok && r.data && r.data.id) {
         applyJob(r.data);
       } else {
-        showErrors(errorLines(r.data));
+        showErrors(errorLines(r.data, r.status));
       }
     });
   });
@@ -370,9 +376,14 @@
 
   function setInfo(job, text) { job.panel.querySelector(".job-info").textContent = text; }
 
+  function stepInfo(step, steps, eta) {
+    var text = fmt(T.step, { step: step, steps: steps });
+    return eta !== null && eta !== undefined ? text + " · " + formatEta(eta) : text;
+  }
+
   function queuedInfo(position, eta) {
     var parts = [];
-    if (position !== null && position !== undefined) parts.push(fmt(T.position, { position: position }));
+    if (position) parts.push(fmt(T.position, { position: position }));
     if (eta !== null && eta !== undefined) parts.push(formatEta(eta));
     return parts.join(" · ");
   }
@@ -380,18 +391,26 @@
   // A job as the REST API returns it (submit response, polling).
   function applyJob(data) {
     var job = trackJob(data.id);
-    if (data.params) job.params = data.params;
-    if (!job.steps && data.params) job.steps = data.params.steps * (data.params.n_iter || 1);
+    if (data.params && !job.params) {
+      job.params = data.params;
+      job.panel.querySelector(".job-title").textContent = fmt(T.job_title, {
+        prompt: data.params.prompt || "…", width: data.params.width, height: data.params.height,
+        steps: data.params.steps, model: data.checkpoint || data.params.checkpoint
+      });
+    }
+    if (data.total_steps) job.steps = data.total_steps;
+    else if (!job.steps && data.params) job.steps = data.params.steps * (data.params.n_iter || 1);
     var status = data.status;
     if (status === "queued") {
       if (!setStatus(job, "queued")) return;
       setInfo(job, queuedInfo(data.position, data.eta));
     } else if (status === "running") {
       if (!setStatus(job, "running")) return;
-      if (data.steps_done !== undefined && data.steps_done !== null) {
+      if (data.steps_done) {
         setProgress(job, data.steps_done, job.steps);
-        setInfo(job, fmt(T.step, { step: data.steps_done, steps: job.steps }) +
-          (data.eta !== null && data.eta !== undefined ? " · " + formatEta(data.eta) : ""));
+        setInfo(job, stepInfo(data.steps_done, job.steps, data.eta));
+      } else if (!job.panel.querySelector(".job-info").textContent) {
+        setInfo(job, T.starting);
       }
     } else if (status === "succeeded") {
       finishSucceeded(job, data);
@@ -411,9 +430,6 @@
     if (images.length) {
       lastSeed = images[0].seed;
       updateReuseSeed();
-      var preview = job.panel.querySelector(".job-preview");
-      preview.src = images[0].thumbnail_url || images[0].url;
-      preview.hidden = false;
     }
   }
 
@@ -432,13 +448,17 @@
         if (setStatus(job, "queued")) setInfo(job, queuedInfo(msg.position, msg.eta));
         break;
       case "job.started":
-        if (setStatus(job, "running")) setInfo(job, T.starting);
+        if (!setStatus(job, "running")) break;
+        if (msg.steps) {
+          job.steps = msg.steps;
+          setProgress(job, msg.steps_done || 0, msg.steps);
+        }
+        setInfo(job, msg.steps_done ? stepInfo(msg.steps_done, msg.steps, msg.eta) : T.starting);
         break;
       case "job.progress":
         if (job.status !== "running" && !setStatus(job, "running")) break;
         setProgress(job, msg.step, msg.steps);
-        setInfo(job, fmt(T.step, { step: msg.step, steps: msg.steps }) +
-          (msg.eta !== null && msg.eta !== undefined ? " · " + formatEta(msg.eta) : ""));
+        setInfo(job, stepInfo(msg.step, msg.steps, msg.eta));
         if (msg.preview) {
           var preview = job.panel.querySelector(".job-preview");
           preview.src = msg.preview;
@@ -467,7 +487,7 @@
     api("POST", cancelUrl(id)).then(function (r) {
       stop.disabled = false;
       if (r.ok && r.data && r.data.status) applyJob(r.data);
-      else if (!r.ok) showJobError(job, errorLines(r.data).join(" "));
+      else if (!r.ok) showJobError(job, errorLines(r.data, r.status).join(" "));
     });
   }
 

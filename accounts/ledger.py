@@ -1,0 +1,330 @@
+"""The credit ledger: the only code that changes a balance.
+
+Each function writes one CreditEntry and moves the account's cached `balance` / `held` by the
+same amounts in one transaction, with a conditional UPDATE (the database checks the balance
+under the row lock) or, where it must read before writing, a row lock. So on Postgres, under any
+concurrency, `balance == sum(amount)`, `held == sum(held_delta)`, and neither goes below zero
+(a CHECK constraint backs that up).
+
+`balance` is what the user can spend now. A hold moves a job's price from `balance` to `held`;
+the job's one settlement empties the hold: the charged part is gone, the rest goes back to
+`balance`. A settlement is a single entry (unique per job), so a repeated worker message can
+never settle twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, DecimalField, F, Q, Sum, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from accounts.models import CENT, CreditAccount, CreditEntry, MembershipTier
+
+Kind = CreditEntry.Kind
+ZERO = Decimal("0.00")
+
+
+class LedgerError(ValueError):
+    """A bad amount or request: nothing was written."""
+
+
+class InsufficientCredits(Exception):
+    """The balance cannot cover the price. Carries both so callers can answer 402 with them."""
+
+    def __init__(self, balance: Decimal, price: Decimal) -> None:
+        self.balance = balance
+        self.price = price
+        super().__init__(
+            _("Not enough credits: this costs %(price)s and your balance is %(balance)s.")
+            % {"price": price, "balance": balance}
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        return {"balance": str(self.balance), "price": str(self.price)}
+
+
+def to_money(value: Any) -> Decimal:
+    """A finite amount with at most two decimals, or LedgerError. Never rounds silently."""
+    if isinstance(value, float):
+        value = str(value)
+    try:
+        amount = Decimal(value) if not isinstance(value, Decimal) else value
+    except (InvalidOperation, TypeError, ValueError):
+        raise LedgerError(_("“%(value)s” is not an amount.") % {"value": value}) from None
+    if not amount.is_finite():
+        raise LedgerError(_("“%(value)s” is not an amount.") % {"value": value})
+    if amount != amount.quantize(CENT):
+        raise LedgerError(_("Amounts have at most two decimals."))
+    if abs(amount) >= Decimal("1e10"):
+        raise LedgerError(_("That amount is too large."))
+    return amount.quantize(CENT)
+
+
+# --- accounts ------------------------------------------------------------------------------------
+
+
+def open_account(user: Any) -> CreditAccount:
+    """Create the user's account on the default tier with its welcome grant. Idempotent."""
+    with transaction.atomic():
+        tier = MembershipTier.objects.default()
+        account, created = CreditAccount.objects.select_related("tier").get_or_create(
+            user=user, defaults={"tier": tier}
+        )
+        if created and tier.welcome_grant > 0:
+            _write(account.pk, Kind.GRANT, tier.welcome_grant, key="welcome",
+                   reason=_("Welcome to Atelier"))
+            account.refresh_from_db(fields=["balance", "held"])
+    return account
+
+
+def account_for(user: Any) -> CreditAccount:
+    """The user's account, opened on first use (users made by createsuperuser or a script)."""
+    account = CreditAccount.objects.select_related("tier").filter(pk=user.pk).first()
+    return account if account is not None else open_account(user)
+
+
+def _write(account_id: int, kind: str, amount: Decimal, held_delta: Decimal = ZERO,
+           **fields: Any) -> CreditEntry:
+    """Append the entry and move the cached totals by it. Call inside a transaction.
+
+    A negative amount only applies if the balance covers it (checked by the UPDATE itself);
+    otherwise InsufficientCredits and nothing is written."""
+    rows = CreditAccount.objects.filter(pk=account_id)
+    if amount < 0:
+        rows = rows.filter(balance__gte=-amount)
+    changed = rows.update(
+        balance=F("balance") + amount, held=F("held") + held_delta, updated_at=timezone.now()
+    )
+    if not changed:
+        balance = CreditAccount.objects.filter(pk=account_id).values_list("balance", flat=True)
+        raise InsufficientCredits(balance.first() or ZERO, -amount)
+    return CreditEntry.objects.create(
+        account_id=account_id, kind=kind, amount=amount, held_delta=held_delta, **fields
+    )
+
+
+def credit(user: Any, amount: Any, kind: str, *, reason: str = "", key: str = "",
+           **refs: Any) -> CreditEntry | None:
+    """Add credits (grant, top-up, redeem, positive adjustment or refund).
+
+    With a `key`, at most one entry per account ever carries it: a repeated call returns None
+    and writes nothing (periodic grants, webhook redeliveries)."""
+    value = to_money(amount)
+    if value <= 0:
+        raise LedgerError(_("The amount must be positive."))
+    account = account_for(user)
+    try:
+        with transaction.atomic():
+            return _write(account.pk, kind, value, reason=reason, key=key, **refs)
+    except IntegrityError:
+        if key and CreditEntry.objects.filter(account_id=account.pk, key=key).exists():
+            return None
+        raise
+
+
+def adjust(user: Any, amount: Any, *, actor: Any, reason: str) -> CreditEntry:
+    """A staff correction, positive or negative, always with a reason and who made it."""
+    value = to_money(amount)
+    if value == 0:
+        raise LedgerError(_("An adjustment must change the balance."))
+    if not reason.strip():
+        raise LedgerError(_("Say why the balance is adjusted."))
+    account = account_for(user)
+    with transaction.atomic():
+        return _write(account.pk, Kind.ADJUSTMENT, value, actor=actor, reason=reason.strip())
+
+
+# --- holds and their settlement ----------------------------------------------------------------
+
+
+def hold(user: Any, amount: Any, job_id: Any) -> CreditEntry | None:
+    """Reserve a job's price; InsufficientCredits if the balance cannot cover it.
+
+    Meant to run inside the transaction that inserts the job, so both commit or neither does.
+    One UPDATE whose WHERE checks the balance: concurrent holds queue on the row lock and each
+    re-checks the balance the previous one left."""
+    price = to_money(amount)
+    if price < 0:
+        raise LedgerError(_("A price cannot be negative."))
+    if price == 0:
+        return None
+    account_id = user.pk
+    # No savepoint (two round trips saved per submission) and so no exception inside the
+    # block: a refusal leaves the caller's transaction usable.
+    with transaction.atomic(savepoint=False):
+        moved = _move_to_held(account_id, price)
+        if not moved:
+            # No account yet (opened now, with its welcome grant), or really not enough.
+            account = account_for(user)
+            moved = _move_to_held(account_id, price)
+        if moved:
+            return CreditEntry.objects.create(
+                account_id=account_id, kind=Kind.HOLD, amount=-price, held_delta=price,
+                job_id=job_id,
+            )
+        account.refresh_from_db(fields=["balance"])
+    raise InsufficientCredits(account.balance, price)
+
+
+def _move_to_held(account_id: int, price: Decimal) -> bool:
+    return bool(CreditAccount.objects.filter(pk=account_id, balance__gte=price).update(
+        balance=F("balance") - price, held=F("held") + price, updated_at=timezone.now()
+    ))
+
+
+def capture(job_id: Any, amount: Any = None, *, reason: str = "") -> CreditEntry | None:
+    """Settle the job's hold by charging it: all of it, or `amount` of it (the rest goes back).
+
+    Returns the settlement entry, or None when the job has no hold or was already settled."""
+    charge = None if amount is None else to_money(amount)
+    if charge is not None and charge < 0:
+        raise LedgerError(_("A charge cannot be negative."))
+    return _settle(job_id, charge, reason)
+
+
+def release(job_id: Any, *, reason: str = "") -> CreditEntry | None:
+    """Settle the job's hold by giving all of it back. None if nothing was held or settled."""
+    return _settle(job_id, ZERO, reason)
+
+
+def pro_rata(price: Decimal, steps_done: int, total_steps: int) -> Decimal:
+    """The part of `price` a job cancelled mid-run pays: the share of its steps that ran,
+    rounded down to the cent (the pricing page states this rule)."""
+    if total_steps <= 0 or steps_done <= 0:
+        return ZERO
+    share = Decimal(min(steps_done, total_steps)) / Decimal(total_steps)
+    return (price * share).quantize(CENT, rounding=ROUND_FLOOR)
+
+
+def _settle(job_id: Any, charge: Decimal | None, reason: str) -> CreditEntry | None:
+    with transaction.atomic():
+        held_entry = (
+            CreditEntry.objects.filter(job_id=job_id, kind=Kind.HOLD)
+            .values("account_id", "held_delta").first()
+        )
+        if held_entry is None:
+            return None
+        account_id = held_entry["account_id"]
+        # The account row lock serialises settlements: the second of two racing messages sees
+        # the first one's entry and stops. The unique constraint would refuse it anyway.
+        CreditAccount.objects.select_for_update().filter(pk=account_id).values("pk").first()
+        if CreditEntry.objects.filter(job_id=job_id, kind__in=CreditEntry.SETTLEMENTS).exists():
+            return None
+        held = held_entry["held_delta"]
+        charged = held if charge is None else min(charge, held)
+        returned = held - charged
+        return _write(
+            account_id, Kind.CAPTURE if charged > 0 else Kind.RELEASE, returned, -held,
+            job_id=job_id, reason=reason,
+        )
+
+
+def refund(job_id: Any, amount: Any, *, actor: Any, reason: str) -> CreditEntry:
+    """Give back up to what a settled job was charged (staff goodwill after a bad result)."""
+    value = to_money(amount)
+    if value <= 0:
+        raise LedgerError(_("The amount must be positive."))
+    if not reason.strip():
+        raise LedgerError(_("Say why the job is refunded."))
+    with transaction.atomic():
+        settlement = CreditEntry.objects.filter(
+            job_id=job_id, kind__in=CreditEntry.SETTLEMENTS
+        ).first()
+        if settlement is None:
+            raise LedgerError(_("That job has no charge to refund."))
+        CreditAccount.objects.select_for_update().filter(pk=settlement.account_id).first()
+        refunded = CreditEntry.objects.filter(job_id=job_id, kind=Kind.REFUND).aggregate(
+            total=Coalesce(Sum("amount"), Value(ZERO, output_field=DecimalField()))
+        )["total"]
+        if refunded + value > settlement.charged:
+            raise LedgerError(_("A refund cannot exceed what the job was charged."))
+        return _write(settlement.account_id, Kind.REFUND, value, job_id=job_id, actor=actor,
+                      reason=reason.strip())
+
+
+# --- the invariants check_ledger enforces --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Violation:
+    what: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.detail}"
+
+
+def find_violations() -> list[Violation]:
+    """Everything that must hold of the ledger; an empty list when it is sound."""
+    problems: list[Violation] = []
+    money = DecimalField(max_digits=14, decimal_places=2)
+    zero = Value(ZERO, output_field=money)
+    accounts = CreditAccount.objects.annotate(
+        entry_sum=Coalesce(Sum("entries__amount"), zero),
+        held_sum=Coalesce(Sum("entries__held_delta"), zero),
+    )
+    for account in accounts.filter(
+        ~Q(balance=F("entry_sum")) | ~Q(held=F("held_sum")) | Q(balance__lt=0) | Q(held__lt=0)
+    ):
+        problems.append(Violation(
+            "account", f"user {account.pk}: balance {account.balance} (entries say "
+            f"{account.entry_sum}), held {account.held} (entries say {account.held_sum})",
+        ))
+
+    per_job = (
+        CreditEntry.objects.filter(job_id__isnull=False).values("job_id").annotate(
+            holds=Count("pk", filter=Q(kind=Kind.HOLD)),
+            settlements=Count("pk", filter=Q(kind__in=CreditEntry.SETTLEMENTS)),
+            accounts=Count("account_id", distinct=True),
+            held=Coalesce(Sum("held_delta"), zero),
+            hold_amount=Coalesce(Sum("amount", filter=Q(kind=Kind.HOLD)), zero),
+            returned=Coalesce(Sum("amount", filter=Q(kind__in=CreditEntry.SETTLEMENTS)), zero),
+            refunded=Coalesce(Sum("amount", filter=Q(kind=Kind.REFUND)), zero),
+        )
+    )
+    open_jobs = set()
+    for job in per_job:
+        job_id = job["job_id"]
+        if job["holds"] > 1 or job["settlements"] > 1:
+            problems.append(Violation("job", f"{job_id}: {job['holds']} holds, "
+                                      f"{job['settlements']} settlements"))
+        if job["accounts"] > 1:
+            problems.append(Violation("job", f"{job_id}: entries on {job['accounts']} accounts"))
+        if job["settlements"] and not job["holds"]:
+            problems.append(Violation("job", f"{job_id}: settled without a hold"))
+        if job["settlements"] and job["held"] != 0:
+            problems.append(Violation("job", f"{job_id}: settled but {job['held']} still held"))
+        if not job["settlements"] and job["held"] != -job["hold_amount"]:
+            problems.append(Violation("job", f"{job_id}: open hold of {-job['hold_amount']} "
+                                      f"but {job['held']} held"))
+        if job["returned"] > -job["hold_amount"] or job["returned"] < 0:
+            problems.append(Violation("job", f"{job_id}: gave back {job['returned']} of a "
+                                      f"{-job['hold_amount']} hold"))
+        charged = -job["hold_amount"] - job["returned"] if job["settlements"] else ZERO
+        if job["refunded"] > charged:
+            problems.append(Violation("job", f"{job_id}: refunded {job['refunded']} of "
+                                      f"{charged} charged"))
+        if job["holds"] and not job["settlements"]:
+            open_jobs.add(job_id)
+
+    problems.extend(_job_status_violations(open_jobs))
+    return problems
+
+
+def _job_status_violations(open_holds: set[Any]) -> list[Violation]:
+    """A finished job with an open hold: its settlement was lost."""
+    from django.apps import apps
+
+    if not apps.is_installed("generation") or not open_holds:
+        return []
+    job_model = apps.get_model("generation", "Job")
+    finished = job_model.objects.filter(
+        pk__in=open_holds, status__in=job_model.TERMINAL
+    ).values_list("pk", flat=True)
+    return [Violation("job", f"{pk}: finished with its hold still open") for pk in finished]

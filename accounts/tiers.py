@@ -1,0 +1,77 @@
+"""Membership tiers: which one a user is on, and changing it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.ledger import account_for
+from accounts.models import CreditAccount, MembershipTier
+
+
+def effective_tier(account: CreditAccount, now: datetime | None = None) -> MembershipTier:
+    """The account's tier, or the default one once a time-limited tier has run out (the
+    periodic task writes the downgrade; reads never wait for it)."""
+    now = now or timezone.now()
+    if account.tier_expires_at is not None and account.tier_expires_at <= now:
+        return MembershipTier.objects.default()
+    return account.tier
+
+
+def tier_of(user: Any) -> MembershipTier:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return MembershipTier.objects.default()
+    return effective_tier(account_for(user))
+
+
+def allowed_model_names(user: Any) -> list[str] | None:
+    """Catalogue names the user's tier may use; None means every model."""
+    tier = tier_of(user)
+    return None if tier.all_models else list(tier.allowed_models or [])
+
+
+def set_tier(user: Any, tier: MembershipTier, *, until: datetime | None = None) -> None:
+    """Put the user on `tier` (until a time, or with no end). Staff and services use this."""
+    account = account_for(user)
+    CreditAccount.objects.filter(pk=account.pk).update(
+        tier=tier, tier_expires_at=until, updated_at=timezone.now()
+    )
+
+
+def upgrade_tier(user: Any, tier: MembershipTier, days: int | None,
+                 now: datetime | None = None) -> None:
+    """Grant `tier` for `days` (None: no end) without ever downgrading: the same tier bought
+    again extends its end; a lower tier than the current one changes nothing."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        account = account_for(user)
+        account = CreditAccount.objects.select_for_update().select_related("tier").get(
+            pk=account.pk
+        )
+        current = effective_tier(account, now)
+        if current.rank > tier.rank:
+            return
+        if days is None:
+            until = None
+        else:
+            start = now
+            if current.pk == tier.pk and account.tier_expires_at and account.tier_expires_at > now:
+                start = account.tier_expires_at
+            elif current.pk == tier.pk and account.tier_expires_at is None:
+                return  # already on it with no end
+            until = start + timedelta(days=days)
+        CreditAccount.objects.filter(pk=account.pk).update(
+            tier=tier, tier_expires_at=until, updated_at=now
+        )
+
+
+def expire_tiers(now: datetime | None = None) -> int:
+    """Move accounts whose time-limited tier has run out back to the default tier."""
+    now = now or timezone.now()
+    default = MembershipTier.objects.default()
+    return CreditAccount.objects.filter(tier_expires_at__lte=now).update(
+        tier=default, tier_expires_at=None, updated_at=now
+    )

@@ -1,0 +1,66 @@
+"""/ws/jobs/: a signed-in user's own job events, live. Relays only; writes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from generation.events import EVENT_TYPES, JobEvent, user_group
+
+
+def unfinished_job_events(user: Any) -> list[JobEvent]:
+    """The state of `user`'s unfinished jobs from the database, oldest first, as events."""
+    from generation.lifecycle import queued_event
+    from generation.models import Job
+    from generation.queue import queue_snapshot, running_eta
+
+    jobs = list(Job.objects.owned_by(user).unfinished().order_by("created_at"))
+    if not jobs:
+        return []
+    snapshot = queue_snapshot() if any(j.status == Job.Status.QUEUED for j in jobs) else None
+    events: list[JobEvent] = []
+    for job in jobs:
+        if job.status == Job.Status.RUNNING:
+            events.append({
+                "type": "job.started", "job_id": str(job.pk), "steps": job.total_steps,
+                "steps_done": job.steps_done, "eta": running_eta(job),
+            })
+            continue
+        info = snapshot.get(job.pk) if snapshot else None
+        events.append(queued_event(job, info.position if info else 0,
+                                   info.eta if info else 0.0,
+                                   info.source if info else "default"))
+    return events
+
+
+class JobsConsumer(AsyncJsonWebsocketConsumer):
+    group: str | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        self.group = user_group(user.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        # Messages on the channel layer can be lost: start from the database's truth.
+        for event in await database_sync_to_async(unfinished_job_events)(user):
+            await self.send_json(dict(event))
+
+    async def disconnect(self, code: int) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """Clients only listen; anything they send is ignored."""
+
+    async def relay(self, event: dict[str, Any]) -> None:
+        if event.get("type") in EVENT_TYPES:
+            await self.send_json(event)
+
+    # Channels routes "job.queued" to job_queued, and so on.
+    job_queued = job_started = job_progress = relay
+    job_succeeded = job_failed = job_cancelled = relay

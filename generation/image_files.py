@@ -1,0 +1,53 @@
+"""Image files, streamed from Django's storage to their owner (or staff); everyone else gets 404.
+
+The media folder itself is never served publicly in production: these views are the only way in.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpRequest
+from django.shortcuts import get_object_or_404
+from django.views.decorators.http import require_GET
+
+from generation.models import JobImage
+
+
+def _image(request: HttpRequest, pk: object) -> JobImage:
+    return get_object_or_404(JobImage.objects.visible_to(request.user), pk=pk)
+
+
+def _stream(field, filename: str, content_type: str) -> FileResponse:  # type: ignore[no-untyped-def]
+    if not field:
+        raise Http404
+    try:
+        handle = field.storage.open(field.name, "rb")
+    except (FileNotFoundError, OSError):
+        raise Http404 from None
+    response = FileResponse(handle, content_type=content_type, filename=filename)
+    response["Cache-Control"] = "private, max-age=86400"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@require_GET
+@login_required
+def image_file(request: HttpRequest, pk: object) -> FileResponse:
+    """The full PNG, with its A1111 `parameters` chunk; ?download=1 saves it as a file."""
+    image = _image(request, pk)
+    response = _stream(image.file, f"atelier-{image.seed}.png", "image/png")
+    if request.GET.get("download"):
+        response["Content-Disposition"] = f'attachment; filename="atelier-{image.seed}.png"'
+    else:
+        response["Content-Disposition"] = "inline"
+    return response
+
+
+@require_GET
+@login_required
+def image_thumbnail(request: HttpRequest, pk: object) -> FileResponse:
+    image = _image(request, pk)
+    response = _stream(image.thumbnail or image.file, f"thumb-{image.pk}.webp",
+                       "image/webp" if image.thumbnail else "image/png")
+    response["Content-Disposition"] = "inline"
+    return response

@@ -1,0 +1,10 @@
+"""Permission-checked image file URLs (included from config/urls.py at the site root)."""
+
+from django.urls import path
+
+from generation import image_files
+
+urlpatterns = [
+    path("images/<uuid:pk>/file", image_files.image_file, name="generation-image-file"),
+    path("images/<uuid:pk>/thumb", image_files.image_thumbnail, name="generation-image-thumb"),
+]

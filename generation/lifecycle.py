@@ -1,0 +1,156 @@
+"""Terminal and start transitions with their side effects, in one place.
+
+Each function claims the transition on the model (a conditional update), and only if it won:
+settles the credit hold exactly once, and publishes the websocket event after commit. Used by the
+worker-event actor, cancel and the sweeper alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from typing import Any
+
+from django.core.files.base import ContentFile
+from django.db import transaction
+from django.urls import reverse
+from PIL import Image
+
+from generation.credits_hold import capture_hold, release_hold
+from generation.events import (
+    ImagePayload,
+    JobCancelledEvent,
+    JobFailedEvent,
+    JobQueuedEvent,
+    JobStartedEvent,
+    JobSucceededEvent,
+    publish_job_event,
+    send_to_user,
+)
+from generation.models import Job, JobImage
+from gpu_worker.protocol import ResultImage
+
+logger = logging.getLogger(__name__)
+THUMBNAIL_SIDE = 256
+
+
+def image_payload(image: JobImage) -> ImagePayload:
+    return ImagePayload(
+        id=str(image.pk),
+        url=reverse("generation-image-file", args=[image.pk]),
+        thumbnail_url=reverse("generation-image-thumb", args=[image.pk]),
+        seed=image.seed,
+        infotext=image.infotext,
+        width=image.width,
+        height=image.height,
+    )
+
+
+def start_job(job: Job, worker_id: str, attempt: int) -> bool:
+    from generation.queue import running_eta
+
+    with transaction.atomic():
+        if not job.mark_running(worker_id, attempt):
+            return False
+        publish_job_event(job, JobStartedEvent(
+            type="job.started", job_id=str(job.pk), steps=job.total_steps,
+            steps_done=job.steps_done, eta=running_eta(job),
+        ))
+    transaction.on_commit(publish_queue_positions)
+    return True
+
+
+def _thumbnail(image: Image.Image) -> bytes:
+    thumb = image.convert("RGB")
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    out = io.BytesIO()
+    thumb.save(out, "WEBP", quality=80)
+    return out.getvalue()
+
+
+def _save_image(job: Job, index: int, result: ResultImage) -> JobImage:
+    png = base64.b64decode(result["png_b64"], validate=True)
+    with Image.open(io.BytesIO(png)) as decoded:
+        decoded.load()
+        width, height = decoded.size
+        thumb = _thumbnail(decoded)
+    image = JobImage(
+        job=job, owner_id=job.owner_id, index=index, seed=int(result["seed"]),
+        infotext=result.get("infotext", ""), width=width, height=height,
+    )
+    image.file.save("image.png", ContentFile(png), save=False)
+    image.thumbnail.save("thumb.webp", ContentFile(thumb), save=False)
+    image.save()
+    return image
+
+
+def succeed_job(job: Job, attempt: int, worker_id: str, images: list[ResultImage],
+                timings: dict[str, Any] | None = None) -> bool:
+    """Record the images of a finished job. A redelivered 'succeeded' loses the claim and
+    creates nothing; a failure while storing rolls the claim back so the message is retried."""
+    with transaction.atomic():
+        if not job.mark_succeeded(attempt, worker_id, timings):
+            return False
+        saved = [_save_image(job, index, result) for index, result in enumerate(images)]
+        capture_hold(job)
+        publish_job_event(job, JobSucceededEvent(
+            type="job.succeeded", job_id=str(job.pk), images=[image_payload(i) for i in saved],
+        ))
+    return True
+
+
+def fail_job(job: Job, error: str, attempt: int | None = None,
+             timings: dict[str, Any] | None = None) -> bool:
+    with transaction.atomic():
+        if not job.mark_failed(error, attempt, timings):
+            return False
+        release_hold(job)
+        publish_job_event(job, JobFailedEvent(type="job.failed", job_id=str(job.pk),
+                                              error=job.error))
+    return True
+
+
+def cancel_queued_job(job: Job) -> bool:
+    with transaction.atomic():
+        if not job.mark_cancelled(from_statuses=(Job.Status.QUEUED,)):
+            return False
+        release_hold(job)
+        publish_job_event(job, JobCancelledEvent(type="job.cancelled", job_id=str(job.pk)))
+    transaction.on_commit(publish_queue_positions)
+    return True
+
+
+def finish_cancelled_job(job: Job, attempt: int | None, steps_done: int | None = None) -> bool:
+    with transaction.atomic():
+        if not job.mark_cancelled(attempt=attempt, steps_done=steps_done):
+            return False
+        release_hold(job)  # pro-rata charging of steps_done comes with the credits issue
+        publish_job_event(job, JobCancelledEvent(type="job.cancelled", job_id=str(job.pk)))
+    return True
+
+
+def queued_event(job: Job, position: int, eta: float, source: str) -> JobQueuedEvent:
+    return JobQueuedEvent(type="job.queued", job_id=str(job.pk), position=position, eta=eta,
+                          eta_source=source)  # type: ignore[typeddict-item]
+
+
+def publish_queue_positions() -> None:
+    """Tell the owners of queued jobs their new place after the queue moved."""
+    from generation.queue import queue_snapshot
+
+    snapshot = queue_snapshot()
+    owners = {
+        str(pk): owner_id
+        for pk, owner_id in Job.objects.filter(pk__in=list(snapshot.infos))
+        .values_list("pk", "owner_id")
+    }
+    for job_id, info in snapshot.infos.items():
+        owner_id = owners.get(job_id)
+        if owner_id is None:
+            continue
+        send_to_user(owner_id, JobQueuedEvent(
+            type="job.queued", job_id=job_id, position=info.position, eta=info.eta,
+            eta_source=info.source,
+        ))
+

@@ -1,0 +1,79 @@
+"""`python manage.py run_platform_worker`: record GPU workers' job events, sweep, sync models.
+
+One process: a Dramatiq worker on the platform queue (two threads, fast pickup) plus a loop that
+runs the sweeper and the catalogue sync every few seconds. SIGINT/SIGTERM stop both cleanly (the
+message in hand finishes; prefetched ones go back to Redis).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import dramatiq
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections, connections
+
+from generation.broker import get_broker
+from generation.sweeper import sweep, sync_catalogue
+from gpu_worker.protocol import PLATFORM_QUEUE
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Run the platform worker: job events from GPU workers, the sweeper, catalogue sync."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--threads", type=int, default=2)
+        parser.add_argument("--sweep-interval", type=float, default=5.0,
+                            help="seconds between sweeps (default 5)")
+        parser.add_argument("--catalogue-interval", type=float, default=15.0,
+                            help="seconds between catalogue syncs (default 15)")
+        parser.add_argument("--no-periodic", action="store_true",
+                            help="only consume events (another process sweeps)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        broker = get_broker()
+        worker = dramatiq.Worker(broker, queues={PLATFORM_QUEUE},
+                                 worker_threads=options["threads"], worker_timeout=50)
+        worker.start()
+        self.stdout.write(f"platform worker consuming {PLATFORM_QUEUE!r} "
+                          f"({options['threads']} threads)")
+        try:
+            if options["no_periodic"]:
+                stop.wait()
+            else:
+                self._periodic(stop, options["sweep_interval"], options["catalogue_interval"])
+        finally:
+            self.stdout.write("stopping the platform worker")
+            worker.stop(timeout=30_000)
+            broker.close()
+            connections.close_all()
+
+    def _periodic(self, stop: threading.Event, sweep_every: float, sync_every: float) -> None:
+        next_sync = 0.0
+        elapsed = 0.0
+        while not stop.is_set():
+            close_old_connections()
+            try:
+                if elapsed >= next_sync:
+                    counts = sync_catalogue()
+                    if any(counts.values()):
+                        logger.info("catalogue: %s", counts)
+                    next_sync = elapsed + sync_every
+                report = sweep()
+                if report.redispatched or report.failed:
+                    logger.info("sweep: re-dispatched %d, failed %d",
+                                len(report.redispatched), len(report.failed))
+            except Exception:  # the loop must outlive a bad pass; the next one retries
+                logger.exception("periodic pass failed")
+            finally:
+                close_old_connections()
+            stop.wait(sweep_every)
+            elapsed += sweep_every

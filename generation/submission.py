@@ -1,0 +1,486 @@
+"""Submit and cancel jobs: the one service behind the page, the REST API and the A1111 API.
+
+`submit_job` validates everything against the user's limits and the catalogue (names are only
+ever looked up there, never turned into paths), prices the job, writes it together with its credit
+hold in one transaction, and dispatches it only after that transaction commits.
+
+Status codes carried by SubmissionError: 400 malformed input (wrong type, missing init image),
+422 out of a limit or unknown name (model, sampler, LoRA, VAE), 402 not enough credits,
+403 not allowed, 404 no such job, 409 model not available / job already finished,
+429 too many unfinished jobs, 503 Redis unreachable for a cancel.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import re
+import secrets
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.contrib.auth import get_user_model
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from PIL import Image, UnidentifiedImageError
+
+from generation.credits_hold import InsufficientCredits, hold_credits
+from generation.dispatch import dispatch_on_commit
+from generation.events import publish_job_event
+from generation.lifecycle import cancel_queued_job, queued_event
+from generation.limits import GenerationLimits, limits_for
+from generation.models import CatalogEntry, Job, UserGenerationSettings
+from generation.pricing import price_job, total_steps
+from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS
+from gpu_worker.samplers import UnknownSampler, resolve_sampler
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+MIN_SIDE = 64
+LORA_TAG = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>", re.IGNORECASE)
+ACCEPTED_INIT_FORMATS = {"PNG", "JPEG", "WEBP"}
+DEFAULTS: dict[str, Any] = {
+    "prompt": "",
+    "negative_prompt": "",
+    "sampler": "DPM++ 2M",
+    "scheduler": "Automatic",
+    "steps": 20,
+    "cfg_scale": 7.0,
+    "width": 512,
+    "height": 512,
+    "seed": -1,
+    "batch_size": 1,
+    "n_iter": 1,
+    "clip_skip": 1,
+    "denoising_strength": 0.75,
+    "resize_mode": 0,
+}
+HIRES_DEFAULTS: dict[str, Any] = {
+    "scale": 2.0,
+    "resize_x": 0,
+    "resize_y": 0,
+    "upscaler": "Latent",
+    "second_pass_steps": 0,
+    "denoising_strength": 0.7,
+}
+
+
+class SubmissionError(Exception):
+    """A request the service refuses; `field` names what to fix, `status` the HTTP answer."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.status = status
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "detail": self.message}
+
+
+@dataclass
+class ValidatedJob:
+    params: dict[str, Any]
+    checkpoint: CatalogEntry
+    init_png: bytes | None
+    price: Any
+    total_steps: int
+
+
+# --- field checks ----------------------------------------------------------------------------
+
+
+def _int(params: dict[str, Any], name: str, low: int, high: int, what: str = "") -> int:
+    value = params.get(name)
+    if isinstance(value, bool) or value is None:
+        raise SubmissionError(name, f"{name} must be an integer")
+    try:
+        number = int(value)
+        if isinstance(value, float) and number != value:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise SubmissionError(name, f"{name} must be an integer") from None
+    if not low <= number <= high:
+        raise SubmissionError(name, f"{name} must be between {low} and {high}{what}", 422)
+    return number
+
+
+def _float(params: dict[str, Any], name: str, low: float, high: float) -> float:
+    value = params.get(name)
+    if isinstance(value, bool) or value is None:
+        raise SubmissionError(name, f"{name} must be a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SubmissionError(name, f"{name} must be a number") from None
+    if not low <= number <= high:  # also refuses NaN
+        raise SubmissionError(name, f"{name} must be between {low:g} and {high:g}", 422)
+    return number
+
+
+def _text(params: dict[str, Any], name: str, limit: int) -> str:
+    value = params.get(name) or ""
+    if not isinstance(value, str):
+        raise SubmissionError(name, f"{name} must be text")
+    if len(value) > limit:
+        raise SubmissionError(name, f"{name} is {len(value)} characters; the limit is {limit}",
+                              422)
+    return value
+
+
+def _side(params: dict[str, Any], name: str, limits: GenerationLimits) -> int:
+    value = _int(params, name, MIN_SIDE, limits.max_side)
+    if value % 8:
+        raise SubmissionError(name, f"{name} must be a multiple of 8 (got {value})", 422)
+    return value
+
+
+def _strip_model_name(name: str) -> str:
+    candidate = name.strip()
+    if candidate.endswith("]") and " [" in candidate:  # A1111 title "name.safetensors [hash]"
+        candidate = candidate.rsplit(" [", 1)[0]
+    for suffix in (".safetensors", ".ckpt", ".pt", ".pth", ".bin"):
+        if candidate.endswith(suffix):
+            candidate = candidate[: -len(suffix)]
+    return candidate
+
+
+def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
+    """Find an entry by catalogue key. An unknown, disabled or forbidden name reads the same."""
+    entry = (
+        CatalogEntry.objects.visible_to(user)
+        .filter(kind=kind, name=_strip_model_name(name))
+        .first()
+    )
+    label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE"}.get(kind, kind)
+    if entry is None:
+        raise SubmissionError(field, f"unknown {label} {name!r}", 422)
+    if not entry.available:
+        raise SubmissionError(field, f"{label} {name!r} is not available on any worker now", 409)
+    return entry
+
+
+def _checkpoint(user: Any, params: dict[str, Any]) -> CatalogEntry:
+    name = params.get("checkpoint") or params.get("model")
+    if name:
+        if not isinstance(name, str):
+            raise SubmissionError("checkpoint", "checkpoint must be a model name")
+        return _lookup(user, CatalogEntry.Kind.CHECKPOINT, name, "checkpoint")
+    return default_checkpoint(user) or _no_checkpoint()
+
+
+def _no_checkpoint() -> CatalogEntry:
+    raise SubmissionError("checkpoint", "no model is available: ask an admin to add one", 409)
+
+
+def default_checkpoint(user: Any) -> CatalogEntry | None:
+    """The user's own default model if still usable, else the first usable one (demo last)."""
+    usable = CatalogEntry.objects.usable_by(user).checkpoints()
+    chosen = (
+        UserGenerationSettings.objects.filter(user=user)
+        .values_list("default_checkpoint_id", flat=True).first()
+    )
+    if chosen:
+        entry = usable.filter(pk=chosen).first()
+        if entry:
+            return entry
+    return usable.order_by("is_demo", "name").first()
+
+
+def _init_image(raw: Any, limits: GenerationLimits) -> bytes:
+    """Bytes, base64 text (data URI allowed) or an uploaded file -> a clean re-encoded PNG."""
+    if hasattr(raw, "read"):
+        if getattr(raw, "size", 0) and raw.size > limits.max_init_image_bytes:
+            raise _too_big(limits)
+        data = raw.read(limits.max_init_image_bytes + 1)
+    elif isinstance(raw, bytes):
+        data = raw
+    elif isinstance(raw, str):
+        text = raw.split(",", 1)[1] if raw.startswith("data:") else raw
+        if len(text) * 3 // 4 > limits.max_init_image_bytes + 3:
+            raise _too_big(limits)
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise SubmissionError("init_image", "init_image is not valid base64") from None
+    else:
+        raise SubmissionError("init_image", "init_image must be an image file or base64 text")
+    if len(data) > limits.max_init_image_bytes:
+        raise _too_big(limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.format not in ACCEPTED_INIT_FORMATS:
+                    raise SubmissionError(
+                        "init_image", f"init_image must be PNG, JPEG or WEBP, not {image.format}",
+                        422)
+                # The header gives the size before any pixel is decoded: the bomb guard.
+                if image.width * image.height > limits.max_init_image_pixels:
+                    raise SubmissionError(
+                        "init_image",
+                        f"init_image is {image.width}x{image.height}; the limit is "
+                        f"{limits.max_init_image_pixels} pixels", 422)
+                image.load()
+                out = io.BytesIO()
+                image.convert("RGB").save(out, "PNG")
+                return out.getvalue()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise SubmissionError(
+            "init_image", f"init_image has too many pixels; the limit is "
+            f"{limits.max_init_image_pixels} pixels", 422) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise SubmissionError("init_image", "init_image is not a readable image", 422) from None
+
+
+def _too_big(limits: GenerationLimits) -> SubmissionError:
+    return SubmissionError(
+        "init_image", f"init_image is larger than {limits.max_init_image_bytes} bytes", 422)
+
+
+def _hires(raw: Any, params: dict[str, Any], limits: GenerationLimits) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SubmissionError("hires", "hires must be an object or null")
+    hires = {**HIRES_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    out = {
+        "scale": _float(hires, "scale", 1.0, 4.0),
+        "resize_x": _int(hires, "resize_x", 0, limits.max_side),
+        "resize_y": _int(hires, "resize_y", 0, limits.max_side),
+        "upscaler": str(hires["upscaler"] or "Latent")[:100],
+        "second_pass_steps": _int(hires, "second_pass_steps", 0, limits.max_steps),
+        "denoising_strength": _float(hires, "denoising_strength", 0.0, 1.0),
+    }
+    for name in ("resize_x", "resize_y"):
+        if out[name] % 8:
+            raise SubmissionError(f"hires.{name}", f"hires {name} must be a multiple of 8", 422)
+    from generation.pricing import hires_size
+
+    width, height = hires_size({**params, "hires": out}) or (0, 0)
+    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        raise SubmissionError(
+            "hires", f"the hires target {width}x{height} exceeds the limit of "
+            f"{limits.max_side} per side and {limits.max_pixels} pixels", 422)
+    return out
+
+
+def _a1111_hires(raw: dict[str, Any]) -> Any:
+    """Map A1111's flat enable_hr/hr_* fields to our `hires` object."""
+    if "hires" in raw or not raw.get("enable_hr"):
+        return raw.get("hires")
+    return {
+        "scale": raw.get("hr_scale"),
+        "resize_x": raw.get("hr_resize_x"),
+        "resize_y": raw.get("hr_resize_y"),
+        "upscaler": raw.get("hr_upscaler"),
+        "second_pass_steps": raw.get("hr_second_pass_steps"),
+        "denoising_strength": raw.get("denoising_strength"),
+    }
+
+
+def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
+    """Check and normalise one request; raises SubmissionError naming the field and limit."""
+    if not isinstance(raw, dict):
+        raise SubmissionError("params", "the request body must be a JSON object")
+    limits = limits_for(user)
+    checkpoint = _checkpoint(user, raw)
+    base = {**DEFAULTS, **(checkpoint.default_params or {})}
+    if "sampler_name" in raw and "sampler" not in raw:
+        raw = {**raw, "sampler": raw["sampler_name"]}
+    given = {**base, **{k: v for k, v in raw.items() if v is not None}}
+
+    params: dict[str, Any] = {
+        "checkpoint": checkpoint.name,
+        "prompt": _text(given, "prompt", limits.max_prompt_chars),
+        "negative_prompt": _text(given, "negative_prompt", limits.max_prompt_chars),
+        "steps": _int(given, "steps", 1, limits.max_steps),
+        "cfg_scale": _float(given, "cfg_scale", limits.min_cfg, limits.max_cfg),
+        "width": _side(given, "width", limits),
+        "height": _side(given, "height", limits),
+        "batch_size": _int(given, "batch_size", 1, limits.max_images),
+        "n_iter": _int(given, "n_iter", 1, limits.max_images),
+        "seed": _int(given, "seed", -1, MAX_SEED),
+        "clip_skip": _int(given, "clip_skip", 1, 12),
+        "denoising_strength": _float(given, "denoising_strength", 0.0, 1.0),
+    }
+    if params["width"] * params["height"] > limits.max_pixels:
+        raise SubmissionError(
+            "width", f"{params['width']}x{params['height']} is more than the limit of "
+            f"{limits.max_pixels} pixels", 422)
+    images = params["batch_size"] * params["n_iter"]
+    if images > limits.max_images:
+        raise SubmissionError(
+            "batch_size", f"batch_size x n_iter is {images}; the limit is {limits.max_images}",
+            422)
+    if params["seed"] == -1:
+        params["seed"] = secrets.randbelow(MAX_SEED + 1 - images)
+
+    try:
+        choice = resolve_sampler(str(given["sampler"]), str(given.get("scheduler") or ""))
+    except UnknownSampler as exc:
+        field = "scheduler" if "schedule" in str(exc) else "sampler"
+        raise SubmissionError(field, str(exc), 422) from None
+    params["sampler"] = choice.sampler.name
+    params["scheduler"] = choice.schedule.label
+
+    vae = given.get("vae")
+    if vae in (None, "", "Automatic", "None", "none"):
+        params["vae"] = None
+    elif isinstance(vae, str):
+        params["vae"] = _lookup(user, CatalogEntry.Kind.VAE, vae, "vae").name
+    else:
+        raise SubmissionError("vae", "vae must be a VAE name or null")
+
+    loras = []
+    for field in ("prompt", "negative_prompt"):
+        for name in LORA_TAG.findall(params[field]):
+            loras.append(_lookup(user, CatalogEntry.Kind.LORA, name.strip(), field).name)
+    params["loras"] = sorted(set(loras))
+
+    init_raw = given.get("init_image")
+    mode = given.get("mode") or ("img2img" if init_raw else "txt2img")
+    if mode not in Job.Mode.values:
+        raise SubmissionError("mode", "mode must be txt2img or img2img")
+    params["mode"] = mode
+    init_png = None
+    if mode == Job.Mode.IMG2IMG:
+        if not init_raw:
+            raise SubmissionError("init_image", "img2img needs an init_image")
+        init_png = _init_image(init_raw, limits)
+        params["resize_mode"] = _int(given, "resize_mode", 0, 3)
+        params["hires"] = None
+    else:
+        params["hires"] = _hires(_a1111_hires({**given, **raw}), params, limits)
+
+    return ValidatedJob(
+        params=params,
+        checkpoint=checkpoint,
+        init_png=init_png,
+        price=price_job(params, checkpoint),
+        total_steps=total_steps(params),
+    )
+
+
+# --- the services ----------------------------------------------------------------------------
+
+
+def quote_job(user: Any, params: dict[str, Any]) -> ValidatedJob:
+    """Validate and price without submitting (the page's live price)."""
+    return validate_params(user, params)
+
+
+def _existing(user: Any, key: str | None) -> Job | None:
+    if not key:
+        return None
+    return Job.objects.filter(owner=user, idempotency_key=key).first()
+
+
+def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = None) -> Job:
+    """Validate, price, record the job and its credit hold in one transaction; dispatch after
+    commit. A repeated idempotency key returns the job it first created."""
+    if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 200):
+        raise SubmissionError("Idempotency-Key", "Idempotency-Key must be 1 to 200 characters")
+    if (job := _existing(user, idempotency_key)) is not None:
+        return job
+    valid = validate_params(user, params)
+    limits = limits_for(user)
+    try:
+        with transaction.atomic():
+            # One submission per user at a time, so the unfinished-jobs cap cannot be raced.
+            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            if (job := _existing(user, idempotency_key)) is not None:
+                return job
+            unfinished = Job.objects.owned_by(user).unfinished().count()
+            if unfinished >= limits.max_unfinished_jobs:
+                raise SubmissionError(
+                    "jobs", f"you have {unfinished} unfinished jobs; the limit is "
+                    f"{limits.max_unfinished_jobs}: wait for one to finish", 429)
+            job = Job(
+                owner=user, mode=valid.params["mode"], params=valid.params,
+                checkpoint=valid.checkpoint, price=valid.price, total_steps=valid.total_steps,
+                idempotency_key=idempotency_key or "",
+            )
+            if valid.init_png:
+                job.init_image.save("init.png", ContentFile(valid.init_png), save=False)
+            job.save(force_insert=True)
+            try:
+                hold_credits(user, job)
+            except InsufficientCredits as exc:
+                raise SubmissionError("price", str(exc) or "not enough credits", 402) from None
+            remember_params(user, valid.params)
+            position = Job.objects.queued().filter(created_at__lt=job.created_at).count() + 1
+            publish_job_event(job, _queued_event(job, position))
+            dispatch_on_commit(job)
+    except IntegrityError:
+        # The same key raced in from another request: answer with the job that won.
+        if (job := _existing(user, idempotency_key)) is not None:
+            return job
+        raise
+    return job
+
+
+def _queued_event(job: Job, position: int) -> Any:
+    from generation.queue import queue_info
+
+    info = queue_info(job)
+    if info is None:
+        return queued_event(job, position, 0.0, "default")
+    return queued_event(job, info.position, info.eta, info.source)
+
+
+def remember_params(user: Any, params: dict[str, Any]) -> None:
+    settings_row = UserGenerationSettings.for_user(user)
+    settings_row.last_params = dict(params)
+    settings_row.save(update_fields=["last_params", "updated_at"])
+
+
+def set_default_checkpoint(user: Any, name: str) -> CatalogEntry:
+    """The user's own model choice (never global)."""
+    entry = _lookup(user, CatalogEntry.Kind.CHECKPOINT, name, "checkpoint")
+    settings_row = UserGenerationSettings.for_user(user)
+    settings_row.default_checkpoint = entry
+    settings_row.save(update_fields=["default_checkpoint", "updated_at"])
+    return entry
+
+
+def can_manage(user: Any, job: Job) -> bool:
+    return job.owner_id == user.pk or bool(getattr(user, "is_staff", False))
+
+
+def cancel_job(user: Any, job: Job) -> Job:
+    """Cancel a queued job at once; ask the worker to interrupt a running one (its 'cancelled'
+    event finishes the job). Only the owner or staff; others are told the job does not exist."""
+    if not can_manage(user, job):
+        raise SubmissionError("job", "no such job", 404)
+    if job.status == Job.Status.QUEUED:
+        if cancel_queued_job(job):
+            # A worker may already hold the message: the flag makes it skip the job.
+            _set_cancel_flag(job, required=False)
+            return job
+        job.refresh_from_db()
+    if job.status == Job.Status.RUNNING:
+        _set_cancel_flag(job, required=True)
+        job.mark_cancel_requested()
+        return job
+    raise SubmissionError("job", f"the job already finished ({job.status})", 409)
+
+
+def _set_cancel_flag(job: Job, required: bool) -> None:
+    from generation.broker import get_redis
+
+    try:
+        get_redis().set(CANCEL_KEY.format(job_id=job.pk), "interrupt", ex=CANCEL_TTL_SECONDS)
+    except (redis.RedisError, OSError):
+        logger.warning("could not set the cancel flag of job %s", job.pk, exc_info=True)
+        if required:
+            raise SubmissionError(
+                "job", "the job queue is unreachable right now; try cancelling again", 503
+            ) from None

@@ -1,0 +1,12 @@
+"""Page URLs of the generation app (the REST API and image files are routed elsewhere)."""
+
+from django.urls import path
+
+from generation import views
+
+urlpatterns = [
+    path("generate/", views.generate, name="generate"),
+    path("images/", views.my_images, name="my_images"),
+    path("images/<uuid:pk>/", views.image_detail, name="image_detail"),
+    path("images/<uuid:pk>/delete/", views.image_delete, name="image_delete"),
+]

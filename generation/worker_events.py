@@ -1,0 +1,65 @@
+"""What GPU workers report about jobs (gpu_worker.protocol.JobEvent), recorded in the database.
+
+The actor `record_job_event` on PLATFORM_QUEUE is registered on the platform broker by
+`register_platform_actors`. Every branch claims its transition with a conditional update first, so
+a redelivered or late event (a 'started' after a cancel, a second 'succeeded', an event from an
+older attempt) changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import dramatiq
+
+from generation import lifecycle
+from generation.models import Job
+from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE, JobEvent
+
+logger = logging.getLogger(__name__)
+
+
+def handle_job_event(event: JobEvent) -> bool:
+    """Apply one worker event; True if it changed the job."""
+    job = Job.objects.filter(pk=event["job_id"]).first()
+    if job is None:
+        logger.info("event %s for unknown job %s ignored", event["kind"], event["job_id"])
+        return False
+    attempt = int(event["attempt"])
+    if attempt != job.attempt:
+        logger.info("event %s of attempt %s ignored: job %s is on attempt %s",
+                    event["kind"], attempt, job.pk, job.attempt)
+        return False
+    kind = event["kind"]
+    worker_id = event.get("worker_id", "")
+    timings: dict[str, Any] = dict(event.get("timings") or {})
+    if kind == "started":
+        return lifecycle.start_job(job, worker_id, attempt)
+    if kind == "succeeded":
+        return lifecycle.succeed_job(job, attempt, worker_id, event.get("images") or [], timings)
+    if kind == "failed":
+        return lifecycle.fail_job(job, event.get("error") or "the worker failed", attempt,
+                                  timings)
+    if kind == "cancelled":
+        return lifecycle.finish_cancelled_job(job, attempt, event.get("steps_done"))
+    logger.warning("unknown job event kind %r ignored", kind)
+    return False
+
+
+def record_job_event(event: JobEvent) -> None:
+    handle_job_event(event)
+
+
+def register_platform_actors(broker: dramatiq.Broker) -> dramatiq.Actor:
+    """Declare the platform queue's actor on `broker` (called when the broker is built)."""
+    return dramatiq.Actor(
+        record_job_event,
+        broker=broker,
+        actor_name=JOB_EVENT_ACTOR,
+        queue_name=PLATFORM_QUEUE,
+        priority=0,
+        # A storage hiccup while saving images rolls back and retries; a few times is plenty.
+        options={"max_retries": 5, "min_backoff": 500, "max_backoff": 10_000,
+                 "time_limit": 120_000},
+    )

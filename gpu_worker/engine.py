@@ -1,0 +1,490 @@
+"""Runs one protocol.GenerationRequest with diffusers: txt2img, img2img, hires fix, batches.
+
+The engine holds no global state: it is built with a models folder and a ModelCache, and each
+`run` resolves the request's names in the catalogue (a name never becomes a path), takes the
+pipeline from the cache, applies the request's LoRAs for this run only, and returns PNGs with
+A1111 infotext. Progress and cancellation go through the `observer` called at every step.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from gpu_worker import infotext as infotext_mod
+from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
+from gpu_worker.loading import (
+    ModelLoadError,
+    architecture_for_pipe,
+    default_cache_dir,
+    load_checkpoint,
+    load_vae,
+)
+from gpu_worker.model_cache import ModelCache
+from gpu_worker.prompt_encoding import encode_prompt_pair
+from gpu_worker.prompt_syntax import PromptSyntaxError, extract_loras, strip_weights
+from gpu_worker.protocol import GenerationRequest, JobTimings, ResultImage
+from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
+
+ENGINE_VERSION = "atelier-0.1"
+LATENT_UPSCALE_MODES = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+
+
+class JobFailed(Exception):
+    """The job cannot succeed; `permanent` errors would fail again on retry."""
+
+    def __init__(self, message: str, *, permanent: bool = True) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class JobInterrupted(Exception):  # noqa: N818 - a signal, not an error
+    """Raised from a step observer: stop the whole job, keep finished images."""
+
+
+class BatchSkipped(Exception):  # noqa: N818
+    """Raised from a step observer: drop the batch being sampled, go on with the next."""
+
+
+@dataclass
+class StepInfo:
+    done: int  # sampling steps finished in this job so far
+    total: int  # all sampling steps this job will take (estimate before the first pass)
+    iteration: int  # which of n_iter
+    latents: torch.Tensor
+    family: str
+
+
+StepObserver = Callable[[StepInfo], None]
+
+
+@dataclass
+class GenerationResult:
+    images: list[ResultImage] = field(default_factory=list)
+    timings: JobTimings = field(default_factory=lambda: JobTimings())
+    steps_done: int = 0
+    interrupted: bool = False
+    skipped_batches: int = 0
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        models_dir: Path | str,
+        cache: ModelCache,
+        allow_pickle: bool = False,
+        cache_dir: Path | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.cache = cache
+        self.device = cache.device
+        self.allow_pickle = allow_pickle
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self._catalogue: Catalogue | None = None
+
+    # --- catalogue -------------------------------------------------------------------------
+    @property
+    def catalogue(self) -> Catalogue:
+        if self._catalogue is None:
+            self.refresh_catalogue()
+        assert self._catalogue is not None
+        return self._catalogue
+
+    def refresh_catalogue(self) -> Catalogue:
+        self._catalogue = scan_models(
+            self.models_dir,
+            allow_pickle=self.allow_pickle,
+            hash_cache=self.cache_dir / "hashes.json",
+        )
+        return self._catalogue
+
+    def resolve(self, kind: Any, name: str) -> CatalogueItem:
+        """Look up a name, rescanning once so a file dropped in since the last scan is found."""
+        try:
+            return self.catalogue.resolve(kind, name)
+        except UnknownModel:
+            return self.refresh_catalogue().resolve(kind, name)
+
+    # --- pipelines -------------------------------------------------------------------------
+    def pipeline(self, checkpoint: CatalogueItem, vae: CatalogueItem | None) -> Any:
+        key = (checkpoint.sha256, vae.sha256 if vae else None)
+
+        def load() -> Any:
+            pipe = load_checkpoint(checkpoint, dtype=self.dtype, cache_dir=self.cache_dir)
+            if vae is not None:
+                pipe.vae = load_vae(
+                    vae,
+                    architecture=architecture_for_pipe(pipe),
+                    dtype=self.dtype,
+                    cache_dir=self.cache_dir,
+                )
+            pipe.set_progress_bar_config(disable=True)
+            return pipe
+
+        return self.cache.get(key, load)
+
+    def preload(self, checkpoint_name: str) -> None:
+        self.pipeline(self.resolve("checkpoint", checkpoint_name), None)
+
+    # --- running ---------------------------------------------------------------------------
+    def run(
+        self, request: GenerationRequest, observer: StepObserver | None = None
+    ) -> GenerationResult:
+        started = time.perf_counter()
+        try:
+            checkpoint = self.resolve("checkpoint", request["checkpoint"])
+            vae = self.resolve("vae", request["vae"]) if request.get("vae") else None
+            prompt, lora_tags = extract_loras(request["prompt"])
+            negative, _ = extract_loras(request["negative_prompt"])
+            loras = [(self.resolve("lora", t.name), t) for t in lora_tags]
+            choice = resolve_sampler(request["sampler"], request.get("scheduler"))
+        except (UnknownModel, UnknownSampler, PromptSyntaxError) as exc:
+            raise JobFailed(str(exc)) from exc
+        try:
+            t0 = time.perf_counter()
+            pipe = self.pipeline(checkpoint, vae)
+            load_s = time.perf_counter() - t0
+            run = _Run(self, request, pipe, choice, observer)
+            with torch.no_grad(), _applied_loras(pipe, loras):
+                result = run.execute(prompt, negative, checkpoint, vae, loras)
+        except ModelLoadError as exc:
+            self.cache.discard((checkpoint.sha256, vae.sha256 if vae else None))
+            raise JobFailed(str(exc)) from exc
+        except (JobInterrupted, BatchSkipped, JobFailed):
+            raise
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                self.cache.clear()  # give everything back; the next job loads what it needs
+                raise JobFailed(
+                    "out of GPU memory: try a smaller size or batch (the worker freed its "
+                    "model cache and goes on)",
+                    permanent=True,
+                ) from exc
+            raise
+        result.timings["model_load_s"] = round(load_s, 4)
+        result.timings["total_s"] = round(time.perf_counter() - started, 4)
+        return result
+
+
+class _applied_loras:  # noqa: N801 - used as a context manager
+    """Load the request's LoRAs as adapters for one run and remove them fully afterwards."""
+
+    def __init__(self, pipe: Any, loras: list[tuple[CatalogueItem, Any]]) -> None:
+        self.pipe, self.loras = pipe, loras
+
+    def __enter__(self) -> None:
+        if not self.loras:
+            return
+        names, weights = [], []
+        try:
+            for index, (item, tag) in enumerate(self.loras):
+                name = f"request_lora_{index}"
+                self.pipe.load_lora_weights(str(item.path), adapter_name=name)
+                names.append(name)
+                weights.append({"unet": tag.unet_weight, "text_encoder": tag.text_encoder_weight})
+            self.pipe.set_adapters(names, adapter_weights=weights)
+        except Exception as exc:
+            self.__exit__(None, None, None)
+            raise JobFailed(f"cannot apply LoRA {item.filename}: {exc}") from exc
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.loras:
+            self.pipe.unload_lora_weights()
+
+
+class _Run:
+    """One request's passes over one pipeline."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        request: GenerationRequest,
+        pipe: Any,
+        choice: SamplerChoice,
+        observer: StepObserver | None,
+    ) -> None:
+        self.engine, self.request, self.pipe, self.choice = engine, request, pipe, choice
+        self.observer = observer
+        self.family = architecture_for_pipe(pipe)
+        self.done = 0
+        self.iteration = 0
+        self.total = 0
+
+    # The step callback diffusers calls; it must return its kwargs.
+    def _callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        self.done += 1
+        if self.observer is not None:
+            self.observer(
+                StepInfo(
+                    self.done,
+                    max(self.total, self.done),
+                    self.iteration,
+                    kwargs["latents"],
+                    self.family,
+                )
+            )
+        return kwargs
+
+    def _scheduler(self, seed: int) -> Any:
+        return build_scheduler(self.choice, self.pipe.scheduler.config, seed=seed)
+
+    def _count(self, steps: int, strength: float | None) -> int:
+        scheduler = self._scheduler(0)
+        scheduler.set_timesteps(steps)
+        count = len(scheduler.timesteps)
+        if strength is not None:
+            t_start = max(steps - min(int(steps * strength), steps), 0)
+            count -= t_start * getattr(scheduler, "order", 1)
+        return max(count, 0)
+
+    def execute(
+        self,
+        prompt: str,
+        negative: str,
+        checkpoint: CatalogueItem,
+        vae: CatalogueItem | None,
+        loras: list[tuple[CatalogueItem, Any]],
+    ) -> GenerationResult:
+        r = self.request
+        result = GenerationResult()
+        hires = r.get("hires") if r["mode"] == "txt2img" else None
+        init = _decode_init_image(r) if r["mode"] == "img2img" else None
+        hires_steps = 0
+        if hires:
+            hires_steps = int(
+                (hires["second_pass_steps"] or r["steps"]) / min(hires["denoising_strength"], 0.999)
+            )
+        per_iter = self._count(r["steps"], r["denoising_strength"] if init else None)
+        if hires:
+            per_iter += self._count(hires_steps, hires["denoising_strength"])
+        self.total = per_iter * r["n_iter"]
+        conditioning = self._encode(prompt, negative)
+        sampling_s = encode_s = 0.0
+        for iteration in range(r["n_iter"]):
+            self.iteration = iteration
+            seeds = [r["seed"] + iteration * r["batch_size"] + b for b in range(r["batch_size"])]
+            t0 = time.perf_counter()
+            try:
+                images, size = self._sample(conditioning, seeds, init, hires, hires_steps)
+            except BatchSkipped:
+                result.skipped_batches += 1
+                self.done = per_iter * (iteration + 1)
+                continue
+            except JobInterrupted:
+                result.interrupted = True
+                break
+            finally:
+                sampling_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for seed, image in zip(seeds, images, strict=True):
+                text = self._infotext(seed, size, checkpoint, vae, loras, hires)
+                png = infotext_mod.png_with_infotext(image, text)
+                result.images.append(
+                    ResultImage(
+                        png_b64=base64.b64encode(png).decode("ascii"),
+                        seed=seed,
+                        infotext=text,
+                        width=image.width,
+                        height=image.height,
+                    )
+                )
+            encode_s += time.perf_counter() - t0
+        result.steps_done = self.done
+        result.timings["sampling_s"] = round(sampling_s, 4)
+        result.timings["encode_s"] = round(encode_s, 4)
+        return result
+
+    def _encode(self, prompt: str, negative: str) -> dict[str, Any]:
+        clip_skip = max(1, int(self.request.get("clip_skip") or 1))
+        if self.family == "sdxl":  # emphasis weights are not applied to SDXL's two encoders yet
+            return {
+                "prompt": strip_weights(prompt),
+                "negative_prompt": strip_weights(negative),
+                "clip_skip": clip_skip - 1 or None,
+            }
+        cond, uncond = encode_prompt_pair(self.pipe, prompt, negative, clip_skip=clip_skip)
+        return {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+
+    def _generators(self, seeds: list[int]) -> list[torch.Generator]:
+        # CPU noise: the same seed gives the same image on any machine (A1111's "RNG: CPU").
+        return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+    def _common(self, conditioning: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+        return {
+            **conditioning,
+            "num_images_per_prompt": len(seeds),
+            "guidance_scale": self.request["cfg_scale"],
+            "generator": self._generators(seeds),
+            "callback_on_step_end": self._callback,
+            "callback_on_step_end_tensor_inputs": ["latents"],
+        }
+
+    def _sample(
+        self,
+        conditioning: dict[str, Any],
+        seeds: list[int],
+        init: Image.Image | None,
+        hires: Any,
+        hires_steps: int,
+    ) -> tuple[list[Image.Image], tuple[int, int]]:
+        r = self.request
+        width, height = r["width"], r["height"]
+        if init is not None:
+            pipe = self._img2img_pipe(seeds[0])
+            out = pipe(
+                image=resize_image(init, width, height, r.get("resize_mode", 0)),
+                strength=r["denoising_strength"],
+                num_inference_steps=r["steps"],
+                **self._common(conditioning, seeds),
+            )
+            return out.images, (width, height)
+        self.pipe.scheduler = self._scheduler(seeds[0])
+        latent_upscale = hires and hires["upscaler"] in LATENT_UPSCALE_MODES
+        out = self.pipe(
+            width=width,
+            height=height,
+            num_inference_steps=r["steps"],
+            output_type="latent" if latent_upscale else "pil",
+            **self._common(conditioning, seeds),
+        )
+        if not hires:
+            return out.images, (width, height)
+        target_w, target_h = hires_size(width, height, hires)
+        if latent_upscale:
+            mode, antialias = LATENT_UPSCALE_MODES[hires["upscaler"]]
+            first: Any = torch.nn.functional.interpolate(
+                out.images,
+                size=(target_h // 8, target_w // 8),
+                mode=mode,
+                antialias=antialias and mode in {"bilinear", "bicubic"},
+            )
+        else:
+            first = [im.resize((target_w, target_h), Image.Resampling.LANCZOS) for im in out.images]
+        pipe = self._img2img_pipe(seeds[0])
+        out = pipe(
+            image=first,
+            strength=hires["denoising_strength"],
+            num_inference_steps=hires_steps,
+            **self._common(conditioning, seeds),
+        )
+        return out.images, (width, height)
+
+    def _img2img_pipe(self, seed: int) -> Any:
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+        cls = (
+            StableDiffusionXLImg2ImgPipeline
+            if self.family == "sdxl"
+            else StableDiffusionImg2ImgPipeline
+        )
+        pipe = cls.from_pipe(self.pipe, scheduler=self._scheduler(seed))  # shares the weights
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _infotext(
+        self,
+        seed: int,
+        size: tuple[int, int],
+        checkpoint: CatalogueItem,
+        vae: CatalogueItem | None,
+        loras: list[tuple[CatalogueItem, Any]],
+        hires: Any,
+    ) -> str:
+        r = self.request
+        params: dict[str, Any] = {
+            "Steps": r["steps"],
+            "Sampler": self.choice.sampler.name,
+            "Schedule type": self.choice.infotext_schedule,
+            "CFG scale": float(r["cfg_scale"]),
+            "Seed": seed,
+            "Size": f"{size[0]}x{size[1]}",
+            "Model hash": checkpoint.short_hash,
+            "Model": checkpoint.name,
+            "VAE hash": vae.short_hash if vae else None,
+            "VAE": vae.name if vae else None,
+            "Denoising strength": r["denoising_strength"] if r["mode"] == "img2img" else None,
+            "Clip skip": r["clip_skip"] if r.get("clip_skip", 1) > 1 else None,
+            "RNG": "CPU",
+        }
+        if hires:
+            params["Denoising strength"] = hires["denoising_strength"]
+            if hires["resize_x"] or hires["resize_y"]:
+                params["Hires resize"] = "{}x{}".format(*hires_size(size[0], size[1], hires))
+            else:
+                params["Hires upscale"] = hires["scale"]
+            params["Hires steps"] = hires["second_pass_steps"] or None
+            params["Hires upscaler"] = (
+                hires["upscaler"] if hires["upscaler"] in LATENT_UPSCALE_MODES else "Lanczos"
+            )
+        if loras:
+            params["Lora hashes"] = ", ".join(f"{t.name}: {i.sha256[:12]}" for i, t in loras)
+        params["Version"] = ENGINE_VERSION
+        return infotext_mod.build_infotext(r["prompt"], r["negative_prompt"], params)
+
+
+def hires_size(width: int, height: int, hires: Any) -> tuple[int, int]:
+    rx, ry = hires.get("resize_x") or 0, hires.get("resize_y") or 0
+    if rx and ry:
+        w, h = rx, ry
+    elif rx:
+        w, h = rx, round(height * rx / width)
+    elif ry:
+        w, h = round(width * ry / height), ry
+    else:
+        w, h = int(width * hires["scale"]), int(height * hires["scale"])
+    return max(8, w // 8 * 8), max(8, h // 8 * 8)
+
+
+def _decode_init_image(request: GenerationRequest) -> Image.Image:
+    data = request.get("init_image_png_b64")
+    if not data:
+        raise JobFailed("img2img needs an init image")
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        image.load()
+    except Exception as exc:
+        raise JobFailed(f"the init image cannot be read: {exc}") from exc
+    return image.convert("RGB")
+
+
+def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Image.Image:
+    """A1111 resize modes: 0 just resize, 1 crop and resize, 2 resize and fill."""
+    lanczos = Image.Resampling.LANCZOS
+    if mode == 1:
+        ratio = max(width / image.width, height / image.height)
+        w, h = math.ceil(image.width * ratio), math.ceil(image.height * ratio)
+        resized = image.resize((w, h), lanczos)
+        left, top = (w - width) // 2, (h - height) // 2
+        return resized.crop((left, top, left + width, top + height))
+    if mode == 2:
+        ratio = min(width / image.width, height / image.height)
+        w, h = max(1, round(image.width * ratio)), max(1, round(image.height * ratio))
+        canvas = image.resize((width, height), lanczos)  # the bars get the stretched image
+        canvas.paste(image.resize((w, h), lanczos), ((width - w) // 2, (height - h) // 2))
+        return canvas
+    return image.resize((width, height), lanczos)

@@ -1,0 +1,144 @@
+"""Every way a job ends settles its hold exactly once, through generation's own services and the
+worker-event handler the platform actor runs."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts import ledger
+from accounts.models import CreditEntry
+from generation import lifecycle
+from generation.models import CatalogEntry, Job
+from generation.submission import SubmissionError, cancel_job, submit_job
+from generation.worker_events import handle_job_event
+from tests.accounts.conftest import balance_of, held_of, set_balance
+
+pytestmark = pytest.mark.django_db
+
+# 1024x1024, 20 steps: 4 units of work, 4.00 credits at multiplier 1.
+PARAMS = {"prompt": "a lighthouse", "width": 1024, "height": 1024, "steps": 20,
+          "checkpoint": "base"}
+PRICE = Decimal("4.00")
+
+
+@pytest.fixture
+def checkpoint(db) -> CatalogEntry:
+    return CatalogEntry.objects.create(name="base", kind="checkpoint", family="sd1",
+                                       filename="base.safetensors")
+
+
+@pytest.fixture
+def job(alice, checkpoint) -> Job:
+    set_balance(alice, 10)
+    return submit_job(alice, PARAMS)
+
+
+def event(job: Job, kind: str, **extra: Any) -> dict[str, Any]:
+    return {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-0", "kind": kind,
+            **extra}
+
+
+def settlement_of(job: Job) -> CreditEntry:
+    return CreditEntry.objects.for_job(job.pk).get(kind__in=CreditEntry.SETTLEMENTS)
+
+
+def assert_ledger_clean() -> None:
+    assert ledger.find_violations() == []
+
+
+def test_submitting_holds_the_jobs_price(alice, job):
+    assert job.price == PRICE
+    assert (balance_of(alice), held_of(alice)) == (Decimal("6.00"), PRICE)
+    assert CreditEntry.objects.for_job(job.pk).get().kind == "hold"
+
+
+def test_a_submission_the_balance_cannot_cover_is_402_with_balance_and_price_and_no_job(
+    alice, checkpoint
+):
+    set_balance(alice, 3)
+    api = APIClient()
+    api.force_authenticate(alice)
+    response = api.post("/api/v1/jobs/", PARAMS, format="json")
+    assert response.status_code == 402
+    assert "4.00" in response.json()["detail"] and "3.00" in response.json()["detail"]
+    assert not Job.objects.exists()
+    assert balance_of(alice) == Decimal("3.00") and held_of(alice) == 0
+    assert not CreditEntry.objects.filter(kind="hold").exists()
+
+
+def test_success_captures_the_hold(alice, job):
+    handle_job_event(event(job, "started"))
+    assert handle_job_event(event(job, "succeeded", images=[]))
+    assert settlement_of(job).charged == PRICE
+    assert (balance_of(alice), held_of(alice)) == (Decimal("6.00"), 0)
+    assert_ledger_clean()
+
+
+def test_a_duplicate_finish_message_charges_once(alice, job):
+    handle_job_event(event(job, "started"))
+    handle_job_event(event(job, "succeeded", images=[]))
+    assert not handle_job_event(event(job, "succeeded", images=[]))
+    assert not handle_job_event(event(job, "failed", error="late"))
+    assert CreditEntry.objects.for_job(job.pk).count() == 2
+    assert balance_of(alice) == Decimal("6.00")
+    assert_ledger_clean()
+
+
+def test_failure_releases_the_whole_hold(alice, job):
+    handle_job_event(event(job, "started"))
+    handle_job_event(event(job, "failed", error="out of memory"))
+    assert settlement_of(job).kind == "release"
+    assert (balance_of(alice), held_of(alice)) == (Decimal("10.00"), 0)
+    assert_ledger_clean()
+
+
+def test_cancelling_a_queued_job_releases_the_whole_hold(alice, job, redis_client):
+    cancel_job(alice, job)
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert settlement_of(job).kind == "release"
+    assert balance_of(alice) == Decimal("10.00")
+    assert_ledger_clean()
+
+
+def test_cancelling_a_running_job_charges_the_steps_that_ran(alice, job, redis_client):
+    handle_job_event(event(job, "started"))
+    job.refresh_from_db()
+    cancel_job(alice, job)
+    handle_job_event(event(job, "cancelled", steps_done=5))  # 5 of 20 steps
+    entry = settlement_of(job)
+    assert (entry.kind, entry.charged) == ("capture", Decimal("1.00"))
+    assert (balance_of(alice), held_of(alice)) == (Decimal("9.00"), 0)
+    assert_ledger_clean()
+
+
+def test_a_running_job_cancelled_before_any_step_is_free(alice, job, redis_client):
+    handle_job_event(event(job, "started"))
+    job.refresh_from_db()
+    cancel_job(alice, job)
+    handle_job_event(event(job, "cancelled", steps_done=0))
+    assert settlement_of(job).kind == "release"
+    assert balance_of(alice) == Decimal("10.00")
+
+
+def test_a_vanished_worker_releases_the_whole_hold(alice, job):
+    handle_job_event(event(job, "started"))
+    job.refresh_from_db()
+    # What the platform does when the worker running the job is gone.
+    assert lifecycle.fail_job(job, "the GPU worker running this job disappeared")
+    assert settlement_of(job).kind == "release"
+    assert balance_of(alice) == Decimal("10.00")
+    # ...and the worker's late 'succeeded', should it come back, changes nothing.
+    assert not handle_job_event(event(job, "succeeded", images=[]))
+    assert balance_of(alice) == Decimal("10.00")
+    assert_ledger_clean()
+
+
+def test_bob_cannot_cancel_alices_job_and_her_hold_stays(alice, bob, job, redis_client):
+    with pytest.raises(SubmissionError):
+        cancel_job(bob, job)
+    assert held_of(alice) == PRICE

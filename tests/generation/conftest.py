@@ -1,0 +1,117 @@
+"""Generation's small world: two checkpoints, a LoRA, a VAE, API clients for alice and bob, and
+an in-process platform worker consuming the real platform queue on the test Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import dramatiq
+import pytest
+from rest_framework.test import APIClient
+
+from generation.broker import get_broker, reset_for_tests
+from generation.models import CatalogEntry, Job
+from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE, JobEvent
+
+SMALL = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 4,
+         "checkpoint": "model-a"}
+
+
+def fund(user: Any, amount: int = 1000) -> Any:
+    """Credits enough for any test job (the tier's welcome grant is not there after a
+    transactional test flushed the data migration's rows)."""
+    from accounts import ledger
+
+    ledger.credit(user, amount, "grant", reason="tests", key="generation-tests")
+    return user
+
+
+@pytest.fixture
+def alice(alice):
+    return fund(alice)
+
+
+@pytest.fixture
+def bob(bob):
+    return fund(bob)
+
+
+@pytest.fixture
+def carol(carol):
+    return fund(carol)
+
+
+@pytest.fixture
+def catalogue(db) -> dict[str, CatalogEntry]:
+    def entry(name: str, kind: str, **extra: Any) -> CatalogEntry:
+        return CatalogEntry.objects.create(
+            name=name, kind=kind, family="sd1", filename=f"{kind}/{name}.safetensors",
+            sha256=(name.encode().hex() * 8)[:64], short_hash=(name.encode().hex() * 2)[:10],
+            **extra,
+        )
+
+    return {
+        "a": entry("model-a", "checkpoint"),
+        "b": entry("model-b", "checkpoint", cost_multiplier=Decimal("2")),
+        "disabled": entry("model-off", "checkpoint", enabled=False),
+        "missing": entry("model-gone", "checkpoint", available=False),
+        "lora": entry("style", "lora"),
+        "vae": entry("clear-vae", "vae"),
+    }
+
+
+def api_client(user: Any) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.fixture
+def alice_api(alice) -> APIClient:
+    return api_client(alice)
+
+
+@pytest.fixture
+def bob_api(bob) -> APIClient:
+    return api_client(bob)
+
+
+@pytest.fixture
+def broker(redis_client) -> Iterator[dramatiq.Broker]:
+    reset_for_tests()  # a fresh broker: each test's worker adds its own middleware to it
+    broker = get_broker()
+    broker.flush_all()
+    yield broker
+    reset_for_tests()
+
+
+@pytest.fixture
+def platform_worker(broker, transactional_db) -> Iterator[dramatiq.Worker]:
+    """A real Dramatiq worker on the platform queue, as `run_platform_worker` runs it."""
+    worker = dramatiq.Worker(broker, queues={PLATFORM_QUEUE}, worker_threads=2,
+                             worker_timeout=50)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+def send_event(broker: dramatiq.Broker, event: JobEvent) -> None:
+    """What a GPU worker does: a message to the platform actor, by name."""
+    broker.enqueue(dramatiq.Message(queue_name=PLATFORM_QUEUE, actor_name=JOB_EVENT_ACTOR,
+                                    args=(), kwargs={"event": event}, options={}))
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def status_of(job: Job) -> str:
+    return Job.objects.values_list("status", flat=True).get(pk=job.pk)

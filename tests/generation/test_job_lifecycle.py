@@ -1,0 +1,131 @@
+"""Job transitions and worker events through a real Dramatiq worker on the platform queue:
+late, duplicated and stale messages change nothing."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from django.core.files.storage import default_storage
+from PIL import Image
+
+from generation.models import Job, JobImage
+from generation.submission import submit_job
+from generation.worker_events import handle_job_event
+from tests.generation.conftest import SMALL, send_event, status_of, wait_for
+
+pytestmark = pytest.mark.django_db  # the tests with a worker thread ask for transactional_db
+
+
+def png_b64(color: str = "blue") -> str:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), color).save(out, "PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def dispatched(job: Job) -> Job:
+    assert job.mark_dispatched()
+    return job
+
+
+def event(job: Job, kind: str, **extra) -> dict:
+    return {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-1", "kind": kind,
+            **extra}
+
+
+def succeeded(job: Job, count: int = 1) -> dict:
+    images = [{"png_b64": png_b64(), "seed": 7 + i, "infotext": f"a lighthouse\nSeed: {7 + i}",
+               "width": 64, "height": 64} for i in range(count)]
+    return event(job, "succeeded", images=images, timings={"sampling_s": 1.5, "total_s": 2.0})
+
+
+def test_a_job_runs_through_started_and_succeeded(alice, catalogue, broker, platform_worker):
+    job = dispatched(submit_job(alice, SMALL))
+    send_event(broker, event(job, "started"))
+    wait_for(lambda: status_of(job) == "running")
+    send_event(broker, succeeded(job, count=2))
+    wait_for(lambda: status_of(job) == "succeeded")
+    job.refresh_from_db()
+    assert job.worker_id == "gpu-1" and job.started_at and job.finished_at
+    images = list(job.images.order_by("index"))
+    assert [i.seed for i in images] == [7, 8]
+    assert all(default_storage.exists(i.file.name) for i in images)
+    assert images[0].file.name.startswith("images/") and "lighthouse" not in images[0].file.name
+    with default_storage.open(images[0].thumbnail.name) as fh:
+        assert Image.open(fh).format == "WEBP"
+
+
+def test_a_second_succeeded_does_not_create_a_second_set_of_images(
+    alice, catalogue, broker, platform_worker
+):
+    job = dispatched(submit_job(alice, SMALL))
+    send_event(broker, succeeded(job))
+    send_event(broker, succeeded(job))
+    broker.join("platform", timeout=10_000)
+    assert status_of(job) == "succeeded"
+    assert JobImage.objects.filter(job=job).count() == 1
+
+
+def test_succeeded_before_started_still_finishes_the_job(alice, catalogue):
+    job = dispatched(submit_job(alice, SMALL))
+    assert handle_job_event(succeeded(job))
+    assert not handle_job_event(event(job, "started"))
+    assert status_of(job) == "succeeded"
+
+
+def test_a_late_started_after_a_cancel_changes_nothing(alice, catalogue):
+    job = dispatched(submit_job(alice, SMALL))
+    from generation.submission import cancel_job
+
+    cancel_job(alice, job)
+    assert not handle_job_event(event(job, "started"))
+    assert not handle_job_event(succeeded(job))
+    assert status_of(job) == "cancelled"
+    assert not JobImage.objects.exists()
+
+
+def test_events_of_an_older_attempt_are_ignored(alice, catalogue):
+    job = dispatched(submit_job(alice, SMALL))
+    stale = event(job, "started")
+    dispatched(job)  # the sweeper re-sent it as attempt 2
+    assert not handle_job_event(stale)
+    assert not handle_job_event({**succeeded(job), "attempt": 1})
+    assert status_of(job) == "queued"
+    assert handle_job_event(event(job, "started"))
+
+
+def test_a_failed_job_keeps_the_workers_message(alice, catalogue, broker, platform_worker):
+    job = dispatched(submit_job(alice, SMALL))
+    send_event(broker, event(job, "started"))
+    send_event(broker, event(job, "failed", error="out of memory"))
+    wait_for(lambda: status_of(job) == "failed")
+    job.refresh_from_db()
+    assert job.error == "out of memory"
+    assert not handle_job_event(event(job, "succeeded", images=[]))
+
+
+def test_a_cancelled_event_finishes_a_running_job(alice, catalogue):
+    job = dispatched(submit_job(alice, SMALL))
+    handle_job_event(event(job, "started"))
+    assert handle_job_event(event(job, "cancelled", steps_done=2))
+    job.refresh_from_db()
+    assert (job.status, job.steps_done) == ("cancelled", 2)
+    assert not handle_job_event(event(job, "cancelled", steps_done=3))
+
+
+def test_an_event_for_an_unknown_job_is_ignored(alice, catalogue):
+    assert not handle_job_event({"job_id": "00000000-0000-0000-0000-000000000000",
+                                 "attempt": 1, "worker_id": "w", "kind": "started"})
+
+
+def test_terminal_transitions_are_won_only_once(alice, catalogue):
+    job = dispatched(submit_job(alice, SMALL))
+    assert job.mark_failed("first", attempt=job.attempt)
+    assert not job.mark_failed("second", attempt=job.attempt)
+    assert not job.mark_cancelled()
+    assert not job.mark_succeeded(job.attempt)
+    assert not job.mark_running("w", job.attempt)
+    assert not job.mark_dispatched()
+    job.refresh_from_db()
+    assert job.error == "first"

@@ -1,0 +1,211 @@
+"""The REST API under /api/v1/: submit, list, get, cancel, quote, catalogue, me, images, and
+what bob must never reach of alice's."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from django.test import Client
+from PIL import Image
+
+from generation.models import Job, JobImage
+from generation.submission import submit_job
+from generation.worker_events import handle_job_event
+from tests.generation.conftest import SMALL, api_client
+
+pytestmark = pytest.mark.django_db
+
+
+def finished_job(user) -> Job:
+    job = submit_job(user, SMALL)
+    job.mark_dispatched()
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), "green").save(out, "PNG")
+    handle_job_event({"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "w",
+                      "kind": "succeeded", "images": [{
+                          "png_b64": base64.b64encode(out.getvalue()).decode(), "seed": 3,
+                          "infotext": "x", "width": 64, "height": 64}]})
+    return job
+
+
+def test_alice_submits_a_job_and_gets_it_back_with_its_place_in_the_queue(
+    alice_api, catalogue, redis_client
+):
+    response = alice_api.post("/api/v1/jobs/", SMALL, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["status"] == "queued" and body["checkpoint"] == "model-a"
+    assert body["position"] == 1 and body["eta"] > 0
+    assert body["price"] == "0.01" and body["images"] == []
+    assert set(body) >= {"id", "mode", "params", "created_at", "started_at", "finished_at",
+                         "error", "steps_done"}
+    assert alice_api.get(f"/api/v1/jobs/{body['id']}/").json()["id"] == body["id"]
+
+
+def test_an_invalid_job_answers_json_naming_the_field(alice_api, catalogue):
+    response = alice_api.post("/api/v1/jobs/", {**SMALL, "steps": 999}, format="json")
+    assert response.status_code == 422
+    assert response.json()["field"] == "steps" and "between 1 and" in response.json()["detail"]
+    assert alice_api.post("/api/v1/jobs/", {**SMALL, "checkpoint": "../x"},
+                          format="json").json()["detail"] == "unknown model '../x'"
+
+
+def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_job(
+    alice_api, catalogue
+):
+    first = alice_api.post("/api/v1/jobs/", SMALL, format="json", HTTP_IDEMPOTENCY_KEY="abc")
+    again = alice_api.post("/api/v1/jobs/", SMALL, format="json", HTTP_IDEMPOTENCY_KEY="abc")
+    assert first.json()["id"] == again.json()["id"]
+    assert Job.objects.count() == 1
+
+
+def test_too_many_unfinished_jobs_is_429(alice, alice_api, catalogue):
+    from generation.limits import limits_for
+
+    for _ in range(limits_for(alice).max_unfinished_jobs):
+        assert alice_api.post("/api/v1/jobs/", SMALL, format="json").status_code == 201
+    response = alice_api.post("/api/v1/jobs/", SMALL, format="json")
+    assert response.status_code == 429 and response.json()["field"] == "jobs"
+    assert response["Retry-After"]
+
+
+def test_an_img2img_job_can_be_uploaded_as_a_form(alice_api, catalogue):
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(out, "PNG")
+    out.name = "cat.png"
+    out.seek(0)
+    response = alice_api.post("/api/v1/jobs/", {**SMALL, "init_image": out}, format="multipart")
+    assert response.status_code == 201, response.content
+    assert response.json()["mode"] == "img2img"
+
+
+def test_the_quote_prices_without_submitting(alice_api, catalogue):
+    response = alice_api.post("/api/v1/jobs/quote/", {"checkpoint": "model-b", "width": 512,
+                                                      "height": 512, "steps": 20}, format="json")
+    assert response.status_code == 200
+    assert response.json()["price"] == "2.00" and response.json()["eta_source"] == "default"
+    assert not Job.objects.exists()
+
+
+def test_my_jobs_are_listed_newest_first_and_paginated(alice, alice_api, bob, catalogue):
+    ids = [str(submit_job(alice, SMALL).pk) for _ in range(2)]
+    submit_job(bob, SMALL)
+    body = alice_api.get("/api/v1/jobs/").json()
+    assert body["count"] == 2
+    assert [j["id"] for j in body["results"]] == ids[::-1]
+
+
+def test_bob_cannot_read_or_cancel_alices_job(alice, bob_api, catalogue):
+    job = submit_job(alice, SMALL)
+    assert bob_api.get(f"/api/v1/jobs/{job.pk}/").status_code == 404
+    assert bob_api.post(f"/api/v1/jobs/{job.pk}/cancel/").status_code == 404
+    assert Job.objects.get(pk=job.pk).status == "queued"
+
+
+def test_carol_as_staff_can_cancel_alices_job(alice, carol, catalogue):
+    job = submit_job(alice, SMALL)
+    response = api_client(carol).post(f"/api/v1/jobs/{job.pk}/cancel/")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+
+
+def test_alice_cancels_her_queued_job_at_once(alice_api, alice, catalogue, redis_client):
+    job = submit_job(alice, SMALL)
+    response = alice_api.post(f"/api/v1/jobs/{job.pk}/cancel/")
+    assert response.json()["status"] == "cancelled"
+    assert alice_api.post(f"/api/v1/jobs/{job.pk}/cancel/").status_code == 409
+
+
+def test_cancelling_a_running_job_raises_the_workers_interrupt_flag(
+    alice_api, alice, catalogue, redis_client
+):
+    job = submit_job(alice, SMALL)
+    job.mark_dispatched()
+    job.mark_running("gpu-1", job.attempt)
+    response = alice_api.post(f"/api/v1/jobs/{job.pk}/cancel/")
+    assert response.status_code == 200
+    assert response.json()["status"] == "running" and response.json()["cancel_requested"]
+    assert redis_client.get(f"atelier:cancel:{job.pk}") == b"interrupt"
+
+
+def test_the_catalogue_lists_what_alice_may_use(alice_api, catalogue):
+    names = [m["name"] for m in alice_api.get("/api/v1/models/").json()]
+    assert "model-a" in names and "model-off" not in names
+    assert {"is_demo", "title", "short_hash"} <= set(alice_api.get("/api/v1/models/").json()[0])
+    assert [m["name"] for m in alice_api.get("/api/v1/loras/").json()] == ["style"]
+    assert [m["name"] for m in alice_api.get("/api/v1/vaes/").json()] == ["clear-vae"]
+    samplers = alice_api.get("/api/v1/samplers/").json()
+    assert "Euler a" in [s["name"] for s in samplers["samplers"]]
+    assert "Karras" in [s["label"] for s in samplers["schedulers"]]
+
+
+def test_the_default_model_is_alices_own_choice(alice_api, bob_api, catalogue):
+    assert alice_api.post("/api/v1/settings/default-model/", {"checkpoint": "model-b"},
+                          format="json").status_code == 200
+    assert alice_api.get("/api/v1/me/").json()["default_checkpoint"] == "model-b"
+    assert bob_api.get("/api/v1/me/").json()["default_checkpoint"] == "model-a"
+    assert alice_api.post("/api/v1/settings/default-model/", {"checkpoint": "../etc"},
+                          format="json").status_code == 422
+
+
+def test_me_tells_alice_her_limits_and_unfinished_jobs(alice_api, catalogue):
+    body = alice_api.get("/api/v1/me/").json()
+    assert body["username"] == "alice" and body["limits"]["max_steps"] > 0
+    assert body["unfinished_jobs"] == 0
+
+
+def test_alice_lists_filters_and_deletes_her_images(alice, alice_api, catalogue):
+    job = finished_job(alice)
+    images = alice_api.get("/api/v1/images/").json()["results"]
+    assert len(images) == 1 and images[0]["checkpoint"] == "model-a"
+    assert alice_api.get("/api/v1/images/?model=model-b").json()["count"] == 0
+    assert alice_api.get(f"/api/v1/jobs/{job.pk}/").json()["images"][0]["seed"] == 3
+    assert alice_api.delete(f"/api/v1/images/{images[0]['id']}/").status_code == 204
+    assert not JobImage.objects.exists()
+
+
+def test_bob_cannot_see_delete_or_download_alices_image(alice, bob, bob_api, catalogue):
+    finished_job(alice)
+    image = JobImage.objects.get()
+    assert bob_api.get("/api/v1/images/").json()["count"] == 0
+    assert bob_api.delete(f"/api/v1/images/{image.pk}/").status_code == 404
+    browser = Client()
+    browser.force_login(bob)
+    assert browser.get(f"/images/{image.pk}/file").status_code == 404
+    assert browser.get(f"/images/{image.pk}/thumb").status_code == 404
+
+
+def test_alice_downloads_her_png_and_thumbnail(alice, catalogue):
+    finished_job(alice)
+    image = JobImage.objects.get()
+    browser = Client()
+    browser.force_login(alice)
+    response = browser.get(f"/images/{image.pk}/file?download=1")
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    assert b"".join(response.streaming_content).startswith(b"\x89PNG")
+    assert "attachment" in response["Content-Disposition"]
+    assert browser.get(f"/images/{image.pk}/thumb")["Content-Type"] == "image/webp"
+
+
+def test_an_anonymous_caller_gets_nothing(catalogue):
+    client = Client()
+    assert client.get("/api/v1/jobs/").status_code in (401, 403)
+    assert client.post("/api/v1/jobs/", SMALL).status_code in (401, 403)
+
+
+def test_a_bearer_token_works_for_scripts(alice, catalogue):
+    from accounts.models import ApiToken
+
+    _token, secret = ApiToken.issue(alice, "script")
+    client = Client()
+    response = client.post("/api/v1/jobs/", SMALL, content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert response.status_code == 201
+
+
+def test_the_openapi_schema_describes_the_jobs_api(alice_api):
+    response = alice_api.get("/api/schema/?format=json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert {"/api/v1/jobs/", "/api/v1/jobs/{id}/cancel/", "/api/v1/models/"} <= set(paths)

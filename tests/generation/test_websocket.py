@@ -1,0 +1,89 @@
+"""/ws/jobs/ over the real ASGI stack (session auth, origin check) and the Redis channel layer:
+a user gets the state of their unfinished jobs on connect and only their own events."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from config.asgi import application
+from generation.events import send_to_user
+from generation.submission import submit_job
+from tests.generation.conftest import SMALL
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def session_headers(user) -> list[tuple[bytes, bytes]]:
+    client = Client()
+    client.force_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}"
+    return [(b"cookie", cookie.encode()), (b"origin", b"http://127.0.0.1"),
+            (b"host", b"127.0.0.1")]
+
+
+async def connect(user=None, origin: bytes = b"http://127.0.0.1") -> WebsocketCommunicator:
+    headers = await database_sync_to_async(session_headers)(user) if user else [
+        (b"origin", origin), (b"host", b"127.0.0.1")]
+    communicator = WebsocketCommunicator(application, "/ws/jobs/", headers=headers)
+    return communicator
+
+
+async def test_an_anonymous_visitor_is_refused(redis_client):
+    communicator = await connect()
+    connected, _code = await communicator.connect()
+    assert not connected
+    await communicator.disconnect()
+
+
+async def test_another_origin_is_refused(alice, redis_client):
+    headers = await database_sync_to_async(session_headers)(alice)
+    headers = [(k, b"http://evil.example" if k == b"origin" else v) for k, v in headers]
+    communicator = WebsocketCommunicator(application, "/ws/jobs/", headers=headers)
+    connected, _code = await communicator.connect()
+    assert not connected
+    await communicator.disconnect()
+
+
+async def test_on_connect_alice_gets_the_state_of_her_unfinished_jobs(
+    alice, bob, catalogue, redis_client
+):
+    def jobs():
+        queued = submit_job(alice, SMALL)
+        running = submit_job(alice, SMALL)
+        running.mark_dispatched()
+        running.mark_running("gpu-1", running.attempt)
+        submit_job(bob, SMALL)
+        return queued, running
+
+    queued, running = await database_sync_to_async(jobs)()
+    communicator = await connect(alice)
+    assert (await communicator.connect())[0]
+    try:
+        first = await communicator.receive_json_from(timeout=3)
+        second = await communicator.receive_json_from(timeout=3)
+        assert first["type"] == "job.queued" and first["job_id"] == str(queued.pk)
+        assert first["position"] == 1 and first["eta"] > 0
+        assert second == {**second, "type": "job.started", "job_id": str(running.pk)}
+        assert await communicator.receive_nothing(timeout=0.2)
+    finally:
+        await communicator.disconnect()
+
+
+async def test_alice_receives_her_events_and_bob_does_not(alice, bob, catalogue, redis_client):
+    alice_ws, bob_ws = await connect(alice), await connect(bob)
+    assert (await alice_ws.connect())[0] and (await bob_ws.connect())[0]
+    try:
+        job = await database_sync_to_async(submit_job)(alice, SMALL)  # published on commit
+        queued = await alice_ws.receive_json_from(timeout=3)
+        assert queued["type"] == "job.queued" and queued["job_id"] == str(job.pk)
+        progress = {"type": "job.progress", "job_id": str(job.pk), "step": 2, "steps": 4,
+                    "eta": 1.0, "preview": None}
+        await database_sync_to_async(send_to_user)(alice.pk, progress)
+        assert await alice_ws.receive_json_from(timeout=3) == progress
+        assert await bob_ws.receive_nothing(timeout=0.3)
+    finally:
+        await alice_ws.disconnect()
+        await bob_ws.disconnect()

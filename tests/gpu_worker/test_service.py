@@ -1,0 +1,211 @@
+"""The worker end to end: real Redis, a real Dramatiq worker, progress on the channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+from typing import Any
+
+from PIL import Image
+
+from gpu_worker.infotext import infotext_to_fields, parse_infotext, read_infotext
+from gpu_worker.protocol import CANCEL_KEY, HEARTBEAT_INDEX, HEARTBEAT_KEY
+
+from .conftest import demo_request
+
+
+def pixels(image: dict) -> bytes:
+    return Image.open(io.BytesIO(base64.b64decode(image["png_b64"]))).tobytes()
+
+
+async def collect_progress(
+    url: str, request: dict, world: Any, joined: asyncio.Event
+) -> list[dict]:
+    """Join the job's group like the websocket consumer does, then read until the job ends."""
+    from channels_redis.core import RedisChannelLayer
+
+    from gpu_worker.progress import channel_layer_hosts
+
+    layer = RedisChannelLayer(hosts=channel_layer_hosts(url))
+    channel = await layer.new_channel()
+    await layer.group_add(request["events_group"], channel)
+    joined.set()
+    received: list[dict] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                received.append(await asyncio.wait_for(layer.receive(channel), 0.5))
+            except TimeoutError:
+                if any(e["kind"] != "started" for e in world.events.events[request["job_id"]]):
+                    break
+    finally:
+        await layer.group_discard(request["events_group"], channel)
+        await layer.flush()
+    return received
+
+
+def submit_and_listen(world: Any, url: str, request: dict) -> tuple[dict, list[dict]]:
+    async def main() -> list[dict]:
+        joined = asyncio.Event()
+        task = asyncio.create_task(collect_progress(url, request, world, joined))
+        await joined.wait()
+        world.submit(request)
+        return await task
+
+    progress = asyncio.run(main())
+    return world.events.wait_terminal(request["job_id"]), progress
+
+
+def test_a_message_in_gives_an_image_out_with_progress_and_parameters(
+    worker_world: Any, gw_redis_url: str
+) -> None:
+    request = demo_request(steps=4, seed=99)
+    event, progress = submit_and_listen(worker_world, gw_redis_url, request)
+    kinds = [e["kind"] for e in worker_world.events.events[request["job_id"]]]
+    assert kinds == ["started", "succeeded"]
+    assert event["worker_id"] == "test-worker" and event["attempt"] == 1
+    assert [p["step"] for p in progress] == [1, 2, 3, 4]
+    assert all(p["type"] == "job.progress" and p["steps"] == 4 for p in progress)
+    assert all(p["job_id"] == request["job_id"] for p in progress)
+    assert progress[0]["preview"].startswith("data:image/jpeg;base64,")
+    image = event["images"][0]
+    fields = infotext_to_fields(parse_infotext(read_infotext(base64.b64decode(image["png_b64"]))))
+    for key in (
+        "prompt",
+        "negative_prompt",
+        "steps",
+        "cfg_scale",
+        "seed",
+        "width",
+        "height",
+        "checkpoint",
+        "clip_skip",
+    ):
+        assert fields[key] == request[key], key
+    assert set(event["timings"]) >= {
+        "queued_s",
+        "model_load_s",
+        "sampling_s",
+        "encode_s",
+        "total_s",
+    }
+
+
+def test_interleaved_checkpoints_each_give_their_own_models_image(
+    worker_world: Any, engine: Any
+) -> None:
+    requests = [
+        demo_request(checkpoint=name, seed=5)
+        for name in ("atelier-demo-v1", "atelier-demo-v2", "atelier-demo-v1", "atelier-demo-v2")
+    ]
+    for request in requests:
+        worker_world.submit(request)
+    results = [worker_world.events.wait_terminal(r["job_id"]) for r in requests]
+    alone = {
+        name: pixels(engine.run(demo_request(checkpoint=name, seed=5)).images[0])
+        for name in ("atelier-demo-v1", "atelier-demo-v2")
+    }
+    assert alone["atelier-demo-v1"] != alone["atelier-demo-v2"]
+    for request, event in zip(requests, results, strict=True):
+        assert event["kind"] == "succeeded"
+        assert pixels(event["images"][0]) == alone[request["checkpoint"]]
+
+
+def test_interrupt_stops_the_running_job(worker_world: Any, gw_redis: Any) -> None:
+    request = demo_request(steps=200, width=128, height=128)
+    key = CANCEL_KEY.format(job_id=request["job_id"])
+    worker_world.submit(request)
+    deadline = time.monotonic() + 30
+    while not (
+        worker_world.service.status.current_job == request["job_id"]
+        and (worker_world.service.status.current_step or 0) >= 1
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    gw_redis.set(key, "interrupt", ex=60)
+    event = worker_world.events.wait_terminal(request["job_id"])
+    assert event["kind"] == "cancelled"
+    assert 1 <= event["steps_done"] < 200
+
+
+def test_interrupt_stops_within_one_step(engine: Any, gw_redis: Any) -> None:
+    from gpu_worker.progress import JobMonitor
+
+    request = demo_request(steps=10)
+    key = CANCEL_KEY.format(job_id=request["job_id"])
+    monitor = JobMonitor(
+        job_id=request["job_id"],
+        events_group=request["events_group"],
+        redis_client=gw_redis,
+        publisher=None,
+    )
+
+    def platform_interrupts_at_step_3(info: Any) -> None:
+        if info.done == 3:
+            gw_redis.set(key, "interrupt", ex=60)  # as the platform's /interrupt does
+        monitor(info)
+
+    result = engine.run(request, platform_interrupts_at_step_3)
+    assert result.interrupted and result.steps_done == 3 and result.images == []
+
+
+def test_skip_drops_the_current_batch_and_keeps_the_others(engine: Any, gw_redis: Any) -> None:
+    from gpu_worker.progress import JobMonitor
+
+    request = demo_request(n_iter=3, seed=40)
+    key = CANCEL_KEY.format(job_id=request["job_id"])
+    monitor = JobMonitor(
+        job_id=request["job_id"],
+        events_group=request["events_group"],
+        redis_client=gw_redis,
+        publisher=None,
+    )
+
+    def skip_in_second_iteration(info: Any) -> None:
+        if info.iteration == 1 and info.done == 4:
+            gw_redis.set(key, "skip", ex=60)
+        monitor(info)
+
+    result = engine.run(request, skip_in_second_iteration)
+    assert [i["seed"] for i in result.images] == [40, 42]
+    assert result.skipped_batches == 1 and not result.interrupted
+    assert gw_redis.get(key) is None  # the skip was consumed
+
+
+def test_a_job_cancelled_before_it_starts_is_not_run(worker_world: Any, gw_redis: Any) -> None:
+    request = demo_request()
+    gw_redis.set(CANCEL_KEY.format(job_id=request["job_id"]), "interrupt", ex=60)
+    worker_world.submit(request)
+    event = worker_world.events.wait_terminal(request["job_id"])
+    assert event["kind"] == "cancelled" and event["steps_done"] == 0
+    assert [e["kind"] for e in worker_world.events.events[request["job_id"]]] == ["cancelled"]
+
+
+def test_failures_are_reported_and_the_worker_goes_on(worker_world: Any) -> None:
+    bad = demo_request(checkpoint="../../etc/passwd")
+    good = demo_request()
+    worker_world.submit(bad)
+    worker_world.submit(good)
+    failed = worker_world.events.wait_terminal(bad["job_id"])
+    assert failed["kind"] == "failed" and "unknown checkpoint" in failed["error"]
+    assert worker_world.events.wait_terminal(good["job_id"])["kind"] == "succeeded"
+
+
+def test_heartbeat_is_written_with_a_ttl(worker_world: Any, gw_redis: Any) -> None:
+    from gpu_worker.heartbeat import Heartbeat
+
+    beat = Heartbeat(gw_redis, worker_world.service.heartbeat_snapshot)
+    sent = beat.beat()
+    key = HEARTBEAT_KEY.format(worker_id="test-worker")
+    stored = json.loads(gw_redis.get(key))
+    assert stored["worker_id"] == "test-worker" and stored["device"] == "cpu"
+    assert {e["name"] for e in stored["inventory"]} >= {"atelier-demo-v1", "atelier-demo-v2"}
+    assert sent["memory_budget_bytes"] > 0
+    assert 0 < gw_redis.ttl(key) <= 15
+    assert gw_redis.sismember(HEARTBEAT_INDEX, "test-worker")
+    beat.stop()
+    assert gw_redis.get(key) is None
