@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.translation import gettext as _
+
 from accounts import ledger
 from accounts.ledger import InsufficientCredits
 
@@ -32,7 +34,7 @@ def release_hold(job: Any) -> None:
     charged (rounded down to the cent), the rest given back."""
     if job.status == "cancelled" and job.started_at is not None and job.steps_done > 0:
         charge = ledger.pro_rata(job.price, job.steps_done, job.total_steps)
-        ledger.capture(job.pk, charge, reason=f"cancelled after {job.steps_done}/"
-                       f"{job.total_steps} steps")
+        ledger.capture(job.pk, charge, reason=_("Cancelled after %(done)s of %(total)s steps")
+                       % {"done": job.steps_done, "total": job.total_steps})
     else:
         ledger.release(job.pk)

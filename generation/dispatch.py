@@ -14,10 +14,16 @@ import dramatiq
 import redis
 from django.db import transaction
 
-from generation.broker import get_broker
+from generation.broker import get_broker, get_redis
 from generation.events import user_group
 from generation.models import Job
-from gpu_worker.protocol import GENERATE_ACTOR, GPU_QUEUE, GenerationRequest, HiresOptions
+from gpu_worker.protocol import (
+    GENERATE_ACTOR,
+    GENERATE_KWARG,
+    GPU_QUEUE,
+    GenerationRequest,
+    HiresOptions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,32 +60,42 @@ def build_request(job: Job) -> GenerationRequest:
     return request
 
 
-def dispatch_job(job: Job) -> bool:
-    """Send `job` to the GPU queue as its next attempt. False if another dispatcher won the
-    attempt, the job is no longer queued, or Redis is unreachable (the sweeper retries)."""
-    if not job.mark_dispatched():
-        return False
+MESSAGE_ID_KEY = "atelier:dispatch:{job_id}"  # broker id of the job's latest message
+MESSAGE_ID_TTL_SECONDS = 7 * 24 * 3600
+
+
+def send_request(job: Job) -> bool:
+    """Enqueue the job's current attempt; False (job left for the sweeper) if Redis is down."""
     message = dramatiq.Message(
         queue_name=GPU_QUEUE,
         actor_name=GENERATE_ACTOR,
         args=(),
-        kwargs={"request": build_request(job)},
+        kwargs={GENERATE_KWARG: build_request(job)},
         options={},
     )
     try:
         sent = get_broker().enqueue(message)
+        # Delivery bookkeeping lives in Redis with the message: the sweeper checks that this id
+        # is still in the queue (a flushed Redis loses both, which reads as "lost").
+        get_redis().set(MESSAGE_ID_KEY.format(job_id=job.pk),
+                        sent.options.get("redis_message_id", ""), ex=MESSAGE_ID_TTL_SECONDS)
     except (redis.RedisError, OSError):
         logger.warning("Redis unreachable: job %s stays queued for the sweeper", job.pk,
                        exc_info=True)
         job.clear_dispatch()
         return False
-    Job.objects.filter(pk=job.pk, attempt=job.attempt).update(
-        message_id=sent.options.get("redis_message_id", "")
-    )
     return True
 
 
+def dispatch_job(job: Job) -> bool:
+    """Send `job` to the GPU queue as its next attempt (the sweeper's re-dispatch). False if
+    another dispatcher won the attempt, the job is no longer queued, or Redis is down."""
+    if not job.mark_dispatched():
+        return False
+    return send_request(job)
+
+
 def dispatch_on_commit(job: Job) -> None:
-    """Dispatch once the transaction that created the job commits (never before: the worker
-    would race the commit)."""
-    transaction.on_commit(lambda: dispatch_job(job))
+    """Send a new job (attempt already taken with `prepare_first_dispatch`) once the
+    transaction that created it commits: never before, or the worker would race the commit."""
+    transaction.on_commit(lambda: send_request(job))

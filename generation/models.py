@@ -160,10 +160,6 @@ class Job(models.Model):
     total_steps = models.PositiveIntegerField(default=0, help_text=_("Sampling steps, all images"))
     attempt = models.PositiveIntegerField(default=0, help_text=_("Incremented on each dispatch"))
     worker_id = models.CharField(max_length=200, blank=True)
-    message_id = models.CharField(
-        max_length=64, blank=True,
-        help_text=_("Broker id of the latest dispatch (the sweeper checks it)"),
-    )
     idempotency_key = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -212,6 +208,12 @@ class Job(models.Model):
         if won:
             self.refresh_from_db()
         return won
+
+    def prepare_first_dispatch(self) -> None:
+        """On a new, unsaved job: attempt 1, dispatched now (saved with the job, so the
+        dispatch after commit costs no second write)."""
+        self.attempt = 1
+        self.dispatched_at = timezone.now()
 
     def mark_dispatched(self) -> bool:
         """Take the next attempt number. Two dispatchers racing: only one gets it."""

@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from generation.credits_hold import InsufficientCredits, hold_credits
 from generation.dispatch import dispatch_on_commit
-from generation.events import publish_job_event
+from generation.events import send_to_user
 from generation.lifecycle import cancel_queued_job, queued_event
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, UserGenerationSettings
@@ -410,14 +410,15 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             )
             if valid.init_png:
                 job.init_image.save("init.png", ContentFile(valid.init_png), save=False)
+            job.prepare_first_dispatch()
             job.save(force_insert=True)
             try:
                 hold_credits(user, job)
             except InsufficientCredits as exc:
                 raise SubmissionError("price", str(exc) or "not enough credits", 402) from None
             remember_params(user, valid.params)
-            position = Job.objects.queued().filter(created_at__lt=job.created_at).count() + 1
-            publish_job_event(job, _queued_event(job, position))
+            # After commit, outside the write lock: tell the owner its place, then send it.
+            transaction.on_commit(lambda: publish_queue_position(job))
             dispatch_on_commit(job)
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
@@ -427,13 +428,12 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
     return job
 
 
-def _queued_event(job: Job, position: int) -> Any:
+def publish_queue_position(job: Job) -> None:
     from generation.queue import queue_info
 
     info = queue_info(job)
-    if info is None:
-        return queued_event(job, position, 0.0, "default")
-    return queued_event(job, info.position, info.eta, info.source)
+    if info is not None:
+        send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
 
 
 def remember_params(user: Any, params: dict[str, Any]) -> None:

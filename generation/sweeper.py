@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from generation import lifecycle
 from generation.broker import get_broker, get_redis
-from generation.dispatch import dispatch_job
+from generation.dispatch import MESSAGE_ID_KEY, dispatch_job
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job
 from generation.queue import estimate_duration
@@ -97,9 +97,10 @@ def redispatch_lost_jobs(now: Any = None) -> SweepReport:
         return report
     lost = list(never)
     if stale:
+        message_ids = client.mget([MESSAGE_ID_KEY.format(job_id=job.pk) for job in stale])
         pipe = client.pipeline()
-        for job in stale:
-            pipe.hexists(_messages_key(GPU_QUEUE), job.message_id or "-")
+        for message_id in message_ids:
+            pipe.hexists(_messages_key(GPU_QUEUE), message_id or "-")
         present = pipe.execute()
         missing = [job for job, here in zip(stale, present, strict=True) if not here]
         if missing:

@@ -6,12 +6,13 @@ by the page's script through the REST API, so there is exactly one submission pa
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
@@ -133,7 +134,6 @@ def generate(request: HttpRequest) -> HttpResponse:
     """The generator. The script submits through the REST API; a POST here is the same
     submission for browsers without JavaScript."""
     user = request.user
-    posted = None
     if request.method == "POST":
         posted = _posted_params(request.POST, request.FILES)
         try:
@@ -141,33 +141,42 @@ def generate(request: HttpRequest) -> HttpResponse:
         except SubmissionError as exc:
             label = FIELD_LABELS.get(exc.field, exc.field)
             messages.error(request, f"{label}: {exc.message}")
-        else:
-            messages.success(request, _("Your job is queued: its images appear below when done."))
-            return redirect("generate")
+            # Refused: show the form as it was sent.
+            params = {k: v for k, v in posted.items() if k != "init_image"}
+            return _render_generator(request, params, keep_checkpoint=True)
+        messages.success(request, _("Your job is queued: its images appear below when done."))
+        return redirect("generate")
+
+    source_id = request.GET.get("from_image")
+    if not source_id:
+        saved = UserGenerationSettings.objects.filter(user=user).first()
+        last_params = dict(saved.last_params) if saved else {}
+        # A fresh visit starts from a random seed; "Reuse last" brings the last one back.
+        return _render_generator(request, {**last_params, "seed": -1},
+                                 last_seed=last_params.get("seed"))
+    try:
+        source = _owned_images(request).get(pk=uuid.UUID(source_id))
+    except (ValueError, JobImage.DoesNotExist):
+        raise Http404(_("No such image.")) from None
+    params = {**source.job.params, "seed": source.seed}
+    init_image_url = None
+    if request.GET.get("img2img"):
+        params.update(width=source.width, height=source.height, hires=None)
+        init_image_url = image_payload(source)["url"]
+    return _render_generator(request, params, keep_checkpoint=True, last_seed=source.seed,
+                             init_image_url=init_image_url)
+
+
+def _render_generator(request: HttpRequest, params: dict[str, Any], *,
+                      keep_checkpoint: bool = False, last_seed: int | None = None,
+                      init_image_url: str | None = None) -> HttpResponse:
+    user = request.user
     visible = CatalogEntry.objects.usable_by(user)
     checkpoints = list(visible.checkpoints().order_by("is_demo", "name"))
-    saved = UserGenerationSettings.objects.filter(user=user).first()
-    last_params = dict(saved.last_params) if saved else {}
-    last_seed = last_params.get("seed")
-    # A fresh visit starts from a random seed; "Reuse last" brings the last one back.
-    params = {**last_params, "seed": -1}
-
-    init_image_url = None
-    source_id = request.GET.get("from_image")
-    if source_id:
-        source = get_object_or_404(_owned_images(request), pk=source_id)
-        params = {**source.job.params, "seed": source.seed}
-        if request.GET.get("img2img"):
-            params.update(width=source.width, height=source.height, hires=None)
-            init_image_url = image_payload(source)["url"]
-
-    if posted is not None:  # refused: show the form as it was sent
-        params = {k: v for k, v in posted.items() if k != "init_image"}
     initial = _initial_values(params)
-    if not (source_id or posted) or initial.get("checkpoint") not in {c.name for c in checkpoints}:
-        chosen = default_checkpoint(user)
+    if not keep_checkpoint or initial.get("checkpoint") not in {c.name for c in checkpoints}:
+        chosen = default_checkpoint(user)  # the user's own choice, else the first usable
         initial["checkpoint"] = chosen.name if chosen else ""
-
     recent = [
         {"image": image_payload(image), "params": image.job.params}
         for image in _owned_images(request).order_by("-created_at", "index")[:RECENT_IMAGES]

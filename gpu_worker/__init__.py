@@ -1,1 +1,22 @@
-"""Atelier GPU worker: Django-free engine process (see protocol.py for its contract)."""
+"""Atelier GPU worker: the Django-free engine process. It needs only Redis and a models folder.
+
+Modules, one job each:
+
+- protocol       the message contract with the platform (torch-free, shared with Django)
+- catalogue      scan models/ (A1111 folders), families, cached SHA-256 (torch-free)
+- infotext       A1111 "parameters" text: build, parse, PNG chunk (torch-free)
+- samplers       A1111 sampler / schedule names -> diffusers schedulers (listing torch-free)
+- prompt_syntax  emphasis, BREAK, <lora:...> parsing (torch-free)
+- clip_vocab     the CLIP tokenizer files from open-clip's vocabulary, offline (torch-free)
+- prompt_encoding  A1111-style chunked, weighted encoding; textual-inversion embeddings
+- loading        single-file / folder checkpoints, VAEs, offline configs (configs/)
+- demo_model     tiny random-weight demo models in the original key layout
+- model_cache    LRU of pipelines under a device budget with a CPU-RAM tier
+- engine         runs one GenerationRequest: txt2img, img2img, hires fix, batches, LoRA
+- progress       throttled job.progress to the channel layer, cancel flags from Redis
+- heartbeat      the worker's status in Redis with a TTL
+- service        the Dramatiq actor, job events to the platform, worker lifecycle
+- __main__       `python -m gpu_worker` (worker, generate, make-demo-model, scan)
+
+Nothing here runs at import time and no module imports torch unless it needs it.
+"""

@@ -122,10 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--vae", default=None)
     gen.add_argument("--out", type=Path, required=True, help="PNG file to write")
 
-    sub.add_parser(
+    demo = sub.add_parser(
         "make-demo-model",
         parents=[common],
         help="write the tiny random-weight demo models into the models folder",
+    )
+    demo.add_argument(
+        "--sdxl",
+        action="store_true",
+        help="also write a tiny SDXL-architecture demo (diffusers folder, atelier-demo-xl)",
     )
     sub.add_parser("scan", parents=[common], help="print the model inventory as JSON")
     return parser
@@ -213,6 +218,11 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
 
     for path in make_demo_models(args.models_dir):
         print(path)
+    if getattr(args, "sdxl", False):
+        from gpu_worker.demo_model import write_demo_xl_folder
+        from gpu_worker.loading import default_cache_dir
+
+        print(write_demo_xl_folder(args.models_dir, args.cache_dir or default_cache_dir()))
     return 0
 
 
@@ -286,7 +296,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from gpu_worker.demo_model import make_demo_models
     from gpu_worker.heartbeat import Heartbeat
     from gpu_worker.progress import ChannelPublisher
-    from gpu_worker.service import WorkerService, register_actors, start_worker
+    from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, start_worker
 
     redis_url = args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     worker_id = args.worker_id or f"{os.uname().nodename}-{uuid.uuid4().hex[:6]}"
@@ -304,17 +314,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker_id=worker_id,
     )
     register_actors(broker, service)
-    engine.refresh_catalogue()
-    for name in args.preload:
-        log.info("preloading %s", name)
-        engine.preload(name)
-    heartbeat = Heartbeat(redis_client, service.heartbeat_snapshot)
-    heartbeat.start()
+    heartbeat = Heartbeat(
+        redis_client, service.heartbeat_snapshot, on_command=service.apply_command
+    )
+    broker.add_middleware(WorkerLifecycle(service, preload=args.preload, heartbeat=heartbeat))
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    worker = start_worker(broker)
+    worker = start_worker(broker)  # boot hooks: preload, heartbeat
     log.info(
         "worker %s on %s consuming the GPU queue at %s",
         worker_id,
@@ -323,13 +331,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     stop.wait()
     log.info("stopping: no new jobs; finishing the current one")
-    service.status.draining = True
-    try:
-        heartbeat.beat()
-    except Exception:
-        log.debug("last heartbeat failed", exc_info=True)
-    worker.stop(timeout=30 * 60 * 1000)  # the running job finishes; prefetched ones go back
-    heartbeat.stop()
+    # shutdown hooks mark the worker draining and remove its heartbeat; the running job
+    # finishes, prefetched messages go back to Redis for another worker
+    worker.stop(timeout=30 * 60 * 1000)
     publisher.close()
     broker.close()
     return 0

@@ -195,6 +195,13 @@ ARCHITECTURE_BY_FAMILY = {"sd1": "sd1", "sdxl": "sdxl"}  # configs shipped in gp
 def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
     """(family, config architecture) from a file's header or a diffusers folder's configs."""
     if path.is_dir():
+        index = path / "model_index.json"
+        try:
+            class_name = str(json.loads(index.read_text()).get("_class_name", ""))
+        except (OSError, ValueError, AttributeError):
+            class_name = ""
+        if "XL" in class_name:
+            return "sdxl", None
         unet = path / "unet" / "config.json"
         if unet.is_file():
             context = json.loads(unet.read_text()).get("cross_attention_dim")

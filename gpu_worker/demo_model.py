@@ -1,9 +1,9 @@
 """A tiny SD 1.x-architecture demo model with deterministic random weights, written offline.
 
 The embedded run and the tests use it: `python -m gpu_worker make-demo-model` writes two
-checkpoints (different weights), a LoRA and a VAE into the A1111 folders. Checkpoints are single
-`.safetensors` files in the ORIGINAL (A1111/LDM) key layout, as people download them, so the
-single-file loading path is the one exercised. Images it makes are noise.
+checkpoints (different weights), a LoRA, a VAE and an embedding into the A1111 folders.
+Checkpoints are single `.safetensors` files in the ORIGINAL (A1111/LDM) key layout, as people
+download them, so the single-file loading path is the one exercised. Images it makes are noise.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ DEMO_CHECKPOINTS = (
 )
 DEMO_LORA = DemoFile("atelier-demo-lora", "Lora", 3)
 DEMO_VAE = DemoFile("atelier-demo-vae", "VAE", 4)
+DEMO_EMBEDDING = DemoFile("atelier-demo-embedding", "embeddings", 5)
 
 
 def make_demo_models(models_dir: Path) -> list[Path]:
@@ -46,6 +47,7 @@ def make_demo_models(models_dir: Path) -> list[Path]:
         written.append(_write_if_missing(models_dir / demo.relative, lambda d=demo: _checkpoint(d)))
     written.append(_write_if_missing(models_dir / DEMO_LORA.relative, _lora))
     written.append(_write_if_missing(models_dir / DEMO_VAE.relative, _vae_file))
+    written.append(_write_if_missing(models_dir / DEMO_EMBEDDING.relative, _embedding))
     return written
 
 
@@ -113,6 +115,15 @@ def _vae_file() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     vae = build_demo_components(DEMO_VAE.seed)["vae"]
     # Standalone A1111 VAE files carry the LDM layout without the first_stage_model. prefix.
     return vae_to_ldm(vae.state_dict(), vae.config), {ARCHITECTURE_METADATA_KEY: DEMO_CONFIG}
+
+
+def _embedding() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An A1111 textual-inversion embedding: 2 vectors for the 32-wide demo text encoder."""
+    import torch
+
+    generator = torch.Generator().manual_seed(DEMO_EMBEDDING.seed)
+    vectors = torch.randn(2, 32, generator=generator)
+    return {"emb_params": vectors}, {ARCHITECTURE_METADATA_KEY: DEMO_CONFIG}
 
 
 def _lora() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -246,3 +257,79 @@ def _swap_prefix(key: str, prefixes: list[tuple[str, str]]) -> str:
         if key.startswith(hf):
             return sd + key[len(hf) :]
     return key
+
+
+DEMO_XL = DemoFile("atelier-demo-xl", "Stable-diffusion", 6)
+
+
+def write_demo_xl_folder(models_dir: Path, cache_dir: Path) -> Path:
+    """A tiny SDXL-architecture pipeline as a diffusers-format folder (two text encoders,
+    text_time conditioning), for tests of the SDXL and the folder-loading paths."""
+    folder = models_dir / DEMO_XL.folder / DEMO_XL.name
+    if (folder / "model_index.json").exists():
+        return folder
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    from gpu_worker.clip_vocab import write_tokenizer_folder
+    from gpu_worker.loading import quiet_libraries
+
+    quiet_libraries()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEMO_XL.seed)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            sample_size=8,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=8 * 6 + 32,
+            cross_attention_dim=64,
+            norm_num_groups=16,
+        )
+        vae = AutoencoderKL.from_config({**_config("vae"), "scaling_factor": 0.13025})
+        text_config = CLIPTextConfig(
+            **{**_strip_private(_config("text_encoder")), "hidden_act": "gelu"}
+        )
+        text_encoder = CLIPTextModel(text_config)
+        text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    tokenizer = CLIPTokenizer.from_pretrained(write_tokenizer_folder(cache_dir / "tok-xl-1"))
+    tokenizer_2 = CLIPTokenizer.from_pretrained(
+        write_tokenizer_folder(cache_dir / "tok-xl-2", pad_token="!")  # noqa: S106 - a token
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+    )
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    pipe.save_pretrained(tmp, safe_serialization=True)  # type: ignore[attr-defined]
+    tmp.replace(folder)
+    return folder

@@ -30,8 +30,14 @@ from gpu_worker.loading import (
     load_vae,
 )
 from gpu_worker.model_cache import ModelCache
-from gpu_worker.prompt_encoding import encode_prompt_pair
-from gpu_worker.prompt_syntax import PromptSyntaxError, extract_loras, strip_weights
+from gpu_worker.prompt_encoding import (
+    Embedding,
+    embedding_pattern,
+    encode_prompt_pair,
+    encode_prompt_pair_xl,
+    load_embedding,
+)
+from gpu_worker.prompt_syntax import PromptSyntaxError, extract_loras
 from gpu_worker.protocol import GenerationRequest, JobTimings, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
 
@@ -106,6 +112,7 @@ class Engine:
         self.cache_dir = cache_dir or default_cache_dir()
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self._catalogue: Catalogue | None = None
+        self._embedding_cache: dict[tuple, Embedding | None] = {}
 
     # --- catalogue -------------------------------------------------------------------------
     @property
@@ -148,6 +155,39 @@ class Engine:
 
         return self.cache.get(key, load)
 
+    def embeddings_in(self, text: str) -> list[CatalogueItem]:
+        """Embeddings whose names appear as words in the text (safetensors files only)."""
+        items = [
+            i
+            for i in self.catalogue.items.values()
+            if i.kind == "embedding" and i.path.suffix == ".safetensors"
+        ]
+        pattern = embedding_pattern([i.name for i in items])
+        if pattern is None:
+            return []
+        found = {m.group(0).lower() for m in pattern.finditer(text)}
+        return [i for i in items if i.name.lower() in found]
+
+    def _load_embeddings(
+        self, items: list[CatalogueItem], pipe: Any, family: str
+    ) -> dict[str, Embedding]:
+        sdxl = family == "sdxl"
+        encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if sdxl else [])
+        dims = tuple(int(e.config.hidden_size) for e in encoders)
+        loaded: dict[str, Embedding] = {}
+        for item in items:
+            key = (item.sha256, dims)
+            if key not in self._embedding_cache:
+                try:
+                    embedding = load_embedding(item.name, str(item.path), sdxl=sdxl, dims=dims)
+                except Exception as exc:
+                    raise JobFailed(f"cannot read embedding {item.filename}: {exc}") from exc
+                self._embedding_cache[key] = embedding
+            embedding = self._embedding_cache[key]
+            if embedding is not None:  # one made for another architecture is skipped, as A1111
+                loaded[item.name] = embedding
+        return loaded
+
     def preload(self, checkpoint_name: str) -> None:
         self.pipeline(self.resolve("checkpoint", checkpoint_name), None)
 
@@ -156,13 +196,18 @@ class Engine:
         self, request: GenerationRequest, observer: StepObserver | None = None
     ) -> GenerationResult:
         started = time.perf_counter()
+        problem = request_problem(request)
+        if problem:
+            raise JobFailed(problem)
         try:
             checkpoint = self.resolve("checkpoint", request["checkpoint"])
-            vae = self.resolve("vae", request["vae"]) if request.get("vae") else None
+            vae_name = request.get("vae")
+            vae = self.resolve("vae", vae_name) if vae_name else None
             prompt, lora_tags = extract_loras(request["prompt"])
             negative, _ = extract_loras(request["negative_prompt"])
             loras = [(self.resolve("lora", t.name), t) for t in lora_tags]
             choice = resolve_sampler(request["sampler"], request.get("scheduler"))
+            embedding_items = self.embeddings_in(prompt + "\n" + negative)
         except (UnknownModel, UnknownSampler, PromptSyntaxError) as exc:
             raise JobFailed(str(exc)) from exc
         try:
@@ -170,6 +215,10 @@ class Engine:
             pipe = self.pipeline(checkpoint, vae)
             load_s = time.perf_counter() - t0
             run = _Run(self, request, pipe, choice, observer)
+            run.embeddings = self._load_embeddings(embedding_items, pipe, run.family)
+            run.embedding_hashes = {
+                i.name: i.sha256[:12] for i in embedding_items if i.name in run.embeddings
+            }
             with torch.no_grad(), _applied_loras(pipe, loras):
                 result = run.execute(prompt, negative, checkpoint, vae, loras)
         except ModelLoadError as exc:
@@ -234,6 +283,8 @@ class _Run:
         self.done = 0
         self.iteration = 0
         self.total = 0
+        self.embeddings: dict[str, Embedding] = {}
+        self.embedding_hashes: dict[str, str] = {}
 
     # The step callback diffusers calls; it must return its kwargs.
     def _callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
@@ -321,13 +372,13 @@ class _Run:
 
     def _encode(self, prompt: str, negative: str) -> dict[str, Any]:
         clip_skip = max(1, int(self.request.get("clip_skip") or 1))
-        if self.family == "sdxl":  # emphasis weights are not applied to SDXL's two encoders yet
-            return {
-                "prompt": strip_weights(prompt),
-                "negative_prompt": strip_weights(negative),
-                "clip_skip": clip_skip - 1 or None,
-            }
-        cond, uncond = encode_prompt_pair(self.pipe, prompt, negative, clip_skip=clip_skip)
+        if self.family == "sdxl":
+            return encode_prompt_pair_xl(
+                self.pipe, prompt, negative, clip_skip=clip_skip, embeddings=self.embeddings
+            )
+        cond, uncond = encode_prompt_pair(
+            self.pipe, prompt, negative, clip_skip=clip_skip, embeddings=self.embeddings
+        )
         return {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
 
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
@@ -443,8 +494,26 @@ class _Run:
             )
         if loras:
             params["Lora hashes"] = ", ".join(f"{t.name}: {i.sha256[:12]}" for i, t in loras)
+        if self.embedding_hashes:
+            params["TI hashes"] = ", ".join(f"{n}: {h}" for n, h in self.embedding_hashes.items())
         params["Version"] = ENGINE_VERSION
         return infotext_mod.build_infotext(r["prompt"], r["negative_prompt"], params)
+
+
+def request_problem(request: GenerationRequest) -> str | None:
+    """What makes a request impossible to run (the platform validates first; this is the
+    engine's own guard, so a bad message fails at once instead of deep inside diffusers)."""
+    sizes = [request["width"], request["height"]]
+    if any(v < 64 or v % 8 for v in sizes):
+        return "width and height must be multiples of 8, at least 64"
+    if request["steps"] < 1 or request["batch_size"] < 1 or request["n_iter"] < 1:
+        return "steps, batch size and batch count must be at least 1"
+    if request["mode"] == "img2img" and not 0 < request["denoising_strength"] <= 1:
+        return "denoising strength must be in (0, 1]"
+    hires = request.get("hires") if request["mode"] == "txt2img" else None
+    if hires and not 0 < hires["denoising_strength"] <= 1:
+        return "hires denoising strength must be in (0, 1]"
+    return None
 
 
 def hires_size(width: int, height: int, hires: Any) -> tuple[int, int]:

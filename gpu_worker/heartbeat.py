@@ -1,4 +1,8 @@
-"""The worker's heartbeat: its status as JSON in Redis every few seconds, expiring when it dies."""
+"""The worker's heartbeat: its status as JSON in Redis every few seconds, expiring when it dies.
+
+Each beat also takes the operator's commands for this worker (drain, undrain, unload) from
+WORKER_COMMANDS_KEY, so they act within one heartbeat interval.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from gpu_worker.protocol import (
     HEARTBEAT_INTERVAL_SECONDS,
     HEARTBEAT_KEY,
     HEARTBEAT_TTL_SECONDS,
+    WORKER_COMMANDS_KEY,
+    WorkerCommand,
     WorkerHeartbeat,
 )
 
@@ -63,11 +69,13 @@ class Heartbeat:
         redis_client: redis.Redis,
         snapshot: Callable[[], WorkerHeartbeat],
         *,
+        on_command: Callable[[WorkerCommand], None] | None = None,
         interval: float = HEARTBEAT_INTERVAL_SECONDS,
         ttl: int = HEARTBEAT_TTL_SECONDS,
     ) -> None:
         self.redis = redis_client
         self.snapshot = snapshot
+        self.on_command = on_command
         self.interval = interval
         self.ttl = ttl
         self._stop = threading.Event()
@@ -85,10 +93,33 @@ class Heartbeat:
         pipe.execute()
         return data
 
+    def poll_commands(self, worker_id: str) -> int:
+        """Apply the operator's queued WorkerCommands (LPOP until empty); how many were."""
+        if self.on_command is None:
+            return 0
+        applied = 0
+        key = WORKER_COMMANDS_KEY.format(worker_id=worker_id)
+        while (raw := self.redis.lpop(key)) is not None:
+            try:
+                assert isinstance(raw, (str, bytes)), raw
+                command = json.loads(raw)
+                self.on_command(command)
+                applied += 1
+            except Exception:
+                log.warning("bad worker command %r", raw, exc_info=True)
+        return applied
+
+    def tick(self) -> WorkerHeartbeat:
+        """One heartbeat: report, take commands, and report again at once if any applied."""
+        data = self.beat()
+        if self.poll_commands(data["worker_id"]):
+            data = self.beat()
+        return data
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.beat()
+                self.tick()
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
             self._stop.wait(self.interval)

@@ -73,6 +73,7 @@ def quiet_libraries() -> None:
     import transformers.utils.logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()  # e.g. a float32-modules note on every cache move
     transformers_logging.disable_progress_bar()
 
 
@@ -84,6 +85,8 @@ def load_checkpoint(item: CatalogueItem, *, dtype: Any, cache_dir: Path) -> Any:
 
     if not item.path.exists():
         raise ModelLoadError(f"model file {item.filename} is missing")
+    if item.family == "sd2" and not item.is_folder:
+        raise ModelLoadError(f"{item.filename}: SD 2.x single-file checkpoints are not supported")
     pipeline_cls = StableDiffusionXLPipeline if item.family == "sdxl" else StableDiffusionPipeline
     extra = (
         {} if item.family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
@@ -91,7 +94,7 @@ def load_checkpoint(item: CatalogueItem, *, dtype: Any, cache_dir: Path) -> Any:
     try:
         if item.is_folder:
             return pipeline_cls.from_pretrained(
-                item.path, torch_dtype=dtype, local_files_only=True, **extra
+                item.path, dtype=dtype, local_files_only=True, **extra
             )
         state_dict = None
         if not item.architecture:
@@ -104,7 +107,7 @@ def load_checkpoint(item: CatalogueItem, *, dtype: Any, cache_dir: Path) -> Any:
         if architecture == "sdxl":
             pipeline_cls, extra = StableDiffusionXLPipeline, {}
         return pipeline_cls.from_single_file(
-            source, config=str(folder), local_files_only=True, torch_dtype=dtype, **extra
+            source, config=str(folder), local_files_only=True, dtype=dtype, **extra
         )
     except ModelLoadError:
         raise
@@ -119,16 +122,14 @@ def load_vae(item: CatalogueItem, *, architecture: str, dtype: Any, cache_dir: P
         raise ModelLoadError(f"VAE file {item.filename} is missing")
     try:
         if item.is_folder:
-            return AutoencoderKL.from_pretrained(
-                item.path, torch_dtype=dtype, local_files_only=True
-            )
+            return AutoencoderKL.from_pretrained(item.path, dtype=dtype, local_files_only=True)
         folder = config_folder(item.architecture or architecture, cache_dir)
         return AutoencoderKL.from_single_file(
             str(item.path),
             config=str(folder),
             subfolder="vae",
             local_files_only=True,
-            torch_dtype=dtype,
+            dtype=dtype,
         )
     except Exception as exc:
         raise ModelLoadError(f"cannot load VAE file {item.filename}: {exc}") from exc

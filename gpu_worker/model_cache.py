@@ -122,6 +122,17 @@ class ModelCache:
         with self._lock:
             self._entries.pop(key, None)
 
+    def discard_where(self, predicate: Callable[[Hashable], bool]) -> int:
+        """Drop the entries whose key matches (an operator's "unload"); a job using one keeps
+        its reference until it ends."""
+        with self._lock:
+            keys = [k for k in self._entries if predicate(k)]
+            for key in keys:
+                del self._entries[key]
+        if keys:
+            release_memory(self.device)
+        return len(keys)
+
     # --- eviction --------------------------------------------------------------------------
     def _make_room(self, incoming: int, *, keep: Hashable) -> None:
         on_device = [k for k, e in self._entries.items() if e.on_device and k != keep]

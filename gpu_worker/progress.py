@@ -100,8 +100,8 @@ def latent_preview(latents: Any, family: str = "sd1") -> str:
     factors = torch.tensor(LATENT_RGB.get(family, LATENT_RGB["sd1"]))
     first = latents[0].detach().to("cpu", torch.float32)
     rgb = torch.einsum("chw,cr->hwr", first, factors)
-    rgb = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
-    image = Image.fromarray(rgb, "RGB")
+    pixels = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+    image = Image.fromarray(pixels, "RGB")
     scale = PREVIEW_MAX_SIDE / max(image.size)
     image = image.resize(
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
@@ -147,7 +147,11 @@ class JobMonitor:
 
         if self.on_step is not None:
             self.on_step(info.done, info.total)
-        flag = read_cancel_flag(self.redis, self.job_id)
+        try:
+            flag = read_cancel_flag(self.redis, self.job_id)
+        except Exception:  # Redis away for a moment: keep generating, check again next step
+            log.warning("cannot read the cancel flag of %s", self.job_id, exc_info=True)
+            flag = None
         if flag == "interrupt":
             raise JobInterrupted()
         if flag == "skip":

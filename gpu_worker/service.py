@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
-from gpu_worker.heartbeat import WorkerStatus
+from gpu_worker.heartbeat import Heartbeat, WorkerStatus
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
+    GENERATE_KWARG,
     GPU_QUEUE,
     JOB_EVENT_ACTOR,
     JOB_EVENT_KWARG,
@@ -26,6 +27,7 @@ from gpu_worker.protocol import (
     GenerationRequest,
     JobEvent,
     JobTimings,
+    WorkerCommand,
     WorkerHeartbeat,
 )
 
@@ -65,6 +67,53 @@ class WorkerService:
         self.progress_interval = progress_interval
         self.max_retries = max_retries
         self.status = WorkerStatus(worker_id=worker_id, device=str(engine.device))
+        self.worker: dramatiq.Worker | None = None  # set at boot, for drain (pausing consumers)
+
+    # --- operator commands -----------------------------------------------------------------
+    def apply_command(self, command: WorkerCommand) -> None:
+        action = command.get("action")
+        if action == "drain":
+            self.drain()
+        elif action == "undrain":
+            self.undrain()
+        elif action == "unload":
+            self.unload(command.get("model", ""))
+        else:
+            log.warning("unknown worker command %r", command)
+
+    def drain(self) -> None:
+        """Finish the current job and take no more (they stay in Redis for other workers)."""
+        self.status.draining = True
+        for consumer in self.worker.consumers.values() if self.worker else ():
+            consumer.pause()
+
+    def undrain(self) -> None:
+        self.status.draining = False
+        for consumer in self.worker.consumers.values() if self.worker else ():
+            consumer.resume()
+
+    def unload(self, name: str) -> int:
+        """Free a checkpoint (with any VAE pairing) from the cache; unknown names free nothing."""
+        shas = {
+            item.sha256
+            for item in self.engine.catalogue.items.values()
+            if item.kind == "checkpoint" and item.name == name
+        }
+        return self.engine.cache.discard_where(
+            lambda key: isinstance(key, tuple) and key[0] in shas
+        )
+
+    def requeue(self, request: GenerationRequest) -> None:
+        """Give a request back to the queue (a new message: the one being handled gets acked)."""
+        self.broker.enqueue(
+            dramatiq.Message(
+                queue_name=GPU_QUEUE,
+                actor_name=GENERATE_ACTOR,
+                args=(),
+                kwargs={GENERATE_KWARG: request},
+                options={},
+            )
+        )
 
     # --- events to the platform ------------------------------------------------------------
     def report(self, event: JobEvent) -> None:
@@ -95,11 +144,15 @@ class WorkerService:
         *,
         enqueued_at_ms: int | None = None,
         retries: int = 0,
-    ) -> JobEvent:
-        """Run one request and report it; returns the terminal event that was sent."""
+    ) -> JobEvent | None:
+        """Run one request and report it; returns the terminal event that was sent (None when
+        a draining worker gave the request back to the queue)."""
         from gpu_worker.engine import JobFailed
         from gpu_worker.progress import JobMonitor, read_cancel_flag
 
+        if self.status.draining:  # it was prefetched before the drain: let another worker run it
+            self.requeue(request)
+            return None
         started_wall = time.time()
         queued_s = max(0.0, started_wall - enqueued_at_ms / 1000) if enqueued_at_ms else None
         if read_cancel_flag(self.redis, request["job_id"]) == "interrupt":
@@ -159,11 +212,16 @@ class WorkerService:
     def heartbeat_snapshot(self) -> WorkerHeartbeat:
         engine = self.engine
         names = {
-            (item.sha256): item.name
+            item.sha256: item.name
             for item in engine.catalogue.items.values()
             if item.kind == "checkpoint"
         }
-        loaded = [names.get(key[0], str(key[0])[:10]) for key in engine.cache.keys_hottest_first()]
+        # cache keys are (checkpoint sha256, VAE sha256 or None)
+        loaded = [
+            names.get(key[0], key[0][:10])
+            for key in engine.cache.keys_hottest_first()
+            if isinstance(key, tuple)
+        ]
         used = engine.cache.device_bytes()
         if engine.device.type == "cuda":
             import torch
@@ -187,10 +245,21 @@ class WorkerService:
         )
 
 
+class _AttachWorker(dramatiq.Middleware):
+    """Lets the service pause its worker's consumers for a drain."""
+
+    def __init__(self, service: WorkerService) -> None:
+        self.service = service
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.service.worker = worker
+
+
 def register_actors(broker: dramatiq.Broker, service: WorkerService) -> dramatiq.Actor:
     """Create the GPU actor on `broker` (not on the global one) and return it."""
     if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
         broker.add_middleware(CurrentMessage())
+    broker.add_middleware(_AttachWorker(service))
 
     def generate_images(request: GenerationRequest) -> None:
         message = CurrentMessage.get_current_message()
@@ -212,6 +281,40 @@ def register_actors(broker: dramatiq.Broker, service: WorkerService) -> dramatiq
             "time_limit": TIME_LIMIT_MS,
         },
     )
+
+
+class WorkerLifecycle(dramatiq.Middleware):
+    """Boot and shutdown work in Dramatiq's hooks, not at import: start the heartbeat and
+    preload the named checkpoints (the first job then skips the import and load); on shutdown
+    mark the worker draining, then stop the heartbeat and remove its key."""
+
+    def __init__(
+        self, service: WorkerService, *, preload: list[str], heartbeat: Heartbeat | None
+    ) -> None:
+        self.service = service
+        self.preload = preload
+        self.heartbeat = heartbeat
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # before the consumers start: no job is taken until the preloaded models are ready
+        self.service.engine.refresh_catalogue()
+        if self.heartbeat is not None:
+            self.heartbeat.start()
+        for name in self.preload:
+            log.info("preloading %s", name)
+            self.service.engine.preload(name)
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.service.status.draining = True
+        if self.heartbeat is not None:
+            try:
+                self.heartbeat.beat()  # the admin page sees "draining" at once
+            except Exception:
+                log.debug("last heartbeat failed", exc_info=True)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
 
 
 def start_worker(broker: dramatiq.Broker) -> dramatiq.Worker:

@@ -26,6 +26,7 @@
   var POLL_MS = 1500;
   var SAFETY_POLL_MS = 10000; // even with the socket open: a dropped message never leaves a stale panel
   var TERMINAL = { succeeded: true, failed: true, cancelled: true };
+  var RANK = { queued: 0, running: 1, succeeded: 2, failed: 2, cancelled: 2 };
   var MAX_PANELS = 6;
 
   var jobs = new Map(); // job id -> {id, status, steps, panel, lastPoll}
@@ -356,7 +357,9 @@
   }
 
   function setStatus(job, status) {
-    if (TERMINAL[job.status]) return false; // a late message never revives a finished job
+    // Late or out-of-order news (a poll answered after a websocket event) never moves a job back.
+    if (job.status && RANK[status] < RANK[job.status]) return false;
+    if (TERMINAL[job.status]) return false; // a finished job stays finished
     job.status = status;
     var panel = job.panel;
     panel.dataset.status = status;
@@ -370,6 +373,7 @@
   function setProgress(job, step, steps) {
     if (!steps) return;
     var bar = job.panel.querySelector("progress");
+    if (Number(bar.max) === steps && step < Number(bar.value)) return; // an older report
     bar.max = steps;
     bar.value = Math.min(step, steps);
   }
@@ -406,7 +410,10 @@
       setInfo(job, queuedInfo(data.position, data.eta));
     } else if (status === "running") {
       if (!setStatus(job, "running")) return;
-      if (data.steps_done) {
+      if (data.cancel_requested) {
+        job.panel.querySelector(".job-stop").disabled = true;
+        setInfo(job, T.stopping);
+      } else if (data.steps_done) {
         setProgress(job, data.steps_done, job.steps);
         setInfo(job, stepInfo(data.steps_done, job.steps, data.eta));
       } else if (!job.panel.querySelector(".job-info").textContent) {
@@ -458,7 +465,7 @@
       case "job.progress":
         if (job.status !== "running" && !setStatus(job, "running")) break;
         setProgress(job, msg.step, msg.steps);
-        setInfo(job, stepInfo(msg.step, msg.steps, msg.eta));
+        if (!job.panel.querySelector(".job-stop").disabled) setInfo(job, stepInfo(msg.step, msg.steps, msg.eta));
         if (msg.preview) {
           var preview = job.panel.querySelector(".job-preview");
           preview.src = msg.preview;
@@ -485,9 +492,12 @@
     stop.disabled = true;
     setInfo(job, T.stopping);
     api("POST", cancelUrl(id)).then(function (r) {
-      stop.disabled = false;
-      if (r.ok && r.data && r.data.status) applyJob(r.data);
-      else if (!r.ok) showJobError(job, errorLines(r.data, r.status).join(" "));
+      if (r.ok && r.data && r.data.status) {
+        applyJob(r.data);
+      } else if (!r.ok) {
+        stop.disabled = false;
+        showJobError(job, errorLines(r.data, r.status).join(" "));
+      }
     });
   }
 
@@ -597,10 +607,10 @@
   // ---- start -----------------------------------------------------------------------------------
 
   document.body.dataset.live = "polling";
-  (DATA.unfinished || []).forEach(applyJob);
-  if (DATA.init_image_url) sendToImg2img(DATA.init_image_url, null, null);
   syncSizePreset();
-  setInitImage(null);
+  setInitImage(null); // also asks for the first price
+  if (DATA.init_image_url) sendToImg2img(DATA.init_image_url, null, null);
+  (DATA.unfinished || []).forEach(applyJob);
   connect();
   form.classList.add("enhanced");
 })();

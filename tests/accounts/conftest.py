@@ -12,6 +12,9 @@ import pytest
 from accounts import ledger
 from accounts.models import CreditAccount, MembershipTier
 
+# Generation's real broker and in-process platform worker, for settlement through the actor.
+from tests.generation.conftest import broker, platform_worker  # noqa: F401
+
 WEBHOOK_SECRET = "whsec_test_secret"
 
 

@@ -111,3 +111,28 @@ def test_bob_cannot_reach_the_adjust_page(client, alice, bob):
     url = reverse("admin:accounts_creditaccount_adjust", args=[alice.pk])
     assert client.post(url, {"amount": "100", "reason": "me"}).status_code == 302  # to login
     assert not CreditEntry.objects.filter(kind="adjustment").exists()
+
+
+def test_carol_changes_alices_tier_in_the_admin_without_touching_her_balance(
+    client, alice, carol, tiers
+):
+    carol.is_superuser = True
+    carol.save()
+    ledger.account_for(alice)
+    client.force_login(carol)
+    url = reverse("admin:accounts_creditaccount_change", args=[alice.pk])
+    response = client.post(url, {"tier": tiers["pro"].pk, "tier_expires_at_0": "",
+                                 "tier_expires_at_1": ""})
+    assert response.status_code == 302
+    account = CreditAccount.objects.get(pk=alice.pk)
+    assert (account.tier, account.balance) == (tiers["pro"], Decimal("20.00"))
+
+
+def test_the_grant_command_can_run_from_cron_any_number_of_times(alice, tiers, capsys):
+    from django.core.management import call_command
+
+    ledger.account_for(alice)
+    call_command("grant_credits")
+    call_command("grant_credits")
+    assert "1 grant(s)" in capsys.readouterr().out
+    assert CreditEntry.objects.of_user(alice).filter(key__startswith="grant:daily").count() == 1

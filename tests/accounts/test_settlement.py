@@ -3,6 +3,7 @@ worker-event handler the platform actor runs."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -11,11 +12,13 @@ from rest_framework.test import APIClient
 
 from accounts import ledger
 from accounts.models import CreditEntry
-from generation import lifecycle
 from generation.models import CatalogEntry, Job
 from generation.submission import SubmissionError, cancel_job, submit_job
+from generation.sweeper import abandon_deadline, fail_abandoned_jobs
 from generation.worker_events import handle_job_event
+from gpu_worker.protocol import PLATFORM_QUEUE
 from tests.accounts.conftest import balance_of, held_of, set_balance
+from tests.generation.conftest import send_event, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -125,11 +128,12 @@ def test_a_running_job_cancelled_before_any_step_is_free(alice, job, redis_clien
     assert balance_of(alice) == Decimal("10.00")
 
 
-def test_a_vanished_worker_releases_the_whole_hold(alice, job):
+def test_a_vanished_worker_releases_the_whole_hold(alice, job, redis_client):
     handle_job_event(event(job, "started"))
     job.refresh_from_db()
-    # What the platform does when the worker running the job is gone.
-    assert lifecycle.fail_job(job, "the GPU worker running this job disappeared")
+    # No heartbeat from gpu-0, long past the job's expected end: the sweeper gives up on it.
+    later = job.started_at + timedelta(seconds=abandon_deadline(job) + 1)
+    assert fail_abandoned_jobs(later).failed == [str(job.pk)]
     assert settlement_of(job).kind == "release"
     assert balance_of(alice) == Decimal("10.00")
     # ...and the worker's late 'succeeded', should it come back, changes nothing.
@@ -142,3 +146,20 @@ def test_bob_cannot_cancel_alices_job_and_her_hold_stays(alice, bob, job, redis_
     with pytest.raises(SubmissionError):
         cancel_job(bob, job)
     assert held_of(alice) == PRICE
+
+
+def test_a_finish_message_delivered_twice_through_the_platform_actor_charges_once(
+    alice, checkpoint, broker, platform_worker
+):
+    set_balance(alice, 10)
+    job = submit_job(alice, PARAMS)
+    job.refresh_from_db()
+    send_event(broker, event(job, "started"))
+    send_event(broker, event(job, "succeeded", images=[]))
+    send_event(broker, event(job, "succeeded", images=[]))
+    wait_for(lambda: CreditEntry.objects.for_job(job.pk).filter(kind="capture").exists())
+    broker.join(PLATFORM_QUEUE)
+    platform_worker.join()
+    assert CreditEntry.objects.for_job(job.pk).count() == 2
+    assert (balance_of(alice), held_of(alice)) == (Decimal("6.00"), 0)
+    assert_ledger_clean()

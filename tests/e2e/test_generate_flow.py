@@ -102,7 +102,10 @@ def test_a_member_generates_watches_progress_and_stops_a_job(live_platform, brow
     panel.wait_for()
     panel.locator('xpath=self::*[@data-status="succeeded"]').wait_for(timeout=120_000)
     seen = page.evaluate("window.__seen")
-    assert "succeeded" in seen["statuses"], seen["statuses"]
+    # The panel moved: queued (with its place), running, then done.
+    assert seen["statuses"][0] == "queued", seen["statuses"]
+    assert "running" in seen["statuses"], seen["statuses"]
+    assert seen["statuses"][-1] == "succeeded", seen["statuses"]
     previews = [src for src in seen["previews"] if src.startswith("data:image/")]
     advanced = [value for value, top in seen["progress"] if 0 < value < top]
     assert previews or advanced, f"no live progress was shown: {seen}"

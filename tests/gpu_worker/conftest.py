@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from gpu_worker.protocol import GenerationRequest
+from gpu_worker.protocol import HEARTBEAT_INDEX, GenerationRequest
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -147,8 +147,9 @@ class EventLog:
 
 
 class WorkerWorld:
-    def __init__(self, broker: Any, service: Any, events: EventLog) -> None:
+    def __init__(self, broker: Any, service: Any, events: EventLog, worker: Any) -> None:
         self.broker, self.service, self.events = broker, service, events
+        self.worker = worker
 
     def submit(self, request: GenerationRequest) -> None:
         import dramatiq
@@ -177,7 +178,12 @@ def worker_world(
 
     from gpu_worker.progress import ChannelPublisher
     from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE
-    from gpu_worker.service import WorkerService, register_actors, running_worker
+    from gpu_worker.service import (
+        WorkerLifecycle,
+        WorkerService,
+        register_actors,
+        running_worker,
+    )
 
     broker = RedisBroker(url=gw_redis_url, namespace="atelier-test-" + uuid.uuid4().hex[:8])
     events = EventLog()
@@ -199,11 +205,26 @@ def worker_world(
         progress_interval=0.0,  # every step, so the tests see them all
     )
     register_actors(broker, service)
+    broker.add_middleware(WorkerLifecycle(service, preload=[], heartbeat=None))
     platform = dramatiq.Worker(broker, queues={PLATFORM_QUEUE}, worker_threads=1, worker_timeout=50)
     platform.start()
-    with running_worker(broker):
-        yield WorkerWorld(broker, service, events)
+    with running_worker(broker) as worker:
+        yield WorkerWorld(broker, service, events, worker)
     platform.stop()
     publisher.close()
     broker.flush_all()
     broker.close()
+    leftovers = list(gw_redis.scan_iter(match=f"{broker.namespace}*"))
+    if leftovers:
+        gw_redis.delete(*leftovers)
+    gw_redis.srem(HEARTBEAT_INDEX, "test-worker")
+
+
+@pytest.fixture(scope="session")
+def xl_engine(tmp_path_factory: pytest.TempPathFactory, atelier_cache_dir: Path, torch: Any) -> Any:
+    """An engine over a models folder holding only the tiny SDXL demo (a diffusers folder)."""
+    from gpu_worker.demo_model import write_demo_xl_folder
+
+    models = tmp_path_factory.mktemp("models-xl")
+    write_demo_xl_folder(models, atelier_cache_dir)
+    return make_engine(models, atelier_cache_dir)

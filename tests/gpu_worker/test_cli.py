@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_worker.infotext import parse_infotext, read_infotext
-from gpu_worker.protocol import HEARTBEAT_KEY
+from gpu_worker.protocol import HEARTBEAT_INDEX, HEARTBEAT_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,15 +98,18 @@ def test_worker_beats_and_stops_cleanly_on_sigterm(
     key = HEARTBEAT_KEY.format(worker_id=worker_id)
     try:
         deadline = time.monotonic() + 60
-        while gw_redis.get(key) is None:
+        beat: dict = {}
+        while beat.get("loaded_models") != ["atelier-demo-v1"]:  # beats from boot, then preloads
             assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            assert time.monotonic() < deadline, "no heartbeat"
+            assert time.monotonic() < deadline, f"no heartbeat with the preloaded model: {beat}"
             time.sleep(0.1)
-        beat = json.loads(gw_redis.get(key))
-        assert beat["loaded_models"] == ["atelier-demo-v1"] and not beat["draining"]
+            raw = gw_redis.get(key)
+            beat = json.loads(raw) if raw else {}
+        assert not beat["draining"] and beat["device"] == "cpu"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert gw_redis.get(key) is None
     finally:
         if process.poll() is None:
             process.kill()
+        gw_redis.srem(HEARTBEAT_INDEX, worker_id)

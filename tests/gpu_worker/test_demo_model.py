@@ -45,3 +45,34 @@ def test_make_demo_model_is_idempotent(demo_models_dir: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in demo_models_dir.rglob("*.safetensors")}
     make_demo_models(demo_models_dir)
     assert before == {p: p.stat().st_mtime_ns for p in demo_models_dir.rglob("*.safetensors")}
+
+
+def test_shipped_architecture_configs_have_the_real_sizes(torch: Any) -> None:
+    """The JSON configs in gpu_worker/configs build models with the published parameter counts
+    (built on the meta device: no memory, no weights)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from gpu_worker.loading import SHIPPED_CONFIGS
+
+    def count(model: Any) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    def unet(family: str) -> Any:
+        return UNet2DConditionModel.from_config(
+            UNet2DConditionModel.load_config(SHIPPED_CONFIGS / family / "unet")
+        )
+
+    with init_empty_weights():
+        assert count(unet("sd1")) == 859_520_964
+        assert count(unet("sdxl")) == 2_567_463_684
+        for family in ("sd1", "sdxl"):
+            vae = AutoencoderKL.from_config(
+                AutoencoderKL.load_config(SHIPPED_CONFIGS / family / "vae")
+            )
+            assert count(vae) == 83_653_863
+            text = CLIPTextConfig.from_pretrained(SHIPPED_CONFIGS / family / "text_encoder")
+            assert count(CLIPTextModel(text)) == 123_060_480
+        big_g = CLIPTextConfig.from_pretrained(SHIPPED_CONFIGS / "sdxl" / "text_encoder_2")
+        assert count(CLIPTextModelWithProjection(big_g)) == 694_659_840

@@ -197,3 +197,34 @@ def test_plain_prompts_encode_exactly_like_diffusers(engine: Any, torch: Any) ->
     long_prompt = " ".join(["cat"] * 100)
     cond, uncond = encode_prompt_pair(pipe, long_prompt, "", clip_skip=1)
     assert cond.shape == uncond.shape == (1, 154, 32)  # two 77-token chunks, padded to match
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"width": 60},
+        {"height": 32},
+        {"steps": 0},
+        {"batch_size": 0},
+        {"mode": "img2img", "denoising_strength": 0.0},
+    ],
+)
+def test_impossible_requests_fail_at_once(engine: Any, overrides: dict) -> None:
+    from gpu_worker.engine import JobFailed
+
+    with pytest.raises(JobFailed, match="must"):
+        run(engine, **overrides)
+
+
+def test_an_embedding_named_in_the_prompt_is_used_and_leaves_no_trace(
+    engine: Any, tmp_path: Path, demo_models_dir: Path
+) -> None:
+    prompt = "a photo of atelier-demo-embedding"
+    plain_before = pixels(run(engine, seed=4).images[0])
+    used = run(engine, seed=4, prompt=prompt).images[0]
+    assert 'TI hashes: "atelier-demo-embedding: ' in used["infotext"]
+    without = tmp_path / "models"
+    shutil.copytree(demo_models_dir, without, ignore=shutil.ignore_patterns("embeddings"))
+    as_text = make_engine(without, tmp_path / "cache")
+    assert pixels(as_text.run(demo_request(seed=4, prompt=prompt)).images[0]) != pixels(used)
+    assert pixels(run(engine, seed=4).images[0]) == plain_before

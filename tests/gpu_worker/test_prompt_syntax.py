@@ -105,3 +105,18 @@ def test_long_prompt_breaks_at_a_recent_comma(tokenizer) -> None:  # noqa: ANN00
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     first = [t for t in chunks[0].tokens if t != 49407]
     assert first[-1] == comma and len(first) == 71
+
+
+def test_embeddings_take_their_vectors_places_and_never_straddle_chunks(tokenizer) -> None:  # noqa: ANN001
+    import torch
+
+    from gpu_worker.prompt_encoding import Embedding, tokenize_prompt
+
+    style = Embedding("fooStyle", (torch.zeros(3, 32),))
+    chunks = tokenize_prompt(tokenizer, "a (fooStyle:1.2) cat", {"fooStyle": style})
+    assert chunks[0].fixes == [(1, "fooStyle")]
+    assert chunks[0].length == 1 + 3 + 1
+    assert chunks[0].multipliers[1:4] == [1.2, 1.2, 1.2]
+    assert tokenize_prompt(tokenizer, "a foostyle-like cat", {"fooStyle": style})[0].fixes == []
+    crowded = tokenize_prompt(tokenizer, " ".join(["cat"] * 74) + " fooStyle", {"fooStyle": style})
+    assert len(crowded) == 2 and crowded[1].fixes == [(0, "fooStyle")]

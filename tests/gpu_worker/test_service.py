@@ -209,3 +209,43 @@ def test_heartbeat_is_written_with_a_ttl(worker_world: Any, gw_redis: Any) -> No
     assert gw_redis.sismember(HEARTBEAT_INDEX, "test-worker")
     beat.stop()
     assert gw_redis.get(key) is None
+
+
+def test_the_worker_takes_one_job_at_a_time_from_redis(worker_world: Any) -> None:
+    from gpu_worker.protocol import GPU_QUEUE
+
+    worker = worker_world.worker
+    assert worker.worker_threads == 1
+    assert worker.consumers[GPU_QUEUE].prefetch == 1  # other GPU workers can take the rest
+
+
+def test_operator_can_drain_undrain_and_unload_through_the_heartbeat(
+    worker_world: Any, gw_redis: Any
+) -> None:
+    from gpu_worker.heartbeat import Heartbeat
+    from gpu_worker.protocol import WORKER_COMMANDS_KEY
+
+    service = worker_world.service
+    beat = Heartbeat(gw_redis, service.heartbeat_snapshot, on_command=service.apply_command)
+    commands = WORKER_COMMANDS_KEY.format(worker_id="test-worker")
+    first = demo_request(checkpoint="atelier-demo-v2")
+    worker_world.submit(first)
+    assert worker_world.events.wait_terminal(first["job_id"])["kind"] == "succeeded"
+    assert "atelier-demo-v2" in beat.tick()["loaded_models"]
+    try:
+        gw_redis.rpush(commands, json.dumps({"action": "unload", "model": "atelier-demo-v2"}))
+        gw_redis.rpush(commands, json.dumps({"action": "drain"}))
+        sent = beat.tick()
+        assert "atelier-demo-v2" not in sent["loaded_models"] and sent["draining"]
+        assert json.loads(gw_redis.get(HEARTBEAT_KEY.format(worker_id="test-worker")))["draining"]
+        waiting = demo_request()
+        worker_world.submit(waiting)
+        time.sleep(1.0)
+        assert worker_world.events.events[waiting["job_id"]] == []  # left in Redis meanwhile
+        gw_redis.rpush(commands, json.dumps({"action": "undrain"}))
+        assert not beat.tick()["draining"]
+        # a drained worker hands prefetched work back under a new message id: it still runs
+        assert worker_world.events.wait_terminal(waiting["job_id"])["kind"] == "succeeded"
+    finally:
+        service.undrain()
+        gw_redis.delete(commands, HEARTBEAT_KEY.format(worker_id="test-worker"))

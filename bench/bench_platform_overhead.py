@@ -1,0 +1,308 @@
+"""Platform overhead: a job through the whole platform vs the gpu_worker engine called directly.
+
+    python -m operations.with_redis -- python bench/bench_platform_overhead.py
+
+Starts, in a temporary folder, the real processes on loopback: daphne (web), the platform
+worker (`manage.py run_platform_worker`) and one GPU worker (`python -m gpu_worker`) on the
+demo model. Prints:
+
+  submit throughput   jobs accepted per second by POST /api/v1/jobs/ with CLIENTS concurrent
+                      clients (each client submits, then cancels so that the per-user cap of
+                      unfinished jobs never answers 429), and submit latency p50/p95
+  submit-to-finished  median over RUNS jobs: POST -> the job.succeeded event reaches the user's
+                      channel-layer group (what the websocket relays), vs Engine.run on the same
+                      request in this process (baseline)
+  hops                validate+commit (POST latency), enqueue-to-start (dispatched_at ->
+                      'started' recorded), engine (worker's total_s), result-to-record (the
+                      rest of started -> finished: events, image storage), record-to-client
+                      (finished_at -> event received)
+Goal: platform / direct <= 1.10 on CPU with the demo model.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import http.client
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CLIENTS = int(os.environ.get("BENCH_CLIENTS", "20"))
+THROUGHPUT_SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+RUNS = int(os.environ.get("BENCH_RUNS", "10"))
+JOB = {"checkpoint": "atelier-demo-v1", "prompt": "a lighthouse at dusk", "steps": 10,
+       "width": 128, "height": 128, "sampler": "Euler a", "seed": 1234, "cfg_scale": 7}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Api:
+    def __init__(self, port: int, token: str) -> None:
+        self.port, self.token = port, token
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.token}", "Host": "127.0.0.1"}
+        data = None
+        if body is not None:
+            data = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        try:
+            self.conn.request(method, path, data, headers)
+            response = self.conn.getresponse()
+        except (ConnectionError, http.client.HTTPException):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            self.conn.request(method, path, data, headers)
+            response = self.conn.getresponse()
+        raw = response.read()
+        return response.status, json.loads(raw) if raw else None
+
+
+def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def setup_django(tmp: Path) -> None:
+    os.environ.update({
+        "ATELIER_VAR_DIR": str(tmp / "var"),
+        "DATABASE_URL": f"sqlite:///{tmp / 'var' / 'bench.sqlite3'}",
+        "MEDIA_ROOT": str(tmp / "media"),
+        "MODELS_DIR": str(tmp / "models"),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "AXES_ENABLED": "false",
+        "LOG_LEVEL": "WARNING",
+    })
+    (tmp / "var").mkdir(parents=True, exist_ok=True)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def make_users(count: int) -> list[str]:
+    from accounts import ledger
+    from accounts.models import ApiToken, User
+
+    tokens = []
+    for i in range(count):
+        user = User.objects.create_user(f"bench{i}", f"bench{i}@example.com", "x" * 20)
+        ledger.credit(user, 100000, "grant", reason="bench")
+        tokens.append(ApiToken.issue(user, "bench")[1])
+    return tokens
+
+
+def throughput(port: int, tokens: list[str]) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + THROUGHPUT_SECONDS
+    accepted = [0]
+    errors: list[str] = []
+
+    def client(token: str) -> None:
+        api = Api(port, token)
+        while time.monotonic() < stop_at:
+            t0 = time.perf_counter()
+            status, body = api.call("POST", "/api/v1/jobs/", JOB)
+            elapsed = time.perf_counter() - t0
+            if status != 201:
+                errors.append(f"{status} {body}")
+                continue
+            with lock:
+                accepted[0] += 1
+                latencies.append(elapsed)
+            api.call("POST", f"/api/v1/jobs/{body['id']}/cancel/")
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - started
+    if errors:
+        print(f"  {len(errors)} refused submissions, first: {errors[0][:200]}")
+    return accepted[0] / wall, latencies
+
+
+def direct_engine(models: Path, cache_dir: Path) -> Any:
+    """The baseline: the gpu_worker Engine in this process, model loaded; returns a callable
+    that runs the bench job once and returns its wall time."""
+    import torch
+
+    from gpu_worker.engine import Engine
+    from gpu_worker.model_cache import ModelCache
+
+    torch.set_num_threads(1)
+    engine = Engine(models_dir=models, cache=ModelCache(
+        device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
+        cache_dir=cache_dir)
+    request = {"job_id": "direct", "attempt": 1, "events_group": "", "mode": "txt2img",
+               "vae": None, "negative_prompt": "", "scheduler": "Automatic", "batch_size": 1,
+               "n_iter": 1, "clip_skip": 1, "denoising_strength": 0.75, **JOB}
+
+    def run_once() -> float:
+        t0 = time.perf_counter()
+        engine.run({**request, "job_id": "direct-" + uuid.uuid4().hex[:6]})  # type: ignore[arg-type]
+        return time.perf_counter() - t0
+
+    run_once()  # load the pipeline
+    return run_once
+
+
+def through_platform(port: int, token: str, user_id: int, direct: Any
+                     ) -> tuple[list[float], list[float], dict[str, list[float]]]:
+    """Jobs one after another, each followed by the same job on the direct engine (interleaved,
+    so that a busy machine slows both alike). The finish is seen the way a browser sees it: the
+    job.succeeded event on the user's group (no polling stealing CPU from the worker)."""
+    import asyncio
+
+    from channels_redis.core import RedisChannelLayer
+
+    from generation.events import user_group
+    from generation.models import Job
+
+    async def run() -> tuple[list[float], list[float], dict[str, list[float]]]:
+        layer = RedisChannelLayer(hosts=[{"address": os.environ["REDIS_URL"],
+                                          "socket_timeout": None}])
+        channel = await layer.new_channel()
+        await layer.group_add(user_group(user_id), channel)
+        api = Api(port, token)
+        totals: list[float] = []
+        baseline: list[float] = []
+        hops: dict[str, list[float]] = {"validate+commit": [], "enqueue-to-start": [],
+                                        "engine": [], "result-to-record": [],
+                                        "record-to-client": []}
+        for i in range(RUNS + 2):
+            t0 = time.perf_counter()
+            status, body = await asyncio.to_thread(api.call, "POST", "/api/v1/jobs/", JOB)
+            submitted = time.perf_counter()
+            assert status == 201, body
+            while True:
+                event = await asyncio.wait_for(layer.receive(channel), 60)
+                if event.get("job_id") == body["id"] and event["type"] in (
+                        "job.succeeded", "job.failed", "job.cancelled"):
+                    break
+            seen, seen_wall = time.perf_counter(), time.time()
+            assert event["type"] == "job.succeeded", event
+            direct_s = await asyncio.to_thread(direct)
+            if i < 2:
+                continue
+            totals.append(seen - t0)
+            baseline.append(direct_s)
+            row = await asyncio.to_thread(lambda pk=body["id"]: Job.objects.get(pk=pk))
+            engine_s = float(row.timings.get("total_s", 0))
+            hops["validate+commit"].append(submitted - t0)
+            hops["enqueue-to-start"].append((row.started_at - row.dispatched_at).total_seconds())
+            hops["engine"].append(engine_s)
+            hops["result-to-record"].append(
+                (row.finished_at - row.started_at).total_seconds() - engine_s)
+            hops["record-to-client"].append(seen_wall - row.finished_at.timestamp())
+        await layer.flush()
+        return totals, baseline, hops
+
+    return asyncio.run(run())
+
+
+def main() -> int:
+    if not os.environ.get("REDIS_URL"):
+        print("run under `python -m operations.with_redis --` (needs REDIS_URL)")
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="atelier-bench-platform-"))
+    setup_django(tmp)
+    from gpu_worker.demo_model import make_demo_models
+
+    make_demo_models(tmp / "models")
+    from generation.sweeper import sync_catalogue
+
+    sync_catalogue(models_dir=tmp / "models", include_workers=False)
+    tokens = make_users(CLIENTS)
+    env = dict(os.environ)
+    port = free_port()
+    procs: list[subprocess.Popen] = []
+    python = sys.executable
+    try:
+        procs.append(subprocess.Popen(
+            [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+             "config.asgi:application"], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_until(lambda: Api(port, tokens[0]).call("GET", "/api/v1/me/")[0] == 200, 30,
+                   "the web server")
+
+        rate, latencies = throughput(port, tokens)
+        latencies.sort()
+        p95 = latencies[int(len(latencies) * 0.95)] if latencies else float("nan")
+        print(f"submit throughput ({CLIENTS} clients, {THROUGHPUT_SECONDS:.0f} s): "
+              f"{rate:.1f} jobs/s accepted; latency p50 {statistics.median(latencies)*1000:.0f}"
+              f" ms, p95 {p95*1000:.0f} ms")
+        import redis
+
+        redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # the cancelled jobs' messages
+
+        procs.append(subprocess.Popen(
+            [python, "manage.py", "run_platform_worker", "--sweep-interval", "2"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        worker_id = "bench-" + uuid.uuid4().hex[:6]
+        procs.append(subprocess.Popen(
+            [python, "-m", "gpu_worker", "--models-dir", str(tmp / "models"), "--device", "cpu",
+             "--worker-id", worker_id, "--preload", "atelier-demo-v1",
+             "--cache-dir", str(tmp / "cache")],
+            cwd=ROOT, env={**env, "dramatiq_worker_timeout": "50"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        client = redis.Redis.from_url(env["REDIS_URL"])
+        wait_until(lambda: client.exists(f"atelier:worker:{worker_id}"), 120, "the GPU worker")
+
+        from accounts.models import User
+
+        run_direct = direct_engine(tmp / "models", tmp / "direct-cache")
+        platform, direct, hops = through_platform(
+            port, tokens[0], User.objects.get(username="bench0").pk, run_direct)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    p, d = statistics.median(platform), statistics.median(direct)
+    print(f"submit-to-finished, median of {RUNS} ({JOB['width']}x{JOB['height']}, "
+          f"{JOB['steps']} steps, demo model, CPU):")
+    print(f"  direct Engine.run   {d*1000:8.1f} ms   (baseline)")
+    print(f"  through platform    {p*1000:8.1f} ms   ratio {p/d:.3f}  (goal <= 1.10)")
+    for name, values in hops.items():
+        print(f"    {name:<18} {statistics.median(values)*1000:8.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
