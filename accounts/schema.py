@@ -12,7 +12,11 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
     name = "bearerToken"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
-        return {"type": "http", "scheme": "bearer", "description": "An API token from your account page."}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API token from your account page.",
+        }
 
 
 class BasicTokenScheme(OpenApiAuthenticationExtension):
@@ -23,5 +27,5 @@ class BasicTokenScheme(OpenApiAuthenticationExtension):
         return {
             "type": "http",
             "scheme": "basic",
-            "description": "Your username and an API token as the password (AUTOMATIC1111 clients).",
+            "description": "Your username and an API token as the password (A1111 clients).",
         }

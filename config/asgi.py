@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels (authenticated, origin-checked)."""
+"""ASGI entry point: HTTP through Django; websockets through Channels, authenticated and
+origin-checked."""
 
 import os
 

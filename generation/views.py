@@ -24,6 +24,7 @@ from generation.images import delete_image
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
+from generation.prefill import params_from_query
 from generation.submission import (
     DEFAULTS,
     HIRES_DEFAULTS,
@@ -152,7 +153,10 @@ def generate(request: HttpRequest) -> HttpResponse:
         saved = UserGenerationSettings.objects.filter(user=user).first()
         last_params = dict(saved.last_params) if saved else {}
         # A fresh visit starts from a random seed; "Reuse last" brings the last one back.
-        return _render_generator(request, {**last_params, "seed": -1},
+        # A Remix or "Send to generator" link lays its own fields over that.
+        linked = params_from_query(request.GET)
+        return _render_generator(request, {**last_params, "seed": -1, **linked},
+                                 keep_checkpoint="checkpoint" in linked,
                                  last_seed=last_params.get("seed"))
     try:
         source = _owned_images(request).get(pk=uuid.UUID(source_id))

@@ -23,6 +23,14 @@ def bar_chart(points: list[tuple[str, float]], width: int = 720, height: int = 1
     bars = []
     for i, (label, value) in enumerate(points):
         bar_height = (value / top) * (height - 20)
-        bars.append(Bar(x=i * slot + 1, y=height - bar_height, width=max(slot - 2, 1),
-                        height=bar_height, label=label, value=value))
+        bars.append(
+            Bar(
+                x=i * slot + 1,
+                y=height - bar_height,
+                width=max(slot - 2, 1),
+                height=bar_height,
+                label=label,
+                value=value,
+            )
+        )
     return bars

@@ -92,8 +92,10 @@ def jobs_per_hour(hours: int = 24, now: datetime | None = None) -> list[tuple[da
         .annotate(n=Count("id"))
         .values_list("hour", "n")
     )
-    return [(start + timedelta(hours=i), counts.get(start + timedelta(hours=i), 0))
-            for i in range(hours)]
+    return [
+        (start + timedelta(hours=i), counts.get(start + timedelta(hours=i), 0))
+        for i in range(hours)
+    ]
 
 
 def overview(now: datetime | None = None) -> dict[str, object]:

@@ -64,8 +64,19 @@ def start_private_redis(workdir: Path, port: int | None = None) -> PrivateRedis:
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(  # noqa: S603 - fixed arguments, binary found above
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

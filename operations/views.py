@@ -39,6 +39,7 @@ def ops_worker_command(request: HttpRequest, worker_id: str) -> HttpResponse:
     else:
         return HttpResponseBadRequest(_("action must be drain, undrain, or unload with a model"))
     send_worker_command(get_redis(), worker_id, command)
-    messages.success(request, _("Sent “%(action)s” to %(worker)s.") % {
-        "action": action, "worker": worker_id})
+    messages.success(
+        request, _("Sent “%(action)s” to %(worker)s.") % {"action": action, "worker": worker_id}
+    )
     return redirect("ops_workers")

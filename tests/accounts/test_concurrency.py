@@ -21,13 +21,20 @@ from tests.accounts.conftest import set_balance
 from tests.conftest import make_user
 
 pytestmark = [
-    pytest.mark.skipif(connection.vendor != "postgresql",
-                       reason="SQLite serialises writers: concurrency needs Postgres"),
+    pytest.mark.skipif(
+        connection.vendor != "postgresql",
+        reason="SQLite serialises writers: concurrency needs Postgres",
+    ),
     pytest.mark.django_db(transaction=True),
 ]
 
-UNIT_JOB = {"prompt": "a lighthouse", "width": 512, "height": 512, "steps": 20,
-            "checkpoint": "base"}  # 1.00 credit
+UNIT_JOB = {
+    "prompt": "a lighthouse",
+    "width": 512,
+    "height": 512,
+    "steps": 20,
+    "checkpoint": "base",
+}  # 1.00 credit
 
 
 def all_at_once(count: int, work: Callable[[int], Any]) -> list[Any]:
@@ -55,8 +62,9 @@ def all_at_once(count: int, work: Callable[[int], Any]) -> list[Any]:
 @pytest.fixture
 def roomy_tier(tiers) -> MembershipTier:
     """Limits that let 50 jobs wait at once, so only credits decide."""
-    return MembershipTier.objects.create(name="Roomy", slug="roomy", rank=5,
-                                         max_unfinished_jobs=100)
+    return MembershipTier.objects.create(
+        name="Roomy", slug="roomy", rank=5, max_unfinished_jobs=100
+    )
 
 
 def test_fifty_simultaneous_submissions_with_credits_for_ten_accept_exactly_ten(
@@ -117,7 +125,8 @@ def test_fifty_simultaneous_holds_without_any_other_lock_never_overdraw(alice, t
     results = all_at_once(50, take)
 
     assert sum(not isinstance(r, Exception) for r in results) == 10
-    assert all(isinstance(r, ledger.InsufficientCredits) for r in results
-               if isinstance(r, Exception)), results
+    assert all(
+        isinstance(r, ledger.InsufficientCredits) for r in results if isinstance(r, Exception)
+    ), results
     assert CreditAccount.objects.get(pk=alice.pk).balance == Decimal("0.00")
     call_command("check_ledger")

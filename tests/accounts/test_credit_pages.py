@@ -75,11 +75,16 @@ def test_carol_adjusts_alices_balance_with_a_reason_in_the_admin(client, alice, 
     assert balance_of(alice) == Decimal("14.50")
 
 
-@pytest.mark.parametrize("form", [
-    {"amount": "abc", "reason": "x"}, {"amount": "5", "reason": ""},
-    {"amount": "0", "reason": "x"}, {"amount": "-100", "reason": "too much"},
-    {"amount": "1.234", "reason": "x"},
-])
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"amount": "abc", "reason": "x"},
+        {"amount": "5", "reason": ""},
+        {"amount": "0", "reason": "x"},
+        {"amount": "-100", "reason": "too much"},
+        {"amount": "1.234", "reason": "x"},
+    ],
+)
 def test_a_bad_adjustment_is_refused_and_nothing_is_written(client, alice, carol, form):
     carol.is_superuser = True
     carol.save()
@@ -98,8 +103,9 @@ def test_the_admin_shows_the_ledger_read_only(client, alice, carol):
     client.force_login(carol)
     assert client.get(reverse("admin:accounts_creditentry_changelist")).status_code == 200
     entry = CreditEntry.objects.of_user(alice).first()
-    change = client.post(reverse("admin:accounts_creditentry_change", args=[entry.pk]),
-                         {"amount": "1000"})
+    change = client.post(
+        reverse("admin:accounts_creditentry_change", args=[entry.pk]), {"amount": "1000"}
+    )
     assert change.status_code == 403 or CreditEntry.objects.get(pk=entry.pk).amount != 1000
     account_page = client.get(reverse("admin:accounts_creditaccount_change", args=[alice.pk]))
     assert account_page.status_code == 200
@@ -121,8 +127,9 @@ def test_carol_changes_alices_tier_in_the_admin_without_touching_her_balance(
     ledger.account_for(alice)
     client.force_login(carol)
     url = reverse("admin:accounts_creditaccount_change", args=[alice.pk])
-    response = client.post(url, {"tier": tiers["pro"].pk, "tier_expires_at_0": "",
-                                 "tier_expires_at_1": ""})
+    response = client.post(
+        url, {"tier": tiers["pro"].pk, "tier_expires_at_0": "", "tier_expires_at_1": ""}
+    )
     assert response.status_code == 302
     account = CreditAccount.objects.get(pk=alice.pk)
     assert (account.tier, account.balance) == (tiers["pro"], Decimal("20.00"))

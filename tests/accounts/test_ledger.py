@@ -97,10 +97,15 @@ def test_release_gives_the_whole_hold_back(alice):
     assert ledger_is_clean()
 
 
-@pytest.mark.parametrize("first,second", [
-    ("capture", "capture"), ("capture", "release"), ("release", "capture"),
-    ("release", "release"),
-])
+@pytest.mark.parametrize(
+    "first,second",
+    [
+        ("capture", "capture"),
+        ("capture", "release"),
+        ("release", "capture"),
+        ("release", "release"),
+    ],
+)
 def test_a_job_is_settled_once_whatever_repeats(alice, first, second):
     set_balance(alice, 10)
     job_id = uuid.uuid4()
@@ -119,8 +124,9 @@ def test_the_database_refuses_a_second_settlement_row_even_past_the_service(alic
     ledger.hold(alice, 3, job_id)
     ledger.capture(job_id)
     with pytest.raises(IntegrityError), transaction.atomic():
-        CreditEntry.objects.create(account_id=alice.pk, kind="release", amount=3,
-                                   held_delta=-3, job_id=job_id)
+        CreditEntry.objects.create(
+            account_id=alice.pk, kind="release", amount=3, held_delta=-3, job_id=job_id
+        )
 
 
 def test_the_database_refuses_a_negative_balance(alice):
@@ -213,9 +219,17 @@ def test_check_ledger_fails_when_a_balance_disagrees_with_its_entries(alice, cap
 def test_check_ledger_fails_on_a_settlement_without_a_hold(alice):
     account = ledger.account_for(alice)
     # Forged past the service (bulk_create skips the model's save): the kind of damage it finds.
-    CreditEntry.objects.bulk_create([CreditEntry(
-        account=account, kind="release", amount=D("0"), held_delta=D("0"), job_id=uuid.uuid4()
-    )])
+    CreditEntry.objects.bulk_create(
+        [
+            CreditEntry(
+                account=account,
+                kind="release",
+                amount=D("0"),
+                held_delta=D("0"),
+                job_id=uuid.uuid4(),
+            )
+        ]
+    )
     with pytest.raises(CommandError):
         call_command("check_ledger")
 

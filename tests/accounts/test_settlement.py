@@ -23,15 +23,21 @@ from tests.generation.conftest import send_event, wait_for
 pytestmark = pytest.mark.django_db
 
 # 1024x1024, 20 steps: 4 units of work, 4.00 credits at multiplier 1.
-PARAMS = {"prompt": "a lighthouse", "width": 1024, "height": 1024, "steps": 20,
-          "checkpoint": "base"}
+PARAMS = {
+    "prompt": "a lighthouse",
+    "width": 1024,
+    "height": 1024,
+    "steps": 20,
+    "checkpoint": "base",
+}
 PRICE = Decimal("4.00")
 
 
 @pytest.fixture
 def checkpoint(db) -> CatalogEntry:
-    return CatalogEntry.objects.create(name="base", kind="checkpoint", family="sd1",
-                                       filename="base.safetensors")
+    return CatalogEntry.objects.create(
+        name="base", kind="checkpoint", family="sd1", filename="base.safetensors"
+    )
 
 
 @pytest.fixture
@@ -41,8 +47,13 @@ def job(alice, checkpoint) -> Job:
 
 
 def event(job: Job, kind: str, **extra: Any) -> dict[str, Any]:
-    return {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-0", "kind": kind,
-            **extra}
+    return {
+        "job_id": str(job.pk),
+        "attempt": job.attempt,
+        "worker_id": "gpu-0",
+        "kind": kind,
+        **extra,
+    }
 
 
 def settlement_of(job: Job) -> CreditEntry:

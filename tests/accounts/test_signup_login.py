@@ -91,7 +91,11 @@ def test_alice_changes_her_password(client, alice):
     client.force_login(alice)
     response = client.post(
         reverse("password_change"),
-        {"old_password": PASSWORD, "new_password1": "a-new-long-passphrase", "new_password2": "a-new-long-passphrase"},
+        {
+            "old_password": PASSWORD,
+            "new_password1": "a-new-long-passphrase",
+            "new_password2": "a-new-long-passphrase",
+        },
     )
     assert response.status_code == 302
     alice.refresh_from_db()

@@ -21,10 +21,15 @@ NOON = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def test_signing_up_puts_the_new_user_on_free_with_the_welcome_grant(client, tiers):
-    response = client.post(reverse("signup"), {
-        "username": "dora", "email": "dora@example.com",
-        "password1": "a-long-unusual-passphrase", "password2": "a-long-unusual-passphrase",
-    })
+    response = client.post(
+        reverse("signup"),
+        {
+            "username": "dora",
+            "email": "dora@example.com",
+            "password1": "a-long-unusual-passphrase",
+            "password2": "a-long-unusual-passphrase",
+        },
+    )
     assert response.status_code == 302
     dora = User.objects.get(username="dora")
     account = CreditAccount.objects.get(pk=dora.pk)

@@ -6,7 +6,6 @@ import html
 import re
 from urllib.parse import parse_qsl, urlsplit
 
-import pytest
 from django.urls import reverse
 
 from gallery.models import Publication
@@ -71,8 +70,6 @@ def test_remix_keeps_an_empty_negative_prompt(alice, bob, client_for):
     assert _fields(_remix_link(client_for(bob), publication))["negative_prompt"] == ""
 
 
-@pytest.mark.xfail(reason="the generator page (generation/views.py) reads only ?from_image= "
-                   "so far; it must also read its own field names from the query string")
 def test_the_generator_understands_the_remix_link(alice, bob, client_for):
     publication = make_publication(alice, prompt="an origami heron on a teal lake")
     page = client_for(bob).get(_remix_link(client_for(bob), publication)).content.decode()

@@ -26,17 +26,30 @@ def make_job(owner, checkpoint, status, created_ago_s, wait_s=None, run_s=None) 
     started = created + timedelta(seconds=wait_s) if wait_s is not None else None
     finished = started + timedelta(seconds=run_s) if run_s is not None and started else None
     return Job.objects.create(
-        owner=owner, checkpoint=checkpoint, status=status, params={}, created_at=created,
-        started_at=started, finished_at=finished,
+        owner=owner,
+        checkpoint=checkpoint,
+        status=status,
+        params={},
+        created_at=created,
+        started_at=started,
+        finished_at=finished,
     )
 
 
 def heartbeat(worker_id: str, sent_at: float, **extra) -> dict:
     beat = {
-        "worker_id": worker_id, "hostname": "box", "device": "cuda:0",
-        "memory_used_bytes": 2 * 1024**3, "memory_budget_bytes": 8 * 1024**3,
-        "loaded_models": ["model-a"], "current_job": None, "current_step": None,
-        "current_steps": None, "recent_its": 7.5, "draining": False, "inventory": [],
+        "worker_id": worker_id,
+        "hostname": "box",
+        "device": "cuda:0",
+        "memory_used_bytes": 2 * 1024**3,
+        "memory_budget_bytes": 8 * 1024**3,
+        "loaded_models": ["model-a"],
+        "current_job": None,
+        "current_step": None,
+        "current_steps": None,
+        "recent_its": 7.5,
+        "draining": False,
+        "inventory": [],
         "sent_at": sent_at,
     }
     beat.update(extra)
@@ -65,8 +78,12 @@ def test_ops_numbers_match_a_seeded_set_of_jobs(client, carol, alice, checkpoint
     make_job(alice, other, Job.Status.QUEUED, created_ago_s=10)
     make_job(alice, checkpoint, Job.Status.RUNNING, created_ago_s=30, wait_s=5)
     # Last hour: waits 2, 4, 6, 8 s; runs 10, 10, 10, 30 s; one of four failed.
-    for wait, run, status in [(2, 10, "succeeded"), (4, 10, "succeeded"), (6, 10, "succeeded"),
-                              (8, 30, "failed")]:
+    for wait, run, status in [
+        (2, 10, "succeeded"),
+        (4, 10, "succeeded"),
+        (6, 10, "succeeded"),
+        (8, 30, "failed"),
+    ]:
         make_job(alice, checkpoint, status, created_ago_s=600, wait_s=wait, run_s=run)
     # Two hours ago: only in the day window.
     make_job(alice, checkpoint, "succeeded", created_ago_s=7200, wait_s=100, run_s=20)
@@ -99,11 +116,14 @@ def test_workers_view_shows_a_live_heartbeat_and_flags_a_stale_and_a_gone_one(
 ):
     now = time.time()
     redis_client.sadd(HEARTBEAT_INDEX, "live-1", "stale-1", "gone-1")
-    redis_client.set(HEARTBEAT_KEY.format(worker_id="live-1"),
-                     json.dumps(heartbeat("live-1", now, current_job="abc", current_step=3,
-                                          current_steps=20)), ex=15)
-    redis_client.set(HEARTBEAT_KEY.format(worker_id="stale-1"),
-                     json.dumps(heartbeat("stale-1", now - 12)), ex=15)
+    redis_client.set(
+        HEARTBEAT_KEY.format(worker_id="live-1"),
+        json.dumps(heartbeat("live-1", now, current_job="abc", current_step=3, current_steps=20)),
+        ex=15,
+    )
+    redis_client.set(
+        HEARTBEAT_KEY.format(worker_id="stale-1"), json.dumps(heartbeat("stale-1", now - 12)), ex=15
+    )
     client.force_login(carol)
     response = client.get(reverse("ops_workers"))
     states = {w.worker_id: w.state for w in response.context["workers"]}
@@ -119,5 +139,8 @@ def test_staff_can_ask_a_worker_to_drain_or_unload(client, carol, redis_client):
     client.post(reverse("ops_worker_command", args=["w1"]), {"action": "unload", "model": "m"})
     bad = client.post(reverse("ops_worker_command", args=["w1"]), {"action": "explode"})
     assert bad.status_code == 400
-    queued = [json.loads(x) for x in redis_client.lrange(WORKER_COMMANDS_KEY.format(worker_id="w1"), 0, -1)]
+    queued = [
+        json.loads(x)
+        for x in redis_client.lrange(WORKER_COMMANDS_KEY.format(worker_id="w1"), 0, -1)
+    ]
     assert queued == [{"action": "drain"}, {"action": "unload", "model": "m"}]

@@ -62,8 +62,18 @@ def test_docker_compose_accepts_the_file(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text("POSTGRES_PASSWORD=x\nSECRET_KEY=y\n")
     result = subprocess.run(
-        ["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "--env-file", str(env_file),
-         "config", "--quiet"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            "docker",
+            "compose",
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "--env-file",
+            str(env_file),
+            "config",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr

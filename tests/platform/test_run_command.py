@@ -48,7 +48,11 @@ def platform_process(tmp_path, redis_url):
     )
     process = subprocess.Popen(
         [sys.executable, "manage.py", "runplatform", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     yield process, port, tmp_path
@@ -61,7 +65,9 @@ def test_run_command_serves_the_site_and_stops_on_ctrl_c(platform_process):
     up = wait_for_ok(f"http://127.0.0.1:{port}/accounts/signup/", process, timeout=90)
     if not up:
         process.kill()
-        pytest.fail("platform did not come up:\n" + (process.stdout.read() if process.stdout else ""))
+        pytest.fail(
+            "platform did not come up:\n" + (process.stdout.read() if process.stdout else "")
+        )
     assert wait_for_ok(f"http://127.0.0.1:{port}/healthz", process, timeout=5)
     # The demo model was made because models/ was empty.
     assert any((tmp_path / "models" / "Stable-diffusion").iterdir())

@@ -66,7 +66,11 @@ def test_database_url_and_media_root_are_read(tmp_path):
     result = run_manage("shell", "--no-imports", "-c", code, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
-        "db.internal", "6543", "atelier", str(tmp_path / "media"), str(tmp_path / "models"),
+        "db.internal",
+        "6543",
+        "atelier",
+        str(tmp_path / "media"),
+        str(tmp_path / "models"),
         "redis://cache.internal:6380/2",
     ]
 

@@ -16,6 +16,7 @@ import dramatiq
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connections
 
+from accounts.grants import grant_periodic_credits
 from generation.broker import get_broker
 from generation.sweeper import sweep, sync_catalogue
 from gpu_worker.protocol import PLATFORM_QUEUE
@@ -67,6 +68,10 @@ class Command(BaseCommand):
                     if any(counts.values()):
                         logger.info("catalogue: %s", counts)
                     next_sync = elapsed + sync_every
+                    # Idempotent per period, so running it on every sync is safe.
+                    granted = grant_periodic_credits()
+                    if granted:
+                        logger.info("periodic credits granted to %s accounts", granted)
                 report = sweep()
                 if report.redispatched or report.failed:
                     logger.info("sweep: re-dispatched %d, failed %d",

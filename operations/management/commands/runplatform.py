@@ -44,11 +44,14 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument(
-            "--redis-port", type=int, default=6390,
+            "--redis-port",
+            type=int,
+            default=6390,
             help="port for the private Redis started when REDIS_URL is not set",
         )
         parser.add_argument(
-            "--no-gpu-worker", action="store_true",
+            "--no-gpu-worker",
+            action="store_true",
             help="run only web and platform worker (GPU workers run elsewhere)",
         )
 
@@ -79,8 +82,17 @@ class Command(BaseCommand):
             call_command("migrate", interactive=False, verbosity=0)
             if not options["no_gpu_worker"] and not checkpoints_present(settings.MODELS_DIR):
                 self.stdout.write("No checkpoint in models/: making the small demo model.")
-                self._run([python, "-m", "gpu_worker", "make-demo-model",
-                           "--models-dir", str(settings.MODELS_DIR)], env)
+                self._run(
+                    [
+                        python,
+                        "-m",
+                        "gpu_worker",
+                        "make-demo-model",
+                        "--models-dir",
+                        str(settings.MODELS_DIR),
+                    ],
+                    env,
+                )
             self._announce(options["host"], options["port"])
             manager = Manager()
             for name, command in process_list(python, options["host"], options["port"]).items():
