@@ -61,16 +61,30 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 class MembershipTierForm(forms.ModelForm):
     allowed_models = forms.MultipleChoiceField(
-        label=_("Allowed checkpoints"), required=False, widget=forms.CheckboxSelectMultiple,
+        label=_("Allowed checkpoints"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
         help_text=_("Used when 'all models allowed' is off"),
     )
 
     class Meta:
         model = MembershipTier
         fields = (
-            "name", "slug", "rank", "is_default", "welcome_grant", "grant_amount", "grant_period",
-            "max_side", "max_pixels", "max_steps", "max_images", "max_unfinished_jobs",
-            "priority_weight", "all_models", "allowed_models",
+            "name",
+            "slug",
+            "rank",
+            "is_default",
+            "welcome_grant",
+            "grant_amount",
+            "grant_period",
+            "max_side",
+            "max_pixels",
+            "max_steps",
+            "max_images",
+            "max_unfinished_jobs",
+            "priority_weight",
+            "all_models",
+            "allowed_models",
         )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -85,9 +99,20 @@ class MembershipTierForm(forms.ModelForm):
 @admin.register(MembershipTier)
 class MembershipTierAdmin(admin.ModelAdmin):
     form = MembershipTierForm
-    list_display = ("name", "rank", "is_default", "welcome_grant", "grant_amount", "grant_period",
-                    "max_side", "max_steps", "max_images", "max_unfinished_jobs",
-                    "priority_weight", "all_models")
+    list_display = (
+        "name",
+        "rank",
+        "is_default",
+        "welcome_grant",
+        "grant_amount",
+        "grant_period",
+        "max_side",
+        "max_steps",
+        "max_images",
+        "max_unfinished_jobs",
+        "priority_weight",
+        "all_models",
+    )
     prepopulated_fields = {"slug": ("name",)}
 
 
@@ -114,8 +139,11 @@ class CreditAccountAdmin(admin.ModelAdmin):
 
     def get_urls(self) -> list[Any]:
         return [
-            path("<int:pk>/adjust/", self.admin_site.admin_view(self.adjust_view),
-                 name="accounts_creditaccount_adjust"),
+            path(
+                "<int:pk>/adjust/",
+                self.admin_site.admin_view(self.adjust_view),
+                name="accounts_creditaccount_adjust",
+            ),
             *super().get_urls(),
         ]
 
@@ -133,8 +161,12 @@ class CreditAccountAdmin(admin.ModelAdmin):
         form = AdjustBalanceForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                ledger.adjust(account.user, form.cleaned_data["amount"], actor=request.user,
-                              reason=form.cleaned_data["reason"])
+                ledger.adjust(
+                    account.user,
+                    form.cleaned_data["amount"],
+                    actor=request.user,
+                    reason=form.cleaned_data["reason"],
+                )
             except (ledger.InsufficientCredits, ledger.LedgerError) as exc:
                 form.add_error("amount", str(exc))
             else:
@@ -143,17 +175,31 @@ class CreditAccountAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "title": _("Adjust the balance of %(user)s") % {"user": account.user},
-            "account": account, "form": form, "opts": self.model._meta,
+            "account": account,
+            "form": form,
+            "opts": self.model._meta,
             "entries": account.entries.all()[:20],
         }
-        return TemplateResponse(request, "admin/accounts/adjust_balance.html", context,
-                                status=400 if form.errors else 200)
+        return TemplateResponse(
+            request,
+            "admin/accounts/adjust_balance.html",
+            context,
+            status=400 if form.errors else 200,
+        )
 
 
 @admin.register(CreditEntry)
 class CreditEntryAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "account", "kind", "amount", "held_delta", "job_id", "actor",
-                    "reason")
+    list_display = (
+        "created_at",
+        "account",
+        "kind",
+        "amount",
+        "held_delta",
+        "job_id",
+        "actor",
+        "reason",
+    )
     list_filter = ("kind",)
     search_fields = ("account__user__username", "job_id", "reason", "key")
     list_select_related = ("account__user", "actor")
@@ -174,8 +220,17 @@ class MembershipPlanAdmin(admin.ModelAdmin):
 
 @admin.register(Purchase)
 class PurchaseAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "user", "pack", "plan", "credits", "amount_cents", "currency",
-                    "status", "paid_at")
+    list_display = (
+        "created_at",
+        "user",
+        "pack",
+        "plan",
+        "credits",
+        "amount_cents",
+        "currency",
+        "status",
+        "paid_at",
+    )
     list_filter = ("status",)
     search_fields = ("user__username", "stripe_session_id")
 

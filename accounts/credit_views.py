@@ -32,8 +32,12 @@ def credits(request: HttpRequest) -> HttpResponse:
     return _render_credits(request)
 
 
-def _render_credits(request: HttpRequest, redeem_form: RedeemForm | None = None,
-                    shop_error: str = "", status: int = 200) -> HttpResponse:
+def _render_credits(
+    request: HttpRequest,
+    redeem_form: RedeemForm | None = None,
+    shop_error: str = "",
+    status: int = 200,
+) -> HttpResponse:
     account = account_for(request.user)
     tier = effective_tier(account)
     # Only ever the caller's own account: there is no parameter naming whose ledger to show.
@@ -71,8 +75,9 @@ def redeem(request: HttpRequest) -> HttpResponse:
 @require_POST
 def checkout(request: HttpRequest) -> HttpResponse:
     if not payments_enabled():
-        return _render_credits(request, shop_error=_("Payments are off on this server."),
-                               status=503)
+        return _render_credits(
+            request, shop_error=_("Payments are off on this server."), status=503
+        )
     form = CheckoutForm(request.POST)
     item: CreditPack | MembershipPlan | None = None
     if form.is_valid():
@@ -82,7 +87,8 @@ def checkout(request: HttpRequest) -> HttpResponse:
         return _render_credits(request, shop_error=_("That item is not on sale."), status=400)
     try:
         url = open_checkout(
-            request.user, item,
+            request.user,
+            item,
             success_url=request.build_absolute_uri(reverse("checkout_success")),
             cancel_url=request.build_absolute_uri(reverse("checkout_cancel")),
         )
@@ -120,10 +126,14 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
 PRICE_EXAMPLES = [
     (_("512×512, 20 steps, one image"), {"width": 512, "height": 512, "steps": 20}),
     (_("1024×1024, 30 steps, one image"), {"width": 1024, "height": 1024, "steps": 30}),
-    (_("512×768, 25 steps, batch of 4"),
-     {"width": 512, "height": 768, "steps": 25, "batch_size": 4}),
-    (_("512×512, 20 steps, hires fix ×2"),
-     {"width": 512, "height": 512, "steps": 20, "hires": {"scale": 2.0}}),
+    (
+        _("512×768, 25 steps, batch of 4"),
+        {"width": 512, "height": 768, "steps": 25, "batch_size": 4},
+    ),
+    (
+        _("512×512, 20 steps, hires fix ×2"),
+        {"width": 512, "height": 512, "steps": 20, "hires": {"scale": 2.0}},
+    ),
 ]
 
 
@@ -136,11 +146,13 @@ def pricing(request: HttpRequest) -> HttpResponse:
         cost_multiplier = 1
 
     examples = [(label, price_job(params, _Multiplier1())) for label, params in PRICE_EXAMPLES]
-    models = CatalogEntry.objects.visible_to(request.user).checkpoints().exclude(
-        cost_multiplier=1
+    models = CatalogEntry.objects.visible_to(request.user).checkpoints().exclude(cost_multiplier=1)
+    return render(
+        request,
+        "accounts/pricing.html",
+        {
+            "examples": examples,
+            "models": models,
+            "tiers": MembershipTier.objects.all(),
+        },
     )
-    return render(request, "accounts/pricing.html", {
-        "examples": examples,
-        "models": models,
-        "tiers": MembershipTier.objects.all(),
-    })

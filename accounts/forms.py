@@ -40,7 +40,9 @@ class CheckoutForm(forms.Form):
 
 class AdjustBalanceForm(forms.Form):
     amount = forms.DecimalField(
-        label=_("Amount"), max_digits=12, decimal_places=2,
+        label=_("Amount"),
+        max_digits=12,
+        decimal_places=2,
         help_text=_("Positive adds credits, negative removes them"),
     )
     reason = forms.CharField(label=_("Reason"), max_length=500)

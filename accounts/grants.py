@@ -33,7 +33,10 @@ def grant_periodic_credits(now: datetime | None = None) -> int:
         if key is None:
             continue
         entry = credit(
-            account.user, account.tier.grant_amount, Kind.GRANT, key=key,
+            account.user,
+            account.tier.grant_amount,
+            Kind.GRANT,
+            key=key,
             reason=_("%(tier)s credits for this period") % {"tier": account.tier.name},
         )
         granted += entry is not None

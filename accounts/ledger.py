@@ -77,8 +77,13 @@ def open_account(user: Any) -> CreditAccount:
             user=user, defaults={"tier": tier}
         )
         if created and tier.welcome_grant > 0:
-            _write(account.pk, Kind.GRANT, tier.welcome_grant, key="welcome",
-                   reason=_("Welcome to Atelier"))
+            _write(
+                account.pk,
+                Kind.GRANT,
+                tier.welcome_grant,
+                key="welcome",
+                reason=_("Welcome to Atelier"),
+            )
             account.refresh_from_db(fields=["balance", "held"])
     return account
 
@@ -89,8 +94,9 @@ def account_for(user: Any) -> CreditAccount:
     return account if account is not None else open_account(user)
 
 
-def _write(account_id: int, kind: str, amount: Decimal, held_delta: Decimal = ZERO,
-           **fields: Any) -> CreditEntry:
+def _write(
+    account_id: int, kind: str, amount: Decimal, held_delta: Decimal = ZERO, **fields: Any
+) -> CreditEntry:
     """Append the entry and move the cached totals by it. Call inside a transaction.
 
     A negative amount only applies if the balance covers it (checked by the UPDATE itself);
@@ -109,8 +115,9 @@ def _write(account_id: int, kind: str, amount: Decimal, held_delta: Decimal = ZE
     )
 
 
-def credit(user: Any, amount: Any, kind: str, *, reason: str = "", key: str = "",
-           **refs: Any) -> CreditEntry | None:
+def credit(
+    user: Any, amount: Any, kind: str, *, reason: str = "", key: str = "", **refs: Any
+) -> CreditEntry | None:
     """Add credits (grant, top-up, redeem, positive adjustment or refund).
 
     With a `key`, at most one entry per account ever carries it: a repeated call returns None
@@ -165,7 +172,10 @@ def hold(user: Any, amount: Any, job_id: Any) -> CreditEntry | None:
             moved = _move_to_held(account_id, price)
         if moved:
             return CreditEntry.objects.create(
-                account_id=account_id, kind=Kind.HOLD, amount=-price, held_delta=price,
+                account_id=account_id,
+                kind=Kind.HOLD,
+                amount=-price,
+                held_delta=price,
                 job_id=job_id,
             )
         account.refresh_from_db(fields=["balance"])
@@ -173,9 +183,11 @@ def hold(user: Any, amount: Any, job_id: Any) -> CreditEntry | None:
 
 
 def _move_to_held(account_id: int, price: Decimal) -> bool:
-    return bool(CreditAccount.objects.filter(pk=account_id, balance__gte=price).update(
-        balance=F("balance") - price, held=F("held") + price, updated_at=timezone.now()
-    ))
+    return bool(
+        CreditAccount.objects.filter(pk=account_id, balance__gte=price).update(
+            balance=F("balance") - price, held=F("held") + price, updated_at=timezone.now()
+        )
+    )
 
 
 def capture(job_id: Any, amount: Any = None, *, reason: str = "") -> CreditEntry | None:
@@ -206,7 +218,8 @@ def _settle(job_id: Any, charge: Decimal | None, reason: str) -> CreditEntry | N
     with transaction.atomic():
         held_entry = (
             CreditEntry.objects.filter(job_id=job_id, kind=Kind.HOLD)
-            .values("account_id", "held_delta").first()
+            .values("account_id", "held_delta")
+            .first()
         )
         if held_entry is None:
             return None
@@ -220,8 +233,12 @@ def _settle(job_id: Any, charge: Decimal | None, reason: str) -> CreditEntry | N
         charged = held if charge is None else min(charge, held)
         returned = held - charged
         return _write(
-            account_id, Kind.CAPTURE if charged > 0 else Kind.RELEASE, returned, -held,
-            job_id=job_id, reason=reason,
+            account_id,
+            Kind.CAPTURE if charged > 0 else Kind.RELEASE,
+            returned,
+            -held,
+            job_id=job_id,
+            reason=reason,
         )
 
 
@@ -244,8 +261,14 @@ def refund(job_id: Any, amount: Any, *, actor: Any, reason: str) -> CreditEntry:
         )["total"]
         if refunded + value > settlement.charged:
             raise LedgerError(_("A refund cannot exceed what the job was charged."))
-        return _write(settlement.account_id, Kind.REFUND, value, job_id=job_id, actor=actor,
-                      reason=reason.strip())
+        return _write(
+            settlement.account_id,
+            Kind.REFUND,
+            value,
+            job_id=job_id,
+            actor=actor,
+            reason=reason.strip(),
+        )
 
 
 # --- the invariants check_ledger enforces --------------------------------------------------------
@@ -272,13 +295,18 @@ def find_violations() -> list[Violation]:
     for account in accounts.filter(
         ~Q(balance=F("entry_sum")) | ~Q(held=F("held_sum")) | Q(balance__lt=0) | Q(held__lt=0)
     ):
-        problems.append(Violation(
-            "account", f"user {account.pk}: balance {account.balance} (entries say "
-            f"{account.entry_sum}), held {account.held} (entries say {account.held_sum})",
-        ))
+        problems.append(
+            Violation(
+                "account",
+                f"user {account.pk}: balance {account.balance} (entries say "
+                f"{account.entry_sum}), held {account.held} (entries say {account.held_sum})",
+            )
+        )
 
     per_job = (
-        CreditEntry.objects.filter(job_id__isnull=False).values("job_id").annotate(
+        CreditEntry.objects.filter(job_id__isnull=False)
+        .values("job_id")
+        .annotate(
             holds=Count("pk", filter=Q(kind=Kind.HOLD)),
             settlements=Count("pk", filter=Q(kind__in=CreditEntry.SETTLEMENTS)),
             accounts=Count("account_id", distinct=True),
@@ -292,8 +320,11 @@ def find_violations() -> list[Violation]:
     for job in per_job:
         job_id = job["job_id"]
         if job["holds"] > 1 or job["settlements"] > 1:
-            problems.append(Violation("job", f"{job_id}: {job['holds']} holds, "
-                                      f"{job['settlements']} settlements"))
+            problems.append(
+                Violation(
+                    "job", f"{job_id}: {job['holds']} holds, {job['settlements']} settlements"
+                )
+            )
         if job["accounts"] > 1:
             problems.append(Violation("job", f"{job_id}: entries on {job['accounts']} accounts"))
         if job["settlements"] and not job["holds"]:
@@ -301,15 +332,22 @@ def find_violations() -> list[Violation]:
         if job["settlements"] and job["held"] != 0:
             problems.append(Violation("job", f"{job_id}: settled but {job['held']} still held"))
         if not job["settlements"] and job["held"] != -job["hold_amount"]:
-            problems.append(Violation("job", f"{job_id}: open hold of {-job['hold_amount']} "
-                                      f"but {job['held']} held"))
+            problems.append(
+                Violation(
+                    "job", f"{job_id}: open hold of {-job['hold_amount']} but {job['held']} held"
+                )
+            )
         if job["returned"] > -job["hold_amount"] or job["returned"] < 0:
-            problems.append(Violation("job", f"{job_id}: gave back {job['returned']} of a "
-                                      f"{-job['hold_amount']} hold"))
+            problems.append(
+                Violation(
+                    "job", f"{job_id}: gave back {job['returned']} of a {-job['hold_amount']} hold"
+                )
+            )
         charged = -job["hold_amount"] - job["returned"] if job["settlements"] else ZERO
         if job["refunded"] > charged:
-            problems.append(Violation("job", f"{job_id}: refunded {job['refunded']} of "
-                                      f"{charged} charged"))
+            problems.append(
+                Violation("job", f"{job_id}: refunded {job['refunded']} of {charged} charged")
+            )
         if job["holds"] and not job["settlements"]:
             open_jobs.add(job_id)
 

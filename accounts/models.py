@@ -77,7 +77,10 @@ class ApiToken(models.Model):
     @classmethod
     def authenticate(cls, secret: str) -> ApiToken | None:
         token = (
-            cls.objects.active().select_related("user").filter(token_hash=hash_token(secret)).first()
+            cls.objects.active()
+            .select_related("user")
+            .filter(token_hash=hash_token(secret))
+            .first()
         )
         if token is not None:
             token.touch()
@@ -152,14 +155,17 @@ class MembershipTier(models.Model):
     max_images = models.PositiveIntegerField(_("max images per job"), default=4)
     max_unfinished_jobs = models.PositiveIntegerField(_("max unfinished jobs"), default=2)
     priority_weight = models.PositiveIntegerField(
-        _("queue priority weight"), default=1,
+        _("queue priority weight"),
+        default=1,
         help_text=_("Share of GPU time relative to other tiers when the queue is busy"),
     )
     all_models = models.BooleanField(_("all models allowed"), default=True)
     # Catalogue names (generation.CatalogEntry.name), kept as data rather than a relation so the
     # accounts app does not depend on the generation app's migrations.
     allowed_models = models.JSONField(
-        _("allowed models"), default=list, blank=True,
+        _("allowed models"),
+        default=list,
+        blank=True,
         help_text=_("Catalogue names usable when 'all models' is off"),
     )
 
@@ -209,12 +215,16 @@ class MembershipTier(models.Model):
 class CreditAccount(models.Model):
     # The user's id is the account's id: a hold can update the row knowing only the user.
     user = models.OneToOneField(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True,
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        primary_key=True,
         related_name="credit_account",
     )
     tier = models.ForeignKey(MembershipTier, on_delete=models.PROTECT, related_name="accounts")
     tier_expires_at = models.DateTimeField(
-        _("tier expires"), null=True, blank=True,
+        _("tier expires"),
+        null=True,
+        blank=True,
         help_text=_("Back to the default tier after this; empty: no end"),
     )
     balance = money_field(_("balance"), editable=False)
@@ -271,12 +281,19 @@ class CreditEntry(models.Model):
         "accounts.Purchase", null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
     )
     redemption = models.ForeignKey(
-        "accounts.Redemption", null=True, blank=True, on_delete=models.PROTECT,
+        "accounts.Redemption",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         related_name="entries",
     )
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="+", help_text=_("Staff member behind an adjustment or refund"),
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text=_("Staff member behind an adjustment or refund"),
     )
     reason = models.CharField(_("reason"), max_length=500, blank=True)
     key = models.CharField(
@@ -299,7 +316,8 @@ class CreditEntry(models.Model):
                 fields=["job_id"], condition=Q(kind="hold"), name="one_hold_per_job"
             ),
             models.UniqueConstraint(
-                fields=["job_id"], condition=Q(kind__in=["capture", "release"]),
+                fields=["job_id"],
+                condition=Q(kind__in=["capture", "release"]),
                 name="one_settlement_per_job",
             ),
             models.UniqueConstraint(
@@ -445,7 +463,10 @@ class RedeemCode(models.Model):
     code = models.CharField(_("code"), max_length=64, unique=True, help_text=_("Stored upper-case"))
     credits = money_field(_("credits"))
     tier = models.ForeignKey(
-        MembershipTier, null=True, blank=True, on_delete=models.PROTECT,
+        MembershipTier,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
         verbose_name=_("tier upgrade"),
     )
     tier_days = models.PositiveIntegerField(

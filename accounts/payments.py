@@ -45,8 +45,9 @@ def _client() -> stripe.StripeClient:
     return stripe.StripeClient(settings.STRIPE_SECRET_KEY)
 
 
-def start_checkout(user: Any, item: CreditPack | MembershipPlan, success_url: str,
-                   cancel_url: str) -> str:
+def start_checkout(
+    user: Any, item: CreditPack | MembershipPlan, success_url: str, cancel_url: str
+) -> str:
     """Record a pending purchase and open a Checkout session for it; returns Stripe's page URL."""
     if not payments_enabled():
         raise PaymentError(_("Payments are not enabled on this server."))
@@ -54,26 +55,34 @@ def start_checkout(user: Any, item: CreditPack | MembershipPlan, success_url: st
         raise PaymentError(_("That item is not on sale."))
     is_pack = isinstance(item, CreditPack)
     purchase = Purchase.objects.create(
-        user=user, pack=item if is_pack else None, plan=None if is_pack else item,
-        credits=item.credits, amount_cents=item.price_cents, currency=item.currency,
+        user=user,
+        pack=item if is_pack else None,
+        plan=None if is_pack else item,
+        credits=item.credits,
+        amount_cents=item.price_cents,
+        currency=item.currency,
     )
     try:
-        session = _client().v1.checkout.sessions.create(params={
-            "mode": "payment",
-            "client_reference_id": str(purchase.pk),
-            "customer_email": user.email or None,
-            "metadata": {"purchase_id": str(purchase.pk), "user_id": str(user.pk)},
-            "line_items": [{
-                "quantity": 1,
-                "price_data": {
-                    "currency": item.currency,
-                    "unit_amount": item.price_cents,
-                    "product_data": {"name": item.name},
-                },
-            }],
-            "success_url": success_url + "?session_id={CHECKOUT_SESSION_ID}",
-            "cancel_url": cancel_url,
-        })
+        session = _client().v1.checkout.sessions.create(
+            params={
+                "mode": "payment",
+                "client_reference_id": str(purchase.pk),
+                "customer_email": user.email or None,
+                "metadata": {"purchase_id": str(purchase.pk), "user_id": str(user.pk)},
+                "line_items": [
+                    {
+                        "quantity": 1,
+                        "price_data": {
+                            "currency": item.currency,
+                            "unit_amount": item.price_cents,
+                            "product_data": {"name": item.name},
+                        },
+                    }
+                ],
+                "success_url": success_url + "?session_id={CHECKOUT_SESSION_ID}",
+                "cancel_url": cancel_url,
+            }
+        )
     except stripe.StripeError as exc:
         log.warning("Stripe refused a checkout session: %s", exc)
         Purchase.objects.filter(pk=purchase.pk).update(status=Purchase.Status.FAILED)
@@ -127,8 +136,12 @@ def apply_event(event: dict[str, Any]) -> str:
     if session.get("payment_status") not in ("paid", "no_payment_required"):
         return "awaiting payment"  # a delayed method: async_payment_succeeded will follow
     if session.get("amount_total") is not None and session["amount_total"] != purchase.amount_cents:
-        log.error("Stripe session %s paid %s, expected %s", session.get("id"),
-                  session["amount_total"], purchase.amount_cents)
+        log.error(
+            "Stripe session %s paid %s, expected %s",
+            session.get("id"),
+            session["amount_total"],
+            purchase.amount_cents,
+        )
         return "amount mismatch"
     return "fulfilled" if fulfil(purchase) else "already fulfilled"
 
@@ -145,7 +158,8 @@ def _purchase_of(session: dict[str, Any]) -> Purchase | None:
         return None
     purchase = (
         Purchase.objects.select_related("pack", "plan__tier", "user")
-        .filter(pk=purchase_uuid).first()
+        .filter(pk=purchase_uuid)
+        .first()
     )
     if purchase is None:
         return None
@@ -158,15 +172,22 @@ def fulfil(purchase: Purchase) -> bool:
     """Mark paid and deliver, once. A late 'expired' never undoes it; a 'paid' after an
     'expired' (Stripe does not promise order) still delivers."""
     with transaction.atomic():
-        won = Purchase.objects.filter(pk=purchase.pk).exclude(
-            status=Purchase.Status.PAID
-        ).update(status=Purchase.Status.PAID, paid_at=timezone.now())
+        won = (
+            Purchase.objects.filter(pk=purchase.pk)
+            .exclude(status=Purchase.Status.PAID)
+            .update(status=Purchase.Status.PAID, paid_at=timezone.now())
+        )
         if not won:
             return False
         if purchase.credits > 0:
-            credit(purchase.user, purchase.credits, Kind.TOP_UP, purchase=purchase,
-                   key=f"purchase:{purchase.pk}",
-                   reason=_("Bought: %(item)s") % {"item": purchase.item.name})
+            credit(
+                purchase.user,
+                purchase.credits,
+                Kind.TOP_UP,
+                purchase=purchase,
+                key=f"purchase:{purchase.pk}",
+                reason=_("Bought: %(item)s") % {"item": purchase.item.name},
+            )
         if purchase.plan is not None:
             upgrade_tier(purchase.user, purchase.plan.tier, purchase.plan.days)
     return True

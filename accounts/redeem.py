@@ -38,9 +38,14 @@ def redeem_code(user: Any, text: str, now: datetime | None = None) -> Redemption
                 raise RedeemError(_("That code has been used up."))
             redemption = Redemption.objects.create(code=code, user=user, created_at=now)
             if code.credits > 0:
-                credit(user, code.credits, Kind.REDEEM, redemption=redemption,
-                       key=f"redeem:{code.pk}",
-                       reason=_("Code %(code)s") % {"code": code.code})
+                credit(
+                    user,
+                    code.credits,
+                    Kind.REDEEM,
+                    redemption=redemption,
+                    key=f"redeem:{code.pk}",
+                    reason=_("Code %(code)s") % {"code": code.code},
+                )
             if code.tier is not None:
                 upgrade_tier(user, code.tier, code.tier_days, now)
     except IntegrityError:

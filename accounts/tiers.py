@@ -41,15 +41,16 @@ def set_tier(user: Any, tier: MembershipTier, *, until: datetime | None = None) 
     )
 
 
-def upgrade_tier(user: Any, tier: MembershipTier, days: int | None,
-                 now: datetime | None = None) -> None:
+def upgrade_tier(
+    user: Any, tier: MembershipTier, days: int | None, now: datetime | None = None
+) -> None:
     """Grant `tier` for `days` (None: no end) without ever downgrading: the same tier bought
     again extends its end; a lower tier than the current one changes nothing."""
     now = now or timezone.now()
     with transaction.atomic():
         account = account_for(user)
-        account = CreditAccount.objects.select_for_update().select_related("tier").get(
-            pk=account.pk
+        account = (
+            CreditAccount.objects.select_for_update().select_related("tier").get(pk=account.pk)
         )
         current = effective_tier(account, now)
         if current.rank > tier.rank:

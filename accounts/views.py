@@ -60,7 +60,9 @@ def _render_profile(
         request,
         "accounts/profile.html",
         {
-            "token_form": form, "tokens": tokens, "new_secret": new_secret,
+            "token_form": form,
+            "tokens": tokens,
+            "new_secret": new_secret,
             "credit_account": account_for(request.user),
         },
     )

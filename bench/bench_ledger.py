@@ -31,8 +31,13 @@ FULL = os.environ.get("BENCH_FULL") == "1"
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/atelier_bench"
 )
-JOB = {"prompt": "a lighthouse", "width": 512, "height": 512, "steps": 20,
-       "checkpoint": "bench-model"}
+JOB = {
+    "prompt": "a lighthouse",
+    "width": 512,
+    "height": 512,
+    "steps": 20,
+    "checkpoint": "bench-model",
+}
 
 
 def fresh_database(url: str) -> None:
@@ -42,9 +47,14 @@ def fresh_database(url: str) -> None:
     config = dj_database_url.parse(url)
     if not config["ENGINE"].endswith("postgresql"):
         sys.exit("bench_ledger needs Postgres: set BENCH_DATABASE_URL=postgres://...")
-    admin = psycopg.connect(host=config["HOST"], port=config["PORT"] or 5432,
-                            user=config["USER"], password=config["PASSWORD"] or None,
-                            dbname="postgres", autocommit=True)
+    admin = psycopg.connect(
+        host=config["HOST"],
+        port=config["PORT"] or 5432,
+        user=config["USER"],
+        password=config["PASSWORD"] or None,
+        dbname="postgres",
+        autocommit=True,
+    )
     with admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{config["NAME"]}"')
         admin.execute(f'CREATE DATABASE "{config["NAME"]}"')
@@ -71,8 +81,9 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     CatalogEntry.objects.create(name="bench-model", kind="checkpoint", family="sd1")
-    roomy = MembershipTier.objects.create(name="Bench", slug="bench", rank=99,
-                                          max_unfinished_jobs=10**6)
+    roomy = MembershipTier.objects.create(
+        name="Bench", slug="bench", rank=99, max_unfinished_jobs=10**6
+    )
     users = []
     for i in range(CLIENTS):
         user = User.objects.create_user(f"client{i}", f"client{i}@example.com", "x")
@@ -83,7 +94,10 @@ def main() -> None:
     real_hold = submission.hold_credits
     if not FULL:
         submission._queued_event = lambda job, position: {  # noqa: SLF001
-            "type": "job.queued", "job_id": str(job.pk), "position": position, "eta": 0.0,
+            "type": "job.queued",
+            "job_id": str(job.pk),
+            "position": position,
+            "eta": 0.0,
         }
 
     def no_hold(user, job) -> None:  # noqa: ANN001 - the seam's old no-op
@@ -133,12 +147,15 @@ def main() -> None:
 
     base, held = statistics.median(without), statistics.median(with_)
     problems = ledger.find_violations()
-    print(f"clients {CLIENTS}, {PER_CLIENT} submissions each, {ROUNDS} rounds, "
-          f"{connection.vendor}, {'full path' if FULL else 'queue snapshot left out'}")
+    print(
+        f"clients {CLIENTS}, {PER_CLIENT} submissions each, {ROUNDS} rounds, "
+        f"{connection.vendor}, {'full path' if FULL else 'queue snapshot left out'}"
+    )
     print(f"without credits  {base:8.1f} submissions/s")
     print(f"with the hold    {held:8.1f} submissions/s")
-    print(f"ratio            {held / base:8.3f}  (cost {100 * (1 - held / base):.1f} %, "
-          f"goal < 20 %)")
+    print(
+        f"ratio            {held / base:8.3f}  (cost {100 * (1 - held / base):.1f} %, goal < 20 %)"
+    )
     print(f"ledger check     {'clean' if not problems else problems[:3]}")
 
 

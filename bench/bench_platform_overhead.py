@@ -45,8 +45,16 @@ sys.path.insert(0, str(ROOT))
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "20"))
 THROUGHPUT_SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 RUNS = int(os.environ.get("BENCH_RUNS", "10"))
-JOB = {"checkpoint": "atelier-demo-v1", "prompt": "a lighthouse at dusk", "steps": 10,
-       "width": 128, "height": 128, "sampler": "Euler a", "seed": 1234, "cfg_scale": 7}
+JOB = {
+    "checkpoint": "atelier-demo-v1",
+    "prompt": "a lighthouse at dusk",
+    "steps": 10,
+    "width": 128,
+    "height": 128,
+    "sampler": "Euler a",
+    "seed": 1234,
+    "cfg_scale": 7,
+}
 
 
 def free_port() -> int:
@@ -91,15 +99,17 @@ def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-unt
 
 
 def setup_django(tmp: Path) -> None:
-    os.environ.update({
-        "ATELIER_VAR_DIR": str(tmp / "var"),
-        "DATABASE_URL": f"sqlite:///{tmp / 'var' / 'bench.sqlite3'}",
-        "MEDIA_ROOT": str(tmp / "media"),
-        "MODELS_DIR": str(tmp / "models"),
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "AXES_ENABLED": "false",
-        "LOG_LEVEL": "WARNING",
-    })
+    os.environ.update(
+        {
+            "ATELIER_VAR_DIR": str(tmp / "var"),
+            "DATABASE_URL": f"sqlite:///{tmp / 'var' / 'bench.sqlite3'}",
+            "MEDIA_ROOT": str(tmp / "media"),
+            "MODELS_DIR": str(tmp / "models"),
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "AXES_ENABLED": "false",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
     (tmp / "var").mkdir(parents=True, exist_ok=True)
     import django
 
@@ -163,12 +173,25 @@ def direct_engine(models: Path, cache_dir: Path) -> Any:
     from gpu_worker.model_cache import ModelCache
 
     torch.set_num_threads(1)
-    engine = Engine(models_dir=models, cache=ModelCache(
-        device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
-        cache_dir=cache_dir)
-    request = {"job_id": "direct", "attempt": 1, "events_group": "", "mode": "txt2img",
-               "vae": None, "negative_prompt": "", "scheduler": "Automatic", "batch_size": 1,
-               "n_iter": 1, "clip_skip": 1, "denoising_strength": 0.75, **JOB}
+    engine = Engine(
+        models_dir=models,
+        cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
+        cache_dir=cache_dir,
+    )
+    request = {
+        "job_id": "direct",
+        "attempt": 1,
+        "events_group": "",
+        "mode": "txt2img",
+        "vae": None,
+        "negative_prompt": "",
+        "scheduler": "Automatic",
+        "batch_size": 1,
+        "n_iter": 1,
+        "clip_skip": 1,
+        "denoising_strength": 0.75,
+        **JOB,
+    }
 
     def run_once() -> float:
         t0 = time.perf_counter()
@@ -179,8 +202,9 @@ def direct_engine(models: Path, cache_dir: Path) -> Any:
     return run_once
 
 
-def through_platform(port: int, token: str, user_id: int, direct: Any
-                     ) -> tuple[list[float], list[float], dict[str, list[float]]]:
+def through_platform(
+    port: int, token: str, user_id: int, direct: Any
+) -> tuple[list[float], list[float], dict[str, list[float]]]:
     """Jobs one after another, each followed by the same job on the direct engine (interleaved,
     so that a busy machine slows both alike). The finish is seen the way a browser sees it: the
     job.succeeded event on the user's group (no polling stealing CPU from the worker)."""
@@ -192,16 +216,21 @@ def through_platform(port: int, token: str, user_id: int, direct: Any
     from generation.models import Job
 
     async def run() -> tuple[list[float], list[float], dict[str, list[float]]]:
-        layer = RedisChannelLayer(hosts=[{"address": os.environ["REDIS_URL"],
-                                          "socket_timeout": None}])
+        layer = RedisChannelLayer(
+            hosts=[{"address": os.environ["REDIS_URL"], "socket_timeout": None}]
+        )
         channel = await layer.new_channel()
         await layer.group_add(user_group(user_id), channel)
         api = Api(port, token)
         totals: list[float] = []
         baseline: list[float] = []
-        hops: dict[str, list[float]] = {"validate+commit": [], "enqueue-to-start": [],
-                                        "engine": [], "result-to-record": [],
-                                        "record-to-client": []}
+        hops: dict[str, list[float]] = {
+            "validate+commit": [],
+            "enqueue-to-start": [],
+            "engine": [],
+            "result-to-record": [],
+            "record-to-client": [],
+        }
         for i in range(RUNS + 2):
             t0 = time.perf_counter()
             status, body = await asyncio.to_thread(api.call, "POST", "/api/v1/jobs/", JOB)
@@ -210,7 +239,10 @@ def through_platform(port: int, token: str, user_id: int, direct: Any
             while True:
                 event = await asyncio.wait_for(layer.receive(channel), 60)
                 if event.get("job_id") == body["id"] and event["type"] in (
-                        "job.succeeded", "job.failed", "job.cancelled"):
+                    "job.succeeded",
+                    "job.failed",
+                    "job.cancelled",
+                ):
                     break
             seen, seen_wall = time.perf_counter(), time.time()
             assert event["type"] == "job.succeeded", event
@@ -225,7 +257,8 @@ def through_platform(port: int, token: str, user_id: int, direct: Any
             hops["enqueue-to-start"].append((row.started_at - row.dispatched_at).total_seconds())
             hops["engine"].append(engine_s)
             hops["result-to-record"].append(
-                (row.finished_at - row.started_at).total_seconds() - engine_s)
+                (row.finished_at - row.started_at).total_seconds() - engine_s
+            )
             hops["record-to-client"].append(seen_wall - row.finished_at.timestamp())
         await layer.flush()
         return totals, baseline, hops
@@ -251,33 +284,73 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     python = sys.executable
     try:
-        procs.append(subprocess.Popen(
-            [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-             "config.asgi:application"], cwd=ROOT, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_until(lambda: Api(port, tokens[0]).call("GET", "/api/v1/me/")[0] == 200, 30,
-                   "the web server")
+        procs.append(
+            subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "config.asgi:application",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_until(
+            lambda: Api(port, tokens[0]).call("GET", "/api/v1/me/")[0] == 200, 30, "the web server"
+        )
 
         rate, latencies = throughput(port, tokens)
         latencies.sort()
         p95 = latencies[int(len(latencies) * 0.95)] if latencies else float("nan")
-        print(f"submit throughput ({CLIENTS} clients, {THROUGHPUT_SECONDS:.0f} s): "
-              f"{rate:.1f} jobs/s accepted; latency p50 {statistics.median(latencies)*1000:.0f}"
-              f" ms, p95 {p95*1000:.0f} ms")
+        print(
+            f"submit throughput ({CLIENTS} clients, {THROUGHPUT_SECONDS:.0f} s): "
+            f"{rate:.1f} jobs/s accepted; latency p50 {statistics.median(latencies) * 1000:.0f}"
+            f" ms, p95 {p95 * 1000:.0f} ms"
+        )
         import redis
 
         redis.Redis.from_url(env["REDIS_URL"]).flushdb()  # the cancelled jobs' messages
 
-        procs.append(subprocess.Popen(
-            [python, "manage.py", "run_platform_worker", "--sweep-interval", "2"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [python, "manage.py", "run_platform_worker", "--sweep-interval", "2"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         worker_id = "bench-" + uuid.uuid4().hex[:6]
-        procs.append(subprocess.Popen(
-            [python, "-m", "gpu_worker", "--models-dir", str(tmp / "models"), "--device", "cpu",
-             "--worker-id", worker_id, "--preload", "atelier-demo-v1",
-             "--cache-dir", str(tmp / "cache")],
-            cwd=ROOT, env={**env, "dramatiq_worker_timeout": "50"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "gpu_worker",
+                    "--models-dir",
+                    str(tmp / "models"),
+                    "--device",
+                    "cpu",
+                    "--worker-id",
+                    worker_id,
+                    "--preload",
+                    "atelier-demo-v1",
+                    "--cache-dir",
+                    str(tmp / "cache"),
+                ],
+                cwd=ROOT,
+                env={**env, "dramatiq_worker_timeout": "50"},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         client = redis.Redis.from_url(env["REDIS_URL"])
         wait_until(lambda: client.exists(f"atelier:worker:{worker_id}"), 120, "the GPU worker")
 
@@ -285,7 +358,8 @@ def main() -> int:
 
         run_direct = direct_engine(tmp / "models", tmp / "direct-cache")
         platform, direct, hops = through_platform(
-            port, tokens[0], User.objects.get(username="bench0").pk, run_direct)
+            port, tokens[0], User.objects.get(username="bench0").pk, run_direct
+        )
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -295,12 +369,14 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     p, d = statistics.median(platform), statistics.median(direct)
-    print(f"submit-to-finished, median of {RUNS} ({JOB['width']}x{JOB['height']}, "
-          f"{JOB['steps']} steps, demo model, CPU):")
-    print(f"  direct Engine.run   {d*1000:8.1f} ms   (baseline)")
-    print(f"  through platform    {p*1000:8.1f} ms   ratio {p/d:.3f}  (goal <= 1.10)")
+    print(
+        f"submit-to-finished, median of {RUNS} ({JOB['width']}x{JOB['height']}, "
+        f"{JOB['steps']} steps, demo model, CPU):"
+    )
+    print(f"  direct Engine.run   {d * 1000:8.1f} ms   (baseline)")
+    print(f"  through platform    {p * 1000:8.1f} ms   ratio {p / d:.3f}  (goal <= 1.10)")
     for name, values in hops.items():
-        print(f"    {name:<18} {statistics.median(values)*1000:8.1f} ms")
+        print(f"    {name:<18} {statistics.median(values) * 1000:8.1f} ms")
     return 0
 
 

@@ -13,8 +13,16 @@ class ReportInline(admin.TabularInline):
 
 @admin.register(Publication)
 class PublicationAdmin(admin.ModelAdmin):
-    list_display = ["pk", "title", "owner", "visibility", "mature", "hidden", "likes_count",
-                    "published_at"]
+    list_display = [
+        "pk",
+        "title",
+        "owner",
+        "visibility",
+        "mature",
+        "hidden",
+        "likes_count",
+        "published_at",
+    ]
     list_filter = ["visibility", "mature", "hidden"]
     search_fields = ["title", "owner__username", "image__infotext"]
     raw_id_fields = ["image", "owner"]

@@ -28,8 +28,9 @@ class Sort(models.TextChoices):
 WINDOWS = {Sort.TOP_DAY: timedelta(days=1), Sort.TOP_WEEK: timedelta(days=7)}
 
 
-def feed(viewer: Any, sort: str = Sort.NEWEST, model: str = "", query: str = "",
-         author: Any = None) -> models.QuerySet[Publication]:
+def feed(
+    viewer: Any, sort: str = Sort.NEWEST, model: str = "", query: str = "", author: Any = None
+) -> models.QuerySet[Publication]:
     publications = Publication.objects.in_feeds_for(viewer).for_cards()
     if author is not None:
         publications = publications.filter(owner=author)

@@ -20,7 +20,9 @@ class PublishForm(forms.ModelForm):
 class ReportForm(forms.Form):
     reason = forms.ChoiceField(label=_("Reason"), choices=Report.Reason.choices)
     details = forms.CharField(
-        label=_("Details (optional)"), required=False, max_length=2000,
+        label=_("Details (optional)"),
+        required=False,
+        max_length=2000,
         widget=forms.Textarea(attrs={"rows": 2}),
     )
 

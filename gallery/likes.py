@@ -28,7 +28,9 @@ def toggle_like(user: Any, publication_id: Any) -> LikeState:
         raise NotAllowed(_("Log in to like images."))
     with transaction.atomic():
         publication = (
-            Publication.objects.visible_to(user).select_for_update().filter(pk=publication_id)
+            Publication.objects.visible_to(user)
+            .select_for_update()
+            .filter(pk=publication_id)
             .first()
         )
         if publication is None:
@@ -49,6 +51,7 @@ def liked_ids(user: Any, publication_ids: list[Any]) -> set[Any]:
     if not user.is_authenticated or not publication_ids:
         return set()
     return set(
-        Like.objects.filter(user=user, publication_id__in=publication_ids)
-        .values_list("publication_id", flat=True)
+        Like.objects.filter(user=user, publication_id__in=publication_ids).values_list(
+            "publication_id", flat=True
+        )
     )

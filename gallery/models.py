@@ -60,11 +60,16 @@ class PublicationQuerySet(models.QuerySet["Publication"]):
 
 class Publication(models.Model):
     image = models.OneToOneField(
-        "generation.JobImage", on_delete=models.CASCADE, primary_key=True,
-        related_name="publication", verbose_name=_("image"),
+        "generation.JobImage",
+        on_delete=models.CASCADE,
+        primary_key=True,
+        related_name="publication",
+        verbose_name=_("image"),
     )
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="publications",
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="publications",
         verbose_name=_("author"),
     )
     title = models.CharField(_("title"), max_length=120, blank=True)
@@ -73,15 +78,18 @@ class Publication(models.Model):
         _("visibility"), max_length=16, choices=Visibility.choices, default=Visibility.PRIVATE
     )
     mature = models.BooleanField(
-        _("mature content"), default=False,
+        _("mature content"),
+        default=False,
         help_text=_("Blurred for viewers who have not chosen to see mature content."),
     )
     mature_locked = models.BooleanField(
-        _("marked mature by a moderator"), default=False,
+        _("marked mature by a moderator"),
+        default=False,
         help_text=_("The author cannot remove a moderator's mature mark."),
     )
     hidden = models.BooleanField(
-        _("hidden by a moderator"), default=False,
+        _("hidden by a moderator"),
+        default=False,
         help_text=_("Only the author and staff can see a hidden image."),
     )
     hidden_reason = models.CharField(_("reason for hiding"), max_length=500, blank=True)
@@ -176,7 +184,10 @@ class Report(models.Model):
     )
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolved_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
         related_name="+",
     )
 
@@ -201,7 +212,8 @@ class GalleryPreferences(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="gallery_preferences"
     )
     show_mature = models.BooleanField(
-        _("show mature content"), default=False,
+        _("show mature content"),
+        default=False,
         help_text=_("Show images marked as mature without blurring them."),
     )
 

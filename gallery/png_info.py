@@ -22,9 +22,24 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # How the page lists the parsed parameters: label and infotext key, in A1111's order.
 SHOWN_KEYS = (
-    "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model",
-    "VAE hash", "VAE", "Denoising strength", "Clip skip", "Hires upscale", "Hires steps",
-    "Hires upscaler", "Lora hashes", "TI hashes", "Version",
+    "Steps",
+    "Sampler",
+    "Schedule type",
+    "CFG scale",
+    "Seed",
+    "Size",
+    "Model hash",
+    "Model",
+    "VAE hash",
+    "VAE",
+    "Denoising strength",
+    "Clip skip",
+    "Hires upscale",
+    "Hires steps",
+    "Hires upscaler",
+    "Lora hashes",
+    "TI hashes",
+    "Version",
 )
 
 
@@ -57,8 +72,9 @@ def read_png_info(viewer: Any, upload: UploadedFile) -> PngInfo:
         )
     data = upload.read(MAX_UPLOAD_BYTES + 1)
     if len(data) > MAX_UPLOAD_BYTES:
-        raise GalleryError(_("This file is larger than %(limit)s MB.")
-                           % {"limit": MAX_UPLOAD_BYTES // 2**20})
+        raise GalleryError(
+            _("This file is larger than %(limit)s MB.") % {"limit": MAX_UPLOAD_BYTES // 2**20}
+        )
     if not data.startswith(PNG_SIGNATURE):
         raise GalleryError(_("This is not a PNG file. PNG Info reads PNG images only."))
     try:
@@ -67,8 +83,9 @@ def read_png_info(viewer: Any, upload: UploadedFile) -> PngInfo:
                 raise GalleryError(_("This is not a PNG file. PNG Info reads PNG images only."))
             width, height = image.size
         if width * height > MAX_IMAGE_PIXELS:
-            raise GalleryError(_("This image is too large (%(w)s×%(h)s pixels).")
-                               % {"w": width, "h": height})
+            raise GalleryError(
+                _("This image is too large (%(w)s×%(h)s pixels).") % {"w": width, "h": height}
+            )
         infotext = read_infotext(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise GalleryError(_("This image is too large to read safely.")) from None

@@ -26,10 +26,9 @@ def publish_image(
     """Create or update the publication of `image`. Only its owner may; staff included."""
     if not user.is_authenticated or image.owner_id != user.pk:
         raise NotAllowed(_("You can only publish your own images."))
-    publication = (
-        Publication.objects.select_for_update().filter(pk=image.pk).first()
-        or Publication(image=image, owner_id=image.owner_id)
-    )
+    publication = Publication.objects.select_for_update().filter(
+        pk=image.pk
+    ).first() or Publication(image=image, owner_id=image.owner_id)
     was_published = publication.is_published
     publication.title = title.strip()
     publication.description = description.strip()
@@ -55,4 +54,3 @@ def unpublish(user: Any, publication: Publication) -> Publication:
 
 def publication_of(image: JobImage) -> Publication | None:
     return Publication.objects.filter(pk=image.pk).first()
-

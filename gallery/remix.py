@@ -19,10 +19,26 @@ from gpu_worker.infotext import format_number, infotext_to_fields, parse_infotex
 
 # The generator form's fields, in the order the link lists them.
 GENERATOR_FIELDS = (
-    "prompt", "negative_prompt", "checkpoint", "vae", "sampler", "scheduler", "steps",
-    "cfg_scale", "width", "height", "seed", "clip_skip", "batch_size", "n_iter",
-    "denoising_strength", "hires_enabled", "hires_scale", "hires_upscaler",
-    "hires_second_pass_steps", "hires_denoising_strength",
+    "prompt",
+    "negative_prompt",
+    "checkpoint",
+    "vae",
+    "sampler",
+    "scheduler",
+    "steps",
+    "cfg_scale",
+    "width",
+    "height",
+    "seed",
+    "clip_skip",
+    "batch_size",
+    "n_iter",
+    "denoising_strength",
+    "hires_enabled",
+    "hires_scale",
+    "hires_upscaler",
+    "hires_second_pass_steps",
+    "hires_denoising_strength",
 )
 
 
@@ -66,8 +82,9 @@ def _usable_vae(viewer: Any, name: str | None) -> str | None:
     return name if vaes.exists() else None
 
 
-def _plan(viewer: Any, values: dict[str, Any], model: str | None, model_hash: str | None,
-          vae: str | None) -> RemixPlan:
+def _plan(
+    viewer: Any, values: dict[str, Any], model: str | None, model_hash: str | None, vae: str | None
+) -> RemixPlan:
     checkpoint = _usable_checkpoint(viewer, model, model_hash)
     values["checkpoint"] = checkpoint
     values["vae"] = _usable_vae(viewer, vae)
@@ -106,8 +123,13 @@ def remix_published_image(viewer: Any, publication: Any) -> RemixPlan:
             hires_denoising_strength=hires.get("denoising_strength"),
         )
     checkpoint = image.job.checkpoint
-    return _plan(viewer, values, params.get("checkpoint") or checkpoint.name,
-                 checkpoint.short_hash or None, params.get("vae"))
+    return _plan(
+        viewer,
+        values,
+        params.get("checkpoint") or checkpoint.name,
+        checkpoint.short_hash or None,
+        params.get("vae"),
+    )
 
 
 def fields_from_parsed(parsed: Mapping[str, str]) -> dict[str, Any]:
@@ -128,5 +150,6 @@ def fields_from_parsed(parsed: Mapping[str, str]) -> dict[str, Any]:
 def remix_from_infotext(viewer: Any, infotext: str) -> RemixPlan:
     parsed = parse_infotext(infotext)
     values = fields_from_parsed(parsed)
-    return _plan(viewer, values, values.get("checkpoint"), parsed.get("Model hash"),
-                 values.get("vae"))
+    return _plan(
+        viewer, values, values.get("checkpoint"), parsed.get("Model hash"), values.get("vae")
+    )

@@ -54,8 +54,7 @@ def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
 
 
 def _refused(request: HttpRequest, error: GalleryError) -> HttpResponse:
-    return render(request, "gallery/refused.html", {"message": error.message},
-                  status=error.status)
+    return render(request, "gallery/refused.html", {"message": error.message}, status=error.status)
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -87,52 +86,64 @@ def feed(request: HttpRequest) -> HttpResponse:
     )
     query = request.GET.copy()
     query.pop("page", None)
-    return render(request, "gallery/feed.html", {
-        "page_obj": _page(request, publications),
-        "filter_form": form,
-        "sort": sort,
-        "sorts": feeds.Sort.choices,
-        "model": filters.get("model", ""),
-        "q": filters.get("q", ""),
-        "models": feeds.models_in_gallery(),
-        "query_string": query.urlencode(),
-    })
+    return render(
+        request,
+        "gallery/feed.html",
+        {
+            "page_obj": _page(request, publications),
+            "filter_form": form,
+            "sort": sort,
+            "sorts": feeds.Sort.choices,
+            "model": filters.get("model", ""),
+            "q": filters.get("q", ""),
+            "models": feeds.models_in_gallery(),
+            "query_string": query.urlencode(),
+        },
+    )
 
 
 def author(request: HttpRequest, username: str) -> HttpResponse:
     member = get_object_or_404(get_user_model(), username=username)
     publications = feeds.feed(request.user, author=member)
-    return render(request, "gallery/author.html", {
-        "member": member,
-        "page_obj": _page(request, publications),
-        "totals": feeds.author_totals(publications),
-    })
+    return render(
+        request,
+        "gallery/author.html",
+        {
+            "member": member,
+            "page_obj": _page(request, publications),
+            "totals": feeds.author_totals(publications),
+        },
+    )
 
 
 def image(request: HttpRequest, pk: Any) -> HttpResponse:
-    publication = get_object_or_404(Publication.objects.visible_to(request.user).for_cards(),
-                                    pk=pk)
+    publication = get_object_or_404(Publication.objects.visible_to(request.user).for_cards(), pk=pk)
     _decorate_cards(request, [publication])
     job_image = publication.image
     parsed = parse_infotext(job_image.infotext) if job_image.infotext else {}
-    return render(request, "gallery/image.html", {
-        "publication": publication,
-        "job_image": job_image,
-        "checkpoint": job_image.job.checkpoint,
-        "prompt": parsed.get("Prompt", job_image.job.params.get("prompt", "")),
-        "negative_prompt": parsed.get("Negative prompt", ""),
-        "parameters": parameter_rows(parsed),
-        "remix": remix_published_image(request.user, publication),
-        "is_owner": request.user.is_authenticated and request.user.pk == publication.owner_id,
-        "report_form": ReportForm(),
-        "moderation_form": ModerationForm(),
-    })
+    return render(
+        request,
+        "gallery/image.html",
+        {
+            "publication": publication,
+            "job_image": job_image,
+            "checkpoint": job_image.job.checkpoint,
+            "prompt": parsed.get("Prompt", job_image.job.params.get("prompt", "")),
+            "negative_prompt": parsed.get("Negative prompt", ""),
+            "parameters": parameter_rows(parsed),
+            "remix": remix_published_image(request.user, publication),
+            "is_owner": request.user.is_authenticated and request.user.pk == publication.owner_id,
+            "report_form": ReportForm(),
+            "moderation_form": ModerationForm(),
+        },
+    )
 
 
 def image_file(request: HttpRequest, pk: Any, kind: str) -> FileResponse:
     """The PNG (with its parameters chunk) or the thumbnail, for whoever may see the image."""
-    publication = Publication.objects.visible_to(request.user).select_related("image").filter(
-        pk=pk).first()
+    publication = (
+        Publication.objects.visible_to(request.user).select_related("image").filter(pk=pk).first()
+    )
     if publication is None:
         raise Http404
     job_image = publication.image
@@ -203,9 +214,15 @@ def publish(request: HttpRequest, image_id: Any) -> HttpResponse:
         else:
             messages.info(request, _("Saved as private: only you can see it."))
         return redirect("gallery:image", pk=publication.pk)
-    return render(request, "gallery/publish.html", {
-        "form": form, "job_image": job_image, "publication": existing,
-    })
+    return render(
+        request,
+        "gallery/publish.html",
+        {
+            "form": form,
+            "job_image": job_image,
+            "publication": existing,
+        },
+    )
 
 
 @login_required
@@ -250,15 +267,22 @@ def png_info(request: HttpRequest) -> HttpResponse:
 @staff_required
 def moderation_queue(request: HttpRequest) -> HttpResponse:
     page = Paginator(moderation.moderation_queue(), feeds.PAGE_SIZE).get_page(
-        request.GET.get("page"))
+        request.GET.get("page")
+    )
     items = list(page.object_list)
     reports = moderation.open_reports_for(items)
     for publication in items:
         publication.open_report_list = reports.get(publication.pk, [])
-    return render(request, "gallery/moderation.html", {
-        "page_obj": page, "items": items, "moderation_form": ModerationForm(),
-        "suspend_form": SuspendForm(),
-    })
+    return render(
+        request,
+        "gallery/moderation.html",
+        {
+            "page_obj": page,
+            "items": items,
+            "moderation_form": ModerationForm(),
+            "suspend_form": SuspendForm(),
+        },
+    )
 
 
 @staff_required
@@ -295,6 +319,9 @@ def suspend(request: HttpRequest, user_id: int) -> HttpResponse:
     except SuspensionError as error:
         messages.error(request, error.message)
     else:
-        messages.success(request, _("%(name)s is suspended; %(jobs)s unfinished jobs cancelled.")
-                         % {"name": member.username, "jobs": cancelled})
+        messages.success(
+            request,
+            _("%(name)s is suspended; %(jobs)s unfinished jobs cancelled.")
+            % {"name": member.username, "jobs": cancelled},
+        )
     return redirect("gallery:moderation")

@@ -9,8 +9,7 @@ class CatalogEntryAdmin(admin.ModelAdmin):
     list_filter = ("kind", "enabled", "available", "is_demo", "family")
     list_editable = ("enabled", "cost_multiplier")
     search_fields = ("name", "display_name", "sha256")
-    readonly_fields = ("filename", "size_bytes", "sha256", "short_hash", "created_at",
-                       "updated_at")
+    readonly_fields = ("filename", "size_bytes", "sha256", "short_hash", "created_at", "updated_at")
 
 
 class JobImageInline(admin.TabularInline):
@@ -23,8 +22,18 @@ class JobImageInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "owner", "status", "mode", "checkpoint", "price", "attempt",
-                    "worker_id", "created_at", "finished_at")
+    list_display = (
+        "id",
+        "owner",
+        "status",
+        "mode",
+        "checkpoint",
+        "price",
+        "attempt",
+        "worker_id",
+        "created_at",
+        "finished_at",
+    )
     list_filter = ("status", "mode", "checkpoint")
     search_fields = ("id", "owner__username", "worker_id")
     date_hierarchy = "created_at"

@@ -81,14 +81,19 @@ class JobListCreateView(APIView):
     @extend_schema(
         operation_id="jobs_list",
         responses=JobSerializer(many=True),
-        parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int),
-                    OpenApiParameter("status", str, enum=Job.Status.values)],
+        parameters=[
+            OpenApiParameter("page", int),
+            OpenApiParameter("page_size", int),
+            OpenApiParameter("status", str, enum=Job.Status.values),
+        ],
         summary="My jobs, newest first (paginated)",
     )
     def get(self, request: Request) -> Response:
         jobs = (
-            Job.objects.owned_by(request.user).select_related("checkpoint")
-            .prefetch_related("images").order_by("-created_at")
+            Job.objects.owned_by(request.user)
+            .select_related("checkpoint")
+            .prefetch_related("images")
+            .order_by("-created_at")
         )
         if wanted := request.query_params.get("status"):
             jobs = jobs.filter(status=wanted)
@@ -100,32 +105,44 @@ class JobListCreateView(APIView):
         operation_id="jobs_create",
         request=JobRequestSerializer,
         responses={201: JobSerializer, **ERRORS},
-        parameters=[OpenApiParameter(
-            "Idempotency-Key", str, OpenApiParameter.HEADER,
-            description="Retrying with the same key returns the first job instead of a second",
-        )],
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                description="Retrying with the same key returns the first job instead of a second",
+            )
+        ],
         summary="Submit a generation job",
     )
     def post(self, request: Request) -> Response:
         try:
-            job = submit_job(request.user, request_params(request),
-                             idempotency_key=request.headers.get("Idempotency-Key"))
+            job = submit_job(
+                request.user,
+                request_params(request),
+                idempotency_key=request.headers.get("Idempotency-Key"),
+            )
         except SubmissionError as exc:
             return error_response(exc)
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
 
 class JobDetailView(APIView):
-    @extend_schema(operation_id="jobs_retrieve",
-                   responses={200: JobSerializer, 404: ErrorSerializer})
+    @extend_schema(
+        operation_id="jobs_retrieve", responses={200: JobSerializer, 404: ErrorSerializer}
+    )
     def get(self, request: Request, pk: Any) -> Response:
         job = get_object_or_404(Job.objects.visible_to(request.user), pk=pk)
         return Response(JobSerializer(job).data)
 
 
 class JobCancelView(APIView):
-    @extend_schema(operation_id="jobs_cancel", request=None,
-                   responses={200: JobSerializer, **ERRORS}, summary="Cancel a job")
+    @extend_schema(
+        operation_id="jobs_cancel",
+        request=None,
+        responses={200: JobSerializer, **ERRORS},
+        summary="Cancel a job",
+    )
     def post(self, request: Request, pk: Any) -> Response:
         job = get_object_or_404(Job.objects.visible_to(request.user), pk=pk)
         try:
@@ -138,24 +155,30 @@ class JobCancelView(APIView):
 class JobQuoteView(APIView):
     parser_classes = [JSONParser, MultiPartParser, FormParser]
 
-    @extend_schema(operation_id="jobs_quote", request=JobRequestSerializer,
-                   responses={200: QuoteSerializer, **ERRORS},
-                   summary="Validate and price a job without submitting it")
+    @extend_schema(
+        operation_id="jobs_quote",
+        request=JobRequestSerializer,
+        responses={200: QuoteSerializer, **ERRORS},
+        summary="Validate and price a job without submitting it",
+    )
     def post(self, request: Request) -> Response:
         try:
             valid = quote_job(request.user, request_params(request))
         except SubmissionError as exc:
             return error_response(exc)
-        speed = measured_speed(valid.checkpoint.pk, valid.params["width"],
-                               valid.params["height"])
-        return Response(QuoteSerializer({
-            "price": valid.price,
-            "total_steps": valid.total_steps,
-            "params": valid.params,
-            "checkpoint": valid.checkpoint.name,
-            "eta": round(speed.duration(valid.params), 1),
-            "eta_source": speed.source,
-        }).data)
+        speed = measured_speed(valid.checkpoint.pk, valid.params["width"], valid.params["height"])
+        return Response(
+            QuoteSerializer(
+                {
+                    "price": valid.price,
+                    "total_steps": valid.total_steps,
+                    "params": valid.params,
+                    "checkpoint": valid.checkpoint.name,
+                    "eta": round(speed.duration(valid.params), 1),
+                    "eta_source": speed.source,
+                }
+            ).data
+        )
 
 
 class CatalogListView(ListAPIView):
@@ -191,24 +214,30 @@ class MeView(APIView):
         user = request.user
         row = UserGenerationSettings.objects.filter(user=user).first()
         model = default_checkpoint(user)
-        return Response(MeSerializer({
-            "id": user.pk,
-            "username": user.get_username(),
-            "email": user.email,
-            "is_staff": user.is_staff,
-            "balance": None,
-            "tier": None,
-            "default_checkpoint": model.name if model else None,
-            "last_params": row.last_params if row else {},
-            "limits": dataclasses.asdict(limits_for(user)),
-            "unfinished_jobs": Job.objects.owned_by(user).unfinished().count(),
-        }).data)
+        return Response(
+            MeSerializer(
+                {
+                    "id": user.pk,
+                    "username": user.get_username(),
+                    "email": user.email,
+                    "is_staff": user.is_staff,
+                    "balance": None,
+                    "tier": None,
+                    "default_checkpoint": model.name if model else None,
+                    "last_params": row.last_params if row else {},
+                    "limits": dataclasses.asdict(limits_for(user)),
+                    "unfinished_jobs": Job.objects.owned_by(user).unfinished().count(),
+                }
+            ).data
+        )
 
 
 class DefaultModelView(APIView):
-    @extend_schema(request=DefaultModelSerializer,
-                   responses={200: DefaultModelSerializer, **ERRORS},
-                   summary="Set my default model (mine only, never global)")
+    @extend_schema(
+        request=DefaultModelSerializer,
+        responses={200: DefaultModelSerializer, **ERRORS},
+        summary="Set my default model (mine only, never global)",
+    )
     def post(self, request: Request) -> Response:
         name = request.data.get("checkpoint") if hasattr(request.data, "get") else None
         if not isinstance(name, str) or not name:
@@ -231,7 +260,8 @@ class ImageListView(ListAPIView):
     def get_queryset(self) -> Any:
         images = (
             JobImage.objects.filter(owner=self.request.user)
-            .select_related("job__checkpoint").order_by("-created_at", "index")
+            .select_related("job__checkpoint")
+            .order_by("-created_at", "index")
         )
         if model := self.request.query_params.get("model"):
             images = images.filter(job__checkpoint__name=model)

@@ -60,7 +60,9 @@ def get_broker() -> RedisBroker:
     with _lock:
         if _broker is None:
             broker = RedisBroker(
-                url=redis_url(), socket_connect_timeout=2, socket_timeout=10,
+                url=redis_url(),
+                socket_connect_timeout=2,
+                socket_timeout=10,
                 health_check_interval=30,
             )
             broker.add_middleware(DjangoConnections())

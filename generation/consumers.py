@@ -23,15 +23,25 @@ def unfinished_job_events(user: Any) -> list[JobEvent]:
     events: list[JobEvent] = []
     for job in jobs:
         if job.status == Job.Status.RUNNING:
-            events.append({
-                "type": "job.started", "job_id": str(job.pk), "steps": job.total_steps,
-                "steps_done": job.steps_done, "eta": running_eta(job),
-            })
+            events.append(
+                {
+                    "type": "job.started",
+                    "job_id": str(job.pk),
+                    "steps": job.total_steps,
+                    "steps_done": job.steps_done,
+                    "eta": running_eta(job),
+                }
+            )
             continue
         info = snapshot.get(job.pk) if snapshot else None
-        events.append(queued_event(job, info.position if info else 0,
-                                   info.eta if info else 0.0,
-                                   info.source if info else "default"))
+        events.append(
+            queued_event(
+                job,
+                info.position if info else 0,
+                info.eta if info else 0.0,
+                info.source if info else "default",
+            )
+        )
     return events
 
 

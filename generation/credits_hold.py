@@ -34,7 +34,11 @@ def release_hold(job: Any) -> None:
     charged (rounded down to the cent), the rest given back."""
     if job.status == "cancelled" and job.started_at is not None and job.steps_done > 0:
         charge = ledger.pro_rata(job.price, job.steps_done, job.total_steps)
-        ledger.capture(job.pk, charge, reason=_("Cancelled after %(done)s of %(total)s steps")
-                       % {"done": job.steps_done, "total": job.total_steps})
+        ledger.capture(
+            job.pk,
+            charge,
+            reason=_("Cancelled after %(done)s of %(total)s steps")
+            % {"done": job.steps_done, "total": job.total_steps},
+        )
     else:
         ledger.release(job.pk)

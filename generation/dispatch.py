@@ -77,11 +77,15 @@ def send_request(job: Job) -> bool:
         sent = get_broker().enqueue(message)
         # Delivery bookkeeping lives in Redis with the message: the sweeper checks that this id
         # is still in the queue (a flushed Redis loses both, which reads as "lost").
-        get_redis().set(MESSAGE_ID_KEY.format(job_id=job.pk),
-                        sent.options.get("redis_message_id", ""), ex=MESSAGE_ID_TTL_SECONDS)
+        get_redis().set(
+            MESSAGE_ID_KEY.format(job_id=job.pk),
+            sent.options.get("redis_message_id", ""),
+            ex=MESSAGE_ID_TTL_SECONDS,
+        )
     except (redis.RedisError, OSError):
-        logger.warning("Redis unreachable: job %s stays queued for the sweeper", job.pk,
-                       exc_info=True)
+        logger.warning(
+            "Redis unreachable: job %s stays queued for the sweeper", job.pk, exc_info=True
+        )
         job.clear_dispatch()
         return False
     return True

@@ -87,7 +87,12 @@ JobEvent = Union[  # noqa: UP007 - a runtime alias
     JobCancelledEvent,
 ]
 EVENT_TYPES = (
-    "job.queued", "job.started", "job.progress", "job.succeeded", "job.failed", "job.cancelled",
+    "job.queued",
+    "job.started",
+    "job.progress",
+    "job.succeeded",
+    "job.failed",
+    "job.cancelled",
 )
 
 
@@ -99,8 +104,9 @@ def send_to_user(user_id: int | str, event: JobEvent) -> None:
     try:
         async_to_sync(layer.group_send)(user_group(user_id), dict(event))
     except Exception:  # a lost event is repaired by the consumer's snapshot on reconnect
-        logger.warning("could not publish %s for job %s", event["type"], event["job_id"],
-                       exc_info=True)
+        logger.warning(
+            "could not publish %s for job %s", event["type"], event["job_id"], exc_info=True
+        )
 
 
 def publish_job_event(job: Job, event: JobEvent) -> None:

@@ -47,7 +47,10 @@ def image_file(request: HttpRequest, pk: object) -> FileResponse:
 @login_required
 def image_thumbnail(request: HttpRequest, pk: object) -> FileResponse:
     image = _image(request, pk)
-    response = _stream(image.thumbnail or image.file, f"thumb-{image.pk}.webp",
-                       "image/webp" if image.thumbnail else "image/png")
+    response = _stream(
+        image.thumbnail or image.file,
+        f"thumb-{image.pk}.webp",
+        "image/webp" if image.thumbnail else "image/png",
+    )
     response["Content-Disposition"] = "inline"
     return response

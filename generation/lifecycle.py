@@ -53,10 +53,16 @@ def start_job(job: Job, worker_id: str, attempt: int) -> bool:
     with transaction.atomic():
         if not job.mark_running(worker_id, attempt):
             return False
-        publish_job_event(job, JobStartedEvent(
-            type="job.started", job_id=str(job.pk), steps=job.total_steps,
-            steps_done=job.steps_done, eta=running_eta(job),
-        ))
+        publish_job_event(
+            job,
+            JobStartedEvent(
+                type="job.started",
+                job_id=str(job.pk),
+                steps=job.total_steps,
+                steps_done=job.steps_done,
+                eta=running_eta(job),
+            ),
+        )
     transaction.on_commit(publish_queue_positions)
     return True
 
@@ -76,8 +82,13 @@ def _save_image(job: Job, index: int, result: ResultImage) -> JobImage:
         width, height = decoded.size
         thumb = _thumbnail(decoded)
     image = JobImage(
-        job=job, owner_id=job.owner_id, index=index, seed=int(result["seed"]),
-        infotext=result.get("infotext", ""), width=width, height=height,
+        job=job,
+        owner_id=job.owner_id,
+        index=index,
+        seed=int(result["seed"]),
+        infotext=result.get("infotext", ""),
+        width=width,
+        height=height,
     )
     image.file.save("image.png", ContentFile(png), save=False)
     image.thumbnail.save("thumb.webp", ContentFile(thumb), save=False)
@@ -85,8 +96,13 @@ def _save_image(job: Job, index: int, result: ResultImage) -> JobImage:
     return image
 
 
-def succeed_job(job: Job, attempt: int, worker_id: str, images: list[ResultImage],
-                timings: dict[str, Any] | None = None) -> bool:
+def succeed_job(
+    job: Job,
+    attempt: int,
+    worker_id: str,
+    images: list[ResultImage],
+    timings: dict[str, Any] | None = None,
+) -> bool:
     """Record the images of a finished job. A redelivered 'succeeded' loses the claim and
     creates nothing; a failure while storing rolls the claim back so the message is retried."""
     with transaction.atomic():
@@ -94,20 +110,27 @@ def succeed_job(job: Job, attempt: int, worker_id: str, images: list[ResultImage
             return False
         saved = [_save_image(job, index, result) for index, result in enumerate(images)]
         capture_hold(job)
-        publish_job_event(job, JobSucceededEvent(
-            type="job.succeeded", job_id=str(job.pk), images=[image_payload(i) for i in saved],
-        ))
+        publish_job_event(
+            job,
+            JobSucceededEvent(
+                type="job.succeeded",
+                job_id=str(job.pk),
+                images=[image_payload(i) for i in saved],
+            ),
+        )
     return True
 
 
-def fail_job(job: Job, error: str, attempt: int | None = None,
-             timings: dict[str, Any] | None = None) -> bool:
+def fail_job(
+    job: Job, error: str, attempt: int | None = None, timings: dict[str, Any] | None = None
+) -> bool:
     with transaction.atomic():
         if not job.mark_failed(error, attempt, timings):
             return False
         release_hold(job)
-        publish_job_event(job, JobFailedEvent(type="job.failed", job_id=str(job.pk),
-                                              error=job.error))
+        publish_job_event(
+            job, JobFailedEvent(type="job.failed", job_id=str(job.pk), error=job.error)
+        )
     return True
 
 
@@ -131,8 +154,9 @@ def finish_cancelled_job(job: Job, attempt: int | None, steps_done: int | None =
 
 
 def queued_event(job: Job, position: int, eta: float, source: str) -> JobQueuedEvent:
-    return JobQueuedEvent(type="job.queued", job_id=str(job.pk), position=position, eta=eta,
-                          eta_source=source)  # type: ignore[typeddict-item]
+    return JobQueuedEvent(
+        type="job.queued", job_id=str(job.pk), position=position, eta=eta, eta_source=source
+    )  # type: ignore[typeddict-item]
 
 
 def publish_queue_positions() -> None:
@@ -142,15 +166,21 @@ def publish_queue_positions() -> None:
     snapshot = queue_snapshot()
     owners = {
         str(pk): owner_id
-        for pk, owner_id in Job.objects.filter(pk__in=list(snapshot.infos))
-        .values_list("pk", "owner_id")
+        for pk, owner_id in Job.objects.filter(pk__in=list(snapshot.infos)).values_list(
+            "pk", "owner_id"
+        )
     }
     for job_id, info in snapshot.infos.items():
         owner_id = owners.get(job_id)
         if owner_id is None:
             continue
-        send_to_user(owner_id, JobQueuedEvent(
-            type="job.queued", job_id=job_id, position=info.position, eta=info.eta,
-            eta_source=info.source,
-        ))
-
+        send_to_user(
+            owner_id,
+            JobQueuedEvent(
+                type="job.queued",
+                job_id=job_id,
+                position=info.position,
+                eta=info.eta,
+                eta_source=info.source,
+            ),
+        )

@@ -82,7 +82,8 @@ class CatalogEntry(models.Model):
     is_demo = models.BooleanField(_("demo model"), default=False)
     cost_multiplier = models.DecimalField(max_digits=6, decimal_places=2, default=Decimal("1"))
     default_params = models.JSONField(
-        default=dict, blank=True,
+        default=dict,
+        blank=True,
         help_text=_("sampler, scheduler, steps, cfg_scale, width, height, clip_skip"),
     )
     trigger_words = models.CharField(max_length=500, blank=True)
@@ -199,8 +200,9 @@ class Job(models.Model):
 
     # --- transitions: each a conditional update; True only for the call that changed the row ---
 
-    def _claim(self, from_statuses: tuple[str, ...], attempt: int | None = None,
-               **changes: Any) -> bool:
+    def _claim(
+        self, from_statuses: tuple[str, ...], attempt: int | None = None, **changes: Any
+    ) -> bool:
         rows = Job.objects.filter(pk=self.pk, status__in=from_statuses)
         if attempt is not None:
             rows = rows.filter(attempt=attempt)
@@ -218,8 +220,9 @@ class Job(models.Model):
     def mark_dispatched(self) -> bool:
         """Take the next attempt number. Two dispatchers racing: only one gets it."""
         won = (
-            Job.objects.filter(pk=self.pk, status=self.Status.QUEUED, attempt=self.attempt)
-            .update(attempt=F("attempt") + 1, dispatched_at=timezone.now())
+            Job.objects.filter(pk=self.pk, status=self.Status.QUEUED, attempt=self.attempt).update(
+                attempt=F("attempt") + 1, dispatched_at=timezone.now()
+            )
             == 1
         )
         self.refresh_from_db()
@@ -233,43 +236,61 @@ class Job(models.Model):
 
     def mark_running(self, worker_id: str, attempt: int) -> bool:
         return self._claim(
-            (self.Status.QUEUED,), attempt,
-            status=self.Status.RUNNING, worker_id=worker_id[:200], started_at=timezone.now(),
+            (self.Status.QUEUED,),
+            attempt,
+            status=self.Status.RUNNING,
+            worker_id=worker_id[:200],
+            started_at=timezone.now(),
         )
 
-    def mark_succeeded(self, attempt: int, worker_id: str = "", timings: dict | None = None,
-                       steps_done: int | None = None) -> bool:
+    def mark_succeeded(
+        self,
+        attempt: int,
+        worker_id: str = "",
+        timings: dict | None = None,
+        steps_done: int | None = None,
+    ) -> bool:
         # From QUEUED too: the 'started' event may be processed after 'succeeded' (two threads).
         now = timezone.now()
         return self._claim(
-            self.UNFINISHED, attempt,
-            status=self.Status.SUCCEEDED, finished_at=now,
+            self.UNFINISHED,
+            attempt,
+            status=self.Status.SUCCEEDED,
+            finished_at=now,
             started_at=Coalesce(F("started_at"), Value(now)),
             worker_id=worker_id[:200] or F("worker_id"),
             timings=timings or {},
             steps_done=self.total_steps if steps_done is None else steps_done,
         )
 
-    def mark_failed(self, error: str, attempt: int | None = None, timings: dict | None = None
-                    ) -> bool:
+    def mark_failed(
+        self, error: str, attempt: int | None = None, timings: dict | None = None
+    ) -> bool:
         return self._claim(
-            self.UNFINISHED, attempt,
-            status=self.Status.FAILED, finished_at=timezone.now(), error=error[:2000],
+            self.UNFINISHED,
+            attempt,
+            status=self.Status.FAILED,
+            finished_at=timezone.now(),
+            error=error[:2000],
             timings=timings or F("timings"),
         )
 
-    def mark_cancelled(self, attempt: int | None = None, steps_done: int | None = None,
-                       from_statuses: tuple[str, ...] | None = None) -> bool:
+    def mark_cancelled(
+        self,
+        attempt: int | None = None,
+        steps_done: int | None = None,
+        from_statuses: tuple[str, ...] | None = None,
+    ) -> bool:
         return self._claim(
-            from_statuses or self.UNFINISHED, attempt,
-            status=self.Status.CANCELLED, finished_at=timezone.now(),
+            from_statuses or self.UNFINISHED,
+            attempt,
+            status=self.Status.CANCELLED,
+            finished_at=timezone.now(),
             steps_done=F("steps_done") if steps_done is None else steps_done,
         )
 
     def mark_cancel_requested(self) -> bool:
-        return self._claim(
-            (self.Status.RUNNING,), None, cancel_requested_at=timezone.now()
-        )
+        return self._claim((self.Status.RUNNING,), None, cancel_requested_at=timezone.now())
 
 
 class JobImageQuerySet(models.QuerySet["JobImage"]):

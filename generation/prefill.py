@@ -17,10 +17,19 @@ TEXT_FIELDS = ("prompt", "negative_prompt", "checkpoint", "vae", "sampler", "sch
 INT_FIELDS = ("steps", "width", "height", "seed", "clip_skip", "batch_size", "n_iter")
 FLOAT_FIELDS = ("cfg_scale", "denoising_strength")
 # hires_<key> in the query, hires[<key>] in the parameters.
-HIRES_FIELDS = {"scale": float, "upscaler": str, "second_pass_steps": int,
-                "denoising_strength": float}
-QUERY_FIELDS = (*TEXT_FIELDS, *INT_FIELDS, *FLOAT_FIELDS, "hires_enabled",
-                *(f"hires_{key}" for key in HIRES_FIELDS))
+HIRES_FIELDS = {
+    "scale": float,
+    "upscaler": str,
+    "second_pass_steps": int,
+    "denoising_strength": float,
+}
+QUERY_FIELDS = (
+    *TEXT_FIELDS,
+    *INT_FIELDS,
+    *FLOAT_FIELDS,
+    "hires_enabled",
+    *(f"hires_{key}" for key in HIRES_FIELDS),
+)
 
 
 def _to_float(text: str) -> float | None:
@@ -50,8 +59,11 @@ def params_from_query(query: Mapping[str, str]) -> dict[str, Any]:
     if not any(name in query for name in QUERY_FIELDS):
         return {}
     params: dict[str, Any] = {}
-    kinds = {**dict.fromkeys(TEXT_FIELDS, str), **dict.fromkeys(INT_FIELDS, int),
-             **dict.fromkeys(FLOAT_FIELDS, float)}
+    kinds = {
+        **dict.fromkeys(TEXT_FIELDS, str),
+        **dict.fromkeys(INT_FIELDS, int),
+        **dict.fromkeys(FLOAT_FIELDS, float),
+    }
     for name, kind in kinds.items():
         if name not in query:
             continue

@@ -146,7 +146,8 @@ def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
     heapq.heapify(slots)
     snapshot = QueueSnapshot()
     queued = (
-        Job.objects.queued().order_by("created_at", "pk")
+        Job.objects.queued()
+        .order_by("created_at", "pk")
         .only("params", "mode", "checkpoint_id", "created_at")[:MAX_SIMULATED]
     )
     for position, job in enumerate(queued, start=1):

@@ -21,8 +21,18 @@ class ImageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = JobImage
-        fields = ["id", "job", "url", "thumbnail_url", "seed", "infotext", "width", "height",
-                  "checkpoint", "created_at"]
+        fields = [
+            "id",
+            "job",
+            "url",
+            "thumbnail_url",
+            "seed",
+            "infotext",
+            "width",
+            "height",
+            "checkpoint",
+            "created_at",
+        ]
 
     def get_url(self, image: JobImage) -> str:
         return image_payload(image)["url"]
@@ -48,9 +58,25 @@ class JobSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Job
-        fields = ["id", "status", "mode", "params", "checkpoint", "price", "position", "eta",
-                  "eta_source", "created_at", "started_at", "finished_at", "error", "steps_done",
-                  "total_steps", "cancel_requested", "images"]
+        fields = [
+            "id",
+            "status",
+            "mode",
+            "params",
+            "checkpoint",
+            "price",
+            "position",
+            "eta",
+            "eta_source",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "error",
+            "steps_done",
+            "total_steps",
+            "cancel_requested",
+            "images",
+        ]
 
     def _snapshot(self) -> QueueSnapshot:
         if "queue" not in self.context:
@@ -98,9 +124,11 @@ class JobRequestSerializer(serializers.Serializer):
     """Every field is optional; defaults come from the model's defaults, then A1111's."""
 
     checkpoint = serializers.CharField(
-        required=False, help_text="Catalogue name; default: your default model")
-    prompt = serializers.CharField(required=False, allow_blank=True,
-                                   help_text="A1111 syntax, including <lora:name:weight>")
+        required=False, help_text="Catalogue name; default: your default model"
+    )
+    prompt = serializers.CharField(
+        required=False, allow_blank=True, help_text="A1111 syntax, including <lora:name:weight>"
+    )
     negative_prompt = serializers.CharField(required=False, allow_blank=True)
     sampler = serializers.CharField(required=False, help_text="e.g. 'DPM++ 2M'")
     scheduler = serializers.CharField(required=False, help_text="e.g. 'Karras' or 'Automatic'")
@@ -115,7 +143,8 @@ class JobRequestSerializer(serializers.Serializer):
     vae = serializers.CharField(required=False, allow_null=True)
     mode = serializers.ChoiceField(choices=Job.Mode.choices, required=False)
     init_image = serializers.CharField(
-        required=False, help_text="img2img source: base64 (data URI allowed) or a file upload")
+        required=False, help_text="img2img source: base64 (data URI allowed) or a file upload"
+    )
     denoising_strength = serializers.FloatField(required=False)
     resize_mode = serializers.IntegerField(required=False)
     hires = HiresRequestSerializer(required=False, allow_null=True)
@@ -136,9 +165,24 @@ class CatalogEntrySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = CatalogEntry
-        fields = ["name", "title", "label", "display_name", "description", "kind", "family",
-                  "filename", "size_bytes", "short_hash", "sha256", "is_demo", "available",
-                  "cost_multiplier", "default_params", "trigger_words"]
+        fields = [
+            "name",
+            "title",
+            "label",
+            "display_name",
+            "description",
+            "kind",
+            "family",
+            "filename",
+            "size_bytes",
+            "short_hash",
+            "sha256",
+            "is_demo",
+            "available",
+            "cost_multiplier",
+            "default_params",
+            "trigger_words",
+        ]
 
 
 class SamplerSerializer(serializers.Serializer):
@@ -162,8 +206,9 @@ class MeSerializer(serializers.Serializer):
     username = serializers.CharField()
     email = serializers.EmailField()
     is_staff = serializers.BooleanField()
-    balance = serializers.DecimalField(max_digits=12, decimal_places=2, allow_null=True,
-                                       help_text="null until credits exist")
+    balance = serializers.DecimalField(
+        max_digits=12, decimal_places=2, allow_null=True, help_text="null until credits exist"
+    )
     tier = serializers.CharField(allow_null=True)
     default_checkpoint = serializers.CharField(allow_null=True)
     last_params = serializers.DictField()

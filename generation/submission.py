@@ -128,8 +128,7 @@ def _text(params: dict[str, Any], name: str, limit: int) -> str:
     if not isinstance(value, str):
         raise SubmissionError(name, f"{name} must be text")
     if len(value) > limit:
-        raise SubmissionError(name, f"{name} is {len(value)} characters; the limit is {limit}",
-                              422)
+        raise SubmissionError(name, f"{name} is {len(value)} characters; the limit is {limit}", 422)
     return value
 
 
@@ -183,7 +182,8 @@ def default_checkpoint(user: Any) -> CatalogEntry | None:
     usable = CatalogEntry.objects.usable_by(user).checkpoints()
     chosen = (
         UserGenerationSettings.objects.filter(user=user)
-        .values_list("default_checkpoint_id", flat=True).first()
+        .values_list("default_checkpoint_id", flat=True)
+        .first()
     )
     if chosen:
         entry = usable.filter(pk=chosen).first()
@@ -218,29 +218,36 @@ def _init_image(raw: Any, limits: GenerationLimits) -> bytes:
             with Image.open(io.BytesIO(data)) as image:
                 if image.format not in ACCEPTED_INIT_FORMATS:
                     raise SubmissionError(
-                        "init_image", f"init_image must be PNG, JPEG or WEBP, not {image.format}",
-                        422)
+                        "init_image",
+                        f"init_image must be PNG, JPEG or WEBP, not {image.format}",
+                        422,
+                    )
                 # The header gives the size before any pixel is decoded: the bomb guard.
                 if image.width * image.height > limits.max_init_image_pixels:
                     raise SubmissionError(
                         "init_image",
                         f"init_image is {image.width}x{image.height}; the limit is "
-                        f"{limits.max_init_image_pixels} pixels", 422)
+                        f"{limits.max_init_image_pixels} pixels",
+                        422,
+                    )
                 image.load()
                 out = io.BytesIO()
                 image.convert("RGB").save(out, "PNG")
                 return out.getvalue()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise SubmissionError(
-            "init_image", f"init_image has too many pixels; the limit is "
-            f"{limits.max_init_image_pixels} pixels", 422) from None
+            "init_image",
+            f"init_image has too many pixels; the limit is {limits.max_init_image_pixels} pixels",
+            422,
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise SubmissionError("init_image", "init_image is not a readable image", 422) from None
 
 
 def _too_big(limits: GenerationLimits) -> SubmissionError:
     return SubmissionError(
-        "init_image", f"init_image is larger than {limits.max_init_image_bytes} bytes", 422)
+        "init_image", f"init_image is larger than {limits.max_init_image_bytes} bytes", 422
+    )
 
 
 def _hires(raw: Any, params: dict[str, Any], limits: GenerationLimits) -> dict[str, Any] | None:
@@ -267,8 +274,11 @@ def _hires(raw: Any, params: dict[str, Any], limits: GenerationLimits) -> dict[s
     width, height = hires_size({**params, "hires": out}) or (0, 0)
     if max(width, height) > limits.max_side or width * height > limits.max_pixels:
         raise SubmissionError(
-            "hires", f"the hires target {width}x{height} exceeds the limit of "
-            f"{limits.max_side} per side and {limits.max_pixels} pixels", 422)
+            "hires",
+            f"the hires target {width}x{height} exceeds the limit of "
+            f"{limits.max_side} per side and {limits.max_pixels} pixels",
+            422,
+        )
     return out
 
 
@@ -313,13 +323,16 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     }
     if params["width"] * params["height"] > limits.max_pixels:
         raise SubmissionError(
-            "width", f"{params['width']}x{params['height']} is more than the limit of "
-            f"{limits.max_pixels} pixels", 422)
+            "width",
+            f"{params['width']}x{params['height']} is more than the limit of "
+            f"{limits.max_pixels} pixels",
+            422,
+        )
     images = params["batch_size"] * params["n_iter"]
     if images > limits.max_images:
         raise SubmissionError(
-            "batch_size", f"batch_size x n_iter is {images}; the limit is {limits.max_images}",
-            422)
+            "batch_size", f"batch_size x n_iter is {images}; the limit is {limits.max_images}", 422
+        )
     if params["seed"] == -1:
         params["seed"] = secrets.randbelow(MAX_SEED + 1 - images)
 
@@ -401,11 +414,18 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             unfinished = Job.objects.owned_by(user).unfinished().count()
             if unfinished >= limits.max_unfinished_jobs:
                 raise SubmissionError(
-                    "jobs", f"you have {unfinished} unfinished jobs; the limit is "
-                    f"{limits.max_unfinished_jobs}: wait for one to finish", 429)
+                    "jobs",
+                    f"you have {unfinished} unfinished jobs; the limit is "
+                    f"{limits.max_unfinished_jobs}: wait for one to finish",
+                    429,
+                )
             job = Job(
-                owner=user, mode=valid.params["mode"], params=valid.params,
-                checkpoint=valid.checkpoint, price=valid.price, total_steps=valid.total_steps,
+                owner=user,
+                mode=valid.params["mode"],
+                params=valid.params,
+                checkpoint=valid.checkpoint,
+                price=valid.price,
+                total_steps=valid.total_steps,
                 idempotency_key=idempotency_key or "",
             )
             if valid.init_png:

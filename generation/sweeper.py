@@ -46,8 +46,13 @@ DISPATCH_GRACE = timedelta(seconds=10)
 UNDISPATCHED_GRACE = timedelta(seconds=5)
 # A worker whose heartbeat key is missing this long past its job's expected end is gone.
 VANISHED_GRACE_SECONDS = 2 * HEARTBEAT_TTL_SECONDS
-DEMO_DEFAULT_PARAMS = {"width": 128, "height": 128, "steps": 8, "sampler": "Euler a",
-                       "cfg_scale": 7.0}
+DEMO_DEFAULT_PARAMS = {
+    "width": 128,
+    "height": 128,
+    "steps": 8,
+    "sampler": "Euler a",
+    "cfg_scale": 7.0,
+}
 
 
 @dataclass
@@ -106,12 +111,16 @@ def redispatch_lost_jobs(now: Any = None) -> SweepReport:
         if missing:
             # A retry waits in the delay queue under a new id; events may wait unprocessed.
             held = _job_ids_in(client, _messages_key(GPU_QUEUE, ".DQ")) | _job_ids_in(
-                client, _messages_key(PLATFORM_QUEUE))
+                client, _messages_key(PLATFORM_QUEUE)
+            )
             lost += [job for job in missing if str(job.pk) not in held]
     for job in sorted(lost, key=lambda j: j.created_at):
         if job.attempt >= limits_for(job.owner).max_attempts:
-            if lifecycle.fail_job(job, f"no worker could start this job after {job.attempt} "
-                                       "attempts", attempt=job.attempt):
+            if lifecycle.fail_job(
+                job,
+                f"no worker could start this job after {job.attempt} attempts",
+                attempt=job.attempt,
+            ):
                 report.failed.append(str(job.pk))
             continue
         if dispatch_job(job):
@@ -152,8 +161,11 @@ def fail_abandoned_jobs(now: Any = None) -> SweepReport:
         elapsed = (now - (job.started_at or job.created_at)).total_seconds()
         if elapsed <= abandon_deadline(job):
             continue
-        why = "the worker running this job stopped responding" if beat is None else (
-            "the worker running this job moved on without reporting it")
+        why = (
+            "the worker running this job stopped responding"
+            if beat is None
+            else ("the worker running this job moved on without reporting it")
+        )
         if lifecycle.fail_job(job, why, attempt=job.attempt):
             logger.warning("job %s failed: %s (%s)", job.pk, why, job.worker_id)
             report.failed.append(str(job.pk))
@@ -206,8 +218,7 @@ def sync_catalogue(models_dir: Path | None = None, include_workers: bool = True)
     """Upsert what workers and the local folder hold; mark the rest unavailable. New entries are
     enabled by default; demo files are flagged and get small default parameters."""
     try:
-        inventory = (worker_inventories() if include_workers else []) + local_inventory(
-            models_dir)
+        inventory = (worker_inventories() if include_workers else []) + local_inventory(models_dir)
     except (redis.RedisError, OSError):
         logger.warning("catalogue sync skipped: Redis unreachable", exc_info=True)
         return {"created": 0, "updated": 0, "unavailable": 0}
@@ -230,8 +241,11 @@ def sync_catalogue(models_dir: Path | None = None, include_workers: bool = True)
         if row is None:
             is_demo = name in demo
             CatalogEntry.objects.create(
-                kind=kind, name=name, is_demo=is_demo,
-                default_params=dict(DEMO_DEFAULT_PARAMS) if is_demo and kind == "checkpoint"
+                kind=kind,
+                name=name,
+                is_demo=is_demo,
+                default_params=dict(DEMO_DEFAULT_PARAMS)
+                if is_demo and kind == "checkpoint"
                 else {},
                 **fields,
             )

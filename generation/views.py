@@ -35,8 +35,17 @@ from generation.submission import (
 from gpu_worker.samplers import list_samplers, list_schedulers
 
 SIZE_PRESETS = [
-    (512, 512), (768, 512), (512, 768), (768, 768), (1024, 1024),
-    (1152, 896), (896, 1152), (1216, 832), (832, 1216), (256, 256), (128, 128),
+    (512, 512),
+    (768, 512),
+    (512, 768),
+    (768, 768),
+    (1024, 1024),
+    (1152, 896),
+    (896, 1152),
+    (1216, 832),
+    (832, 1216),
+    (256, 256),
+    (128, 128),
 ]
 UPSCALERS = ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (nearest)"]
 RESIZE_MODES = [
@@ -107,9 +116,22 @@ def _initial_values(params: dict[str, Any]) -> dict[str, Any]:
 
 
 FORM_FIELDS = (
-    "prompt", "negative_prompt", "checkpoint", "vae", "sampler", "scheduler", "steps",
-    "cfg_scale", "width", "height", "seed", "batch_size", "n_iter", "clip_skip",
-    "denoising_strength", "resize_mode",
+    "prompt",
+    "negative_prompt",
+    "checkpoint",
+    "vae",
+    "sampler",
+    "scheduler",
+    "steps",
+    "cfg_scale",
+    "width",
+    "height",
+    "seed",
+    "batch_size",
+    "n_iter",
+    "clip_skip",
+    "denoising_strength",
+    "resize_mode",
 )
 
 
@@ -117,8 +139,11 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
     """The form as the submission service takes it (it validates and converts every value)."""
     params: dict[str, Any] = {name: post[name] for name in FORM_FIELDS if post.get(name, "") != ""}
     if post.get("hires_enabled"):
-        params["hires"] = {key: post.get(f"hires_{key}") or None for key in HIRES_DEFAULTS
-                           if f"hires_{key}" in post}
+        params["hires"] = {
+            key: post.get(f"hires_{key}") or None
+            for key in HIRES_DEFAULTS
+            if f"hires_{key}" in post
+        }
     if init_image := files.get("init_image"):
         params.update(mode="img2img", init_image=init_image)
     return params
@@ -155,9 +180,12 @@ def generate(request: HttpRequest) -> HttpResponse:
         # A fresh visit starts from a random seed; "Reuse last" brings the last one back.
         # A Remix or "Send to generator" link lays its own fields over that.
         linked = params_from_query(request.GET)
-        return _render_generator(request, {**last_params, "seed": -1, **linked},
-                                 keep_checkpoint="checkpoint" in linked,
-                                 last_seed=last_params.get("seed"))
+        return _render_generator(
+            request,
+            {**last_params, "seed": -1, **linked},
+            keep_checkpoint="checkpoint" in linked,
+            last_seed=last_params.get("seed"),
+        )
     try:
         source = _owned_images(request).get(pk=uuid.UUID(source_id))
     except (ValueError, JobImage.DoesNotExist):
@@ -167,13 +195,19 @@ def generate(request: HttpRequest) -> HttpResponse:
     if request.GET.get("img2img"):
         params.update(width=source.width, height=source.height, hires=None)
         init_image_url = image_payload(source)["url"]
-    return _render_generator(request, params, keep_checkpoint=True, last_seed=source.seed,
-                             init_image_url=init_image_url)
+    return _render_generator(
+        request, params, keep_checkpoint=True, last_seed=source.seed, init_image_url=init_image_url
+    )
 
 
-def _render_generator(request: HttpRequest, params: dict[str, Any], *,
-                      keep_checkpoint: bool = False, last_seed: int | None = None,
-                      init_image_url: str | None = None) -> HttpResponse:
+def _render_generator(
+    request: HttpRequest,
+    params: dict[str, Any],
+    *,
+    keep_checkpoint: bool = False,
+    last_seed: int | None = None,
+    init_image_url: str | None = None,
+) -> HttpResponse:
     user = request.user
     visible = CatalogEntry.objects.usable_by(user)
     checkpoints = list(visible.checkpoints().order_by("is_demo", "name"))
@@ -208,21 +242,25 @@ def _render_generator(request: HttpRequest, params: dict[str, Any], *,
         "unfinished": unfinished,
         "init_image_url": init_image_url,
     }
-    return render(request, "generation/generate.html", {
-        "checkpoints": checkpoints,
-        "loras": visible.filter(kind=CatalogEntry.Kind.LORA),
-        "vaes": visible.filter(kind=CatalogEntry.Kind.VAE),
-        "samplers": list_samplers(),
-        "schedulers": list_schedulers(),
-        "size_presets": SIZE_PRESETS,
-        "upscalers": UPSCALERS,
-        "resize_modes": RESIZE_MODES,
-        "initial": initial,
-        "limits": limits_for(user),
-        "recent": recent,
-        "init_image_url": init_image_url,
-        "page_data": page_data,
-    })
+    return render(
+        request,
+        "generation/generate.html",
+        {
+            "checkpoints": checkpoints,
+            "loras": visible.filter(kind=CatalogEntry.Kind.LORA),
+            "vaes": visible.filter(kind=CatalogEntry.Kind.VAE),
+            "samplers": list_samplers(),
+            "schedulers": list_schedulers(),
+            "size_presets": SIZE_PRESETS,
+            "upscalers": UPSCALERS,
+            "resize_modes": RESIZE_MODES,
+            "initial": initial,
+            "limits": limits_for(user),
+            "recent": recent,
+            "init_image_url": init_image_url,
+            "page_data": page_data,
+        },
+    )
 
 
 @login_required
@@ -234,25 +272,35 @@ def my_images(request: HttpRequest) -> HttpResponse:
     page = Paginator(images, IMAGES_PER_PAGE).get_page(request.GET.get("page"))
     models_used = (
         CatalogEntry.objects.filter(jobs__images__owner=request.user)
-        .values_list("name", flat=True).distinct().order_by("name")
+        .values_list("name", flat=True)
+        .distinct()
+        .order_by("name")
     )
-    return render(request, "generation/my_images.html", {
-        "page": page,
-        "images": [(image, image_payload(image)) for image in page],
-        "model": model,
-        "models_used": models_used,
-        "script_strings": {"confirm_delete": _("Delete this image for good?")},
-    })
+    return render(
+        request,
+        "generation/my_images.html",
+        {
+            "page": page,
+            "images": [(image, image_payload(image)) for image in page],
+            "model": model,
+            "models_used": models_used,
+            "script_strings": {"confirm_delete": _("Delete this image for good?")},
+        },
+    )
 
 
 @login_required
 def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
     image = get_object_or_404(_owned_images(request), pk=pk)
-    return render(request, "generation/image_detail.html", {
-        "image": image,
-        "payload": image_payload(image),
-        "job": image.job,
-    })
+    return render(
+        request,
+        "generation/image_detail.html",
+        {
+            "image": image,
+            "payload": image_payload(image),
+            "job": image.job,
+        },
+    )
 
 
 @login_required
@@ -264,6 +312,11 @@ def image_delete(request: HttpRequest, pk: Any) -> HttpResponse:
         delete_image(image)
         messages.success(request, _("Image deleted."))
         return redirect("my_images")
-    return render(request, "generation/image_delete.html", {
-        "image": image, "payload": image_payload(image),
-    })
+    return render(
+        request,
+        "generation/image_delete.html",
+        {
+            "image": image,
+            "payload": image_payload(image),
+        },
+    )

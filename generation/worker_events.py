@@ -28,8 +28,13 @@ def handle_job_event(event: JobEvent) -> bool:
         return False
     attempt = int(event["attempt"])
     if attempt != job.attempt:
-        logger.info("event %s of attempt %s ignored: job %s is on attempt %s",
-                    event["kind"], attempt, job.pk, job.attempt)
+        logger.info(
+            "event %s of attempt %s ignored: job %s is on attempt %s",
+            event["kind"],
+            attempt,
+            job.pk,
+            job.attempt,
+        )
         return False
     kind = event["kind"]
     worker_id = event.get("worker_id", "")
@@ -39,8 +44,7 @@ def handle_job_event(event: JobEvent) -> bool:
     if kind == "succeeded":
         return lifecycle.succeed_job(job, attempt, worker_id, event.get("images") or [], timings)
     if kind == "failed":
-        return lifecycle.fail_job(job, event.get("error") or "the worker failed", attempt,
-                                  timings)
+        return lifecycle.fail_job(job, event.get("error") or "the worker failed", attempt, timings)
     if kind == "cancelled":
         return lifecycle.finish_cancelled_job(job, attempt, event.get("steps_done"))
     logger.warning("unknown job event kind %r ignored", kind)
@@ -60,6 +64,10 @@ def register_platform_actors(broker: dramatiq.Broker) -> dramatiq.Actor:
         queue_name=PLATFORM_QUEUE,
         priority=0,
         # A storage hiccup while saving images rolls back and retries; a few times is plenty.
-        options={"max_retries": 5, "min_backoff": 500, "max_backoff": 10_000,
-                 "time_limit": 120_000},
+        options={
+            "max_retries": 5,
+            "min_backoff": 500,
+            "max_backoff": 10_000,
+            "time_limit": 120_000,
+        },
     )

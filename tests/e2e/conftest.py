@@ -23,8 +23,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 
@@ -108,8 +113,16 @@ def live_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlat
 
     platform = LivePlatform(base_url=f"http://127.0.0.1:{port}", logs_dir=logs)
     commands = {
-        "web": [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                "config.asgi:application"],
+        "web": [
+            python,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "config.asgi:application",
+        ],
         "platform": [python, "manage.py", "run_platform_worker"],
         "gpu": [python, "-m", "gpu_worker", "--models-dir", str(models), "--device", "cpu"],
     }
@@ -117,7 +130,11 @@ def live_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlat
         for name, argv in commands.items():
             log = (logs / f"{name}.log").open("w")
             platform.processes[name] = subprocess.Popen(
-                argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                argv,
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         _wait_http(platform.base_url + "/healthz", platform, timeout=60)

@@ -59,8 +59,10 @@ def open_page(browser, errors: list[str], init_script: str | None = None):
     if init_script:
         context.add_init_script(init_script)
     page = context.new_page()
-    page.on("console", lambda msg: errors.append(f"console: {msg.text}")
-            if msg.type == "error" else None)
+    page.on(
+        "console",
+        lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None,
+    )
     page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
     page.set_default_timeout(30_000)
     return context, page
@@ -87,8 +89,10 @@ def test_a_member_generates_watches_progress_and_stops_a_job(live_platform, brow
     page.click(".mainnav >> text=Generate")
     page.wait_for_url(base + "/generate/")
     wait_for_demo_model(page, live_platform)
-    assert "demo: images are noise" in page.locator(
-        f'#id_checkpoint option[value="{DEMO_MODEL}"]').inner_text()
+    assert (
+        "demo: images are noise"
+        in page.locator(f'#id_checkpoint option[value="{DEMO_MODEL}"]').inner_text()
+    )
     page.select_option("#id_checkpoint", DEMO_MODEL)
     page.fill("#id_prompt", "a lighthouse at dusk, (soft light:1.2)")
     page.fill("#id_width", "256")

@@ -17,12 +17,18 @@ from gpu_worker.infotext import build_infotext, png_with_infotext
 CHECKPOINT_HASH = "6ce0161689"
 
 
-def make_checkpoint(name: str = "dreamshaper-8", short_hash: str = CHECKPOINT_HASH,
-                    **extra: Any) -> CatalogEntry:
+def make_checkpoint(
+    name: str = "dreamshaper-8", short_hash: str = CHECKPOINT_HASH, **extra: Any
+) -> CatalogEntry:
     entry, _created = CatalogEntry.objects.get_or_create(
-        kind=CatalogEntry.Kind.CHECKPOINT, name=name,
-        defaults={"filename": f"Stable-diffusion/{name}.safetensors", "short_hash": short_hash,
-                  "sha256": short_hash + "0" * 54, **extra},
+        kind=CatalogEntry.Kind.CHECKPOINT,
+        name=name,
+        defaults={
+            "filename": f"Stable-diffusion/{name}.safetensors",
+            "short_hash": short_hash,
+            "sha256": short_hash + "0" * 54,
+            **extra,
+        },
     )
     return entry
 
@@ -76,19 +82,36 @@ def infotext_for(params: dict[str, Any], checkpoint: CatalogEntry, seed: int) ->
     return build_infotext(params["prompt"], params["negative_prompt"], fields)
 
 
-def make_image(owner: Any, *, checkpoint: CatalogEntry | None = None, index: int = 1,
-               color: str = "teal", **param_overrides: Any) -> JobImage:
+def make_image(
+    owner: Any,
+    *,
+    checkpoint: CatalogEntry | None = None,
+    index: int = 1,
+    color: str = "teal",
+    **param_overrides: Any,
+) -> JobImage:
     checkpoint = checkpoint or make_checkpoint()
     params = job_params(checkpoint, **param_overrides)
     job = Job.objects.create(
-        owner=owner, status=Job.Status.SUCCEEDED, params=params, checkpoint=checkpoint,
-        price=Decimal("1"), total_steps=params["steps"],
+        owner=owner,
+        status=Job.Status.SUCCEEDED,
+        params=params,
+        checkpoint=checkpoint,
+        price=Decimal("1"),
+        total_steps=params["steps"],
     )
     seed = params["seed"] + index
     infotext = infotext_for(params, checkpoint, seed)
     picture = Image.new("RGB", (64, 96), color)
-    image = JobImage(job=job, owner=owner, index=index, seed=seed, infotext=infotext,
-                     width=params["width"], height=params["height"])
+    image = JobImage(
+        job=job,
+        owner=owner,
+        index=index,
+        seed=seed,
+        infotext=infotext,
+        width=params["width"],
+        height=params["height"],
+    )
     image.file.save("ignored.png", ContentFile(png_with_infotext(picture, infotext)), save=False)
     thumb = io.BytesIO()
     picture.save(thumb, format="WEBP")
@@ -97,9 +120,16 @@ def make_image(owner: Any, *, checkpoint: CatalogEntry | None = None, index: int
     return image
 
 
-def make_publication(owner: Any, visibility: str = Visibility.PUBLIC, *, title: str = "Fox",
-                     mature: bool = False, hidden: bool = False, likes: int = 0,
-                     **image_kwargs: Any) -> Publication:
+def make_publication(
+    owner: Any,
+    visibility: str = Visibility.PUBLIC,
+    *,
+    title: str = "Fox",
+    mature: bool = False,
+    hidden: bool = False,
+    likes: int = 0,
+    **image_kwargs: Any,
+) -> Publication:
     image = make_image(owner, **image_kwargs)
     publication = publish_image(owner, image, title=title, visibility=visibility, mature=mature)
     if hidden or likes:

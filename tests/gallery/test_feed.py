@@ -40,9 +40,12 @@ def test_the_feed_costs_the_same_queries_for_one_image_as_for_a_full_page(
     one = _count_queries(client, url, {"sort": sort})
     other_model = make_checkpoint("anything-v5", short_hash="0123456789")
     for i in range(PAGE_SIZE + 3):
-        publication = make_publication(carol if i % 2 else alice, title=f"n{i}",
-                                       checkpoint=other_model if i % 3 else None,
-                                       mature=i % 4 == 0)
+        publication = make_publication(
+            carol if i % 2 else alice,
+            title=f"n{i}",
+            checkpoint=other_model if i % 3 else None,
+            mature=i % 4 == 0,
+        )
         if i % 2:
             toggle_like(bob, publication.pk)
     full = _count_queries(client, url, {"sort": sort})
@@ -76,7 +79,8 @@ def test_top_this_week_counts_only_this_weeks_likes(alice, bob, carol, client_fo
     toggle_like(bob, old_favourite.pk)
     toggle_like(carol, old_favourite.pk)
     Like.objects.filter(publication=old_favourite).update(
-        created_at=timezone.now() - timedelta(days=30))
+        created_at=timezone.now() - timedelta(days=30)
+    )
     toggle_like(bob, rising.pk)
     client = client_for(None)
     week = _ids_on(client.get(reverse("gallery:feed"), {"sort": "top-week"}))
@@ -112,8 +116,9 @@ def test_an_unknown_sort_falls_back_to_newest(alice, client_for):
 
 
 def _blurred(page, publication: Publication) -> bool:
-    match = re.search(rf'class="gallery-card([^"]*)" data-publication="{publication.pk}"',
-                      page.content.decode())
+    match = re.search(
+        rf'class="gallery-card([^"]*)" data-publication="{publication.pk}"', page.content.decode()
+    )
     assert match, "card not found"
     return "mature-blur" in match.group(1)
 

@@ -25,8 +25,9 @@ def test_bob_likes_and_unlikes_alices_image(bob, alices_public, client_for):
     assert not Like.objects.exists()
 
 
-def test_the_like_form_without_javascript_redirects_back_to_the_image(bob, alices_public,
-                                                                     client_for):
+def test_the_like_form_without_javascript_redirects_back_to_the_image(
+    bob, alices_public, client_for
+):
     response = client_for(bob).post(reverse("gallery:like", args=[alices_public.pk]))
     assert response["Location"] == reverse("gallery:image", args=[alices_public.pk])
     alices_public.refresh_from_db()
@@ -41,8 +42,9 @@ def test_two_members_likes_add_up(alice, bob, carol, alices_public):
 
 def test_bob_cannot_like_alices_private_image(alice, bob, client_for):
     private = make_publication(alice, Visibility.PRIVATE)
-    response = client_for(bob).post(reverse("gallery:like", args=[private.pk]),
-                                    HTTP_ACCEPT="application/json")
+    response = client_for(bob).post(
+        reverse("gallery:like", args=[private.pk]), HTTP_ACCEPT="application/json"
+    )
     assert response.status_code == 404
     assert response.json() == {"error": "There is no such image."}
     with pytest.raises(NotFound):

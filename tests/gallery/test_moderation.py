@@ -18,8 +18,11 @@ from tests.gallery.factories import make_checkpoint, make_publication
 
 
 def _report(client, publication, reason="spam", details=""):
-    return client.post(reverse("gallery:report", args=[publication.pk]),
-                       {"reason": reason, "details": details}, follow=True)
+    return client.post(
+        reverse("gallery:report", args=[publication.pk]),
+        {"reason": reason, "details": details},
+        follow=True,
+    )
 
 
 def test_bob_reports_alices_image_with_a_reason(bob, alices_public, client_for):
@@ -65,16 +68,16 @@ def test_only_staff_open_the_moderation_queue(viewer, status, bob, carol, client
         assert "/login/" in response["Location"]
 
 
-def test_the_queue_lists_reported_images_with_their_reports(bob, carol, alices_public,
-                                                           client_for):
+def test_the_queue_lists_reported_images_with_their_reports(bob, carol, alices_public, client_for):
     moderation.report_publication(bob, alices_public.pk, "harassment", "rude title")
     page = client_for(carol).get(reverse("gallery:moderation")).content.decode()
     assert str(alices_public.pk) in page and "rude title" in page
 
 
 def test_bob_cannot_moderate(bob, alices_public, client_for):
-    response = client_for(bob).post(reverse("gallery:moderate", args=[alices_public.pk]),
-                                    {"action": "hide"})
+    response = client_for(bob).post(
+        reverse("gallery:moderate", args=[alices_public.pk]), {"action": "hide"}
+    )
     assert response.status_code == 403
     assert not Publication.objects.get(pk=alices_public.pk).hidden
     with pytest.raises(NotAllowed):
@@ -84,8 +87,10 @@ def test_bob_cannot_moderate(bob, alices_public, client_for):
 def test_a_hidden_image_vanishes_for_everyone_but_its_author_and_staff(
     alice, bob, carol, alices_public, client_for
 ):
-    client_for(carol).post(reverse("gallery:moderate", args=[alices_public.pk]),
-                           {"action": "hide", "reason": "off-topic"})
+    client_for(carol).post(
+        reverse("gallery:moderate", args=[alices_public.pk]),
+        {"action": "hide", "reason": "off-topic"},
+    )
     page = reverse("gallery:image", args=[alices_public.pk])
     assert client_for(bob).get(page).status_code == 404
     assert client_for(None).get(page).status_code == 404
@@ -100,16 +105,18 @@ def test_a_hidden_image_vanishes_for_everyone_but_its_author_and_staff(
 
 
 def test_restoring_brings_the_image_back(bob, carol, client_for):
-    publication = make_publication(carol.__class__.objects.create_user("dave", "d@example.com"),
-                                   hidden=True)
+    publication = make_publication(
+        carol.__class__.objects.create_user("dave", "d@example.com"), hidden=True
+    )
     moderation.restore_publication(carol, publication, "appeal accepted")
     assert client_for(bob).get(reverse("gallery:image", args=[publication.pk])).status_code == 200
 
 
 def test_resolving_closes_every_open_report(bob, carol, alices_public, client_for):
     moderation.report_publication(bob, alices_public.pk, "spam")
-    client_for(carol).post(reverse("gallery:moderate", args=[alices_public.pk]),
-                           {"action": "dismiss"})
+    client_for(carol).post(
+        reverse("gallery:moderate", args=[alices_public.pk]), {"action": "dismiss"}
+    )
     report = Report.objects.get()
     assert (report.resolution, report.resolved_by) == (Report.Resolution.DISMISSED, carol)
     assert report.resolved_at is not None
@@ -117,8 +124,9 @@ def test_resolving_closes_every_open_report(bob, carol, alices_public, client_fo
 
 
 def test_a_moderator_marks_an_image_mature(carol, alices_public, client_for):
-    client_for(carol).post(reverse("gallery:moderate", args=[alices_public.pk]),
-                           {"action": "mature"})
+    client_for(carol).post(
+        reverse("gallery:moderate", args=[alices_public.pk]), {"action": "mature"}
+    )
     publication = Publication.objects.get(pk=alices_public.pk)
     assert publication.mature and publication.mature_locked
 
@@ -129,8 +137,9 @@ def test_a_moderator_marks_an_image_mature(carol, alices_public, client_for):
 def test_carol_suspends_alice_who_then_cannot_log_in_or_use_tokens(alice, carol, client_for):
     _token, secret = ApiToken.issue(alice, "script")
     alices_browser = client_for(alice)
-    response = client_for(carol).post(reverse("gallery:suspend", args=[alice.pk]),
-                                      {"reason": "spam wave"})
+    response = client_for(carol).post(
+        reverse("gallery:suspend", args=[alice.pk]), {"reason": "spam wave"}
+    )
     assert response.status_code == 302
     alice.refresh_from_db()
     assert not alice.is_active
@@ -141,14 +150,16 @@ def test_carol_suspends_alice_who_then_cannot_log_in_or_use_tokens(alice, carol,
     assert (entry.user, entry.change_message) == (carol, "Suspended: spam wave")
 
 
-def test_suspending_cancels_the_authors_queued_jobs_and_releases_their_holds(alice, carol,
-                                                                             redis_client):
+def test_suspending_cancels_the_authors_queued_jobs_and_releases_their_holds(
+    alice, carol, redis_client
+):
     from accounts import ledger
     from accounts.models import CreditEntry
 
     ledger.credit(alice, Decimal("50"), CreditEntry.Kind.GRANT, reason="test")
-    job = Job.objects.create(owner=alice, params={}, checkpoint=make_checkpoint(),
-                             price=Decimal("5"))
+    job = Job.objects.create(
+        owner=alice, params={}, checkpoint=make_checkpoint(), price=Decimal("5")
+    )
     ledger.hold(alice, job.price, job.pk)
     cancelled = suspend_user(carol, alice, "chargeback")
     job.refresh_from_db()
@@ -163,10 +174,13 @@ def test_reinstating_lets_the_member_back_in(alice, carol):
     assert alice.is_active
 
 
-def test_bob_cannot_suspend_anyone_and_carol_cannot_suspend_herself(alice, bob, carol,
-                                                                    client_for):
-    assert client_for(bob).post(reverse("gallery:suspend", args=[alice.pk]),
-                                {"reason": "x"}).status_code == 403
+def test_bob_cannot_suspend_anyone_and_carol_cannot_suspend_herself(alice, bob, carol, client_for):
+    assert (
+        client_for(bob)
+        .post(reverse("gallery:suspend", args=[alice.pk]), {"reason": "x"})
+        .status_code
+        == 403
+    )
     with pytest.raises(SuspensionError):
         suspend_user(bob, alice, "x")
     with pytest.raises(SuspensionError):

@@ -46,8 +46,10 @@ def _png(infotext: str | None = None, size=(8, 8)) -> bytes:
 
 
 def _upload(client, data: bytes, name: str = "image.png"):
-    return client.post(reverse("gallery:png_info"),
-                       {"image": SimpleUploadedFile(name, data, content_type="image/png")})
+    return client.post(
+        reverse("gallery:png_info"),
+        {"image": SimpleUploadedFile(name, data, content_type="image/png")},
+    )
 
 
 def _send_to_generator_fields(response) -> dict[str, str]:
@@ -64,18 +66,26 @@ def test_the_infotext_we_write_parses_back_to_the_same_parameters(alice):
     params = image.job.params
     fields = infotext_to_fields(parse_infotext(image.infotext))
     assert fields == {
-        "prompt": params["prompt"], "negative_prompt": params["negative_prompt"],
-        "steps": params["steps"], "sampler": params["sampler"], "scheduler": params["scheduler"],
-        "cfg_scale": params["cfg_scale"], "seed": image.seed, "width": params["width"],
-        "height": params["height"], "checkpoint": params["checkpoint"],
+        "prompt": params["prompt"],
+        "negative_prompt": params["negative_prompt"],
+        "steps": params["steps"],
+        "sampler": params["sampler"],
+        "scheduler": params["scheduler"],
+        "cfg_scale": params["cfg_scale"],
+        "seed": image.seed,
+        "width": params["width"],
+        "height": params["height"],
+        "checkpoint": params["checkpoint"],
         "clip_skip": params["clip_skip"],
     }
 
 
 def test_a_current_a1111_infotext_parses():
     parsed = parse_infotext(A1111_CURRENT)
-    assert parsed["Prompt"] == "masterpiece, 1girl, (red scarf:1.2), <lora:foxStyle:0.8>\n" \
+    assert (
+        parsed["Prompt"] == "masterpiece, 1girl, (red scarf:1.2), <lora:foxStyle:0.8>\n"
         "snowy street at dusk"
+    )
     assert parsed["Negative prompt"] == "lowres, bad anatomy"
     assert (parsed["Sampler"], parsed["Schedule type"]) == ("DPM++ 2M", "Karras")
     assert (parsed["Size-1"], parsed["Size-2"]) == ("832", "1216")
@@ -102,7 +112,10 @@ def test_alice_reads_the_parameters_of_one_of_our_images(alice, client_for):
     assert "a watercolor fox in a misty forest" in page and "DPM++ 2M" in page
     fields = _send_to_generator_fields(response)
     assert (fields["seed"], fields["checkpoint"], fields["clip_skip"]) == (
-        str(image.seed), "dreamshaper-8", "2")
+        str(image.seed),
+        "dreamshaper-8",
+        "2",
+    )
 
 
 def test_a_current_a1111_png_goes_to_the_generator_with_its_hires_fix(alice, client_for):
@@ -110,8 +123,12 @@ def test_a_current_a1111_png_goes_to_the_generator_with_its_hires_fix(alice, cli
     fields = _send_to_generator_fields(response)
     assert fields["prompt"].endswith("snowy street at dusk")
     assert (fields["width"], fields["height"], fields["seed"]) == ("832", "1216", "3735928559")
-    assert (fields["hires_enabled"], fields["hires_scale"], fields["hires_second_pass_steps"],
-            fields["hires_denoising_strength"]) == ("on", "1.5", "12", "0.45")
+    assert (
+        fields["hires_enabled"],
+        fields["hires_scale"],
+        fields["hires_second_pass_steps"],
+        fields["hires_denoising_strength"],
+    ) == ("on", "1.5", "12", "0.45")
     assert "checkpoint" not in fields  # no such model here
     assert "is not available to you" in response.content.decode()
 
@@ -120,7 +137,10 @@ def test_a_legacy_png_selects_our_copy_of_its_model_by_hash(alice, client_for):
     make_checkpoint("majicmix-realistic-6", short_hash="e4a30e4607")
     fields = _send_to_generator_fields(_upload(client_for(alice), _png(A1111_LEGACY)))
     assert (fields["checkpoint"], fields["sampler"], fields["scheduler"]) == (
-        "majicmix-realistic-6", "DPM++ SDE", "Karras")
+        "majicmix-realistic-6",
+        "DPM++ SDE",
+        "Karras",
+    )
 
 
 def test_a_jpeg_is_refused_with_a_clear_error(alice, client_for):

@@ -16,21 +16,30 @@ def test_alice_publishes_her_image_with_a_title_from_the_publish_page(alice, cli
     image = make_image(alice)
     client = client_for(alice)
     assert client.get(reverse("gallery:publish", args=[image.pk])).status_code == 200
-    response = client.post(reverse("gallery:publish", args=[image.pk]), {
-        "title": "Fox at dawn", "description": "first try", "visibility": "public",
-    })
+    response = client.post(
+        reverse("gallery:publish", args=[image.pk]),
+        {
+            "title": "Fox at dawn",
+            "description": "first try",
+            "visibility": "public",
+        },
+    )
     publication = Publication.objects.get(pk=image.pk)
     assert response.status_code == 302
     assert response["Location"] == reverse("gallery:image", args=[image.pk])
     assert (publication.title, publication.visibility, publication.owner) == (
-        "Fox at dawn", Visibility.PUBLIC, alice)
+        "Fox at dawn",
+        Visibility.PUBLIC,
+        alice,
+    )
     assert publication.published_at is not None
 
 
 def test_bob_cannot_publish_alices_image(alice, bob, client_for):
     image = make_image(alice)
-    response = client_for(bob).post(reverse("gallery:publish", args=[image.pk]),
-                                    {"visibility": "public"})
+    response = client_for(bob).post(
+        reverse("gallery:publish", args=[image.pk]), {"visibility": "public"}
+    )
     assert response.status_code == 403
     assert "only publish your own images" in response.content.decode()
     assert not Publication.objects.exists()
@@ -72,14 +81,16 @@ def test_bob_cannot_unpublish_alices_image_through_the_page(bob, alices_public, 
 
 def test_alice_cannot_remove_a_moderators_mature_mark(alice, carol, alices_public):
     set_mature(carol, alices_public, True)
-    republished = publish_image(alice, alices_public.image, visibility=Visibility.PUBLIC,
-                                mature=False)
+    republished = publish_image(
+        alice, alices_public.image, visibility=Visibility.PUBLIC, mature=False
+    )
     assert republished.mature is True
 
 
 def test_editing_a_publication_keeps_its_likes_and_first_publication_date(alice, alices_public):
     first = alices_public.published_at
     Publication.objects.filter(pk=alices_public.pk).update(likes_count=3)
-    edited = publish_image(alice, alices_public.image, title="Renamed",
-                           visibility=Visibility.UNLISTED)
+    edited = publish_image(
+        alice, alices_public.image, title="Renamed", visibility=Visibility.UNLISTED
+    )
     assert (edited.title, edited.likes_count, edited.published_at) == ("Renamed", 3, first)

@@ -45,13 +45,22 @@ def test_bobs_remix_link_carries_exactly_the_images_parameters(bob, alices_publi
 
 
 def test_remix_fills_the_hires_fix(alice, bob, client_for):
-    hires = {"scale": 1.5, "resize_x": 0, "resize_y": 0, "upscaler": "Latent",
-             "second_pass_steps": 10, "denoising_strength": 0.45}
+    hires = {
+        "scale": 1.5,
+        "resize_x": 0,
+        "resize_y": 0,
+        "upscaler": "Latent",
+        "second_pass_steps": 10,
+        "denoising_strength": 0.45,
+    }
     publication = make_publication(alice, hires=hires)
     fields = _fields(_remix_link(client_for(bob), publication))
     assert {k: v for k, v in fields.items() if k.startswith("hires_")} == {
-        "hires_enabled": "on", "hires_scale": "1.5", "hires_upscaler": "Latent",
-        "hires_second_pass_steps": "10", "hires_denoising_strength": "0.45",
+        "hires_enabled": "on",
+        "hires_scale": "1.5",
+        "hires_upscaler": "Latent",
+        "hires_second_pass_steps": "10",
+        "hires_denoising_strength": "0.45",
     }
 
 

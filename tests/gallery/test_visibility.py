@@ -15,8 +15,12 @@ EVERYWHERE = set(SURFACES)
 BY_LINK = {"page", "file", "thumbnail", "download"}
 NOWHERE: set[str] = set()
 EXPECTED = {
-    "public": {"alice": EVERYWHERE, "bob": EVERYWHERE, "anonymous": EVERYWHERE,
-               "carol": EVERYWHERE},
+    "public": {
+        "alice": EVERYWHERE,
+        "bob": EVERYWHERE,
+        "anonymous": EVERYWHERE,
+        "carol": EVERYWHERE,
+    },
     "unlisted": {"alice": BY_LINK, "bob": BY_LINK, "anonymous": BY_LINK, "carol": BY_LINK},
     "private": {"alice": BY_LINK, "bob": NOWHERE, "anonymous": NOWHERE, "carol": BY_LINK},
     "hidden": {"alice": EVERYWHERE, "bob": NOWHERE, "anonymous": NOWHERE, "carol": EVERYWHERE},
@@ -38,8 +42,12 @@ def _found_on(client, publication, surface: str) -> bool:
     if surface == "author":
         url = reverse("gallery:author", args=[publication.owner.username])
         return pk in client.get(url).content.decode()
-    names = {"page": "gallery:image", "file": "gallery:image_file",
-             "thumbnail": "gallery:thumbnail", "download": "gallery:download"}
+    names = {
+        "page": "gallery:image",
+        "file": "gallery:image_file",
+        "thumbnail": "gallery:thumbnail",
+        "download": "gallery:download",
+    }
     response = client.get(reverse(names[surface], args=[publication.pk]))
     assert response.status_code in (200, 404), (surface, response.status_code)
     return response.status_code == 200
@@ -57,8 +65,7 @@ def test_each_viewer_finds_the_image_exactly_where_its_visibility_allows(
     assert found == EXPECTED[case][viewer]
 
 
-def test_the_download_is_the_stored_png_with_its_parameters_chunk(alice, alices_public,
-                                                                 client_for):
+def test_the_download_is_the_stored_png_with_its_parameters_chunk(alice, alices_public, client_for):
     import io
 
     from PIL import Image
@@ -74,14 +81,16 @@ def test_the_download_is_the_stored_png_with_its_parameters_chunk(alice, alices_
     assert Image.open(io.BytesIO(body)).format == "PNG"
 
 
-def test_unpublishing_takes_the_image_away_from_everyone_else_at_once(alice, bob, alices_public,
-                                                                     client_for):
+def test_unpublishing_takes_the_image_away_from_everyone_else_at_once(
+    alice, bob, alices_public, client_for
+):
     client_for(alice).post(reverse("gallery:unpublish", args=[alices_public.pk]))
     bobs = client_for(bob)
     assert bobs.get(reverse("gallery:image", args=[alices_public.pk])).status_code == 404
     assert bobs.get(reverse("gallery:image_file", args=[alices_public.pk])).status_code == 404
-    assert client_for(alice).get(
-        reverse("gallery:image", args=[alices_public.pk])).status_code == 200
+    assert (
+        client_for(alice).get(reverse("gallery:image", args=[alices_public.pk])).status_code == 200
+    )
 
 
 def test_an_unknown_image_id_is_a_404_not_an_error(bob, client_for):
@@ -89,8 +98,9 @@ def test_an_unknown_image_id_is_a_404_not_an_error(bob, client_for):
     assert client_for(bob).get(url).status_code == 404
 
 
-def test_the_image_page_shows_author_model_hash_parameters_and_infotext(bob, alices_public,
-                                                                       client_for):
+def test_the_image_page_shows_author_model_hash_parameters_and_infotext(
+    bob, alices_public, client_for
+):
     page = client_for(bob).get(reverse("gallery:image", args=[alices_public.pk])).content.decode()
     assert 'href="/gallery/u/alice/"' in page
     assert "dreamshaper-8" in page and "[6ce0161689]" in page

@@ -16,8 +16,13 @@ from generation.broker import get_broker, reset_for_tests
 from generation.models import CatalogEntry, Job
 from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE, JobEvent
 
-SMALL = {"prompt": "a lighthouse at dusk", "width": 64, "height": 64, "steps": 4,
-         "checkpoint": "model-a"}
+SMALL = {
+    "prompt": "a lighthouse at dusk",
+    "width": 64,
+    "height": 64,
+    "steps": 4,
+    "checkpoint": "model-a",
+}
 
 
 def fund(user: Any, amount: int = 1000) -> Any:
@@ -48,8 +53,12 @@ def carol(carol):
 def catalogue(db) -> dict[str, CatalogEntry]:
     def entry(name: str, kind: str, **extra: Any) -> CatalogEntry:
         return CatalogEntry.objects.create(
-            name=name, kind=kind, family="sd1", filename=f"{kind}/{name}.safetensors",
-            sha256=(name.encode().hex() * 8)[:64], short_hash=(name.encode().hex() * 2)[:10],
+            name=name,
+            kind=kind,
+            family="sd1",
+            filename=f"{kind}/{name}.safetensors",
+            sha256=(name.encode().hex() * 8)[:64],
+            short_hash=(name.encode().hex() * 2)[:10],
             **extra,
         )
 
@@ -91,8 +100,7 @@ def broker(redis_client) -> Iterator[dramatiq.Broker]:
 @pytest.fixture
 def platform_worker(broker, transactional_db) -> Iterator[dramatiq.Worker]:
     """A real Dramatiq worker on the platform queue, as `run_platform_worker` runs it."""
-    worker = dramatiq.Worker(broker, queues={PLATFORM_QUEUE}, worker_threads=2,
-                             worker_timeout=50)
+    worker = dramatiq.Worker(broker, queues={PLATFORM_QUEUE}, worker_threads=2, worker_timeout=50)
     worker.start()
     yield worker
     worker.stop()
@@ -100,8 +108,15 @@ def platform_worker(broker, transactional_db) -> Iterator[dramatiq.Worker]:
 
 def send_event(broker: dramatiq.Broker, event: JobEvent) -> None:
     """What a GPU worker does: a message to the platform actor, by name."""
-    broker.enqueue(dramatiq.Message(queue_name=PLATFORM_QUEUE, actor_name=JOB_EVENT_ACTOR,
-                                    args=(), kwargs={"event": event}, options={}))
+    broker.enqueue(
+        dramatiq.Message(
+            queue_name=PLATFORM_QUEUE,
+            actor_name=JOB_EVENT_ACTOR,
+            args=(),
+            kwargs={"event": event},
+            options={},
+        )
+    )
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:

@@ -38,8 +38,9 @@ def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gpu_worker_process(demo_models: Path, tmp_path_factory: pytest.TempPathFactory
-                       ) -> Iterator[Any]:
+def gpu_worker_process(
+    demo_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """The GPU worker as `python -m gpu_worker` runs it, in-process, on its own broker object
     over the same Redis: it shares no code with the platform beyond gpu_worker.protocol."""
     import redis
@@ -58,9 +59,14 @@ def gpu_worker_process(demo_models: Path, tmp_path_factory: pytest.TempPathFacto
         cache_dir=tmp_path_factory.mktemp("cache"),
     )
     publisher = ChannelPublisher(url)
-    service = WorkerService(engine=engine, broker=broker, redis_client=redis.Redis.from_url(url),
-                            publisher=publisher, worker_id="e2e-" + uuid.uuid4().hex[:6],
-                            progress_interval=0.0)
+    service = WorkerService(
+        engine=engine,
+        broker=broker,
+        redis_client=redis.Redis.from_url(url),
+        publisher=publisher,
+        worker_id="e2e-" + uuid.uuid4().hex[:6],
+        progress_interval=0.0,
+    )
     register_actors(broker, service)
     with running_worker(broker):
         yield service
@@ -87,27 +93,34 @@ def test_two_users_with_different_models_each_get_their_own_models_image(
     from gpu_worker.infotext import read_infotext
 
     alice_api, bob_api = api_client(alice), api_client(bob)
-    alice_api.post("/api/v1/settings/default-model/", {"checkpoint": "atelier-demo-v1"},
-                   format="json")
-    bob_api.post("/api/v1/settings/default-model/", {"checkpoint": "atelier-demo-v2"},
-                 format="json")
+    alice_api.post(
+        "/api/v1/settings/default-model/", {"checkpoint": "atelier-demo-v1"}, format="json"
+    )
+    bob_api.post(
+        "/api/v1/settings/default-model/", {"checkpoint": "atelier-demo-v2"}, format="json"
+    )
     request = {"prompt": "a red fox", "steps": 3, "width": 64, "height": 64, "seed": 42}
     ids = {
         "alice": alice_api.post("/api/v1/jobs/", request, format="json").json()["id"],
         "bob": bob_api.post("/api/v1/jobs/", request, format="json").json()["id"],
     }
-    wait_for(lambda: Job.objects.filter(pk__in=ids.values(), status="succeeded").count() == 2,
-             timeout=60)
-    for user, client, model in ((alice, alice_api, "atelier-demo-v1"),
-                                (bob, bob_api, "atelier-demo-v2")):
+    wait_for(
+        lambda: Job.objects.filter(pk__in=ids.values(), status="succeeded").count() == 2, timeout=60
+    )
+    for user, client, model in (
+        (alice, alice_api, "atelier-demo-v1"),
+        (bob, bob_api, "atelier-demo-v2"),
+    ):
         job = client.get(f"/api/v1/jobs/{ids[user.username]}/").json()
         assert job["checkpoint"] == model and len(job["images"]) == 1
         png = image_bytes(user, job["images"][0]["url"])
         assert f"Model: {model}" in read_infotext(png)
-    alice_png = image_bytes(alice, alice_api.get(f"/api/v1/jobs/{ids['alice']}/").json()
-                            ["images"][0]["url"])
-    bob_png = image_bytes(bob, bob_api.get(f"/api/v1/jobs/{ids['bob']}/").json()
-                          ["images"][0]["url"])
+    alice_png = image_bytes(
+        alice, alice_api.get(f"/api/v1/jobs/{ids['alice']}/").json()["images"][0]["url"]
+    )
+    bob_png = image_bytes(
+        bob, bob_api.get(f"/api/v1/jobs/{ids['bob']}/").json()["images"][0]["url"]
+    )
     assert alice_png != bob_png  # same seed and prompt, different weights
 
 
@@ -122,10 +135,12 @@ async def test_alice_watches_her_job_over_the_websocket_and_cancels_a_running_on
     assert (await ws.connect())[0]
     client = api_client(alice)
     try:
-        post = database_sync_to_async(lambda path, data=None: client.post(path, data,
-                                                                          format="json"))
-        job = (await post("/api/v1/jobs/", {"prompt": "a boat", "steps": 3, "width": 64,
-                                            "height": 64})).json()
+        post = database_sync_to_async(
+            lambda path, data=None: client.post(path, data, format="json")
+        )
+        job = (
+            await post("/api/v1/jobs/", {"prompt": "a boat", "steps": 3, "width": 64, "height": 64})
+        ).json()
         seen = []
         while not seen or seen[-1]["type"] != "job.succeeded":
             event = await ws.receive_json_from(timeout=30)
@@ -135,9 +150,17 @@ async def test_alice_watches_her_job_over_the_websocket_and_cancels_a_running_on
         assert kinds[0] == "job.queued" and "job.started" in kinds and "job.progress" in kinds
         assert seen[-1]["images"][0]["url"].startswith("/images/")
 
-        response = await post("/api/v1/jobs/", {"prompt": "slow", "steps": 50, "width": 64,
-                                                "height": 64, "sampler": "Heun",
-                                                "batch_size": 2})
+        response = await post(
+            "/api/v1/jobs/",
+            {
+                "prompt": "slow",
+                "steps": 50,
+                "width": 64,
+                "height": 64,
+                "sampler": "Heun",
+                "batch_size": 2,
+            },
+        )
         assert response.status_code == 201, response.content
         long = response.json()
         seen_types: set[str] = set()
@@ -150,8 +173,10 @@ async def test_alice_watches_her_job_over_the_websocket_and_cancels_a_running_on
         assert response.status_code == 200
         while True:
             event = await ws.receive_json_from(timeout=30)
-            if event["job_id"] == long["id"] and event["type"] in ("job.cancelled",
-                                                                   "job.succeeded"):
+            if event["job_id"] == long["id"] and event["type"] in (
+                "job.cancelled",
+                "job.succeeded",
+            ):
                 break
         assert event["type"] == "job.cancelled"
         final = await database_sync_to_async(Job.objects.get)(pk=long["id"])

@@ -30,13 +30,26 @@ def dispatched(job: Job) -> Job:
 
 
 def event(job: Job, kind: str, **extra) -> dict:
-    return {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-1", "kind": kind,
-            **extra}
+    return {
+        "job_id": str(job.pk),
+        "attempt": job.attempt,
+        "worker_id": "gpu-1",
+        "kind": kind,
+        **extra,
+    }
 
 
 def succeeded(job: Job, count: int = 1) -> dict:
-    images = [{"png_b64": png_b64(), "seed": 7 + i, "infotext": f"a lighthouse\nSeed: {7 + i}",
-               "width": 64, "height": 64} for i in range(count)]
+    images = [
+        {
+            "png_b64": png_b64(),
+            "seed": 7 + i,
+            "infotext": f"a lighthouse\nSeed: {7 + i}",
+            "width": 64,
+            "height": 64,
+        }
+        for i in range(count)
+    ]
     return event(job, "succeeded", images=images, timings={"sampling_s": 1.5, "total_s": 2.0})
 
 
@@ -115,8 +128,14 @@ def test_a_cancelled_event_finishes_a_running_job(alice, catalogue):
 
 
 def test_an_event_for_an_unknown_job_is_ignored(alice, catalogue):
-    assert not handle_job_event({"job_id": "00000000-0000-0000-0000-000000000000",
-                                 "attempt": 1, "worker_id": "w", "kind": "started"})
+    assert not handle_job_event(
+        {
+            "job_id": "00000000-0000-0000-0000-000000000000",
+            "attempt": 1,
+            "worker_id": "w",
+            "kind": "started",
+        }
+    )
 
 
 def test_terminal_transitions_are_won_only_once(alice, catalogue):

@@ -24,14 +24,37 @@ def png_bytes() -> bytes:
 
 def make_image(owner, checkpoint: CatalogEntry, seed: int = 1234, **params) -> JobImage:
     job = Job.objects.create(
-        owner=owner, status=Job.Status.SUCCEEDED, checkpoint=checkpoint,
-        params={"prompt": "a lighthouse at dusk", "negative_prompt": "fog", "steps": 7,
-                "cfg_scale": 5.5, "width": 64, "height": 64, "seed": seed, "batch_size": 1,
-                "n_iter": 1, "sampler": "Euler a", "scheduler": "Karras", "clip_skip": 1,
-                "checkpoint": checkpoint.name, "mode": "txt2img", "hires": None, **params},
+        owner=owner,
+        status=Job.Status.SUCCEEDED,
+        checkpoint=checkpoint,
+        params={
+            "prompt": "a lighthouse at dusk",
+            "negative_prompt": "fog",
+            "steps": 7,
+            "cfg_scale": 5.5,
+            "width": 64,
+            "height": 64,
+            "seed": seed,
+            "batch_size": 1,
+            "n_iter": 1,
+            "sampler": "Euler a",
+            "scheduler": "Karras",
+            "clip_skip": 1,
+            "checkpoint": checkpoint.name,
+            "mode": "txt2img",
+            "hires": None,
+            **params,
+        },
     )
-    image = JobImage(job=job, owner=owner, index=0, seed=seed, width=64, height=64,
-                     infotext="a lighthouse at dusk\nSteps: 7, Seed: 1234")
+    image = JobImage(
+        job=job,
+        owner=owner,
+        index=0,
+        seed=seed,
+        width=64,
+        height=64,
+        infotext="a lighthouse at dusk\nSteps: 7, Seed: 1234",
+    )
     image.file.save("x.png", ContentFile(png_bytes()), save=False)
     image.save()
     return image
@@ -41,7 +64,7 @@ def page_data(response) -> dict:
     html = response.content.decode()
     start = html.index('id="generator-data"')
     start = html.index(">", start) + 1
-    return json.loads(html[start:html.index("</script>", start)])
+    return json.loads(html[start : html.index("</script>", start)])
 
 
 @pytest.mark.parametrize("name", ["generate", "my_images"])
@@ -88,26 +111,49 @@ def test_the_lora_picker_lists_loras(client, alice, catalogue):
 
 def test_alices_last_parameters_are_restored_on_her_next_visit(client, alice, catalogue):
     UserGenerationSettings.objects.create(
-        user=alice, default_checkpoint=catalogue["b"],
-        last_params={"prompt": "a red bicycle", "negative_prompt": "blurry", "steps": 33,
-                     "cfg_scale": 4.5, "width": 768, "height": 512, "seed": 42,
-                     "sampler": "Euler a", "scheduler": "Karras", "batch_size": 2, "n_iter": 3,
-                     "hires": {"scale": 1.5, "upscaler": "Latent", "second_pass_steps": 5,
-                               "denoising_strength": 0.4}},
+        user=alice,
+        default_checkpoint=catalogue["b"],
+        last_params={
+            "prompt": "a red bicycle",
+            "negative_prompt": "blurry",
+            "steps": 33,
+            "cfg_scale": 4.5,
+            "width": 768,
+            "height": 512,
+            "seed": 42,
+            "sampler": "Euler a",
+            "scheduler": "Karras",
+            "batch_size": 2,
+            "n_iter": 3,
+            "hires": {
+                "scale": 1.5,
+                "upscaler": "Latent",
+                "second_pass_steps": 5,
+                "denoising_strength": 0.4,
+            },
+        },
     )
     client.force_login(alice)
     response = client.get(reverse("generate"))
     html = response.content.decode()
     assert ">a red bicycle</textarea>" in html
     assert ">blurry</textarea>" in html
-    assert 'name="steps" type="number" min="1" max="{}" value="33"'.format(
-        response.context["limits"].max_steps) in html
+    assert (
+        'name="steps" type="number" min="1" max="{}" value="33"'.format(
+            response.context["limits"].max_steps
+        )
+        in html
+    )
     assert '<option value="Euler a" selected>' in html
     assert '<option value="Karras" selected>' in html
     assert '<option value="model-b" selected>' in html
     initial = response.context["initial"]
     assert (initial["width"], initial["height"], initial["batch_size"], initial["n_iter"]) == (
-        768, 512, 2, 3)
+        768,
+        512,
+        2,
+        3,
+    )
     assert initial["hires_scale"] == 1.5
     # A new visit starts from a random seed; the last one is one click away.
     assert initial["seed"] == -1
@@ -227,25 +273,49 @@ def test_the_nav_links_to_both_pages(client, alice):
 
 def test_without_javascript_the_form_submits_a_job_for_alice(client, alice, catalogue):
     client.force_login(alice)
-    response = client.post(reverse("generate"), {
-        "prompt": "a red bicycle", "checkpoint": "model-b", "sampler": "Euler a",
-        "scheduler": "Automatic", "steps": "6", "cfg_scale": "7", "width": "64", "height": "64",
-        "seed": "-1", "batch_size": "1", "n_iter": "1", "clip_skip": "1",
-        "hires_enabled": "on", "hires_scale": "1.5", "hires_upscaler": "Latent",
-        "hires_second_pass_steps": "0", "hires_denoising_strength": "0.5",
-    })
+    response = client.post(
+        reverse("generate"),
+        {
+            "prompt": "a red bicycle",
+            "checkpoint": "model-b",
+            "sampler": "Euler a",
+            "scheduler": "Automatic",
+            "steps": "6",
+            "cfg_scale": "7",
+            "width": "64",
+            "height": "64",
+            "seed": "-1",
+            "batch_size": "1",
+            "n_iter": "1",
+            "clip_skip": "1",
+            "hires_enabled": "on",
+            "hires_scale": "1.5",
+            "hires_upscaler": "Latent",
+            "hires_second_pass_steps": "0",
+            "hires_denoising_strength": "0.5",
+        },
+    )
     assert response.status_code == 302
     job = Job.objects.get(owner=alice)
     assert (job.checkpoint.name, job.params["steps"], job.params["hires"]["scale"]) == (
-        "model-b", 6, 1.5)
+        "model-b",
+        6,
+        1.5,
+    )
 
 
 def test_a_refused_form_names_the_field_and_keeps_what_alice_typed(client, alice, catalogue):
     client.force_login(alice)
-    response = client.post(reverse("generate"), {
-        "prompt": "a red bicycle", "checkpoint": "model-a", "steps": "999", "width": "64",
-        "height": "64",
-    })
+    response = client.post(
+        reverse("generate"),
+        {
+            "prompt": "a red bicycle",
+            "checkpoint": "model-a",
+            "steps": "999",
+            "width": "64",
+            "height": "64",
+        },
+    )
     assert response.status_code == 200
     html = response.content.decode()
     assert "Sampling steps: steps must be between 1 and " in html

@@ -23,10 +23,23 @@ def finished_job(user) -> Job:
     job.mark_dispatched()
     out = io.BytesIO()
     Image.new("RGB", (64, 64), "green").save(out, "PNG")
-    handle_job_event({"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "w",
-                      "kind": "succeeded", "images": [{
-                          "png_b64": base64.b64encode(out.getvalue()).decode(), "seed": 3,
-                          "infotext": "x", "width": 64, "height": 64}]})
+    handle_job_event(
+        {
+            "job_id": str(job.pk),
+            "attempt": job.attempt,
+            "worker_id": "w",
+            "kind": "succeeded",
+            "images": [
+                {
+                    "png_b64": base64.b64encode(out.getvalue()).decode(),
+                    "seed": 3,
+                    "infotext": "x",
+                    "width": 64,
+                    "height": 64,
+                }
+            ],
+        }
+    )
     return job
 
 
@@ -39,8 +52,16 @@ def test_alice_submits_a_job_and_gets_it_back_with_its_place_in_the_queue(
     assert body["status"] == "queued" and body["checkpoint"] == "model-a"
     assert body["position"] == 1 and body["eta"] > 0
     assert body["price"] == "0.01" and body["images"] == []
-    assert set(body) >= {"id", "mode", "params", "created_at", "started_at", "finished_at",
-                         "error", "steps_done"}
+    assert set(body) >= {
+        "id",
+        "mode",
+        "params",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "error",
+        "steps_done",
+    }
     assert alice_api.get(f"/api/v1/jobs/{body['id']}/").json()["id"] == body["id"]
 
 
@@ -48,13 +69,15 @@ def test_an_invalid_job_answers_json_naming_the_field(alice_api, catalogue):
     response = alice_api.post("/api/v1/jobs/", {**SMALL, "steps": 999}, format="json")
     assert response.status_code == 422
     assert response.json()["field"] == "steps" and "between 1 and" in response.json()["detail"]
-    assert alice_api.post("/api/v1/jobs/", {**SMALL, "checkpoint": "../x"},
-                          format="json").json()["detail"] == "unknown model '../x'"
+    assert (
+        alice_api.post("/api/v1/jobs/", {**SMALL, "checkpoint": "../x"}, format="json").json()[
+            "detail"
+        ]
+        == "unknown model '../x'"
+    )
 
 
-def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_job(
-    alice_api, catalogue
-):
+def test_a_retried_post_with_the_same_idempotency_key_returns_the_first_job(alice_api, catalogue):
     first = alice_api.post("/api/v1/jobs/", SMALL, format="json", HTTP_IDEMPOTENCY_KEY="abc")
     again = alice_api.post("/api/v1/jobs/", SMALL, format="json", HTTP_IDEMPOTENCY_KEY="abc")
     assert first.json()["id"] == again.json()["id"]
@@ -82,8 +105,11 @@ def test_an_img2img_job_can_be_uploaded_as_a_form(alice_api, catalogue):
 
 
 def test_the_quote_prices_without_submitting(alice_api, catalogue):
-    response = alice_api.post("/api/v1/jobs/quote/", {"checkpoint": "model-b", "width": 512,
-                                                      "height": 512, "steps": 20}, format="json")
+    response = alice_api.post(
+        "/api/v1/jobs/quote/",
+        {"checkpoint": "model-b", "width": 512, "height": 512, "steps": 20},
+        format="json",
+    )
     assert response.status_code == 200
     assert response.json()["price"] == "2.00" and response.json()["eta_source"] == "default"
     assert not Job.objects.exists()
@@ -141,12 +167,20 @@ def test_the_catalogue_lists_what_alice_may_use(alice_api, catalogue):
 
 
 def test_the_default_model_is_alices_own_choice(alice_api, bob_api, catalogue):
-    assert alice_api.post("/api/v1/settings/default-model/", {"checkpoint": "model-b"},
-                          format="json").status_code == 200
+    assert (
+        alice_api.post(
+            "/api/v1/settings/default-model/", {"checkpoint": "model-b"}, format="json"
+        ).status_code
+        == 200
+    )
     assert alice_api.get("/api/v1/me/").json()["default_checkpoint"] == "model-b"
     assert bob_api.get("/api/v1/me/").json()["default_checkpoint"] == "model-a"
-    assert alice_api.post("/api/v1/settings/default-model/", {"checkpoint": "../etc"},
-                          format="json").status_code == 422
+    assert (
+        alice_api.post(
+            "/api/v1/settings/default-model/", {"checkpoint": "../etc"}, format="json"
+        ).status_code
+        == 422
+    )
 
 
 def test_me_tells_alice_her_limits_and_unfinished_jobs(alice_api, catalogue):
@@ -199,8 +233,12 @@ def test_a_bearer_token_works_for_scripts(alice, catalogue):
 
     _token, secret = ApiToken.issue(alice, "script")
     client = Client()
-    response = client.post("/api/v1/jobs/", SMALL, content_type="application/json",
-                           HTTP_AUTHORIZATION=f"Bearer {secret}")
+    response = client.post(
+        "/api/v1/jobs/",
+        SMALL,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
     assert response.status_code == 201
 
 

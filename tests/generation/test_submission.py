@@ -42,14 +42,20 @@ def refused(alice, **params) -> SubmissionError:
         (lambda lim: {"steps": 0}, "steps", lambda lim: "between 1"),
         (lambda lim: {"cfg_scale": 31}, "cfg_scale", lambda lim: "30"),
         (lambda lim: {"cfg_scale": 0.5}, "cfg_scale", lambda lim: "between 1"),
-        (lambda lim: {"batch_size": lim.max_images, "n_iter": 2}, "batch_size",
-         lambda lim: f"limit is {lim.max_images}"),
+        (
+            lambda lim: {"batch_size": lim.max_images, "n_iter": 2},
+            "batch_size",
+            lambda lim: f"limit is {lim.max_images}",
+        ),
         (lambda lim: {"prompt": "x" * 2001}, "prompt", lambda lim: "2000"),
         (lambda lim: {"negative_prompt": "x" * 2001}, "negative_prompt", lambda lim: "2000"),
         (lambda lim: {"seed": 2**40}, "seed", lambda lim: "between"),
         (lambda lim: {"clip_skip": 13}, "clip_skip", lambda lim: "12"),
-        (lambda lim: {"hires": {"scale": 4}, "width": 512, "height": 512}, "hires",
-         lambda lim: "exceeds"),
+        (
+            lambda lim: {"hires": {"scale": 4}, "width": 512, "height": 512},
+            "hires",
+            lambda lim: "exceeds",
+        ),
     ],
 )
 def test_every_limit_is_refused_naming_the_field_and_the_limit(
@@ -135,7 +141,8 @@ def test_a_job_is_priced_by_its_work_and_the_model_multiplier(alice, catalogue):
     hires = {**base, "hires": {"scale": 2.0, "second_pass_steps": 10, "denoising_strength": 1}}
     assert price_job(hires, catalogue["a"]) == Decimal("3.00")
     assert price_job({**base, "width": 64, "height": 64, "steps": 4}, catalogue["a"]) == Decimal(
-        "0.01")
+        "0.01"
+    )
 
 
 def test_the_users_default_model_is_used_when_none_is_named(alice, bob, catalogue):

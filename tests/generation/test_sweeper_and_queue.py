@@ -93,14 +93,30 @@ def test_a_running_job_whose_worker_still_beats_on_it_is_left_alone(
 def test_the_catalogue_imports_worker_inventories_and_marks_missing_models(
     catalogue, redis_client, tmp_path
 ):
-    beat = {"worker_id": "gpu-1", "current_job": None, "inventory": [
-        {"name": "model-a", "filename": "Stable-diffusion/model-a.safetensors",
-         "kind": "checkpoint", "family": "sd1", "size_bytes": 10, "sha256": "ab" * 32,
-         "short_hash": "abababab12"},
-        {"name": "atelier-demo-v1", "filename": "Stable-diffusion/atelier-demo-v1.safetensors",
-         "kind": "checkpoint", "family": "sd1", "size_bytes": 5, "sha256": "cd" * 32,
-         "short_hash": "cdcdcdcdcd"},
-    ]}
+    beat = {
+        "worker_id": "gpu-1",
+        "current_job": None,
+        "inventory": [
+            {
+                "name": "model-a",
+                "filename": "Stable-diffusion/model-a.safetensors",
+                "kind": "checkpoint",
+                "family": "sd1",
+                "size_bytes": 10,
+                "sha256": "ab" * 32,
+                "short_hash": "abababab12",
+            },
+            {
+                "name": "atelier-demo-v1",
+                "filename": "Stable-diffusion/atelier-demo-v1.safetensors",
+                "kind": "checkpoint",
+                "family": "sd1",
+                "size_bytes": 5,
+                "sha256": "cd" * 32,
+                "short_hash": "cdcdcdcdcd",
+            },
+        ],
+    }
     redis_client.set("atelier:worker:gpu-1", json.dumps(beat))
     redis_client.sadd("atelier:workers", "gpu-1", "gpu-dead")
     counts = sync_catalogue(models_dir=tmp_path / "none")
@@ -128,8 +144,11 @@ def finished(user, checkpoint: str, seconds: float, width: int = 64) -> Job:
     job = submit_job(user, {**SMALL, "checkpoint": checkpoint, "width": width})
     start = timezone.now() - timedelta(minutes=1)
     Job.objects.filter(pk=job.pk).update(
-        status="succeeded", started_at=start, finished_at=start + timedelta(seconds=seconds),
-        timings={"sampling_s": seconds, "total_s": seconds + 1})
+        status="succeeded",
+        started_at=start,
+        finished_at=start + timedelta(seconds=seconds),
+        timings={"sampling_s": seconds, "total_s": seconds + 1},
+    )
     return job
 
 

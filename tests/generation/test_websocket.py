@@ -20,13 +20,15 @@ def session_headers(user) -> list[tuple[bytes, bytes]]:
     client = Client()
     client.force_login(user)
     cookie = f"sessionid={client.cookies['sessionid'].value}"
-    return [(b"cookie", cookie.encode()), (b"origin", b"http://127.0.0.1"),
-            (b"host", b"127.0.0.1")]
+    return [(b"cookie", cookie.encode()), (b"origin", b"http://127.0.0.1"), (b"host", b"127.0.0.1")]
 
 
 async def connect(user=None, origin: bytes = b"http://127.0.0.1") -> WebsocketCommunicator:
-    headers = await database_sync_to_async(session_headers)(user) if user else [
-        (b"origin", origin), (b"host", b"127.0.0.1")]
+    headers = (
+        await database_sync_to_async(session_headers)(user)
+        if user
+        else [(b"origin", origin), (b"host", b"127.0.0.1")]
+    )
     communicator = WebsocketCommunicator(application, "/ws/jobs/", headers=headers)
     return communicator
 
@@ -79,8 +81,14 @@ async def test_alice_receives_her_events_and_bob_does_not(alice, bob, catalogue,
         job = await database_sync_to_async(submit_job)(alice, SMALL)  # published on commit
         queued = await alice_ws.receive_json_from(timeout=3)
         assert queued["type"] == "job.queued" and queued["job_id"] == str(job.pk)
-        progress = {"type": "job.progress", "job_id": str(job.pk), "step": 2, "steps": 4,
-                    "eta": 1.0, "preview": None}
+        progress = {
+            "type": "job.progress",
+            "job_id": str(job.pk),
+            "step": 2,
+            "steps": 4,
+            "eta": 1.0,
+            "preview": None,
+        }
         await database_sync_to_async(send_to_user)(alice.pk, progress)
         assert await alice_ws.receive_json_from(timeout=3) == progress
         assert await bob_ws.receive_nothing(timeout=0.3)

@@ -29,23 +29,33 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--threads", type=int, default=2)
-        parser.add_argument("--sweep-interval", type=float, default=5.0,
-                            help="seconds between sweeps (default 5)")
-        parser.add_argument("--catalogue-interval", type=float, default=15.0,
-                            help="seconds between catalogue syncs (default 15)")
-        parser.add_argument("--no-periodic", action="store_true",
-                            help="only consume events (another process sweeps)")
+        parser.add_argument(
+            "--sweep-interval", type=float, default=5.0, help="seconds between sweeps (default 5)"
+        )
+        parser.add_argument(
+            "--catalogue-interval",
+            type=float,
+            default=15.0,
+            help="seconds between catalogue syncs (default 15)",
+        )
+        parser.add_argument(
+            "--no-periodic",
+            action="store_true",
+            help="only consume events (another process sweeps)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         broker = get_broker()
-        worker = dramatiq.Worker(broker, queues={PLATFORM_QUEUE},
-                                 worker_threads=options["threads"], worker_timeout=50)
+        worker = dramatiq.Worker(
+            broker, queues={PLATFORM_QUEUE}, worker_threads=options["threads"], worker_timeout=50
+        )
         worker.start()
-        self.stdout.write(f"platform worker consuming {PLATFORM_QUEUE!r} "
-                          f"({options['threads']} threads)")
+        self.stdout.write(
+            f"platform worker consuming {PLATFORM_QUEUE!r} ({options['threads']} threads)"
+        )
         try:
             if options["no_periodic"]:
                 stop.wait()
@@ -74,8 +84,11 @@ class Command(BaseCommand):
                         logger.info("periodic credits granted to %s accounts", granted)
                 report = sweep()
                 if report.redispatched or report.failed:
-                    logger.info("sweep: re-dispatched %d, failed %d",
-                                len(report.redispatched), len(report.failed))
+                    logger.info(
+                        "sweep: re-dispatched %d, failed %d",
+                        len(report.redispatched),
+                        len(report.failed),
+                    )
             except Exception:  # the loop must outlive a bad pass; the next one retries
                 logger.exception("periodic pass failed")
             finally:
