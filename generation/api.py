@@ -19,6 +19,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.ledger import account_for
+from accounts.tiers import effective_tier
 from generation.images import delete_image
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
@@ -214,6 +216,7 @@ class MeView(APIView):
         user = request.user
         row = UserGenerationSettings.objects.filter(user=user).first()
         model = default_checkpoint(user)
+        account = account_for(user)
         return Response(
             MeSerializer(
                 {
@@ -221,8 +224,8 @@ class MeView(APIView):
                     "username": user.get_username(),
                     "email": user.email,
                     "is_staff": user.is_staff,
-                    "balance": None,
-                    "tier": None,
+                    "balance": account.balance,
+                    "tier": effective_tier(account).name,
                     "default_checkpoint": model.name if model else None,
                     "last_params": row.last_params if row else {},
                     "limits": dataclasses.asdict(limits_for(user)),

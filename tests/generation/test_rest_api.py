@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from decimal import Decimal
 
 import pytest
 from django.test import Client
@@ -187,6 +188,21 @@ def test_me_tells_alice_her_limits_and_unfinished_jobs(alice_api, catalogue):
     body = alice_api.get("/api/v1/me/").json()
     assert body["username"] == "alice" and body["limits"]["max_steps"] > 0
     assert body["unfinished_jobs"] == 0
+
+
+def test_me_shows_alices_own_balance_and_tier_which_a_submission_reduces(
+    alice, alice_api, catalogue
+):
+    from accounts.ledger import account_for
+
+    before = alice_api.get("/api/v1/me/").json()
+    assert Decimal(before["balance"]) == account_for(alice).balance
+    assert before["tier"] == "Free"
+    price = Decimal(
+        alice_api.post("/api/v1/jobs/", {"prompt": "a cat"}, format="json").json()["price"]
+    )
+    after = alice_api.get("/api/v1/me/").json()
+    assert Decimal(after["balance"]) == Decimal(before["balance"]) - price
 
 
 def test_alice_lists_filters_and_deletes_her_images(alice, alice_api, catalogue):
