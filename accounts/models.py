@@ -345,57 +345,52 @@ class CreditEntry(models.Model):
 # --- payments ----------------------------------------------------------------------------------
 
 
-class CreditPack(models.Model):
+class ShopItem(models.Model):
+    """What packs and plans share: a name, a price in cents, and a place in the shop."""
+
     name = models.CharField(_("name"), max_length=100)
-    credits = money_field(_("credits"))
     price_cents = models.PositiveIntegerField(_("price (cents)"))
     currency = models.CharField(_("currency"), max_length=3, default="usd")
     active = models.BooleanField(_("on sale"), default=True)
     position = models.PositiveIntegerField(default=0)
 
     class Meta:
+        abstract = True
         ordering = ["position", "price_cents"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def price(self) -> Decimal:
+        return Decimal(self.price_cents) / 100
+
+
+class CreditPack(ShopItem):
+    credits = money_field(_("credits"))
+
+    class Meta(ShopItem.Meta):
         verbose_name = _("credit pack")
         constraints = [
             models.CheckConstraint(condition=Q(credits__gt=0), name="pack_credits_positive"),
             models.CheckConstraint(condition=Q(price_cents__gt=0), name="pack_price_positive"),
         ]
 
-    def __str__(self) -> str:
-        return self.name
 
-    @property
-    def price(self) -> Decimal:
-        return Decimal(self.price_cents) / 100
-
-
-class MembershipPlan(models.Model):
+class MembershipPlan(ShopItem):
     """A tier bought for a number of days (one payment, no subscription), with its credits."""
 
-    name = models.CharField(_("name"), max_length=100)
     tier = models.ForeignKey(MembershipTier, on_delete=models.PROTECT, related_name="plans")
     days = models.PositiveIntegerField(_("days"), default=30)
     credits = money_field(_("credits included"))
-    price_cents = models.PositiveIntegerField(_("price (cents)"))
-    currency = models.CharField(_("currency"), max_length=3, default="usd")
-    active = models.BooleanField(_("on sale"), default=True)
-    position = models.PositiveIntegerField(default=0)
 
-    class Meta:
-        ordering = ["position", "price_cents"]
+    class Meta(ShopItem.Meta):
         verbose_name = _("membership plan")
         constraints = [
             models.CheckConstraint(condition=Q(credits__gte=0), name="plan_credits_not_negative"),
             models.CheckConstraint(condition=Q(price_cents__gt=0), name="plan_price_positive"),
             models.CheckConstraint(condition=Q(days__gt=0), name="plan_days_positive"),
         ]
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def price(self) -> Decimal:
-        return Decimal(self.price_cents) / 100
 
 
 class Purchase(models.Model):
