@@ -4,7 +4,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -13,8 +12,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from accounts import ledger
+from accounts import staff_actions
 from accounts.forms import AdjustBalanceForm
+from accounts.member_admin import MemberAdmin
 from accounts.models import (
     ApiToken,
     CreditAccount,
@@ -29,10 +29,7 @@ from accounts.models import (
     User,
 )
 
-
-@admin.register(User)
-class AtelierUserAdmin(UserAdmin):
-    list_display = ("username", "email", "is_active", "is_staff", "date_joined")
+admin.site.register(User, MemberAdmin)
 
 
 @admin.register(ApiToken)
@@ -40,7 +37,14 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ("name", "user", "hint", "created_at", "last_used_at", "revoked_at")
     list_filter = ("revoked_at",)
     search_fields = ("name", "user__username")
-    readonly_fields = ("token_hash", "hint", "created_at", "last_used_at")
+    readonly_fields = ("token_hash", "hint", "created_at", "last_used_at", "revoked_at")
+    list_select_related = ("user",)
+    actions = ["revoke_tokens"]
+
+    @admin.action(description=_("Revoke selected tokens"), permissions=["change"])
+    def revoke_tokens(self, request: HttpRequest, queryset: Any) -> None:
+        revoked = sum(staff_actions.revoke_token(request.user, token) for token in queryset)
+        self.message_user(request, _("%(n)d token(s) revoked.") % {"n": revoked})
 
 
 # --- credits ------------------------------------------------------------------------------------
@@ -123,7 +127,8 @@ class CreditAccountAdmin(admin.ModelAdmin):
     search_fields = ("user__username", "user__email")
     list_select_related = ("user", "tier")
     fields = ("user", "tier", "tier_expires_at", "balance", "held", "adjust_link")
-    readonly_fields = ("user", "balance", "held", "adjust_link")
+    # Tier and balance change only through the member actions, which ask why and log it.
+    readonly_fields = ("user", "tier", "tier_expires_at", "balance", "held", "adjust_link")
     actions = ["adjust_balance"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -135,7 +140,14 @@ class CreditAccountAdmin(admin.ModelAdmin):
     @admin.display(description=_("Adjust"))
     def adjust_link(self, obj: CreditAccount) -> str:
         url = reverse("admin:accounts_creditaccount_adjust", args=[obj.pk])
-        return format_html('<a href="{}">{}</a>', url, _("Adjust the balance…"))
+        tier_url = reverse("admin:accounts_user_member_action", args=[obj.pk, "tier"])
+        return format_html(
+            '<a href="{}">{}</a> · <a href="{}">{}</a>',
+            url,
+            _("Adjust the balance…"),
+            tier_url,
+            _("Change the tier…"),
+        )
 
     def get_urls(self) -> list[Any]:
         return [
@@ -161,14 +173,14 @@ class CreditAccountAdmin(admin.ModelAdmin):
         form = AdjustBalanceForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             try:
-                ledger.adjust(
+                staff_actions.adjust_credits(
+                    request.user,
                     account.user,
                     form.cleaned_data["amount"],
-                    actor=request.user,
-                    reason=form.cleaned_data["reason"],
+                    form.cleaned_data["reason"],
                 )
-            except (ledger.InsufficientCredits, ledger.LedgerError) as exc:
-                form.add_error("amount", str(exc))
+            except staff_actions.StaffActionError as exc:
+                form.add_error("amount", exc.message)
             else:
                 self.message_user(request, _("Balance adjusted."), messages.SUCCESS)
                 return redirect("admin:accounts_creditaccount_change", account.pk)

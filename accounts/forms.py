@@ -6,7 +6,7 @@ from django import forms
 from django.contrib.auth.forms import UserCreationForm
 from django.utils.translation import gettext_lazy as _
 
-from accounts.models import User
+from accounts.models import MembershipTier, User
 
 
 class SignUpForm(UserCreationForm):
@@ -52,3 +52,19 @@ class AdjustBalanceForm(forms.Form):
         if amount == 0:
             raise forms.ValidationError(_("An adjustment must change the balance."))
         return amount
+
+
+class TierChangeForm(forms.Form):
+    tier = forms.ModelChoiceField(label=_("Tier"), queryset=MembershipTier.objects.all())
+    until = forms.DateTimeField(
+        label=_("Until"),
+        required=False,
+        help_text=_("Back to the default tier after this (YYYY-MM-DD HH:MM); empty: no end"),
+    )
+    reason = forms.CharField(label=_("Reason"), max_length=500)
+
+
+class ReasonForm(forms.Form):
+    """Suspending or reinstating a member: only the reason, which the log keeps."""
+
+    reason = forms.CharField(label=_("Reason"), max_length=500)

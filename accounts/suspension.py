@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.contrib.admin.models import CHANGE, LogEntry
-from django.contrib.auth import get_user_model
+from django.contrib.admin.models import LogEntry
 from django.db import transaction
 from django.utils.translation import gettext as _
+
+from accounts.staff_actions import log_member_change
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +37,6 @@ def _check(actor: Any, user: Any, reason: str) -> None:
         raise SuspensionError(_("Give a reason: it is kept in the log."))
 
 
-def _log(actor: Any, user: Any, message: str) -> None:
-    LogEntry.objects.log_actions(
-        user_id=actor.pk,
-        queryset=get_user_model()._default_manager.filter(pk=user.pk),
-        action_flag=CHANGE,
-        change_message=message,
-        single_object=True,
-    )
-
-
 def suspend_user(actor: Any, user: Any, reason: str) -> int:
     """Deactivate `user` and cancel their unfinished jobs (releasing credit holds).
 
@@ -57,7 +48,7 @@ def suspend_user(actor: Any, user: Any, reason: str) -> int:
     _check(actor, user, reason)
     with transaction.atomic():
         type(user)._default_manager.filter(pk=user.pk).update(is_active=False)
-        _log(actor, user, f"Suspended: {reason.strip()}")
+        log_member_change(actor, user, f"Suspended: {reason.strip()}")
     user.is_active = False
     cancelled = 0
     # After the commit: no new job can start (the user is inactive), so this empties the queue.
@@ -76,7 +67,7 @@ def reinstate_user(actor: Any, user: Any, reason: str) -> None:
     _check(actor, user, reason)
     with transaction.atomic():
         type(user)._default_manager.filter(pk=user.pk).update(is_active=True)
-        _log(actor, user, f"Reinstated: {reason.strip()}")
+        log_member_change(actor, user, f"Reinstated: {reason.strip()}")
     user.is_active = True
 
 
