@@ -76,3 +76,29 @@ def expire_tiers(now: datetime | None = None) -> int:
     return CreditAccount.objects.filter(tier_expires_at__lte=now).update(
         tier=default, tier_expires_at=None, updated_at=now
     )
+
+
+def tiers_allowing(model_name: str) -> list[MembershipTier]:
+    """Tiers whose members may use the catalogue entry named `model_name`."""
+    return [tier for tier in MembershipTier.objects.all() if tier.allows_model(model_name)]
+
+
+def set_model_tiers(model_name: str, tiers: Any, *, previous_name: str | None = None) -> None:
+    """Make exactly `tiers` (among those not allowing every model) list `model_name`.
+
+    Seen from the catalogue side: the lists live on the tiers. A renamed entry takes its old
+    name's place first, so no tier keeps a name that no longer exists."""
+    chosen = {tier.pk for tier in tiers}
+    with transaction.atomic():
+        for tier in MembershipTier.objects.select_for_update().filter(all_models=False):
+            names = list(tier.allowed_models or [])
+            if previous_name and previous_name != model_name and previous_name in names:
+                names = [model_name if n == previous_name else n for n in names]
+            if tier.pk in chosen and model_name not in names:
+                names.append(model_name)
+            elif tier.pk not in chosen and model_name in names:
+                names.remove(model_name)
+            if names != list(tier.allowed_models or []):
+                MembershipTier.objects.filter(pk=tier.pk).update(
+                    allowed_models=list(dict.fromkeys(names))
+                )

@@ -36,6 +36,14 @@ def init_image_upload_to(instance: Any, filename: str) -> str:
     return _random_name("init", "png")
 
 
+PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+
+
+def preview_upload_to(instance: Any, filename: str) -> str:
+    extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    return _random_name("previews", extension if extension in PREVIEW_EXTENSIONS else "png")
+
+
 class CatalogEntryQuerySet(models.QuerySet["CatalogEntry"]):
     def visible_to(self, user: Any) -> CatalogEntryQuerySet:
         """What `user` may pick: enabled entries, checkpoints limited to those of their tier."""
@@ -87,6 +95,7 @@ class CatalogEntry(models.Model):
         help_text=_("sampler, scheduler, steps, cfg_scale, width, height, clip_skip"),
     )
     trigger_words = models.CharField(max_length=500, blank=True)
+    preview = models.ImageField(_("preview image"), upload_to=preview_upload_to, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -150,14 +150,16 @@ def _strip_model_name(name: str) -> str:
 
 
 def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
-    """Find an entry by catalogue key. An unknown, disabled or forbidden name reads the same."""
-    entry = (
-        CatalogEntry.objects.visible_to(user)
-        .filter(kind=kind, name=_strip_model_name(name))
-        .first()
-    )
+    """Find an entry by catalogue key. An unknown or disabled name reads the same; one the
+    user's tier leaves out says so (the pricing page lists the tiers anyway)."""
+    key = _strip_model_name(name)
+    entry = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).first()
     label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE"}.get(kind, kind)
     if entry is None:
+        if CatalogEntry.objects.filter(kind=kind, name=key, enabled=True).exists():
+            raise SubmissionError(
+                field, f"your membership tier does not include the {label} {name!r}", 403
+            )
         raise SubmissionError(field, f"unknown {label} {name!r}", 422)
     if not entry.available:
         raise SubmissionError(field, f"{label} {name!r} is not available on any worker now", 409)

@@ -41,3 +41,109 @@ def test_a_member_cannot_reach_the_jobs_admin(client, alice):
     response = client.get(reverse("admin:generation_job_changelist"))
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+# --- re-dispatch, detail and filters ----------------------------------------------------------
+
+
+@pytest.fixture
+def jobs_admin(client, carol):
+    carol.user_permissions.add(*Permission.objects.filter(codename__in=["view_job", "change_job"]))
+    client.force_login(carol)
+    return client
+
+
+def redispatch(client, *jobs):
+    return client.post(
+        reverse("admin:generation_job_changelist"),
+        {"action": "redispatch_jobs", "_selected_action": [str(j.pk) for j in jobs]},
+        follow=True,
+    ).content.decode()
+
+
+def test_carol_redispatches_a_stuck_queued_job_as_its_next_attempt(
+    jobs_admin, alice, demo_checkpoint, redis_client
+):
+    from generation.dispatch import MESSAGE_ID_KEY
+    from gpu_worker.protocol import GPU_QUEUE
+
+    job = submit_job(alice, {"prompt": "a cat", "checkpoint": "model-a"})
+    redis_client.flushdb()  # Redis lost the message (restart, flush)
+    html = redispatch(jobs_admin, job)
+    job.refresh_from_db()
+    assert job.attempt == 2
+    assert f"Job {job.pk}: sent again as attempt 2." in html
+    message_id = redis_client.get(MESSAGE_ID_KEY.format(job_id=job.pk))
+    assert redis_client.hexists(f"dramatiq:{GPU_QUEUE}.msgs", message_id)
+
+
+def test_redispatch_refuses_a_running_job_whose_worker_is_gone(
+    jobs_admin, alice, demo_checkpoint, redis_client
+):
+    job = submit_job(alice, {"prompt": "a cat", "checkpoint": "model-a"})
+    job.mark_running("gpu-vanished", job.attempt)
+    html = redispatch(jobs_admin, job)
+    assert "its worker gpu-vanished is gone: the sweeper settles such a job on its own" in html
+    job.refresh_from_db()
+    assert (job.status, job.attempt) == (Job.Status.RUNNING, 1)
+
+
+def test_redispatch_leaves_a_job_on_a_live_worker_and_a_finished_one_alone(
+    jobs_admin, alice, demo_checkpoint, redis_client
+):
+    from gpu_worker.protocol import HEARTBEAT_KEY
+
+    running = submit_job(alice, {"prompt": "a cat", "checkpoint": "model-a"})
+    running.mark_running("gpu-1", running.attempt)
+    redis_client.set(HEARTBEAT_KEY.format(worker_id="gpu-1"), "{}", ex=15)
+    done = submit_job(alice, {"prompt": "a dog", "checkpoint": "model-a"})
+    done.mark_succeeded(done.attempt)
+    html = redispatch(jobs_admin, running, done)
+    assert "running on gpu-1, which is alive: it is not stuck." in html
+    assert "already finished (Succeeded)." in html
+    assert Job.objects.filter(attempt=1).count() == 2
+
+
+def test_the_job_page_shows_parameters_timings_per_hop_the_error_and_images(
+    jobs_admin, alice, demo_checkpoint
+):
+    from datetime import timedelta
+
+    from tests.gallery.factories import make_image
+
+    image = make_image(alice, checkpoint=demo_checkpoint)
+    job = image.job
+    started = job.created_at + timedelta(seconds=4)
+    Job.objects.filter(pk=job.pk).update(
+        dispatched_at=job.created_at + timedelta(seconds=1),
+        started_at=started,
+        finished_at=started + timedelta(seconds=6),
+        error="nothing really",
+        timings={"queued_s": 2.5, "model_load_s": 3.25, "model_loaded": True, "sampling_s": 2},
+    )
+    html = jobs_admin.get(reverse("admin:generation_job_change", args=[job.pk])).content.decode()
+    assert "&quot;prompt&quot;" in html  # the parameters, as JSON
+    assert "submitted -&gt; dispatched</th><td>1.00 s" in html
+    assert "submitted -&gt; started (wait)</th><td>4.00 s" in html
+    assert "getting the model</th><td>3.25 s (loaded)" in html
+    assert "started -&gt; finished (run)</th><td>6.00 s" in html
+    assert "nothing really" in html
+    assert reverse("generation-image-thumb", args=[image.pk]) in html
+
+
+def test_the_jobs_list_filters_by_worker_model_and_owner(jobs_admin, alice, bob, demo_checkpoint):
+    from generation.models import CatalogEntry
+
+    other = CatalogEntry.objects.create(name="model-b", kind="checkpoint")
+    a = Job.objects.create(owner=alice, checkpoint=demo_checkpoint, params={}, worker_id="gpu-1")
+    b = Job.objects.create(owner=bob, checkpoint=other, params={}, worker_id="gpu-2")
+
+    def listed(**query):
+        response = jobs_admin.get(reverse("admin:generation_job_changelist"), query)
+        assert response.status_code == 200
+        return {j.pk for j in response.context["cl"].result_list}
+
+    assert listed(worker="gpu-2") == {b.pk}
+    assert listed(checkpoint__id__exact=demo_checkpoint.pk) == {a.pk}
+    assert listed(owner__id__exact=bob.pk) == {b.pk}
+    assert listed(status="queued") == {a.pk, b.pk}
