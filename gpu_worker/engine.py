@@ -212,8 +212,10 @@ class Engine:
             raise JobFailed(str(exc)) from exc
         try:
             t0 = time.perf_counter()
+            loads_before = self.cache.stats.loads  # one job at a time: the counter is ours
             pipe = self.pipeline(checkpoint, vae)
             load_s = time.perf_counter() - t0
+            model_loaded = self.cache.stats.loads > loads_before
             run = _Run(self, request, pipe, choice, observer)
             run.embeddings = self._load_embeddings(embedding_items, pipe, run.family)
             run.embedding_hashes = {
@@ -236,6 +238,7 @@ class Engine:
                 ) from exc
             raise
         result.timings["model_load_s"] = round(load_s, 4)
+        result.timings["model_loaded"] = model_loaded  # from disk, not a cache hit (ops page)
         result.timings["total_s"] = round(time.perf_counter() - started, 4)
         return result
 

@@ -83,6 +83,7 @@ class ResultImage(TypedDict):
 class JobTimings(TypedDict, total=False):
     queued_s: float  # from the Dramatiq message's enqueue time to the worker starting it
     model_load_s: float
+    model_loaded: bool  # True: read from disk for this job; False: the cache had it
     sampling_s: float
     encode_s: float
     total_s: float

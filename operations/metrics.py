@@ -7,11 +7,16 @@ import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Count
+from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
+from accounts.models import MembershipTier
 from generation.models import Job
+from operations.credit_metrics import credits_per_day
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -80,14 +85,34 @@ def queue_depth_by_model() -> list[tuple[str, int]]:
     return [(row["checkpoint__name"], row["n"]) for row in rows]
 
 
-def jobs_per_hour(hours: int = 24, now: datetime | None = None) -> list[tuple[datetime, int]]:
-    """Jobs submitted per hour over the last `hours`, oldest first, empty hours included."""
+def queue_depth_by_tier() -> list[tuple[str, int]]:
+    """Queued jobs by their owner's tier (a user with no account yet is on the default)."""
+    rows = (
+        Job.objects.queued()
+        .values("owner__credit_account__tier__name")
+        .annotate(n=Count("id"))
+        .values_list("owner__credit_account__tier__name", "n")
+    )
+    depth: dict[str, int] = {}
+    default_name = None
+    for name, n in rows:
+        if name is None:
+            default_name = default_name or MembershipTier.objects.default().name
+            name = default_name
+        depth[name] = depth.get(name, 0) + n
+    return sorted(depth.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _per_hour(
+    rows: QuerySet, field: str, hours: int, now: datetime | None
+) -> list[tuple[datetime, int]]:
+    """Rows per hour of `field` over the last `hours`, oldest first, empty hours included."""
     now = now or timezone.now()
     end = now.replace(minute=0, second=0, microsecond=0)
     start = end - timedelta(hours=hours - 1)
     counts = dict(
-        Job.objects.filter(created_at__gte=start)
-        .annotate(hour=TruncHour("created_at"))
+        rows.filter(**{f"{field}__gte": start})
+        .annotate(hour=TruncHour(field))
         .values("hour")
         .annotate(n=Count("id"))
         .values_list("hour", "n")
@@ -98,10 +123,63 @@ def jobs_per_hour(hours: int = 24, now: datetime | None = None) -> list[tuple[da
     ]
 
 
+def jobs_per_hour(hours: int = 24, now: datetime | None = None) -> list[tuple[datetime, int]]:
+    """Jobs submitted per hour over the last `hours`, oldest first, empty hours included."""
+    return _per_hour(Job.objects.all(), "created_at", hours, now)
+
+
+def model_loads_per_hour(
+    hours: int = 24, now: datetime | None = None
+) -> list[tuple[datetime, int]]:
+    """Jobs whose worker had to load the model (a cache miss: `timings.model_loaded`), by the
+    hour they finished. Many loads mean workers thrash their caches between models."""
+    return _per_hour(Job.objects.filter(timings__model_loaded=True), "finished_at", hours, now)
+
+
+@dataclass(frozen=True)
+class WorkerUtilisation:
+    worker_id: str
+    busy_hour_s: float
+    busy_day_s: float
+
+    @property
+    def hour_fraction(self) -> float:
+        return min(self.busy_hour_s / HOUR.total_seconds(), 1.0)
+
+    @property
+    def day_fraction(self) -> float:
+        return min(self.busy_day_s / DAY.total_seconds(), 1.0)
+
+
+def _overlap_s(start: datetime, end: datetime, since: datetime, until: datetime) -> float:
+    return max(0.0, (min(end, until) - max(start, since)).total_seconds())
+
+
+def worker_utilisation(now: datetime | None = None) -> list[WorkerUtilisation]:
+    """Busy seconds per worker (started -> finished, or now while running) inside the last
+    hour and day, from the job rows: the database, not the heartbeats, which expire."""
+    now = now or timezone.now()
+    day_ago = now - DAY
+    rows = (
+        Job.objects.filter(started_at__isnull=False)
+        .exclude(worker_id="")
+        .filter(Q(finished_at__gt=day_ago) | Q(finished_at__isnull=True, status=Job.Status.RUNNING))
+        .values_list("worker_id", "started_at", "finished_at")
+    )
+    busy: dict[str, list[float]] = {}
+    for worker_id, started, finished in rows:
+        end = finished or now
+        totals = busy.setdefault(worker_id, [0.0, 0.0])
+        totals[0] += _overlap_s(started, end, now - HOUR, now)
+        totals[1] += _overlap_s(started, end, day_ago, now)
+    return [WorkerUtilisation(w, hour, day) for w, (hour, day) in sorted(busy.items())]
+
+
 def overview(now: datetime | None = None) -> dict[str, object]:
     now = now or timezone.now()
     return {
         "queue_by_model": queue_depth_by_model(),
+        "queue_by_tier": queue_depth_by_tier(),
         "queued_total": Job.objects.queued().count(),
         "running_total": Job.objects.running().count(),
         "windows": [
@@ -109,4 +187,7 @@ def overview(now: datetime | None = None) -> dict[str, object]:
             window_stats("last day", now - timedelta(days=1)),
         ],
         "jobs_per_hour": jobs_per_hour(24, now),
+        "model_loads_per_hour": model_loads_per_hour(24, now),
+        "workers": worker_utilisation(now),
+        "credits_per_day": credits_per_day(14, now),
     }

@@ -1,25 +1,41 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from generation.broker import get_redis
 from gpu_worker.protocol import WorkerCommand
 from operations import metrics
-from operations.charts import bar_chart
+from operations.charts import Bar, bar_chart, grouped_bar_chart
 from operations.workers import read_workers, send_worker_command
 
 
 @staff_member_required
 def ops_overview(request: HttpRequest) -> HttpResponse:
     data = metrics.overview()
-    per_hour = data["jobs_per_hour"]
-    chart = bar_chart([(hour.strftime("%H:00"), n) for hour, n in per_hour])  # type: ignore[union-attr]
-    return render(request, "operations/overview.html", {**data, "chart": chart})
+    charts = {
+        "chart": hourly_chart(data["jobs_per_hour"]),  # type: ignore[arg-type]
+        "loads_chart": hourly_chart(data["model_loads_per_hour"]),  # type: ignore[arg-type]
+        "credits_chart": grouped_bar_chart(
+            [
+                (day.day.strftime("%m-%d"), (float(day.spent), float(day.bought)))
+                for day in data["credits_per_day"]  # type: ignore[attr-defined]
+            ]
+        ),
+    }
+    return render(request, "operations/overview.html", {**data, **charts})
+
+
+def hourly_chart(per_hour: list[tuple[datetime, int]]) -> list[Bar]:
+    local = [(timezone.localtime(hour).strftime("%H:00"), n) for hour, n in per_hour]
+    return bar_chart(local)
 
 
 @staff_member_required

@@ -228,3 +228,10 @@ def test_an_embedding_named_in_the_prompt_is_used_and_leaves_no_trace(
     as_text = make_engine(without, tmp_path / "cache")
     assert pixels(as_text.run(demo_request(seed=4, prompt=prompt)).images[0]) != pixels(used)
     assert pixels(run(engine, seed=4).images[0]) == plain_before
+
+
+def test_timings_tell_a_model_load_from_a_cache_hit(engine: Any) -> None:
+    engine.cache.clear()
+    cold = run(engine, seed=3)
+    warm = run(engine, seed=3)
+    assert (cold.timings["model_loaded"], warm.timings["model_loaded"]) == (True, False)

@@ -144,3 +144,98 @@ def test_staff_can_ask_a_worker_to_drain_or_unload(client, carol, redis_client):
         for x in redis_client.lrange(WORKER_COMMANDS_KEY.format(worker_id="w1"), 0, -1)
     ]
     assert queued == [{"action": "drain"}, {"action": "unload", "model": "m"}]
+
+
+def test_ops_queue_by_tier_utilisation_model_loads_and_credits_match_a_seeded_set(
+    client, carol, alice, bob, checkpoint
+):
+    import uuid
+    from decimal import Decimal
+
+    from accounts import ledger
+    from accounts.models import CreditEntry, MembershipTier
+    from accounts.tiers import set_tier
+
+    MembershipTier.objects.update(welcome_grant=0)  # only the entries below count
+    now = timezone.now()
+    pro = MembershipTier.objects.get(slug="pro")
+    set_tier(bob, pro)
+    free = ledger.account_for(alice).tier
+
+    # Queue: two of alice's (Free), one of bob's (Pro).
+    for owner in (alice, alice, bob):
+        make_job(owner, checkpoint, Job.Status.QUEUED, created_ago_s=5)
+
+    # Utilisation: gpu-1 ran 15 min inside the hour, 10 min straddling its start and 1 h
+    # three hours ago; gpu-2 has been running for 10 min.
+    def ran(worker, started_ago_min, minutes, **extra):
+        started = now - timedelta(minutes=started_ago_min)
+        return Job.objects.create(
+            owner=alice,
+            checkpoint=checkpoint,
+            params={},
+            status=Job.Status.SUCCEEDED if minutes is not None else Job.Status.RUNNING,
+            worker_id=worker,
+            created_at=started - timedelta(seconds=1),
+            started_at=started,
+            finished_at=started + timedelta(minutes=minutes) if minutes is not None else None,
+            **extra,
+        )
+
+    ran("gpu-1", 30, 15, timings={"model_load_s": 4.0, "model_loaded": True})
+    ran("gpu-1", 70, 20, timings={"model_load_s": 4.0, "model_loaded": True})
+    ran("gpu-1", 180, 60, timings={"model_load_s": 0.001, "model_loaded": False})
+    ran("gpu-2", 10, None)
+    ran("gpu-3", 26 * 60, 30)  # over a day ago: not counted anywhere
+
+    # Ledger today: 20 bought, 10 granted + 5 added by staff (a -2 correction is not a grant),
+    # a 3-credit hold charged 2 then refunded 0.50, a 1-credit hold released (nothing spent).
+    ledger.credit(alice, 20, CreditEntry.Kind.TOP_UP, reason="pack")
+    ledger.credit(bob, 10, CreditEntry.Kind.GRANT, key="test-grant")
+    ledger.adjust(bob, 5, actor=carol, reason="goodwill")
+    ledger.adjust(bob, -2, actor=carol, reason="correction")
+    charged_job, released_job = uuid.uuid4(), uuid.uuid4()
+    ledger.hold(alice, 3, charged_job)
+    ledger.capture(charged_job, 2)
+    ledger.refund(charged_job, Decimal("0.50"), actor=carol, reason="blurry")
+    ledger.hold(alice, 1, released_job)
+    ledger.release(released_job)
+    # Two days ago: 7 bought.
+    old = ledger.credit(alice, 7, CreditEntry.Kind.TOP_UP, reason="older pack")
+    CreditEntry.objects.filter(pk=old.pk).update(created_at=now - timedelta(days=2))
+
+    client.force_login(carol)
+    response = client.get(reverse("ops"))
+    ctx = response.context
+
+    assert ctx["queue_by_tier"] == [(free.name, 2), (pro.name, 1)]
+    usage = {w.worker_id: w for w in ctx["workers"]}
+    assert set(usage) == {"gpu-1", "gpu-2"}
+    assert usage["gpu-1"].busy_hour_s == pytest.approx(15 * 60 + 10 * 60, abs=2)
+    assert usage["gpu-1"].busy_day_s == pytest.approx((15 + 20 + 60) * 60, abs=2)
+    assert usage["gpu-1"].hour_fraction == pytest.approx(25 / 60, abs=0.01)
+    assert usage["gpu-2"].busy_hour_s == pytest.approx(10 * 60, abs=5)
+    loads = dict(ctx["model_loads_per_hour"])
+    assert sum(loads.values()) == 2
+    for minutes_ago in (15, 50):  # when the two loading jobs finished
+        hour = (now - timedelta(minutes=minutes_ago)).replace(minute=0, second=0, microsecond=0)
+        assert loads[hour] >= 1
+
+    days = {d.day: d for d in ctx["credits_per_day"]}
+    today = days[timezone.localdate(now)]
+    assert (today.spent, today.refunded, today.bought, today.granted) == (
+        Decimal("2.00"),
+        Decimal("0.50"),
+        Decimal("20.00"),
+        Decimal("15.00"),
+    )
+    assert days[timezone.localdate(now - timedelta(days=2))].bought == Decimal("7.00")
+    assert len(days) == 14
+
+    html = response.content.decode()
+    assert f'<tr data-tier="{pro.name}"><td>{pro.name}</td><td class="queue-depth">1</td>' in html
+    assert '<tr data-worker="gpu-1"><td><code>gpu-1</code></td>' in html
+    assert '<td class="hour">42% ' in html  # 25 of 60 minutes
+    row = f'<tr data-day="{timezone.localdate(now):%Y-%m-%d}">'
+    assert row in html and '<td class="spent">2.00</td>' in html
+    assert 'id="loads-chart"' in html and 'id="credits-chart"' in html
