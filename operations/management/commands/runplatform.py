@@ -37,6 +37,20 @@ def checkpoints_present(models_dir: Path) -> bool:
     )
 
 
+def first_superuser_hint(host: str, port: int) -> str | None:
+    """How to make the first admin account, while there is none (after migrate)."""
+    from django.contrib.auth import get_user_model
+
+    if get_user_model()._default_manager.filter(is_superuser=True, is_active=True).exists():
+        return None
+    command = shlex.join([".venv/bin/python", "manage.py", "createsuperuser"])
+    return (
+        f"No admin account yet. Make one with: {command}\n"
+        f"then sign in at http://{host}:{port}/admin/ (members, models, jobs) "
+        f"and http://{host}:{port}/ops/ (operations)."
+    )
+
+
 class Command(BaseCommand):
     help = "Run Atelier on this machine: Redis, web (daphne), platform worker and a GPU worker."
 
@@ -114,7 +128,6 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(f"Atelier is starting at http://{host}:{port}/ (Ctrl-C stops it)")
         )
-        self.stdout.write(
-            "Make an admin account with: "
-            + shlex.join([".venv/bin/python", "manage.py", "createsuperuser"])
-        )
+        hint = first_superuser_hint(host, port)
+        if hint:
+            self.stdout.write(self.style.WARNING(hint))
