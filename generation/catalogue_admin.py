@@ -45,6 +45,27 @@ def _side_field(label: Any) -> forms.IntegerField:
     )
 
 
+def _cost_multiplier_field() -> forms.DecimalField:
+    return forms.DecimalField(
+        label=gettext_lazy("Cost multiplier"),
+        min_value=0,
+        max_value=100,
+        max_digits=6,
+        decimal_places=2,
+        help_text=gettext_lazy("Multiplies the price of every job on this model (0: free)"),
+    )
+
+
+class CatalogListForm(forms.ModelForm):
+    """The list's editable columns, with the same bounds as the entry's page."""
+
+    cost_multiplier = _cost_multiplier_field()
+
+    class Meta:
+        model = CatalogEntry
+        fields = ("enabled", "cost_multiplier")
+
+
 class CatalogEntryForm(forms.ModelForm):
     default_sampler = forms.ChoiceField(label=gettext_lazy("Default sampler"), required=False)
     default_scheduler = forms.ChoiceField(
@@ -61,14 +82,7 @@ class CatalogEntryForm(forms.ModelForm):
     default_clip_skip = forms.IntegerField(
         label=gettext_lazy("Default clip skip"), required=False, min_value=1, max_value=12
     )
-    cost_multiplier = forms.DecimalField(
-        label=gettext_lazy("Cost multiplier"),
-        min_value=0,
-        max_value=100,
-        max_digits=6,
-        decimal_places=2,
-        help_text=gettext_lazy("Multiplies the price of every job on this model (0: free)"),
-    )
+    cost_multiplier = _cost_multiplier_field()
     tiers = forms.ModelMultipleChoiceField(
         label=gettext_lazy("Restricted tiers that may use it"),
         queryset=MembershipTier.objects.filter(all_models=False),
@@ -209,6 +223,9 @@ class CatalogEntryAdmin(admin.ModelAdmin):
                 form.cleaned_data.get("tiers") or [],
                 previous_name=form.initial.get("name"),
             )
+
+    def get_changelist_form(self, request: HttpRequest, **kwargs: Any) -> Any:
+        return super().get_changelist_form(request, form=CatalogListForm, **kwargs)
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         extra = {"can_scan": self.has_change_permission(request), **(extra_context or {})}

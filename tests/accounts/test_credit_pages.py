@@ -126,10 +126,10 @@ def test_carol_changes_alices_tier_in_the_admin_without_touching_her_balance(
     carol.save()
     ledger.account_for(alice)
     client.force_login(carol)
-    url = reverse("admin:accounts_creditaccount_change", args=[alice.pk])
-    response = client.post(
-        url, {"tier": tiers["pro"].pk, "tier_expires_at_0": "", "tier_expires_at_1": ""}
-    )
+    # The account page shows the tier read-only: the change goes through the member action,
+    # which asks why and logs it.
+    url = reverse("admin:accounts_user_member_action", args=[alice.pk, "tier"])
+    response = client.post(url, {"tier": tiers["pro"].pk, "reason": "upgrade", "apply": "1"})
     assert response.status_code == 302
     account = CreditAccount.objects.get(pk=alice.pk)
     assert (account.tier, account.balance) == (tiers["pro"], Decimal("20.00"))

@@ -263,3 +263,29 @@ def test_the_model_alices_tier_allows_is_accepted(alice_on_a_restricted_tier, re
     )
     assert response.status_code == 201
     assert Job.objects.get().checkpoint.name == "open-model"
+
+
+def test_the_lists_editable_cost_multiplier_refuses_a_negative_value(catalogue_admin):
+    entry = CatalogEntry.objects.create(name="m", kind="checkpoint")
+
+    def save_list(multiplier: str):
+        return catalogue_admin.post(
+            reverse(CHANGELIST),
+            {
+                "form-TOTAL_FORMS": "1",
+                "form-INITIAL_FORMS": "1",
+                "form-0-id": str(entry.pk),
+                "form-0-enabled": "on",
+                "form-0-cost_multiplier": multiplier,
+                "_save": "Save",
+            },
+        )
+
+    refused = save_list("-3")
+    assert refused.status_code == 200
+    assert "greater than or equal to 0" in refused.content.decode()
+    entry.refresh_from_db()
+    assert str(entry.cost_multiplier) == "1.00"
+    assert save_list("1.5").status_code == 302
+    entry.refresh_from_db()
+    assert str(entry.cost_multiplier) == "1.50"
