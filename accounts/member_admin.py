@@ -176,6 +176,12 @@ class BalanceFilter(admin.SimpleListFilter):
 # --- the admin ----------------------------------------------------------------------------------
 
 
+def _header(*titles: Any) -> str:
+    return format_html(
+        "<thead><tr>{}</tr></thead>", format_html_join("", "<th>{}</th>", ((t,) for t in titles))
+    )
+
+
 def _account(member: User) -> CreditAccount | None:
     # A user made by createsuperuser has no account until first use; the admin must not open one.
     return getattr(member, "credit_account", None)
@@ -294,8 +300,13 @@ class MemberAdmin(UserAdmin):
             ),
         )
         all_url = reverse("admin:generation_job_changelist") + f"?owner__id__exact={member.pk}"
+        head = _header(_("Job"), _("State"), _("Model"), _("Price"), _("Submitted"))
         return format_html(
-            '<table class="member-jobs">{}</table><a href="{}">{}</a>', rows, all_url, _("All jobs")
+            '<table class="member-jobs">{}{}</table><a href="{}">{}</a>',
+            head,
+            rows,
+            all_url,
+            _("All jobs"),
         )
 
     @admin.display(description=gettext_lazy("Published images"))
@@ -332,7 +343,8 @@ class MemberAdmin(UserAdmin):
             url = reverse("admin:accounts_user_revoke_token", args=[member.pk, token.pk])
             return format_html('<a href="{}" class="revoke-token">{}</a>', url, _("Revoke…"))
 
-        return format_html_join(
+        head = _header(_("Name"), _("Starts with"), _("Created"), _("Last used"), "")
+        rows = format_html_join(
             "",
             "<tr><td>{}</td><td><code>{}…</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
@@ -346,6 +358,7 @@ class MemberAdmin(UserAdmin):
                 for t in tokens
             ),
         )
+        return format_html('<table class="member-tokens">{}{}</table>', head, rows)
 
     # --- actions from the list and from the member's page ----------------------------------
 

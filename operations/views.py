@@ -34,7 +34,9 @@ def ops_overview(request: HttpRequest) -> HttpResponse:
 
 
 def hourly_chart(per_hour: list[tuple[datetime, int]]) -> list[Bar]:
-    local = [(timezone.localtime(hour).strftime("%H:00"), n) for hour, n in per_hour]
+    local: list[tuple[str, float]] = [
+        (timezone.localtime(hour).strftime("%H:00"), n) for hour, n in per_hour
+    ]
     return bar_chart(local)
 
 
