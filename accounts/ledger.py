@@ -20,7 +20,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Count, DecimalField, F, Q, Sum, Value
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Round
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -94,6 +94,13 @@ def account_for(user: Any) -> CreditAccount:
     return account if account is not None else open_account(user)
 
 
+def _cents(expression: Any) -> Round:
+    """Sums done in SQL, rounded to the cent. A no-op on PostgreSQL's numeric, but SQLite keeps
+    decimals as binary floats: without it, 0.03 - 0.01 - 0.01 - 0.01 ends a hair below zero and
+    the `held >= 0` check refuses the last capture."""
+    return Round(expression, 2)
+
+
 def _write(
     account_id: int, kind: str, amount: Decimal, held_delta: Decimal = ZERO, **fields: Any
 ) -> CreditEntry:
@@ -105,7 +112,9 @@ def _write(
     if amount < 0:
         rows = rows.filter(balance__gte=-amount)
     changed = rows.update(
-        balance=F("balance") + amount, held=F("held") + held_delta, updated_at=timezone.now()
+        balance=_cents(F("balance") + amount),
+        held=_cents(F("held") + held_delta),
+        updated_at=timezone.now(),
     )
     if not changed:
         balance = CreditAccount.objects.filter(pk=account_id).values_list("balance", flat=True)
@@ -185,7 +194,9 @@ def hold(user: Any, amount: Any, job_id: Any) -> CreditEntry | None:
 def _move_to_held(account_id: int, price: Decimal) -> bool:
     return bool(
         CreditAccount.objects.filter(pk=account_id, balance__gte=price).update(
-            balance=F("balance") - price, held=F("held") + price, updated_at=timezone.now()
+            balance=_cents(F("balance") - price),
+            held=_cents(F("held") + price),
+            updated_at=timezone.now(),
         )
     )
 
@@ -289,8 +300,8 @@ def find_violations() -> list[Violation]:
     money = DecimalField(max_digits=14, decimal_places=2)
     zero = Value(ZERO, output_field=money)
     accounts = CreditAccount.objects.annotate(
-        entry_sum=Coalesce(Sum("entries__amount"), zero),
-        held_sum=Coalesce(Sum("entries__held_delta"), zero),
+        entry_sum=Coalesce(_cents(Sum("entries__amount")), zero),
+        held_sum=Coalesce(_cents(Sum("entries__held_delta")), zero),
     )
     for account in accounts.filter(
         ~Q(balance=F("entry_sum")) | ~Q(held=F("held_sum")) | Q(balance__lt=0) | Q(held__lt=0)
@@ -310,10 +321,12 @@ def find_violations() -> list[Violation]:
             holds=Count("pk", filter=Q(kind=Kind.HOLD)),
             settlements=Count("pk", filter=Q(kind__in=CreditEntry.SETTLEMENTS)),
             accounts=Count("account_id", distinct=True),
-            held=Coalesce(Sum("held_delta"), zero),
-            hold_amount=Coalesce(Sum("amount", filter=Q(kind=Kind.HOLD)), zero),
-            returned=Coalesce(Sum("amount", filter=Q(kind__in=CreditEntry.SETTLEMENTS)), zero),
-            refunded=Coalesce(Sum("amount", filter=Q(kind=Kind.REFUND)), zero),
+            held=Coalesce(_cents(Sum("held_delta")), zero),
+            hold_amount=Coalesce(_cents(Sum("amount", filter=Q(kind=Kind.HOLD))), zero),
+            returned=Coalesce(
+                _cents(Sum("amount", filter=Q(kind__in=CreditEntry.SETTLEMENTS))), zero
+            ),
+            refunded=Coalesce(_cents(Sum("amount", filter=Q(kind=Kind.REFUND))), zero),
         )
     )
     open_jobs = set()
