@@ -55,7 +55,7 @@ async def test_on_connect_alice_gets_the_state_of_her_unfinished_jobs(
     def jobs():
         queued = submit_job(alice, SMALL)
         running = submit_job(alice, SMALL)
-        running.mark_dispatched()
+        running.mark_assigned("gpu-1")
         running.mark_running("gpu-1", running.attempt)
         submit_job(bob, SMALL)
         return queued, running
