@@ -171,13 +171,9 @@ class Job(models.Model):
     init_image = models.ImageField(upload_to=init_image_upload_to, blank=True)
     price = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
     total_steps = models.PositiveIntegerField(default=0, help_text=_("Sampling steps, all images"))
-    attempt = models.PositiveIntegerField(
-        default=0,
-        help_text=_(
-            "Incremented when the job is handed to a worker and when it comes back to the queue, "
-            "so every message and event of an earlier hand-out is stale"
-        ),
-    )
+    # Moves on at each hand-out to a worker and at each return to the queue, so every message
+    # and event of an earlier hand-out is stale.
+    attempt = models.PositiveIntegerField(default=0, help_text=_("Hand-outs and returns"))
     worker_id = models.CharField(
         max_length=200, blank=True, help_text=_("The worker it is assigned to or running on")
     )
