@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
-from dramatiq.errors import ConnectionError as BrokerConnectionError
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
 from gpu_worker.heartbeat import Heartbeat, WorkerStatus

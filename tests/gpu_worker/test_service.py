@@ -215,7 +215,7 @@ def test_heartbeat_is_written_with_a_ttl(worker_world: Any, gw_redis: Any) -> No
 def test_the_worker_takes_one_job_at_a_time_from_its_own_queue(worker_world: Any) -> None:
     worker = worker_world.worker
     assert worker.worker_threads == 1
-    assert set(worker.consumers) == {"gpu.test-worker"}  # the platform picks the worker
+    assert set(worker.consumers) == {"gpu.test-worker", "gpu.test-worker.DQ"}  # its own only
     # the next assigned job waits in Redis, where the platform can still take it back
     assert worker.consumers["gpu.test-worker"].prefetch == 1
 
