@@ -1,0 +1,319 @@
+"""Fair, model-aware choice of the next jobs for free GPU workers. Pure Python and stateless.
+
+Everything a pass needs comes in as arguments (the waiting jobs, each worker's view from its
+heartbeat, each user's recent GPU seconds), so a pass gives the same answer in any platform
+process, after any restart; the caller serialises passes and claims the rows.
+
+Fair share. A user's normalised service is `(usage + cost handed out this pass) / weight`. Only
+a user's oldest waiting job is a candidate, and a user whose earlier job waits unstarted on a
+worker may only queue the next one behind it there: a user's jobs start in submit order. The
+neediest candidate (lowest normalised service; ties: oldest job, then job id) sets a window:
+every user within `slack_s` normalised GPU seconds of it may be served now. With equal costs
+that is weighted round-robin, and a backlogged user with weight w gets a share proportional to
+w. Between two backlogged users the gap in normalised service stays below `slack_s` plus one
+job's cost / weight: a user past the window waits until the others catch up.
+
+Model affinity. Within the window the pass picks the (job, worker) pair that loads least: the
+checkpoint hot on the worker (after the jobs already pending there), then warm in its RAM, then
+a load. A worker only gets a job whose checkpoint and LoRAs are in its inventory. Idle workers
+are filled first, so a free GPU never waits while a busy one holds the model; a busy worker's
+waiting slot only takes a job that needs no load (or an aged one), so loads are decided when the
+worker is idle, with the freshest view.
+
+Demand-aware loading. When a load is needed, the pass loads the checkpoint with the most waiting
+work per worker already holding it, on the free worker whose evicted model has the least waiting
+work per holder (none if it has room). Popular models spread over workers and stay hot, where
+SwarmUI and InvokeAI load whatever the next job needs on whichever GPU is free and thrash when
+jobs alternate between models.
+
+Ageing and its bound. A job that has waited longer than `max_wait_s` goes before every job that
+has not, oldest first, to the best free worker that has its model. From then on only older jobs
+can be handed out before it, so it starts within max_wait_s + the time to clear the older aged
+work still waiting + the jobs in flight on its worker (one running, one waiting: WORKER_SLOTS)
++ one load. While the workers keep up with arrivals (no older aged backlog) that is
+`wait_bound()`: max_wait_s + 2 x the longest job + one load.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Reason = Literal["hot", "warm", "load", "aged"]
+HOT, WARM, LOAD = 0, 1, 2
+_REASONS: tuple[Reason, Reason, Reason] = ("hot", "warm", "load")
+MIN_WEIGHT = 1e-6  # a weight of 0 would divide by zero: it means "last", not "never"
+
+DEFAULT_MAX_WAIT_S = 600.0
+DEFAULT_SLACK_S = 10.0
+DEFAULT_DEFER_LOAD_S = 20.0
+
+
+@dataclass(frozen=True)
+class WaitingJob:
+    job_id: str
+    user_id: str
+    weight: float  # the owner's tier priority weight (> 0; bigger = larger share)
+    submitted_at: float  # seconds, caller's clock; a job returned by a dead worker keeps its own
+    checkpoint: str  # catalogue name
+    loras: frozenset[str] = frozenset()
+    cost: float = 1.0  # estimated GPU seconds of the job
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    worker_id: str
+    free_slots: int  # jobs it may be given now: 2 - (running + assigned-not-started), 0 if draining
+    hot: tuple[str, ...] = ()  # checkpoints on the device, hottest first (heartbeat loaded_models)
+    warm: tuple[str, ...] = ()  # checkpoints held in RAM
+    hot_capacity: int = 1  # checkpoints that fit on the device at once
+    inventory: frozenset[str] | None = None  # checkpoint + LoRA names on its disk; None = unknown
+    pending: tuple[str, ...] = ()  # checkpoints of jobs already running/assigned there, in order
+    waiting_owners: tuple[str, ...] = ()  # owners of its assigned jobs that have not started
+
+
+@dataclass(frozen=True)
+class Assignment:
+    job_id: str
+    worker_id: str
+    reason: Reason  # for logs and the bench
+
+
+def wait_bound(max_wait_s: float, longest_job_s: float, load_s: float) -> float:
+    """The longest a job waits while the workers keep up with arrivals (module docstring)."""
+    return max_wait_s + 2 * longest_job_s + load_s
+
+
+def _submit_key(job: WaitingJob) -> tuple[float, str]:
+    return (job.submitted_at, job.job_id)
+
+
+class _Worker:
+    """A worker as this pass sees it: its device after the jobs already pending there, updated
+    as the pass hands it more."""
+
+    def __init__(self, view: WorkerView) -> None:
+        self.view = view
+        self.slots = max(0, view.free_slots)
+        self.capacity = max(1, view.hot_capacity)
+        self.hot: list[str] = list(view.hot)[: self.capacity]
+        self.warm: list[str] = [c for c in view.warm if c not in self.hot]
+        self.queued = len(view.pending)  # jobs that start before a new one here
+        for checkpoint in view.pending:
+            self.touch(checkpoint)
+
+    @property
+    def id(self) -> str:
+        return self.view.worker_id
+
+    @property
+    def busy(self) -> bool:
+        return self.queued > 0
+
+    def has(self, job: WaitingJob) -> bool:
+        inventory = self.view.inventory
+        return inventory is None or (job.checkpoint in inventory and job.loras <= inventory)
+
+    def affinity(self, checkpoint: str) -> int:
+        if checkpoint in self.hot:
+            return HOT
+        return WARM if checkpoint in self.warm else LOAD
+
+    def victim(self) -> str | None:
+        """The checkpoint a load would push off the device (least recently used), if any."""
+        return self.hot[-1] if len(self.hot) >= self.capacity else None
+
+    def touch(self, checkpoint: str) -> None:
+        """Run a job of `checkpoint` here: it becomes hottest, the LRU one drops to RAM."""
+        if checkpoint in self.hot:
+            self.hot.remove(checkpoint)
+        elif checkpoint in self.warm:
+            self.warm.remove(checkpoint)
+        self.hot.insert(0, checkpoint)
+        while len(self.hot) > self.capacity:
+            self.warm.insert(0, self.hot.pop())
+
+
+class _Pass:
+    """The bookkeeping of one `plan` call: per-user queues, service handed out, demand."""
+
+    def __init__(
+        self,
+        waiting: Sequence[WaitingJob],
+        workers: Sequence[WorkerView],
+        usage: Mapping[str, float],
+        *,
+        now: float = 0.0,
+        defer_load_s: float = 0.0,
+    ) -> None:
+        self.now = now
+        self.defer_load_s = defer_load_s
+        self.queues = _user_queues(waiting)
+        self.weights = {u: max(q[0].weight, MIN_WEIGHT) for u, q in self.queues.items()}
+        self.service = {u: float(usage.get(u, 0.0)) for u in self.queues}
+        self.demand: dict[str, float] = {}
+        for job in waiting:
+            self.demand[job.checkpoint] = self.demand.get(job.checkpoint, 0.0) + job.cost
+        self.workers = [_Worker(v) for v in sorted(workers, key=lambda v: v.worker_id)]
+
+    def normalised(self, user_id: str) -> float:
+        return self.service[user_id] / self.weights[user_id]
+
+    def fair_key(self, job: WaitingJob) -> tuple[float, float, str]:
+        return (self.normalised(job.user_id), job.submitted_at, job.job_id)
+
+    def holders(self, checkpoint: str) -> int:
+        return sum(checkpoint in w.hot for w in self.workers)
+
+    def unmet_demand(self, checkpoint: str) -> float:
+        return self.demand.get(checkpoint, 0.0) / (1 + self.holders(checkpoint))
+
+    def eviction_cost(self, worker: _Worker) -> tuple[float, int]:
+        """What a load on `worker` costs the others: the waiting work per holder of the model
+        it evicts, then (ties) a model with fewer other copies costs more."""
+        victim = worker.victim()
+        if victim is None:
+            return (0.0, -len(self.workers))
+        holders = self.holders(victim)
+        return (self.demand.get(victim, 0.0) / max(1, holders), -holders)
+
+    def worth_loading(self, job: WaitingJob) -> bool:
+        """Load `job`'s checkpoint on a worker that lacks it only if no worker holds it hot,
+        the work waiting for it is more than its holders clear in `defer_load_s`, or the job
+        has waited that long: a short wait for a holder beats a load and an eviction."""
+        holders = sum(job.checkpoint in w.hot and w.has(job) for w in self.workers)
+        if not holders or self.now - job.submitted_at >= self.defer_load_s:
+            return True
+        return self.demand.get(job.checkpoint, 0.0) > holders * self.defer_load_s
+
+    def targets(self, job: WaitingJob, *, aged: bool) -> list[_Worker]:
+        """Free workers that may take `job` now."""
+        able = [w for w in self.workers if w.slots > 0 and w.has(job)]
+        if aged or self.worth_loading(job):
+            return able
+        return [w for w in able if w.affinity(job.checkpoint) == HOT]
+
+    def heads(self) -> list[WaitingJob]:
+        return [q[0] for q in self.queues.values() if q]
+
+    def assign(self, job: WaitingJob, worker: _Worker) -> None:
+        queue = self.queues[job.user_id]
+        assert queue[0] is job, "only a user's oldest waiting job is handed out"
+        queue.popleft()
+        self.service[job.user_id] += job.cost
+        self.demand[job.checkpoint] -= job.cost
+        worker.slots -= 1
+        worker.queued += 1
+        worker.touch(job.checkpoint)
+
+
+def _user_queues(waiting: Iterable[WaitingJob]) -> dict[str, deque[WaitingJob]]:
+    by_user: dict[str, list[WaitingJob]] = {}
+    for job in waiting:
+        by_user.setdefault(job.user_id, []).append(job)
+    return {u: deque(sorted(jobs, key=_submit_key)) for u, jobs in sorted(by_user.items())}
+
+
+class FairScheduler:
+    """Weighted fair share with model affinity and ageing; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
+        slack_s: float = DEFAULT_SLACK_S,
+        defer_load_s: float = DEFAULT_DEFER_LOAD_S,
+    ) -> None:
+        self.max_wait_s = max_wait_s
+        self.slack_s = slack_s
+        self.defer_load_s = defer_load_s
+
+    def plan(
+        self,
+        waiting: Sequence[WaitingJob],
+        workers: Sequence[WorkerView],
+        *,
+        now: float,
+        usage: Mapping[str, float],
+    ) -> list[Assignment]:
+        """Which waiting job each free worker slot gets now (in the order to send them)."""
+        state = _Pass(waiting, workers, usage, now=now, defer_load_s=self.defer_load_s)
+        assignments: list[Assignment] = []
+        while (pick := self._pick(state, now)) is not None:
+            job, worker, reason = pick
+            state.assign(job, worker)
+            assignments.append(Assignment(job.job_id, worker.id, reason))
+        return assignments
+
+    def fair_order(
+        self, waiting: Sequence[WaitingJob], *, now: float, usage: Mapping[str, float]
+    ) -> list[WaitingJob]:
+        """The order jobs would start in with no model preference: aged jobs oldest first, then
+        weighted round-robin by normalised service. Queue positions and ETAs come from it."""
+        state = _Pass(waiting, (), usage)
+        aged = sorted((j for j in waiting if self._aged(j, now)), key=_submit_key)
+        order: list[WaitingJob] = []
+        for job in aged:
+            state.queues[job.user_id].popleft()
+            state.service[job.user_id] += job.cost
+            order.append(job)
+        # One fair_key per user's head in a sorted list would be O(n*users); users are few, so
+        # a linear min per step stays simple and fast enough for the capped queue snapshot.
+        heads = {u: q for u, q in state.queues.items() if q}
+        while heads:
+            user = min(heads, key=lambda u: state.fair_key(heads[u][0]))
+            job = heads[user].popleft()
+            state.service[user] += job.cost
+            order.append(job)
+            if not heads[user]:
+                del heads[user]
+        return order
+
+    def _aged(self, job: WaitingJob, now: float) -> bool:
+        return now - job.submitted_at > self.max_wait_s
+
+    def _pick(self, state: _Pass, now: float) -> tuple[WaitingJob, _Worker, Reason] | None:
+        heads = state.heads()
+        aged = sorted((j for j in heads if self._aged(j, now)), key=_submit_key)
+        for job in aged:
+            if targets := state.targets(job, aged=True):
+                return job, min(targets, key=lambda w: self._aged_key(state, job, w)), "aged"
+        ranked = [
+            (job, targets)
+            for job in sorted(heads, key=state.fair_key)
+            if (targets := state.targets(job, aged=False))
+        ]
+        if not ranked:
+            return None
+        ceiling = state.normalised(ranked[0][0].user_id) + self.slack_s
+        best: tuple[tuple, WaitingJob, _Worker] | None = None
+        for rank, (job, targets) in enumerate(ranked):
+            if state.normalised(job.user_id) > ceiling:
+                break
+            for worker in targets:
+                key = self._pair_key(state, job, worker, rank)
+                if best is None or key < best[0]:
+                    best = (key, job, worker)
+        assert best is not None
+        _key, job, worker = best
+        return job, worker, _REASONS[worker.affinity(job.checkpoint)]
+
+    @staticmethod
+    def _pair_key(state: _Pass, job: WaitingJob, worker: _Worker, rank: int) -> tuple:
+        """Smaller is better: the least loading first; among hot or warm pairs an idle worker,
+        then the neediest user; among loads the most wanted model, on the least useful worker."""
+        affinity = worker.affinity(job.checkpoint)
+        if affinity == LOAD:
+            unmet = state.unmet_demand(job.checkpoint)
+            detail: tuple = (-unmet, rank, *state.eviction_cost(worker), worker.busy)
+        else:
+            detail = (worker.busy, rank, -len(job.loras & set(worker.hot)))
+        return (affinity, *detail, worker.id)
+
+    @staticmethod
+    def _aged_key(state: _Pass, job: WaitingJob, worker: _Worker) -> tuple:
+        affinity = worker.affinity(job.checkpoint)
+        cost = state.eviction_cost(worker) if affinity == LOAD else (0.0, 0)
+        return (affinity, worker.busy, *cost, worker.id)
