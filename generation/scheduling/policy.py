@@ -5,33 +5,37 @@ heartbeat, each user's recent GPU seconds), so a pass gives the same answer in a
 process, after any restart; the caller serialises passes and claims the rows.
 
 Fair share. A user's normalised service is `(usage + cost handed out this pass) / weight`. Only
-a user's oldest waiting job is a candidate, and a user whose earlier job waits unstarted on a
-worker may only queue the next one behind it there: a user's jobs start in submit order. The
+a user's oldest waiting job is a candidate, so a user's jobs are handed out in submit order. The
 neediest candidate (lowest normalised service; ties: oldest job, then job id) sets a window:
 every user within `slack_s` normalised GPU seconds of it may be served now. With equal costs
-that is weighted round-robin, and a backlogged user with weight w gets a share proportional to
-w. Between two backlogged users the gap in normalised service stays below `slack_s` plus one
-job's cost / weight: a user past the window waits until the others catch up.
+that is weighted round-robin, and a backlogged user of weight w gets a share proportional to w.
+Between two backlogged users the gap in normalised service stays below `slack_s` + one job's
+cost / weight + what the others get while a job waits for a holder of its model (below).
+
+Start order. A user whose job waits behind another on some worker gets the next one queued
+there too; elsewhere (where it might start first) only if no other pair in the window can use
+the slot, so keeping the order never idles a GPU nor pushes a user past the window.
 
 Model affinity. Within the window the pass picks the (job, worker) pair that loads least: the
 checkpoint hot on the worker (after the jobs already pending there), then warm in its RAM, then
-a load. A worker only gets a job whose checkpoint and LoRAs are in its inventory. Idle workers
-are filled first, so a free GPU never waits while a busy one holds the model; a busy worker's
-waiting slot only takes a job that needs no load (or an aged one), so loads are decided when the
-worker is idle, with the freshest view.
+a load; ties go to an idle worker, then to the neediest user. A worker only gets a job whose
+checkpoint and LoRAs are in its inventory.
 
-Demand-aware loading. When a load is needed, the pass loads the checkpoint with the most waiting
-work per worker already holding it, on the free worker whose evicted model has the least waiting
-work per holder (none if it has room). Popular models spread over workers and stay hot, where
-SwarmUI and InvokeAI load whatever the next job needs on whichever GPU is free and thrash when
-jobs alternate between models.
+Demand-aware loading. A job whose checkpoint is hot on a working worker waits for that holder's
+next free slot (at most its running and its waiting job) instead of loading a copy elsewhere,
+unless the work waiting for that checkpoint exceeds what its holders clear in `defer_load_s`,
+or an idle worker would otherwise idle while the owner's later jobs queue behind it. When a load
+is needed, the pass loads the checkpoint with the most waiting work per holder, on the free
+worker whose evicted model has the least waiting work per holder (none if it has room). Popular
+models spread over workers and stay hot; SwarmUI and InvokeAI load whatever the next job needs
+on whichever GPU is free, which thrashes when jobs alternate between models.
 
 Ageing and its bound. A job that has waited longer than `max_wait_s` goes before every job that
-has not, oldest first, to the best free worker that has its model. From then on only older jobs
-can be handed out before it, so it starts within max_wait_s + the time to clear the older aged
-work still waiting + the jobs in flight on its worker (one running, one waiting: WORKER_SLOTS)
-+ one load. While the workers keep up with arrivals (no older aged backlog) that is
-`wait_bound()`: max_wait_s + 2 x the longest job + one load.
+has not, oldest first, to the best free worker that has its model (no deferral). From then on
+only older jobs are handed out before it, so it starts within max_wait_s + the time to clear
+the older aged work still waiting + the jobs in flight on its worker (one running, one waiting:
+WORKER_SLOTS) + one load. While the workers keep up with arrivals (no older aged backlog) that
+is `wait_bound()`: max_wait_s + 2 x the longest job + one load.
 """
 
 from __future__ import annotations
@@ -157,6 +161,14 @@ class _Pass:
         for job in waiting:
             self.demand[job.checkpoint] = self.demand.get(job.checkpoint, 0.0) + job.cost
         self.workers = [_Worker(v) for v in sorted(workers, key=lambda v: v.worker_id)]
+        # Users with a job waiting behind another on some worker: their next job goes there too,
+        # or elsewhere only when no other user's job can use the slot (it might start first).
+        self.pins: dict[str, str] = {}
+        for view in workers:
+            running = len(view.pending) - len(view.waiting_owners)
+            for place, owner in enumerate(view.waiting_owners):
+                if running > 0 or place > 0:
+                    self.pins.setdefault(owner, view.worker_id)
 
     def normalised(self, user_id: str) -> float:
         return self.service[user_id] / self.weights[user_id]
@@ -180,11 +192,14 @@ class _Pass:
         return (self.demand.get(victim, 0.0) / max(1, holders), -holders)
 
     def worth_loading(self, job: WaitingJob) -> bool:
-        """Load `job`'s checkpoint on a worker that lacks it only if no worker holds it hot,
-        the work waiting for it is more than its holders clear in `defer_load_s`, or the job
-        has waited that long: a short wait for a holder beats a load and an eviction."""
-        holders = sum(job.checkpoint in w.hot and w.has(job) for w in self.workers)
-        if not holders or self.now - job.submitted_at >= self.defer_load_s:
+        """Load `job`'s checkpoint on a worker that lacks it only if no working worker holds it
+        hot or the work waiting for it is more than its holders clear in `defer_load_s`:
+        otherwise waiting for a holder's next free slot (at most its running and waiting job)
+        beats a load and an eviction. Ageing still overrides."""
+        holders = sum(
+            job.checkpoint in w.hot and w.has(job) and (w.slots > 0 or w.busy) for w in self.workers
+        )  # a draining worker with nothing left to run is no holder
+        if not holders:
             return True
         return self.demand.get(job.checkpoint, 0.0) > holders * self.defer_load_s
 
@@ -193,7 +208,15 @@ class _Pass:
         able = [w for w in self.workers if w.slots > 0 and w.has(job)]
         if aged or self.worth_loading(job):
             return able
-        return [w for w in able if w.affinity(job.checkpoint) == HOT]
+        # A user's later jobs wait behind this one: an idle worker takes it rather than idle.
+        blocking = len(self.queues[job.user_id]) > 1
+        return [w for w in able if w.affinity(job.checkpoint) == HOT or (blocking and not w.busy)]
+
+    def in_order(self, job: WaitingJob, worker: _Worker) -> bool:
+        """False if `job` could start on `worker` before its owner's older job waiting
+        elsewhere."""
+        pin = self.pins.get(job.user_id)
+        return pin is None or pin == worker.id
 
     def heads(self) -> list[WaitingJob]:
         return [q[0] for q in self.queues.values() if q]
@@ -204,6 +227,8 @@ class _Pass:
         queue.popleft()
         self.service[job.user_id] += job.cost
         self.demand[job.checkpoint] -= job.cost
+        if worker.busy:
+            self.pins.setdefault(job.user_id, worker.id)
         worker.slots -= 1
         worker.queued += 1
         worker.touch(job.checkpoint)
@@ -275,11 +300,16 @@ class FairScheduler:
         return now - job.submitted_at > self.max_wait_s
 
     def _pick(self, state: _Pass, now: float) -> tuple[WaitingJob, _Worker, Reason] | None:
+        """The next assignment: aged jobs first, then the least loading pair in the fairness
+        window. Pairs that keep each user's start order win; one that may start a user's job
+        before its older one waiting on another worker is taken only if no other pair in the
+        window exists (so order never pushes a user past the window)."""
         heads = state.heads()
-        aged = sorted((j for j in heads if self._aged(j, now)), key=_submit_key)
-        for job in aged:
+        for job in sorted((j for j in heads if self._aged(j, now)), key=_submit_key):
             if targets := state.targets(job, aged=True):
-                return job, min(targets, key=lambda w: self._aged_key(state, job, w)), "aged"
+                in_order = [w for w in targets if state.in_order(job, w)] or targets
+                worker = min(in_order, key=lambda w: self._aged_key(state, job, w))
+                return job, worker, "aged"
         ranked = [
             (job, targets)
             for job in sorted(heads, key=state.fair_key)
@@ -293,7 +323,7 @@ class FairScheduler:
             if state.normalised(job.user_id) > ceiling:
                 break
             for worker in targets:
-                key = self._pair_key(state, job, worker, rank)
+                key = (not state.in_order(job, worker), *self._pair_key(state, job, worker, rank))
                 if best is None or key < best[0]:
                     best = (key, job, worker)
         assert best is not None

@@ -57,7 +57,7 @@ def test_a_tier_weight_of_2_gets_about_twice_the_gpu_time():
     jobs = [SimJob(f"gold-{i:03d}", "gold", 0.0, "a", 2.0, weight=2.0) for i in range(200)]
     jobs += sim_jobs("free", 200, run_s=2.0)
     result = Simulation(FairScheduler(), [SimWorker("gpu-1"), SimWorker("gpu-2")], jobs).run()
-    service = result.service_in(0.0, 120.0)  # both still backlogged
+    service = result.service_in(0.0, 240.0)  # both still backlogged
     assert service["gold"] / service["free"] == pytest.approx(2.0, rel=0.1)
 
 
@@ -89,6 +89,24 @@ def test_a_users_jobs_are_handed_out_and_started_in_submit_order():
         for gpu in ("gpu-0", "gpu-1"):
             started = [j.started_at for j in mine if j.worker_id == gpu]
             assert started == sorted(started)
+
+
+def test_a_user_whose_job_waits_on_a_busy_worker_does_not_jump_it_on_an_idle_one():
+    busy = worker("gpu-1", free=0, hot=("a",), pending=("a", "a"), waiting_owners=("alice",))
+    idle = worker("gpu-2", free=1, hot=("a",))
+    waiting = [job("alice-2", "alice", 0.0), job("bob-1", "bob", 5.0)]
+    [assignment] = FairScheduler().plan(waiting, [busy, idle], now=6.0, usage={"bob": 3.0})
+    assert assignment.job_id == "bob-1"  # alice is neediest, but her job could start first
+
+
+def test_a_lone_user_keeps_every_gpu_busy_even_if_a_later_job_may_start_first():
+    rng = random.Random(8)
+    jobs = [SimJob(f"solo-{i:03d}", "solo", i * 0.1, rng.choice("ab"), 3.0) for i in range(60)]
+    workers = [SimWorker(f"gpu-{i}", hot_capacity=1, warm_capacity=0) for i in range(3)]
+    result = Simulation(FairScheduler(), workers, jobs).run()
+    makespan = max(j.finished_at for j in result.jobs)
+    busy = sum(j.finished_at - j.started_at for j in result.jobs)
+    assert busy / (3 * makespan) > 0.85
 
 
 def test_a_later_job_on_a_hot_model_does_not_jump_its_owners_older_job():
@@ -257,13 +275,33 @@ def test_two_popular_models_spread_over_two_workers_instead_of_thrashing():
     assert hot == [("x",), ("y",)]
 
 
-def test_a_job_waits_briefly_for_the_busy_worker_that_holds_its_model():
+def test_a_job_waits_for_the_busy_worker_that_holds_its_model_instead_of_loading_it():
     waiting = [job("x", "alice", 100.0, "x")]
-    workers = [worker("gpu-1", free=0, hot=("x",)), worker("gpu-2", free=2, hot=("y",))]
-    scheduler = FairScheduler(defer_load_s=20.0)
-    assert scheduler.plan(waiting, workers, now=105.0, usage={}) == []
-    [late] = scheduler.plan(waiting, workers, now=121.0, usage={})
-    assert (late.worker_id, late.reason) == ("gpu-2", "load")
+    holder = worker("gpu-1", free=0, hot=("x",), pending=("x", "x"))  # running one, one waiting
+    idle = worker("gpu-2", hot=("y",))
+    scheduler = FairScheduler(max_wait_s=300.0)
+    assert scheduler.plan(waiting, [holder, idle], now=150.0, usage={}) == []
+    freed = worker("gpu-1", free=1, hot=("x",), pending=("x",))
+    [hot] = scheduler.plan(waiting, [freed, idle], now=155.0, usage={})
+    assert (hot.worker_id, hot.reason) == ("gpu-1", "hot")
+    [aged] = scheduler.plan(waiting, [holder, idle], now=401.0, usage={})
+    assert (aged.worker_id, aged.reason) == ("gpu-2", "aged")
+
+
+def test_a_model_wanted_by_more_work_than_its_holder_clears_soon_gets_a_second_copy():
+    waiting = [job(f"x{i}", f"u{i}", 100.0 + i, "x", cost=5.0) for i in range(5)]
+    holder = worker("gpu-1", free=0, hot=("x",), pending=("x", "x"))
+    idle = worker("gpu-2", hot=("y",))
+    plan = FairScheduler(defer_load_s=20.0).plan(waiting, [holder, idle], now=106.0, usage={})
+    assert [(a.worker_id, a.reason) for a in plan] == [("gpu-2", "load"), ("gpu-2", "hot")]
+
+
+def test_a_draining_worker_that_holds_the_model_is_not_waited_for():
+    draining = worker("gpu-1", free=0, hot=("x",))  # nothing running, takes nothing
+    [assignment] = FairScheduler().plan(
+        [job("x", "alice", 0.0, "x")], [draining, worker("gpu-2")], now=1.0, usage={}
+    )
+    assert (assignment.worker_id, assignment.reason) == ("gpu-2", "load")
 
 
 def test_a_worker_counts_the_models_its_pending_jobs_will_load():
