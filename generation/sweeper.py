@@ -79,8 +79,13 @@ class WorkerLiveness:
     key gone at once) is outlasted, because live workers beat again well within the grace.
     One per sweeping process, kept across sweeps (a fresh one declares nobody dead)."""
 
-    def __init__(self, grace: float = WORKER_MISSING_GRACE_SECONDS) -> None:
+    def __init__(
+        self,
+        grace: float = WORKER_MISSING_GRACE_SECONDS,
+        unreported_grace: float = UNREPORTED_GRACE_SECONDS,
+    ) -> None:
         self.grace = grace
+        self.unreported_grace = unreported_grace
         self.last_seen: dict[str, float] = {}
         self.unreported_since: dict[str, float] = {}
 
@@ -96,7 +101,7 @@ class WorkerLiveness:
         return dead
 
     def unreported_long_enough(self, job_id: str, now: float) -> bool:
-        return now - self.unreported_since.setdefault(job_id, now) >= UNREPORTED_GRACE_SECONDS
+        return now - self.unreported_since.setdefault(job_id, now) >= self.unreported_grace
 
     def forget_unreported(self, keep: set[str]) -> None:
         for job_id in set(self.unreported_since) - keep:
@@ -145,9 +150,10 @@ def _lost_with_worker(job: Job, report: SweepReport) -> None:
         if job.return_to_queue(from_statuses=(Job.Status.QUEUED,)):
             report.requeued.append(str(job.pk))
         return
+    worker_id = job.worker_id
     if job.workers_lost + 1 < MAX_WORKERS_LOST:
         if job.return_to_queue(from_statuses=(Job.Status.RUNNING,), worker_lost=True):
-            logger.warning("job %s back in the queue: worker %s died", job.pk, job.worker_id)
+            logger.warning("job %s back in the queue: worker %s died", job.pk, worker_id)
             report.requeued.append(str(job.pk))
         return
     with transaction.atomic():
@@ -210,13 +216,15 @@ def _take_back_lost_messages(
     missing = [job for job, here in zip(assigned, present, strict=True) if not here]
     if not missing:
         return
-    # A retry waits in the worker's delay queue under a new id.
-    delayed: set[str] = set()
+    # A retry waits in the worker's delay queue under a new id; a job run quickly has its
+    # message acked while its 'started' event still waits in the platform queue.
+    held = _job_ids_in(client, _messages_key(PLATFORM_QUEUE))
     for worker_id in {job.worker_id for job in missing}:
-        delayed |= _job_ids_in(client, _messages_key(worker_queue(worker_id), ".DQ"))
+        held |= _job_ids_in(client, _messages_key(worker_queue(worker_id), ".DQ"))
     for job in missing:
-        if str(job.pk) not in delayed and job.return_to_queue(from_statuses=(Job.Status.QUEUED,)):
-            logger.info("job %s back in the queue: message to %s lost", job.pk, job.worker_id)
+        worker_id = job.worker_id
+        if str(job.pk) not in held and job.return_to_queue(from_statuses=(Job.Status.QUEUED,)):
+            logger.info("job %s back in the queue: message to %s lost", job.pk, worker_id)
             report.requeued.append(str(job.pk))
 
 
@@ -242,11 +250,12 @@ def _take_back_unreported(
         if str(job.pk) in waiting_events:
             liveness.unreported_since.pop(str(job.pk), None)
             continue
+        worker_id = job.worker_id
         if liveness.unreported_long_enough(str(job.pk), clock) and job.return_to_queue(
             from_statuses=(Job.Status.RUNNING,)
         ):
             logger.warning(
-                "job %s back in the queue: %s moved on without reporting it", job.pk, job.worker_id
+                "job %s back in the queue: %s moved on without reporting it", job.pk, worker_id
             )
             report.requeued.append(str(job.pk))
 

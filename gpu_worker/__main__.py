@@ -22,6 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gpu_worker.protocol import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS
+
 log = logging.getLogger("gpu_worker")
 
 SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
@@ -155,6 +157,13 @@ def add_worker_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=[],
         metavar="NAME",
         help="checkpoint to load at boot so the first job does not wait (repeatable)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=HEARTBEAT_INTERVAL_SECONDS,
+        help=f"seconds between heartbeats (default {HEARTBEAT_INTERVAL_SECONDS}); the key lives "
+        f"{HEARTBEAT_TTL_SECONDS // HEARTBEAT_INTERVAL_SECONDS}x that. Shorter only for drills",
     )
     p.add_argument(
         "--demo-if-empty",
@@ -322,6 +331,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         service.heartbeat_snapshot,
         on_command=service.apply_command,
         on_tick=service.flush_events,
+        interval=args.heartbeat_interval,
+        ttl=args.heartbeat_interval * HEARTBEAT_TTL_SECONDS / HEARTBEAT_INTERVAL_SECONDS,
     )
     broker.add_middleware(WorkerLifecycle(service, preload=args.preload, heartbeat=heartbeat))
 

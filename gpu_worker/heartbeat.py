@@ -73,7 +73,7 @@ class Heartbeat:
         on_command: Callable[[WorkerCommand], None] | None = None,
         on_tick: Callable[[], object] | None = None,
         interval: float = HEARTBEAT_INTERVAL_SECONDS,
-        ttl: int = HEARTBEAT_TTL_SECONDS,
+        ttl: float = HEARTBEAT_TTL_SECONDS,
     ) -> None:
         self.redis = redis_client
         self.snapshot = snapshot
@@ -91,7 +91,7 @@ class Heartbeat:
         data = self.snapshot()
         key = HEARTBEAT_KEY.format(worker_id=data["worker_id"])
         pipe = self.redis.pipeline()
-        pipe.set(key, json.dumps(data), ex=self.ttl)
+        pipe.set(key, json.dumps(data), px=int(self.ttl * 1000))
         pipe.sadd(HEARTBEAT_INDEX, data["worker_id"])
         pipe.execute()
         return data

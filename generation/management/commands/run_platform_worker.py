@@ -20,8 +20,8 @@ from django.db import close_old_connections, connections
 from accounts.grants import grant_periodic_credits
 from generation.broker import get_broker
 from generation.scheduling.dispatcher import request_schedule
-from generation.sweeper import WorkerLiveness, sweep, sync_catalogue
-from gpu_worker.protocol import PLATFORM_QUEUE
+from generation.sweeper import UNREPORTED_GRACE_SECONDS, WorkerLiveness, sweep, sync_catalogue
+from gpu_worker.protocol import PLATFORM_QUEUE, WORKER_MISSING_GRACE_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,20 @@ class Command(BaseCommand):
             help="seconds between catalogue syncs (default 15)",
         )
         parser.add_argument(
+            "--worker-grace",
+            type=float,
+            default=WORKER_MISSING_GRACE_SECONDS,
+            help="seconds a worker's heartbeat may be missing before it is declared dead "
+            f"(default {WORKER_MISSING_GRACE_SECONDS}; shorter only with faster heartbeats)",
+        )
+        parser.add_argument(
+            "--unreported-grace",
+            type=float,
+            default=UNREPORTED_GRACE_SECONDS,
+            help="seconds a live worker may not report a job it no longer runs before the job "
+            f"goes back to the queue (default {UNREPORTED_GRACE_SECONDS:.0f})",
+        )
+        parser.add_argument(
             "--no-periodic",
             action="store_true",
             help="only consume events (another process sweeps and schedules)",
@@ -67,17 +81,25 @@ class Command(BaseCommand):
             if options["no_periodic"]:
                 stop.wait()
             else:
-                self._periodic(stop, options["sweep_interval"], options["catalogue_interval"])
+                liveness = WorkerLiveness(options["worker_grace"], options["unreported_grace"])
+                self._periodic(
+                    stop, options["sweep_interval"], options["catalogue_interval"], liveness
+                )
         finally:
             self.stdout.write("stopping the platform worker")
             worker.stop(timeout=30_000)
             broker.close()
             connections.close_all()
 
-    def _periodic(self, stop: threading.Event, sweep_every: float, sync_every: float) -> None:
+    def _periodic(
+        self,
+        stop: threading.Event,
+        sweep_every: float,
+        sync_every: float,
+        liveness: WorkerLiveness,  # kept across ticks: it times how long workers are missing
+    ) -> None:
         next_sync = 0.0
         elapsed = 0.0
-        liveness = WorkerLiveness()  # kept across ticks: it times how long workers are missing
         while not stop.is_set():
             close_old_connections()
             try:
