@@ -20,20 +20,16 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 from django.db import transaction
-from django.db.models import Q
-from django.utils import timezone
 
 from generation.broker import get_redis
 from generation.dispatch import send_request
-from generation.limits import limits_for
 from generation.models import Job
-from generation.queue import _SpeedCache, estimate_duration
-from generation.scheduling.policy import Assignment, FairScheduler, WaitingJob, WorkerView
+from generation.scheduling.inputs import recent_usage, waiting_jobs
+from generation.scheduling.policy import Assignment, FairScheduler, WorkerView
 from gpu_worker.protocol import HEARTBEAT_INDEX, HEARTBEAT_KEY, WORKER_SLOTS, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -42,7 +38,6 @@ LOCK_KEY = "atelier:scheduler:lock"
 AGAIN_KEY = "atelier:scheduler:again"
 LOCK_TTL_MS = 5_000  # a pass takes milliseconds; a crashed holder frees the lock this soon
 MAX_ROUNDS = 5  # passes one caller runs for the "run again" requests it finds
-USAGE_WINDOW = timedelta(minutes=30)  # the fair-share memory: GPU seconds per user this recent
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -115,49 +110,6 @@ class PassReport:
     skipped: bool = False  # another process held the lock: it runs again for us
 
 
-# --- inputs from the database ------------------------------------------------------------------
-
-
-def waiting_jobs() -> tuple[list[WaitingJob], dict[str, Job]]:
-    """Every waiting job as the policy sees it, with the rows to claim."""
-    rows = list(
-        Job.objects.waiting().select_related("owner", "checkpoint").order_by("created_at", "pk")
-    )
-    speeds = _SpeedCache()
-    weights: dict[Any, float] = {}
-    waiting = []
-    for job in rows:
-        if job.owner_id not in weights:
-            weights[job.owner_id] = float(max(1, limits_for(job.owner).priority_weight))
-        cost, _source = estimate_duration(job, speeds)
-        waiting.append(
-            WaitingJob(
-                job_id=str(job.pk),
-                user_id=str(job.owner_id),
-                weight=weights[job.owner_id],
-                submitted_at=job.created_at.timestamp(),
-                checkpoint=job.checkpoint.name,
-                loras=frozenset(job.params.get("loras") or ()),
-                cost=cost,
-            )
-        )
-    return waiting, {str(job.pk): job for job in rows}
-
-
-def recent_usage(now: datetime | None = None) -> dict[str, float]:
-    """GPU seconds per user over the last USAGE_WINDOW, running jobs included (so far)."""
-    now = now or timezone.now()
-    start = now - USAGE_WINDOW
-    usage: dict[str, float] = defaultdict(float)
-    rows = Job.objects.filter(started_at__isnull=False).filter(
-        Q(status=Job.Status.RUNNING) | Q(finished_at__gte=start)
-    )
-    for owner_id, started, finished in rows.values_list("owner_id", "started_at", "finished_at"):
-        seconds = ((finished or now) - max(started, start)).total_seconds()
-        usage[str(owner_id)] += max(0.0, seconds)
-    return dict(usage)
-
-
 # --- the pass ------------------------------------------------------------------------------------
 
 
@@ -165,15 +117,15 @@ def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
     views = worker_views(read_heartbeats(client))
     if not any(v.free_slots for v in views):
         return []
-    waiting, jobs = waiting_jobs()
+    waiting = waiting_jobs().jobs
     if not waiting:
         return []
-    now = time.time()
-    plan = scheduler.plan(waiting, views, now=now, usage=recent_usage())
+    plan = scheduler.plan(waiting, views, now=time.time(), usage=recent_usage())
+    jobs = Job.objects.select_related("checkpoint").in_bulk([a.job_id for a in plan])
     free = {v.worker_id: v.free_slots for v in views}
     made = []
     for assignment in plan:
-        job = jobs.get(assignment.job_id)
+        job = jobs.get(uuid.UUID(assignment.job_id))
         if job is None or free.get(assignment.worker_id, 0) <= 0:
             logger.warning("scheduler proposed an impossible assignment %s", assignment)
             continue

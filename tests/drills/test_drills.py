@@ -49,7 +49,7 @@ def test_redis_restarting_empty_mid_queue_loses_no_accepted_job(world: DrillWorl
     workers = [world.start_gpu(), world.start_gpu()]
     world.wait_ready(*workers)
     # Two running, two assigned behind them, two waiting on the platform.
-    jobs = world.submit(("drill-ann", 2, SLOW), ("drill-ben", 2, SLOW), ("drill-cat", 2, QUICK))
+    jobs = world.submit(("drill-ann", 2, SLOW), ("drill-ben", 2, QUICK), ("drill-cat", 2, QUICK))
     world.wait_running(jobs[0])
     world.stop_redis()  # running, assigned and waiting jobs: every message is gone
     world.start_redis()
