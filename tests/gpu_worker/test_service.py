@@ -250,3 +250,86 @@ def test_operator_can_drain_undrain_and_unload_through_the_heartbeat(
     finally:
         service.undrain()
         gw_redis.delete(commands, HEARTBEAT_KEY.format(worker_id="test-worker"))
+
+
+def offline_service(engine: Any, url: str, worker_id: str) -> Any:
+    """A worker service with no consumer running, on its own broker namespace."""
+    import uuid
+
+    import redis
+    from dramatiq.brokers.redis import RedisBroker
+
+    from gpu_worker.service import WorkerService
+
+    broker = RedisBroker(
+        url=url, namespace="atelier-test-" + uuid.uuid4().hex[:8], socket_connect_timeout=1
+    )
+    return WorkerService(
+        engine=engine,
+        broker=broker,
+        redis_client=redis.Redis.from_url(url, socket_connect_timeout=1),
+        publisher=None,
+        worker_id=worker_id,
+    )
+
+
+def platform_events(service: Any) -> list[dict]:
+    client, namespace = service.broker.client, service.broker.namespace
+    ids = client.lrange(f"{namespace}:platform", 0, -1)
+    return [
+        json.loads(client.hget(f"{namespace}:platform.msgs", i))["kwargs"]["event"] for i in ids
+    ]
+
+
+def test_job_events_wait_while_redis_is_down_and_go_out_in_order_after(
+    engine: Any, tmp_path: Any
+) -> None:
+    from operations.redis_server import free_port, start_private_redis
+
+    port = free_port()
+    service = offline_service(engine, f"redis://127.0.0.1:{port}/0", "outbox-worker")
+    request = demo_request()
+    service.report(service._event(request, "started"))  # Redis is not there yet
+    service.report(service._event(request, "succeeded", images=[]))
+    assert service.pending_events() == 2
+    server = start_private_redis(tmp_path, port=port)
+    try:
+        assert service.flush_events() and service.pending_events() == 0
+        events = platform_events(service)
+        assert [e["kind"] for e in events] == ["started", "succeeded"]
+        assert {e["job_id"] for e in events} == {request["job_id"]}
+    finally:
+        server.stop()
+        service.broker.close()
+
+
+def test_a_stopping_worker_gives_its_queued_jobs_back_to_the_platform(
+    engine: Any, gw_redis_url: str, gw_redis: Any
+) -> None:
+    import dramatiq
+
+    from gpu_worker.protocol import GENERATE_ACTOR, GENERATE_KWARG
+
+    service = offline_service(engine, gw_redis_url, "leaving-worker")
+    waiting = [demo_request(attempt=3), demo_request(attempt=1)]
+    for request in waiting:
+        service.broker.enqueue(
+            dramatiq.Message(
+                queue_name=service.queue,
+                actor_name=GENERATE_ACTOR,
+                args=(),
+                kwargs={GENERATE_KWARG: request},
+                options={},
+            )
+        )
+    try:
+        assert service.release_queued() == 2
+        released = platform_events(service)
+        assert {(e["job_id"], e["attempt"], e["kind"]) for e in released} == {
+            (r["job_id"], r["attempt"], "released") for r in waiting
+        }
+        assert all(e["worker_id"] == "leaving-worker" for e in released)
+        assert gw_redis.hlen(f"{service.broker.namespace}:{service.queue}.msgs") == 0
+    finally:
+        service.broker.flush_all()
+        service.broker.close()
