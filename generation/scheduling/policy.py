@@ -40,6 +40,7 @@ is `wait_bound()`: max_wait_s + 2 x the longest job + one load.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -284,16 +285,16 @@ class FairScheduler:
             state.queues[job.user_id].popleft()
             state.service[job.user_id] += job.cost
             order.append(job)
-        # One fair_key per user's head in a sorted list would be O(n*users); users are few, so
-        # a linear min per step stays simple and fast enough for the capped queue snapshot.
-        heads = {u: q for u, q in state.queues.items() if q}
-        while heads:
-            user = min(heads, key=lambda u: state.fair_key(heads[u][0]))
-            job = heads[user].popleft()
+        # A user's key changes only when its head is taken: a heap of heads, O(n log users).
+        heap = [(*state.fair_key(q[0]), u) for u, q in state.queues.items() if q]
+        heapq.heapify(heap)
+        while heap:
+            user = heapq.heappop(heap)[-1]
+            job = state.queues[user].popleft()
             state.service[user] += job.cost
             order.append(job)
-            if not heads[user]:
-                del heads[user]
+            if state.queues[user]:
+                heapq.heappush(heap, (*state.fair_key(state.queues[user][0]), user))
         return order
 
     def _aged(self, job: WaitingJob, now: float) -> bool:
@@ -310,23 +311,23 @@ class FairScheduler:
                 in_order = [w for w in targets if state.in_order(job, w)] or targets
                 worker = min(in_order, key=lambda w: self._aged_key(state, job, w))
                 return job, worker, "aged"
-        ranked = [
-            (job, targets)
-            for job in sorted(heads, key=state.fair_key)
-            if (targets := state.targets(job, aged=False))
-        ]
-        if not ranked:
-            return None
-        ceiling = state.normalised(ranked[0][0].user_id) + self.slack_s
+        ceiling: float | None = None
         best: tuple[tuple, WaitingJob, _Worker] | None = None
-        for rank, (job, targets) in enumerate(ranked):
-            if state.normalised(job.user_id) > ceiling:
-                break
+        rank = -1
+        for job in sorted(heads, key=state.fair_key):
+            if ceiling is not None and state.normalised(job.user_id) > ceiling:
+                break  # past the window: the rest are further still
+            if not (targets := state.targets(job, aged=False)):
+                continue
+            if ceiling is None:  # the neediest user that some free worker can serve
+                ceiling = state.normalised(job.user_id) + self.slack_s
+            rank += 1
             for worker in targets:
                 key = (not state.in_order(job, worker), *self._pair_key(state, job, worker, rank))
                 if best is None or key < best[0]:
                     best = (key, job, worker)
-        assert best is not None
+        if best is None:
+            return None
         _key, job, worker = best
         return job, worker, _REASONS[worker.affinity(job.checkpoint)]
 
