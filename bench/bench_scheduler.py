@@ -22,6 +22,7 @@ Figures, each for FIFO and fair, with the ratio (the better one over the other):
   max wait against the policy's stated bound (policy.wait_bound)
 Goals: >= 3x fewer loads than FIFO, Jain >= 0.9 where FIFO's is far lower, no job past the bound.
 The same figures, shorter, for five more seeds show how much they depend on the draw.
+A short real run with live processes (2 CPU gpu_workers, demo models): bench_scheduler_live.py.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ here, a tiny job runs about as long). Workload, fixed seed: 4 users (Pro tier) s
 jobs in one transaction (64x64, 6 steps) - 8, 6, 4 and 2 jobs - each on a checkpoint drawn with
 Zipf popularity. The same jobs run twice: with the dispatcher's policy replaced by the
 simulator's FifoScheduler in every platform process ("fifo"), and as shipped ("fair").
-Jobs are free here (see `child`: a SQLite ledger issue). Figures: model loads per 100 jobs (jobs whose model_load_s > 50 ms), mean wait per user and
-makespan, FIFO vs fair with ratios. Takes a minute or two; a CPU stand-in for GPUs, so loads
-are cheap and the figure that carries over is the count of loads, not the seconds.
+Jobs are free here (see `child`: a SQLite ledger issue). Figures: model loads per 100 jobs
+(jobs whose model_load_s > 50 ms), mean wait per user and makespan, FIFO vs fair with ratios.
+Takes a minute or two. A CPU stands in for GPUs, so loads are cheap: the figure that carries
+over is the count of loads, not the seconds.
 """
 
 from __future__ import annotations
