@@ -150,10 +150,8 @@ class _Pass:
         workers: Sequence[WorkerView],
         usage: Mapping[str, float],
         *,
-        now: float = 0.0,
         defer_load_s: float = 0.0,
     ) -> None:
-        self.now = now
         self.defer_load_s = defer_load_s
         self.queues = _user_queues(waiting)
         self.weights = {u: max(q[0].weight, MIN_WEIGHT) for u, q in self.queues.items()}
@@ -265,7 +263,7 @@ class FairScheduler:
         usage: Mapping[str, float],
     ) -> list[Assignment]:
         """Which waiting job each free worker slot gets now (in the order to send them)."""
-        state = _Pass(waiting, workers, usage, now=now, defer_load_s=self.defer_load_s)
+        state = _Pass(waiting, workers, usage, defer_load_s=self.defer_load_s)
         assignments: list[Assignment] = []
         while (pick := self._pick(state, now)) is not None:
             job, worker, reason = pick

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from generation.scheduling.policy import Assignment, WaitingJob, WorkerView
+from generation.scheduling.policy import Assignment, Reason, WaitingJob, WorkerView
 
 WORKER_SLOTS = 2  # one running, one waiting (gpu_worker.protocol.WORKER_SLOTS)
 
@@ -153,7 +153,7 @@ class FifoScheduler:
             worker = min(able, key=lambda w: (queued[w.worker_id], w.worker_id))
             slots[worker.worker_id] -= 1
             queued[worker.worker_id] += 1
-            reason = "hot" if job.checkpoint in worker.hot else "load"
+            reason: Reason = "hot" if job.checkpoint in worker.hot else "load"
             assignments.append(Assignment(job.job_id, worker.worker_id, reason))
         return assignments
 
