@@ -344,7 +344,8 @@ def register_actors(broker: dramatiq.Broker, service: WorkerService) -> dramatiq
 class WorkerLifecycle(dramatiq.Middleware):
     """Boot and shutdown work in Dramatiq's hooks, not at import: start the heartbeat and
     preload the named checkpoints (the first job then skips the import and load); on shutdown
-    mark the worker draining, then stop the heartbeat and remove its key."""
+    mark the worker draining and give its queued jobs back, let the running one finish, send
+    the buffered events, then stop the heartbeat and remove its key."""
 
     def __init__(
         self, service: WorkerService, *, preload: list[str], heartbeat: Heartbeat | None
@@ -356,6 +357,9 @@ class WorkerLifecycle(dramatiq.Middleware):
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # before the consumers start: no job is taken until the preloaded models are ready
         self.service.engine.refresh_catalogue()
+        # A restart under the same id finds what was queued for its previous life: give it
+        # back (the platform ignores what it already took back) rather than run stale work.
+        self._release()
         if self.heartbeat is not None:
             self.heartbeat.start()
         for name in self.preload:

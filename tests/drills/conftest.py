@@ -30,17 +30,17 @@ from tests.e2e.conftest import REPO, LivePlatform
 HEARTBEAT_INTERVAL = 0.5  # the key lives 4x that; the platform's grace is 3x
 WORKER_GRACE = 1.5
 USERS = ("drill-ann", "drill-ben", "drill-cat")  # the default tier allows 2 unfinished jobs each
-# A job that samples for a few seconds on the CPU, so a drill can act while it runs.
-SLOW = {
+# A job that samples for a second or two on the CPU, so a drill can act while it runs. Its price
+# (0.25) is exact in binary: check_ledger compares sums in SQL, which SQLite adds as floats.
+JOB = {
     "prompt": "a lighthouse in a storm",
     "checkpoint": "atelier-demo-v1",
     "width": 256,
-    "height": 256,
+    "height": 128,
     "steps": 40,
     "sampler": "Euler a",
     "seed": 7,
 }
-QUICK = {**SLOW, "width": 64, "height": 64, "steps": 6}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -127,27 +127,16 @@ class DrillWorld:
             ],
         )
 
-    def start_gpu(self) -> str:
-        """A fresh `python -m gpu_worker` (new id), ready once its heartbeat shows the preloaded
-        checkpoint; returns its id."""
+    def start_gpu(self, preload: bool = True) -> str:
+        """A fresh `python -m gpu_worker` (new id); returns its id. With `preload` it loads the
+        demo checkpoint before taking jobs (`wait_ready` waits for that); without, it joins
+        within seconds and loads on its first job."""
         worker_id = f"gpu-{next(self._ids)}"
-        self.start(
-            worker_id,
-            [
-                "-m",
-                "gpu_worker",
-                "--models-dir",
-                str(self.models),
-                "--device",
-                "cpu",
-                "--worker-id",
-                worker_id,
-                "--preload",
-                "atelier-demo-v1",
-                "--heartbeat-interval",
-                str(HEARTBEAT_INTERVAL),
-            ],
-        )
+        argv = ["-m", "gpu_worker", "--models-dir", str(self.models), "--device", "cpu"]
+        argv += ["--worker-id", worker_id, "--heartbeat-interval", str(HEARTBEAT_INTERVAL)]
+        if preload:
+            argv += ["--preload", "atelier-demo-v1"]
+        self.start(worker_id, argv)
         return worker_id
 
     def wait_ready(self, *worker_ids: str, timeout: float = 60) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import signal
 
-from tests.drills.conftest import QUICK, SLOW, DrillWorld
+from tests.drills.conftest import JOB, DrillWorld
 
 
 def test_a_worker_killed_mid_job_hands_it_to_the_survivor_charged_once(world: DrillWorld):
     first, second = world.start_gpu(), world.start_gpu()
     world.wait_ready(first, second)
-    [job] = world.submit(("drill-ann", 1, SLOW))
+    [job] = world.submit(("drill-ann", 1, JOB))
     victim = world.wait_running(job)
     survivor = second if victim == first else first
     world.signal(victim, signal.SIGKILL)
@@ -28,14 +28,14 @@ def test_a_worker_killed_mid_job_hands_it_to_the_survivor_charged_once(world: Dr
 def test_a_poison_job_that_kills_three_workers_fails_and_is_refunded(world: DrillWorld):
     workers = [world.start_gpu(), world.start_gpu()]
     world.wait_ready(*workers)
-    [job] = world.submit(("drill-ben", 1, SLOW))
+    [job] = world.submit(("drill-ben", 1, JOB))
     killed: set[str] = set()
     for kill in range(3):
         victim = world.wait_running(job, not_on=killed)
         world.signal(victim, signal.SIGKILL)
         killed.add(victim)
         if kill < 2:
-            world.start_gpu()  # a fresh worker replaces it: the job must not loop forever
+            world.start_gpu(preload=False)  # a fresh one replaces it: no endless loop
 
     world.wait_finished([job])
     row = world.job(job)
@@ -49,7 +49,7 @@ def test_redis_restarting_empty_mid_queue_loses_no_accepted_job(world: DrillWorl
     workers = [world.start_gpu(), world.start_gpu()]
     world.wait_ready(*workers)
     # Two running, two assigned behind them, two waiting on the platform.
-    jobs = world.submit(("drill-ann", 2, SLOW), ("drill-ben", 2, QUICK), ("drill-cat", 2, QUICK))
+    jobs = world.submit(("drill-ann", 2, JOB), ("drill-ben", 2, JOB), ("drill-cat", 2, JOB))
     world.wait_running(jobs[0])
     world.stop_redis()  # running, assigned and waiting jobs: every message is gone
     world.start_redis()
@@ -66,7 +66,7 @@ def test_sigterm_drains_a_worker_its_running_job_finishes_and_nothing_is_lost(
 ):
     draining, other = world.start_gpu(), world.start_gpu()
     world.wait_ready(draining, other)
-    jobs = world.submit(("drill-ann", 2, SLOW), ("drill-ben", 2, SLOW))
+    jobs = world.submit(("drill-ann", 2, JOB), ("drill-ben", 2, JOB))
     world.wait(
         lambda: world.query(
             "SELECT count(*) FROM generation_job WHERE worker_id = ? AND status = 'running'",
