@@ -143,6 +143,10 @@ def _heartbeats(client: redis.Redis, worker_ids: set[str]) -> dict[str, WorkerHe
     return beats
 
 
+def _current_job(beat: WorkerHeartbeat | None) -> str | None:
+    return beat.get("current_job") if beat is not None else None
+
+
 def _lost_with_worker(job: Job, report: SweepReport) -> None:
     """Its worker died. Assigned: back to the queue. Running: count the loss, and fail the job
     once it has killed MAX_WORKERS_LOST workers."""
@@ -182,12 +186,15 @@ def take_back_lost_jobs(
     report.dead_workers = sorted(dead)
     alive: list[Job] = []
     for job in held:
+        beat = beats.get(job.worker_id)
         if job.worker_id in dead:
             _lost_with_worker(job, report)
-        elif (beats.get(job.worker_id) or {}).get("draining") and job.status == Job.Status.QUEUED:
+        elif beat is None:
+            continue  # missing, not yet for long: a Redis flush looks the same for a moment
+        elif beat.get("draining") and job.status == Job.Status.QUEUED:
             if job.return_to_queue(from_statuses=(Job.Status.QUEUED,)):
                 report.requeued.append(str(job.pk))  # a draining worker will not start it
-        elif beats.get(job.worker_id) is not None:
+        else:
             alive.append(job)
     _take_back_lost_messages(client, alive, now, report)
     _take_back_unreported(client, alive, beats, liveness, clock, report)
@@ -240,7 +247,7 @@ def _take_back_unreported(
         job
         for job in alive
         if job.status == Job.Status.RUNNING
-        and (beats.get(job.worker_id) or {}).get("current_job") != str(job.pk)
+        and _current_job(beats.get(job.worker_id)) != str(job.pk)
     ]
     liveness.forget_unreported({str(job.pk) for job in suspects})
     if not suspects:
