@@ -333,3 +333,26 @@ def test_a_stopping_worker_gives_its_queued_jobs_back_to_the_platform(
     finally:
         service.broker.flush_all()
         service.broker.close()
+
+
+def test_the_heartbeat_tells_models_on_the_device_from_those_only_in_ram(
+    engine: Any, demo_models_dir: Any, atelier_cache_dir: Any, gw_redis_url: str
+) -> None:
+    from .conftest import make_engine
+
+    engine.preload("atelier-demo-v1")
+    size = max(e.size_bytes for e in map(engine.cache.entry, engine.cache.keys_hottest_first()))
+    # Room on the device for one checkpoint, in RAM for both: loading v2 moves v1 to RAM.
+    small = make_engine(
+        demo_models_dir, atelier_cache_dir, device=int(size * 1.5), ram=int(size * 4)
+    )
+    small.preload("atelier-demo-v1")
+    small.preload("atelier-demo-v2")
+    service = offline_service(small, gw_redis_url, "tiers-worker")
+    try:
+        beat = service.heartbeat_snapshot()
+        assert beat["loaded_models"] == ["atelier-demo-v2"]
+        assert beat["warm_models"] == ["atelier-demo-v1"]
+        assert beat["hot_capacity"] == 1 and beat["queue"] == "gpu.tiers-worker"
+    finally:
+        service.broker.close()
