@@ -42,7 +42,6 @@ def main() -> None:
     from gpu_worker.protocol import (
         GENERATE_ACTOR,
         GENERATE_KWARG,
-        GPU_QUEUE,
         JOB_EVENT_ACTOR,
         PLATFORM_QUEUE,
     )
@@ -136,7 +135,7 @@ def main() -> None:
         done[r["job_id"]] = threading.Event()
         broker.enqueue(
             dramatiq.Message(
-                queue_name=GPU_QUEUE,
+                queue_name=service.queue,
                 actor_name=GENERATE_ACTOR,
                 args=(),
                 kwargs={GENERATE_KWARG: r},
@@ -147,7 +146,7 @@ def main() -> None:
 
     timings: dict[str, list[float]] = {"direct": [], "engine": [], "worker": []}
     cpu: dict[str, list[float]] = {"direct": [], "engine": [], "worker": []}
-    with running_worker(broker):
+    with running_worker(broker, service.queue):
         for fn in (direct, through_engine, through_worker):  # warm-up
             fn()
         for _ in range(RUNS):  # interleaved, so drift hits all three alike

@@ -51,7 +51,7 @@ ERRORS = {code: ErrorSerializer for code in (400, 402, 403, 404, 409, 422, 429, 
 
 def error_response(exc: SubmissionError) -> Response:
     response = Response(exc.as_dict(), status=exc.status)
-    if exc.status == 429:
+    if exc.status in (429, 503):  # too many jobs, or the queue is unreachable: come back soon
         response["Retry-After"] = "10"
     return response
 

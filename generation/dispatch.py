@@ -1,8 +1,9 @@
-"""Hand queued jobs to GPU workers: first in, first out through one Dramatiq queue.
+"""Send jobs to GPU workers: the message for one assigned job, on its worker's own queue.
 
-Its own module so the scheduler issue can replace FIFO with fair, model-aware dispatch without
-touching submission. The database stays the truth: `mark_dispatched` takes the next attempt
-number with a conditional update, and the sweeper re-sends what Redis lost.
+Which worker gets which job is decided by the scheduling pass
+(`generation.scheduling.dispatcher.schedule_pending`), which claims the job with
+`Job.mark_assigned` and calls `send_request` after commit. The database stays the truth: the
+sweeper takes back what Redis lost or what a dead worker held (`Job.return_to_queue`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from generation.models import Job
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
     GENERATE_KWARG,
-    GPU_QUEUE,
     GenerationRequest,
     HiresOptions,
+    worker_queue,
 )
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,10 @@ MESSAGE_ID_TTL_SECONDS = 7 * 24 * 3600
 
 
 def send_request(job: Job) -> bool:
-    """Enqueue the job's current attempt; False (job left for the sweeper) if Redis is down."""
+    """Enqueue the job's current attempt on its worker's queue. If Redis is down the job goes
+    back to the waiting queue (False), to be assigned again once Redis answers."""
     message = dramatiq.Message(
-        queue_name=GPU_QUEUE,
+        queue_name=worker_queue(job.worker_id),
         actor_name=GENERATE_ACTOR,
         args=(),
         kwargs={GENERATE_KWARG: build_request(job)},
@@ -76,30 +78,40 @@ def send_request(job: Job) -> bool:
     try:
         sent = get_broker().enqueue(message)
         # Delivery bookkeeping lives in Redis with the message: the sweeper checks that this id
-        # is still in the queue (a flushed Redis loses both, which reads as "lost").
+        # is still in the worker's queue (a flushed Redis loses both, which reads as "lost").
         get_redis().set(
             MESSAGE_ID_KEY.format(job_id=job.pk),
             sent.options.get("redis_message_id", ""),
             ex=MESSAGE_ID_TTL_SECONDS,
         )
     except (redis.RedisError, OSError):
-        logger.warning(
-            "Redis unreachable: job %s stays queued for the sweeper", job.pk, exc_info=True
-        )
-        job.clear_dispatch()
+        logger.warning("Redis unreachable: job %s goes back to the queue", job.pk, exc_info=True)
+        job.return_to_queue()
         return False
     return True
 
 
 def dispatch_job(job: Job) -> bool:
-    """Send `job` to the GPU queue as its next attempt (the sweeper's re-dispatch). False if
-    another dispatcher won the attempt, the job is no longer queued, or Redis is down."""
-    if not job.mark_dispatched():
+    """Put a queued job back to be scheduled: taken from the worker it was assigned to (if it
+    has not started there) and offered to the next scheduling pass. False if it is running or
+    finished."""
+    job.refresh_from_db()
+    if job.status != Job.Status.QUEUED:
         return False
-    return send_request(job)
+    if job.worker_id and not job.return_to_queue():
+        return False
+    schedule_on_commit()
+    return True
+
+
+def schedule_on_commit() -> None:
+    """Run a scheduling pass once the current transaction commits (at once outside one)."""
+    from generation.scheduling.dispatcher import request_schedule
+
+    transaction.on_commit(request_schedule)
 
 
 def dispatch_on_commit(job: Job) -> None:
-    """Send a new job (attempt already taken with `prepare_first_dispatch`) once the
-    transaction that created it commits: never before, or the worker would race the commit."""
-    transaction.on_commit(lambda: send_request(job))
+    """A new job: schedule once the transaction that created it commits, never before, or the
+    worker would race the commit."""
+    schedule_on_commit()

@@ -141,6 +141,18 @@ class JobQuerySet(models.QuerySet["Job"]):
     def running(self) -> JobQuerySet:
         return self.filter(status=Job.Status.RUNNING)
 
+    def waiting(self) -> JobQuerySet:
+        """Queued and held by no worker: what the scheduler may hand out."""
+        return self.filter(status=Job.Status.QUEUED, worker_id="")
+
+    def assigned(self) -> JobQuerySet:
+        """Queued and handed to a worker that has not started it yet."""
+        return self.filter(status=Job.Status.QUEUED).exclude(worker_id="")
+
+    def held_by(self, worker_id: str) -> JobQuerySet:
+        """Running on, or assigned to, one worker."""
+        return self.filter(status__in=Job.UNFINISHED, worker_id=worker_id)
+
 
 class Job(models.Model):
     class Status(models.TextChoices):
@@ -168,8 +180,15 @@ class Job(models.Model):
     init_image = models.ImageField(upload_to=init_image_upload_to, blank=True)
     price = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
     total_steps = models.PositiveIntegerField(default=0, help_text=_("Sampling steps, all images"))
-    attempt = models.PositiveIntegerField(default=0, help_text=_("Incremented on each dispatch"))
-    worker_id = models.CharField(max_length=200, blank=True)
+    # Moves on at each hand-out to a worker and at each return to the queue, so every message
+    # and event of an earlier hand-out is stale.
+    attempt = models.PositiveIntegerField(default=0, help_text=_("Hand-outs and returns"))
+    worker_id = models.CharField(
+        max_length=200, blank=True, help_text=_("The worker it is assigned to or running on")
+    )
+    workers_lost = models.PositiveSmallIntegerField(
+        default=0, help_text=_("Workers that died while running this job")
+    )
     idempotency_key = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
@@ -220,28 +239,49 @@ class Job(models.Model):
             self.refresh_from_db()
         return won
 
-    def prepare_first_dispatch(self) -> None:
-        """On a new, unsaved job: attempt 1, dispatched now (saved with the job, so the
-        dispatch after commit costs no second write)."""
-        self.attempt = 1
-        self.dispatched_at = timezone.now()
-
-    def mark_dispatched(self) -> bool:
-        """Take the next attempt number. Two dispatchers racing: only one gets it."""
+    def mark_assigned(self, worker_id: str) -> bool:
+        """Hand a waiting job to `worker_id` as the next attempt. Two schedulers racing: only one
+        gets it."""
         won = (
-            Job.objects.filter(pk=self.pk, status=self.Status.QUEUED, attempt=self.attempt).update(
-                attempt=F("attempt") + 1, dispatched_at=timezone.now()
+            Job.objects.filter(
+                pk=self.pk, status=self.Status.QUEUED, worker_id="", attempt=self.attempt
+            ).update(
+                attempt=F("attempt") + 1, worker_id=worker_id[:200], dispatched_at=timezone.now()
             )
             == 1
         )
         self.refresh_from_db()
         return won
 
-    def clear_dispatch(self) -> None:
-        """The enqueue failed: let the sweeper retry at once."""
-        Job.objects.filter(pk=self.pk, status=self.Status.QUEUED, attempt=self.attempt).update(
-            dispatched_at=None
+    def return_to_queue(
+        self,
+        *,
+        from_statuses: tuple[str, ...] = ("queued",),
+        attempt: int | None = None,
+        worker_lost: bool = False,
+    ) -> bool:
+        """Take the job back from its worker (released, message lost, worker dead or draining).
+        It keeps `created_at`, so it waits ahead of newer jobs; the attempt moves on, so whatever
+        the old worker still sends about it is ignored."""
+        changes: dict[str, Any] = {
+            "status": self.Status.QUEUED,
+            "worker_id": "",
+            "attempt": F("attempt") + 1,
+            "dispatched_at": None,
+            "started_at": None,
+            "steps_done": 0,
+        }
+        if worker_lost:
+            changes["workers_lost"] = F("workers_lost") + 1
+        rows = Job.objects.filter(
+            pk=self.pk,
+            status__in=from_statuses,
+            attempt=self.attempt if attempt is None else attempt,
         )
+        won = rows.update(**changes) == 1
+        if won:
+            self.refresh_from_db()
+        return won
 
     def mark_running(self, worker_id: str, attempt: int) -> bool:
         return self._claim(

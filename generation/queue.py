@@ -1,10 +1,12 @@
-"""Queue position and ETA, from measured throughput.
+"""Queue position and ETA: the scheduler's own order, timed by measured throughput.
 
 Speed is learned from recently finished jobs: seconds per pixel-step (the unit `pricing` uses),
 preferring the same checkpoint at the same resolution, then the same checkpoint at any resolution,
 then any checkpoint. With no history at all a conservative default is used and every estimate
-says so (`source == "default"`). The queue is simulated first in, first out over the workers that
-are alive now (their heartbeat keys), which is what `dispatch` does.
+says so (`source == "default"`). Jobs already handed to a worker come first, behind what that
+worker runs now; then the waiting jobs in the policy's start order (`FairScheduler.fair_order`:
+fair share by recent usage and tier weight, aged jobs first) over the workers alive now (their
+heartbeat keys). A snapshot costs a constant number of queries whatever the queue length.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import redis
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from generation.models import Job
@@ -30,6 +33,8 @@ DEFAULT_SECONDS_PER_PIXEL_STEP = 0.15 / (512 * 512)
 DEFAULT_OVERHEAD_SECONDS = 2.0
 HISTORY_WINDOW = timedelta(days=3)
 HISTORY_JOBS = 20
+HISTORY_ROWS = 500  # what one snapshot reads of the history
+HISTORY_FIELDS = ("params", "mode", "timings", "started_at", "finished_at")
 MAX_SIMULATED = 1000
 
 Source = Literal["history", "default"]
@@ -69,16 +74,16 @@ def _samples(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
     return per_unit, overheads
 
 
+def _recent_history() -> QuerySet[Job]:
+    return Job.objects.filter(
+        status=Job.Status.SUCCEEDED,
+        started_at__isnull=False,
+        finished_at__gte=timezone.now() - HISTORY_WINDOW,
+    ).order_by("-finished_at")
+
+
 def measured_speed(checkpoint_id: int, width: int, height: int) -> Speed:
-    recent = (
-        Job.objects.filter(
-            status=Job.Status.SUCCEEDED,
-            started_at__isnull=False,
-            finished_at__gte=timezone.now() - HISTORY_WINDOW,
-        )
-        .order_by("-finished_at")
-        .values("params", "mode", "timings", "started_at", "finished_at")
-    )
+    recent = _recent_history().values(*HISTORY_FIELDS)
     candidates = (
         recent.filter(checkpoint_id=checkpoint_id, params__width=width, params__height=height),
         recent.filter(checkpoint_id=checkpoint_id),
@@ -92,14 +97,39 @@ def measured_speed(checkpoint_id: int, width: int, height: int) -> Speed:
 
 
 class _SpeedCache:
+    """Speeds for many jobs from one read of the history (the last HISTORY_ROWS finished jobs
+    within HISTORY_WINDOW), each picked the way `measured_speed` picks it."""
+
     def __init__(self) -> None:
         self.known: dict[tuple[int, int, int], Speed] = {}
+        self._history: list[dict[str, Any]] | None = None
+
+    def history(self) -> list[dict[str, Any]]:
+        if self._history is None:
+            self._history = list(
+                _recent_history().values(*HISTORY_FIELDS, "checkpoint_id")[:HISTORY_ROWS]
+            )
+        return self._history
 
     def __call__(self, checkpoint_id: int, params: dict[str, Any]) -> Speed:
         key = (checkpoint_id, int(params["width"]), int(params["height"]))
         if key not in self.known:
-            self.known[key] = measured_speed(*key)
+            self.known[key] = self._pick(*key)
         return self.known[key]
+
+    def _pick(self, checkpoint_id: int, width: int, height: int) -> Speed:
+        rows = self.history()
+        same_model = [r for r in rows if r["checkpoint_id"] == checkpoint_id]
+        same_size = [
+            r
+            for r in same_model
+            if r["params"].get("width") == width and r["params"].get("height") == height
+        ]
+        for candidates in (same_size, same_model, rows):
+            per_unit, overheads = _samples(candidates[:HISTORY_JOBS])
+            if per_unit:
+                return Speed(statistics.median(per_unit), statistics.median(overheads), "history")
+        return DEFAULT_SPEED
 
 
 def alive_workers(client: redis.Redis | None = None) -> int:
@@ -132,29 +162,43 @@ class QueueSnapshot:
 
 
 def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
-    """Position and ETA of every queued job (the first MAX_SIMULATED), simulating FIFO dispatch
-    over the alive workers, each first finishing what it runs now."""
+    """Position and ETA of every queued job (the oldest MAX_SIMULATED waiting), in the order the
+    scheduler starts them, over the alive workers, each first finishing what it holds."""
+    from generation.scheduling.inputs import in_flight_jobs, recent_usage, waiting_jobs
+    from generation.scheduling.policy import FairScheduler
+
     speeds = _SpeedCache()
     now = timezone.now()
-    slots: list[float] = []
-    for job in Job.objects.running().only("params", "mode", "checkpoint_id", "started_at"):
-        duration, _source = estimate_duration(job, speeds)
-        elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
-        slots.append(max(0.0, duration - elapsed))
-    count = max(workers or alive_workers(), 1)
-    slots = sorted(slots)[:count] + [0.0] * max(0, count - len(slots))
-    heapq.heapify(slots)
     snapshot = QueueSnapshot()
-    queued = (
-        Job.objects.queued()
-        .order_by("created_at", "pk")
-        .only("params", "mode", "checkpoint_id", "created_at")[:MAX_SIMULATED]
-    )
-    for position, job in enumerate(queued, start=1):
+    held = in_flight_jobs()
+    free_at: dict[str, float] = {}  # per worker: seconds until it has finished what it holds
+    handed_out: list[tuple[float, float, Job, Source]] = []
+    for job in held:
         duration, source = estimate_duration(job, speeds)
-        finish = heapq.heappop(slots) + duration
-        heapq.heappush(slots, finish)
+        if job.status == Job.Status.RUNNING:
+            elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
+            free_at[job.worker_id] = free_at.get(job.worker_id, 0.0) + max(0.0, duration - elapsed)
+        else:
+            begins = free_at.get(job.worker_id, 0.0)
+            free_at[job.worker_id] = begins + duration
+            handed_out.append((begins, begins + duration, job, source))
+    for position, (_begins, finish, job, source) in enumerate(
+        sorted(handed_out, key=lambda h: (h[0], h[2].created_at)), start=1
+    ):
         snapshot.infos[str(job.pk)] = QueueInfo(position, round(finish, 1), source)
+    count = max(workers or alive_workers(), 1)
+    slots = sorted(free_at.values())[:count]
+    slots += [0.0] * (count - len(slots))
+    heapq.heapify(slots)
+    waiting = waiting_jobs(limit=MAX_SIMULATED, speeds=speeds)
+    usage = recent_usage(now, speeds, in_flight=held)
+    order = FairScheduler().fair_order(waiting.jobs, now=now.timestamp(), usage=usage)
+    for position, entry in enumerate(order, start=len(handed_out) + 1):
+        finish = heapq.heappop(slots) + entry.cost
+        heapq.heappush(slots, finish)
+        snapshot.infos[entry.job_id] = QueueInfo(
+            position, round(finish, 1), waiting.sources[entry.job_id]
+        )
     return snapshot
 
 

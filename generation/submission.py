@@ -26,6 +26,7 @@ import redis
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.utils.translation import gettext
 from PIL import Image, UnidentifiedImageError
 
 from generation.credits_hold import InsufficientCredits, hold_credits
@@ -407,6 +408,7 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
         return job
     valid = validate_params(user, params)
     limits = limits_for(user)
+    require_queue()
     try:
         with transaction.atomic():
             # One submission per user at a time, so the unfinished-jobs cap cannot be raced.
@@ -432,14 +434,13 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             )
             if valid.init_png:
                 job.init_image.save("init.png", ContentFile(valid.init_png), save=False)
-            job.prepare_first_dispatch()
             job.save(force_insert=True)
             try:
                 hold_credits(user, job)
             except InsufficientCredits as exc:
                 raise SubmissionError("price", str(exc) or "not enough credits", 402) from None
             remember_params(user, valid.params)
-            # After commit, outside the write lock: tell the owner its place, then send it.
+            # After commit, outside the write lock: tell the owner its place, then schedule.
             transaction.on_commit(lambda: publish_queue_position(job))
             dispatch_on_commit(job)
     except IntegrityError:
@@ -448,6 +449,20 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             return job
         raise
     return job
+
+
+def require_queue() -> None:
+    """Refuse (503) before anything is written when Redis, the queue, cannot be reached: an
+    accepted job must be one the platform can hand to a worker."""
+    from generation.broker import get_redis
+
+    try:
+        get_redis().ping()
+    except (redis.RedisError, OSError):
+        logger.warning("submission refused: Redis unreachable")
+        raise SubmissionError(
+            "queue", gettext("the queue is unreachable, try again shortly"), 503
+        ) from None
 
 
 def publish_queue_position(job: Job) -> None:

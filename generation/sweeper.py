@@ -1,12 +1,23 @@
-"""Periodic repairs, run by the platform worker every few seconds.
+"""Periodic repairs, run by the platform worker every second: nothing a worker or Redis loses
+stays lost, and nothing is run or charged twice.
 
-- Re-dispatch queued jobs that no worker holds: the broker message of their latest attempt is gone
-  (Redis restarted or was flushed) or was never sent (Redis was down at submission). A job that
-  still has not started after `max_attempts` dispatches is failed and its hold released.
-- Fail (and release) running jobs whose worker vanished: no heartbeat key, or a heartbeat that
-  shows the worker busy with another job, past a deadline derived from the job's size.
+- A dead worker (heartbeat key missing for WORKER_MISSING_GRACE_SECONDS, on this process's
+  clock, see `WorkerLiveness`): its running and assigned jobs go back to the queue, keeping their
+  place (created_at). A running job counts the loss in `workers_lost`; one that has now killed
+  MAX_WORKERS_LOST workers fails with a clear error and its hold released (a poison job must not
+  loop through the fleet).
+- A draining worker (shutting down, or drained by an operator): its assigned, unstarted jobs go
+  back at once, for other workers.
+- A lost message (Redis restarted empty or was flushed): an assigned job whose message is in
+  neither its worker's queue nor the delay queue goes back to the queue, so one sweep rebuilds
+  the queue from the database.
+- An unreported job (its terminal event lost with Redis): running on a live worker that has
+  moved on, with no event of it waiting, for UNREPORTED_GRACE_SECONDS: back to the queue.
 - `sync_catalogue`: import what workers (heartbeat inventories) and the local models folder hold
   into CatalogEntry; entries nobody has any more become unavailable.
+
+Every take-back is `Job.return_to_queue`, a conditional update that also moves the attempt on,
+so a late message or event of the old hand-out is a no-op.
 """
 
 from __future__ import annotations
@@ -14,38 +25,37 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
 from django.conf import settings
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from generation import lifecycle
 from generation.broker import get_broker, get_redis
-from generation.dispatch import MESSAGE_ID_KEY, dispatch_job
-from generation.limits import limits_for
+from generation.dispatch import MESSAGE_ID_KEY
 from generation.models import CatalogEntry, Job
-from generation.queue import estimate_duration
 from gpu_worker.protocol import (
-    GPU_QUEUE,
     HEARTBEAT_INDEX,
     HEARTBEAT_KEY,
-    HEARTBEAT_TTL_SECONDS,
     PLATFORM_QUEUE,
+    WORKER_MISSING_GRACE_SECONDS,
     ModelInventoryEntry,
     WorkerHeartbeat,
+    worker_queue,
 )
 
 logger = logging.getLogger(__name__)
 
-# A dispatch younger than this is left alone: its enqueue may still be in flight.
-DISPATCH_GRACE = timedelta(seconds=10)
-# A job never dispatched (Redis was down at submission): its on_commit dispatch had its chance.
-UNDISPATCHED_GRACE = timedelta(seconds=5)
-# A worker whose heartbeat key is missing this long past its job's expected end is gone.
-VANISHED_GRACE_SECONDS = 2 * HEARTBEAT_TTL_SECONDS
+# An assignment younger than this is left alone: its enqueue may still be in flight.
+DISPATCH_GRACE = timedelta(seconds=3)
+# A running job its live worker no longer reports, with no event of it waiting, this long.
+UNREPORTED_GRACE_SECONDS = 10.0
+MAX_WORKERS_LOST = 3
 DEMO_DEFAULT_PARAMS = {
     "width": 128,
     "height": 128,
@@ -57,8 +67,45 @@ DEMO_DEFAULT_PARAMS = {
 
 @dataclass
 class SweepReport:
-    redispatched: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    dead_workers: list[str] = field(default_factory=list)
+
+
+class WorkerLiveness:
+    """When each worker's heartbeat key was last seen, on the platform's own clock (no trust in
+    the workers' clocks). A worker is dead once its key has been missing for `grace` seconds:
+    a worker never seen before starts its count at its first sighting, and a Redis flush (every
+    key gone at once) is outlasted, because live workers beat again well within the grace.
+    One per sweeping process, kept across sweeps (a fresh one declares nobody dead)."""
+
+    def __init__(
+        self,
+        grace: float = WORKER_MISSING_GRACE_SECONDS,
+        unreported_grace: float = UNREPORTED_GRACE_SECONDS,
+    ) -> None:
+        self.grace = grace
+        self.unreported_grace = unreported_grace
+        self.last_seen: dict[str, float] = {}
+        self.unreported_since: dict[str, float] = {}
+
+    def dead(self, beats: dict[str, WorkerHeartbeat | None], now: float) -> set[str]:
+        dead = set()
+        for worker_id, beat in beats.items():
+            if beat is not None:
+                self.last_seen[worker_id] = now
+            elif now - self.last_seen.setdefault(worker_id, now) >= self.grace:
+                dead.add(worker_id)
+        for worker_id in set(self.last_seen) - set(beats):
+            del self.last_seen[worker_id]  # holds no job any more: forget it
+        return dead
+
+    def unreported_long_enough(self, job_id: str, now: float) -> bool:
+        return now - self.unreported_since.setdefault(job_id, now) >= self.unreported_grace
+
+    def forget_unreported(self, keep: set[str]) -> None:
+        for job_id in set(self.unreported_since) - keep:
+            del self.unreported_since[job_id]
 
 
 def _decode(value: Any) -> str:
@@ -84,57 +131,6 @@ def _messages_key(queue: str, suffix: str = "") -> str:
     return f"{namespace}:{queue}{suffix}.msgs"
 
 
-def redispatch_lost_jobs(now: Any = None) -> SweepReport:
-    now = now or timezone.now()
-    report = SweepReport()
-    client = get_redis()
-    stale = list(
-        Job.objects.queued()
-        .filter(dispatched_at__lt=now - DISPATCH_GRACE)
-        .select_related("owner", "checkpoint")
-    )
-    never = list(
-        Job.objects.queued()
-        .filter(dispatched_at__isnull=True, created_at__lt=now - UNDISPATCHED_GRACE)
-        .select_related("owner", "checkpoint")
-    )
-    if not stale and not never:
-        return report
-    lost = list(never)
-    if stale:
-        message_ids = client.mget([MESSAGE_ID_KEY.format(job_id=job.pk) for job in stale])
-        pipe = client.pipeline()
-        for message_id in message_ids:
-            pipe.hexists(_messages_key(GPU_QUEUE), message_id or "-")
-        present = pipe.execute()
-        missing = [job for job, here in zip(stale, present, strict=True) if not here]
-        if missing:
-            # A retry waits in the delay queue under a new id; events may wait unprocessed.
-            held = _job_ids_in(client, _messages_key(GPU_QUEUE, ".DQ")) | _job_ids_in(
-                client, _messages_key(PLATFORM_QUEUE)
-            )
-            lost += [job for job in missing if str(job.pk) not in held]
-    for job in sorted(lost, key=lambda j: j.created_at):
-        if job.attempt >= limits_for(job.owner).max_attempts:
-            if lifecycle.fail_job(
-                job,
-                f"no worker could start this job after {job.attempt} attempts",
-                attempt=job.attempt,
-            ):
-                report.failed.append(str(job.pk))
-            continue
-        if dispatch_job(job):
-            logger.info("re-dispatched job %s as attempt %s", job.pk, job.attempt)
-            report.redispatched.append(str(job.pk))
-    return report
-
-
-def abandon_deadline(job: Job) -> float:
-    """Seconds after its start past which a running job whose worker vanished is failed."""
-    expected, _source = estimate_duration(job)
-    return VANISHED_GRACE_SECONDS + 2 * expected
-
-
 def _heartbeats(client: redis.Redis, worker_ids: set[str]) -> dict[str, WorkerHeartbeat | None]:
     ids = sorted(worker_ids)
     values = client.mget([HEARTBEAT_KEY.format(worker_id=i) for i in ids]) if ids else []
@@ -147,40 +143,137 @@ def _heartbeats(client: redis.Redis, worker_ids: set[str]) -> dict[str, WorkerHe
     return beats
 
 
-def fail_abandoned_jobs(now: Any = None) -> SweepReport:
-    now = now or timezone.now()
-    report = SweepReport()
-    running = list(Job.objects.running().select_related("owner"))
-    if not running:
-        return report
-    beats = _heartbeats(get_redis(), {job.worker_id for job in running if job.worker_id})
-    for job in running:
-        beat = beats.get(job.worker_id)
-        if beat is not None and beat.get("current_job") == str(job.pk):
-            continue  # alive and on it, however long it takes
-        elapsed = (now - (job.started_at or job.created_at)).total_seconds()
-        if elapsed <= abandon_deadline(job):
-            continue
-        why = (
-            "the worker running this job stopped responding"
-            if beat is None
-            else ("the worker running this job moved on without reporting it")
+def _current_job(beat: WorkerHeartbeat | None) -> str | None:
+    return beat.get("current_job") if beat is not None else None
+
+
+def _lost_with_worker(job: Job, report: SweepReport) -> None:
+    """Its worker died. Assigned: back to the queue. Running: count the loss, and fail the job
+    once it has killed MAX_WORKERS_LOST workers."""
+    if job.status == Job.Status.QUEUED:
+        if job.return_to_queue(from_statuses=(Job.Status.QUEUED,)):
+            report.requeued.append(str(job.pk))
+        return
+    worker_id = job.worker_id
+    if job.workers_lost + 1 < MAX_WORKERS_LOST:
+        if job.return_to_queue(from_statuses=(Job.Status.RUNNING,), worker_lost=True):
+            logger.warning("job %s back in the queue: worker %s died", job.pk, worker_id)
+            report.requeued.append(str(job.pk))
+        return
+    with transaction.atomic():
+        counted = Job.objects.filter(
+            pk=job.pk, status=Job.Status.RUNNING, attempt=job.attempt
+        ).update(workers_lost=F("workers_lost") + 1)
+        error = (
+            f"this job stopped {MAX_WORKERS_LOST} GPU workers (each died while running it), so "
+            "it is not tried again; its credits were given back"
         )
-        if lifecycle.fail_job(job, why, attempt=job.attempt):
-            logger.warning("job %s failed: %s (%s)", job.pk, why, job.worker_id)
+        if counted and lifecycle.fail_job(job, error, attempt=job.attempt):
+            logger.error("poison job %s failed after %s workers died", job.pk, MAX_WORKERS_LOST)
             report.failed.append(str(job.pk))
+
+
+def take_back_lost_jobs(
+    liveness: WorkerLiveness, now: datetime | None = None, client: redis.Redis | None = None
+) -> SweepReport:
+    now = now or timezone.now()
+    clock = now.timestamp()
+    client = client or get_redis()
+    report = SweepReport()
+    held = list(Job.objects.filter(status__in=Job.UNFINISHED).exclude(worker_id=""))
+    beats = _heartbeats(client, {job.worker_id for job in held})
+    dead = liveness.dead(beats, clock)
+    report.dead_workers = sorted(dead)
+    alive: list[Job] = []
+    for job in held:
+        beat = beats.get(job.worker_id)
+        if job.worker_id in dead:
+            _lost_with_worker(job, report)
+        elif beat is None:
+            continue  # missing, not yet for long: a Redis flush looks the same for a moment
+        elif beat.get("draining") and job.status == Job.Status.QUEUED:
+            if job.return_to_queue(from_statuses=(Job.Status.QUEUED,)):
+                report.requeued.append(str(job.pk))  # a draining worker will not start it
+        else:
+            alive.append(job)
+    _take_back_lost_messages(client, alive, now, report)
+    _take_back_unreported(client, alive, beats, liveness, clock, report)
+    if report.requeued:
+        transaction.on_commit(lifecycle.publish_queue_positions)
     return report
 
 
-def sweep(now: Any = None) -> SweepReport:
+def _take_back_lost_messages(
+    client: redis.Redis, alive: list[Job], now: datetime, report: SweepReport
+) -> None:
+    assigned = [
+        job
+        for job in alive
+        if job.status == Job.Status.QUEUED
+        and job.dispatched_at is not None
+        and job.dispatched_at < now - DISPATCH_GRACE
+    ]
+    if not assigned:
+        return
+    message_ids = client.mget([MESSAGE_ID_KEY.format(job_id=job.pk) for job in assigned])
+    pipe = client.pipeline()
+    for job, message_id in zip(assigned, message_ids, strict=True):
+        pipe.hexists(_messages_key(worker_queue(job.worker_id)), message_id or "-")
+    present = pipe.execute()
+    missing = [job for job, here in zip(assigned, present, strict=True) if not here]
+    if not missing:
+        return
+    # A retry waits in the worker's delay queue under a new id; a job run quickly has its
+    # message acked while its 'started' event still waits in the platform queue.
+    held = _job_ids_in(client, _messages_key(PLATFORM_QUEUE))
+    for worker_id in {job.worker_id for job in missing}:
+        held |= _job_ids_in(client, _messages_key(worker_queue(worker_id), ".DQ"))
+    for job in missing:
+        worker_id = job.worker_id
+        if str(job.pk) not in held and job.return_to_queue(from_statuses=(Job.Status.QUEUED,)):
+            logger.info("job %s back in the queue: message to %s lost", job.pk, worker_id)
+            report.requeued.append(str(job.pk))
+
+
+def _take_back_unreported(
+    client: redis.Redis,
+    alive: list[Job],
+    beats: dict[str, WorkerHeartbeat | None],
+    liveness: WorkerLiveness,
+    clock: float,
+    report: SweepReport,
+) -> None:
+    suspects = [
+        job
+        for job in alive
+        if job.status == Job.Status.RUNNING
+        and _current_job(beats.get(job.worker_id)) != str(job.pk)
+    ]
+    liveness.forget_unreported({str(job.pk) for job in suspects})
+    if not suspects:
+        return
+    waiting_events = _job_ids_in(client, _messages_key(PLATFORM_QUEUE))
+    for job in suspects:
+        if str(job.pk) in waiting_events:
+            liveness.unreported_since.pop(str(job.pk), None)
+            continue
+        worker_id = job.worker_id
+        if liveness.unreported_long_enough(str(job.pk), clock) and job.return_to_queue(
+            from_statuses=(Job.Status.RUNNING,)
+        ):
+            logger.warning(
+                "job %s back in the queue: %s moved on without reporting it", job.pk, worker_id
+            )
+            report.requeued.append(str(job.pk))
+
+
+def sweep(now: datetime | None = None, liveness: WorkerLiveness | None = None) -> SweepReport:
     """One pass of every repair; Redis being down skips the pass (nothing can be checked)."""
     try:
-        first = redispatch_lost_jobs(now)
-        second = fail_abandoned_jobs(now)
+        return take_back_lost_jobs(liveness or WorkerLiveness(), now)
     except (redis.RedisError, OSError):
-        logger.warning("sweep skipped: Redis unreachable", exc_info=True)
+        logger.warning("sweep skipped: Redis unreachable")
         return SweepReport()
-    return SweepReport(first.redispatched, first.failed + second.failed)
 
 
 # --- the catalogue ------------------------------------------------------------------------------

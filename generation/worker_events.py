@@ -3,7 +3,7 @@
 The actor `record_job_event` on PLATFORM_QUEUE is registered on the platform broker by
 `register_platform_actors`. Every branch claims its transition with a conditional update first, so
 a redelivered or late event (a 'started' after a cancel, a second 'succeeded', an event from an
-older attempt) changes nothing.
+older attempt) changes nothing. Each change that frees a worker slot triggers a scheduling pass.
 """
 
 from __future__ import annotations
@@ -47,12 +47,17 @@ def handle_job_event(event: JobEvent) -> bool:
         return lifecycle.fail_job(job, event.get("error") or "the worker failed", attempt, timings)
     if kind == "cancelled":
         return lifecycle.finish_cancelled_job(job, attempt, event.get("steps_done"))
+    if kind == "released":  # given back unstarted by a draining worker: for another one
+        return job.return_to_queue(from_statuses=(Job.Status.QUEUED,), attempt=attempt)
     logger.warning("unknown job event kind %r ignored", kind)
     return False
 
 
 def record_job_event(event: JobEvent) -> None:
-    handle_job_event(event)
+    from generation.scheduling.dispatcher import request_schedule
+
+    if handle_job_event(event) and event["kind"] != "started":
+        request_schedule()  # a slot came free, or a job came back: hand out the next one
 
 
 def register_platform_actors(broker: dramatiq.Broker) -> dramatiq.Actor:

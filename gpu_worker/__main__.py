@@ -1,6 +1,6 @@
 """`python -m gpu_worker`: the GPU worker process and its operator commands.
 
-    python -m gpu_worker [worker] [options]      consume the GPU queue (default)
+    python -m gpu_worker [worker] [options]      run jobs from this worker's queue (default)
     python -m gpu_worker generate --model NAME --prompt TEXT --out FILE.png
     python -m gpu_worker make-demo-model [--models-dir DIR]
     python -m gpu_worker scan [--models-dir DIR]
@@ -21,6 +21,8 @@ import threading
 import uuid
 from pathlib import Path
 from typing import Any
+
+from gpu_worker.protocol import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS
 
 log = logging.getLogger("gpu_worker")
 
@@ -155,6 +157,13 @@ def add_worker_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         default=[],
         metavar="NAME",
         help="checkpoint to load at boot so the first job does not wait (repeatable)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=HEARTBEAT_INTERVAL_SECONDS,
+        help=f"seconds between heartbeats (default {HEARTBEAT_INTERVAL_SECONDS}); the key lives "
+        f"{HEARTBEAT_TTL_SECONDS // HEARTBEAT_INTERVAL_SECONDS}x that. Shorter only for drills",
     )
     p.add_argument(
         "--demo-if-empty",
@@ -303,8 +312,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.demo_if_empty and not any((args.models_dir / "Stable-diffusion").glob("*")):
         make_demo_models(args.models_dir)
     engine = build_engine(args)
-    broker = RedisBroker(url=redis_url)
-    redis_client = redis.Redis.from_url(redis_url)
+    # Timeouts so that a Redis that vanishes is noticed (events are then buffered, not lost).
+    broker = RedisBroker(
+        url=redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+    )
+    redis_client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
     publisher = ChannelPublisher(args.channel_redis_url or redis_url)
     service = WorkerService(
         engine=engine,
@@ -315,24 +327,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     register_actors(broker, service)
     heartbeat = Heartbeat(
-        redis_client, service.heartbeat_snapshot, on_command=service.apply_command
+        redis_client,
+        service.heartbeat_snapshot,
+        on_command=service.apply_command,
+        on_tick=service.flush_events,
+        interval=args.heartbeat_interval,
+        ttl=args.heartbeat_interval * HEARTBEAT_TTL_SECONDS / HEARTBEAT_INTERVAL_SECONDS,
     )
     broker.add_middleware(WorkerLifecycle(service, preload=args.preload, heartbeat=heartbeat))
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    worker = start_worker(broker)  # boot hooks: preload, heartbeat
+    worker = start_worker(broker, service.queue)  # boot hooks: preload, heartbeat
     log.info(
-        "worker %s on %s consuming the GPU queue at %s",
+        "worker %s on %s consuming %s at %s",
         worker_id,
         engine.device,
+        service.queue,
         redis_url.split("@")[-1],
     )
     stop.wait()
     log.info("stopping: no new jobs; finishing the current one")
-    # shutdown hooks mark the worker draining and remove its heartbeat; the running job
-    # finishes, prefetched messages go back to Redis for another worker
+    # shutdown hooks mark the worker draining and give its queued jobs back to the platform
+    # at once; the running job finishes, its events are sent, then the heartbeat is removed
     worker.stop(timeout=30 * 60 * 1000)
     publisher.close()
     broker.close()

@@ -1,4 +1,5 @@
-"""The worker's heartbeat: its status as JSON in Redis every few seconds, expiring when it dies.
+"""The worker's heartbeat: its status as JSON in Redis every 2 s, expiring when it dies (the
+platform declares it dead once the key has been gone a few seconds, see generation/sweeper.py).
 
 Each beat also takes the operator's commands for this worker (drain, undrain, unload) from
 WORKER_COMMANDS_KEY, so they act within one heartbeat interval.
@@ -70,12 +71,14 @@ class Heartbeat:
         snapshot: Callable[[], WorkerHeartbeat],
         *,
         on_command: Callable[[WorkerCommand], None] | None = None,
+        on_tick: Callable[[], object] | None = None,
         interval: float = HEARTBEAT_INTERVAL_SECONDS,
-        ttl: int = HEARTBEAT_TTL_SECONDS,
+        ttl: float = HEARTBEAT_TTL_SECONDS,
     ) -> None:
         self.redis = redis_client
         self.snapshot = snapshot
         self.on_command = on_command
+        self.on_tick = on_tick  # e.g. resend buffered job events; runs even when Redis is down
         self.interval = interval
         self.ttl = ttl
         self._stop = threading.Event()
@@ -88,7 +91,7 @@ class Heartbeat:
         data = self.snapshot()
         key = HEARTBEAT_KEY.format(worker_id=data["worker_id"])
         pipe = self.redis.pipeline()
-        pipe.set(key, json.dumps(data), ex=self.ttl)
+        pipe.set(key, json.dumps(data), px=int(self.ttl * 1000))
         pipe.sadd(HEARTBEAT_INDEX, data["worker_id"])
         pipe.execute()
         return data
@@ -118,6 +121,11 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self.on_tick is not None:
+                try:
+                    self.on_tick()
+                except Exception:
+                    log.warning("heartbeat hook failed", exc_info=True)
             try:
                 self.tick()
             except Exception:

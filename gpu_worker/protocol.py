@@ -7,10 +7,13 @@ the database on the platform side stays the record of truth, a message is only a
 
 from __future__ import annotations
 
+import re
 from typing import Literal, NotRequired, TypedDict
 
 # Dramatiq queues and actor names. Each side sends to the other's actor by name with
-# `dramatiq.Message(...)`, so neither side imports the other's code.
+# `dramatiq.Message(...)`, so neither side imports the other's code. Every GPU worker consumes
+# only its own queue, `worker_queue(worker_id)`: the platform's scheduler decides which worker
+# runs which job, so the choice of job stays on the platform until a worker is free.
 GPU_QUEUE = "gpu"
 GENERATE_ACTOR = "generate_images"
 PLATFORM_QUEUE = "platform"
@@ -25,15 +28,31 @@ CANCEL_KEY = "atelier:cancel:{job_id}"  # value: "interrupt" or "skip"; set by t
 CANCEL_TTL_SECONDS = 24 * 3600
 HEARTBEAT_KEY = "atelier:worker:{worker_id}"  # JSON WorkerHeartbeat, expires when the worker dies
 HEARTBEAT_INDEX = "atelier:workers"  # set of worker ids ever seen (prune those whose key expired)
-HEARTBEAT_INTERVAL_SECONDS = 3
-HEARTBEAT_TTL_SECONDS = 15
+# A worker is declared dead once its key has been missing for WORKER_MISSING_GRACE_SECONDS: at
+# most TTL + grace + one platform tick (~14 s) after its last beat. The grace outlasts two beats,
+# so a Redis flush (every key gone at once) does not kill live workers: they beat again first.
+HEARTBEAT_INTERVAL_SECONDS = 2
+HEARTBEAT_TTL_SECONDS = 8
+WORKER_MISSING_GRACE_SECONDS = 5
+# Jobs a worker may hold at once: the one running plus one waiting in its queue, so the
+# scheduler's choice for that worker is made as late as possible.
+WORKER_SLOTS = 2
 # Operator commands for one worker (JSON WorkerCommand items, RPUSH by the platform, LPOP by the
 # worker on each heartbeat).
 WORKER_COMMANDS_KEY = "atelier:worker:{worker_id}:commands"
 
 CancelKind = Literal["interrupt", "skip"]
 GenerationMode = Literal["txt2img", "img2img"]
-JobEventKind = Literal["started", "succeeded", "failed", "cancelled"]
+# "released": the worker gives an assigned job back unstarted (draining or shutting down).
+JobEventKind = Literal["started", "succeeded", "failed", "cancelled", "released"]
+
+_QUEUE_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def worker_queue(worker_id: str) -> str:
+    """The Dramatiq queue of one GPU worker: `gpu.<worker id>`, with anything but letters,
+    digits, `-` and `_` replaced (Dramatiq gives `.DQ`/`.XQ` suffixes a meaning)."""
+    return f"{GPU_QUEUE}.{_QUEUE_UNSAFE.sub('-', worker_id)[:150] or 'worker'}"
 
 
 class HiresOptions(TypedDict):
@@ -138,7 +157,10 @@ class WorkerHeartbeat(TypedDict):
     device: str  # "cuda:0", "cpu"
     memory_used_bytes: int
     memory_budget_bytes: int
-    loaded_models: list[str]  # checkpoints held, hottest first
+    loaded_models: list[str]  # checkpoints on the device, hottest first
+    warm_models: NotRequired[list[str]]  # checkpoints held in CPU RAM only, hottest first
+    hot_capacity: NotRequired[int]  # checkpoints that fit on the device at once (estimate)
+    queue: NotRequired[str]  # the Dramatiq queue it consumes (worker_queue(worker_id))
     current_job: str | None
     current_step: int | None
     current_steps: int | None

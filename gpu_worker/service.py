@@ -1,26 +1,32 @@
 """The worker service: takes GenerationRequests from Dramatiq, runs the engine, reports events.
 
 Nothing here is declared at import time: `register_actors(broker, service)` builds the actor on
-the broker it is given (tests pass their own), and events go back to the platform by actor name
-(`protocol.JOB_EVENT_ACTOR` on `protocol.PLATFORM_QUEUE`), so no Django code is imported.
+the broker it is given (tests pass their own), on this worker's own queue
+(`protocol.worker_queue(worker_id)`: the platform's scheduler picks the worker), and events go
+back to the platform by actor name (`protocol.JOB_EVENT_ACTOR` on `protocol.PLATFORM_QUEUE`), so
+no Django code is imported. Events are buffered while Redis is unreachable and sent in order
+once it answers again (the heartbeat thread retries), so a finished job's images are not lost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
+import redis
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
 from gpu_worker.heartbeat import Heartbeat, WorkerStatus
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
     GENERATE_KWARG,
-    GPU_QUEUE,
     JOB_EVENT_ACTOR,
     JOB_EVENT_KWARG,
     PLATFORM_QUEUE,
@@ -29,11 +35,10 @@ from gpu_worker.protocol import (
     JobTimings,
     WorkerCommand,
     WorkerHeartbeat,
+    worker_queue,
 )
 
 if TYPE_CHECKING:
-    import redis
-
     from gpu_worker.engine import Engine
     from gpu_worker.progress import ChannelPublisher
 
@@ -44,7 +49,9 @@ MAX_RETRIES = 2  # only unexpected errors are retried; a failed job is reported,
 TIME_LIMIT_MS = 2 * 3600 * 1000  # a big CPU batch can take long; the platform sweeps stuck jobs
 MIN_BACKOFF_MS = 2_000
 WORKER_TIMEOUT_MS = 50  # Dramatiq's idle poll: ~50 ms pickup instead of up to 1 s
-QUEUE_PREFETCH = 1  # one GPU, one job: leave the others in Redis for other workers
+QUEUE_PREFETCH = 1  # one GPU, one job: the next assigned one waits in Redis, not in memory
+SEND_ERRORS = (redis.RedisError, BrokerConnectionError, OSError)
+SHUTDOWN_FLUSH_SECONDS = 30  # how long a stopping worker keeps trying to send buffered events
 
 
 class WorkerService:
@@ -68,6 +75,9 @@ class WorkerService:
         self.max_retries = max_retries
         self.status = WorkerStatus(worker_id=worker_id, device=str(engine.device))
         self.worker: dramatiq.Worker | None = None  # set at boot, for drain (pausing consumers)
+        self.queue = worker_queue(worker_id)
+        self._outbox: deque[JobEvent] = deque()  # events not yet accepted by Redis, in order
+        self._outbox_lock = threading.Lock()
 
     # --- operator commands -----------------------------------------------------------------
     def apply_command(self, command: WorkerCommand) -> None:
@@ -82,7 +92,9 @@ class WorkerService:
             log.warning("unknown worker command %r", command)
 
     def drain(self) -> None:
-        """Finish the current job and take no more (they stay in Redis for other workers)."""
+        """Finish the current job and take no more: the platform takes back what is assigned
+        here (it sees `draining` in the heartbeat), and whatever is fetched meanwhile is
+        released to it (see `generate`)."""
         self.status.draining = True
         for consumer in self.worker.consumers.values() if self.worker else ():
             consumer.pause()
@@ -103,29 +115,60 @@ class WorkerService:
             lambda key: isinstance(key, tuple) and key[0] in shas
         )
 
-    def requeue(self, request: GenerationRequest) -> None:
-        """Give a request back to the queue (a new message: the one being handled gets acked)."""
-        self.broker.enqueue(
-            dramatiq.Message(
-                queue_name=GPU_QUEUE,
-                actor_name=GENERATE_ACTOR,
-                args=(),
-                kwargs={GENERATE_KWARG: request},
-                options={},
-            )
-        )
-
     # --- events to the platform ------------------------------------------------------------
     def report(self, event: JobEvent) -> None:
-        self.broker.enqueue(
-            dramatiq.Message(
-                queue_name=PLATFORM_QUEUE,
-                actor_name=JOB_EVENT_ACTOR,
-                args=(),
-                kwargs={JOB_EVENT_KWARG: dict(event)},
-                options={},
-            )
-        )
+        """Send an event; if Redis is unreachable it waits in the outbox (`flush_events`)."""
+        with self._outbox_lock:
+            self._outbox.append(event)
+        self.flush_events()
+
+    def flush_events(self) -> bool:
+        """Send the buffered events in order; True when none is left."""
+        with self._outbox_lock:
+            while self._outbox:
+                event = self._outbox[0]
+                try:
+                    self.broker.enqueue(
+                        dramatiq.Message(
+                            queue_name=PLATFORM_QUEUE,
+                            actor_name=JOB_EVENT_ACTOR,
+                            args=(),
+                            kwargs={JOB_EVENT_KWARG: dict(event)},
+                            options={},
+                        )
+                    )
+                except SEND_ERRORS:
+                    log.warning(
+                        "Redis unreachable: %d job event(s) kept to resend", len(self._outbox)
+                    )
+                    return False
+                self._outbox.popleft()
+        return True
+
+    def pending_events(self) -> int:
+        with self._outbox_lock:
+            return len(self._outbox)
+
+    def release_queued(self) -> int:
+        """On shutdown: give every job still waiting in this worker's queue back to the
+        platform (a 'released' event each) and empty the queue; how many were."""
+        client = getattr(self.broker, "client", None)
+        namespace = getattr(self.broker, "namespace", "dramatiq")
+        if client is None:
+            return 0
+        released = 0
+        for suffix in ("", ".DQ"):
+            key = f"{namespace}:{self.queue}{suffix}.msgs"
+            for raw in client.hvals(key):
+                try:
+                    request = (dramatiq.Message.decode(raw).kwargs or {})[GENERATE_KWARG]
+                except (ValueError, KeyError, TypeError):
+                    log.warning("unreadable message in %s dropped", key)
+                    continue
+                self.report(self._event(request, "released"))
+                released += 1
+            client.delete(key, f"{namespace}:{self.queue}{suffix}")
+        return released
 
     def _event(self, request: GenerationRequest, kind: Any, **fields: Any) -> JobEvent:
         event = JobEvent(
@@ -144,15 +187,14 @@ class WorkerService:
         *,
         enqueued_at_ms: int | None = None,
         retries: int = 0,
-    ) -> JobEvent | None:
-        """Run one request and report it; returns the terminal event that was sent (None when
-        a draining worker gave the request back to the queue)."""
+    ) -> JobEvent:
+        """Run one request and report it; returns the last event sent (a 'released' one when a
+        draining worker gives the request back)."""
         from gpu_worker.engine import JobFailed
         from gpu_worker.progress import JobMonitor, read_cancel_flag
 
-        if self.status.draining:  # it was prefetched before the drain: let another worker run it
-            self.requeue(request)
-            return None
+        if self.status.draining:  # fetched as the drain began: another worker will run it
+            return self._send(self._event(request, "released"))
         started_wall = time.time()
         queued_s = max(0.0, started_wall - enqueued_at_ms / 1000) if enqueued_at_ms else None
         if read_cancel_flag(self.redis, request["job_id"]) == "interrupt":
@@ -216,12 +258,25 @@ class WorkerService:
             for item in engine.catalogue.items.values()
             if item.kind == "checkpoint"
         }
-        # cache keys are (checkpoint sha256, VAE sha256 or None)
-        loaded = [
-            names.get(key[0], key[0][:10])
-            for key in engine.cache.keys_hottest_first()
-            if isinstance(key, tuple)
-        ]
+        # cache keys are (checkpoint sha256, VAE sha256 or None); a checkpoint is hot when any
+        # of its pairings is on the device, warm when held only in CPU RAM
+        hot: list[str] = []
+        warm: list[str] = []
+        sizes: list[int] = []
+        for key in engine.cache.keys_hottest_first():
+            entry = engine.cache.entry(key)
+            if not isinstance(key, tuple) or entry is None:
+                continue
+            name = names.get(key[0], key[0][:10])
+            if entry.on_device:
+                sizes.append(entry.size_bytes)
+                if name not in hot:
+                    hot.append(name)
+            elif name not in warm:
+                warm.append(name)
+        warm = [name for name in warm if name not in hot]
+        budget = engine.cache.device_budget_bytes
+        hot_capacity = max(1, budget // max(sizes)) if sizes else 1
         used = engine.cache.device_bytes()
         if engine.device.type == "cuda":
             import torch
@@ -234,7 +289,10 @@ class WorkerService:
             device=str(engine.device),
             memory_used_bytes=used,
             memory_budget_bytes=engine.cache.device_budget_bytes,
-            loaded_models=loaded,
+            loaded_models=hot,
+            warm_models=warm,
+            hot_capacity=int(hot_capacity),
+            queue=self.queue,
             current_job=status.current_job,
             current_step=status.current_step,
             current_steps=status.current_steps,
@@ -273,7 +331,7 @@ def register_actors(broker: dramatiq.Broker, service: WorkerService) -> dramatiq
         generate_images,
         broker=broker,
         actor_name=GENERATE_ACTOR,
-        queue_name=GPU_QUEUE,
+        queue_name=service.queue,
         priority=0,
         options={
             "max_retries": service.max_retries,
@@ -286,7 +344,8 @@ def register_actors(broker: dramatiq.Broker, service: WorkerService) -> dramatiq
 class WorkerLifecycle(dramatiq.Middleware):
     """Boot and shutdown work in Dramatiq's hooks, not at import: start the heartbeat and
     preload the named checkpoints (the first job then skips the import and load); on shutdown
-    mark the worker draining, then stop the heartbeat and remove its key."""
+    mark the worker draining and give its queued jobs back, let the running one finish, send
+    the buffered events, then stop the heartbeat and remove its key."""
 
     def __init__(
         self, service: WorkerService, *, preload: list[str], heartbeat: Heartbeat | None
@@ -298,6 +357,9 @@ class WorkerLifecycle(dramatiq.Middleware):
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # before the consumers start: no job is taken until the preloaded models are ready
         self.service.engine.refresh_catalogue()
+        # A restart under the same id finds what was queued for its previous life: give it
+        # back (the platform ignores what it already took back) rather than run stale work.
+        self._release()
         if self.heartbeat is not None:
             self.heartbeat.start()
         for name in self.preload:
@@ -305,22 +367,38 @@ class WorkerLifecycle(dramatiq.Middleware):
             self.service.engine.preload(name)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # SIGTERM: the running job finishes; the assigned one goes back to the platform now.
         self.service.status.draining = True
         if self.heartbeat is not None:
             try:
-                self.heartbeat.beat()  # the admin page sees "draining" at once
+                self.heartbeat.beat()  # the platform and the admin page see "draining" at once
             except Exception:
                 log.debug("last heartbeat failed", exc_info=True)
+        self._release()
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._release()  # anything Dramatiq put back into our queue while stopping
+        deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
+        while not self.service.flush_events() and time.monotonic() < deadline:
+            time.sleep(0.5)  # Redis is down: give it a moment before the events are lost
         if self.heartbeat is not None:
             self.heartbeat.stop()
 
+    def _release(self) -> None:
+        try:
+            released = self.service.release_queued()
+        except SEND_ERRORS:
+            log.warning("could not give back the queued jobs (Redis unreachable)")
+            return
+        if released:
+            log.info("gave %d queued job(s) back to the platform", released)
 
-def start_worker(broker: dramatiq.Broker) -> dramatiq.Worker:
-    """A Dramatiq worker for the GPU queue: one thread, one prefetched message, fast pickup."""
+
+def start_worker(broker: dramatiq.Broker, queue: str) -> dramatiq.Worker:
+    """A Dramatiq worker for this GPU worker's own queue: one thread, one message fetched at a
+    time, fast pickup."""
     worker = dramatiq.Worker(
-        broker, queues={GPU_QUEUE}, worker_threads=1, worker_timeout=WORKER_TIMEOUT_MS
+        broker, queues={queue}, worker_threads=1, worker_timeout=WORKER_TIMEOUT_MS
     )
     worker.queue_prefetch = QUEUE_PREFETCH
     worker.start()
@@ -328,9 +406,9 @@ def start_worker(broker: dramatiq.Broker) -> dramatiq.Worker:
 
 
 @contextlib.contextmanager
-def running_worker(broker: dramatiq.Broker) -> Iterator[dramatiq.Worker]:
+def running_worker(broker: dramatiq.Broker, queue: str) -> Iterator[dramatiq.Worker]:
     """For tests and the embedded run: a started worker, stopped (job finished) on exit."""
-    worker = start_worker(broker)
+    worker = start_worker(broker, queue)
     try:
         yield worker
     finally:

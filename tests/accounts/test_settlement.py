@@ -8,13 +8,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts import ledger
 from accounts.models import CreditEntry
 from generation.models import CatalogEntry, Job
 from generation.submission import SubmissionError, cancel_job, submit_job
-from generation.sweeper import abandon_deadline, fail_abandoned_jobs
+from generation.sweeper import MAX_WORKERS_LOST, WorkerLiveness, sweep
 from generation.worker_events import handle_job_event
 from gpu_worker.protocol import PLATFORM_QUEUE
 from tests.accounts.conftest import balance_of, held_of, set_balance
@@ -139,16 +140,21 @@ def test_a_running_job_cancelled_before_any_step_is_free(alice, job, redis_clien
     assert balance_of(alice) == Decimal("10.00")
 
 
-def test_a_vanished_worker_releases_the_whole_hold(alice, job, redis_client):
-    handle_job_event(event(job, "started"))
+def test_a_job_that_killed_its_workers_releases_the_whole_hold(alice, job, redis_client):
+    liveness = WorkerLiveness()
+    for n in range(MAX_WORKERS_LOST):
+        job.refresh_from_db()
+        assert job.status == "queued" and job.mark_assigned(f"gpu-{n}")
+        assert handle_job_event({**event(job, "started"), "worker_id": f"gpu-{n}"})
+        first = timezone.now()
+        sweep(first, liveness)  # no heartbeat from gpu-n: missing from now on...
+        sweep(first + timedelta(seconds=liveness.grace), liveness)  # ...and declared dead
     job.refresh_from_db()
-    # No heartbeat from gpu-0, long past the job's expected end: the sweeper gives up on it.
-    later = job.started_at + timedelta(seconds=abandon_deadline(job) + 1)
-    assert fail_abandoned_jobs(later).failed == [str(job.pk)]
+    assert job.status == "failed" and job.workers_lost == MAX_WORKERS_LOST
     assert settlement_of(job).kind == "release"
     assert balance_of(alice) == Decimal("10.00")
-    # ...and the worker's late 'succeeded', should it come back, changes nothing.
-    assert not handle_job_event(event(job, "succeeded", images=[]))
+    # ...and the last worker's late 'succeeded', should it come back, changes nothing.
+    assert not handle_job_event({**event(job, "succeeded", images=[]), "worker_id": "gpu-2"})
     assert balance_of(alice) == Decimal("10.00")
     assert_ledger_clean()
 

@@ -106,6 +106,33 @@ def platform_worker(broker, transactional_db) -> Iterator[dramatiq.Worker]:
     worker.stop()
 
 
+@pytest.fixture
+def platform_tick(platform_worker) -> Iterator[None]:
+    """The platform worker's tick, as `run_platform_worker` runs it (faster): sweep, then a
+    scheduling pass, so jobs reach workers whose heartbeat appears after the submission."""
+    import threading
+
+    from django.db import connections
+
+    from generation.scheduling.dispatcher import request_schedule
+    from generation.sweeper import WorkerLiveness, sweep
+
+    stop = threading.Event()
+    liveness = WorkerLiveness()
+
+    def tick() -> None:
+        while not stop.wait(0.2):
+            sweep(liveness=liveness)
+            request_schedule()
+        connections.close_all()
+
+    thread = threading.Thread(target=tick, name="platform-tick", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join(timeout=10)
+
+
 def send_event(broker: dramatiq.Broker, event: JobEvent) -> None:
     """What a GPU worker does: a message to the platform actor, by name."""
     broker.enqueue(

@@ -42,14 +42,21 @@ def gpu_worker_process(
     demo_models: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
     """The GPU worker as `python -m gpu_worker` runs it, in-process, on its own broker object
-    over the same Redis: it shares no code with the platform beyond gpu_worker.protocol."""
+    over the same Redis: it shares no code with the platform beyond gpu_worker.protocol. Its
+    heartbeat makes the platform's scheduler hand it jobs on its own queue."""
     import redis
     from dramatiq.brokers.redis import RedisBroker
 
     from gpu_worker.engine import Engine
+    from gpu_worker.heartbeat import Heartbeat
     from gpu_worker.model_cache import ModelCache
     from gpu_worker.progress import ChannelPublisher
-    from gpu_worker.service import WorkerService, register_actors, running_worker
+    from gpu_worker.service import (
+        WorkerLifecycle,
+        WorkerService,
+        register_actors,
+        running_worker,
+    )
 
     url = os.environ["REDIS_URL"]
     broker = RedisBroker(url=url)
@@ -68,7 +75,12 @@ def gpu_worker_process(
         progress_interval=0.0,
     )
     register_actors(broker, service)
-    with running_worker(broker):
+    client = redis.Redis.from_url(url)
+    heartbeat = Heartbeat(
+        client, service.heartbeat_snapshot, on_tick=service.flush_events, interval=0.5
+    )
+    broker.add_middleware(WorkerLifecycle(service, preload=[], heartbeat=heartbeat))
+    with running_worker(broker, service.queue):
         yield service
     publisher.close()
     broker.close()
@@ -88,7 +100,7 @@ def image_bytes(user, url: str) -> bytes:
 
 
 def test_two_users_with_different_models_each_get_their_own_models_image(
-    alice, bob, demo_catalogue, platform_worker, gpu_worker_process
+    alice, bob, demo_catalogue, platform_tick, gpu_worker_process
 ):
     from gpu_worker.infotext import read_infotext
 
@@ -125,7 +137,7 @@ def test_two_users_with_different_models_each_get_their_own_models_image(
 
 
 async def test_alice_watches_her_job_over_the_websocket_and_cancels_a_running_one(
-    alice, demo_catalogue, platform_worker, gpu_worker_process
+    alice, demo_catalogue, platform_tick, gpu_worker_process
 ):
     from config.asgi import application
     from tests.generation.test_websocket import session_headers

@@ -24,8 +24,9 @@ def png_b64(color: str = "blue") -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
-def dispatched(job: Job) -> Job:
-    assert job.mark_dispatched()
+def dispatched(job: Job, worker_id: str = "gpu-1") -> Job:
+    """As the scheduler hands it out: assigned to a worker as the next attempt."""
+    assert job.mark_assigned(worker_id)
     return job
 
 
@@ -101,7 +102,8 @@ def test_a_late_started_after_a_cancel_changes_nothing(alice, catalogue):
 def test_events_of_an_older_attempt_are_ignored(alice, catalogue):
     job = dispatched(submit_job(alice, SMALL))
     stale = event(job, "started")
-    dispatched(job)  # the sweeper re-sent it as attempt 2
+    assert job.return_to_queue()  # its worker died; the scheduler hands it out again
+    dispatched(job)
     assert not handle_job_event(stale)
     assert not handle_job_event({**succeeded(job), "attempt": 1})
     assert status_of(job) == "queued"
@@ -145,6 +147,7 @@ def test_terminal_transitions_are_won_only_once(alice, catalogue):
     assert not job.mark_cancelled()
     assert not job.mark_succeeded(job.attempt)
     assert not job.mark_running("w", job.attempt)
-    assert not job.mark_dispatched()
+    assert not job.mark_assigned("gpu-2")
+    assert not job.return_to_queue()
     job.refresh_from_db()
     assert job.error == "first"

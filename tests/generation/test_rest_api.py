@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db
 
 def finished_job(user) -> Job:
     job = submit_job(user, SMALL)
-    job.mark_dispatched()
+    job.mark_assigned("gpu-1")
     out = io.BytesIO()
     Image.new("RGB", (64, 64), "green").save(out, "PNG")
     handle_job_event(
@@ -148,7 +148,7 @@ def test_cancelling_a_running_job_raises_the_workers_interrupt_flag(
     alice_api, alice, catalogue, redis_client
 ):
     job = submit_job(alice, SMALL)
-    job.mark_dispatched()
+    job.mark_assigned("gpu-1")
     job.mark_running("gpu-1", job.attempt)
     response = alice_api.post(f"/api/v1/jobs/{job.pk}/cancel/")
     assert response.status_code == 200

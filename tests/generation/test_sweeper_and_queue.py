@@ -1,5 +1,5 @@
-"""The sweeper repairs what Redis lost, fails jobs whose worker vanished, and keeps the model
-catalogue in step; queue positions and ETAs come from measured history."""
+"""The sweeper takes back what Redis lost and what dead or draining workers held, and keeps the
+model catalogue in step; queue positions and ETAs come from measured history."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from django.utils import timezone
 
 from generation.models import CatalogEntry, Job
 from generation.queue import DEFAULT_SPEED, queue_snapshot
+from generation.scheduling.dispatcher import schedule_pending
 from generation.submission import submit_job
-from generation.sweeper import sweep, sync_catalogue
-from tests.generation.conftest import SMALL
+from generation.sweeper import UNREPORTED_GRACE_SECONDS, WorkerLiveness, sweep, sync_catalogue
+from tests.generation.conftest import SMALL, status_of
 
 pytestmark = pytest.mark.django_db
 
@@ -22,72 +23,164 @@ def later(seconds: float):
     return timezone.now() + timedelta(seconds=seconds)
 
 
-def gpu_queue_length(redis_client) -> int:
-    return redis_client.hlen("dramatiq:gpu.msgs")
+def beat(redis_client, worker_id: str, **fields) -> None:
+    """What a live worker writes every 2 s (only the fields the platform reads here)."""
+    data = {"worker_id": worker_id, "current_job": None, "draining": False, "inventory": None}
+    redis_client.set(f"atelier:worker:{worker_id}", json.dumps({**data, **fields}), ex=8)
+    redis_client.sadd("atelier:workers", worker_id)
 
 
-def test_a_job_lost_by_a_redis_flush_is_dispatched_again(
+def queue_length(redis_client, worker_id: str) -> int:
+    return redis_client.hlen(f"dramatiq:gpu.{worker_id}.msgs")
+
+
+def running_on(job: Job, worker_id: str) -> Job:
+    assert job.mark_assigned(worker_id) and job.mark_running(worker_id, job.attempt)
+    return job
+
+
+def test_a_job_lost_by_a_redis_flush_goes_back_to_the_queue_in_one_sweep(
+    alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    beat(redis_client, "gpu-1")
+    with django_capture_on_commit_callbacks(execute=True):
+        job = submit_job(alice, SMALL)
+    job.refresh_from_db()
+    assert (job.worker_id, job.attempt) == ("gpu-1", 1) and queue_length(redis_client, "gpu-1")
+    liveness = WorkerLiveness()
+    assert sweep(later(60), liveness).requeued == []  # its message is still there
+    redis_client.flushdb()
+    beat(redis_client, "gpu-1")  # the live worker beats again after the flush
+    report = sweep(later(60), liveness)
+    job.refresh_from_db()
+    assert report.requeued == [str(job.pk)] and report.dead_workers == []
+    assert (job.status, job.worker_id, job.created_at) == ("queued", "", job.created_at)
+    with django_capture_on_commit_callbacks(execute=True):
+        schedule_pending()
+    job.refresh_from_db()
+    assert job.worker_id == "gpu-1" and job.attempt == 3
+    message = json.loads(redis_client.hvals("dramatiq:gpu.gpu-1.msgs")[0])
+    assert message["actor_name"] == "generate_images"
+    assert message["kwargs"]["request"]["attempt"] == 3
+    assert message["kwargs"]["request"]["events_group"] == f"jobs.user.{alice.pk}"
+
+
+def test_a_job_submitted_with_no_worker_alive_waits_then_goes_to_the_first_one(
     alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
 ):
     with django_capture_on_commit_callbacks(execute=True):
         job = submit_job(alice, SMALL)
     job.refresh_from_db()
-    assert job.attempt == 1 and job.dispatched_at and gpu_queue_length(redis_client) == 1
-    assert sweep(later(60)).redispatched == []  # its message is still there
-    redis_client.flushdb()
-    report = sweep(later(60))
-    job.refresh_from_db()
-    assert report.redispatched == [str(job.pk)] and job.attempt == 2
-    message = json.loads(redis_client.hvals("dramatiq:gpu.msgs")[0])
-    assert message["actor_name"] == "generate_images"
-    assert message["kwargs"]["request"]["attempt"] == 2
-    assert message["kwargs"]["request"]["events_group"] == f"jobs.user.{alice.pk}"
+    assert (job.status, job.worker_id, job.attempt) == ("queued", "", 0)
+    beat(redis_client, "gpu-1")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert [a.job_id for a in schedule_pending().assigned] == [str(job.pk)]
+    assert queue_length(redis_client, "gpu-1") == 1
 
 
-def test_a_job_submitted_while_redis_was_down_is_dispatched_by_the_sweeper(
+def test_a_dead_workers_running_job_goes_back_keeping_its_place(
     alice, catalogue, broker, redis_client
 ):
-    job = submit_job(alice, SMALL)  # on_commit never ran: as if the enqueue had failed
-    assert sweep(later(1)).redispatched == []
-    assert sweep(later(30)).redispatched == [str(job.pk)]
-    assert gpu_queue_length(redis_client) == 1
-
-
-def test_a_job_that_never_starts_fails_after_its_attempts(alice, catalogue, broker, redis_client):
-    from generation.limits import limits_for
-
-    job = submit_job(alice, SMALL)  # attempt 1, its message lost (never sent here)
-    for _ in range(limits_for(alice).max_attempts - 1):
-        sweep(later(30))
-        redis_client.flushdb()
-        Job.objects.filter(pk=job.pk).update(dispatched_at=timezone.now() - timedelta(minutes=5))
-    report = sweep(later(30))
+    job = running_on(submit_job(alice, SMALL), "gpu-gone")
+    created = job.created_at
+    liveness = WorkerLiveness()
+    first = timezone.now()
+    assert sweep(first, liveness).dead_workers == []  # missing from now on
+    assert sweep(first + timedelta(seconds=liveness.grace - 0.5), liveness).requeued == []
+    report = sweep(first + timedelta(seconds=liveness.grace), liveness)
     job.refresh_from_db()
-    assert report.failed == [str(job.pk)] and job.status == "failed"
-    assert "attempts" in job.error
+    assert report.dead_workers == ["gpu-gone"] and report.requeued == [str(job.pk)]
+    assert (job.status, job.worker_id, job.workers_lost) == ("queued", "", 1)
+    assert job.created_at == created and job.started_at is None
 
 
-def test_a_running_job_whose_worker_vanished_is_failed_past_its_deadline(
+def test_a_dead_worker_is_declared_within_15_seconds_of_its_last_beat(
     alice, catalogue, broker, redis_client
 ):
-    job = submit_job(alice, SMALL)
-    job.mark_dispatched()
-    job.mark_running("gpu-gone", job.attempt)
-    assert sweep(later(5)).failed == []  # not past its deadline yet
-    report = sweep(later(3600))
-    job.refresh_from_db()
-    assert report.failed == [str(job.pk)] and job.status == "failed"
-    assert "stopped responding" in job.error
+    from gpu_worker.protocol import HEARTBEAT_TTL_SECONDS
+
+    job = running_on(submit_job(alice, SMALL), "gpu-1")
+    liveness = WorkerLiveness()
+    last_beat = timezone.now()
+    beat(redis_client, "gpu-1", current_job=str(job.pk))
+    # The key lives TTL seconds after the last beat; the platform ticks every second.
+    for second in range(HEARTBEAT_TTL_SECONDS + 1):
+        assert sweep(last_beat + timedelta(seconds=second), liveness).dead_workers == []
+    redis_client.delete("atelier:worker:gpu-1")  # expired
+    dead_at = next(
+        second
+        for second in range(HEARTBEAT_TTL_SECONDS + 1, 30)
+        if sweep(last_beat + timedelta(seconds=second), liveness).dead_workers
+    )
+    assert dead_at <= 15
+
+
+def test_a_redis_flush_does_not_kill_live_workers(alice, catalogue, broker, redis_client):
+    job = running_on(submit_job(alice, SMALL), "gpu-1")
+    beat(redis_client, "gpu-1", current_job=str(job.pk))
+    liveness = WorkerLiveness()
+    start = timezone.now()
+    sweep(start, liveness)
+    redis_client.flushdb()  # every heartbeat gone at once
+    assert sweep(start + timedelta(seconds=1), liveness).dead_workers == []
+    beat(redis_client, "gpu-1", current_job=str(job.pk))  # within one beat interval
+    for second in range(2, 20):
+        assert sweep(start + timedelta(seconds=second), liveness).dead_workers == []
+    assert status_of(job) == "running"
+
+
+def test_a_draining_workers_assigned_job_goes_back_at_once_and_its_running_one_stays(
+    alice, bob, catalogue, broker, redis_client
+):
+    running = running_on(submit_job(alice, SMALL), "gpu-1")
+    waiting = submit_job(bob, SMALL)
+    assert waiting.mark_assigned("gpu-1")
+    beat(redis_client, "gpu-1", current_job=str(running.pk), draining=True)
+    report = sweep(later(0), WorkerLiveness())
+    assert report.requeued == [str(waiting.pk)]
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.worker_id) == ("queued", "")
+    assert status_of(running) == "running"
+
+
+def test_a_running_job_its_live_worker_moved_on_from_goes_back(
+    alice, catalogue, broker, redis_client
+):
+    job = running_on(submit_job(alice, SMALL), "gpu-1")
+    beat(redis_client, "gpu-1", current_job=None)  # its 'succeeded' was lost with Redis
+    liveness = WorkerLiveness()
+    start = timezone.now()
+    assert sweep(start, liveness).requeued == []
+    report = sweep(start + timedelta(seconds=UNREPORTED_GRACE_SECONDS), liveness)
+    assert report.requeued == [str(job.pk)] and status_of(job) == "queued"
 
 
 def test_a_running_job_whose_worker_still_beats_on_it_is_left_alone(
     alice, catalogue, broker, redis_client
 ):
-    job = submit_job(alice, SMALL)
-    job.mark_dispatched()
-    job.mark_running("gpu-1", job.attempt)
-    redis_client.set("atelier:worker:gpu-1", json.dumps({"current_job": str(job.pk)}))
-    assert sweep(later(3600)).failed == []
+    job = running_on(submit_job(alice, SMALL), "gpu-1")
+    liveness = WorkerLiveness()
+    for minutes in (0, 10, 60):
+        beat(redis_client, "gpu-1", current_job=str(job.pk))
+        assert sweep(later(60 * minutes), liveness).requeued == []
+    assert status_of(job) == "running"
+
+
+def test_the_old_workers_late_messages_change_nothing_after_the_job_moved_on(
+    alice, catalogue, broker, redis_client
+):
+    from generation.worker_events import handle_job_event
+
+    job = running_on(submit_job(alice, SMALL), "gpu-1")
+    old = {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-1"}
+    liveness = WorkerLiveness()
+    sweep(later(0), liveness)
+    sweep(later(liveness.grace), liveness)  # gpu-1 declared dead: the job is back
+    assert not handle_job_event({**old, "kind": "started"})
+    assert not handle_job_event({**old, "kind": "failed", "error": "late"})
+    assert not handle_job_event({**old, "kind": "succeeded", "images": []})
+    job.refresh_from_db()
+    assert (job.status, job.error, job.images.count()) == ("queued", "", 0)
 
 
 def test_the_catalogue_imports_worker_inventories_and_marks_missing_models(

@@ -55,7 +55,7 @@ async def test_on_connect_alice_gets_the_state_of_her_unfinished_jobs(
     def jobs():
         queued = submit_job(alice, SMALL)
         running = submit_job(alice, SMALL)
-        running.mark_dispatched()
+        running.mark_assigned("gpu-1")
         running.mark_running("gpu-1", running.attempt)
         submit_job(bob, SMALL)
         return queued, running
@@ -67,7 +67,8 @@ async def test_on_connect_alice_gets_the_state_of_her_unfinished_jobs(
         first = await communicator.receive_json_from(timeout=3)
         second = await communicator.receive_json_from(timeout=3)
         assert first["type"] == "job.queued" and first["job_id"] == str(queued.pk)
-        assert first["position"] == 1 and first["eta"] > 0
+        # Fair share: bob, with nothing running, starts before alice's second job.
+        assert first["position"] == 2 and first["eta"] > 0
         assert second == {**second, "type": "job.started", "job_id": str(running.pk)}
         assert await communicator.receive_nothing(timeout=0.2)
     finally:

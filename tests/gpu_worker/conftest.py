@@ -154,12 +154,13 @@ class WorkerWorld:
     def submit(self, request: GenerationRequest) -> None:
         import dramatiq
 
-        from gpu_worker.protocol import GENERATE_ACTOR, GENERATE_KWARG, GPU_QUEUE
+        from gpu_worker.protocol import GENERATE_ACTOR, GENERATE_KWARG, worker_queue
 
-        # exactly what the platform sends: a message by actor name, no import of our code
+        # exactly what the platform's dispatcher sends: a message by actor name on this
+        # worker's own queue, no import of our code
         self.broker.enqueue(
             dramatiq.Message(
-                queue_name=GPU_QUEUE,
+                queue_name=worker_queue(self.service.worker_id),
                 actor_name=GENERATE_ACTOR,
                 args=(),
                 kwargs={GENERATE_KWARG: request},
@@ -208,7 +209,7 @@ def worker_world(
     broker.add_middleware(WorkerLifecycle(service, preload=[], heartbeat=None))
     platform = dramatiq.Worker(broker, queues={PLATFORM_QUEUE}, worker_threads=1, worker_timeout=50)
     platform.start()
-    with running_worker(broker) as worker:
+    with running_worker(broker, service.queue) as worker:
         yield WorkerWorld(broker, service, events, worker)
     platform.stop()
     publisher.close()

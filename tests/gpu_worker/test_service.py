@@ -205,18 +205,19 @@ def test_heartbeat_is_written_with_a_ttl(worker_world: Any, gw_redis: Any) -> No
     assert stored["worker_id"] == "test-worker" and stored["device"] == "cpu"
     assert {e["name"] for e in stored["inventory"]} >= {"atelier-demo-v1", "atelier-demo-v2"}
     assert sent["memory_budget_bytes"] > 0
-    assert 0 < gw_redis.ttl(key) <= 15
+    assert 0 < gw_redis.ttl(key) <= 8  # dead within 15 s: TTL + the platform's grace
+    assert stored["queue"] == "gpu.test-worker" and stored["hot_capacity"] >= 1
     assert gw_redis.sismember(HEARTBEAT_INDEX, "test-worker")
     beat.stop()
     assert gw_redis.get(key) is None
 
 
-def test_the_worker_takes_one_job_at_a_time_from_redis(worker_world: Any) -> None:
-    from gpu_worker.protocol import GPU_QUEUE
-
+def test_the_worker_takes_one_job_at_a_time_from_its_own_queue(worker_world: Any) -> None:
     worker = worker_world.worker
     assert worker.worker_threads == 1
-    assert worker.consumers[GPU_QUEUE].prefetch == 1  # other GPU workers can take the rest
+    assert set(worker.consumers) == {"gpu.test-worker", "gpu.test-worker.DQ"}  # its own only
+    # the next assigned job waits in Redis, where the platform can still take it back
+    assert worker.consumers["gpu.test-worker"].prefetch == 1
 
 
 def test_operator_can_drain_undrain_and_unload_through_the_heartbeat(
@@ -244,8 +245,114 @@ def test_operator_can_drain_undrain_and_unload_through_the_heartbeat(
         assert worker_world.events.events[waiting["job_id"]] == []  # left in Redis meanwhile
         gw_redis.rpush(commands, json.dumps({"action": "undrain"}))
         assert not beat.tick()["draining"]
-        # a drained worker hands prefetched work back under a new message id: it still runs
+        # undrained, it takes what is still in its queue (the platform had not taken it back)
         assert worker_world.events.wait_terminal(waiting["job_id"])["kind"] == "succeeded"
     finally:
         service.undrain()
         gw_redis.delete(commands, HEARTBEAT_KEY.format(worker_id="test-worker"))
+
+
+def offline_service(engine: Any, url: str, worker_id: str) -> Any:
+    """A worker service with no consumer running, on its own broker namespace."""
+    import uuid
+
+    import redis
+    from dramatiq.brokers.redis import RedisBroker
+
+    from gpu_worker.service import WorkerService
+
+    broker = RedisBroker(
+        url=url, namespace="atelier-test-" + uuid.uuid4().hex[:8], socket_connect_timeout=1
+    )
+    return WorkerService(
+        engine=engine,
+        broker=broker,
+        redis_client=redis.Redis.from_url(url, socket_connect_timeout=1),
+        publisher=None,
+        worker_id=worker_id,
+    )
+
+
+def platform_events(service: Any) -> list[dict]:
+    client, namespace = service.broker.client, service.broker.namespace
+    ids = client.lrange(f"{namespace}:platform", 0, -1)
+    return [
+        json.loads(client.hget(f"{namespace}:platform.msgs", i))["kwargs"]["event"] for i in ids
+    ]
+
+
+def test_job_events_wait_while_redis_is_down_and_go_out_in_order_after(
+    engine: Any, tmp_path: Any
+) -> None:
+    from operations.redis_server import free_port, start_private_redis
+
+    port = free_port()
+    service = offline_service(engine, f"redis://127.0.0.1:{port}/0", "outbox-worker")
+    request = demo_request()
+    service.report(service._event(request, "started"))  # Redis is not there yet
+    service.report(service._event(request, "succeeded", images=[]))
+    assert service.pending_events() == 2
+    server = start_private_redis(tmp_path, port=port)
+    try:
+        assert service.flush_events() and service.pending_events() == 0
+        events = platform_events(service)
+        assert [e["kind"] for e in events] == ["started", "succeeded"]
+        assert {e["job_id"] for e in events} == {request["job_id"]}
+    finally:
+        server.stop()
+        service.broker.close()
+
+
+def test_a_stopping_worker_gives_its_queued_jobs_back_to_the_platform(
+    engine: Any, gw_redis_url: str, gw_redis: Any
+) -> None:
+    import dramatiq
+
+    from gpu_worker.protocol import GENERATE_ACTOR, GENERATE_KWARG
+
+    service = offline_service(engine, gw_redis_url, "leaving-worker")
+    waiting = [demo_request(attempt=3), demo_request(attempt=1)]
+    for request in waiting:
+        service.broker.enqueue(
+            dramatiq.Message(
+                queue_name=service.queue,
+                actor_name=GENERATE_ACTOR,
+                args=(),
+                kwargs={GENERATE_KWARG: request},
+                options={},
+            )
+        )
+    try:
+        assert service.release_queued() == 2
+        released = platform_events(service)
+        assert {(e["job_id"], e["attempt"], e["kind"]) for e in released} == {
+            (r["job_id"], r["attempt"], "released") for r in waiting
+        }
+        assert all(e["worker_id"] == "leaving-worker" for e in released)
+        assert gw_redis.hlen(f"{service.broker.namespace}:{service.queue}.msgs") == 0
+    finally:
+        service.broker.flush_all()
+        service.broker.close()
+
+
+def test_the_heartbeat_tells_models_on_the_device_from_those_only_in_ram(
+    engine: Any, demo_models_dir: Any, atelier_cache_dir: Any, gw_redis_url: str
+) -> None:
+    from .conftest import make_engine
+
+    engine.preload("atelier-demo-v1")
+    size = max(e.size_bytes for e in map(engine.cache.entry, engine.cache.keys_hottest_first()))
+    # Room on the device for one checkpoint, in RAM for both: loading v2 moves v1 to RAM.
+    small = make_engine(
+        demo_models_dir, atelier_cache_dir, device=int(size * 1.5), ram=int(size * 4)
+    )
+    small.preload("atelier-demo-v1")
+    small.preload("atelier-demo-v2")
+    service = offline_service(small, gw_redis_url, "tiers-worker")
+    try:
+        beat = service.heartbeat_snapshot()
+        assert beat["loaded_models"] == ["atelier-demo-v2"]
+        assert beat["warm_models"] == ["atelier-demo-v1"]
+        assert beat["hot_capacity"] == 1 and beat["queue"] == "gpu.tiers-worker"
+    finally:
+        service.broker.close()

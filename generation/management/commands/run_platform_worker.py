@@ -1,8 +1,9 @@
-"""`python manage.py run_platform_worker`: record GPU workers' job events, sweep, sync models.
+"""`python manage.py run_platform_worker`: record GPU workers' job events, schedule, sweep, sync.
 
-One process: a Dramatiq worker on the platform queue (two threads, fast pickup) plus a loop that
-runs the sweeper and the catalogue sync every few seconds. SIGINT/SIGTERM stop both cleanly (the
-message in hand finishes; prefetched ones go back to Redis).
+One process: a Dramatiq worker on the platform queue (two threads, fast pickup) plus a tick loop
+(every second) that runs the sweeper (dead workers, lost messages) and a scheduling pass, and the
+catalogue sync and credit grants every few seconds. SIGINT/SIGTERM stop both cleanly (the message
+in hand finishes; prefetched ones go back to Redis).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from django.db import close_old_connections, connections
 
 from accounts.grants import grant_periodic_credits
 from generation.broker import get_broker
-from generation.sweeper import sweep, sync_catalogue
-from gpu_worker.protocol import PLATFORM_QUEUE
+from generation.scheduling.dispatcher import request_schedule
+from generation.sweeper import UNREPORTED_GRACE_SECONDS, WorkerLiveness, sweep, sync_catalogue
+from gpu_worker.protocol import PLATFORM_QUEUE, WORKER_MISSING_GRACE_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--threads", type=int, default=2)
         parser.add_argument(
-            "--sweep-interval", type=float, default=5.0, help="seconds between sweeps (default 5)"
+            "--tick",
+            "--sweep-interval",
+            dest="sweep_interval",
+            type=float,
+            default=1.0,
+            help="seconds between sweeps and scheduling passes (default 1)",
         )
         parser.add_argument(
             "--catalogue-interval",
@@ -39,9 +46,23 @@ class Command(BaseCommand):
             help="seconds between catalogue syncs (default 15)",
         )
         parser.add_argument(
+            "--worker-grace",
+            type=float,
+            default=WORKER_MISSING_GRACE_SECONDS,
+            help="seconds a worker's heartbeat may be missing before it is declared dead "
+            f"(default {WORKER_MISSING_GRACE_SECONDS}; shorter only with faster heartbeats)",
+        )
+        parser.add_argument(
+            "--unreported-grace",
+            type=float,
+            default=UNREPORTED_GRACE_SECONDS,
+            help="seconds a live worker may not report a job it no longer runs before the job "
+            f"goes back to the queue (default {UNREPORTED_GRACE_SECONDS:.0f})",
+        )
+        parser.add_argument(
             "--no-periodic",
             action="store_true",
-            help="only consume events (another process sweeps)",
+            help="only consume events (another process sweeps and schedules)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -60,14 +81,23 @@ class Command(BaseCommand):
             if options["no_periodic"]:
                 stop.wait()
             else:
-                self._periodic(stop, options["sweep_interval"], options["catalogue_interval"])
+                liveness = WorkerLiveness(options["worker_grace"], options["unreported_grace"])
+                self._periodic(
+                    stop, options["sweep_interval"], options["catalogue_interval"], liveness
+                )
         finally:
             self.stdout.write("stopping the platform worker")
             worker.stop(timeout=30_000)
             broker.close()
             connections.close_all()
 
-    def _periodic(self, stop: threading.Event, sweep_every: float, sync_every: float) -> None:
+    def _periodic(
+        self,
+        stop: threading.Event,
+        sweep_every: float,
+        sync_every: float,
+        liveness: WorkerLiveness,  # kept across ticks: it times how long workers are missing
+    ) -> None:
         next_sync = 0.0
         elapsed = 0.0
         while not stop.is_set():
@@ -82,13 +112,15 @@ class Command(BaseCommand):
                     granted = grant_periodic_credits()
                     if granted:
                         logger.info("periodic credits granted to %s accounts", granted)
-                report = sweep()
-                if report.redispatched or report.failed:
+                report = sweep(liveness=liveness)
+                if report.requeued or report.failed or report.dead_workers:
                     logger.info(
-                        "sweep: re-dispatched %d, failed %d",
-                        len(report.redispatched),
+                        "sweep: back in the queue %d, failed %d, dead workers %s",
+                        len(report.requeued),
                         len(report.failed),
+                        report.dead_workers,
                     )
+                request_schedule()
             except Exception:  # the loop must outlive a bad pass; the next one retries
                 logger.exception("periodic pass failed")
             finally:

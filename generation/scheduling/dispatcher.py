@@ -1,0 +1,183 @@
+"""The scheduling pass: which alive GPU worker gets which waiting job, decided on the platform.
+
+`schedule_pending()` reads the waiting jobs (queued, held by no worker), the alive workers (their
+heartbeats: hot/warm models, inventory, draining) with their free slots counted from the database
+(running + assigned-not-started, at most `WORKER_SLOTS`), and each user's recent GPU usage; asks
+the policy (`FairScheduler.plan`) for assignments; claims each job with a conditional update
+(`Job.mark_assigned`: worker and next attempt, only if still waiting) and sends it to that
+worker's own queue after commit.
+
+Passes are serialised across processes by a short Redis lock. A pass asked for while another runs
+sets a "run again" flag instead, and the running pass goes round once more, so no trigger is lost:
+after a submission commits, after each job event, and on the platform worker's tick.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.db import transaction
+
+from generation.broker import get_redis
+from generation.dispatch import send_request
+from generation.models import Job
+from generation.scheduling.inputs import recent_usage, waiting_jobs
+from generation.scheduling.policy import Assignment, FairScheduler, WorkerView
+from gpu_worker.protocol import HEARTBEAT_INDEX, HEARTBEAT_KEY, WORKER_SLOTS, WorkerHeartbeat
+
+logger = logging.getLogger(__name__)
+
+LOCK_KEY = "atelier:scheduler:lock"
+AGAIN_KEY = "atelier:scheduler:again"
+LOCK_TTL_MS = 5_000  # a pass takes milliseconds; a crashed holder frees the lock this soon
+MAX_ROUNDS = 5  # passes one caller runs for the "run again" requests it finds
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_heartbeats(client: redis.Redis) -> dict[str, WorkerHeartbeat]:
+    """The heartbeats present now, by worker id (an expired key is simply absent)."""
+    ids = sorted(_decode(i) for i in client.smembers(HEARTBEAT_INDEX))
+    if not ids:
+        return {}
+    beats: dict[str, WorkerHeartbeat] = {}
+    for worker_id, raw in zip(
+        ids, client.mget([HEARTBEAT_KEY.format(worker_id=i) for i in ids]), strict=True
+    ):
+        if not raw:
+            continue
+        try:
+            beats[worker_id] = json.loads(raw)
+        except ValueError:
+            logger.warning("unreadable heartbeat of %s ignored", worker_id)
+    return beats
+
+
+def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
+    """What the policy needs of each alive worker; slots are counted from the database, so a
+    job assigned a moment ago counts even before the worker's next heartbeat."""
+    held: dict[str, list[str]] = defaultdict(list)
+    unstarted_owners: dict[str, list[str]] = defaultdict(list)
+    rows = (
+        Job.objects.filter(status__in=Job.UNFINISHED, worker_id__in=list(beats))
+        .order_by("-status", "dispatched_at")  # running before queued, then in hand-out order
+        .values_list("worker_id", "checkpoint__name", "status", "owner_id")
+    )
+    for worker_id, checkpoint, status, owner_id in rows:
+        held[worker_id].append(checkpoint)
+        if status == Job.Status.QUEUED:
+            unstarted_owners[worker_id].append(str(owner_id))
+    views = []
+    for worker_id, beat in sorted(beats.items()):
+        inventory = beat.get("inventory")
+        views.append(
+            WorkerView(
+                worker_id=worker_id,
+                free_slots=0
+                if beat.get("draining")
+                else max(0, WORKER_SLOTS - len(held[worker_id])),
+                hot=tuple(beat.get("loaded_models") or ()),
+                warm=tuple(beat.get("warm_models") or ()),
+                hot_capacity=max(1, int(beat.get("hot_capacity") or 1)),
+                inventory=frozenset(e["name"] for e in inventory)
+                if inventory is not None
+                else None,
+                pending=tuple(held[worker_id]),
+                waiting_owners=tuple(unstarted_owners[worker_id]),
+            )
+        )
+    return views
+
+
+@dataclass
+class PassReport:
+    assigned: list[Assignment]
+    rounds: int
+    skipped: bool = False  # another process held the lock: it runs again for us
+
+
+# --- the pass ------------------------------------------------------------------------------------
+
+
+def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
+    views = worker_views(read_heartbeats(client))
+    if not any(v.free_slots for v in views):
+        return []
+    waiting = waiting_jobs().jobs
+    if not waiting:
+        return []
+    plan = scheduler.plan(waiting, views, now=time.time(), usage=recent_usage())
+    jobs = Job.objects.select_related("checkpoint").in_bulk([a.job_id for a in plan])
+    free = {v.worker_id: v.free_slots for v in views}
+    made = []
+    for assignment in plan:
+        job = jobs.get(uuid.UUID(assignment.job_id))
+        if job is None or free.get(assignment.worker_id, 0) <= 0:
+            logger.warning("scheduler proposed an impossible assignment %s", assignment)
+            continue
+        if not job.mark_assigned(assignment.worker_id):
+            continue  # cancelled or taken meanwhile
+        free[assignment.worker_id] -= 1
+        made.append(assignment)
+        logger.info(
+            "job %s -> %s (%s, attempt %s)",
+            job.pk,
+            assignment.worker_id,
+            assignment.reason,
+            job.attempt,
+        )
+        transaction.on_commit(lambda job=job: send_request(job))
+    return made
+
+
+def schedule_pending(
+    scheduler: Any = None, client: redis.Redis | None = None, *, retry: bool = True
+) -> PassReport:
+    """Run scheduling passes until nobody asked for another; raises if Redis is unreachable."""
+    client = client or get_redis()
+    scheduler = scheduler or FairScheduler()
+    token = uuid.uuid4().hex
+    if not client.set(LOCK_KEY, token, nx=True, px=LOCK_TTL_MS):
+        client.set(AGAIN_KEY, "1", px=LOCK_TTL_MS)
+        return PassReport(assigned=[], rounds=0, skipped=True)
+    assigned: list[Assignment] = []
+    rounds = 0
+    try:
+        while rounds < MAX_ROUNDS:
+            client.delete(AGAIN_KEY)
+            rounds += 1
+            assigned += _one_pass(client, scheduler)
+            if not client.exists(AGAIN_KEY):
+                break
+    finally:
+        client.eval(_RELEASE, 1, LOCK_KEY, token)
+    if retry and client.exists(AGAIN_KEY):
+        # Asked for between our last check and the release: take it now, not on the next tick.
+        more = schedule_pending(scheduler, client, retry=False)
+        return PassReport(assigned=assigned + more.assigned, rounds=rounds + more.rounds)
+    return PassReport(assigned=assigned, rounds=rounds)
+
+
+def request_schedule() -> None:
+    """A trigger (after a submission commits, after a job event): never raises, because the
+    platform worker's tick runs the pass again within a second anyway."""
+    try:
+        schedule_pending()
+    except (redis.RedisError, OSError):
+        logger.warning("scheduling pass skipped: Redis unreachable")
+    except Exception:
+        logger.exception("scheduling pass failed; the next tick retries")

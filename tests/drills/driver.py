@@ -1,0 +1,47 @@
+"""What the drills ask of the platform from outside: `python -m tests.drills.driver CMD ...`.
+
+Run with the drill's environment (its own SQLite file, models folder and Redis), like any
+management command: `setup` makes the users, their credits and the catalogue; `submit` submits
+jobs through the real service (the scheduling pass runs after each commit, as in the web) and
+prints their ids as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    from accounts import ledger
+    from accounts.models import User
+    from generation.submission import submit_job
+    from generation.sweeper import sync_catalogue
+
+    command, *rest = argv
+    if command == "setup":
+        for name in rest:
+            user, _created = User.objects.get_or_create(
+                username=name, defaults={"email": f"{name}@example.com"}
+            )
+            ledger.credit(user, 10_000, "grant", reason="drills", key=f"drills:{name}")
+        sync_catalogue(include_workers=False)
+        return 0
+    if command == "submit":  # a JSON list of [username, count, params]
+        ids = []
+        for username, count, params in json.loads(rest[0]):
+            user = User.objects.get(username=username)
+            ids += [str(submit_job(user, dict(params)).pk) for _ in range(count)]
+        print(json.dumps(ids))
+        return 0
+    print(f"unknown command {command!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,91 @@
+"""Kill things and check that users notice nothing but a delay: every accepted job finishes once,
+charged once with one set of images, or fails with a clear error and a full refund; the ledger
+is clean after every drill (the `world` fixture checks it)."""
+
+from __future__ import annotations
+
+import signal
+
+from tests.drills.conftest import JOB, DrillWorld
+
+
+def test_a_worker_killed_mid_job_hands_it_to_the_survivor_charged_once(world: DrillWorld):
+    first, second = world.start_gpu(), world.start_gpu()
+    world.wait_ready(first, second)
+    [job] = world.submit(("drill-ann", 1, JOB))
+    victim = world.wait_running(job)
+    survivor = second if victim == first else first
+    world.signal(victim, signal.SIGKILL)
+
+    world.wait_finished([job])
+    row = world.job(job)
+    assert row["status"] == "succeeded" and row["worker_id"] == survivor
+    assert row["lost"] == 1
+    assert world.images(job) == 1
+    assert world.settlements(job) == ["capture"]
+
+
+def test_a_poison_job_that_kills_three_workers_fails_and_is_refunded(world: DrillWorld):
+    workers = [world.start_gpu(), world.start_gpu()]
+    world.wait_ready(*workers)
+    [job] = world.submit(("drill-ben", 1, JOB))
+    killed: set[str] = set()
+    for kill in range(3):
+        victim = world.wait_running(job, not_on=killed)
+        world.signal(victim, signal.SIGKILL)
+        killed.add(victim)
+        if kill < 2:
+            world.start_gpu(preload=False)  # a fresh one replaces it: no endless loop
+
+    world.wait_finished([job])
+    row = world.job(job)
+    assert row["status"] == "failed" and row["lost"] == 3
+    assert "3 GPU workers" in row["error"] and "given back" in row["error"]
+    assert world.images(job) == 0
+    assert world.settlements(job) == ["release"]
+
+
+def test_redis_restarting_empty_mid_queue_loses_no_accepted_job(world: DrillWorld):
+    workers = [world.start_gpu(), world.start_gpu()]
+    world.wait_ready(*workers)
+    # Two running, two assigned behind them, two waiting on the platform.
+    jobs = world.submit(("drill-ann", 2, JOB), ("drill-ben", 2, JOB), ("drill-cat", 2, JOB))
+    world.wait_running(jobs[0])
+    world.stop_redis()  # running, assigned and waiting jobs: every message is gone
+    world.start_redis()
+
+    world.wait_finished(jobs, timeout=120)
+    for job in jobs:
+        assert world.job(job)["status"] == "succeeded", world.job(job)
+        assert world.images(job) == 1
+        assert world.settlements(job) == ["capture"]
+
+
+def test_sigterm_drains_a_worker_its_running_job_finishes_and_nothing_is_lost(
+    world: DrillWorld,
+):
+    draining, other = world.start_gpu(), world.start_gpu()
+    world.wait_ready(draining, other)
+    jobs = world.submit(("drill-ann", 2, JOB), ("drill-ben", 2, JOB))
+    world.wait(
+        lambda: world.query(
+            "SELECT count(*) FROM generation_job WHERE worker_id = ? AND status = 'running'",
+            draining,
+        )[0][0],
+        60,
+        "a job running on the worker to drain",
+    )
+    [running] = [
+        j
+        for j in jobs
+        if world.job(j)["worker_id"] == draining and world.job(j)["status"] == "running"
+    ]
+    proc = world.signal(draining, signal.SIGTERM)
+
+    assert proc.wait(timeout=60) == 0  # it finished its job and left cleanly
+    world.wait_finished(jobs, timeout=120)
+    assert world.job(running)["worker_id"] == draining  # finished where it ran
+    for job in jobs:
+        assert world.job(job)["status"] == "succeeded"
+        assert world.images(job) == 1 and world.settlements(job) == ["capture"]
+    assert {world.job(j)["worker_id"] for j in jobs if j != running} == {other}

@@ -1,0 +1,160 @@
+"""The scheduling pass hands waiting jobs to alive workers on their own queues: never more than
+a worker may hold, never a model it lacks, nothing to a draining worker, one pass at a time; and
+the web refuses submissions with a clear 503 while Redis is unreachable, writing nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import override_settings
+
+from accounts.models import CreditEntry
+from generation.broker import reset_for_tests
+from generation.models import Job
+from generation.scheduling.dispatcher import AGAIN_KEY, LOCK_KEY, schedule_pending
+from generation.submission import submit_job
+from generation.worker_events import handle_job_event
+from operations.redis_server import free_port
+from tests.generation.conftest import SMALL, api_client
+
+pytestmark = pytest.mark.django_db
+
+
+def beat(redis_client, worker_id: str, hot=(), inventory=None, draining=False) -> None:
+    """A worker's heartbeat as the platform reads it; inventory None = unknown."""
+    data = {
+        "worker_id": worker_id,
+        "loaded_models": list(hot),
+        "warm_models": [],
+        "hot_capacity": 1,
+        "draining": draining,
+        "current_job": None,
+        "inventory": None
+        if inventory is None
+        else [{"name": n, "kind": "checkpoint"} for n in inventory],
+    }
+    redis_client.set(f"atelier:worker:{worker_id}", json.dumps(data), ex=8)
+    redis_client.sadd("atelier:workers", worker_id)
+
+
+def queued_on(redis_client, worker_id: str) -> list[dict]:
+    return [
+        json.loads(raw)["kwargs"]["request"]
+        for raw in redis_client.hvals(f"dramatiq:gpu.{worker_id}.msgs")
+    ]
+
+
+def submit(user, capture, **params) -> Job:
+    with capture(execute=True):  # the pass runs after the submission commits
+        job = submit_job(user, {**SMALL, **params})
+    job.refresh_from_db()
+    return job
+
+
+def test_a_job_goes_to_the_worker_holding_its_model_hot_on_that_workers_queue(
+    alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    beat(redis_client, "gpu-a", hot=["model-a"])
+    beat(redis_client, "gpu-b", hot=["model-b"])
+    job = submit(alice, django_capture_on_commit_callbacks, checkpoint="model-b")
+    assert (job.worker_id, job.attempt, job.status) == ("gpu-b", 1, "queued")
+    [request] = queued_on(redis_client, "gpu-b")
+    assert request["job_id"] == str(job.pk) and request["checkpoint"] == "model-b"
+    assert queued_on(redis_client, "gpu-a") == []
+
+
+def test_a_worker_holds_at_most_one_job_beyond_the_one_it_runs(
+    alice, bob, carol, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    beat(redis_client, "gpu-1", hot=["model-a"])
+    jobs = [submit(user, django_capture_on_commit_callbacks) for user in (alice, bob, carol)]
+    assigned = [job for job in jobs if job.worker_id == "gpu-1"]
+    assert len(assigned) == 2 and len(queued_on(redis_client, "gpu-1")) == 2
+    [left] = [job for job in jobs if not job.worker_id]
+    # The first finishes: its slot goes to the job left waiting.
+    first = assigned[0]
+    event = {"job_id": str(first.pk), "attempt": first.attempt, "worker_id": "gpu-1"}
+    assert handle_job_event({**event, "kind": "started"})
+    assert handle_job_event({**event, "kind": "failed", "error": "boom"})
+    with django_capture_on_commit_callbacks(execute=True):
+        schedule_pending()
+    left.refresh_from_db()
+    assert left.worker_id == "gpu-1"
+
+
+def test_a_worker_never_gets_a_model_it_does_not_have_on_disk(
+    alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    beat(redis_client, "gpu-1", inventory=["model-a"])
+    job = submit(alice, django_capture_on_commit_callbacks, checkpoint="model-b")
+    assert job.worker_id == "" and queued_on(redis_client, "gpu-1") == []
+    beat(redis_client, "gpu-2", inventory=["model-a", "model-b"])
+    with django_capture_on_commit_callbacks(execute=True):
+        schedule_pending()
+    job.refresh_from_db()
+    assert job.worker_id == "gpu-2"
+
+
+def test_a_draining_worker_gets_nothing(
+    alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    beat(redis_client, "gpu-1", hot=["model-a"], draining=True)
+    job = submit(alice, django_capture_on_commit_callbacks)
+    assert job.worker_id == "" and queued_on(redis_client, "gpu-1") == []
+
+
+def test_a_released_job_goes_back_and_to_another_worker(
+    alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    beat(redis_client, "gpu-1")
+    job = submit(alice, django_capture_on_commit_callbacks)
+    assert job.worker_id == "gpu-1"
+    beat(redis_client, "gpu-1", draining=True)  # SIGTERM: it gives the job back unstarted
+    beat(redis_client, "gpu-2")
+    released = {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-1"}
+    with django_capture_on_commit_callbacks(execute=True):
+        assert handle_job_event({**released, "kind": "released"})
+        schedule_pending()
+    job.refresh_from_db()
+    assert (job.worker_id, job.attempt, job.workers_lost) == ("gpu-2", 3, 0)
+    assert not handle_job_event({**released, "kind": "started"})  # the old hand-out is stale
+
+
+def test_a_pass_asked_for_while_another_runs_is_run_by_that_one(
+    alice, catalogue, broker, redis_client
+):
+    beat(redis_client, "gpu-1")
+    submit_job(alice, SMALL)
+    redis_client.set(LOCK_KEY, "another-process", px=5000)
+    report = schedule_pending()
+    assert report.skipped and report.assigned == []
+    assert redis_client.get(AGAIN_KEY)  # the holder goes round once more
+    redis_client.delete(LOCK_KEY)
+    report = schedule_pending()
+    assert len(report.assigned) == 1 and not redis_client.exists(AGAIN_KEY)
+    assert not redis_client.exists(LOCK_KEY)
+
+
+def test_submission_answers_503_while_redis_is_unreachable_and_writes_nothing(
+    alice, catalogue, client
+):
+    holds = CreditEntry.objects.filter(kind="hold").count()
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with override_settings(REDIS_URL=dead):
+        reset_for_tests()
+        try:
+            response = api_client(alice).post("/api/v1/jobs/", SMALL, format="json")
+            client.force_login(alice)
+            page = client.get("/generate/")
+        finally:
+            reset_for_tests()
+    assert response.status_code == 503
+    assert response.json() == {
+        "field": "queue",
+        "detail": "the queue is unreachable, try again shortly",
+    }
+    assert response["Retry-After"]
+    assert not Job.objects.exists()
+    assert CreditEntry.objects.filter(kind="hold").count() == holds
+    assert page.status_code == 200  # the pages keep working
