@@ -1,8 +1,8 @@
 """Re-sending a stuck job by hand (the admin's "re-dispatch").
 
-One small function, apart from dispatch and the sweeper, so the scheduler's rewrite can rewire
-it: a queued job is sent again as its next attempt (`dispatch_job`; an older message still in
-Redis then loses on its attempt number), a running one is never touched here.
+A queued job is taken back from the worker it was handed to (if any) and offered to the next
+scheduling pass (`dispatch_job`; an older message still in Redis then loses on its attempt
+number). A running one is never touched here: the sweeper takes back the jobs of dead workers.
 """
 
 from __future__ import annotations
@@ -27,11 +27,10 @@ class Redispatch:
 def redispatch_stuck_job(job: Job) -> Redispatch:
     if job.status == Job.Status.QUEUED:
         if dispatch_job(job):
-            return Redispatch(True, _("sent again as attempt %(n)d.") % {"n": job.attempt})
-        return Redispatch(
-            False,
-            _("not sent: it started meanwhile, another dispatcher sent it, or Redis is down."),
-        )
+            return Redispatch(
+                True, _("back in the queue for the next free worker that has its model.")
+            )
+        return Redispatch(False, _("not sent again: it started or finished meanwhile."))
     if job.status == Job.Status.RUNNING:
         try:
             alive = bool(job.worker_id) and bool(
@@ -48,8 +47,8 @@ def redispatch_stuck_job(job: Job) -> Redispatch:
         return Redispatch(
             False,
             _(
-                "running, but its worker %(worker)s is gone: the sweeper settles such a job on "
-                "its own once its deadline passes (cancel it to end it now)."
+                "running, but its worker %(worker)s is gone: the sweeper puts it back in the "
+                "queue once that worker is declared dead (cancel it to end it now)."
             )
             % {"worker": job.worker_id or "?"},
         )
