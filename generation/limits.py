@@ -20,7 +20,6 @@ class GenerationLimits:
     max_unfinished_jobs: int = 4
     max_init_image_bytes: int = 10 * 1024 * 1024
     max_init_image_pixels: int = 4096 * 4096  # Pillow decompression-bomb guard for uploads
-    max_attempts: int = 3  # dispatches before a job that never starts is failed
     priority_weight: int = 1  # the tier's share of GPU time when the queue is busy
 
 

@@ -226,6 +226,12 @@ class Job(models.Model):
     def image_count(self) -> int:
         return int(self.params.get("batch_size", 1)) * int(self.params.get("n_iter", 1))
 
+    @property
+    def hand_outs(self) -> int:
+        """How many times it was handed to a worker: the attempt moves on at each hand-out and
+        at each take-back (so that the old worker's late messages lose), from 0 at submission."""
+        return (self.attempt + 1) // 2
+
     # --- transitions: each a conditional update; True only for the call that changed the row ---
 
     def _claim(

@@ -56,6 +56,9 @@ DISPATCH_GRACE = timedelta(seconds=3)
 # A running job its live worker no longer reports, with no event of it waiting, this long.
 UNREPORTED_GRACE_SECONDS = 10.0
 MAX_WORKERS_LOST = 3
+# Hand-outs after which a job is failed (and refunded) instead of taken back again: ends any
+# loop that is not a worker's death, e.g. a result the platform keeps failing to record.
+MAX_HAND_OUTS = 10
 DEMO_DEFAULT_PARAMS = {
     "width": 128,
     "height": 128,
@@ -147,12 +150,28 @@ def _current_job(beat: WorkerHeartbeat | None) -> str | None:
     return beat.get("current_job") if beat is not None else None
 
 
+def _take_back(job: Job, report: SweepReport, from_status: str, why: str) -> None:
+    """Back to the queue for another worker, unless it has been handed out MAX_HAND_OUTS times
+    already: then it fails with its hold released."""
+    if job.hand_outs >= MAX_HAND_OUTS:
+        error = (
+            f"this job was handed to GPU workers {job.hand_outs} times without a result being "
+            "recorded, so it is not tried again; its credits were given back"
+        )
+        if lifecycle.fail_job(job, error, attempt=job.attempt):
+            logger.error("job %s failed after %s hand-outs (%s)", job.pk, job.hand_outs, why)
+            report.failed.append(str(job.pk))
+        return
+    if job.return_to_queue(from_statuses=(from_status,)):
+        logger.info("job %s back in the queue: %s", job.pk, why)
+        report.requeued.append(str(job.pk))
+
+
 def _lost_with_worker(job: Job, report: SweepReport) -> None:
     """Its worker died. Assigned: back to the queue. Running: count the loss, and fail the job
     once it has killed MAX_WORKERS_LOST workers."""
     if job.status == Job.Status.QUEUED:
-        if job.return_to_queue(from_statuses=(Job.Status.QUEUED,)):
-            report.requeued.append(str(job.pk))
+        _take_back(job, report, Job.Status.QUEUED, f"worker {job.worker_id} died before it")
         return
     worker_id = job.worker_id
     if job.workers_lost + 1 < MAX_WORKERS_LOST:
@@ -192,8 +211,7 @@ def take_back_lost_jobs(
         elif beat is None:
             continue  # missing, not yet for long: a Redis flush looks the same for a moment
         elif beat.get("draining") and job.status == Job.Status.QUEUED:
-            if job.return_to_queue(from_statuses=(Job.Status.QUEUED,)):
-                report.requeued.append(str(job.pk))  # a draining worker will not start it
+            _take_back(job, report, Job.Status.QUEUED, f"{job.worker_id} is draining")
         else:
             alive.append(job)
     _take_back_lost_messages(client, alive, now, report)
@@ -229,10 +247,8 @@ def _take_back_lost_messages(
     for worker_id in {job.worker_id for job in missing}:
         held |= _job_ids_in(client, _messages_key(worker_queue(worker_id), ".DQ"))
     for job in missing:
-        worker_id = job.worker_id
-        if str(job.pk) not in held and job.return_to_queue(from_statuses=(Job.Status.QUEUED,)):
-            logger.info("job %s back in the queue: message to %s lost", job.pk, worker_id)
-            report.requeued.append(str(job.pk))
+        if str(job.pk) not in held:
+            _take_back(job, report, Job.Status.QUEUED, f"message to {job.worker_id} lost")
 
 
 def _take_back_unreported(
@@ -257,14 +273,9 @@ def _take_back_unreported(
         if str(job.pk) in waiting_events:
             liveness.unreported_since.pop(str(job.pk), None)
             continue
-        worker_id = job.worker_id
-        if liveness.unreported_long_enough(str(job.pk), clock) and job.return_to_queue(
-            from_statuses=(Job.Status.RUNNING,)
-        ):
-            logger.warning(
-                "job %s back in the queue: %s moved on without reporting it", job.pk, worker_id
-            )
-            report.requeued.append(str(job.pk))
+        if liveness.unreported_long_enough(str(job.pk), clock):
+            why = f"{job.worker_id} moved on without reporting it"
+            _take_back(job, report, Job.Status.RUNNING, why)
 
 
 def sweep(now: datetime | None = None, liveness: WorkerLiveness | None = None) -> SweepReport:

@@ -13,7 +13,13 @@ from generation.models import CatalogEntry, Job
 from generation.queue import DEFAULT_SPEED, queue_snapshot
 from generation.scheduling.dispatcher import schedule_pending
 from generation.submission import submit_job
-from generation.sweeper import UNREPORTED_GRACE_SECONDS, WorkerLiveness, sweep, sync_catalogue
+from generation.sweeper import (
+    MAX_HAND_OUTS,
+    UNREPORTED_GRACE_SECONDS,
+    WorkerLiveness,
+    sweep,
+    sync_catalogue,
+)
 from tests.generation.conftest import SMALL, status_of
 
 pytestmark = pytest.mark.django_db
@@ -153,6 +159,28 @@ def test_a_running_job_its_live_worker_moved_on_from_goes_back(
     assert sweep(start, liveness).requeued == []
     report = sweep(start + timedelta(seconds=UNREPORTED_GRACE_SECONDS), liveness)
     assert report.requeued == [str(job.pk)] and status_of(job) == "queued"
+
+
+def test_a_job_whose_result_never_gets_recorded_fails_refunded_instead_of_looping(
+    alice, catalogue, broker, redis_client
+):
+    from accounts.ledger import account_for
+
+    balance = account_for(alice).balance
+    job = submit_job(alice, SMALL)
+    liveness = WorkerLiveness()
+    clock, failed = timezone.now(), []
+    for _ in range(MAX_HAND_OUTS):  # each time a worker runs it and its result is lost
+        job.refresh_from_db()
+        running_on(job, "gpu-1")
+        beat(redis_client, "gpu-1", current_job=None)
+        for _sweep in range(2):
+            failed += sweep(clock, liveness).failed
+            clock += timedelta(seconds=UNREPORTED_GRACE_SECONDS)
+    job.refresh_from_db()
+    assert failed == [str(job.pk)] and job.hand_outs == MAX_HAND_OUTS
+    assert job.status == "failed" and "handed to GPU workers 10 times" in job.error
+    assert account_for(alice).balance == balance
 
 
 def test_a_running_job_whose_worker_still_beats_on_it_is_left_alone(
