@@ -85,7 +85,8 @@ class SdapiClient(AsyncClient):
 
     def generic(self, *args: Any, **kwargs: Any) -> Any:
         if self.authorization:
-            kwargs["headers"] = {"Authorization": self.authorization, **(kwargs.get("headers") or {})}
+            extra = kwargs.get("headers") or {}
+            kwargs["headers"] = {"Authorization": self.authorization, **extra}
         return super().generic(*args, **kwargs)
 
     async def request(self, **request: Any) -> Any:
