@@ -267,7 +267,8 @@ def _vae(overrides: dict[str, Any]) -> str | None:
     if value in (None, "", "Automatic", "None"):
         return None
     if not isinstance(value, str):
-        raise A1111Error(422, _("override_settings.sd_vae must be a VAE name"), "vae")
+        field = "override_settings.sd_vae"
+        raise A1111Error(422, _("%(field)s must be a VAE name") % {"field": field}, field)
     return value
 
 
@@ -351,8 +352,9 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         params["resize_mode"] = _value(body, defaults, "resize_mode")
     else:
         params["hires"] = _hires(body)
-    parameters = {k: v if raw.get(k) is None else raw[k] for k, v in defaults.items()}
-    if mode == "img2img" and not raw.get("include_init_images"):
+    # The echo shows the request as run: what was sent, filled from the infotext and defaults.
+    parameters = {k: v if body.get(k) is None else body[k] for k, v in defaults.items()}
+    if mode == "img2img" and not body.get("include_init_images"):
         parameters["init_images"] = None
         parameters["mask"] = None
     return Translated(
