@@ -7,10 +7,13 @@ import asyncio
 import base64
 import io
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from asgiref.testing import ApplicationCommunicator
+from django.db import connections
 from django.test import AsyncClient
 from PIL import Image
 
@@ -91,7 +94,18 @@ class SdapiClient(AsyncClient):
 
     async def request(self, **request: Any) -> Any:
         async with ThreadSensitiveContext():
-            return await super().request(**request)
+            response = await super().request(**request)
+            # Django's request_finished would close them; the test client does not send it.
+            await sync_to_async(connections.close_all)()
+        return response
+
+
+@pytest.fixture
+async def thread_connections_closed() -> AsyncIterator[None]:
+    """Close what the test's own sync_to_async thread opened (Postgres refuses to drop a test
+    database that still has sessions)."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 def sdapi_client(user: Any, bearer: bool = False) -> SdapiClient:

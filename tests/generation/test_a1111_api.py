@@ -34,12 +34,16 @@ from tests.generation.a1111_support import (
     png_b64,
     post,
     sdapi_client,
+    thread_connections_closed,  # noqa: F401 - a fixture
     token_for,
     wait_for_job,
 )
 from tests.generation.conftest import SMALL, send_event
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("thread_connections_closed"),
+]
 
 # From reference/a1111-api.md: every key of a txt2img response's `info` and of progress.state.
 INFO_KEYS = {

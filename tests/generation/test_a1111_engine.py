@@ -27,6 +27,7 @@ from tests.generation.a1111_support import (
     png_b64,
     post,
     sdapi_client,
+    thread_connections_closed,  # noqa: F401 - a fixture
     token_for,
     wait_for_job,
 )
@@ -41,7 +42,9 @@ pytestmark = [
     pytest.mark.engine,
     pytest.mark.django_db(transaction=True),
     # a real GPU worker on the demo models and a platform worker, for every test here
-    pytest.mark.usefixtures("demo_catalogue", "platform_worker", "gpu_worker_process"),
+    pytest.mark.usefixtures(
+        "demo_catalogue", "platform_worker", "gpu_worker_process", "thread_connections_closed"
+    ),
     # diffusers 0.42's schedulers trip numpy 2's copy-keyword deprecation on every construction
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
 ]
