@@ -227,7 +227,7 @@ async def test_progress_while_running_shows_steps_and_a_preview_and_interrupt_st
     assert (await get(client, "progress?skip_current_image=true")).json()["current_image"] is None
 
     assert (await post(client, "interrupt")).json() == {}
-    response = await asyncio.wait_for(call, 60)
+    response = await asyncio.wait_for(call, 120)
     assert response.status_code == 200 and response.json()["images"] == []
     job = await Job.objects.aget(pk=job.pk)
     assert job.status == "cancelled" and 0 < job.steps_done < job.total_steps
@@ -237,13 +237,7 @@ async def test_progress_while_running_shows_steps_and_a_preview_and_interrupt_st
 async def test_a_client_that_hangs_up_still_gets_its_job_done_charged_and_in_its_history(alice):
     before = (await sync_to_async(ledger.account_for)(alice)).balance
     auth = basic_header("alice", await sync_to_async(token_for)(alice))
-    body = {
-        "prompt": "a lighthouse",
-        "width": 64,
-        "height": 64,
-        "steps": 40,
-        "sampler_name": "Heun",
-    }
+    body = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 20}
     connection = await asgi_request("POST", "/sdapi/v1/txt2img", auth, body)
     job = await wait_for_job(alice)
     await connection.send_input({"type": "http.disconnect"})  # the client is gone
@@ -252,7 +246,7 @@ async def test_a_client_that_hangs_up_still_gets_its_job_done_charged_and_in_its
     async def finished() -> bool:
         return await status_of(job) in Job.TERMINAL
 
-    await wait_until(finished)
+    await wait_until(finished, timeout=120)  # generous: the machine may be busy
     job = await Job.objects.aget(pk=job.pk)
     assert job.status == "succeeded"
     assert await JobImage.objects.filter(job=job, owner=alice).acount() == 1
