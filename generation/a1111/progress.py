@@ -88,18 +88,26 @@ def _state(job: Job, step: int, steps: int, flag: str | None) -> dict[str, Any]:
 
 
 def _queued(job: Job) -> dict[str, Any] | None:
+    """None when the job left the queue meanwhile (see its new status)."""
     from generation.queue import queue_info
 
     info = queue_info(job)
-    if info is None:  # it left the queue meanwhile
-        return None
+    if info is None:
+        job.refresh_from_db()
+        if job.status != Job.Status.QUEUED:
+            return None
     waiting = Job.objects.queued().count()
+    if info is not None:
+        position, eta = info.position, info.eta
+    else:  # beyond the simulated part of a very long queue: its place, no estimate
+        position = Job.objects.queued().filter(created_at__lt=job.created_at).count() + 1
+        eta = 0.0
     return {
         **IDLE,
-        "eta_relative": info.eta,
+        "eta_relative": eta,
         "state": _state(job, 0, int(job.params.get("steps", 0)), None),
         "textinfo": _("In queue: %(position)s/%(total)s")
-        % {"position": info.position, "total": max(waiting, info.position)},
+        % {"position": position, "total": max(waiting, position)},
     }
 
 
@@ -121,13 +129,12 @@ def _running(job: Job, skip_current_image: bool) -> dict[str, Any]:
     }
 
 
-def progress_for(user: Any, skip_current_image: bool, task_id: str | None = None) -> dict:
+def progress_for(user: Any, skip_current_image: bool, task_id: str | None = None) -> dict[str, Any]:
     job = current_job(user, task_id)
     if job is not None and job.status == Job.Status.QUEUED:
         answer = _queued(job)
         if answer is not None:
             return answer
-        job.refresh_from_db()
     if job is not None and job.status == Job.Status.RUNNING:
         return _running(job, skip_current_image)
     return {**IDLE, "state": _idle_state()}
@@ -138,7 +145,7 @@ def running_job(user: Any) -> Job | None:
 
 
 def interrupt(user: Any) -> None:
-    """Stop the caller's running job (its finished images are kept, the rest is not charged)."""
+    """Stop the caller's running job, as Stop on the page does (same credit settlement)."""
     job = running_job(user)
     if job is None:
         return

@@ -1,9 +1,10 @@
 """Submit a job through the one submission service and wait for it without tying anything up.
 
-The wait polls the job row with short, growing sleeps in the event loop: no thread is held and no
-transaction stays open. If the client goes away, Django cancels the waiting coroutine and only
-the coroutine: the job was committed and dispatched already, so it runs to the end, is charged
-as usual and appears in the user's history.
+The wait polls the job row with short, growing sleeps in the event loop: no transaction stays
+open, and no database connection is kept between polls (a hundred waiting clients must not take
+a hundred Postgres connections). If the client goes away, Django cancels the waiting coroutine
+and only the coroutine: the job was committed and dispatched already, so it runs to the end, is
+charged as usual and appears in the user's history.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db import connection
 from django.utils.translation import gettext as _
 
 from generation.a1111.errors import A1111Error
@@ -26,12 +28,22 @@ WAIT_LIMIT_SECONDS = 3600.0
 
 
 async def submit(user: Any, request: Translated) -> Job:
+    # Shielded: a hang-up must not cancel a submission half-way. Its after-commit hooks (queue
+    # position to the browser, then dispatch) make nested async calls that a cancellation would
+    # interrupt, leaving a committed job undispatched until the sweeper finds it.
+    call = sync_to_async(submit_job)(user, request.params, idempotency_key=request.task_id)
     try:
-        return await sync_to_async(submit_job)(
-            user, request.params, idempotency_key=request.task_id
-        )
+        return await asyncio.shield(call)
     except SubmissionError as exc:
         raise A1111Error.from_submission(exc) from None
+
+
+def _status(job_id: Any) -> str | None:
+    try:
+        return Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
 
 
 async def wait_until_finished(job_id: Any, limit: float = WAIT_LIMIT_SECONDS) -> str:
@@ -39,7 +51,7 @@ async def wait_until_finished(job_id: Any, limit: float = WAIT_LIMIT_SECONDS) ->
     deadline = loop.time() + limit
     delay = FIRST_POLL_SECONDS
     while True:
-        status = await Job.objects.filter(pk=job_id).values_list("status", flat=True).afirst()
+        status = await sync_to_async(_status)(job_id)
         if status is None:  # deleted meanwhile (the account went away)
             raise A1111Error(404, _("job %(id)s no longer exists") % {"id": job_id})
         if status in Job.TERMINAL:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.test import AsyncClient
 
 from accounts import ledger
@@ -568,3 +569,35 @@ async def test_a_price_is_held_while_waiting_and_released_by_a_stop(alice, catal
     await stop(alice, job)
     await call
     assert (await sync_to_async(ledger.account_for)(alice)).balance == before
+
+
+async def test_a_hang_up_during_submission_still_dispatches_the_job(
+    alice, catalogue, broker, monkeypatch
+):
+    """The after-commit hooks make nested async calls (the queue position goes out over the
+    channel layer): a client hanging up right then must not skip the dispatch that follows."""
+    from generation import submission
+    from generation.dispatch import MESSAGE_ID_KEY
+
+    in_hook = threading.Event()
+    publish = submission.publish_queue_position
+
+    def slow_channel_layer(job: Job) -> None:
+        in_hook.set()
+        async_to_sync(asyncio.sleep)(0.5)
+        publish(job)
+
+    monkeypatch.setattr(submission, "publish_queue_position", slow_channel_layer)
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 4}
+    call = asyncio.create_task(post(await client_of(alice), "txt2img", body))
+    assert await asyncio.get_running_loop().run_in_executor(None, in_hook.wait, 10)
+    call.cancel()  # the client is gone
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    job = await wait_for_job(alice)
+    key = MESSAGE_ID_KEY.format(job_id=job.pk)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not await sync_to_async(get_redis().exists)(key):  # sent to the GPU queue
+        assert loop.time() < deadline, "the job was never dispatched"
+        await asyncio.sleep(0.05)
