@@ -15,6 +15,7 @@ urlpatterns = [
     path("gallery/", include("gallery.urls")),
     path("ops/", include("operations.urls")),
     path("api/v1/", include("generation.api_urls")),
+    path("sdapi/v1/", include("generation.a1111.urls")),
     path("", include("generation.image_urls")),
     path("", include("generation.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -6,7 +6,8 @@
 - `JobMonitor` is the engine's step observer: it reads the job's cancel flag in Redis at every
   step ("interrupt" stops the job, "skip" drops the batch being sampled) and publishes
   `job.progress` at most every `min_interval` seconds, with a small JPEG preview made by a cheap
-  linear latent -> RGB approximation (no VAE decode).
+  linear latent -> RGB approximation (no VAE decode). The same event is also stored under
+  `PROGRESS_KEY` with a short expiry, for clients that poll (A1111's /sdapi/v1/progress).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
 import threading
 import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from gpu_worker.protocol import CANCEL_KEY, ProgressEvent
+from gpu_worker.protocol import CANCEL_KEY, PROGRESS_KEY, ProgressEvent
 
 if TYPE_CHECKING:
     import redis
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREVIEW_MAX_SIDE = 128
+# The latest step outlives a slow step by far, and a finished job's key soon disappears.
+PROGRESS_TTL_SECONDS = 600
 # Linear maps from the 4 latent channels to RGB (community-measured, used by A1111/ComfyUI).
 LATENT_RGB = {
     "sd1": [
@@ -159,9 +163,7 @@ class JobMonitor:
             self.redis.delete(CANCEL_KEY.format(job_id=self.job_id))
             raise BatchSkipped()
         now = time.monotonic()
-        if self.publisher is None or (
-            now - self.last_sent < self.min_interval and info.done < info.total
-        ):
+        if now - self.last_sent < self.min_interval and info.done < info.total:
             return
         self.last_sent = now
         elapsed = now - self.started
@@ -174,5 +176,15 @@ class JobMonitor:
             eta=round(eta, 2),
             preview=latent_preview(info.latents, info.family),
         )
-        self.publisher.publish(self.events_group, dict(event))
-        self.sent += 1
+        self.store(event)
+        if self.publisher is not None:
+            self.publisher.publish(self.events_group, dict(event))
+            self.sent += 1
+
+    def store(self, event: ProgressEvent) -> None:
+        try:
+            self.redis.set(
+                PROGRESS_KEY.format(job_id=self.job_id), json.dumps(event), ex=PROGRESS_TTL_SECONDS
+            )
+        except Exception:  # best effort, like the channel message: the job goes on
+            log.warning("cannot store the progress of %s", self.job_id, exc_info=True)

@@ -26,6 +26,9 @@ JOB_EVENT_KWARG = "event"
 # Redis keys (plain redis-py, same REDIS_URL as the broker).
 CANCEL_KEY = "atelier:cancel:{job_id}"  # value: "interrupt" or "skip"; set by the platform
 CANCEL_TTL_SECONDS = 24 * 3600
+# JSON ProgressEvent: the latest step of a running job, written by the worker with a short
+# expiry, so the platform can answer a poll (A1111's /progress) without the channel layer.
+PROGRESS_KEY = "atelier:progress:{job_id}"
 HEARTBEAT_KEY = "atelier:worker:{worker_id}"  # JSON WorkerHeartbeat, expires when the worker dies
 HEARTBEAT_INDEX = "atelier:workers"  # set of worker ids ever seen (prune those whose key expired)
 # A worker is declared dead once its key has been missing for WORKER_MISSING_GRACE_SECONDS: at

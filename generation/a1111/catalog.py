@@ -1,0 +1,136 @@
+"""The caller's view of the model catalogue in A1111's shapes, and A1111's way of naming a
+checkpoint (title, name, file name or hash)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.translation import gettext as _
+
+from generation.a1111.errors import A1111Error
+from generation.models import CatalogEntry
+from gpu_worker.samplers import list_samplers, list_schedulers
+
+MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# The engine's latent upscale modes (gpu_worker.engine.LATENT_UPSCALE_MODES, which imports torch:
+# a test keeps the two equal). Any other hires upscaler is a plain Lanczos resize.
+LATENT_UPSCALE_MODES = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
+IMAGE_UPSCALERS = ("None", "Lanczos")
+
+
+def _stem(text: str) -> str:
+    name = text.rsplit("/", 1)[-1]
+    for suffix in MODEL_EXTENSIONS:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _matches(entry: CatalogEntry, text: str) -> bool:
+    base = text.rsplit(" [", 1)[0] if text.endswith("]") and " [" in text else text
+    if text == entry.title or base == entry.filename or _stem(base) == entry.name:
+        return True
+    lowered = text.lower()
+    return len(lowered) >= 8 and bool(
+        lowered == entry.short_hash.lower() or (entry.sha256 and entry.sha256.startswith(lowered))
+    )
+
+
+def find_checkpoint(user: Any, text: Any, field: str) -> CatalogEntry:
+    """A checkpoint the user may pick, named as A1111 accepts; 422 with the valid titles."""
+    if not isinstance(text, str) or not text.strip():
+        raise A1111Error(
+            422, _("%(field)s must be a model title or name") % {"field": field}, field
+        )
+    wanted = text.strip()
+    visible = CatalogEntry.objects.visible_to(user).checkpoints()
+    entry = next((e for e in visible if _matches(e, wanted)), None)
+    if entry is None:
+        valid = ", ".join(e.title for e in visible.filter(available=True)) or _("none")
+        raise A1111Error(
+            422,
+            _("%(field)s: model %(name)r not found; valid models: %(valid)s")
+            % {"field": field, "name": wanted, "valid": valid},
+            field,
+        )
+    if not entry.available:
+        raise A1111Error(
+            409,
+            _("%(field)s: model %(name)r is not available on any worker now")
+            % {"field": field, "name": wanted},
+            field,
+        )
+    return entry
+
+
+def _usable(user: Any, kind: str) -> list[CatalogEntry]:
+    return list(CatalogEntry.objects.usable_by(user).filter(kind=kind).order_by("name"))
+
+
+def sd_models(user: Any) -> list[dict[str, Any]]:
+    # `filename` is relative to the models folder: server paths are nobody's business.
+    return [
+        {
+            "title": e.title,
+            "model_name": e.name,
+            "hash": e.short_hash or None,
+            "sha256": e.sha256 or None,
+            "filename": e.filename,
+            "config": None,
+        }
+        for e in _usable(user, CatalogEntry.Kind.CHECKPOINT)
+    ]
+
+
+def loras(user: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": e.name, "alias": e.name, "path": e.filename, "metadata": {}}
+        for e in _usable(user, CatalogEntry.Kind.LORA)
+    ]
+
+
+def sd_vaes(user: Any) -> list[dict[str, Any]]:
+    return [
+        {"model_name": e.name, "filename": e.filename} for e in _usable(user, CatalogEntry.Kind.VAE)
+    ]
+
+
+def embeddings(user: Any) -> dict[str, Any]:
+    # The catalogue knows the files, not their vectors: those fields stay null.
+    loaded = {
+        e.name: {
+            "step": None,
+            "sd_checkpoint": None,
+            "sd_checkpoint_name": None,
+            "shape": None,
+            "vectors": None,
+        }
+        for e in _usable(user, CatalogEntry.Kind.EMBEDDING)
+    }
+    return {"loaded": loaded, "skipped": {}}
+
+
+def upscalers() -> list[dict[str, Any]]:
+    return [
+        {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+        for name in IMAGE_UPSCALERS
+    ]
+
+
+def latent_upscale_modes() -> list[dict[str, str]]:
+    return [{"name": name} for name in LATENT_UPSCALE_MODES]
+
+
+def samplers() -> list[dict[str, Any]]:
+    return list_samplers()
+
+
+def schedulers() -> list[dict[str, Any]]:
+    return list_schedulers()

@@ -1,0 +1,74 @@
+"""Errors as A1111 clients parse them: the HTTP status and a JSON body with `error` and `detail`.
+
+A1111 (FastAPI) answers `{"error": <exception name>, "detail": ..., "body": ..., "errors": ...}`;
+we add `field`, the request field to fix, named as the A1111 client sent it.
+"""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+
+from generation.submission import SubmissionError
+
+ERROR_NAMES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    402: "PaymentRequired",
+    403: "Forbidden",
+    404: "HTTPException",
+    409: "Conflict",
+    422: "ValidationError",
+    429: "TooManyRequests",
+    502: "JobFailed",
+    503: "ServiceUnavailable",
+    504: "Timeout",
+}
+
+# Our service's field names -> what an A1111 client calls them.
+A1111_FIELDS = {
+    "sampler": "sampler_name",
+    "checkpoint": "override_settings.sd_model_checkpoint",
+    "vae": "override_settings.sd_vae",
+    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+    "init_image": "init_images",
+    "hires": "enable_hr",
+    "scale": "hr_scale",
+    "resize_x": "hr_resize_x",
+    "resize_y": "hr_resize_y",
+    "hires.resize_x": "hr_resize_x",
+    "hires.resize_y": "hr_resize_y",
+    "second_pass_steps": "hr_second_pass_steps",
+    "upscaler": "hr_upscaler",
+    "Idempotency-Key": "force_task_id",
+}
+
+
+class A1111Error(Exception):
+    def __init__(self, status: int, detail: str, field: str = "") -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.field = field
+
+    @classmethod
+    def from_submission(cls, exc: SubmissionError) -> A1111Error:
+        field = A1111_FIELDS.get(exc.field, exc.field)
+        detail = exc.message
+        if field != exc.field and detail.startswith(exc.field + " "):
+            detail = field + detail[len(exc.field) :]  # "scale must be..." -> "hr_scale must be..."
+        return cls(exc.status, detail, field)
+
+    def response(self) -> JsonResponse:
+        body = {
+            "error": ERROR_NAMES.get(self.status, "HTTPException"),
+            "detail": self.detail,
+            "body": "",
+            "errors": self.detail,
+            "field": self.field,
+        }
+        response = JsonResponse(body, status=self.status)
+        if self.status == 401:
+            response["WWW-Authenticate"] = 'Basic realm="sdapi"'
+        elif self.status == 429:
+            response["Retry-After"] = "10"
+        return response
