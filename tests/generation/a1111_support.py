@@ -94,10 +94,11 @@ class SdapiClient(AsyncClient):
 
     async def request(self, **request: Any) -> Any:
         async with ThreadSensitiveContext():
-            response = await super().request(**request)
-            # Django's request_finished would close them; the test client does not send it.
-            await sync_to_async(connections.close_all)()
-        return response
+            try:
+                return await super().request(**request)
+            finally:
+                # Django's request_finished would close them; the test client does not send it.
+                await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture
