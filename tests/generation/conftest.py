@@ -3,6 +3,7 @@ an in-process platform worker consuming the real platform queue on the test Redi
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -157,3 +158,24 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 def status_of(job: Job) -> str:
     return Job.objects.values_list("status", flat=True).get(pk=job.pk)
+
+
+def beat(
+    redis_client: Any, worker_id: str, *, hot: Any = (), inventory: Any = None, **fields: Any
+) -> None:
+    """A live worker's heartbeat as the platform reads it (inventory None = unknown, so it is
+    offered every model); `fields` override the rest (current_job, draining, ...)."""
+    data = {
+        "worker_id": worker_id,
+        "loaded_models": list(hot),
+        "warm_models": [],
+        "hot_capacity": 1,
+        "draining": False,
+        "current_job": None,
+        "inventory": None
+        if inventory is None
+        else [{"name": n, "kind": "checkpoint"} for n in inventory],
+        **fields,
+    }
+    redis_client.set(f"atelier:worker:{worker_id}", json.dumps(data), ex=8)
+    redis_client.sadd("atelier:workers", worker_id)

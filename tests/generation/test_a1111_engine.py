@@ -43,7 +43,7 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     # a real GPU worker on the demo models and a platform worker, for every test here
     pytest.mark.usefixtures(
-        "demo_catalogue", "platform_worker", "gpu_worker_process", "thread_connections_closed"
+        "demo_catalogue", "platform_tick", "gpu_worker_process", "thread_connections_closed"
     ),
     # diffusers 0.42's schedulers trip numpy 2's copy-keyword deprecation on every construction
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),

@@ -30,7 +30,7 @@ from tests.generation.a1111_support import (
     token_for,
     wait_for_job,
 )
-from tests.generation.conftest import SMALL
+from tests.generation.conftest import SMALL, beat
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -216,7 +216,7 @@ async def test_a_price_is_held_while_waiting_and_released_by_a_stop(alice, catal
 
 
 async def test_a_hang_up_during_submission_still_dispatches_the_job(
-    alice, catalogue, broker, monkeypatch
+    alice, catalogue, broker, redis_client, monkeypatch
 ):
     """The after-commit hooks make nested async calls (the queue position goes out over the
     channel layer): a client hanging up right then must not skip the dispatch that follows."""
@@ -232,6 +232,7 @@ async def test_a_hang_up_during_submission_still_dispatches_the_job(
         publish(job)
 
     monkeypatch.setattr(submission, "publish_queue_position", slow_channel_layer)
+    beat(redis_client, "gpu-1")  # an idle worker: the pass after commit hands the job to it
     body = {"prompt": "x", "width": 64, "height": 64, "steps": 4}
     call = asyncio.create_task(post(await client_of(alice), "txt2img", body))
     assert await asyncio.get_running_loop().run_in_executor(None, in_hook.wait, 10)

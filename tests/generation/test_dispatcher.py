@@ -16,26 +16,9 @@ from generation.scheduling.dispatcher import AGAIN_KEY, LOCK_KEY, schedule_pendi
 from generation.submission import submit_job
 from generation.worker_events import handle_job_event
 from operations.redis_server import free_port
-from tests.generation.conftest import SMALL, api_client
+from tests.generation.conftest import SMALL, api_client, beat
 
 pytestmark = pytest.mark.django_db
-
-
-def beat(redis_client, worker_id: str, hot=(), inventory=None, draining=False) -> None:
-    """A worker's heartbeat as the platform reads it; inventory None = unknown."""
-    data = {
-        "worker_id": worker_id,
-        "loaded_models": list(hot),
-        "warm_models": [],
-        "hot_capacity": 1,
-        "draining": draining,
-        "current_job": None,
-        "inventory": None
-        if inventory is None
-        else [{"name": n, "kind": "checkpoint"} for n in inventory],
-    }
-    redis_client.set(f"atelier:worker:{worker_id}", json.dumps(data), ex=8)
-    redis_client.sadd("atelier:workers", worker_id)
 
 
 def queued_on(redis_client, worker_id: str) -> list[dict]:

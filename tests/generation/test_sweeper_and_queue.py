@@ -20,20 +20,13 @@ from generation.sweeper import (
     sweep,
     sync_catalogue,
 )
-from tests.generation.conftest import SMALL, status_of
+from tests.generation.conftest import SMALL, beat, status_of
 
 pytestmark = pytest.mark.django_db
 
 
 def later(seconds: float):
     return timezone.now() + timedelta(seconds=seconds)
-
-
-def beat(redis_client, worker_id: str, **fields) -> None:
-    """What a live worker writes every 2 s (only the fields the platform reads here)."""
-    data = {"worker_id": worker_id, "current_job": None, "draining": False, "inventory": None}
-    redis_client.set(f"atelier:worker:{worker_id}", json.dumps({**data, **fields}), ex=8)
-    redis_client.sadd("atelier:workers", worker_id)
 
 
 def queue_length(redis_client, worker_id: str) -> int:
