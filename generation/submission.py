@@ -440,9 +440,10 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             except InsufficientCredits as exc:
                 raise SubmissionError("price", str(exc) or "not enough credits", 402) from None
             remember_params(user, valid.params)
-            # After commit, outside the write lock: tell the owner its place, then schedule.
-            transaction.on_commit(lambda: publish_queue_position(job))
+            # After commit, outside the write lock: schedule first (nothing that may fail or be
+            # cancelled in the broadcast can then skip it), then tell the owner its place.
             dispatch_on_commit(job)
+            transaction.on_commit(lambda: publish_queue_position(job))
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
         if (job := _existing(user, idempotency_key)) is not None:
