@@ -395,3 +395,27 @@ def test_an_infotext_fills_only_the_fields_the_request_left_out(alice, catalogue
     elsewhere = text.replace("Model: model-b", "Model: someone-elses-model")
     params = translate(alice, {"infotext": elsewhere}, "txt2img").params
     assert "checkpoint" not in params  # a model we lack: the caller's default is used
+
+
+async def test_a_model_outside_the_callers_tier_is_422_listing_only_the_models_it_allows(
+    alice, catalogue
+):
+    from accounts.models import MembershipTier
+    from accounts.tiers import set_tier
+
+    def restrict() -> None:
+        tier = MembershipTier.objects.create(
+            name="Basic", slug="basic", rank=1, all_models=False, allowed_models=["model-a"]
+        )
+        set_tier(alice, tier)
+
+    await sync_to_async(restrict)()
+    client = await client_of(alice)
+    body = {"prompt": "x", "override_settings": {"sd_model_checkpoint": "model-b"}}
+    response = await post(client, "txt2img", body)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert catalogue["a"].title in detail and catalogue["b"].title not in detail.split("valid")[1]
+    assert await sync_to_async(Job.objects.count)() == 0
+    models = (await get(client, "sd-models")).json()
+    assert [m["model_name"] for m in models] == ["model-a"]
