@@ -50,6 +50,7 @@ TIME_LIMIT_MS = 2 * 3600 * 1000  # a big CPU batch can take long; the platform s
 MIN_BACKOFF_MS = 2_000
 WORKER_TIMEOUT_MS = 50  # Dramatiq's idle poll: ~50 ms pickup instead of up to 1 s
 QUEUE_PREFETCH = 1  # one GPU, one job: the next assigned one waits in Redis, not in memory
+DRAIN_WAIT_SECONDS = 2.0  # how long drain waits for its consumers to stop fetching
 SEND_ERRORS = (redis.RedisError, BrokerConnectionError, OSError)
 SHUTDOWN_FLUSH_SECONDS = 30  # how long a stopping worker keeps trying to send buffered events
 
@@ -96,8 +97,13 @@ class WorkerService:
         here (it sees `draining` in the heartbeat), and whatever is fetched meanwhile is
         released to it (see `generate`)."""
         self.status.draining = True
-        for consumer in self.worker.consumers.values() if self.worker else ():
+        consumers = list(self.worker.consumers.values()) if self.worker else []
+        for consumer in consumers:
             consumer.pause()
+        # A consumer notices the pause at its next idle poll (worker_timeout): wait for that,
+        # so that once drain returns nothing more is fetched (bounded: never hang the caller).
+        for consumer in consumers:
+            consumer.paused_event.wait(timeout=DRAIN_WAIT_SECONDS)
 
     def undrain(self) -> None:
         self.status.draining = False
