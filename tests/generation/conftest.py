@@ -26,6 +26,22 @@ SMALL = {
 }
 
 
+# What the generator page's form posts without JavaScript (all but the checkpoint).
+GENERATOR_FORM = {
+    "prompt": "a red bicycle",
+    "sampler": "Euler a",
+    "scheduler": "Automatic",
+    "steps": "6",
+    "cfg_scale": "7",
+    "width": "64",
+    "height": "64",
+    "seed": "-1",
+    "batch_size": "1",
+    "n_iter": "1",
+    "clip_skip": "1",
+}
+
+
 def fund(user: Any, amount: int = 1000) -> Any:
     """Credits enough for any test job (the tier's welcome grant is not there after a
     transactional test flushed the data migration's rows)."""

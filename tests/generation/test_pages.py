@@ -12,6 +12,7 @@ from django.utils import translation
 from PIL import Image
 
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
+from tests.generation.conftest import GENERATOR_FORM
 
 pytestmark = pytest.mark.django_db
 
@@ -276,18 +277,8 @@ def test_without_javascript_the_form_submits_a_job_for_alice(client, alice, cata
     response = client.post(
         reverse("generate"),
         {
-            "prompt": "a red bicycle",
+            **GENERATOR_FORM,
             "checkpoint": "model-b",
-            "sampler": "Euler a",
-            "scheduler": "Automatic",
-            "steps": "6",
-            "cfg_scale": "7",
-            "width": "64",
-            "height": "64",
-            "seed": "-1",
-            "batch_size": "1",
-            "n_iter": "1",
-            "clip_skip": "1",
             "hires_enabled": "on",
             "hires_scale": "1.5",
             "hires_upscaler": "Latent",

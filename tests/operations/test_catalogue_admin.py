@@ -18,6 +18,7 @@ from accounts.tiers import set_tier
 from generation.models import CatalogEntry, Job
 from gpu_worker.protocol import HEARTBEAT_INDEX, HEARTBEAT_KEY
 from tests.accounts.conftest import give
+from tests.generation.conftest import GENERATOR_FORM
 from tests.operations.test_ops_pages import heartbeat
 
 pytestmark = pytest.mark.django_db
@@ -205,21 +206,6 @@ def alice_on_a_restricted_tier(alice, models):
     return alice
 
 
-FORM = {
-    "prompt": "a red bicycle",
-    "sampler": "Euler a",
-    "scheduler": "Automatic",
-    "steps": "6",
-    "cfg_scale": "7",
-    "width": "64",
-    "height": "64",
-    "seed": "-1",
-    "batch_size": "1",
-    "n_iter": "1",
-    "clip_skip": "1",
-}
-
-
 REFUSALS = [
     ("switched-off", 422, "unknown model 'switched-off'"),
     ("pro-only", 403, "your membership tier does not include the model 'pro-only'"),
@@ -231,7 +217,7 @@ def test_the_generator_form_refuses_a_disabled_or_tier_restricted_model_naming_i
     client, alice_on_a_restricted_tier, name, status, message
 ):
     client.force_login(alice_on_a_restricted_tier)
-    response = client.post(reverse("generate"), {**FORM, "checkpoint": name})
+    response = client.post(reverse("generate"), {**GENERATOR_FORM, "checkpoint": name})
     html = response.content.decode()
     assert message.replace("'", "&#x27;") in html
     assert not Job.objects.exists()
