@@ -257,7 +257,10 @@ def check_job_request(data: Any, limits: GenerationLimits) -> None:
         raise SubmissionError(
             name, f"{name} is {length} characters; the limit is {field.max_length}", 422
         )
-    raise SubmissionError(name, f"{name}: {problem}", 422 if code == "invalid_choice" else 400)
+    if code == "invalid_choice":
+        valid = ", ".join(map(str, field.choices))
+        raise SubmissionError(name, f"{name}: {problem} Valid: {valid}", 422)
+    raise SubmissionError(name, f"{name}: {problem}")
 
 
 class QuoteSerializer(serializers.Serializer):

@@ -6,6 +6,7 @@ progress with the same ones (generation.pricing, generation.submission).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gpu_worker.params import HiresParams
@@ -22,8 +23,6 @@ LATENT_UPSCALERS = (
 )
 IMAGE_UPSCALERS = ("None", "Lanczos")
 UPSCALERS = LATENT_UPSCALERS + IMAGE_UPSCALERS
-# A strength of 1 would ask for an endless schedule when the hires pass's steps are fixed.
-MAX_FIXED_STRENGTH = 0.999
 
 
 def hires_size(width: int, height: int, hires: HiresParams) -> tuple[int, int]:
@@ -50,10 +49,14 @@ def denoised_steps(inference_steps: int, strength: float) -> int:
 
 
 def hires_inference_steps(steps: int, hires: HiresParams) -> int:
-    """The schedule length the hires pass asks for, so that it denoises about its
+    """The schedule length the hires pass asks for, so that it denoises exactly its
     second_pass_steps (A1111's hires fix: the steps are the ones run, whatever the strength)."""
     wanted = int(hires["second_pass_steps"] or steps)
-    return int(wanted / min(float(hires["denoising_strength"]), MAX_FIXED_STRENGTH))
+    strength = float(hires["denoising_strength"])
+    inference = max(wanted, math.ceil(wanted / strength))
+    while denoised_steps(inference, strength) < wanted:  # float rounding: a step more at most
+        inference += 1
+    return inference
 
 
 def first_pass_steps(params: Any) -> int:
@@ -94,15 +97,9 @@ def steps_problem(params: Any) -> tuple[str, str] | None:
             )
         return None
     hires = params.get("hires")
-    if hires:
-        if not 0 < float(hires["denoising_strength"]) <= 1:
-            return (
-                "hires.denoising_strength",
-                "hires denoising_strength must be above 0 and at most 1",
-            )
-        if hires_pass_steps(params) < 1:
-            return (
-                "hires.second_pass_steps",
-                "the hires pass would run no step: raise second_pass_steps or its strength",
-            )
+    if hires and not 0 < float(hires["denoising_strength"]) <= 1:
+        return (
+            "hires.denoising_strength",
+            "hires denoising_strength must be above 0 and at most 1",
+        )
     return None
