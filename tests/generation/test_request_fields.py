@@ -121,3 +121,17 @@ def test_a_jobs_parameters_survive_a_remix_link_back_into_the_generator(alice, c
     assert {k: v for k, v in again.items() if k not in DERIVED_FIELDS | {"mode"}} == {
         k: v for k, v in params.items() if k not in DERIVED_FIELDS | {"mode"}
     }
+
+
+def test_a1111_spellings_live_only_in_the_a1111_package():
+    root = Path(settings.BASE_DIR)
+    spellings = re.compile(r"\b(enable_hr|hr_\w+|sampler_name|sampler_index|override_settings)\b")
+    outside = [
+        str(path.relative_to(root))
+        for folder in ("generation", "gallery", "gpu_worker", "static/js", "templates")
+        for path in (root / folder).rglob("*")
+        if path.suffix in {".py", ".js", ".html"}
+        and "a1111" not in path.parts
+        and spellings.search(path.read_text())
+    ]
+    assert outside == []
