@@ -253,7 +253,7 @@ def _hires(raw: Any, limits: GenerationLimits) -> HiresParams | None:
     if unknown := sorted(set(raw) - HIRES_FIELDS):
         raise SubmissionError(f"hires.{unknown[0]}", f"hires has no field {unknown[0]!r}")
     given = {**HIRES_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
-    upscaler = given["upscaler"]
+    upscaler = given["upscaler"] or HIRES_DEFAULTS["upscaler"]
     if upscaler not in UPSCALERS:
         raise SubmissionError(
             "hires.upscaler",
