@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -123,6 +124,7 @@ class JobSerializer(serializers.ModelSerializer):
         return job.cancel_requested_at is not None
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class InitImageField(serializers.Field):
     """Base64 text (a data URI allowed) or, in a multipart post, an uploaded file."""
 
