@@ -140,7 +140,7 @@ class InitImageField(serializers.Field):
 TIER = "at most your membership tier's limit (GET /api/v1/me/: limits)"
 
 
-def _int(low: int, high: int | None = None, help_text: str = "") -> serializers.IntegerField:
+def _int(low: int, high: int, help_text: str = "") -> serializers.IntegerField:
     return serializers.IntegerField(
         required=False, allow_null=True, min_value=low, max_value=high, help_text=help_text
     )
@@ -246,7 +246,8 @@ def check_job_request(data: Any, limits: GenerationLimits) -> None:
     field: Any = serializer.fields[name]
     if isinstance(problems, dict):  # the nested hires object
         inner, problems = next(iter(problems.items()))
-        field, name = field.fields.get(inner, field), f"{name}.{inner}"
+        if inner in field.fields:  # else not an object at all: the error is hires's own
+            field, name = field.fields[inner], f"{name}.{inner}"
     problem = problems[0] if isinstance(problems, list) else problems
     code = getattr(problem, "code", "")
     if code in ("min_value", "max_value"):

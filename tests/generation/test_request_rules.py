@@ -125,3 +125,13 @@ def test_img2img_at_strength_zero_is_refused(alice, alice_api, catalogue):
 def test_an_a1111_spelling_sent_to_the_rest_api_is_refused_naming_it(alice, alice_api, catalogue):
     error = refused_without_a_hold(alice_api, alice, {**SMALL, "enable_hr": True})
     assert error["field"] == "enable_hr" and "/sdapi/v1/" in error["detail"]
+
+
+def test_a_hires_that_is_not_an_object_is_a_bad_request_naming_hires(alice, alice_api, catalogue):
+    error = refused_without_a_hold(alice_api, alice, {**SMALL, "hires": "yes"})
+    assert error["field"] == "hires"
+
+
+def test_a_hires_field_out_of_bounds_names_the_nested_field(alice, alice_api, catalogue):
+    error = refused_without_a_hold(alice_api, alice, {**SMALL, "hires": {"scale": 9}})
+    assert error["field"] == "hires.scale" and "between 1 and 4" in error["detail"]
