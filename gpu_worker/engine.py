@@ -30,13 +30,7 @@ from gpu_worker.loading import (
     load_vae,
 )
 from gpu_worker.model_cache import ModelCache
-from gpu_worker.passes import (
-    LATENT_UPSCALERS,
-    denoised_steps,
-    hires_inference_steps,
-    hires_size,
-    steps_problem,
-)
+from gpu_worker.passes import denoised_steps, hires_inference_steps, hires_size, steps_problem
 from gpu_worker.prompt_encoding import (
     Embedding,
     encode_prompt_pair,
@@ -54,20 +48,14 @@ from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, 
 
 ENGINE_VERSION = "atelier-0.1"
 # How each of passes.LATENT_UPSCALERS resizes latents: (torch interpolate mode, antialias).
-LATENT_UPSCALE_MODES = dict(
-    zip(
-        LATENT_UPSCALERS,
-        [
-            ("bilinear", False),
-            ("bilinear", True),
-            ("bicubic", False),
-            ("bicubic", True),
-            ("nearest", False),
-            ("nearest-exact", False),
-        ],
-        strict=True,
-    )
-)
+LATENT_UPSCALE_MODES = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
 
 
 class JobFailed(Exception):
