@@ -34,8 +34,11 @@ GENERATOR_FIELDS = (
     "batch_size",
     "n_iter",
     "denoising_strength",
+    "resize_mode",
     "hires_enabled",
     "hires_scale",
+    "hires_resize_x",
+    "hires_resize_y",
     "hires_upscaler",
     "hires_second_pass_steps",
     "hires_denoising_strength",
@@ -118,6 +121,8 @@ def remix_published_image(viewer: Any, publication: Any) -> RemixPlan:
         values.update(
             hires_enabled="on",
             hires_scale=hires.get("scale"),
+            hires_resize_x=hires.get("resize_x"),
+            hires_resize_y=hires.get("resize_y"),
             hires_upscaler=hires.get("upscaler"),
             hires_second_pass_steps=hires.get("second_pass_steps"),
             hires_denoising_strength=hires.get("denoising_strength"),
@@ -137,9 +142,12 @@ def fields_from_parsed(parsed: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = dict(infotext_to_fields(parsed))
     values["batch_size"] = 1
     values["n_iter"] = 1
-    if any(key in parsed for key in ("Hires upscale", "Hires upscaler", "Hires steps")):
+    hires_keys = ("Hires upscale", "Hires upscaler", "Hires steps", "Hires resize-1")
+    if any(key in parsed for key in hires_keys):
         values["hires_enabled"] = "on"
         values["hires_scale"] = parsed.get("Hires upscale")
+        values["hires_resize_x"] = parsed.get("Hires resize-1")
+        values["hires_resize_y"] = parsed.get("Hires resize-2")
         values["hires_upscaler"] = parsed.get("Hires upscaler")
         values["hires_second_pass_steps"] = parsed.get("Hires steps")
         # In a txt2img infotext, "Denoising strength" is the hires pass's.

@@ -35,6 +35,7 @@ from generation.serializers import (
     MeSerializer,
     QuoteSerializer,
     SamplerListSerializer,
+    check_job_request,
 )
 from generation.submission import (
     SubmissionError,
@@ -58,16 +59,19 @@ def error_response(exc: SubmissionError) -> Response:
 
 def request_params(request: Request) -> dict[str, Any]:
     """JSON bodies as they are; form posts flattened, with `hires` as JSON text and
-    `init_image` as an uploaded file."""
+    `init_image` as an uploaded file. Checked by the request serializer (types and the
+    caller's bounds) before the service sees them."""
     data = request.data
     if isinstance(data, dict) and not hasattr(data, "getlist"):
-        return data
-    params: dict[str, Any] = {key: data.get(key) for key in data}
-    if isinstance(params.get("hires"), str):
-        try:
-            params["hires"] = json.loads(params["hires"]) if params["hires"] else None
-        except ValueError:
-            raise SubmissionError("hires", "hires must be a JSON object") from None
+        params: dict[str, Any] = data
+    else:
+        params = {key: data.get(key) for key in data}
+        if isinstance(params.get("hires"), str):
+            try:
+                params["hires"] = json.loads(params["hires"]) if params["hires"] else None
+            except ValueError:
+                raise SubmissionError("hires", "hires must be a JSON object") from None
+    check_job_request(params, limits_for(request.user))
     return params
 
 

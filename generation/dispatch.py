@@ -22,7 +22,6 @@ from gpu_worker.protocol import (
     GENERATE_ACTOR,
     GENERATE_KWARG,
     GenerationRequest,
-    HiresOptions,
     worker_queue,
 )
 
@@ -30,34 +29,16 @@ logger = logging.getLogger(__name__)
 
 
 def build_request(job: Job) -> GenerationRequest:
-    p = job.params
+    """The job's stored GenerationParams in its envelope (and the img2img source image)."""
     request = GenerationRequest(
+        **job.params,
         job_id=str(job.pk),
         attempt=job.attempt,
         events_group=user_group(job.owner_id),
-        mode=job.mode,  # type: ignore[typeddict-item]
-        checkpoint=job.checkpoint.name,
-        vae=p.get("vae"),
-        prompt=p["prompt"],
-        negative_prompt=p["negative_prompt"],
-        sampler=p["sampler"],
-        scheduler=p["scheduler"],
-        steps=p["steps"],
-        cfg_scale=p["cfg_scale"],
-        width=p["width"],
-        height=p["height"],
-        seed=p["seed"],
-        batch_size=p["batch_size"],
-        n_iter=p["n_iter"],
-        clip_skip=p["clip_skip"],
-        denoising_strength=p["denoising_strength"],
     )
     if job.mode == Job.Mode.IMG2IMG and job.init_image:
         with job.init_image.open("rb") as fh:
             request["init_image_png_b64"] = base64.b64encode(fh.read()).decode()
-        request["resize_mode"] = p.get("resize_mode", 0)
-    if p.get("hires"):
-        request["hires"] = HiresOptions(**p["hires"])
     return request
 
 

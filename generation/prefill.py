@@ -11,14 +11,25 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from generation.submission import HIRES_DEFAULTS
+from gpu_worker.params import HIRES_DEFAULTS
 
 TEXT_FIELDS = ("prompt", "negative_prompt", "checkpoint", "vae", "sampler", "scheduler")
-INT_FIELDS = ("steps", "width", "height", "seed", "clip_skip", "batch_size", "n_iter")
+INT_FIELDS = (
+    "steps",
+    "width",
+    "height",
+    "seed",
+    "clip_skip",
+    "batch_size",
+    "n_iter",
+    "resize_mode",
+)
 FLOAT_FIELDS = ("cfg_scale", "denoising_strength")
 # hires_<key> in the query, hires[<key>] in the parameters.
 HIRES_FIELDS = {
     "scale": float,
+    "resize_x": int,
+    "resize_y": int,
     "upscaler": str,
     "second_pass_steps": int,
     "denoising_strength": float,

@@ -1,16 +1,29 @@
-"""JSON shapes of the REST API. Input is validated by the submission service, not here: these
-request serializers exist to document the API (OpenAPI) and shape responses."""
+"""JSON shapes of the REST API. The job request serializer is the first check of a REST request
+and its OpenAPI schema (the fields of gpu_worker.params with their bounds); the submission service
+then checks what needs the catalogue and the user."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from generation.lifecycle import image_payload
+from generation.limits import DEFAULT_LIMITS, GenerationLimits
 from generation.models import CatalogEntry, Job, JobImage
 from generation.queue import QueueSnapshot, queue_snapshot, running_eta
+from generation.submission import (
+    HIRES_SCALE,
+    MAX_CLIP_SKIP,
+    MAX_SEED,
+    MIN_SIDE,
+    RESIZE_MODES,
+    SubmissionError,
+)
+from gpu_worker.params import HIRES_DEFAULTS
+from gpu_worker.passes import UPSCALERS
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -111,43 +124,146 @@ class JobSerializer(serializers.ModelSerializer):
         return job.cancel_requested_at is not None
 
 
+@extend_schema_field(OpenApiTypes.STR)
+class InitImageField(serializers.Field):
+    """Base64 text (a data URI allowed) or, in a multipart post, an uploaded file."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) or hasattr(data, "read"):
+            return data
+        raise serializers.ValidationError("must be base64 text or an uploaded file", "invalid")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+TIER = "at most your membership tier's limit (GET /api/v1/me/: limits)"
+
+
+def _int(low: int, high: int, help_text: str = "") -> serializers.IntegerField:
+    return serializers.IntegerField(
+        required=False, allow_null=True, min_value=low, max_value=high, help_text=help_text
+    )
+
+
+def _float(low: float, high: float, help_text: str = "") -> serializers.FloatField:
+    return serializers.FloatField(
+        required=False, allow_null=True, min_value=low, max_value=high, help_text=help_text
+    )
+
+
 class HiresRequestSerializer(serializers.Serializer):
-    scale = serializers.FloatField(required=False, default=2.0)
-    resize_x = serializers.IntegerField(required=False, default=0)
-    resize_y = serializers.IntegerField(required=False, default=0)
-    upscaler = serializers.CharField(required=False, default="Latent")
-    second_pass_steps = serializers.IntegerField(required=False, default=0)
-    denoising_strength = serializers.FloatField(required=False, default=0.7)
+    """gpu_worker.params.HiresParams; a field left out takes its default."""
+
+    def __init__(self, *args: Any, limits: GenerationLimits = DEFAULT_LIMITS, **kwargs: Any):
+        self.limits = limits
+        super().__init__(*args, **kwargs)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        lim, default = self.limits, HIRES_DEFAULTS
+        return {
+            "scale": _float(*HIRES_SCALE, f"default {default['scale']}; unused with resize_x/y"),
+            "resize_x": _int(
+                0,
+                lim.max_side,
+                "target width, a multiple of 8; 0: from resize_y keeping the "
+                "aspect ratio, or from scale",
+            ),
+            "resize_y": _int(0, lim.max_side, "target height, a multiple of 8; 0: likewise"),
+            "upscaler": serializers.ChoiceField(
+                choices=list(UPSCALERS), required=False, allow_null=True, help_text="default Latent"
+            ),
+            "second_pass_steps": _int(0, lim.max_steps, "steps the hires pass runs; 0: steps"),
+            "denoising_strength": _float(0.0, 1.0, "above 0; default 0.7"),
+        }
 
 
 class JobRequestSerializer(serializers.Serializer):
-    """Every field is optional; defaults come from the model's defaults, then A1111's."""
+    """A job request: the fields of gpu_worker.params.GenerationParams (less the derived ones)
+    plus the img2img source image, with the caller's tier's bounds (the schema shows the
+    default tier's). A field left out or null takes the model's default, then the platform's."""
 
-    checkpoint = serializers.CharField(
-        required=False, help_text="Catalogue name; default: your default model"
-    )
-    prompt = serializers.CharField(
-        required=False, allow_blank=True, help_text="A1111 syntax, including <lora:name:weight>"
-    )
-    negative_prompt = serializers.CharField(required=False, allow_blank=True)
-    sampler = serializers.CharField(required=False, help_text="e.g. 'DPM++ 2M'")
-    scheduler = serializers.CharField(required=False, help_text="e.g. 'Karras' or 'Automatic'")
-    steps = serializers.IntegerField(required=False)
-    cfg_scale = serializers.FloatField(required=False)
-    width = serializers.IntegerField(required=False)
-    height = serializers.IntegerField(required=False)
-    seed = serializers.IntegerField(required=False, help_text="-1: random")
-    batch_size = serializers.IntegerField(required=False)
-    n_iter = serializers.IntegerField(required=False)
-    clip_skip = serializers.IntegerField(required=False)
-    vae = serializers.CharField(required=False, allow_null=True)
-    mode = serializers.ChoiceField(choices=Job.Mode.choices, required=False)
-    init_image = serializers.CharField(
-        required=False, help_text="img2img source: base64 (data URI allowed) or a file upload"
-    )
-    denoising_strength = serializers.FloatField(required=False)
-    resize_mode = serializers.IntegerField(required=False)
-    hires = HiresRequestSerializer(required=False, allow_null=True)
+    def __init__(self, *args: Any, limits: GenerationLimits = DEFAULT_LIMITS, **kwargs: Any):
+        self.limits = limits
+        super().__init__(*args, **kwargs)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        lim = self.limits
+        text = {"required": False, "allow_null": True, "allow_blank": True}
+        return {
+            "mode": serializers.ChoiceField(
+                choices=Job.Mode.choices,
+                required=False,
+                allow_null=True,
+                help_text="default img2img with an init_image, else txt2img",
+            ),
+            "checkpoint": serializers.CharField(
+                **text, help_text="Catalogue name; default: your default model"
+            ),
+            "vae": serializers.CharField(**text, help_text="Catalogue name; null: the model's"),
+            "prompt": serializers.CharField(
+                **text,
+                max_length=lim.max_prompt_chars,
+                help_text="A1111 syntax: (word:1.2), [word], BREAK, <lora:name:weight>",
+            ),
+            "negative_prompt": serializers.CharField(**text, max_length=lim.max_prompt_chars),
+            "sampler": serializers.CharField(**text, help_text="e.g. 'DPM++ 2M' (GET samplers)"),
+            "scheduler": serializers.CharField(**text, help_text="e.g. 'Karras' or 'Automatic'"),
+            "steps": _int(1, lim.max_steps, TIER),
+            "cfg_scale": _float(lim.min_cfg, lim.max_cfg),
+            "width": _int(MIN_SIDE, lim.max_side, f"a multiple of 8; {TIER}"),
+            "height": _int(MIN_SIDE, lim.max_side, f"a multiple of 8; {TIER}"),
+            "seed": _int(-1, MAX_SEED, "-1: random"),
+            "batch_size": _int(1, lim.max_images, f"batch_size x n_iter: {TIER}"),
+            "n_iter": _int(1, lim.max_images, f"batch_size x n_iter: {TIER}"),
+            "clip_skip": _int(1, MAX_CLIP_SKIP),
+            "denoising_strength": _float(0.0, 1.0, "img2img strength, above 0"),
+            "resize_mode": _int(
+                *RESIZE_MODES, "img2img: 0 just resize, 1 crop and resize, 2 resize and fill"
+            ),
+            "hires": HiresRequestSerializer(
+                limits=lim,
+                required=False,
+                allow_null=True,
+                help_text="txt2img hires fix; null: off. The target counts against max_side "
+                "and max_pixels",
+            ),
+            "init_image": InitImageField(
+                required=False,
+                allow_null=True,
+                help_text="img2img source: base64 (data URI allowed) or a file upload",
+            ),
+        }
+
+
+def check_job_request(data: Any, limits: GenerationLimits) -> None:
+    """Refuse what the request serializer refuses, as the submission service words it: the
+    first field in error, 422 out of bounds, 400 otherwise."""
+    serializer = JobRequestSerializer(data=data, limits=limits)
+    if not isinstance(data, dict) or serializer.is_valid():
+        return  # the service answers a body that is not an object
+    name, problems = next(iter(serializer.errors.items()))
+    field: Any = serializer.fields[name]
+    if isinstance(problems, dict):  # the nested hires object
+        inner, problems = next(iter(problems.items()))
+        if inner in field.fields:  # else not an object at all: the error is hires's own
+            field, name = field.fields[inner], f"{name}.{inner}"
+    problem = problems[0] if isinstance(problems, list) else problems
+    code = getattr(problem, "code", "")
+    if code in ("min_value", "max_value"):
+        low, high = (
+            f"{v:g}" if isinstance(v, float) else v for v in (field.min_value, field.max_value)
+        )
+        raise SubmissionError(name, f"{name} must be between {low} and {high}", 422)
+    if code == "max_length":
+        length = len(str(data.get(name, "")))
+        raise SubmissionError(
+            name, f"{name} is {length} characters; the limit is {field.max_length}", 422
+        )
+    if code == "invalid_choice":
+        valid = ", ".join(map(str, field.choices))
+        raise SubmissionError(name, f"{name}: {problem} Valid: {valid}", 422)
+    raise SubmissionError(name, f"{name}: {problem}")
 
 
 class QuoteSerializer(serializers.Serializer):

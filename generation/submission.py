@@ -16,7 +16,6 @@ import base64
 import binascii
 import io
 import logging
-import re
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -35,7 +34,18 @@ from generation.events import send_to_user
 from generation.lifecycle import cancel_queued_job, queued_event
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, UserGenerationSettings
-from generation.pricing import price_job, total_steps
+from generation.pricing import final_size, price_job, total_steps
+from gpu_worker.params import (
+    DEFAULTS,
+    DERIVED_FIELDS,
+    HIRES_DEFAULTS,
+    HIRES_FIELDS,
+    REQUEST_FIELDS,
+    GenerationParams,
+    HiresParams,
+)
+from gpu_worker.passes import UPSCALERS, steps_problem
+from gpu_worker.prompt_syntax import PromptSyntaxError, check_prompt
 from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS
 from gpu_worker.samplers import UnknownSampler, resolve_sampler
 
@@ -43,32 +53,10 @@ logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
 MIN_SIDE = 64
-LORA_TAG = re.compile(r"<lora:([^:>]+)(?::[^>]*)?>", re.IGNORECASE)
+MAX_CLIP_SKIP = 12
+RESIZE_MODES = (0, 3)  # img2img resize_mode bounds (A1111's 0-3; 3 resizes like 0 here)
+HIRES_SCALE = (1.0, 4.0)
 ACCEPTED_INIT_FORMATS = {"PNG", "JPEG", "WEBP"}
-DEFAULTS: dict[str, Any] = {
-    "prompt": "",
-    "negative_prompt": "",
-    "sampler": "DPM++ 2M",
-    "scheduler": "Automatic",
-    "steps": 20,
-    "cfg_scale": 7.0,
-    "width": 512,
-    "height": 512,
-    "seed": -1,
-    "batch_size": 1,
-    "n_iter": 1,
-    "clip_skip": 1,
-    "denoising_strength": 0.75,
-    "resize_mode": 0,
-}
-HIRES_DEFAULTS: dict[str, Any] = {
-    "scale": 2.0,
-    "resize_x": 0,
-    "resize_y": 0,
-    "upscaler": "Latent",
-    "second_pass_steps": 0,
-    "denoising_strength": 0.7,
-}
 
 
 class SubmissionError(Exception):
@@ -86,7 +74,7 @@ class SubmissionError(Exception):
 
 @dataclass
 class ValidatedJob:
-    params: dict[str, Any]
+    params: GenerationParams
     checkpoint: CatalogEntry
     init_png: bytes | None
     price: Any
@@ -96,31 +84,33 @@ class ValidatedJob:
 # --- field checks ----------------------------------------------------------------------------
 
 
-def _int(params: dict[str, Any], name: str, low: int, high: int, what: str = "") -> int:
+def _int(params: dict[str, Any], name: str, low: int, high: int, prefix: str = "") -> int:
+    field = prefix + name
     value = params.get(name)
     if isinstance(value, bool) or value is None:
-        raise SubmissionError(name, f"{name} must be an integer")
+        raise SubmissionError(field, f"{field} must be an integer")
     try:
         number = int(value)
         if isinstance(value, float) and number != value:
             raise ValueError
     except (TypeError, ValueError):
-        raise SubmissionError(name, f"{name} must be an integer") from None
+        raise SubmissionError(field, f"{field} must be an integer") from None
     if not low <= number <= high:
-        raise SubmissionError(name, f"{name} must be between {low} and {high}{what}", 422)
+        raise SubmissionError(field, f"{field} must be between {low} and {high}", 422)
     return number
 
 
-def _float(params: dict[str, Any], name: str, low: float, high: float) -> float:
+def _float(params: dict[str, Any], name: str, low: float, high: float, prefix: str = "") -> float:
+    field = prefix + name
     value = params.get(name)
     if isinstance(value, bool) or value is None:
-        raise SubmissionError(name, f"{name} must be a number")
+        raise SubmissionError(field, f"{field} must be a number")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise SubmissionError(name, f"{name} must be a number") from None
+        raise SubmissionError(field, f"{field} must be a number") from None
     if not low <= number <= high:  # also refuses NaN
-        raise SubmissionError(name, f"{name} must be between {low:g} and {high:g}", 422)
+        raise SubmissionError(field, f"{field} must be between {low:g} and {high:g}", 422)
     return number
 
 
@@ -168,7 +158,7 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
 
 
 def _checkpoint(user: Any, params: dict[str, Any]) -> CatalogEntry:
-    name = params.get("checkpoint") or params.get("model")
+    name = params.get("checkpoint")
     if name:
         if not isinstance(name, str):
             raise SubmissionError("checkpoint", "checkpoint must be a model name")
@@ -253,28 +243,42 @@ def _too_big(limits: GenerationLimits) -> SubmissionError:
     )
 
 
-def _hires(raw: Any, params: dict[str, Any], limits: GenerationLimits) -> dict[str, Any] | None:
+def _hires(raw: Any, limits: GenerationLimits) -> HiresParams | None:
     if not raw:
         return None
     if raw is True:
         raw = {}
     if not isinstance(raw, dict):
         raise SubmissionError("hires", "hires must be an object or null")
-    hires = {**HIRES_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
-    out = {
-        "scale": _float(hires, "scale", 1.0, 4.0),
-        "resize_x": _int(hires, "resize_x", 0, limits.max_side),
-        "resize_y": _int(hires, "resize_y", 0, limits.max_side),
-        "upscaler": str(hires["upscaler"] or "Latent")[:100],
-        "second_pass_steps": _int(hires, "second_pass_steps", 0, limits.max_steps),
-        "denoising_strength": _float(hires, "denoising_strength", 0.0, 1.0),
-    }
-    for name in ("resize_x", "resize_y"):
-        if out[name] % 8:
+    if unknown := sorted(set(raw) - HIRES_FIELDS):
+        raise SubmissionError(f"hires.{unknown[0]}", f"hires has no field {unknown[0]!r}")
+    given = {**HIRES_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    upscaler = given["upscaler"] or HIRES_DEFAULTS["upscaler"]
+    if upscaler not in UPSCALERS:
+        raise SubmissionError(
+            "hires.upscaler",
+            f"unknown upscaler {upscaler!r}; valid: {', '.join(UPSCALERS)}",
+            422,
+        )
+    hires = HiresParams(
+        scale=_float(given, "scale", *HIRES_SCALE, prefix="hires."),
+        resize_x=_int(given, "resize_x", 0, limits.max_side, prefix="hires."),
+        resize_y=_int(given, "resize_y", 0, limits.max_side, prefix="hires."),
+        upscaler=upscaler,
+        second_pass_steps=_int(given, "second_pass_steps", 0, limits.max_steps, prefix="hires."),
+        denoising_strength=_float(given, "denoising_strength", 0.0, 1.0, prefix="hires."),
+    )
+    for name, value in (("resize_x", hires["resize_x"]), ("resize_y", hires["resize_y"])):
+        if value % 8:
             raise SubmissionError(f"hires.{name}", f"hires {name} must be a multiple of 8", 422)
-    from generation.pricing import hires_size
+    return hires
 
-    width, height = hires_size({**params, "hires": out}) or (0, 0)
+
+def _check_final_size(params: GenerationParams, limits: GenerationLimits) -> None:
+    """The images a job makes (the hires target included) stay within the tier's limits."""
+    if not params["hires"]:
+        return
+    width, height = final_size(params)
     if max(width, height) > limits.max_side or width * height > limits.max_pixels:
         raise SubmissionError(
             "hires",
@@ -282,48 +286,75 @@ def _hires(raw: Any, params: dict[str, Any], limits: GenerationLimits) -> dict[s
             f"{limits.max_side} per side and {limits.max_pixels} pixels",
             422,
         )
-    return out
 
 
-def _a1111_hires(raw: dict[str, Any]) -> Any:
-    """Map A1111's flat enable_hr/hr_* fields to our `hires` object."""
-    if "hires" in raw or not raw.get("enable_hr"):
-        return raw.get("hires")
-    return {
-        "scale": raw.get("hr_scale"),
-        "resize_x": raw.get("hr_resize_x"),
-        "resize_y": raw.get("hr_resize_y"),
-        "upscaler": raw.get("hr_upscaler"),
-        "second_pass_steps": raw.get("hr_second_pass_steps"),
-        "denoising_strength": raw.get("denoising_strength"),
-    }
+def _loras(user: Any, params: GenerationParams) -> list[str]:
+    """Check both prompts as the engine will parse them; the catalogue names of their LoRAs."""
+    names = set()
+    prompts = (("prompt", params["prompt"]), ("negative_prompt", params["negative_prompt"]))
+    for field, text in prompts:
+        try:
+            tags = check_prompt(text)
+        except PromptSyntaxError as exc:
+            raise SubmissionError(field, f"{field}: {exc}", 422) from None
+        for tag in tags:
+            names.add(_lookup(user, CatalogEntry.Kind.LORA, tag.name, field).name)
+    return sorted(names)
+
+
+def _refuse_unknown_fields(raw: dict[str, Any]) -> None:
+    unknown = sorted(set(raw) - REQUEST_FIELDS - DERIVED_FIELDS)
+    if unknown:
+        raise SubmissionError(
+            unknown[0],
+            f"unknown field {unknown[0]!r}; the fields are {', '.join(sorted(REQUEST_FIELDS))} "
+            "(A1111 spellings are for /sdapi/v1/)",
+        )
 
 
 def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
-    """Check and normalise one request; raises SubmissionError naming the field and limit."""
+    """Check one request (the fields of gpu_worker.params) and normalise it into the
+    GenerationParams the job stores and the worker runs; raises SubmissionError naming the
+    field and limit. Derived fields (`loras`) are recomputed, whatever a request says."""
     if not isinstance(raw, dict):
         raise SubmissionError("params", "the request body must be a JSON object")
+    _refuse_unknown_fields(raw)
     limits = limits_for(user)
     checkpoint = _checkpoint(user, raw)
     base = {**DEFAULTS, **(checkpoint.default_params or {})}
-    if "sampler_name" in raw and "sampler" not in raw:
-        raw = {**raw, "sampler": raw["sampler_name"]}
     given = {**base, **{k: v for k, v in raw.items() if v is not None}}
 
-    params: dict[str, Any] = {
-        "checkpoint": checkpoint.name,
-        "prompt": _text(given, "prompt", limits.max_prompt_chars),
-        "negative_prompt": _text(given, "negative_prompt", limits.max_prompt_chars),
-        "steps": _int(given, "steps", 1, limits.max_steps),
-        "cfg_scale": _float(given, "cfg_scale", limits.min_cfg, limits.max_cfg),
-        "width": _side(given, "width", limits),
-        "height": _side(given, "height", limits),
-        "batch_size": _int(given, "batch_size", 1, limits.max_images),
-        "n_iter": _int(given, "n_iter", 1, limits.max_images),
-        "seed": _int(given, "seed", -1, MAX_SEED),
-        "clip_skip": _int(given, "clip_skip", 1, 12),
-        "denoising_strength": _float(given, "denoising_strength", 0.0, 1.0),
-    }
+    init_raw = given.get("init_image")
+    mode = given.get("mode") or ("img2img" if init_raw else "txt2img")
+    if mode not in Job.Mode.values:
+        raise SubmissionError("mode", "mode must be txt2img or img2img")
+    try:
+        choice = resolve_sampler(str(given["sampler"]), str(given.get("scheduler") or ""))
+    except UnknownSampler as exc:
+        field = "scheduler" if "schedule" in str(exc) else "sampler"
+        raise SubmissionError(field, str(exc), 422) from None
+
+    params = GenerationParams(
+        mode=mode,
+        checkpoint=checkpoint.name,
+        vae=_vae(user, given.get("vae")),
+        prompt=_text(given, "prompt", limits.max_prompt_chars),
+        negative_prompt=_text(given, "negative_prompt", limits.max_prompt_chars),
+        sampler=choice.sampler.name,
+        scheduler=choice.schedule.label,
+        steps=_int(given, "steps", 1, limits.max_steps),
+        cfg_scale=_float(given, "cfg_scale", limits.min_cfg, limits.max_cfg),
+        width=_side(given, "width", limits),
+        height=_side(given, "height", limits),
+        seed=_int(given, "seed", -1, MAX_SEED),
+        batch_size=_int(given, "batch_size", 1, limits.max_images),
+        n_iter=_int(given, "n_iter", 1, limits.max_images),
+        clip_skip=_int(given, "clip_skip", 1, MAX_CLIP_SKIP),
+        denoising_strength=_float(given, "denoising_strength", 0.0, 1.0),
+        resize_mode=0,
+        hires=None,
+        loras=[],
+    )
     if params["width"] * params["height"] > limits.max_pixels:
         raise SubmissionError(
             "width",
@@ -338,43 +369,19 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         )
     if params["seed"] == -1:
         params["seed"] = secrets.randbelow(MAX_SEED + 1 - images)
+    params["loras"] = _loras(user, params)
 
-    try:
-        choice = resolve_sampler(str(given["sampler"]), str(given.get("scheduler") or ""))
-    except UnknownSampler as exc:
-        field = "scheduler" if "schedule" in str(exc) else "sampler"
-        raise SubmissionError(field, str(exc), 422) from None
-    params["sampler"] = choice.sampler.name
-    params["scheduler"] = choice.schedule.label
-
-    vae = given.get("vae")
-    if vae in (None, "", "Automatic", "None", "none"):
-        params["vae"] = None
-    elif isinstance(vae, str):
-        params["vae"] = _lookup(user, CatalogEntry.Kind.VAE, vae, "vae").name
-    else:
-        raise SubmissionError("vae", "vae must be a VAE name or null")
-
-    loras = []
-    for field in ("prompt", "negative_prompt"):
-        for name in LORA_TAG.findall(params[field]):
-            loras.append(_lookup(user, CatalogEntry.Kind.LORA, name.strip(), field).name)
-    params["loras"] = sorted(set(loras))
-
-    init_raw = given.get("init_image")
-    mode = given.get("mode") or ("img2img" if init_raw else "txt2img")
-    if mode not in Job.Mode.values:
-        raise SubmissionError("mode", "mode must be txt2img or img2img")
-    params["mode"] = mode
     init_png = None
     if mode == Job.Mode.IMG2IMG:
         if not init_raw:
             raise SubmissionError("init_image", "img2img needs an init_image")
         init_png = _init_image(init_raw, limits)
-        params["resize_mode"] = _int(given, "resize_mode", 0, 3)
-        params["hires"] = None
+        params["resize_mode"] = _int(given, "resize_mode", *RESIZE_MODES)
     else:
-        params["hires"] = _hires(_a1111_hires({**given, **raw}), params, limits)
+        params["hires"] = _hires(given.get("hires"), limits)
+        _check_final_size(params, limits)
+    if problem := steps_problem(params):
+        raise SubmissionError(*problem, 422)
 
     return ValidatedJob(
         params=params,
@@ -383,6 +390,14 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         price=price_job(params, checkpoint),
         total_steps=total_steps(params),
     )
+
+
+def _vae(user: Any, name: Any) -> str | None:
+    if name in (None, "", "Automatic", "None", "none"):
+        return None
+    if not isinstance(name, str):
+        raise SubmissionError("vae", "vae must be a VAE name or null")
+    return _lookup(user, CatalogEntry.Kind.VAE, name, "vae").name
 
 
 # --- the services ----------------------------------------------------------------------------

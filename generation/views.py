@@ -25,13 +25,9 @@ from generation.lifecycle import image_payload
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
 from generation.prefill import params_from_query
-from generation.submission import (
-    DEFAULTS,
-    HIRES_DEFAULTS,
-    SubmissionError,
-    default_checkpoint,
-    submit_job,
-)
+from generation.submission import SubmissionError, default_checkpoint, submit_job
+from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS
+from gpu_worker.passes import UPSCALERS
 from gpu_worker.samplers import list_samplers, list_schedulers
 
 SIZE_PRESETS = [
@@ -47,7 +43,6 @@ SIZE_PRESETS = [
     (256, 256),
     (128, 128),
 ]
-UPSCALERS = ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (nearest)"]
 RESIZE_MODES = [
     (0, gettext_lazy("Just resize")),
     (1, gettext_lazy("Crop and resize")),

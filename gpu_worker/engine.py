@@ -30,18 +30,24 @@ from gpu_worker.loading import (
     load_vae,
 )
 from gpu_worker.model_cache import ModelCache
+from gpu_worker.passes import denoised_steps, hires_inference_steps, hires_size, steps_problem
 from gpu_worker.prompt_encoding import (
     Embedding,
-    embedding_pattern,
     encode_prompt_pair,
     encode_prompt_pair_xl,
     load_embedding,
 )
-from gpu_worker.prompt_syntax import PromptSyntaxError, extract_loras
+from gpu_worker.prompt_syntax import (
+    PromptSyntaxError,
+    check_prompt,
+    embedding_pattern,
+    extract_loras,
+)
 from gpu_worker.protocol import GenerationRequest, JobTimings, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
 
 ENGINE_VERSION = "atelier-0.1"
+# How each of passes.LATENT_UPSCALERS resizes latents: (torch interpolate mode, antialias).
 LATENT_UPSCALE_MODES = {
     "Latent": ("bilinear", False),
     "Latent (antialiased)": ("bilinear", True),
@@ -203,6 +209,8 @@ class Engine:
             checkpoint = self.resolve("checkpoint", request["checkpoint"])
             vae_name = request.get("vae")
             vae = self.resolve("vae", vae_name) if vae_name else None
+            check_prompt(request["prompt"])
+            check_prompt(request["negative_prompt"])
             prompt, lora_tags = extract_loras(request["prompt"])
             negative, _ = extract_loras(request["negative_prompt"])
             loras = [(self.resolve("lora", t.name), t) for t in lora_tags]
@@ -312,7 +320,7 @@ class _Run:
         scheduler.set_timesteps(steps)
         count = len(scheduler.timesteps)
         if strength is not None:
-            t_start = max(steps - min(int(steps * strength), steps), 0)
+            t_start = max(steps - denoised_steps(steps, strength), 0)
             count -= t_start * getattr(scheduler, "order", 1)
         return max(count, 0)
 
@@ -330,9 +338,7 @@ class _Run:
         init = _decode_init_image(r) if r["mode"] == "img2img" else None
         hires_steps = 0
         if hires:
-            hires_steps = int(
-                (hires["second_pass_steps"] or r["steps"]) / min(hires["denoising_strength"], 0.999)
-            )
+            hires_steps = hires_inference_steps(r["steps"], hires)
         per_iter = self._count(r["steps"], r["denoising_strength"] if init else None)
         if hires:
             per_iter += self._count(hires_steps, hires["denoising_strength"])
@@ -504,32 +510,16 @@ class _Run:
 
 
 def request_problem(request: GenerationRequest) -> str | None:
-    """What makes a request impossible to run (the platform validates first; this is the
-    engine's own guard, so a bad message fails at once instead of deep inside diffusers)."""
+    """What makes a request impossible to run (the platform validates first, with the same
+    rules; this is the engine's own guard, so a bad message fails at once instead of deep
+    inside diffusers)."""
     sizes = [request["width"], request["height"]]
     if any(v < 64 or v % 8 for v in sizes):
         return "width and height must be multiples of 8, at least 64"
     if request["steps"] < 1 or request["batch_size"] < 1 or request["n_iter"] < 1:
         return "steps, batch size and batch count must be at least 1"
-    if request["mode"] == "img2img" and not 0 < request["denoising_strength"] <= 1:
-        return "denoising strength must be in (0, 1]"
-    hires = request.get("hires") if request["mode"] == "txt2img" else None
-    if hires and not 0 < hires["denoising_strength"] <= 1:
-        return "hires denoising strength must be in (0, 1]"
-    return None
-
-
-def hires_size(width: int, height: int, hires: Any) -> tuple[int, int]:
-    rx, ry = hires.get("resize_x") or 0, hires.get("resize_y") or 0
-    if rx and ry:
-        w, h = rx, ry
-    elif rx:
-        w, h = rx, round(height * rx / width)
-    elif ry:
-        w, h = round(width * ry / height), ry
-    else:
-        w, h = int(width * hires["scale"]), int(height * hires["scale"])
-    return max(8, w // 8 * 8), max(8, h // 8 * 8)
+    problem = steps_problem(request)
+    return problem[1] if problem else None
 
 
 def _decode_init_image(request: GenerationRequest) -> Image.Image:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gpu_worker.prompt_syntax import BREAK_WEIGHT, parse_prompt_attention
+from gpu_worker.prompt_syntax import BREAK_WEIGHT, embedding_pattern, parse_prompt_attention
 
 CHUNK_LENGTH = 75
 COMMA_BACKTRACK = 20
@@ -50,14 +50,6 @@ def _split_embeddings(text: str, pattern: re.Pattern[str] | None) -> list[tuple[
         last = match.end()
     parts.append((text[last:], False))
     return [(t, is_emb) for t, is_emb in parts if t]
-
-
-def embedding_pattern(names: list[str]) -> re.Pattern[str] | None:
-    """Embedding names as whole words (A1111 triggers an embedding by its name in the text)."""
-    if not names:
-        return None
-    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    return re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])", re.IGNORECASE)
 
 
 def tokenize_prompt(

@@ -1,9 +1,13 @@
-"""A1111 prompt syntax, parsed. Torch-free (the encoding half lives in prompt_encoding.py).
+"""A1111 prompt syntax, parsed. Torch-free (the encoding half lives in prompt_encoding.py): the
+platform checks a prompt with `check_prompt` at submission, the engine runs the same parse.
 
 - `(word)` x1.1, `((word))` x1.21, `[word]` /1.1, `(word:1.5)`, `\\(` a literal bracket,
-  unbalanced brackets closed at the end (A1111's parse_prompt_attention, same results);
+  unbalanced brackets closed at the end (A1111's parse_prompt_attention, same results); a weight
+  that is not a number (`(cat:1.2.3)`) is an error;
 - `BREAK` starts a new 75-token chunk;
-- `<lora:NAME:MULT>` / `<lora:NAME:TE:UNET>` extracted and removed from the text.
+- `<lora:NAME:MULT>` / `<lora:NAME:TE:UNET>` (also `<lyco:...>`, in any case) extracted and
+  removed from the text; a weight that is not a finite number is an error;
+- an embedding is named by its name as a word (`embedding_pattern`).
 
 Not supported: prompt editing `[from:to:when]` and alternation `[a|b]` are read as plain
 de-emphasised text.
@@ -11,6 +15,7 @@ de-emphasised text.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -22,6 +27,7 @@ RE_ATTENTION = re.compile(
 )
 RE_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 RE_EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
+LORA_KINDS = frozenset({"lora", "lyco"})  # compared in lower case
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
 BREAK_WEIGHT = -1.0
@@ -62,7 +68,7 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
         elif piece == "[":
             square_brackets.append(len(res))
         elif weight is not None and round_brackets:
-            multiply_range(round_brackets.pop(), float(weight))
+            multiply_range(round_brackets.pop(), _emphasis_weight(weight))
         elif piece == ")" and round_brackets:
             multiply_range(round_brackets.pop(), ROUND_MULTIPLIER)
         elif piece == "]" and square_brackets:
@@ -88,6 +94,25 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     return [(str(t), float(w)) for t, w in res]
 
 
+def _emphasis_weight(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise PromptSyntaxError(f"the emphasis weight {text!r} is not a number") from None
+
+
+def _lora_weight(text: str, tag: str, default: float) -> float:
+    if not text.strip():
+        return default
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = math.nan
+    if not math.isfinite(weight):
+        raise PromptSyntaxError(f"the LoRA weight in {tag!r} is not a number")
+    return weight
+
+
 def extract_loras(prompt: str) -> tuple[str, list[LoraTag]]:
     """Remove `<lora:...>` (and `<lyco:...>`) tags; return the cleaned text and the tags.
 
@@ -97,17 +122,14 @@ def extract_loras(prompt: str) -> tuple[str, list[LoraTag]]:
     tags: dict[str, LoraTag] = {}
 
     def take(match: re.Match[str]) -> str:
-        kind, args = match.group(1), match.group(2).split(":")
-        if kind not in {"lora", "lyco"}:
+        kind, args, tag = match.group(1), match.group(2).split(":"), match.group(0)
+        if kind.lower() not in LORA_KINDS:
             return ""
         name = args[0].strip()
         if not name:
-            raise PromptSyntaxError(f"empty LoRA name in {match.group(0)!r}")
-        try:
-            te = float(args[1]) if len(args) > 1 and args[1].strip() else 1.0
-            unet = float(args[2]) if len(args) > 2 and args[2].strip() else te
-        except ValueError as exc:
-            raise PromptSyntaxError(f"bad LoRA weight in {match.group(0)!r}") from exc
+            raise PromptSyntaxError(f"empty LoRA name in {tag!r}")
+        te = _lora_weight(args[1], tag, 1.0) if len(args) > 1 else 1.0
+        unet = _lora_weight(args[2], tag, te) if len(args) > 2 else te
         previous = tags.get(name)
         if previous:
             unet += previous.unet_weight
@@ -122,3 +144,19 @@ def extract_loras(prompt: str) -> tuple[str, list[LoraTag]]:
 def strip_weights(prompt: str) -> str:
     """Plain text without emphasis syntax (for encoders that take text only)."""
     return "".join(t for t, w in parse_prompt_attention(prompt) if w != BREAK_WEIGHT)
+
+
+def check_prompt(prompt: str) -> list[LoraTag]:
+    """Parse a prompt as the engine will; its LoRA tags, or PromptSyntaxError saying what is
+    wrong."""
+    text, tags = extract_loras(prompt)
+    parse_prompt_attention(text)
+    return tags
+
+
+def embedding_pattern(names: list[str]) -> re.Pattern[str] | None:
+    """Embedding names as whole words (A1111 triggers an embedding by its name in the text)."""
+    if not names:
+        return None
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])", re.IGNORECASE)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Literal, NotRequired, TypedDict
 
+from gpu_worker.params import GenerationParams
+
 # Dramatiq queues and actor names. Each side sends to the other's actor by name with
 # `dramatiq.Message(...)`, so neither side imports the other's code. Every GPU worker consumes
 # only its own queue, `worker_queue(worker_id)`: the platform's scheduler decides which worker
@@ -45,7 +47,6 @@ WORKER_SLOTS = 2
 WORKER_COMMANDS_KEY = "atelier:worker:{worker_id}:commands"
 
 CancelKind = Literal["interrupt", "skip"]
-GenerationMode = Literal["txt2img", "img2img"]
 # "released": the worker gives an assigned job back unstarted (draining or shutting down).
 JobEventKind = Literal["started", "succeeded", "failed", "cancelled", "released"]
 
@@ -58,40 +59,19 @@ def worker_queue(worker_id: str) -> str:
     return f"{GPU_QUEUE}.{_QUEUE_UNSAFE.sub('-', worker_id)[:150] or 'worker'}"
 
 
-class HiresOptions(TypedDict):
-    scale: float  # upscale factor of the first pass (ignored when resize_x/y are set)
-    resize_x: int  # 0: use scale
-    resize_y: int
-    upscaler: str  # "Latent" (and other latent modes) or "None"/an image upscaler name
-    second_pass_steps: int  # 0: same as steps
-    denoising_strength: float
-
-
-class GenerationRequest(TypedDict):
-    """What the platform asks a GPU worker to make. Every field is validated beforehand."""
+class JobEnvelope(TypedDict):
+    """Which job and attempt a message is about, and where its progress goes."""
 
     job_id: str
     attempt: int  # 1 for the first dispatch; a redelivery carries the same job_id and attempt
     events_group: str  # channel-layer group to publish job.progress to (the owner's group)
-    mode: GenerationMode
-    checkpoint: str  # catalogue name of the checkpoint (file name without extension)
-    vae: str | None  # catalogue name of a VAE, or None for the checkpoint's own
-    prompt: str  # may contain A1111 syntax: (emphasis:1.2), [de-emphasis], BREAK, <lora:name:w>
-    negative_prompt: str
-    sampler: str  # A1111 sampler name, e.g. "DPM++ 2M" (legacy "DPM++ 2M Karras" accepted)
-    scheduler: str  # A1111 schedule type name or label, e.g. "Karras"; "Automatic" by default
-    steps: int
-    cfg_scale: float
-    width: int
-    height: int
-    seed: int  # already resolved: never -1 here; image i of the batch uses seed + i
-    batch_size: int
-    n_iter: int
-    clip_skip: int  # 1 = last layer (A1111 semantics)
-    denoising_strength: float  # img2img strength
+
+
+class GenerationRequest(JobEnvelope, GenerationParams):
+    """What the platform asks a GPU worker to make: the job's validated GenerationParams (its
+    `Job.params`, unchanged) in an envelope, plus the img2img source image."""
+
     init_image_png_b64: NotRequired[str | None]  # img2img source, PNG, base64
-    resize_mode: NotRequired[int]  # img2img: 0 just resize, 1 crop and resize, 2 resize and fill
-    hires: NotRequired[HiresOptions | None]  # txt2img hires fix; None = off
 
 
 class ResultImage(TypedDict):

@@ -156,8 +156,8 @@ def split_legacy_sampler(name: str) -> tuple[str, str | None]:
 
 
 def resolve_sampler(name: str | None, schedule: str | None = None) -> SamplerChoice:
-    sampler_name, legacy_schedule = split_legacy_sampler((name or "Euler").strip())
-    spec = _SAMPLER_INDEX.get(sampler_name.lower())
+    base_name, legacy_schedule = split_legacy_sampler((name or "Euler").strip())
+    spec = _SAMPLER_INDEX.get(base_name.lower())
     if spec is None:
         valid = ", ".join(s["name"] for s in list_samplers())
         raise UnknownSampler(f"unknown sampler {name!r}; valid samplers: {valid}")

@@ -9,20 +9,10 @@ from django.utils.translation import gettext as _
 
 from generation.a1111.errors import A1111Error
 from generation.models import CatalogEntry
+from gpu_worker.passes import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from gpu_worker.samplers import list_samplers, list_schedulers
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-# The engine's latent upscale modes (gpu_worker.engine.LATENT_UPSCALE_MODES, which imports torch:
-# a test keeps the two equal). Any other hires upscaler is a plain Lanczos resize.
-LATENT_UPSCALE_MODES = (
-    "Latent",
-    "Latent (antialiased)",
-    "Latent (bicubic)",
-    "Latent (bicubic antialiased)",
-    "Latent (nearest)",
-    "Latent (nearest-exact)",
-)
-IMAGE_UPSCALERS = ("None", "Lanczos")
 
 
 def _stem(text: str) -> str:
@@ -125,7 +115,7 @@ def upscalers() -> list[dict[str, Any]]:
 
 
 def latent_upscale_modes() -> list[dict[str, str]]:
-    return [{"name": name} for name in LATENT_UPSCALE_MODES]
+    return [{"name": name} for name in LATENT_UPSCALERS]
 
 
 def samplers() -> list[dict[str, Any]]:

@@ -39,6 +39,10 @@ A1111_FIELDS = {
     "hires.resize_y": "hr_resize_y",
     "second_pass_steps": "hr_second_pass_steps",
     "upscaler": "hr_upscaler",
+    "hires.scale": "hr_scale",
+    "hires.second_pass_steps": "hr_second_pass_steps",
+    "hires.upscaler": "hr_upscaler",
+    "hires.denoising_strength": "denoising_strength",
     "Idempotency-Key": "force_task_id",
 }
 

@@ -16,13 +16,10 @@ from typing import Any
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from generation.a1111.catalog import (
-    IMAGE_UPSCALERS,
-    LATENT_UPSCALE_MODES,
-    find_checkpoint,
-)
+from generation.a1111.catalog import find_checkpoint
 from generation.a1111.errors import A1111Error
 from gpu_worker.infotext import infotext_to_fields, parse_infotext
+from gpu_worker.passes import UPSCALERS
 
 SHARED_DEFAULTS: dict[str, Any] = {
     "prompt": "",
@@ -276,8 +273,8 @@ def _hires(body: dict[str, Any]) -> dict[str, Any] | None:
     if not body.get("enable_hr"):
         return None
     upscaler = _value(body, TXT2IMG_DEFAULTS, "hr_upscaler") or "Latent"
-    if upscaler not in LATENT_UPSCALE_MODES + IMAGE_UPSCALERS:
-        valid = ", ".join(LATENT_UPSCALE_MODES + IMAGE_UPSCALERS)
+    if upscaler not in UPSCALERS:
+        valid = ", ".join(UPSCALERS)
         raise _refuse(
             "hr_upscaler",
             _("unknown upscaler %(name)r; valid: %(valid)s") % {"name": upscaler, "valid": valid},

@@ -145,6 +145,8 @@
     } else if (fields.hires_enabled.checked) {
       params.hires = {
         scale: toFloat(fields.hires_scale.value),
+        resize_x: toInt(fields.hires_resize_x.value),
+        resize_y: toInt(fields.hires_resize_y.value),
         upscaler: fields.hires_upscaler.value,
         second_pass_steps: toInt(fields.hires_second_pass_steps.value),
         denoising_strength: toFloat(fields.hires_denoising_strength.value)
@@ -174,6 +176,8 @@
     fields.hires_enabled.checked = !!hires;
     if (hires) {
       setField("hires_scale", hires.scale);
+      setField("hires_resize_x", hires.resize_x);
+      setField("hires_resize_y", hires.resize_y);
       setField("hires_upscaler", hires.upscaler);
       setField("hires_second_pass_steps", hires.second_pass_steps);
       setField("hires_denoising_strength", hires.denoising_strength);

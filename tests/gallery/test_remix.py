@@ -58,6 +58,8 @@ def test_remix_fills_the_hires_fix(alice, bob, client_for):
     assert {k: v for k, v in fields.items() if k.startswith("hires_")} == {
         "hires_enabled": "on",
         "hires_scale": "1.5",
+        "hires_resize_x": "0",
+        "hires_resize_y": "0",
         "hires_upscaler": "Latent",
         "hires_second_pass_steps": "10",
         "hires_denoising_strength": "0.45",

@@ -78,10 +78,10 @@ async def wait_until(condition: Any, timeout: float = 60.0) -> Any:
 
 
 def test_the_latent_upscale_modes_listed_are_the_engines():
-    from generation.a1111.catalog import LATENT_UPSCALE_MODES
     from gpu_worker.engine import LATENT_UPSCALE_MODES as ENGINE_MODES
+    from gpu_worker.passes import LATENT_UPSCALERS
 
-    assert set(LATENT_UPSCALE_MODES) == set(ENGINE_MODES)
+    assert set(LATENT_UPSCALERS) == set(ENGINE_MODES)
 
 
 async def test_a_full_txt2img_with_hires_fix_returns_upscaled_images_and_charges_once(alice):

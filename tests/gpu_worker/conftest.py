@@ -97,6 +97,9 @@ def demo_request(**overrides: Any) -> GenerationRequest:
         "n_iter": 1,
         "clip_skip": 1,
         "denoising_strength": 0.75,
+        "resize_mode": 0,
+        "hires": None,
+        "loras": [],
     }
     request.update(overrides)
     return request  # type: ignore[return-value]

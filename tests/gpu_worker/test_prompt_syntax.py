@@ -9,6 +9,8 @@ import pytest
 from gpu_worker.prompt_syntax import (
     LoraTag,
     PromptSyntaxError,
+    check_prompt,
+    embedding_pattern,
     extract_loras,
     parse_prompt_attention,
     strip_weights,
@@ -120,3 +122,26 @@ def test_embeddings_take_their_vectors_places_and_never_straddle_chunks(tokenize
     assert tokenize_prompt(tokenizer, "a foostyle-like cat", {"fooStyle": style})[0].fixes == []
     crowded = tokenize_prompt(tokenizer, " ".join(["cat"] * 74) + " fooStyle", {"fooStyle": style})
     assert len(crowded) == 2 and crowded[1].fixes == [(0, "fooStyle")]
+
+
+@pytest.mark.parametrize("tag", ["<LORA:a:0.5>", "<lyco:a:0.5>", "<Lora:a:0.5>", "<LyCO:a:0.5>"])
+def test_lora_and_lyco_tags_are_read_in_any_case(tag: str) -> None:
+    assert check_prompt(f"x {tag}") == [LoraTag("a", 0.5, 0.5)]
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["<lora:a:abc>", "<lora:a:1:x>", "<lora:a:inf>", "<lyco:a:nan>", "(cat:1.2.3)", "(a:.)"],
+)
+def test_a_weight_that_is_not_a_number_is_refused(prompt: str) -> None:
+    with pytest.raises(PromptSyntaxError):
+        check_prompt(prompt)
+
+
+def test_embeddings_are_named_as_whole_words_in_any_case() -> None:
+    pattern = embedding_pattern(["easyneg", "easy"])
+    assert pattern is not None
+    assert [m.group(0) for m in pattern.finditer("EasyNeg, easy-going, easy")] == [
+        "EasyNeg",
+        "easy",
+    ]

@@ -1,0 +1,84 @@
+"""The generation request, defined once: what a job asks for, from any front door to the engine.
+
+Torch- and Django-free. The platform validates every front door's input into a
+`GenerationParams` (generation.submission), stores exactly that as `Job.params`, and sends it to a
+worker with an envelope (protocol.GenerationRequest); the engine reads the same keys.
+
+To add a parameter: add it here (type, default), read it in gpu_worker/engine.py, validate it in
+generation/submission.py and show it on the generator page; the front-door test
+(tests/generation/test_request_fields.py) names each place that must carry it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+GenerationMode = Literal["txt2img", "img2img"]
+
+
+class HiresParams(TypedDict):
+    """txt2img hires fix: a second img2img pass at a larger size."""
+
+    scale: float  # upscale factor of the first pass (ignored when resize_x/y are set)
+    resize_x: int  # target width; 0: from resize_y keeping the aspect ratio, or from scale
+    resize_y: int  # target height; 0: likewise
+    upscaler: str  # one of passes.UPSCALERS
+    second_pass_steps: int  # 0: same as steps
+    denoising_strength: float  # in (0, 1]
+
+
+class GenerationParams(TypedDict):
+    """Everything one job asks for, validated and normalised (`Job.params`)."""
+
+    mode: GenerationMode
+    checkpoint: str  # catalogue name of the checkpoint (file name without extension)
+    vae: str | None  # catalogue name of a VAE, or None for the checkpoint's own
+    prompt: str  # A1111 syntax (prompt_syntax): (emphasis:1.2), [less], BREAK, <lora:name:w>
+    negative_prompt: str
+    sampler: str  # A1111 sampler name, e.g. "DPM++ 2M" (samplers.resolve_sampler)
+    scheduler: str  # A1111 schedule type label, e.g. "Karras"; "Automatic" by default
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    seed: int  # already resolved: never -1 here; image i of the job uses seed + i
+    batch_size: int
+    n_iter: int
+    clip_skip: int  # 1 = last layer (A1111 semantics)
+    denoising_strength: float  # img2img strength (the hires pass has its own)
+    resize_mode: int  # img2img: 0 just resize, 1 crop and resize, 2 resize and fill
+    hires: HiresParams | None  # txt2img hires fix; None = off (always None for img2img)
+    loras: list[str]  # catalogue names of the LoRAs the prompts name (derived, sorted)
+
+
+# Defaults of a field a request leaves out (a checkpoint's own default_params come between).
+DEFAULTS: dict[str, Any] = {
+    "prompt": "",
+    "negative_prompt": "",
+    "sampler": "DPM++ 2M",
+    "scheduler": "Automatic",
+    "steps": 20,
+    "cfg_scale": 7.0,
+    "width": 512,
+    "height": 512,
+    "seed": -1,
+    "batch_size": 1,
+    "n_iter": 1,
+    "clip_skip": 1,
+    "denoising_strength": 0.75,
+    "resize_mode": 0,
+}
+HIRES_DEFAULTS: HiresParams = {
+    "scale": 2.0,
+    "resize_x": 0,
+    "resize_y": 0,
+    "upscaler": "Latent",
+    "second_pass_steps": 0,
+    "denoising_strength": 0.7,
+}
+
+# What a request may name: every parameter but the derived ones, plus the img2img source image
+# (stored beside the job as a file, sent to the worker in the envelope).
+DERIVED_FIELDS = frozenset({"loras"})
+REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS | {"init_image"}
+HIRES_FIELDS = frozenset(HiresParams.__annotations__)
