@@ -12,6 +12,8 @@ from django.utils.translation import gettext_lazy
 
 from generation.catalogue_admin import CatalogEntryAdmin
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
+from generation.stuck_jobs import redispatch_stuck_job
+from generation.submission import SubmissionError, cancel_job
 
 admin.site.register(CatalogEntry, CatalogEntryAdmin)
 
@@ -170,8 +172,6 @@ class JobAdmin(admin.ModelAdmin):
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
         # The same service as the owner's Stop button: a queued job ends at once and its hold
         # is released; a running one is interrupted at its next step.
-        from generation.submission import SubmissionError, cancel_job
-
         cancelled = 0
         for job in queryset.filter(status__in=Job.UNFINISHED):
             try:
@@ -185,8 +185,6 @@ class JobAdmin(admin.ModelAdmin):
         description=gettext_lazy("Re-dispatch selected stuck jobs"), permissions=["change"]
     )
     def redispatch_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from generation.stuck_jobs import redispatch_stuck_job
-
         for job in queryset.select_related("owner", "checkpoint"):
             outcome = redispatch_stuck_job(job)
             self.message_user(

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts.models import CreditAccount, MembershipTier
 from generation.models import Job
-from generation.queue import Source, _SpeedCache, estimate_duration
+from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import WaitingJob
 
 # The fair-share memory: how far back a user's GPU time counts against them. The bench's
@@ -52,11 +52,11 @@ class Waiting(NamedTuple):
     sources: dict[str, Source]  # job id -> where its cost estimate came from
 
 
-def waiting_jobs(limit: int | None = None, speeds: _SpeedCache | None = None) -> Waiting:
+def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> Waiting:
     """The jobs the scheduler may hand out (queued, held by no worker), oldest first (the first
     `limit`), as the policy sees them. Plain rows, no model instances: a pass over a thousand
     waiting jobs stays cheap; load the few rows a plan hands out by their ids."""
-    speeds = speeds or _SpeedCache()
+    speeds = speeds or SpeedCache()
     rows = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
     rows = list(rows[:limit] if limit is not None else rows)
     weights = tier_weights({row[1] for row in rows})
@@ -89,7 +89,7 @@ def in_flight_jobs() -> list[Job]:
 
 def recent_usage(
     now: datetime | None = None,
-    speeds: _SpeedCache | None = None,
+    speeds: SpeedCache | None = None,
     in_flight: Iterable[Job] | None = None,
 ) -> dict[str, float]:
     """GPU seconds per user (by str id) over the last USAGE_WINDOW: finished jobs' run time
@@ -97,7 +97,7 @@ def recent_usage(
     time so far, if longer). A job counts from the moment it is handed out, so the next pass
     does not give the same user another slot as if it had used nothing."""
     now = now or timezone.now()
-    speeds = speeds or _SpeedCache()
+    speeds = speeds or SpeedCache()
     start = now - USAGE_WINDOW
     usage: dict[str, float] = {}
     finished = Job.objects.filter(started_at__isnull=False, finished_at__gte=start).values_list(

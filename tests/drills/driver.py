@@ -20,8 +20,8 @@ def main(argv: list[str]) -> int:
     django.setup()
     from accounts import ledger
     from accounts.models import User
+    from generation.catalogue_sync import sync_catalogue
     from generation.submission import submit_job
-    from generation.sweeper import sync_catalogue
 
     command, *rest = argv
     if command == "setup":

@@ -9,16 +9,17 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from generation.catalogue_sync import sync_catalogue
 from generation.models import CatalogEntry, Job
-from generation.queue import DEFAULT_SPEED, queue_snapshot
+from generation.queue import queue_snapshot
 from generation.scheduling.dispatcher import schedule_pending
+from generation.scheduling.estimates import DEFAULT_SPEED
 from generation.submission import submit_job
 from generation.sweeper import (
     MAX_HAND_OUTS,
     UNREPORTED_GRACE_SECONDS,
-    WorkerLiveness,
+    SweepMemory,
     sweep,
-    sync_catalogue,
 )
 from tests.generation.conftest import SMALL, beat, status_of
 
@@ -46,11 +47,11 @@ def test_a_job_lost_by_a_redis_flush_goes_back_to_the_queue_in_one_sweep(
         job = submit_job(alice, SMALL)
     job.refresh_from_db()
     assert (job.worker_id, job.attempt) == ("gpu-1", 1) and queue_length(redis_client, "gpu-1")
-    liveness = WorkerLiveness()
-    assert sweep(later(60), liveness).requeued == []  # its message is still there
+    memory = SweepMemory()
+    assert sweep(later(60), memory).requeued == []  # its message is still there
     redis_client.flushdb()
     beat(redis_client, "gpu-1")  # the live worker beats again after the flush
-    report = sweep(later(60), liveness)
+    report = sweep(later(60), memory)
     job.refresh_from_db()
     assert report.requeued == [str(job.pk)] and report.dead_workers == []
     assert (job.status, job.worker_id, job.created_at) == ("queued", "", job.created_at)
@@ -82,11 +83,11 @@ def test_a_dead_workers_running_job_goes_back_keeping_its_place(
 ):
     job = running_on(submit_job(alice, SMALL), "gpu-gone")
     created = job.created_at
-    liveness = WorkerLiveness()
+    memory = SweepMemory()
     first = timezone.now()
-    assert sweep(first, liveness).dead_workers == []  # missing from now on
-    assert sweep(first + timedelta(seconds=liveness.grace - 0.5), liveness).requeued == []
-    report = sweep(first + timedelta(seconds=liveness.grace), liveness)
+    assert sweep(first, memory).dead_workers == []  # missing from now on
+    assert sweep(first + timedelta(seconds=memory.liveness.grace - 0.5), memory).requeued == []
+    report = sweep(first + timedelta(seconds=memory.liveness.grace), memory)
     job.refresh_from_db()
     assert report.dead_workers == ["gpu-gone"] and report.requeued == [str(job.pk)]
     assert (job.status, job.worker_id, job.workers_lost) == ("queued", "", 1)
@@ -99,17 +100,17 @@ def test_a_dead_worker_is_declared_within_15_seconds_of_its_last_beat(
     from gpu_worker.protocol import HEARTBEAT_TTL_SECONDS
 
     job = running_on(submit_job(alice, SMALL), "gpu-1")
-    liveness = WorkerLiveness()
+    memory = SweepMemory()
     last_beat = timezone.now()
     beat(redis_client, "gpu-1", current_job=str(job.pk))
     # The key lives TTL seconds after the last beat; the platform ticks every second.
     for second in range(HEARTBEAT_TTL_SECONDS + 1):
-        assert sweep(last_beat + timedelta(seconds=second), liveness).dead_workers == []
+        assert sweep(last_beat + timedelta(seconds=second), memory).dead_workers == []
     redis_client.delete("atelier:worker:gpu-1")  # expired
     dead_at = next(
         second
         for second in range(HEARTBEAT_TTL_SECONDS + 1, 30)
-        if sweep(last_beat + timedelta(seconds=second), liveness).dead_workers
+        if sweep(last_beat + timedelta(seconds=second), memory).dead_workers
     )
     assert dead_at <= 15
 
@@ -117,14 +118,14 @@ def test_a_dead_worker_is_declared_within_15_seconds_of_its_last_beat(
 def test_a_redis_flush_does_not_kill_live_workers(alice, catalogue, broker, redis_client):
     job = running_on(submit_job(alice, SMALL), "gpu-1")
     beat(redis_client, "gpu-1", current_job=str(job.pk))
-    liveness = WorkerLiveness()
+    memory = SweepMemory()
     start = timezone.now()
-    sweep(start, liveness)
+    sweep(start, memory)
     redis_client.flushdb()  # every heartbeat gone at once
-    assert sweep(start + timedelta(seconds=1), liveness).dead_workers == []
+    assert sweep(start + timedelta(seconds=1), memory).dead_workers == []
     beat(redis_client, "gpu-1", current_job=str(job.pk))  # within one beat interval
     for second in range(2, 20):
-        assert sweep(start + timedelta(seconds=second), liveness).dead_workers == []
+        assert sweep(start + timedelta(seconds=second), memory).dead_workers == []
     assert status_of(job) == "running"
 
 
@@ -135,7 +136,7 @@ def test_a_draining_workers_assigned_job_goes_back_at_once_and_its_running_one_s
     waiting = submit_job(bob, SMALL)
     assert waiting.mark_assigned("gpu-1")
     beat(redis_client, "gpu-1", current_job=str(running.pk), draining=True)
-    report = sweep(later(0), WorkerLiveness())
+    report = sweep(later(0), SweepMemory())
     assert report.requeued == [str(waiting.pk)]
     waiting.refresh_from_db()
     assert (waiting.status, waiting.worker_id) == ("queued", "")
@@ -147,10 +148,10 @@ def test_a_running_job_its_live_worker_moved_on_from_goes_back(
 ):
     job = running_on(submit_job(alice, SMALL), "gpu-1")
     beat(redis_client, "gpu-1", current_job=None)  # its 'succeeded' was lost with Redis
-    liveness = WorkerLiveness()
+    memory = SweepMemory()
     start = timezone.now()
-    assert sweep(start, liveness).requeued == []
-    report = sweep(start + timedelta(seconds=UNREPORTED_GRACE_SECONDS), liveness)
+    assert sweep(start, memory).requeued == []
+    report = sweep(start + timedelta(seconds=UNREPORTED_GRACE_SECONDS), memory)
     assert report.requeued == [str(job.pk)] and status_of(job) == "queued"
 
 
@@ -161,14 +162,14 @@ def test_a_job_whose_result_never_gets_recorded_fails_refunded_instead_of_loopin
 
     balance = account_for(alice).balance
     job = submit_job(alice, SMALL)
-    liveness = WorkerLiveness()
+    memory = SweepMemory()
     clock, failed = timezone.now(), []
     for _ in range(MAX_HAND_OUTS):  # each time a worker runs it and its result is lost
         job.refresh_from_db()
         running_on(job, "gpu-1")
         beat(redis_client, "gpu-1", current_job=None)
         for _sweep in range(2):
-            failed += sweep(clock, liveness).failed
+            failed += sweep(clock, memory).failed
             clock += timedelta(seconds=UNREPORTED_GRACE_SECONDS)
     job.refresh_from_db()
     assert failed == [str(job.pk)] and job.hand_outs == MAX_HAND_OUTS
@@ -180,10 +181,10 @@ def test_a_running_job_whose_worker_still_beats_on_it_is_left_alone(
     alice, catalogue, broker, redis_client
 ):
     job = running_on(submit_job(alice, SMALL), "gpu-1")
-    liveness = WorkerLiveness()
+    memory = SweepMemory()
     for minutes in (0, 10, 60):
         beat(redis_client, "gpu-1", current_job=str(job.pk))
-        assert sweep(later(60 * minutes), liveness).requeued == []
+        assert sweep(later(60 * minutes), memory).requeued == []
     assert status_of(job) == "running"
 
 
@@ -194,9 +195,9 @@ def test_the_old_workers_late_messages_change_nothing_after_the_job_moved_on(
 
     job = running_on(submit_job(alice, SMALL), "gpu-1")
     old = {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-1"}
-    liveness = WorkerLiveness()
-    sweep(later(0), liveness)
-    sweep(later(liveness.grace), liveness)  # gpu-1 declared dead: the job is back
+    memory = SweepMemory()
+    sweep(later(0), memory)
+    sweep(later(memory.liveness.grace), memory)  # gpu-1 declared dead: the job is back
     assert not handle_job_event({**old, "kind": "started"})
     assert not handle_job_event({**old, "kind": "failed", "error": "late"})
     assert not handle_job_event({**old, "kind": "succeeded", "images": []})
