@@ -10,12 +10,15 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from accounts.models import MembershipTier
 from generation.catalogue_admin import CatalogEntryAdmin
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
 from generation.stuck_jobs import redispatch_stuck_job
 from generation.submission import SubmissionError, cancel_job
+from generation.tier_admin import MembershipTierAdmin
 
 admin.site.register(CatalogEntry, CatalogEntryAdmin)
+admin.site.register(MembershipTier, MembershipTierAdmin)
 
 # What the GPU worker reports in Job.timings, in the order the hops happen.
 WORKER_TIMINGS = (

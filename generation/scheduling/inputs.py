@@ -13,6 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import CreditAccount, MembershipTier
+from accounts.tiers import tier_expired
 from generation.models import Job
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import WaitingJob
@@ -31,7 +32,7 @@ IN_FLIGHT_FIELDS = (
 
 def tier_weights(owner_ids: Iterable[int], now: datetime | None = None) -> dict[int, float]:
     """Each owner's tier priority weight (at least 1): the default tier's where a time-limited
-    tier ran out or there is no account yet, as `accounts.tiers.effective_tier` decides."""
+    tier ran out (`accounts.tiers.tier_expired`) or there is no account yet."""
     now = now or timezone.now()
     ids = set(owner_ids)
     weights: dict[int, float] = {}
@@ -39,7 +40,7 @@ def tier_weights(owner_ids: Iterable[int], now: datetime | None = None) -> dict[
         "pk", "tier__priority_weight", "tier_expires_at"
     )
     for owner_id, weight, expires_at in rows:
-        if expires_at is None or expires_at > now:
+        if not tier_expired(expires_at, now):
             weights[owner_id] = float(max(1, weight))
     if missing := ids - weights.keys():
         default = float(max(1, MembershipTier.objects.default().priority_weight))
