@@ -4,11 +4,15 @@ model catalogue in step; queue positions and ETAs come from measured history."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
+from django.test import override_settings
 from django.utils import timezone
 
+from generation.broker import reset_for_tests
 from generation.catalogue_sync import sync_catalogue
 from generation.models import CatalogEntry, Job
 from generation.queue import queue_snapshot
@@ -21,6 +25,7 @@ from generation.sweeper import (
     SweepMemory,
     sweep,
 )
+from operations.redis_server import free_port
 from tests.generation.conftest import SMALL, beat, status_of
 
 pytestmark = pytest.mark.django_db
@@ -129,6 +134,58 @@ def test_a_redis_flush_does_not_kill_live_workers(alice, catalogue, broker, redi
     assert status_of(job) == "running"
 
 
+@contextmanager
+def redis_unreachable() -> Iterator[None]:
+    """The platform's Redis is down: its clients point at a port nobody listens on."""
+    with override_settings(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"):
+        reset_for_tests()
+        try:
+            yield
+        finally:
+            reset_for_tests()
+
+
+def test_a_redis_outage_longer_than_the_grace_kills_no_worker_and_a_real_death_still_counts(
+    alice, catalogue, broker, redis_client
+):
+    job = running_on(submit_job(alice, SMALL), "gpu-1")
+    beat(redis_client, "gpu-1", current_job=str(job.pk))
+    memory = SweepMemory()
+    grace = memory.liveness.grace
+    start = timezone.now()
+    sweep(start, memory)
+    with redis_unreachable():  # ten seconds, twice the grace, of sweeps that read nothing
+        for second in range(1, 11):
+            assert sweep(start + timedelta(seconds=second), memory).dead_workers == []
+    redis_client.flushdb()  # back, and empty: no heartbeat until the worker's next beat
+    back = start + timedelta(seconds=11)
+    assert sweep(back, memory).dead_workers == []  # the grace starts again now
+    assert sweep(back + timedelta(seconds=grace - 0.5), memory).dead_workers == []
+    assert status_of(job) == "running"
+    # gpu-1 never beats again: it did die, and is declared dead a grace after Redis came back.
+    report = sweep(back + timedelta(seconds=grace), memory)
+    assert report.dead_workers == ["gpu-1"] and report.requeued == [str(job.pk)]
+
+
+def test_a_worker_beating_again_after_a_redis_outage_keeps_its_job(
+    alice, catalogue, broker, redis_client
+):
+    job = running_on(submit_job(alice, SMALL), "gpu-1")
+    beat(redis_client, "gpu-1", current_job=str(job.pk))
+    memory = SweepMemory()
+    start = timezone.now()
+    sweep(start, memory)
+    with redis_unreachable():
+        sweep(start + timedelta(seconds=10), memory)
+    redis_client.flushdb()
+    sweep(start + timedelta(seconds=11), memory)
+    beat(redis_client, "gpu-1", current_job=str(job.pk))
+    for second in range(12, 30):
+        assert sweep(start + timedelta(seconds=second), memory).dead_workers == []
+    job.refresh_from_db()
+    assert (job.status, job.workers_lost, job.attempt) == ("running", 0, 1)
+
+
 def test_a_draining_workers_assigned_job_goes_back_at_once_and_its_running_one_stays(
     alice, bob, catalogue, broker, redis_client
 ):
@@ -153,6 +210,24 @@ def test_a_running_job_its_live_worker_moved_on_from_goes_back(
     assert sweep(start, memory).requeued == []
     report = sweep(start + timedelta(seconds=UNREPORTED_GRACE_SECONDS), memory)
     assert report.requeued == [str(job.pk)] and status_of(job) == "queued"
+
+
+def test_a_job_taken_back_as_unreported_starts_a_fresh_count_on_its_next_hand_out(
+    alice, catalogue, broker, redis_client
+):
+    job = running_on(submit_job(alice, SMALL), "gpu-1")
+    # gpu-1 was killed and restarted at once under the same id: it knows nothing of the job.
+    beat(redis_client, "gpu-1", current_job=None)
+    memory = SweepMemory()
+    start = timezone.now()
+    sweep(start, memory)
+    taken_back = start + timedelta(seconds=UNREPORTED_GRACE_SECONDS)
+    assert sweep(taken_back, memory).requeued == [str(job.pk)]
+    job.refresh_from_db()
+    running_on(job, "gpu-1")  # handed out again and started; the heartbeat lags a beat behind
+    for second in (1, 2, UNREPORTED_GRACE_SECONDS - 1):
+        assert sweep(taken_back + timedelta(seconds=second), memory).requeued == []
+    assert status_of(job) == "running"
 
 
 def test_a_job_whose_result_never_gets_recorded_fails_refunded_instead_of_looping(
