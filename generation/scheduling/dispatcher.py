@@ -153,6 +153,9 @@ def schedule_pending(
     return PassReport(assigned=assigned, rounds=rounds)
 
 
+# --- the triggers ----------------------------------------------------------------------------
+
+
 def request_schedule() -> None:
     """A trigger (after a submission commits, after a job event): never raises, because the
     platform worker's tick runs the pass again within a second anyway."""
@@ -162,9 +165,6 @@ def request_schedule() -> None:
         logger.warning("scheduling pass skipped: Redis unreachable")
     except Exception:
         logger.exception("scheduling pass failed; the next tick retries")
-
-
-# --- the triggers ----------------------------------------------------------------------------
 
 
 def dispatch_job(job: Job) -> bool:

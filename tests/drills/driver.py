@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
             )
             ledger.credit(user, 10_000, "grant", reason="drills", key=f"drills:{name}")
         sync_catalogue(include_workers=False)
-        MembershipTier.objects.filter(is_default=True).update(max_steps=2000)  # LONG_JOB
+        MembershipTier.objects.filter(is_default=True).update(max_steps=800)  # LONG_JOB
         return 0
     if command == "submit":  # a JSON list of [username, count, params]
         ids = []
