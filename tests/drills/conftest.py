@@ -42,9 +42,9 @@ JOB = {
     "seed": 7,
 }
 # A job that samples for a minute or more on a CPU, so that three Redis outages fit in it; the
-# default tier of the drills allows its steps (tests.drills.driver setup). Price 20, exact. (Past
+# default tier of the drills allows its steps (tests.drills.driver setup). Price 10, exact. (Past
 # 1000 steps, the model's training timesteps, diffusers' Euler a fails at the last step.)
-LONG_JOB = {**JOB, "width": 512, "height": 256, "steps": 800}
+LONG_JOB = {**JOB, "width": 256, "height": 256, "steps": 800}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -109,7 +109,7 @@ def test_three_redis_outages_during_one_long_job_kill_no_worker_and_run_it_once(
         time.sleep(3 * WORKER_GRACE)  # a false death would show in this time
         assert world.job(job)["attempt"] == 1, f"taken back after outage {outage}"
 
-    world.wait_finished([job], timeout=400)
+    world.wait_finished([job], timeout=600)
     row = world.job(job)
     assert row["status"] == "succeeded" and row["worker_id"] == worker, row
     assert row["attempt"] == 1 and row["lost"] == 0  # handed out once, never taken back
