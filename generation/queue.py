@@ -41,7 +41,7 @@ class QueueSnapshot:
 
 def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
     """Position and ETA of every queued job (the oldest MAX_SIMULATED waiting), in the order the
-    scheduler starts them, over the alive workers, each first finishing what it holds."""
+    scheduler starts them, over the present workers, each first finishing what it holds."""
     speeds = SpeedCache()
     now = timezone.now()
     snapshot = QueueSnapshot()
