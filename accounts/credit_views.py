@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.forms import CheckoutForm, RedeemForm
 from accounts.ledger import account_for
-from accounts.models import CreditEntry, CreditPack, MembershipPlan, MembershipTier, Purchase
+from accounts.models import CreditEntry, CreditPack, MembershipPlan, Purchase
 from accounts.payments import PaymentError, WebhookRejected, handle_webhook, payments_enabled
 from accounts.payments import start_checkout as open_checkout
 from accounts.redeem import RedeemError, redeem_code
@@ -120,39 +120,3 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
     except WebhookRejected:
         return HttpResponseBadRequest(_("Invalid Stripe webhook."))
     return JsonResponse({"received": True, "outcome": outcome})
-
-
-# Requests priced on the pricing page, through generation's own price function.
-PRICE_EXAMPLES = [
-    (_("512×512, 20 steps, one image"), {"width": 512, "height": 512, "steps": 20}),
-    (_("1024×1024, 30 steps, one image"), {"width": 1024, "height": 1024, "steps": 30}),
-    (
-        _("512×768, 25 steps, batch of 4"),
-        {"width": 512, "height": 768, "steps": 25, "batch_size": 4},
-    ),
-    (
-        _("512×512, 20 steps, hires fix ×2"),
-        {"width": 512, "height": 512, "steps": 20, "hires": {"scale": 2.0}},
-    ),
-]
-
-
-@require_GET
-def pricing(request: HttpRequest) -> HttpResponse:
-    from generation.models import CatalogEntry
-    from generation.pricing import price_job
-
-    class _Multiplier1:
-        cost_multiplier = 1
-
-    examples = [(label, price_job(params, _Multiplier1())) for label, params in PRICE_EXAMPLES]
-    models = CatalogEntry.objects.visible_to(request.user).checkpoints().exclude(cost_multiplier=1)
-    return render(
-        request,
-        "accounts/pricing.html",
-        {
-            "examples": examples,
-            "models": models,
-            "tiers": MembershipTier.objects.all(),
-        },
-    )

@@ -275,7 +275,7 @@ def main() -> int:
     from gpu_worker.demo_model import make_demo_models
 
     make_demo_models(tmp / "models")
-    from generation.sweeper import sync_catalogue
+    from generation.catalogue_sync import sync_catalogue
 
     sync_catalogue(models_dir=tmp / "models", include_workers=False)
     tokens = make_users(CLIENTS)

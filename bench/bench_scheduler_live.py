@@ -69,9 +69,9 @@ def child(policy: str, command: str, *args: str) -> None:
     from accounts import ledger
     from accounts.models import MembershipTier, User
     from accounts.tiers import set_tier
+    from generation.catalogue_sync import sync_catalogue
     from generation.models import CatalogEntry
     from generation.submission import submit_job
-    from generation.sweeper import sync_catalogue
     from gpu_worker.demo_model import write_demo_checkpoint
 
     if command == "setup":

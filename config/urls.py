@@ -2,14 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from accounts import credit_views
 from config import views
+from generation import pricing_page
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("accounts.urls")),
-    path("pricing/", credit_views.pricing, name="pricing"),
+    path("pricing/", pricing_page.pricing, name="pricing"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
     path("gallery/", include("gallery.urls")),

@@ -18,7 +18,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from accounts.suspension import SuspensionError, suspend_user
+from accounts.suspension import SuspensionError
 from gallery import feed as feeds
 from gallery import moderation
 from gallery.errors import GalleryError, NotAllowed
@@ -37,6 +37,7 @@ from gallery.png_info import parameter_rows, read_png_info
 from gallery.publishing import publish_image, unpublish
 from gallery.remix import remix_published_image
 from generation.models import JobImage
+from generation.suspension import suspend_user
 from gpu_worker.infotext import parse_infotext
 
 

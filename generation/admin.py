@@ -10,10 +10,15 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from accounts.models import MembershipTier
 from generation.catalogue_admin import CatalogEntryAdmin
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
+from generation.stuck_jobs import redispatch_stuck_job
+from generation.submission import SubmissionError, cancel_job
+from generation.tier_admin import MembershipTierAdmin
 
 admin.site.register(CatalogEntry, CatalogEntryAdmin)
+admin.site.register(MembershipTier, MembershipTierAdmin)
 
 # What the GPU worker reports in Job.timings, in the order the hops happen.
 WORKER_TIMINGS = (
@@ -170,8 +175,6 @@ class JobAdmin(admin.ModelAdmin):
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
         # The same service as the owner's Stop button: a queued job ends at once and its hold
         # is released; a running one is interrupted at its next step.
-        from generation.submission import SubmissionError, cancel_job
-
         cancelled = 0
         for job in queryset.filter(status__in=Job.UNFINISHED):
             try:
@@ -185,8 +188,6 @@ class JobAdmin(admin.ModelAdmin):
         description=gettext_lazy("Re-dispatch selected stuck jobs"), permissions=["change"]
     )
     def redispatch_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from generation.stuck_jobs import redispatch_stuck_job
-
         for job in queryset.select_related("owner", "checkpoint"):
             outcome = redispatch_stuck_job(job)
             self.message_user(

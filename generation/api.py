@@ -24,7 +24,7 @@ from accounts.tiers import effective_tier
 from generation.images import delete_image
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
-from generation.queue import measured_speed
+from generation.scheduling.estimates import measured_speed
 from generation.serializers import (
     CatalogEntrySerializer,
     DefaultModelSerializer,

@@ -23,6 +23,8 @@ from django.utils.translation import gettext_lazy
 
 from accounts.models import MembershipTier
 from accounts.tiers import set_model_tiers, tiers_allowing
+from generation.broker import get_redis
+from generation.catalogue_sync import sync_catalogue
 from generation.models import CatalogEntry
 from gpu_worker.samplers import SAMPLERS, SCHEDULES
 
@@ -248,9 +250,6 @@ class CatalogEntryAdmin(admin.ModelAdmin):
             raise PermissionDenied
         if request.method != "POST":
             return redirect("admin:generation_catalogentry_changelist")
-        from generation.broker import get_redis
-        from generation.sweeper import sync_catalogue
-
         try:
             get_redis().ping()
         except (redis.RedisError, OSError):

@@ -29,6 +29,8 @@ from generation.events import (
     send_to_user,
 )
 from generation.models import Job, JobImage
+from generation.queue import queue_snapshot
+from generation.scheduling.estimates import running_eta
 from gpu_worker.protocol import ResultImage
 
 logger = logging.getLogger(__name__)
@@ -48,8 +50,6 @@ def image_payload(image: JobImage) -> ImagePayload:
 
 
 def start_job(job: Job, worker_id: str, attempt: int) -> bool:
-    from generation.queue import running_eta
-
     with transaction.atomic():
         if not job.mark_running(worker_id, attempt):
             return False
@@ -161,8 +161,6 @@ def queued_event(job: Job, position: int, eta: float, source: str) -> JobQueuedE
 
 def publish_queue_positions() -> None:
     """Tell the owners of queued jobs their new place after the queue moved."""
-    from generation.queue import queue_snapshot
-
     snapshot = queue_snapshot()
     owners = {
         str(pk): owner_id

@@ -13,7 +13,8 @@ from rest_framework import serializers
 from generation.lifecycle import image_payload
 from generation.limits import DEFAULT_LIMITS, GenerationLimits
 from generation.models import CatalogEntry, Job, JobImage
-from generation.queue import QueueSnapshot, queue_snapshot, running_eta
+from generation.queue import QueueSnapshot, queue_snapshot
+from generation.scheduling.estimates import running_eta
 from generation.submission import (
     HIRES_SCALE,
     MAX_CLIP_SKIP,

@@ -28,13 +28,15 @@ from django.db import IntegrityError, transaction
 from django.utils.translation import gettext
 from PIL import Image, UnidentifiedImageError
 
+from generation.broker import get_redis
 from generation.credits_hold import InsufficientCredits, hold_credits
-from generation.dispatch import dispatch_on_commit
 from generation.events import send_to_user
 from generation.lifecycle import cancel_queued_job, queued_event
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, UserGenerationSettings
 from generation.pricing import final_size, price_job, total_steps
+from generation.queue import queue_info
+from generation.scheduling.dispatcher import dispatch_on_commit
 from gpu_worker.params import (
     DEFAULTS,
     DERIVED_FIELDS,
@@ -470,8 +472,6 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
 def require_queue() -> None:
     """Refuse (503) before anything is written when Redis, the queue, cannot be reached: an
     accepted job must be one the platform can hand to a worker."""
-    from generation.broker import get_redis
-
     try:
         get_redis().ping()
     except (redis.RedisError, OSError):
@@ -482,8 +482,6 @@ def require_queue() -> None:
 
 
 def publish_queue_position(job: Job) -> None:
-    from generation.queue import queue_info
-
     info = queue_info(job)
     if info is not None:
         send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
@@ -527,8 +525,6 @@ def cancel_job(user: Any, job: Job) -> Job:
 
 
 def _set_cancel_flag(job: Job, required: bool) -> None:
-    from generation.broker import get_redis
-
     try:
         get_redis().set(CANCEL_KEY.format(job_id=job.pk), "interrupt", ex=CANCEL_TTL_SECONDS)
     except (redis.RedisError, OSError):

@@ -11,10 +11,11 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from generation.broker import get_redis
+from generation.fleet import read_workers
 from gpu_worker.protocol import WorkerCommand
 from operations import metrics
 from operations.charts import Bar, bar_chart, grouped_bar_chart
-from operations.workers import read_workers, send_worker_command
+from operations.workers import send_worker_command
 
 
 @staff_member_required

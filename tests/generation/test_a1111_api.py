@@ -14,10 +14,10 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from accounts import ledger
-from accounts.suspension import suspend_user
 from generation.limits import limits_for
 from generation.models import Job
 from generation.submission import cancel_job, submit_job
+from generation.suspension import suspend_user
 from gpu_worker.infotext import build_infotext
 from tests.conftest import make_user
 from tests.generation.a1111_support import (

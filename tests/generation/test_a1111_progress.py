@@ -221,7 +221,7 @@ async def test_a_hang_up_during_submission_still_dispatches_the_job(
     """The after-commit hooks make nested async calls (the queue position goes out over the
     channel layer): a client hanging up right then must not skip the dispatch that follows."""
     from generation import submission
-    from generation.dispatch import MESSAGE_ID_KEY
+    from generation.job_messages import MESSAGE_ID_KEY
 
     in_hook = threading.Event()
     publish = submission.publish_queue_position

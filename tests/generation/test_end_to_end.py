@@ -17,8 +17,8 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from generation.catalogue_sync import sync_catalogue
 from generation.models import Job
-from generation.sweeper import sync_catalogue
 from tests.generation.conftest import api_client, wait_for
 
 pytest.importorskip("diffusers")

@@ -16,7 +16,7 @@ import pytest
 
 from accounts.models import MembershipTier
 from accounts.tiers import tier_of
-from generation.dispatch import build_request
+from generation.job_messages import build_request
 from generation.models import Job
 from generation.pricing import UNIT_WORK
 from generation.sweeper import sync_catalogue

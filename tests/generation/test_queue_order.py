@@ -14,7 +14,8 @@ from django.utils import timezone
 from accounts.models import MembershipTier
 from accounts.tiers import set_tier
 from generation.models import Job
-from generation.queue import DEFAULT_SPEED, queue_snapshot
+from generation.queue import queue_snapshot
+from generation.scheduling.estimates import DEFAULT_SPEED
 from generation.scheduling.inputs import recent_usage, tier_weights, waiting_jobs
 from generation.submission import submit_job
 from tests.conftest import make_user

@@ -335,6 +335,57 @@ def test_a_stopping_worker_gives_its_queued_jobs_back_to_the_platform(
         service.broker.close()
 
 
+def send(service: Any, request: dict) -> None:
+    import dramatiq
+
+    from gpu_worker.protocol import GENERATE_ACTOR, GENERATE_KWARG
+
+    service.broker.enqueue(
+        dramatiq.Message(
+            queue_name=service.queue,
+            actor_name=GENERATE_ACTOR,
+            args=(),
+            kwargs={GENERATE_KWARG: request},
+            options={},
+        )
+    )
+
+
+def test_shutdown_gives_back_the_waiting_job_but_not_the_one_running(
+    engine: Any, gw_redis_url: str, gw_redis: Any, caplog: Any
+) -> None:
+    from gpu_worker.service import WorkerLifecycle, register_actors, running_worker
+
+    service = offline_service(engine, gw_redis_url, "busy-leaving-worker")
+    register_actors(service.broker, service)
+    running = demo_request(steps=400, width=128, height=128)
+    waiting = demo_request()
+    messages = f"{service.broker.namespace}:{service.queue}.msgs"
+    try:
+        with running_worker(service.broker, service.queue) as worker:
+            send(service, running)
+            deadline = time.monotonic() + 60
+            while not any(e["kind"] == "started" for e in platform_events(service)):
+                assert time.monotonic() < deadline, "the long job never started"
+                time.sleep(0.05)
+            send(service, waiting)
+            with caplog.at_level("INFO", logger="gpu_worker.service"):
+                WorkerLifecycle(service, preload=[], heartbeat=None).before_worker_shutdown(
+                    service.broker, worker
+                )
+            released = [e for e in platform_events(service) if e["kind"] == "released"]
+            still_running = service.status.current_job
+            kept = gw_redis.hkeys(messages)
+            service.redis.set(CANCEL_KEY.format(job_id=running["job_id"]), "interrupt", ex=60)
+        assert "gave 1 queued job(s) back to the platform" in caplog.text
+        assert [e["job_id"] for e in released] == [waiting["job_id"]]
+        assert still_running == running["job_id"]  # it ran on while the other went back
+        assert len(kept) == 1  # its message stays, to be acked when it finishes
+    finally:
+        service.broker.flush_all()
+        service.broker.close()
+
+
 def test_the_heartbeat_tells_models_on_the_device_from_those_only_in_ram(
     engine: Any, demo_models_dir: Any, atelier_cache_dir: Any, gw_redis_url: str
 ) -> None:

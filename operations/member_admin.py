@@ -1,8 +1,10 @@
 """The members' admin: Django's User admin with credits, tier, jobs, images and API tokens.
 
 Staff change credits, tier and suspension only through forms that ask for a reason and call the
-services (accounts.staff_actions, accounts.suspension), which log who did it and why. The active
+services (accounts.staff_actions, generation.suspension), which log who did it and why. The active
 flag is read-only here: suspending must also cancel the member's jobs and refund their holds.
+It lives in operations/, above generation/ and gallery/, because it shows a member's jobs and
+publications; the User model stays in accounts/ and its admin URLs stay `admin:accounts_user_*`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from accounts import staff_actions
 from accounts.forms import AdjustBalanceForm, ReasonForm, TierChangeForm
 from accounts.models import ApiToken, CreditAccount, MembershipTier, User
 from accounts.staff_actions import StaffActionError
-from accounts.suspension import SuspensionError, reinstate_user, suspend_user
+from accounts.suspension import SuspensionError, reinstate_user
+from gallery.models import Publication
+from generation.models import Job
+from generation.suspension import suspend_user
 
 RECENT = 10  # jobs and images shown on a member's page
 
@@ -279,8 +284,6 @@ class MemberAdmin(UserAdmin):
 
     @admin.display(description=gettext_lazy("Recent jobs"))
     def recent_jobs(self, member: User) -> str:
-        from generation.models import Job
-
         jobs = Job.objects.owned_by(member).select_related("checkpoint")[:RECENT]
         if not jobs:
             return _("No jobs.")
@@ -311,8 +314,6 @@ class MemberAdmin(UserAdmin):
 
     @admin.display(description=gettext_lazy("Published images"))
     def published_images(self, member: User) -> str:
-        from gallery.models import Publication
-
         items = Publication.objects.filter(owner=member).order_by("-published_at")[:RECENT]
         if not items:
             return _("Nothing published.")

@@ -1,4 +1,4 @@
-"""Send jobs to GPU workers: the message for one assigned job, on its worker's own queue.
+"""Build and send a job's message: the request for one assigned job, on its worker's own queue.
 
 Which worker gets which job is decided by the scheduling pass
 (`generation.scheduling.dispatcher.schedule_pending`), which claims the job with
@@ -13,7 +13,6 @@ import logging
 
 import dramatiq
 import redis
-from django.db import transaction
 
 from generation.broker import get_broker, get_redis
 from generation.events import user_group
@@ -70,29 +69,3 @@ def send_request(job: Job) -> bool:
         job.return_to_queue()
         return False
     return True
-
-
-def dispatch_job(job: Job) -> bool:
-    """Put a queued job back to be scheduled: taken from the worker it was assigned to (if it
-    has not started there) and offered to the next scheduling pass. False if it is running or
-    finished."""
-    job.refresh_from_db()
-    if job.status != Job.Status.QUEUED:
-        return False
-    if job.worker_id and not job.return_to_queue():
-        return False
-    schedule_on_commit()
-    return True
-
-
-def schedule_on_commit() -> None:
-    """Run a scheduling pass once the current transaction commits (at once outside one)."""
-    from generation.scheduling.dispatcher import request_schedule
-
-    transaction.on_commit(request_schedule)
-
-
-def dispatch_on_commit(job: Job) -> None:
-    """A new job: schedule once the transaction that created it commits, never before, or the
-    worker would race the commit."""
-    schedule_on_commit()
