@@ -21,6 +21,7 @@ from accounts.models import CreditEntry, CreditPack, MembershipPlan, MembershipT
 from accounts.payments import PaymentError, WebhookRejected, handle_webhook, payments_enabled
 from accounts.payments import start_checkout as open_checkout
 from accounts.redeem import RedeemError, redeem_code
+from accounts.throttles import redeem_refusal_wait
 from accounts.tiers import effective_tier
 
 ENTRIES_PER_PAGE = 25
@@ -60,6 +61,15 @@ def _render_credits(
 @require_POST
 def redeem(request: HttpRequest) -> HttpResponse:
     form = RedeemForm(request.POST)
+    wait = redeem_refusal_wait(request)
+    if wait is not None:
+        form.add_error(
+            "code",
+            _("Too many redeem attempts. Try again in %(seconds)d seconds.") % {"seconds": wait},
+        )
+        response = _render_credits(request, redeem_form=form, status=429)
+        response["Retry-After"] = str(wait)
+        return response
     if not form.is_valid():
         return _render_credits(request, redeem_form=form, status=400)
     try:
