@@ -11,15 +11,35 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
-from rest_framework.throttling import BaseThrottle, SimpleRateThrottle, UserRateThrottle
+from rest_framework.settings import api_settings
+from rest_framework.throttling import (
+    AnonRateThrottle,
+    BaseThrottle,
+    SimpleRateThrottle,
+    UserRateThrottle,
+)
 
 from accounts.tiers import tier_of
 
 
-class TierUserThrottle(UserRateThrottle):
+class CurrentRate:
+    """Reads the scope's rate from the settings when a request comes, not once at import as DRF
+    does, so an override (in tests, or a settings reload) takes effect."""
+
+    scope: str
+
+    def get_rate(self) -> str | None:
+        rates = api_settings.DEFAULT_THROTTLE_RATES
+        if self.scope not in rates:
+            raise ImproperlyConfigured(f"No throttle rate set for scope {self.scope!r}")
+        return rates[self.scope]
+
+
+class TierUserThrottle(CurrentRate, UserRateThrottle):
     """A member's API calls per minute: their tier's number, else the `user` rate setting.
-    (Anonymous callers are counted by address at the same rate; AnonRateThrottle adds its own.)"""
+    (Anonymous callers are counted by address at that rate; AnonAddressThrottle adds its own.)"""
 
     scope = "user"
 
@@ -33,13 +53,13 @@ class TierUserThrottle(UserRateThrottle):
         return super().allow_request(request, view)
 
 
-class RedeemUserThrottle(UserRateThrottle):
+class RedeemUserThrottle(CurrentRate, UserRateThrottle):
     """Redeem attempts per member, right or wrong."""
 
     scope = "redeem_user"
 
 
-class RedeemAddressThrottle(SimpleRateThrottle):
+class RedeemAddressThrottle(CurrentRate, SimpleRateThrottle):
     """Redeem attempts per client address, whoever is logged in: many accounts on one address
     share it."""
 
@@ -47,6 +67,10 @@ class RedeemAddressThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request: Any, view: Any) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class AnonAddressThrottle(CurrentRate, AnonRateThrottle):
+    """Anonymous calls per client address (views open to anonymous callers: the schema)."""
 
 
 def refusal_wait(request: HttpRequest, throttles: Iterable[BaseThrottle]) -> int | None:

@@ -292,7 +292,7 @@ REST_FRAMEWORK.update(
         "NUM_PROXIES": 0,
         "DEFAULT_THROTTLE_CLASSES": [
             "accounts.throttles.TierUserThrottle",
-            "rest_framework.throttling.AnonRateThrottle",
+            "accounts.throttles.AnonAddressThrottle",
         ],
         "DEFAULT_THROTTLE_RATES": {
             # Members: their tier's requests per minute, this when the tier sets none.
