@@ -28,8 +28,22 @@ from accounts.models import (
     StripeEvent,
     User,
 )
+from accounts.signup_admin import SuspiciousSignupFilter, signup_flags
 
-admin.site.register(User, MemberAdmin)
+
+class ReviewedMemberAdmin(MemberAdmin):
+    """The members list with sign-up review: flagged sign-ups (farming) filter and show."""
+
+    list_display = (*MemberAdmin.list_display, signup_flags)
+    list_filter = (SuspiciousSignupFilter, *MemberAdmin.list_filter)
+    readonly_fields = (*MemberAdmin.readonly_fields, "signup_address", "signup_flags")
+    fieldsets = (
+        *MemberAdmin.fieldsets,
+        (_("Sign-up"), {"fields": ("signup_address", "signup_flags")}),
+    )
+
+
+admin.site.register(User, ReviewedMemberAdmin)
 
 
 @admin.register(ApiToken)

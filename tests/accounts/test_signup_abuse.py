@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
 
@@ -211,3 +212,22 @@ def test_verification_is_on_in_production_and_can_be_turned_off():
     off = _settings_with({**production, "EMAIL_VERIFICATION": "false"})
     assert off.split()[1] == "none"
     assert _settings_with({"EMAIL_VERIFICATION": "true"}).split()[1] == "mandatory"
+
+
+def test_carol_filters_the_members_list_on_suspicious_signups(client, carol, alice, tiers):
+    carol.user_permissions.add(*Permission.objects.filter(codename__in=["view_user"]))
+    for i in range(3):
+        sign_up(f"farmer{i}")
+    sign_up("dora", email="dora@yopmail.com", address="198.51.100.4")
+    client.force_login(carol)
+    changelist = reverse("admin:accounts_user_changelist")
+
+    def listed(query: str) -> set[str]:
+        response = client.get(changelist + query)
+        assert response.status_code == 200
+        return {user.username for user in response.context["cl"].result_list}
+
+    assert listed("?suspicious=yes") == {"farmer0", "farmer1", "farmer2", "dora"}
+    assert listed(f"?suspicious={SAME_ADDRESS}") == {"farmer0", "farmer1", "farmer2"}
+    assert listed(f"?suspicious={DISPOSABLE_EMAIL}") == {"dora"}
+    assert listed("?suspicious=no") == {"alice", "carol"}
