@@ -22,6 +22,7 @@ from accounts.payments import PaymentError, WebhookRejected, handle_webhook, pay
 from accounts.payments import start_checkout as open_checkout
 from accounts.redeem import RedeemError, redeem_code
 from accounts.throttles import redeem_refusal_wait
+from accounts.verification import may_receive_grants
 from accounts.tiers import effective_tier
 
 ENTRIES_PER_PAGE = 25
@@ -47,6 +48,7 @@ def _render_credits(
         "account": account,
         "tier": tier,
         "next_grant": tier.next_grant_at(timezone.now()),
+        "awaits_verification": not may_receive_grants(request.user),
         "entries": entries.get_page(request.GET.get("page")),
         "redeem_form": redeem_form or RedeemForm(),
         "payments_enabled": payments_enabled(),

@@ -231,3 +231,11 @@ def test_carol_filters_the_members_list_on_suspicious_signups(client, carol, ali
     assert listed(f"?suspicious={SAME_ADDRESS}") == {"farmer0", "farmer1", "farmer2"}
     assert listed(f"?suspicious={DISPOSABLE_EMAIL}") == {"dora"}
     assert listed("?suspicious=no") == {"alice", "carol"}
+
+
+def test_an_unverified_member_is_told_how_to_earn_free_credits(verification_on, mailoutbox):
+    client, _response = sign_up("dora")
+    client.force_login(User.objects.get(username="dora"))
+    assert "verify-email" in client.get(reverse("credits")).content.decode()
+    client.post(confirmation_link(mailoutbox[-1]))
+    assert "verify-email" not in client.get(reverse("credits")).content.decode()
