@@ -22,8 +22,8 @@ from accounts.payments import PaymentError, WebhookRejected, handle_webhook, pay
 from accounts.payments import start_checkout as open_checkout
 from accounts.redeem import RedeemError, redeem_code
 from accounts.throttles import redeem_refusal_wait
-from accounts.verification import may_receive_grants
 from accounts.tiers import effective_tier
+from accounts.verification import may_receive_grants
 
 ENTRIES_PER_PAGE = 25
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
@@ -24,17 +24,15 @@ from rest_framework.throttling import (
 from accounts.tiers import tier_of
 
 
-class CurrentRate:
+class CurrentRate(SimpleRateThrottle):
     """Reads the scope's rate from the settings when a request comes, not once at import as DRF
     does, so an override (in tests, or a settings reload) takes effect."""
-
-    scope: str
 
     def get_rate(self) -> str | None:
         rates = api_settings.DEFAULT_THROTTLE_RATES
         if self.scope not in rates:
             raise ImproperlyConfigured(f"No throttle rate set for scope {self.scope!r}")
-        return rates[self.scope]
+        return cast("str | None", rates[self.scope])
 
 
 class TierUserThrottle(CurrentRate, UserRateThrottle):
@@ -59,7 +57,7 @@ class RedeemUserThrottle(CurrentRate, UserRateThrottle):
     scope = "redeem_user"
 
 
-class RedeemAddressThrottle(CurrentRate, SimpleRateThrottle):
+class RedeemAddressThrottle(CurrentRate):
     """Redeem attempts per client address, whoever is logged in: many accounts on one address
     share it."""
 
@@ -76,7 +74,12 @@ class AnonAddressThrottle(CurrentRate, AnonRateThrottle):
 def refusal_wait(request: HttpRequest, throttles: Iterable[BaseThrottle]) -> int | None:
     """For views outside DRF: None when every throttle lets the request through, else the
     whole seconds to wait (for Retry-After). Every throttle counts the request, as DRF does."""
-    waits = [throttle.wait() for throttle in throttles if not throttle.allow_request(request, None)]
+    # DRF's throttles read only request.user and request.META: a plain Django request serves.
+    waits = [
+        throttle.wait()
+        for throttle in throttles
+        if not throttle.allow_request(request, None)  # type: ignore[arg-type]
+    ]
     if not waits:
         return None
     return max(1, math.ceil(max((w or 0) for w in waits)))
