@@ -239,3 +239,34 @@ def test_an_unverified_member_is_told_how_to_earn_free_credits(verification_on, 
     assert "verify-email" in client.get(reverse("credits")).content.decode()
     client.post(confirmation_link(mailoutbox[-1]))
     assert "verify-email" not in client.get(reverse("credits")).content.decode()
+
+
+def test_a_configured_provider_shows_a_button_that_starts_its_log_in(tmp_path):
+    """Providers are installed apps chosen at start-up, so this runs a fresh process."""
+    script = (
+        "from django.core.management import call_command; call_command('migrate', verbosity=0)\n"
+        "from django.test import Client\n"
+        "c = Client(HTTP_HOST='localhost')\n"
+        "page = c.get('/accounts/login/').content.decode()\n"
+        "start = c.post('/accounts/github/login/?process=login')\n"
+        "print('GitHub</button>' in page, 'Google' in page, start['Location'].split('?')[0])\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.endswith(("_CLIENT_ID", "_SECRET"))},
+        "ATELIER_VAR_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "GITHUB_CLIENT_ID": "an-id",
+        "GITHUB_CLIENT_SECRET": "a-secret",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == (
+        "True False https://github.com/login/oauth/authorize"
+    )

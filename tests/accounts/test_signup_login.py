@@ -23,6 +23,7 @@ def signup(client, **overrides):
 def test_a_visitor_signs_up_and_is_logged_in(client):
     response = signup(client)
     assert response.status_code == 302
+    assert response["Location"] == reverse("home")
     user = User.objects.get(username="dora")
     assert user.password.startswith("md5$") or user.check_password(PASSWORD)
     home = client.get(reverse("home"))
