@@ -24,9 +24,15 @@ from rest_framework.throttling import (
 from accounts.tiers import tier_of
 
 
-class CurrentRate(SimpleRateThrottle):
-    """Reads the scope's rate from the settings when a request comes, not once at import as DRF
-    does, so an override (in tests, or a settings reload) takes effect."""
+class WindowThrottle(SimpleRateThrottle):
+    """DRF's rate throttle counting with one atomic increment in the shared cache per request.
+
+    DRF's own keeps a list of timestamps that it reads, appends to and writes back: two web
+    processes answering at the same moment both read the old list, and a burst spread over
+    several processes passes the limit. Here a counter that Redis increments atomically starts
+    with a caller's first request and expires `duration` later, so at most `num_requests` pass
+    in that window wherever they land; refused requests count too. The rate is read from the
+    settings per request, not once at import."""
 
     def get_rate(self) -> str | None:
         rates = api_settings.DEFAULT_THROTTLE_RATES
@@ -34,8 +40,32 @@ class CurrentRate(SimpleRateThrottle):
             raise ImproperlyConfigured(f"No throttle rate set for scope {self.scope!r}")
         return cast("str | None", rates[self.scope])
 
+    def allow_request(self, request: Any, view: Any) -> bool:
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        self.now = self.timer()
+        try:
+            count = 1 if self._open_window() else self.cache.incr(self.key)
+        except ValueError:  # the window closed between the two calls: open the next one
+            count = 1 if self._open_window() else self.cache.incr(self.key)
+        return count <= self.num_requests
 
-class TierUserThrottle(CurrentRate, UserRateThrottle):
+    def _open_window(self) -> bool:
+        """Start a window with this request as its first, unless one is open."""
+        if not self.cache.add(self.key, 1, timeout=self.duration):
+            return False
+        self.cache.set(f"{self.key}:start", self.now, timeout=self.duration)
+        return True
+
+    def wait(self) -> float:
+        started = self.cache.get(f"{self.key}:start", self.now)
+        return max(0.0, started + self.duration - self.now)
+
+
+class TierUserThrottle(WindowThrottle, UserRateThrottle):
     """A member's API calls per minute: their tier's number, else the `user` rate setting.
     (Anonymous callers are counted by address at that rate; AnonAddressThrottle adds its own.)"""
 
@@ -51,13 +81,13 @@ class TierUserThrottle(CurrentRate, UserRateThrottle):
         return super().allow_request(request, view)
 
 
-class RedeemUserThrottle(CurrentRate, UserRateThrottle):
+class RedeemUserThrottle(WindowThrottle, UserRateThrottle):
     """Redeem attempts per member, right or wrong."""
 
     scope = "redeem_user"
 
 
-class RedeemAddressThrottle(CurrentRate):
+class RedeemAddressThrottle(WindowThrottle):
     """Redeem attempts per client address, whoever is logged in: many accounts on one address
     share it."""
 
@@ -67,7 +97,7 @@ class RedeemAddressThrottle(CurrentRate):
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
-class AnonAddressThrottle(CurrentRate, AnonRateThrottle):
+class AnonAddressThrottle(WindowThrottle, AnonRateThrottle):
     """Anonymous calls per client address (views open to anonymous callers: the schema)."""
 
 

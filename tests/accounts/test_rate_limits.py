@@ -3,14 +3,17 @@ Retry-After, members' rates set per tier, counters shared through Redis."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import pytest
-from django.test import Client
+from django.test import Client, RequestFactory
 from django.urls import reverse
 from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, RedeemCode
+from accounts.throttles import RedeemAddressThrottle
 from accounts.tiers import set_tier
 from tests.accounts.conftest import balance_of
 
@@ -165,3 +168,18 @@ def test_bob_is_not_throttled_by_alices_a1111_calls(alice, bob, tiers):
     alice_sdapi.get("/sdapi/v1/samplers")
     assert alice_sdapi.get("/sdapi/v1/samplers").status_code == 429
     assert bob_sdapi.get("/sdapi/v1/samplers").status_code == 200
+
+
+def test_a_burst_spread_over_many_connections_lets_exactly_the_limit_through(rates):
+    """Each thread has its own Redis connection, as each web process would."""
+    rates(redeem_address="10/hour")
+    request = RequestFactory().post("/accounts/credits/redeem/", REMOTE_ADDR="203.0.113.9")
+    start_together = threading.Barrier(8)
+
+    def attempt(_: int) -> bool:
+        start_together.wait()
+        return RedeemAddressThrottle().allow_request(request, None)
+
+    with ThreadPoolExecutor(8) as pool:
+        passed = list(pool.map(attempt, range(48)))
+    assert sum(passed) == 10
