@@ -18,6 +18,7 @@ from config.env import (
     env_bool,
     env_int,
     env_list,
+    env_matching,
     env_str,
 )
 
@@ -246,9 +247,15 @@ ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_ADAPTER = "accounts.signup.AccountAdapter"
 SOCIALACCOUNT_ADAPTER = "accounts.signup.SocialAccountAdapter"
+_ALLAUTH_RATE = r"\d+/\d*[smhd]/(ip|user|key)"
 ACCOUNT_RATE_LIMITS = {
     # Per client address (REMOTE_ADDR: see ALLAUTH_TRUSTED_PROXY_COUNT below).
-    "signup": env_str("SIGNUP_RATE_LIMIT", "5/h/ip,20/d/ip"),
+    "signup": env_matching(
+        "SIGNUP_RATE_LIMIT",
+        "5/h/ip,20/d/ip",
+        rf"{_ALLAUTH_RATE}(,{_ALLAUTH_RATE})*",
+        "5/h/ip,20/d/ip",
+    ),
     # Log-in failures are django-axes' job (AXES_* above); allauth's log-in view is not used.
     "login_failed": None,
 }
@@ -287,6 +294,12 @@ CACHES = {
         "KEY_PREFIX": "atelier",
     }
 }
+
+
+def _drf_rate(name: str, default: str) -> str:
+    return env_matching(name, default, r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", "10/hour")
+
+
 REST_FRAMEWORK.update(
     {
         "NUM_PROXIES": 0,
@@ -296,10 +309,10 @@ REST_FRAMEWORK.update(
         ],
         "DEFAULT_THROTTLE_RATES": {
             # Members: their tier's requests per minute, this when the tier sets none.
-            "user": env_str("API_THROTTLE_USER", "240/min"),
-            "anon": env_str("API_THROTTLE_ANON", "60/min"),
-            "redeem_user": env_str("REDEEM_THROTTLE_USER", "10/hour"),
-            "redeem_address": env_str("REDEEM_THROTTLE_ADDRESS", "30/hour"),
+            "user": _drf_rate("API_THROTTLE_USER", "240/min"),
+            "anon": _drf_rate("API_THROTTLE_ANON", "60/min"),
+            "redeem_user": _drf_rate("REDEEM_THROTTLE_USER", "10/hour"),
+            "redeem_address": _drf_rate("REDEEM_THROTTLE_ADDRESS", "30/hour"),
         },
     }
 )

@@ -3,9 +3,13 @@ Retry-After, members' rates set per tier, counters shared through Redis."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.test import Client, RequestFactory
@@ -183,3 +187,18 @@ def test_a_burst_spread_over_many_connections_lets_exactly_the_limit_through(rat
     with ThreadPoolExecutor(8) as pool:
         passed = list(pool.map(attempt, range(48)))
     assert sum(passed) == 10
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("API_THROTTLE_USER", "lots"), ("SIGNUP_RATE_LIMIT", "5/hour")]
+)
+def test_a_mistyped_rate_stops_the_process_at_start_up(name, value):
+    result = subprocess.run(
+        [sys.executable, "-c", "import config.settings"],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, name: value},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert f"{name} must look like" in result.stderr
