@@ -286,12 +286,14 @@ for _provider, _scope in _SOCIAL_SCOPES.items():
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = False  # never attach a social log-in to an existing account
 SOCIALACCOUNT_LOGIN_ON_GET = False
 
-# Rate-limit state (sign-up, redeem, API) lives in Redis so every web process shares it.
+# Rate-limit state (sign-up, redeem, API) lives in Redis so every web process shares it; with
+# Redis unreachable, limits are not enforced rather than requests failing (config/cache.py).
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "config.cache.FailOpenRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "atelier",
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     }
 }
 

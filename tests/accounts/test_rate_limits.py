@@ -202,3 +202,28 @@ def test_a_mistyped_rate_stops_the_process_at_start_up(name, value):
     )
     assert result.returncode != 0
     assert f"{name} must look like" in result.stderr
+
+
+def test_with_redis_unreachable_requests_pass_unthrottled_instead_of_failing(
+    settings, alice, tiers
+):
+    settings.CACHES = {
+        "default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:1/0"}
+    }
+    tiers["free"].api_requests_per_minute = 1
+    tiers["free"].save()
+    rest = APIClient()
+    rest.credentials(**bearer(alice))
+    assert [rest.get(reverse("api-me")).status_code for _ in range(3)] == [200, 200, 200]
+    assert Client(**bearer(alice)).get("/sdapi/v1/samplers").status_code == 200
+    assert redeem(member_client(alice)).status_code == 400
+    signup = Client().post(
+        reverse("signup"),
+        {
+            "username": "dora",
+            "email": "dora@example.com",
+            "password1": "correct-horse-battery-staple",
+            "password2": "correct-horse-battery-staple",
+        },
+    )
+    assert signup.status_code == 302
