@@ -21,7 +21,9 @@ from accounts.models import CreditEntry, CreditPack, MembershipPlan, Purchase
 from accounts.payments import PaymentError, WebhookRejected, handle_webhook, payments_enabled
 from accounts.payments import start_checkout as open_checkout
 from accounts.redeem import RedeemError, redeem_code
+from accounts.throttles import redeem_refusal_wait
 from accounts.tiers import effective_tier
+from accounts.verification import may_receive_grants
 
 ENTRIES_PER_PAGE = 25
 
@@ -46,6 +48,7 @@ def _render_credits(
         "account": account,
         "tier": tier,
         "next_grant": tier.next_grant_at(timezone.now()),
+        "awaits_verification": not may_receive_grants(request.user),
         "entries": entries.get_page(request.GET.get("page")),
         "redeem_form": redeem_form or RedeemForm(),
         "payments_enabled": payments_enabled(),
@@ -60,6 +63,15 @@ def _render_credits(
 @require_POST
 def redeem(request: HttpRequest) -> HttpResponse:
     form = RedeemForm(request.POST)
+    wait = redeem_refusal_wait(request)
+    if wait is not None:
+        form.add_error(
+            "code",
+            _("Too many redeem attempts. Try again in %(seconds)d seconds.") % {"seconds": wait},
+        )
+        response = _render_credits(request, redeem_form=form, status=429)
+        response["Retry-After"] = str(wait)
+        return response
     if not form.is_valid():
         return _render_credits(request, redeem_form=form, status=400)
     try:

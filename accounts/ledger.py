@@ -25,6 +25,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import CENT, CreditAccount, CreditEntry, MembershipTier
+from accounts.verification import may_receive_grants
 
 Kind = CreditEntry.Kind
 ZERO = Decimal("0.00")
@@ -70,13 +71,14 @@ def to_money(value: Any) -> Decimal:
 
 
 def open_account(user: Any) -> CreditAccount:
-    """Create the user's account on the default tier with its welcome grant. Idempotent."""
+    """Create the user's account on the default tier, with its welcome grant if the user may
+    receive grants (see `grant_welcome` for one who may only later). Idempotent."""
     with transaction.atomic():
         tier = MembershipTier.objects.default()
         account, created = CreditAccount.objects.select_related("tier").get_or_create(
             user=user, defaults={"tier": tier}
         )
-        if created and tier.welcome_grant > 0:
+        if created and tier.welcome_grant > 0 and may_receive_grants(user):
             _write(
                 account.pk,
                 Kind.GRANT,
@@ -86,6 +88,20 @@ def open_account(user: Any) -> CreditAccount:
             )
             account.refresh_from_db(fields=["balance", "held"])
     return account
+
+
+def grant_welcome(user: Any) -> CreditEntry | None:
+    """The welcome grant, for a member who has just become eligible (verified their address).
+
+    Once per account ever: the entry's key refuses a second, so calling this again, or after
+    `open_account` already granted it, writes nothing and returns None."""
+    account_for(user)
+    tier = MembershipTier.objects.default()
+    if tier.welcome_grant <= 0 or not may_receive_grants(user):
+        return None
+    return credit(
+        user, tier.welcome_grant, Kind.GRANT, key="welcome", reason=_("Welcome to Atelier")
+    )
 
 
 def account_for(user: Any) -> CreditAccount:

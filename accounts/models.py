@@ -22,6 +22,10 @@ class User(AbstractUser):
     """Atelier's user. Custom from the first migration so later fields need no data surgery."""
 
     email = models.EmailField(_("email address"), unique=True)
+    # Where the sign-up came from, and why it looks like farming (accounts/signup_review.py):
+    # empty flags mean nothing suspicious. Admins filter members on them.
+    signup_address = models.GenericIPAddressField(_("sign-up address"), null=True, blank=True)
+    signup_flags = models.CharField(_("sign-up flags"), max_length=200, blank=True)
 
     objects: ClassVar[UserManager] = UserManager()
 
@@ -158,6 +162,11 @@ class MembershipTier(models.Model):
         _("queue priority weight"),
         default=1,
         help_text=_("Share of GPU time relative to other tiers when the queue is busy"),
+    )
+    api_requests_per_minute = models.PositiveIntegerField(
+        _("API requests per minute"),
+        default=0,
+        help_text=_("REST and A1111 API calls per member per minute; 0: the server default"),
     )
     all_models = models.BooleanField(_("all models allowed"), default=True)
     # Catalogue names (generation.CatalogEntry.name), kept as data rather than a relation so the

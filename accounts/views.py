@@ -1,29 +1,15 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from accounts.forms import ApiTokenForm, SignUpForm
-from accounts.ledger import account_for, open_account
+from accounts.forms import ApiTokenForm
+from accounts.ledger import account_for
 from accounts.models import ApiToken
-
-
-def signup(request: HttpRequest) -> HttpResponse:
-    if request.user.is_authenticated:
-        return redirect("home")
-    form = SignUpForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        open_account(user)  # Free tier and the welcome grant
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, _("Welcome to Atelier, %(name)s!") % {"name": user.username})
-        return redirect("home")
-    return render(request, "registration/signup.html", {"form": form})
 
 
 @login_required

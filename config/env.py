@@ -7,6 +7,7 @@ not silently fall back to a default.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -63,3 +64,12 @@ def development_secret_key(var_dir: Path) -> str:
     key_file.write_text(key)
     key_file.chmod(0o600)
     return key
+
+
+def env_matching(name: str, default: str, pattern: str, example: str) -> str:
+    """A string that must match `pattern` whole (a rate such as '10/hour'): a typo stops the
+    process at start-up instead of at the first request that reads it."""
+    value = env_str(name, default) or default
+    if not re.fullmatch(pattern, value):
+        raise ImproperEnvironment(f"{name} must look like {example!r}, got {value!r}")
+    return value

@@ -18,6 +18,7 @@ from config.env import (
     env_bool,
     env_int,
     env_list,
+    env_matching,
     env_str,
 )
 
@@ -227,6 +228,96 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
 }
+
+# --- sign-up, e-mail verification, social log-in, rate limits (django-allauth, DRF) ----------
+# Sign-up, e-mail confirmation and social log-in are django-allauth's; log-in, log-out and
+# password reset stay Django's own views with django-axes. No credits are granted (welcome or
+# periodic) to a member without a verified address while verification is on.
+INSTALLED_APPS += ["allauth", "allauth.account", "allauth.socialaccount"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("axes.middleware.AxesMiddleware"),
+    "allauth.account.middleware.AccountMiddleware",
+)
+EMAIL_VERIFICATION = env_bool("EMAIL_VERIFICATION", default=not DEBUG)
+ACCOUNT_EMAIL_VERIFICATION = "mandatory" if EMAIL_VERIFICATION else "none"
+ACCOUNT_SIGNUP_FIELDS = ["username*", "email*", "password1*", "password2*"]
+ACCOUNT_LOGIN_METHODS = {"username"}
+ACCOUNT_PREVENT_ENUMERATION = True
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_CONFIRM_EMAIL_ON_GET = False
+ACCOUNT_ADAPTER = "accounts.signup.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "accounts.signup.SocialAccountAdapter"
+_ALLAUTH_RATE = r"\d+/\d*[smhd]/(ip|user|key)"
+ACCOUNT_RATE_LIMITS = {
+    # Per client address (REMOTE_ADDR: see ALLAUTH_TRUSTED_PROXY_COUNT below).
+    "signup": env_matching(
+        "SIGNUP_RATE_LIMIT",
+        "5/h/ip,20/d/ip",
+        rf"{_ALLAUTH_RATE}(,{_ALLAUTH_RATE})*",
+        "5/h/ip,20/d/ip",
+    ),
+    # Log-in failures are django-axes' job (AXES_* above); allauth's log-in view is not used.
+    "login_failed": None,
+}
+# Throttles key on REMOTE_ADDR, which the ASGI layer sets to the real client behind trusted
+# proxies; no forwarded header is parsed here.
+ALLAUTH_TRUSTED_PROXY_COUNT = 0
+# A sign-up is flagged for review when this many (or more) came from its address within a day,
+# or its e-mail domain is a known disposable one (built-in list plus this setting).
+SIGNUP_FLAG_SAME_ADDRESS = env_int("SIGNUP_FLAG_SAME_ADDRESS", 3)
+SIGNUP_DISPOSABLE_DOMAINS = env_list("SIGNUP_DISPOSABLE_DOMAINS", [])
+
+# Social log-in: a provider is offered only when both its client id and secret are set.
+_SOCIAL_SCOPES = {
+    "google": ["profile", "email"],
+    "github": ["user:email"],
+    "discord": ["identify", "email"],
+}
+SOCIALACCOUNT_PROVIDERS: dict[str, dict[str, object]] = {}
+for _provider, _scope in _SOCIAL_SCOPES.items():
+    _client_id = env_str(f"{_provider.upper()}_CLIENT_ID", "")
+    _client_secret = env_str(f"{_provider.upper()}_CLIENT_SECRET", "")
+    if _client_id and _client_secret:
+        INSTALLED_APPS.append(f"allauth.socialaccount.providers.{_provider}")
+        SOCIALACCOUNT_PROVIDERS[_provider] = {
+            "APP": {"client_id": _client_id, "secret": _client_secret},
+            "SCOPE": _scope,
+        }
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False  # never attach a social log-in to an existing account
+SOCIALACCOUNT_LOGIN_ON_GET = False
+
+# Rate-limit state (sign-up, redeem, API) lives in Redis so every web process shares it; with
+# Redis unreachable, limits are not enforced rather than requests failing (config/cache.py).
+CACHES = {
+    "default": {
+        "BACKEND": "config.cache.FailOpenRedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "atelier",
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+}
+
+
+def _drf_rate(name: str, default: str) -> str:
+    return env_matching(name, default, r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", "10/hour")
+
+
+REST_FRAMEWORK.update(
+    {
+        "NUM_PROXIES": 0,
+        "DEFAULT_THROTTLE_CLASSES": [
+            "accounts.throttles.TierUserThrottle",
+            "accounts.throttles.AnonAddressThrottle",
+        ],
+        "DEFAULT_THROTTLE_RATES": {
+            # Members: their tier's requests per minute, this when the tier sets none.
+            "user": _drf_rate("API_THROTTLE_USER", "240/min"),
+            "anon": _drf_rate("API_THROTTLE_ANON", "60/min"),
+            "redeem_user": _drf_rate("REDEEM_THROTTLE_USER", "10/hour"),
+            "redeem_address": _drf_rate("REDEEM_THROTTLE_ADDRESS", "30/hour"),
+        },
+    }
+)
 
 LOGGING = {
     "version": 1,

@@ -32,6 +32,7 @@ from django.utils.translation import gettext_lazy
 from accounts import staff_actions
 from accounts.forms import AdjustBalanceForm, ReasonForm, TierChangeForm
 from accounts.models import ApiToken, CreditAccount, MembershipTier, User
+from accounts.signup_admin import SuspiciousSignupFilter, signup_flags
 from accounts.staff_actions import StaffActionError
 from accounts.suspension import SuspensionError, reinstate_user
 from gallery.models import Publication
@@ -202,8 +203,10 @@ class MemberAdmin(UserAdmin):
         "is_staff",
         "date_joined",
         "last_login",
+        signup_flags,
     )
     list_filter = (
+        SuspiciousSignupFilter,
         TierFilter,
         SuspendedFilter,
         LastActiveFilter,
@@ -219,6 +222,7 @@ class MemberAdmin(UserAdmin):
             gettext_lazy("Credits and activity"),
             {"fields": ("credit_summary", "recent_jobs", "published_images", "api_tokens")},
         ),
+        (gettext_lazy("Sign-up"), {"fields": ("signup_address", "signup_flags")}),
     )
     readonly_fields = (
         "is_active",
@@ -228,6 +232,8 @@ class MemberAdmin(UserAdmin):
         "recent_jobs",
         "published_images",
         "api_tokens",
+        "signup_address",
+        "signup_flags",
     )
     change_form_template = "admin/accounts/user/change_form.html"
 

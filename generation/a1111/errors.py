@@ -48,11 +48,14 @@ A1111_FIELDS = {
 
 
 class A1111Error(Exception):
-    def __init__(self, status: int, detail: str, field: str = "") -> None:
+    def __init__(
+        self, status: int, detail: str, field: str = "", retry_after: int | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.field = field
+        self.retry_after = retry_after
 
     @classmethod
     def from_submission(cls, exc: SubmissionError) -> A1111Error:
@@ -74,5 +77,5 @@ class A1111Error(Exception):
         if self.status == 401:
             response["WWW-Authenticate"] = 'Basic realm="sdapi"'
         elif self.status == 429:
-            response["Retry-After"] = "10"
+            response["Retry-After"] = str(self.retry_after or 10)
         return response

@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
+from accounts.throttles import api_refusal_wait
 from generation.a1111 import catalog, options, png_info, progress, translation, waiting
 from generation.a1111.auth import authenticate
 from generation.a1111.errors import A1111Error
@@ -47,6 +48,15 @@ def endpoint(*methods: str) -> Callable[[Handler], Callable[..., Awaitable[HttpR
                     response["Allow"] = ", ".join(methods)
                     return response
                 user = await authenticate(request)
+                # The REST API's per-member rate (the tier's), counted in the same cache.
+                wait = await sync_to_async(api_refusal_wait)(request, user)
+                if wait is not None:
+                    raise A1111Error(
+                        429,
+                        _("Request was throttled. Expected available in %(seconds)d seconds.")
+                        % {"seconds": wait},
+                        retry_after=wait,
+                    )
                 body = _body(request) if request.method == "POST" else None
                 result = await handler(request, user, body)
             except A1111Error as exc:
