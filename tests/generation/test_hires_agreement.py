@@ -16,10 +16,10 @@ import pytest
 
 from accounts.models import MembershipTier
 from accounts.tiers import tier_of
+from generation.catalogue_sync import sync_catalogue
 from generation.job_messages import build_request
 from generation.models import Job
 from generation.pricing import UNIT_WORK
-from generation.catalogue_sync import sync_catalogue
 
 pytest.importorskip("diffusers")
 pytestmark = [pytest.mark.engine, pytest.mark.django_db]
