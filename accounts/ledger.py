@@ -243,7 +243,9 @@ def _settle(job_id: Any, charge: Decimal | None, reason: str) -> CreditEntry | N
         account_id = held_entry["account_id"]
         # The account row lock serialises settlements: the second of two racing messages sees
         # the first one's entry and stops. The unique constraint would refuse it anyway.
-        CreditAccount.objects.select_for_update(no_key=True).filter(pk=account_id).values("pk").first()
+        CreditAccount.objects.select_for_update(no_key=True).filter(pk=account_id).values(
+            "pk"
+        ).first()
         if CreditEntry.objects.filter(job_id=job_id, kind__in=CreditEntry.SETTLEMENTS).exists():
             return None
         held = held_entry["held_delta"]
@@ -272,7 +274,9 @@ def refund(job_id: Any, amount: Any, *, actor: Any, reason: str) -> CreditEntry:
         ).first()
         if settlement is None:
             raise LedgerError(_("That job has no charge to refund."))
-        CreditAccount.objects.select_for_update(no_key=True).filter(pk=settlement.account_id).first()
+        CreditAccount.objects.select_for_update(no_key=True).filter(
+            pk=settlement.account_id
+        ).first()
         refunded = CreditEntry.objects.filter(job_id=job_id, kind=Kind.REFUND).aggregate(
             total=Coalesce(Sum("amount"), Value(ZERO, output_field=DecimalField()))
         )["total"]
