@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from PIL import Image
 from rest_framework.test import APIClient
 
-from accounts.models import CreditAccount, MembershipTier
+from accounts.models import CreditAccount, MembershipTier, User
 from accounts.tiers import set_tier
 from generation.models import Job
 from generation.submission import submit_job
@@ -106,3 +106,39 @@ def test_fifty_submissions_while_earlier_jobs_settle_give_no_5xx_and_an_exact_ba
     assert Job.objects.filter(status=Job.Status.SUCCEEDED).count() == SETTLING
     assert account.balance >= Decimal("0")
     call_command("check_ledger")
+
+
+def test_a_submission_that_gives_up_on_a_lock_is_a_503_to_retry_not_a_500(
+    alice, catalogue, redis_client
+):
+    """Whatever lock conflict the database ends (here a lock timeout while another transaction
+    holds alice's row), the client gets a JSON 503 with Retry-After and nothing is written."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_alices_row() -> None:
+        try:
+            with transaction.atomic():
+                User.objects.select_for_update().get(pk=alice.pk)
+                locked.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_alices_row)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")
+        client = APIClient()
+        client.force_authenticate(alice)
+        response = client.post("/api/v1/jobs/", SMALL, format="json")
+    finally:
+        release.set()
+        holder.join()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response.json()["error"] == "ServiceUnavailable"
+    assert not Job.objects.exists()
