@@ -6,8 +6,9 @@ answering 413 in its place. API paths answer JSON, others plain text. `settings.
 MAX_REQUEST_BODY_BYTES` sizes it (also Django's DATA_UPLOAD_MAX_MEMORY_SIZE), read per request so
 tests can change it.
 
-daphne itself reads a whole request off the socket before it calls us: the reverse proxy's own
-body limit (README, Deploy) is what keeps a huge upload off the web process entirely.
+daphne reads a whole request before it calls any application, and copies the body into memory
+for it: config/daphne_server.py refuses there, before that copy. The reverse proxy's own limit
+(README, Deploy) is what keeps a huge upload from being received at all.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 
-from config.api_errors import body_too_large, is_api_path
+from config.error_bodies import body_too_large, is_api_path
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -33,25 +34,29 @@ def declared_length(scope: Scope) -> int | None:
     return None
 
 
-async def refuse(scope: Scope, send: Any, limit: int) -> None:
+def refusal(scope: Scope, limit: int) -> list[Message]:
+    """The 413 answer, as ASGI messages."""
     if is_api_path(scope.get("path", "")):
         body = json.dumps(body_too_large(limit)).encode()
         content_type = b"application/json"
     else:
         body = f"The request body is larger than {limit} bytes.".encode()
         content_type = b"text/plain; charset=utf-8"
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    start = {
+        "type": "http.response.start",
+        "status": 413,
+        "headers": [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ],
+    }
+    return [start, {"type": "http.response.body", "body": body}]
+
+
+async def refuse(scope: Scope, send: Any, limit: int) -> None:
+    for message in refusal(scope, limit):
+        await send(message)
 
 
 class BodySizeLimit:

@@ -15,7 +15,7 @@ from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 
-from config.api_errors import error_body, is_api_path
+from config.error_bodies import error_body, is_api_path
 
 logger = logging.getLogger(__name__)
 
