@@ -31,9 +31,9 @@ def is_trusted(address: Address | None, proxies: Sequence[Network]) -> bool:
     return address is not None and any(address in network for network in proxies)
 
 
-def real_client(peer: str | None, forwarded_for: list[str], proxies: Sequence[Network]) -> str:
+def real_client(peer: str, forwarded_for: list[str], proxies: Sequence[Network]) -> str:
     """The peer itself, or the rightmost forwarded hop not added by a trusted proxy."""
-    client = peer or ""
+    client = peer
     if not is_trusted(parse_address(client), proxies):
         return client
     hops = [hop for value in forwarded_for for hop in value.split(",")]
@@ -59,12 +59,12 @@ class ClientAddressFromProxy:
                     forwarded.append(value.decode("latin-1"))
                 else:
                     kept.append((name, value))
-            peer = scope.get("client")
-            host = peer[0] if peer else None
-            client = real_client(host, forwarded, settings.TRUSTED_PROXIES)
             scope = {**scope, "headers": kept}
-            if client != host:
-                scope["client"] = [client, 0]
+            peer = scope.get("client")
+            if peer:  # a unix socket or a test may have none: nothing to resolve
+                client = real_client(peer[0], forwarded, settings.TRUSTED_PROXIES)
+                if client != peer[0]:
+                    scope["client"] = [client, 0]
         return await self.app(scope, receive, send)
 
 
