@@ -64,14 +64,17 @@ def png_b64() -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
-def succeeded(job: Job, image: str) -> dict[str, Any]:
+def event(job: Job, kind: str, **extra: Any) -> dict[str, Any]:
     return {
         "job_id": str(job.pk),
         "attempt": job.attempt,
         "worker_id": "gpu-0",
-        "kind": "succeeded",
-        "images": [{"png_b64": image, "seed": 1, "infotext": "a lighthouse"}],
-    }
+        "kind": kind,
+    } | extra
+
+
+def succeeded(job: Job, image: str) -> dict[str, Any]:
+    return event(job, "succeeded", images=[{"png_b64": image, "seed": 1, "infotext": "a fox"}])
 
 
 def test_fifty_submissions_while_earlier_jobs_settle_give_no_5xx_and_an_exact_balance(
@@ -83,7 +86,7 @@ def test_fifty_submissions_while_earlier_jobs_settle_give_no_5xx_and_an_exact_ba
     set_tier(alice, roomy)
     earlier = [submit_job(alice, SMALL) for _ in range(SETTLING)]
     for job in earlier:
-        handle_job_event({**succeeded(job, ""), "kind": "started", "images": []})
+        handle_job_event(event(job, "started"))
     price = earlier[0].price
     start = CreditAccount.objects.get(pk=alice.pk)
     image = png_b64()
