@@ -58,3 +58,11 @@ def test_a_server_error_on_an_api_path_is_json_and_a_page_stays_html():
     body = assert_json_error(handler(factory.get("/api/v1/jobs/")), 500)
     assert body["error"] == "InternalServerError"
     assert handler(factory.get("/gallery/"))["Content-Type"].startswith("text/html")
+
+
+def test_a_browser_asking_the_rest_api_for_html_gets_json_and_the_docs_stay_pages(client):
+    browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    response = client.get("/api/v1/jobs/", headers={"Accept": browser})
+    assert_json_error(response, 401)
+    assert client.get("/api/docs/")["Content-Type"].startswith("text/html")
+    assert client.get("/api/schema/").status_code == 200
