@@ -2,8 +2,9 @@
 Retry-After, never a 500.
 
 PostgreSQL ends one transaction of a deadlock (40P01), a serialization failure (40001) or a lock
-timeout (55P03); SQLite says "database is locked" when its busy timeout runs out. The request did
-nothing (its transaction rolled back), so the client may simply send it again. The lock order in
+timeout (55P03); SQLite says "database is locked" when its busy timeout runs out. The transaction
+that met it rolled back, so the client can send the request again (a REST submission with the
+same Idempotency-Key never makes two jobs). The lock order in
 accounts/ledger.py keeps this from happening on the paths we know; this is the net under them.
 """
 
@@ -36,7 +37,7 @@ class TransientDatabaseErrorMiddleware(MiddlewareMixin):
         if not is_transient(exception):
             return None
         logger.warning("%s %s answered 503: %s", request.method, request.path, exception)
-        detail = "the server is busy; nothing was done, send the request again"
+        detail = "the server is busy (a database lock conflict): send the request again"
         response: HttpResponse
         if is_api_path(request.path):
             response = JsonResponse(error_body(503, detail), status=503)
