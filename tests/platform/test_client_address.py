@@ -11,7 +11,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from config.client_address import real_client
+from config.client_address import ClientAddressFromProxy, real_client
 from config.env import ImproperEnvironment, env_networks
 from tests.asgi_calls import call
 from tests.conftest import PASSWORD
@@ -55,6 +55,32 @@ def test_trusted_proxies_are_parsed_strictly(monkeypatch):
         monkeypatch.setenv("TRUSTED_PROXIES", bad)
         with pytest.raises(ImproperEnvironment, match="TRUSTED_PROXIES"):
             env_networks("TRUSTED_PROXIES")
+
+
+async def seen_by_the_application(scope: dict) -> dict:
+    seen: dict = {}
+
+    async def application(scope, receive, send):
+        seen.update(scope)
+
+    await ClientAddressFromProxy(application)(scope, None, None)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+async def test_the_application_sees_the_real_client_and_never_the_header(kind, settings):
+    settings.TRUSTED_PROXIES = PROXIES
+    headers = [(b"host", b"localhost"), (b"x-forwarded-for", ALICE_HOME.encode())]
+    proxied = await seen_by_the_application(
+        {"type": kind, "client": [PROXY, 4000], "headers": headers}
+    )
+    assert proxied["client"][0] == ALICE_HOME
+    assert proxied["headers"] == [(b"host", b"localhost")]
+    direct = await seen_by_the_application(
+        {"type": kind, "client": [MALLORY, 4000], "headers": headers}
+    )
+    assert direct["client"] == [MALLORY, 4000] and direct["headers"] == [(b"host", b"localhost")]
+    assert "client" not in await seen_by_the_application({"type": kind, "headers": headers})
 
 
 # --- the lockout through the real ASGI stack ----------------------------------------------------
