@@ -54,7 +54,9 @@ def upgrade_tier(
     with transaction.atomic():
         account = account_for(user)
         account = (
-            CreditAccount.objects.select_for_update().select_related("tier").get(pk=account.pk)
+            CreditAccount.objects.select_for_update(no_key=True)
+            .select_related("tier")
+            .get(pk=account.pk)
         )
         current = effective_tier(account, now)
         if current.rank > tier.rank:

@@ -6,6 +6,7 @@ not silently fall back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -50,6 +51,20 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_networks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Comma-separated addresses or CIDR networks (`10.0.0.5, 172.16.0.0/12, ::1`); any entry
+    that is neither stops start-up."""
+    networks = []
+    for item in env_list(name, []):
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError:
+            raise ImproperEnvironment(
+                f"{name} must list IP addresses or networks (CIDR), got {item!r}"
+            ) from None
+    return networks
 
 
 def development_secret_key(var_dir: Path) -> str:

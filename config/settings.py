@@ -19,6 +19,7 @@ from config.env import (
     env_int,
     env_list,
     env_matching,
+    env_networks,
     env_str,
 )
 
@@ -69,6 +70,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A deadlock or lock timeout is 503 + Retry-After, never 500 (webhard).
+    "config.transient_errors.TransientDatabaseErrorMiddleware",
     # Last, as django-axes asks: it answers locked-out log-ins.
     "axes.middleware.AxesMiddleware",
 ]
@@ -135,8 +138,23 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_ENABLED = env_bool("AXES_ENABLED", True)
-# Behind a reverse proxy, the client address comes from X-Forwarded-For.
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
+# REMOTE_ADDR is already the real client address (see TRUSTED_PROXIES below).
+AXES_CLIENT_IP_CALLABLE = "config.client_address.remote_addr"
+
+# --- Request edges (webhard): client address behind proxies, body size -------------------------
+# Addresses or networks of the reverse proxies in front of daphne. Only from these is
+# X-Forwarded-For believed; REMOTE_ADDR is then the real client for everything (axes, throttles,
+# logs). Empty: every peer is the client (no proxy, or one that is not trusted).
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
+# The largest request body accepted, checked before Django reads it (config/body_limit.py). The
+# default fits the largest advertised upload as base64 in JSON: a 20 MiB PNG for PNG Info is
+# 26.7 MiB of base64 (a 10 MiB init image is 13.3 MiB), plus the rest of the request. Set the
+# reverse proxy's limit (nginx client_max_body_size) to the same value.
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_MB", 30) * 2**20
+if MAX_REQUEST_BODY_BYTES <= 0:
+    raise ImproperEnvironment("MAX_REQUEST_BODY_MB must be a positive number of MiB")
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+# --- end of request edges ---------------------------------------------------------------------
 
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", _("English")), ("zh-hans", _("Simplified Chinese"))]
@@ -219,6 +237,13 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON in and out, errors included, whoever asks: /api/docs/ is the page for browsers.
+    "DEFAULT_PARSER_CLASSES": [
+        "config.api_parsers.JSONObjectParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.api_errors.json_exception_handler",
 }

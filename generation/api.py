@@ -14,7 +14,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -82,8 +81,6 @@ class JobPagination(PageNumberPagination):
 
 
 class JobListCreateView(APIView):
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
-
     @extend_schema(
         operation_id="jobs_list",
         responses=JobSerializer(many=True),
@@ -159,8 +156,6 @@ class JobCancelView(APIView):
 
 
 class JobQuoteView(APIView):
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
-
     @extend_schema(
         operation_id="jobs_quote",
         request=JobRequestSerializer,

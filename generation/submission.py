@@ -429,7 +429,9 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
     try:
         with transaction.atomic():
             # One submission per user at a time, so the unfinished-jobs cap cannot be raced.
-            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            # NO KEY UPDATE: a settlement's deferred FK check on this row (KEY SHARE) must not
+            # wait for us while we wait for its credit account (accounts/ledger.py, lock order).
+            get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).first()
             if (job := _existing(user, idempotency_key)) is not None:
                 return job
             unfinished = Job.objects.owned_by(user).unfinished().count()

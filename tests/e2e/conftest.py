@@ -116,7 +116,7 @@ def live_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlat
         "web": [
             python,
             "-m",
-            "daphne",
+            "config.daphne_server",
             "-b",
             "127.0.0.1",
             "-p",
