@@ -20,6 +20,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
+from generation.error_text import FIELD_LABELS, readable_error
 from generation.images import delete_image
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
@@ -72,6 +73,7 @@ SCRIPT_STRINGS = {
     "starting": gettext_lazy("Starting…"),
     "stopping": gettext_lazy("Stopping…"),
     "price": gettext_lazy("Price: %(price)s credits"),
+    "no_price": gettext_lazy("No price: see above"),
     "seed": gettext_lazy("Seed %(seed)s"),
     "job_title": gettext_lazy("%(model)s · %(width)s×%(height)s · %(steps)s steps · %(prompt)s"),
     "image_alt": gettext_lazy("Image, seed %(seed)s"),
@@ -81,28 +83,6 @@ SCRIPT_STRINGS = {
     "unknown_error": gettext_lazy("Something went wrong."),
     "server_error": gettext_lazy("The server had a problem (%(status)s); please try again."),
     "image_read_error": gettext_lazy("That image could not be read."),
-}
-FIELD_LABELS = {
-    "prompt": gettext_lazy("Prompt"),
-    "negative_prompt": gettext_lazy("Negative prompt"),
-    "checkpoint": gettext_lazy("Model"),
-    "vae": gettext_lazy("VAE"),
-    "sampler": gettext_lazy("Sampler"),
-    "scheduler": gettext_lazy("Schedule type"),
-    "steps": gettext_lazy("Sampling steps"),
-    "cfg_scale": gettext_lazy("CFG scale"),
-    "width": gettext_lazy("Width"),
-    "height": gettext_lazy("Height"),
-    "seed": gettext_lazy("Seed"),
-    "batch_size": gettext_lazy("Batch size"),
-    "n_iter": gettext_lazy("Batch count"),
-    "clip_skip": gettext_lazy("Clip skip"),
-    "init_image": gettext_lazy("Source image"),
-    "denoising_strength": gettext_lazy("Denoising strength"),
-    "resize_mode": gettext_lazy("Resize mode"),
-    "hires": gettext_lazy("Hires. fix"),
-    "jobs": gettext_lazy("Jobs"),
-    "price": gettext_lazy("Price"),
 }
 
 
@@ -135,9 +115,14 @@ FORM_FIELDS = (
 )
 
 
+# Numbers the form always shows: left empty they are refused, never quietly replaced by a default.
+REQUIRED_NUMBERS = ("steps", "cfg_scale", "width", "height", "seed", "batch_size", "n_iter")
+
+
 def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
     """The form as the submission service takes it (it validates and converts every value)."""
     params: dict[str, Any] = {name: post[name] for name in FORM_FIELDS if post.get(name, "") != ""}
+    params.update({name: "" for name in REQUIRED_NUMBERS if post.get(name) == ""})
     if post.get("hires_enabled"):
         params["hires"] = {
             key: post.get(f"hires_{key}") or None
@@ -165,8 +150,7 @@ def generate(request: HttpRequest) -> HttpResponse:
         try:
             submit_job(user, posted)
         except SubmissionError as exc:
-            label = FIELD_LABELS.get(exc.field, exc.field)
-            messages.error(request, f"{label}: {exc.message}")
+            messages.error(request, readable_error(exc.field, exc.message))
             # Refused: show the form as it was sent.
             params = {k: v for k, v in posted.items() if k != "init_image"}
             return _render_generator(request, params, keep_checkpoint=True)

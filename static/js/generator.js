@@ -79,6 +79,7 @@
     if (status >= 500) return [fmt(T.server_error, { status: status })];
     if (!data) return [T.unknown_error];
     if (typeof data === "string") return [data];
+    if (typeof data.message === "string") return [data.message]; // already worded for people
     if (typeof data.field === "string" && data.detail !== undefined) {
       var name = DATA.field_labels[data.field] || data.field;
       return [name + ": " + data.detail];
@@ -116,6 +117,10 @@
 
   function toInt(value) { var n = parseInt(value, 10); return isNaN(n) ? null : n; }
   function toFloat(value) { var n = parseFloat(value); return isNaN(n) ? null : n; }
+  // A number field as typed: an empty or unreadable one goes as text, so the server names it
+  // instead of quietly using a default.
+  function intField(name) { var n = toInt(fields[name].value); return n === null ? fields[name].value : n; }
+  function floatField(name) { var n = toFloat(fields[name].value); return n === null ? fields[name].value : n; }
 
   // ---- the form <-> API parameters ----------------------------------------------------------
 
@@ -127,14 +132,14 @@
       vae: fields.vae.value || null,
       sampler: fields.sampler.value,
       scheduler: fields.scheduler.value,
-      steps: toInt(fields.steps.value),
-      cfg_scale: toFloat(fields.cfg_scale.value),
-      width: toInt(fields.width.value),
-      height: toInt(fields.height.value),
-      seed: toInt(fields.seed.value),
-      batch_size: toInt(fields.batch_size.value),
-      n_iter: toInt(fields.n_iter.value),
-      clip_skip: toInt(fields.clip_skip.value),
+      steps: intField("steps"),
+      cfg_scale: floatField("cfg_scale"),
+      width: intField("width"),
+      height: intField("height"),
+      seed: intField("seed"),
+      batch_size: intField("batch_size"),
+      n_iter: intField("n_iter"),
+      clip_skip: intField("clip_skip"),
       mode: initImage ? "img2img" : "txt2img",
       hires: null
     };
@@ -310,9 +315,12 @@
       if (r.ok && r.data) {
         priceEl.classList.remove("invalid");
         priceEl.textContent = fmt(T.price, { price: r.data.price });
+        showErrors(null);
       } else {
+        // The reason shows once, in the error box; the price line only says there is none.
         priceEl.classList.add("invalid");
-        priceEl.textContent = errorLines(r.data, r.status).join(" · ");
+        priceEl.textContent = T.no_price;
+        showErrors(errorLines(r.data, r.status));
       }
     });
   }

@@ -309,6 +309,6 @@ def test_a_refused_form_names_the_field_and_keeps_what_alice_typed(client, alice
     )
     assert response.status_code == 200
     html = response.content.decode()
-    assert "Sampling steps: steps must be between 1 and " in html
+    assert "Sampling steps must be between 1 and " in html
     assert ">a red bicycle</textarea>" in html
     assert not Job.objects.filter(owner=alice).exists()

@@ -1,0 +1,92 @@
+"""My jobs and a job's page: what each job cost, how long it waited and ran; only one's own."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts import ledger
+from generation.models import Job
+from tests.generation.test_pages import make_image
+
+pytestmark = pytest.mark.django_db
+
+
+def finished_job(owner, checkpoint, *, price="6", status=Job.Status.SUCCEEDED, error=""):
+    """A job that waited 3 s, ran 4.5 s and settled its hold as a real one does."""
+    image = make_image(owner, checkpoint)
+    job = image.job
+    start = timezone.now() - timedelta(minutes=1)
+    Job.objects.filter(pk=job.pk).update(
+        status=status,
+        price=Decimal(price),
+        created_at=start,
+        started_at=start + timedelta(seconds=3),
+        finished_at=start + timedelta(seconds=7.5),
+        error=error,
+        total_steps=7,
+        steps_done=7,
+    )
+    ledger.hold(owner, Decimal(price), job.pk)
+    if status == Job.Status.SUCCEEDED:
+        ledger.capture(job.pk)
+    else:
+        ledger.release(job.pk)
+    job.refresh_from_db()
+    return job
+
+
+def test_alice_sees_her_jobs_with_status_model_size_steps_charge_and_timings(
+    client, alice, catalogue
+):
+    finished_job(alice, catalogue["a"], price="6")
+    client.force_login(alice)
+    page = client.get(reverse("my_jobs")).content.decode()
+    for shown in ("model-a", "64×64", "Succeeded", "6.00", "3.0 s", "4.5 s"):
+        assert shown in page
+
+
+def test_a_failed_job_shows_its_error_and_costs_nothing(client, alice, catalogue):
+    finished_job(alice, catalogue["a"], status=Job.Status.FAILED, error="out of memory")
+    client.force_login(alice)
+    page = client.get(reverse("my_jobs")).content.decode()
+    assert "out of memory" in page and "0.00" in page
+
+
+def test_my_jobs_filters_by_status_and_model(client, alice, catalogue):
+    finished_job(alice, catalogue["a"])
+    finished_job(alice, catalogue["b"], status=Job.Status.FAILED, error="boom")
+    client.force_login(alice)
+    failed = client.get(reverse("my_jobs"), {"status": "failed"}).content.decode()
+    assert "boom" in failed and "model-a</td>" not in failed
+    by_model = client.get(reverse("my_jobs"), {"model": "model-a"}).content.decode()
+    assert "model-a</td>" in by_model and "boom" not in by_model
+
+
+def test_the_job_page_shows_parameters_images_timings_and_ledger(client, alice, catalogue):
+    job = finished_job(alice, catalogue["a"], price="6")
+    client.force_login(alice)
+    page = client.get(reverse("job_detail", args=[job.pk])).content.decode()
+    assert "a lighthouse at dusk" in page
+    assert reverse("image_detail", args=[job.images.get().pk]) in page
+    assert "Hold" in page and "Charge" in page
+    assert "4.5 s" in page
+
+
+def test_bob_cannot_see_alices_job_page(client, alice, bob, catalogue):
+    job = finished_job(alice, catalogue["a"])
+    client.force_login(bob)
+    assert client.get(reverse("job_detail", args=[job.pk])).status_code == 404
+    assert "lighthouse" not in client.get(reverse("my_jobs")).content.decode()
+
+
+def test_credit_history_links_a_job_to_its_page_not_the_api(client, alice, catalogue):
+    job = finished_job(alice, catalogue["a"])
+    client.force_login(alice)
+    page = client.get(reverse("credits")).content.decode()
+    assert f'href="{reverse("job_detail", args=[job.pk])}"' in page
+    assert reverse("api-job", args=[job.pk]) not in page
