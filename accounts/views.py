@@ -28,12 +28,12 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 
 # The new token's secret waits in the session for the one page view that shows it.
-FRESH_SECRET_SLOT = "new_api_token"
+JUST_ISSUED = "new_api_token"
 
 
 @login_required
 def profile(request: HttpRequest) -> HttpResponse:
-    new_secret = request.session.pop(FRESH_SECRET_SLOT, None)
+    new_secret = request.session.pop(JUST_ISSUED, None)
     return _render_profile(request, ApiTokenForm(), new_secret=new_secret)
 
 
@@ -45,7 +45,7 @@ def create_token(request: HttpRequest) -> HttpResponse:
         return _render_profile(request, form)
     _token, new_secret = ApiToken.issue(request.user, form.cleaned_data["name"])
     # Post/Redirect/Get: reloading the page that shows the secret cannot issue a second token.
-    request.session[FRESH_SECRET_SLOT] = new_secret
+    request.session[JUST_ISSUED] = new_secret
     return redirect(f"{reverse('profile')}#api-tokens")
 
 
