@@ -47,9 +47,7 @@ def test_errors_are_in_chinese_for_a_chinese_page(client, alice, catalogue):
     assert message.startswith(label) and "must be" not in message and "cfg_scale" not in message
 
 
-def test_the_api_error_carries_a_message_for_people_in_the_callers_language(
-    alice_api, catalogue
-):
+def test_the_api_error_carries_a_message_for_people_in_the_callers_language(alice_api, catalogue):
     body = alice_api.post(
         reverse("api-job-quote"), {"checkpoint": "model-a", "steps": 0}, format="json"
     ).json()
