@@ -11,6 +11,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ObjectDoesNotExist
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -136,7 +137,10 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
 
 def _owned_images(request: HttpRequest) -> Any:
     # Pages show the owner's images only; anyone else's id is a 404 (staff included).
-    return JobImage.objects.filter(owner=request.user).select_related("job__checkpoint")
+    # "publication" (the gallery's reverse one-to-one) by name: the cards show how each is shared.
+    return JobImage.objects.filter(owner=request.user).select_related(
+        "job__checkpoint", "publication"
+    )
 
 
 @login_required
@@ -199,9 +203,9 @@ def _render_generator(
     if not keep_checkpoint or initial.get("checkpoint") not in {c.name for c in checkpoints}:
         chosen = default_checkpoint(user)  # the user's own choice, else the first usable
         initial["checkpoint"] = chosen.name if chosen else ""
+    recent_images = list(_owned_images(request).order_by("-created_at", "index")[:RECENT_IMAGES])
     recent = [
-        {"image": image_payload(image), "params": image.job.params}
-        for image in _owned_images(request).order_by("-created_at", "index")[:RECENT_IMAGES]
+        {"image": image_payload(image), "params": image.job.params} for image in recent_images
     ]
     unfinished = [
         {"id": str(job_id), "status": status}
@@ -240,11 +244,22 @@ def _render_generator(
             "resize_modes": RESIZE_MODES,
             "initial": initial,
             "limits": limits_for(user),
-            "recent": recent,
+            "recent": [
+                {**item, "publication": _publication(image)}
+                for item, image in zip(recent, recent_images, strict=True)
+            ],
             "init_image_url": init_image_url,
             "page_data": page_data,
+            "placeholder_id": PLACEHOLDER_ID,
         },
     )
+
+
+def _publication(image: JobImage) -> Any:
+    try:
+        return image.publication  # type: ignore[attr-defined]
+    except ObjectDoesNotExist:
+        return None
 
 
 @login_required
@@ -265,7 +280,7 @@ def my_images(request: HttpRequest) -> HttpResponse:
         "generation/my_images.html",
         {
             "page": page,
-            "images": [(image, image_payload(image)) for image in page],
+            "images": [(image, image_payload(image), _publication(image)) for image in page],
             "model": model,
             "models_used": models_used,
             "script_strings": {"confirm_delete": _("Delete this image for good?")},
@@ -283,6 +298,7 @@ def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
             "image": image,
             "payload": image_payload(image),
             "job": image.job,
+            "publication": _publication(image),
         },
     )
 

@@ -541,6 +541,13 @@
     node.querySelector(".result-seed").textContent = fmt(T.seed, { seed: image.seed });
     node.querySelector(".result-reuse").href = URLS.reuse.replace(DATA.placeholder_id, image.id);
     node.querySelector(".result-img2img").href = URLS.send_img2img.replace(DATA.placeholder_id, image.id);
+    // The publish controls come with the placeholder id in their links and data.
+    node.querySelectorAll("[href], [action], [data-image-id], [data-publish-url]").forEach(function (el) {
+      ["href", "action", "data-image-id", "data-publish-url"].forEach(function (name) {
+        var value = el.getAttribute(name);
+        if (value && value.indexOf(DATA.placeholder_id) !== -1) el.setAttribute(name, value.split(DATA.placeholder_id).join(image.id));
+      });
+    });
   }
 
   resultsEl.addEventListener("click", function (event) {
