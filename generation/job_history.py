@@ -62,3 +62,16 @@ def job_ledger(user: Any, job: Job) -> QuerySet[CreditEntry]:
 
 def charged(entries: Any) -> Decimal:
     return -sum((entry.amount for entry in entries), Decimal("0"))
+
+
+def prompt_history(user: Any, limit: int = 50) -> list[str]:
+    """The member's last `limit` different prompts, newest first (from their own jobs)."""
+    seen: dict[str, None] = {}
+    recent = Job.objects.owned_by(user).order_by("-created_at").values_list("params", flat=True)
+    for params in recent[: limit * 4].iterator():
+        prompt = (params or {}).get("prompt") or ""
+        if prompt.strip() and prompt not in seen:
+            seen[prompt] = None
+            if len(seen) == limit:
+                break
+    return list(seen)

@@ -7,12 +7,15 @@ from urllib.parse import urlencode
 
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 
+from accounts.ledger import account_for
 from generation.job_history import charged, job_ledger, member_jobs, models_used
 from generation.lifecycle import image_payload
 from generation.models import Job
+from generation.templatetags.durations import duration
 
 JOBS_PER_PAGE = 25
 
@@ -55,6 +58,22 @@ def job_detail(request: HttpRequest, pk: Any) -> HttpResponse:
             "entries": entries,
             "charged": charged(entries),
         },
+    )
+
+
+@login_required
+def job_summary(request: HttpRequest, pk: Any) -> JsonResponse:
+    """What the generator's Done/Cancelled panel adds: the charge, the times, the new balance."""
+    job = get_object_or_404(member_jobs(request.user), pk=pk)
+    return JsonResponse(
+        {
+            "status": job.status,
+            "charged": f"{job.credits_spent:.2f}",
+            "duration": duration(job.run_time),
+            "queue_wait": duration(job.queue_wait),
+            "balance": f"{account_for(request.user).balance:.2f}",
+            "url": reverse("job_detail", args=[job.pk]),
+        }
     )
 
 

@@ -13,4 +13,5 @@ urlpatterns = [
 urlpatterns += [
     path("jobs/", job_views.my_jobs, name="my_jobs"),
     path("jobs/<uuid:pk>/", job_views.job_detail, name="job_detail"),
+    path("jobs/<uuid:pk>/summary/", job_views.job_summary, name="job_summary"),
 ]

@@ -21,8 +21,10 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
+from accounts.ledger import account_for
 from generation.error_text import FIELD_LABELS, readable_error
 from generation.images import delete_image
+from generation.job_history import prompt_history
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
@@ -75,6 +77,13 @@ SCRIPT_STRINGS = {
     "stopping": gettext_lazy("Stopping…"),
     "price": gettext_lazy("Price: %(price)s credits"),
     "no_price": gettext_lazy("No price: see above"),
+    "over_balance": gettext_lazy(
+        "This costs %(price)s credits and your balance is %(balance)s: not enough."
+    ),
+    "job_summary": gettext_lazy("Charged %(charged)s credits · ran %(duration)s"),
+    "balance": gettext_lazy("%(balance)s credits"),
+    "use_source_size": gettext_lazy("Use source size (%(width)s×%(height)s)"),
+    "hires_size": gettext_lazy("%(width)s×%(height)s → %(out_width)s×%(out_height)s"),
     "seed": gettext_lazy("Seed %(seed)s"),
     "job_title": gettext_lazy("%(model)s · %(width)s×%(height)s · %(steps)s steps · %(prompt)s"),
     "image_alt": gettext_lazy("Image, seed %(seed)s"),
@@ -223,9 +232,12 @@ def _render_generator(
             "default_model": reverse("api-default-model"),
             "ws": "/ws/jobs/",
             "reuse": f"{reverse('generate')}?from_image={PLACEHOLDER_ID}",
+            "job_summary": reverse("job_summary", args=[PLACEHOLDER_ID]),
+            "me": reverse("api-me"),
             "send_img2img": f"{reverse('generate')}?from_image={PLACEHOLDER_ID}&img2img=1",
         },
         "last_seed": last_seed,
+        "balance": str(account_for(user).balance),
         "recent": recent,
         "unfinished": unfinished,
         "init_image_url": init_image_url,
@@ -251,6 +263,7 @@ def _render_generator(
             "init_image_url": init_image_url,
             "page_data": page_data,
             "placeholder_id": PLACEHOLDER_ID,
+            "prompt_history": prompt_history(user),
         },
     )
 

@@ -265,6 +265,7 @@
       fields.init_image.value = "";
     }
     modeLabel.textContent = dataUri ? T.mode_img2img : T.mode_txt2img;
+    if (typeof measureSource === "function") measureSource(dataUri);
     schedulePrice();
   }
   fields.init_image.addEventListener("change", function () {
@@ -315,8 +316,12 @@
       if (r.ok && r.data) {
         priceEl.classList.remove("invalid");
         priceEl.textContent = fmt(T.price, { price: r.data.price });
+        lastPrice = r.data.price;
+        showBalanceWarning();
         showErrors(null);
       } else {
+        lastPrice = null;
+        showBalanceWarning();
         // The reason shows once, in the error box; the price line only says there is none.
         priceEl.classList.add("invalid");
         priceEl.textContent = T.no_price;
@@ -326,6 +331,104 @@
   }
   form.addEventListener("input", schedulePrice);
   form.addEventListener("change", schedulePrice);
+
+  // ---- balance: in the header, and a warning before Generate when the price exceeds it ------
+
+  var lastPrice = null;
+  var priceWarning = document.getElementById("price-warning");
+  var headerBalance = document.getElementById("header-balance");
+  function showBalanceWarning() {
+    var over = lastPrice !== null && DATA.balance !== null && Number(lastPrice) > Number(DATA.balance);
+    priceEl.classList.toggle("over-balance", over);
+    priceWarning.hidden = !over;
+    if (over) {
+      priceWarning.querySelector(".price-warning-text").textContent =
+        fmt(T.over_balance, { price: lastPrice, balance: DATA.balance });
+    }
+  }
+  function setBalance(balance) {
+    if (balance === undefined || balance === null) return;
+    DATA.balance = String(balance);
+    if (headerBalance) {
+      headerBalance.textContent = fmt(T.balance, { balance: DATA.balance });
+      headerBalance.dataset.balance = DATA.balance;
+    }
+    showBalanceWarning();
+  }
+  function refreshBalance() {
+    api("GET", URLS.me).then(function (r) { if (r.ok && r.data) setBalance(r.data.balance); });
+  }
+
+  // ---- prompt history: search, and a click puts the prompt back ------------------------------
+
+  var promptHistory = document.getElementById("prompt-history");
+  if (promptHistory) {
+    var search = document.getElementById("prompt-history-search");
+    search.addEventListener("input", function () {
+      var needle = search.value.trim().toLowerCase();
+      promptHistory.querySelectorAll(".prompt-history-item").forEach(function (item) {
+        item.parentNode.hidden = needle !== "" && item.textContent.toLowerCase().indexOf(needle) === -1;
+      });
+    });
+    search.addEventListener("keydown", function (event) { if (event.key === "Enter") event.preventDefault(); });
+    promptHistory.addEventListener("click", function (event) {
+      var item = event.target.closest(".prompt-history-item");
+      if (!item) return;
+      fields.prompt.value = item.textContent;
+      promptHistory.open = false;
+      fields.prompt.focus();
+      schedulePrice();
+    });
+  }
+
+  // ---- habits: Ctrl/Cmd+Enter generates; the hires output size; the source image's size ------
+
+  form.addEventListener("keydown", function (event) {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    event.preventDefault();
+    if (!submitButton.disabled) {
+      if (typeof form.requestSubmit === "function") form.requestSubmit(submitButton);
+      else submitButton.click();
+    }
+  });
+
+  var hiresSizeEl = document.getElementById("hires-size");
+  function showHiresSize() {
+    var w = toInt(fields.width.value), h = toInt(fields.height.value);
+    var scale = toFloat(fields.hires_scale.value);
+    if (!fields.hires_enabled.checked || initImage || !w || !h || !scale) { hiresSizeEl.textContent = ""; return; }
+    // As the server computes it: A1111 rounds the target down to a multiple of 8.
+    hiresSizeEl.textContent = fmt(T.hires_size, {
+      width: w, height: h,
+      out_width: Math.floor(w * scale / 8) * 8, out_height: Math.floor(h * scale / 8) * 8
+    });
+  }
+  form.addEventListener("input", showHiresSize);
+  form.addEventListener("change", showHiresSize);
+
+  var useSourceSize = document.getElementById("use-source-size");
+  var sourceSize = null;
+  useSourceSize.addEventListener("click", function () {
+    if (!sourceSize) return;
+    var max = Number(fields.width.max) || 2048;
+    var fit = Math.min(1, max / Math.max(sourceSize.w, sourceSize.h));
+    fields.width.value = Math.max(64, Math.round(sourceSize.w * fit / 8) * 8);
+    fields.height.value = Math.max(64, Math.round(sourceSize.h * fit / 8) * 8);
+    syncSizePreset();
+    schedulePrice();
+  });
+  function measureSource(dataUri) {
+    sourceSize = null;
+    useSourceSize.hidden = true;
+    if (!dataUri) return;
+    var probe = new Image();
+    probe.onload = function () {
+      sourceSize = { w: probe.naturalWidth, h: probe.naturalHeight };
+      useSourceSize.textContent = fmt(T.use_source_size, { width: sourceSize.w, height: sourceSize.h });
+      useSourceSize.hidden = false;
+    };
+    probe.src = dataUri;
+  }
 
   // ---- submit ----------------------------------------------------------------------------------
 
@@ -337,6 +440,7 @@
       submitButton.disabled = false;
       if (r.ok && r.data && r.data.id) {
         applyJob(r.data);
+        refreshBalance(); // the hold came off it
       } else {
         showErrors(errorLines(r.data, r.status));
       }
@@ -374,8 +478,43 @@
     panel.querySelector(".job-status").textContent = T["status_" + status] || status;
     var stop = panel.querySelector(".job-stop");
     stop.hidden = !!TERMINAL[status];
-    if (TERMINAL[status]) panel.querySelector(".job-info").textContent = "";
+    if (TERMINAL[status]) {
+      panel.querySelector(".job-info").textContent = "";
+      showSummary(job);
+    }
+    updateTitle();
     return true;
+  }
+
+  // Done, Failed or Cancelled: what it cost and how long it ran, and the balance now.
+  function showSummary(job) {
+    api("GET", URLS.job_summary.replace(DATA.placeholder_id, job.id)).then(function (r) {
+      if (!r.ok || !r.data) return;
+      var line = job.panel.querySelector(".job-summary");
+      line.querySelector(".job-summary-text").textContent = fmt(T.job_summary, r.data);
+      line.querySelector(".job-link").href = r.data.url;
+      line.hidden = false;
+      setBalance(r.data.balance);
+    });
+  }
+
+  // The tab title follows the work: "[42%] Generate · Atelier".
+  var baseTitle = document.title;
+  function updateTitle() {
+    var done = 0, total = 0, waiting = false, running = false;
+    jobs.forEach(function (job) {
+      if (job.status === "running") {
+        running = true;
+        var bar = job.panel.querySelector("progress");
+        done += Number(bar.value) || 0;
+        total += Number(bar.max) || 0;
+      } else if (job.status === "queued") {
+        waiting = true;
+      }
+    });
+    if (running) document.title = "[" + (total ? Math.floor(100 * done / total) : 0) + "%] " + baseTitle;
+    else if (waiting) document.title = "[" + T.status_queued + "] " + baseTitle;
+    else document.title = baseTitle;
   }
 
   function setProgress(job, step, steps) {
@@ -384,6 +523,7 @@
     if (Number(bar.max) === steps && step < Number(bar.value)) return; // an older report
     bar.max = steps;
     bar.value = Math.min(step, steps);
+    updateTitle();
   }
 
   function setInfo(job, text) { job.panel.querySelector(".job-info").textContent = text; }
@@ -624,6 +764,7 @@
   document.body.dataset.live = "polling";
   syncSizePreset();
   setInitImage(null); // also asks for the first price
+  showHiresSize();
   if (DATA.init_image_url) sendToImg2img(DATA.init_image_url, null, null);
   (DATA.unfinished || []).forEach(applyJob);
   connect();

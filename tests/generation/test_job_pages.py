@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from accounts import ledger
 from generation.models import Job
-from tests.generation.test_pages import make_image
+from tests.generation.test_pages import make_image, page_data
 
 pytestmark = pytest.mark.django_db
 
@@ -90,3 +90,56 @@ def test_credit_history_links_a_job_to_its_page_not_the_api(client, alice, catal
     page = client.get(reverse("credits")).content.decode()
     assert f'href="{reverse("job_detail", args=[job.pk])}"' in page
     assert reverse("api-job", args=[job.pk]) not in page
+
+
+def test_the_done_panels_summary_gives_charge_duration_and_the_new_balance(
+    client, alice, catalogue
+):
+    job = finished_job(alice, catalogue["a"], price="6")
+    client.force_login(alice)
+    summary = client.get(reverse("job_summary", args=[job.pk])).json()
+    assert summary["charged"] == "6.00" and summary["duration"] == "4.5 s"
+    assert summary["balance"] == f"{ledger.account_for(alice).balance:.2f}"
+    assert summary["url"] == reverse("job_detail", args=[job.pk])
+
+
+def test_bob_cannot_read_the_summary_of_alices_job(client, alice, bob, catalogue):
+    job = finished_job(alice, catalogue["a"])
+    client.force_login(bob)
+    assert client.get(reverse("job_summary", args=[job.pk])).status_code == 404
+
+
+def test_the_header_shows_alices_balance_linking_to_her_credits(client, alice):
+    client.force_login(alice)
+    html = client.get(reverse("home")).content.decode()
+    balance = ledger.account_for(alice).balance
+    assert f'id="header-balance" href="{reverse("credits")}"' in html
+    assert f"{balance} credits" in html
+
+
+def test_visitors_see_no_balance(client):
+    assert 'id="header-balance"' not in client.get(reverse("home")).content.decode()
+
+
+def test_the_generator_knows_the_balance_and_where_to_get_more_credits(client, alice, catalogue):
+    client.force_login(alice)
+    response = client.get(reverse("generate"))
+    html = response.content.decode()
+    assert page_data(response)["balance"] == str(ledger.account_for(alice).balance)
+    assert 'id="price-warning"' in html
+    assert f'href="{reverse("credits")}#redeem"' in html
+    assert f'href="{reverse("credits")}#shop"' in html
+
+
+def test_prompt_history_lists_alices_last_50_different_prompts_newest_first(
+    client, alice, bob, catalogue
+):
+    for n in range(55):
+        make_image(alice, catalogue["a"], prompt=f"prompt {n}")
+    make_image(alice, catalogue["a"], prompt="prompt 54")  # a repeat shows once
+    make_image(bob, catalogue["a"], prompt="bob's secret")
+    client.force_login(alice)
+    history = client.get(reverse("generate")).context["prompt_history"]
+    assert len(history) == 50
+    assert history[0] == "prompt 54" and history[-1] == "prompt 5"
+    assert "bob's secret" not in history
