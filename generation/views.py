@@ -233,6 +233,8 @@ def _render_generator(
             "ws": "/ws/jobs/",
             "reuse": f"{reverse('generate')}?from_image={PLACEHOLDER_ID}",
             "job_summary": reverse("job_summary", args=[PLACEHOLDER_ID]),
+            "image_detail": reverse("image_detail", args=[PLACEHOLDER_ID]),
+            "image_delete": reverse("image_delete", args=[PLACEHOLDER_ID]),
             "me": reverse("api-me"),
             "send_img2img": f"{reverse('generate')}?from_image={PLACEHOLDER_ID}&img2img=1",
         },

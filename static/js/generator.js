@@ -498,6 +498,27 @@
     });
   }
 
+  // On a phone the panels scroll away: a sticky bar keeps the newest unfinished job in sight.
+  var statusBar = document.getElementById("status-bar");
+  function updateStatusBar() {
+    var active = null;
+    jobs.forEach(function (job) { if (!TERMINAL[job.status] && job.status) active = job; }); // the newest
+    statusBar.hidden = !active;
+    if (!active) return;
+    var panel = active.panel;
+    var info = panel.querySelector(".job-info").textContent;
+    statusBar.querySelector(".status-text").textContent =
+      panel.querySelector(".job-status").textContent + (info ? " · " + info : "");
+    var bar = panel.querySelector("progress");
+    var mini = statusBar.querySelector("progress");
+    mini.max = bar.max;
+    mini.value = bar.value;
+    var preview = panel.querySelector(".job-preview");
+    var thumb = statusBar.querySelector(".status-preview");
+    thumb.hidden = preview.hidden || !preview.src;
+    if (!thumb.hidden) thumb.src = preview.src;
+  }
+
   // The tab title follows the work: "[42%] Generate · Atelier".
   var baseTitle = document.title;
   function updateTitle() {
@@ -512,6 +533,7 @@
         waiting = true;
       }
     });
+    updateStatusBar();
     if (running) document.title = "[" + (total ? Math.floor(100 * done / total) : 0) + "%] " + baseTitle;
     else if (waiting) document.title = "[" + T.status_queued + "] " + baseTitle;
     else document.title = baseTitle;
@@ -526,7 +548,10 @@
     updateTitle();
   }
 
-  function setInfo(job, text) { job.panel.querySelector(".job-info").textContent = text; }
+  function setInfo(job, text) {
+    job.panel.querySelector(".job-info").textContent = text;
+    updateTitle();
+  }
 
   function stepInfo(step, steps, eta) {
     var text = fmt(T.step, { step: step, steps: steps });
@@ -681,6 +706,15 @@
     node.querySelector(".result-seed").textContent = fmt(T.seed, { seed: image.seed });
     node.querySelector(".result-reuse").href = URLS.reuse.replace(DATA.placeholder_id, image.id);
     node.querySelector(".result-img2img").href = URLS.send_img2img.replace(DATA.placeholder_id, image.id);
+    var d = node.dataset;
+    d.viewerSrc = image.url;
+    d.viewerInfo = image.infotext || "";
+    d.viewerTitle = fmt(T.seed, { seed: image.seed }) + " · " + image.width + "×" + image.height;
+    d.viewerReuse = URLS.reuse.replace(DATA.placeholder_id, image.id);
+    d.viewerImg2img = URLS.send_img2img.replace(DATA.placeholder_id, image.id);
+    d.viewerDetail = URLS.image_detail.replace(DATA.placeholder_id, image.id);
+    d.viewerDelete = URLS.image_delete.replace(DATA.placeholder_id, image.id);
+    d.viewerDownload = "atelier-" + image.seed + ".png";
     // The publish controls come with the placeholder id in their links and data.
     node.querySelectorAll("[href], [action], [data-image-id], [data-publish-url]").forEach(function (el) {
       ["href", "action", "data-image-id", "data-publish-url"].forEach(function (name) {

@@ -1,8 +1,15 @@
-/* The header on a phone: the menu folds behind one button (without JavaScript it stays open). */
+/* The header on a phone: the menu folds behind one button, filter boxes fold (without
+ * JavaScript both stay open). */
 (function () {
   "use strict";
   var toggle = document.getElementById("menu-toggle");
   var menu = document.getElementById("main-menu");
+  // On a phone, filter boxes start folded unless a filter is in use.
+  if (window.matchMedia && window.matchMedia("(max-width: 760px)").matches) {
+    document.querySelectorAll("details.filters-toggle:not([data-active])").forEach(function (box) {
+      box.open = false;
+    });
+  }
   if (!toggle || !menu) return;
   document.documentElement.classList.add("has-menu-toggle");
   toggle.hidden = false;

@@ -143,3 +143,22 @@ def test_prompt_history_lists_alices_last_50_different_prompts_newest_first(
     assert len(history) == 50
     assert history[0] == "prompt 54" and history[-1] == "prompt 5"
     assert "bob's secret" not in history
+
+
+def test_my_images_groups_a_batch_under_its_job(client, alice, catalogue):
+    image = make_image(alice, catalogue["a"], batch_size=2)
+    client.force_login(alice)
+    html = client.get(reverse("my_images")).content.decode()
+    assert f'class="batch-head" data-job-id="{image.job_id}"' in html
+    assert "Batch of 2 images" in html
+
+
+@pytest.mark.parametrize("page", ["generate", "my_images", "job_detail"])
+def test_cards_open_the_in_page_viewer_with_the_images_actions(client, alice, catalogue, page):
+    image = make_image(alice, catalogue["a"])
+    client.force_login(alice)
+    url = reverse(page, args=[image.job_id]) if page == "job_detail" else reverse(page)
+    html = client.get(url).content.decode()
+    assert 'id="image-viewer"' in html and "js/viewer.js" in html
+    assert f'data-viewer-delete="{reverse("image_delete", args=[image.pk])}"' in html
+    assert f'data-viewer-img2img="{reverse("generate")}?from_image={image.pk}&amp;img2img=1"' in html
