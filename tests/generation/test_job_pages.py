@@ -161,4 +161,5 @@ def test_cards_open_the_in_page_viewer_with_the_images_actions(client, alice, ca
     html = client.get(url).content.decode()
     assert 'id="image-viewer"' in html and "js/viewer.js" in html
     assert f'data-viewer-delete="{reverse("image_delete", args=[image.pk])}"' in html
-    assert f'data-viewer-img2img="{reverse("generate")}?from_image={image.pk}&amp;img2img=1"' in html
+    img2img = f"{reverse('generate')}?from_image={image.pk}&amp;img2img=1"
+    assert f'data-viewer-img2img="{img2img}"' in html
