@@ -169,4 +169,4 @@ def readable_error(field: str, message: str) -> str:
             return text if "%(label)s" in wording else f"{label}: {text}"
     if message.startswith(f"{field} "):
         return f"{label} {message[len(field) + 1 :]}"
-    return f"{label}: {message}"
+    return f"{label}: {message[:1].upper()}{message[1:]}"
