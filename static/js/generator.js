@@ -185,6 +185,7 @@
       document.getElementById("hires-options").open = true;
     }
     syncSizePreset();
+    showCard("model-cards", fields.checkpoint.value);
     schedulePrice();
     form.scrollIntoView({ behavior: "smooth", block: "start" });
   }
@@ -292,6 +293,28 @@
       reader.readAsDataURL(blob);
     }).catch(function () { showErrors([T.image_read_error]); });
   }
+
+  // ---- model and LoRA cards: preview, description, trigger words, cost ----------------------
+
+  function showCard(boxId, name) {
+    var box = document.getElementById(boxId);
+    if (!box) return;
+    box.querySelectorAll(".catalogue-card").forEach(function (card) { card.hidden = card.dataset.name !== name; });
+  }
+  fields.checkpoint.addEventListener("change", function () { showCard("model-cards", fields.checkpoint.value); });
+  if (fields.lora_name) {
+    fields.lora_name.addEventListener("change", function () { showCard("lora-cards", fields.lora_name.value); });
+  }
+  form.addEventListener("click", function (event) {
+    var words = event.target.closest(".trigger-words");
+    if (!words) return;
+    var prompt = fields.prompt;
+    if (prompt.value.indexOf(words.textContent) === -1) {
+      prompt.value = prompt.value ? prompt.value.replace(/\s*$/, ", ") + words.textContent : words.textContent;
+      schedulePrice();
+    }
+    prompt.focus();
+  });
 
   // The model choice is remembered server-side, per user.
   fields.checkpoint.addEventListener("change", function () {

@@ -6,12 +6,13 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.files.base import ContentFile
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts import ledger
 from generation.models import Job
-from tests.generation.test_pages import make_image, page_data
+from tests.generation.test_pages import make_image, page_data, png_bytes
 
 pytestmark = pytest.mark.django_db
 
@@ -163,3 +164,27 @@ def test_cards_open_the_in_page_viewer_with_the_images_actions(client, alice, ca
     assert f'data-viewer-delete="{reverse("image_delete", args=[image.pk])}"' in html
     img2img = f"{reverse('generate')}?from_image={image.pk}&amp;img2img=1"
     assert f'data-viewer-img2img="{img2img}"' in html
+
+
+def test_the_generator_shows_each_models_card_with_description_trigger_words_and_cost(
+    client, alice, catalogue
+):
+    model = catalogue["b"]
+    model.description = "Soft watercolours."
+    model.trigger_words = "wcstyle"
+    model.preview.save("p.png", ContentFile(png_bytes()), save=True)
+    client.force_login(alice)
+    html = client.get(reverse("generate")).content.decode()
+    card = html[html.index('data-name="model-b"') :]
+    card = card[: card.index("</div>\n</div>")]
+    assert "Soft watercolours." in card and "wcstyle" in card and "×2 cost" in card
+    preview = reverse("catalogue-preview", args=[model.pk])
+    assert preview in card
+    assert client.get(preview).status_code == 200
+
+
+def test_a_preview_of_a_disabled_model_is_not_served(client, alice, catalogue):
+    model = catalogue["disabled"]
+    model.preview.save("p.png", ContentFile(png_bytes()), save=True)
+    client.force_login(alice)
+    assert client.get(reverse("catalogue-preview", args=[model.pk])).status_code == 404
