@@ -18,7 +18,3 @@ urlpatterns = [
     path("images/<uuid:pk>/", api.ImageDetailView.as_view(), name="api-image"),
     path("settings/default-model/", api.DefaultModelView.as_view(), name="api-default-model"),
 ]
-
-# Clients often drop the trailing slash (`/api/v1/me`): answer them directly rather than with an
-# empty 301 that a POST cannot even follow.
-urlpatterns += [path(str(route.pattern).rstrip("/"), route.callback) for route in list(urlpatterns)]
