@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 WIDTH, HEIGHT = 720, 200
-LEFT, RIGHT, TOP, BOTTOM = 52, 712, 14, 172  # the plot area inside the view box
+LEFT, RIGHT, TOP, BOTTOM = 52, 712, 26, 172  # the plot area inside the view box
 
 
 @dataclass(frozen=True)

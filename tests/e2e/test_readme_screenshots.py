@@ -32,7 +32,7 @@ def test_refresh_the_readme_screenshots(live_platform, browser):
     page.goto(base + "/generate/")
     wait_for_demo_model(page, live_platform)
     page.select_option("#id_checkpoint", DEMO_MODEL)
-    for prompt in ("a lighthouse at dusk, (soft light:1.2)", "a fox in a misty forest"):
+    for n, prompt in enumerate(("a lighthouse at dusk, (soft light:1.2)", "a misty forest"), 1):
         page.fill("#id_prompt", prompt)
         page.fill("#id_width", "256")
         page.fill("#id_height", "256")
@@ -40,10 +40,12 @@ def test_refresh_the_readme_screenshots(live_platform, browser):
         page.fill("#id_batch_size", "2")
         page.locator("#price").filter(has_text="credits").wait_for()
         page.click("#generate-button")
-        page.locator('#jobs .job[data-status="succeeded"] .job-summary').first.wait_for(
-            state="visible", timeout=180_000
-        )
+        page.wait_for_function("n => document.querySelectorAll('#jobs .job').length === n", arg=n)
+        newest = page.locator("#jobs .job").first
+        newest.locator('xpath=self::*[@data-status="succeeded"]').wait_for(timeout=180_000)
+        newest.locator(".job-summary").wait_for(state="visible")
     page.locator("#results img").first.evaluate("img => img.decode()")
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=out / "generator.png")
 
     page.locator("#results a.viewer-open").first.click()
