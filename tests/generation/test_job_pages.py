@@ -188,3 +188,13 @@ def test_a_preview_of_a_disabled_model_is_not_served(client, alice, catalogue):
     model.preview.save("p.png", ContentFile(png_bytes()), save=True)
     client.force_login(alice)
     assert client.get(reverse("catalogue-preview", args=[model.pk])).status_code == 404
+
+
+@pytest.mark.parametrize("page", ["my_jobs", "job_detail"])
+def test_the_job_pages_render_in_simplified_chinese(client, alice, catalogue, page):
+    job = finished_job(alice, catalogue["a"])
+    client.force_login(alice)
+    url = reverse(page, args=[job.pk]) if page == "job_detail" else reverse(page)
+    html = client.get(url, headers={"Accept-Language": "zh-hans"}).content.decode()
+    assert '<html lang="zh-hans">' in html
+    assert "排队等待" in html and "耗时" in html  # Queue wait, Duration
