@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test test-fast lint fmt bench install messages clean
+.PHONY: run test test-fast lint fmt bench install messages screenshots clean
 
 # Creates .venv and installs everything once; again only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -38,6 +38,11 @@ fmt: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	for b in bench/bench_*.py; do $(PY) -m operations.with_redis -- $(PY) $$b || exit 1; done
+
+# The README's screenshots, from the live platform with the demo model (needs chromium).
+screenshots: $(VENV)/.installed
+	ATELIER_SCREENSHOTS_DIR=docs/screenshots $(PY) -m operations.with_redis -- \
+		$(PY) -m pytest tests/e2e/test_readme_screenshots.py -q
 
 # Rebuild translation catalogues after changing user-facing strings.
 messages: $(VENV)/.installed

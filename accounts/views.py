@@ -4,6 +4,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
@@ -11,21 +12,26 @@ from accounts.forms import ApiTokenForm
 from accounts.ledger import account_for
 from accounts.models import ApiToken
 
+# The new token's secret waits in the session for the one page view that shows it.
+JUST_ISSUED = "new_api_token"
+
 
 @login_required
 def profile(request: HttpRequest) -> HttpResponse:
-    return _render_profile(request, ApiTokenForm())
+    new_secret = request.session.pop(JUST_ISSUED, None)
+    return _render_profile(request, ApiTokenForm(), new_secret=new_secret)
 
 
 @login_required
 @require_POST
 def create_token(request: HttpRequest) -> HttpResponse:
     form = ApiTokenForm(request.POST)
-    new_secret = None
-    if form.is_valid():
-        _token, new_secret = ApiToken.issue(request.user, form.cleaned_data["name"])
-        form = ApiTokenForm()
-    return _render_profile(request, form, new_secret=new_secret)
+    if not form.is_valid():
+        return _render_profile(request, form)
+    _token, new_secret = ApiToken.issue(request.user, form.cleaned_data["name"])
+    # Post/Redirect/Get: reloading the page that shows the secret cannot issue a second token.
+    request.session[JUST_ISSUED] = new_secret
+    return redirect(f"{reverse('profile')}#api-tokens")
 
 
 @login_required

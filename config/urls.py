@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import views
@@ -21,6 +21,7 @@ urlpatterns = [
     path("gallery/", include("gallery.urls")),
     path("ops/", include("operations.urls")),
     path("api/v1/", include("generation.api_urls")),
+    re_path(r"^api/v1/(?P<rest>.*[^/])$", views.api_without_slash),
     path("sdapi/v1/", include("generation.a1111.urls")),
     path("", include("generation.image_urls")),
     path("", include("generation.urls")),

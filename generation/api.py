@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 
 from accounts.ledger import account_for
 from accounts.tiers import effective_tier
+from generation.error_text import readable_error
 from generation.images import delete_image
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
@@ -50,7 +51,9 @@ ERRORS = {code: ErrorSerializer for code in (400, 402, 403, 404, 409, 422, 429, 
 
 
 def error_response(exc: SubmissionError) -> Response:
-    response = Response(exc.as_dict(), status=exc.status)
+    # "message" is the same error for people: the field's label, in the request's language.
+    body = {**exc.as_dict(), "message": readable_error(exc.field, exc.message)}
+    response = Response(body, status=exc.status)
     if exc.status in (429, 503):  # too many jobs, or the queue is unreachable: come back soon
         response["Retry-After"] = "10"
     return response

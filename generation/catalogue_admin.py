@@ -122,6 +122,13 @@ class CatalogEntryForm(forms.ModelForm):
         self.fields["tiers"].help_text = _(
             "Checkpoints only. Tiers allowing every model may always use it: %(tiers)s."
         ) % {"tiers": ", ".join(everyone) or "–"}
+        if not self.fields["tiers"].queryset.exists():  # type: ignore[attr-defined]
+            # An empty list of checkboxes renders as nothing at all: say why instead.
+            self.fields["tiers"].disabled = True
+            self.fields["tiers"].help_text = _(
+                "Every tier allows every model (%(tiers)s), so there is nothing to choose. "
+                "To restrict a tier, untick “all models allowed” on it under Membership tiers."
+            ) % {"tiers": ", ".join(everyone) or "–"}
         if self.instance.pk:
             self.initial.setdefault(
                 "tiers",

@@ -5,12 +5,14 @@ The media folder itself is never served publicly in production: these views are 
 
 from __future__ import annotations
 
+import mimetypes
+
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
-from generation.models import JobImage
+from generation.models import CatalogEntry, JobImage
 
 
 def _image(request: HttpRequest, pk: object) -> JobImage:
@@ -52,5 +54,16 @@ def image_thumbnail(request: HttpRequest, pk: object) -> FileResponse:
         f"thumb-{image.pk}.webp",
         "image/webp" if image.thumbnail else "image/png",
     )
+    response["Content-Disposition"] = "inline"
+    return response
+
+
+@require_GET
+@login_required
+def catalogue_preview(request: HttpRequest, pk: int) -> FileResponse:
+    """A model's or LoRA's preview image, for members whose tier shows them the entry."""
+    entry = get_object_or_404(CatalogEntry.objects.visible_to(request.user), pk=pk)
+    content_type = mimetypes.guess_type(entry.preview.name or "")[0] or "application/octet-stream"
+    response = _stream(entry.preview, f"preview-{entry.pk}", content_type)
     response["Content-Disposition"] = "inline"
     return response

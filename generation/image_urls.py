@@ -7,4 +7,5 @@ from generation import image_files
 urlpatterns = [
     path("images/<uuid:pk>/file", image_files.image_file, name="generation-image-file"),
     path("images/<uuid:pk>/thumb", image_files.image_thumbnail, name="generation-image-thumb"),
+    path("catalogue/<int:pk>/preview", image_files.catalogue_preview, name="catalogue-preview"),
 ]

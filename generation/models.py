@@ -8,6 +8,7 @@ loses the race and changes nothing.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -225,6 +226,18 @@ class Job(models.Model):
     @property
     def image_count(self) -> int:
         return int(self.params.get("batch_size", 1)) * int(self.params.get("n_iter", 1))
+
+    @property
+    def queue_wait(self) -> timedelta | None:
+        """From submission until a worker started it (None while it waits or if it never ran)."""
+        return self.started_at - self.created_at if self.started_at else None
+
+    @property
+    def run_time(self) -> timedelta | None:
+        """From start to finish on the worker."""
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
 
     @property
     def hand_outs(self) -> int:

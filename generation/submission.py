@@ -458,7 +458,7 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
                 hold_credits(user, job)
             except InsufficientCredits as exc:
                 raise SubmissionError("price", str(exc) or "not enough credits", 402) from None
-            remember_params(user, valid.params)
+            remember_params(user, valid.params, chosen_scheduler=params.get("scheduler"))
             # After commit, outside the write lock: schedule first (nothing that may fail or be
             # cancelled in the broadcast can then skip it), then tell the owner its place.
             dispatch_on_commit(job)
@@ -489,9 +489,13 @@ def publish_queue_position(job: Job) -> None:
         send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
 
 
-def remember_params(user: Any, params: dict[str, Any]) -> None:
+def remember_params(user: Any, params: dict[str, Any], chosen_scheduler: Any = None) -> None:
     settings_row = UserGenerationSettings.for_user(user)
     settings_row.last_params = dict(params)
+    # The form comes back as the user left it: "Automatic" stays Automatic, not what it
+    # resolved to for this sampler (which would go stale on switching sampler).
+    if isinstance(chosen_scheduler, str) and chosen_scheduler.strip().lower() == "automatic":
+        settings_row.last_params["scheduler"] = "Automatic"
     settings_row.save(update_fields=["last_params", "updated_at"])
 
 

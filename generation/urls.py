@@ -2,11 +2,16 @@
 
 from django.urls import path
 
-from generation import views
+from generation import job_views, views
 
 urlpatterns = [
     path("generate/", views.generate, name="generate"),
     path("images/", views.my_images, name="my_images"),
     path("images/<uuid:pk>/", views.image_detail, name="image_detail"),
     path("images/<uuid:pk>/delete/", views.image_delete, name="image_delete"),
+]
+urlpatterns += [
+    path("jobs/", job_views.my_jobs, name="my_jobs"),
+    path("jobs/<uuid:pk>/", job_views.job_detail, name="job_detail"),
+    path("jobs/<uuid:pk>/summary/", job_views.job_summary, name="job_summary"),
 ]

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ObjectDoesNotExist
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -20,7 +21,10 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
+from accounts.ledger import account_for
+from generation.error_text import FIELD_LABELS, readable_error
 from generation.images import delete_image
+from generation.job_history import prompt_history
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
@@ -67,6 +71,14 @@ SCRIPT_STRINGS = {
     "starting": gettext_lazy("Starting…"),
     "stopping": gettext_lazy("Stopping…"),
     "price": gettext_lazy("Price: %(price)s credits"),
+    "no_price": gettext_lazy("No price: see above"),
+    "over_balance": gettext_lazy(
+        "This costs %(price)s credits and your balance is %(balance)s: not enough."
+    ),
+    "job_summary": gettext_lazy("Charged %(charged)s credits · ran %(duration)s"),
+    "balance": gettext_lazy("%(balance)s credits"),
+    "use_source_size": gettext_lazy("Use source size (%(width)s×%(height)s)"),
+    "hires_size": gettext_lazy("%(width)s×%(height)s → %(out_width)s×%(out_height)s"),
     "seed": gettext_lazy("Seed %(seed)s"),
     "job_title": gettext_lazy("%(model)s · %(width)s×%(height)s · %(steps)s steps · %(prompt)s"),
     "image_alt": gettext_lazy("Image, seed %(seed)s"),
@@ -76,28 +88,6 @@ SCRIPT_STRINGS = {
     "unknown_error": gettext_lazy("Something went wrong."),
     "server_error": gettext_lazy("The server had a problem (%(status)s); please try again."),
     "image_read_error": gettext_lazy("That image could not be read."),
-}
-FIELD_LABELS = {
-    "prompt": gettext_lazy("Prompt"),
-    "negative_prompt": gettext_lazy("Negative prompt"),
-    "checkpoint": gettext_lazy("Model"),
-    "vae": gettext_lazy("VAE"),
-    "sampler": gettext_lazy("Sampler"),
-    "scheduler": gettext_lazy("Schedule type"),
-    "steps": gettext_lazy("Sampling steps"),
-    "cfg_scale": gettext_lazy("CFG scale"),
-    "width": gettext_lazy("Width"),
-    "height": gettext_lazy("Height"),
-    "seed": gettext_lazy("Seed"),
-    "batch_size": gettext_lazy("Batch size"),
-    "n_iter": gettext_lazy("Batch count"),
-    "clip_skip": gettext_lazy("Clip skip"),
-    "init_image": gettext_lazy("Source image"),
-    "denoising_strength": gettext_lazy("Denoising strength"),
-    "resize_mode": gettext_lazy("Resize mode"),
-    "hires": gettext_lazy("Hires. fix"),
-    "jobs": gettext_lazy("Jobs"),
-    "price": gettext_lazy("Price"),
 }
 
 
@@ -130,9 +120,14 @@ FORM_FIELDS = (
 )
 
 
+# Numbers the form always shows: left empty they are refused, never quietly replaced by a default.
+REQUIRED_NUMBERS = ("steps", "cfg_scale", "width", "height", "seed", "batch_size", "n_iter")
+
+
 def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
     """The form as the submission service takes it (it validates and converts every value)."""
     params: dict[str, Any] = {name: post[name] for name in FORM_FIELDS if post.get(name, "") != ""}
+    params.update({name: "" for name in REQUIRED_NUMBERS if post.get(name) == ""})
     if post.get("hires_enabled"):
         params["hires"] = {
             key: post.get(f"hires_{key}") or None
@@ -146,7 +141,10 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
 
 def _owned_images(request: HttpRequest) -> Any:
     # Pages show the owner's images only; anyone else's id is a 404 (staff included).
-    return JobImage.objects.filter(owner=request.user).select_related("job__checkpoint")
+    # "publication" (the gallery's reverse one-to-one) by name: the cards show how each is shared.
+    return JobImage.objects.filter(owner=request.user).select_related(
+        "job__checkpoint", "publication"
+    )
 
 
 @login_required
@@ -160,8 +158,7 @@ def generate(request: HttpRequest) -> HttpResponse:
         try:
             submit_job(user, posted)
         except SubmissionError as exc:
-            label = FIELD_LABELS.get(exc.field, exc.field)
-            messages.error(request, f"{label}: {exc.message}")
+            messages.error(request, readable_error(exc.field, exc.message))
             # Refused: show the form as it was sent.
             params = {k: v for k, v in posted.items() if k != "init_image"}
             return _render_generator(request, params, keep_checkpoint=True)
@@ -210,9 +207,9 @@ def _render_generator(
     if not keep_checkpoint or initial.get("checkpoint") not in {c.name for c in checkpoints}:
         chosen = default_checkpoint(user)  # the user's own choice, else the first usable
         initial["checkpoint"] = chosen.name if chosen else ""
+    recent_images = list(_owned_images(request).order_by("-created_at", "index")[:RECENT_IMAGES])
     recent = [
-        {"image": image_payload(image), "params": image.job.params}
-        for image in _owned_images(request).order_by("-created_at", "index")[:RECENT_IMAGES]
+        {"image": image_payload(image), "params": image.job.params} for image in recent_images
     ]
     unfinished = [
         {"id": str(job_id), "status": status}
@@ -230,9 +227,14 @@ def _render_generator(
             "default_model": reverse("api-default-model"),
             "ws": "/ws/jobs/",
             "reuse": f"{reverse('generate')}?from_image={PLACEHOLDER_ID}",
+            "job_summary": reverse("job_summary", args=[PLACEHOLDER_ID]),
+            "image_detail": reverse("image_detail", args=[PLACEHOLDER_ID]),
+            "image_delete": reverse("image_delete", args=[PLACEHOLDER_ID]),
+            "me": reverse("api-me"),
             "send_img2img": f"{reverse('generate')}?from_image={PLACEHOLDER_ID}&img2img=1",
         },
         "last_seed": last_seed,
+        "balance": str(account_for(user).balance),
         "recent": recent,
         "unfinished": unfinished,
         "init_image_url": init_image_url,
@@ -251,11 +253,23 @@ def _render_generator(
             "resize_modes": RESIZE_MODES,
             "initial": initial,
             "limits": limits_for(user),
-            "recent": recent,
+            "recent": [
+                {**item, "publication": _publication(image)}
+                for item, image in zip(recent, recent_images, strict=True)
+            ],
             "init_image_url": init_image_url,
             "page_data": page_data,
+            "placeholder_id": PLACEHOLDER_ID,
+            "prompt_history": prompt_history(user),
         },
     )
+
+
+def _publication(image: JobImage) -> Any:
+    try:
+        return image.publication  # type: ignore[attr-defined]
+    except ObjectDoesNotExist:
+        return None
 
 
 @login_required
@@ -276,7 +290,7 @@ def my_images(request: HttpRequest) -> HttpResponse:
         "generation/my_images.html",
         {
             "page": page,
-            "images": [(image, image_payload(image)) for image in page],
+            "images": [(image, image_payload(image), _publication(image)) for image in page],
             "model": model,
             "models_used": models_used,
             "script_strings": {"confirm_delete": _("Delete this image for good?")},
@@ -294,6 +308,7 @@ def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
             "image": image,
             "payload": image_payload(image),
             "job": image.job,
+            "publication": _publication(image),
         },
     )
 

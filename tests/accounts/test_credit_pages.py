@@ -22,7 +22,7 @@ def test_alice_sees_her_balance_tier_limits_and_history(client, alice, tiers):
     assert page.status_code == 200
     assert "18.00" in html and "Free" in html
     assert str(tiers["free"].max_side) in html
-    assert reverse("api-job", args=[job_id]) in html
+    assert reverse("job_detail", args=[job_id]) in html
     assert page.context["next_grant"] is not None
 
 

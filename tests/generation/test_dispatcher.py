@@ -136,6 +136,7 @@ def test_submission_answers_503_while_redis_is_unreachable_and_writes_nothing(
     assert response.json() == {
         "field": "queue",
         "detail": "the queue is unreachable, try again shortly",
+        "message": "Queue: The queue is unreachable, try again shortly",
     }
     assert response["Retry-After"]
     assert not Job.objects.exists()
