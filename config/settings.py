@@ -172,6 +172,8 @@ WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 MODELS_DIR = Path(env_str("MODELS_DIR", str(BASE_DIR / "models")))
+# Members' uploaded models, stored by sha256 (never by the uploader's file name).
+MODEL_STORE_DIR = Path(env_str("MODEL_STORE_DIR", str(VAR_DIR / "model-store")))
 
 # Images go through Django's storage API: local media by default, S3-compatible storage
 # (MinIO, R2, S3) when ATELIER_S3_BUCKET is set.

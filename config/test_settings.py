@@ -8,6 +8,7 @@ from config.settings import *  # noqa: F403
 # Hashing passwords with Argon2 is slow on purpose; tests create many users.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 MEDIA_ROOT = Path(tempfile.mkdtemp(prefix="atelier-test-media-"))
+MODEL_STORE_DIR = Path(tempfile.mkdtemp(prefix="atelier-test-model-store-"))
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405

@@ -10,12 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gpu_worker.model_files import (
+    FAMILY_BY_CONTEXT,
+    UnreadableModel,
+    detect_family_from_header,
+    read_safetensors_header,
+)
 from gpu_worker.protocol import ModelInventoryEntry
+
+__all__ = ["UnreadableModel", "read_safetensors_header"]  # re-exported for existing callers
 
 Kind = Literal["checkpoint", "lora", "vae", "embedding"]
 FOLDERS: dict[Kind, str] = {
@@ -27,8 +34,6 @@ FOLDERS: dict[Kind, str] = {
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HASH_CACHE_VERSION = 1
-ARCHITECTURE_METADATA_KEY = "atelier.architecture"  # written by demo_model
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 class UnknownModel(LookupError):
@@ -36,10 +41,6 @@ class UnknownModel(LookupError):
         self.kind, self.name = kind, name
         listing = ", ".join(known) if known else "none installed"
         super().__init__(f"unknown {kind} {name!r} (available: {listing})")
-
-
-class UnreadableModel(ValueError):
-    """A file whose header cannot be read: truncated, corrupt or not a safetensors file."""
 
 
 @dataclass(frozen=True)
@@ -161,35 +162,7 @@ def _candidates(root: Path, kind: Kind) -> list[Path]:
     return found
 
 
-# --- safetensors header and family detection -------------------------------------------------
-
-
-def read_safetensors_header(path: Path) -> dict:
-    """Parse the 8-byte little-endian length and JSON header of a .safetensors file."""
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) != 8:
-            raise UnreadableModel(f"{path.name}: too short for a safetensors file")
-        (length,) = struct.unpack("<Q", raw)
-        if length <= 1 or length > MAX_HEADER_BYTES:
-            raise UnreadableModel(f"{path.name}: implausible header length {length}")
-        data = fh.read(length)
-    if len(data) != length:
-        raise UnreadableModel(f"{path.name}: truncated header")
-    try:
-        header = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UnreadableModel(f"{path.name}: header is not JSON ({exc})") from exc
-    if not isinstance(header, dict):
-        raise UnreadableModel(f"{path.name}: header is not an object")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if path.stat().st_size < 8 + length + end:
-        raise UnreadableModel(f"{path.name}: file is truncated")
-    return header
-
-
-FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-ARCHITECTURE_BY_FAMILY = {"sd1": "sd1", "sdxl": "sdxl"}  # configs shipped in gpu_worker/configs
+# --- family detection (the header rules live in model_files) ----------------------------------
 
 
 def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
@@ -210,38 +183,7 @@ def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
         return "unknown", None
     if path.suffix.lower() != ".safetensors":
         return "unknown", None
-    header = read_safetensors_header(path)
-    metadata = header.get("__metadata__") or {}
-    declared = metadata.get(ARCHITECTURE_METADATA_KEY)
-    if declared:
-        family = "sdxl" if "sdxl" in declared else "sd2" if "sd2" in declared else "sd1"
-        return family, declared
-    keys = header.keys()
-    family = "unknown"
-    if kind == "checkpoint":
-        if any(k.startswith("conditioner.embedders.1.model.") for k in keys):
-            family = "sdxl"
-        elif "cond_stage_model.model.token_embedding.weight" in keys:
-            family = "sd2"
-        elif any(k.startswith("cond_stage_model.transformer.") for k in keys):
-            family = "sd1"
-    elif kind == "lora":
-        if any(k.startswith(("lora_te1_", "lora_te2_")) for k in keys):
-            family = "sdxl"
-        else:
-            for key, info in header.items():
-                if "attn2_to_k" in key and key.endswith("lora_down.weight"):
-                    family = FAMILY_BY_CONTEXT.get(info["shape"][-1], "unknown")
-                    break
-    elif kind == "embedding":
-        if "clip_g" in keys:
-            family = "sdxl"
-        else:
-            for key, info in header.items():
-                if key != "__metadata__" and info.get("shape"):
-                    family = {768: "sd1", 1024: "sd2"}.get(info["shape"][-1], "unknown")
-                    break
-    return family, ARCHITECTURE_BY_FAMILY.get(family)
+    return detect_family_from_header(read_safetensors_header(path), kind)
 
 
 # --- hashing, cached ---------------------------------------------------------------------------
