@@ -168,6 +168,14 @@ class MembershipTier(models.Model):
         default=0,
         help_text=_("REST and A1111 API calls per member per minute; 0: the server default"),
     )
+    model_storage_mb = models.PositiveIntegerField(
+        _("model storage (MiB)"),
+        default=8192,
+        help_text=_("Total size of the models a member may upload; 0: no uploads"),
+    )
+    model_count = models.PositiveIntegerField(
+        _("uploaded models"), default=10, help_text=_("How many models a member may upload")
+    )
     all_models = models.BooleanField(_("all models allowed"), default=True)
     # Catalogue names (generation.CatalogEntry.name), kept as data rather than a relation so the
     # accounts app does not depend on the generation app's migrations.

@@ -129,3 +129,9 @@ def api_refusal_wait(request: HttpRequest, user: Any) -> int | None:
 
 def redeem_refusal_wait(request: HttpRequest) -> int | None:
     return refusal_wait(request, [RedeemUserThrottle(), RedeemAddressThrottle()])
+
+
+class ModelUploadThrottle(WindowThrottle, UserRateThrottle):
+    """Resumable model upload requests (one per chunk) per member."""
+
+    scope = "model_upload"

@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "rest_framework_tus",
     "drf_spectacular",
     "axes",
     "accounts",
@@ -72,6 +73,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # A deadlock or lock timeout is 503 + Retry-After, never 500 (webhard).
     "config.transient_errors.TransientDatabaseErrorMiddleware",
+    # Reads tus upload headers (resumable model uploads); a malformed number is a 400.
+    "config.tus_headers.TusHeaderMiddleware",
     # Last, as django-axes asks: it answers locked-out log-ins.
     "axes.middleware.AxesMiddleware",
 ]
@@ -174,6 +177,14 @@ MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 MODELS_DIR = Path(env_str("MODELS_DIR", str(BASE_DIR / "models")))
 # Members' uploaded models, stored by sha256 (never by the uploader's file name).
 MODEL_STORE_DIR = Path(env_str("MODEL_STORE_DIR", str(VAR_DIR / "model-store")))
+MODEL_UPLOAD_MAX_MB = env_int("MODEL_UPLOAD_MAX_MB", 8192)
+# drf-tus (resumable uploads): our upload model, and our handler that checks and stores a
+# finished file. Each chunk is one request, so MAX_REQUEST_BODY_MB caps a chunk.
+REST_FRAMEWORK_TUS = {
+    "UPLOAD_MODEL": "generation.ModelUpload",
+    "SAVE_HANDLER_CLASS": "generation.model_uploads.StoreSaveHandler",
+    "MAX_FILE_SIZE": MODEL_UPLOAD_MAX_MB * 2**20,
+}
 
 # Images go through Django's storage API: local media by default, S3-compatible storage
 # (MinIO, R2, S3) when ATELIER_S3_BUCKET is set.
@@ -342,6 +353,8 @@ REST_FRAMEWORK.update(
             "anon": _drf_rate("API_THROTTLE_ANON", "60/min"),
             "redeem_user": _drf_rate("REDEEM_THROTTLE_USER", "10/hour"),
             "redeem_address": _drf_rate("REDEEM_THROTTLE_ADDRESS", "30/hour"),
+            # Resumable model uploads: one request per chunk, so their own, larger budget.
+            "model_upload": _drf_rate("MODEL_UPLOAD_THROTTLE", "600/min"),
         },
     }
 )

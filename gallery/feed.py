@@ -57,7 +57,8 @@ def feed(
 def models_in_gallery() -> models.QuerySet[CatalogEntry]:
     """Checkpoints that made at least one public image: the feed's model filter."""
     return (
-        CatalogEntry.objects.checkpoints()
+        CatalogEntry.objects.public()
+        .checkpoints()
         .filter(jobs__images__publication__visibility=Visibility.PUBLIC)
         .distinct()
         .order_by("name")

@@ -2,7 +2,9 @@
 
 from django.urls import path
 
-from generation import api
+from generation import api, model_uploads
+
+uploads = model_uploads.ModelUploadViewSet
 
 urlpatterns = [
     path("jobs/", api.JobListCreateView.as_view(), name="api-jobs"),
@@ -16,5 +18,19 @@ urlpatterns = [
     path("me/", api.MeView.as_view(), name="api-me"),
     path("images/", api.ImageListView.as_view(), name="api-images"),
     path("images/<uuid:pk>/", api.ImageDetailView.as_view(), name="api-image"),
+    path("own-models/", model_uploads.OwnModelListView.as_view(), name="api-own-models"),
+    path("own-models/<int:pk>/", model_uploads.OwnModelDetailView.as_view(), name="api-own-model"),
+    path(
+        "own-models/uploads/",
+        uploads.as_view({"post": "create", "get": "list"}),
+        name="api-model-uploads",
+    ),
+    path(
+        "own-models/uploads/<uuid:guid>/",
+        uploads.as_view(
+            {"get": "retrieve", "patch": "partial_update", "delete": "destroy", "head": "info"}
+        ),
+        name="api-model-upload-detail",
+    ),
     path("settings/default-model/", api.DefaultModelView.as_view(), name="api-default-model"),
 ]

@@ -56,7 +56,7 @@ def sync_catalogue(models_dir: Path | None = None, include_workers: bool = True)
         seen.setdefault((entry["kind"], entry["name"]), entry)
     demo = _demo_names()
     created = updated = 0
-    existing = {(e.kind, e.name): e for e in CatalogEntry.objects.all()}
+    existing = {(e.kind, e.name): e for e in CatalogEntry.objects.filter(owner__isnull=True)}
     for (kind, name), item in seen.items():
         fields = {
             "family": item.get("family") or "unknown",

@@ -7,6 +7,8 @@ loses the race and changes nothing.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -18,6 +20,9 @@ from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from rest_framework_tus.models import AbstractUpload
+
+from generation.model_store import incoming_dir
 
 
 def _random_name(folder: str, extension: str) -> str:
@@ -46,17 +51,28 @@ def preview_upload_to(instance: Any, filename: str) -> str:
 
 
 class CatalogEntryQuerySet(models.QuerySet["CatalogEntry"]):
+    def public(self) -> CatalogEntryQuerySet:
+        """Platform models and members' models staff published: what anyone may learn exists."""
+        return self.filter(Q(owner__isnull=True) | Q(published=True))
+
+    def owned_by(self, user: Any) -> CatalogEntryQuerySet:
+        return self.filter(owner=user) if getattr(user, "pk", None) else self.none()
+
     def visible_to(self, user: Any) -> CatalogEntryQuerySet:
-        """What `user` may pick: enabled entries, checkpoints limited to those of their tier."""
+        """What `user` may pick: enabled public entries (checkpoints limited to those of their
+        tier) and their own uploads. A member's private model is nobody else's, staff included:
+        staff review it in the admin."""
         from accounts.tiers import allowed_model_names
 
         rows = self.filter(enabled=True)
+        own = rows.owned_by(user)
+        rows = rows.public()
         if getattr(user, "is_staff", False):
-            return rows
+            return rows | own
         names = allowed_model_names(user)
         if names is None:
-            return rows
-        return rows.filter(~Q(kind=CatalogEntry.Kind.CHECKPOINT) | Q(name__in=names))
+            return rows | own
+        return rows.filter(~Q(kind=CatalogEntry.Kind.CHECKPOINT) | Q(name__in=names)) | own
 
     def usable_by(self, user: Any) -> CatalogEntryQuerySet:
         """Visible and present on some worker (or the local models folder)."""
@@ -66,8 +82,47 @@ class CatalogEntryQuerySet(models.QuerySet["CatalogEntry"]):
         return self.filter(kind=CatalogEntry.Kind.CHECKPOINT)
 
 
+class ModelFile(models.Model):
+    """Bytes in the model store (`generation.model_store`), named by their sha256: uploaded once,
+    referred to by any number of catalogue entries."""
+
+    sha256 = models.CharField(max_length=64, unique=True)
+    size_bytes = models.BigIntegerField()
+    kind = models.CharField(max_length=16)
+    family = models.CharField(max_length=16)
+    architecture = models.CharField(max_length=64, blank=True)
+    detail = models.JSONField(default=dict, blank=True)  # inpaint, lora_type, tokens
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.sha256[:10]}"
+
+
+class ModelUpload(AbstractUpload):
+    """A member's resumable (tus) upload in progress: drf-tus keeps offset and length; the bytes
+    gather in the model store's incoming folder, never under the uploader's file name."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="model_uploads"
+    )
+    entry = models.ForeignKey(
+        "CatalogEntry", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    def get_or_create_temporary_file(self) -> str:
+        if not self.temporary_file_path:
+            # Beside the store, so adopting the finished file is a rename, not a copy.
+            fd, path = tempfile.mkstemp(dir=incoming_dir(), prefix="tus-", suffix=".part")
+            os.close(fd)
+            self.temporary_file_path = path
+            self.save()
+        return self.temporary_file_path
+
+
 class CatalogEntry(models.Model):
-    """One model file known to the platform; `name` is the catalogue key workers resolve."""
+    """One model known to the platform; `name` is the catalogue key workers resolve. A platform
+    model (no owner) lies in workers' models folders; a member's upload points at a ModelFile and
+    is private to its owner until staff publish it."""
 
     class Kind(models.TextChoices):
         CHECKPOINT = "checkpoint", _("Checkpoint")
@@ -97,6 +152,22 @@ class CatalogEntry(models.Model):
     )
     trigger_words = models.CharField(max_length=500, blank=True)
     preview = models.ImageField(_("preview image"), upload_to=preview_upload_to, blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="own_models",
+        help_text=_("The member who uploaded it; empty for platform models"),
+    )
+    stored_file = models.ForeignKey(
+        ModelFile, null=True, blank=True, on_delete=models.PROTECT, related_name="entries"
+    )
+    published = models.BooleanField(
+        _("published"),
+        default=False,
+        help_text=_("A member's model shown to others (within the tiers that allow it)"),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -107,7 +178,16 @@ class CatalogEntry(models.Model):
         verbose_name = _("catalogue entry")
         verbose_name_plural = _("catalogue entries")
         constraints = [
-            models.UniqueConstraint(fields=["kind", "name"], name="unique_catalog_name_per_kind"),
+            models.UniqueConstraint(
+                fields=["kind", "name"],
+                condition=Q(owner__isnull=True),
+                name="unique_catalog_name_per_kind",
+            ),
+            models.UniqueConstraint(
+                fields=["owner", "kind", "name"],
+                condition=Q(owner__isnull=False),
+                name="unique_own_model_name_per_kind",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -149,7 +149,7 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     entry = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).first()
     label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE"}.get(kind, kind)
     if entry is None:
-        if CatalogEntry.objects.filter(kind=kind, name=key, enabled=True).exists():
+        if CatalogEntry.objects.public().filter(kind=kind, name=key, enabled=True).exists():
             raise SubmissionError(
                 field, f"your membership tier does not include the {label} {name!r}", 403
             )

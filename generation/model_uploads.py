@@ -1,0 +1,198 @@
+"""Members' model uploads over tus (drf-tus), and the REST views of their own models.
+
+The tus endpoint is `/api/v1/own-models/uploads/`: POST creates an upload (the `Upload-Length`
+is checked against the member's quota first, `Upload-Metadata` may carry `name`), PATCH sends a
+chunk at an offset (one request per chunk, so MAX_REQUEST_BODY_MB caps a chunk), HEAD tells a
+client where to resume. When the last chunk lands, `StoreSaveHandler` hashes and checks the file
+and makes it the member's private catalogue entry; a refused file is deleted and the PATCH says
+why. Uploads are visible to their uploader only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from rest_framework import serializers, status
+from rest_framework.generics import ListAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_tus import constants
+from rest_framework_tus.storage import AbstractUploadSaveHandler
+from rest_framework_tus.views import UploadViewSet
+
+from accounts.throttles import ModelUploadThrottle
+from generation import model_store
+from generation.models import CatalogEntry, ModelUpload
+from generation.own_models import (
+    OwnModelError,
+    add_own_model,
+    check_quota,
+    delete_own_model,
+    quota_for,
+    update_own_model,
+)
+from gpu_worker.model_files import UnreadableModel
+
+
+class StoreSaveHandler(AbstractUploadSaveHandler):
+    """drf-tus calls this when an upload's last byte arrived."""
+
+    def handle_save(self) -> None:
+        upload: ModelUpload = self.upload
+        metadata = upload.upload_metadata or {}
+        if isinstance(metadata, str):  # drf-tus stores the metadata as JSON text
+            metadata = json.loads(metadata)
+        name = str(metadata.get("name") or Path(str(metadata.get("filename", ""))).stem)
+        try:
+            stored = model_store.store_file(Path(upload.temporary_file_path), label=name or "file")
+            upload.entry = add_own_model(upload.user, stored, name)
+        except UnreadableModel as exc:
+            raise UploadRefused(str(exc)) from exc
+        except OwnModelError as exc:
+            raise UploadRefused(f"{exc.field}: {exc.message}") from exc
+        upload.temporary_file_path = None
+        upload.save()
+        self.finish()
+
+
+class UploadRefused(Exception):
+    """drf-tus answers 400 with this message and deletes the upload."""
+
+
+class ModelUploadSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ModelUpload
+        fields = ["guid", "upload_length", "upload_metadata", "filename"]
+
+
+class ModelUploadViewSet(UploadViewSet):
+    serializer_class = ModelUploadSerializer
+    throttle_classes = [ModelUploadThrottle]
+
+    def get_queryset(self) -> Any:
+        return ModelUpload.objects.filter(user=self.request.user)
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.save(user=self.request.user)
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        length = getattr(request, constants.UPLOAD_LENGTH_FIELD_NAME, -1)
+        if length < 0:
+            return _refuse("Upload-Length", "an upload must say its length (Upload-Length)", 400)
+        try:
+            check_quota(request.user, length)
+        except OwnModelError as exc:
+            return Response(exc.as_dict(), status=exc.status)
+        return super().create(request, *args, **kwargs)
+
+    def validate_chunk(self, offset: int, chunk_bytes: bytes) -> bytes:
+        upload = self.get_object()
+        if offset + len(chunk_bytes) > upload.upload_length:
+            # drf-tus would write past the declared (and quota-checked) length.
+            raise serializers.ValidationError(
+                {"Upload-Offset": f"this chunk ends past the length {upload.upload_length}"}
+            )
+        return chunk_bytes
+
+    def validate_filename(self, filename: str) -> str:
+        return ""  # never kept: stored files are named by their hash
+
+    def get_success_headers(self, data: Any) -> dict[str, str]:
+        return {"Location": reverse("api-model-upload-detail", kwargs={"guid": data["guid"]})}
+
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Where an upload stands, and the catalogue entry it became."""
+        upload = self.get_object()
+        entry = upload.entry
+        return Response(
+            {
+                "offset": upload.upload_offset,
+                "length": upload.upload_length,
+                "state": upload.state,
+                "model": OwnModelSerializer(entry).data if entry else None,
+            }
+        )
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return Response({"detail": "use /api/v1/own-models/ to list your models"}, status=405)
+
+
+def _refuse(field: str, message: str, code: int) -> Response:
+    return Response({"field": field, "detail": message}, status=code)
+
+
+class OwnModelSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CatalogEntry
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "family",
+            "description",
+            "trigger_words",
+            "size_bytes",
+            "sha256",
+            "short_hash",
+            "published",
+            "enabled",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class OwnModelListView(ListAPIView):
+    serializer_class = OwnModelSerializer
+    pagination_class = None
+
+    def get_queryset(self) -> Any:
+        return CatalogEntry.objects.filter(owner=self.request.user, stored_file__isnull=False)
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        quota = quota_for(request.user)
+        return Response(
+            {
+                "models": self.get_serializer(self.get_queryset(), many=True).data,
+                "quota": {
+                    "used_bytes": quota.used_bytes,
+                    "max_bytes": quota.max_bytes,
+                    "used_count": quota.used_count,
+                    "max_count": quota.max_count,
+                },
+            }
+        )
+
+
+class OwnModelDetailView(APIView):
+    """Rename, describe, set trigger words (PATCH) or delete (DELETE) one of your models. Another
+    member's model is a 404, exactly like one that does not exist."""
+
+    def _entry(self, request: Request, pk: int) -> CatalogEntry:
+        return get_object_or_404(
+            CatalogEntry.objects.filter(owner=request.user, stored_file__isnull=False), pk=pk
+        )
+
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(OwnModelSerializer(self._entry(request, pk)).data)
+
+    def patch(self, request: Request, pk: int) -> Response:
+        entry = self._entry(request, pk)
+        changes = {
+            k: request.data[k]
+            for k in ("name", "description", "trigger_words")
+            if k in request.data
+        }
+        try:
+            entry = update_own_model(request.user, entry, changes)
+        except OwnModelError as exc:
+            return Response(exc.as_dict(), status=exc.status)
+        return Response(OwnModelSerializer(entry).data)
+
+    def delete(self, request: Request, pk: int) -> Response:
+        delete_own_model(request.user, self._entry(request, pk))
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,180 @@
+"""Members' own models: add an upload to the catalogue, edit, delete, and the storage quota.
+
+Each member's entries count against their tier's quota (bytes and count) even when the bytes are
+shared with another member's identical upload: the store keeps them once, the quota is personal.
+A file's bytes leave the store when the last entry pointing at them goes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Sum
+
+from accounts.tiers import tier_of
+from generation import model_store
+from generation.models import CatalogEntry, ModelFile
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
+MAX_DESCRIPTION = 2000
+MAX_TRIGGER_WORDS = 500
+MiB = 2**20
+
+
+class OwnModelError(Exception):
+    """A refused upload or edit; `field` names what to fix, `status` the HTTP answer."""
+
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.field, self.message, self.status = field, message, status
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "detail": self.message}
+
+
+@dataclass(frozen=True)
+class Quota:
+    used_bytes: int
+    used_count: int
+    max_bytes: int
+    max_count: int
+
+    @property
+    def used_mb(self) -> float:
+        return round(self.used_bytes / MiB, 1)
+
+    @property
+    def max_mb(self) -> int:
+        return self.max_bytes // MiB
+
+
+def quota_for(user: Any) -> Quota:
+    tier = tier_of(user)
+    own = CatalogEntry.objects.filter(owner=user, stored_file__isnull=False)
+    return Quota(
+        used_bytes=own.aggregate(total=Sum("size_bytes"))["total"] or 0,
+        used_count=own.count(),
+        max_bytes=tier.model_storage_mb * MiB,
+        max_count=tier.model_count,
+    )
+
+
+def check_quota(user: Any, size_bytes: int) -> None:
+    """Refuse an upload of `size_bytes` that would pass the tier's quota, naming it."""
+    quota = quota_for(user)
+    if quota.used_count + 1 > quota.max_count:
+        raise OwnModelError(
+            "file",
+            f"your membership allows {quota.max_count} uploaded models and you have "
+            f"{quota.used_count}: delete one first",
+            413,
+        )
+    if quota.used_bytes + size_bytes > quota.max_bytes:
+        raise OwnModelError(
+            "file",
+            f"this upload ({size_bytes / MiB:.1f} MiB) would pass your model storage quota of "
+            f"{quota.max_mb} MiB ({quota.used_mb} MiB used)",
+            413,
+        )
+
+
+def check_name(user: Any, kind: str, name: str, *, exclude_pk: int | None = None) -> str:
+    """A name the owner may use: safe characters, not one of theirs or a public one already."""
+    name = (name or "").strip()
+    if not NAME_PATTERN.match(name):
+        raise OwnModelError(
+            "name", "name must be 1-100 letters, digits, spaces or . _ ( ) + - characters"
+        )
+    taken = CatalogEntry.objects.filter(kind=kind, name=name).filter(
+        pk__in=CatalogEntry.objects.owned_by(user).values("pk")
+    ) | CatalogEntry.objects.public().filter(kind=kind, name=name)
+    if taken.exclude(pk=exclude_pk).exists():
+        raise OwnModelError("name", f"you already have a {kind} named {name!r}", 409)
+    return name
+
+
+def add_own_model(user: Any, stored: model_store.StoredBytes, name: str) -> CatalogEntry:
+    """Record checked bytes in the store as the user's private catalogue entry."""
+    facts = stored.facts
+    try:
+        name = check_name(user, facts.kind, name)
+        check_quota(user, stored.size_bytes)
+    except OwnModelError:
+        _forget_if_unused(stored.sha256)
+        raise
+    with transaction.atomic():
+        model_file, _created = ModelFile.objects.get_or_create(
+            sha256=stored.sha256,
+            defaults={
+                "size_bytes": stored.size_bytes,
+                "kind": facts.kind,
+                "family": facts.family,
+                "architecture": facts.architecture or "",
+                "detail": facts.detail,
+            },
+        )
+        return CatalogEntry.objects.create(
+            owner=user,
+            stored_file=model_file,
+            kind=facts.kind,
+            name=name,
+            family=facts.family,
+            filename=f"{name}.safetensors",
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            short_hash=stored.sha256[:10],
+            available=True,  # the store delivers it to any worker
+        )
+
+
+def update_own_model(user: Any, entry: CatalogEntry, changes: dict[str, Any]) -> CatalogEntry:
+    """Rename, describe or set trigger words of the user's own entry."""
+    if entry.owner_id != getattr(user, "pk", None):
+        raise OwnModelError("model", "no such model", 404)
+    if "name" in changes:
+        entry.name = check_name(user, entry.kind, changes["name"], exclude_pk=entry.pk)
+        entry.filename = f"{entry.name}.safetensors"
+    if "description" in changes:
+        entry.description = _limited(changes["description"], "description", MAX_DESCRIPTION)
+    if "trigger_words" in changes:
+        entry.trigger_words = _limited(changes["trigger_words"], "trigger_words", MAX_TRIGGER_WORDS)
+    entry.save()
+    return entry
+
+
+def _limited(value: Any, field: str, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise OwnModelError(field, f"{field} must be text of at most {limit} characters")
+    return value
+
+
+def delete_own_model(user: Any, entry: CatalogEntry) -> None:
+    """Delete the user's entry; its quota is free at once, its bytes go with the last reference.
+    An entry that past jobs point at stays as a disabled tombstone without a file, so the jobs
+    keep their history; its name is freed."""
+    if entry.owner_id != getattr(user, "pk", None):
+        raise OwnModelError("model", "no such model", 404)
+    sha256 = entry.sha256
+    with transaction.atomic():
+        if entry.jobs.exists():
+            CatalogEntry.objects.filter(pk=entry.pk).update(
+                name=f"deleted-{entry.pk}",
+                enabled=False,
+                available=False,
+                published=False,
+                stored_file=None,
+                size_bytes=0,
+            )
+        else:
+            entry.delete()
+        transaction.on_commit(lambda: _forget_if_unused(sha256))
+
+
+def _forget_if_unused(sha256: str) -> None:
+    if CatalogEntry.objects.filter(stored_file__sha256=sha256).exists():
+        return
+    ModelFile.objects.filter(sha256=sha256).delete()
+    model_store.delete_bytes(sha256)
