@@ -102,6 +102,7 @@ class CatalogEntryForm(forms.ModelForm):
             "description",
             "preview",
             "enabled",
+            "published",
             "cost_multiplier",
             "trigger_words",
         )
@@ -173,25 +174,40 @@ class CatalogEntryAdmin(admin.ModelAdmin):
         "enabled",
         "available",
         "is_demo",
+        "owner",
+        "published",
         "cost_multiplier",
         "tier_names",
         "size",
         "short_hash",
     )
-    list_filter = ("kind", "enabled", "available", "is_demo", "family")
+    list_filter = ("kind", "enabled", "published", "available", "is_demo", "family")
     list_editable = ("enabled", "cost_multiplier")
     search_fields = ("name", "display_name", "sha256", "short_hash", "trigger_words")
     readonly_fields = (
         "preview_thumbnail",
         "available",
         "is_demo",
+        "owner",
         *FILE_FIELDS,
     )
     fieldsets = (
         (None, {"fields": ("name", "display_name", "kind", "family", "description")}),
         (
             gettext_lazy("Availability and price"),
-            {"fields": ("enabled", "available", "is_demo", "cost_multiplier", "tiers")},
+            # A member's upload: "published" shows it to others (within the tiers chosen);
+            # "enabled" off hides it from everyone, its owner included.
+            {
+                "fields": (
+                    "owner",
+                    "published",
+                    "enabled",
+                    "available",
+                    "is_demo",
+                    "cost_multiplier",
+                    "tiers",
+                )
+            },
         ),
         (
             gettext_lazy("Defaults for new jobs"),

@@ -2,10 +2,11 @@
 
 from django.urls import path
 
-from generation import job_views, views
+from generation import job_views, own_model_views, views
 
 urlpatterns = [
     path("generate/", views.generate, name="generate"),
+    path("models/mine/", own_model_views.own_models, name="own-models"),
     path("images/", views.my_images, name="my_images"),
     path("images/<uuid:pk>/", views.image_detail, name="image_detail"),
     path("images/<uuid:pk>/delete/", views.image_delete, name="image_delete"),

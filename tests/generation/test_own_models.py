@@ -134,3 +134,14 @@ def test_the_owner_renames_describes_and_sets_trigger_words(alice_api, alices_lo
     clash = alice_api.patch(url, {"name": "style"}, format="json")  # a platform LoRA's name
     assert clash.status_code == 409 and clash.json()["field"] == "name"
     assert alice_api.patch(url, {"name": "../x"}, format="json").status_code == 400
+
+
+def test_my_models_page_lists_only_your_own_with_your_quota(alices_lora, bob, client):
+    client.force_login(alices_lora.owner)
+    page = client.get("/models/mine/").content.decode()
+    assert "alice-style" in page
+    assert f"1 of {tier_of(alices_lora.owner).model_count} models" in page
+    assert "js/model_upload.js" in page
+    client.force_login(bob)
+    assert "alice-style" not in client.get("/models/mine/").content.decode()
+    assert "up to 10 models" in client.get("/accounts/credits/").content.decode()
