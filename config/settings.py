@@ -178,6 +178,10 @@ MODELS_DIR = Path(env_str("MODELS_DIR", str(BASE_DIR / "models")))
 # Members' uploaded models, stored by sha256 (never by the uploader's file name).
 MODEL_STORE_DIR = Path(env_str("MODEL_STORE_DIR", str(VAR_DIR / "model-store")))
 MODEL_UPLOAD_MAX_MB = env_int("MODEL_UPLOAD_MAX_MB", 8192)
+# Workers fetch members' models from the platform by signed URL: the address workers reach the
+# web at, and how long a URL in a job message stays valid.
+MODEL_DELIVERY_BASE_URL = env_str("MODEL_DELIVERY_BASE_URL", "http://127.0.0.1:8000")
+MODEL_DELIVERY_URL_SECONDS = env_int("MODEL_DELIVERY_URL_SECONDS", 3600)
 # drf-tus (resumable uploads): our upload model, and our handler that checks and stores a
 # finished file. Each chunk is one request, so MAX_REQUEST_BODY_MB caps a chunk.
 REST_FRAMEWORK_TUS = {

@@ -3,7 +3,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import views
-from generation import pricing_page
+from generation import model_delivery, pricing_page
 
 # JSON on API paths, the usual pages elsewhere (config/api_errors.py).
 handler400 = "config.api_errors.bad_request"
@@ -14,6 +14,8 @@ handler500 = "config.api_errors.server_error"
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    # Workers fetch members' models here with a signed URL (generation.model_delivery).
+    path("model-store/<str:token>", model_delivery.deliver, name="model-delivery"),
     path("accounts/", include("accounts.urls")),
     path("pricing/", pricing_page.pricing, name="pricing"),
     path("i18n/", include("django.conf.urls.i18n")),

@@ -16,6 +16,7 @@ import redis
 
 from generation.broker import get_broker, get_redis
 from generation.events import user_group
+from generation.model_delivery import deliveries_for
 from generation.models import Job
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
@@ -35,6 +36,9 @@ def build_request(job: Job) -> GenerationRequest:
         attempt=job.attempt,
         events_group=user_group(job.owner_id),
     )
+    models = deliveries_for(job)
+    if models:
+        request["models"] = models
     if job.mode == Job.Mode.IMG2IMG and job.init_image:
         with job.init_image.open("rb") as fh:
             request["init_image_png_b64"] = base64.b64encode(fh.read()).decode()

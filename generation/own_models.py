@@ -16,6 +16,7 @@ from django.db.models import Sum
 
 from accounts.tiers import tier_of
 from generation import model_store
+from generation.model_delivery import evict_everywhere
 from generation.models import CatalogEntry, ModelFile
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
@@ -178,3 +179,4 @@ def _forget_if_unused(sha256: str) -> None:
         return
     ModelFile.objects.filter(sha256=sha256).delete()
     model_store.delete_bytes(sha256)
+    evict_everywhere(sha256)

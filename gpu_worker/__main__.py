@@ -166,6 +166,18 @@ def add_worker_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         f"{HEARTBEAT_TTL_SECONDS // HEARTBEAT_INTERVAL_SECONDS}x that. Shorter only for drills",
     )
     p.add_argument(
+        "--disk-budget",
+        type=parse_size,
+        default=parse_size("50G"),
+        help="disk space for members' models fetched from the platform (e.g. 50G; LRU)",
+    )
+    p.add_argument(
+        "--download-dir",
+        type=Path,
+        default=None,
+        help="where fetched models are kept (default: <cache dir>/downloads)",
+    )
+    p.add_argument(
         "--demo-if-empty",
         action="store_true",
         help="write the demo models when no checkpoint is installed",
@@ -304,6 +316,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from gpu_worker.demo_model import make_demo_models
     from gpu_worker.heartbeat import Heartbeat
+    from gpu_worker.model_downloads import DownloadCache
     from gpu_worker.progress import ChannelPublisher
     from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, start_worker
 
@@ -324,6 +337,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         redis_client=redis_client,
         publisher=publisher,
         worker_id=worker_id,
+        downloads=DownloadCache(
+            args.download_dir or engine.cache_dir / "downloads", args.disk_budget
+        ),
     )
     register_actors(broker, service)
     heartbeat = Heartbeat(

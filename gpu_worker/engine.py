@@ -119,6 +119,9 @@ class Engine:
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self._catalogue: Catalogue | None = None
         self._embedding_cache: dict[tuple, Embedding | None] = {}
+        # Models fetched for the running job (members' uploads, model_downloads): they shadow
+        # the folder's catalogue for that job only. Set and cleared by the worker service.
+        self.job_items: dict[tuple[str, str], CatalogueItem] = {}
 
     # --- catalogue -------------------------------------------------------------------------
     @property
@@ -138,6 +141,8 @@ class Engine:
 
     def resolve(self, kind: Any, name: str) -> CatalogueItem:
         """Look up a name, rescanning once so a file dropped in since the last scan is found."""
+        if (kind, name) in self.job_items:
+            return self.job_items[(kind, name)]
         try:
             return self.catalogue.resolve(kind, name)
         except UnknownModel:
@@ -165,7 +170,7 @@ class Engine:
         """Embeddings whose names appear as words in the text (safetensors files only)."""
         items = [
             i
-            for i in self.catalogue.items.values()
+            for i in [*self.catalogue.items.values(), *self.job_items.values()]
             if i.kind == "embedding" and i.path.suffix == ".safetensors"
         ]
         pattern = embedding_pattern([i.name for i in items])

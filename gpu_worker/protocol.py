@@ -67,11 +67,25 @@ class JobEnvelope(TypedDict):
     events_group: str  # channel-layer group to publish job.progress to (the owner's group)
 
 
+class ModelDelivery(TypedDict):
+    """A model the job names that the worker may not have (a member's upload): the worker
+    resolves the (kind, name) to this file, fetched by sha256 from the signed URL when its disk
+    cache lacks it, and checks the hash."""
+
+    kind: Literal["checkpoint", "lora", "vae", "embedding"]
+    name: str  # the name the job's params use
+    sha256: str
+    size_bytes: int
+    url: str  # short-lived signed URL on the platform's model store
+
+
 class GenerationRequest(JobEnvelope, GenerationParams):
     """What the platform asks a GPU worker to make: the job's validated GenerationParams (its
-    `Job.params`, unchanged) in an envelope, plus the img2img source image."""
+    `Job.params`, unchanged) in an envelope, plus the img2img source image and the models to
+    fetch."""
 
     init_image_png_b64: NotRequired[str | None]  # img2img source, PNG, base64
+    models: NotRequired[list[ModelDelivery]]
 
 
 class ResultImage(TypedDict):
@@ -130,8 +144,9 @@ class WorkerCommand(TypedDict):
     """An operator's request to one worker: finish the current job and take no more, or free a
     checkpoint from its cache."""
 
-    action: Literal["drain", "undrain", "unload"]
+    action: Literal["drain", "undrain", "unload", "evict"]
     model: NotRequired[str]  # for "unload": the checkpoint's catalogue name
+    sha256: NotRequired[str]  # for "evict": a deleted upload, dropped from disk and memory
 
 
 class WorkerHeartbeat(TypedDict):
@@ -150,4 +165,8 @@ class WorkerHeartbeat(TypedDict):
     recent_its: float | None  # sampling iterations per second, recent average
     draining: bool
     inventory: list[ModelInventoryEntry]
+    # The disk tier of fetched models (members' uploads): their sha256s, most recent first.
+    disk_models: NotRequired[list[str]]
+    disk_used_bytes: NotRequired[int]
+    disk_budget_bytes: NotRequired[int]
     sent_at: float  # unix time

@@ -24,6 +24,7 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
 from gpu_worker.heartbeat import Heartbeat, WorkerStatus
+from gpu_worker.model_downloads import DownloadCache, ModelFetchError
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
     GENERATE_KWARG,
@@ -70,8 +71,10 @@ class WorkerService:
         worker_id: str,
         progress_interval: float = 0.25,
         max_retries: int = MAX_RETRIES,
+        downloads: DownloadCache | None = None,
     ) -> None:
         self.engine = engine
+        self.downloads = downloads
         self.broker = broker
         self.redis = redis_client
         self.publisher = publisher
@@ -95,6 +98,8 @@ class WorkerService:
             self.undrain()
         elif action == "unload":
             self.unload(command.get("model", ""))
+        elif action == "evict":
+            self.evict(command.get("sha256", ""))
         else:
             log.warning("unknown worker command %r", command)
 
@@ -126,6 +131,12 @@ class WorkerService:
         return self.engine.cache.discard_where(
             lambda key: isinstance(key, tuple) and key[0] in shas
         )
+
+    def evict(self, sha256: str) -> None:
+        """A deleted upload: drop it from the disk cache and from memory."""
+        if self.downloads is not None and sha256:
+            self.downloads.evict(sha256)
+        self.engine.cache.discard_where(lambda key: isinstance(key, tuple) and sha256 in key)
 
     # --- events to the platform ------------------------------------------------------------
     def report(self, event: JobEvent) -> None:
@@ -227,7 +238,10 @@ class WorkerService:
                 on_step=self.status.step,
             )
             try:
+                self.engine.job_items = self._fetch_models(request)
                 result = self.engine.run(request, monitor)
+            except ModelFetchError as exc:
+                return self._send(self._event(request, "failed", error=str(exc)))
             except JobFailed as exc:
                 return self._send(self._event(request, "failed", error=str(exc)))
             except TimeLimitExceeded:
@@ -240,6 +254,7 @@ class WorkerService:
                     self._event(request, "failed", error=f"internal error: {type(exc).__name__}")
                 )
             finally:
+                self.engine.job_items = {}
                 if self.publisher is not None:
                     self.publisher.flush()
             timings: JobTimings = result.timings
@@ -261,6 +276,14 @@ class WorkerService:
             )
         finally:
             self.status.job_finished()
+
+    def _fetch_models(self, request: GenerationRequest) -> dict[tuple[str, str], Any]:
+        deliveries = request.get("models") or []
+        if not deliveries:
+            return {}
+        if self.downloads is None:
+            raise ModelFetchError("this worker has no download cache for members' models")
+        return self.downloads.fetch_all(deliveries)
 
     def _send(self, event: JobEvent) -> JobEvent:
         self.report(event)
@@ -315,8 +338,18 @@ class WorkerService:
             recent_its=round(status.recent_its, 3) if status.recent_its else None,
             draining=status.draining,
             inventory=engine.catalogue.entries(),
+            **self._disk_tier(),
             sent_at=time.time(),
         )
+
+    def _disk_tier(self) -> dict[str, Any]:
+        if self.downloads is None:
+            return {}
+        return {
+            "disk_models": self.downloads.shas(),
+            "disk_used_bytes": self.downloads.used_bytes(),
+            "disk_budget_bytes": self.downloads.budget_bytes,
+        }
 
 
 class _AttachWorker(dramatiq.Middleware):

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts.models import CreditAccount, MembershipTier
 from accounts.tiers import tier_expired
-from generation.models import Job
+from generation.models import CatalogEntry, Job
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import WaitingJob
 
@@ -61,9 +61,14 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     rows = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
     rows = list(rows[:limit] if limit is not None else rows)
     weights = tier_weights({row[1] for row in rows})
+    uploads = uploaded_models({row[1] for row in rows})
     waiting = Waiting([], {})
     for job_id, owner_id, created_at, checkpoint_id, checkpoint, params, mode in rows:
         speed = speeds(checkpoint_id, params)
+        loras = frozenset(params.get("loras") or ())
+        fetchable = {n for n in loras if (owner_id, "lora", n) in uploads}
+        if (owner_id, "checkpoint", checkpoint) in uploads:
+            fetchable.add(checkpoint)
         waiting.jobs.append(
             WaitingJob(
                 job_id=str(job_id),
@@ -71,12 +76,19 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
                 weight=weights[owner_id],
                 submitted_at=created_at.timestamp(),  # a returned job keeps its first place
                 checkpoint=checkpoint,
-                loras=frozenset(params.get("loras") or ()),
+                loras=loras,
                 cost=speed.duration({**params, "mode": mode}),
+                fetchable=frozenset(fetchable),
             )
         )
         waiting.sources[str(job_id)] = speed.source
     return waiting
+
+
+def uploaded_models(owner_ids: Iterable[int]) -> set[tuple[int, str, str]]:
+    """(owner, kind, name) of the owners' uploads, which workers fetch when they lack them."""
+    rows = CatalogEntry.objects.filter(owner_id__in=owner_ids, stored_file__isnull=False)
+    return set(rows.values_list("owner_id", "kind", "name"))
 
 
 def in_flight_jobs() -> list[Job]:

@@ -65,6 +65,7 @@ class WaitingJob:
     checkpoint: str  # catalogue name
     loras: frozenset[str] = frozenset()
     cost: float = 1.0  # estimated GPU seconds of the job
+    fetchable: frozenset[str] = frozenset()  # members' uploads: any worker can fetch them
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ class _Worker:
 
     def has(self, job: WaitingJob) -> bool:
         inventory = self.view.inventory
-        return inventory is None or (job.checkpoint in inventory and job.loras <= inventory)
+        needed = ({job.checkpoint} | job.loras) - job.fetchable
+        return inventory is None or needed <= inventory
 
     def affinity(self, checkpoint: str) -> int:
         if checkpoint in self.hot:
