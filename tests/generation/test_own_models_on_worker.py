@@ -1,0 +1,160 @@
+"""Members' own models on the real GPU worker, whose models folder is empty: alice uploads a
+LoRA and a checkpoint (the demo builder's) in chunks, one interrupted and resumed; the worker
+fetches both by signed URL and generates; bob can neither see nor use them; his upload of the
+same bytes is stored once; deleting frees the quota and the worker evicts the file."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: the CPU thread cliff
+
+import io
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from generation.models import CatalogEntry, Job, ModelFile
+from gpu_worker.model_downloads import DownloadCache
+from tests.generation.a1111_support import token_for
+from tests.generation.conftest import api_client, wait_for
+from tests.generation.own_model_uploads import upload
+
+pytest.importorskip("diffusers")
+pytest.importorskip("tusclient")
+pytestmark = [pytest.mark.engine, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo builder's files: what alice has on her own disk."""
+    import torch
+
+    from gpu_worker.demo_model import make_demo_models
+
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("alices-disk")
+    make_demo_models(folder)
+    return folder
+
+
+@pytest.fixture
+def empty_worker(tmp_path: Path) -> Iterator[Any]:
+    """A GPU worker whose models folder is empty, with its own download cache; its heartbeat
+    carries operator commands (evict) to it."""
+    import redis
+    from dramatiq.brokers.redis import RedisBroker
+
+    from gpu_worker.engine import Engine
+    from gpu_worker.heartbeat import Heartbeat
+    from gpu_worker.model_cache import ModelCache
+    from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, running_worker
+
+    url = os.environ["REDIS_URL"]
+    broker = RedisBroker(url=url)
+    (tmp_path / "models").mkdir()
+    engine = Engine(
+        models_dir=tmp_path / "models",
+        cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
+        cache_dir=tmp_path / "cache",
+    )
+    service = WorkerService(
+        engine=engine,
+        broker=broker,
+        redis_client=redis.Redis.from_url(url),
+        publisher=None,
+        worker_id="own-" + uuid.uuid4().hex[:6],
+        downloads=DownloadCache(tmp_path / "downloads", budget_bytes=1 << 30),
+    )
+    register_actors(broker, service)
+    heartbeat = Heartbeat(
+        redis.Redis.from_url(url),
+        service.heartbeat_snapshot,
+        on_command=service.apply_command,
+        on_tick=service.flush_events,
+        interval=0.3,
+    )
+    broker.add_middleware(WorkerLifecycle(service, preload=[], heartbeat=heartbeat))
+    with running_worker(broker, service.queue):
+        yield service
+    broker.close()
+
+
+def tus_upload_interrupted(live_server: Any, token: str, data: bytes, name: str) -> str:
+    """tuspy sends one chunk, the connection 'drops'; a new uploader resumes at the server's
+    offset. Returns the upload's address."""
+    from tusclient.client import TusClient
+
+    client = TusClient(
+        f"{live_server.url}/api/v1/own-models/uploads/",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    chunk = len(data) // 3 + 1
+    first = client.uploader(file_stream=io.BytesIO(data), chunk_size=chunk, metadata={"name": name})
+    first.upload_chunk()
+    assert 0 < first.offset < len(data)
+    resumed = client.uploader(file_stream=io.BytesIO(data), chunk_size=chunk, url=first.url)
+    assert resumed.offset == first.offset  # asked the server (HEAD), not started over
+    resumed.upload()
+    return first.url
+
+
+def test_alices_uploads_run_on_an_empty_worker_and_stay_hers(
+    alice, bob, live_server, settings, tmp_path, demo_files, platform_tick, empty_worker
+):
+    settings.MODEL_STORE_DIR = tmp_path / "store"
+    settings.MODEL_DELIVERY_BASE_URL = live_server.url
+    alice_api, bob_api = api_client(alice), api_client(bob)
+    checkpoint_bytes = (demo_files / "Stable-diffusion/atelier-demo-v1.safetensors").read_bytes()
+    lora_bytes = (demo_files / "Lora/atelier-demo-lora.safetensors").read_bytes()
+
+    tus_upload_interrupted(live_server, token_for(alice), checkpoint_bytes, "alice-ckpt")
+    assert upload(alice_api, lora_bytes, "alice-lora", chunk=4096).status_code == 200
+    mine = {e.kind: e for e in CatalogEntry.objects.filter(owner=alice)}
+    assert set(mine) == {"checkpoint", "lora"}
+
+    request = {
+        "checkpoint": "alice-ckpt",
+        "prompt": "a red fox <lora:alice-lora:0.8>",
+        "steps": 3,
+        "width": 64,
+        "height": 64,
+        "seed": 7,
+    }
+    response = alice_api.post("/api/v1/jobs/", request, format="json")
+    assert response.status_code == 201, response.content
+    job_id = response.json()["id"]
+    wait_for(lambda: not Job.objects.filter(pk=job_id, status__in=Job.UNFINISHED).exists(), 90)
+    job = Job.objects.get(pk=job_id)
+    assert job.status == "succeeded", job.error
+    assert job.worker_id == empty_worker.worker_id
+    downloads = empty_worker.downloads
+    assert set(downloads.shas()) == {mine["checkpoint"].sha256, mine["lora"].sha256}
+    assert not any((empty_worker.engine.models_dir).rglob("*.safetensors"))
+
+    # bob: not listed, and refused exactly like a name that does not exist
+    assert "alice-ckpt" not in str(bob_api.get("/api/v1/models/").json())
+    assert "alice-lora" not in str(bob_api.get("/api/v1/loras/").json())
+    theirs = bob_api.post("/api/v1/jobs/", request, format="json")
+    nobodys = bob_api.post("/api/v1/jobs/", {**request, "checkpoint": "nobody-ckpt"}, format="json")
+    assert theirs.status_code == nobodys.status_code == 422
+    assert theirs.json()["detail"].replace("alice-ckpt", "?") == nobodys.json()["detail"].replace(
+        "nobody-ckpt", "?"
+    )
+
+    # bob's upload of the same bytes: his own entry, stored once
+    assert upload(bob_api, lora_bytes, "bobs-lora", chunk=8192).status_code == 200
+    assert ModelFile.objects.count() == 2
+
+    # alice deletes her checkpoint: quota freed, store and worker let it go
+    before = alice_api.get("/api/v1/own-models/").json()["quota"]["used_bytes"]
+    assert alice_api.delete(f"/api/v1/own-models/{mine['checkpoint'].pk}/").status_code == 204
+    after = alice_api.get("/api/v1/own-models/").json()["quota"]["used_bytes"]
+    assert before - after == len(checkpoint_bytes)
+    sha = mine["checkpoint"].sha256
+    wait_for(lambda: not downloads.has(sha), 10)
+    assert downloads.has(mine["lora"].sha256)
+    assert not (settings.MODEL_STORE_DIR / sha[:2] / f"{sha}.safetensors").exists()
