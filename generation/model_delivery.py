@@ -35,7 +35,7 @@ COMMAND_TTL_SECONDS = 3600
 def signed_url(sha256: str) -> str:
     token = signing.TimestampSigner(salt=SALT).sign(sha256)
     path = reverse("model-delivery", kwargs={"token": token})
-    return settings.MODEL_DELIVERY_BASE_URL.rstrip("/") + path
+    return str(settings.MODEL_DELIVERY_BASE_URL).rstrip("/") + path
 
 
 @require_GET

@@ -22,7 +22,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_tus import constants
-from rest_framework_tus.storage import AbstractUploadSaveHandler
+from rest_framework_tus.storage import (
+    AbstractUploadSaveHandler,
+)
 from rest_framework_tus.views import UploadViewSet
 
 from accounts.throttles import ModelUploadThrottle
@@ -55,8 +57,7 @@ class StoreSaveHandler(AbstractUploadSaveHandler):
             raise UploadRefused(str(exc)) from exc
         except OwnModelError as exc:
             raise UploadRefused(f"{exc.field}: {exc.message}") from exc
-        upload.temporary_file_path = None
-        upload.save()
+        upload.save()  # the temporary file is gone: the store adopted it
         self.finish()
 
 
@@ -151,7 +152,7 @@ class OwnModelListView(ListAPIView):
     pagination_class = None
 
     def get_queryset(self) -> Any:
-        return CatalogEntry.objects.filter(owner=self.request.user, stored_file__isnull=False)
+        return CatalogEntry.objects.owned_by(self.request.user).filter(stored_file__isnull=False)
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         quota = quota_for(request.user)
@@ -174,7 +175,7 @@ class OwnModelDetailView(APIView):
 
     def _entry(self, request: Request, pk: int) -> CatalogEntry:
         return get_object_or_404(
-            CatalogEntry.objects.filter(owner=request.user, stored_file__isnull=False), pk=pk
+            CatalogEntry.objects.owned_by(request.user).filter(stored_file__isnull=False), pk=pk
         )
 
     def get(self, request: Request, pk: int) -> Response:
@@ -182,11 +183,8 @@ class OwnModelDetailView(APIView):
 
     def patch(self, request: Request, pk: int) -> Response:
         entry = self._entry(request, pk)
-        changes = {
-            k: request.data[k]
-            for k in ("name", "description", "trigger_words")
-            if k in request.data
-        }
+        data: dict[str, Any] = request.data if isinstance(request.data, dict) else {}
+        changes = {k: data[k] for k in ("name", "description", "trigger_words") if k in data}
         try:
             entry = update_own_model(request.user, entry, changes)
         except OwnModelError as exc:

@@ -64,15 +64,12 @@ class CatalogEntryQuerySet(models.QuerySet["CatalogEntry"]):
         staff review it in the admin."""
         from accounts.tiers import allowed_model_names
 
-        rows = self.filter(enabled=True)
-        own = rows.owned_by(user)
-        rows = rows.public()
-        if getattr(user, "is_staff", False):
-            return rows | own
-        names = allowed_model_names(user)
-        if names is None:
-            return rows | own
-        return rows.filter(~Q(kind=CatalogEntry.Kind.CHECKPOINT) | Q(name__in=names)) | own
+        own = Q(owner=user) if getattr(user, "pk", None) else Q(pk__in=[])
+        public = Q(owner__isnull=True) | Q(published=True)
+        names = None if getattr(user, "is_staff", False) else allowed_model_names(user)
+        if names is not None:
+            public &= ~Q(kind=CatalogEntry.Kind.CHECKPOINT) | Q(name__in=names)
+        return self.filter(Q(enabled=True) & (public | own))
 
     def usable_by(self, user: Any) -> CatalogEntryQuerySet:
         """Visible and present on some worker (or the local models folder)."""
@@ -102,12 +99,12 @@ class ModelUpload(AbstractUpload):
     """A member's resumable (tus) upload in progress: drf-tus keeps offset and length; the bytes
     gather in the model store's incoming folder, never under the uploader's file name."""
 
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="model_uploads"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     entry = models.ForeignKey(
         "CatalogEntry", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+
+    temporary_file_path: str | None  # drf-tus's field, declared for the type checker
 
     def get_or_create_temporary_file(self) -> str:
         if not self.temporary_file_path:

@@ -8,6 +8,7 @@ A file's bytes leave the store when the last entry pointing at them goes.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +93,9 @@ def check_name(user: Any, kind: str, name: str, *, exclude_pk: int | None = None
     taken = CatalogEntry.objects.filter(kind=kind, name=name).filter(
         pk__in=CatalogEntry.objects.owned_by(user).values("pk")
     ) | CatalogEntry.objects.public().filter(kind=kind, name=name)
-    if taken.exclude(pk=exclude_pk).exists():
+    if exclude_pk is not None:
+        taken = taken.exclude(pk=exclude_pk)
+    if taken.exists():
         raise OwnModelError("name", f"you already have a {kind} named {name!r}", 409)
     return name
 
@@ -131,7 +134,7 @@ def add_own_model(user: Any, stored: model_store.StoredBytes, name: str) -> Cata
         )
 
 
-def update_own_model(user: Any, entry: CatalogEntry, changes: dict[str, Any]) -> CatalogEntry:
+def update_own_model(user: Any, entry: CatalogEntry, changes: Mapping[str, Any]) -> CatalogEntry:
     """Rename, describe or set trigger words of the user's own entry."""
     if entry.owner_id != getattr(user, "pk", None):
         raise OwnModelError("model", "no such model", 404)

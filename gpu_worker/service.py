@@ -322,7 +322,7 @@ class WorkerService:
 
             used = int(torch.cuda.memory_allocated(engine.device))
         status = self.status
-        return WorkerHeartbeat(
+        beat = WorkerHeartbeat(
             worker_id=self.worker_id,
             hostname=status.hostname,
             device=str(engine.device),
@@ -338,18 +338,13 @@ class WorkerService:
             recent_its=round(status.recent_its, 3) if status.recent_its else None,
             draining=status.draining,
             inventory=engine.catalogue.entries(),
-            **self._disk_tier(),
             sent_at=time.time(),
         )
-
-    def _disk_tier(self) -> dict[str, Any]:
-        if self.downloads is None:
-            return {}
-        return {
-            "disk_models": self.downloads.shas(),
-            "disk_used_bytes": self.downloads.used_bytes(),
-            "disk_budget_bytes": self.downloads.budget_bytes,
-        }
+        if self.downloads is not None:  # the disk tier of fetched models
+            beat["disk_models"] = self.downloads.shas()
+            beat["disk_used_bytes"] = self.downloads.used_bytes()
+            beat["disk_budget_bytes"] = self.downloads.budget_bytes
+        return beat
 
 
 class _AttachWorker(dramatiq.Middleware):

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from generation.model_store import path_for, store_stream
-from gpu_worker.model_files import UnreadableModel
+from gpu_worker.model_files import ModelFacts, UnreadableModel
 from tests.model_file_builder import raw_file, safetensors_bytes, sd1_checkpoint, sd1_lora
 
 
@@ -43,7 +43,7 @@ def test_the_same_bytes_twice_are_stored_once():
 
 
 def test_kinds_and_families_are_read_from_tensor_names_and_shapes():
-    def facts(data: bytes):  # type: ignore[no-untyped-def]
+    def facts(data: bytes) -> ModelFacts:
         return store_stream([data]).facts
 
     assert facts(sd1_checkpoint(in_channels=9)).detail == {"inpaint": True}

@@ -99,7 +99,7 @@ def tus_upload_interrupted(live_server: Any, token: str, data: bytes, name: str)
     resumed = client.uploader(file_stream=io.BytesIO(data), chunk_size=chunk, url=first.url)
     assert resumed.offset == first.offset  # asked the server (HEAD), not started over
     resumed.upload()
-    return first.url
+    return str(first.url)
 
 
 def test_alices_uploads_run_on_an_empty_worker_and_stay_hers(
