@@ -35,7 +35,9 @@ def feed(
     if author is not None:
         publications = publications.filter(owner=author)
     if model:
-        publications = publications.filter(image__job__checkpoint__name=model)
+        publications = publications.filter(
+            image__job__checkpoint__in=CatalogEntry.objects.public().filter(name=model)
+        )
     for word in query.split()[:8]:
         publications = publications.filter(
             Q(title__icontains=word)

@@ -8,7 +8,7 @@ uploaded to PNG Info (from its infotext), and needs no state on the server.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -128,6 +128,10 @@ def remix_published_image(viewer: Any, publication: Any) -> RemixPlan:
             hires_denoising_strength=hires.get("denoising_strength"),
         )
     checkpoint = image.job.checkpoint
+    if not checkpoint.is_public and getattr(viewer, "pk", None) != checkpoint.owner_id:
+        # Someone else's private model: never named, never looked up.
+        plan = _plan(viewer, values, None, None, params.get("vae"))
+        return replace(plan, unavailable_model=checkpoint.public_label)
     return _plan(
         viewer,
         values,

@@ -34,6 +34,7 @@ from gallery.forms import (
 from gallery.likes import liked_ids, toggle_like
 from gallery.models import GalleryPreferences, Publication, Visibility
 from gallery.png_info import parameter_rows, read_png_info
+from gallery.private_models import uses_private_models, without_model_names
 from gallery.publishing import publication_state, publish_image, unpublish
 from gallery.remix import remix_published_image
 from generation.models import JobImage
@@ -121,7 +122,10 @@ def image(request: HttpRequest, pk: Any) -> HttpResponse:
     publication = get_object_or_404(Publication.objects.visible_to(request.user).for_cards(), pk=pk)
     _decorate_cards(request, [publication])
     job_image = publication.image
-    parsed = parse_infotext(job_image.infotext) if job_image.infotext else {}
+    infotext = job_image.infotext
+    if uses_private_models(job_image.job):
+        infotext = without_model_names(infotext)
+    parsed = parse_infotext(infotext) if infotext else {}
     return render(
         request,
         "gallery/image.html",
@@ -129,6 +133,7 @@ def image(request: HttpRequest, pk: Any) -> HttpResponse:
             "publication": publication,
             "job_image": job_image,
             "checkpoint": job_image.job.checkpoint,
+            "infotext": infotext,
             "prompt": parsed.get("Prompt", job_image.job.params.get("prompt", "")),
             "negative_prompt": parsed.get("Negative prompt", ""),
             "parameters": parameter_rows(parsed),

@@ -195,6 +195,16 @@ class CatalogEntry(models.Model):
         return self.display_name or self.name
 
     @property
+    def is_public(self) -> bool:
+        """A platform model, or a member's that staff published: its name may be shown."""
+        return self.owner_id is None or self.published
+
+    @property
+    def public_label(self) -> str:
+        """What pages others see call it: a member's private model is never named."""
+        return self.label if self.is_public else str(_("a private model"))
+
+    @property
     def title(self) -> str:
         """A1111's checkpoint title: `name.safetensors [shorthash]`."""
         base = self.filename.rsplit("/", 1)[-1] if self.filename else self.name

@@ -145,3 +145,26 @@ def test_my_models_page_lists_only_your_own_with_your_quota(alices_lora, bob, cl
     client.force_login(bob)
     assert "alice-style" not in client.get("/models/mine/").content.decode()
     assert "up to 10 models" in client.get("/accounts/credits/").content.decode()
+
+
+def test_a_published_image_never_names_alices_private_model_to_others(alices_lora, bob):
+    from django.test import Client
+
+    from tests.gallery.factories import make_checkpoint, make_publication
+
+    checkpoint = make_checkpoint()
+    CatalogEntry.objects.filter(pk=checkpoint.pk).update(
+        owner=alices_lora.owner, name="alice-secret"
+    )
+    checkpoint.refresh_from_db()
+    publication = make_publication(alices_lora.owner, checkpoint=checkpoint)
+    assert "Model: alice-secret" in publication.image.infotext
+    browser = Client()
+    browser.force_login(bob)
+    page = browser.get(f"/gallery/{publication.pk}/").content.decode()
+    feed = browser.get("/gallery/").content.decode()
+    assert "a private model" in page
+    for shown in (page, feed):
+        assert "alice-secret" not in shown and checkpoint.short_hash not in shown
+    filtered = browser.get("/gallery/?model=alice-secret").content.decode()
+    assert "Fox" not in filtered  # the model filter knows no private name
