@@ -14,11 +14,12 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Sum
+from django.utils import timezone
 
 from accounts.tiers import tier_of
 from generation import model_store
 from generation.model_delivery import evict_everywhere
-from generation.models import CatalogEntry, ModelFile
+from generation.models import CatalogEntry, ModelFile, ModelUpload
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
 MAX_DESCRIPTION = 2000
@@ -183,3 +184,12 @@ def _forget_if_unused(sha256: str) -> None:
     ModelFile.objects.filter(sha256=sha256).delete()
     model_store.delete_bytes(sha256)
     evict_everywhere(sha256)
+
+
+def drop_expired_uploads() -> int:
+    """Uploads past their expiry (drf-tus gives each a day) go, with any partial file: an
+    abandoned upload must not hold disk for ever. Run by the platform worker's periodic pass."""
+    expired = ModelUpload.objects.filter(expires__lt=timezone.now())
+    for upload in expired:
+        upload.delete()  # drf-tus's delete removes the temporary file
+    return len(expired)

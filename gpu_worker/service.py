@@ -75,6 +75,8 @@ class WorkerService:
     ) -> None:
         self.engine = engine
         self.downloads = downloads
+        # sha256 -> name of checkpoints fetched for jobs, so the heartbeat names them when hot
+        self.fetched_names: dict[str, str] = {}
         self.broker = broker
         self.redis = redis_client
         self.publisher = publisher
@@ -283,7 +285,11 @@ class WorkerService:
             return {}
         if self.downloads is None:
             raise ModelFetchError("this worker has no download cache for members' models")
-        return self.downloads.fetch_all(deliveries)
+        items = self.downloads.fetch_all(deliveries)
+        self.fetched_names.update(
+            {item.sha256: item.name for item in items.values() if item.kind == "checkpoint"}
+        )
+        return items
 
     def _send(self, event: JobEvent) -> JobEvent:
         self.report(event)
@@ -292,11 +298,14 @@ class WorkerService:
     # --- heartbeat -------------------------------------------------------------------------
     def heartbeat_snapshot(self) -> WorkerHeartbeat:
         engine = self.engine
-        names = {
-            item.sha256: item.name
-            for item in engine.catalogue.items.values()
-            if item.kind == "checkpoint"
-        }
+        names = dict(self.fetched_names)
+        names.update(
+            {
+                item.sha256: item.name
+                for item in engine.catalogue.items.values()
+                if item.kind == "checkpoint"
+            }
+        )
         # cache keys are (checkpoint sha256, VAE sha256 or None); a checkpoint is hot when any
         # of its pairings is on the device, warm when held only in CPU RAM
         hot: list[str] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from accounts.tiers import tier_of
@@ -168,3 +170,23 @@ def test_a_published_image_never_names_alices_private_model_to_others(alices_lor
         assert "alice-secret" not in shown and checkpoint.short_hash not in shown
     filtered = browser.get("/gallery/?model=alice-secret").content.decode()
     assert "Fox" not in filtered  # the model filter knows no private name
+
+
+def test_an_abandoned_upload_and_its_partial_file_go_after_it_expires(alice_api):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from generation.models import ModelUpload
+    from generation.own_models import drop_expired_uploads
+
+    location = start_upload(alice_api, 1000, "abandoned")["Location"]
+    send_chunk(alice_api, location, 0, b"\0" * 100)
+    upload_row = ModelUpload.objects.get()
+    partial = upload_row.temporary_file_path
+    assert partial and os.path.exists(partial)
+    assert drop_expired_uploads() == 0
+    ModelUpload.objects.update(expires=timezone.now() - timedelta(seconds=1))
+    assert drop_expired_uploads() == 1
+    assert not os.path.exists(partial)
+    assert alice_api.head(location, **TUS).status_code == 404

@@ -134,6 +134,9 @@ def test_alices_uploads_run_on_an_empty_worker_and_stay_hers(
     downloads = empty_worker.downloads
     assert set(downloads.shas()) == {mine["checkpoint"].sha256, mine["lora"].sha256}
     assert not any((empty_worker.engine.models_dir).rglob("*.safetensors"))
+    beat = empty_worker.heartbeat_snapshot()
+    assert beat["loaded_models"] == ["alice-ckpt"]  # named, so the scheduler sees it is hot
+    assert set(beat["disk_models"]) == set(downloads.shas())
 
     # bob: not listed, and refused exactly like a name that does not exist
     assert "alice-ckpt" not in str(bob_api.get("/api/v1/models/").json())

@@ -20,6 +20,7 @@ from django.db import close_old_connections, connections
 from accounts.grants import grant_periodic_credits
 from generation.broker import get_broker
 from generation.catalogue_sync import sync_catalogue
+from generation.own_models import drop_expired_uploads
 from generation.scheduling.dispatcher import request_schedule
 from generation.sweeper import UNREPORTED_GRACE_SECONDS, SweepMemory, sweep
 from generation.worker_events import register_platform_actors
@@ -115,6 +116,9 @@ class Command(BaseCommand):
                     granted = grant_periodic_credits()
                     if granted:
                         logger.info("periodic credits granted to %s accounts", granted)
+                    dropped = drop_expired_uploads()
+                    if dropped:
+                        logger.info("expired model uploads dropped: %s", dropped)
                 report = sweep(memory=memory)
                 if report.requeued or report.failed or report.dead_workers:
                     logger.info(
