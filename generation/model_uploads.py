@@ -17,10 +17,9 @@ from typing import Any
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from rest_framework import serializers, status
-from rest_framework.generics import ListAPIView
+from rest_framework.generics import GenericAPIView, ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 from rest_framework_tus import constants
 from rest_framework_tus.storage import (
     AbstractUploadSaveHandler,
@@ -31,6 +30,7 @@ from accounts.throttles import ModelUploadThrottle
 from generation import model_store
 from generation.models import CatalogEntry, ModelUpload
 from generation.own_models import (
+    NAME_PATTERN,
     OwnModelError,
     add_own_model,
     check_quota,
@@ -49,7 +49,7 @@ class StoreSaveHandler(AbstractUploadSaveHandler):
         metadata = upload.upload_metadata or {}
         if isinstance(metadata, str):  # drf-tus stores the metadata as JSON text
             metadata = json.loads(metadata)
-        name = str(metadata.get("name") or Path(str(metadata.get("filename", ""))).stem)
+        name = str(metadata.get("name", ""))
         try:
             stored = model_store.store_file(Path(upload.temporary_file_path), label=name or "file")
             upload.entry = add_own_model(upload.user, stored, name)
@@ -85,6 +85,15 @@ class ModelUploadViewSet(UploadViewSet):
         length = getattr(request, constants.UPLOAD_LENGTH_FIELD_NAME, -1)
         if length < 0:
             return _refuse("Upload-Length", "an upload must say its length (Upload-Length)", 400)
+        name = getattr(request, constants.UPLOAD_METADATA_FIELD_NAME, {}).get("name", "")
+        if not NAME_PATTERN.match(name):
+            # Said now, not after gigabytes (the kind, for name clashes, is known only then).
+            return _refuse(
+                "name",
+                "Upload-Metadata must carry a name of 1-100 letters, digits, spaces or "
+                ". _ ( ) + - characters",
+                400,
+            )
         try:
             check_quota(request.user, length)
         except OwnModelError as exc:
@@ -169,9 +178,11 @@ class OwnModelListView(ListAPIView):
         )
 
 
-class OwnModelDetailView(APIView):
+class OwnModelDetailView(GenericAPIView):
     """Rename, describe, set trigger words (PATCH) or delete (DELETE) one of your models. Another
     member's model is a 404, exactly like one that does not exist."""
+
+    serializer_class = OwnModelSerializer
 
     def _entry(self, request: Request, pk: int) -> CatalogEntry:
         return get_object_or_404(

@@ -190,3 +190,8 @@ def test_an_abandoned_upload_and_its_partial_file_go_after_it_expires(alice_api)
     assert drop_expired_uploads() == 1
     assert not os.path.exists(partial)
     assert alice_api.head(location, **TUS).status_code == 404
+
+
+def test_an_upload_without_a_usable_name_is_refused_before_any_byte(alice_api):
+    refused = start_upload(alice_api, 1000, "../etc/passwd")
+    assert refused.status_code == 400 and refused.json()["field"] == "name"
