@@ -42,6 +42,9 @@ DTYPE_BYTES = {
 PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 ARCHITECTURE_BY_FAMILY = {"sd1": "sd1", "sdxl": "sdxl"}  # configs shipped in gpu_worker/configs
+UNET_INPUT_KEY = "model.diffusion_model.input_blocks.0.0.weight"  # original (LDM) layout
+INPAINT_SUFFIX = "-inpaint"  # loading.INPAINT_SUFFIX: the base architecture's inpaint variant
+INPAINT_IN_CHANNELS = 9
 
 
 class UnreadableModel(ValueError):
@@ -186,6 +189,11 @@ def detect_family_from_header(header: dict[str, Any], kind: str) -> tuple[str, s
                 if "attn2_to_k" in key and key.endswith(("lora_down.weight", "hada_w1_b")):
                     family = FAMILY_BY_CONTEXT.get(info["shape"][-1], "unknown")
                     break
+    elif kind == "controlnet":  # the width of its cross-attention context, in either key layout
+        for key, info in entries.items():
+            if key.endswith("attn2.to_k.weight") and info.get("shape"):
+                family = FAMILY_BY_CONTEXT.get(info["shape"][-1], "unknown")
+                break
     elif kind == "embedding":
         if "clip_g" in keys:
             family = "sdxl"
@@ -198,7 +206,17 @@ def detect_family_from_header(header: dict[str, Any], kind: str) -> tuple[str, s
         # SD1 and SD2 share one VAE layout; an SDXL VAE has the same tensors and says so only in
         # its metadata.
         family = "sdxl" if "xl" in str(metadata.get("modelspec.architecture", "")) else "sd1"
-    return family, ARCHITECTURE_BY_FAMILY.get(family)
+    architecture = ARCHITECTURE_BY_FAMILY.get(family)
+    if architecture and kind == "checkpoint" and is_inpaint_unet(header):
+        architecture += INPAINT_SUFFIX
+    return family, architecture
+
+
+def is_inpaint_unet(header: dict[str, Any]) -> bool:
+    """A dedicated inpaint checkpoint: the UNet's first convolution reads 9 channels."""
+    info = header.get(UNET_INPUT_KEY) or {}
+    shape = info.get("shape") or []
+    return len(shape) > 1 and shape[1] == INPAINT_IN_CHANNELS
 
 
 def describe(header: dict[str, Any], label: str = "file") -> ModelFacts:
@@ -215,8 +233,7 @@ def describe(header: dict[str, Any], label: str = "file") -> ModelFacts:
     entries = tensors(header)
     detail: dict[str, Any] = {}
     if kind == "checkpoint":
-        conv_in = entries.get("model.diffusion_model.input_blocks.0.0.weight", {})
-        detail["inpaint"] = len(conv_in.get("shape", [])) == 4 and conv_in["shape"][1] == 9
+        detail["inpaint"] = is_inpaint_unet(header)
     elif kind == "lora":
         detail["lora_type"] = _lora_type(entries)
     elif kind == "embedding":

@@ -163,3 +163,13 @@ def test_refused_uploads_leave_nothing_in_the_store(settings):
 def test_reading_model_files_imports_no_torch():
     code = "import sys, gpu_worker.model_files; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_an_inpaint_checkpoint_gets_the_inpaint_variant_of_its_architecture():
+    sd1 = safetensors_bytes(
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": ("F16", [8, 9, 3, 3]),
+            "cond_stage_model.transformer.text_model.final_layer_norm.weight": ("F16", [768]),
+        }
+    )
+    assert store_stream([sd1]).facts.architecture == "sd1-inpaint"
