@@ -72,7 +72,10 @@ def test_the_generator_page_form_has_every_request_field(client, alice, catalogu
 
 def test_the_generator_script_sends_every_form_field():
     script = (Path(settings.BASE_DIR) / "static" / "js" / "generator.js").read_text()
-    sent = set(re.findall(r"fields\.(\w+)\.(?:value|files|checked)", script))
+    # Read directly (fields.x.value) or through the number readers (intField("x")).
+    direct = re.findall(r"fields\.(\w+)\.(?:value|files|checked)", script)
+    numbers = re.findall(r"(?:int|float)Field\(\"(\w+)\"\)", script)
+    sent = set(direct) | set(numbers)
     assert form_names(REQUEST_FIELDS - {"mode"}) <= sent | {"init_image"}
 
 
