@@ -10,6 +10,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.forms import ApiTokenForm, SignUpForm
 from accounts.ledger import account_for, open_account
+from accounts.member_request import MemberRequest
 from accounts.models import ApiToken
 
 
@@ -27,13 +28,13 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def profile(request: HttpRequest) -> HttpResponse:
+def profile(request: MemberRequest) -> HttpResponse:
     return _render_profile(request, ApiTokenForm())
 
 
 @login_required
 @require_POST
-def create_token(request: HttpRequest) -> HttpResponse:
+def create_token(request: MemberRequest) -> HttpResponse:
     form = ApiTokenForm(request.POST)
     new_secret = None
     if form.is_valid():
@@ -44,7 +45,7 @@ def create_token(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
+def revoke_token(request: MemberRequest, token_id: int) -> HttpResponse:
     # Scoped to the caller: another user's token id is a 404, never a revoke.
     token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
     token.revoke()
@@ -53,7 +54,7 @@ def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
 
 
 def _render_profile(
-    request: HttpRequest, form: ApiTokenForm, new_secret: str | None = None
+    request: MemberRequest, form: ApiTokenForm, new_secret: str | None = None
 ) -> HttpResponse:
     tokens = ApiToken.objects.filter(user=request.user, revoked_at__isnull=True)
     return render(

@@ -119,7 +119,7 @@ class Publication(models.Model):
 
     @property
     def display_title(self) -> str:
-        return self.title or _("Untitled")
+        return self.title or str(_("Untitled"))
 
     def is_viewable_by(self, user: Any) -> bool:
         if _is_staff(user) or (user.is_authenticated and user.pk == self.owner_id):

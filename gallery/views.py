@@ -18,6 +18,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from accounts.member_request import MemberRequest
 from accounts.suspension import SuspensionError, suspend_user
 from gallery import feed as feeds
 from gallery import moderation
@@ -238,7 +239,7 @@ def unpublish_view(request: HttpRequest, pk: Any) -> HttpResponse:
 
 
 @login_required
-def preferences(request: HttpRequest) -> HttpResponse:
+def preferences(request: MemberRequest) -> HttpResponse:
     instance, _created = GalleryPreferences.objects.get_or_create(user=request.user)
     form = PreferencesForm(request.POST or None, instance=instance)
     if request.method == "POST" and form.is_valid():

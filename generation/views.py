@@ -20,6 +20,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
+from accounts.member_request import MemberRequest
 from generation.images import delete_image
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
@@ -149,14 +150,14 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
     return params
 
 
-def _owned_images(request: HttpRequest) -> Any:
+def _owned_images(request: MemberRequest) -> Any:
     # Pages show the owner's images only; anyone else's id is a 404 (staff included).
     return JobImage.objects.filter(owner=request.user).select_related("job__checkpoint")
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def generate(request: HttpRequest) -> HttpResponse:
+def generate(request: MemberRequest) -> HttpResponse:
     """The generator. The script submits through the REST API; a POST here is the same
     submission for browsers without JavaScript."""
     user = request.user
@@ -201,7 +202,7 @@ def generate(request: HttpRequest) -> HttpResponse:
 
 
 def _render_generator(
-    request: HttpRequest,
+    request: MemberRequest,
     params: dict[str, Any],
     *,
     keep_checkpoint: bool = False,
@@ -264,7 +265,7 @@ def _render_generator(
 
 
 @login_required
-def my_images(request: HttpRequest) -> HttpResponse:
+def my_images(request: MemberRequest) -> HttpResponse:
     images = _owned_images(request).order_by("-created_at", "index")
     model = request.GET.get("model", "")
     if model:
@@ -290,7 +291,7 @@ def my_images(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
+def image_detail(request: MemberRequest, pk: Any) -> HttpResponse:
     image = get_object_or_404(_owned_images(request), pk=pk)
     return render(
         request,
@@ -305,7 +306,7 @@ def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def image_delete(request: HttpRequest, pk: Any) -> HttpResponse:
+def image_delete(request: MemberRequest, pk: Any) -> HttpResponse:
     """GET asks for confirmation; POST deletes (works without JavaScript)."""
     image = get_object_or_404(_owned_images(request), pk=pk)
     if request.method == "POST":
