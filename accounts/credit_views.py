@@ -11,7 +11,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonR
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import Promise
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -123,16 +125,17 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"received": True, "outcome": outcome})
 
 
-# Requests priced on the pricing page, through generation's own price function.
-PRICE_EXAMPLES = [
-    (_("512×512, 20 steps, one image"), {"width": 512, "height": 512, "steps": 20}),
-    (_("1024×1024, 30 steps, one image"), {"width": 1024, "height": 1024, "steps": 30}),
+# Requests priced on the pricing page, through generation's own price function. Lazy labels:
+# the list is built at import, the page is read in each visitor's language.
+PRICE_EXAMPLES: list[tuple[Promise, dict[str, Any]]] = [
+    (gettext_lazy("512×512, 20 steps, one image"), {"width": 512, "height": 512, "steps": 20}),
+    (gettext_lazy("1024×1024, 30 steps, one image"), {"width": 1024, "height": 1024, "steps": 30}),
     (
-        _("512×768, 25 steps, batch of 4"),
+        gettext_lazy("512×768, 25 steps, batch of 4"),
         {"width": 512, "height": 768, "steps": 25, "batch_size": 4},
     ),
     (
-        _("512×512, 20 steps, hires fix ×2"),
+        gettext_lazy("512×512, 20 steps, hires fix ×2"),
         {"width": 512, "height": 512, "steps": 20, "hires": {"scale": 2.0}},
     ),
 ]

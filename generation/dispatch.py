@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from typing import Any
 
 import dramatiq
 import redis
@@ -57,7 +58,8 @@ def build_request(job: Job) -> GenerationRequest:
             request["init_image_png_b64"] = base64.b64encode(fh.read()).decode()
         request["resize_mode"] = p.get("resize_mode", 0)
     if p.get("hires"):
-        request["hires"] = HiresOptions(**p["hires"])
+        hires: HiresOptions = p["hires"]
+        request["hires"] = hires
     return request
 
 
@@ -68,7 +70,7 @@ MESSAGE_ID_TTL_SECONDS = 7 * 24 * 3600
 def send_request(job: Job) -> bool:
     """Enqueue the job's current attempt on its worker's queue. If Redis is down the job goes
     back to the waiting queue (False), to be assigned again once Redis answers."""
-    message = dramatiq.Message(
+    message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=worker_queue(job.worker_id),
         actor_name=GENERATE_ACTOR,
         args=(),

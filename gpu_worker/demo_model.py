@@ -9,9 +9,10 @@ download them, so the single-file loading path is the one exercised. Images it m
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +58,9 @@ def write_demo_checkpoint(models_dir: Path, name: str, seed: int) -> Path:
     return _write_if_missing(models_dir / demo.relative, lambda: _checkpoint(demo))
 
 
-def _write_if_missing(path: Path, build) -> Path:  # type: ignore[no-untyped-def]
+def _write_if_missing(
+    path: Path, build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, str]]]
+) -> Path:
     if path.exists():
         return path
     from safetensors.torch import save_file
@@ -167,7 +170,7 @@ _RESNET = [
 ]
 
 
-def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+def unet_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     """Inverse of diffusers' convert_ldm_unet_checkpoint for SD-style UNets of any depth."""
     per_level = config.layers_per_block + 1
     levels = len(config.block_out_channels)
@@ -215,7 +218,7 @@ def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tenso
     return out
 
 
-def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+def vae_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     levels = len(config.block_out_channels)
     prefixes = []
     for i in range(levels):

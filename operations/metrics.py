@@ -62,7 +62,7 @@ def window_stats(label: str, since: datetime) -> WindowStats:
     for status, created, started, finished_at in rows:
         finished += 1
         failed += status == Job.Status.FAILED
-        if started:
+        if started and finished_at:  # finished_at is never null here (the filter)
             waits.append((started - created).total_seconds())
             runs.append((finished_at - started).total_seconds())
     return WindowStats(
@@ -168,6 +168,8 @@ def worker_utilisation(now: datetime | None = None) -> list[WorkerUtilisation]:
     )
     busy: dict[str, list[float]] = {}
     for worker_id, started, finished in rows:
+        if started is None:  # excluded by the query; says so to the type checker
+            continue
         end = finished or now
         totals = busy.setdefault(worker_id, [0.0, 0.0])
         totals[0] += _overlap_s(started, end, now - HOUR, now)

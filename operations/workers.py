@@ -43,7 +43,9 @@ class WorkerStatus:
 
 def read_workers(client: redis.Redis, now: float | None = None) -> list[WorkerStatus]:
     now = time.time() if now is None else now
-    ids = sorted(member.decode() for member in client.smembers(HEARTBEAT_INDEX))
+    ids = sorted(
+        m.decode() if isinstance(m, bytes) else m for m in client.smembers(HEARTBEAT_INDEX)
+    )
     if not ids:
         return []
     raw = client.mget([HEARTBEAT_KEY.format(worker_id=worker_id) for worker_id in ids])
