@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -97,7 +97,8 @@ class MembershipTierForm(forms.ModelForm):
 
         names = CatalogEntry.objects.checkpoints().values_list("name", flat=True)
         current = list(self.instance.allowed_models or []) if self.instance.pk else []
-        self.fields["allowed_models"].choices = [(n, n) for n in dict.fromkeys([*names, *current])]
+        choices = [(n, n) for n in dict.fromkeys([*names, *current])]
+        cast(forms.MultipleChoiceField, self.fields["allowed_models"]).choices = choices
 
 
 @admin.register(MembershipTier)
@@ -273,5 +274,5 @@ class RedeemCodeAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: RedeemCode, form: Any, change: bool) -> None:
         if not change:
-            obj.created_by = request.user
+            obj.created_by = cast(User, request.user)  # the admin site lets only staff in
         super().save_model(request, obj, form, change)

@@ -209,7 +209,7 @@ class MemberAdmin(UserAdmin):
     search_fields = ("username", "email", "first_name", "last_name")
     actions = ["grant_or_deduct_credits", "change_tier", "suspend", "reinstate"]
     fieldsets = (
-        *UserAdmin.fieldsets,
+        *(UserAdmin.fieldsets or ()),
         (
             gettext_lazy("Credits and activity"),
             {"fields": ("credit_summary", "recent_jobs", "published_images", "api_tokens")},

@@ -100,6 +100,11 @@ class Publication(models.Model):
 
     objects = PublicationQuerySet.as_manager()
 
+    # Not columns: per-viewer facts that gallery views set on a page of cards for templates.
+    blurred: bool
+    liked: bool
+    open_report_list: list[Report]
+
     class Meta:
         ordering = ["-published_at"]
         verbose_name = _("publication")

@@ -149,13 +149,13 @@ def image_file(request: HttpRequest, pk: Any, kind: str) -> FileResponse:
         raise Http404
     job_image = publication.image
     stored = job_image.thumbnail if kind == "thumbnail" and job_image.thumbnail else job_image.file
-    if not stored:
+    if not stored.name:
         raise Http404
     download = kind == "download"
     response = FileResponse(
         stored.open("rb"),
         as_attachment=download,
-        filename=f"atelier-{job_image.seed}.png" if download else None,
+        filename=f"atelier-{job_image.seed}.png" if download else "",
         content_type="image/webp" if stored.name.endswith(".webp") else "image/png",
     )
     # Visibility can change (unpublish, hide): shared caches must not keep a copy.

@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.ledger import account_for
+from accounts.member_request import MemberApiRequest
 from accounts.tiers import effective_tier
 from generation.images import delete_image
 from generation.limits import limits_for
@@ -62,6 +63,8 @@ def request_params(request: Request) -> dict[str, Any]:
     data = request.data
     if isinstance(data, dict) and not hasattr(data, "getlist"):
         return data
+    if not isinstance(data, dict):  # a JSON list, string or number
+        raise SubmissionError("body", "the request body must be a JSON object")
     params: dict[str, Any] = {key: data.get(key) for key in data}
     if isinstance(params.get("hires"), str):
         try:
@@ -212,7 +215,7 @@ class SamplerListView(APIView):
 
 class MeView(APIView):
     @extend_schema(responses=MeSerializer)
-    def get(self, request: Request) -> Response:
+    def get(self, request: MemberApiRequest) -> Response:
         user = request.user
         row = UserGenerationSettings.objects.filter(user=user).first()
         model = default_checkpoint(user)
@@ -255,6 +258,7 @@ class DefaultModelView(APIView):
 class ImageListView(ListAPIView):
     serializer_class = ImageSerializer
     pagination_class = JobPagination
+    request: MemberApiRequest  # IsAuthenticated (the default) lets no anonymous caller in
 
     @extend_schema(parameters=[OpenApiParameter("model", str, description="checkpoint name")])
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

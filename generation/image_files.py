@@ -19,7 +19,7 @@ def _image(request: HttpRequest, pk: object) -> JobImage:
 
 
 def _stream(field: FieldFile, filename: str, content_type: str) -> FileResponse:
-    if not field:
+    if not field.name:
         raise Http404
     try:
         handle = field.storage.open(field.name, "rb")

@@ -20,6 +20,7 @@ import re
 import secrets
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
@@ -261,7 +262,7 @@ def _hires(raw: Any, params: dict[str, Any], limits: GenerationLimits) -> dict[s
     if not isinstance(raw, dict):
         raise SubmissionError("hires", "hires must be an object or null")
     hires = {**HIRES_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
-    out = {
+    out: dict[str, Any] = {
         "scale": _float(hires, "scale", 1.0, 4.0),
         "resize_x": _int(hires, "resize_x", 0, limits.max_side),
         "resize_y": _int(hires, "resize_y", 0, limits.max_side),
@@ -443,7 +444,7 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             # After commit, outside the write lock: schedule first (nothing that may fail or be
             # cancelled in the broadcast can then skip it), then tell the owner its place.
             dispatch_on_commit(job)
-            transaction.on_commit(lambda: publish_queue_position(job))
+            transaction.on_commit(partial(publish_queue_position, job))
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
         if (job := _existing(user, idempotency_key)) is not None:

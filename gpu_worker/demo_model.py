@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,7 @@ def make_demo_models(models_dir: Path) -> list[Path]:
     """Write the demo files that are missing (idempotent); return the paths of all of them."""
     written = []
     for demo in DEMO_CHECKPOINTS:
-        written.append(_write_if_missing(models_dir / demo.relative, lambda d=demo: _checkpoint(d)))
+        written.append(_write_if_missing(models_dir / demo.relative, partial(_checkpoint, demo)))
     written.append(_write_if_missing(models_dir / DEMO_LORA.relative, _lora))
     written.append(_write_if_missing(models_dir / DEMO_VAE.relative, _vae_file))
     written.append(_write_if_missing(models_dir / DEMO_EMBEDDING.relative, _embedding))
