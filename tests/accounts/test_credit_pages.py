@@ -110,6 +110,7 @@ def test_the_admin_shows_the_ledger_read_only(client, alice, carol):
     client.force_login(carol)
     assert client.get(reverse("admin:accounts_creditentry_changelist")).status_code == 200
     entry = CreditEntry.objects.of_user(alice).first()
+    assert entry is not None
     change = client.post(
         reverse("admin:accounts_creditentry_change", args=[entry.pk]), {"amount": "1000"}
     )
