@@ -433,7 +433,9 @@ class Purchase(models.Model):
 
     @property
     def item(self) -> CreditPack | MembershipPlan:
-        return self.pack or self.plan  # type: ignore[return-value]
+        item = self.pack or self.plan
+        assert item is not None, "the purchase_has_item constraint"
+        return item
 
 
 class StripeEvent(models.Model):

@@ -21,12 +21,12 @@ from operations.workers import read_workers, send_worker_command
 def ops_overview(request: HttpRequest) -> HttpResponse:
     data = metrics.overview()
     charts = {
-        "chart": hourly_chart(data["jobs_per_hour"]),  # type: ignore[arg-type]
-        "loads_chart": hourly_chart(data["model_loads_per_hour"]),  # type: ignore[arg-type]
+        "chart": hourly_chart(data["jobs_per_hour"]),
+        "loads_chart": hourly_chart(data["model_loads_per_hour"]),
         "credits_chart": grouped_bar_chart(
             [
                 (day.day.strftime("%m-%d"), (float(day.spent), float(day.bought)))
-                for day in data["credits_per_day"]  # type: ignore[attr-defined]
+                for day in data["credits_per_day"]
             ]
         ),
     }
@@ -51,7 +51,7 @@ def ops_worker_command(request: HttpRequest, worker_id: str) -> HttpResponse:
     action = request.POST.get("action", "")
     command: WorkerCommand
     if action in ("drain", "undrain"):
-        command = {"action": action}  # type: ignore[typeddict-item]
+        command = {"action": "drain" if action == "drain" else "undrain"}
     elif action == "unload" and request.POST.get("model"):
         command = {"action": "unload", "model": request.POST["model"]}
     else:
