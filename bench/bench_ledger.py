@@ -96,7 +96,7 @@ def main() -> None:
         # The queued event's snapshot, left out: it reads every queued job.
         submission.publish_queue_position = lambda job: None
 
-    def no_hold(user, job) -> None:  # noqa: ANN001 - the seam's old no-op
+    def no_hold(user: User, job: Job) -> None:  # the seam's old no-op
         return None
 
     def finish_queued_jobs() -> None:
