@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.ledger import account_for
+from accounts.member_request import MemberApiRequest
 from accounts.tiers import effective_tier
 from generation.error_text import readable_error
 from generation.images import delete_image
@@ -214,7 +215,7 @@ class SamplerListView(APIView):
 
 class MeView(APIView):
     @extend_schema(responses=MeSerializer)
-    def get(self, request: Request) -> Response:
+    def get(self, request: MemberApiRequest) -> Response:
         user = request.user
         row = UserGenerationSettings.objects.filter(user=user).first()
         model = default_checkpoint(user)
@@ -257,6 +258,7 @@ class DefaultModelView(APIView):
 class ImageListView(ListAPIView):
     serializer_class = ImageSerializer
     pagination_class = JobPagination
+    request: MemberApiRequest  # IsAuthenticated (the default) lets no anonymous caller in
 
     @extend_schema(parameters=[OpenApiParameter("model", str, description="checkpoint name")])
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

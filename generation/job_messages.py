@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from typing import Any
 
 import dramatiq
 import redis
@@ -48,7 +49,7 @@ MESSAGE_ID_TTL_SECONDS = 7 * 24 * 3600
 def send_request(job: Job) -> bool:
     """Enqueue the job's current attempt on its worker's queue. If Redis is down the job goes
     back to the waiting queue (False), to be assigned again once Redis answers."""
-    message = dramatiq.Message(
+    message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=worker_queue(job.worker_id),
         actor_name=GENERATE_ACTOR,
         args=(),

@@ -19,6 +19,7 @@ import logging
 import secrets
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
@@ -462,7 +463,7 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             # After commit, outside the write lock: schedule first (nothing that may fail or be
             # cancelled in the broadcast can then skip it), then tell the owner its place.
             dispatch_on_commit(job)
-            transaction.on_commit(lambda: publish_queue_position(job))
+            transaction.on_commit(partial(publish_queue_position, job))
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
         if (job := _existing(user, idempotency_key)) is not None:

@@ -62,7 +62,7 @@ def ops_worker_command(request: HttpRequest, worker_id: str) -> HttpResponse:
     action = request.POST.get("action", "")
     command: WorkerCommand
     if action in ("drain", "undrain"):
-        command = {"action": action}  # type: ignore[typeddict-item]
+        command = {"action": "drain" if action == "drain" else "undrain"}
     elif action == "unload" and request.POST.get("model"):
         command = {"action": "unload", "model": request.POST["model"]}
     else:
