@@ -77,6 +77,9 @@ def main() -> None:
             "n_iter": 1,
             "clip_skip": 1,
             "denoising_strength": 0.75,
+            "resize_mode": 0,
+            "hires": None,
+            "loras": [],
         }
 
     pipe = engine.pipeline(engine.resolve("checkpoint", "atelier-demo-v1"), None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, cast
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -64,8 +64,10 @@ def request_params(request: Request) -> dict[str, Any]:
     """JSON bodies as they are; form posts flattened, with `hires` as JSON text and
     `init_image` as an uploaded file. Checked by the request serializer (types and the
     caller's bounds) before the service sees them."""
-    data = request.data
-    if isinstance(data, dict) and not hasattr(data, "getlist"):
+    # Always a dict: JSONObjectParser (config/api_parsers.py) lets only JSON objects through and
+    # form posts parse to a QueryDict.
+    data = cast("dict[str, Any]", request.data)
+    if not hasattr(data, "getlist"):
         params: dict[str, Any] = data
     else:
         params = {key: data.get(key) for key in data}

@@ -18,6 +18,7 @@ import redis
 from generation.broker import get_broker, get_redis
 from generation.events import user_group
 from generation.models import Job
+from gpu_worker.params import GenerationParams
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
     GENERATE_KWARG,
@@ -30,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 def build_request(job: Job) -> GenerationRequest:
     """The job's stored GenerationParams in its envelope (and the img2img source image)."""
+    params: GenerationParams = job.params
     request = GenerationRequest(
-        **job.params,
+        **params,
         job_id=str(job.pk),
         attempt=job.attempt,
         events_group=user_group(job.owner_id),

@@ -192,7 +192,7 @@ class JobRequestSerializer(serializers.Serializer):
 
     def get_fields(self) -> dict[str, serializers.Field]:
         lim = self.limits
-        text = {"required": False, "allow_null": True, "allow_blank": True}
+        text: dict[str, Any] = {"required": False, "allow_null": True, "allow_blank": True}
         return {
             "mode": serializers.ChoiceField(
                 choices=Job.Mode.choices,

@@ -20,7 +20,7 @@ import secrets
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django.contrib.auth import get_user_model
@@ -44,6 +44,7 @@ from gpu_worker.params import (
     HIRES_DEFAULTS,
     HIRES_FIELDS,
     REQUEST_FIELDS,
+    GenerationMode,
     GenerationParams,
     HiresParams,
 )
@@ -338,7 +339,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         raise SubmissionError(field, str(exc), 422) from None
 
     params = GenerationParams(
-        mode=mode,
+        mode=cast(GenerationMode, mode),  # checked above
         checkpoint=checkpoint.name,
         vae=_vae(user, given.get("vae")),
         prompt=_text(given, "prompt", limits.max_prompt_chars),
@@ -490,7 +491,7 @@ def publish_queue_position(job: Job) -> None:
         send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
 
 
-def remember_params(user: Any, params: dict[str, Any], chosen_scheduler: Any = None) -> None:
+def remember_params(user: Any, params: GenerationParams, chosen_scheduler: Any = None) -> None:
     settings_row = UserGenerationSettings.for_user(user)
     settings_row.last_params = dict(params)
     # The form comes back as the user left it: "Automatic" stays Automatic, not what it

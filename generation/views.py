@@ -268,7 +268,7 @@ def _render_generator(
 
 def _publication(image: JobImage) -> Any:
     try:
-        return image.publication  # type: ignore[attr-defined]
+        return image.publication
     except ObjectDoesNotExist:
         return None
 

@@ -23,9 +23,9 @@ from operations.workers import send_worker_command
 def ops_overview(request: HttpRequest) -> HttpResponse:
     data = metrics.overview()
     charts = {
-        "chart": hourly_chart(data["jobs_per_hour"], _("jobs")),  # type: ignore[arg-type]
-        "loads_chart": hourly_chart(data["model_loads_per_hour"], _("loads")),  # type: ignore[arg-type]
-        "credits_chart": credits_chart(data["credits_per_day"]),  # type: ignore[arg-type]
+        "chart": hourly_chart(data["jobs_per_hour"], _("jobs")),
+        "loads_chart": hourly_chart(data["model_loads_per_hour"], _("loads")),
+        "credits_chart": credits_chart(data["credits_per_day"]),
     }
     return render(request, "operations/overview.html", {**data, **charts})
 

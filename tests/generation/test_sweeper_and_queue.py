@@ -25,6 +25,7 @@ from generation.sweeper import (
     SweepMemory,
     sweep,
 )
+from gpu_worker.protocol import JobEvent
 from operations.redis_server import free_port
 from tests.generation.conftest import SMALL, beat, status_of
 
@@ -269,11 +270,11 @@ def test_the_old_workers_late_messages_change_nothing_after_the_job_moved_on(
     from generation.worker_events import handle_job_event
 
     job = running_on(submit_job(alice, SMALL), "gpu-1")
-    old = {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-1"}
+    old = JobEvent(job_id=str(job.pk), attempt=job.attempt, worker_id="gpu-1", kind="started")
     memory = SweepMemory()
     sweep(later(0), memory)
     sweep(later(memory.liveness.grace), memory)  # gpu-1 declared dead: the job is back
-    assert not handle_job_event({**old, "kind": "started"})
+    assert not handle_job_event(old)
     assert not handle_job_event({**old, "kind": "failed", "error": "late"})
     assert not handle_job_event({**old, "kind": "succeeded", "images": []})
     job.refresh_from_db()

@@ -336,7 +336,7 @@ def test_a_stopping_worker_gives_its_queued_jobs_back_to_the_platform(
         service.broker.close()
 
 
-def send(service: Any, request: dict) -> None:
+def send(service: Any, request: GenerationRequest) -> None:
     import dramatiq
 
     from gpu_worker.protocol import GENERATE_ACTOR, GENERATE_KWARG
