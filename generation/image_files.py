@@ -8,6 +8,7 @@ from __future__ import annotations
 import mimetypes
 
 from django.contrib.auth.decorators import login_required
+from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
@@ -19,8 +20,8 @@ def _image(request: HttpRequest, pk: object) -> JobImage:
     return get_object_or_404(JobImage.objects.visible_to(request.user), pk=pk)
 
 
-def _stream(field, filename: str, content_type: str) -> FileResponse:  # type: ignore[no-untyped-def]
-    if not field:
+def _stream(field: FieldFile, filename: str, content_type: str) -> FileResponse:
+    if not field.name:
         raise Http404
     try:
         handle = field.storage.open(field.name, "rb")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from typing import Any
 
 import dramatiq
 import redis
@@ -17,6 +18,7 @@ import redis
 from generation.broker import get_broker, get_redis
 from generation.events import user_group
 from generation.models import Job
+from gpu_worker.params import GenerationParams
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
     GENERATE_KWARG,
@@ -29,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 def build_request(job: Job) -> GenerationRequest:
     """The job's stored GenerationParams in its envelope (and the img2img source image)."""
+    params: GenerationParams = job.params
     request = GenerationRequest(
-        **job.params,
+        **params,
         job_id=str(job.pk),
         attempt=job.attempt,
         events_group=user_group(job.owner_id),
@@ -48,7 +51,7 @@ MESSAGE_ID_TTL_SECONDS = 7 * 24 * 3600
 def send_request(job: Job) -> bool:
     """Enqueue the job's current attempt on its worker's queue. If Redis is down the job goes
     back to the waiting queue (False), to be assigned again once Redis answers."""
-    message = dramatiq.Message(
+    message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=worker_queue(job.worker_id),
         actor_name=GENERATE_ACTOR,
         args=(),

@@ -92,10 +92,12 @@ class JobSerializer(serializers.ModelSerializer):
             "images",
         ]
 
+    _queue: QueueSnapshot | None = None  # read once per response (a list shares its child)
+
     def _snapshot(self) -> QueueSnapshot:
-        if "queue" not in self.context:
-            self.context["queue"] = queue_snapshot()
-        return self.context["queue"]
+        if self._queue is None:
+            self._queue = queue_snapshot()
+        return self._queue
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_position(self, job: Job) -> int | None:
@@ -190,7 +192,7 @@ class JobRequestSerializer(serializers.Serializer):
 
     def get_fields(self) -> dict[str, serializers.Field]:
         lim = self.limits
-        text = {"required": False, "allow_null": True, "allow_blank": True}
+        text: dict[str, Any] = {"required": False, "allow_null": True, "allow_blank": True}
         return {
             "mode": serializers.ChoiceField(
                 choices=Job.Mode.choices,
@@ -278,7 +280,8 @@ class QuoteSerializer(serializers.Serializer):
 
 class CatalogEntrySerializer(serializers.ModelSerializer):
     title = serializers.CharField(read_only=True)
-    label = serializers.CharField(read_only=True)
+    # A declared field, not Field.label: DRF's metaclass moves it into _declared_fields.
+    label = serializers.CharField(read_only=True)  # type: ignore[assignment]
 
     class Meta:
         model = CatalogEntry
@@ -310,7 +313,7 @@ class SamplerSerializer(serializers.Serializer):
 
 class SchedulerSerializer(serializers.Serializer):
     name = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a declared field, as above
 
 
 class SamplerListSerializer(serializers.Serializer):

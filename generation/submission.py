@@ -19,7 +19,8 @@ import logging
 import secrets
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import redis
 from django.contrib.auth import get_user_model
@@ -43,6 +44,7 @@ from gpu_worker.params import (
     HIRES_DEFAULTS,
     HIRES_FIELDS,
     REQUEST_FIELDS,
+    GenerationMode,
     GenerationParams,
     HiresParams,
 )
@@ -337,7 +339,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         raise SubmissionError(field, str(exc), 422) from None
 
     params = GenerationParams(
-        mode=mode,
+        mode=cast(GenerationMode, mode),  # checked above
         checkpoint=checkpoint.name,
         vae=_vae(user, given.get("vae")),
         prompt=_text(given, "prompt", limits.max_prompt_chars),
@@ -462,7 +464,7 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             # After commit, outside the write lock: schedule first (nothing that may fail or be
             # cancelled in the broadcast can then skip it), then tell the owner its place.
             dispatch_on_commit(job)
-            transaction.on_commit(lambda: publish_queue_position(job))
+            transaction.on_commit(partial(publish_queue_position, job))
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
         if (job := _existing(user, idempotency_key)) is not None:
@@ -489,7 +491,7 @@ def publish_queue_position(job: Job) -> None:
         send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
 
 
-def remember_params(user: Any, params: dict[str, Any], chosen_scheduler: Any = None) -> None:
+def remember_params(user: Any, params: GenerationParams, chosen_scheduler: Any = None) -> None:
     settings_row = UserGenerationSettings.for_user(user)
     settings_row.last_params = dict(params)
     # The form comes back as the user left it: "Automatic" stays Automatic, not what it

@@ -13,7 +13,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ObjectDoesNotExist
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
@@ -22,6 +22,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
 from accounts.ledger import account_for
+from accounts.member_request import MemberRequest
 from generation.error_text import FIELD_LABELS, readable_error
 from generation.images import delete_image
 from generation.job_history import prompt_history
@@ -139,7 +140,7 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
     return params
 
 
-def _owned_images(request: HttpRequest) -> Any:
+def _owned_images(request: MemberRequest) -> Any:
     # Pages show the owner's images only; anyone else's id is a 404 (staff included).
     # "publication" (the gallery's reverse one-to-one) by name: the cards show how each is shared.
     return JobImage.objects.filter(owner=request.user).select_related(
@@ -149,7 +150,7 @@ def _owned_images(request: HttpRequest) -> Any:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def generate(request: HttpRequest) -> HttpResponse:
+def generate(request: MemberRequest) -> HttpResponse:
     """The generator. The script submits through the REST API; a POST here is the same
     submission for browsers without JavaScript."""
     user = request.user
@@ -193,7 +194,7 @@ def generate(request: HttpRequest) -> HttpResponse:
 
 
 def _render_generator(
-    request: HttpRequest,
+    request: MemberRequest,
     params: dict[str, Any],
     *,
     keep_checkpoint: bool = False,
@@ -267,13 +268,13 @@ def _render_generator(
 
 def _publication(image: JobImage) -> Any:
     try:
-        return image.publication  # type: ignore[attr-defined]
+        return image.publication
     except ObjectDoesNotExist:
         return None
 
 
 @login_required
-def my_images(request: HttpRequest) -> HttpResponse:
+def my_images(request: MemberRequest) -> HttpResponse:
     images = _owned_images(request).order_by("-created_at", "index")
     model = request.GET.get("model", "")
     if model:
@@ -299,7 +300,7 @@ def my_images(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
+def image_detail(request: MemberRequest, pk: Any) -> HttpResponse:
     image = get_object_or_404(_owned_images(request), pk=pk)
     return render(
         request,
@@ -315,7 +316,7 @@ def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def image_delete(request: HttpRequest, pk: Any) -> HttpResponse:
+def image_delete(request: MemberRequest, pk: Any) -> HttpResponse:
     """GET asks for confirmation; POST deletes (works without JavaScript)."""
     image = get_object_or_404(_owned_images(request), pk=pk)
     if request.method == "POST":

@@ -9,9 +9,11 @@ download them, so the single-file loading path is the one exercised. Images it m
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +46,7 @@ def make_demo_models(models_dir: Path) -> list[Path]:
     """Write the demo files that are missing (idempotent); return the paths of all of them."""
     written = []
     for demo in DEMO_CHECKPOINTS:
-        written.append(_write_if_missing(models_dir / demo.relative, lambda d=demo: _checkpoint(d)))
+        written.append(_write_if_missing(models_dir / demo.relative, partial(_checkpoint, demo)))
     written.append(_write_if_missing(models_dir / DEMO_LORA.relative, _lora))
     written.append(_write_if_missing(models_dir / DEMO_VAE.relative, _vae_file))
     written.append(_write_if_missing(models_dir / DEMO_EMBEDDING.relative, _embedding))
@@ -57,7 +59,9 @@ def write_demo_checkpoint(models_dir: Path, name: str, seed: int) -> Path:
     return _write_if_missing(models_dir / demo.relative, lambda: _checkpoint(demo))
 
 
-def _write_if_missing(path: Path, build) -> Path:  # type: ignore[no-untyped-def]
+def _write_if_missing(
+    path: Path, build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, str]]]
+) -> Path:
     if path.exists():
         return path
     from safetensors.torch import save_file
@@ -167,7 +171,7 @@ _RESNET = [
 ]
 
 
-def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+def unet_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     """Inverse of diffusers' convert_ldm_unet_checkpoint for SD-style UNets of any depth."""
     per_level = config.layers_per_block + 1
     levels = len(config.block_out_channels)
@@ -215,7 +219,7 @@ def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tenso
     return out
 
 
-def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+def vae_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     levels = len(config.block_out_channels)
     prefixes = []
     for i in range(levels):
@@ -330,6 +334,7 @@ def write_demo_xl_folder(models_dir: Path, cache_dir: Path) -> Path:
         scheduler=scheduler,
     )
     tmp = folder.with_name(f".{folder.name}.tmp")
+    # mypy resolves diffusers' top-level export to its no-torch placeholder class.
     pipe.save_pretrained(tmp, safe_serialization=True)  # type: ignore[attr-defined]
     tmp.replace(folder)
     return folder

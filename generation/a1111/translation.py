@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -147,7 +148,7 @@ class Translated:
     send_images: bool
 
 
-def _refuse(field: str, reason: str) -> A1111Error:
+def _refuse(field: str, reason: str | Promise) -> A1111Error:
     return A1111Error(422, _("%(field)s: %(reason)s") % {"field": field, "reason": reason}, field)
 
 

@@ -19,7 +19,7 @@ from gallery.remix import GENERATOR_FIELDS
 from generation.a1111.translation import translate
 from generation.models import Job
 from generation.prefill import QUERY_FIELDS, params_from_query
-from generation.serializers import JobRequestSerializer
+from generation.serializers import HiresRequestSerializer, JobRequestSerializer
 from generation.submission import validate_params
 from gpu_worker.params import DERIVED_FIELDS, HIRES_FIELDS, REQUEST_FIELDS
 from gpu_worker.passes import UPSCALERS
@@ -50,7 +50,9 @@ class _Names(HTMLParser):
 def test_the_rest_serializer_names_every_request_field():
     serializer = JobRequestSerializer()
     assert set(serializer.fields) == REQUEST_FIELDS
-    assert set(serializer.fields["hires"].fields) == HIRES_FIELDS
+    hires = serializer.fields["hires"]
+    assert isinstance(hires, HiresRequestSerializer)
+    assert set(hires.fields) == HIRES_FIELDS
 
 
 def test_the_openapi_schema_lists_every_request_field_with_its_bounds(alice_api):
