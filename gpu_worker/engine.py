@@ -22,6 +22,13 @@ from PIL import Image
 
 from gpu_worker import infotext as infotext_mod
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
+from gpu_worker.inpainting import (
+    decode_mask,
+    inpaint_infotext,
+    inpaint_pipeline,
+    is_inpaint_model,
+    sample_inpaint,
+)
 from gpu_worker.loading import (
     ModelLoadError,
     architecture_for_pipe,
@@ -29,6 +36,7 @@ from gpu_worker.loading import (
     load_checkpoint,
     load_vae,
 )
+from gpu_worker.masking import InpaintPlan, plan_inpaint
 from gpu_worker.model_cache import ModelCache
 from gpu_worker.passes import denoised_steps, hires_inference_steps, hires_size, steps_problem
 from gpu_worker.prompt_encoding import (
@@ -296,6 +304,7 @@ class _Run:
         self.total = 0
         self.embeddings: dict[str, Embedding] = {}
         self.embedding_hashes: dict[str, str] = {}
+        self.inpaint_plan: InpaintPlan | None = None
 
     # The step callback diffusers calls; it must return its kwargs.
     def _callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
@@ -336,6 +345,8 @@ class _Run:
         result = GenerationResult()
         hires = r.get("hires") if r["mode"] == "txt2img" else None
         init = _decode_init_image(r) if r["mode"] == "img2img" else None
+        if init is not None and r.get("inpaint"):
+            self.inpaint_plan = self._plan_inpaint(init)
         hires_steps = 0
         if hires:
             hires_steps = hires_inference_steps(r["steps"], hires)
@@ -414,6 +425,19 @@ class _Run:
     ) -> tuple[list[Image.Image], tuple[int, int]]:
         r = self.request
         width, height = r["width"], r["height"]
+        if self.inpaint_plan is not None:
+            pipe = inpaint_pipeline(self.pipe, self.family, self._scheduler(seeds[0]))
+            images = sample_inpaint(
+                pipe,
+                self.inpaint_plan,
+                r["inpaint"],  # type: ignore[typeddict-item, arg-type]
+                strength=r["denoising_strength"],
+                steps=r["steps"],
+                common=self._common(conditioning, seeds),
+            )
+            return images, (width, height)
+        if is_inpaint_model(self.pipe):
+            raise JobFailed("this is an inpainting model: give it a source image and a mask")
         if init is not None:
             pipe = self._img2img_pipe(seeds[0])
             out = pipe(
@@ -453,6 +477,21 @@ class _Run:
             **self._common(conditioning, seeds),
         )
         return out.images, (width, height)
+
+    def _plan_inpaint(self, init: Image.Image) -> InpaintPlan:
+        r = self.request
+        mask = decode_mask(r.get("mask_png_b64"))
+        if mask is None:  # outpainting alone: the grown sides are the whole mask
+            mask = Image.new("L", init.size, 0)
+        return plan_inpaint(
+            init,
+            mask,
+            r["inpaint"],  # type: ignore[typeddict-item, arg-type]
+            r["width"],
+            r["height"],
+            resize_image,
+            int(r.get("resize_mode", 0)),
+        )
 
     def _img2img_pipe(self, seed: int) -> Any:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
@@ -501,6 +540,8 @@ class _Run:
             params["Hires upscaler"] = (
                 hires["upscaler"] if hires["upscaler"] in LATENT_UPSCALE_MODES else "Lanczos"
             )
+        if r.get("inpaint") and r["mode"] == "img2img":
+            params.update(inpaint_infotext(r["inpaint"]))  # type: ignore[arg-type]
         if loras:
             params["Lora hashes"] = ", ".join(f"{t.name}: {i.sha256[:12]}" for i, t in loras)
         if self.embedding_hashes:
@@ -535,7 +576,8 @@ def _decode_init_image(request: GenerationRequest) -> Image.Image:
 
 
 def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Image.Image:
-    """A1111 resize modes: 0 just resize, 1 crop and resize, 2 resize and fill."""
+    """A1111 resize modes: 0 just resize, 1 crop and resize, 2 resize and fill (3, latent
+    upscale, resizes like 0 here). Works on RGB images and on "L" masks alike."""
     lanczos = Image.Resampling.LANCZOS
     if mode == 1:
         ratio = max(width / image.width, height / image.height)
