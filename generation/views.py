@@ -21,6 +21,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
 from generation.images import delete_image
+from generation.inpaint_form import inpaint_context, posted_inpaint
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
@@ -140,7 +141,7 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
             if f"hires_{key}" in post
         }
     if init_image := files.get("init_image"):
-        params.update(mode="img2img", init_image=init_image)
+        params.update(mode="img2img", init_image=init_image, **posted_inpaint(post, files))
     return params
 
 
@@ -163,7 +164,7 @@ def generate(request: HttpRequest) -> HttpResponse:
             label = FIELD_LABELS.get(exc.field, exc.field)
             messages.error(request, f"{label}: {exc.message}")
             # Refused: show the form as it was sent.
-            params = {k: v for k, v in posted.items() if k != "init_image"}
+            params = {k: v for k, v in posted.items() if k not in ("init_image", "mask")}
             return _render_generator(request, params, keep_checkpoint=True)
         messages.success(request, _("Your job is queued: its images appear below when done."))
         return redirect("generate")
@@ -254,6 +255,7 @@ def _render_generator(
             "recent": recent,
             "init_image_url": init_image_url,
             "page_data": page_data,
+            **inpaint_context(params),
         },
     )
 

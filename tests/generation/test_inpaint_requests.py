@@ -163,3 +163,35 @@ def test_a1111_takes_the_mask_as_a_data_url_or_bare_base64_with_its_api_defaults
         assert translated.parameters["mask"] is None  # not echoed, like init_images
         valid = validate_params(alice, {**translated.params, "width": 64, "height": 64})
         assert valid.mask_png and valid.params["inpaint"]["inpaint_full_res"] is True
+
+
+def test_the_generator_form_without_javascript_posts_a_mask_and_its_options(
+    client, alice, catalogue
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.urls import reverse
+
+    from tests.generation.conftest import GENERATOR_FORM
+
+    def upload(name: str, b64: str) -> SimpleUploadedFile:
+        return SimpleUploadedFile(name, base64.b64decode(b64), content_type="image/png")
+
+    client.force_login(alice)
+    posted = {
+        **GENERATOR_FORM,
+        "checkpoint": "model-a",
+        "denoising_strength": "0.6",
+        "init_image": upload("source.png", SOURCE),
+        "mask": upload("mask.png", png_b64(square_mask())),
+        "inpaint_mask_blur_x": "6",
+        "inpaint_mask_blur_y": "6",
+        "inpaint_inpainting_fill": "2",
+        "inpaint_inpaint_full_res": "on",
+        "inpaint_outpaint_left": "0",
+    }
+    client.post(reverse("generate"), posted)
+    job = Job.objects.get(owner=alice)
+    assert job.mask_image and job.params["inpaint"]["inpainting_fill"] == 2
+    assert job.params["inpaint"]["inpaint_full_res"] is True
+    assert job.params["inpaint"]["inpainting_mask_invert"] is False
+    assert job.params["inpaint"]["mask_blur_x"] == 6
