@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
 from django.utils.translation import gettext_lazy
 
+from generation.models import Job
 from gpu_worker.params import INPAINT_DEFAULTS, OUTPAINT_SIDES
 
 FILL_LABELS = [
@@ -31,13 +33,27 @@ SIDE_LABELS = dict(
 CHECKBOXES = ("inpaint_full_res", "inpainting_mask_invert")
 
 
-def inpaint_context(params: dict[str, Any]) -> dict[str, Any]:
-    """What the mask editor's fields start from."""
+def inpaint_context(
+    params: dict[str, Any], mask_url: str | None = None, open_editor: bool = False
+) -> dict[str, Any]:
+    """What the mask editor's fields start from (a remix's mask and options included)."""
     return {
         "inpaint": {**INPAINT_DEFAULTS, **(params.get("inpaint") or {})},
         "inpaint_fills": FILL_LABELS,
         "outpaint_sides": list(SIDE_LABELS.items()),
+        "mask_url": mask_url,
+        "open_inpaint": open_editor or bool(mask_url),
     }
+
+
+def job_inputs(job: Job) -> tuple[str | None, str | None]:
+    """URLs of an inpaint job's source and mask, to lay them out again (remix)."""
+    if not job.mask_image:
+        return None, None
+    return (
+        reverse("generation-job-source", args=[job.pk]),
+        reverse("generation-job-mask", args=[job.pk]),
+    )
 
 
 def posted_inpaint(post: Any, files: MultiValueDict) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
 from generation.images import delete_image
-from generation.inpaint_form import inpaint_context, posted_inpaint
+from generation.inpaint_form import inpaint_context, job_inputs, posted_inpaint
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
@@ -187,12 +187,19 @@ def generate(request: HttpRequest) -> HttpResponse:
     except (ValueError, JobImage.DoesNotExist):
         raise Http404(_("No such image.")) from None
     params = {**source.job.params, "seed": source.seed}
-    init_image_url = None
+    init_image_url = mask_url = None
     if request.GET.get("img2img"):
-        params.update(width=source.width, height=source.height, hires=None)
+        params.update(width=source.width, height=source.height, hires=None, inpaint=None)
         init_image_url = image_payload(source)["url"]
+    else:  # a remix of an inpaint job lays out its source and mask again
+        init_image_url, mask_url = job_inputs(source.job)
     return _render_generator(
-        request, params, keep_checkpoint=True, last_seed=source.seed, init_image_url=init_image_url
+        request,
+        params,
+        keep_checkpoint=True,
+        last_seed=source.seed,
+        init_image_url=init_image_url,
+        mask_url=mask_url,
     )
 
 
@@ -203,6 +210,7 @@ def _render_generator(
     keep_checkpoint: bool = False,
     last_seed: int | None = None,
     init_image_url: str | None = None,
+    mask_url: str | None = None,
 ) -> HttpResponse:
     user = request.user
     visible = CatalogEntry.objects.usable_by(user)
@@ -255,7 +263,7 @@ def _render_generator(
             "recent": recent,
             "init_image_url": init_image_url,
             "page_data": page_data,
-            **inpaint_context(params),
+            **inpaint_context(params, mask_url, open_editor=bool(request.GET.get("inpaint"))),
         },
     )
 
@@ -296,6 +304,7 @@ def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
             "image": image,
             "payload": image_payload(image),
             "job": image.job,
+            "job_inputs": job_inputs(image.job),
         },
     )
 

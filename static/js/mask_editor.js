@@ -32,6 +32,8 @@
   var erasing = false;
   var stroke = null; // {x, y} of the last point while a pointer paints
   var painted = false; // whether anything was ever painted or uploaded
+  var pendingMask = editor.dataset.maskUrl || null; // a remix's mask, drawn once its source is in
+  var reveal = editor.dataset.open === "1"; // "Send to inpaint": show the editor once loaded
 
   // ---- showing -----------------------------------------------------------------------------
 
@@ -55,8 +57,8 @@
 
   function zoomToFit() {
     if (!source) return;
-    var room = Math.max(120, stage.clientWidth || editor.clientWidth || source.naturalWidth);
-    var scale = Math.min(1, room / source.naturalWidth);
+    var room = Math.max(120, (stage.clientWidth || editor.clientWidth) - 4);
+    var scale = Math.min(4, room / source.naturalWidth); // small sources grow, to paint finely
     view.style.width = Math.round(source.naturalWidth * scale) + "px";
     view.style.height = Math.round(source.naturalHeight * scale) + "px";
   }
@@ -80,6 +82,8 @@
       tools.hidden = false;
       zoomToFit();
       redraw();
+      if (pendingMask) { setMask(pendingMask); pendingMask = null; }
+      if (reveal) { reveal = false; editor.scrollIntoView({ behavior: "smooth", block: "start" }); }
     };
     image.src = url;
   }
@@ -295,6 +299,20 @@
       redraw();
     };
     image.src = url;
+  }
+
+  // "Send to inpaint" on a result made on this page: load it as the source like "Send to
+  // img2img" (generator.js), then show the editor.
+  var results = document.getElementById("results");
+  if (results) {
+    results.addEventListener("click", function (event) {
+      var link = event.target.closest("a.result-inpaint");
+      if (!link || link.getAttribute("href")) return; // a server-made link: follow it
+      var img2img = link.closest("[data-image-id]").querySelector("a.result-img2img");
+      event.preventDefault();
+      reveal = true;
+      img2img.click();
+    });
   }
 
   window.AtelierInpaint = { addTo: addTo, setMask: setMask };

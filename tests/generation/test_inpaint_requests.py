@@ -195,3 +195,68 @@ def test_the_generator_form_without_javascript_posts_a_mask_and_its_options(
     assert job.params["inpaint"]["inpaint_full_res"] is True
     assert job.params["inpaint"]["inpainting_mask_invert"] is False
     assert job.params["inpaint"]["mask_blur_x"] == 6
+
+
+def inpainted_image(owner: Any, catalogue: dict) -> Any:
+    from django.core.files.base import ContentFile
+
+    from tests.generation.test_pages import make_image
+
+    image = make_image(
+        owner, catalogue["a"], mode="img2img", inpaint={**INPAINT_DEFAULTS, "mask_blur_x": 7}
+    )
+    job = image.job
+    job.init_image.save("init.png", ContentFile(base64.b64decode(SOURCE)), save=False)
+    job.mask_image.save("mask.png", ContentFile(base64.b64decode(png_b64(square_mask()))))
+    return image
+
+
+def test_a_remix_of_an_inpaint_result_lays_out_its_source_mask_and_options(
+    client, alice, catalogue
+):
+    from django.urls import reverse
+
+    from tests.generation.test_pages import page_data
+
+    image = inpainted_image(alice, catalogue)
+    client.force_login(alice)
+    response = client.get(reverse("generate") + f"?from_image={image.pk}")
+    source_url = reverse("generation-job-source", args=[image.job.pk])
+    mask_url = reverse("generation-job-mask", args=[image.job.pk])
+    assert page_data(response)["init_image_url"] == source_url
+    html = response.content.decode()
+    assert f'data-mask-url="{mask_url}"' in html
+    assert 'name="inpaint_mask_blur_x" type="number" min="0" max="64" value="7"' in html
+    assert client.get(mask_url).status_code == 200
+    assert client.get(source_url).status_code == 200
+
+
+def test_bob_cannot_see_alices_mask_or_source(client, alice, bob, catalogue):
+    from django.urls import reverse
+
+    image = inpainted_image(alice, catalogue)
+    client.force_login(bob)
+    for name in ("generation-job-mask", "generation-job-source"):
+        assert client.get(reverse(name, args=[image.job.pk])).status_code == 404
+
+
+def test_the_image_page_shows_the_source_and_mask_of_an_inpaint_job(client, alice, catalogue):
+    from django.urls import reverse
+
+    image = inpainted_image(alice, catalogue)
+    client.force_login(alice)
+    html = client.get(reverse("image_detail", args=[image.pk])).content.decode()
+    assert reverse("generation-job-mask", args=[image.job.pk]) in html
+    assert "Send to inpaint" in html
+
+
+def test_send_to_inpaint_opens_the_editor_on_the_image(client, alice, catalogue):
+    from django.urls import reverse
+
+    from tests.generation.test_pages import make_image, page_data
+
+    image = make_image(alice, catalogue["a"])
+    client.force_login(alice)
+    response = client.get(reverse("generate") + f"?from_image={image.pk}&img2img=1&inpaint=1")
+    assert page_data(response)["init_image_url"]
+    assert 'id="mask-editor" class="mask-editor" data-open="1"' in response.content.decode()
