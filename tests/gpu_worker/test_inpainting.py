@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from typing import Any
 
 import pytest
@@ -184,3 +185,35 @@ def test_an_inpaint_model_without_a_mask_fails_with_a_clear_message(engine: Any)
 def test_the_inpaint_checkpoint_is_recognised_from_its_file(engine: Any) -> None:
     item = engine.resolve("checkpoint", "atelier-demo-inpaint")
     assert item.architecture == "tiny-sd1-inpaint" and item.family == "sd1"
+
+
+def test_nine_channel_checkpoints_are_inpaint_models_from_their_header(tmp_path: Any) -> None:
+    from gpu_worker.catalogue import scan_models
+    from gpu_worker.loading import config_folder
+
+    from .test_catalogue import write_safetensors
+
+    unet = "model.diffusion_model.input_blocks.0.0.weight"
+    sd1 = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
+    xl = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
+    sd = tmp_path / "Stable-diffusion"
+    write_safetensors(sd / "one.safetensors", {sd1: [77, 2], unet: [320, 4, 3, 3]})
+    write_safetensors(sd / "one-inpaint.safetensors", {sd1: [77, 2], unet: [320, 9, 3, 3]})
+    write_safetensors(sd / "xl-inpaint.safetensors", {xl: [4], unet: [320, 9, 3, 3]})
+    catalogue = scan_models(tmp_path, hash_cache=tmp_path / "h.json")
+    found = {name: (i.family, i.architecture) for (_, name), i in catalogue.items.items()}
+    assert found == {
+        "one": ("sd1", "sd1"),
+        "one-inpaint": ("sd1", "sd1-inpaint"),
+        "xl-inpaint": ("sdxl", "sdxl-inpaint"),
+    }
+    for architecture in ("sd1-inpaint", "sdxl-inpaint"):
+        unet_config = config_folder(architecture, tmp_path / "cache") / "unet" / "config.json"
+        assert json.loads(unet_config.read_text())["in_channels"] == 9
+
+
+def test_sdxl_inpainting_keeps_the_unmasked_pixels(xl_engine: Any) -> None:
+    source = decoded(xl_engine.run(demo_request(checkpoint="atelier-demo-xl", seed=3)).images[0])
+    result = inpaint(xl_engine, source, square_mask(), checkpoint="atelier-demo-xl")
+    diff = changed(source, decoded(result.images[0]))
+    assert diff and diff <= inside(SQUARE)
