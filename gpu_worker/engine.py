@@ -36,8 +36,9 @@ from gpu_worker.loading import (
     load_checkpoint,
     load_vae,
 )
-from gpu_worker.masking import InpaintPlan, plan_inpaint
+from gpu_worker.masking import InpaintPlan, plan_inpaint, whole_image_plan
 from gpu_worker.model_cache import ModelCache
+from gpu_worker.params import INPAINT_DEFAULTS
 from gpu_worker.passes import denoised_steps, hires_inference_steps, hires_size, steps_problem
 from gpu_worker.prompt_encoding import (
     Embedding,
@@ -347,6 +348,14 @@ class _Run:
         init = _decode_init_image(r) if r["mode"] == "img2img" else None
         if init is not None and r.get("inpaint"):
             self.inpaint_plan = self._plan_inpaint(init)
+        elif is_inpaint_model(self.pipe):  # no mask: the whole image is "masked", as in A1111
+            if hires:
+                raise JobFailed("hires fix is not available with an inpainting model")
+            self.inpaint_plan = whole_image_plan(
+                resize_image(init, r["width"], r["height"], int(r.get("resize_mode", 0)))
+                if init is not None
+                else Image.new("RGB", (r["width"], r["height"]), (127, 127, 127))
+            )
         hires_steps = 0
         if hires:
             hires_steps = hires_inference_steps(r["steps"], hires)
@@ -430,14 +439,12 @@ class _Run:
             images = sample_inpaint(
                 pipe,
                 self.inpaint_plan,
-                r["inpaint"],  # type: ignore[typeddict-item, arg-type]
-                strength=r["denoising_strength"],
+                r.get("inpaint") or INPAINT_DEFAULTS,
+                strength=r["denoising_strength"] if init is not None else 1.0,
                 steps=r["steps"],
                 common=self._common(conditioning, seeds),
             )
             return images, (width, height)
-        if is_inpaint_model(self.pipe):
-            raise JobFailed("this is an inpainting model: give it a source image and a mask")
         if init is not None:
             pipe = self._img2img_pipe(seeds[0])
             out = pipe(

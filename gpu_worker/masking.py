@@ -213,6 +213,13 @@ def plan_inpaint(
     return InpaintPlan(image=image, mask=latent_mask, base=base, overlay=overlay, crop=box)
 
 
+def whole_image_plan(image: Image.Image) -> InpaintPlan:
+    """Everything repainted: how a 9-channel inpaint checkpoint runs plain txt2img (from a grey
+    canvas) and img2img (from the source), as A1111 runs them, with a full mask."""
+    white = Image.new("L", image.size, 255)
+    return InpaintPlan(image=image, mask=white, base=image, overlay=white, crop=None)
+
+
 def paste_back(plan: InpaintPlan, generated: Image.Image) -> Image.Image:
     """The denoised pass over the original: outside the overlay every pixel is the base's."""
     full = generated.convert("RGB")

@@ -177,9 +177,30 @@ def test_outpainting_grows_the_canvas_and_keeps_the_source(
     assert "Outpaint: " in image["infotext"]
 
 
-def test_an_inpaint_model_without_a_mask_fails_with_a_clear_message(engine: Any) -> None:
+def test_an_inpaint_model_also_runs_txt2img_and_plain_img2img(
+    engine: Any, source: Image.Image
+) -> None:
+    txt2img = engine.run(demo_request(checkpoint="atelier-demo-inpaint", seed=3))
+    again = engine.run(demo_request(checkpoint="atelier-demo-inpaint", seed=3))
+    assert decoded(txt2img.images[0]).tobytes() == decoded(again.images[0]).tobytes()
+    img2img = engine.run(
+        demo_request(
+            checkpoint="atelier-demo-inpaint",
+            mode="img2img",
+            init_image_png_b64=png_b64(source),
+            denoising_strength=0.5,
+            steps=4,
+        )
+    )
+    assert img2img.steps_done == 2 and (
+        img2img.images[0]["width"],
+        img2img.images[0]["height"],
+    ) == (64, 64)
+    assert "Inpaint area" not in img2img.images[0]["infotext"]
+    hires = {"scale": 2.0, "resize_x": 0, "resize_y": 0, "upscaler": "Latent"}
+    hires |= {"second_pass_steps": 0, "denoising_strength": 0.5}
     with pytest.raises(JobFailed, match="inpainting model"):
-        engine.run(demo_request(checkpoint="atelier-demo-inpaint"))
+        engine.run(demo_request(checkpoint="atelier-demo-inpaint", hires=hires))
 
 
 def test_the_inpaint_checkpoint_is_recognised_from_its_file(engine: Any) -> None:
