@@ -200,10 +200,14 @@ def plan_inpaint(
         overlay = blurred
     else:
         image = resize(source.convert("RGB"), width, height, resize_mode)
-        mask = _threshold(resize(mask, width, height, resize_mode))
-        base, mask = extend_canvas(image, mask, sides)
+        if any(sides):  # blurred on the grown canvas, so the seam to the new area is soft too
+            mask = _threshold(resize(mask, width, height, resize_mode))
+            base, mask = extend_canvas(image, mask, sides)
+            latent_mask = blur_mask(mask, *blur)
+        else:  # A1111: blurred at the source's size, then resized with the image
+            base = image
+            latent_mask = resize(blur_mask(mask, *blur), width, height, resize_mode)
         image = base
-        latent_mask = blur_mask(mask, *blur)
         # A1111 doubles the blurred mask for the overlay: the repainted area reaches the blur's
         # middle, and the blur's outer half fades into the original.
         overlay = latent_mask.point(lambda v: min(255, v * 2))
