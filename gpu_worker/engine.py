@@ -595,7 +595,18 @@ def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Imag
     if mode == 2:
         ratio = min(width / image.width, height / image.height)
         w, h = max(1, round(image.width * ratio)), max(1, round(image.height * ratio))
-        canvas = image.resize((width, height), lanczos)  # the bars get the stretched image
-        canvas.paste(image.resize((w, h), lanczos), ((width - w) // 2, (height - h) // 2))
+        fitted = image.resize((w, h), lanczos)
+        left, top = (width - w) // 2, (height - h) // 2
+        canvas = Image.new(image.mode, (width, height))
+        # A1111's bars: the fitted image's outermost row (or column) stretched across each.
+        for box, size, at in (
+            ((0, 0, w, 1), (w, top), (left, 0)),
+            ((0, h - 1, w, h), (w, height - top - h), (left, top + h)),
+            ((0, 0, 1, h), (left, h), (0, top)),
+            ((w - 1, 0, w, h), (width - left - w, h), (left + w, top)),
+        ):
+            if size[0] > 0 and size[1] > 0:
+                canvas.paste(fitted.crop(box).resize(size, Image.Resampling.NEAREST), at)
+        canvas.paste(fitted, (left, top))
         return canvas
     return image.resize((width, height), lanczos)

@@ -238,3 +238,16 @@ def test_sdxl_inpainting_keeps_the_unmasked_pixels(xl_engine: Any) -> None:
     result = inpaint(xl_engine, source, square_mask(), checkpoint="atelier-demo-xl")
     diff = changed(source, decoded(result.images[0]))
     assert diff and diff <= inside(SQUARE)
+
+
+def test_resize_and_fill_stretches_the_edge_rows_into_the_bars() -> None:
+    image = Image.new("RGB", (64, 32), "blue")
+    ImageDraw.Draw(image).line((0, 0, 63, 0), fill="red")  # top row red
+    ImageDraw.Draw(image).line((0, 31, 63, 31), fill="green")  # bottom row green
+    filled = resize_image(image, 64, 64, 2)
+    assert filled.size == (64, 64)
+    assert filled.getpixel((10, 2)) == (255, 0, 0)  # the top bar repeats the top row
+    assert filled.getpixel((10, 62)) == (0, 128, 0)  # the bottom bar the bottom row
+    assert filled.getpixel((10, 32)) == (0, 0, 255)
+    mask = resize_image(Image.new("L", (64, 32), 255), 64, 64, 2)
+    assert mask.mode == "L" and mask.getextrema() == (255, 255)
