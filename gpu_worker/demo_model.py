@@ -35,8 +35,9 @@ DEMO_CHECKPOINTS = (
     DemoFile("atelier-demo-v1", "Stable-diffusion", 1),
     DemoFile("atelier-demo-v2", "Stable-diffusion", 2),
 )
-# A dedicated inpaint checkpoint: the demo UNet reading 9 channels (latents, mask, masked image).
-DEMO_INPAINT = DemoFile("atelier-demo-inpaint", "Stable-diffusion", 7)
+# A dedicated inpaint checkpoint: the demo UNet reading 9 channels (latents, mask, masked image);
+# named to sort after v1, the default model of a fresh install (the first demo by name).
+DEMO_INPAINT = DemoFile("atelier-demo-v1-inpainting", "Stable-diffusion", 7)
 DEMO_INPAINT_CONFIG = DEMO_CONFIG + "-inpaint"  # loading builds its config folder
 DEMO_LORA = DemoFile("atelier-demo-lora", "Lora", 3)
 DEMO_VAE = DemoFile("atelier-demo-vae", "VAE", 4)

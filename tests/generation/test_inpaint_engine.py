@@ -101,7 +101,7 @@ def rest_body(source: Image.Image, mask: Image.Image | None, **fields: Any) -> d
     }
 
 
-@pytest.mark.parametrize("checkpoint", ["atelier-demo-v1", "atelier-demo-inpaint"])
+@pytest.mark.parametrize("checkpoint", ["atelier-demo-v1", "atelier-demo-v1-inpainting"])
 def test_rest_inpainting_keeps_every_unmasked_pixel_with_both_kinds_of_model(alice, checkpoint):
     source = pattern((64, 64))
     body = rest_body(source, mask_of((64, 64), BOX), checkpoint=checkpoint)

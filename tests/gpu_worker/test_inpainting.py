@@ -73,7 +73,7 @@ def inside(box: tuple, margin: int = 0) -> set[tuple[int, int]]:
     }
 
 
-@pytest.mark.parametrize("checkpoint", ["atelier-demo-v1", "atelier-demo-inpaint"])
+@pytest.mark.parametrize("checkpoint", ["atelier-demo-v1", "atelier-demo-v1-inpainting"])
 def test_only_the_masked_pixels_change_with_an_ordinary_and_an_inpaint_model(
     engine: Any, source: Image.Image, checkpoint: str
 ) -> None:
@@ -180,12 +180,12 @@ def test_outpainting_grows_the_canvas_and_keeps_the_source(
 def test_an_inpaint_model_also_runs_txt2img_and_plain_img2img(
     engine: Any, source: Image.Image
 ) -> None:
-    txt2img = engine.run(demo_request(checkpoint="atelier-demo-inpaint", seed=3))
-    again = engine.run(demo_request(checkpoint="atelier-demo-inpaint", seed=3))
+    txt2img = engine.run(demo_request(checkpoint="atelier-demo-v1-inpainting", seed=3))
+    again = engine.run(demo_request(checkpoint="atelier-demo-v1-inpainting", seed=3))
     assert decoded(txt2img.images[0]).tobytes() == decoded(again.images[0]).tobytes()
     img2img = engine.run(
         demo_request(
-            checkpoint="atelier-demo-inpaint",
+            checkpoint="atelier-demo-v1-inpainting",
             mode="img2img",
             init_image_png_b64=png_b64(source),
             denoising_strength=0.5,
@@ -200,11 +200,11 @@ def test_an_inpaint_model_also_runs_txt2img_and_plain_img2img(
     hires = {"scale": 2.0, "resize_x": 0, "resize_y": 0, "upscaler": "Latent"}
     hires |= {"second_pass_steps": 0, "denoising_strength": 0.5}
     with pytest.raises(JobFailed, match="inpainting model"):
-        engine.run(demo_request(checkpoint="atelier-demo-inpaint", hires=hires))
+        engine.run(demo_request(checkpoint="atelier-demo-v1-inpainting", hires=hires))
 
 
 def test_the_inpaint_checkpoint_is_recognised_from_its_file(engine: Any) -> None:
-    item = engine.resolve("checkpoint", "atelier-demo-inpaint")
+    item = engine.resolve("checkpoint", "atelier-demo-v1-inpainting")
     assert item.architecture == "tiny-sd1-inpaint" and item.family == "sd1"
 
 
