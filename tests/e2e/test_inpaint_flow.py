@@ -80,5 +80,21 @@ def test_a_member_paints_a_mask_and_only_the_painted_part_changes(live_platform,
     assert all(y < SIZE // 2 for _, y in changed), sorted(changed)[-5:]
     assert all(x < SIZE * 0.6 for x, _ in changed)
     page.screenshot(path=SCREENSHOTS.format(name="inpainted"), full_page=True)
+
+    # Remix of the result: the generator lays out its source and its mask again.
+    image_id = page.locator("#results .result[data-image-id]").first.get_attribute("data-image-id")
+    page.goto(f"{base}/generate/?from_image={image_id}")
+    page.locator("#mask-canvas").wait_for(state="visible")
+    page.wait_for_function(
+        "() => { const p = {mode: 'img2img'}; window.AtelierInpaint.addTo(p); return !!p.mask; }"
+    )
+    restored = page.evaluate("() => window.AtelierInpaint.addTo({}).inpaint")
+    assert restored["mask_blur_x"] == 0
+
+    # "Send to inpaint" on a result opens the editor with that image as the source.
+    page.goto(f"{base}/images/")
+    page.locator("a", has_text="Send to inpaint").first.click()
+    page.locator("#mask-canvas").wait_for(state="visible")
+    assert page.evaluate("() => document.getElementById('mask-canvas').width") == SIZE
     context.close()
     assert not errors, "\n".join(errors)
