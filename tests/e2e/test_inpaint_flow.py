@@ -98,3 +98,28 @@ def test_a_member_paints_a_mask_and_only_the_painted_part_changes(live_platform,
     assert page.evaluate("() => document.getElementById('mask-canvas').width") == SIZE
     context.close()
     assert not errors, "\n".join(errors)
+
+
+def test_a_finger_paints_the_mask_on_a_touch_screen(live_platform, browser, tmp_path):
+    errors: list[str] = []
+    context = browser.new_context(viewport={"width": 420, "height": 860}, has_touch=True)
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    page.set_default_timeout(30_000)
+    base = live_platform.base_url
+    sign_up(page, base, "jade")
+    page.goto(base + "/generate/")
+    source_path = tmp_path / "source.png"
+    pattern().save(source_path)
+    page.locator("#img2img-options > summary").tap()
+    page.set_input_files("#id_init_image", str(source_path))
+    canvas = page.locator("#mask-canvas")
+    canvas.wait_for(state="visible")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    assert box is not None
+    assert not page.evaluate("() => 'mask' in window.AtelierInpaint.addTo({})")
+    page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    assert page.evaluate("() => 'mask' in window.AtelierInpaint.addTo({})")
+    context.close()
+    assert not errors, "\n".join(errors)
