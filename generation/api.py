@@ -61,8 +61,8 @@ def error_response(exc: SubmissionError) -> Response:
 
 
 def request_params(request: Request) -> dict[str, Any]:
-    """JSON bodies as they are; form posts flattened, with `hires` as JSON text and
-    `init_image` as an uploaded file. Checked by the request serializer (types and the
+    """JSON bodies as they are; form posts flattened, with `hires` and `inpaint` as JSON text
+    and `init_image` and `mask` as uploaded files. Checked by the request serializer (types and the
     caller's bounds) before the service sees them."""
     # Always a dict: JSONObjectParser (config/api_parsers.py) lets only JSON objects through and
     # form posts parse to a QueryDict.
@@ -71,11 +71,12 @@ def request_params(request: Request) -> dict[str, Any]:
         params: dict[str, Any] = data
     else:
         params = {key: data.get(key) for key in data}
-        if isinstance(params.get("hires"), str):
-            try:
-                params["hires"] = json.loads(params["hires"]) if params["hires"] else None
-            except ValueError:
-                raise SubmissionError("hires", "hires must be a JSON object") from None
+        for nested in ("hires", "inpaint"):
+            if isinstance(params.get(nested), str):
+                try:
+                    params[nested] = json.loads(params[nested]) if params[nested] else None
+                except ValueError:
+                    raise SubmissionError(nested, f"{nested} must be a JSON object") from None
     check_job_request(params, limits_for(request.user))
     return params
 

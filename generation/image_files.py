@@ -13,7 +13,7 @@ from django.http import FileResponse, Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
-from generation.models import CatalogEntry, JobImage
+from generation.models import CatalogEntry, Job, JobImage
 
 
 def _image(request: HttpRequest, pk: object) -> JobImage:
@@ -66,5 +66,28 @@ def catalogue_preview(request: HttpRequest, pk: int) -> FileResponse:
     entry = get_object_or_404(CatalogEntry.objects.visible_to(request.user), pk=pk)
     content_type = mimetypes.guess_type(entry.preview.name or "")[0] or "application/octet-stream"
     response = _stream(entry.preview, f"preview-{entry.pk}", content_type)
+    response["Content-Disposition"] = "inline"
+    return response
+
+
+def _own_job(request: HttpRequest, pk: object) -> Job:
+    jobs = Job.objects.all() if request.user.is_staff else Job.objects.owned_by(request.user)
+    return get_object_or_404(jobs, pk=pk)
+
+
+@require_GET
+@login_required
+def job_source(request: HttpRequest, pk: object) -> FileResponse:
+    """An img2img job's source image, for its owner (remix, the image page)."""
+    response = _stream(_own_job(request, pk).init_image, "source.png", "image/png")
+    response["Content-Disposition"] = "inline"
+    return response
+
+
+@require_GET
+@login_required
+def job_mask(request: HttpRequest, pk: object) -> FileResponse:
+    """An inpaint job's mask (white = repainted), for its owner."""
+    response = _stream(_own_job(request, pk).mask_image, "mask.png", "image/png")
     response["Content-Disposition"] = "inline"
     return response

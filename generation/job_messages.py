@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_request(job: Job) -> GenerationRequest:
-    """The job's stored GenerationParams in its envelope (and the img2img source image)."""
+    """The job's stored GenerationParams in its envelope (and the img2img source image and
+    inpaint mask)."""
     params: GenerationParams = job.params
     request = GenerationRequest(
         **params,
@@ -41,6 +42,9 @@ def build_request(job: Job) -> GenerationRequest:
     if job.mode == Job.Mode.IMG2IMG and job.init_image:
         with job.init_image.open("rb") as fh:
             request["init_image_png_b64"] = base64.b64encode(fh.read()).decode()
+    if job.mode == Job.Mode.IMG2IMG and job.mask_image:
+        with job.mask_image.open("rb") as fh:
+            request["mask_png_b64"] = base64.b64encode(fh.read()).decode()
     return request
 
 

@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
 from accounts.ledger import account_for
+from generation.inpaint_form import job_inputs
 from generation.job_history import Spent, charged, job_ledger, member_jobs, models_used
 from generation.lifecycle import image_payload
 from generation.models import Job
@@ -60,6 +61,7 @@ def job_detail(request: HttpRequest, pk: Any) -> HttpResponse:
             "images": images,
             "entries": entries,
             "charged": charged(entries),
+            "job_inputs": job_inputs(job),
         },
     )
 

@@ -10,7 +10,13 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams
-from gpu_worker.passes import first_pass_steps, hires_pass_steps, hires_size, progress_steps
+from gpu_worker.passes import (
+    denoised_size,
+    first_pass_steps,
+    hires_pass_steps,
+    hires_size,
+    progress_steps,
+)
 
 UNIT_WORK = 512 * 512 * 20
 CENT = Decimal("0.01")
@@ -40,7 +46,8 @@ def work_units(params: SomeParams) -> int:
     """Pixel-steps of the whole job, all images."""
     params = _filled(params)
     images = int(params["batch_size"]) * int(params["n_iter"])
-    per_image = params["width"] * params["height"] * first_pass_steps(params)
+    width, height = denoised_size(params)  # inpainting: the canvas or crop actually denoised
+    per_image = width * height * first_pass_steps(params)
     if hires_steps := hires_pass_steps(params):
         width, height = final_size(params)
         per_image += width * height * hires_steps

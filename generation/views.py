@@ -25,6 +25,7 @@ from accounts.ledger import account_for
 from accounts.member_request import MemberRequest
 from generation.error_text import FIELD_LABELS, readable_error
 from generation.images import delete_image
+from generation.inpaint_form import inpaint_context, job_inputs, posted_inpaint
 from generation.job_history import prompt_history
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
@@ -136,7 +137,7 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
             if f"hires_{key}" in post
         }
     if init_image := files.get("init_image"):
-        params.update(mode="img2img", init_image=init_image)
+        params.update(mode="img2img", init_image=init_image, **posted_inpaint(post, files))
     return params
 
 
@@ -161,7 +162,7 @@ def generate(request: MemberRequest) -> HttpResponse:
         except SubmissionError as exc:
             messages.error(request, readable_error(exc.field, exc.message))
             # Refused: show the form as it was sent.
-            params = {k: v for k, v in posted.items() if k != "init_image"}
+            params = {k: v for k, v in posted.items() if k not in ("init_image", "mask")}
             return _render_generator(request, params, keep_checkpoint=True)
         messages.success(request, _("Your job is queued: its images appear below when done."))
         return redirect("generate")
@@ -184,12 +185,19 @@ def generate(request: MemberRequest) -> HttpResponse:
     except (ValueError, JobImage.DoesNotExist):
         raise Http404(_("No such image.")) from None
     params = {**source.job.params, "seed": source.seed}
-    init_image_url = None
+    init_image_url = mask_url = None
     if request.GET.get("img2img"):
-        params.update(width=source.width, height=source.height, hires=None)
+        params.update(width=source.width, height=source.height, hires=None, inpaint=None)
         init_image_url = image_payload(source)["url"]
+    else:  # a remix of an inpaint job lays out its source and mask again
+        init_image_url, mask_url = job_inputs(source.job)
     return _render_generator(
-        request, params, keep_checkpoint=True, last_seed=source.seed, init_image_url=init_image_url
+        request,
+        params,
+        keep_checkpoint=True,
+        last_seed=source.seed,
+        init_image_url=init_image_url,
+        mask_url=mask_url,
     )
 
 
@@ -200,6 +208,7 @@ def _render_generator(
     keep_checkpoint: bool = False,
     last_seed: int | None = None,
     init_image_url: str | None = None,
+    mask_url: str | None = None,
 ) -> HttpResponse:
     user = request.user
     visible = CatalogEntry.objects.usable_by(user)
@@ -262,6 +271,7 @@ def _render_generator(
             "page_data": page_data,
             "placeholder_id": PLACEHOLDER_ID,
             "prompt_history": prompt_history(user),
+            **inpaint_context(params, mask_url, open_editor=bool(request.GET.get("inpaint"))),
         },
     )
 
@@ -310,6 +320,7 @@ def image_detail(request: MemberRequest, pk: Any) -> HttpResponse:
             "payload": image_payload(image),
             "job": image.job,
             "publication": _publication(image),
+            "job_inputs": job_inputs(image.job),
         },
     )
 

@@ -102,6 +102,7 @@ def demo_request(**overrides: Any) -> GenerationRequest:
         "resize_mode": 0,
         "hires": None,
         "loras": [],
+        "inpaint": None,
     }
     request.update(overrides)
     return cast(GenerationRequest, request)  # the overrides are the test's own, unchecked
