@@ -193,7 +193,7 @@ class InpaintRequestSerializer(serializers.Serializer):
         super().__init__(*args, **kwargs)
 
     def get_fields(self) -> dict[str, serializers.Field]:
-        flag = {"required": False, "allow_null": True}
+        flag: dict[str, Any] = {"required": False, "allow_null": True}
         side = "outpainting: pixels added on this side, a multiple of 8 (the new area is masked)"
         return {
             "mask_blur": _int(0, MAX_MASK_BLUR, "sets mask_blur_x and mask_blur_y together"),

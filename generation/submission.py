@@ -488,7 +488,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         params["resize_mode"] = _int(given, "resize_mode", *RESIZE_MODES)
         inpaint = _inpaint(given.get("inpaint"), limits)
         if given.get("mask") and inpaint is None:
-            inpaint = InpaintParams(**INPAINT_DEFAULTS)  # type: ignore[typeddict-item]
+            inpaint = InpaintParams(**INPAINT_DEFAULTS)
         if inpaint is not None:
             if given.get("mask"):
                 mask_png = _mask(given["mask"], limits, init_png, inpaint)

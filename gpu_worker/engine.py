@@ -490,10 +490,13 @@ class _Run:
         mask = decode_mask(r.get("mask_png_b64"))
         if mask is None:  # outpainting alone: the grown sides are the whole mask
             mask = Image.new("L", init.size, 0)
+        inpaint = r.get("inpaint")
+        if inpaint is None:
+            raise ValueError("an inpaint plan needs the request's inpaint options")
         return plan_inpaint(
             init,
             mask,
-            r["inpaint"],  # type: ignore[typeddict-item, arg-type]
+            inpaint,
             r["width"],
             r["height"],
             resize_image,

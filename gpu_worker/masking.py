@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFilter, ImageOps
 
-from gpu_worker.params import OUTPAINT_SIDES, InpaintParams
+from gpu_worker.params import InpaintParams
 
 MASK_THRESHOLD = 128  # A1111 rounds a mask: above this repaints
 
@@ -50,8 +50,12 @@ def outpaint_sides(inpaint: InpaintParams | None) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) pixels the canvas grows by."""
     if not inpaint:
         return 0, 0, 0, 0
-    left, top, right, bottom = (int(inpaint.get(side) or 0) for side in OUTPAINT_SIDES)  # type: ignore[misc]
-    return left, top, right, bottom
+    return (
+        int(inpaint.get("outpaint_left") or 0),
+        int(inpaint.get("outpaint_top") or 0),
+        int(inpaint.get("outpaint_right") or 0),
+        int(inpaint.get("outpaint_bottom") or 0),
+    )
 
 
 def extend_canvas(
@@ -91,7 +95,7 @@ def _stretched_edges(image: Image.Image, sides: tuple[int, int, int, int]) -> Im
         (left + w, top + h, w - 1, h - 1, (right, bottom)),
     ):
         if size[0] and size[1]:
-            canvas.paste(Image.new("RGB", size, image.getpixel((px, py))), (x, y))  # type: ignore[arg-type]
+            canvas.paste(Image.new("RGB", size, image.getpixel((px, py))), (x, y))
     return canvas
 
 

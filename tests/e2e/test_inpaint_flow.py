@@ -74,6 +74,7 @@ def test_a_member_paints_a_mask_and_only_the_painted_part_changes(live_platform,
     made = Image.open(io.BytesIO(response.body())).convert("RGB")
     assert made.size == (SIZE, SIZE)
     a, b = source.load(), made.load()
+    assert a is not None and b is not None
     changed = {(x, y) for x in range(SIZE) for y in range(SIZE) if a[x, y] != b[x, y]}
     assert changed, "the painted part was not repainted"
     # The stroke ran through the top-left quarter; the bottom half is untouched.

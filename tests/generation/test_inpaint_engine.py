@@ -68,6 +68,7 @@ def mask_of(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Imag
 
 def changed(before: Image.Image, after: Image.Image) -> set[tuple[int, int]]:
     a, b = before.load(), after.convert("RGB").load()
+    assert a is not None and b is not None
     return {(x, y) for x in range(before.width) for y in range(before.height) if a[x, y] != b[x, y]}
 
 
@@ -84,7 +85,9 @@ def rest_result(user: Any, body: dict[str, Any]) -> tuple[Image.Image, str]:
     job = client.get(f"/api/v1/jobs/{job_id}/").json()
     assert job["status"] == "succeeded", job["error"]
     png = image_bytes(user, job["images"][0]["url"])
-    return Image.open(io.BytesIO(png)).convert("RGB"), read_infotext(png)
+    infotext = read_infotext(png)
+    assert infotext is not None
+    return Image.open(io.BytesIO(png)).convert("RGB"), infotext
 
 
 def rest_body(source: Image.Image, mask: Image.Image | None, **fields: Any) -> dict[str, Any]:

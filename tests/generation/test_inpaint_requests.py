@@ -84,8 +84,9 @@ def test_a_mask_alone_takes_the_web_ui_defaults(alice, catalogue):
 
 
 def test_mask_blur_sets_both_axes_as_in_a1111(alice, catalogue):
-    params = validate_params(alice, {**INPAINT, "inpaint": {"mask_blur": 9}}).params
-    assert params["inpaint"]["mask_blur_x"] == params["inpaint"]["mask_blur_y"] == 9
+    inpaint = validate_params(alice, {**INPAINT, "inpaint": {"mask_blur": 9}}).params["inpaint"]
+    assert inpaint is not None
+    assert inpaint["mask_blur_x"] == inpaint["mask_blur_y"] == 9
 
 
 def test_plain_img2img_has_no_inpaint(alice, catalogue):
@@ -142,6 +143,7 @@ def test_outpainting_alone_needs_no_mask(alice, catalogue):
     params = validate_params(
         alice, {**INPAINT, "mask": None, "inpaint": {"outpaint_bottom": 32}}
     ).params
+    assert params["inpaint"] is not None
     assert params["inpaint"]["outpaint_bottom"] == 32
 
 
@@ -162,7 +164,8 @@ def test_a1111_takes_the_mask_as_a_data_url_or_bare_base64_with_its_api_defaults
         }
         assert translated.parameters["mask"] is None  # not echoed, like init_images
         valid = validate_params(alice, {**translated.params, "width": 64, "height": 64})
-        assert valid.mask_png and valid.params["inpaint"]["inpaint_full_res"] is True
+        inpaint = valid.params["inpaint"]
+        assert valid.mask_png and inpaint is not None and inpaint["inpaint_full_res"] is True
 
 
 def test_the_generator_form_without_javascript_posts_a_mask_and_its_options(

@@ -18,7 +18,7 @@ from gpu_worker.masking import (
     fill_masked,
     plan_inpaint,
 )
-from gpu_worker.params import INPAINT_DEFAULTS
+from gpu_worker.params import INPAINT_DEFAULTS, InpaintParams
 
 from .conftest import demo_request
 
@@ -63,6 +63,7 @@ def inpaint(engine: Any, source: Image.Image, mask: Image.Image | None, **option
 
 def changed(before: Image.Image, after: Image.Image) -> set[tuple[int, int]]:
     a, b = before.load(), after.load()
+    assert a is not None and b is not None
     return {(x, y) for x in range(before.width) for y in range(before.height) if a[x, y] != b[x, y]}
 
 
@@ -147,8 +148,15 @@ def test_the_only_masked_crop_is_the_mask_box_plus_padding_widened_to_the_job_ra
     plan = plan_inpaint(
         Image.new("RGB", (200, 100)),
         mask,
-        {**INPAINT_DEFAULTS, "inpaint_full_res": True, "inpaint_full_res_padding": 10}
-        | {"mask_blur_x": 0, "mask_blur_y": 0},
+        InpaintParams(
+            **{
+                **INPAINT_DEFAULTS,
+                "inpaint_full_res": True,
+                "inpaint_full_res_padding": 10,
+                "mask_blur_x": 0,
+                "mask_blur_y": 0,
+            }
+        ),
         128,
         64,
         resize_image,
