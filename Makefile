@@ -24,8 +24,9 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m operations.with_redis -- $(PY) -m pytest
 
+# Without the browser tests and the fault drills (those always run their platform on SQLite).
 test-fast: $(VENV)/.installed
-	$(PY) -m operations.with_redis -- $(PY) -m pytest -m "not browser"
+	$(PY) -m operations.with_redis -- $(PY) -m pytest -m "not browser and not drill"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
