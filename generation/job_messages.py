@@ -15,6 +15,7 @@ import dramatiq
 import redis
 
 from generation.broker import get_broker, get_redis
+from generation.control_images import read_control_image
 from generation.events import user_group
 from generation.models import Job
 from gpu_worker.protocol import (
@@ -28,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_request(job: Job) -> GenerationRequest:
-    """The job's stored GenerationParams in its envelope (and the img2img source image)."""
+    """The job's stored GenerationParams in its envelope (and the img2img source image and the
+    ControlNet units' images)."""
     request = GenerationRequest(
         **job.params,
         job_id=str(job.pk),
@@ -38,6 +40,11 @@ def build_request(job: Job) -> GenerationRequest:
     if job.mode == Job.Mode.IMG2IMG and job.init_image:
         with job.init_image.open("rb") as fh:
             request["init_image_png_b64"] = base64.b64encode(fh.read()).decode()
+    shas = {u["image_sha256"] for u in job.params.get("controlnet") or () if u["image_sha256"]}
+    if shas:
+        request["controlnet_images_png_b64"] = {
+            sha: base64.b64encode(read_control_image(sha)).decode() for sha in sorted(shas)
+        }
     return request
 
 

@@ -10,7 +10,13 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams
-from gpu_worker.passes import first_pass_steps, hires_pass_steps, hires_size, progress_steps
+from gpu_worker.passes import (
+    controlnet_factor,
+    first_pass_steps,
+    hires_pass_steps,
+    hires_size,
+    progress_steps,
+)
 
 UNIT_WORK = 512 * 512 * 20
 CENT = Decimal("0.01")
@@ -38,6 +44,7 @@ def work_units(params: GenerationParams) -> int:
     params = _filled(params)
     images = int(params["batch_size"]) * int(params["n_iter"])
     per_image = params["width"] * params["height"] * first_pass_steps(params)
+    per_image = int(per_image * controlnet_factor(params))  # ControlNet acts on the first pass
     if hires_steps := hires_pass_steps(params):
         width, height = final_size(params)
         per_image += width * height * hires_steps

@@ -16,6 +16,7 @@ from generation.models import CatalogEntry, Job, JobImage
 from generation.queue import QueueSnapshot, queue_snapshot
 from generation.scheduling.estimates import running_eta
 from generation.submission import (
+    CONTROL_RESIZE_MODES,
     HIRES_SCALE,
     MAX_CLIP_SKIP,
     MAX_SEED,
@@ -23,8 +24,9 @@ from generation.submission import (
     RESIZE_MODES,
     SubmissionError,
 )
-from gpu_worker.params import HIRES_DEFAULTS
+from gpu_worker.params import CONTROL_MODES, CONTROLNET_UNIT_DEFAULTS, HIRES_DEFAULTS
 from gpu_worker.passes import UPSCALERS
+from gpu_worker.preprocessors import BUILT_IN, PROCESSOR_RES_RANGE, THRESHOLD_RANGE
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -179,6 +181,35 @@ class HiresRequestSerializer(serializers.Serializer):
         }
 
 
+class ControlNetUnitRequestSerializer(serializers.Serializer):
+    """One ControlNet unit (gpu_worker.params.ControlNetUnit, sd-webui-controlnet's names); a
+    field left out takes its default."""
+
+    default = CONTROLNET_UNIT_DEFAULTS
+    image = InitImageField(
+        required=False,
+        allow_null=True,
+        help_text="control image, base64; null: img2img's source image",
+    )
+    module = serializers.ChoiceField(
+        choices=list(BUILT_IN), required=False, allow_null=True, help_text="preprocessor"
+    )
+    model = serializers.CharField(help_text="ControlNet catalogue name (GET models?kind=)")
+    weight = _float(0.0, 2.0, f"default {default['weight']}")
+    guidance_start = _float(0.0, 1.0, "fraction of the steps where the unit starts; default 0")
+    guidance_end = _float(0.0, 1.0, "fraction of the steps where it stops; default 1")
+    control_mode = serializers.ChoiceField(
+        choices=list(CONTROL_MODES), required=False, allow_null=True, help_text="default balanced"
+    )
+    resize_mode = _int(
+        *CONTROL_RESIZE_MODES, "0 just resize, 1 crop and resize (default), 2 resize and fill"
+    )
+    pixel_perfect = serializers.BooleanField(required=False, allow_null=True)
+    processor_res = _int(*PROCESSOR_RES_RANGE, "preprocessor resolution; default 512")
+    threshold_a = _float(*THRESHOLD_RANGE, "canny low threshold; default 100")
+    threshold_b = _float(*THRESHOLD_RANGE, "canny high threshold; default 200")
+
+
 class JobRequestSerializer(serializers.Serializer):
     """A job request: the fields of gpu_worker.params.GenerationParams (less the derived ones)
     plus the img2img source image, with the caller's tier's bounds (the schema shows the
@@ -234,6 +265,12 @@ class JobRequestSerializer(serializers.Serializer):
                 allow_null=True,
                 help_text="img2img source: base64 (data URI allowed) or a file upload",
             ),
+            "controlnet": ControlNetUnitRequestSerializer(
+                many=True,
+                required=False,
+                allow_null=True,
+                help_text=f"ControlNet units; {TIER} (max_controlnet_units)",
+            ),
         }
 
 
@@ -245,7 +282,14 @@ def check_job_request(data: Any, limits: GenerationLimits) -> None:
         return  # the service answers a body that is not an object
     name, problems = next(iter(serializer.errors.items()))
     field: Any = serializer.fields[name]
-    if isinstance(problems, dict):  # the nested hires object
+    if isinstance(field, serializers.ListSerializer):  # the ControlNet units: {index: errors}
+        index, unit = next(iter(problems.items())) if isinstance(problems, dict) else (0, {})
+        if isinstance(index, int) and isinstance(unit, dict) and unit:
+            inner, problems = next(iter(unit.items()))  # the first unit in error
+            field, name = field.child.fields.get(inner, field), f"{name}[{index}].{inner}"
+        elif isinstance(problems, dict):  # not a list at all
+            problems = next(iter(problems.values()))
+    elif isinstance(problems, dict):  # the nested hires object
         inner, problems = next(iter(problems.items()))
         if inner in field.fields:  # else not an object at all: the error is hires's own
             field, name = field.fields[inner], f"{name}.{inner}"
