@@ -44,10 +44,10 @@ def work_units(params: GenerationParams) -> int:
     params = _filled(params)
     images = int(params["batch_size"]) * int(params["n_iter"])
     per_image = params["width"] * params["height"] * first_pass_steps(params)
-    per_image = int(per_image * controlnet_factor(params))  # ControlNet acts on the first pass
     if hires_steps := hires_pass_steps(params):
         width, height = final_size(params)
         per_image += width * height * hires_steps
+    per_image = int(per_image * controlnet_factor(params))  # units act on both passes
     return per_image * images
 
 

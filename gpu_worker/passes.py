@@ -113,8 +113,8 @@ CONTROLNET_UNIT_COST = 0.22
 
 
 def controlnet_factor(params: Any) -> float:
-    """How much more a first pass costs with the request's ControlNet units: each adds its
-    measured cost over the share of the steps it acts on (guidance start to end)."""
+    """How much more a pass costs with the request's ControlNet units (they act on the hires
+    pass too): each adds its measured cost over the share of the steps it acts on."""
     extra = 0.0
     for unit in params.get("controlnet") or ():
         share = max(0.0, float(unit["guidance_end"]) - float(unit["guidance_start"]))
