@@ -100,6 +100,7 @@ def demo_request(**overrides: Any) -> GenerationRequest:
         "resize_mode": 0,
         "hires": None,
         "loras": [],
+        "controlnet": [],
     }
     request.update(overrides)
     return request  # type: ignore[return-value]
