@@ -35,6 +35,7 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from PIL import Image
 
 from gpu_worker.catalogue import CatalogueItem
+from gpu_worker.infotext import controlnet_unit_text
 from gpu_worker.loading import SHIPPED_CONFIGS, ModelLoadError, quiet_libraries
 from gpu_worker.model_cache import ModelCache
 from gpu_worker.params import ControlNetUnit
@@ -42,12 +43,6 @@ from gpu_worker.preprocessors import pixel_perfect_resolution, run_preprocessor
 
 CACHE_PREFIX = "controlnet:"
 SOFT_INJECTION_BASE = 0.825
-RESIZE_LABELS = ("Just Resize", "Crop and Resize", "Resize and Fill")
-MODE_LABELS = {
-    "balanced": "Balanced",
-    "prompt": "My prompt is more important",
-    "controlnet": "ControlNet is more important",
-}
 PIPELINES = {  # (family is SDXL, img2img) -> the ControlNet variant of the pipeline
     (False, False): StableDiffusionControlNetPipeline,
     (False, True): StableDiffusionControlNetImg2ImgPipeline,
@@ -239,21 +234,7 @@ class ControlSet:
 
 
 def unit_infotext(prepared: PreparedUnit) -> str:
-    unit = prepared.unit
-    fields = {
-        "Module": unit["module"],
-        "Model": f"{prepared.item.name} [{prepared.item.sha256[:8]}]",
-        "Weight": unit["weight"],
-        "Resize Mode": RESIZE_LABELS[unit["resize_mode"]],
-        "Processor Res": unit["processor_res"],
-        "Threshold A": unit["threshold_a"],
-        "Threshold B": unit["threshold_b"],
-        "Guidance Start": unit["guidance_start"],
-        "Guidance End": unit["guidance_end"],
-        "Pixel Perfect": unit["pixel_perfect"],
-        "Control Mode": MODE_LABELS[unit["control_mode"]],
-    }
-    return ", ".join(f"{key}: {value}" for key, value in fields.items())
+    return controlnet_unit_text(prepared.unit, f"{prepared.item.name} [{prepared.item.sha256[:8]}]")
 
 
 def _unit_image(

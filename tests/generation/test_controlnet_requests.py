@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.urls import reverse
 from PIL import Image, ImageDraw
 
 from accounts.models import MembershipTier
@@ -198,3 +199,13 @@ async def test_a_tier_without_units_lists_no_scripts(alice, catalogue):
     )
     client = await sync_to_async(sdapi_client)(alice)
     assert (await get(client, "scripts")).json() == {"txt2img": [], "img2img": []}
+
+
+@pytest.mark.django_db
+def test_the_job_page_shows_each_unit_as_the_extension_writes_it(
+    client, alice, alice_api, catalogue
+):
+    response = alice_api.post("/api/v1/jobs/", {**SMALL, "controlnet": [UNIT]}, format="json")
+    client.force_login(alice)
+    page = client.get(reverse("job_detail", args=[response.json()["id"]])).content.decode()
+    assert "ControlNet 0" in page and "Module: canny, Model: canny-sd15, Weight: 1.0" in page
