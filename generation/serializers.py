@@ -286,7 +286,8 @@ def check_job_request(data: Any, limits: GenerationLimits) -> None:
         index, unit = next(iter(problems.items())) if isinstance(problems, dict) else (0, {})
         if isinstance(index, int) and isinstance(unit, dict) and unit:
             inner, problems = next(iter(unit.items()))  # the first unit in error
-            field, name = field.child.fields.get(inner, field), f"{name}[{index}].{inner}"
+            unit_fields = ControlNetUnitRequestSerializer().fields
+            field, name = unit_fields.get(inner, field), f"{name}[{index}].{inner}"
         elif isinstance(problems, dict):  # not a list at all
             problems = next(iter(problems.values()))
     elif isinstance(problems, dict):  # the nested hires object

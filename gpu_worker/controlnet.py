@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 from diffusers import (
-    ControlNetModel,
     StableDiffusionControlNetImg2ImgPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionXLControlNetImg2ImgPipeline,
     StableDiffusionXLControlNetPipeline,
 )
+from diffusers.models.controlnets.controlnet import ControlNetModel
 from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from PIL import Image
 
@@ -194,10 +194,11 @@ class ControlSet:
                 raise ControlNetError(
                     f"ControlNet {item.name!r} is for {item.family} models, not {family}"
                 )
-            model = cache.get(
-                CACHE_PREFIX + item.sha256,
-                lambda item=item: load_controlnet(item, dtype=dtype, cache_dir=cache_dir),
-            )
+
+            def load(item: CatalogueItem = item) -> ControlNetModel:
+                return load_controlnet(item, dtype=dtype, cache_dir=cache_dir)
+
+            model = cache.get(CACHE_PREFIX + item.sha256, load)
             source = _unit_image(unit, images, init_image, index)
             res = unit["processor_res"]
             if unit["pixel_perfect"]:

@@ -139,7 +139,7 @@ def _unit(raw: Any, prefix: str) -> dict[str, Any] | None:
     if raw.get("guessmode"):  # the old spelling of "ControlNet is more important"
         unit["control_mode"] = "controlnet"
     if "control_mode" in raw:
-        modes = {**CONTROL_MODE_LABELS, **dict(enumerate(CONTROL_MODES))}
+        modes: dict[Any, str] = {**CONTROL_MODE_LABELS, **dict(enumerate(CONTROL_MODES))}
         unit["control_mode"] = _choice(raw["control_mode"], modes, f"{prefix}.control_mode")
     return unit
 
