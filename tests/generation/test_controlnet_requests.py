@@ -209,3 +209,14 @@ def test_the_job_page_shows_each_unit_as_the_extension_writes_it(
     client.force_login(alice)
     page = client.get(reverse("job_detail", args=[response.json()["id"]])).content.decode()
     assert "ControlNet 0" in page and "Module: canny, Model: canny-sd15, Weight: 1.0" in page
+
+
+@pytest.mark.django_db
+def test_the_generator_opens_after_a_controlnet_job_without_carrying_the_units(
+    client, alice, alice_api, catalogue
+):
+    alice_api.post("/api/v1/jobs/", {**SMALL, "controlnet": [UNIT]}, format="json")
+    client.force_login(alice)
+    response = client.get(reverse("generate"))
+    assert response.status_code == 200
+    assert UNIT["image"] not in response.content.decode()  # units keep a hash, never the image
