@@ -220,3 +220,9 @@ def test_the_generator_opens_after_a_controlnet_job_without_carrying_the_units(
     response = client.get(reverse("generate"))
     assert response.status_code == 200
     assert UNIT["image"] not in response.content.decode()  # units keep a hash, never the image
+
+
+@pytest.mark.django_db
+def test_units_that_are_not_a_list_are_refused_naming_the_field(alice_api, catalogue):
+    response = alice_api.post("/api/v1/jobs/", {**SMALL, "controlnet": "canny"}, format="json")
+    assert response.status_code == 400 and response.json()["field"] == "controlnet"
