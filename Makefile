@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test test-fast lint fmt bench install messages screenshots clean
+.PHONY: run test test-fast lint typecheck fmt bench install messages screenshots clean
 
 # Creates .venv and installs everything once; again only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -31,6 +31,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
+	$(MAKE) --no-print-directory typecheck
+
+# mypy with the Django and DRF plugins over every package, tests and benches ([tool.mypy]).
+typecheck: $(VENV)/.installed
+	$(PY) -m mypy
 
 fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff format .

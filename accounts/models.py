@@ -125,7 +125,9 @@ def money_field(verbose_name: Any, **kwargs: Any) -> models.DecimalField:
 class MembershipTierQuerySet(models.QuerySet["MembershipTier"]):
     def default(self) -> MembershipTier:
         """The tier new accounts start on: the one flagged default, else the lowest rank."""
-        tier = self.filter(is_default=True).first() or self.order_by("rank").first()
+        tier: MembershipTier | None = (
+            self.filter(is_default=True).first() or self.order_by("rank").first()
+        )
         if tier is None:
             # A database without the data migration's rows (should not happen): make one.
             tier, _created = self.get_or_create(
@@ -443,7 +445,9 @@ class Purchase(models.Model):
 
     @property
     def item(self) -> CreditPack | MembershipPlan:
-        return self.pack or self.plan  # type: ignore[return-value]
+        item = self.pack or self.plan
+        assert item is not None, "the purchase_has_item constraint"
+        return item
 
 
 class StripeEvent(models.Model):

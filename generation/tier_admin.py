@@ -4,7 +4,7 @@ URLs stay accounts' (`admin:accounts_membershiptier_*`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin
@@ -47,7 +47,8 @@ class MembershipTierForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         names = CatalogEntry.objects.checkpoints().values_list("name", flat=True)
         current = list(self.instance.allowed_models or []) if self.instance.pk else []
-        self.fields["allowed_models"].choices = [(n, n) for n in dict.fromkeys([*names, *current])]
+        choices = [(n, n) for n in dict.fromkeys([*names, *current])]
+        cast(forms.MultipleChoiceField, self.fields["allowed_models"]).choices = choices
 
 
 class MembershipTierAdmin(admin.ModelAdmin):

@@ -44,6 +44,20 @@ A1111_FIELDS = {
     "hires.upscaler": "hr_upscaler",
     "hires.denoising_strength": "denoising_strength",
     "Idempotency-Key": "force_task_id",
+    # inpainting: our nested inpaint object holds A1111's own names
+    **{
+        f"inpaint.{name}": name
+        for name in (
+            "mask_blur_x",
+            "mask_blur_y",
+            "inpainting_fill",
+            "inpaint_full_res",
+            "inpaint_full_res_padding",
+            "inpainting_mask_invert",
+            "initial_noise_multiplier",
+        )
+    },
+    "inpaint": "mask",
 }
 
 

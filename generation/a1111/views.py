@@ -8,7 +8,7 @@ credentials come in the Authorization header.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from typing import Any
 
@@ -23,6 +23,7 @@ from generation.a1111.auth import authenticate
 from generation.a1111.errors import A1111Error
 
 Handler = Callable[[HttpRequest, Any, Any], Awaitable[Any]]
+View = Callable[..., Coroutine[Any, Any, HttpResponse]]
 TRUE_WORDS = ("true", "1", "yes")
 
 
@@ -35,10 +36,10 @@ def _body(request: HttpRequest) -> Any:
         raise A1111Error(422, _("the request body is not valid JSON"), "body") from None
 
 
-def endpoint(*methods: str) -> Callable[[Handler], Callable[..., Awaitable[HttpResponse]]]:
+def endpoint(*methods: str) -> Callable[[Handler], View]:
     """Method check, authentication, JSON in and out, A1111-style errors."""
 
-    def decorate(handler: Handler) -> Callable[..., Awaitable[HttpResponse]]:
+    def decorate(handler: Handler) -> View:
         @csrf_exempt
         @wraps(handler)
         async def view(request: HttpRequest) -> HttpResponse:

@@ -8,6 +8,7 @@ import base64
 import io
 import json
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -75,6 +76,15 @@ def test_a_unit_is_stored_with_its_image_by_hash_and_sent_to_the_worker(
     request = build_request(job)
     png = base64.b64decode(request["controlnet_images_png_b64"][unit["image_sha256"]])
     assert Image.open(io.BytesIO(png)).size == (64, 64)
+
+
+@pytest.mark.django_db
+def test_units_with_an_inpaint_mask_are_refused_naming_controlnet(alice_api, catalogue):
+    body = {**SMALL, "mode": "img2img", "init_image": square_png(), "mask": square_png()}
+    response = alice_api.post("/api/v1/jobs/", {**body, "controlnet": [UNIT]}, format="json")
+    assert response.status_code == 422, response.content
+    assert response.json()["field"] == "controlnet" and "inpainting" in response.json()["detail"]
+    assert not Job.objects.exists()
 
 
 @pytest.mark.django_db
@@ -180,8 +190,8 @@ async def test_the_controlnet_endpoints_answer_as_the_extension_does(alice, cata
     assert modules["module_list"] == ["none", "canny"] and "canny" in modules["module_detail"]
     scripts = (await get(client, "scripts")).json()
     assert scripts == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
-    detect = {"controlnet_module": "canny", "controlnet_input_images": [UNIT["image"]]}
-    detect |= {"controlnet_processor_res": 64}
+    detect: dict[str, Any] = {"controlnet_module": "canny"}
+    detect |= {"controlnet_input_images": [UNIT["image"]], "controlnet_processor_res": 64}
     response = await client.post("/controlnet/detect", json.dumps(detect), "application/json")
     assert response.status_code == 200, response.content
     edges = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
