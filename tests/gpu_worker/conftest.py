@@ -103,6 +103,7 @@ def demo_request(**overrides: Any) -> GenerationRequest:
         "hires": None,
         "loras": [],
         "inpaint": None,
+        "controlnet": [],
     }
     request.update(overrides)
     return cast(GenerationRequest, request)  # the overrides are the test's own, unchecked
