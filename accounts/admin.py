@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -23,6 +23,7 @@ from accounts.models import (
     RedeemCode,
     Redemption,
     StripeEvent,
+    User,
 )
 
 
@@ -210,5 +211,5 @@ class RedeemCodeAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: RedeemCode, form: Any, change: bool) -> None:
         if not change:
-            obj.created_by = request.user
+            obj.created_by = cast(User, request.user)  # the admin site lets only staff in
         super().save_model(request, obj, form, change)

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.forms import CheckoutForm, RedeemForm
 from accounts.ledger import account_for
+from accounts.member_request import MemberRequest
 from accounts.models import CreditEntry, CreditPack, MembershipPlan, Purchase
 from accounts.payments import PaymentError, WebhookRejected, handle_webhook, payments_enabled
 from accounts.payments import start_checkout as open_checkout
@@ -111,7 +112,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def checkout_success(request: HttpRequest) -> HttpResponse:
+def checkout_success(request: MemberRequest) -> HttpResponse:
     purchase = Purchase.objects.filter(
         user=request.user, stripe_session_id=request.GET.get("session_id") or None
     ).first()

@@ -125,7 +125,9 @@ def money_field(verbose_name: Any, **kwargs: Any) -> models.DecimalField:
 class MembershipTierQuerySet(models.QuerySet["MembershipTier"]):
     def default(self) -> MembershipTier:
         """The tier new accounts start on: the one flagged default, else the lowest rank."""
-        tier = self.filter(is_default=True).first() or self.order_by("rank").first()
+        tier: MembershipTier | None = (
+            self.filter(is_default=True).first() or self.order_by("rank").first()
+        )
         if tier is None:
             # A database without the data migration's rows (should not happen): make one.
             tier, _created = self.get_or_create(
@@ -158,6 +160,9 @@ class MembershipTier(models.Model):
     max_steps = models.PositiveIntegerField(_("max steps"), default=50)
     max_images = models.PositiveIntegerField(_("max images per job"), default=4)
     max_unfinished_jobs = models.PositiveIntegerField(_("max unfinished jobs"), default=2)
+    max_controlnet_units = models.PositiveIntegerField(
+        _("max ControlNet units per job"), default=2, help_text=_("0: no ControlNet")
+    )
     priority_weight = models.PositiveIntegerField(
         _("queue priority weight"),
         default=1,
@@ -448,7 +453,9 @@ class Purchase(models.Model):
 
     @property
     def item(self) -> CreditPack | MembershipPlan:
-        return self.pack or self.plan  # type: ignore[return-value]
+        item = self.pack or self.plan
+        assert item is not None, "the purchase_has_item constraint"
+        return item
 
 
 class StripeEvent(models.Model):

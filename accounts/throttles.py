@@ -34,6 +34,10 @@ class WindowThrottle(SimpleRateThrottle):
     in that window wherever they land; refused requests count too. The rate is read from the
     settings per request, not once at import."""
 
+    # Set by SimpleRateThrottle.__init__ from the rate (its stubs leave them out).
+    num_requests: int
+    duration: int
+
     def get_rate(self) -> str | None:
         rates = api_settings.DEFAULT_THROTTLE_RATES
         if self.scope not in rates:

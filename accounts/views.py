@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext as _
@@ -10,6 +10,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.forms import ApiTokenForm
 from accounts.ledger import account_for
+from accounts.member_request import MemberRequest
 from accounts.models import ApiToken
 
 # The new token's secret waits in the session for the one page view that shows it.
@@ -17,14 +18,14 @@ JUST_ISSUED = "new_api_token"
 
 
 @login_required
-def profile(request: HttpRequest) -> HttpResponse:
+def profile(request: MemberRequest) -> HttpResponse:
     new_secret = request.session.pop(JUST_ISSUED, None)
     return _render_profile(request, ApiTokenForm(), new_secret=new_secret)
 
 
 @login_required
 @require_POST
-def create_token(request: HttpRequest) -> HttpResponse:
+def create_token(request: MemberRequest) -> HttpResponse:
     form = ApiTokenForm(request.POST)
     if not form.is_valid():
         return _render_profile(request, form)
@@ -36,7 +37,7 @@ def create_token(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
+def revoke_token(request: MemberRequest, token_id: int) -> HttpResponse:
     # Scoped to the caller: another user's token id is a 404, never a revoke.
     token = get_object_or_404(ApiToken, pk=token_id, user=request.user)
     token.revoke()
@@ -45,7 +46,7 @@ def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
 
 
 def _render_profile(
-    request: HttpRequest, form: ApiTokenForm, new_secret: str | None = None
+    request: MemberRequest, form: ApiTokenForm, new_secret: str | None = None
 ) -> HttpResponse:
     tokens = ApiToken.objects.filter(user=request.user, revoked_at__isnull=True)
     return render(

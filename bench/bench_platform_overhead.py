@@ -36,8 +36,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -86,7 +88,7 @@ class Api:
         return response.status, json.loads(raw) if raw else None
 
 
-def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -173,6 +175,7 @@ def direct_engine(models: Path, cache_dir: Path) -> Any:
 
     from gpu_worker.engine import Engine
     from gpu_worker.model_cache import ModelCache
+    from gpu_worker.protocol import GenerationRequest
 
     torch.set_num_threads(1)
     engine = Engine(
@@ -197,7 +200,8 @@ def direct_engine(models: Path, cache_dir: Path) -> Any:
 
     def run_once() -> float:
         t0 = time.perf_counter()
-        engine.run({**request, "job_id": "direct-" + uuid.uuid4().hex[:6]})  # type: ignore[arg-type]
+        job_id = "direct-" + uuid.uuid4().hex[:6]
+        engine.run(cast(GenerationRequest, {**request, "job_id": job_id}))
         return time.perf_counter() - t0
 
     run_once()  # load the pipeline
@@ -253,7 +257,8 @@ def through_platform(
                 continue
             totals.append(seen - t0)
             baseline.append(direct_s)
-            row = await asyncio.to_thread(lambda pk=body["id"]: Job.objects.get(pk=pk))
+            row = await asyncio.to_thread(partial(Job.objects.get, pk=body["id"]))
+            assert row.started_at and row.dispatched_at and row.finished_at, "a finished job"
             engine_s = float(row.timings.get("total_s", 0))
             hops["validate+commit"].append(submitted - t0)
             hops["enqueue-to-start"].append((row.started_at - row.dispatched_at).total_seconds())

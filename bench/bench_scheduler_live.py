@@ -62,6 +62,7 @@ def child(policy: str, command: str, *args: str) -> None:
         import generation.scheduling.dispatcher as dispatcher
         from generation.scheduling.simulation import FifoScheduler
 
+        # The live run swaps the policy in place: a bench-only patch of the dispatcher's class.
         dispatcher.FairScheduler = FifoScheduler  # type: ignore[misc,assignment]
     from django.core.management import call_command
     from django.db import transaction

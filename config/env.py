@@ -10,12 +10,17 @@ import ipaddress
 import os
 import re
 from pathlib import Path
+from typing import overload
 
 
 class ImproperEnvironment(ValueError):
     pass
 
 
+@overload
+def env_str(name: str, default: str) -> str: ...
+@overload
+def env_str(name: str, default: None = None) -> str | None: ...
 def env_str(name: str, default: str | None = None) -> str | None:
     """A string from NAME, or from the file named by NAME_FILE (Docker/Kubernetes secrets)."""
     file_path = os.environ.get(f"{name}_FILE")

@@ -18,6 +18,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
+from accounts.member_request import MemberRequest
 from accounts.suspension import SuspensionError
 from gallery import feed as feeds
 from gallery import moderation
@@ -154,13 +155,13 @@ def image_file(request: HttpRequest, pk: Any, kind: str) -> FileResponse:
         raise Http404
     job_image = publication.image
     stored = job_image.thumbnail if kind == "thumbnail" and job_image.thumbnail else job_image.file
-    if not stored:
+    if not stored.name:
         raise Http404
     download = kind == "download"
     response = FileResponse(
         stored.open("rb"),
         as_attachment=download,
-        filename=f"atelier-{job_image.seed}.png" if download else None,
+        filename=f"atelier-{job_image.seed}.png" if download else "",
         content_type="image/webp" if stored.name.endswith(".webp") else "image/png",
     )
     # Visibility can change (unpublish, hide): shared caches must not keep a copy.
@@ -266,7 +267,7 @@ def unpublish_view(request: HttpRequest, pk: Any) -> HttpResponse:
 
 
 @login_required
-def preferences(request: HttpRequest) -> HttpResponse:
+def preferences(request: MemberRequest) -> HttpResponse:
     instance, _created = GalleryPreferences.objects.get_or_create(user=request.user)
     form = PreferencesForm(request.POST or None, instance=instance)
     if request.method == "POST" and form.is_valid():

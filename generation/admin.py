@@ -119,7 +119,7 @@ class JobAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        (gettext_lazy("Parameters"), {"fields": ("parameters", "init_image")}),
+        (gettext_lazy("Parameters"), {"fields": ("parameters", "init_image", "mask_image")}),
         (gettext_lazy("Timings"), {"fields": ("hops",)}),
     )
     # State changes go through the model's transitions, never a form.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, cast
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.ledger import account_for
+from accounts.member_request import MemberApiRequest
 from accounts.tiers import effective_tier
 from generation.error_text import readable_error
 from generation.images import delete_image
@@ -60,19 +61,22 @@ def error_response(exc: SubmissionError) -> Response:
 
 
 def request_params(request: Request) -> dict[str, Any]:
-    """JSON bodies as they are; form posts flattened, with `hires` as JSON text and
-    `init_image` as an uploaded file. Checked by the request serializer (types and the
+    """JSON bodies as they are; form posts flattened, with `hires` and `inpaint` as JSON text
+    and `init_image` and `mask` as uploaded files. Checked by the request serializer (types and the
     caller's bounds) before the service sees them."""
-    data = request.data
-    if isinstance(data, dict) and not hasattr(data, "getlist"):
+    # Always a dict: JSONObjectParser (config/api_parsers.py) lets only JSON objects through and
+    # form posts parse to a QueryDict.
+    data = cast("dict[str, Any]", request.data)
+    if not hasattr(data, "getlist"):
         params: dict[str, Any] = data
     else:
         params = {key: data.get(key) for key in data}
-        if isinstance(params.get("hires"), str):
-            try:
-                params["hires"] = json.loads(params["hires"]) if params["hires"] else None
-            except ValueError:
-                raise SubmissionError("hires", "hires must be a JSON object") from None
+        for nested in ("hires", "inpaint"):
+            if isinstance(params.get(nested), str):
+                try:
+                    params[nested] = json.loads(params[nested]) if params[nested] else None
+                except ValueError:
+                    raise SubmissionError(nested, f"{nested} must be a JSON object") from None
     check_job_request(params, limits_for(request.user))
     return params
 
@@ -214,7 +218,7 @@ class SamplerListView(APIView):
 
 class MeView(APIView):
     @extend_schema(responses=MeSerializer)
-    def get(self, request: Request) -> Response:
+    def get(self, request: MemberApiRequest) -> Response:
         user = request.user
         row = UserGenerationSettings.objects.filter(user=user).first()
         model = default_checkpoint(user)
@@ -257,6 +261,7 @@ class DefaultModelView(APIView):
 class ImageListView(ListAPIView):
     serializer_class = ImageSerializer
     pagination_class = JobPagination
+    request: MemberApiRequest  # IsAuthenticated (the default) lets no anonymous caller in
 
     @extend_schema(parameters=[OpenApiParameter("model", str, description="checkpoint name")])
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

@@ -9,12 +9,15 @@ domain and registers no actor.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import redis
 from django.conf import settings
 from django.db import close_old_connections, connections
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
+from dramatiq.worker import WorkerThread
 
 _lock = threading.Lock()
 _broker: RedisBroker | None = None
@@ -24,15 +27,22 @@ _redis: redis.Redis | None = None
 class DjangoConnections(Middleware):
     """Close stale database connections around each message, as Django does per request."""
 
-    def before_process_message(self, broker, message):  # type: ignore[no-untyped-def]
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         close_old_connections()
 
-    def after_process_message(self, broker, message, *, result=None, exception=None):  # type: ignore[no-untyped-def]
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
         close_old_connections()
 
     after_skip_message = after_process_message
 
-    def before_worker_thread_shutdown(self, broker, thread):  # type: ignore[no-untyped-def]
+    def before_worker_thread_shutdown(self, broker: Broker, thread: WorkerThread) -> None:
         connections.close_all()
 
 

@@ -8,7 +8,7 @@ what the workers' heartbeats and the local models folder hold, the rest marked u
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django import forms
@@ -110,10 +110,10 @@ class CatalogEntryForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         blank = [("", _("(platform default)"))]
-        self.fields["default_sampler"].choices = blank + [  # type: ignore[attr-defined]
+        cast(forms.ChoiceField, self.fields["default_sampler"]).choices = blank + [
             (s.name, s.name) for s in SAMPLERS if s.scheduler_class
         ]
-        self.fields["default_scheduler"].choices = blank + [  # type: ignore[attr-defined]
+        cast(forms.ChoiceField, self.fields["default_scheduler"]).choices = blank + [
             (s.label, s.label) for s in SCHEDULES
         ]
         params = self.instance.default_params or {}
@@ -297,7 +297,7 @@ class CatalogEntryAdmin(admin.ModelAdmin):
 
     def preview_view(self, request: HttpRequest, pk: int) -> FileResponse:
         entry = get_object_or_404(CatalogEntry, pk=pk)
-        if not self.has_view_or_change_permission(request, entry) or not entry.preview:
+        if not self.has_view_or_change_permission(request, entry) or not entry.preview.name:
             raise Http404
         try:
             handle = entry.preview.storage.open(entry.preview.name, "rb")

@@ -6,13 +6,16 @@ Only ever the member's own jobs: there is no parameter naming whose jobs to list
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.db.models import DecimalField, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
 from accounts.models import CreditEntry
 from generation.models import Job
+
+if TYPE_CHECKING:  # django-stubs' helper, a dev dependency
+    from django_stubs_ext import WithAnnotations
 
 ZERO = Value(Decimal("0"), output_field=DecimalField(max_digits=12, decimal_places=2))
 
@@ -31,7 +34,13 @@ def _credits_moved() -> Subquery:
     )
 
 
-def member_jobs(user: Any, *, status: str = "", model: str = "") -> QuerySet[Job]:
+class Spent(TypedDict):
+    credits_spent: Decimal
+
+
+def member_jobs(
+    user: Any, *, status: str = "", model: str = ""
+) -> QuerySet[WithAnnotations[Job, Spent]]:
     """The user's jobs, newest first, each with `credits_spent` (the hold while unfinished)."""
     jobs = (
         Job.objects.owned_by(user)

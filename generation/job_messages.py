@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import base64
 import logging
+from typing import Any
 
 import dramatiq
 import redis
 
 from generation.broker import get_broker, get_redis
+from generation.control_images import read_control_image
 from generation.events import user_group
 from generation.model_delivery import deliveries_for
 from generation.models import Job
+from gpu_worker.params import GenerationParams
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
     GENERATE_KWARG,
@@ -29,9 +32,11 @@ logger = logging.getLogger(__name__)
 
 
 def build_request(job: Job) -> GenerationRequest:
-    """The job's stored GenerationParams in its envelope (and the img2img source image)."""
+    """The job's stored GenerationParams in its envelope (and the img2img source image, its
+    inpaint mask and the ControlNet units' images)."""
+    params: GenerationParams = job.params
     request = GenerationRequest(
-        **job.params,
+        **params,
         job_id=str(job.pk),
         attempt=job.attempt,
         events_group=user_group(job.owner_id),
@@ -42,6 +47,14 @@ def build_request(job: Job) -> GenerationRequest:
     if job.mode == Job.Mode.IMG2IMG and job.init_image:
         with job.init_image.open("rb") as fh:
             request["init_image_png_b64"] = base64.b64encode(fh.read()).decode()
+    if job.mode == Job.Mode.IMG2IMG and job.mask_image:
+        with job.mask_image.open("rb") as fh:
+            request["mask_png_b64"] = base64.b64encode(fh.read()).decode()
+    shas = {u["image_sha256"] for u in params.get("controlnet") or () if u["image_sha256"]}
+    if shas:
+        request["controlnet_images_png_b64"] = {
+            sha: base64.b64encode(read_control_image(sha)).decode() for sha in sorted(shas)
+        }
     return request
 
 
@@ -52,7 +65,7 @@ MESSAGE_ID_TTL_SECONDS = 7 * 24 * 3600
 def send_request(job: Job) -> bool:
     """Enqueue the job's current attempt on its worker's queue. If Redis is down the job goes
     back to the waiting queue (False), to be assigned again once Redis answers."""
-    message = dramatiq.Message(
+    message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=worker_queue(job.worker_id),
         actor_name=GENERATE_ACTOR,
         args=(),

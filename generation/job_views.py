@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from django.contrib.auth.decorators import login_required
@@ -12,10 +12,15 @@ from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 
 from accounts.ledger import account_for
-from generation.job_history import charged, job_ledger, member_jobs, models_used
+from generation.inpaint_form import job_inputs
+from generation.job_history import Spent, charged, job_ledger, member_jobs, models_used
 from generation.lifecycle import image_payload
 from generation.models import Job
 from generation.templatetags.durations import duration
+from gpu_worker.infotext import controlnet_unit_text
+
+if TYPE_CHECKING:  # django-stubs' helper, a dev dependency
+    from django_stubs_ext import WithAnnotations
 
 JOBS_PER_PAGE = 25
 
@@ -57,6 +62,7 @@ def job_detail(request: HttpRequest, pk: Any) -> HttpResponse:
             "images": images,
             "entries": entries,
             "charged": charged(entries),
+            "job_inputs": job_inputs(job),
         },
     )
 
@@ -64,7 +70,7 @@ def job_detail(request: HttpRequest, pk: Any) -> HttpResponse:
 @login_required
 def job_summary(request: HttpRequest, pk: Any) -> JsonResponse:
     """What the generator's Done/Cancelled panel adds: the charge, the times, the new balance."""
-    job = get_object_or_404(member_jobs(request.user), pk=pk)
+    job: WithAnnotations[Job, Spent] = get_object_or_404(member_jobs(request.user), pk=pk)
     return JsonResponse(
         {
             "status": job.status,
@@ -78,5 +84,10 @@ def job_summary(request: HttpRequest, pk: Any) -> JsonResponse:
 
 
 def _shown_params(params: dict[str, Any]) -> list[tuple[str, Any]]:
-    hidden = {"prompt", "negative_prompt", "init_image"}
-    return [(key, value) for key, value in sorted(params.items()) if key not in hidden]
+    hidden = {"prompt", "negative_prompt", "init_image", "controlnet"}
+    shown = [(key, value) for key, value in sorted(params.items()) if key not in hidden]
+    units = params.get("controlnet") or []  # as sd-webui-controlnet writes them in infotexts
+    return shown + [
+        (f"ControlNet {i}", controlnet_unit_text(unit, unit["model"]))
+        for i, unit in enumerate(units)
+    ]

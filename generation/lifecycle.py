@@ -19,6 +19,7 @@ from PIL import Image
 
 from generation.credits_hold import capture_hold, release_hold
 from generation.events import (
+    EtaSource,
     ImagePayload,
     JobCancelledEvent,
     JobFailedEvent,
@@ -153,10 +154,10 @@ def finish_cancelled_job(job: Job, attempt: int | None, steps_done: int | None =
     return True
 
 
-def queued_event(job: Job, position: int, eta: float, source: str) -> JobQueuedEvent:
+def queued_event(job: Job, position: int, eta: float, source: EtaSource) -> JobQueuedEvent:
     return JobQueuedEvent(
         type="job.queued", job_id=str(job.pk), position=position, eta=eta, eta_source=source
-    )  # type: ignore[typeddict-item]
+    )
 
 
 def publish_queue_positions() -> None:

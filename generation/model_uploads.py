@@ -51,7 +51,9 @@ class StoreSaveHandler(AbstractUploadSaveHandler):
             metadata = json.loads(metadata)
         name = str(metadata.get("name", ""))
         try:
-            stored = model_store.store_file(Path(upload.temporary_file_path), label=name or "file")
+            stored = model_store.store_file(
+                Path(upload.get_or_create_temporary_file()), label=name or "file"
+            )
             upload.entry = add_own_model(upload.user, stored, name)
         except UnreadableModel as exc:
             raise UploadRefused(str(exc)) from exc
@@ -195,7 +197,8 @@ class OwnModelDetailView(GenericAPIView):
     def patch(self, request: Request, pk: int) -> Response:
         entry = self._entry(request, pk)
         data: dict[str, Any] = request.data if isinstance(request.data, dict) else {}
-        changes = {k: data[k] for k in ("name", "description", "trigger_words") if k in data}
+        fields = ("name", "description", "trigger_words")
+        changes: dict[str, Any] = {k: data[k] for k in fields if k in data}
         try:
             entry = update_own_model(request.user, entry, changes)
         except OwnModelError as exc:

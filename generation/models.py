@@ -42,6 +42,10 @@ def init_image_upload_to(instance: Any, filename: str) -> str:
     return _random_name("init", "png")
 
 
+def mask_image_upload_to(instance: Any, filename: str) -> str:
+    return _random_name("masks", "png")
+
+
 PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 
 
@@ -126,6 +130,7 @@ class CatalogEntry(models.Model):
         LORA = "lora", _("LoRA")
         VAE = "vae", _("VAE")
         EMBEDDING = "embedding", _("Embedding")
+        CONTROLNET = "controlnet", _("ControlNet")
 
     name = models.CharField(_("name"), max_length=200)
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
@@ -266,6 +271,11 @@ class Job(models.Model):
     params = models.JSONField(help_text=_("Validated parameters; the seed is already resolved"))
     checkpoint = models.ForeignKey(CatalogEntry, on_delete=models.PROTECT, related_name="jobs")
     init_image = models.ImageField(upload_to=init_image_upload_to, blank=True)
+    mask_image = models.ImageField(
+        upload_to=mask_image_upload_to,
+        blank=True,
+        help_text=_("Inpaint mask at the source's size, white = repaint"),
+    )
     price = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
     total_steps = models.PositiveIntegerField(default=0, help_text=_("Sampling steps, all images"))
     # Moves on at each hand-out to a worker and at each return to the queue, so every message

@@ -3,17 +3,21 @@ catalogue, as the visitor's tier sees it)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.utils.translation import gettext as _
+from django.utils.functional import Promise
+from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET
 
 from accounts.models import MembershipTier
 from generation.models import CatalogEntry
 from generation.pricing import price_job
 
-# Requests priced on the pricing page, through generation's own price function.
-PRICE_EXAMPLES = [
+# Requests priced on the pricing page, through generation's own price function. Lazy labels:
+# the list is built at import, the page is read in each visitor's language.
+PRICE_EXAMPLES: list[tuple[Promise, dict[str, Any]]] = [
     (_("512×512, 20 steps, one image"), {"width": 512, "height": 512, "steps": 20}),
     (_("1024×1024, 30 steps, one image"), {"width": 1024, "height": 1024, "steps": 30}),
     (

@@ -16,15 +16,26 @@ from generation.models import CatalogEntry, Job, JobImage
 from generation.queue import QueueSnapshot, queue_snapshot
 from generation.scheduling.estimates import running_eta
 from generation.submission import (
+    CONTROL_RESIZE_MODES,
     HIRES_SCALE,
     MAX_CLIP_SKIP,
+    MAX_MASK_BLUR,
+    MAX_MASK_PADDING,
     MAX_SEED,
     MIN_SIDE,
+    NOISE_MULTIPLIER,
     RESIZE_MODES,
     SubmissionError,
 )
-from gpu_worker.params import HIRES_DEFAULTS
+from gpu_worker.params import (
+    CONTROL_MODES,
+    CONTROLNET_UNIT_DEFAULTS,
+    HIRES_DEFAULTS,
+    INPAINT_FILLS,
+    OUTPAINT_SIDES,
+)
 from gpu_worker.passes import UPSCALERS
+from gpu_worker.preprocessors import BUILT_IN, PROCESSOR_RES_RANGE, THRESHOLD_RANGE
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -92,10 +103,12 @@ class JobSerializer(serializers.ModelSerializer):
             "images",
         ]
 
+    _queue: QueueSnapshot | None = None  # read once per response (a list shares its child)
+
     def _snapshot(self) -> QueueSnapshot:
-        if "queue" not in self.context:
-            self.context["queue"] = queue_snapshot()
-        return self.context["queue"]
+        if self._queue is None:
+            self._queue = queue_snapshot()
+        return self._queue
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_position(self, job: Job) -> int | None:
@@ -179,6 +192,69 @@ class HiresRequestSerializer(serializers.Serializer):
         }
 
 
+class ControlNetUnitRequestSerializer(serializers.Serializer):
+    """One ControlNet unit (gpu_worker.params.ControlNetUnit, sd-webui-controlnet's names); a
+    field left out takes its default."""
+
+    default = CONTROLNET_UNIT_DEFAULTS
+    image = InitImageField(
+        required=False,
+        allow_null=True,
+        help_text="control image, base64; null: img2img's source image",
+    )
+    module = serializers.ChoiceField(
+        choices=list(BUILT_IN), required=False, allow_null=True, help_text="preprocessor"
+    )
+    model = serializers.CharField(help_text="ControlNet catalogue name (GET models?kind=)")
+    weight = _float(0.0, 2.0, f"default {default['weight']}")
+    guidance_start = _float(0.0, 1.0, "fraction of the steps where the unit starts; default 0")
+    guidance_end = _float(0.0, 1.0, "fraction of the steps where it stops; default 1")
+    control_mode = serializers.ChoiceField(
+        choices=list(CONTROL_MODES), required=False, allow_null=True, help_text="default balanced"
+    )
+    resize_mode = _int(
+        *CONTROL_RESIZE_MODES, "0 just resize, 1 crop and resize (default), 2 resize and fill"
+    )
+    pixel_perfect = serializers.BooleanField(required=False, allow_null=True)
+    processor_res = _int(*PROCESSOR_RES_RANGE, "preprocessor resolution; default 512")
+    threshold_a = _float(*THRESHOLD_RANGE, "canny low threshold; default 100")
+    threshold_b = _float(*THRESHOLD_RANGE, "canny high threshold; default 200")
+
+
+class InpaintRequestSerializer(serializers.Serializer):
+    """gpu_worker.params.InpaintParams with A1111's names; a field left out takes its default
+    (A1111's web UI defaults: blur 4, masked content original, whole picture, padding 32)."""
+
+    def __init__(self, *args: Any, limits: GenerationLimits = DEFAULT_LIMITS, **kwargs: Any):
+        self.limits = limits
+        super().__init__(*args, **kwargs)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        flag: dict[str, Any] = {"required": False, "allow_null": True}
+        side = "outpainting: pixels added on this side, a multiple of 8 (the new area is masked)"
+        return {
+            "mask_blur": _int(0, MAX_MASK_BLUR, "sets mask_blur_x and mask_blur_y together"),
+            "mask_blur_x": _int(0, MAX_MASK_BLUR, "Gaussian blur of the mask edge, pixels"),
+            "mask_blur_y": _int(0, MAX_MASK_BLUR),
+            "inpainting_fill": _int(
+                0,
+                len(INPAINT_FILLS) - 1,
+                "masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing",
+            ),
+            "inpaint_full_res": serializers.BooleanField(
+                **flag,
+                help_text="only masked: the mask's box plus padding is denoised at "
+                "width x height and pasted back; the image keeps the source's size",
+            ),
+            "inpaint_full_res_padding": _int(0, MAX_MASK_PADDING, "pixels, only masked"),
+            "inpainting_mask_invert": serializers.BooleanField(
+                **flag, help_text="repaint the black part instead"
+            ),
+            "initial_noise_multiplier": _float(*NOISE_MULTIPLIER, "scales the starting noise"),
+            **{name: _int(0, self.limits.max_side, side) for name in OUTPAINT_SIDES},
+        }
+
+
 class JobRequestSerializer(serializers.Serializer):
     """A job request: the fields of gpu_worker.params.GenerationParams (less the derived ones)
     plus the img2img source image, with the caller's tier's bounds (the schema shows the
@@ -190,7 +266,7 @@ class JobRequestSerializer(serializers.Serializer):
 
     def get_fields(self) -> dict[str, serializers.Field]:
         lim = self.limits
-        text = {"required": False, "allow_null": True, "allow_blank": True}
+        text: dict[str, Any] = {"required": False, "allow_null": True, "allow_blank": True}
         return {
             "mode": serializers.ChoiceField(
                 choices=Job.Mode.choices,
@@ -220,7 +296,9 @@ class JobRequestSerializer(serializers.Serializer):
             "clip_skip": _int(1, MAX_CLIP_SKIP),
             "denoising_strength": _float(0.0, 1.0, "img2img strength, above 0"),
             "resize_mode": _int(
-                *RESIZE_MODES, "img2img: 0 just resize, 1 crop and resize, 2 resize and fill"
+                *RESIZE_MODES,
+                "img2img: 0 just resize, 1 crop and resize, 2 resize and fill, "
+                "3 latent upscale (resizes like 0)",
             ),
             "hires": HiresRequestSerializer(
                 limits=lim,
@@ -234,6 +312,25 @@ class JobRequestSerializer(serializers.Serializer):
                 allow_null=True,
                 help_text="img2img source: base64 (data URI allowed) or a file upload",
             ),
+            "inpaint": InpaintRequestSerializer(
+                limits=lim,
+                required=False,
+                allow_null=True,
+                help_text="img2img inpainting / outpainting options; on with a mask or "
+                "outpaint sides. The outpainted canvas counts against max_side and max_pixels",
+            ),
+            "mask": InitImageField(
+                required=False,
+                allow_null=True,
+                help_text="inpaint mask: white (or painted alpha) is repainted; base64 or a file "
+                "upload; stretched to the source's size",
+            ),
+            "controlnet": ControlNetUnitRequestSerializer(
+                many=True,
+                required=False,
+                allow_null=True,
+                help_text=f"ControlNet units; {TIER} (max_controlnet_units)",
+            ),
         }
 
 
@@ -245,7 +342,15 @@ def check_job_request(data: Any, limits: GenerationLimits) -> None:
         return  # the service answers a body that is not an object
     name, problems = next(iter(serializer.errors.items()))
     field: Any = serializer.fields[name]
-    if isinstance(problems, dict):  # the nested hires object
+    if isinstance(field, serializers.ListSerializer):  # the ControlNet units: {index: errors}
+        index, unit = next(iter(problems.items())) if isinstance(problems, dict) else (0, {})
+        if isinstance(index, int) and isinstance(unit, dict) and unit:
+            inner, problems = next(iter(unit.items()))  # the first unit in error
+            unit_fields = ControlNetUnitRequestSerializer().fields
+            field, name = unit_fields.get(inner, field), f"{name}[{index}].{inner}"
+        elif isinstance(problems, dict):  # not a list at all
+            problems = next(iter(problems.values()))
+    elif isinstance(problems, dict):  # a nested object (hires, inpaint)
         inner, problems = next(iter(problems.items()))
         if inner in field.fields:  # else not an object at all: the error is hires's own
             field, name = field.fields[inner], f"{name}.{inner}"
@@ -278,7 +383,8 @@ class QuoteSerializer(serializers.Serializer):
 
 class CatalogEntrySerializer(serializers.ModelSerializer):
     title = serializers.CharField(read_only=True)
-    label = serializers.CharField(read_only=True)
+    # A declared field, not Field.label: DRF's metaclass moves it into _declared_fields.
+    label = serializers.CharField(read_only=True)  # type: ignore[assignment]
 
     class Meta:
         model = CatalogEntry
@@ -310,7 +416,7 @@ class SamplerSerializer(serializers.Serializer):
 
 class SchedulerSerializer(serializers.Serializer):
     name = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a declared field, as above
 
 
 class SamplerListSerializer(serializers.Serializer):

@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import logging
 import secrets
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import redis
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils.translation import gettext
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from generation.broker import get_redis
+from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
 from generation.events import send_to_user
 from generation.lifecycle import cancel_queued_job, queued_event
@@ -37,16 +40,28 @@ from generation.models import CatalogEntry, Job, UserGenerationSettings
 from generation.pricing import final_size, price_job, total_steps
 from generation.queue import queue_info
 from generation.scheduling.dispatcher import dispatch_on_commit
+from gpu_worker.masking import mask_is_empty, outpaint_sides, prepare_mask
 from gpu_worker.params import (
+    CONTROL_MODES,
+    CONTROLNET_UNIT_DEFAULTS,
+    CONTROLNET_UNIT_FIELDS,
     DEFAULTS,
     DERIVED_FIELDS,
     HIRES_DEFAULTS,
     HIRES_FIELDS,
+    INPAINT_DEFAULTS,
+    INPAINT_FIELDS,
+    INPAINT_FILLS,
+    OUTPAINT_SIDES,
     REQUEST_FIELDS,
+    ControlNetUnit,
+    GenerationMode,
     GenerationParams,
     HiresParams,
+    InpaintParams,
 )
-from gpu_worker.passes import UPSCALERS, steps_problem
+from gpu_worker.passes import UPSCALERS, denoised_size, steps_problem
+from gpu_worker.preprocessors import BUILT_IN, PROCESSOR_RES_RANGE, THRESHOLD_RANGE
 from gpu_worker.prompt_syntax import PromptSyntaxError, check_prompt
 from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS
 from gpu_worker.samplers import UnknownSampler, resolve_sampler
@@ -59,6 +74,9 @@ MAX_CLIP_SKIP = 12
 RESIZE_MODES = (0, 3)  # img2img resize_mode bounds (A1111's 0-3; 3 resizes like 0 here)
 HIRES_SCALE = (1.0, 4.0)
 ACCEPTED_INIT_FORMATS = {"PNG", "JPEG", "WEBP"}
+MAX_MASK_BLUR = 64  # A1111's slider goes to 64
+MAX_MASK_PADDING = 256  # A1111's "only masked" padding slider goes to 256
+NOISE_MULTIPLIER = (0.0, 2.0)
 
 
 class SubmissionError(Exception):
@@ -81,6 +99,8 @@ class ValidatedJob:
     init_png: bytes | None
     price: Any
     total_steps: int
+    control_pngs: dict[str, bytes]  # sha256 -> PNG of the ControlNet units' images
+    mask_png: bytes | None = None
 
 
 # --- field checks ----------------------------------------------------------------------------
@@ -147,7 +167,9 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     user's tier leaves out says so (the pricing page lists the tiers anyway)."""
     key = _strip_model_name(name)
     entry = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).first()
-    label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE"}.get(kind, kind)
+    label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE", "controlnet": "ControlNet"}.get(
+        kind, kind
+    )
     if entry is None:
         if CatalogEntry.objects.public().filter(kind=kind, name=key, enabled=True).exists():
             raise SubmissionError(
@@ -187,62 +209,156 @@ def default_checkpoint(user: Any) -> CatalogEntry | None:
     return usable.order_by("is_demo", "name").first()
 
 
-def _init_image(raw: Any, limits: GenerationLimits) -> bytes:
-    """Bytes, base64 text (data URI allowed) or an uploaded file -> a clean re-encoded PNG."""
+def _uploaded_image(raw: Any, limits: GenerationLimits, field: str) -> Image.Image:
+    """Bytes, base64 text (data URI allowed) or an uploaded file -> a decoded image, within the
+    upload byte and pixel caps (the source image and the inpaint mask alike)."""
     if hasattr(raw, "read"):
         if getattr(raw, "size", 0) and raw.size > limits.max_init_image_bytes:
-            raise _too_big(limits)
+            raise _too_big(limits, field)
         data = raw.read(limits.max_init_image_bytes + 1)
     elif isinstance(raw, bytes):
         data = raw
     elif isinstance(raw, str):
         text = raw.split(",", 1)[1] if raw.startswith("data:") else raw
         if len(text) * 3 // 4 > limits.max_init_image_bytes + 3:
-            raise _too_big(limits)
+            raise _too_big(limits, field)
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise SubmissionError("init_image", "init_image is not valid base64") from None
+            raise SubmissionError(field, f"{field} is not valid base64", 422) from None
     else:
-        raise SubmissionError("init_image", "init_image must be an image file or base64 text")
+        raise SubmissionError(field, f"{field} must be an image file or base64 text")
     if len(data) > limits.max_init_image_bytes:
-        raise _too_big(limits)
+        raise _too_big(limits, field)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.format not in ACCEPTED_INIT_FORMATS:
-                    raise SubmissionError(
-                        "init_image",
-                        f"init_image must be PNG, JPEG or WEBP, not {image.format}",
-                        422,
-                    )
-                # The header gives the size before any pixel is decoded: the bomb guard.
-                if image.width * image.height > limits.max_init_image_pixels:
-                    raise SubmissionError(
-                        "init_image",
-                        f"init_image is {image.width}x{image.height}; the limit is "
-                        f"{limits.max_init_image_pixels} pixels",
-                        422,
-                    )
-                image.load()
-                out = io.BytesIO()
-                image.convert("RGB").save(out, "PNG")
-                return out.getvalue()
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ACCEPTED_INIT_FORMATS:
+                raise SubmissionError(
+                    field, f"{field} must be PNG, JPEG or WEBP, not {image.format}", 422
+                )
+            # The header gives the size before any pixel is decoded: the bomb guard.
+            if image.width * image.height > limits.max_init_image_pixels:
+                raise SubmissionError(
+                    field,
+                    f"{field} is {image.width}x{image.height}; the limit is "
+                    f"{limits.max_init_image_pixels} pixels",
+                    422,
+                )
+            image.load()
+            return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise SubmissionError(
-            "init_image",
-            f"init_image has too many pixels; the limit is {limits.max_init_image_pixels} pixels",
+            field,
+            f"{field} has too many pixels; the limit is {limits.max_init_image_pixels} pixels",
             422,
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise SubmissionError("init_image", "init_image is not a readable image", 422) from None
+        raise SubmissionError(field, f"{field} is not a readable image", 422) from None
 
 
-def _too_big(limits: GenerationLimits) -> SubmissionError:
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def _init_image(raw: Any, limits: GenerationLimits) -> bytes:
+    """The img2img source as a clean re-encoded RGB PNG."""
+    return _png(_uploaded_image(raw, limits, "init_image").convert("RGB"))
+
+
+def _too_big(limits: GenerationLimits, field: str = "init_image") -> SubmissionError:
     return SubmissionError(
-        "init_image", f"init_image is larger than {limits.max_init_image_bytes} bytes", 422
+        field, f"{field} is larger than {limits.max_init_image_bytes} bytes", 422
     )
+
+
+def _mask(raw: Any, limits: GenerationLimits, source_png: bytes, inpaint: InpaintParams) -> bytes:
+    """The inpaint mask as a black/white PNG at the source's size (A1111: white, or the painted
+    alpha of a transparent layer, is repainted; a mask of another size is stretched)."""
+    with Image.open(io.BytesIO(source_png)) as source:
+        size = source.size
+    mask = prepare_mask(_uploaded_image(raw, limits, "mask"), size, invert=False)
+    effective = ImageOps.invert(mask) if inpaint["inpainting_mask_invert"] else mask
+    if mask_is_empty(effective) and not any(outpaint_sides(inpaint)):
+        state = "all white and inverted" if inpaint["inpainting_mask_invert"] else "all black"
+        raise SubmissionError("mask", f"mask is {state}: there is nothing to repaint", 422)
+    return _png(mask)
+
+
+def _bool(params: dict[str, Any], name: str, prefix: str = "") -> bool:
+    value = params.get(name)
+    if value in (True, False, 0, 1) and not isinstance(value, float):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "0", "1"):
+        return value.lower() in ("true", "on", "1")
+    raise SubmissionError(prefix + name, f"{prefix + name} must be true or false")
+
+
+def _inpaint(raw: Any, limits: GenerationLimits) -> InpaintParams | None:
+    """The inpaint options; `mask_blur` (A1111's) sets both blur axes not given on their own."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SubmissionError("inpaint", "inpaint must be an object or null")
+    if unknown := sorted(set(raw) - INPAINT_FIELDS - {"mask_blur"}):
+        raise SubmissionError(f"inpaint.{unknown[0]}", f"inpaint has no field {unknown[0]!r}")
+    given: dict[str, Any] = {**INPAINT_DEFAULTS}
+    if raw.get("mask_blur") is not None:
+        given["mask_blur_x"] = given["mask_blur_y"] = raw["mask_blur"]
+    given |= {k: v for k, v in raw.items() if v is not None and k != "mask_blur"}
+    p = "inpaint."
+    inpaint = InpaintParams(
+        mask_blur_x=_int(given, "mask_blur_x", 0, MAX_MASK_BLUR, prefix=p),
+        mask_blur_y=_int(given, "mask_blur_y", 0, MAX_MASK_BLUR, prefix=p),
+        inpainting_fill=_int(given, "inpainting_fill", 0, len(INPAINT_FILLS) - 1, prefix=p),
+        inpaint_full_res=_bool(given, "inpaint_full_res", prefix=p),
+        inpaint_full_res_padding=_int(
+            given, "inpaint_full_res_padding", 0, MAX_MASK_PADDING, prefix=p
+        ),
+        inpainting_mask_invert=_bool(given, "inpainting_mask_invert", prefix=p),
+        initial_noise_multiplier=_float(given, "initial_noise_multiplier", *NOISE_MULTIPLIER, p),
+        outpaint_left=0,
+        outpaint_top=0,
+        outpaint_right=0,
+        outpaint_bottom=0,
+    )
+    for side in OUTPAINT_SIDES:
+        inpaint[side] = _int(given, side, 0, limits.max_side, prefix=p)  # type: ignore[literal-required]
+        if inpaint[side] % 8:  # type: ignore[literal-required]
+            raise SubmissionError(p + side, f"{p + side} must be a multiple of 8", 422)
+    return inpaint
+
+
+def _check_inpaint_size(
+    params: GenerationParams, source_png: bytes, limits: GenerationLimits
+) -> None:
+    """The canvas an inpaint job denoises, and the image it makes, stay within the limits."""
+    inpaint = params.get("inpaint")
+    if not inpaint or not any(outpaint_sides(inpaint)):
+        return
+    width, height = denoised_size(params)
+    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        raise SubmissionError(
+            "inpaint",
+            f"the outpainted canvas {width}x{height} exceeds the limit of "
+            f"{limits.max_side} per side and {limits.max_pixels} pixels",
+            422,
+        )
+    left, top, right, bottom = outpaint_sides(inpaint)
+    with Image.open(io.BytesIO(source_png)) as source:
+        out_w, out_h = source.width + left + right, source.height + top + bottom
+    if inpaint["inpaint_full_res"] and out_w * out_h > limits.max_init_image_pixels:
+        raise SubmissionError(
+            "inpaint",
+            f"the outpainted image {out_w}x{out_h} exceeds the limit of "
+            f"{limits.max_init_image_pixels} pixels",
+            422,
+        )
 
 
 def _hires(raw: Any, limits: GenerationLimits) -> HiresParams | None:
@@ -274,6 +390,109 @@ def _hires(raw: Any, limits: GenerationLimits) -> HiresParams | None:
         if value % 8:
             raise SubmissionError(f"hires.{name}", f"hires {name} must be a multiple of 8", 422)
     return hires
+
+
+# --- ControlNet units ------------------------------------------------------------------------
+
+CONTROL_RESIZE_MODES = (0, 2)  # just resize, crop and resize, resize and fill
+
+
+def _controlnet(
+    user: Any, raw: Any, limits: GenerationLimits, mode: str, checkpoint: CatalogEntry
+) -> tuple[list[ControlNetUnit], dict[str, bytes]]:
+    """The request's ControlNet units, checked and normalised, and their images by sha256."""
+    if not raw:
+        return [], {}
+    if not isinstance(raw, list):
+        raise SubmissionError("controlnet", "controlnet must be a list of units")
+    if len(raw) > limits.max_controlnet_units:
+        raise SubmissionError(
+            "controlnet",
+            f"{len(raw)} ControlNet units; your tier's limit is {limits.max_controlnet_units}",
+            422,
+        )
+    units, images = [], {}
+    for index, given in enumerate(raw):
+        unit, png = _controlnet_unit(user, given, f"controlnet[{index}].", limits, mode, checkpoint)
+        units.append(unit)
+        if png is not None and unit["image_sha256"]:
+            images[unit["image_sha256"]] = png
+    return units, images
+
+
+def _controlnet_unit(
+    user: Any,
+    raw: Any,
+    prefix: str,
+    limits: GenerationLimits,
+    mode: str,
+    checkpoint: CatalogEntry,
+) -> tuple[ControlNetUnit, bytes | None]:
+    if not isinstance(raw, dict):
+        raise SubmissionError(prefix.rstrip("."), f"{prefix.rstrip('.')} must be an object")
+    if unknown := sorted(set(raw) - CONTROLNET_UNIT_FIELDS):
+        raise SubmissionError(
+            prefix + unknown[0],
+            f"a ControlNet unit has no field {unknown[0]!r}; the fields are "
+            f"{', '.join(sorted(CONTROLNET_UNIT_FIELDS))}",
+            422,
+        )
+    given = {**CONTROLNET_UNIT_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    module = given["module"]
+    if module not in BUILT_IN:
+        raise SubmissionError(
+            prefix + "module",
+            f"unknown preprocessor {module!r}; available: {', '.join(BUILT_IN)}",
+            422,
+        )
+    model = given.get("model")
+    if not model or not isinstance(model, str):
+        raise SubmissionError(prefix + "model", f"{prefix}model must name a ControlNet model")
+    entry = _lookup(user, CatalogEntry.Kind.CONTROLNET, model, prefix + "model")
+    if "unknown" not in (entry.family, checkpoint.family) and entry.family != checkpoint.family:
+        raise SubmissionError(
+            prefix + "model",
+            f"ControlNet {entry.name!r} is for {entry.family} models; "
+            f"{checkpoint.name!r} is {checkpoint.family}",
+            422,
+        )
+    control_mode = given["control_mode"]
+    if control_mode not in CONTROL_MODES:
+        raise SubmissionError(
+            prefix + "control_mode",
+            f"{prefix}control_mode must be one of {', '.join(CONTROL_MODES)}",
+            422,
+        )
+    pixel_perfect = given["pixel_perfect"]
+    if not isinstance(pixel_perfect, bool):
+        raise SubmissionError(prefix + "pixel_perfect", f"{prefix}pixel_perfect must be true/false")
+    png, sha = None, None
+    if given.get("image"):
+        png = _png(_uploaded_image(given["image"], limits, prefix + "image").convert("RGB"))
+        sha = hashlib.sha256(png).hexdigest()
+    elif mode != Job.Mode.IMG2IMG:
+        raise SubmissionError(
+            prefix + "image", f"{prefix}image is needed (only img2img may use its source)"
+        )
+    unit = ControlNetUnit(
+        image_sha256=sha,
+        module=module,
+        model=entry.name,
+        weight=_float(given, "weight", 0.0, 2.0, prefix=prefix),
+        guidance_start=_float(given, "guidance_start", 0.0, 1.0, prefix=prefix),
+        guidance_end=_float(given, "guidance_end", 0.0, 1.0, prefix=prefix),
+        control_mode=control_mode,
+        resize_mode=_int(given, "resize_mode", *CONTROL_RESIZE_MODES, prefix=prefix),
+        pixel_perfect=pixel_perfect,
+        processor_res=_int(given, "processor_res", *PROCESSOR_RES_RANGE, prefix=prefix),
+        threshold_a=_float(given, "threshold_a", *THRESHOLD_RANGE, prefix=prefix),
+        threshold_b=_float(given, "threshold_b", *THRESHOLD_RANGE, prefix=prefix),
+    )
+    if unit["guidance_start"] >= unit["guidance_end"]:
+        raise SubmissionError(
+            prefix + "guidance_end", f"{prefix}guidance_end must be above guidance_start", 422
+        )
+    return unit, png
 
 
 def _check_final_size(params: GenerationParams, limits: GenerationLimits) -> None:
@@ -337,7 +556,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         raise SubmissionError(field, str(exc), 422) from None
 
     params = GenerationParams(
-        mode=mode,
+        mode=cast(GenerationMode, mode),  # checked above
         checkpoint=checkpoint.name,
         vae=_vae(user, given.get("vae")),
         prompt=_text(given, "prompt", limits.max_prompt_chars),
@@ -356,6 +575,8 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         resize_mode=0,
         hires=None,
         loras=[],
+        inpaint=None,
+        controlnet=[],
     )
     if params["width"] * params["height"] > limits.max_pixels:
         raise SubmissionError(
@@ -373,17 +594,37 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         params["seed"] = secrets.randbelow(MAX_SEED + 1 - images)
     params["loras"] = _loras(user, params)
 
-    init_png = None
+    init_png = mask_png = None
     if mode == Job.Mode.IMG2IMG:
         if not init_raw:
             raise SubmissionError("init_image", "img2img needs an init_image")
         init_png = _init_image(init_raw, limits)
         params["resize_mode"] = _int(given, "resize_mode", *RESIZE_MODES)
+        inpaint = _inpaint(given.get("inpaint"), limits)
+        if given.get("mask") and inpaint is None:
+            inpaint = InpaintParams(**INPAINT_DEFAULTS)
+        if inpaint is not None:
+            if given.get("mask"):
+                mask_png = _mask(given["mask"], limits, init_png, inpaint)
+            elif not any(outpaint_sides(inpaint)):
+                raise SubmissionError("mask", "inpainting needs a mask or sides to outpaint", 422)
+            params["inpaint"] = inpaint
+            _check_inpaint_size(params, init_png, limits)
+    elif given.get("mask") or given.get("inpaint"):
+        field = "mask" if given.get("mask") else "inpaint"
+        raise SubmissionError(field, f"{field} needs img2img with an init_image", 422)
     else:
         params["hires"] = _hires(given.get("hires"), limits)
         _check_final_size(params, limits)
     if problem := steps_problem(params):
         raise SubmissionError(*problem, 422)
+    params["controlnet"], control_pngs = _controlnet(
+        user, given.get("controlnet"), limits, mode, checkpoint
+    )
+    if params["controlnet"] and params.get("inpaint"):
+        raise SubmissionError(
+            "controlnet", "controlnet units are not available with inpainting yet", 422
+        )
 
     return ValidatedJob(
         params=params,
@@ -391,6 +632,8 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         init_png=init_png,
         price=price_job(params, checkpoint),
         total_steps=total_steps(params),
+        control_pngs=control_pngs,
+        mask_png=mask_png,
     )
 
 
@@ -453,6 +696,9 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             )
             if valid.init_png:
                 job.init_image.save("init.png", ContentFile(valid.init_png), save=False)
+            store_control_images(valid.control_pngs)
+            if valid.mask_png:
+                job.mask_image.save("mask.png", ContentFile(valid.mask_png), save=False)
             job.save(force_insert=True)
             try:
                 hold_credits(user, job)
@@ -462,7 +708,7 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             # After commit, outside the write lock: schedule first (nothing that may fail or be
             # cancelled in the broadcast can then skip it), then tell the owner its place.
             dispatch_on_commit(job)
-            transaction.on_commit(lambda: publish_queue_position(job))
+            transaction.on_commit(partial(publish_queue_position, job))
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
         if (job := _existing(user, idempotency_key)) is not None:
@@ -489,7 +735,7 @@ def publish_queue_position(job: Job) -> None:
         send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
 
 
-def remember_params(user: Any, params: dict[str, Any], chosen_scheduler: Any = None) -> None:
+def remember_params(user: Any, params: GenerationParams, chosen_scheduler: Any = None) -> None:
     settings_row = UserGenerationSettings.for_user(user)
     settings_row.last_params = dict(params)
     # The form comes back as the user left it: "Automatic" stays Automatic, not what it

@@ -4,7 +4,7 @@ URLs stay accounts' (`admin:accounts_membershiptier_*`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin
@@ -37,6 +37,7 @@ class MembershipTierForm(forms.ModelForm):
             "max_steps",
             "max_images",
             "max_unfinished_jobs",
+            "max_controlnet_units",
             "priority_weight",
             "all_models",
             "allowed_models",
@@ -46,7 +47,8 @@ class MembershipTierForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         names = CatalogEntry.objects.checkpoints().values_list("name", flat=True)
         current = list(self.instance.allowed_models or []) if self.instance.pk else []
-        self.fields["allowed_models"].choices = [(n, n) for n in dict.fromkeys([*names, *current])]
+        choices = [(n, n) for n in dict.fromkeys([*names, *current])]
+        cast(forms.MultipleChoiceField, self.fields["allowed_models"]).choices = choices
 
 
 class MembershipTierAdmin(admin.ModelAdmin):

@@ -13,7 +13,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ObjectDoesNotExist
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
@@ -22,8 +22,10 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
 from accounts.ledger import account_for
+from accounts.member_request import MemberRequest
 from generation.error_text import FIELD_LABELS, readable_error
 from generation.images import delete_image
+from generation.inpaint_form import inpaint_context, job_inputs, posted_inpaint
 from generation.job_history import prompt_history
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
@@ -135,11 +137,11 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
             if f"hires_{key}" in post
         }
     if init_image := files.get("init_image"):
-        params.update(mode="img2img", init_image=init_image)
+        params.update(mode="img2img", init_image=init_image, **posted_inpaint(post, files))
     return params
 
 
-def _owned_images(request: HttpRequest) -> Any:
+def _owned_images(request: MemberRequest) -> Any:
     # Pages show the owner's images only; anyone else's id is a 404 (staff included).
     # "publication" (the gallery's reverse one-to-one) by name: the cards show how each is shared.
     return JobImage.objects.filter(owner=request.user).select_related(
@@ -149,7 +151,7 @@ def _owned_images(request: HttpRequest) -> Any:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def generate(request: HttpRequest) -> HttpResponse:
+def generate(request: MemberRequest) -> HttpResponse:
     """The generator. The script submits through the REST API; a POST here is the same
     submission for browsers without JavaScript."""
     user = request.user
@@ -160,7 +162,7 @@ def generate(request: HttpRequest) -> HttpResponse:
         except SubmissionError as exc:
             messages.error(request, readable_error(exc.field, exc.message))
             # Refused: show the form as it was sent.
-            params = {k: v for k, v in posted.items() if k != "init_image"}
+            params = {k: v for k, v in posted.items() if k not in ("init_image", "mask")}
             return _render_generator(request, params, keep_checkpoint=True)
         messages.success(request, _("Your job is queued: its images appear below when done."))
         return redirect("generate")
@@ -183,22 +185,30 @@ def generate(request: HttpRequest) -> HttpResponse:
     except (ValueError, JobImage.DoesNotExist):
         raise Http404(_("No such image.")) from None
     params = {**source.job.params, "seed": source.seed}
-    init_image_url = None
+    init_image_url = mask_url = None
     if request.GET.get("img2img"):
-        params.update(width=source.width, height=source.height, hires=None)
+        params.update(width=source.width, height=source.height, hires=None, inpaint=None)
         init_image_url = image_payload(source)["url"]
+    else:  # a remix of an inpaint job lays out its source and mask again
+        init_image_url, mask_url = job_inputs(source.job)
     return _render_generator(
-        request, params, keep_checkpoint=True, last_seed=source.seed, init_image_url=init_image_url
+        request,
+        params,
+        keep_checkpoint=True,
+        last_seed=source.seed,
+        init_image_url=init_image_url,
+        mask_url=mask_url,
     )
 
 
 def _render_generator(
-    request: HttpRequest,
+    request: MemberRequest,
     params: dict[str, Any],
     *,
     keep_checkpoint: bool = False,
     last_seed: int | None = None,
     init_image_url: str | None = None,
+    mask_url: str | None = None,
 ) -> HttpResponse:
     user = request.user
     visible = CatalogEntry.objects.usable_by(user)
@@ -261,19 +271,20 @@ def _render_generator(
             "page_data": page_data,
             "placeholder_id": PLACEHOLDER_ID,
             "prompt_history": prompt_history(user),
+            **inpaint_context(params, mask_url, open_editor=bool(request.GET.get("inpaint"))),
         },
     )
 
 
 def _publication(image: JobImage) -> Any:
     try:
-        return image.publication  # type: ignore[attr-defined]
+        return image.publication
     except ObjectDoesNotExist:
         return None
 
 
 @login_required
-def my_images(request: HttpRequest) -> HttpResponse:
+def my_images(request: MemberRequest) -> HttpResponse:
     images = _owned_images(request).order_by("-created_at", "index")
     model = request.GET.get("model", "")
     if model:
@@ -299,7 +310,7 @@ def my_images(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
+def image_detail(request: MemberRequest, pk: Any) -> HttpResponse:
     image = get_object_or_404(_owned_images(request), pk=pk)
     return render(
         request,
@@ -309,13 +320,14 @@ def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
             "payload": image_payload(image),
             "job": image.job,
             "publication": _publication(image),
+            "job_inputs": job_inputs(image.job),
         },
     )
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def image_delete(request: HttpRequest, pk: Any) -> HttpResponse:
+def image_delete(request: MemberRequest, pk: Any) -> HttpResponse:
     """GET asks for confirmation; POST deletes (works without JavaScript)."""
     image = get_object_or_404(_owned_images(request), pk=pk)
     if request.method == "POST":

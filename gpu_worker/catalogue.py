@@ -24,12 +24,13 @@ from gpu_worker.protocol import ModelInventoryEntry
 
 __all__ = ["UnreadableModel", "read_safetensors_header"]  # re-exported for existing callers
 
-Kind = Literal["checkpoint", "lora", "vae", "embedding"]
+Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet"]
 FOLDERS: dict[Kind, str] = {
     "checkpoint": "Stable-diffusion",
     "lora": "Lora",
     "vae": "VAE",
     "embedding": "embeddings",
+    "controlnet": "ControlNet",
 }
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

@@ -22,6 +22,14 @@ from PIL import Image
 
 from gpu_worker import infotext as infotext_mod
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
+from gpu_worker.controlnet import ControlNetError, ControlSet
+from gpu_worker.inpainting import (
+    decode_mask,
+    inpaint_infotext,
+    inpaint_pipeline,
+    is_inpaint_model,
+    sample_inpaint,
+)
 from gpu_worker.loading import (
     ModelLoadError,
     architecture_for_pipe,
@@ -29,7 +37,9 @@ from gpu_worker.loading import (
     load_checkpoint,
     load_vae,
 )
+from gpu_worker.masking import InpaintPlan, plan_inpaint, whole_image_plan
 from gpu_worker.model_cache import ModelCache
+from gpu_worker.params import INPAINT_DEFAULTS
 from gpu_worker.passes import denoised_steps, hires_inference_steps, hires_size, steps_problem
 from gpu_worker.prompt_encoding import (
     Embedding,
@@ -301,6 +311,8 @@ class _Run:
         self.total = 0
         self.embeddings: dict[str, Embedding] = {}
         self.embedding_hashes: dict[str, str] = {}
+        self.control: ControlSet | None = None  # the request's ControlNet units
+        self.inpaint_plan: InpaintPlan | None = None
 
     # The step callback diffusers calls; it must return its kwargs.
     def _callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
@@ -341,6 +353,19 @@ class _Run:
         result = GenerationResult()
         hires = r.get("hires") if r["mode"] == "txt2img" else None
         init = _decode_init_image(r) if r["mode"] == "img2img" else None
+        if init is not None and r.get("inpaint"):
+            self.inpaint_plan = self._plan_inpaint(init)
+        elif is_inpaint_model(self.pipe):  # no mask: the whole image is "masked", as in A1111
+            if hires:
+                raise JobFailed("hires fix is not available with an inpainting model")
+            self.inpaint_plan = whole_image_plan(
+                resize_image(init, r["width"], r["height"], int(r.get("resize_mode", 0)))
+                if init is not None
+                else Image.new("RGB", (r["width"], r["height"]), (127, 127, 127))
+            )
+        self.control = self._prepare_control(init)
+        if self.control is not None and self.inpaint_plan is not None:
+            raise JobFailed("ControlNet units are not available with inpainting yet")
         hires_steps = 0
         if hires:
             hires_steps = hires_inference_steps(r["steps"], hires)
@@ -384,6 +409,35 @@ class _Run:
         result.timings["encode_s"] = round(encode_s, 4)
         return result
 
+    def _prepare_control(self, init: Image.Image | None) -> ControlSet | None:
+        engine = self.engine
+        try:
+            return ControlSet.prepare(
+                self.request,
+                resolve=engine.resolve,
+                cache=engine.cache,
+                dtype=engine.dtype,
+                cache_dir=engine.cache_dir,
+                family=self.family,
+                init_image=init,
+            )
+        except (UnknownModel, ControlNetError, ModelLoadError) as exc:
+            raise JobFailed(str(exc)) from exc
+
+    def _controlled(
+        self, pipe: Any, width: int, height: int, *, img2img: bool
+    ) -> tuple[Any, dict[str, Any]]:
+        """The pass's pipeline and its ControlNet arguments (none without units)."""
+        if self.control is None:
+            return pipe, {}
+        controlled = self.control.pipeline(
+            pipe,
+            img2img=img2img,
+            scheduler=pipe.scheduler,
+            guidance_scale=self.request["cfg_scale"],
+        )
+        return controlled, self.control.call_kwargs(width, height, img2img=img2img)
+
     def _encode(self, prompt: str, negative: str) -> dict[str, Any]:
         clip_skip = max(1, int(self.request.get("clip_skip") or 1))
         if self.family == "sdxl":
@@ -419,22 +473,38 @@ class _Run:
     ) -> tuple[list[Image.Image], tuple[int, int]]:
         r = self.request
         width, height = r["width"], r["height"]
+        if self.inpaint_plan is not None:
+            pipe = inpaint_pipeline(self.pipe, self.family, self._scheduler(seeds[0]))
+            images = sample_inpaint(
+                pipe,
+                self.inpaint_plan,
+                r.get("inpaint") or INPAINT_DEFAULTS,
+                strength=r["denoising_strength"] if init is not None else 1.0,
+                steps=r["steps"],
+                common=self._common(conditioning, seeds),
+            )
+            return images, (width, height)
         if init is not None:
-            pipe = self._img2img_pipe(seeds[0])
+            pipe, control = self._controlled(
+                self._img2img_pipe(seeds[0]), width, height, img2img=True
+            )
             out = pipe(
                 image=resize_image(init, width, height, r.get("resize_mode", 0)),
                 strength=r["denoising_strength"],
                 num_inference_steps=r["steps"],
+                **control,
                 **self._common(conditioning, seeds),
             )
             return out.images, (width, height)
         self.pipe.scheduler = self._scheduler(seeds[0])
         latent_upscale = hires and hires["upscaler"] in LATENT_UPSCALE_MODES
-        out = self.pipe(
+        pipe, control = self._controlled(self.pipe, width, height, img2img=False)
+        out = pipe(
             width=width,
             height=height,
             num_inference_steps=r["steps"],
             output_type="latent" if latent_upscale else "pil",
+            **control,
             **self._common(conditioning, seeds),
         )
         if not hires:
@@ -450,14 +520,35 @@ class _Run:
             )
         else:
             first = [im.resize((target_w, target_h), Image.Resampling.LANCZOS) for im in out.images]
-        pipe = self._img2img_pipe(seeds[0])
+        pipe, control = self._controlled(
+            self._img2img_pipe(seeds[0]), target_w, target_h, img2img=True
+        )
         out = pipe(
             image=first,
             strength=hires["denoising_strength"],
             num_inference_steps=hires_steps,
+            **control,
             **self._common(conditioning, seeds),
         )
         return out.images, (width, height)
+
+    def _plan_inpaint(self, init: Image.Image) -> InpaintPlan:
+        r = self.request
+        mask = decode_mask(r.get("mask_png_b64"))
+        if mask is None:  # outpainting alone: the grown sides are the whole mask
+            mask = Image.new("L", init.size, 0)
+        inpaint = r.get("inpaint")
+        if inpaint is None:
+            raise ValueError("an inpaint plan needs the request's inpaint options")
+        return plan_inpaint(
+            init,
+            mask,
+            inpaint,
+            r["width"],
+            r["height"],
+            resize_image,
+            int(r.get("resize_mode", 0)),
+        )
 
     def _img2img_pipe(self, seed: int) -> Any:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
@@ -506,10 +597,14 @@ class _Run:
             params["Hires upscaler"] = (
                 hires["upscaler"] if hires["upscaler"] in LATENT_UPSCALE_MODES else "Lanczos"
             )
+        if r.get("inpaint") and r["mode"] == "img2img":
+            params.update(inpaint_infotext(r["inpaint"]))  # type: ignore[arg-type]
         if loras:
             params["Lora hashes"] = ", ".join(f"{t.name}: {i.sha256[:12]}" for i, t in loras)
         if self.embedding_hashes:
             params["TI hashes"] = ", ".join(f"{n}: {h}" for n, h in self.embedding_hashes.items())
+        if self.control is not None:
+            params.update(self.control.infotext())
         params["Version"] = ENGINE_VERSION
         return infotext_mod.build_infotext(r["prompt"], r["negative_prompt"], params)
 
@@ -540,7 +635,8 @@ def _decode_init_image(request: GenerationRequest) -> Image.Image:
 
 
 def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Image.Image:
-    """A1111 resize modes: 0 just resize, 1 crop and resize, 2 resize and fill."""
+    """A1111 resize modes: 0 just resize, 1 crop and resize, 2 resize and fill (3, latent
+    upscale, resizes like 0 here). Works on RGB images and on "L" masks alike."""
     lanczos = Image.Resampling.LANCZOS
     if mode == 1:
         ratio = max(width / image.width, height / image.height)
@@ -551,7 +647,18 @@ def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Imag
     if mode == 2:
         ratio = min(width / image.width, height / image.height)
         w, h = max(1, round(image.width * ratio)), max(1, round(image.height * ratio))
-        canvas = image.resize((width, height), lanczos)  # the bars get the stretched image
-        canvas.paste(image.resize((w, h), lanczos), ((width - w) // 2, (height - h) // 2))
+        fitted = image.resize((w, h), lanczos)
+        left, top = (width - w) // 2, (height - h) // 2
+        canvas = Image.new(image.mode, (width, height))
+        # A1111's bars: the fitted image's outermost row (or column) stretched across each.
+        for box, size, at in (
+            ((0, 0, w, 1), (w, top), (left, 0)),
+            ((0, h - 1, w, h), (w, height - top - h), (left, top + h)),
+            ((0, 0, 1, h), (left, h), (0, top)),
+            ((w - 1, 0, w, h), (width - left - w, h), (left + w, top)),
+        ):
+            if size[0] > 0 and size[1] > 0:
+                canvas.paste(fitted.crop(box).resize(size, Image.Resampling.NEAREST), at)
+        canvas.paste(fitted, (left, top))
         return canvas
     return image.resize((width, height), lanczos)

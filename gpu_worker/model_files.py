@@ -43,7 +43,7 @@ PICKLE_MAGICS = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x0
 FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 ARCHITECTURE_BY_FAMILY = {"sd1": "sd1", "sdxl": "sdxl"}  # configs shipped in gpu_worker/configs
 UNET_INPUT_KEY = "model.diffusion_model.input_blocks.0.0.weight"  # original (LDM) layout
-INPAINT_SUFFIX = "-inpaint"  # loading.INPAINT_SUFFIX: the base architecture's inpaint variant
+INPAINT_SUFFIX = "-inpaint"  # the base architecture's inpaint variant (gpu_worker/loading.py)
 INPAINT_IN_CHANNELS = 9
 
 

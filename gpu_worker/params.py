@@ -11,7 +11,7 @@ generation/submission.py and show it on the generator page; the front-door test
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 GenerationMode = Literal["txt2img", "img2img"]
 
@@ -25,6 +25,63 @@ class HiresParams(TypedDict):
     upscaler: str  # one of passes.UPSCALERS
     second_pass_steps: int  # 0: same as steps
     denoising_strength: float  # in (0, 1]
+
+
+class InpaintParams(TypedDict):
+    """img2img inpainting and outpainting, with A1111's names and meanings (the mask itself, white
+    = repaint, travels beside the job like the init image)."""
+
+    mask_blur_x: int  # Gaussian blur of the mask edge, in pixels (A1111's mask_blur sets both)
+    mask_blur_y: int
+    inpainting_fill: int  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool  # "only masked": crop mask + padding, denoise at width x height
+    inpaint_full_res_padding: int  # pixels around the mask's box in the "only masked" crop
+    inpainting_mask_invert: bool  # repaint the black part instead
+    initial_noise_multiplier: float  # scales the starting noise (A1111's img2img option)
+    outpaint_left: int  # outpainting: pixels the canvas grows by on each side (new area = mask)
+    outpaint_top: int
+    outpaint_right: int
+    outpaint_bottom: int
+
+
+# --- ControlNet units (issue 22): sd-webui-controlnet's field names -------------------------
+ControlMode = Literal["balanced", "prompt", "controlnet"]
+CONTROL_MODES: tuple[ControlMode, ...] = ("balanced", "prompt", "controlnet")
+
+
+class ControlNetUnit(TypedDict):
+    """One ControlNet unit. A request sends `image` (base64) or none (img2img: the source);
+    the stored unit keeps the image's sha256, its PNG stored beside the job."""
+
+    image_sha256: str | None  # the control image; None: the img2img source image
+    module: str  # preprocessor, one of preprocessors.BUILT_IN ("none": already a map)
+    model: str  # catalogue name of a ControlNet (models/ControlNet/)
+    weight: float
+    guidance_start: float  # fraction of the steps where the unit starts acting
+    guidance_end: float  # ... and stops
+    control_mode: ControlMode  # A1111: Balanced / My prompt is more important / ControlNet is...
+    resize_mode: int  # fitting the image to the job: 0 just resize, 1 crop, 2 resize and fill
+    pixel_perfect: bool  # processor_res from the job's size instead of processor_res
+    processor_res: int  # the preprocessor's working resolution (short side)
+    threshold_a: float  # canny: low threshold
+    threshold_b: float  # canny: high threshold
+
+
+CONTROLNET_UNIT_DEFAULTS: dict[str, Any] = {
+    "module": "none",
+    "weight": 1.0,
+    "guidance_start": 0.0,
+    "guidance_end": 1.0,
+    "control_mode": "balanced",
+    "resize_mode": 1,
+    "pixel_perfect": False,
+    "processor_res": 512,
+    "threshold_a": 100.0,
+    "threshold_b": 200.0,
+}
+# What a request's unit may name: the stored fields, less the hash, plus the image itself.
+CONTROLNET_UNIT_FIELDS = frozenset(ControlNetUnit.__annotations__) - {"image_sha256"} | {"image"}
+# --------------------------------------------------------------------------------------------
 
 
 class GenerationParams(TypedDict):
@@ -49,6 +106,10 @@ class GenerationParams(TypedDict):
     resize_mode: int  # img2img: 0 just resize, 1 crop and resize, 2 resize and fill
     hires: HiresParams | None  # txt2img hires fix; None = off (always None for img2img)
     loras: list[str]  # catalogue names of the LoRAs the prompts name (derived, sorted)
+    # ControlNet units, applied together; [] (or absent, in rows stored before them) = none.
+    controlnet: NotRequired[list[ControlNetUnit]]
+    # Inpainting / outpainting (img2img with a mask or grown sides); None = plain img2img.
+    inpaint: NotRequired[InpaintParams | None]
 
 
 # Defaults of a field a request leaves out (a checkpoint's own default_params come between).
@@ -67,6 +128,7 @@ DEFAULTS: dict[str, Any] = {
     "clip_skip": 1,
     "denoising_strength": 0.75,
     "resize_mode": 0,
+    "controlnet": [],
 }
 HIRES_DEFAULTS: HiresParams = {
     "scale": 2.0,
@@ -77,8 +139,29 @@ HIRES_DEFAULTS: HiresParams = {
     "denoising_strength": 0.7,
 }
 
+# Inpaint defaults: A1111's web UI ones (its API's differ: generation.a1111 applies those).
+INPAINT_DEFAULTS: InpaintParams = {
+    "mask_blur_x": 4,
+    "mask_blur_y": 4,
+    "inpainting_fill": 1,
+    "inpaint_full_res": False,
+    "inpaint_full_res_padding": 32,
+    "inpainting_mask_invert": False,
+    "initial_noise_multiplier": 1.0,
+    "outpaint_left": 0,
+    "outpaint_top": 0,
+    "outpaint_right": 0,
+    "outpaint_bottom": 0,
+}
+INPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing")  # by inpainting_fill
+OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_bottom")
+
 # What a request may name: every parameter but the derived ones, plus the img2img source image
-# (stored beside the job as a file, sent to the worker in the envelope).
+# and its inpaint mask (each stored beside the job as a file, sent to the worker in the envelope).
 DERIVED_FIELDS = frozenset({"loras"})
-REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS | {"init_image"}
+REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS | {
+    "init_image",
+    "mask",
+}
 HIRES_FIELDS = frozenset(HiresParams.__annotations__)
+INPAINT_FIELDS = frozenset(InpaintParams.__annotations__)

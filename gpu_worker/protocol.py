@@ -81,10 +81,13 @@ class ModelDelivery(TypedDict):
 
 class GenerationRequest(JobEnvelope, GenerationParams):
     """What the platform asks a GPU worker to make: the job's validated GenerationParams (its
-    `Job.params`, unchanged) in an envelope, plus the img2img source image and the models to
-    fetch."""
+    `Job.params`, unchanged) in an envelope, plus the img2img source image, inpaint mask,
+    ControlNet unit images and the models to fetch."""
 
     init_image_png_b64: NotRequired[str | None]  # img2img source, PNG, base64
+    mask_png_b64: NotRequired[str | None]  # inpaint mask, PNG, base64 (white = repaint)
+    # ControlNet units' images by the sha256 their stored units name, PNG, base64
+    controlnet_images_png_b64: NotRequired[dict[str, str]]
     models: NotRequired[list[ModelDelivery]]
 
 
@@ -133,7 +136,7 @@ class ProgressEvent(TypedDict):
 class ModelInventoryEntry(TypedDict):
     name: str  # file name without extension: the catalogue key
     filename: str  # relative to the models folder
-    kind: Literal["checkpoint", "lora", "vae", "embedding"]
+    kind: Literal["checkpoint", "lora", "vae", "embedding", "controlnet"]
     family: str  # "sd1", "sd2", "sdxl", or "unknown"
     size_bytes: int
     sha256: str

@@ -206,6 +206,7 @@ class WorkerService:
             worker_id=self.worker_id,
             kind=kind,
         )
+        # `fields` are JobEvent's optional keys, by name (images, error, steps_done, timings).
         event.update(fields)  # type: ignore[typeddict-item]
         return event
 

@@ -139,10 +139,11 @@ class LastActiveFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() == "never":
+        value = self.value()
+        if value == "never":
             return queryset.filter(last_login__isnull=True)
-        if self.value() in ("7", "30"):
-            since = timezone.now() - timedelta(days=int(self.value()))  # type: ignore[arg-type]
+        if value in ("7", "30"):
+            since = timezone.now() - timedelta(days=int(value))
             return queryset.filter(last_login__gte=since)
         return queryset
 
@@ -166,9 +167,10 @@ class BalanceFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() not in self.RANGES:
+        value = self.value()
+        if value is None or value not in self.RANGES:
             return queryset
-        low, high = self.RANGES[self.value()]  # type: ignore[index]
+        low, high = self.RANGES[value]
         if low is None:  # no credits, or no account yet
             return queryset.filter(
                 Q(credit_account__isnull=True) | Q(credit_account__balance__lte=0)
@@ -217,7 +219,7 @@ class MemberAdmin(UserAdmin):
     search_fields = ("username", "email", "first_name", "last_name")
     actions = ["grant_or_deduct_credits", "change_tier", "suspend", "reinstate"]
     fieldsets = (
-        *UserAdmin.fieldsets,
+        *(UserAdmin.fieldsets or ()),
         (
             gettext_lazy("Credits and activity"),
             {"fields": ("credit_summary", "recent_jobs", "published_images", "api_tokens")},

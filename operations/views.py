@@ -23,9 +23,9 @@ from operations.workers import send_worker_command
 def ops_overview(request: HttpRequest) -> HttpResponse:
     data = metrics.overview()
     charts = {
-        "chart": hourly_chart(data["jobs_per_hour"], _("jobs")),  # type: ignore[arg-type]
-        "loads_chart": hourly_chart(data["model_loads_per_hour"], _("loads")),  # type: ignore[arg-type]
-        "credits_chart": credits_chart(data["credits_per_day"]),  # type: ignore[arg-type]
+        "chart": hourly_chart(data["jobs_per_hour"], _("jobs")),
+        "loads_chart": hourly_chart(data["model_loads_per_hour"], _("loads")),
+        "credits_chart": credits_chart(data["credits_per_day"]),
     }
     return render(request, "operations/overview.html", {**data, **charts})
 
@@ -62,7 +62,7 @@ def ops_worker_command(request: HttpRequest, worker_id: str) -> HttpResponse:
     action = request.POST.get("action", "")
     command: WorkerCommand
     if action in ("drain", "undrain"):
-        command = {"action": action}  # type: ignore[typeddict-item]
+        command = {"action": "drain" if action == "drain" else "undrain"}
     elif action == "unload" and request.POST.get("model"):
         command = {"action": "unload", "model": request.POST["model"]}
     else:

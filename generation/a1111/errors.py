@@ -44,6 +44,20 @@ A1111_FIELDS = {
     "hires.upscaler": "hr_upscaler",
     "hires.denoising_strength": "denoising_strength",
     "Idempotency-Key": "force_task_id",
+    # inpainting: our nested inpaint object holds A1111's own names
+    **{
+        f"inpaint.{name}": name
+        for name in (
+            "mask_blur_x",
+            "mask_blur_y",
+            "inpainting_fill",
+            "inpaint_full_res",
+            "inpaint_full_res_padding",
+            "inpainting_mask_invert",
+            "initial_noise_multiplier",
+        )
+    },
+    "inpaint": "mask",
 }
 
 
@@ -60,6 +74,8 @@ class A1111Error(Exception):
     @classmethod
     def from_submission(cls, exc: SubmissionError) -> A1111Error:
         field = A1111_FIELDS.get(exc.field, exc.field)
+        if field.startswith("controlnet["):  # a unit's field, as the client sent the unit
+            field = "alwayson_scripts.controlnet.args" + field[len("controlnet") :]
         detail = exc.message
         if field != exc.field and detail.startswith(exc.field + " "):
             detail = field + detail[len(exc.field) :]  # "scale must be..." -> "hr_scale must be..."

@@ -2,9 +2,10 @@
 
 A1111's API defaults apply to every field a client leaves out (steps 50, Euler, CFG 7, 512x512:
 not the generator page's defaults, nor a checkpoint's own). Fields clients send at neutral values
-(restore_faces false, tiling false, script_args [], alwayson_scripts {}, ...) are accepted; a value
+(restore_faces false, tiling false, script_args [], ...) are accepted; a value
 that asks for a feature the engine lacks is refused with 422 naming the field. Unknown fields are
-ignored, as A1111's own request models ignore them.
+ignored, as A1111's own request models ignore them. `alwayson_scripts` carries ControlNet units
+(a1111/controlnet.py); no other script exists.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from generation.a1111.catalog import find_checkpoint
+from generation.a1111.controlnet import units_from_scripts
 from generation.a1111.errors import A1111Error
 from gpu_worker.infotext import infotext_to_fields, parse_infotext
 from gpu_worker.passes import UPSCALERS
@@ -118,9 +121,8 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "firstpass_image": (None, ""),
     "firstphase_width": (None, 0),
     "firstphase_height": (None, 0),
-    "initial_noise_multiplier": (None, 1),
     "latent_mask": (None, ""),
-    "mask": (None, ""),
+    "mask_round": (None, True),
 }
 FEATURES = {
     "restore_faces": gettext_lazy("face restoration is not available"),
@@ -132,8 +134,8 @@ FEATURES = {
     "firstpass_image": gettext_lazy("a hires first-pass image is not available"),
     "firstphase_width": gettext_lazy("use hr_resize_x/hr_resize_y instead"),
     "firstphase_height": gettext_lazy("use hr_resize_x/hr_resize_y instead"),
-    "latent_mask": gettext_lazy("inpainting is not supported by this engine"),
-    "mask": gettext_lazy("inpainting is not supported by this engine"),
+    "latent_mask": gettext_lazy("a separate latent mask is not available"),
+    "mask_round": gettext_lazy("masks are always rounded (soft masks are not available)"),
 }
 SAME = {"hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use same sampler"}
 SAME_SCHEDULER = ("Use same scheduler",)
@@ -147,7 +149,7 @@ class Translated:
     send_images: bool
 
 
-def _refuse(field: str, reason: str) -> A1111Error:
+def _refuse(field: str, reason: str | Promise) -> A1111Error:
     return A1111Error(422, _("%(field)s: %(reason)s") % {"field": field, "reason": reason}, field)
 
 
@@ -168,10 +170,6 @@ def _check_features(body: dict[str, Any], mode: str) -> None:
         value = body.get(field)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
             raise _refuse(field, _("resizing the seed is not available"))
-    scripts = body.get("alwayson_scripts")
-    if scripts:
-        names = ", ".join(scripts) if isinstance(scripts, dict) else str(scripts)
-        raise _refuse("alwayson_scripts", _("scripts are not available (%s)") % names)
     styles = body.get("styles")
     if styles:
         names = ", ".join(map(str, styles)) if isinstance(styles, list) else str(styles)
@@ -300,6 +298,35 @@ def _init_image(body: dict[str, Any]) -> str:
     return images[0]
 
 
+def _inpaint(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A1111's inpaint fields (its API defaults) into our inpaint object; none without a mask.
+    `mask_blur`, when sent, sets both axes, as in A1111."""
+    multiplier = body.get("initial_noise_multiplier")
+    if not body.get("mask"):
+        if multiplier not in (None, 1, 1.0):
+            raise _refuse("initial_noise_multiplier", _("only available with a mask"))
+        return None
+    blur = body.get("mask_blur")
+    return {
+        "mask_blur_x": _value(body, IMG2IMG_DEFAULTS, "mask_blur_x") if blur is None else blur,
+        "mask_blur_y": _value(body, IMG2IMG_DEFAULTS, "mask_blur_y") if blur is None else blur,
+        "inpainting_fill": _value(body, IMG2IMG_DEFAULTS, "inpainting_fill"),
+        "inpaint_full_res": _value(body, IMG2IMG_DEFAULTS, "inpaint_full_res"),
+        "inpaint_full_res_padding": _value(body, IMG2IMG_DEFAULTS, "inpaint_full_res_padding"),
+        "inpainting_mask_invert": _value(body, IMG2IMG_DEFAULTS, "inpainting_mask_invert"),
+        "initial_noise_multiplier": 1.0 if multiplier is None else multiplier,
+    }
+
+
+def _mask(body: dict[str, Any]) -> str | None:
+    mask = body.get("mask")
+    if not mask:
+        return None
+    if not isinstance(mask, str):
+        raise A1111Error(422, _("mask must be a base64 image"), "mask")
+    return mask
+
+
 def _task_id(body: dict[str, Any]) -> str | None:
     task_id = body.get("force_task_id")
     if task_id in (None, ""):
@@ -341,12 +368,15 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         "clip_skip": overrides.get("CLIP_stop_at_last_layers") or 1,
         "vae": _vae(overrides),
     }
+    params["controlnet"] = units_from_scripts(body.get("alwayson_scripts"))
     checkpoint = _checkpoint(user, overrides, infotext_model)
     if checkpoint:
         params["checkpoint"] = checkpoint
     if mode == "img2img":
         params["init_image"] = _init_image(body)
         params["resize_mode"] = _value(body, defaults, "resize_mode")
+        params["mask"] = _mask(body)
+        params["inpaint"] = _inpaint(body)
     else:
         params["hires"] = _hires(body)
     # The echo shows the request as run: what was sent, filled from the infotext and defaults.

@@ -8,7 +8,7 @@ credentials come in the Authorization header.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from typing import Any
 
@@ -18,11 +18,12 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.throttles import api_refusal_wait
-from generation.a1111 import catalog, options, png_info, progress, translation, waiting
+from generation.a1111 import catalog, controlnet, options, png_info, progress, translation, waiting
 from generation.a1111.auth import authenticate
 from generation.a1111.errors import A1111Error
 
 Handler = Callable[[HttpRequest, Any, Any], Awaitable[Any]]
+View = Callable[..., Coroutine[Any, Any, HttpResponse]]
 TRUE_WORDS = ("true", "1", "yes")
 
 
@@ -35,10 +36,10 @@ def _body(request: HttpRequest) -> Any:
         raise A1111Error(422, _("the request body is not valid JSON"), "body") from None
 
 
-def endpoint(*methods: str) -> Callable[[Handler], Callable[..., Awaitable[HttpResponse]]]:
+def endpoint(*methods: str) -> Callable[[Handler], View]:
     """Method check, authentication, JSON in and out, A1111-style errors."""
 
-    def decorate(handler: Handler) -> Callable[..., Awaitable[HttpResponse]]:
+    def decorate(handler: Handler) -> View:
         @csrf_exempt
         @wraps(handler)
         async def view(request: HttpRequest) -> HttpResponse:
@@ -139,3 +140,13 @@ upscalers = endpoint("GET")(_sync(lambda user: catalog.upscalers()))
 latent_upscale_modes = endpoint("GET")(_sync(lambda user: catalog.latent_upscale_modes()))
 # Saved prompt styles are not a feature of this platform yet: an honest empty list.
 prompt_styles = endpoint("GET")(_sync(lambda user: []))
+scripts = endpoint("GET")(_sync(controlnet.scripts))
+# sd-webui-controlnet's own endpoints (under /controlnet/, not /sdapi/v1/)
+controlnet_model_list = endpoint("GET")(_sync(controlnet.model_list))
+controlnet_module_list = endpoint("GET")(_sync(lambda user: controlnet.module_list()))
+controlnet_version = endpoint("GET")(_sync(lambda user: controlnet.version()))
+
+
+@endpoint("POST")
+async def controlnet_detect(request: HttpRequest, user: Any, body: Any) -> Any:
+    return await sync_to_async(controlnet.detect)(user, body)

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
@@ -121,7 +122,7 @@ def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
             assignment.reason,
             job.attempt,
         )
-        transaction.on_commit(lambda job=job: send_request(job))
+        transaction.on_commit(partial(send_request, job))
     return made
 
 

@@ -17,7 +17,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from generation.models import Job
-from generation.pricing import work_units
+from generation.pricing import SomeParams, work_units
 
 # No history: a mid-range GPU does a 512x512 SD1.5 step in ~0.1 s; err on the slow side.
 DEFAULT_SECONDS_PER_PIXEL_STEP = 0.15 / (512 * 512)
@@ -36,7 +36,7 @@ class Speed:
     overhead_seconds: float
     source: Source
 
-    def duration(self, params: dict[str, Any]) -> float:
+    def duration(self, params: SomeParams) -> float:
         return self.overhead_seconds + self.seconds_per_pixel_step * work_units(params)
 
 

@@ -58,8 +58,8 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     `limit`), as the policy sees them. Plain rows, no model instances: a pass over a thousand
     waiting jobs stays cheap; load the few rows a plan hands out by their ids."""
     speeds = speeds or SpeedCache()
-    rows = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
-    rows = list(rows[:limit] if limit is not None else rows)
+    query = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
+    rows = list(query[:limit] if limit is not None else query)
     weights = tier_weights({row[1] for row in rows})
     uploads = uploaded_models({row[1] for row in rows})
     waiting = Waiting([], {})
@@ -77,6 +77,7 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
                 submitted_at=created_at.timestamp(),  # a returned job keeps its first place
                 checkpoint=checkpoint,
                 loras=loras,
+                controlnets=frozenset(u["model"] for u in params.get("controlnet") or ()),
                 cost=speed.duration({**params, "mode": mode}),
                 fetchable=frozenset(fetchable),
             )
@@ -117,6 +118,8 @@ def recent_usage(
         "owner_id", "started_at", "finished_at"
     )
     for owner_id, started_at, finished_at in finished:
+        if started_at is None or finished_at is None:  # excluded by the filter (for mypy)
+            continue
         seconds = (finished_at - max(started_at, start)).total_seconds()
         usage[str(owner_id)] = usage.get(str(owner_id), 0.0) + max(0.0, seconds)
     for job in in_flight if in_flight is not None else in_flight_jobs():

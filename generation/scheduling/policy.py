@@ -64,6 +64,7 @@ class WaitingJob:
     submitted_at: float  # seconds, caller's clock; a job returned by a dead worker keeps its own
     checkpoint: str  # catalogue name
     loras: frozenset[str] = frozenset()
+    controlnets: frozenset[str] = frozenset()  # catalogue names of its ControlNet units' models
     cost: float = 1.0  # estimated GPU seconds of the job
     fetchable: frozenset[str] = frozenset()  # members' uploads: any worker can fetch them
 
@@ -120,7 +121,7 @@ class _Worker:
 
     def has(self, job: WaitingJob) -> bool:
         inventory = self.view.inventory
-        needed = ({job.checkpoint} | job.loras) - job.fetchable
+        needed = ({job.checkpoint} | job.loras | job.controlnets) - job.fetchable
         return inventory is None or needed <= inventory
 
     def affinity(self, checkpoint: str) -> int:

@@ -147,6 +147,7 @@
       params.init_image = initImage.slice(initImage.indexOf(",") + 1);
       params.denoising_strength = toFloat(fields.denoising_strength.value);
       params.resize_mode = toInt(fields.resize_mode.value);
+      if (window.AtelierInpaint) window.AtelierInpaint.addTo(params); // mask_editor.js
     } else if (fields.hires_enabled.checked) {
       params.hires = {
         scale: toFloat(fields.hires_scale.value),

@@ -62,6 +62,13 @@ def test_the_pricing_page_states_the_unit_price_and_the_cancel_rule(client):
     assert "share of its steps" in html
 
 
+def test_the_pricing_page_examples_read_in_the_visitors_language(client):
+    page = client.get(reverse("pricing"), HTTP_ACCEPT_LANGUAGE="zh-hans")
+    html = page.content.decode()
+    assert "512×512，20 步，一张图片" in html
+    assert "512×512, 20 steps, one image" not in html
+
+
 def test_carol_adjusts_alices_balance_with_a_reason_in_the_admin(client, alice, carol):
     carol.is_superuser = True
     carol.save()
@@ -103,6 +110,7 @@ def test_the_admin_shows_the_ledger_read_only(client, alice, carol):
     client.force_login(carol)
     assert client.get(reverse("admin:accounts_creditentry_changelist")).status_code == 200
     entry = CreditEntry.objects.of_user(alice).first()
+    assert entry is not None
     change = client.post(
         reverse("admin:accounts_creditentry_change", args=[entry.pk]), {"amount": "1000"}
     )

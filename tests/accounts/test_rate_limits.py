@@ -10,6 +10,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.test import Client, RequestFactory
@@ -49,7 +50,7 @@ def redeem(client: Client, code: str = "WRONG-GUESS"):
     return client.post(reverse("redeem"), {"code": code})
 
 
-def bearer(user) -> dict[str, str]:
+def bearer(user) -> dict[str, Any]:
     _token, secret = ApiToken.issue(user, "script")
     return {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
 

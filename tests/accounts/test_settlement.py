@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from django.utils import timezone
@@ -17,7 +17,7 @@ from generation.models import CatalogEntry, Job
 from generation.submission import SubmissionError, cancel_job, submit_job
 from generation.sweeper import MAX_WORKERS_LOST, SweepMemory, sweep
 from generation.worker_events import handle_job_event
-from gpu_worker.protocol import PLATFORM_QUEUE
+from gpu_worker.protocol import PLATFORM_QUEUE, JobEvent, JobEventKind
 from tests.accounts.conftest import balance_of, held_of, set_balance
 from tests.generation.conftest import send_event, wait_for
 
@@ -47,14 +47,18 @@ def job(alice, checkpoint) -> Job:
     return submit_job(alice, PARAMS)
 
 
-def event(job: Job, kind: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "job_id": str(job.pk),
-        "attempt": job.attempt,
-        "worker_id": "gpu-0",
-        "kind": kind,
-        **extra,
-    }
+def event(job: Job, kind: JobEventKind, **extra: Any) -> JobEvent:
+    # The extras are whatever the test sends, as on the wire: not checked against JobEvent.
+    return cast(
+        JobEvent,
+        {
+            "job_id": str(job.pk),
+            "attempt": job.attempt,
+            "worker_id": "gpu-0",
+            "kind": kind,
+            **extra,
+        },
+    )
 
 
 def settlement_of(job: Job) -> CreditEntry:

@@ -46,7 +46,9 @@ def verification_on(settings, tiers):
 
 
 def confirmation_link(message) -> str:
-    return re.search(r"https?://[^/\s]+(/\S*/confirm-email/\S+/)", message.body).group(1)
+    link = re.search(r"https?://[^/\s]+(/\S*/confirm-email/\S+/)", message.body)
+    assert link, message.body
+    return link.group(1)
 
 
 # --- throttling ------------------------------------------------------------------------------

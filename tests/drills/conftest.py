@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,9 @@ class DrillWorld:
             time.sleep(0.05)
         raise AssertionError(f"{what}: not in {timeout}s\n{self.procs.log_tail(30)}")
 
-    def wait_running(self, job_id: str, timeout: float = 60, not_on: set[str] = frozenset()) -> str:
+    def wait_running(
+        self, job_id: str, timeout: float = 60, not_on: Collection[str] = frozenset()
+    ) -> str:
         """The worker running the job (one not in `not_on`: killed ones still show until they
         are declared dead)."""
 

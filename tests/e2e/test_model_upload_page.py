@@ -21,7 +21,7 @@ def test_alice_uploads_a_model_and_watches_its_progress(alice, live_server, sett
     model.write_bytes(safetensors_bytes({"emb_params": ("F32", [64, 768])}))  # ~192 KiB
     session = Client()
     session.force_login(alice)
-    cookie = {"name": "sessionid", "value": session.cookies["sessionid"].value}
+    session_id = session.cookies["sessionid"].value
     # Playwright's sync API runs an event loop in this thread while open (Django then refuses
     # ORM calls here): every database step is before or after it.
     with sync_playwright() as playwright:
@@ -29,7 +29,7 @@ def test_alice_uploads_a_model_and_watches_its_progress(alice, live_server, sett
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
         context = browser.new_context()
-        context.add_cookies([{**cookie, "url": live_server.url}])
+        context.add_cookies([{"name": "sessionid", "value": session_id, "url": live_server.url}])
         page = context.new_page()
         page.goto(f"{live_server.url}/models/mine/")
         page.set_input_files("#id_model_file", str(model))

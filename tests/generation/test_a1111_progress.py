@@ -177,7 +177,8 @@ async def test_interrupt_leaves_the_callers_queued_jobs_alone(alice, catalogue, 
     await post(await client_of(alice), "interrupt")
     assert await sync_to_async(get_redis().get)(CANCEL_KEY.format(job_id=running.pk))
     assert await sync_to_async(get_redis().get)(CANCEL_KEY.format(job_id=queued.pk)) is None
-    assert (await sync_to_async(current_job)(alice)).pk == running.pk
+    current = await sync_to_async(current_job)(alice)
+    assert current is not None and current.pk == running.pk
 
 
 # --- the waiting call under the real ASGI stack ----------------------------------------------

@@ -9,7 +9,8 @@ import io
 import threading
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import pytest
 from django.core.management import call_command
@@ -22,6 +23,7 @@ from accounts.tiers import set_tier
 from generation.models import Job
 from generation.submission import submit_job
 from generation.worker_events import handle_job_event
+from gpu_worker.protocol import JobEvent, JobEventKind
 from tests.generation.conftest import SMALL
 
 pytestmark = [
@@ -64,16 +66,15 @@ def png_b64() -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
-def event(job: Job, kind: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "job_id": str(job.pk),
-        "attempt": job.attempt,
-        "worker_id": "gpu-0",
-        "kind": kind,
-    } | extra
+def event(job: Job, kind: JobEventKind, **extra: Any) -> JobEvent:
+    # The extras are whatever the test sends, as on the wire: not checked against JobEvent.
+    return cast(
+        JobEvent,
+        {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-0", "kind": kind} | extra,
+    )
 
 
-def succeeded(job: Job, image: str) -> dict[str, Any]:
+def succeeded(job: Job, image: str) -> JobEvent:
     return event(job, "succeeded", images=[{"png_b64": image, "seed": 1, "infotext": "a fox"}])
 
 
@@ -96,8 +97,11 @@ def test_fifty_submissions_while_earlier_jobs_settle_give_no_5xx_and_an_exact_ba
         client.force_authenticate(alice)
         return client.post("/api/v1/jobs/", SMALL, format="json").status_code
 
+    def settle(job: Job) -> bool:
+        return handle_job_event(succeeded(job, image))
+
     work: list[Callable[[], Any]] = [submit] * BURST
-    work += [lambda job=job: handle_job_event(succeeded(job, image)) for job in earlier]
+    work += [partial(settle, job) for job in earlier]
     results = all_at_once(work)
 
     statuses = results[:BURST]

@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.django_db]
 
 DEMO = "atelier-demo-v1"
 # A 64x128 first pass, then the hires pass: (how the target is given, the size rendered).
-TARGETS = {
+TARGETS: dict[str, tuple[dict[str, float], tuple[int, int]]] = {
     "resize_x only": ({"resize_x": 128}, (128, 256)),
     "resize_y only": ({"resize_y": 192}, (96, 192)),
     "both sides": ({"resize_x": 128, "resize_y": 128}, (128, 128)),

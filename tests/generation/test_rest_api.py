@@ -251,7 +251,7 @@ def test_alice_downloads_her_png_and_thumbnail(alice, catalogue):
     browser.force_login(alice)
     response = browser.get(f"/images/{image.pk}/file?download=1")
     assert response.status_code == 200 and response["Content-Type"] == "image/png"
-    assert b"".join(response.streaming_content).startswith(b"\x89PNG")
+    assert response.getvalue().startswith(b"\x89PNG")
     assert "attachment" in response["Content-Disposition"]
     assert browser.get(f"/images/{image.pk}/thumb")["Content-Type"] == "image/webp"
 

@@ -25,6 +25,7 @@ from generation.sweeper import (
     SweepMemory,
     sweep,
 )
+from gpu_worker.protocol import JobEvent
 from operations.redis_server import free_port
 from tests.generation.conftest import SMALL, beat, status_of
 
@@ -269,11 +270,11 @@ def test_the_old_workers_late_messages_change_nothing_after_the_job_moved_on(
     from generation.worker_events import handle_job_event
 
     job = running_on(submit_job(alice, SMALL), "gpu-1")
-    old = {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-1"}
+    old = JobEvent(job_id=str(job.pk), attempt=job.attempt, worker_id="gpu-1", kind="started")
     memory = SweepMemory()
     sweep(later(0), memory)
     sweep(later(memory.liveness.grace), memory)  # gpu-1 declared dead: the job is back
-    assert not handle_job_event({**old, "kind": "started"})
+    assert not handle_job_event(old)
     assert not handle_job_event({**old, "kind": "failed", "error": "late"})
     assert not handle_job_event({**old, "kind": "succeeded", "images": []})
     job.refresh_from_db()
@@ -344,7 +345,7 @@ def finished(user, checkpoint: str, seconds: float, width: int = 64) -> Job:
 
 def test_with_no_history_the_eta_says_it_is_a_default(alice, catalogue, redis_client):
     job = submit_job(alice, SMALL)
-    info = queue_snapshot(workers=1).get(job.pk)
+    info = queue_snapshot(workers=1).infos[str(job.pk)]
     assert info.position == 1 and info.source == "default"
     assert info.eta == pytest.approx(DEFAULT_SPEED.duration({**job.params}), abs=0.1)
 
@@ -357,14 +358,14 @@ def test_the_eta_comes_from_measured_seconds_per_step_of_that_model(
     first = submit_job(alice, SMALL)
     second = submit_job(bob, SMALL)
     snapshot = queue_snapshot(workers=1)
-    assert snapshot.get(first.pk).source == "history"
-    assert snapshot.get(first.pk).eta == pytest.approx(9.0, abs=0.2)  # 8 s sampling + 1 s
-    assert snapshot.get(second.pk).position == 2
-    assert snapshot.get(second.pk).eta == pytest.approx(18.0, abs=0.4)
+    assert snapshot.infos[str(first.pk)].source == "history"
+    assert snapshot.infos[str(first.pk)].eta == pytest.approx(9.0, abs=0.2)  # 8 s sampling + 1 s
+    assert snapshot.infos[str(second.pk)].position == 2
+    assert snapshot.infos[str(second.pk)].eta == pytest.approx(18.0, abs=0.4)
 
 
 def test_two_workers_halve_the_wait(alice, bob, catalogue, redis_client):
     finished(bob, "model-a", 8.0)
     submit_job(alice, SMALL)
     second = submit_job(bob, SMALL)
-    assert queue_snapshot(workers=2).get(second.pk).eta == pytest.approx(9.0, abs=0.2)
+    assert queue_snapshot(workers=2).infos[str(second.pk)].eta == pytest.approx(9.0, abs=0.2)

@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from gpu_worker.infotext import infotext_to_fields, parse_infotext, read_infotext
-from gpu_worker.protocol import CANCEL_KEY, HEARTBEAT_INDEX, HEARTBEAT_KEY
+from gpu_worker.protocol import CANCEL_KEY, HEARTBEAT_INDEX, HEARTBEAT_KEY, GenerationRequest
 
 from .conftest import demo_request
 
@@ -22,7 +22,7 @@ def pixels(image: dict) -> bytes:
 
 
 async def collect_progress(
-    url: str, request: dict, world: Any, joined: asyncio.Event
+    url: str, request: GenerationRequest, world: Any, joined: asyncio.Event
 ) -> list[dict]:
     """Join the job's group like the websocket consumer does, then read until the job ends."""
     from channels_redis.core import RedisChannelLayer
@@ -48,7 +48,7 @@ async def collect_progress(
     return received
 
 
-def submit_and_listen(world: Any, url: str, request: dict) -> tuple[dict, list[dict]]:
+def submit_and_listen(world: Any, url: str, request: GenerationRequest) -> tuple[dict, list[dict]]:
     async def main() -> list[dict]:
         joined = asyncio.Event()
         task = asyncio.create_task(collect_progress(url, request, world, joined))
@@ -73,7 +73,8 @@ def test_a_message_in_gives_an_image_out_with_progress_and_parameters(
     assert all(p["job_id"] == request["job_id"] for p in progress)
     assert progress[0]["preview"].startswith("data:image/jpeg;base64,")
     image = event["images"][0]
-    fields = infotext_to_fields(parse_infotext(read_infotext(base64.b64decode(image["png_b64"]))))
+    text = read_infotext(base64.b64decode(image["png_b64"])) or ""
+    fields = infotext_to_fields(parse_infotext(text))
     for key in (
         "prompt",
         "negative_prompt",
@@ -335,7 +336,7 @@ def test_a_stopping_worker_gives_its_queued_jobs_back_to_the_platform(
         service.broker.close()
 
 
-def send(service: Any, request: dict) -> None:
+def send(service: Any, request: GenerationRequest) -> None:
     import dramatiq
 
     from gpu_worker.protocol import GENERATE_ACTOR, GENERATE_KWARG

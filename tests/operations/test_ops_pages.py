@@ -205,6 +205,7 @@ def test_ops_queue_by_tier_utilisation_model_loads_and_credits_match_a_seeded_se
     ledger.release(released_job)
     # Two days ago: 7 bought.
     old = ledger.credit(alice, 7, CreditEntry.Kind.TOP_UP, reason="older pack")
+    assert old is not None
     CreditEntry.objects.filter(pk=old.pk).update(created_at=now - timedelta(days=2))
 
     client.force_login(carol)

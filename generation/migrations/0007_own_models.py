@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0004_params_resize_mode'),
+        ('generation', '0006_catalogue_controlnet_kind'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

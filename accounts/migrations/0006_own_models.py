@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0004_signup_review_and_api_rate'),
+        ('accounts', '0005_tier_max_controlnet_units'),
     ]
 
     operations = [
