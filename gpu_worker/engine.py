@@ -22,6 +22,7 @@ from PIL import Image
 
 from gpu_worker import infotext as infotext_mod
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
+from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.loading import (
     ModelLoadError,
     architecture_for_pipe,
@@ -33,6 +34,7 @@ from gpu_worker.model_cache import ModelCache
 from gpu_worker.passes import denoised_steps, hires_inference_steps, hires_size, steps_problem
 from gpu_worker.prompt_encoding import (
     Embedding,
+    chunk_count,
     encode_prompt_pair,
     encode_prompt_pair_xl,
     load_embedding,
@@ -296,6 +298,7 @@ class _Run:
         self.total = 0
         self.embeddings: dict[str, Embedding] = {}
         self.embedding_hashes: dict[str, str] = {}
+        self.switcher: ScheduleSwitcher | None = None  # prompt editing of the pass running
 
     # The step callback diffusers calls; it must return its kwargs.
     def _callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
@@ -310,6 +313,8 @@ class _Run:
                     self.family,
                 )
             )
+        if self.switcher is not None:
+            kwargs = self.switcher.after_step(pipe, kwargs)
         return kwargs
 
     def _scheduler(self, seed: int) -> Any:
@@ -343,14 +348,14 @@ class _Run:
         if hires:
             per_iter += self._count(hires_steps, hires["denoising_strength"])
         self.total = per_iter * r["n_iter"]
-        conditioning = self._encode(prompt, negative)
+        schedules = self._schedules(prompt, negative, hires_steps if hires else 0)
         sampling_s = encode_s = 0.0
         for iteration in range(r["n_iter"]):
             self.iteration = iteration
             seeds = [r["seed"] + iteration * r["batch_size"] + b for b in range(r["batch_size"])]
             t0 = time.perf_counter()
             try:
-                images, size = self._sample(conditioning, seeds, init, hires, hires_steps)
+                images, size = self._sample(schedules, seeds, init, hires, hires_steps)
             except BatchSkipped:
                 result.skipped_batches += 1
                 self.done = per_iter * (iteration + 1)
@@ -379,34 +384,54 @@ class _Run:
         result.timings["encode_s"] = round(encode_s, 4)
         return result
 
-    def _encode(self, prompt: str, negative: str) -> dict[str, Any]:
+    def _encode(self, prompt: str, negative: str, min_chunks: int = 0) -> dict[str, Any]:
         clip_skip = max(1, int(self.request.get("clip_skip") or 1))
+        options = {"clip_skip": clip_skip, "embeddings": self.embeddings, "min_chunks": min_chunks}
         if self.family == "sdxl":
-            return encode_prompt_pair_xl(
-                self.pipe, prompt, negative, clip_skip=clip_skip, embeddings=self.embeddings
-            )
-        cond, uncond = encode_prompt_pair(
-            self.pipe, prompt, negative, clip_skip=clip_skip, embeddings=self.embeddings
-        )
+            return encode_prompt_pair_xl(self.pipe, prompt, negative, **options)
+        cond, uncond = encode_prompt_pair(self.pipe, prompt, negative, **options)
         return {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+
+    def _schedules(
+        self, prompt: str, negative: str, hires_steps: int
+    ) -> tuple[ConditioningSchedule, ConditioningSchedule | None]:
+        """The conditioning per step of the first pass, and of the hires pass (its own steps,
+        edits counted on from the first pass's, as A1111)."""
+
+        def count(text: str) -> int:
+            return chunk_count(self.pipe.tokenizer, text, self.embeddings)
+
+        steps = self.request["steps"]
+        first = build_schedule(self._encode, count, prompt, negative, steps)
+        if not hires_steps:
+            return first, None
+        hires = self.request["hires"]
+        assert hires is not None
+        own_steps = int(hires["second_pass_steps"] or steps)
+        second = build_schedule(
+            self._encode, count, prompt, negative, own_steps, first_pass_steps=steps
+        )
+        return first, second
 
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
         # CPU noise: the same seed gives the same image on any machine (A1111's "RNG: CPU").
         return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
-    def _common(self, conditioning: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    def _common(self, schedule: ConditioningSchedule, seeds: list[int]) -> dict[str, Any]:
+        """Arguments of one pipeline call (one pass): its conditioning starts at step 0."""
+        self.switcher = ScheduleSwitcher(schedule, len(seeds))
         return {
-            **conditioning,
+            **schedule.at(0),
             "num_images_per_prompt": len(seeds),
             "guidance_scale": self.request["cfg_scale"],
             "generator": self._generators(seeds),
             "callback_on_step_end": self._callback,
-            "callback_on_step_end_tensor_inputs": ["latents"],
+            "callback_on_step_end_tensor_inputs": ["latents", *self.switcher.tensor_inputs],
         }
 
     def _sample(
         self,
-        conditioning: dict[str, Any],
+        schedules: tuple[ConditioningSchedule, ConditioningSchedule | None],
         seeds: list[int],
         init: Image.Image | None,
         hires: Any,
@@ -420,7 +445,7 @@ class _Run:
                 image=resize_image(init, width, height, r.get("resize_mode", 0)),
                 strength=r["denoising_strength"],
                 num_inference_steps=r["steps"],
-                **self._common(conditioning, seeds),
+                **self._common(schedules[0], seeds),
             )
             return out.images, (width, height)
         self.pipe.scheduler = self._scheduler(seeds[0])
@@ -430,7 +455,7 @@ class _Run:
             height=height,
             num_inference_steps=r["steps"],
             output_type="latent" if latent_upscale else "pil",
-            **self._common(conditioning, seeds),
+            **self._common(schedules[0], seeds),
         )
         if not hires:
             return out.images, (width, height)
@@ -450,7 +475,7 @@ class _Run:
             image=first,
             strength=hires["denoising_strength"],
             num_inference_steps=hires_steps,
-            **self._common(conditioning, seeds),
+            **self._common(schedules[1] or schedules[0], seeds),
         )
         return out.images, (width, height)
 

@@ -197,16 +197,27 @@ def encode_chunks(
 
 
 def _matched_chunks(
-    tokenizer: Any, prompt: str, negative_prompt: str, embeddings: dict[str, Embedding] | None
+    tokenizer: Any,
+    prompt: str,
+    negative_prompt: str,
+    embeddings: dict[str, Embedding] | None,
+    min_chunks: int = 0,
 ) -> tuple[list[Chunk], list[Chunk]]:
-    """Both prompts' chunks, the shorter padded with empty chunks to the same count."""
+    """Both prompts' chunks, padded with empty chunks to the same count (at least
+    `min_chunks`, so every text of a prompt-editing schedule has one shape)."""
     positive = tokenize_prompt(tokenizer, prompt, embeddings)
     negative = tokenize_prompt(tokenizer, negative_prompt, embeddings)
     empty = tokenize_prompt(tokenizer, "")[0]
-    for shorter, longer in ((negative, positive), (positive, negative)):
-        while len(shorter) < len(longer):
-            shorter.append(Chunk(list(empty.tokens), list(empty.multipliers), empty.length))
+    count = max(len(positive), len(negative), min_chunks)
+    for chunks in (positive, negative):
+        while len(chunks) < count:
+            chunks.append(Chunk(list(empty.tokens), list(empty.multipliers), empty.length))
     return positive, negative
+
+
+def chunk_count(tokenizer: Any, prompt: str, embeddings: dict[str, Embedding] | None) -> int:
+    """How many 75-token chunks a prompt encodes to."""
+    return len(tokenize_prompt(tokenizer, prompt, embeddings))
 
 
 def encode_prompt_pair(
@@ -216,10 +227,11 @@ def encode_prompt_pair(
     *,
     clip_skip: int,
     embeddings: dict[str, Embedding] | None = None,
+    min_chunks: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt_embeds, negative_prompt_embeds) with the same number of chunks each."""
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    positive, negative = _matched_chunks(tokenizer, prompt, negative_prompt, embeddings)
+    positive, negative = _matched_chunks(tokenizer, prompt, negative_prompt, embeddings, min_chunks)
     options = {"clip_skip": clip_skip, "device": encoder.device, "embeddings": embeddings}
     cond = encode_chunks(encoder, tokenizer, positive, **options)
     uncond = encode_chunks(encoder, tokenizer, negative, **options)
@@ -233,10 +245,13 @@ def encode_prompt_pair_xl(
     *,
     clip_skip: int,
     embeddings: dict[str, Embedding] | None = None,
+    min_chunks: int = 0,
 ) -> dict[str, torch.Tensor]:
     """SDXL: both encoders' penultimate layers side by side, weighted per chunk; pooled
     embeddings from the second encoder's first chunk (A1111 and diffusers agree on this)."""
-    positive, negative = _matched_chunks(pipe.tokenizer, prompt, negative_prompt, embeddings)
+    positive, negative = _matched_chunks(
+        pipe.tokenizer, prompt, negative_prompt, embeddings, min_chunks
+    )
 
     def encode(chunks: list[Chunk]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, pooled = [], None
