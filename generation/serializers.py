@@ -18,6 +18,7 @@ from generation.submission import (
     HIRES_SCALE,
     MAX_CLIP_SKIP,
     MAX_SEED,
+    MAX_SEED_RESIZE,
     MIN_SIDE,
     RESIZE_MODES,
     SubmissionError,
@@ -227,6 +228,14 @@ class JobRequestSerializer(serializers.Serializer):
                 allow_null=True,
                 help_text="txt2img hires fix; null: off. The target counts against max_side "
                 "and max_pixels",
+            ),
+            # A1111's toolset (issue 17)
+            "subseed": _int(-1, MAX_SEED, "variation seed; -1: random"),
+            "subseed_strength": _float(0.0, 1.0, "0: no variation (txt2img)"),
+            "seed_resize_from_w": _int(-1, MAX_SEED_RESIZE, "0 or -1: off"),
+            "seed_resize_from_h": _int(-1, MAX_SEED_RESIZE, "0 or -1: off"),
+            "tiling": serializers.BooleanField(
+                required=False, allow_null=True, help_text="seamless, tileable images"
             ),
             "init_image": InitImageField(
                 required=False,

@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
 MIN_SIDE = 64
 MAX_CLIP_SKIP = 12
+MAX_SEED_RESIZE = 4096  # seed_resize_from_w/h: the size the noise was first made at
 RESIZE_MODES = (0, 3)  # img2img resize_mode bounds (A1111's 0-3; 3 resizes like 0 here)
 HIRES_SCALE = (1.0, 4.0)
 ACCEPTED_INIT_FORMATS = {"PNG", "JPEG", "WEBP"}
@@ -354,6 +355,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         resize_mode=0,
         hires=None,
         loras=[],
+        **_toolset(given, mode),
     )
     if params["width"] * params["height"] > limits.max_pixels:
         raise SubmissionError(
@@ -369,6 +371,8 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         )
     if params["seed"] == -1:
         params["seed"] = secrets.randbelow(MAX_SEED + 1 - images)
+    if params["subseed"] == -1:
+        params["subseed"] = secrets.randbelow(MAX_SEED + 1 - images)
     params["loras"] = _loras(user, params)
 
     init_png = None
@@ -390,6 +394,37 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         price=price_job(params, checkpoint),
         total_steps=total_steps(params),
     )
+
+
+def _bool(params: dict[str, Any], name: str) -> bool:
+    value = params.get(name)
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "True", "on", "1", 1):  # a form's checkbox, a query string
+        return True
+    if value in ("false", "False", "", "0", 0, None):
+        return False
+    raise SubmissionError(name, f"{name} must be true or false")
+
+
+def _toolset(given: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Variation seeds and tiling (the GenerationParams block of issue 17)."""
+    fields: dict[str, Any] = {
+        "subseed": _int(given, "subseed", -1, MAX_SEED),
+        "subseed_strength": _float(given, "subseed_strength", 0.0, 1.0),
+        "tiling": _bool(given, "tiling"),
+    }
+    # A1111 spells "off" -1 or 0; it resizes only when both sides are set
+    w = _int(given, "seed_resize_from_w", -1, MAX_SEED_RESIZE)
+    h = _int(given, "seed_resize_from_h", -1, MAX_SEED_RESIZE)
+    resize = (w, h) if w > 0 and h > 0 else (0, 0)
+    fields["seed_resize_from_w"], fields["seed_resize_from_h"] = resize
+    if mode == Job.Mode.IMG2IMG:
+        # diffusers' img2img draws its own noise from the generator: no variation there
+        for name in ("subseed_strength", "seed_resize_from_w"):
+            if fields[name]:
+                raise SubmissionError(name, f"{name} is for txt2img only", 422)
+    return fields
 
 
 def _vae(user: Any, name: Any) -> str | None:

@@ -127,6 +127,10 @@ FORM_FIELDS = (
     "clip_skip",
     "denoising_strength",
     "resize_mode",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
 )
 
 
@@ -139,6 +143,7 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
             for key in HIRES_DEFAULTS
             if f"hires_{key}" in post
         }
+    params["tiling"] = bool(post.get("tiling"))  # an unchecked box is absent
     if init_image := files.get("init_image"):
         params.update(mode="img2img", init_image=init_image)
     return params

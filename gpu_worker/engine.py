@@ -31,6 +31,7 @@ from gpu_worker.loading import (
     load_vae,
 )
 from gpu_worker.model_cache import ModelCache
+from gpu_worker.noise import consume, initial_noise, variation_of
 from gpu_worker.passes import denoised_steps, hires_inference_steps, hires_size, steps_problem
 from gpu_worker.prompt_encoding import (
     Embedding,
@@ -47,6 +48,7 @@ from gpu_worker.prompt_syntax import (
 )
 from gpu_worker.protocol import GenerationRequest, JobTimings, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
+from gpu_worker.tiling import circular_padding
 
 ENGINE_VERSION = "atelier-0.1"
 # How each of passes.LATENT_UPSCALERS resizes latents: (torch interpolate mode, antialias).
@@ -231,7 +233,8 @@ class Engine:
             run.embedding_hashes = {
                 i.name: i.sha256[:12] for i in embedding_items if i.name in run.embeddings
             }
-            with torch.no_grad(), _applied_loras(pipe, loras):
+            tiling = circular_padding(pipe, bool(request.get("tiling")))
+            with torch.no_grad(), _applied_loras(pipe, loras), tiling:
                 result = run.execute(prompt, negative, checkpoint, vae, loras)
         except ModelLoadError as exc:
             self.cache.discard((checkpoint.sha256, vae.sha256 if vae else None))
@@ -450,12 +453,14 @@ class _Run:
             return out.images, (width, height)
         self.pipe.scheduler = self._scheduler(seeds[0])
         latent_upscale = hires and hires["upscaler"] in LATENT_UPSCALE_MODES
+        common = self._common(schedules[0], seeds)
         out = self.pipe(
             width=width,
             height=height,
             num_inference_steps=r["steps"],
             output_type="latent" if latent_upscale else "pil",
-            **self._common(schedules[0], seeds),
+            **common,
+            **self._variation_latents(seeds, width, height, common["generator"]),
         )
         if not hires:
             return out.images, (width, height)
@@ -479,6 +484,20 @@ class _Run:
         )
         return out.images, (width, height)
 
+    def _variation_latents(
+        self, seeds: list[int], width: int, height: int, generators: list[torch.Generator]
+    ) -> dict[str, Any]:
+        """`latents` for a txt2img pass with a variation seed; none without one (diffusers
+        draws the same noise from the generators then)."""
+        variation = variation_of(self.request)
+        if not variation.active:
+            return {}
+        factor = int(getattr(self.pipe, "vae_scale_factor", 8))
+        shape = (int(self.pipe.unet.config.in_channels), height // factor, width // factor)
+        noise = initial_noise(seeds, variation, shape)
+        consume(generators, shape)
+        return {"latents": noise.to(self.pipe.unet.device, self.pipe.unet.dtype)}
+
     def _img2img_pipe(self, seed: int) -> Any:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
@@ -490,6 +509,19 @@ class _Run:
         pipe = cls.from_pipe(self.pipe, scheduler=self._scheduler(seed))  # shares the weights
         pipe.set_progress_bar_config(disable=True)
         return pipe
+
+    def _toolset_infotext(self, seed: int) -> dict[str, Any]:
+        """Variation seed and tiling keys, as A1111 writes them (absent when off)."""
+        r = self.request
+        variation = variation_of(r)
+        return {
+            "Variation seed": variation.subseed + seed - r["seed"] if variation.strength else None,
+            "Variation seed strength": variation.strength or None,
+            "Seed resize from": "{}x{}".format(*variation.resize_from)
+            if variation.resize_from
+            else None,
+            "Tiling": "True" if r.get("tiling") else None,
+        }
 
     def _infotext(
         self,
@@ -514,6 +546,7 @@ class _Run:
             "VAE": vae.name if vae else None,
             "Denoising strength": r["denoising_strength"] if r["mode"] == "img2img" else None,
             "Clip skip": r["clip_skip"] if r.get("clip_skip", 1) > 1 else None,
+            **self._toolset_infotext(seed),
             "RNG": "CPU",
         }
         if hires:

@@ -49,6 +49,12 @@ class GenerationParams(TypedDict):
     resize_mode: int  # img2img: 0 just resize, 1 crop and resize, 2 resize and fill
     hires: HiresParams | None  # txt2img hires fix; None = off (always None for img2img)
     loras: list[str]  # catalogue names of the LoRAs the prompts name (derived, sorted)
+    # A1111's toolset (issue 17): variation seeds (gpu_worker/noise.py), tiling (tiling.py)
+    subseed: int  # variation seed, already resolved (never -1); image i uses subseed + i
+    subseed_strength: float  # 0: no variation; 1: the subseed's noise alone
+    seed_resize_from_w: int  # 0: off; else the noise is made at this size and centred
+    seed_resize_from_h: int  # 0: off (both or neither)
+    tiling: bool  # seamless textures: circular padding in the UNet and VAE convolutions
 
 
 # Defaults of a field a request leaves out (a checkpoint's own default_params come between).
@@ -67,6 +73,11 @@ DEFAULTS: dict[str, Any] = {
     "clip_skip": 1,
     "denoising_strength": 0.75,
     "resize_mode": 0,
+    "subseed": -1,
+    "subseed_strength": 0.0,
+    "seed_resize_from_w": 0,
+    "seed_resize_from_h": 0,
+    "tiling": False,
 }
 HIRES_DEFAULTS: HiresParams = {
     "scale": 2.0,

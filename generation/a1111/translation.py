@@ -104,8 +104,6 @@ DEFAULTS = {"txt2img": TXT2IMG_DEFAULTS, "img2img": IMG2IMG_DEFAULTS}
 # Values that ask for nothing: anything else asks for a feature the engine does not have.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "restore_faces": (None, False),
-    "tiling": (None, False),
-    "subseed_strength": (None, 0),
     "eta": (None, 0, 1),
     "s_min_uncond": (None, 0),
     "s_churn": (None, 0),
@@ -124,8 +122,6 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 FEATURES = {
     "restore_faces": gettext_lazy("face restoration is not available"),
-    "tiling": gettext_lazy("tiling is not available"),
-    "subseed_strength": gettext_lazy("variation seeds are not available"),
     "script_name": gettext_lazy("scripts are not available"),
     "disable_extra_networks": gettext_lazy("LoRA tags are always applied"),
     "refiner_checkpoint": gettext_lazy("refiner checkpoints are not available"),
@@ -164,10 +160,6 @@ def _check_features(body: dict[str, Any], mode: str) -> None:
     for field in NEUTRAL:
         if field in body and not _neutral(field, body[field]):
             raise _refuse(field, FEATURES.get(field, _("only the default value is supported")))
-    for field in ("seed_resize_from_w", "seed_resize_from_h"):
-        value = body.get(field)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            raise _refuse(field, _("resizing the seed is not available"))
     scripts = body.get("alwayson_scripts")
     if scripts:
         names = ", ".join(scripts) if isinstance(scripts, dict) else str(scripts)
@@ -209,6 +201,11 @@ def _fill_from_infotext(body: dict[str, Any], mode: str) -> tuple[dict[str, Any]
         ("width", "width"),
         ("height", "height"),
         ("denoising_strength", "denoising_strength"),
+        ("subseed", "subseed"),
+        ("subseed_strength", "subseed_strength"),
+        ("seed_resize_from_w", "seed_resize_from_w"),
+        ("seed_resize_from_h", "seed_resize_from_h"),
+        ("tiling", "tiling"),
     ):
         if ours in fields:
             filled[theirs] = fields[ours]
@@ -340,6 +337,12 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         "denoising_strength": _value(body, defaults, "denoising_strength"),
         "clip_skip": overrides.get("CLIP_stop_at_last_layers") or 1,
         "vae": _vae(overrides),
+        # variation seeds and tiling: the submission service checks them
+        "subseed": _value(body, defaults, "subseed"),
+        "subseed_strength": _value(body, defaults, "subseed_strength"),
+        "seed_resize_from_w": _value(body, defaults, "seed_resize_from_w"),
+        "seed_resize_from_h": _value(body, defaults, "seed_resize_from_h"),
+        "tiling": bool(body.get("tiling")),
     }
     checkpoint = _checkpoint(user, overrides, infotext_model)
     if checkpoint:

@@ -135,6 +135,11 @@
       batch_size: toInt(fields.batch_size.value),
       n_iter: toInt(fields.n_iter.value),
       clip_skip: toInt(fields.clip_skip.value),
+      subseed: toInt(fields.subseed.value),
+      subseed_strength: toFloat(fields.subseed_strength.value),
+      seed_resize_from_w: toInt(fields.seed_resize_from_w.value),
+      seed_resize_from_h: toInt(fields.seed_resize_from_h.value),
+      tiling: fields.tiling.checked,
       mode: initImage ? "img2img" : "txt2img",
       hires: null
     };
@@ -168,8 +173,10 @@
 
   function applyParams(params, seed) {
     ["prompt", "negative_prompt", "checkpoint", "sampler", "scheduler", "steps", "cfg_scale",
-      "width", "height", "batch_size", "n_iter", "clip_skip", "denoising_strength", "resize_mode"]
+      "width", "height", "batch_size", "n_iter", "clip_skip", "denoising_strength", "resize_mode",
+      "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"]
       .forEach(function (name) { setField(name, params[name]); });
+    fields.tiling.checked = !!params.tiling;
     setField("vae", params.vae || "");
     setField("seed", seed !== undefined && seed !== null ? seed : params.seed);
     var hires = params.hires;
