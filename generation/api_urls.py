@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from generation import api
+from generation import api, styles_api
 
 urlpatterns = [
     path("jobs/", api.JobListCreateView.as_view(), name="api-jobs"),
@@ -17,4 +17,8 @@ urlpatterns = [
     path("images/", api.ImageListView.as_view(), name="api-images"),
     path("images/<uuid:pk>/", api.ImageDetailView.as_view(), name="api-image"),
     path("settings/default-model/", api.DefaultModelView.as_view(), name="api-default-model"),
+    path("styles/", styles_api.StyleListView.as_view(), name="api-styles"),
+    path("styles/export/", styles_api.StyleExportView.as_view(), name="api-styles-export"),
+    path("styles/import/", styles_api.StyleImportView.as_view(), name="api-styles-import"),
+    path("styles/<int:pk>/", styles_api.StyleDetailView.as_view(), name="api-style"),
 ]

@@ -237,6 +237,13 @@ class JobRequestSerializer(serializers.Serializer):
             "tiling": serializers.BooleanField(
                 required=False, allow_null=True, help_text="seamless, tileable images"
             ),
+            "styles": serializers.ListField(
+                child=serializers.CharField(),
+                required=False,
+                allow_null=True,
+                help_text="names of saved styles (yours or shared), applied in order to both "
+                "prompts: {prompt} in a style marks where your prompt goes",
+            ),
             "init_image": InitImageField(
                 required=False,
                 allow_null=True,
@@ -253,6 +260,8 @@ def check_job_request(data: Any, limits: GenerationLimits) -> None:
         return  # the service answers a body that is not an object
     name, problems = next(iter(serializer.errors.items()))
     field: Any = serializer.fields[name]
+    if isinstance(problems, dict) and not hasattr(field, "fields"):  # a list's item: styles
+        problems = next(iter(problems.values()))
     if isinstance(problems, dict):  # the nested hires object
         inner, problems = next(iter(problems.items()))
         if inner in field.fields:  # else not an object at all: the error is hires's own

@@ -35,6 +35,7 @@ from generation.lifecycle import cancel_queued_job, queued_event
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, UserGenerationSettings
 from generation.pricing import final_size, price_job, total_steps
+from generation.styles import StyleError, apply_styles
 from gpu_worker.params import (
     DEFAULTS,
     DERIVED_FIELDS,
@@ -324,6 +325,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     checkpoint = _checkpoint(user, raw)
     base = {**DEFAULTS, **(checkpoint.default_params or {})}
     given = {**base, **{k: v for k, v in raw.items() if v is not None}}
+    given["prompt"], given["negative_prompt"] = _styled(user, given)
 
     init_raw = given.get("init_image")
     mode = given.get("mode") or ("img2img" if init_raw else "txt2img")
@@ -394,6 +396,18 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         price=price_job(params, checkpoint),
         total_steps=total_steps(params),
     )
+
+
+def _styled(user: Any, given: dict[str, Any]) -> tuple[Any, Any]:
+    """Both prompts with the request's saved styles applied (the job keeps the result, as
+    A1111's infotext does); a non-text prompt is left for _text to refuse."""
+    prompt, negative = given.get("prompt") or "", given.get("negative_prompt") or ""
+    if not isinstance(prompt, str) or not isinstance(negative, str):
+        return prompt, negative
+    try:
+        return apply_styles(user, given.get("styles"), prompt, negative)
+    except StyleError as exc:
+        raise SubmissionError(exc.field, exc.message, exc.status) from None
 
 
 def _bool(params: dict[str, Any], name: str) -> bool:

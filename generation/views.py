@@ -23,7 +23,7 @@ from django.views.decorators.http import require_http_methods
 from generation.images import delete_image
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
-from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
+from generation.models import CatalogEntry, Job, JobImage, PromptStyle, UserGenerationSettings
 from generation.prefill import params_from_query
 from generation.submission import SubmissionError, default_checkpoint, submit_job
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS
@@ -144,6 +144,8 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
             if f"hires_{key}" in post
         }
     params["tiling"] = bool(post.get("tiling"))  # an unchecked box is absent
+    if styles := post.getlist("styles"):
+        params["styles"] = styles
     if init_image := files.get("init_image"):
         params.update(mode="img2img", init_image=init_image)
     return params
@@ -255,6 +257,9 @@ def _render_generator(
             "upscalers": UPSCALERS,
             "resize_modes": RESIZE_MODES,
             "initial": initial,
+            "prompt_styles": sorted(
+                set(PromptStyle.objects.visible_to(user).values_list("name", flat=True))
+            ),
             "limits": limits_for(user),
             "recent": recent,
             "init_image_url": init_image_url,

@@ -89,7 +89,11 @@ HIRES_DEFAULTS: HiresParams = {
 }
 
 # What a request may name: every parameter but the derived ones, plus the img2img source image
-# (stored beside the job as a file, sent to the worker in the envelope).
+# (stored beside the job as a file, sent to the worker in the envelope) and the names of saved
+# styles (applied to the prompts at submission: the job keeps the styled prompts).
 DERIVED_FIELDS = frozenset({"loras"})
-REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS | {"init_image"}
+REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS | {
+    "init_image",
+    "styles",
+}
 HIRES_FIELDS = frozenset(HiresParams.__annotations__)

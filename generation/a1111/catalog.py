@@ -8,7 +8,7 @@ from typing import Any
 from django.utils.translation import gettext as _
 
 from generation.a1111.errors import A1111Error
-from generation.models import CatalogEntry
+from generation.models import CatalogEntry, PromptStyle
 from gpu_worker.passes import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from gpu_worker.samplers import list_samplers, list_schedulers
 
@@ -124,3 +124,11 @@ def samplers() -> list[dict[str, Any]]:
 
 def schedulers() -> list[dict[str, Any]]:
     return list_schedulers()
+
+
+def prompt_styles(user: Any) -> list[dict[str, str]]:
+    """The caller's own styles and the shared ones (never another user's), as A1111 lists them."""
+    styles = PromptStyle.objects.visible_to(user).order_by("name", "owner")
+    return [
+        {"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles
+    ]

@@ -164,10 +164,6 @@ def _check_features(body: dict[str, Any], mode: str) -> None:
     if scripts:
         names = ", ".join(scripts) if isinstance(scripts, dict) else str(scripts)
         raise _refuse("alwayson_scripts", _("scripts are not available (%s)") % names)
-    styles = body.get("styles")
-    if styles:
-        names = ", ".join(map(str, styles)) if isinstance(styles, list) else str(styles)
-        raise _refuse("styles", _("unknown style %s; you have no saved styles") % names)
     if mode == "txt2img" and body.get("enable_hr"):
         for field, same in SAME.items():
             if body.get(field) not in (None, "", same):
@@ -343,6 +339,7 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         "seed_resize_from_w": _value(body, defaults, "seed_resize_from_w"),
         "seed_resize_from_h": _value(body, defaults, "seed_resize_from_h"),
         "tiling": bool(body.get("tiling")),
+        "styles": body.get("styles") or [],  # the caller's saved styles, applied at submission
     }
     checkpoint = _checkpoint(user, overrides, infotext_model)
     if checkpoint:

@@ -127,5 +127,4 @@ samplers = endpoint("GET")(_sync(lambda user: catalog.samplers()))
 schedulers = endpoint("GET")(_sync(lambda user: catalog.schedulers()))
 upscalers = endpoint("GET")(_sync(lambda user: catalog.upscalers()))
 latent_upscale_modes = endpoint("GET")(_sync(lambda user: catalog.latent_upscale_modes()))
-# Saved prompt styles are not a feature of this platform yet: an honest empty list.
-prompt_styles = endpoint("GET")(_sync(lambda user: []))
+prompt_styles = endpoint("GET")(_sync(catalog.prompt_styles))

@@ -119,6 +119,12 @@
 
   // ---- the form <-> API parameters ----------------------------------------------------------
 
+  function selectedStyles(first) {
+    if (!first) return [];
+    return Array.prototype.filter.call(fields.styles.options, function (o) { return o.selected; })
+      .map(function (o) { return o.value; });
+  }
+
   function collectParams() {
     var params = {
       prompt: fields.prompt.value,
@@ -140,6 +146,7 @@
       seed_resize_from_w: toInt(fields.seed_resize_from_w.value),
       seed_resize_from_h: toInt(fields.seed_resize_from_h.value),
       tiling: fields.tiling.checked,
+      styles: selectedStyles(fields.styles.value),
       mode: initImage ? "img2img" : "txt2img",
       hires: null
     };

@@ -28,8 +28,9 @@ from tests.generation.conftest import GENERATOR_FORM, SMALL
 pytestmark = pytest.mark.django_db
 
 # The mode follows from the source image on the page and in links (a link cannot carry an image:
-# the generator's img2img remix opens `?from_image=`).
-LINK_FIELDS = REQUEST_FIELDS - {"mode", "init_image"}
+# the generator's img2img remix opens `?from_image=`). Styles are merged into the prompts at
+# submission, so a link carries the styled prompts instead.
+LINK_FIELDS = REQUEST_FIELDS - {"mode", "init_image", "styles"}
 
 
 def form_names(fields: set[str] | frozenset[str]) -> set[str]:

@@ -12,7 +12,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from PIL import Image
 
-from generation.models import Job
+from generation.models import Job, PromptStyle
 from tests.generation.a1111_support import (
     post,
     sdapi_client,
@@ -108,3 +108,8 @@ async def test_variation_seeds_tiling_and_prompt_editing_over_the_a1111_api(alic
     assert "Tiling: True" in json.loads(tiled["info"])["infotexts"][0]
     edited = await txt2img(prompt="a [fox:wolf:0.5] BREAK [snow|rain]")
     assert json.loads(edited["info"])["infotexts"][0].startswith("a [fox:wolf:0.5] BREAK")
+
+
+    await PromptStyle.objects.acreate(owner=alice, name="noir", prompt="{prompt}, film noir")
+    styled = await txt2img(styles=["noir"])
+    assert json.loads(styled["info"])["infotexts"][0].startswith("a fox, film noir\n")
