@@ -109,7 +109,6 @@ async def test_variation_seeds_tiling_and_prompt_editing_over_the_a1111_api(alic
     edited = await txt2img(prompt="a [fox:wolf:0.5] BREAK [snow|rain]")
     assert json.loads(edited["info"])["infotexts"][0].startswith("a [fox:wolf:0.5] BREAK")
 
-
     await PromptStyle.objects.acreate(owner=alice, name="noir", prompt="{prompt}, film noir")
     styled = await txt2img(styles=["noir"])
     assert json.loads(styled["info"])["infotexts"][0].startswith("a fox, film noir\n")
