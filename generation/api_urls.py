@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from generation import api, styles_api
+from generation import api, styles_api, tokens_api
 
 urlpatterns = [
     path("jobs/", api.JobListCreateView.as_view(), name="api-jobs"),
@@ -21,4 +21,5 @@ urlpatterns = [
     path("styles/export/", styles_api.StyleExportView.as_view(), name="api-styles-export"),
     path("styles/import/", styles_api.StyleImportView.as_view(), name="api-styles-import"),
     path("styles/<int:pk>/", styles_api.StyleDetailView.as_view(), name="api-style"),
+    path("tokens/", tokens_api.TokenCountView.as_view(), name="api-tokens"),
 ]
