@@ -12,6 +12,7 @@ urlpatterns = [
     path("models/", api.ModelListView.as_view(), name="api-models"),
     path("loras/", api.LoraListView.as_view(), name="api-loras"),
     path("vaes/", api.VaeListView.as_view(), name="api-vaes"),
+    path("upscalers/", api.UpscalerListView.as_view(), name="api-upscalers"),
     path("samplers/", api.SamplerListView.as_view(), name="api-samplers"),
     path("me/", api.MeView.as_view(), name="api-me"),
     path("images/", api.ImageListView.as_view(), name="api-images"),

@@ -73,6 +73,7 @@ class CatalogEntry(models.Model):
         LORA = "lora", _("LoRA")
         VAE = "vae", _("VAE")
         EMBEDDING = "embedding", _("Embedding")
+        UPSCALER = "upscaler", _("Upscaler")
 
     name = models.CharField(_("name"), max_length=200)
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)

@@ -171,8 +171,13 @@ class HiresRequestSerializer(serializers.Serializer):
                 "aspect ratio, or from scale",
             ),
             "resize_y": _int(0, lim.max_side, "target height, a multiple of 8; 0: likewise"),
-            "upscaler": serializers.ChoiceField(
-                choices=list(UPSCALERS), required=False, allow_null=True, help_text="default Latent"
+            "upscaler": serializers.CharField(
+                required=False,
+                allow_null=True,
+                allow_blank=True,
+                max_length=200,
+                help_text=f"default Latent; one of {', '.join(UPSCALERS)}, or the name of an "
+                "upscaler model (ESRGAN, Real-ESRGAN) from GET /api/v1/upscalers/",
             ),
             "second_pass_steps": _int(0, lim.max_steps, "steps the hires pass runs; 0: steps"),
             "denoising_strength": _float(0.0, 1.0, "above 0; default 0.7"),

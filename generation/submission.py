@@ -245,7 +245,13 @@ def _too_big(limits: GenerationLimits) -> SubmissionError:
     )
 
 
-def _hires(raw: Any, limits: GenerationLimits) -> HiresParams | None:
+def upscaler_models(user: Any) -> list[str]:
+    """Names of the model upscalers (ESRGAN-class) the user may use, besides passes.UPSCALERS."""
+    rows = CatalogEntry.objects.usable_by(user).filter(kind=CatalogEntry.Kind.UPSCALER)
+    return list(rows.order_by("name").values_list("name", flat=True))
+
+
+def _hires(raw: Any, limits: GenerationLimits, user: Any) -> HiresParams | None:
     if not raw:
         return None
     if raw is True:
@@ -256,10 +262,10 @@ def _hires(raw: Any, limits: GenerationLimits) -> HiresParams | None:
         raise SubmissionError(f"hires.{unknown[0]}", f"hires has no field {unknown[0]!r}")
     given = {**HIRES_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     upscaler = given["upscaler"] or HIRES_DEFAULTS["upscaler"]
-    if upscaler not in UPSCALERS:
+    if upscaler not in UPSCALERS and upscaler not in (models := upscaler_models(user)):
         raise SubmissionError(
             "hires.upscaler",
-            f"unknown upscaler {upscaler!r}; valid: {', '.join(UPSCALERS)}",
+            f"unknown upscaler {upscaler!r}; valid: {', '.join([*UPSCALERS, *models])}",
             422,
         )
     hires = HiresParams(
@@ -384,7 +390,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         init_png = _init_image(init_raw, limits)
         params["resize_mode"] = _int(given, "resize_mode", *RESIZE_MODES)
     else:
-        params["hires"] = _hires(given.get("hires"), limits)
+        params["hires"] = _hires(given.get("hires"), limits, user)
         _check_final_size(params, limits)
     if problem := steps_problem(params):
         raise SubmissionError(*problem, 422)

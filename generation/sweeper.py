@@ -313,9 +313,9 @@ def local_inventory(models_dir: Path | None = None) -> list[ModelInventoryEntry]
 
 
 def _demo_names() -> set[str]:
-    from gpu_worker.demo_model import DEMO_CHECKPOINTS, DEMO_LORA, DEMO_VAE
+    from gpu_worker.demo_model import DEMO_CHECKPOINTS, DEMO_LORA, DEMO_UPSCALER, DEMO_VAE
 
-    return {d.name for d in (*DEMO_CHECKPOINTS, DEMO_LORA, DEMO_VAE)}
+    return {d.name for d in (*DEMO_CHECKPOINTS, DEMO_LORA, DEMO_VAE, DEMO_UPSCALER)}
 
 
 def sync_catalogue(models_dir: Path | None = None, include_workers: bool = True) -> dict[str, int]:

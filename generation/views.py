@@ -25,7 +25,12 @@ from generation.lifecycle import image_payload
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, PromptStyle, UserGenerationSettings
 from generation.prefill import params_from_query
-from generation.submission import SubmissionError, default_checkpoint, submit_job
+from generation.submission import (
+    SubmissionError,
+    default_checkpoint,
+    submit_job,
+    upscaler_models,
+)
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS
 from gpu_worker.passes import UPSCALERS
 from gpu_worker.samplers import list_samplers, list_schedulers
@@ -254,7 +259,7 @@ def _render_generator(
             "samplers": list_samplers(),
             "schedulers": list_schedulers(),
             "size_presets": SIZE_PRESETS,
-            "upscalers": UPSCALERS,
+            "upscalers": [*UPSCALERS, *upscaler_models(user)],
             "resize_modes": RESIZE_MODES,
             "initial": initial,
             "prompt_styles": sorted(

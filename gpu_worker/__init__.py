@@ -14,6 +14,7 @@ Modules, one job each:
 - conditioning_schedule  prompt editing / alternation: the conditioning switched per step
 - noise          variation seeds: A1111's slerp of seed and subseed noise, seed resize
 - tiling         circular padding in the UNet and VAE for seamless images
+- upscalers      ESRGAN / Real-ESRGAN models (our own loader) and tiled upscaling
 - loading        single-file / folder checkpoints, VAEs, offline configs (configs/)
 - demo_model     tiny random-weight demo models in the original key layout
 - model_cache    LRU of pipelines under a device budget with a CPU-RAM tier

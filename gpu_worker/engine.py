@@ -32,7 +32,13 @@ from gpu_worker.loading import (
 )
 from gpu_worker.model_cache import ModelCache
 from gpu_worker.noise import consume, initial_noise, variation_of
-from gpu_worker.passes import denoised_steps, hires_inference_steps, hires_size, steps_problem
+from gpu_worker.passes import (
+    UPSCALERS,
+    denoised_steps,
+    hires_inference_steps,
+    hires_size,
+    steps_problem,
+)
 from gpu_worker.prompt_encoding import (
     Embedding,
     chunk_count,
@@ -49,6 +55,7 @@ from gpu_worker.prompt_syntax import (
 from gpu_worker.protocol import GenerationRequest, JobTimings, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
 from gpu_worker.tiling import circular_padding
+from gpu_worker.upscalers import TileSettings, UpscalerLoadError, load_upscaler, upscale_image
 
 ENGINE_VERSION = "atelier-0.1"
 # How each of passes.LATENT_UPSCALERS resizes latents: (torch interpolate mode, antialias).
@@ -114,6 +121,7 @@ class Engine:
         allow_pickle: bool = False,
         cache_dir: Path | None = None,
         dtype: torch.dtype | None = None,
+        upscale_tiles: TileSettings | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.cache = cache
@@ -123,6 +131,8 @@ class Engine:
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self._catalogue: Catalogue | None = None
         self._embedding_cache: dict[tuple, Embedding | None] = {}
+        self.upscale_tiles = upscale_tiles or TileSettings()
+        self._upscaler: tuple[str, torch.nn.Module] | None = None  # the last one used (small)
 
     # --- catalogue -------------------------------------------------------------------------
     @property
@@ -198,6 +208,23 @@ class Engine:
                 loaded[item.name] = embedding
         return loaded
 
+    def upscaler_model(self, item: CatalogueItem) -> torch.nn.Module:
+        """An upscaler model on the device; the last one stays loaded (they are small)."""
+        if self._upscaler is None or self._upscaler[0] != item.sha256:
+            try:
+                model = load_upscaler(item.path, allow_pickle=self.allow_pickle)
+            except UpscalerLoadError as exc:
+                raise JobFailed(f"cannot use upscaler {item.name}: {exc}") from exc
+            self._upscaler = (item.sha256, model.to(self.device, self.dtype))
+        return self._upscaler[1]
+
+    def _hires_upscaler(self, request: GenerationRequest) -> CatalogueItem | None:
+        """The hires fix's upscaler model, when it names one (not a latent mode nor Lanczos)."""
+        hires = request.get("hires") if request["mode"] == "txt2img" else None
+        if not hires or hires["upscaler"] in UPSCALERS:
+            return None
+        return self.resolve("upscaler", hires["upscaler"])
+
     def preload(self, checkpoint_name: str) -> None:
         self.pipeline(self.resolve("checkpoint", checkpoint_name), None)
 
@@ -220,6 +247,7 @@ class Engine:
             loras = [(self.resolve("lora", t.name), t) for t in lora_tags]
             choice = resolve_sampler(request["sampler"], request.get("scheduler"))
             embedding_items = self.embeddings_in(prompt + "\n" + negative)
+            upscaler = self._hires_upscaler(request)
         except (UnknownModel, UnknownSampler, PromptSyntaxError) as exc:
             raise JobFailed(str(exc)) from exc
         try:
@@ -229,6 +257,7 @@ class Engine:
             load_s = time.perf_counter() - t0
             model_loaded = self.cache.stats.loads > loads_before
             run = _Run(self, request, pipe, choice, observer)
+            run.upscaler = upscaler
             run.embeddings = self._load_embeddings(embedding_items, pipe, run.family)
             run.embedding_hashes = {
                 i.name: i.sha256[:12] for i in embedding_items if i.name in run.embeddings
@@ -302,6 +331,7 @@ class _Run:
         self.embeddings: dict[str, Embedding] = {}
         self.embedding_hashes: dict[str, str] = {}
         self.switcher: ScheduleSwitcher | None = None  # prompt editing of the pass running
+        self.upscaler: CatalogueItem | None = None  # the hires fix's upscaler model, if any
 
     # The step callback diffusers calls; it must return its kwargs.
     def _callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
@@ -474,7 +504,7 @@ class _Run:
                 antialias=antialias and mode in {"bilinear", "bicubic"},
             )
         else:
-            first = [im.resize((target_w, target_h), Image.Resampling.LANCZOS) for im in out.images]
+            first = [self._upscale(im, (target_w, target_h)) for im in out.images]
         pipe = self._img2img_pipe(seeds[0])
         out = pipe(
             image=first,
@@ -483,6 +513,12 @@ class _Run:
             **self._common(schedules[1] or schedules[0], seeds),
         )
         return out.images, (width, height)
+
+    def _upscale(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        if self.upscaler is None:
+            return image.resize(size, Image.Resampling.LANCZOS)
+        model = self.engine.upscaler_model(self.upscaler)
+        return upscale_image(model, image, size, self.engine.upscale_tiles)
 
     def _variation_latents(
         self, seeds: list[int], width: int, height: int, generators: list[torch.Generator]
@@ -557,7 +593,9 @@ class _Run:
                 params["Hires upscale"] = hires["scale"]
             params["Hires steps"] = hires["second_pass_steps"] or None
             params["Hires upscaler"] = (
-                hires["upscaler"] if hires["upscaler"] in LATENT_UPSCALE_MODES else "Lanczos"
+                hires["upscaler"]
+                if hires["upscaler"] in LATENT_UPSCALE_MODES or self.upscaler
+                else "Lanczos"
             )
         if loras:
             params["Lora hashes"] = ", ".join(f"{t.name}: {i.sha256[:12]}" for i, t in loras)

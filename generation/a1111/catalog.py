@@ -107,10 +107,26 @@ def embeddings(user: Any) -> dict[str, Any]:
     return {"loaded": loaded, "skipped": {}}
 
 
-def upscalers() -> list[dict[str, Any]]:
-    return [
+def upscaler_models(user: Any) -> list[CatalogEntry]:
+    return list(_usable(user, CatalogEntry.Kind.UPSCALER))
+
+
+def upscalers(user: Any) -> list[dict[str, Any]]:
+    """"None" and "Lanczos", then the upscaler models the caller may use (A1111's shape; the
+    scale is the architecture's, 4 for the common ESRGAN files)."""
+    plain = [
         {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
         for name in IMAGE_UPSCALERS
+    ]
+    return plain + [
+        {
+            "name": entry.name,
+            "model_name": entry.name,
+            "model_path": entry.filename,
+            "model_url": None,
+            "scale": 4,
+        }
+        for entry in upscaler_models(user)
     ]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from generation.a1111.catalog import find_checkpoint
+from generation.a1111.catalog import find_checkpoint, upscaler_models
 from generation.a1111.errors import A1111Error
 from gpu_worker.infotext import infotext_to_fields, parse_infotext
 from gpu_worker.passes import UPSCALERS
@@ -262,12 +262,13 @@ def _vae(overrides: dict[str, Any]) -> str | None:
     return value
 
 
-def _hires(body: dict[str, Any]) -> dict[str, Any] | None:
+def _hires(user: Any, body: dict[str, Any]) -> dict[str, Any] | None:
     if not body.get("enable_hr"):
         return None
     upscaler = _value(body, TXT2IMG_DEFAULTS, "hr_upscaler") or "Latent"
-    if upscaler not in UPSCALERS:
-        valid = ", ".join(UPSCALERS)
+    models = [entry.name for entry in upscaler_models(user)]
+    if upscaler not in UPSCALERS and upscaler not in models:
+        valid = ", ".join([*UPSCALERS, *models])
         raise _refuse(
             "hr_upscaler",
             _("unknown upscaler %(name)r; valid: %(valid)s") % {"name": upscaler, "valid": valid},
@@ -348,7 +349,7 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         params["init_image"] = _init_image(body)
         params["resize_mode"] = _value(body, defaults, "resize_mode")
     else:
-        params["hires"] = _hires(body)
+        params["hires"] = _hires(user, body)
     # The echo shows the request as run: what was sent, filled from the infotext and defaults.
     parameters = {k: v if body.get(k) is None else body[k] for k, v in defaults.items()}
     if mode == "img2img" and not body.get("include_init_images"):

@@ -112,3 +112,17 @@ async def test_variation_seeds_tiling_and_prompt_editing_over_the_a1111_api(alic
     await PromptStyle.objects.acreate(owner=alice, name="noir", prompt="{prompt}, film noir")
     styled = await txt2img(styles=["noir"])
     assert json.loads(styled["info"])["infotexts"][0].startswith("a fox, film noir\n")
+
+
+async def test_an_esrgan_upscaler_in_hires_fix_doubles_the_size_over_the_a1111_api(alice):
+    client = await sync_to_async(sdapi_client)(alice)
+    body = {"width": 64, "height": 64, "steps": 3, "seed": 5, "prompt": "a fox"}
+    body |= {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "atelier-demo-upscaler"}
+    body |= {"hr_second_pass_steps": 2, "denoising_strength": 0.5}
+    response = await post(client, "txt2img", body)
+    assert response.status_code == 200, response.content
+    result = response.json()
+    assert Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).size == (128, 128)
+    info = json.loads(result["info"])
+    assert "Hires upscaler: atelier-demo-upscaler" in info["infotexts"][0]
+    assert info["extra_generation_params"]["Hires upscaler"] == "atelier-demo-upscaler"

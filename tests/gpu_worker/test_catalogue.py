@@ -50,6 +50,7 @@ def test_scan_lists_the_demo_models_with_hashes_and_family(models: Path, tmp_pat
         ("lora", "atelier-demo-lora"),
         ("vae", "atelier-demo-vae"),
         ("embedding", "atelier-demo-embedding"),
+        ("upscaler", "atelier-demo-upscaler"),
     }
     v1 = entries[("checkpoint", "atelier-demo-v1")]
     path = models / v1["filename"]

@@ -132,3 +132,52 @@ def test_a_pickle_needs_allow_pickle(torch: Any, tmp_path) -> None:
     with pytest.raises(UpscalerLoadError, match="allow-pickle"):
         load_upscaler(path)
     assert load_upscaler(path, allow_pickle=True).scale == 4
+
+
+def test_the_demo_upscaler_is_in_the_catalogue_and_the_inventory(demo_models_dir, tmp_path):
+    import shutil
+
+    from gpu_worker.catalogue import scan_models
+
+    (tmp_path / "RealESRGAN").mkdir()
+    shutil.copy(
+        demo_models_dir / "ESRGAN" / "atelier-demo-upscaler.safetensors",
+        tmp_path / "RealESRGAN" / "R-ESRGAN-demo.safetensors",
+    )
+    shutil.copytree(demo_models_dir / "ESRGAN", tmp_path / "ESRGAN")
+    entries = scan_models(tmp_path, hash_cache=tmp_path / "h.json").entries("upscaler")
+    assert [(e["name"], e["filename"]) for e in entries] == [
+        ("atelier-demo-upscaler", "ESRGAN/atelier-demo-upscaler.safetensors"),
+        ("R-ESRGAN-demo", "RealESRGAN/R-ESRGAN-demo.safetensors"),
+    ]
+
+
+def test_hires_fix_upscales_with_a_model_by_name(engine: Any, torch: Any) -> None:
+    from .conftest import demo_request
+
+    hires = {
+        "scale": 2.0,
+        "resize_x": 0,
+        "resize_y": 0,
+        "upscaler": "atelier-demo-upscaler",
+        "second_pass_steps": 2,
+        "denoising_strength": 0.5,
+    }
+    result = engine.run(demo_request(hires=hires))
+    image = result.images[0]
+    assert (image["width"], image["height"]) == (128, 128)
+    assert "Hires upscaler: atelier-demo-upscaler" in image["infotext"]
+    lanczos = engine.run(demo_request(hires={**hires, "upscaler": "Lanczos"})).images[0]
+    assert lanczos["png_b64"] != image["png_b64"]
+    assert "Hires upscaler: Lanczos" in lanczos["infotext"]
+
+
+def test_an_unknown_upscaler_fails_the_job_naming_it(engine: Any) -> None:
+    from gpu_worker.engine import JobFailed
+
+    from .conftest import demo_request
+
+    hires = {"scale": 2.0, "resize_x": 0, "resize_y": 0, "upscaler": "4x-nope"}
+    hires |= {"second_pass_steps": 2, "denoising_strength": 0.5}
+    with pytest.raises(JobFailed, match="4x-nope"):
+        engine.run(demo_request(hires=hires))
