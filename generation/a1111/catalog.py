@@ -112,7 +112,7 @@ def upscaler_models(user: Any) -> list[CatalogEntry]:
 
 
 def upscalers(user: Any) -> list[dict[str, Any]]:
-    """"None" and "Lanczos", then the upscaler models the caller may use (A1111's shape; the
+    """ "None" and "Lanczos", then the upscaler models the caller may use (A1111's shape; the
     scale is the architecture's, 4 for the common ESRGAN files)."""
     plain = [
         {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
