@@ -196,3 +196,24 @@ def test_alternation_runs_with_hires_fix_and_a_batch(engine: Any) -> None:
         demo_request(prompt="a [cat|dog] [red:blue:0.5]", batch_size=2, hires=hires, steps=3)
     )
     assert [(i["width"], i["height"]) for i in result.images] == [(96, 96)] * 2
+
+
+def test_sdxl_switches_both_the_embeddings_and_the_pooled_ones(xl_engine: Any, torch: Any) -> None:
+    pipe = xl_engine.pipeline(xl_engine.resolve("checkpoint", "atelier-demo-xl"), None)
+    seen: list = []
+
+    def record(module: Any, args: Any, kwargs: dict) -> None:
+        seen.append(kwargs["added_cond_kwargs"]["text_embeds"].clone())
+
+    common = {"checkpoint": "atelier-demo-xl", "sampler": "Euler", "steps": 3, "seed": 2}
+    handle = pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        edited = xl_engine.run(demo_request(prompt="a [cat:dog:1]", **common))
+        cat = xl_engine.run(demo_request(prompt="a cat", **common))
+        dog = xl_engine.run(demo_request(prompt="a dog", **common))
+    finally:
+        handle.remove()
+    pooled_edit, pooled_cat, pooled_dog = seen[0:3], seen[3:6], seen[6:9]
+    assert [torch.equal(e, c) for e, c in zip(pooled_edit, pooled_cat, strict=True)] == [1, 1, 0]
+    assert torch.equal(pooled_edit[2], pooled_dog[2])
+    assert pixels(edited) not in (pixels(cat), pixels(dog))
