@@ -137,3 +137,23 @@ async def test_the_a1111_api_lists_only_the_callers_styles_and_applies_them(alic
     with pytest.raises(SubmissionError) as refused:
         await sync_to_async(styled)(bob, ["cinematic"])
     assert refused.value.field == "styles" and refused.value.status == 422
+
+
+def test_alice_manages_her_styles_on_the_page_and_bob_cannot_touch_them(client, alice, bob):
+    client.force_login(alice)
+    client.post("/styles/", {"name": "noir", "prompt": "{prompt}, film noir"})
+    style = PromptStyle.objects.get(owner=alice, name="noir")
+    client.post("/styles/", {"style_id": style.pk, "name": "noir", "prompt": "{prompt}, noir"})
+    style.refresh_from_db()
+    assert style.prompt == "{prompt}, noir"
+    page = client.get("/styles/").content.decode()
+    assert "{prompt}, noir" in page
+    assert client.get("/styles/export/").content.decode().startswith("name,prompt,negative")
+    client.force_login(bob)
+    assert "noir" not in client.get("/styles/").content.decode()
+    assert client.post(f"/styles/{style.pk}/delete/").status_code == 404
+    changed = client.post("/styles/", {"style_id": style.pk, "name": "mine", "prompt": "x"})
+    assert changed.status_code == 404
+    client.force_login(alice)
+    client.post(f"/styles/{style.pk}/delete/")
+    assert not PromptStyle.objects.filter(pk=style.pk).exists()
