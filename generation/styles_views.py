@@ -64,7 +64,7 @@ def style_delete(request: HttpRequest, pk: int) -> HttpResponse:
 def styles_import(request: HttpRequest) -> HttpResponse:
     upload = request.FILES.get("file")
     try:
-        if upload is None or upload.size > MAX_CSV_BYTES:
+        if upload is None or (upload.size or 0) > MAX_CSV_BYTES:
             raise StyleError("file", _("choose a styles.csv of at most 1 MiB"))
         try:
             text = upload.read().decode("utf-8")

@@ -363,7 +363,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         resize_mode=0,
         hires=None,
         loras=[],
-        **_toolset(given, mode),
+        **_toolset(given, mode),  # type: ignore[typeddict-item]
     )
     if params["width"] * params["height"] > limits.max_pixels:
         raise SubmissionError(
@@ -427,7 +427,7 @@ def _bool(params: dict[str, Any], name: str) -> bool:
     raise SubmissionError(name, f"{name} must be true or false")
 
 
-def _toolset(given: dict[str, Any], mode: str) -> dict[str, Any]:
+def _toolset(given: dict[str, Any], mode: str) -> dict[str, Any]:  # the block's keys only
     """Variation seeds and tiling (the GenerationParams block of issue 17)."""
     fields: dict[str, Any] = {
         "subseed": _int(given, "subseed", -1, MAX_SEED),

@@ -419,10 +419,24 @@ class _Run:
 
     def _encode(self, prompt: str, negative: str, min_chunks: int = 0) -> dict[str, Any]:
         clip_skip = max(1, int(self.request.get("clip_skip") or 1))
-        options = {"clip_skip": clip_skip, "embeddings": self.embeddings, "min_chunks": min_chunks}
+        embeddings = self.embeddings
         if self.family == "sdxl":
-            return encode_prompt_pair_xl(self.pipe, prompt, negative, **options)
-        cond, uncond = encode_prompt_pair(self.pipe, prompt, negative, **options)
+            return encode_prompt_pair_xl(
+                self.pipe,
+                prompt,
+                negative,
+                clip_skip=clip_skip,
+                embeddings=embeddings,
+                min_chunks=min_chunks,
+            )
+        cond, uncond = encode_prompt_pair(
+            self.pipe,
+            prompt,
+            negative,
+            clip_skip=clip_skip,
+            embeddings=embeddings,
+            min_chunks=min_chunks,
+        )
         return {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
 
     def _schedules(

@@ -11,7 +11,7 @@ import torch
 
 class circular_padding:  # noqa: N801 - a context manager
     def __init__(self, pipe: Any, enabled: bool) -> None:
-        self.convs: list[tuple[torch.nn.Conv2d, str]] = []
+        self.convs: list[tuple[torch.nn.Conv2d, Any]] = []  # (conv, its padding mode)
         if enabled:
             for model in (pipe.unet, pipe.vae):
                 for module in model.modules():

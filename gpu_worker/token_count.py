@@ -41,7 +41,7 @@ class ClipTokens:
         self.vocab = build_vocab(merges)
         bpe = models.BPE(
             vocab=self.vocab,
-            merges=[tuple(m.split()) for m in merges],
+            merges=[(left, right) for left, right in (m.split() for m in merges)],
             unk_token=EOS,
             end_of_word_suffix="</w>",
             continuing_subword_prefix="",

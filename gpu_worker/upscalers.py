@@ -26,6 +26,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -84,9 +85,10 @@ class RRDBNet(nn.Module):
         self, *, in_channels: int, features: int, growth: int, blocks: int, upsamples: int
     ) -> None:
         super().__init__()
-        self.unshuffle = {3: 1, 12: 2, 48: 4}.get(in_channels)
-        if self.unshuffle is None:
+        unshuffle = {3: 1, 12: 2, 48: 4}.get(in_channels)
+        if unshuffle is None:
             raise UpscalerLoadError(f"an RRDB net with {in_channels} input channels")
+        self.unshuffle = unshuffle
         self.scale = 2**upsamples // self.unshuffle
         self.conv_first = _conv(in_channels, features)
         self.body = nn.ModuleList(_RRDB(features, growth) for _ in range(blocks))
@@ -158,7 +160,7 @@ def _old_to_new(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return converted
 
 
-def build_upscaler(state: dict[str, torch.Tensor]) -> nn.Module:
+def build_upscaler(state: dict[str, Any]) -> nn.Module:
     """The network a state dict describes, its weights loaded (strictly: every key matches)."""
     if "params_ema" in state or "params" in state:  # BasicSR's training checkpoints
         inner = state.get("params_ema", state.get("params"))

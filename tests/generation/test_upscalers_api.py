@@ -50,8 +50,8 @@ async def test_the_a1111_api_lists_and_accepts_upscaler_models(alice, upscaler):
     def hires_upscaler() -> str:
         body = {"prompt": "x", "enable_hr": True, "hr_upscaler": "4x-demo", "steps": 4}
         body |= {"width": 64, "height": 64, "override_settings": {"sd_model_checkpoint": "model-a"}}
-        return validate_params(alice, translate(alice, body, "txt2img").params).params["hires"][
-            "upscaler"
-        ]
+        hires = validate_params(alice, translate(alice, body, "txt2img").params).params["hires"]
+        assert hires is not None
+        return hires["upscaler"]
 
     assert await sync_to_async(hires_upscaler)() == "4x-demo"
