@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: run test test-fast lint fmt bench install messages clean
+.PHONY: run test test-fast lint typecheck fmt bench install messages screenshots clean
 
 # Creates .venv and installs everything once; again only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -24,13 +24,19 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m operations.with_redis -- $(PY) -m pytest
 
+# Without the browser tests and the fault drills (those always run their platform on SQLite).
 test-fast: $(VENV)/.installed
-	$(PY) -m operations.with_redis -- $(PY) -m pytest -m "not browser"
+	$(PY) -m operations.with_redis -- $(PY) -m pytest -m "not browser and not drill"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) manage.py makemigrations --check --dry-run
+	$(MAKE) --no-print-directory typecheck
+
+# mypy with the Django and DRF plugins over every package, tests and benches ([tool.mypy]).
+typecheck: $(VENV)/.installed
+	$(PY) -m mypy
 
 fmt: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
@@ -38,6 +44,11 @@ fmt: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	for b in bench/bench_*.py; do $(PY) -m operations.with_redis -- $(PY) $$b || exit 1; done
+
+# The README's screenshots, from the live platform with the demo model (needs chromium).
+screenshots: $(VENV)/.installed
+	ATELIER_SCREENSHOTS_DIR=docs/screenshots $(PY) -m operations.with_redis -- \
+		$(PY) -m pytest tests/e2e/test_readme_screenshots.py -q
 
 # Rebuild translation catalogues after changing user-facing strings.
 messages: $(VENV)/.installed

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
@@ -14,22 +13,18 @@ from django.utils.translation import gettext_lazy as _
 
 from accounts import staff_actions
 from accounts.forms import AdjustBalanceForm
-from accounts.member_admin import MemberAdmin
 from accounts.models import (
     ApiToken,
     CreditAccount,
     CreditEntry,
     CreditPack,
     MembershipPlan,
-    MembershipTier,
     Purchase,
     RedeemCode,
     Redemption,
     StripeEvent,
     User,
 )
-
-admin.site.register(User, MemberAdmin)
 
 
 @admin.register(ApiToken)
@@ -61,63 +56,6 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-
-class MembershipTierForm(forms.ModelForm):
-    allowed_models = forms.MultipleChoiceField(
-        label=_("Allowed checkpoints"),
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-        help_text=_("Used when 'all models allowed' is off"),
-    )
-
-    class Meta:
-        model = MembershipTier
-        fields = (
-            "name",
-            "slug",
-            "rank",
-            "is_default",
-            "welcome_grant",
-            "grant_amount",
-            "grant_period",
-            "max_side",
-            "max_pixels",
-            "max_steps",
-            "max_images",
-            "max_unfinished_jobs",
-            "priority_weight",
-            "all_models",
-            "allowed_models",
-        )
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        from generation.models import CatalogEntry
-
-        names = CatalogEntry.objects.checkpoints().values_list("name", flat=True)
-        current = list(self.instance.allowed_models or []) if self.instance.pk else []
-        self.fields["allowed_models"].choices = [(n, n) for n in dict.fromkeys([*names, *current])]
-
-
-@admin.register(MembershipTier)
-class MembershipTierAdmin(admin.ModelAdmin):
-    form = MembershipTierForm
-    list_display = (
-        "name",
-        "rank",
-        "is_default",
-        "welcome_grant",
-        "grant_amount",
-        "grant_period",
-        "max_side",
-        "max_steps",
-        "max_images",
-        "max_unfinished_jobs",
-        "priority_weight",
-        "all_models",
-    )
-    prepopulated_fields = {"slug": ("name",)}
 
 
 @admin.register(CreditAccount)
@@ -273,5 +211,5 @@ class RedeemCodeAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: RedeemCode, form: Any, change: bool) -> None:
         if not change:
-            obj.created_by = request.user
+            obj.created_by = cast(User, request.user)  # the admin site lets only staff in
         super().save_model(request, obj, form, change)

@@ -17,11 +17,14 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.forms import CheckoutForm, RedeemForm
 from accounts.ledger import account_for
-from accounts.models import CreditEntry, CreditPack, MembershipPlan, MembershipTier, Purchase
+from accounts.member_request import MemberRequest
+from accounts.models import CreditEntry, CreditPack, MembershipPlan, Purchase
 from accounts.payments import PaymentError, WebhookRejected, handle_webhook, payments_enabled
 from accounts.payments import start_checkout as open_checkout
 from accounts.redeem import RedeemError, redeem_code
+from accounts.throttles import redeem_refusal_wait
 from accounts.tiers import effective_tier
+from accounts.verification import may_receive_grants
 
 ENTRIES_PER_PAGE = 25
 
@@ -46,6 +49,7 @@ def _render_credits(
         "account": account,
         "tier": tier,
         "next_grant": tier.next_grant_at(timezone.now()),
+        "awaits_verification": not may_receive_grants(request.user),
         "entries": entries.get_page(request.GET.get("page")),
         "redeem_form": redeem_form or RedeemForm(),
         "payments_enabled": payments_enabled(),
@@ -60,6 +64,15 @@ def _render_credits(
 @require_POST
 def redeem(request: HttpRequest) -> HttpResponse:
     form = RedeemForm(request.POST)
+    wait = redeem_refusal_wait(request)
+    if wait is not None:
+        form.add_error(
+            "code",
+            _("Too many redeem attempts. Try again in %(seconds)d seconds.") % {"seconds": wait},
+        )
+        response = _render_credits(request, redeem_form=form, status=429)
+        response["Retry-After"] = str(wait)
+        return response
     if not form.is_valid():
         return _render_credits(request, redeem_form=form, status=400)
     try:
@@ -99,7 +112,7 @@ def checkout(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def checkout_success(request: HttpRequest) -> HttpResponse:
+def checkout_success(request: MemberRequest) -> HttpResponse:
     purchase = Purchase.objects.filter(
         user=request.user, stripe_session_id=request.GET.get("session_id") or None
     ).first()
@@ -120,39 +133,3 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
     except WebhookRejected:
         return HttpResponseBadRequest(_("Invalid Stripe webhook."))
     return JsonResponse({"received": True, "outcome": outcome})
-
-
-# Requests priced on the pricing page, through generation's own price function.
-PRICE_EXAMPLES = [
-    (_("512×512, 20 steps, one image"), {"width": 512, "height": 512, "steps": 20}),
-    (_("1024×1024, 30 steps, one image"), {"width": 1024, "height": 1024, "steps": 30}),
-    (
-        _("512×768, 25 steps, batch of 4"),
-        {"width": 512, "height": 768, "steps": 25, "batch_size": 4},
-    ),
-    (
-        _("512×512, 20 steps, hires fix ×2"),
-        {"width": 512, "height": 512, "steps": 20, "hires": {"scale": 2.0}},
-    ),
-]
-
-
-@require_GET
-def pricing(request: HttpRequest) -> HttpResponse:
-    from generation.models import CatalogEntry
-    from generation.pricing import price_job
-
-    class _Multiplier1:
-        cost_multiplier = 1
-
-    examples = [(label, price_job(params, _Multiplier1())) for label, params in PRICE_EXAMPLES]
-    models = CatalogEntry.objects.visible_to(request.user).checkpoints().exclude(cost_multiplier=1)
-    return render(
-        request,
-        "accounts/pricing.html",
-        {
-            "examples": examples,
-            "models": models,
-            "tiers": MembershipTier.objects.all(),
-        },
-    )

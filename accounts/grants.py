@@ -1,4 +1,5 @@
-"""Periodic free credits: each account gets its tier's grant once per period.
+"""Periodic free credits: each account gets its tier's grant once per period, if its member may
+receive grants (a verified address while e-mail verification is on).
 
 The entry's key names the period ('grant:daily:2026-11-23'), and at most one entry per account
 carries a key, so running the task twice, or in two processes at once, grants once.
@@ -14,6 +15,7 @@ from django.utils.translation import gettext as _
 from accounts.ledger import Kind, credit
 from accounts.models import CreditAccount
 from accounts.tiers import expire_tiers
+from accounts.verification import grant_eligible
 
 
 def grant_periodic_credits(now: datetime | None = None) -> int:
@@ -26,6 +28,7 @@ def grant_periodic_credits(now: datetime | None = None) -> int:
     accounts = (
         CreditAccount.objects.select_related("user", "tier")
         .filter(tier__grant_amount__gt=0, user__is_active=True)
+        .filter(grant_eligible())
         .exclude(tier__grant_period="none")
     )
     for account in accounts.iterator(chunk_size=500):

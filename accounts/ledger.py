@@ -10,6 +10,12 @@ concurrency, `balance == sum(amount)`, `held == sum(held_delta)`, and neither go
 the job's one settlement empties the hold: the charged part is gone, the rest goes back to
 `balance`. A settlement is a single entry (unique per job), so a repeated worker message can
 never settle twice.
+
+Lock order, the same on every path: the user row (only submission takes it), then the credit
+account row, then new entries. Every row lock is FOR NO KEY UPDATE (`no_key=True`; a plain UPDATE
+takes the same): the key never changes, and a FOR UPDATE lock would also block the KEY SHARE lock
+that another transaction's deferred foreign-key check takes at commit (a JobImage or Job row
+pointing at the user), which turned a submission racing a settlement into a deadlock.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import CENT, CreditAccount, CreditEntry, MembershipTier
+from accounts.verification import may_receive_grants
 
 Kind = CreditEntry.Kind
 ZERO = Decimal("0.00")
@@ -70,13 +77,14 @@ def to_money(value: Any) -> Decimal:
 
 
 def open_account(user: Any) -> CreditAccount:
-    """Create the user's account on the default tier with its welcome grant. Idempotent."""
+    """Create the user's account on the default tier, with its welcome grant if the user may
+    receive grants (see `grant_welcome` for one who may only later). Idempotent."""
     with transaction.atomic():
         tier = MembershipTier.objects.default()
         account, created = CreditAccount.objects.select_related("tier").get_or_create(
             user=user, defaults={"tier": tier}
         )
-        if created and tier.welcome_grant > 0:
+        if created and tier.welcome_grant > 0 and may_receive_grants(user):
             _write(
                 account.pk,
                 Kind.GRANT,
@@ -86,6 +94,20 @@ def open_account(user: Any) -> CreditAccount:
             )
             account.refresh_from_db(fields=["balance", "held"])
     return account
+
+
+def grant_welcome(user: Any) -> CreditEntry | None:
+    """The welcome grant, for a member who has just become eligible (verified their address).
+
+    Once per account ever: the entry's key refuses a second, so calling this again, or after
+    `open_account` already granted it, writes nothing and returns None."""
+    account_for(user)
+    tier = MembershipTier.objects.default()
+    if tier.welcome_grant <= 0 or not may_receive_grants(user):
+        return None
+    return credit(
+        user, tier.welcome_grant, Kind.GRANT, key="welcome", reason=_("Welcome to Atelier")
+    )
 
 
 def account_for(user: Any) -> CreditAccount:
@@ -237,7 +259,9 @@ def _settle(job_id: Any, charge: Decimal | None, reason: str) -> CreditEntry | N
         account_id = held_entry["account_id"]
         # The account row lock serialises settlements: the second of two racing messages sees
         # the first one's entry and stops. The unique constraint would refuse it anyway.
-        CreditAccount.objects.select_for_update().filter(pk=account_id).values("pk").first()
+        CreditAccount.objects.select_for_update(no_key=True).filter(pk=account_id).values(
+            "pk"
+        ).first()
         if CreditEntry.objects.filter(job_id=job_id, kind__in=CreditEntry.SETTLEMENTS).exists():
             return None
         held = held_entry["held_delta"]
@@ -266,7 +290,9 @@ def refund(job_id: Any, amount: Any, *, actor: Any, reason: str) -> CreditEntry:
         ).first()
         if settlement is None:
             raise LedgerError(_("That job has no charge to refund."))
-        CreditAccount.objects.select_for_update().filter(pk=settlement.account_id).first()
+        CreditAccount.objects.select_for_update(no_key=True).filter(
+            pk=settlement.account_id
+        ).first()
         refunded = CreditEntry.objects.filter(job_id=job_id, kind=Kind.REFUND).aggregate(
             total=Coalesce(Sum("amount"), Value(ZERO, output_field=DecimalField()))
         )["total"]

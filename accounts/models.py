@@ -22,6 +22,10 @@ class User(AbstractUser):
     """Atelier's user. Custom from the first migration so later fields need no data surgery."""
 
     email = models.EmailField(_("email address"), unique=True)
+    # Where the sign-up came from, and why it looks like farming (accounts/signup_review.py):
+    # empty flags mean nothing suspicious. Admins filter members on them.
+    signup_address = models.GenericIPAddressField(_("sign-up address"), null=True, blank=True)
+    signup_flags = models.CharField(_("sign-up flags"), max_length=200, blank=True)
 
     objects: ClassVar[UserManager] = UserManager()
 
@@ -121,7 +125,9 @@ def money_field(verbose_name: Any, **kwargs: Any) -> models.DecimalField:
 class MembershipTierQuerySet(models.QuerySet["MembershipTier"]):
     def default(self) -> MembershipTier:
         """The tier new accounts start on: the one flagged default, else the lowest rank."""
-        tier = self.filter(is_default=True).first() or self.order_by("rank").first()
+        tier: MembershipTier | None = (
+            self.filter(is_default=True).first() or self.order_by("rank").first()
+        )
         if tier is None:
             # A database without the data migration's rows (should not happen): make one.
             tier, _created = self.get_or_create(
@@ -158,6 +164,11 @@ class MembershipTier(models.Model):
         _("queue priority weight"),
         default=1,
         help_text=_("Share of GPU time relative to other tiers when the queue is busy"),
+    )
+    api_requests_per_minute = models.PositiveIntegerField(
+        _("API requests per minute"),
+        default=0,
+        help_text=_("REST and A1111 API calls per member per minute; 0: the server default"),
     )
     all_models = models.BooleanField(_("all models allowed"), default=True)
     # Catalogue names (generation.CatalogEntry.name), kept as data rather than a relation so the
@@ -431,7 +442,9 @@ class Purchase(models.Model):
 
     @property
     def item(self) -> CreditPack | MembershipPlan:
-        return self.pack or self.plan  # type: ignore[return-value]
+        item = self.pack or self.plan
+        assert item is not None, "the purchase_has_item constraint"
+        return item
 
 
 class StripeEvent(models.Model):

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from stripe.params.checkout import SessionCreateParams
 
 from accounts.ledger import Kind, credit
 from accounts.models import CreditPack, MembershipPlan, Purchase, StripeEvent
@@ -53,41 +54,42 @@ def start_checkout(
         raise PaymentError(_("Payments are not enabled on this server."))
     if not item.active:
         raise PaymentError(_("That item is not on sale."))
-    is_pack = isinstance(item, CreditPack)
     purchase = Purchase.objects.create(
         user=user,
-        pack=item if is_pack else None,
-        plan=None if is_pack else item,
+        pack=item if isinstance(item, CreditPack) else None,
+        plan=None if isinstance(item, CreditPack) else item,
         credits=item.credits,
         amount_cents=item.price_cents,
         currency=item.currency,
     )
-    try:
-        session = _client().v1.checkout.sessions.create(
-            params={
-                "mode": "payment",
-                "client_reference_id": str(purchase.pk),
-                "customer_email": user.email or None,
-                "metadata": {"purchase_id": str(purchase.pk), "user_id": str(user.pk)},
-                "line_items": [
-                    {
-                        "quantity": 1,
-                        "price_data": {
-                            "currency": item.currency,
-                            "unit_amount": item.price_cents,
-                            "product_data": {"name": item.name},
-                        },
-                    }
-                ],
-                "success_url": success_url + "?session_id={CHECKOUT_SESSION_ID}",
-                "cancel_url": cancel_url,
+    params: SessionCreateParams = {
+        "mode": "payment",
+        "client_reference_id": str(purchase.pk),
+        "metadata": {"purchase_id": str(purchase.pk), "user_id": str(user.pk)},
+        "line_items": [
+            {
+                "quantity": 1,
+                "price_data": {
+                    "currency": item.currency,
+                    "unit_amount": item.price_cents,
+                    "product_data": {"name": item.name},
+                },
             }
-        )
+        ],
+        "success_url": success_url + "?session_id={CHECKOUT_SESSION_ID}",
+        "cancel_url": cancel_url,
+    }
+    if user.email:
+        params["customer_email"] = user.email
+    try:
+        session = _client().v1.checkout.sessions.create(params=params)
     except stripe.StripeError as exc:
         log.warning("Stripe refused a checkout session: %s", exc)
         Purchase.objects.filter(pk=purchase.pk).update(status=Purchase.Status.FAILED)
         raise PaymentError(_("The payment provider is unavailable; try again later.")) from exc
     Purchase.objects.filter(pk=purchase.pk).update(stripe_session_id=session.id)
+    if not session.url:  # Stripe leaves it empty only for embedded (not hosted) sessions
+        raise PaymentError(_("The payment provider is unavailable; try again later."))
     return session.url
 
 

@@ -1,4 +1,7 @@
-"""Suspending a member: they can no longer log in or use API tokens, and their queue empties.
+"""Suspending a member, the account side: they can no longer log in or use API tokens.
+
+`generation.suspension.suspend_user` is the whole suspension (it also empties the member's queue);
+this module only switches the account and keeps the record.
 
 `is_active=False` is the switch Django already honours everywhere: ModelBackend refuses the
 log-in and drops existing sessions (get_user returns nobody), and `ApiToken.objects.active()`
@@ -8,16 +11,14 @@ reason, so it shows on the member's History page in the admin.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.contrib.admin.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 from django.utils.translation import gettext as _
 
 from accounts.staff_actions import log_member_change
-
-logger = logging.getLogger(__name__)
 
 
 class SuspensionError(Exception):
@@ -37,30 +38,13 @@ def _check(actor: Any, user: Any, reason: str) -> None:
         raise SuspensionError(_("Give a reason: it is kept in the log."))
 
 
-def suspend_user(actor: Any, user: Any, reason: str) -> int:
-    """Deactivate `user` and cancel their unfinished jobs (releasing credit holds).
-
-    Returns how many jobs were cancelled or asked to stop.
-    """
-    from generation.models import Job
-    from generation.submission import SubmissionError, cancel_job
-
+def deactivate_user(actor: Any, user: Any, reason: str) -> None:
+    """Deactivate `user` and log who did it and why (their jobs: see the module docstring)."""
     _check(actor, user, reason)
     with transaction.atomic():
         type(user)._default_manager.filter(pk=user.pk).update(is_active=False)
         log_member_change(actor, user, f"Suspended: {reason.strip()}")
     user.is_active = False
-    cancelled = 0
-    # After the commit: no new job can start (the user is inactive), so this empties the queue.
-    for job in Job.objects.owned_by(user).unfinished():
-        try:
-            cancel_job(actor, job)
-        except SubmissionError:
-            # It finished meanwhile; its own terminal state settled the credits.
-            logger.info("job %s of suspended user %s finished before cancel", job.pk, user.pk)
-            continue
-        cancelled += 1
-    return cancelled
 
 
 def reinstate_user(actor: Any, user: Any, reason: str) -> None:
@@ -73,8 +57,6 @@ def reinstate_user(actor: Any, user: Any, reason: str) -> None:
 
 def suspension_history(user: Any) -> list[LogEntry]:
     """The admin-log entries about `user`, newest first (suspensions among them)."""
-    from django.contrib.contenttypes.models import ContentType
-
     content_type = ContentType.objects.get_for_model(user)
     return list(
         LogEntry.objects.filter(content_type=content_type, object_id=str(user.pk))

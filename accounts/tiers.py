@@ -12,11 +12,15 @@ from accounts.ledger import account_for
 from accounts.models import CreditAccount, MembershipTier
 
 
-def effective_tier(account: CreditAccount, now: datetime | None = None) -> MembershipTier:
-    """The account's tier, or the default one once a time-limited tier has run out (the
+def tier_expired(expires_at: datetime | None, now: datetime) -> bool:
+    """The one tier-expiry rule: a time-limited tier has run out once its end is reached (the
     periodic task writes the downgrade; reads never wait for it)."""
-    now = now or timezone.now()
-    if account.tier_expires_at is not None and account.tier_expires_at <= now:
+    return expires_at is not None and expires_at <= now
+
+
+def effective_tier(account: CreditAccount, now: datetime | None = None) -> MembershipTier:
+    """The account's tier, or the default one once a time-limited tier has run out."""
+    if tier_expired(account.tier_expires_at, now or timezone.now()):
         return MembershipTier.objects.default()
     return account.tier
 
@@ -50,7 +54,9 @@ def upgrade_tier(
     with transaction.atomic():
         account = account_for(user)
         account = (
-            CreditAccount.objects.select_for_update().select_related("tier").get(pk=account.pk)
+            CreditAccount.objects.select_for_update(no_key=True)
+            .select_related("tier")
+            .get(pk=account.pk)
         )
         current = effective_tier(account, now)
         if current.rank > tier.rank:

@@ -70,7 +70,7 @@ class Setup:
 
         job_id = uuid.uuid4().hex
         self.events[job_id] = threading.Event()
-        message = dramatiq.Message(
+        message: dramatiq.Message[None] = dramatiq.Message(
             queue_name=self.queue,
             actor_name=GENERATE_ACTOR,
             args=(),

@@ -120,6 +120,9 @@ def main() -> None:
                 "n_iter": 1,
                 "clip_skip": 1,
                 "denoising_strength": 0.75,
+                "resize_mode": 0,
+                "hires": None,
+                "loras": [],
             }
         )
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,6 +34,7 @@ NAMES = ("atelier-demo-v1", "atelier-demo-v2", "atelier-demo-v3")
 def main() -> None:
     import torch
 
+    from gpu_worker.catalogue import CatalogueItem
     from gpu_worker.demo_model import make_demo_models, write_demo_checkpoint
     from gpu_worker.engine import Engine
     from gpu_worker.loading import load_checkpoint
@@ -54,10 +56,12 @@ def main() -> None:
     load_checkpoint(items[0], dtype=torch.float32, cache_dir=tmp / "cache")  # imports, configs
     size = pipeline_bytes(probe.pipeline(items[0], None))
 
-    def cold(item) -> None:  # noqa: ANN001
+    def cold(item: CatalogueItem) -> None:
         load_checkpoint(item, dtype=torch.float32, cache_dir=tmp / "cache")
 
-    def cycle(fn, before=None) -> list[float]:  # noqa: ANN001
+    def cycle(
+        fn: Callable[[CatalogueItem], object], before: Callable[[], object] | None = None
+    ) -> list[float]:
         out = []
         for _ in range(CYCLES):
             for item in items:
@@ -79,8 +83,8 @@ def main() -> None:
         "ram tier": cycle(lambda item: tier.pipeline(item, None)),
     }
 
-    def job(target: Engine):  # noqa: ANN202
-        def run(item) -> None:  # noqa: ANN001
+    def job(target: Engine) -> Callable[[CatalogueItem], None]:
+        def run(item: CatalogueItem) -> None:
             target.run(
                 {
                     "job_id": uuid.uuid4().hex,
@@ -102,6 +106,9 @@ def main() -> None:
                     "n_iter": 1,
                     "clip_skip": 1,
                     "denoising_strength": 0.75,
+                    "resize_mode": 0,
+                    "hires": None,
+                    "loras": [],
                 }
             )
 

@@ -44,6 +44,7 @@ def main() -> None:
         GENERATE_KWARG,
         JOB_EVENT_ACTOR,
         PLATFORM_QUEUE,
+        GenerationRequest,
     )
     from gpu_worker.samplers import build_scheduler, resolve_sampler
     from gpu_worker.service import WorkerService, register_actors, running_worker
@@ -55,7 +56,7 @@ def main() -> None:
     cache = ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30)
     engine = Engine(models_dir=tmp / "models", cache=cache, cache_dir=tmp / "cache")
 
-    def request() -> dict:
+    def request() -> GenerationRequest:
         return {
             "job_id": uuid.uuid4().hex,
             "attempt": 1,
@@ -76,6 +77,9 @@ def main() -> None:
             "n_iter": 1,
             "clip_skip": 1,
             "denoising_strength": 0.75,
+            "resize_mode": 0,
+            "hires": None,
+            "loras": [],
         }
 
     pipe = engine.pipeline(engine.resolve("checkpoint", "atelier-demo-v1"), None)

@@ -93,14 +93,10 @@ def main() -> None:
 
     real_hold = submission.hold_credits
     if not FULL:
-        submission._queued_event = lambda job, position: {  # noqa: SLF001
-            "type": "job.queued",
-            "job_id": str(job.pk),
-            "position": position,
-            "eta": 0.0,
-        }
+        # The queued event's snapshot, left out: it reads every queued job.
+        submission.publish_queue_position = lambda job: None
 
-    def no_hold(user, job) -> None:  # noqa: ANN001 - the seam's old no-op
+    def no_hold(user: User, job: Job) -> None:  # the seam's old no-op
         return None
 
     def finish_queued_jobs() -> None:

@@ -62,6 +62,7 @@ def child(policy: str, command: str, *args: str) -> None:
         import generation.scheduling.dispatcher as dispatcher
         from generation.scheduling.simulation import FifoScheduler
 
+        # The live run swaps the policy in place: a bench-only patch of the dispatcher's class.
         dispatcher.FairScheduler = FifoScheduler  # type: ignore[misc,assignment]
     from django.core.management import call_command
     from django.db import transaction
@@ -69,9 +70,9 @@ def child(policy: str, command: str, *args: str) -> None:
     from accounts import ledger
     from accounts.models import MembershipTier, User
     from accounts.tiers import set_tier
+    from generation.catalogue_sync import sync_catalogue
     from generation.models import CatalogEntry
     from generation.submission import submit_job
-    from generation.sweeper import sync_catalogue
     from gpu_worker.demo_model import write_demo_checkpoint
 
     if command == "setup":

@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django; websockets through Channels, authenticated and
-origin-checked."""
+origin-checked. In front of both: the real client address (config/client_address.py); in front
+of HTTP: the request-body limit (config/body_limit.py)."""
 
 import os
 
@@ -14,13 +15,17 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from config.body_limit import BodySizeLimit  # noqa: E402
+from config.client_address import ClientAddressFromProxy  # noqa: E402
 from config.websocket_urls import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-    }
+application = ClientAddressFromProxy(
+    ProtocolTypeRouter(
+        {
+            "http": BodySizeLimit(django_asgi_app),
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
 )

@@ -18,6 +18,8 @@ from config.env import (
     env_bool,
     env_int,
     env_list,
+    env_matching,
+    env_networks,
     env_str,
 )
 
@@ -68,6 +70,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A deadlock or lock timeout is 503 + Retry-After, never 500 (webhard).
+    "config.transient_errors.TransientDatabaseErrorMiddleware",
     # Last, as django-axes asks: it answers locked-out log-ins.
     "axes.middleware.AxesMiddleware",
 ]
@@ -134,8 +138,23 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_ENABLED = env_bool("AXES_ENABLED", True)
-# Behind a reverse proxy, the client address comes from X-Forwarded-For.
-AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
+# REMOTE_ADDR is already the real client address (see TRUSTED_PROXIES below).
+AXES_CLIENT_IP_CALLABLE = "config.client_address.remote_addr"
+
+# --- Request edges (webhard): client address behind proxies, body size -------------------------
+# Addresses or networks of the reverse proxies in front of daphne. Only from these is
+# X-Forwarded-For believed; REMOTE_ADDR is then the real client for everything (axes, throttles,
+# logs). Empty: every peer is the client (no proxy, or one that is not trusted).
+TRUSTED_PROXIES = env_networks("TRUSTED_PROXIES")
+# The largest request body accepted, checked before Django reads it (config/body_limit.py). The
+# default fits the largest advertised upload as base64 in JSON: a 20 MiB PNG for PNG Info is
+# 26.7 MiB of base64 (a 10 MiB init image is 13.3 MiB), plus the rest of the request. Set the
+# reverse proxy's limit (nginx client_max_body_size) to the same value.
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_MB", 30) * 2**20
+if MAX_REQUEST_BODY_BYTES <= 0:
+    raise ImproperEnvironment("MAX_REQUEST_BODY_MB must be a positive number of MiB")
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+# --- end of request edges ---------------------------------------------------------------------
 
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", _("English")), ("zh-hans", _("Simplified Chinese"))]
@@ -211,13 +230,20 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Atelier <noreply@localhost>"
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 
-REST_FRAMEWORK = {
+REST_FRAMEWORK: dict[str, object] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "accounts.authentication.BearerTokenAuthentication",
         "accounts.authentication.BasicTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON in and out, errors included, whoever asks: /api/docs/ is the page for browsers.
+    "DEFAULT_PARSER_CLASSES": [
+        "config.api_parsers.JSONObjectParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "config.api_errors.json_exception_handler",
 }
@@ -227,6 +253,96 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
 }
+
+# --- sign-up, e-mail verification, social log-in, rate limits (django-allauth, DRF) ----------
+# Sign-up, e-mail confirmation and social log-in are django-allauth's; log-in, log-out and
+# password reset stay Django's own views with django-axes. No credits are granted (welcome or
+# periodic) to a member without a verified address while verification is on.
+INSTALLED_APPS += ["allauth", "allauth.account", "allauth.socialaccount"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("axes.middleware.AxesMiddleware"),
+    "allauth.account.middleware.AccountMiddleware",
+)
+EMAIL_VERIFICATION = env_bool("EMAIL_VERIFICATION", default=not DEBUG)
+ACCOUNT_EMAIL_VERIFICATION = "mandatory" if EMAIL_VERIFICATION else "none"
+ACCOUNT_SIGNUP_FIELDS = ["username*", "email*", "password1*", "password2*"]
+ACCOUNT_LOGIN_METHODS = {"username"}
+ACCOUNT_PREVENT_ENUMERATION = True
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_CONFIRM_EMAIL_ON_GET = False
+ACCOUNT_ADAPTER = "accounts.signup.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "accounts.signup.SocialAccountAdapter"
+_ALLAUTH_RATE = r"\d+/\d*[smhd]/(ip|user|key)"
+ACCOUNT_RATE_LIMITS = {
+    # Per client address (REMOTE_ADDR: see ALLAUTH_TRUSTED_PROXY_COUNT below).
+    "signup": env_matching(
+        "SIGNUP_RATE_LIMIT",
+        "5/h/ip,20/d/ip",
+        rf"{_ALLAUTH_RATE}(,{_ALLAUTH_RATE})*",
+        "5/h/ip,20/d/ip",
+    ),
+    # Log-in failures are django-axes' job (AXES_* above); allauth's log-in view is not used.
+    "login_failed": None,
+}
+# Throttles key on REMOTE_ADDR, which the ASGI layer sets to the real client behind trusted
+# proxies; no forwarded header is parsed here.
+ALLAUTH_TRUSTED_PROXY_COUNT = 0
+# A sign-up is flagged for review when this many (or more) came from its address within a day,
+# or its e-mail domain is a known disposable one (built-in list plus this setting).
+SIGNUP_FLAG_SAME_ADDRESS = env_int("SIGNUP_FLAG_SAME_ADDRESS", 3)
+SIGNUP_DISPOSABLE_DOMAINS = env_list("SIGNUP_DISPOSABLE_DOMAINS", [])
+
+# Social log-in: a provider is offered only when both its client id and secret are set.
+_SOCIAL_SCOPES = {
+    "google": ["profile", "email"],
+    "github": ["user:email"],
+    "discord": ["identify", "email"],
+}
+SOCIALACCOUNT_PROVIDERS: dict[str, dict[str, object]] = {}
+for _provider, _scope in _SOCIAL_SCOPES.items():
+    _client_id = env_str(f"{_provider.upper()}_CLIENT_ID", "")
+    _client_secret = env_str(f"{_provider.upper()}_CLIENT_SECRET", "")
+    if _client_id and _client_secret:
+        INSTALLED_APPS.append(f"allauth.socialaccount.providers.{_provider}")
+        SOCIALACCOUNT_PROVIDERS[_provider] = {
+            "APP": {"client_id": _client_id, "secret": _client_secret},
+            "SCOPE": _scope,
+        }
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = False  # never attach a social log-in to an existing account
+SOCIALACCOUNT_LOGIN_ON_GET = False
+
+# Rate-limit state (sign-up, redeem, API) lives in Redis so every web process shares it; with
+# Redis unreachable, limits are not enforced rather than requests failing (config/cache.py).
+CACHES = {
+    "default": {
+        "BACKEND": "config.cache.FailOpenRedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "atelier",
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+}
+
+
+def _drf_rate(name: str, default: str) -> str:
+    return env_matching(name, default, r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", "10/hour")
+
+
+REST_FRAMEWORK.update(
+    {
+        "NUM_PROXIES": 0,
+        "DEFAULT_THROTTLE_CLASSES": [
+            "accounts.throttles.TierUserThrottle",
+            "accounts.throttles.AnonAddressThrottle",
+        ],
+        "DEFAULT_THROTTLE_RATES": {
+            # Members: their tier's requests per minute, this when the tier sets none.
+            "user": _drf_rate("API_THROTTLE_USER", "240/min"),
+            "anon": _drf_rate("API_THROTTLE_ANON", "60/min"),
+            "redeem_user": _drf_rate("REDEEM_THROTTLE_USER", "10/hour"),
+            "redeem_address": _drf_rate("REDEEM_THROTTLE_ADDRESS", "30/hour"),
+        },
+    }
+)
 
 LOGGING = {
     "version": 1,

@@ -1,20 +1,27 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from accounts import credit_views
 from config import views
+from generation import pricing_page
+
+# JSON on API paths, the usual pages elsewhere (config/api_errors.py).
+handler400 = "config.api_errors.bad_request"
+handler403 = "config.api_errors.permission_denied"
+handler404 = "config.api_errors.page_not_found"
+handler500 = "config.api_errors.server_error"
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("accounts.urls")),
-    path("pricing/", credit_views.pricing, name="pricing"),
+    path("pricing/", pricing_page.pricing, name="pricing"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
     path("gallery/", include("gallery.urls")),
     path("ops/", include("operations.urls")),
     path("api/v1/", include("generation.api_urls")),
+    re_path(r"^api/v1/(?P<rest>.*[^/])$", views.api_without_slash),
     path("sdapi/v1/", include("generation.a1111.urls")),
     path("", include("generation.image_urls")),
     path("", include("generation.urls")),

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -14,3 +16,14 @@ def healthz(request: HttpRequest) -> JsonResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return JsonResponse({"status": "ok"})
+
+
+@csrf_exempt  # the view it hands over to applies its own CSRF rules (DRF's, for the API)
+def api_without_slash(request: HttpRequest, rest: str) -> HttpResponse:
+    """`/api/v1/me` as `/api/v1/me/`: clients often drop the slash, and Django's answer, an empty
+    301, tells a script nothing (and a POST cannot follow it)."""
+    try:
+        match = resolve(request.path_info + "/")
+    except Resolver404:
+        raise Http404 from None
+    return match.func(request, *match.args, **match.kwargs)

@@ -25,7 +25,7 @@ class Sort(models.TextChoices):
     TOP_ALL = "top", _("Top of all time")
 
 
-WINDOWS = {Sort.TOP_DAY: timedelta(days=1), Sort.TOP_WEEK: timedelta(days=7)}
+WINDOWS: dict[str, timedelta] = {Sort.TOP_DAY: timedelta(days=1), Sort.TOP_WEEK: timedelta(days=7)}
 
 
 def feed(

@@ -100,6 +100,11 @@ class Publication(models.Model):
 
     objects = PublicationQuerySet.as_manager()
 
+    # Not columns: per-viewer facts that gallery views set on a page of cards for templates.
+    blurred: bool
+    liked: bool
+    open_report_list: list[Report]
+
     class Meta:
         ordering = ["-published_at"]
         verbose_name = _("publication")
@@ -119,7 +124,7 @@ class Publication(models.Model):
 
     @property
     def display_title(self) -> str:
-        return self.title or _("Untitled")
+        return self.title or str(_("Untitled"))
 
     def is_viewable_by(self, user: Any) -> bool:
         if _is_staff(user) or (user.is_authenticated and user.pk == self.owner_id):

@@ -13,12 +13,8 @@ from PIL import Image, UnidentifiedImageError
 
 from gallery.errors import GalleryError
 from gallery.remix import RemixPlan, remix_from_infotext
+from generation.image_limits import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, PNG_SIGNATURE
 from gpu_worker.infotext import parse_infotext, read_infotext
-
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-# Pillow's decompression-bomb guard (set in GalleryConfig.ready): larger images are refused.
-MAX_IMAGE_PIXELS = 8192 * 8192
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # How the page lists the parsed parameters: label and infotext key, in A1111's order.
 SHOWN_KEYS = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -54,3 +55,21 @@ def unpublish(user: Any, publication: Publication) -> Publication:
 
 def publication_of(image: JobImage) -> Publication | None:
     return Publication.objects.filter(pk=image.pk).first()
+
+
+def publication_state(image_id: Any, publication: Publication | None) -> dict[str, Any]:
+    """How an image is shared, as the pages' publish controls show it."""
+    published = bool(publication and publication.is_published)
+    return {
+        "image_id": str(image_id),
+        "published": published,
+        "visibility": publication.visibility if publication else Visibility.PRIVATE,
+        "visibility_label": str(Visibility(publication.visibility).label)
+        if publication
+        else str(Visibility.PRIVATE.label),
+        "title": publication.title if publication else "",
+        "description": publication.description if publication else "",
+        "mature": bool(publication and publication.mature),
+        "mature_locked": bool(publication and publication.mature_locked),
+        "gallery_url": reverse("gallery:image", args=[image_id]) if published else None,
+    }

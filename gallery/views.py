@@ -18,7 +18,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from accounts.suspension import SuspensionError, suspend_user
+from accounts.member_request import MemberRequest
+from accounts.suspension import SuspensionError
 from gallery import feed as feeds
 from gallery import moderation
 from gallery.errors import GalleryError, NotAllowed
@@ -34,9 +35,10 @@ from gallery.forms import (
 from gallery.likes import liked_ids, toggle_like
 from gallery.models import GalleryPreferences, Publication, Visibility
 from gallery.png_info import parameter_rows, read_png_info
-from gallery.publishing import publish_image, unpublish
+from gallery.publishing import publication_state, publish_image, unpublish
 from gallery.remix import remix_published_image
 from generation.models import JobImage
+from generation.suspension import suspend_user
 from gpu_worker.infotext import parse_infotext
 
 
@@ -148,13 +150,13 @@ def image_file(request: HttpRequest, pk: Any, kind: str) -> FileResponse:
         raise Http404
     job_image = publication.image
     stored = job_image.thumbnail if kind == "thumbnail" and job_image.thumbnail else job_image.file
-    if not stored:
+    if not stored.name:
         raise Http404
     download = kind == "download"
     response = FileResponse(
         stored.open("rb"),
         as_attachment=download,
-        filename=f"atelier-{job_image.seed}.png" if download else None,
+        filename=f"atelier-{job_image.seed}.png" if download else "",
         content_type="image/webp" if stored.name.endswith(".webp") else "image/png",
     )
     # Visibility can change (unpublish, hide): shared caches must not keep a copy.
@@ -196,12 +198,26 @@ def report(request: HttpRequest, pk: Any) -> HttpResponse:
     return redirect("gallery:image", pk=pk)
 
 
+def _back_to(request: HttpRequest, default: str) -> str:
+    """Where a form sent from another page returns: its own `next`, if it is on this site."""
+    wanted = request.POST.get("next") or request.GET.get("next") or ""
+    if url_has_allowed_host_and_scheme(wanted, {request.get_host()}, request.is_secure()):
+        return wanted
+    return default
+
+
 @login_required
 def publish(request: HttpRequest, image_id: Any) -> HttpResponse:
+    """The publish form: a page of its own, or (JSON) the in-page dialog's read and save."""
     job_image = get_object_or_404(JobImage.objects.select_related("job"), pk=image_id)
     if job_image.owner_id != request.user.pk:
-        return _refused(request, NotAllowed(_("You can only publish your own images.")))
+        error = NotAllowed(_("You can only publish your own images."))
+        if _wants_json(request):
+            return JsonResponse({"detail": error.message}, status=error.status)
+        return _refused(request, error)
     existing = Publication.objects.filter(pk=job_image.pk).first()
+    if request.method == "GET" and _wants_json(request):
+        return JsonResponse(publication_state(job_image.pk, existing))
     initial = None if existing else {"visibility": Visibility.PUBLIC}
     form = PublishForm(request.POST or None, instance=existing, initial=initial)
     if request.method == "POST" and form.is_valid():
@@ -209,11 +225,16 @@ def publish(request: HttpRequest, image_id: Any) -> HttpResponse:
             publication = publish_image(request.user, job_image, **form.cleaned_data)
         except GalleryError as error:
             return _refused(request, error)
+        if _wants_json(request):
+            return JsonResponse(publication_state(job_image.pk, publication))
         if publication.is_published:
             messages.success(request, _("Published."))
         else:
             messages.info(request, _("Saved as private: only you can see it."))
-        return redirect("gallery:image", pk=publication.pk)
+        return redirect(_back_to(request, reverse("gallery:image", args=[publication.pk])))
+    if request.method == "POST" and _wants_json(request):
+        errors = {name: [str(e) for e in errs] for name, errs in form.errors.items()}
+        return JsonResponse({"errors": errors}, status=400)
     return render(
         request,
         "gallery/publish.html",
@@ -221,6 +242,7 @@ def publish(request: HttpRequest, image_id: Any) -> HttpResponse:
             "form": form,
             "job_image": job_image,
             "publication": existing,
+            "next": _back_to(request, ""),
         },
     )
 
@@ -233,12 +255,14 @@ def unpublish_view(request: HttpRequest, pk: Any) -> HttpResponse:
         unpublish(request.user, publication)
     except GalleryError as error:
         return _refused(request, error)
+    if _wants_json(request):
+        return JsonResponse(publication_state(pk, publication))
     messages.info(request, _("Unpublished: only you can see this image now."))
-    return redirect("gallery:image", pk=pk)
+    return redirect(_back_to(request, reverse("gallery:image", args=[pk])))
 
 
 @login_required
-def preferences(request: HttpRequest) -> HttpResponse:
+def preferences(request: MemberRequest) -> HttpResponse:
     instance, _created = GalleryPreferences.objects.get_or_create(user=request.user)
     form = PreferencesForm(request.POST or None, instance=instance)
     if request.method == "POST" and form.is_valid():

@@ -10,10 +10,15 @@ from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
+from accounts.models import MembershipTier
 from generation.catalogue_admin import CatalogEntryAdmin
 from generation.models import CatalogEntry, Job, JobImage, PromptStyle, UserGenerationSettings
+from generation.stuck_jobs import redispatch_stuck_job
+from generation.submission import SubmissionError, cancel_job
+from generation.tier_admin import MembershipTierAdmin
 
 admin.site.register(CatalogEntry, CatalogEntryAdmin)
+admin.site.register(MembershipTier, MembershipTierAdmin)
 
 
 @admin.register(PromptStyle)
@@ -125,7 +130,7 @@ class JobAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        (gettext_lazy("Parameters"), {"fields": ("parameters", "init_image")}),
+        (gettext_lazy("Parameters"), {"fields": ("parameters", "init_image", "mask_image")}),
         (gettext_lazy("Timings"), {"fields": ("hops",)}),
     )
     # State changes go through the model's transitions, never a form.
@@ -181,8 +186,6 @@ class JobAdmin(admin.ModelAdmin):
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
         # The same service as the owner's Stop button: a queued job ends at once and its hold
         # is released; a running one is interrupted at its next step.
-        from generation.submission import SubmissionError, cancel_job
-
         cancelled = 0
         for job in queryset.filter(status__in=Job.UNFINISHED):
             try:
@@ -196,8 +199,6 @@ class JobAdmin(admin.ModelAdmin):
         description=gettext_lazy("Re-dispatch selected stuck jobs"), permissions=["change"]
     )
     def redispatch_jobs(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from generation.stuck_jobs import redispatch_stuck_job
-
         for job in queryset.select_related("owner", "checkpoint"):
             outcome = redispatch_stuck_job(job)
             self.message_user(

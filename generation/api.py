@@ -7,24 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, cast
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.ledger import account_for
+from accounts.member_request import MemberApiRequest
 from accounts.tiers import effective_tier
+from generation.error_text import readable_error
 from generation.images import delete_image
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
-from generation.queue import measured_speed
+from generation.scheduling.estimates import measured_speed
 from generation.serializers import (
     CatalogEntrySerializer,
     DefaultModelSerializer,
@@ -51,26 +52,31 @@ ERRORS = {code: ErrorSerializer for code in (400, 402, 403, 404, 409, 422, 429, 
 
 
 def error_response(exc: SubmissionError) -> Response:
-    response = Response(exc.as_dict(), status=exc.status)
+    # "message" is the same error for people: the field's label, in the request's language.
+    body = {**exc.as_dict(), "message": readable_error(exc.field, exc.message)}
+    response = Response(body, status=exc.status)
     if exc.status in (429, 503):  # too many jobs, or the queue is unreachable: come back soon
         response["Retry-After"] = "10"
     return response
 
 
 def request_params(request: Request) -> dict[str, Any]:
-    """JSON bodies as they are; form posts flattened, with `hires` as JSON text and
-    `init_image` as an uploaded file. Checked by the request serializer (types and the
+    """JSON bodies as they are; form posts flattened, with `hires` and `inpaint` as JSON text
+    and `init_image` and `mask` as uploaded files. Checked by the request serializer (types and the
     caller's bounds) before the service sees them."""
-    data = request.data
-    if isinstance(data, dict) and not hasattr(data, "getlist"):
+    # Always a dict: JSONObjectParser (config/api_parsers.py) lets only JSON objects through and
+    # form posts parse to a QueryDict.
+    data = cast("dict[str, Any]", request.data)
+    if not hasattr(data, "getlist"):
         params: dict[str, Any] = data
     else:
         params = {key: data.get(key) for key in data}
-        if isinstance(params.get("hires"), str):
-            try:
-                params["hires"] = json.loads(params["hires"]) if params["hires"] else None
-            except ValueError:
-                raise SubmissionError("hires", "hires must be a JSON object") from None
+        for nested in ("hires", "inpaint"):
+            if isinstance(params.get(nested), str):
+                try:
+                    params[nested] = json.loads(params[nested]) if params[nested] else None
+                except ValueError:
+                    raise SubmissionError(nested, f"{nested} must be a JSON object") from None
     check_job_request(params, limits_for(request.user))
     return params
 
@@ -82,8 +88,6 @@ class JobPagination(PageNumberPagination):
 
 
 class JobListCreateView(APIView):
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
-
     @extend_schema(
         operation_id="jobs_list",
         responses=JobSerializer(many=True),
@@ -159,8 +163,6 @@ class JobCancelView(APIView):
 
 
 class JobQuoteView(APIView):
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
-
     @extend_schema(
         operation_id="jobs_quote",
         request=JobRequestSerializer,
@@ -222,7 +224,7 @@ class SamplerListView(APIView):
 
 class MeView(APIView):
     @extend_schema(responses=MeSerializer)
-    def get(self, request: Request) -> Response:
+    def get(self, request: MemberApiRequest) -> Response:
         user = request.user
         row = UserGenerationSettings.objects.filter(user=user).first()
         model = default_checkpoint(user)
@@ -265,6 +267,7 @@ class DefaultModelView(APIView):
 class ImageListView(ListAPIView):
     serializer_class = ImageSerializer
     pagination_class = JobPagination
+    request: MemberApiRequest  # IsAuthenticated (the default) lets no anonymous caller in
 
     @extend_schema(parameters=[OpenApiParameter("model", str, description="checkpoint name")])
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

@@ -1,16 +1,23 @@
 """The platform's Dramatiq broker on REDIS_URL, built on first use (never at import).
 
 Web processes use it to enqueue generation requests for GPU workers; the platform worker
-(`manage.py run_platform_worker`) consumes PLATFORM_QUEUE from it.
+(`manage.py run_platform_worker`) consumes PLATFORM_QUEUE from it, after declaring the event actor
+on it (`generation.worker_events.register_platform_actors`): this module knows nothing of the
+domain and registers no actor.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import redis
+from django.conf import settings
+from django.db import close_old_connections, connections
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
+from dramatiq.worker import WorkerThread
 
 _lock = threading.Lock()
 _broker: RedisBroker | None = None
@@ -20,27 +27,26 @@ _redis: redis.Redis | None = None
 class DjangoConnections(Middleware):
     """Close stale database connections around each message, as Django does per request."""
 
-    def before_process_message(self, broker, message):  # type: ignore[no-untyped-def]
-        from django.db import close_old_connections
-
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         close_old_connections()
 
-    def after_process_message(self, broker, message, *, result=None, exception=None):  # type: ignore[no-untyped-def]
-        from django.db import close_old_connections
-
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
         close_old_connections()
 
     after_skip_message = after_process_message
 
-    def before_worker_thread_shutdown(self, broker, thread):  # type: ignore[no-untyped-def]
-        from django.db import connections
-
+    def before_worker_thread_shutdown(self, broker: Broker, thread: WorkerThread) -> None:
         connections.close_all()
 
 
 def redis_url() -> str:
-    from django.conf import settings
-
     return settings.REDIS_URL
 
 
@@ -66,9 +72,6 @@ def get_broker() -> RedisBroker:
                 health_check_interval=30,
             )
             broker.add_middleware(DjangoConnections())
-            from generation.worker_events import register_platform_actors
-
-            register_platform_actors(broker)
             _broker = broker
         return _broker
 

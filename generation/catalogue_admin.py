@@ -8,7 +8,7 @@ what the workers' heartbeats and the local models folder hold, the rest marked u
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 from django import forms
@@ -23,6 +23,8 @@ from django.utils.translation import gettext_lazy
 
 from accounts.models import MembershipTier
 from accounts.tiers import set_model_tiers, tiers_allowing
+from generation.broker import get_redis
+from generation.catalogue_sync import sync_catalogue
 from generation.models import CatalogEntry
 from gpu_worker.samplers import SAMPLERS, SCHEDULES
 
@@ -107,10 +109,10 @@ class CatalogEntryForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         blank = [("", _("(platform default)"))]
-        self.fields["default_sampler"].choices = blank + [  # type: ignore[attr-defined]
+        cast(forms.ChoiceField, self.fields["default_sampler"]).choices = blank + [
             (s.name, s.name) for s in SAMPLERS if s.scheduler_class
         ]
-        self.fields["default_scheduler"].choices = blank + [  # type: ignore[attr-defined]
+        cast(forms.ChoiceField, self.fields["default_scheduler"]).choices = blank + [
             (s.label, s.label) for s in SCHEDULES
         ]
         params = self.instance.default_params or {}
@@ -120,6 +122,13 @@ class CatalogEntryForm(forms.ModelForm):
         self.fields["tiers"].help_text = _(
             "Checkpoints only. Tiers allowing every model may always use it: %(tiers)s."
         ) % {"tiers": ", ".join(everyone) or "–"}
+        if not self.fields["tiers"].queryset.exists():  # type: ignore[attr-defined]
+            # An empty list of checkboxes renders as nothing at all: say why instead.
+            self.fields["tiers"].disabled = True
+            self.fields["tiers"].help_text = _(
+                "Every tier allows every model (%(tiers)s), so there is nothing to choose. "
+                "To restrict a tier, untick “all models allowed” on it under Membership tiers."
+            ) % {"tiers": ", ".join(everyone) or "–"}
         if self.instance.pk:
             self.initial.setdefault(
                 "tiers",
@@ -248,9 +257,6 @@ class CatalogEntryAdmin(admin.ModelAdmin):
             raise PermissionDenied
         if request.method != "POST":
             return redirect("admin:generation_catalogentry_changelist")
-        from generation.broker import get_redis
-        from generation.sweeper import sync_catalogue
-
         try:
             get_redis().ping()
         except (redis.RedisError, OSError):
@@ -275,7 +281,7 @@ class CatalogEntryAdmin(admin.ModelAdmin):
 
     def preview_view(self, request: HttpRequest, pk: int) -> FileResponse:
         entry = get_object_or_404(CatalogEntry, pk=pk)
-        if not self.has_view_or_change_permission(request, entry) or not entry.preview:
+        if not self.has_view_or_change_permission(request, entry) or not entry.preview.name:
             raise Http404
         try:
             handle = entry.preview.storage.open(entry.preview.name, "rb")

@@ -8,14 +8,14 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from generation.events import EVENT_TYPES, JobEvent, user_group
+from generation.lifecycle import queued_event
+from generation.models import Job
+from generation.queue import queue_snapshot
+from generation.scheduling.estimates import running_eta
 
 
 def unfinished_job_events(user: Any) -> list[JobEvent]:
     """The state of `user`'s unfinished jobs from the database, oldest first, as events."""
-    from generation.lifecycle import queued_event
-    from generation.models import Job
-    from generation.queue import queue_snapshot, running_eta
-
     jobs = list(Job.objects.owned_by(user).unfinished().order_by("created_at"))
     if not jobs:
         return []

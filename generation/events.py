@@ -26,6 +26,9 @@ def user_group(user_id: int | str) -> str:
     return f"jobs.user.{user_id}"
 
 
+EtaSource = Literal["history", "default"]  # measured speed, or the default guess
+
+
 class ImagePayload(TypedDict):
     id: str
     url: str
@@ -41,7 +44,7 @@ class JobQueuedEvent(TypedDict):
     job_id: str
     position: int  # 1 = next to start
     eta: float  # seconds until the job should be finished
-    eta_source: Literal["history", "default"]
+    eta_source: EtaSource
 
 
 class JobStartedEvent(TypedDict):

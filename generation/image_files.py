@@ -5,20 +5,23 @@ The media folder itself is never served publicly in production: these views are 
 
 from __future__ import annotations
 
+import mimetypes
+
 from django.contrib.auth.decorators import login_required
+from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
-from generation.models import JobImage
+from generation.models import CatalogEntry, Job, JobImage
 
 
 def _image(request: HttpRequest, pk: object) -> JobImage:
     return get_object_or_404(JobImage.objects.visible_to(request.user), pk=pk)
 
 
-def _stream(field, filename: str, content_type: str) -> FileResponse:  # type: ignore[no-untyped-def]
-    if not field:
+def _stream(field: FieldFile, filename: str, content_type: str) -> FileResponse:
+    if not field.name:
         raise Http404
     try:
         handle = field.storage.open(field.name, "rb")
@@ -52,5 +55,39 @@ def image_thumbnail(request: HttpRequest, pk: object) -> FileResponse:
         f"thumb-{image.pk}.webp",
         "image/webp" if image.thumbnail else "image/png",
     )
+    response["Content-Disposition"] = "inline"
+    return response
+
+
+@require_GET
+@login_required
+def catalogue_preview(request: HttpRequest, pk: int) -> FileResponse:
+    """A model's or LoRA's preview image, for members whose tier shows them the entry."""
+    entry = get_object_or_404(CatalogEntry.objects.visible_to(request.user), pk=pk)
+    content_type = mimetypes.guess_type(entry.preview.name or "")[0] or "application/octet-stream"
+    response = _stream(entry.preview, f"preview-{entry.pk}", content_type)
+    response["Content-Disposition"] = "inline"
+    return response
+
+
+def _own_job(request: HttpRequest, pk: object) -> Job:
+    jobs = Job.objects.all() if request.user.is_staff else Job.objects.owned_by(request.user)
+    return get_object_or_404(jobs, pk=pk)
+
+
+@require_GET
+@login_required
+def job_source(request: HttpRequest, pk: object) -> FileResponse:
+    """An img2img job's source image, for its owner (remix, the image page)."""
+    response = _stream(_own_job(request, pk).init_image, "source.png", "image/png")
+    response["Content-Disposition"] = "inline"
+    return response
+
+
+@require_GET
+@login_required
+def job_mask(request: HttpRequest, pk: object) -> FileResponse:
+    """An inpaint job's mask (white = repainted), for its owner."""
+    response = _stream(_own_job(request, pk).mask_image, "mask.png", "image/png")
     response["Content-Disposition"] = "inline"
     return response

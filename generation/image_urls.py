@@ -7,4 +7,7 @@ from generation import image_files
 urlpatterns = [
     path("images/<uuid:pk>/file", image_files.image_file, name="generation-image-file"),
     path("images/<uuid:pk>/thumb", image_files.image_thumbnail, name="generation-image-thumb"),
+    path("catalogue/<int:pk>/preview", image_files.catalogue_preview, name="catalogue-preview"),
+    path("jobs/<uuid:pk>/source", image_files.job_source, name="generation-job-source"),
+    path("jobs/<uuid:pk>/mask", image_files.job_mask, name="generation-job-mask"),
 ]

@@ -19,6 +19,7 @@ from PIL import Image
 
 from generation.credits_hold import capture_hold, release_hold
 from generation.events import (
+    EtaSource,
     ImagePayload,
     JobCancelledEvent,
     JobFailedEvent,
@@ -29,6 +30,8 @@ from generation.events import (
     send_to_user,
 )
 from generation.models import Job, JobImage
+from generation.queue import queue_snapshot
+from generation.scheduling.estimates import running_eta
 from gpu_worker.protocol import ResultImage
 
 logger = logging.getLogger(__name__)
@@ -48,8 +51,6 @@ def image_payload(image: JobImage) -> ImagePayload:
 
 
 def start_job(job: Job, worker_id: str, attempt: int) -> bool:
-    from generation.queue import running_eta
-
     with transaction.atomic():
         if not job.mark_running(worker_id, attempt):
             return False
@@ -153,16 +154,14 @@ def finish_cancelled_job(job: Job, attempt: int | None, steps_done: int | None =
     return True
 
 
-def queued_event(job: Job, position: int, eta: float, source: str) -> JobQueuedEvent:
+def queued_event(job: Job, position: int, eta: float, source: EtaSource) -> JobQueuedEvent:
     return JobQueuedEvent(
         type="job.queued", job_id=str(job.pk), position=position, eta=eta, eta_source=source
-    )  # type: ignore[typeddict-item]
+    )
 
 
 def publish_queue_positions() -> None:
     """Tell the owners of queued jobs their new place after the queue moved."""
-    from generation.queue import queue_snapshot
-
     snapshot = queue_snapshot()
     owners = {
         str(pk): owner_id

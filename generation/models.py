@@ -8,6 +8,7 @@ loses the race and changes nothing.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +35,10 @@ def thumbnail_upload_to(instance: Any, filename: str) -> str:
 
 def init_image_upload_to(instance: Any, filename: str) -> str:
     return _random_name("init", "png")
+
+
+def mask_image_upload_to(instance: Any, filename: str) -> str:
+    return _random_name("masks", "png")
 
 
 PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -179,6 +184,11 @@ class Job(models.Model):
     params = models.JSONField(help_text=_("Validated parameters; the seed is already resolved"))
     checkpoint = models.ForeignKey(CatalogEntry, on_delete=models.PROTECT, related_name="jobs")
     init_image = models.ImageField(upload_to=init_image_upload_to, blank=True)
+    mask_image = models.ImageField(
+        upload_to=mask_image_upload_to,
+        blank=True,
+        help_text=_("Inpaint mask at the source's size, white = repaint"),
+    )
     price = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
     total_steps = models.PositiveIntegerField(default=0, help_text=_("Sampling steps, all images"))
     # Moves on at each hand-out to a worker and at each return to the queue, so every message
@@ -226,6 +236,18 @@ class Job(models.Model):
     @property
     def image_count(self) -> int:
         return int(self.params.get("batch_size", 1)) * int(self.params.get("n_iter", 1))
+
+    @property
+    def queue_wait(self) -> timedelta | None:
+        """From submission until a worker started it (None while it waits or if it never ran)."""
+        return self.started_at - self.created_at if self.started_at else None
+
+    @property
+    def run_time(self) -> timedelta | None:
+        """From start to finish on the worker."""
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
 
     @property
     def hand_outs(self) -> int:

@@ -10,13 +10,22 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams
-from gpu_worker.passes import first_pass_steps, hires_pass_steps, hires_size, progress_steps
+from gpu_worker.passes import (
+    denoised_size,
+    first_pass_steps,
+    hires_pass_steps,
+    hires_size,
+    progress_steps,
+)
 
 UNIT_WORK = 512 * 512 * 20
 CENT = Decimal("0.01")
 
+# A job's params, or only some of them (the rest at their defaults).
+SomeParams = GenerationParams | dict[str, Any]
 
-def _filled(params: GenerationParams | dict[str, Any]) -> GenerationParams:
+
+def _filled(params: SomeParams) -> GenerationParams:
     """Missing fields at their defaults: the pricing page prices partial examples, and the
     speed model reads rows from before every field was kept."""
     full: dict[str, Any] = {"mode": "txt2img", **DEFAULTS, **params}
@@ -33,24 +42,25 @@ def final_size(params: GenerationParams) -> tuple[int, int]:
     return params["width"], params["height"]
 
 
-def work_units(params: GenerationParams) -> int:
+def work_units(params: SomeParams) -> int:
     """Pixel-steps of the whole job, all images."""
     params = _filled(params)
     images = int(params["batch_size"]) * int(params["n_iter"])
-    per_image = params["width"] * params["height"] * first_pass_steps(params)
+    width, height = denoised_size(params)  # inpainting: the canvas or crop actually denoised
+    per_image = width * height * first_pass_steps(params)
     if hires_steps := hires_pass_steps(params):
         width, height = final_size(params)
         per_image += width * height * hires_steps
     return per_image * images
 
 
-def total_steps(params: GenerationParams) -> int:
+def total_steps(params: SomeParams) -> int:
     """Sampling steps the engine reports progress over (first and hires pass, every batch):
     `Job.total_steps`."""
     return progress_steps(_filled(params))
 
 
-def price_job(params: GenerationParams, checkpoint: Any) -> Decimal:
+def price_job(params: SomeParams, checkpoint: Any) -> Decimal:
     multiplier = Decimal(str(getattr(checkpoint, "cost_multiplier", 1)))
     raw = Decimal(work_units(params)) / Decimal(UNIT_WORK) * multiplier
     return raw.quantize(CENT, rounding=ROUND_CEILING)

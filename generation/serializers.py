@@ -13,17 +13,21 @@ from rest_framework import serializers
 from generation.lifecycle import image_payload
 from generation.limits import DEFAULT_LIMITS, GenerationLimits
 from generation.models import CatalogEntry, Job, JobImage
-from generation.queue import QueueSnapshot, queue_snapshot, running_eta
+from generation.queue import QueueSnapshot, queue_snapshot
+from generation.scheduling.estimates import running_eta
 from generation.submission import (
     HIRES_SCALE,
     MAX_CLIP_SKIP,
+    MAX_MASK_BLUR,
+    MAX_MASK_PADDING,
     MAX_SEED,
     MAX_SEED_RESIZE,
     MIN_SIDE,
+    NOISE_MULTIPLIER,
     RESIZE_MODES,
     SubmissionError,
 )
-from gpu_worker.params import HIRES_DEFAULTS
+from gpu_worker.params import HIRES_DEFAULTS, INPAINT_FILLS, OUTPAINT_SIDES
 from gpu_worker.passes import UPSCALERS
 
 
@@ -92,10 +96,12 @@ class JobSerializer(serializers.ModelSerializer):
             "images",
         ]
 
+    _queue: QueueSnapshot | None = None  # read once per response (a list shares its child)
+
     def _snapshot(self) -> QueueSnapshot:
-        if "queue" not in self.context:
-            self.context["queue"] = queue_snapshot()
-        return self.context["queue"]
+        if self._queue is None:
+            self._queue = queue_snapshot()
+        return self._queue
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_position(self, job: Job) -> int | None:
@@ -184,6 +190,40 @@ class HiresRequestSerializer(serializers.Serializer):
         }
 
 
+class InpaintRequestSerializer(serializers.Serializer):
+    """gpu_worker.params.InpaintParams with A1111's names; a field left out takes its default
+    (A1111's web UI defaults: blur 4, masked content original, whole picture, padding 32)."""
+
+    def __init__(self, *args: Any, limits: GenerationLimits = DEFAULT_LIMITS, **kwargs: Any):
+        self.limits = limits
+        super().__init__(*args, **kwargs)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        flag: dict[str, Any] = {"required": False, "allow_null": True}
+        side = "outpainting: pixels added on this side, a multiple of 8 (the new area is masked)"
+        return {
+            "mask_blur": _int(0, MAX_MASK_BLUR, "sets mask_blur_x and mask_blur_y together"),
+            "mask_blur_x": _int(0, MAX_MASK_BLUR, "Gaussian blur of the mask edge, pixels"),
+            "mask_blur_y": _int(0, MAX_MASK_BLUR),
+            "inpainting_fill": _int(
+                0,
+                len(INPAINT_FILLS) - 1,
+                "masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing",
+            ),
+            "inpaint_full_res": serializers.BooleanField(
+                **flag,
+                help_text="only masked: the mask's box plus padding is denoised at "
+                "width x height and pasted back; the image keeps the source's size",
+            ),
+            "inpaint_full_res_padding": _int(0, MAX_MASK_PADDING, "pixels, only masked"),
+            "inpainting_mask_invert": serializers.BooleanField(
+                **flag, help_text="repaint the black part instead"
+            ),
+            "initial_noise_multiplier": _float(*NOISE_MULTIPLIER, "scales the starting noise"),
+            **{name: _int(0, self.limits.max_side, side) for name in OUTPAINT_SIDES},
+        }
+
+
 class JobRequestSerializer(serializers.Serializer):
     """A job request: the fields of gpu_worker.params.GenerationParams (less the derived ones)
     plus the img2img source image, with the caller's tier's bounds (the schema shows the
@@ -195,7 +235,7 @@ class JobRequestSerializer(serializers.Serializer):
 
     def get_fields(self) -> dict[str, serializers.Field]:
         lim = self.limits
-        text = {"required": False, "allow_null": True, "allow_blank": True}
+        text: dict[str, Any] = {"required": False, "allow_null": True, "allow_blank": True}
         return {
             "mode": serializers.ChoiceField(
                 choices=Job.Mode.choices,
@@ -225,7 +265,9 @@ class JobRequestSerializer(serializers.Serializer):
             "clip_skip": _int(1, MAX_CLIP_SKIP),
             "denoising_strength": _float(0.0, 1.0, "img2img strength, above 0"),
             "resize_mode": _int(
-                *RESIZE_MODES, "img2img: 0 just resize, 1 crop and resize, 2 resize and fill"
+                *RESIZE_MODES,
+                "img2img: 0 just resize, 1 crop and resize, 2 resize and fill, "
+                "3 latent upscale (resizes like 0)",
             ),
             "hires": HiresRequestSerializer(
                 limits=lim,
@@ -254,6 +296,19 @@ class JobRequestSerializer(serializers.Serializer):
                 allow_null=True,
                 help_text="img2img source: base64 (data URI allowed) or a file upload",
             ),
+            "inpaint": InpaintRequestSerializer(
+                limits=lim,
+                required=False,
+                allow_null=True,
+                help_text="img2img inpainting / outpainting options; on with a mask or "
+                "outpaint sides. The outpainted canvas counts against max_side and max_pixels",
+            ),
+            "mask": InitImageField(
+                required=False,
+                allow_null=True,
+                help_text="inpaint mask: white (or painted alpha) is repainted; base64 or a file "
+                "upload; stretched to the source's size",
+            ),
         }
 
 
@@ -267,7 +322,7 @@ def check_job_request(data: Any, limits: GenerationLimits) -> None:
     field: Any = serializer.fields[name]
     if isinstance(problems, dict) and not hasattr(field, "fields"):  # a list's item: styles
         problems = next(iter(problems.values()))
-    if isinstance(problems, dict):  # the nested hires object
+    if isinstance(problems, dict):  # a nested object (hires, inpaint)
         inner, problems = next(iter(problems.items()))
         if inner in field.fields:  # else not an object at all: the error is hires's own
             field, name = field.fields[inner], f"{name}.{inner}"
@@ -300,7 +355,8 @@ class QuoteSerializer(serializers.Serializer):
 
 class CatalogEntrySerializer(serializers.ModelSerializer):
     title = serializers.CharField(read_only=True)
-    label = serializers.CharField(read_only=True)
+    # A declared field, not Field.label: DRF's metaclass moves it into _declared_fields.
+    label = serializers.CharField(read_only=True)  # type: ignore[assignment]
 
     class Meta:
         model = CatalogEntry
@@ -332,7 +388,7 @@ class SamplerSerializer(serializers.Serializer):
 
 class SchedulerSerializer(serializers.Serializer):
     name = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a declared field, as above
 
 
 class SamplerListSerializer(serializers.Serializer):

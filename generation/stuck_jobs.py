@@ -1,8 +1,9 @@
 """Re-sending a stuck job by hand (the admin's "re-dispatch").
 
 A queued job is taken back from the worker it was handed to (if any) and offered to the next
-scheduling pass (`dispatch_job`; an older message still in Redis then loses on its attempt
-number). A running one is never touched here: the sweeper takes back the jobs of dead workers.
+scheduling pass (`generation.scheduling.dispatcher.dispatch_job`; an older message still in Redis
+then loses on its attempt number). A running one is never touched here: the sweeper takes back the
+jobs of dead workers.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import redis
 from django.utils.translation import gettext as _
 
 from generation.broker import get_redis
-from generation.dispatch import dispatch_job
+from generation.fleet import is_present
 from generation.models import Job
-from gpu_worker.protocol import HEARTBEAT_KEY
+from generation.scheduling.dispatcher import dispatch_job
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,7 @@ def redispatch_stuck_job(job: Job) -> Redispatch:
         return Redispatch(False, _("not sent again: it started or finished meanwhile."))
     if job.status == Job.Status.RUNNING:
         try:
-            alive = bool(job.worker_id) and bool(
-                get_redis().exists(HEARTBEAT_KEY.format(worker_id=job.worker_id))
-            )
+            alive = is_present(get_redis(), job.worker_id)
         except (redis.RedisError, OSError):
             return Redispatch(False, _("Redis is unreachable: cannot tell if its worker lives."))
         if alive:

@@ -19,33 +19,43 @@ import logging
 import secrets
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import redis
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.utils.translation import gettext
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from generation.broker import get_redis
 from generation.credits_hold import InsufficientCredits, hold_credits
-from generation.dispatch import dispatch_on_commit
 from generation.events import send_to_user
 from generation.lifecycle import cancel_queued_job, queued_event
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, UserGenerationSettings
 from generation.pricing import final_size, price_job, total_steps
+from generation.queue import queue_info
+from generation.scheduling.dispatcher import dispatch_on_commit
 from generation.styles import StyleError, apply_styles
+from gpu_worker.masking import mask_is_empty, outpaint_sides, prepare_mask
 from gpu_worker.params import (
     DEFAULTS,
     DERIVED_FIELDS,
     HIRES_DEFAULTS,
     HIRES_FIELDS,
+    INPAINT_DEFAULTS,
+    INPAINT_FIELDS,
+    INPAINT_FILLS,
+    OUTPAINT_SIDES,
     REQUEST_FIELDS,
+    GenerationMode,
     GenerationParams,
     HiresParams,
+    InpaintParams,
 )
-from gpu_worker.passes import UPSCALERS, steps_problem
+from gpu_worker.passes import UPSCALERS, denoised_size, steps_problem
 from gpu_worker.prompt_syntax import PromptSyntaxError, check_prompt
 from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS
 from gpu_worker.samplers import UnknownSampler, resolve_sampler
@@ -59,6 +69,9 @@ MAX_SEED_RESIZE = 4096  # seed_resize_from_w/h: the size the noise was first mad
 RESIZE_MODES = (0, 3)  # img2img resize_mode bounds (A1111's 0-3; 3 resizes like 0 here)
 HIRES_SCALE = (1.0, 4.0)
 ACCEPTED_INIT_FORMATS = {"PNG", "JPEG", "WEBP"}
+MAX_MASK_BLUR = 64  # A1111's slider goes to 64
+MAX_MASK_PADDING = 256  # A1111's "only masked" padding slider goes to 256
+NOISE_MULTIPLIER = (0.0, 2.0)
 
 
 class SubmissionError(Exception):
@@ -81,6 +94,7 @@ class ValidatedJob:
     init_png: bytes | None
     price: Any
     total_steps: int
+    mask_png: bytes | None = None
 
 
 # --- field checks ----------------------------------------------------------------------------
@@ -187,61 +201,69 @@ def default_checkpoint(user: Any) -> CatalogEntry | None:
     return usable.order_by("is_demo", "name").first()
 
 
-def _init_image(raw: Any, limits: GenerationLimits) -> bytes:
-    """Bytes, base64 text (data URI allowed) or an uploaded file -> a clean re-encoded PNG."""
+def _uploaded_image(raw: Any, limits: GenerationLimits, field: str) -> Image.Image:
+    """Bytes, base64 text (data URI allowed) or an uploaded file -> a decoded image, within the
+    upload byte and pixel caps (the source image and the inpaint mask alike)."""
     if hasattr(raw, "read"):
         if getattr(raw, "size", 0) and raw.size > limits.max_init_image_bytes:
-            raise _too_big(limits)
+            raise _too_big(limits, field)
         data = raw.read(limits.max_init_image_bytes + 1)
     elif isinstance(raw, bytes):
         data = raw
     elif isinstance(raw, str):
         text = raw.split(",", 1)[1] if raw.startswith("data:") else raw
         if len(text) * 3 // 4 > limits.max_init_image_bytes + 3:
-            raise _too_big(limits)
+            raise _too_big(limits, field)
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise SubmissionError("init_image", "init_image is not valid base64") from None
+            raise SubmissionError(field, f"{field} is not valid base64", 422) from None
     else:
-        raise SubmissionError("init_image", "init_image must be an image file or base64 text")
+        raise SubmissionError(field, f"{field} must be an image file or base64 text")
     if len(data) > limits.max_init_image_bytes:
-        raise _too_big(limits)
+        raise _too_big(limits, field)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                if image.format not in ACCEPTED_INIT_FORMATS:
-                    raise SubmissionError(
-                        "init_image",
-                        f"init_image must be PNG, JPEG or WEBP, not {image.format}",
-                        422,
-                    )
-                # The header gives the size before any pixel is decoded: the bomb guard.
-                if image.width * image.height > limits.max_init_image_pixels:
-                    raise SubmissionError(
-                        "init_image",
-                        f"init_image is {image.width}x{image.height}; the limit is "
-                        f"{limits.max_init_image_pixels} pixels",
-                        422,
-                    )
-                image.load()
-                out = io.BytesIO()
-                image.convert("RGB").save(out, "PNG")
-                return out.getvalue()
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ACCEPTED_INIT_FORMATS:
+                raise SubmissionError(
+                    field, f"{field} must be PNG, JPEG or WEBP, not {image.format}", 422
+                )
+            # The header gives the size before any pixel is decoded: the bomb guard.
+            if image.width * image.height > limits.max_init_image_pixels:
+                raise SubmissionError(
+                    field,
+                    f"{field} is {image.width}x{image.height}; the limit is "
+                    f"{limits.max_init_image_pixels} pixels",
+                    422,
+                )
+            image.load()
+            return image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise SubmissionError(
-            "init_image",
-            f"init_image has too many pixels; the limit is {limits.max_init_image_pixels} pixels",
+            field,
+            f"{field} has too many pixels; the limit is {limits.max_init_image_pixels} pixels",
             422,
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise SubmissionError("init_image", "init_image is not a readable image", 422) from None
+        raise SubmissionError(field, f"{field} is not a readable image", 422) from None
 
 
-def _too_big(limits: GenerationLimits) -> SubmissionError:
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+def _init_image(raw: Any, limits: GenerationLimits) -> bytes:
+    """The img2img source as a clean re-encoded RGB PNG."""
+    return _png(_uploaded_image(raw, limits, "init_image").convert("RGB"))
+
+
+def _too_big(limits: GenerationLimits, field: str = "init_image") -> SubmissionError:
     return SubmissionError(
-        "init_image", f"init_image is larger than {limits.max_init_image_bytes} bytes", 422
+        field, f"{field} is larger than {limits.max_init_image_bytes} bytes", 422
     )
 
 
@@ -249,6 +271,92 @@ def upscaler_models(user: Any) -> list[str]:
     """Names of the model upscalers (ESRGAN-class) the user may use, besides passes.UPSCALERS."""
     rows = CatalogEntry.objects.usable_by(user).filter(kind=CatalogEntry.Kind.UPSCALER)
     return list(rows.order_by("name").values_list("name", flat=True))
+
+
+def _mask(raw: Any, limits: GenerationLimits, source_png: bytes, inpaint: InpaintParams) -> bytes:
+    """The inpaint mask as a black/white PNG at the source's size (A1111: white, or the painted
+    alpha of a transparent layer, is repainted; a mask of another size is stretched)."""
+    with Image.open(io.BytesIO(source_png)) as source:
+        size = source.size
+    mask = prepare_mask(_uploaded_image(raw, limits, "mask"), size, invert=False)
+    effective = ImageOps.invert(mask) if inpaint["inpainting_mask_invert"] else mask
+    if mask_is_empty(effective) and not any(outpaint_sides(inpaint)):
+        state = "all white and inverted" if inpaint["inpainting_mask_invert"] else "all black"
+        raise SubmissionError("mask", f"mask is {state}: there is nothing to repaint", 422)
+    return _png(mask)
+
+
+def _bool(params: dict[str, Any], name: str, prefix: str = "") -> bool:
+    value = params.get(name)
+    if value in (True, False, 0, 1) and not isinstance(value, float):
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "0", "1"):
+        return value.lower() in ("true", "on", "1")
+    raise SubmissionError(prefix + name, f"{prefix + name} must be true or false")
+
+
+def _inpaint(raw: Any, limits: GenerationLimits) -> InpaintParams | None:
+    """The inpaint options; `mask_blur` (A1111's) sets both blur axes not given on their own."""
+    if raw is None or raw is False:
+        return None
+    if raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SubmissionError("inpaint", "inpaint must be an object or null")
+    if unknown := sorted(set(raw) - INPAINT_FIELDS - {"mask_blur"}):
+        raise SubmissionError(f"inpaint.{unknown[0]}", f"inpaint has no field {unknown[0]!r}")
+    given: dict[str, Any] = {**INPAINT_DEFAULTS}
+    if raw.get("mask_blur") is not None:
+        given["mask_blur_x"] = given["mask_blur_y"] = raw["mask_blur"]
+    given |= {k: v for k, v in raw.items() if v is not None and k != "mask_blur"}
+    p = "inpaint."
+    inpaint = InpaintParams(
+        mask_blur_x=_int(given, "mask_blur_x", 0, MAX_MASK_BLUR, prefix=p),
+        mask_blur_y=_int(given, "mask_blur_y", 0, MAX_MASK_BLUR, prefix=p),
+        inpainting_fill=_int(given, "inpainting_fill", 0, len(INPAINT_FILLS) - 1, prefix=p),
+        inpaint_full_res=_bool(given, "inpaint_full_res", prefix=p),
+        inpaint_full_res_padding=_int(
+            given, "inpaint_full_res_padding", 0, MAX_MASK_PADDING, prefix=p
+        ),
+        inpainting_mask_invert=_bool(given, "inpainting_mask_invert", prefix=p),
+        initial_noise_multiplier=_float(given, "initial_noise_multiplier", *NOISE_MULTIPLIER, p),
+        outpaint_left=0,
+        outpaint_top=0,
+        outpaint_right=0,
+        outpaint_bottom=0,
+    )
+    for side in OUTPAINT_SIDES:
+        inpaint[side] = _int(given, side, 0, limits.max_side, prefix=p)  # type: ignore[literal-required]
+        if inpaint[side] % 8:  # type: ignore[literal-required]
+            raise SubmissionError(p + side, f"{p + side} must be a multiple of 8", 422)
+    return inpaint
+
+
+def _check_inpaint_size(
+    params: GenerationParams, source_png: bytes, limits: GenerationLimits
+) -> None:
+    """The canvas an inpaint job denoises, and the image it makes, stay within the limits."""
+    inpaint = params.get("inpaint")
+    if not inpaint or not any(outpaint_sides(inpaint)):
+        return
+    width, height = denoised_size(params)
+    if max(width, height) > limits.max_side or width * height > limits.max_pixels:
+        raise SubmissionError(
+            "inpaint",
+            f"the outpainted canvas {width}x{height} exceeds the limit of "
+            f"{limits.max_side} per side and {limits.max_pixels} pixels",
+            422,
+        )
+    left, top, right, bottom = outpaint_sides(inpaint)
+    with Image.open(io.BytesIO(source_png)) as source:
+        out_w, out_h = source.width + left + right, source.height + top + bottom
+    if inpaint["inpaint_full_res"] and out_w * out_h > limits.max_init_image_pixels:
+        raise SubmissionError(
+            "inpaint",
+            f"the outpainted image {out_w}x{out_h} exceeds the limit of "
+            f"{limits.max_init_image_pixels} pixels",
+            422,
+        )
 
 
 def _hires(raw: Any, limits: GenerationLimits, user: Any) -> HiresParams | None:
@@ -344,7 +452,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         raise SubmissionError(field, str(exc), 422) from None
 
     params = GenerationParams(
-        mode=mode,
+        mode=cast(GenerationMode, mode),  # checked above
         checkpoint=checkpoint.name,
         vae=_vae(user, given.get("vae")),
         prompt=_text(given, "prompt", limits.max_prompt_chars),
@@ -364,6 +472,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         hires=None,
         loras=[],
         **_toolset(given, mode),  # type: ignore[typeddict-item]
+        inpaint=None,
     )
     if params["width"] * params["height"] > limits.max_pixels:
         raise SubmissionError(
@@ -383,12 +492,25 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         params["subseed"] = secrets.randbelow(MAX_SEED + 1 - images)
     params["loras"] = _loras(user, params)
 
-    init_png = None
+    init_png = mask_png = None
     if mode == Job.Mode.IMG2IMG:
         if not init_raw:
             raise SubmissionError("init_image", "img2img needs an init_image")
         init_png = _init_image(init_raw, limits)
         params["resize_mode"] = _int(given, "resize_mode", *RESIZE_MODES)
+        inpaint = _inpaint(given.get("inpaint"), limits)
+        if given.get("mask") and inpaint is None:
+            inpaint = InpaintParams(**INPAINT_DEFAULTS)
+        if inpaint is not None:
+            if given.get("mask"):
+                mask_png = _mask(given["mask"], limits, init_png, inpaint)
+            elif not any(outpaint_sides(inpaint)):
+                raise SubmissionError("mask", "inpainting needs a mask or sides to outpaint", 422)
+            params["inpaint"] = inpaint
+            _check_inpaint_size(params, init_png, limits)
+    elif given.get("mask") or given.get("inpaint"):
+        field = "mask" if given.get("mask") else "inpaint"
+        raise SubmissionError(field, f"{field} needs img2img with an init_image", 422)
     else:
         params["hires"] = _hires(given.get("hires"), limits, user)
         _check_final_size(params, limits)
@@ -401,6 +523,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         init_png=init_png,
         price=price_job(params, checkpoint),
         total_steps=total_steps(params),
+        mask_png=mask_png,
     )
 
 
@@ -416,23 +539,13 @@ def _styled(user: Any, given: dict[str, Any]) -> tuple[Any, Any]:
         raise SubmissionError(exc.field, exc.message, exc.status) from None
 
 
-def _bool(params: dict[str, Any], name: str) -> bool:
-    value = params.get(name)
-    if isinstance(value, bool):
-        return value
-    if value in ("true", "True", "on", "1", 1):  # a form's checkbox, a query string
-        return True
-    if value in ("false", "False", "", "0", 0, None):
-        return False
-    raise SubmissionError(name, f"{name} must be true or false")
-
-
 def _toolset(given: dict[str, Any], mode: str) -> dict[str, Any]:  # the block's keys only
     """Variation seeds and tiling (the GenerationParams block of issue 17)."""
     fields: dict[str, Any] = {
         "subseed": _int(given, "subseed", -1, MAX_SEED),
         "subseed_strength": _float(given, "subseed_strength", 0.0, 1.0),
-        "tiling": _bool(given, "tiling"),
+        # a form's unchecked box sends nothing, a query string an empty value: off
+        "tiling": given.get("tiling") not in (None, "") and _bool(given, "tiling"),
     }
     # A1111 spells "off" -1 or 0; it resizes only when both sides are set
     w = _int(given, "seed_resize_from_w", -1, MAX_SEED_RESIZE)
@@ -482,7 +595,9 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
     try:
         with transaction.atomic():
             # One submission per user at a time, so the unfinished-jobs cap cannot be raced.
-            get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+            # NO KEY UPDATE: a settlement's deferred FK check on this row (KEY SHARE) must not
+            # wait for us while we wait for its credit account (accounts/ledger.py, lock order).
+            get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).first()
             if (job := _existing(user, idempotency_key)) is not None:
                 return job
             unfinished = Job.objects.owned_by(user).unfinished().count()
@@ -504,16 +619,18 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             )
             if valid.init_png:
                 job.init_image.save("init.png", ContentFile(valid.init_png), save=False)
+            if valid.mask_png:
+                job.mask_image.save("mask.png", ContentFile(valid.mask_png), save=False)
             job.save(force_insert=True)
             try:
                 hold_credits(user, job)
             except InsufficientCredits as exc:
                 raise SubmissionError("price", str(exc) or "not enough credits", 402) from None
-            remember_params(user, valid.params)
+            remember_params(user, valid.params, chosen_scheduler=params.get("scheduler"))
             # After commit, outside the write lock: schedule first (nothing that may fail or be
             # cancelled in the broadcast can then skip it), then tell the owner its place.
             dispatch_on_commit(job)
-            transaction.on_commit(lambda: publish_queue_position(job))
+            transaction.on_commit(partial(publish_queue_position, job))
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
         if (job := _existing(user, idempotency_key)) is not None:
@@ -525,8 +642,6 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
 def require_queue() -> None:
     """Refuse (503) before anything is written when Redis, the queue, cannot be reached: an
     accepted job must be one the platform can hand to a worker."""
-    from generation.broker import get_redis
-
     try:
         get_redis().ping()
     except (redis.RedisError, OSError):
@@ -537,16 +652,18 @@ def require_queue() -> None:
 
 
 def publish_queue_position(job: Job) -> None:
-    from generation.queue import queue_info
-
     info = queue_info(job)
     if info is not None:
         send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
 
 
-def remember_params(user: Any, params: dict[str, Any]) -> None:
+def remember_params(user: Any, params: GenerationParams, chosen_scheduler: Any = None) -> None:
     settings_row = UserGenerationSettings.for_user(user)
     settings_row.last_params = dict(params)
+    # The form comes back as the user left it: "Automatic" stays Automatic, not what it
+    # resolved to for this sampler (which would go stale on switching sampler).
+    if isinstance(chosen_scheduler, str) and chosen_scheduler.strip().lower() == "automatic":
+        settings_row.last_params["scheduler"] = "Automatic"
     settings_row.save(update_fields=["last_params", "updated_at"])
 
 
@@ -582,8 +699,6 @@ def cancel_job(user: Any, job: Job) -> Job:
 
 
 def _set_cancel_flag(job: Job, required: bool) -> None:
-    from generation.broker import get_redis
-
     try:
         get_redis().set(CANCEL_KEY.format(job_id=job.pk), "interrupt", ex=CANCEL_TTL_SECONDS)
     except (redis.RedisError, OSError):

@@ -1,20 +1,19 @@
 """Periodic repairs, run by the platform worker every second: nothing a worker or Redis loses
 stays lost, and nothing is run or charged twice.
 
-- A dead worker (heartbeat key missing for WORKER_MISSING_GRACE_SECONDS, on this process's
-  clock, see `WorkerLiveness`): its running and assigned jobs go back to the queue, keeping their
-  place (created_at). A running job counts the loss in `workers_lost`; one that has now killed
-  MAX_WORKERS_LOST workers fails with a clear error and its hold released (a poison job must not
-  loop through the fleet).
+- A dead worker (heartbeat key missing for WORKER_MISSING_GRACE_SECONDS of time during which Redis
+  answered, on this process's clock, see `generation.fleet.WorkerLiveness`): its running and
+  assigned jobs go back to the queue, keeping their place (created_at). A running job counts the
+  loss in `workers_lost`; one that has now killed MAX_WORKERS_LOST workers fails with a clear error
+  and its hold released (a poison job must not loop through the fleet).
 - A draining worker (shutting down, or drained by an operator): its assigned, unstarted jobs go
   back at once, for other workers.
 - A lost message (Redis restarted empty or was flushed): an assigned job whose message is in
   neither its worker's queue nor the delay queue goes back to the queue, so one sweep rebuilds
   the queue from the database.
 - An unreported job (its terminal event lost with Redis): running on a live worker that has
-  moved on, with no event of it waiting, for UNREPORTED_GRACE_SECONDS: back to the queue.
-- `sync_catalogue`: import what workers (heartbeat inventories) and the local models folder hold
-  into CatalogEntry; entries nobody has any more become unavailable.
+  moved on, with no event of it waiting, for UNREPORTED_GRACE_SECONDS: back to the queue. The
+  count is per hand-out (job and attempt), so the next hand-out starts its own.
 
 Every take-back is `Job.return_to_queue`, a conditional update that also moves the attempt on,
 so a late message or event of the old hand-out is a no-op.
@@ -26,25 +25,20 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import redis
-from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from generation import lifecycle
 from generation.broker import get_broker, get_redis
-from generation.dispatch import MESSAGE_ID_KEY
-from generation.models import CatalogEntry, Job
+from generation.fleet import WorkerLiveness, read_heartbeats
+from generation.job_messages import MESSAGE_ID_KEY
+from generation.models import Job
 from gpu_worker.protocol import (
-    HEARTBEAT_INDEX,
-    HEARTBEAT_KEY,
     PLATFORM_QUEUE,
     WORKER_MISSING_GRACE_SECONDS,
-    ModelInventoryEntry,
     WorkerHeartbeat,
     worker_queue,
 )
@@ -59,13 +53,6 @@ MAX_WORKERS_LOST = 3
 # Hand-outs after which a job is failed (and refunded) instead of taken back again: ends any
 # loop that is not a worker's death, e.g. a result the platform keeps failing to record.
 MAX_HAND_OUTS = 10
-DEMO_DEFAULT_PARAMS = {
-    "width": 128,
-    "height": 128,
-    "steps": 8,
-    "sampler": "Euler a",
-    "cfg_scale": 7.0,
-}
 
 
 @dataclass
@@ -75,44 +62,30 @@ class SweepReport:
     dead_workers: list[str] = field(default_factory=list)
 
 
-class WorkerLiveness:
-    """When each worker's heartbeat key was last seen, on the platform's own clock (no trust in
-    the workers' clocks). A worker is dead once its key has been missing for `grace` seconds:
-    a worker never seen before starts its count at its first sighting, and a Redis flush (every
-    key gone at once) is outlasted, because live workers beat again well within the grace.
-    One per sweeping process, kept across sweeps (a fresh one declares nobody dead)."""
+HandOut = tuple[str, int]  # (job id, attempt)
+
+
+class SweepMemory:
+    """What the sweeper keeps across passes: each worker's liveness and, per hand-out (job and
+    attempt), since when a live worker has not reported a job it no longer runs. One per
+    sweeping process (a fresh one declares nobody dead and nothing unreported)."""
 
     def __init__(
         self,
         grace: float = WORKER_MISSING_GRACE_SECONDS,
         unreported_grace: float = UNREPORTED_GRACE_SECONDS,
     ) -> None:
-        self.grace = grace
+        self.liveness = WorkerLiveness(grace)
         self.unreported_grace = unreported_grace
-        self.last_seen: dict[str, float] = {}
-        self.unreported_since: dict[str, float] = {}
+        self.unreported_since: dict[HandOut, float] = {}
 
-    def dead(self, beats: dict[str, WorkerHeartbeat | None], now: float) -> set[str]:
-        dead = set()
-        for worker_id, beat in beats.items():
-            if beat is not None:
-                self.last_seen[worker_id] = now
-            elif now - self.last_seen.setdefault(worker_id, now) >= self.grace:
-                dead.add(worker_id)
-        for worker_id in set(self.last_seen) - set(beats):
-            del self.last_seen[worker_id]  # holds no job any more: forget it
-        return dead
+    def unreported_long_enough(self, job: Job, now: float) -> bool:
+        since = self.unreported_since.setdefault((str(job.pk), job.attempt), now)
+        return now - since >= self.unreported_grace
 
-    def unreported_long_enough(self, job_id: str, now: float) -> bool:
-        return now - self.unreported_since.setdefault(job_id, now) >= self.unreported_grace
-
-    def forget_unreported(self, keep: set[str]) -> None:
-        for job_id in set(self.unreported_since) - keep:
-            del self.unreported_since[job_id]
-
-
-def _decode(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    def forget_unreported(self, keep: set[HandOut]) -> None:
+        for hand_out in set(self.unreported_since) - keep:
+            del self.unreported_since[hand_out]
 
 
 def _job_ids_in(client: redis.Redis, hash_key: str) -> set[str]:
@@ -132,18 +105,6 @@ def _job_ids_in(client: redis.Redis, hash_key: str) -> set[str]:
 def _messages_key(queue: str, suffix: str = "") -> str:
     namespace = getattr(get_broker(), "namespace", "dramatiq")
     return f"{namespace}:{queue}{suffix}.msgs"
-
-
-def _heartbeats(client: redis.Redis, worker_ids: set[str]) -> dict[str, WorkerHeartbeat | None]:
-    ids = sorted(worker_ids)
-    values = client.mget([HEARTBEAT_KEY.format(worker_id=i) for i in ids]) if ids else []
-    beats: dict[str, WorkerHeartbeat | None] = {}
-    for worker_id, raw in zip(ids, values, strict=True):
-        try:
-            beats[worker_id] = json.loads(raw) if raw else None
-        except ValueError:
-            beats[worker_id] = None
-    return beats
 
 
 def _current_job(beat: WorkerHeartbeat | None) -> str | None:
@@ -193,15 +154,15 @@ def _lost_with_worker(job: Job, report: SweepReport) -> None:
 
 
 def take_back_lost_jobs(
-    liveness: WorkerLiveness, now: datetime | None = None, client: redis.Redis | None = None
+    memory: SweepMemory, now: datetime | None = None, client: redis.Redis | None = None
 ) -> SweepReport:
     now = now or timezone.now()
     clock = now.timestamp()
     client = client or get_redis()
     report = SweepReport()
     held = list(Job.objects.filter(status__in=Job.UNFINISHED).exclude(worker_id=""))
-    beats = _heartbeats(client, {job.worker_id for job in held})
-    dead = liveness.dead(beats, clock)
+    beats = read_heartbeats(client, {job.worker_id for job in held})
+    dead = memory.liveness.dead(beats, clock)
     report.dead_workers = sorted(dead)
     alive: list[Job] = []
     for job in held:
@@ -215,7 +176,7 @@ def take_back_lost_jobs(
         else:
             alive.append(job)
     _take_back_lost_messages(client, alive, now, report)
-    _take_back_unreported(client, alive, beats, liveness, clock, report)
+    _take_back_unreported(client, alive, beats, memory, clock, report)
     if report.requeued:
         transaction.on_commit(lifecycle.publish_queue_positions)
     return report
@@ -255,7 +216,7 @@ def _take_back_unreported(
     client: redis.Redis,
     alive: list[Job],
     beats: dict[str, WorkerHeartbeat | None],
-    liveness: WorkerLiveness,
+    memory: SweepMemory,
     clock: float,
     report: SweepReport,
 ) -> None:
@@ -265,98 +226,28 @@ def _take_back_unreported(
         if job.status == Job.Status.RUNNING
         and _current_job(beats.get(job.worker_id)) != str(job.pk)
     ]
-    liveness.forget_unreported({str(job.pk) for job in suspects})
+    memory.forget_unreported({(str(job.pk), job.attempt) for job in suspects})
     if not suspects:
         return
     waiting_events = _job_ids_in(client, _messages_key(PLATFORM_QUEUE))
     for job in suspects:
+        hand_out = (str(job.pk), job.attempt)
         if str(job.pk) in waiting_events:
-            liveness.unreported_since.pop(str(job.pk), None)
+            memory.unreported_since.pop(hand_out, None)
             continue
-        if liveness.unreported_long_enough(str(job.pk), clock):
+        if memory.unreported_long_enough(job, clock):
+            memory.unreported_since.pop(hand_out, None)  # taken back: this count is over
             why = f"{job.worker_id} moved on without reporting it"
             _take_back(job, report, Job.Status.RUNNING, why)
 
 
-def sweep(now: datetime | None = None, liveness: WorkerLiveness | None = None) -> SweepReport:
-    """One pass of every repair; Redis being down skips the pass (nothing can be checked)."""
+def sweep(now: datetime | None = None, memory: SweepMemory | None = None) -> SweepReport:
+    """One pass of every repair; Redis being down skips the pass (nothing can be checked) and
+    restarts every worker's grace once it answers again."""
+    memory = memory or SweepMemory()
     try:
-        return take_back_lost_jobs(liveness or WorkerLiveness(), now)
+        return take_back_lost_jobs(memory, now)
     except (redis.RedisError, OSError):
         logger.warning("sweep skipped: Redis unreachable")
+        memory.liveness.redis_unreachable()
         return SweepReport()
-
-
-# --- the catalogue ------------------------------------------------------------------------------
-
-
-def worker_inventories(client: redis.Redis | None = None) -> list[ModelInventoryEntry]:
-    client = client or get_redis()
-    ids = {_decode(i) for i in client.smembers(HEARTBEAT_INDEX)}
-    entries: list[ModelInventoryEntry] = []
-    for worker_id, beat in _heartbeats(client, ids).items():
-        if beat is None:
-            client.srem(HEARTBEAT_INDEX, worker_id)  # expired: prune the index
-            continue
-        entries.extend(beat.get("inventory") or [])
-    return entries
-
-
-def local_inventory(models_dir: Path | None = None) -> list[ModelInventoryEntry]:
-    from gpu_worker.catalogue import scan_models
-
-    folder = Path(models_dir or settings.MODELS_DIR)
-    if not folder.is_dir():
-        return []
-    hash_cache = Path(settings.VAR_DIR) / "model-hashes.json"
-    return scan_models(folder, hash_cache=hash_cache).entries()
-
-
-def _demo_names() -> set[str]:
-    from gpu_worker.demo_model import DEMO_CHECKPOINTS, DEMO_LORA, DEMO_UPSCALER, DEMO_VAE
-
-    return {d.name for d in (*DEMO_CHECKPOINTS, DEMO_LORA, DEMO_VAE, DEMO_UPSCALER)}
-
-
-def sync_catalogue(models_dir: Path | None = None, include_workers: bool = True) -> dict[str, int]:
-    """Upsert what workers and the local folder hold; mark the rest unavailable. New entries are
-    enabled by default; demo files are flagged and get small default parameters."""
-    try:
-        inventory = (worker_inventories() if include_workers else []) + local_inventory(models_dir)
-    except (redis.RedisError, OSError):
-        logger.warning("catalogue sync skipped: Redis unreachable", exc_info=True)
-        return {"created": 0, "updated": 0, "unavailable": 0}
-    seen: dict[tuple[str, str], ModelInventoryEntry] = {}
-    for entry in inventory:
-        seen.setdefault((entry["kind"], entry["name"]), entry)
-    demo = _demo_names()
-    created = updated = 0
-    existing = {(e.kind, e.name): e for e in CatalogEntry.objects.all()}
-    for (kind, name), item in seen.items():
-        fields = {
-            "family": item.get("family") or "unknown",
-            "filename": item.get("filename", ""),
-            "size_bytes": int(item.get("size_bytes") or 0),
-            "sha256": item.get("sha256", ""),
-            "short_hash": item.get("short_hash", ""),
-            "available": True,
-        }
-        row = existing.get((kind, name))
-        if row is None:
-            is_demo = name in demo
-            CatalogEntry.objects.create(
-                kind=kind,
-                name=name,
-                is_demo=is_demo,
-                default_params=dict(DEMO_DEFAULT_PARAMS)
-                if is_demo and kind == "checkpoint"
-                else {},
-                **fields,
-            )
-            created += 1
-        elif any(getattr(row, k) != v for k, v in fields.items()):
-            CatalogEntry.objects.filter(pk=row.pk).update(**fields, updated_at=timezone.now())
-            updated += 1
-    gone = [row.pk for key, row in existing.items() if key not in seen and row.available]
-    CatalogEntry.objects.filter(pk__in=gone).update(available=False, updated_at=timezone.now())
-    return {"created": created, "updated": updated, "unavailable": len(gone)}

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from generation import styles_views, views
+from generation import job_views, styles_views, views
 
 urlpatterns = [
     path("generate/", views.generate, name="generate"),
@@ -13,4 +13,9 @@ urlpatterns = [
     path("styles/<int:pk>/delete/", styles_views.style_delete, name="style_delete"),
     path("styles/import/", styles_views.styles_import, name="styles_import"),
     path("styles/export/", styles_views.styles_export, name="styles_export"),
+]
+urlpatterns += [
+    path("jobs/", job_views.my_jobs, name="my_jobs"),
+    path("jobs/<uuid:pk>/", job_views.job_detail, name="job_detail"),
+    path("jobs/<uuid:pk>/summary/", job_views.job_summary, name="job_summary"),
 ]

@@ -11,8 +11,9 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ObjectDoesNotExist
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.datastructures import MultiValueDict
@@ -20,7 +21,12 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_http_methods
 
+from accounts.ledger import account_for
+from accounts.member_request import MemberRequest
+from generation.error_text import FIELD_LABELS, readable_error
 from generation.images import delete_image
+from generation.inpaint_form import inpaint_context, job_inputs, posted_inpaint
+from generation.job_history import prompt_history
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, JobImage, PromptStyle, UserGenerationSettings
@@ -72,6 +78,14 @@ SCRIPT_STRINGS = {
     "starting": gettext_lazy("Starting…"),
     "stopping": gettext_lazy("Stopping…"),
     "price": gettext_lazy("Price: %(price)s credits"),
+    "no_price": gettext_lazy("No price: see above"),
+    "over_balance": gettext_lazy(
+        "This costs %(price)s credits and your balance is %(balance)s: not enough."
+    ),
+    "job_summary": gettext_lazy("Charged %(charged)s credits · ran %(duration)s"),
+    "balance": gettext_lazy("%(balance)s credits"),
+    "use_source_size": gettext_lazy("Use source size (%(width)s×%(height)s)"),
+    "hires_size": gettext_lazy("%(width)s×%(height)s → %(out_width)s×%(out_height)s"),
     "seed": gettext_lazy("Seed %(seed)s"),
     "job_title": gettext_lazy("%(model)s · %(width)s×%(height)s · %(steps)s steps · %(prompt)s"),
     "image_alt": gettext_lazy("Image, seed %(seed)s"),
@@ -81,28 +95,6 @@ SCRIPT_STRINGS = {
     "unknown_error": gettext_lazy("Something went wrong."),
     "server_error": gettext_lazy("The server had a problem (%(status)s); please try again."),
     "image_read_error": gettext_lazy("That image could not be read."),
-}
-FIELD_LABELS = {
-    "prompt": gettext_lazy("Prompt"),
-    "negative_prompt": gettext_lazy("Negative prompt"),
-    "checkpoint": gettext_lazy("Model"),
-    "vae": gettext_lazy("VAE"),
-    "sampler": gettext_lazy("Sampler"),
-    "scheduler": gettext_lazy("Schedule type"),
-    "steps": gettext_lazy("Sampling steps"),
-    "cfg_scale": gettext_lazy("CFG scale"),
-    "width": gettext_lazy("Width"),
-    "height": gettext_lazy("Height"),
-    "seed": gettext_lazy("Seed"),
-    "batch_size": gettext_lazy("Batch size"),
-    "n_iter": gettext_lazy("Batch count"),
-    "clip_skip": gettext_lazy("Clip skip"),
-    "init_image": gettext_lazy("Source image"),
-    "denoising_strength": gettext_lazy("Denoising strength"),
-    "resize_mode": gettext_lazy("Resize mode"),
-    "hires": gettext_lazy("Hires. fix"),
-    "jobs": gettext_lazy("Jobs"),
-    "price": gettext_lazy("Price"),
 }
 
 
@@ -139,9 +131,14 @@ FORM_FIELDS = (
 )
 
 
+# Numbers the form always shows: left empty they are refused, never quietly replaced by a default.
+REQUIRED_NUMBERS = ("steps", "cfg_scale", "width", "height", "seed", "batch_size", "n_iter")
+
+
 def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
     """The form as the submission service takes it (it validates and converts every value)."""
     params: dict[str, Any] = {name: post[name] for name in FORM_FIELDS if post.get(name, "") != ""}
+    params.update({name: "" for name in REQUIRED_NUMBERS if post.get(name) == ""})
     if post.get("hires_enabled"):
         params["hires"] = {
             key: post.get(f"hires_{key}") or None
@@ -152,18 +149,21 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
     if styles := post.getlist("styles"):
         params["styles"] = styles
     if init_image := files.get("init_image"):
-        params.update(mode="img2img", init_image=init_image)
+        params.update(mode="img2img", init_image=init_image, **posted_inpaint(post, files))
     return params
 
 
-def _owned_images(request: HttpRequest) -> Any:
+def _owned_images(request: MemberRequest) -> Any:
     # Pages show the owner's images only; anyone else's id is a 404 (staff included).
-    return JobImage.objects.filter(owner=request.user).select_related("job__checkpoint")
+    # "publication" (the gallery's reverse one-to-one) by name: the cards show how each is shared.
+    return JobImage.objects.filter(owner=request.user).select_related(
+        "job__checkpoint", "publication"
+    )
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def generate(request: HttpRequest) -> HttpResponse:
+def generate(request: MemberRequest) -> HttpResponse:
     """The generator. The script submits through the REST API; a POST here is the same
     submission for browsers without JavaScript."""
     user = request.user
@@ -172,10 +172,9 @@ def generate(request: HttpRequest) -> HttpResponse:
         try:
             submit_job(user, posted)
         except SubmissionError as exc:
-            label = FIELD_LABELS.get(exc.field, exc.field)
-            messages.error(request, f"{label}: {exc.message}")
+            messages.error(request, readable_error(exc.field, exc.message))
             # Refused: show the form as it was sent.
-            params = {k: v for k, v in posted.items() if k != "init_image"}
+            params = {k: v for k, v in posted.items() if k not in ("init_image", "mask")}
             return _render_generator(request, params, keep_checkpoint=True)
         messages.success(request, _("Your job is queued: its images appear below when done."))
         return redirect("generate")
@@ -198,22 +197,30 @@ def generate(request: HttpRequest) -> HttpResponse:
     except (ValueError, JobImage.DoesNotExist):
         raise Http404(_("No such image.")) from None
     params = {**source.job.params, "seed": source.seed}
-    init_image_url = None
+    init_image_url = mask_url = None
     if request.GET.get("img2img"):
-        params.update(width=source.width, height=source.height, hires=None)
+        params.update(width=source.width, height=source.height, hires=None, inpaint=None)
         init_image_url = image_payload(source)["url"]
+    else:  # a remix of an inpaint job lays out its source and mask again
+        init_image_url, mask_url = job_inputs(source.job)
     return _render_generator(
-        request, params, keep_checkpoint=True, last_seed=source.seed, init_image_url=init_image_url
+        request,
+        params,
+        keep_checkpoint=True,
+        last_seed=source.seed,
+        init_image_url=init_image_url,
+        mask_url=mask_url,
     )
 
 
 def _render_generator(
-    request: HttpRequest,
+    request: MemberRequest,
     params: dict[str, Any],
     *,
     keep_checkpoint: bool = False,
     last_seed: int | None = None,
     init_image_url: str | None = None,
+    mask_url: str | None = None,
 ) -> HttpResponse:
     user = request.user
     visible = CatalogEntry.objects.usable_by(user)
@@ -222,9 +229,9 @@ def _render_generator(
     if not keep_checkpoint or initial.get("checkpoint") not in {c.name for c in checkpoints}:
         chosen = default_checkpoint(user)  # the user's own choice, else the first usable
         initial["checkpoint"] = chosen.name if chosen else ""
+    recent_images = list(_owned_images(request).order_by("-created_at", "index")[:RECENT_IMAGES])
     recent = [
-        {"image": image_payload(image), "params": image.job.params}
-        for image in _owned_images(request).order_by("-created_at", "index")[:RECENT_IMAGES]
+        {"image": image_payload(image), "params": image.job.params} for image in recent_images
     ]
     unfinished = [
         {"id": str(job_id), "status": status}
@@ -242,9 +249,14 @@ def _render_generator(
             "default_model": reverse("api-default-model"),
             "ws": "/ws/jobs/",
             "reuse": f"{reverse('generate')}?from_image={PLACEHOLDER_ID}",
+            "job_summary": reverse("job_summary", args=[PLACEHOLDER_ID]),
+            "image_detail": reverse("image_detail", args=[PLACEHOLDER_ID]),
+            "image_delete": reverse("image_delete", args=[PLACEHOLDER_ID]),
+            "me": reverse("api-me"),
             "send_img2img": f"{reverse('generate')}?from_image={PLACEHOLDER_ID}&img2img=1",
         },
         "last_seed": last_seed,
+        "balance": str(account_for(user).balance),
         "recent": recent,
         "unfinished": unfinished,
         "init_image_url": init_image_url,
@@ -266,15 +278,28 @@ def _render_generator(
                 set(PromptStyle.objects.visible_to(user).values_list("name", flat=True))
             ),
             "limits": limits_for(user),
-            "recent": recent,
+            "recent": [
+                {**item, "publication": _publication(image)}
+                for item, image in zip(recent, recent_images, strict=True)
+            ],
             "init_image_url": init_image_url,
             "page_data": page_data,
+            "placeholder_id": PLACEHOLDER_ID,
+            "prompt_history": prompt_history(user),
+            **inpaint_context(params, mask_url, open_editor=bool(request.GET.get("inpaint"))),
         },
     )
 
 
+def _publication(image: JobImage) -> Any:
+    try:
+        return image.publication
+    except ObjectDoesNotExist:
+        return None
+
+
 @login_required
-def my_images(request: HttpRequest) -> HttpResponse:
+def my_images(request: MemberRequest) -> HttpResponse:
     images = _owned_images(request).order_by("-created_at", "index")
     model = request.GET.get("model", "")
     if model:
@@ -291,7 +316,7 @@ def my_images(request: HttpRequest) -> HttpResponse:
         "generation/my_images.html",
         {
             "page": page,
-            "images": [(image, image_payload(image)) for image in page],
+            "images": [(image, image_payload(image), _publication(image)) for image in page],
             "model": model,
             "models_used": models_used,
             "script_strings": {"confirm_delete": _("Delete this image for good?")},
@@ -300,7 +325,7 @@ def my_images(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
+def image_detail(request: MemberRequest, pk: Any) -> HttpResponse:
     image = get_object_or_404(_owned_images(request), pk=pk)
     return render(
         request,
@@ -309,13 +334,15 @@ def image_detail(request: HttpRequest, pk: Any) -> HttpResponse:
             "image": image,
             "payload": image_payload(image),
             "job": image.job,
+            "publication": _publication(image),
+            "job_inputs": job_inputs(image.job),
         },
     )
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def image_delete(request: HttpRequest, pk: Any) -> HttpResponse:
+def image_delete(request: MemberRequest, pk: Any) -> HttpResponse:
     """GET asks for confirmation; POST deletes (works without JavaScript)."""
     image = get_object_or_404(_owned_images(request), pk=pk)
     if request.method == "POST":

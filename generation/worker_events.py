@@ -1,9 +1,11 @@
 """What GPU workers report about jobs (gpu_worker.protocol.JobEvent), recorded in the database.
 
-The actor `record_job_event` on PLATFORM_QUEUE is registered on the platform broker by
-`register_platform_actors`. Every branch claims its transition with a conditional update first, so
-a redelivered or late event (a 'started' after a cancel, a second 'succeeded', an event from an
-older attempt) changes nothing. Each change that frees a worker slot triggers a scheduling pass.
+The actor `record_job_event` on PLATFORM_QUEUE is declared on a broker by
+`register_platform_actors`, which the platform worker command (and the test fixture) call: building
+the broker (`generation.broker`) registers nothing. Every branch claims its transition with a
+conditional update first, so a redelivered or late event (a 'started' after a cancel, a second
+'succeeded', an event from an older attempt) changes nothing. Each change that frees a worker slot
+triggers a scheduling pass.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import dramatiq
 
 from generation import lifecycle
 from generation.models import Job
+from generation.scheduling.dispatcher import request_schedule
 from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE, JobEvent
 
 logger = logging.getLogger(__name__)
@@ -54,14 +57,12 @@ def handle_job_event(event: JobEvent) -> bool:
 
 
 def record_job_event(event: JobEvent) -> None:
-    from generation.scheduling.dispatcher import request_schedule
-
     if handle_job_event(event) and event["kind"] != "started":
         request_schedule()  # a slot came free, or a job came back: hand out the next one
 
 
 def register_platform_actors(broker: dramatiq.Broker) -> dramatiq.Actor:
-    """Declare the platform queue's actor on `broker` (called when the broker is built)."""
+    """Declare the platform queue's actor on `broker` (by the process that consumes it)."""
     return dramatiq.Actor(
         record_job_event,
         broker=broker,

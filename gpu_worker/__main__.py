@@ -301,6 +301,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         n_iter=1,
         clip_skip=1,
         denoising_strength=0.75,
+        resize_mode=0,
+        hires=None,
+        loras=[],  # the record of a job's LoRAs; the engine reads the prompt's <lora:...> tags
     )
     try:
         result = engine.run(request)

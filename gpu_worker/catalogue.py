@@ -195,6 +195,9 @@ def read_safetensors_header(path: Path) -> dict:
 
 FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 ARCHITECTURE_BY_FAMILY = {"sd1": "sd1", "sdxl": "sdxl"}  # configs shipped in gpu_worker/configs
+UNET_INPUT_KEY = "model.diffusion_model.input_blocks.0.0.weight"  # original (LDM) layout
+INPAINT_SUFFIX = "-inpaint"  # loading.INPAINT_SUFFIX: the base architecture's inpaint variant
+INPAINT_IN_CHANNELS = 9
 
 
 def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
@@ -246,7 +249,17 @@ def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
                 if key != "__metadata__" and info.get("shape"):
                     family = {768: "sd1", 1024: "sd2"}.get(info["shape"][-1], "unknown")
                     break
-    return family, ARCHITECTURE_BY_FAMILY.get(family)
+    architecture = ARCHITECTURE_BY_FAMILY.get(family)
+    if architecture and kind == "checkpoint" and _is_inpaint_unet(header):
+        architecture += INPAINT_SUFFIX
+    return family, architecture
+
+
+def _is_inpaint_unet(header: dict) -> bool:
+    """A dedicated inpaint checkpoint: the UNet's first convolution reads 9 channels."""
+    info = header.get(UNET_INPUT_KEY) or {}
+    shape = info.get("shape") or []
+    return len(shape) > 1 and shape[1] == INPAINT_IN_CHANNELS
 
 
 # --- hashing, cached ---------------------------------------------------------------------------

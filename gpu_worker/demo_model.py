@@ -9,9 +9,11 @@ download them, so the single-file loading path is the one exercised. Images it m
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +37,10 @@ DEMO_CHECKPOINTS = (
     DemoFile("atelier-demo-v1", "Stable-diffusion", 1),
     DemoFile("atelier-demo-v2", "Stable-diffusion", 2),
 )
+# A dedicated inpaint checkpoint: the demo UNet reading 9 channels (latents, mask, masked image);
+# named to sort after v1, the default model of a fresh install (the first demo by name).
+DEMO_INPAINT = DemoFile("atelier-demo-v1-inpainting", "Stable-diffusion", 7)
+DEMO_INPAINT_CONFIG = DEMO_CONFIG + "-inpaint"  # loading builds its config folder
 DEMO_LORA = DemoFile("atelier-demo-lora", "Lora", 3)
 DEMO_VAE = DemoFile("atelier-demo-vae", "VAE", 4)
 DEMO_EMBEDDING = DemoFile("atelier-demo-embedding", "embeddings", 5)
@@ -45,7 +51,12 @@ def make_demo_models(models_dir: Path) -> list[Path]:
     """Write the demo files that are missing (idempotent); return the paths of all of them."""
     written = []
     for demo in DEMO_CHECKPOINTS:
-        written.append(_write_if_missing(models_dir / demo.relative, lambda d=demo: _checkpoint(d)))
+        written.append(_write_if_missing(models_dir / demo.relative, partial(_checkpoint, demo)))
+    written.append(
+        _write_if_missing(
+            models_dir / DEMO_INPAINT.relative, partial(_checkpoint, DEMO_INPAINT, inpaint=True)
+        )
+    )
     written.append(_write_if_missing(models_dir / DEMO_LORA.relative, _lora))
     written.append(_write_if_missing(models_dir / DEMO_VAE.relative, _vae_file))
     written.append(_write_if_missing(models_dir / DEMO_EMBEDDING.relative, _embedding))
@@ -59,7 +70,9 @@ def write_demo_checkpoint(models_dir: Path, name: str, seed: int) -> Path:
     return _write_if_missing(models_dir / demo.relative, lambda: _checkpoint(demo))
 
 
-def _write_if_missing(path: Path, build) -> Path:  # type: ignore[no-untyped-def]
+def _write_if_missing(
+    path: Path, build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, str]]]
+) -> Path:
     if path.exists():
         return path
     from safetensors.torch import save_file
@@ -85,15 +98,17 @@ def _config(component: str) -> dict:
     return json.loads((folder / name).read_text())
 
 
-def build_demo_components(seed: int) -> dict:
-    """The demo pipeline's modules in diffusers layout, weights drawn from `seed`."""
+def build_demo_components(seed: int, *, inpaint: bool = False) -> dict:
+    """The demo pipeline's modules in diffusers layout, weights drawn from `seed`; with
+    `inpaint`, a UNet of 9 input channels (an inpaint checkpoint's)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel.from_config(_config("unet"))
+        unet_config = {**_config("unet"), **({"in_channels": 9} if inpaint else {})}
+        unet = UNet2DConditionModel.from_config(unet_config)
         vae = AutoencoderKL.from_config(_config("vae"))
         text_config = CLIPTextConfig(**_strip_private(_config("text_encoder")))
         text_encoder = CLIPTextModel(text_config)
@@ -104,8 +119,10 @@ def _strip_private(config: dict) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_") and k != "architectures"}
 
 
-def _checkpoint(demo: DemoFile) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    components = build_demo_components(demo.seed)
+def _checkpoint(
+    demo: DemoFile, *, inpaint: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    components = build_demo_components(demo.seed, inpaint=inpaint)
     state: dict[str, torch.Tensor] = {}
     unet_config = components["unet"].config
     for key, value in unet_to_ldm(components["unet"].state_dict(), unet_config).items():
@@ -117,7 +134,7 @@ def _checkpoint(demo: DemoFile) -> tuple[dict[str, torch.Tensor], dict[str, str]
         state["cond_stage_model.transformer." + key] = value
     # One metadata key only: safetensors writes several in a random order, and the demo files
     # must be byte-identical wherever they are made (their hash is the model hash).
-    return state, {ARCHITECTURE_METADATA_KEY: DEMO_CONFIG}
+    return state, {ARCHITECTURE_METADATA_KEY: DEMO_INPAINT_CONFIG if inpaint else DEMO_CONFIG}
 
 
 def _vae_file() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -176,7 +193,7 @@ _RESNET = [
 ]
 
 
-def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+def unet_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     """Inverse of diffusers' convert_ldm_unet_checkpoint for SD-style UNets of any depth."""
     per_level = config.layers_per_block + 1
     levels = len(config.block_out_channels)
@@ -224,7 +241,7 @@ def unet_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tenso
     return out
 
 
-def vae_to_ldm(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+def vae_to_ldm(state: dict[str, torch.Tensor], config: Any) -> dict[str, torch.Tensor]:
     levels = len(config.block_out_channels)
     prefixes = []
     for i in range(levels):
@@ -339,6 +356,7 @@ def write_demo_xl_folder(models_dir: Path, cache_dir: Path) -> Path:
         scheduler=scheduler,
     )
     tmp = folder.with_name(f".{folder.name}.tmp")
+    # mypy resolves diffusers' top-level export to its no-torch placeholder class.
     pipe.save_pretrained(tmp, safe_serialization=True)  # type: ignore[attr-defined]
     tmp.replace(folder)
     return folder

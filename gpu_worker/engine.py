@@ -23,6 +23,13 @@ from PIL import Image
 from gpu_worker import infotext as infotext_mod
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
+from gpu_worker.inpainting import (
+    decode_mask,
+    inpaint_infotext,
+    inpaint_pipeline,
+    is_inpaint_model,
+    sample_inpaint,
+)
 from gpu_worker.loading import (
     ModelLoadError,
     architecture_for_pipe,
@@ -30,8 +37,10 @@ from gpu_worker.loading import (
     load_checkpoint,
     load_vae,
 )
+from gpu_worker.masking import InpaintPlan, plan_inpaint, whole_image_plan
 from gpu_worker.model_cache import ModelCache
 from gpu_worker.noise import consume, initial_noise, variation_of
+from gpu_worker.params import INPAINT_DEFAULTS
 from gpu_worker.passes import (
     UPSCALERS,
     denoised_steps,
@@ -332,6 +341,7 @@ class _Run:
         self.embedding_hashes: dict[str, str] = {}
         self.switcher: ScheduleSwitcher | None = None  # prompt editing of the pass running
         self.upscaler: CatalogueItem | None = None  # the hires fix's upscaler model, if any
+        self.inpaint_plan: InpaintPlan | None = None
 
     # The step callback diffusers calls; it must return its kwargs.
     def _callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
@@ -374,6 +384,16 @@ class _Run:
         result = GenerationResult()
         hires = r.get("hires") if r["mode"] == "txt2img" else None
         init = _decode_init_image(r) if r["mode"] == "img2img" else None
+        if init is not None and r.get("inpaint"):
+            self.inpaint_plan = self._plan_inpaint(init)
+        elif is_inpaint_model(self.pipe):  # no mask: the whole image is "masked", as in A1111
+            if hires:
+                raise JobFailed("hires fix is not available with an inpainting model")
+            self.inpaint_plan = whole_image_plan(
+                resize_image(init, r["width"], r["height"], int(r.get("resize_mode", 0)))
+                if init is not None
+                else Image.new("RGB", (r["width"], r["height"]), (127, 127, 127))
+            )
         hires_steps = 0
         if hires:
             hires_steps = hires_inference_steps(r["steps"], hires)
@@ -486,6 +506,20 @@ class _Run:
     ) -> tuple[list[Image.Image], tuple[int, int]]:
         r = self.request
         width, height = r["width"], r["height"]
+        if self.inpaint_plan is not None:
+            pipe = inpaint_pipeline(self.pipe, self.family, self._scheduler(seeds[0]))
+            common = self._common(schedules[0], seeds)
+            if init is None:  # txt2img on an inpaint checkpoint: its noise may be a variation
+                common |= self._variation_latents(seeds, width, height, common["generator"])
+            images = sample_inpaint(
+                pipe,
+                self.inpaint_plan,
+                r.get("inpaint") or INPAINT_DEFAULTS,
+                strength=r["denoising_strength"] if init is not None else 1.0,
+                steps=r["steps"],
+                common=common,
+            )
+            return images, (width, height)
         if init is not None:
             pipe = self._img2img_pipe(seeds[0])
             out = pipe(
@@ -543,10 +577,29 @@ class _Run:
         if not variation.active:
             return {}
         factor = int(getattr(self.pipe, "vae_scale_factor", 8))
-        shape = (int(self.pipe.unet.config.in_channels), height // factor, width // factor)
+        # the latents' channels (an inpaint UNet reads 9: latents, mask and masked image)
+        shape = (int(self.pipe.vae.config.latent_channels), height // factor, width // factor)
         noise = initial_noise(seeds, variation, shape)
         consume(generators, shape)
         return {"latents": noise.to(self.pipe.unet.device, self.pipe.unet.dtype)}
+
+    def _plan_inpaint(self, init: Image.Image) -> InpaintPlan:
+        r = self.request
+        mask = decode_mask(r.get("mask_png_b64"))
+        if mask is None:  # outpainting alone: the grown sides are the whole mask
+            mask = Image.new("L", init.size, 0)
+        inpaint = r.get("inpaint")
+        if inpaint is None:
+            raise ValueError("an inpaint plan needs the request's inpaint options")
+        return plan_inpaint(
+            init,
+            mask,
+            inpaint,
+            r["width"],
+            r["height"],
+            resize_image,
+            int(r.get("resize_mode", 0)),
+        )
 
     def _img2img_pipe(self, seed: int) -> Any:
         from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
@@ -611,6 +664,8 @@ class _Run:
                 if hires["upscaler"] in LATENT_UPSCALE_MODES or self.upscaler
                 else "Lanczos"
             )
+        if r.get("inpaint") and r["mode"] == "img2img":
+            params.update(inpaint_infotext(r["inpaint"]))  # type: ignore[arg-type]
         if loras:
             params["Lora hashes"] = ", ".join(f"{t.name}: {i.sha256[:12]}" for i, t in loras)
         if self.embedding_hashes:
@@ -645,7 +700,8 @@ def _decode_init_image(request: GenerationRequest) -> Image.Image:
 
 
 def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Image.Image:
-    """A1111 resize modes: 0 just resize, 1 crop and resize, 2 resize and fill."""
+    """A1111 resize modes: 0 just resize, 1 crop and resize, 2 resize and fill (3, latent
+    upscale, resizes like 0 here). Works on RGB images and on "L" masks alike."""
     lanczos = Image.Resampling.LANCZOS
     if mode == 1:
         ratio = max(width / image.width, height / image.height)
@@ -656,7 +712,18 @@ def resize_image(image: Image.Image, width: int, height: int, mode: int) -> Imag
     if mode == 2:
         ratio = min(width / image.width, height / image.height)
         w, h = max(1, round(image.width * ratio)), max(1, round(image.height * ratio))
-        canvas = image.resize((width, height), lanczos)  # the bars get the stretched image
-        canvas.paste(image.resize((w, h), lanczos), ((width - w) // 2, (height - h) // 2))
+        fitted = image.resize((w, h), lanczos)
+        left, top = (width - w) // 2, (height - h) // 2
+        canvas = Image.new(image.mode, (width, height))
+        # A1111's bars: the fitted image's outermost row (or column) stretched across each.
+        for box, size, at in (
+            ((0, 0, w, 1), (w, top), (left, 0)),
+            ((0, h - 1, w, h), (w, height - top - h), (left, top + h)),
+            ((0, 0, 1, h), (left, h), (0, top)),
+            ((w - 1, 0, w, h), (width - left - w, h), (left + w, top)),
+        ):
+            if size[0] > 0 and size[1] > 0:
+                canvas.paste(fitted.crop(box).resize(size, Image.Resampling.NEAREST), at)
+        canvas.paste(fitted, (left, top))
         return canvas
     return image.resize((width, height), lanczos)

@@ -7,12 +7,13 @@ CLIP tokenizer derived from open-clip's vocabulary, so nothing is ever fetched f
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from gpu_worker.catalogue import CatalogueItem
+from gpu_worker.catalogue import INPAINT_IN_CHANNELS, INPAINT_SUFFIX, CatalogueItem
 from gpu_worker.clip_vocab import write_tokenizer_folder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,6 +24,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 SUPPORTED_ARCHITECTURES = ("sd1", "sdxl", "tiny-sd1")
+# A dedicated inpaint checkpoint of a supported architecture (catalogue.INPAINT_SUFFIX) loads with
+# the base config folder whose UNet reads 9 channels (latents, mask, masked-image latents).
 SDXL_SECOND_PAD = "!"  # SDXL's second tokenizer pads with "!", the first with <|endoftext|>
 
 
@@ -39,13 +42,18 @@ def default_cache_dir() -> Path:
 
 def config_folder(architecture: str, cache_dir: Path) -> Path:
     """A complete offline diffusers config folder (configs + tokenizers) for an architecture."""
-    if architecture not in SUPPORTED_ARCHITECTURES:
+    base = architecture.removesuffix(INPAINT_SUFFIX)
+    if base not in SUPPORTED_ARCHITECTURES:
         raise ModelLoadError(f"no shipped config for architecture {architecture!r}")
     target = cache_dir / "configs" / architecture
     marker = target / ".complete"
     if marker.exists():
         return target
-    shutil.copytree(SHIPPED_CONFIGS / architecture, target, dirs_exist_ok=True)
+    shutil.copytree(SHIPPED_CONFIGS / base, target, dirs_exist_ok=True)
+    if base != architecture:
+        unet_config = target / "unet" / "config.json"
+        config = json.loads(unet_config.read_text())
+        unet_config.write_text(json.dumps({**config, "in_channels": INPAINT_IN_CHANNELS}))
     write_tokenizer_folder(target / "tokenizer")
     if (target / "text_encoder_2").is_dir():
         write_tokenizer_folder(target / "tokenizer_2", pad_token=SDXL_SECOND_PAD)
@@ -60,7 +68,12 @@ def architecture_of(item: CatalogueItem, state_dict: dict | None = None) -> str:
         from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
         model_type = infer_diffusers_model_type(state_dict)
-        mapped = {"v1": "sd1", "xl_base": "sdxl"}.get(model_type)
+        mapped = {
+            "v1": "sd1",
+            "xl_base": "sdxl",
+            "inpainting": "sd1" + INPAINT_SUFFIX,
+            "xl_inpaint": "sdxl" + INPAINT_SUFFIX,
+        }.get(model_type)
         if mapped:
             return mapped
         raise ModelLoadError(f"{item.filename}: architecture {model_type!r} is not supported")
@@ -104,7 +117,7 @@ def load_checkpoint(item: CatalogueItem, *, dtype: Any, cache_dir: Path) -> Any:
         architecture = architecture_of(item, state_dict)
         folder = config_folder(architecture, cache_dir)
         source: Any = state_dict if state_dict is not None else str(item.path)
-        if architecture == "sdxl":
+        if architecture.startswith("sdxl"):
             pipeline_cls, extra = StableDiffusionXLPipeline, {}
         return pipeline_cls.from_single_file(
             source, config=str(folder), local_files_only=True, dtype=dtype, **extra

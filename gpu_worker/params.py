@@ -11,7 +11,7 @@ generation/submission.py and show it on the generator page; the front-door test
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 GenerationMode = Literal["txt2img", "img2img"]
 
@@ -25,6 +25,23 @@ class HiresParams(TypedDict):
     upscaler: str  # one of passes.UPSCALERS
     second_pass_steps: int  # 0: same as steps
     denoising_strength: float  # in (0, 1]
+
+
+class InpaintParams(TypedDict):
+    """img2img inpainting and outpainting, with A1111's names and meanings (the mask itself, white
+    = repaint, travels beside the job like the init image)."""
+
+    mask_blur_x: int  # Gaussian blur of the mask edge, in pixels (A1111's mask_blur sets both)
+    mask_blur_y: int
+    inpainting_fill: int  # masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool  # "only masked": crop mask + padding, denoise at width x height
+    inpaint_full_res_padding: int  # pixels around the mask's box in the "only masked" crop
+    inpainting_mask_invert: bool  # repaint the black part instead
+    initial_noise_multiplier: float  # scales the starting noise (A1111's img2img option)
+    outpaint_left: int  # outpainting: pixels the canvas grows by on each side (new area = mask)
+    outpaint_top: int
+    outpaint_right: int
+    outpaint_bottom: int
 
 
 class GenerationParams(TypedDict):
@@ -49,12 +66,15 @@ class GenerationParams(TypedDict):
     resize_mode: int  # img2img: 0 just resize, 1 crop and resize, 2 resize and fill
     hires: HiresParams | None  # txt2img hires fix; None = off (always None for img2img)
     loras: list[str]  # catalogue names of the LoRAs the prompts name (derived, sorted)
-    # A1111's toolset (issue 17): variation seeds (gpu_worker/noise.py), tiling (tiling.py)
-    subseed: int  # variation seed, already resolved (never -1); image i uses subseed + i
-    subseed_strength: float  # 0: no variation; 1: the subseed's noise alone
-    seed_resize_from_w: int  # 0: off; else the noise is made at this size and centred
-    seed_resize_from_h: int  # 0: off (both or neither)
-    tiling: bool  # seamless textures: circular padding in the UNet and VAE convolutions
+    # A1111's toolset (issue 17): variation seeds (gpu_worker/noise.py), tiling (tiling.py).
+    # Submission always sets them; jobs stored before them, and the CLI, leave them out (off).
+    subseed: NotRequired[int]  # variation seed, already resolved (never -1); image i: subseed + i
+    subseed_strength: NotRequired[float]  # 0: no variation; 1: the subseed's noise alone
+    seed_resize_from_w: NotRequired[int]  # 0: off; else the noise is made at this size, centred
+    seed_resize_from_h: NotRequired[int]  # 0: off (both or neither)
+    tiling: NotRequired[bool]  # seamless textures: circular padding in UNet and VAE convolutions
+    # Inpainting / outpainting (img2img with a mask or grown sides); None = plain img2img.
+    inpaint: NotRequired[InpaintParams | None]
 
 
 # Defaults of a field a request leaves out (a checkpoint's own default_params come between).
@@ -88,12 +108,32 @@ HIRES_DEFAULTS: HiresParams = {
     "denoising_strength": 0.7,
 }
 
+# Inpaint defaults: A1111's web UI ones (its API's differ: generation.a1111 applies those).
+INPAINT_DEFAULTS: InpaintParams = {
+    "mask_blur_x": 4,
+    "mask_blur_y": 4,
+    "inpainting_fill": 1,
+    "inpaint_full_res": False,
+    "inpaint_full_res_padding": 32,
+    "inpainting_mask_invert": False,
+    "initial_noise_multiplier": 1.0,
+    "outpaint_left": 0,
+    "outpaint_top": 0,
+    "outpaint_right": 0,
+    "outpaint_bottom": 0,
+}
+INPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing")  # by inpainting_fill
+OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_bottom")
+
 # What a request may name: every parameter but the derived ones, plus the img2img source image
-# (stored beside the job as a file, sent to the worker in the envelope) and the names of saved
-# styles (applied to the prompts at submission: the job keeps the styled prompts).
+# (stored beside the job as a file, sent to the worker in the envelope), its inpaint mask
+# (likewise) and the names of saved styles (applied to the prompts at submission: the job
+# keeps the styled prompts).
 DERIVED_FIELDS = frozenset({"loras"})
 REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS | {
     "init_image",
+    "mask",
     "styles",
 }
 HIRES_FIELDS = frozenset(HiresParams.__annotations__)
+INPAINT_FIELDS = frozenset(InpaintParams.__annotations__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gpu_worker.params import HiresParams
+from gpu_worker.params import OUTPAINT_SIDES, HiresParams
 
 # Hires upscalers: latent modes resize the first pass's latents (engine.LATENT_UPSCALE_MODES says
 # how); the image upscalers resize its decoded pixels with Lanczos ("None" is A1111's name).
@@ -40,6 +40,19 @@ def hires_size(width: int, height: int, hires: HiresParams) -> tuple[int, int]:
         scale = float(hires["scale"])
         w, h = int(width * scale), int(height * scale)
     return max(8, w // 8 * 8), max(8, h // 8 * 8)
+
+
+def denoised_size(params: Any) -> tuple[int, int]:
+    """Size of the image the first (or only) pass denoises: width x height, grown by the
+    outpainted sides in "whole picture" inpainting. "Only masked" denoises its crop at width x
+    height whatever the source's size, which is what makes it the cheap way to touch up a
+    large image."""
+    width, height = int(params["width"]), int(params["height"])
+    inpaint = params.get("inpaint") if params["mode"] == "img2img" else None
+    if not inpaint or inpaint.get("inpaint_full_res"):
+        return width, height
+    left, top, right, bottom = (int(inpaint.get(side) or 0) for side in OUTPAINT_SIDES)
+    return width + left + right, height + top + bottom
 
 
 def denoised_steps(inference_steps: int, strength: float) -> int:

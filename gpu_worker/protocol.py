@@ -69,9 +69,10 @@ class JobEnvelope(TypedDict):
 
 class GenerationRequest(JobEnvelope, GenerationParams):
     """What the platform asks a GPU worker to make: the job's validated GenerationParams (its
-    `Job.params`, unchanged) in an envelope, plus the img2img source image."""
+    `Job.params`, unchanged) in an envelope, plus the img2img source image and inpaint mask."""
 
     init_image_png_b64: NotRequired[str | None]  # img2img source, PNG, base64
+    mask_png_b64: NotRequired[str | None]  # inpaint mask, PNG, base64 (white = repaint)
 
 
 class ResultImage(TypedDict):

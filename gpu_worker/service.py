@@ -55,6 +55,10 @@ SEND_ERRORS = (redis.RedisError, BrokerConnectionError, OSError)
 SHUTDOWN_FLUSH_SECONDS = 30  # how long a stopping worker keeps trying to send buffered events
 
 
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class WorkerService:
     def __init__(
         self,
@@ -78,6 +82,8 @@ class WorkerService:
         self.worker: dramatiq.Worker | None = None  # set at boot, for drain (pausing consumers)
         self.queue = worker_queue(worker_id)
         self._outbox: deque[JobEvent] = deque()  # events not yet accepted by Redis, in order
+        # The broker id of the message being run: never given back, its job is running here.
+        self.in_hand: str | None = None
         self._outbox_lock = threading.Lock()
 
     # --- operator commands -----------------------------------------------------------------
@@ -157,7 +163,8 @@ class WorkerService:
 
     def release_queued(self) -> int:
         """On shutdown: give every job still waiting in this worker's queue back to the
-        platform (a 'released' event each) and empty the queue; how many were."""
+        platform (a 'released' event each) and empty the queue; how many were. The message
+        being run stays: its job finishes here and its message is acked as usual."""
         client = getattr(self.broker, "client", None)
         namespace = getattr(self.broker, "namespace", "dramatiq")
         if client is None:
@@ -165,7 +172,10 @@ class WorkerService:
         released = 0
         for suffix in ("", ".DQ"):
             key = f"{namespace}:{self.queue}{suffix}.msgs"
-            for raw in client.hvals(key):
+            for message_id, raw in client.hgetall(key).items():
+                if _decode(message_id) == self.in_hand:
+                    continue
+                client.hdel(key, message_id)
                 try:
                     request = (dramatiq.Message.decode(raw).kwargs or {})[GENERATE_KWARG]
                 except (ValueError, KeyError, TypeError):
@@ -173,7 +183,7 @@ class WorkerService:
                     continue
                 self.report(self._event(request, "released"))
                 released += 1
-            client.delete(key, f"{namespace}:{self.queue}{suffix}")
+            client.delete(f"{namespace}:{self.queue}{suffix}")
         return released
 
     def _event(self, request: GenerationRequest, kind: Any, **fields: Any) -> JobEvent:
@@ -183,6 +193,7 @@ class WorkerService:
             worker_id=self.worker_id,
             kind=kind,
         )
+        # `fields` are JobEvent's optional keys, by name (images, error, steps_done, timings).
         event.update(fields)  # type: ignore[typeddict-item]
         return event
 
@@ -327,11 +338,15 @@ def register_actors(broker: dramatiq.Broker, service: WorkerService) -> dramatiq
 
     def generate_images(request: GenerationRequest) -> None:
         message = CurrentMessage.get_current_message()
-        service.generate(
-            request,
-            enqueued_at_ms=message.message_timestamp if message else None,
-            retries=message.options.get("retries", 0) if message else 0,
-        )
+        service.in_hand = message.options.get("redis_message_id") if message else None
+        try:
+            service.generate(
+                request,
+                enqueued_at_ms=message.message_timestamp if message else None,
+                retries=message.options.get("retries", 0) if message else 0,
+            )
+        finally:
+            service.in_hand = None
 
     return dramatiq.Actor(
         generate_images,

@@ -1,8 +1,16 @@
-"""Tiny server-rendered SVG bar charts: no JavaScript, no build step."""
+"""Small server-rendered SVG bar charts with a y-axis, gridlines, units and a legend.
+
+No JavaScript and no build step: the view computes geometry here, `_bar_chart.html` draws it,
+and every value is also in a <title> (hover, screen readers) and, on the page, in a table.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+WIDTH, HEIGHT = 720, 200
+LEFT, RIGHT, TOP, BOTTOM = 52, 712, 26, 172  # the plot area inside the view box
 
 
 @dataclass(frozen=True)
@@ -13,52 +21,101 @@ class Bar:
     height: float
     label: str
     value: float
-    series: int = 0  # which series of a grouped chart (CSS class chart-series-N)
+    series: int = 0  # CSS class chart-series-N
+    series_name: str = ""
 
 
-def bar_chart(points: list[tuple[str, float]], width: int = 720, height: int = 160) -> list[Bar]:
-    if not points:
-        return []
-    top = max(value for _label, value in points) or 1
-    slot = width / len(points)
+@dataclass(frozen=True)
+class Tick:
+    y: float
+    label: str
+
+
+@dataclass(frozen=True)
+class XLabel:
+    x: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    bars: list[Bar]
+    y_ticks: list[Tick]
+    x_labels: list[XLabel]
+    series: list[str]  # legend, in colour order
+    unit: str  # the y-axis title, e.g. "jobs" or "credits"
+    left: int = LEFT
+    right: int = RIGHT
+    top: int = TOP
+    bottom: int = BOTTOM
+    width: int = WIDTH
+    height: int = HEIGHT
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(bar.value for bar in self.bars)
+
+
+def nice_step(top: float, ticks: int = 4) -> float:
+    """A round step (1, 2 or 5 times a power of ten) that splits 0..top into about `ticks`."""
+    if top <= 0:
+        return 1.0
+    raw = top / ticks
+    power = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 5, 10):
+        if raw <= factor * power:
+            return float(factor * power)
+    return float(10 * power)  # pragma: no cover - the loop always returns
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value == int(value) else f"{value:,.1f}"
+
+
+def bar_chart(
+    labels: list[str],
+    series: dict[str, list[float]],
+    *,
+    unit: str,
+    label_every: int = 1,
+    whole_numbers: bool = True,
+) -> Chart:
+    """Side-by-side bars per label, one per series, on one y scale starting at zero."""
+    names = list(series)
+    if not labels:
+        return Chart([], [], [], names, unit)
+    top_value = max((float(v) for values in series.values() for v in values), default=0.0)
+    step = nice_step(top_value)
+    if whole_numbers:
+        step = max(step, 1.0)
+    top = step * max(1, math.ceil(top_value / step))
+    plot_height = BOTTOM - TOP
+    slot = (RIGHT - LEFT) / len(labels)
+    sub = (slot - 2) / max(len(names), 1)
     bars = []
-    for i, (label, value) in enumerate(points):
-        bar_height = (value / top) * (height - 20)
-        bars.append(
-            Bar(
-                x=i * slot + 1,
-                y=height - bar_height,
-                width=max(slot - 2, 1),
-                height=bar_height,
-                label=label,
-                value=value,
-            )
-        )
-    return bars
-
-
-def grouped_bar_chart(
-    points: list[tuple[str, tuple[float, ...]]], width: int = 720, height: int = 160
-) -> list[Bar]:
-    """Side-by-side bars per label (one per series), on one scale."""
-    if not points:
-        return []
-    top = max((v for _label, values in points for v in values), default=0) or 1
-    slot = width / len(points)
-    bars = []
-    for i, (label, values) in enumerate(points):
-        sub = (slot - 2) / max(len(values), 1)
-        for j, value in enumerate(values):
-            bar_height = (float(value) / float(top)) * (height - 20)
+    for i, label in enumerate(labels):
+        for j, name in enumerate(names):
+            value = float(series[name][i])
+            bar_height = max(value, 0) / top * plot_height
             bars.append(
                 Bar(
-                    x=i * slot + 1 + j * sub,
-                    y=height - bar_height,
+                    x=LEFT + i * slot + 1 + j * sub,
+                    y=BOTTOM - bar_height,
                     width=max(sub - 1, 1),
                     height=bar_height,
                     label=label,
                     value=value,
                     series=j,
+                    series_name=name,
                 )
             )
-    return bars
+    ticks = [
+        Tick(y=BOTTOM - (k * step) / top * plot_height, label=_number(k * step))
+        for k in range(int(round(top / step)) + 1)
+    ]
+    x_labels = [
+        XLabel(x=LEFT + i * slot + slot / 2, label=label)
+        for i, label in enumerate(labels)
+        if i % label_every == 0
+    ]
+    return Chart(bars, ticks, x_labels, names, unit)

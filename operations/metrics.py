@@ -6,6 +6,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import TruncHour
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from accounts.models import MembershipTier
 from generation.models import Job
-from operations.credit_metrics import credits_per_day
+from operations.credit_metrics import CreditDay, credits_per_day
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -62,7 +63,7 @@ def window_stats(label: str, since: datetime) -> WindowStats:
     for status, created, started, finished_at in rows:
         finished += 1
         failed += status == Job.Status.FAILED
-        if started:
+        if started and finished_at:  # finished_at is never null here (the filter)
             waits.append((started - created).total_seconds())
             runs.append((finished_at - started).total_seconds())
     return WindowStats(
@@ -168,6 +169,8 @@ def worker_utilisation(now: datetime | None = None) -> list[WorkerUtilisation]:
     )
     busy: dict[str, list[float]] = {}
     for worker_id, started, finished in rows:
+        if started is None:  # excluded by the query; says so to the type checker
+            continue
         end = finished or now
         totals = busy.setdefault(worker_id, [0.0, 0.0])
         totals[0] += _overlap_s(started, end, now - HOUR, now)
@@ -175,7 +178,19 @@ def worker_utilisation(now: datetime | None = None) -> list[WorkerUtilisation]:
     return [WorkerUtilisation(w, hour, day) for w, (hour, day) in sorted(busy.items())]
 
 
-def overview(now: datetime | None = None) -> dict[str, object]:
+class Overview(TypedDict):
+    queue_by_model: list[tuple[str, int]]
+    queue_by_tier: list[tuple[str, int]]
+    queued_total: int
+    running_total: int
+    windows: list[WindowStats]
+    jobs_per_hour: list[tuple[datetime, int]]
+    model_loads_per_hour: list[tuple[datetime, int]]
+    workers: list[WorkerUtilisation]
+    credits_per_day: list[CreditDay]
+
+
+def overview(now: datetime | None = None) -> Overview:
     now = now or timezone.now()
     return {
         "queue_by_model": queue_depth_by_model(),

@@ -11,33 +11,44 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from generation.broker import get_redis
+from generation.fleet import read_workers
 from gpu_worker.protocol import WorkerCommand
 from operations import metrics
-from operations.charts import Bar, bar_chart, grouped_bar_chart
-from operations.workers import read_workers, send_worker_command
+from operations.charts import Chart, bar_chart
+from operations.credit_metrics import CreditDay
+from operations.workers import send_worker_command
 
 
 @staff_member_required
 def ops_overview(request: HttpRequest) -> HttpResponse:
     data = metrics.overview()
     charts = {
-        "chart": hourly_chart(data["jobs_per_hour"]),  # type: ignore[arg-type]
-        "loads_chart": hourly_chart(data["model_loads_per_hour"]),  # type: ignore[arg-type]
-        "credits_chart": grouped_bar_chart(
-            [
-                (day.day.strftime("%m-%d"), (float(day.spent), float(day.bought)))
-                for day in data["credits_per_day"]  # type: ignore[attr-defined]
-            ]
-        ),
+        "chart": hourly_chart(data["jobs_per_hour"], _("jobs")),
+        "loads_chart": hourly_chart(data["model_loads_per_hour"], _("loads")),
+        "credits_chart": credits_chart(data["credits_per_day"]),
     }
     return render(request, "operations/overview.html", {**data, **charts})
 
 
-def hourly_chart(per_hour: list[tuple[datetime, int]]) -> list[Bar]:
-    local: list[tuple[str, float]] = [
-        (timezone.localtime(hour).strftime("%H:00"), n) for hour, n in per_hour
-    ]
-    return bar_chart(local)
+def hourly_chart(per_hour: list[tuple[datetime, int]], unit: str) -> Chart:
+    labels = [timezone.localtime(hour).strftime("%H:00") for hour, _n in per_hour]
+    return bar_chart(labels, {unit: [n for _hour, n in per_hour]}, unit=unit, label_every=3)
+
+
+def credits_chart(days: list[CreditDay]) -> Chart:
+    """Every series of the table below it, on one scale."""
+    return bar_chart(
+        [day.day.strftime("%m-%d") for day in days],
+        {
+            _("Spent"): [float(day.spent) for day in days],
+            _("Refunded"): [float(day.refunded) for day in days],
+            _("Bought"): [float(day.bought) for day in days],
+            _("Granted"): [float(day.granted) for day in days],
+        },
+        unit=_("credits"),
+        label_every=2,
+        whole_numbers=False,
+    )
 
 
 @staff_member_required
@@ -51,7 +62,7 @@ def ops_worker_command(request: HttpRequest, worker_id: str) -> HttpResponse:
     action = request.POST.get("action", "")
     command: WorkerCommand
     if action in ("drain", "undrain"):
-        command = {"action": action}  # type: ignore[typeddict-item]
+        command = {"action": "drain" if action == "drain" else "undrain"}
     elif action == "unload" and request.POST.get("model"):
         command = {"action": "unload", "model": request.POST["model"]}
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 import redis
@@ -16,6 +17,15 @@ def make_user(username: str, **extra: object) -> User:
     return User.objects.create_user(
         username=username, email=f"{username}@example.com", password=PASSWORD, **extra
     )
+
+
+@pytest.fixture(autouse=True)
+def fresh_rate_limits(settings) -> None:
+    """Throttle counters live in the shared (Redis) cache: a key prefix per test keeps one
+    test's requests from counting against the next."""
+    settings.CACHES = {
+        "default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}
+    }
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from django.utils.translation import gettext as _
 from rest_framework import exceptions
+from rest_framework.request import Request
 
 from accounts.authentication import BasicTokenAuthentication, BearerTokenAuthentication
 from generation.a1111.errors import A1111Error
@@ -18,10 +19,10 @@ AUTHENTICATORS = (BasicTokenAuthentication(), BearerTokenAuthentication())
 
 
 def authenticate_sync(request: HttpRequest) -> Any:
-    # The DRF classes only read request.META, so a plain Django request serves.
+    # The DRF classes only read request.META, which DRF's Request wrapper passes through.
     for authenticator in AUTHENTICATORS:
         try:
-            found = authenticator.authenticate(request)  # type: ignore[arg-type]
+            found = authenticator.authenticate(Request(request))
         except exceptions.AuthenticationFailed as exc:
             raise A1111Error(401, str(exc.detail)) from None
         if found is not None:

@@ -44,15 +44,32 @@ A1111_FIELDS = {
     "hires.upscaler": "hr_upscaler",
     "hires.denoising_strength": "denoising_strength",
     "Idempotency-Key": "force_task_id",
+    # inpainting: our nested inpaint object holds A1111's own names
+    **{
+        f"inpaint.{name}": name
+        for name in (
+            "mask_blur_x",
+            "mask_blur_y",
+            "inpainting_fill",
+            "inpaint_full_res",
+            "inpaint_full_res_padding",
+            "inpainting_mask_invert",
+            "initial_noise_multiplier",
+        )
+    },
+    "inpaint": "mask",
 }
 
 
 class A1111Error(Exception):
-    def __init__(self, status: int, detail: str, field: str = "") -> None:
+    def __init__(
+        self, status: int, detail: str, field: str = "", retry_after: int | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.field = field
+        self.retry_after = retry_after
 
     @classmethod
     def from_submission(cls, exc: SubmissionError) -> A1111Error:
@@ -74,5 +91,5 @@ class A1111Error(Exception):
         if self.status == 401:
             response["WWW-Authenticate"] = 'Basic realm="sdapi"'
         elif self.status == 429:
-            response["Retry-After"] = "10"
+            response["Retry-After"] = str(self.retry_after or 10)
         return response

@@ -10,6 +10,9 @@ from django.utils.translation import gettext as _
 
 from generation.a1111.catalog import find_checkpoint
 from generation.a1111.errors import A1111Error
+from generation.broker import get_redis
+from generation.catalogue_sync import sync_catalogue
+from generation.fleet import read_workers
 from generation.submission import default_checkpoint, set_default_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -56,11 +59,8 @@ def _ram() -> dict[str, int]:
 
 
 def _gpus() -> dict[str, Any]:
-    from generation.broker import get_redis
-    from operations.workers import read_workers
-
     try:
-        workers = [w for w in read_workers(get_redis()) if w.heartbeat and w.state != "gone"]
+        workers = [w for w in read_workers(get_redis()) if w.present]
     except (redis.RedisError, OSError):
         return {"error": _("the worker heartbeats are unreachable")}
     if not workers:
@@ -93,8 +93,6 @@ def memory(user: Any) -> dict[str, Any]:
 
 def refresh_catalogue(user: Any) -> None:
     """Rescan the models folder and the workers' inventories (staff only)."""
-    from generation.sweeper import sync_catalogue
-
     if not user.is_staff:
         raise A1111Error(403, _("only staff can rescan the model folders"))
     sync_catalogue()

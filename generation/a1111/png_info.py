@@ -1,5 +1,5 @@
 """/png-info: the generation parameters of a base64 image, read by the same code that writes
-them (gpu_worker.infotext) with the gallery's size limits."""
+them (gpu_worker.infotext) with the same size limits as the gallery's PNG Info page."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 from django.utils.translation import gettext as _
 from PIL import Image, UnidentifiedImageError
 
-from gallery.png_info import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
 from generation.a1111.errors import A1111Error
+from generation.image_limits import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
 from gpu_worker.infotext import PNG_CHUNK, parse_infotext, read_infotext
 
 

@@ -19,7 +19,9 @@ from django.utils.translation import gettext as _
 
 from generation.a1111.errors import A1111Error
 from generation.a1111.responses import job_timestamp
+from generation.broker import get_redis
 from generation.models import Job
+from generation.queue import queue_info
 from generation.submission import SubmissionError, cancel_job
 from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS, PROGRESS_KEY, ProgressEvent
 
@@ -56,8 +58,6 @@ def current_job(user: Any, task_id: str | None = None) -> Job | None:
 
 
 def _redis_values(job: Job) -> tuple[ProgressEvent | None, str | None]:
-    from generation.broker import get_redis
-
     try:
         live, flag = get_redis().mget(
             [PROGRESS_KEY.format(job_id=job.pk), CANCEL_KEY.format(job_id=job.pk)]
@@ -89,8 +89,6 @@ def _state(job: Job, step: int, steps: int, flag: str | None) -> dict[str, Any]:
 
 def _queued(job: Job) -> dict[str, Any] | None:
     """None when the job left the queue meanwhile (see its new status)."""
-    from generation.queue import queue_info
-
     info = queue_info(job)
     if info is None:
         job.refresh_from_db()
@@ -158,8 +156,6 @@ def interrupt(user: Any) -> None:
 
 def skip(user: Any) -> None:
     """Drop the batch being sampled of the caller's running job; the next batch goes on."""
-    from generation.broker import get_redis
-
     job = running_job(user)
     if job is None:
         return

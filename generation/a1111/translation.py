@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
@@ -116,9 +117,8 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "firstpass_image": (None, ""),
     "firstphase_width": (None, 0),
     "firstphase_height": (None, 0),
-    "initial_noise_multiplier": (None, 1),
     "latent_mask": (None, ""),
-    "mask": (None, ""),
+    "mask_round": (None, True),
 }
 FEATURES = {
     "restore_faces": gettext_lazy("face restoration is not available"),
@@ -128,8 +128,8 @@ FEATURES = {
     "firstpass_image": gettext_lazy("a hires first-pass image is not available"),
     "firstphase_width": gettext_lazy("use hr_resize_x/hr_resize_y instead"),
     "firstphase_height": gettext_lazy("use hr_resize_x/hr_resize_y instead"),
-    "latent_mask": gettext_lazy("inpainting is not supported by this engine"),
-    "mask": gettext_lazy("inpainting is not supported by this engine"),
+    "latent_mask": gettext_lazy("a separate latent mask is not available"),
+    "mask_round": gettext_lazy("masks are always rounded (soft masks are not available)"),
 }
 SAME = {"hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use same sampler"}
 SAME_SCHEDULER = ("Use same scheduler",)
@@ -143,7 +143,7 @@ class Translated:
     send_images: bool
 
 
-def _refuse(field: str, reason: str) -> A1111Error:
+def _refuse(field: str, reason: str | Promise) -> A1111Error:
     return A1111Error(422, _("%(field)s: %(reason)s") % {"field": field, "reason": reason}, field)
 
 
@@ -294,6 +294,35 @@ def _init_image(body: dict[str, Any]) -> str:
     return images[0]
 
 
+def _inpaint(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A1111's inpaint fields (its API defaults) into our inpaint object; none without a mask.
+    `mask_blur`, when sent, sets both axes, as in A1111."""
+    multiplier = body.get("initial_noise_multiplier")
+    if not body.get("mask"):
+        if multiplier not in (None, 1, 1.0):
+            raise _refuse("initial_noise_multiplier", _("only available with a mask"))
+        return None
+    blur = body.get("mask_blur")
+    return {
+        "mask_blur_x": _value(body, IMG2IMG_DEFAULTS, "mask_blur_x") if blur is None else blur,
+        "mask_blur_y": _value(body, IMG2IMG_DEFAULTS, "mask_blur_y") if blur is None else blur,
+        "inpainting_fill": _value(body, IMG2IMG_DEFAULTS, "inpainting_fill"),
+        "inpaint_full_res": _value(body, IMG2IMG_DEFAULTS, "inpaint_full_res"),
+        "inpaint_full_res_padding": _value(body, IMG2IMG_DEFAULTS, "inpaint_full_res_padding"),
+        "inpainting_mask_invert": _value(body, IMG2IMG_DEFAULTS, "inpainting_mask_invert"),
+        "initial_noise_multiplier": 1.0 if multiplier is None else multiplier,
+    }
+
+
+def _mask(body: dict[str, Any]) -> str | None:
+    mask = body.get("mask")
+    if not mask:
+        return None
+    if not isinstance(mask, str):
+        raise A1111Error(422, _("mask must be a base64 image"), "mask")
+    return mask
+
+
 def _task_id(body: dict[str, Any]) -> str | None:
     task_id = body.get("force_task_id")
     if task_id in (None, ""):
@@ -348,6 +377,8 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
     if mode == "img2img":
         params["init_image"] = _init_image(body)
         params["resize_mode"] = _value(body, defaults, "resize_mode")
+        params["mask"] = _mask(body)
+        params["inpaint"] = _inpaint(body)
     else:
         params["hires"] = _hires(user, body)
     # The echo shows the request as run: what was sent, filled from the infotext and defaults.

@@ -8,7 +8,7 @@ credentials come in the Authorization header.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from typing import Any
 
@@ -17,11 +17,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
+from accounts.throttles import api_refusal_wait
 from generation.a1111 import catalog, options, png_info, progress, translation, waiting
 from generation.a1111.auth import authenticate
 from generation.a1111.errors import A1111Error
 
 Handler = Callable[[HttpRequest, Any, Any], Awaitable[Any]]
+View = Callable[..., Coroutine[Any, Any, HttpResponse]]
 TRUE_WORDS = ("true", "1", "yes")
 
 
@@ -34,10 +36,10 @@ def _body(request: HttpRequest) -> Any:
         raise A1111Error(422, _("the request body is not valid JSON"), "body") from None
 
 
-def endpoint(*methods: str) -> Callable[[Handler], Callable[..., Awaitable[HttpResponse]]]:
+def endpoint(*methods: str) -> Callable[[Handler], View]:
     """Method check, authentication, JSON in and out, A1111-style errors."""
 
-    def decorate(handler: Handler) -> Callable[..., Awaitable[HttpResponse]]:
+    def decorate(handler: Handler) -> View:
         @csrf_exempt
         @wraps(handler)
         async def view(request: HttpRequest) -> HttpResponse:
@@ -47,6 +49,15 @@ def endpoint(*methods: str) -> Callable[[Handler], Callable[..., Awaitable[HttpR
                     response["Allow"] = ", ".join(methods)
                     return response
                 user = await authenticate(request)
+                # The REST API's per-member rate (the tier's), counted in the same cache.
+                wait = await sync_to_async(api_refusal_wait)(request, user)
+                if wait is not None:
+                    raise A1111Error(
+                        429,
+                        _("Request was throttled. Expected available in %(seconds)d seconds.")
+                        % {"seconds": wait},
+                        retry_after=wait,
+                    )
                 body = _body(request) if request.method == "POST" else None
                 result = await handler(request, user, body)
             except A1111Error as exc:

@@ -8,29 +8,32 @@ the policy (`FairScheduler.plan`) for assignments; claims each job with a condit
 worker's own queue after commit.
 
 Passes are serialised across processes by a short Redis lock. A pass asked for while another runs
-sets a "run again" flag instead, and the running pass goes round once more, so no trigger is lost:
-after a submission commits, after each job event, and on the platform worker's tick.
+sets a "run again" flag instead, and the running pass goes round once more, so no trigger is lost.
+The triggers live here too: after a submission commits (`dispatch_on_commit`), after a job is put
+back by hand (`dispatch_job`), after each job event (`generation.worker_events`), and on the
+platform worker's tick (`request_schedule`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
 from django.db import transaction
 
 from generation.broker import get_redis
-from generation.dispatch import send_request
+from generation.fleet import present_heartbeats
+from generation.job_messages import send_request
 from generation.models import Job
 from generation.scheduling.inputs import recent_usage, waiting_jobs
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView
-from gpu_worker.protocol import HEARTBEAT_INDEX, HEARTBEAT_KEY, WORKER_SLOTS, WorkerHeartbeat
+from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -45,31 +48,10 @@ return 0
 """
 
 
-def _decode(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def read_heartbeats(client: redis.Redis) -> dict[str, WorkerHeartbeat]:
-    """The heartbeats present now, by worker id (an expired key is simply absent)."""
-    ids = sorted(_decode(i) for i in client.smembers(HEARTBEAT_INDEX))
-    if not ids:
-        return {}
-    beats: dict[str, WorkerHeartbeat] = {}
-    for worker_id, raw in zip(
-        ids, client.mget([HEARTBEAT_KEY.format(worker_id=i) for i in ids]), strict=True
-    ):
-        if not raw:
-            continue
-        try:
-            beats[worker_id] = json.loads(raw)
-        except ValueError:
-            logger.warning("unreadable heartbeat of %s ignored", worker_id)
-    return beats
-
-
 def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
-    """What the policy needs of each alive worker; slots are counted from the database, so a
-    job assigned a moment ago counts even before the worker's next heartbeat."""
+    """What the policy needs of each present worker (`generation.fleet`); slots are counted from
+    the database, so a job assigned a moment ago counts even before the worker's next
+    heartbeat."""
     held: dict[str, list[str]] = defaultdict(list)
     unstarted_owners: dict[str, list[str]] = defaultdict(list)
     rows = (
@@ -114,7 +96,7 @@ class PassReport:
 
 
 def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
-    views = worker_views(read_heartbeats(client))
+    views = worker_views(present_heartbeats(client))
     if not any(v.free_slots for v in views):
         return []
     waiting = waiting_jobs().jobs
@@ -140,7 +122,7 @@ def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
             assignment.reason,
             job.attempt,
         )
-        transaction.on_commit(lambda job=job: send_request(job))
+        transaction.on_commit(partial(send_request, job))
     return made
 
 
@@ -172,6 +154,9 @@ def schedule_pending(
     return PassReport(assigned=assigned, rounds=rounds)
 
 
+# --- the triggers ----------------------------------------------------------------------------
+
+
 def request_schedule() -> None:
     """A trigger (after a submission commits, after a job event): never raises, because the
     platform worker's tick runs the pass again within a second anyway."""
@@ -181,3 +166,27 @@ def request_schedule() -> None:
         logger.warning("scheduling pass skipped: Redis unreachable")
     except Exception:
         logger.exception("scheduling pass failed; the next tick retries")
+
+
+def dispatch_job(job: Job) -> bool:
+    """Put a queued job back to be scheduled: taken from the worker it was assigned to (if it
+    has not started there) and offered to the next scheduling pass. False if it is running or
+    finished."""
+    job.refresh_from_db()
+    if job.status != Job.Status.QUEUED:
+        return False
+    if job.worker_id and not job.return_to_queue():
+        return False
+    schedule_on_commit()
+    return True
+
+
+def schedule_on_commit() -> None:
+    """Run a scheduling pass once the current transaction commits (at once outside one)."""
+    transaction.on_commit(request_schedule)
+
+
+def dispatch_on_commit(job: Job) -> None:
+    """A new job: schedule once the transaction that created it commits, never before, or the
+    worker would race the commit."""
+    schedule_on_commit()

@@ -13,8 +13,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import CreditAccount, MembershipTier
+from accounts.tiers import tier_expired
 from generation.models import Job
-from generation.queue import Source, _SpeedCache, estimate_duration
+from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import WaitingJob
 
 # The fair-share memory: how far back a user's GPU time counts against them. The bench's
@@ -31,7 +32,7 @@ IN_FLIGHT_FIELDS = (
 
 def tier_weights(owner_ids: Iterable[int], now: datetime | None = None) -> dict[int, float]:
     """Each owner's tier priority weight (at least 1): the default tier's where a time-limited
-    tier ran out or there is no account yet, as `accounts.tiers.effective_tier` decides."""
+    tier ran out (`accounts.tiers.tier_expired`) or there is no account yet."""
     now = now or timezone.now()
     ids = set(owner_ids)
     weights: dict[int, float] = {}
@@ -39,7 +40,7 @@ def tier_weights(owner_ids: Iterable[int], now: datetime | None = None) -> dict[
         "pk", "tier__priority_weight", "tier_expires_at"
     )
     for owner_id, weight, expires_at in rows:
-        if expires_at is None or expires_at > now:
+        if not tier_expired(expires_at, now):
             weights[owner_id] = float(max(1, weight))
     if missing := ids - weights.keys():
         default = float(max(1, MembershipTier.objects.default().priority_weight))
@@ -52,13 +53,13 @@ class Waiting(NamedTuple):
     sources: dict[str, Source]  # job id -> where its cost estimate came from
 
 
-def waiting_jobs(limit: int | None = None, speeds: _SpeedCache | None = None) -> Waiting:
+def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> Waiting:
     """The jobs the scheduler may hand out (queued, held by no worker), oldest first (the first
     `limit`), as the policy sees them. Plain rows, no model instances: a pass over a thousand
     waiting jobs stays cheap; load the few rows a plan hands out by their ids."""
-    speeds = speeds or _SpeedCache()
-    rows = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
-    rows = list(rows[:limit] if limit is not None else rows)
+    speeds = speeds or SpeedCache()
+    query = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
+    rows = list(query[:limit] if limit is not None else query)
     weights = tier_weights({row[1] for row in rows})
     waiting = Waiting([], {})
     for job_id, owner_id, created_at, checkpoint_id, checkpoint, params, mode in rows:
@@ -89,7 +90,7 @@ def in_flight_jobs() -> list[Job]:
 
 def recent_usage(
     now: datetime | None = None,
-    speeds: _SpeedCache | None = None,
+    speeds: SpeedCache | None = None,
     in_flight: Iterable[Job] | None = None,
 ) -> dict[str, float]:
     """GPU seconds per user (by str id) over the last USAGE_WINDOW: finished jobs' run time
@@ -97,13 +98,15 @@ def recent_usage(
     time so far, if longer). A job counts from the moment it is handed out, so the next pass
     does not give the same user another slot as if it had used nothing."""
     now = now or timezone.now()
-    speeds = speeds or _SpeedCache()
+    speeds = speeds or SpeedCache()
     start = now - USAGE_WINDOW
     usage: dict[str, float] = {}
     finished = Job.objects.filter(started_at__isnull=False, finished_at__gte=start).values_list(
         "owner_id", "started_at", "finished_at"
     )
     for owner_id, started_at, finished_at in finished:
+        if started_at is None or finished_at is None:  # excluded by the filter (for mypy)
+            continue
         seconds = (finished_at - max(started_at, start)).total_seconds()
         usage[str(owner_id)] = usage.get(str(owner_id), 0.0) + max(0.0, seconds)
     for job in in_flight if in_flight is not None else in_flight_jobs():

@@ -79,6 +79,7 @@
     if (status >= 500) return [fmt(T.server_error, { status: status })];
     if (!data) return [T.unknown_error];
     if (typeof data === "string") return [data];
+    if (typeof data.message === "string") return [data.message]; // already worded for people
     if (typeof data.field === "string" && data.detail !== undefined) {
       var name = DATA.field_labels[data.field] || data.field;
       return [name + ": " + data.detail];
@@ -116,6 +117,10 @@
 
   function toInt(value) { var n = parseInt(value, 10); return isNaN(n) ? null : n; }
   function toFloat(value) { var n = parseFloat(value); return isNaN(n) ? null : n; }
+  // A number field as typed: an empty or unreadable one goes as text, so the server names it
+  // instead of quietly using a default.
+  function intField(name) { var n = toInt(fields[name].value); return n === null ? fields[name].value : n; }
+  function floatField(name) { var n = toFloat(fields[name].value); return n === null ? fields[name].value : n; }
 
   // ---- the form <-> API parameters ----------------------------------------------------------
 
@@ -133,18 +138,18 @@
       vae: fields.vae.value || null,
       sampler: fields.sampler.value,
       scheduler: fields.scheduler.value,
-      steps: toInt(fields.steps.value),
-      cfg_scale: toFloat(fields.cfg_scale.value),
-      width: toInt(fields.width.value),
-      height: toInt(fields.height.value),
-      seed: toInt(fields.seed.value),
-      batch_size: toInt(fields.batch_size.value),
-      n_iter: toInt(fields.n_iter.value),
-      clip_skip: toInt(fields.clip_skip.value),
-      subseed: toInt(fields.subseed.value),
-      subseed_strength: toFloat(fields.subseed_strength.value),
-      seed_resize_from_w: toInt(fields.seed_resize_from_w.value),
-      seed_resize_from_h: toInt(fields.seed_resize_from_h.value),
+      steps: intField("steps"),
+      cfg_scale: floatField("cfg_scale"),
+      width: intField("width"),
+      height: intField("height"),
+      seed: intField("seed"),
+      batch_size: intField("batch_size"),
+      n_iter: intField("n_iter"),
+      clip_skip: intField("clip_skip"),
+      subseed: intField("subseed"),
+      subseed_strength: floatField("subseed_strength"),
+      seed_resize_from_w: intField("seed_resize_from_w"),
+      seed_resize_from_h: intField("seed_resize_from_h"),
       tiling: fields.tiling.checked,
       styles: selectedStyles(fields.styles.value),
       mode: initImage ? "img2img" : "txt2img",
@@ -154,6 +159,7 @@
       params.init_image = initImage.slice(initImage.indexOf(",") + 1);
       params.denoising_strength = toFloat(fields.denoising_strength.value);
       params.resize_mode = toInt(fields.resize_mode.value);
+      if (window.AtelierInpaint) window.AtelierInpaint.addTo(params); // mask_editor.js
     } else if (fields.hires_enabled.checked) {
       params.hires = {
         scale: toFloat(fields.hires_scale.value),
@@ -198,6 +204,7 @@
       document.getElementById("hires-options").open = true;
     }
     syncSizePreset();
+    showCard("model-cards", fields.checkpoint.value);
     schedulePrice();
     form.scrollIntoView({ behavior: "smooth", block: "start" });
   }
@@ -278,6 +285,7 @@
       fields.init_image.value = "";
     }
     modeLabel.textContent = dataUri ? T.mode_img2img : T.mode_txt2img;
+    if (typeof measureSource === "function") measureSource(dataUri);
     schedulePrice();
   }
   fields.init_image.addEventListener("change", function () {
@@ -305,6 +313,28 @@
     }).catch(function () { showErrors([T.image_read_error]); });
   }
 
+  // ---- model and LoRA cards: preview, description, trigger words, cost ----------------------
+
+  function showCard(boxId, name) {
+    var box = document.getElementById(boxId);
+    if (!box) return;
+    box.querySelectorAll(".catalogue-card").forEach(function (card) { card.hidden = card.dataset.name !== name; });
+  }
+  fields.checkpoint.addEventListener("change", function () { showCard("model-cards", fields.checkpoint.value); });
+  if (fields.lora_name) {
+    fields.lora_name.addEventListener("change", function () { showCard("lora-cards", fields.lora_name.value); });
+  }
+  form.addEventListener("click", function (event) {
+    var words = event.target.closest(".trigger-words");
+    if (!words) return;
+    var prompt = fields.prompt;
+    if (prompt.value.indexOf(words.textContent) === -1) {
+      prompt.value = prompt.value ? prompt.value.replace(/\s*$/, ", ") + words.textContent : words.textContent;
+      schedulePrice();
+    }
+    prompt.focus();
+  });
+
   // The model choice is remembered server-side, per user.
   fields.checkpoint.addEventListener("change", function () {
     api("POST", URLS.default_model, { checkpoint: fields.checkpoint.value });
@@ -328,14 +358,119 @@
       if (r.ok && r.data) {
         priceEl.classList.remove("invalid");
         priceEl.textContent = fmt(T.price, { price: r.data.price });
+        lastPrice = r.data.price;
+        showBalanceWarning();
+        showErrors(null);
       } else {
+        lastPrice = null;
+        showBalanceWarning();
+        // The reason shows once, in the error box; the price line only says there is none.
         priceEl.classList.add("invalid");
-        priceEl.textContent = errorLines(r.data, r.status).join(" · ");
+        priceEl.textContent = T.no_price;
+        showErrors(errorLines(r.data, r.status));
       }
     });
   }
   form.addEventListener("input", schedulePrice);
   form.addEventListener("change", schedulePrice);
+
+  // ---- balance: in the header, and a warning before Generate when the price exceeds it ------
+
+  var lastPrice = null;
+  var priceWarning = document.getElementById("price-warning");
+  var headerBalance = document.getElementById("header-balance");
+  function showBalanceWarning() {
+    var over = lastPrice !== null && DATA.balance !== null && Number(lastPrice) > Number(DATA.balance);
+    priceEl.classList.toggle("over-balance", over);
+    priceWarning.hidden = !over;
+    if (over) {
+      priceWarning.querySelector(".price-warning-text").textContent =
+        fmt(T.over_balance, { price: lastPrice, balance: DATA.balance });
+    }
+  }
+  function setBalance(balance) {
+    if (balance === undefined || balance === null) return;
+    DATA.balance = String(balance);
+    if (headerBalance) {
+      headerBalance.textContent = fmt(T.balance, { balance: DATA.balance });
+      headerBalance.dataset.balance = DATA.balance;
+    }
+    showBalanceWarning();
+  }
+  function refreshBalance() {
+    api("GET", URLS.me).then(function (r) { if (r.ok && r.data) setBalance(r.data.balance); });
+  }
+
+  // ---- prompt history: search, and a click puts the prompt back ------------------------------
+
+  var promptHistory = document.getElementById("prompt-history");
+  if (promptHistory) {
+    var search = document.getElementById("prompt-history-search");
+    search.addEventListener("input", function () {
+      var needle = search.value.trim().toLowerCase();
+      promptHistory.querySelectorAll(".prompt-history-item").forEach(function (item) {
+        item.parentNode.hidden = needle !== "" && item.textContent.toLowerCase().indexOf(needle) === -1;
+      });
+    });
+    search.addEventListener("keydown", function (event) { if (event.key === "Enter") event.preventDefault(); });
+    promptHistory.addEventListener("click", function (event) {
+      var item = event.target.closest(".prompt-history-item");
+      if (!item) return;
+      fields.prompt.value = item.textContent;
+      promptHistory.open = false;
+      fields.prompt.focus();
+      schedulePrice();
+    });
+  }
+
+  // ---- habits: Ctrl/Cmd+Enter generates; the hires output size; the source image's size ------
+
+  form.addEventListener("keydown", function (event) {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    event.preventDefault();
+    if (!submitButton.disabled) {
+      if (typeof form.requestSubmit === "function") form.requestSubmit(submitButton);
+      else submitButton.click();
+    }
+  });
+
+  var hiresSizeEl = document.getElementById("hires-size");
+  function showHiresSize() {
+    var w = toInt(fields.width.value), h = toInt(fields.height.value);
+    var scale = toFloat(fields.hires_scale.value);
+    if (!fields.hires_enabled.checked || initImage || !w || !h || !scale) { hiresSizeEl.textContent = ""; return; }
+    // As the server computes it: A1111 rounds the target down to a multiple of 8.
+    hiresSizeEl.textContent = fmt(T.hires_size, {
+      width: w, height: h,
+      out_width: Math.floor(w * scale / 8) * 8, out_height: Math.floor(h * scale / 8) * 8
+    });
+  }
+  form.addEventListener("input", showHiresSize);
+  form.addEventListener("change", showHiresSize);
+
+  var useSourceSize = document.getElementById("use-source-size");
+  var sourceSize = null;
+  useSourceSize.addEventListener("click", function () {
+    if (!sourceSize) return;
+    var max = Number(fields.width.max) || 2048;
+    var fit = Math.min(1, max / Math.max(sourceSize.w, sourceSize.h));
+    fields.width.value = Math.max(64, Math.round(sourceSize.w * fit / 8) * 8);
+    fields.height.value = Math.max(64, Math.round(sourceSize.h * fit / 8) * 8);
+    syncSizePreset();
+    schedulePrice();
+  });
+  function measureSource(dataUri) {
+    sourceSize = null;
+    useSourceSize.hidden = true;
+    if (!dataUri) return;
+    var probe = new Image();
+    probe.onload = function () {
+      sourceSize = { w: probe.naturalWidth, h: probe.naturalHeight };
+      useSourceSize.textContent = fmt(T.use_source_size, { width: sourceSize.w, height: sourceSize.h });
+      useSourceSize.hidden = false;
+    };
+    probe.src = dataUri;
+  }
 
   // ---- submit ----------------------------------------------------------------------------------
 
@@ -347,6 +482,7 @@
       submitButton.disabled = false;
       if (r.ok && r.data && r.data.id) {
         applyJob(r.data);
+        refreshBalance(); // the hold came off it
       } else {
         showErrors(errorLines(r.data, r.status));
       }
@@ -384,8 +520,65 @@
     panel.querySelector(".job-status").textContent = T["status_" + status] || status;
     var stop = panel.querySelector(".job-stop");
     stop.hidden = !!TERMINAL[status];
-    if (TERMINAL[status]) panel.querySelector(".job-info").textContent = "";
+    if (TERMINAL[status]) {
+      panel.querySelector(".job-info").textContent = "";
+      showSummary(job);
+    }
+    updateTitle();
     return true;
+  }
+
+  // Done, Failed or Cancelled: what it cost and how long it ran, and the balance now.
+  function showSummary(job) {
+    api("GET", URLS.job_summary.replace(DATA.placeholder_id, job.id)).then(function (r) {
+      if (!r.ok || !r.data) return;
+      var line = job.panel.querySelector(".job-summary");
+      line.querySelector(".job-summary-text").textContent = fmt(T.job_summary, r.data);
+      line.querySelector(".job-link").href = r.data.url;
+      line.hidden = false;
+      setBalance(r.data.balance);
+    });
+  }
+
+  // On a phone the panels scroll away: a sticky bar keeps the newest unfinished job in sight.
+  var statusBar = document.getElementById("status-bar");
+  function updateStatusBar() {
+    var active = null;
+    jobs.forEach(function (job) { if (!TERMINAL[job.status] && job.status) active = job; }); // the newest
+    statusBar.hidden = !active;
+    if (!active) return;
+    var panel = active.panel;
+    var info = panel.querySelector(".job-info").textContent;
+    statusBar.querySelector(".status-text").textContent =
+      panel.querySelector(".job-status").textContent + (info ? " · " + info : "");
+    var bar = panel.querySelector("progress");
+    var mini = statusBar.querySelector("progress");
+    mini.max = bar.max;
+    mini.value = bar.value;
+    var preview = panel.querySelector(".job-preview");
+    var thumb = statusBar.querySelector(".status-preview");
+    thumb.hidden = preview.hidden || !preview.src;
+    if (!thumb.hidden) thumb.src = preview.src;
+  }
+
+  // The tab title follows the work: "[42%] Generate · Atelier".
+  var baseTitle = document.title;
+  function updateTitle() {
+    var done = 0, total = 0, waiting = false, running = false;
+    jobs.forEach(function (job) {
+      if (job.status === "running") {
+        running = true;
+        var bar = job.panel.querySelector("progress");
+        done += Number(bar.value) || 0;
+        total += Number(bar.max) || 0;
+      } else if (job.status === "queued") {
+        waiting = true;
+      }
+    });
+    updateStatusBar();
+    if (running) document.title = "[" + (total ? Math.floor(100 * done / total) : 0) + "%] " + baseTitle;
+    else if (waiting) document.title = "[" + T.status_queued + "] " + baseTitle;
+    else document.title = baseTitle;
   }
 
   function setProgress(job, step, steps) {
@@ -394,9 +587,13 @@
     if (Number(bar.max) === steps && step < Number(bar.value)) return; // an older report
     bar.max = steps;
     bar.value = Math.min(step, steps);
+    updateTitle();
   }
 
-  function setInfo(job, text) { job.panel.querySelector(".job-info").textContent = text; }
+  function setInfo(job, text) {
+    job.panel.querySelector(".job-info").textContent = text;
+    updateTitle();
+  }
 
   function stepInfo(step, steps, eta) {
     var text = fmt(T.step, { step: step, steps: steps });
@@ -551,6 +748,22 @@
     node.querySelector(".result-seed").textContent = fmt(T.seed, { seed: image.seed });
     node.querySelector(".result-reuse").href = URLS.reuse.replace(DATA.placeholder_id, image.id);
     node.querySelector(".result-img2img").href = URLS.send_img2img.replace(DATA.placeholder_id, image.id);
+    var d = node.dataset;
+    d.viewerSrc = image.url;
+    d.viewerInfo = image.infotext || "";
+    d.viewerTitle = fmt(T.seed, { seed: image.seed }) + " · " + image.width + "×" + image.height;
+    d.viewerReuse = URLS.reuse.replace(DATA.placeholder_id, image.id);
+    d.viewerImg2img = URLS.send_img2img.replace(DATA.placeholder_id, image.id);
+    d.viewerDetail = URLS.image_detail.replace(DATA.placeholder_id, image.id);
+    d.viewerDelete = URLS.image_delete.replace(DATA.placeholder_id, image.id);
+    d.viewerDownload = "atelier-" + image.seed + ".png";
+    // The publish controls come with the placeholder id in their links and data.
+    node.querySelectorAll("[href], [action], [data-image-id], [data-publish-url]").forEach(function (el) {
+      ["href", "action", "data-image-id", "data-publish-url"].forEach(function (name) {
+        var value = el.getAttribute(name);
+        if (value && value.indexOf(DATA.placeholder_id) !== -1) el.setAttribute(name, value.split(DATA.placeholder_id).join(image.id));
+      });
+    });
   }
 
   resultsEl.addEventListener("click", function (event) {
@@ -627,6 +840,7 @@
   document.body.dataset.live = "polling";
   syncSizePreset();
   setInitImage(null); // also asks for the first price
+  showHiresSize();
   if (DATA.init_image_url) sendToImg2img(DATA.init_image_url, null, null);
   (DATA.unfinished || []).forEach(applyJob);
   connect();

@@ -34,8 +34,8 @@ def api(settings) -> APIClient:
 
 def create_token_through_profile(client, user, name="my script") -> str:
     client.force_login(user)
-    response = client.post(reverse("create_token"), {"name": name})
-    assert response.status_code == 200
+    response = client.post(reverse("create_token"), {"name": name}, follow=True)
+    assert response.redirect_chain[0][1] == 302
     return response.context["new_secret"]
 
 
@@ -47,6 +47,18 @@ def test_alice_creates_a_token_and_sees_its_secret_once(client, alice):
     profile = client.get(reverse("profile")).content.decode()
     assert "my script" in profile
     assert secret not in profile
+
+
+def test_reloading_the_page_after_creating_a_token_creates_no_second_token(client, alice):
+    client.force_login(alice)
+    response = client.post(reverse("create_token"), {"name": "my script"}, follow=True)
+    secret = response.context["new_secret"]
+    assert secret in response.content.decode()
+    # The browser's reload repeats the GET it was redirected to, never the POST.
+    reloaded = client.get(response.redirect_chain[-1][0])
+    assert reloaded.status_code == 200
+    assert ApiToken.objects.filter(user=alice).count() == 1
+    assert secret not in reloaded.content.decode()
 
 
 @pytest.mark.parametrize("form", ["bearer", "basic"])

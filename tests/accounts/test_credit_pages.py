@@ -22,7 +22,7 @@ def test_alice_sees_her_balance_tier_limits_and_history(client, alice, tiers):
     assert page.status_code == 200
     assert "18.00" in html and "Free" in html
     assert str(tiers["free"].max_side) in html
-    assert reverse("api-job", args=[job_id]) in html
+    assert reverse("job_detail", args=[job_id]) in html
     assert page.context["next_grant"] is not None
 
 
@@ -60,6 +60,13 @@ def test_the_pricing_page_states_the_unit_price_and_the_cancel_rule(client):
     assert page.status_code == 200
     assert page.context["examples"][0][1] == Decimal("1.00")
     assert "share of its steps" in html
+
+
+def test_the_pricing_page_examples_read_in_the_visitors_language(client):
+    page = client.get(reverse("pricing"), HTTP_ACCEPT_LANGUAGE="zh-hans")
+    html = page.content.decode()
+    assert "512×512，20 步，一张图片" in html
+    assert "512×512, 20 steps, one image" not in html
 
 
 def test_carol_adjusts_alices_balance_with_a_reason_in_the_admin(client, alice, carol):
@@ -103,6 +110,7 @@ def test_the_admin_shows_the_ledger_read_only(client, alice, carol):
     client.force_login(carol)
     assert client.get(reverse("admin:accounts_creditentry_changelist")).status_code == 200
     entry = CreditEntry.objects.of_user(alice).first()
+    assert entry is not None
     change = client.post(
         reverse("admin:accounts_creditentry_change", args=[entry.pk]), {"amount": "1000"}
     )

@@ -65,7 +65,7 @@ def test_capture_charges_the_whole_hold(alice):
     job_id = uuid.uuid4()
     ledger.hold(alice, 3, job_id)
     entry = ledger.capture(job_id)
-    assert entry.kind == "capture" and entry.charged == D("3.00")
+    assert entry is not None and entry.kind == "capture" and entry.charged == D("3.00")
     assert (balance_of(alice), held_of(alice)) == (D("7.00"), D("0.00"))
     assert ledger_is_clean()
 
@@ -75,7 +75,7 @@ def test_a_partial_capture_charges_the_part_and_gives_the_rest_back(alice):
     job_id = uuid.uuid4()
     ledger.hold(alice, 4, job_id)
     entry = ledger.capture(job_id, D("1.25"))
-    assert entry.charged == D("1.25") and entry.amount == D("2.75")
+    assert entry is not None and entry.charged == D("1.25") and entry.amount == D("2.75")
     assert (balance_of(alice), held_of(alice)) == (D("8.75"), D("0.00"))
     assert ledger_is_clean()
 
@@ -84,7 +84,8 @@ def test_a_capture_larger_than_the_hold_charges_only_the_hold(alice):
     set_balance(alice, 10)
     job_id = uuid.uuid4()
     ledger.hold(alice, 2, job_id)
-    assert ledger.capture(job_id, 5).charged == D("2.00")
+    entry = ledger.capture(job_id, 5)
+    assert entry is not None and entry.charged == D("2.00")
     assert balance_of(alice) == D("8.00")
 
 
@@ -92,7 +93,8 @@ def test_release_gives_the_whole_hold_back(alice):
     set_balance(alice, 10)
     job_id = uuid.uuid4()
     ledger.hold(alice, 3, job_id)
-    assert ledger.release(job_id).kind == "release"
+    entry = ledger.release(job_id)
+    assert entry is not None and entry.kind == "release"
     assert (balance_of(alice), held_of(alice)) == (D("10.00"), D("0.00"))
     assert ledger_is_clean()
 
@@ -185,6 +187,7 @@ def test_a_refund_gives_back_at_most_what_was_charged(alice, carol):
 
 def test_entries_are_append_only(alice):
     entry = ledger.credit(alice, 1, "grant", key="x")
+    assert entry is not None
     entry.amount = D("100")
     with pytest.raises(ValueError):
         entry.save()

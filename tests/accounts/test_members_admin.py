@@ -55,7 +55,7 @@ def test_carol_grants_alice_credits_from_the_list_which_writes_a_ledger_entry_an
     response = act_on_list(
         admin_client, "grant_or_deduct_credits", [alice], amount="25", reason="goodwill"
     )
-    assert "Alice: +25.00 credits, balance now 30.00." in response.content.decode()
+    assert "alice: +25.00 credits, balance now 30.00." in response.content.decode()
     assert balance_of(alice) == Decimal("30.00")
     entry = CreditEntry.objects.of_user(alice).filter(kind="adjustment", actor=carol).get()
     assert (entry.amount, entry.reason) == (Decimal("25.00"), "goodwill")
@@ -77,7 +77,7 @@ def test_deducting_more_than_alice_has_is_refused_and_nothing_is_written(admin_c
     response = act_on_list(
         admin_client, "grant_or_deduct_credits", [alice], amount="-10", reason="abuse"
     )
-    assert "Alice: the balance is 3.00, so 10.00 cannot be deducted." in response.content.decode()
+    assert "alice: the balance is 3.00, so 10.00 cannot be deducted." in response.content.decode()
     assert balance_of(alice) == Decimal("3.00")
     assert not CreditEntry.objects.of_user(alice).filter(reason="abuse").exists()
     assert not [line for line in log_lines(alice) if "abuse" in line[1]]
@@ -114,6 +114,19 @@ def test_carol_moves_alice_and_bob_to_another_tier_and_each_change_is_logged(
             who == "carol" and line.endswith("-> Studio: partners")
             for who, line in log_lines(member)
         )
+
+
+def test_admin_messages_keep_the_members_username_as_written(admin_client, alice):
+    pro = MembershipTier.objects.create(name="Studio", slug="studio", rank=9)
+    response = act_on_list(admin_client, "change_tier", [alice], tier=str(pro.pk), reason="x")
+    page = response.content.decode()
+    assert "alice is now on Studio." in page
+    assert "Alice is now on" not in page
+
+
+def test_the_admin_links_to_the_operations_pages(admin_client):
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert f'href="{reverse("ops")}"' in page
 
 
 def test_a_tier_end_in_the_past_is_refused(admin_client, alice):

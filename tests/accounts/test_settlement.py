@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from django.utils import timezone
@@ -15,9 +15,9 @@ from accounts import ledger
 from accounts.models import CreditEntry
 from generation.models import CatalogEntry, Job
 from generation.submission import SubmissionError, cancel_job, submit_job
-from generation.sweeper import MAX_WORKERS_LOST, WorkerLiveness, sweep
+from generation.sweeper import MAX_WORKERS_LOST, SweepMemory, sweep
 from generation.worker_events import handle_job_event
-from gpu_worker.protocol import PLATFORM_QUEUE
+from gpu_worker.protocol import PLATFORM_QUEUE, JobEvent, JobEventKind
 from tests.accounts.conftest import balance_of, held_of, set_balance
 from tests.generation.conftest import send_event, wait_for
 
@@ -47,14 +47,18 @@ def job(alice, checkpoint) -> Job:
     return submit_job(alice, PARAMS)
 
 
-def event(job: Job, kind: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "job_id": str(job.pk),
-        "attempt": job.attempt,
-        "worker_id": "gpu-0",
-        "kind": kind,
-        **extra,
-    }
+def event(job: Job, kind: JobEventKind, **extra: Any) -> JobEvent:
+    # The extras are whatever the test sends, as on the wire: not checked against JobEvent.
+    return cast(
+        JobEvent,
+        {
+            "job_id": str(job.pk),
+            "attempt": job.attempt,
+            "worker_id": "gpu-0",
+            "kind": kind,
+            **extra,
+        },
+    )
 
 
 def settlement_of(job: Job) -> CreditEntry:
@@ -141,14 +145,14 @@ def test_a_running_job_cancelled_before_any_step_is_free(alice, job, redis_clien
 
 
 def test_a_job_that_killed_its_workers_releases_the_whole_hold(alice, job, redis_client):
-    liveness = WorkerLiveness()
+    memory = SweepMemory()
     for n in range(MAX_WORKERS_LOST):
         job.refresh_from_db()
         assert job.status == "queued" and job.mark_assigned(f"gpu-{n}")
         assert handle_job_event({**event(job, "started"), "worker_id": f"gpu-{n}"})
         first = timezone.now()
-        sweep(first, liveness)  # no heartbeat from gpu-n: missing from now on...
-        sweep(first + timedelta(seconds=liveness.grace), liveness)  # ...and declared dead
+        sweep(first, memory)  # no heartbeat from gpu-n: missing from now on...
+        sweep(first + timedelta(seconds=memory.liveness.grace), memory)  # ...and declared dead
     job.refresh_from_db()
     assert job.status == "failed" and job.workers_lost == MAX_WORKERS_LOST
     assert settlement_of(job).kind == "release"

@@ -63,7 +63,7 @@ def test_a_suspended_member_is_locked_out_and_her_jobs_end_with_the_ledger_clean
     assert logs_in("alice")
 
     page = suspend_from_the_admin(carol, alice, "chargeback fraud")
-    assert "Alice is suspended; 2 unfinished jobs cancelled." in page
+    assert "alice is suspended; 2 unfinished jobs cancelled." in page
 
     # The queued job ended at once and its whole hold came back.
     waiting.refresh_from_db()

@@ -16,7 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,10 @@ JOB = {
     "sampler": "Euler a",
     "seed": 7,
 }
+# A job that samples for a minute or more on a CPU, so that three Redis outages fit in it; the
+# default tier of the drills allows its steps (tests.drills.driver setup). Price 10, exact. (Past
+# 1000 steps, the model's training timesteps, diffusers' Euler a fails at the last step.)
+LONG_JOB = {**JOB, "width": 256, "height": 256, "steps": 800}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -112,7 +116,13 @@ class DrillWorld:
     def redis(self) -> redis.Redis:
         return redis.Redis(port=self.redis_port, socket_connect_timeout=1)
 
-    def start_platform(self) -> None:
+    def redis_outage(self, seconds: float) -> None:
+        """Redis goes away for `seconds`, then comes back empty."""
+        self.stop_redis()
+        time.sleep(seconds)
+        self.start_redis()
+
+    def start_platform(self, worker_grace: float = WORKER_GRACE) -> None:
         self.start(
             "platform",
             [
@@ -121,17 +131,23 @@ class DrillWorld:
                 "--tick",
                 "0.2",
                 "--worker-grace",
-                str(WORKER_GRACE),
+                str(worker_grace),
                 "--unreported-grace",
                 "3",
             ],
         )
 
-    def start_gpu(self, preload: bool = True) -> str:
-        """A fresh `python -m gpu_worker` (new id); returns its id. With `preload` it loads the
-        demo checkpoint before taking jobs (`wait_ready` waits for that); without, it joins
-        within seconds and loads on its first job."""
-        worker_id = f"gpu-{next(self._ids)}"
+    def restart_platform(self, worker_grace: float = WORKER_GRACE) -> None:
+        proc = self.signal("platform", signal.SIGTERM)
+        proc.wait(timeout=60)
+        self.start_platform(worker_grace)
+
+    def start_gpu(self, preload: bool = True, worker_id: str | None = None) -> str:
+        """A `python -m gpu_worker` (a new id unless `worker_id`: then a new life of that
+        worker); returns its id. With `preload` it loads the demo checkpoint before taking jobs
+        (`wait_ready` waits for that); without, it joins within seconds and loads on its first
+        job."""
+        worker_id = worker_id or f"gpu-{next(self._ids)}"
         argv = ["-m", "gpu_worker", "--models-dir", str(self.models), "--device", "cpu"]
         argv += ["--worker-id", worker_id, "--heartbeat-interval", str(HEARTBEAT_INTERVAL)]
         if preload:
@@ -170,6 +186,9 @@ class DrillWorld:
     def query(self, sql: str, *args: Any) -> list[tuple]:
         with sqlite3.connect(self.db_path, timeout=10) as db:
             return db.execute(sql, args).fetchall()
+
+    def log(self, name: str) -> str:
+        return (self.procs.logs_dir / f"{name}.log").read_text(errors="replace")
 
     def job(self, job_id: str) -> dict[str, Any]:
         status, attempt, worker, lost, error = self.query(
@@ -212,7 +231,9 @@ class DrillWorld:
             time.sleep(0.05)
         raise AssertionError(f"{what}: not in {timeout}s\n{self.procs.log_tail(30)}")
 
-    def wait_running(self, job_id: str, timeout: float = 60, not_on: set[str] = frozenset()) -> str:
+    def wait_running(
+        self, job_id: str, timeout: float = 60, not_on: Collection[str] = frozenset()
+    ) -> str:
         """The worker running the job (one not in `not_on`: killed ones still show until they
         are declared dead)."""
 

@@ -1,9 +1,9 @@
 """What the drills ask of the platform from outside: `python -m tests.drills.driver CMD ...`.
 
-Run with the drill's environment (its own SQLite file, models folder and Redis), like any
-management command: `setup` makes the users, their credits and the catalogue; `submit` submits
-jobs through the real service (the scheduling pass runs after each commit, as in the web) and
-prints their ids as JSON.
+Run with the drill's environment (its own SQLite file, models folder and Redis), like any management
+command: `setup` makes the users, their credits and the catalogue (and lets the default tier run the
+long job of the outage drill); `submit` submits jobs through the real service (the scheduling pass
+runs after each commit, as in the web) and prints their ids as JSON.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ def main(argv: list[str]) -> int:
 
     django.setup()
     from accounts import ledger
-    from accounts.models import User
+    from accounts.models import MembershipTier, User
+    from generation.catalogue_sync import sync_catalogue
     from generation.submission import submit_job
-    from generation.sweeper import sync_catalogue
 
     command, *rest = argv
     if command == "setup":
@@ -31,6 +31,7 @@ def main(argv: list[str]) -> int:
             )
             ledger.credit(user, 10_000, "grant", reason="drills", key=f"drills:{name}")
         sync_catalogue(include_workers=False)
+        MembershipTier.objects.filter(is_default=True).update(max_steps=800)  # LONG_JOB
         return 0
     if command == "submit":  # a JSON list of [username, count, params]
         ids = []

@@ -5,8 +5,11 @@ is clean after every drill (the `world` fixture checks it)."""
 from __future__ import annotations
 
 import signal
+import time
 
-from tests.drills.conftest import JOB, DrillWorld
+from tests.drills.conftest import JOB, LONG_JOB, WORKER_GRACE, DrillWorld
+
+OUTAGE_SECONDS = 10
 
 
 def test_a_worker_killed_mid_job_hands_it_to_the_survivor_charged_once(world: DrillWorld):
@@ -89,3 +92,51 @@ def test_sigterm_drains_a_worker_its_running_job_finishes_and_nothing_is_lost(
         assert world.job(job)["status"] == "succeeded"
         assert world.images(job) == 1 and world.settlements(job) == ["capture"]
     assert {world.job(j)["worker_id"] for j in jobs if j != running} == {other}
+
+
+def test_three_redis_outages_during_one_long_job_kill_no_worker_and_run_it_once(
+    world: DrillWorld,
+):
+    worker = world.start_gpu()
+    world.wait_ready(worker)
+    platform_log = len(world.log("platform"))
+    [job] = world.submit(("drill-cat", 1, LONG_JOB))
+    world.wait_running(job)
+    for outage in range(1, 4):
+        assert world.job(job)["status"] == "running", f"it finished before outage {outage}"
+        world.redis_outage(OUTAGE_SECONDS)  # many times the drills' grace of 1.5 s
+        world.wait(lambda: world.redis.exists(f"atelier:worker:{worker}"), 30, "a beat again")
+        time.sleep(3 * WORKER_GRACE)  # a false death would show in this time
+        assert world.job(job)["attempt"] == 1, f"taken back after outage {outage}"
+
+    world.wait_finished([job], timeout=600)
+    row = world.job(job)
+    assert row["status"] == "succeeded" and row["worker_id"] == worker, row
+    assert row["attempt"] == 1 and row["lost"] == 0  # handed out once, never taken back
+    assert world.images(job) == 1
+    assert world.settlements(job) == ["capture"]
+    assert "dead workers ['" not in world.log("platform")[platform_log:]
+
+
+def test_a_worker_killed_and_restarted_at_once_under_its_id_has_its_job_taken_back_once(
+    world: DrillWorld,
+):
+    # A grace as in production (longer than a restart takes), so the new life beats before
+    # the old one could be declared dead: the job is "unreported", not lost with its worker.
+    world.restart_platform(worker_grace=60)
+    try:
+        worker = world.start_gpu()
+        world.wait_ready(worker)
+        [job] = world.submit(("drill-ann", 1, JOB))
+        world.wait_running(job)
+        world.signal(worker, signal.SIGKILL)
+        world.start_gpu(worker_id=worker)  # the new life knows nothing of the job
+
+        world.wait_finished([job], timeout=180)
+        row = world.job(job)
+        assert row["status"] == "succeeded" and row["lost"] == 0, row
+        assert row["attempt"] == 3  # handed out, taken back once, handed out again
+        assert world.images(job) == 1
+        assert world.settlements(job) == ["capture"]
+    finally:
+        world.restart_platform(worker_grace=WORKER_GRACE)

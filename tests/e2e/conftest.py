@@ -44,6 +44,13 @@ class LivePlatform:
     base_url: str
     logs_dir: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # what the processes run with
+
+    def manage(self, *argv: str) -> None:
+        """A management command against the live platform's database."""
+        subprocess.run(
+            [sys.executable, "manage.py", *argv], cwd=REPO, env=self.env, check=True, timeout=120
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         out = []
@@ -111,12 +118,12 @@ def live_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePlat
     run("manage.py", "migrate", "--no-input", "-v", "0")
     run("-m", "gpu_worker", "make-demo-model", "--models-dir", str(models))
 
-    platform = LivePlatform(base_url=f"http://127.0.0.1:{port}", logs_dir=logs)
+    platform = LivePlatform(base_url=f"http://127.0.0.1:{port}", logs_dir=logs, env=env)
     commands = {
         "web": [
             python,
             "-m",
-            "daphne",
+            "config.daphne_server",
             "-b",
             "127.0.0.1",
             "-p",

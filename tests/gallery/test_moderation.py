@@ -9,11 +9,12 @@ from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
 from accounts.models import ApiToken
-from accounts.suspension import SuspensionError, reinstate_user, suspend_user
+from accounts.suspension import SuspensionError, reinstate_user
 from gallery import moderation
 from gallery.errors import Conflict, NotAllowed, NotFound
 from gallery.models import Publication, Report, Visibility
 from generation.models import Job
+from generation.suspension import suspend_user
 from tests.gallery.factories import make_checkpoint, make_publication
 
 

@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 
 from generation.broker import get_broker, reset_for_tests
 from generation.models import CatalogEntry, Job
+from generation.worker_events import register_platform_actors
 from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE, JobEvent
 
 SMALL = {
@@ -109,6 +110,7 @@ def bob_api(bob) -> APIClient:
 def broker(redis_client) -> Iterator[dramatiq.Broker]:
     reset_for_tests()  # a fresh broker: each test's worker adds its own middleware to it
     broker = get_broker()
+    register_platform_actors(broker)  # as the platform worker command does
     broker.flush_all()
     yield broker
     reset_for_tests()
@@ -132,14 +134,14 @@ def platform_tick(platform_worker) -> Iterator[None]:
     from django.db import connections
 
     from generation.scheduling.dispatcher import request_schedule
-    from generation.sweeper import WorkerLiveness, sweep
+    from generation.sweeper import SweepMemory, sweep
 
     stop = threading.Event()
-    liveness = WorkerLiveness()
+    memory = SweepMemory()
 
     def tick() -> None:
         while not stop.wait(0.2):
-            sweep(liveness=liveness)
+            sweep(memory=memory)
             request_schedule()
         connections.close_all()
 

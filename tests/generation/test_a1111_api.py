@@ -14,11 +14,12 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 
 from accounts import ledger
-from accounts.suspension import suspend_user
 from generation.limits import limits_for
 from generation.models import Job
 from generation.submission import cancel_job, submit_job
+from generation.suspension import suspend_user
 from gpu_worker.infotext import build_infotext
+from gpu_worker.protocol import JobEvent, ResultImage
 from tests.conftest import make_user
 from tests.generation.a1111_support import (
     WEBUIAPI_TXT2IMG,
@@ -247,16 +248,16 @@ async def test_a_minimal_prompt_gets_a1111s_defaults_and_answers_in_a1111s_shape
             "Version": "atelier-0.1",
         },
     )
-    image = {
+    image: ResultImage = {
         "png_b64": png_b64((512, 512), infotext=text),
         "seed": p["seed"],
         "infotext": text,
         "width": 512,
         "height": 512,
     }
-    base = {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-1"}
-    send_event(broker, {**base, "kind": "started"})
-    send_event(broker, {**base, "kind": "succeeded", "images": [image]})
+    started = JobEvent(job_id=str(job.pk), attempt=job.attempt, worker_id="gpu-1", kind="started")
+    send_event(broker, started)
+    send_event(broker, {**started, "kind": "succeeded", "images": [image]})
     response = await asyncio.wait_for(call, 30)
     assert response.status_code == 200
     body = response.json()

@@ -177,7 +177,8 @@ async def test_interrupt_leaves_the_callers_queued_jobs_alone(alice, catalogue, 
     await post(await client_of(alice), "interrupt")
     assert await sync_to_async(get_redis().get)(CANCEL_KEY.format(job_id=running.pk))
     assert await sync_to_async(get_redis().get)(CANCEL_KEY.format(job_id=queued.pk)) is None
-    assert (await sync_to_async(current_job)(alice)).pk == running.pk
+    current = await sync_to_async(current_job)(alice)
+    assert current is not None and current.pk == running.pk
 
 
 # --- the waiting call under the real ASGI stack ----------------------------------------------
@@ -221,7 +222,7 @@ async def test_a_hang_up_during_submission_still_dispatches_the_job(
     """The after-commit hooks make nested async calls (the queue position goes out over the
     channel layer): a client hanging up right then must not skip the dispatch that follows."""
     from generation import submission
-    from generation.dispatch import MESSAGE_ID_KEY
+    from generation.job_messages import MESSAGE_ID_KEY
 
     in_hook = threading.Event()
     publish = submission.publish_queue_position

@@ -15,6 +15,7 @@ from generation.models import Job
 from generation.scheduling.dispatcher import AGAIN_KEY, LOCK_KEY, schedule_pending
 from generation.submission import submit_job
 from generation.worker_events import handle_job_event
+from gpu_worker.protocol import JobEvent
 from operations.redis_server import free_port
 from tests.generation.conftest import SMALL, api_client, beat
 
@@ -57,8 +58,8 @@ def test_a_worker_holds_at_most_one_job_beyond_the_one_it_runs(
     [left] = [job for job in jobs if not job.worker_id]
     # The first finishes: its slot goes to the job left waiting.
     first = assigned[0]
-    event = {"job_id": str(first.pk), "attempt": first.attempt, "worker_id": "gpu-1"}
-    assert handle_job_event({**event, "kind": "started"})
+    event = JobEvent(job_id=str(first.pk), attempt=first.attempt, worker_id="gpu-1", kind="started")
+    assert handle_job_event(event)
     assert handle_job_event({**event, "kind": "failed", "error": "boom"})
     with django_capture_on_commit_callbacks(execute=True):
         schedule_pending()
@@ -95,9 +96,9 @@ def test_a_released_job_goes_back_and_to_another_worker(
     assert job.worker_id == "gpu-1"
     beat(redis_client, "gpu-1", draining=True)  # SIGTERM: it gives the job back unstarted
     beat(redis_client, "gpu-2")
-    released = {"job_id": str(job.pk), "attempt": job.attempt, "worker_id": "gpu-1"}
+    released = JobEvent(job_id=str(job.pk), attempt=job.attempt, worker_id="gpu-1", kind="released")
     with django_capture_on_commit_callbacks(execute=True):
-        assert handle_job_event({**released, "kind": "released"})
+        assert handle_job_event(released)
         schedule_pending()
     job.refresh_from_db()
     assert (job.worker_id, job.attempt, job.workers_lost) == ("gpu-2", 3, 0)
@@ -136,6 +137,7 @@ def test_submission_answers_503_while_redis_is_unreachable_and_writes_nothing(
     assert response.json() == {
         "field": "queue",
         "detail": "the queue is unreachable, try again shortly",
+        "message": "Queue: The queue is unreachable, try again shortly",
     }
     assert response["Retry-After"]
     assert not Job.objects.exists()

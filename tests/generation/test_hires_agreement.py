@@ -16,17 +16,17 @@ import pytest
 
 from accounts.models import MembershipTier
 from accounts.tiers import tier_of
-from generation.dispatch import build_request
+from generation.catalogue_sync import sync_catalogue
+from generation.job_messages import build_request
 from generation.models import Job
 from generation.pricing import UNIT_WORK
-from generation.sweeper import sync_catalogue
 
 pytest.importorskip("diffusers")
 pytestmark = [pytest.mark.engine, pytest.mark.django_db]
 
 DEMO = "atelier-demo-v1"
 # A 64x128 first pass, then the hires pass: (how the target is given, the size rendered).
-TARGETS = {
+TARGETS: dict[str, tuple[dict[str, float], tuple[int, int]]] = {
     "resize_x only": ({"resize_x": 128}, (128, 256)),
     "resize_y only": ({"resize_y": 192}, (96, 192)),
     "both sides": ({"resize_x": 128, "resize_y": 128}, (128, 128)),

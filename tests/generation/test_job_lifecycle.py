@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any, cast
 
 import pytest
 from django.core.files.storage import default_storage
@@ -13,6 +14,7 @@ from PIL import Image
 from generation.models import Job, JobImage
 from generation.submission import submit_job
 from generation.worker_events import handle_job_event
+from gpu_worker.protocol import JobEvent, JobEventKind
 from tests.generation.conftest import SMALL, send_event, status_of, wait_for
 
 pytestmark = pytest.mark.django_db  # the tests with a worker thread ask for transactional_db
@@ -30,17 +32,21 @@ def dispatched(job: Job, worker_id: str = "gpu-1") -> Job:
     return job
 
 
-def event(job: Job, kind: str, **extra) -> dict:
-    return {
-        "job_id": str(job.pk),
-        "attempt": job.attempt,
-        "worker_id": "gpu-1",
-        "kind": kind,
-        **extra,
-    }
+def event(job: Job, kind: JobEventKind, **extra: Any) -> JobEvent:
+    # The extras are whatever the test sends, as on the wire: not checked against JobEvent.
+    return cast(
+        JobEvent,
+        {
+            "job_id": str(job.pk),
+            "attempt": job.attempt,
+            "worker_id": "gpu-1",
+            "kind": kind,
+            **extra,
+        },
+    )
 
 
-def succeeded(job: Job, count: int = 1) -> dict:
+def succeeded(job: Job, count: int = 1) -> JobEvent:
     images = [
         {
             "png_b64": png_b64(),
@@ -64,9 +70,10 @@ def test_a_job_runs_through_started_and_succeeded(alice, catalogue, broker, plat
     assert job.worker_id == "gpu-1" and job.started_at and job.finished_at
     images = list(job.images.order_by("index"))
     assert [i.seed for i in images] == [7, 8]
-    assert all(default_storage.exists(i.file.name) for i in images)
-    assert images[0].file.name.startswith("images/") and "lighthouse" not in images[0].file.name
-    with default_storage.open(images[0].thumbnail.name) as fh:
+    assert all(i.file.name and default_storage.exists(i.file.name) for i in images)
+    name = images[0].file.name or ""
+    assert name.startswith("images/") and "lighthouse" not in name
+    with default_storage.open(images[0].thumbnail.name or "") as fh:
         assert Image.open(fh).format == "WEBP"
 
 

@@ -199,7 +199,7 @@ def test_my_images_shows_alices_images_newest_first_and_not_bobs(client, alice, 
     bobs = make_image(bob, catalogue["a"], seed=3)
     client.force_login(alice)
     response = client.get(reverse("my_images"))
-    shown = [image.pk for image, _payload in response.context["images"]]
+    shown = [image.pk for image, _payload, _publication in response.context["images"]]
     assert shown == [second.pk, first.pk]
     assert str(bobs.pk) not in response.content.decode()
 
@@ -209,7 +209,7 @@ def test_my_images_filters_by_model(client, alice, catalogue):
     only_b = make_image(alice, catalogue["b"], seed=2)
     client.force_login(alice)
     response = client.get(reverse("my_images"), {"model": "model-b"})
-    assert [image.pk for image, _payload in response.context["images"]] == [only_b.pk]
+    assert [image.pk for image, _payload, _publication in response.context["images"]] == [only_b.pk]
     assert list(response.context["models_used"]) == ["model-a", "model-b"]
 
 
@@ -309,6 +309,6 @@ def test_a_refused_form_names_the_field_and_keeps_what_alice_typed(client, alice
     )
     assert response.status_code == 200
     html = response.content.decode()
-    assert "Sampling steps: steps must be between 1 and " in html
+    assert "Sampling steps must be between 1 and " in html
     assert ">a red bicycle</textarea>" in html
     assert not Job.objects.filter(owner=alice).exists()

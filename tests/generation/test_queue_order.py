@@ -14,7 +14,8 @@ from django.utils import timezone
 from accounts.models import MembershipTier
 from accounts.tiers import set_tier
 from generation.models import Job
-from generation.queue import DEFAULT_SPEED, queue_snapshot
+from generation.queue import queue_snapshot
+from generation.scheduling.estimates import DEFAULT_SPEED
 from generation.scheduling.inputs import recent_usage, tier_weights, waiting_jobs
 from generation.submission import submit_job
 from tests.conftest import make_user
@@ -30,7 +31,7 @@ def on_tier(user, slug: str):
 
 def positions(*jobs: Job) -> list[int]:
     snapshot = queue_snapshot(workers=1)
-    return [snapshot.get(job.pk).position for job in jobs]
+    return [snapshot.infos[str(job.pk)].position for job in jobs]
 
 
 def test_bobs_one_job_is_placed_between_alices_not_behind_them(alice, bob, catalogue):
@@ -46,9 +47,9 @@ def test_the_etas_add_up_in_that_order(alice, bob, catalogue):
     his = submit_job(bob, SMALL)
     snapshot = queue_snapshot(workers=1)
     one = DEFAULT_SPEED.duration({**SMALL, "mode": "txt2img", "steps": 4, "batch_size": 1})
-    assert snapshot.get(first.pk).eta == pytest.approx(one, abs=0.2)
-    assert snapshot.get(his.pk).eta == pytest.approx(2 * one, abs=0.2)
-    assert snapshot.get(second.pk).eta == pytest.approx(3 * one, abs=0.2)
+    assert snapshot.infos[str(first.pk)].eta == pytest.approx(one, abs=0.2)
+    assert snapshot.infos[str(his.pk)].eta == pytest.approx(2 * one, abs=0.2)
+    assert snapshot.infos[str(second.pk)].eta == pytest.approx(3 * one, abs=0.2)
 
 
 def test_a_member_tier_weight_moves_bobs_jobs_up(alice, bob, catalogue):

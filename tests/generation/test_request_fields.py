@@ -14,28 +14,40 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.urls import reverse
+from rest_framework import serializers
 
 from gallery.remix import GENERATOR_FIELDS
 from generation.a1111.translation import translate
 from generation.models import Job
 from generation.prefill import QUERY_FIELDS, params_from_query
-from generation.serializers import JobRequestSerializer
+from generation.serializers import HiresRequestSerializer, JobRequestSerializer
 from generation.submission import validate_params
-from gpu_worker.params import DERIVED_FIELDS, HIRES_FIELDS, REQUEST_FIELDS
+from gpu_worker.params import (
+    DERIVED_FIELDS,
+    HIRES_FIELDS,
+    INPAINT_FIELDS,
+    OUTPAINT_SIDES,
+    REQUEST_FIELDS,
+)
 from gpu_worker.passes import UPSCALERS
 from tests.generation.conftest import GENERATOR_FORM, SMALL
 
 pytestmark = pytest.mark.django_db
 
 # The mode follows from the source image on the page and in links (a link cannot carry an image:
-# the generator's img2img remix opens `?from_image=`). Styles are merged into the prompts at
-# submission, so a link carries the styled prompts instead.
-LINK_FIELDS = REQUEST_FIELDS - {"mode", "init_image", "styles"}
+# the generator's img2img remix opens `?from_image=`); the inpaint options travel with the mask.
+# Styles are merged into the prompts at submission, so a link carries the styled prompts instead.
+LINK_FIELDS = REQUEST_FIELDS - {"mode", "init_image", "mask", "inpaint", "styles"}
 
 
 def form_names(fields: set[str] | frozenset[str]) -> set[str]:
-    """The generator form's names for request fields: hires keys as hires_<key>."""
-    return (set(fields) - {"hires"}) | {"hires_enabled"} | {f"hires_{k}" for k in HIRES_FIELDS}
+    """The generator form's names for request fields: hires keys as hires_<key>, inpaint keys
+    as inpaint_<key> (the mask editor's fields)."""
+    names = (set(fields) - {"hires", "inpaint"}) | {"hires_enabled"}
+    names |= {f"hires_{k}" for k in HIRES_FIELDS}
+    if "inpaint" in fields:
+        names |= {f"inpaint_{k}" for k in INPAINT_FIELDS}
+    return names
 
 
 class _Names(HTMLParser):
@@ -51,7 +63,12 @@ class _Names(HTMLParser):
 def test_the_rest_serializer_names_every_request_field():
     serializer = JobRequestSerializer()
     assert set(serializer.fields) == REQUEST_FIELDS
-    assert set(serializer.fields["hires"].fields) == HIRES_FIELDS
+    hires = serializer.fields["hires"]
+    assert isinstance(hires, HiresRequestSerializer)
+    assert set(hires.fields) == HIRES_FIELDS
+    inpaint = serializer.fields["inpaint"]
+    assert isinstance(inpaint, serializers.Serializer)
+    assert set(inpaint.fields) == INPAINT_FIELDS | {"mask_blur"}
 
 
 def test_the_openapi_schema_lists_every_request_field_with_its_bounds(alice_api):
@@ -72,8 +89,12 @@ def test_the_generator_page_form_has_every_request_field(client, alice, catalogu
 
 
 def test_the_generator_script_sends_every_form_field():
-    script = (Path(settings.BASE_DIR) / "static" / "js" / "generator.js").read_text()
-    sent = set(re.findall(r"fields\.(\w+)\.(?:value|files|checked)", script))
+    scripts = Path(settings.BASE_DIR) / "static" / "js"
+    script = (scripts / "generator.js").read_text() + (scripts / "mask_editor.js").read_text()
+    # Read directly (fields.x.value) or through the number readers (intField("x")).
+    direct = re.findall(r"fields\.(\w+)\.(?:value|files|checked)", script)
+    numbers = re.findall(r"(?:int|float)Field\(\"(\w+)\"\)", script)
+    sent = set(direct) | set(numbers)
     assert form_names(REQUEST_FIELDS - {"mode"}) <= sent | {"init_image"}
 
 
@@ -99,8 +120,11 @@ def test_the_form_without_javascript_carries_every_hires_field(client, alice, ca
 def test_the_a1111_translation_fills_every_request_field(alice, catalogue):
     common = {"override_settings": {"sd_model_checkpoint": "model-a"}}
     txt2img = translate(alice, {**common, "enable_hr": True}, "txt2img").params
-    img2img = translate(alice, {**common, "init_images": ["aGk="]}, "img2img").params
+    img2img = translate(
+        alice, {**common, "init_images": ["aGk="], "mask": "aGk="}, "img2img"
+    ).params
     assert set(txt2img) | set(img2img) == REQUEST_FIELDS
+    assert set(img2img["inpaint"]) | set(OUTPAINT_SIDES) == INPAINT_FIELDS
     assert set(txt2img["hires"]) == HIRES_FIELDS
 
 

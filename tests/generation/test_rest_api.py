@@ -190,6 +190,24 @@ def test_me_tells_alice_her_limits_and_unfinished_jobs(alice_api, catalogue):
     assert body["unfinished_jobs"] == 0
 
 
+@pytest.mark.parametrize("path", ["/api/v1/me", "/api/v1/models", "/api/v1/jobs"])
+def test_api_paths_without_the_trailing_slash_answer_json_not_an_empty_redirect(
+    alice_api, catalogue, path
+):
+    response = alice_api.get(path)
+    assert response.status_code == 200
+    assert response.json() == alice_api.get(path + "/").json()
+
+
+def test_a_post_without_the_trailing_slash_is_served_too(alice_api, catalogue):
+    response = alice_api.post("/api/v1/jobs/quote", SMALL, format="json")
+    assert response.status_code == 200 and response.json()["price"]
+
+
+def test_an_unknown_api_path_without_a_slash_is_404(alice_api):
+    assert alice_api.get("/api/v1/nothing-here").status_code == 404
+
+
 def test_me_shows_alices_own_balance_and_tier_which_a_submission_reduces(
     alice, alice_api, catalogue
 ):
@@ -233,7 +251,7 @@ def test_alice_downloads_her_png_and_thumbnail(alice, catalogue):
     browser.force_login(alice)
     response = browser.get(f"/images/{image.pk}/file?download=1")
     assert response.status_code == 200 and response["Content-Type"] == "image/png"
-    assert b"".join(response.streaming_content).startswith(b"\x89PNG")
+    assert response.getvalue().startswith(b"\x89PNG")
     assert "attachment" in response["Content-Disposition"]
     assert browser.get(f"/images/{image.pk}/thumb")["Content-Type"] == "image/webp"
 

@@ -187,7 +187,7 @@ def test_finished_jobs_do_not_count_against_the_cap(alice, catalogue):
 def test_img2img_accepts_a_real_image_and_stores_it_re_encoded(alice, catalogue):
     job = submit_job(alice, {**SMALL, "init_image": "data:image/png;base64," + png_b64()})
     assert job.mode == "img2img"
-    assert job.init_image.name.startswith("init/")
+    assert (job.init_image.name or "").startswith("init/")
     with job.init_image.open("rb") as fh:
         assert Image.open(fh).format == "PNG"
 

@@ -9,7 +9,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from config.asgi import application
-from generation.events import send_to_user
+from generation.events import JobProgressEvent, send_to_user
 from generation.submission import submit_job
 from tests.generation.conftest import SMALL
 
@@ -82,7 +82,7 @@ async def test_alice_receives_her_events_and_bob_does_not(alice, bob, catalogue,
         job = await database_sync_to_async(submit_job)(alice, SMALL)  # published on commit
         queued = await alice_ws.receive_json_from(timeout=3)
         assert queued["type"] == "job.queued" and queued["job_id"] == str(job.pk)
-        progress = {
+        progress: JobProgressEvent = {
             "type": "job.progress",
             "job_id": str(job.pk),
             "step": 2,

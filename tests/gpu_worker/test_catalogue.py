@@ -47,6 +47,7 @@ def test_scan_lists_the_demo_models_with_hashes_and_family(models: Path, tmp_pat
     assert set(entries) == {
         ("checkpoint", "atelier-demo-v1"),
         ("checkpoint", "atelier-demo-v2"),
+        ("checkpoint", "atelier-demo-v1-inpainting"),
         ("lora", "atelier-demo-lora"),
         ("vae", "atelier-demo-vae"),
         ("embedding", "atelier-demo-embedding"),

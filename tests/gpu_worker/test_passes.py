@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
-from gpu_worker.params import HIRES_DEFAULTS
+from gpu_worker.params import HIRES_DEFAULTS, HiresParams
 from gpu_worker.passes import hires_pass_steps, hires_size, progress_steps, steps_problem
 
 
-def hires(**given) -> dict:
-    return {**HIRES_DEFAULTS, **given}
+def hires(**given: Any) -> HiresParams:
+    return cast(HiresParams, {**HIRES_DEFAULTS, **given})
 
 
 @pytest.mark.parametrize(
@@ -25,7 +27,8 @@ def hires(**given) -> dict:
     ],
 )
 def test_the_hires_target_is_a1111s(size, given, target):
-    assert hires_size(*size, hires(**given)) == target
+    width, height = size
+    assert hires_size(width, height, hires(**given)) == target
 
 
 @pytest.mark.parametrize("strength", [0.05, 0.3, 0.45, 0.6, 0.7, 0.9, 0.999, 1.0])
@@ -43,6 +46,8 @@ def test_img2img_runs_steps_times_strength_and_progress_counts_every_batch():
 
 def test_a_pass_that_would_denoise_nothing_is_a_problem_naming_its_field():
     img2img = {"mode": "img2img", "steps": 1, "denoising_strength": 0.5, "n_iter": 1}
-    assert steps_problem(img2img)[0] == "denoising_strength"
+    problem = steps_problem(img2img)
+    assert problem and problem[0] == "denoising_strength"
     txt2img = {"mode": "txt2img", "steps": 4, "hires": hires(denoising_strength=0)}
-    assert steps_problem(txt2img)[0] == "hires.denoising_strength"
+    problem = steps_problem(txt2img)
+    assert problem and problem[0] == "hires.denoising_strength"

@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from gpu_worker.infotext import infotext_to_fields, parse_infotext, read_infotext
-from gpu_worker.protocol import CANCEL_KEY, HEARTBEAT_INDEX, HEARTBEAT_KEY
+from gpu_worker.protocol import CANCEL_KEY, HEARTBEAT_INDEX, HEARTBEAT_KEY, GenerationRequest
 
 from .conftest import demo_request
 
@@ -22,7 +22,7 @@ def pixels(image: dict) -> bytes:
 
 
 async def collect_progress(
-    url: str, request: dict, world: Any, joined: asyncio.Event
+    url: str, request: GenerationRequest, world: Any, joined: asyncio.Event
 ) -> list[dict]:
     """Join the job's group like the websocket consumer does, then read until the job ends."""
     from channels_redis.core import RedisChannelLayer
@@ -48,7 +48,7 @@ async def collect_progress(
     return received
 
 
-def submit_and_listen(world: Any, url: str, request: dict) -> tuple[dict, list[dict]]:
+def submit_and_listen(world: Any, url: str, request: GenerationRequest) -> tuple[dict, list[dict]]:
     async def main() -> list[dict]:
         joined = asyncio.Event()
         task = asyncio.create_task(collect_progress(url, request, world, joined))
@@ -73,7 +73,8 @@ def test_a_message_in_gives_an_image_out_with_progress_and_parameters(
     assert all(p["job_id"] == request["job_id"] for p in progress)
     assert progress[0]["preview"].startswith("data:image/jpeg;base64,")
     image = event["images"][0]
-    fields = infotext_to_fields(parse_infotext(read_infotext(base64.b64decode(image["png_b64"]))))
+    text = read_infotext(base64.b64decode(image["png_b64"])) or ""
+    fields = infotext_to_fields(parse_infotext(text))
     for key in (
         "prompt",
         "negative_prompt",
@@ -330,6 +331,57 @@ def test_a_stopping_worker_gives_its_queued_jobs_back_to_the_platform(
         }
         assert all(e["worker_id"] == "leaving-worker" for e in released)
         assert gw_redis.hlen(f"{service.broker.namespace}:{service.queue}.msgs") == 0
+    finally:
+        service.broker.flush_all()
+        service.broker.close()
+
+
+def send(service: Any, request: GenerationRequest) -> None:
+    import dramatiq
+
+    from gpu_worker.protocol import GENERATE_ACTOR, GENERATE_KWARG
+
+    service.broker.enqueue(
+        dramatiq.Message(
+            queue_name=service.queue,
+            actor_name=GENERATE_ACTOR,
+            args=(),
+            kwargs={GENERATE_KWARG: request},
+            options={},
+        )
+    )
+
+
+def test_shutdown_gives_back_the_waiting_job_but_not_the_one_running(
+    engine: Any, gw_redis_url: str, gw_redis: Any, caplog: Any
+) -> None:
+    from gpu_worker.service import WorkerLifecycle, register_actors, running_worker
+
+    service = offline_service(engine, gw_redis_url, "busy-leaving-worker")
+    register_actors(service.broker, service)
+    running = demo_request(steps=400, width=128, height=128)
+    waiting = demo_request()
+    messages = f"{service.broker.namespace}:{service.queue}.msgs"
+    try:
+        with running_worker(service.broker, service.queue) as worker:
+            send(service, running)
+            deadline = time.monotonic() + 60
+            while not any(e["kind"] == "started" for e in platform_events(service)):
+                assert time.monotonic() < deadline, "the long job never started"
+                time.sleep(0.05)
+            send(service, waiting)
+            with caplog.at_level("INFO", logger="gpu_worker.service"):
+                WorkerLifecycle(service, preload=[], heartbeat=None).before_worker_shutdown(
+                    service.broker, worker
+                )
+            released = [e for e in platform_events(service) if e["kind"] == "released"]
+            still_running = service.status.current_job
+            kept = gw_redis.hkeys(messages)
+            service.redis.set(CANCEL_KEY.format(job_id=running["job_id"]), "interrupt", ex=60)
+        assert "gave 1 queued job(s) back to the platform" in caplog.text
+        assert [e["job_id"] for e in released] == [waiting["job_id"]]
+        assert still_running == running["job_id"]  # it ran on while the other went back
+        assert len(kept) == 1  # its message stays, to be acked when it finishes
     finally:
         service.broker.flush_all()
         service.broker.close()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import timedelta
 
@@ -8,6 +9,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts import ledger
+from accounts.models import CreditEntry
 from generation.models import CatalogEntry, Job
 from gpu_worker.protocol import HEARTBEAT_INDEX, HEARTBEAT_KEY, WORKER_COMMANDS_KEY
 from operations.metrics import percentile
@@ -202,6 +205,7 @@ def test_ops_queue_by_tier_utilisation_model_loads_and_credits_match_a_seeded_se
     ledger.release(released_job)
     # Two days ago: 7 bought.
     old = ledger.credit(alice, 7, CreditEntry.Kind.TOP_UP, reason="older pack")
+    assert old is not None
     CreditEntry.objects.filter(pk=old.pk).update(created_at=now - timedelta(days=2))
 
     client.force_login(carol)
@@ -239,3 +243,38 @@ def test_ops_queue_by_tier_utilisation_model_loads_and_credits_match_a_seeded_se
     row = f'<tr data-day="{timezone.localdate(now):%Y-%m-%d}">'
     assert row in html and '<td class="spent">2.00</td>' in html
     assert 'id="loads-chart"' in html and 'id="credits-chart"' in html
+
+
+def test_the_credits_chart_plots_every_series_of_its_table_with_axis_units_and_legend(
+    client, carol, alice
+):
+    ledger.credit(alice, 40, CreditEntry.Kind.GRANT, key="chart-grant")
+    ledger.credit(alice, 10, CreditEntry.Kind.TOP_UP, reason="pack")
+    client.force_login(carol)
+    response = client.get(reverse("ops"))
+    html = response.content.decode()
+    granted_today = response.context["credits_per_day"][-1].granted  # the welcome grant too
+    assert granted_today >= 40
+    start = html.index('id="credits-chart"')
+    chart = html[start : html.index("</figure>", start)]
+    legend = chart[chart.index('class="chart-legend"') :]
+    for series in ("Spent", "Refunded", "Bought", "Granted"):
+        assert series in legend
+    # Granted credits are drawn, not only listed in the table.
+    assert f"Granted: {float(granted_today):g} credits</title>" in chart
+    assert '<text class="chart-unit"' in chart and ">credits</text>" in chart
+    ticks = re.findall(r'class="chart-tick" x="46" [^>]*>([\d,.]+)</text>', chart)
+    assert ticks[0] == "0" and float(ticks[-1].replace(",", "")) >= 40
+
+
+def test_every_chart_has_a_y_axis(client, carol):
+    client.force_login(carol)
+    html = client.get(reverse("ops")).content.decode()
+    assert html.count('class="chart-axis"') == 3
+
+
+def test_staff_find_operations_in_the_header_and_members_do_not(client, carol, alice):
+    client.force_login(carol)
+    assert f'href="{reverse("ops")}"' in client.get(reverse("home")).content.decode()
+    client.force_login(alice)
+    assert f'href="{reverse("ops")}"' not in client.get(reverse("home")).content.decode()

@@ -122,3 +122,22 @@ def test_env_str_prefers_the_file_variant(monkeypatch, tmp_path):
     monkeypatch.setenv("DB_PASSWORD", "from-env")
     monkeypatch.setenv("DB_PASSWORD_FILE", str(tmp_path / "pw"))
     assert env_str("DB_PASSWORD") == "from-file"
+
+
+# --- request edges: trusted proxies and the body limit ----------------------------------------
+
+
+def test_production_behind_a_proxy_with_a_body_limit_passes_check_deploy():
+    env = dict(PRODUCTION_ENV, TRUSTED_PROXIES="10.0.0.2, 172.16.0.0/12", MAX_REQUEST_BODY_MB="40")
+    result = run_manage("check", "--deploy", "--fail-level", "WARNING", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("TRUSTED_PROXIES", "proxy.internal"), ("MAX_REQUEST_BODY_MB", "0")],
+)
+def test_a_malformed_edge_setting_stops_start_up_naming_it(name, value):
+    result = run_manage("check", env=dict(PRODUCTION_ENV, **{name: value}))
+    assert result.returncode != 0
+    assert name in result.stderr

@@ -19,8 +19,10 @@ from django.db import close_old_connections, connections
 
 from accounts.grants import grant_periodic_credits
 from generation.broker import get_broker
+from generation.catalogue_sync import sync_catalogue
 from generation.scheduling.dispatcher import request_schedule
-from generation.sweeper import UNREPORTED_GRACE_SECONDS, WorkerLiveness, sweep, sync_catalogue
+from generation.sweeper import UNREPORTED_GRACE_SECONDS, SweepMemory, sweep
+from generation.worker_events import register_platform_actors
 from gpu_worker.protocol import PLATFORM_QUEUE, WORKER_MISSING_GRACE_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class Command(BaseCommand):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         broker = get_broker()
+        register_platform_actors(broker)
         worker = dramatiq.Worker(
             broker, queues={PLATFORM_QUEUE}, worker_threads=options["threads"], worker_timeout=50
         )
@@ -81,9 +84,9 @@ class Command(BaseCommand):
             if options["no_periodic"]:
                 stop.wait()
             else:
-                liveness = WorkerLiveness(options["worker_grace"], options["unreported_grace"])
+                memory = SweepMemory(options["worker_grace"], options["unreported_grace"])
                 self._periodic(
-                    stop, options["sweep_interval"], options["catalogue_interval"], liveness
+                    stop, options["sweep_interval"], options["catalogue_interval"], memory
                 )
         finally:
             self.stdout.write("stopping the platform worker")
@@ -96,7 +99,7 @@ class Command(BaseCommand):
         stop: threading.Event,
         sweep_every: float,
         sync_every: float,
-        liveness: WorkerLiveness,  # kept across ticks: it times how long workers are missing
+        memory: SweepMemory,  # kept across ticks: it times how long workers are missing
     ) -> None:
         next_sync = 0.0
         elapsed = 0.0
@@ -112,7 +115,7 @@ class Command(BaseCommand):
                     granted = grant_periodic_credits()
                     if granted:
                         logger.info("periodic credits granted to %s accounts", granted)
-                report = sweep(liveness=liveness)
+                report = sweep(memory=memory)
                 if report.requeued or report.failed or report.dead_workers:
                     logger.info(
                         "sweep: back in the queue %d, failed %d, dead workers %s",

@@ -24,7 +24,7 @@ from operations.redis_server import PrivateRedis, redis_answers, start_private_r
 def process_list(python: str, host: str, port: int) -> dict[str, str]:
     """The platform's processes; platform/Procfile lists the same for those who run honcho."""
     return {
-        "web": f"{python} -m daphne -b {host} -p {port} config.asgi:application",
+        "web": f"{python} -m config.daphne_server -b {host} -p {port} config.asgi:application",
         "platform": f"{python} manage.py run_platform_worker",
         "gpu": f"{python} -m gpu_worker",
     }

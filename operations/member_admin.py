@@ -1,8 +1,10 @@
 """The members' admin: Django's User admin with credits, tier, jobs, images and API tokens.
 
 Staff change credits, tier and suspension only through forms that ask for a reason and call the
-services (accounts.staff_actions, accounts.suspension), which log who did it and why. The active
+services (accounts.staff_actions, generation.suspension), which log who did it and why. The active
 flag is read-only here: suspending must also cancel the member's jobs and refund their holds.
+It lives in operations/, above generation/ and gallery/, because it shows a member's jobs and
+publications; the User model stays in accounts/ and its admin URLs stay `admin:accounts_user_*`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,12 @@ from django.utils.translation import gettext_lazy
 from accounts import staff_actions
 from accounts.forms import AdjustBalanceForm, ReasonForm, TierChangeForm
 from accounts.models import ApiToken, CreditAccount, MembershipTier, User
+from accounts.signup_admin import SuspiciousSignupFilter, signup_flags
 from accounts.staff_actions import StaffActionError
-from accounts.suspension import SuspensionError, reinstate_user, suspend_user
+from accounts.suspension import SuspensionError, reinstate_user
+from gallery.models import Publication
+from generation.models import Job
+from generation.suspension import suspend_user
 
 RECENT = 10  # jobs and images shown on a member's page
 
@@ -133,10 +139,11 @@ class LastActiveFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() == "never":
+        value = self.value()
+        if value == "never":
             return queryset.filter(last_login__isnull=True)
-        if self.value() in ("7", "30"):
-            since = timezone.now() - timedelta(days=int(self.value()))  # type: ignore[arg-type]
+        if value in ("7", "30"):
+            since = timezone.now() - timedelta(days=int(value))
             return queryset.filter(last_login__gte=since)
         return queryset
 
@@ -160,9 +167,10 @@ class BalanceFilter(admin.SimpleListFilter):
         ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        if self.value() not in self.RANGES:
+        value = self.value()
+        if value is None or value not in self.RANGES:
             return queryset
-        low, high = self.RANGES[self.value()]  # type: ignore[index]
+        low, high = self.RANGES[value]
         if low is None:  # no credits, or no account yet
             return queryset.filter(
                 Q(credit_account__isnull=True) | Q(credit_account__balance__lte=0)
@@ -197,8 +205,10 @@ class MemberAdmin(UserAdmin):
         "is_staff",
         "date_joined",
         "last_login",
+        signup_flags,
     )
     list_filter = (
+        SuspiciousSignupFilter,
         TierFilter,
         SuspendedFilter,
         LastActiveFilter,
@@ -209,11 +219,12 @@ class MemberAdmin(UserAdmin):
     search_fields = ("username", "email", "first_name", "last_name")
     actions = ["grant_or_deduct_credits", "change_tier", "suspend", "reinstate"]
     fieldsets = (
-        *UserAdmin.fieldsets,
+        *(UserAdmin.fieldsets or ()),
         (
             gettext_lazy("Credits and activity"),
             {"fields": ("credit_summary", "recent_jobs", "published_images", "api_tokens")},
         ),
+        (gettext_lazy("Sign-up"), {"fields": ("signup_address", "signup_flags")}),
     )
     readonly_fields = (
         "is_active",
@@ -223,6 +234,8 @@ class MemberAdmin(UserAdmin):
         "recent_jobs",
         "published_images",
         "api_tokens",
+        "signup_address",
+        "signup_flags",
     )
     change_form_template = "admin/accounts/user/change_form.html"
 
@@ -279,8 +292,6 @@ class MemberAdmin(UserAdmin):
 
     @admin.display(description=gettext_lazy("Recent jobs"))
     def recent_jobs(self, member: User) -> str:
-        from generation.models import Job
-
         jobs = Job.objects.owned_by(member).select_related("checkpoint")[:RECENT]
         if not jobs:
             return _("No jobs.")
@@ -311,8 +322,6 @@ class MemberAdmin(UserAdmin):
 
     @admin.display(description=gettext_lazy("Published images"))
     def published_images(self, member: User) -> str:
-        from gallery.models import Publication
-
         items = Publication.objects.filter(owner=member).order_by("-published_at")[:RECENT]
         if not items:
             return _("Nothing published.")

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0004_params_resize_mode'),
+        ('generation', '0005_job_mask_image'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

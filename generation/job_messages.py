@@ -1,4 +1,4 @@
-"""Send jobs to GPU workers: the message for one assigned job, on its worker's own queue.
+"""Build and send a job's message: the request for one assigned job, on its worker's own queue.
 
 Which worker gets which job is decided by the scheduling pass
 (`generation.scheduling.dispatcher.schedule_pending`), which claims the job with
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import base64
 import logging
+from typing import Any
 
 import dramatiq
 import redis
-from django.db import transaction
 
 from generation.broker import get_broker, get_redis
 from generation.events import user_group
 from generation.models import Job
+from gpu_worker.params import GenerationParams
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
     GENERATE_KWARG,
@@ -29,9 +30,11 @@ logger = logging.getLogger(__name__)
 
 
 def build_request(job: Job) -> GenerationRequest:
-    """The job's stored GenerationParams in its envelope (and the img2img source image)."""
+    """The job's stored GenerationParams in its envelope (and the img2img source image and
+    inpaint mask)."""
+    params: GenerationParams = job.params
     request = GenerationRequest(
-        **job.params,
+        **params,
         job_id=str(job.pk),
         attempt=job.attempt,
         events_group=user_group(job.owner_id),
@@ -39,6 +42,9 @@ def build_request(job: Job) -> GenerationRequest:
     if job.mode == Job.Mode.IMG2IMG and job.init_image:
         with job.init_image.open("rb") as fh:
             request["init_image_png_b64"] = base64.b64encode(fh.read()).decode()
+    if job.mode == Job.Mode.IMG2IMG and job.mask_image:
+        with job.mask_image.open("rb") as fh:
+            request["mask_png_b64"] = base64.b64encode(fh.read()).decode()
     return request
 
 
@@ -49,7 +55,7 @@ MESSAGE_ID_TTL_SECONDS = 7 * 24 * 3600
 def send_request(job: Job) -> bool:
     """Enqueue the job's current attempt on its worker's queue. If Redis is down the job goes
     back to the waiting queue (False), to be assigned again once Redis answers."""
-    message = dramatiq.Message(
+    message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=worker_queue(job.worker_id),
         actor_name=GENERATE_ACTOR,
         args=(),
@@ -70,29 +76,3 @@ def send_request(job: Job) -> bool:
         job.return_to_queue()
         return False
     return True
-
-
-def dispatch_job(job: Job) -> bool:
-    """Put a queued job back to be scheduled: taken from the worker it was assigned to (if it
-    has not started there) and offered to the next scheduling pass. False if it is running or
-    finished."""
-    job.refresh_from_db()
-    if job.status != Job.Status.QUEUED:
-        return False
-    if job.worker_id and not job.return_to_queue():
-        return False
-    schedule_on_commit()
-    return True
-
-
-def schedule_on_commit() -> None:
-    """Run a scheduling pass once the current transaction commits (at once outside one)."""
-    from generation.scheduling.dispatcher import request_schedule
-
-    transaction.on_commit(request_schedule)
-
-
-def dispatch_on_commit(job: Job) -> None:
-    """A new job: schedule once the transaction that created it commits, never before, or the
-    worker would race the commit."""
-    schedule_on_commit()

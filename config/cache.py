@@ -1,0 +1,63 @@
+"""The cache backend: Django's Redis cache, failing open.
+
+The cache holds only rate-limit counters (sign-up, redeem, API), which may be lost. When Redis
+cannot be reached, reads find nothing and writes are dropped, so requests pass unthrottled
+instead of failing with a 500: pages keep working through a Redis outage, as README promises.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
+from django.core.cache.backends.redis import RedisCache
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+
+
+def _unreachable(operation: str, exc: Exception) -> None:
+    log.warning("cache %s skipped, Redis unreachable (limits not enforced): %s", operation, exc)
+
+
+class FailOpenRedisCache(RedisCache):
+    def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
+        try:
+            return super().get(key, default, version)
+        except UNREACHABLE as exc:
+            _unreachable("get", exc)
+            return default
+
+    def set(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> None:
+        try:
+            super().set(key, value, timeout, version)
+        except UNREACHABLE as exc:
+            _unreachable("set", exc)
+
+    def add(
+        self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> bool:
+        try:
+            return super().add(key, value, timeout, version)
+        except UNREACHABLE as exc:
+            _unreachable("add", exc)
+            return True  # as if this were the first: a counter starts afresh
+
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int:
+        try:
+            return super().incr(key, delta, version)
+        except UNREACHABLE as exc:
+            _unreachable("incr", exc)
+            raise ValueError("no counter while Redis is unreachable") from exc
+
+    def delete(self, key: Any, version: int | None = None) -> bool:
+        try:
+            return super().delete(key, version)
+        except UNREACHABLE as exc:
+            _unreachable("delete", exc)
+            return False

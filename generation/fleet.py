@@ -1,0 +1,172 @@
+"""GPU workers as their heartbeats in Redis describe them: read in one place, one meaning for all.
+
+A worker writes its heartbeat (`gpu_worker.protocol.WorkerHeartbeat`) every
+HEARTBEAT_INTERVAL_SECONDS under a key that expires after HEARTBEAT_TTL_SECONDS; HEARTBEAT_INDEX
+lists the ids ever seen. Seen from the platform, a worker is:
+
+- live: its key is present and its last beat is recent;
+- stale: its key is present but its last beat is older than STALE_AFTER_SECONDS (late, perhaps
+  dying). It is still *present*: the scheduler may hand it work and the queue counts it, because
+  its key expires soon enough if it really is gone;
+- gone: its key has expired (or never was);
+- dead: gone for WORKER_MISSING_GRACE_SECONDS of time during which Redis was reachable, as
+  `WorkerLiveness` times it for the sweeper. Only a dead worker's jobs are taken back.
+
+The scheduling pass, the sweeper, the queue's ETAs, the operations page, the A1111 memory
+endpoint and the stuck-jobs admin all read the workers through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+
+from gpu_worker.protocol import (
+    HEARTBEAT_INDEX,
+    HEARTBEAT_INTERVAL_SECONDS,
+    HEARTBEAT_KEY,
+    WORKER_MISSING_GRACE_SECONDS,
+    ModelInventoryEntry,
+    WorkerHeartbeat,
+)
+
+logger = logging.getLogger(__name__)
+
+STALE_AFTER_SECONDS = 2 * HEARTBEAT_INTERVAL_SECONDS
+
+WorkerState = Literal["live", "stale", "gone"]
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    worker_id: str
+    state: WorkerState
+    heartbeat: WorkerHeartbeat | None
+    seconds_since_seen: float | None
+
+    @property
+    def present(self) -> bool:
+        """Live or stale: its heartbeat key has not expired."""
+        return self.heartbeat is not None
+
+    @property
+    def memory_fraction(self) -> float | None:
+        if not self.heartbeat or not self.heartbeat["memory_budget_bytes"]:
+            return None
+        return self.heartbeat["memory_used_bytes"] / self.heartbeat["memory_budget_bytes"]
+
+
+def indexed_ids(client: redis.Redis) -> list[str]:
+    """Every worker id in the index (gone ones too, until pruned)."""
+    return sorted(_decode(i) for i in client.smembers(HEARTBEAT_INDEX))
+
+
+def read_heartbeats(
+    client: redis.Redis, worker_ids: Iterable[str] | None = None
+) -> dict[str, WorkerHeartbeat | None]:
+    """One read of the heartbeats of `worker_ids` (default: every indexed worker); None where
+    the key has expired or cannot be read."""
+    ids = sorted(set(worker_ids)) if worker_ids is not None else indexed_ids(client)
+    if not ids:
+        return {}
+    beats: dict[str, WorkerHeartbeat | None] = {}
+    values = client.mget([HEARTBEAT_KEY.format(worker_id=i) for i in ids])
+    for worker_id, raw in zip(ids, values, strict=True):
+        try:
+            beats[worker_id] = json.loads(raw) if raw else None
+        except ValueError:
+            logger.warning("unreadable heartbeat of %s ignored", worker_id)
+            beats[worker_id] = None
+    return beats
+
+
+def status_of(
+    worker_id: str, heartbeat: WorkerHeartbeat | None, now: float | None = None
+) -> WorkerStatus:
+    if heartbeat is None:
+        return WorkerStatus(worker_id, "gone", None, None)
+    now = time.time() if now is None else now
+    age = max(0.0, now - float(heartbeat.get("sent_at") or 0.0))
+    return WorkerStatus(worker_id, "stale" if age > STALE_AFTER_SECONDS else "live", heartbeat, age)
+
+
+def read_workers(client: redis.Redis, now: float | None = None) -> list[WorkerStatus]:
+    """Every indexed worker with its state, by id."""
+    return [status_of(i, beat, now) for i, beat in read_heartbeats(client).items()]
+
+
+def present_heartbeats(client: redis.Redis) -> dict[str, WorkerHeartbeat]:
+    """The heartbeats of the present (live or stale) workers, by id."""
+    return {i: beat for i, beat in read_heartbeats(client).items() if beat is not None}
+
+
+def present_count(client: redis.Redis) -> int:
+    """How many workers are present now (at least 1, so ETAs stay finite); 1 when Redis is
+    unreachable."""
+    try:
+        return max(1, len(present_heartbeats(client)))
+    except (redis.RedisError, OSError):
+        return 1
+
+
+def is_present(client: redis.Redis, worker_id: str) -> bool:
+    return bool(worker_id) and bool(client.exists(HEARTBEAT_KEY.format(worker_id=worker_id)))
+
+
+def inventories(client: redis.Redis) -> list[ModelInventoryEntry]:
+    """What the present workers hold (their heartbeat inventories); prunes gone ones."""
+    entries: list[ModelInventoryEntry] = []
+    gone = []
+    for worker_id, beat in read_heartbeats(client).items():
+        if beat is None:
+            gone.append(worker_id)
+            continue
+        entries.extend(beat.get("inventory") or [])
+    if gone:
+        client.srem(HEARTBEAT_INDEX, *gone)
+    return entries
+
+
+class WorkerLiveness:
+    """When each worker's heartbeat was last seen, on the platform's own clock (no trust in the
+    workers' clocks), counting only time during which Redis answered. A worker is dead once its
+    key has been missing for `grace` seconds of such time: a worker never seen before starts
+    its count at its first sighting; a Redis flush (every key gone at once) is outlasted,
+    because live workers beat again well within the grace; and after an outage (a read that
+    failed, see `redis_unreachable`) every count starts again, because nobody could beat into
+    a Redis that was down. One per sweeping process, kept across sweeps (a fresh one declares
+    nobody dead)."""
+
+    def __init__(self, grace: float = WORKER_MISSING_GRACE_SECONDS) -> None:
+        self.grace = grace
+        self.last_seen: dict[str, float] = {}
+        self._outage = False
+
+    def redis_unreachable(self) -> None:
+        """A read failed: the time until the next good read is not the workers' fault."""
+        self._outage = True
+
+    def dead(self, beats: dict[str, WorkerHeartbeat | None], now: float) -> set[str]:
+        """The dead among `beats` (one read of the workers that hold jobs)."""
+        if self._outage:
+            self._outage = False
+            self.last_seen = dict.fromkeys(self.last_seen, now)  # the grace starts again
+        dead = set()
+        for worker_id, beat in beats.items():
+            if beat is not None:
+                self.last_seen[worker_id] = now
+            elif now - self.last_seen.setdefault(worker_id, now) >= self.grace:
+                dead.add(worker_id)
+        for worker_id in set(self.last_seen) - set(beats):
+            del self.last_seen[worker_id]  # holds no job any more: forget it
+        return dead

@@ -1,0 +1,87 @@
+"""The "My jobs" list and one job's page: status, cost, timings, ledger; the member's own only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
+
+from accounts.ledger import account_for
+from generation.inpaint_form import job_inputs
+from generation.job_history import Spent, charged, job_ledger, member_jobs, models_used
+from generation.lifecycle import image_payload
+from generation.models import Job
+from generation.templatetags.durations import duration
+
+if TYPE_CHECKING:  # django-stubs' helper, a dev dependency
+    from django_stubs_ext import WithAnnotations
+
+JOBS_PER_PAGE = 25
+
+
+@login_required
+def my_jobs(request: HttpRequest) -> HttpResponse:
+    status = request.GET.get("status", "")
+    model = request.GET.get("model", "")
+    jobs = member_jobs(request.user, status=status, model=model)
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "generation/my_jobs.html",
+        {
+            "page": page,
+            "status": status,
+            "model": model,
+            "statuses": Job.Status.choices,
+            "models_used": models_used(request.user),
+            "query_string": urlencode(
+                {k: v for k, v in (("status", status), ("model", model)) if v}
+            ),
+        },
+    )
+
+
+@login_required
+def job_detail(request: HttpRequest, pk: Any) -> HttpResponse:
+    # Someone else's job is a 404, as if it did not exist (staff use the admin).
+    job = get_object_or_404(member_jobs(request.user), pk=pk)
+    entries = list(job_ledger(request.user, job))
+    images = [(image, image_payload(image)) for image in job.images.order_by("index")]
+    return render(
+        request,
+        "generation/job_detail.html",
+        {
+            "job": job,
+            "params": _shown_params(job.params),
+            "images": images,
+            "entries": entries,
+            "charged": charged(entries),
+            "job_inputs": job_inputs(job),
+        },
+    )
+
+
+@login_required
+def job_summary(request: HttpRequest, pk: Any) -> JsonResponse:
+    """What the generator's Done/Cancelled panel adds: the charge, the times, the new balance."""
+    job: WithAnnotations[Job, Spent] = get_object_or_404(member_jobs(request.user), pk=pk)
+    return JsonResponse(
+        {
+            "status": job.status,
+            "charged": f"{job.credits_spent:.2f}",
+            "duration": duration(job.run_time),
+            "queue_wait": duration(job.queue_wait),
+            "balance": f"{account_for(request.user).balance:.2f}",
+            "url": reverse("job_detail", args=[job.pk]),
+        }
+    )
+
+
+def _shown_params(params: dict[str, Any]) -> list[tuple[str, Any]]:
+    hidden = {"prompt", "negative_prompt", "init_image"}
+    return [(key, value) for key, value in sorted(params.items()) if key not in hidden]

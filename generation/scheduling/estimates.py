@@ -1,0 +1,127 @@
+"""Measured speed per model and size, and the durations and ETAs made from it.
+
+Speed is learned from recently finished jobs: seconds per pixel-step (the unit `pricing` uses),
+preferring the same checkpoint at the same resolution, then the same checkpoint at any resolution,
+then any checkpoint. With no history at all a conservative default is used and every estimate
+says so (`source == "default"`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from generation.models import Job
+from generation.pricing import SomeParams, work_units
+
+# No history: a mid-range GPU does a 512x512 SD1.5 step in ~0.1 s; err on the slow side.
+DEFAULT_SECONDS_PER_PIXEL_STEP = 0.15 / (512 * 512)
+DEFAULT_OVERHEAD_SECONDS = 2.0
+HISTORY_WINDOW = timedelta(days=3)
+HISTORY_JOBS = 20
+HISTORY_ROWS = 500  # what one snapshot reads of the history
+HISTORY_FIELDS = ("params", "mode", "timings", "started_at", "finished_at")
+
+Source = Literal["history", "default"]
+
+
+@dataclass(frozen=True)
+class Speed:
+    seconds_per_pixel_step: float
+    overhead_seconds: float
+    source: Source
+
+    def duration(self, params: SomeParams) -> float:
+        return self.overhead_seconds + self.seconds_per_pixel_step * work_units(params)
+
+
+DEFAULT_SPEED = Speed(DEFAULT_SECONDS_PER_PIXEL_STEP, DEFAULT_OVERHEAD_SECONDS, "default")
+
+
+def _samples(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    per_unit, overheads = [], []
+    for row in rows:
+        timings = row["timings"] or {}
+        units = work_units({**row["params"], "mode": row["mode"]})
+        elapsed = (row["finished_at"] - row["started_at"]).total_seconds()
+        sampling = float(timings.get("sampling_s") or 0) or elapsed
+        total = float(timings.get("total_s") or 0) or elapsed
+        if units > 0 and sampling > 0:
+            per_unit.append(sampling / units)
+            overheads.append(max(0.0, total - sampling))
+    return per_unit, overheads
+
+
+def _recent_history() -> QuerySet[Job]:
+    return Job.objects.filter(
+        status=Job.Status.SUCCEEDED,
+        started_at__isnull=False,
+        finished_at__gte=timezone.now() - HISTORY_WINDOW,
+    ).order_by("-finished_at")
+
+
+def measured_speed(checkpoint_id: int, width: int, height: int) -> Speed:
+    recent = _recent_history().values(*HISTORY_FIELDS)
+    candidates = (
+        recent.filter(checkpoint_id=checkpoint_id, params__width=width, params__height=height),
+        recent.filter(checkpoint_id=checkpoint_id),
+        recent,
+    )
+    for rows in candidates:
+        per_unit, overheads = _samples(list(rows[:HISTORY_JOBS]))
+        if per_unit:
+            return Speed(statistics.median(per_unit), statistics.median(overheads), "history")
+    return DEFAULT_SPEED
+
+
+class SpeedCache:
+    """Speeds for many jobs from one read of the history (the last HISTORY_ROWS finished jobs
+    within HISTORY_WINDOW), each picked the way `measured_speed` picks it."""
+
+    def __init__(self) -> None:
+        self.known: dict[tuple[int, int, int], Speed] = {}
+        self._history: list[dict[str, Any]] | None = None
+
+    def history(self) -> list[dict[str, Any]]:
+        if self._history is None:
+            self._history = list(
+                _recent_history().values(*HISTORY_FIELDS, "checkpoint_id")[:HISTORY_ROWS]
+            )
+        return self._history
+
+    def __call__(self, checkpoint_id: int, params: dict[str, Any]) -> Speed:
+        key = (checkpoint_id, int(params["width"]), int(params["height"]))
+        if key not in self.known:
+            self.known[key] = self._pick(*key)
+        return self.known[key]
+
+    def _pick(self, checkpoint_id: int, width: int, height: int) -> Speed:
+        rows = self.history()
+        same_model = [r for r in rows if r["checkpoint_id"] == checkpoint_id]
+        same_size = [
+            r
+            for r in same_model
+            if r["params"].get("width") == width and r["params"].get("height") == height
+        ]
+        for candidates in (same_size, same_model, rows):
+            per_unit, overheads = _samples(candidates[:HISTORY_JOBS])
+            if per_unit:
+                return Speed(statistics.median(per_unit), statistics.median(overheads), "history")
+        return DEFAULT_SPEED
+
+
+def estimate_duration(job: Job, speeds: SpeedCache | None = None) -> tuple[float, Source]:
+    speed = (speeds or SpeedCache())(job.checkpoint_id, job.params)
+    return speed.duration({**job.params, "mode": job.mode}), speed.source
+
+
+def running_eta(job: Job) -> float:
+    """Seconds until a running job is expected to finish."""
+    duration, _source = estimate_duration(job)
+    elapsed = (timezone.now() - job.started_at).total_seconds() if job.started_at else 0.0
+    return round(max(0.0, duration - elapsed), 1)
