@@ -160,6 +160,9 @@ class MembershipTier(models.Model):
     max_steps = models.PositiveIntegerField(_("max steps"), default=50)
     max_images = models.PositiveIntegerField(_("max images per job"), default=4)
     max_unfinished_jobs = models.PositiveIntegerField(_("max unfinished jobs"), default=2)
+    max_controlnet_units = models.PositiveIntegerField(
+        _("max ControlNet units per job"), default=2, help_text=_("0: no ControlNet")
+    )
     priority_weight = models.PositiveIntegerField(
         _("queue priority weight"),
         default=1,

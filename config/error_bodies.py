@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-API_PREFIXES = ("/api/", "/sdapi/")
+API_PREFIXES = ("/api/", "/sdapi/", "/controlnet/")
 ERROR_NAMES = {
     400: "BadRequest",
     403: "Forbidden",

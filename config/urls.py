@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import views
 from generation import pricing_page
+from generation.a1111.urls import controlnet_urlpatterns
 
 # JSON on API paths, the usual pages elsewhere (config/api_errors.py).
 handler400 = "config.api_errors.bad_request"
@@ -23,6 +24,7 @@ urlpatterns = [
     path("api/v1/", include("generation.api_urls")),
     re_path(r"^api/v1/(?P<rest>.*[^/])$", views.api_without_slash),
     path("sdapi/v1/", include("generation.a1111.urls")),
+    path("controlnet/", include(controlnet_urlpatterns)),  # sd-webui-controlnet's endpoints
     path("", include("generation.image_urls")),
     path("", include("generation.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

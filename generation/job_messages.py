@@ -16,6 +16,7 @@ import dramatiq
 import redis
 
 from generation.broker import get_broker, get_redis
+from generation.control_images import read_control_image
 from generation.events import user_group
 from generation.models import Job
 from gpu_worker.params import GenerationParams
@@ -30,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_request(job: Job) -> GenerationRequest:
-    """The job's stored GenerationParams in its envelope (and the img2img source image and
-    inpaint mask)."""
+    """The job's stored GenerationParams in its envelope (and the img2img source image, its
+    inpaint mask and the ControlNet units' images)."""
     params: GenerationParams = job.params
     request = GenerationRequest(
         **params,
@@ -45,6 +46,11 @@ def build_request(job: Job) -> GenerationRequest:
     if job.mode == Job.Mode.IMG2IMG and job.mask_image:
         with job.mask_image.open("rb") as fh:
             request["mask_png_b64"] = base64.b64encode(fh.read()).decode()
+    shas = {u["image_sha256"] for u in params.get("controlnet") or () if u["image_sha256"]}
+    if shas:
+        request["controlnet_images_png_b64"] = {
+            sha: base64.b64encode(read_control_image(sha)).decode() for sha in sorted(shas)
+        }
     return request
 
 

@@ -17,6 +17,7 @@ from generation.job_history import Spent, charged, job_ledger, member_jobs, mode
 from generation.lifecycle import image_payload
 from generation.models import Job
 from generation.templatetags.durations import duration
+from gpu_worker.infotext import controlnet_unit_text
 
 if TYPE_CHECKING:  # django-stubs' helper, a dev dependency
     from django_stubs_ext import WithAnnotations
@@ -83,5 +84,10 @@ def job_summary(request: HttpRequest, pk: Any) -> JsonResponse:
 
 
 def _shown_params(params: dict[str, Any]) -> list[tuple[str, Any]]:
-    hidden = {"prompt", "negative_prompt", "init_image"}
-    return [(key, value) for key, value in sorted(params.items()) if key not in hidden]
+    hidden = {"prompt", "negative_prompt", "init_image", "controlnet"}
+    shown = [(key, value) for key, value in sorted(params.items()) if key not in hidden]
+    units = params.get("controlnet") or []  # as sd-webui-controlnet writes them in infotexts
+    return shown + [
+        (f"ControlNet {i}", controlnet_unit_text(unit, unit["model"]))
+        for i, unit in enumerate(units)
+    ]

@@ -20,6 +20,7 @@ class GenerationLimits:
     max_unfinished_jobs: int = 4
     max_init_image_bytes: int = 10 * 1024 * 1024
     max_init_image_pixels: int = 4096 * 4096  # Pillow decompression-bomb guard for uploads
+    max_controlnet_units: int = 2  # ControlNet units per job (0: none)
     priority_weight: int = 1  # the tier's share of GPU time when the queue is busy
 
 
@@ -38,5 +39,6 @@ def limits_for(user: Any) -> GenerationLimits:
         max_steps=tier.max_steps,
         max_images=tier.max_images,
         max_unfinished_jobs=tier.max_unfinished_jobs,
+        max_controlnet_units=tier.max_controlnet_units,
         priority_weight=tier.priority_weight,
     )

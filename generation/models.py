@@ -79,6 +79,7 @@ class CatalogEntry(models.Model):
         VAE = "vae", _("VAE")
         EMBEDDING = "embedding", _("Embedding")
         UPSCALER = "upscaler", _("Upscaler")
+        CONTROLNET = "controlnet", _("ControlNet")
 
     name = models.CharField(_("name"), max_length=200)
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)

@@ -11,6 +11,7 @@ from typing import Any
 
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams
 from gpu_worker.passes import (
+    controlnet_factor,
     denoised_size,
     first_pass_steps,
     hires_pass_steps,
@@ -51,6 +52,7 @@ def work_units(params: SomeParams) -> int:
     if hires_steps := hires_pass_steps(params):
         width, height = final_size(params)
         per_image += width * height * hires_steps
+    per_image = int(per_image * controlnet_factor(params))  # units act on both passes
     return per_image * images
 
 

@@ -16,6 +16,7 @@ from generation.models import CatalogEntry, Job, JobImage
 from generation.queue import QueueSnapshot, queue_snapshot
 from generation.scheduling.estimates import running_eta
 from generation.submission import (
+    CONTROL_RESIZE_MODES,
     HIRES_SCALE,
     MAX_CLIP_SKIP,
     MAX_MASK_BLUR,
@@ -27,8 +28,15 @@ from generation.submission import (
     RESIZE_MODES,
     SubmissionError,
 )
-from gpu_worker.params import HIRES_DEFAULTS, INPAINT_FILLS, OUTPAINT_SIDES
+from gpu_worker.params import (
+    CONTROL_MODES,
+    CONTROLNET_UNIT_DEFAULTS,
+    HIRES_DEFAULTS,
+    INPAINT_FILLS,
+    OUTPAINT_SIDES,
+)
 from gpu_worker.passes import UPSCALERS
+from gpu_worker.preprocessors import BUILT_IN, PROCESSOR_RES_RANGE, THRESHOLD_RANGE
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -190,6 +198,35 @@ class HiresRequestSerializer(serializers.Serializer):
         }
 
 
+class ControlNetUnitRequestSerializer(serializers.Serializer):
+    """One ControlNet unit (gpu_worker.params.ControlNetUnit, sd-webui-controlnet's names); a
+    field left out takes its default."""
+
+    default = CONTROLNET_UNIT_DEFAULTS
+    image = InitImageField(
+        required=False,
+        allow_null=True,
+        help_text="control image, base64; null: img2img's source image",
+    )
+    module = serializers.ChoiceField(
+        choices=list(BUILT_IN), required=False, allow_null=True, help_text="preprocessor"
+    )
+    model = serializers.CharField(help_text="ControlNet catalogue name (GET models?kind=)")
+    weight = _float(0.0, 2.0, f"default {default['weight']}")
+    guidance_start = _float(0.0, 1.0, "fraction of the steps where the unit starts; default 0")
+    guidance_end = _float(0.0, 1.0, "fraction of the steps where it stops; default 1")
+    control_mode = serializers.ChoiceField(
+        choices=list(CONTROL_MODES), required=False, allow_null=True, help_text="default balanced"
+    )
+    resize_mode = _int(
+        *CONTROL_RESIZE_MODES, "0 just resize, 1 crop and resize (default), 2 resize and fill"
+    )
+    pixel_perfect = serializers.BooleanField(required=False, allow_null=True)
+    processor_res = _int(*PROCESSOR_RES_RANGE, "preprocessor resolution; default 512")
+    threshold_a = _float(*THRESHOLD_RANGE, "canny low threshold; default 100")
+    threshold_b = _float(*THRESHOLD_RANGE, "canny high threshold; default 200")
+
+
 class InpaintRequestSerializer(serializers.Serializer):
     """gpu_worker.params.InpaintParams with A1111's names; a field left out takes its default
     (A1111's web UI defaults: blur 4, masked content original, whole picture, padding 32)."""
@@ -309,6 +346,12 @@ class JobRequestSerializer(serializers.Serializer):
                 help_text="inpaint mask: white (or painted alpha) is repainted; base64 or a file "
                 "upload; stretched to the source's size",
             ),
+            "controlnet": ControlNetUnitRequestSerializer(
+                many=True,
+                required=False,
+                allow_null=True,
+                help_text=f"ControlNet units; {TIER} (max_controlnet_units)",
+            ),
         }
 
 
@@ -320,9 +363,17 @@ def check_job_request(data: Any, limits: GenerationLimits) -> None:
         return  # the service answers a body that is not an object
     name, problems = next(iter(serializer.errors.items()))
     field: Any = serializer.fields[name]
-    if isinstance(problems, dict) and not hasattr(field, "fields"):  # a list's item: styles
+    if isinstance(field, serializers.ListSerializer):  # the ControlNet units: {index: errors}
+        index, unit = next(iter(problems.items())) if isinstance(problems, dict) else (0, {})
+        if isinstance(index, int) and isinstance(unit, dict) and unit:
+            inner, problems = next(iter(unit.items()))  # the first unit in error
+            unit_fields = ControlNetUnitRequestSerializer().fields
+            field, name = unit_fields.get(inner, field), f"{name}[{index}].{inner}"
+        elif isinstance(problems, dict):  # not a list at all
+            problems = next(iter(problems.values()))
+    elif isinstance(problems, dict) and not hasattr(field, "fields"):  # a list's item: styles
         problems = next(iter(problems.values()))
-    if isinstance(problems, dict):  # a nested object (hires, inpaint)
+    elif isinstance(problems, dict):  # a nested object (hires, inpaint)
         inner, problems = next(iter(problems.items()))
         if inner in field.fields:  # else not an object at all: the error is hires's own
             field, name = field.fields[inner], f"{name}.{inner}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import logging
 import secrets
@@ -30,6 +31,7 @@ from django.utils.translation import gettext
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from generation.broker import get_redis
+from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
 from generation.events import send_to_user
 from generation.lifecycle import cancel_queued_job, queued_event
@@ -41,6 +43,9 @@ from generation.scheduling.dispatcher import dispatch_on_commit
 from generation.styles import StyleError, apply_styles
 from gpu_worker.masking import mask_is_empty, outpaint_sides, prepare_mask
 from gpu_worker.params import (
+    CONTROL_MODES,
+    CONTROLNET_UNIT_DEFAULTS,
+    CONTROLNET_UNIT_FIELDS,
     DEFAULTS,
     DERIVED_FIELDS,
     HIRES_DEFAULTS,
@@ -50,12 +55,14 @@ from gpu_worker.params import (
     INPAINT_FILLS,
     OUTPAINT_SIDES,
     REQUEST_FIELDS,
+    ControlNetUnit,
     GenerationMode,
     GenerationParams,
     HiresParams,
     InpaintParams,
 )
 from gpu_worker.passes import UPSCALERS, denoised_size, steps_problem
+from gpu_worker.preprocessors import BUILT_IN, PROCESSOR_RES_RANGE, THRESHOLD_RANGE
 from gpu_worker.prompt_syntax import PromptSyntaxError, check_prompt
 from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS
 from gpu_worker.samplers import UnknownSampler, resolve_sampler
@@ -94,6 +101,7 @@ class ValidatedJob:
     init_png: bytes | None
     price: Any
     total_steps: int
+    control_pngs: dict[str, bytes]  # sha256 -> PNG of the ControlNet units' images
     mask_png: bytes | None = None
 
 
@@ -161,7 +169,9 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     user's tier leaves out says so (the pricing page lists the tiers anyway)."""
     key = _strip_model_name(name)
     entry = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).first()
-    label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE"}.get(kind, kind)
+    label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE", "controlnet": "ControlNet"}.get(
+        kind, kind
+    )
     if entry is None:
         if CatalogEntry.objects.filter(kind=kind, name=key, enabled=True).exists():
             raise SubmissionError(
@@ -390,6 +400,109 @@ def _hires(raw: Any, limits: GenerationLimits, user: Any) -> HiresParams | None:
     return hires
 
 
+# --- ControlNet units ------------------------------------------------------------------------
+
+CONTROL_RESIZE_MODES = (0, 2)  # just resize, crop and resize, resize and fill
+
+
+def _controlnet(
+    user: Any, raw: Any, limits: GenerationLimits, mode: str, checkpoint: CatalogEntry
+) -> tuple[list[ControlNetUnit], dict[str, bytes]]:
+    """The request's ControlNet units, checked and normalised, and their images by sha256."""
+    if not raw:
+        return [], {}
+    if not isinstance(raw, list):
+        raise SubmissionError("controlnet", "controlnet must be a list of units")
+    if len(raw) > limits.max_controlnet_units:
+        raise SubmissionError(
+            "controlnet",
+            f"{len(raw)} ControlNet units; your tier's limit is {limits.max_controlnet_units}",
+            422,
+        )
+    units, images = [], {}
+    for index, given in enumerate(raw):
+        unit, png = _controlnet_unit(user, given, f"controlnet[{index}].", limits, mode, checkpoint)
+        units.append(unit)
+        if png is not None and unit["image_sha256"]:
+            images[unit["image_sha256"]] = png
+    return units, images
+
+
+def _controlnet_unit(
+    user: Any,
+    raw: Any,
+    prefix: str,
+    limits: GenerationLimits,
+    mode: str,
+    checkpoint: CatalogEntry,
+) -> tuple[ControlNetUnit, bytes | None]:
+    if not isinstance(raw, dict):
+        raise SubmissionError(prefix.rstrip("."), f"{prefix.rstrip('.')} must be an object")
+    if unknown := sorted(set(raw) - CONTROLNET_UNIT_FIELDS):
+        raise SubmissionError(
+            prefix + unknown[0],
+            f"a ControlNet unit has no field {unknown[0]!r}; the fields are "
+            f"{', '.join(sorted(CONTROLNET_UNIT_FIELDS))}",
+            422,
+        )
+    given = {**CONTROLNET_UNIT_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    module = given["module"]
+    if module not in BUILT_IN:
+        raise SubmissionError(
+            prefix + "module",
+            f"unknown preprocessor {module!r}; available: {', '.join(BUILT_IN)}",
+            422,
+        )
+    model = given.get("model")
+    if not model or not isinstance(model, str):
+        raise SubmissionError(prefix + "model", f"{prefix}model must name a ControlNet model")
+    entry = _lookup(user, CatalogEntry.Kind.CONTROLNET, model, prefix + "model")
+    if "unknown" not in (entry.family, checkpoint.family) and entry.family != checkpoint.family:
+        raise SubmissionError(
+            prefix + "model",
+            f"ControlNet {entry.name!r} is for {entry.family} models; "
+            f"{checkpoint.name!r} is {checkpoint.family}",
+            422,
+        )
+    control_mode = given["control_mode"]
+    if control_mode not in CONTROL_MODES:
+        raise SubmissionError(
+            prefix + "control_mode",
+            f"{prefix}control_mode must be one of {', '.join(CONTROL_MODES)}",
+            422,
+        )
+    pixel_perfect = given["pixel_perfect"]
+    if not isinstance(pixel_perfect, bool):
+        raise SubmissionError(prefix + "pixel_perfect", f"{prefix}pixel_perfect must be true/false")
+    png, sha = None, None
+    if given.get("image"):
+        png = _png(_uploaded_image(given["image"], limits, prefix + "image").convert("RGB"))
+        sha = hashlib.sha256(png).hexdigest()
+    elif mode != Job.Mode.IMG2IMG:
+        raise SubmissionError(
+            prefix + "image", f"{prefix}image is needed (only img2img may use its source)"
+        )
+    unit = ControlNetUnit(
+        image_sha256=sha,
+        module=module,
+        model=entry.name,
+        weight=_float(given, "weight", 0.0, 2.0, prefix=prefix),
+        guidance_start=_float(given, "guidance_start", 0.0, 1.0, prefix=prefix),
+        guidance_end=_float(given, "guidance_end", 0.0, 1.0, prefix=prefix),
+        control_mode=control_mode,
+        resize_mode=_int(given, "resize_mode", *CONTROL_RESIZE_MODES, prefix=prefix),
+        pixel_perfect=pixel_perfect,
+        processor_res=_int(given, "processor_res", *PROCESSOR_RES_RANGE, prefix=prefix),
+        threshold_a=_float(given, "threshold_a", *THRESHOLD_RANGE, prefix=prefix),
+        threshold_b=_float(given, "threshold_b", *THRESHOLD_RANGE, prefix=prefix),
+    )
+    if unit["guidance_start"] >= unit["guidance_end"]:
+        raise SubmissionError(
+            prefix + "guidance_end", f"{prefix}guidance_end must be above guidance_start", 422
+        )
+    return unit, png
+
+
 def _check_final_size(params: GenerationParams, limits: GenerationLimits) -> None:
     """The images a job makes (the hires target included) stay within the tier's limits."""
     if not params["hires"]:
@@ -473,6 +586,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         loras=[],
         **_toolset(given, mode),  # type: ignore[typeddict-item]
         inpaint=None,
+        controlnet=[],
     )
     if params["width"] * params["height"] > limits.max_pixels:
         raise SubmissionError(
@@ -516,6 +630,13 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         _check_final_size(params, limits)
     if problem := steps_problem(params):
         raise SubmissionError(*problem, 422)
+    params["controlnet"], control_pngs = _controlnet(
+        user, given.get("controlnet"), limits, mode, checkpoint
+    )
+    if params["controlnet"] and params.get("inpaint"):
+        raise SubmissionError(
+            "controlnet", "controlnet units are not available with inpainting yet", 422
+        )
 
     return ValidatedJob(
         params=params,
@@ -523,6 +644,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         init_png=init_png,
         price=price_job(params, checkpoint),
         total_steps=total_steps(params),
+        control_pngs=control_pngs,
         mask_png=mask_png,
     )
 
@@ -619,6 +741,7 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             )
             if valid.init_png:
                 job.init_image.save("init.png", ContentFile(valid.init_png), save=False)
+            store_control_images(valid.control_pngs)
             if valid.mask_png:
                 job.mask_image.save("mask.png", ContentFile(valid.mask_png), save=False)
             job.save(force_insert=True)

@@ -37,6 +37,7 @@ class MembershipTierForm(forms.ModelForm):
             "max_steps",
             "max_images",
             "max_unfinished_jobs",
+            "max_controlnet_units",
             "priority_weight",
             "all_models",
             "allowed_models",

@@ -17,12 +17,13 @@ from typing import Literal
 
 from gpu_worker.protocol import ModelInventoryEntry
 
-Kind = Literal["checkpoint", "lora", "vae", "embedding", "upscaler"]
+Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler"]
 FOLDERS: dict[Kind, str] = {
     "checkpoint": "Stable-diffusion",
     "lora": "Lora",
     "vae": "VAE",
     "embedding": "embeddings",
+    "controlnet": "ControlNet",
     "upscaler": "ESRGAN",
 }
 # More folders of a kind, as A1111 has them (gpu_worker.upscalers loads both layouts).
@@ -241,6 +242,11 @@ def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
                 if "attn2_to_k" in key and key.endswith("lora_down.weight"):
                     family = FAMILY_BY_CONTEXT.get(info["shape"][-1], "unknown")
                     break
+    elif kind == "controlnet":  # the width of its cross-attention context, in either key layout
+        for key, info in header.items():
+            if key.endswith("attn2.to_k.weight") and info.get("shape"):
+                family = FAMILY_BY_CONTEXT.get(info["shape"][-1], "unknown")
+                break
     elif kind == "embedding":
         if "clip_g" in keys:
             family = "sdxl"

@@ -1,7 +1,8 @@
 """A tiny SD 1.x-architecture demo model with deterministic random weights, written offline.
 
 The embedded run and the tests use it: `python -m gpu_worker make-demo-model` writes two
-checkpoints (different weights), a LoRA, a VAE and an embedding into the A1111 folders.
+checkpoints (different weights), a LoRA, a VAE, an embedding and a ControlNet into the A1111
+folders.
 Checkpoints are single `.safetensors` files in the ORIGINAL (A1111/LDM) key layout, as people
 download them, so the single-file loading path is the one exercised. Images it makes are noise.
 """
@@ -44,7 +45,8 @@ DEMO_INPAINT_CONFIG = DEMO_CONFIG + "-inpaint"  # loading builds its config fold
 DEMO_LORA = DemoFile("atelier-demo-lora", "Lora", 3)
 DEMO_VAE = DemoFile("atelier-demo-vae", "VAE", 4)
 DEMO_EMBEDDING = DemoFile("atelier-demo-embedding", "embeddings", 5)
-DEMO_UPSCALER = DemoFile("atelier-demo-upscaler", "ESRGAN", 6)  # 4x, original ESRGAN keys
+DEMO_CONTROLNET = DemoFile("atelier-demo-controlnet", "ControlNet", 6)
+DEMO_UPSCALER = DemoFile("atelier-demo-upscaler", "ESRGAN", 7)  # 4x, original ESRGAN keys
 
 
 def make_demo_models(models_dir: Path) -> list[Path]:
@@ -60,6 +62,7 @@ def make_demo_models(models_dir: Path) -> list[Path]:
     written.append(_write_if_missing(models_dir / DEMO_LORA.relative, _lora))
     written.append(_write_if_missing(models_dir / DEMO_VAE.relative, _vae_file))
     written.append(_write_if_missing(models_dir / DEMO_EMBEDDING.relative, _embedding))
+    written.append(_write_if_missing(models_dir / DEMO_CONTROLNET.relative, _controlnet))
     written.append(_write_if_missing(models_dir / DEMO_UPSCALER.relative, _upscaler))
     return written
 
@@ -150,6 +153,28 @@ def _embedding() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     generator = torch.Generator().manual_seed(DEMO_EMBEDDING.seed)
     vectors = torch.randn(2, 32, generator=generator)
     return {"emb_params": vectors}, {ARCHITECTURE_METADATA_KEY: DEMO_CONFIG}
+
+
+def _controlnet() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A ControlNet for the demo UNet, in diffusers' key layout (loaded the same single-file way).
+    A real ControlNet starts with zero convolutions, which would make it change nothing: here
+    they, and the control image's last embedding conv, get random weights, so a unit visibly
+    changes the image and the control image matters."""
+    import torch
+    from diffusers import ControlNetModel
+
+    unet = build_demo_components(DEMO_CHECKPOINTS[0].seed)["unet"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(DEMO_CONTROLNET.seed)
+        controlnet = ControlNetModel.from_unet(unet)
+        zeroed = [
+            *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block,
+            controlnet.controlnet_cond_embedding.conv_out,
+        ]
+        for conv in zeroed:
+            conv.reset_parameters()
+    return controlnet.state_dict(), {ARCHITECTURE_METADATA_KEY: DEMO_CONFIG}
 
 
 def _lora() -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -23,6 +23,7 @@ from PIL import Image
 from gpu_worker import infotext as infotext_mod
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
+from gpu_worker.controlnet import ControlNetError, ControlSet
 from gpu_worker.inpainting import (
     decode_mask,
     inpaint_infotext,
@@ -341,6 +342,7 @@ class _Run:
         self.embedding_hashes: dict[str, str] = {}
         self.switcher: ScheduleSwitcher | None = None  # prompt editing of the pass running
         self.upscaler: CatalogueItem | None = None  # the hires fix's upscaler model, if any
+        self.control: ControlSet | None = None  # the request's ControlNet units
         self.inpaint_plan: InpaintPlan | None = None
 
     # The step callback diffusers calls; it must return its kwargs.
@@ -394,6 +396,9 @@ class _Run:
                 if init is not None
                 else Image.new("RGB", (r["width"], r["height"]), (127, 127, 127))
             )
+        self.control = self._prepare_control(init)
+        if self.control is not None and self.inpaint_plan is not None:
+            raise JobFailed("ControlNet units are not available with inpainting yet")
         hires_steps = 0
         if hires:
             hires_steps = hires_inference_steps(r["steps"], hires)
@@ -436,6 +441,35 @@ class _Run:
         result.timings["sampling_s"] = round(sampling_s, 4)
         result.timings["encode_s"] = round(encode_s, 4)
         return result
+
+    def _prepare_control(self, init: Image.Image | None) -> ControlSet | None:
+        engine = self.engine
+        try:
+            return ControlSet.prepare(
+                self.request,
+                resolve=engine.resolve,
+                cache=engine.cache,
+                dtype=engine.dtype,
+                cache_dir=engine.cache_dir,
+                family=self.family,
+                init_image=init,
+            )
+        except (UnknownModel, ControlNetError, ModelLoadError) as exc:
+            raise JobFailed(str(exc)) from exc
+
+    def _controlled(
+        self, pipe: Any, width: int, height: int, *, img2img: bool
+    ) -> tuple[Any, dict[str, Any]]:
+        """The pass's pipeline and its ControlNet arguments (none without units)."""
+        if self.control is None:
+            return pipe, {}
+        controlled = self.control.pipeline(
+            pipe,
+            img2img=img2img,
+            scheduler=pipe.scheduler,
+            guidance_scale=self.request["cfg_scale"],
+        )
+        return controlled, self.control.call_kwargs(width, height, img2img=img2img)
 
     def _encode(self, prompt: str, negative: str, min_chunks: int = 0) -> dict[str, Any]:
         clip_skip = max(1, int(self.request.get("clip_skip") or 1))
@@ -521,22 +555,27 @@ class _Run:
             )
             return images, (width, height)
         if init is not None:
-            pipe = self._img2img_pipe(seeds[0])
+            pipe, control = self._controlled(
+                self._img2img_pipe(seeds[0]), width, height, img2img=True
+            )
             out = pipe(
                 image=resize_image(init, width, height, r.get("resize_mode", 0)),
                 strength=r["denoising_strength"],
                 num_inference_steps=r["steps"],
+                **control,
                 **self._common(schedules[0], seeds),
             )
             return out.images, (width, height)
         self.pipe.scheduler = self._scheduler(seeds[0])
         latent_upscale = hires and hires["upscaler"] in LATENT_UPSCALE_MODES
+        pipe, control = self._controlled(self.pipe, width, height, img2img=False)
         common = self._common(schedules[0], seeds)
-        out = self.pipe(
+        out = pipe(
             width=width,
             height=height,
             num_inference_steps=r["steps"],
             output_type="latent" if latent_upscale else "pil",
+            **control,
             **common,
             **self._variation_latents(seeds, width, height, common["generator"]),
         )
@@ -553,11 +592,14 @@ class _Run:
             )
         else:
             first = [self._upscale(im, (target_w, target_h)) for im in out.images]
-        pipe = self._img2img_pipe(seeds[0])
+        pipe, control = self._controlled(
+            self._img2img_pipe(seeds[0]), target_w, target_h, img2img=True
+        )
         out = pipe(
             image=first,
             strength=hires["denoising_strength"],
             num_inference_steps=hires_steps,
+            **control,
             **self._common(schedules[1] or schedules[0], seeds),
         )
         return out.images, (width, height)
@@ -670,6 +712,8 @@ class _Run:
             params["Lora hashes"] = ", ".join(f"{t.name}: {i.sha256[:12]}" for i, t in loras)
         if self.embedding_hashes:
             params["TI hashes"] = ", ".join(f"{n}: {h}" for n, h in self.embedding_hashes.items())
+        if self.control is not None:
+            params.update(self.control.infotext())
         params["Version"] = ENGINE_VERSION
         return infotext_mod.build_infotext(r["prompt"], r["negative_prompt"], params)
 

@@ -44,6 +44,31 @@ TRAILING_KEYS = ("Version", "User")
 # A1111's own expressions (modules/infotext_utils.py).
 RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
+# ControlNet units, as sd-webui-controlnet writes them ("ControlNet 0": "Module: canny, ...").
+CONTROLNET_RESIZE_LABELS = ("Just Resize", "Crop and Resize", "Resize and Fill")
+CONTROLNET_MODE_LABELS = {
+    "balanced": "Balanced",
+    "prompt": "My prompt is more important",
+    "controlnet": "ControlNet is more important",
+}
+
+
+def controlnet_unit_text(unit: Mapping[str, Any], model_title: str) -> str:
+    """One unit's infotext value; `model_title` is "name [hash]" in images, the name elsewhere."""
+    fields = {
+        "Module": unit["module"],
+        "Model": model_title,
+        "Weight": unit["weight"],
+        "Resize Mode": CONTROLNET_RESIZE_LABELS[unit["resize_mode"]],
+        "Processor Res": unit["processor_res"],
+        "Threshold A": unit["threshold_a"],
+        "Threshold B": unit["threshold_b"],
+        "Guidance Start": unit["guidance_start"],
+        "Guidance End": unit["guidance_end"],
+        "Pixel Perfect": unit["pixel_perfect"],
+        "Control Mode": CONTROLNET_MODE_LABELS[unit["control_mode"]],
+    }
+    return ", ".join(f"{key}: {value}" for key, value in fields.items())
 
 
 def quote(value: object) -> str:

@@ -1,4 +1,5 @@
-"""An LRU cache of loaded pipelines with a device-memory budget and a second tier in CPU RAM.
+"""An LRU cache of loaded pipelines and ControlNets with a device-memory budget and a second tier
+in CPU RAM.
 
 Passed around as an object (never module state). Each entry's cost is counted explicitly from
 its tensors. When the device budget is exceeded, the least recently used entries move to CPU
@@ -19,10 +20,12 @@ import torch
 
 
 def pipeline_bytes(pipe: Any) -> int:
-    """Bytes held by the pipeline's parameters and buffers (shared tensors counted once)."""
+    """Bytes held by the pipeline's parameters and buffers (shared tensors counted once); a
+    bare model (a ControlNet) counts as a pipeline of one component."""
     seen: set[int] = set()
     total = 0
-    for component in getattr(pipe, "components", {}).values():
+    components = {"model": pipe} if isinstance(pipe, torch.nn.Module) else {}
+    for component in getattr(pipe, "components", components).values():
         if not isinstance(component, torch.nn.Module):
             continue
         for tensor in [*component.parameters(), *component.buffers()]:

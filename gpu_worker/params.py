@@ -44,6 +44,46 @@ class InpaintParams(TypedDict):
     outpaint_bottom: int
 
 
+# --- ControlNet units (issue 22): sd-webui-controlnet's field names -------------------------
+ControlMode = Literal["balanced", "prompt", "controlnet"]
+CONTROL_MODES: tuple[ControlMode, ...] = ("balanced", "prompt", "controlnet")
+
+
+class ControlNetUnit(TypedDict):
+    """One ControlNet unit. A request sends `image` (base64) or none (img2img: the source);
+    the stored unit keeps the image's sha256, its PNG stored beside the job."""
+
+    image_sha256: str | None  # the control image; None: the img2img source image
+    module: str  # preprocessor, one of preprocessors.BUILT_IN ("none": already a map)
+    model: str  # catalogue name of a ControlNet (models/ControlNet/)
+    weight: float
+    guidance_start: float  # fraction of the steps where the unit starts acting
+    guidance_end: float  # ... and stops
+    control_mode: ControlMode  # A1111: Balanced / My prompt is more important / ControlNet is...
+    resize_mode: int  # fitting the image to the job: 0 just resize, 1 crop, 2 resize and fill
+    pixel_perfect: bool  # processor_res from the job's size instead of processor_res
+    processor_res: int  # the preprocessor's working resolution (short side)
+    threshold_a: float  # canny: low threshold
+    threshold_b: float  # canny: high threshold
+
+
+CONTROLNET_UNIT_DEFAULTS: dict[str, Any] = {
+    "module": "none",
+    "weight": 1.0,
+    "guidance_start": 0.0,
+    "guidance_end": 1.0,
+    "control_mode": "balanced",
+    "resize_mode": 1,
+    "pixel_perfect": False,
+    "processor_res": 512,
+    "threshold_a": 100.0,
+    "threshold_b": 200.0,
+}
+# What a request's unit may name: the stored fields, less the hash, plus the image itself.
+CONTROLNET_UNIT_FIELDS = frozenset(ControlNetUnit.__annotations__) - {"image_sha256"} | {"image"}
+# --------------------------------------------------------------------------------------------
+
+
 class GenerationParams(TypedDict):
     """Everything one job asks for, validated and normalised (`Job.params`)."""
 
@@ -73,6 +113,8 @@ class GenerationParams(TypedDict):
     seed_resize_from_w: NotRequired[int]  # 0: off; else the noise is made at this size, centred
     seed_resize_from_h: NotRequired[int]  # 0: off (both or neither)
     tiling: NotRequired[bool]  # seamless textures: circular padding in UNet and VAE convolutions
+    # ControlNet units, applied together; [] (or absent, in rows stored before them) = none.
+    controlnet: NotRequired[list[ControlNetUnit]]
     # Inpainting / outpainting (img2img with a mask or grown sides); None = plain img2img.
     inpaint: NotRequired[InpaintParams | None]
 
@@ -98,6 +140,7 @@ DEFAULTS: dict[str, Any] = {
     "seed_resize_from_w": 0,
     "seed_resize_from_h": 0,
     "tiling": False,
+    "controlnet": [],
 }
 HIRES_DEFAULTS: HiresParams = {
     "scale": 2.0,

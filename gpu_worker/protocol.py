@@ -73,6 +73,8 @@ class GenerationRequest(JobEnvelope, GenerationParams):
 
     init_image_png_b64: NotRequired[str | None]  # img2img source, PNG, base64
     mask_png_b64: NotRequired[str | None]  # inpaint mask, PNG, base64 (white = repaint)
+    # ControlNet units' images by the sha256 their stored units name, PNG, base64
+    controlnet_images_png_b64: NotRequired[dict[str, str]]
 
 
 class ResultImage(TypedDict):
@@ -120,7 +122,7 @@ class ProgressEvent(TypedDict):
 class ModelInventoryEntry(TypedDict):
     name: str  # file name without extension: the catalogue key
     filename: str  # relative to the models folder
-    kind: Literal["checkpoint", "lora", "vae", "embedding", "upscaler"]
+    kind: Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler"]
     family: str  # "sd1", "sd2", "sdxl", or "unknown"
     size_bytes: int
     sha256: str

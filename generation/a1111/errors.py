@@ -74,6 +74,8 @@ class A1111Error(Exception):
     @classmethod
     def from_submission(cls, exc: SubmissionError) -> A1111Error:
         field = A1111_FIELDS.get(exc.field, exc.field)
+        if field.startswith("controlnet["):  # a unit's field, as the client sent the unit
+            field = "alwayson_scripts.controlnet.args" + field[len("controlnet") :]
         detail = exc.message
         if field != exc.field and detail.startswith(exc.field + " "):
             detail = field + detail[len(exc.field) :]  # "scale must be..." -> "hr_scale must be..."

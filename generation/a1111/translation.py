@@ -2,9 +2,10 @@
 
 A1111's API defaults apply to every field a client leaves out (steps 50, Euler, CFG 7, 512x512:
 not the generator page's defaults, nor a checkpoint's own). Fields clients send at neutral values
-(restore_faces false, tiling false, script_args [], alwayson_scripts {}, ...) are accepted; a value
+(restore_faces false, tiling false, script_args [], ...) are accepted; a value
 that asks for a feature the engine lacks is refused with 422 naming the field. Unknown fields are
-ignored, as A1111's own request models ignore them.
+ignored, as A1111's own request models ignore them. `alwayson_scripts` carries ControlNet units
+(a1111/controlnet.py); no other script exists.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from generation.a1111.catalog import find_checkpoint, upscaler_models
+from generation.a1111.controlnet import units_from_scripts
 from generation.a1111.errors import A1111Error
 from gpu_worker.infotext import infotext_to_fields, parse_infotext
 from gpu_worker.passes import UPSCALERS
@@ -160,10 +162,6 @@ def _check_features(body: dict[str, Any], mode: str) -> None:
     for field in NEUTRAL:
         if field in body and not _neutral(field, body[field]):
             raise _refuse(field, FEATURES.get(field, _("only the default value is supported")))
-    scripts = body.get("alwayson_scripts")
-    if scripts:
-        names = ", ".join(scripts) if isinstance(scripts, dict) else str(scripts)
-        raise _refuse("alwayson_scripts", _("scripts are not available (%s)") % names)
     if mode == "txt2img" and body.get("enable_hr"):
         for field, same in SAME.items():
             if body.get(field) not in (None, "", same):
@@ -371,6 +369,7 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         "tiling": bool(body.get("tiling")),
         "styles": body.get("styles") or [],  # the caller's saved styles, applied at submission
     }
+    params["controlnet"] = units_from_scripts(body.get("alwayson_scripts"))
     checkpoint = _checkpoint(user, overrides, infotext_model)
     if checkpoint:
         params["checkpoint"] = checkpoint

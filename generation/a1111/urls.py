@@ -22,4 +22,12 @@ urlpatterns = [
     path("refresh-checkpoints", views.refresh, name="sdapi-refresh-checkpoints"),
     path("refresh-loras", views.refresh, name="sdapi-refresh-loras"),
     path("memory", views.memory, name="sdapi-memory"),
+    path("scripts", views.scripts, name="sdapi-scripts"),
+]
+# sd-webui-controlnet's endpoints, mounted at /controlnet/ (config/urls.py)
+controlnet_urlpatterns = [
+    path("version", views.controlnet_version, name="controlnet-version"),
+    path("model_list", views.controlnet_model_list, name="controlnet-model-list"),
+    path("module_list", views.controlnet_module_list, name="controlnet-module-list"),
+    path("detect", views.controlnet_detect, name="controlnet-detect"),
 ]

@@ -18,7 +18,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.throttles import api_refusal_wait
-from generation.a1111 import catalog, options, png_info, progress, translation, waiting
+from generation.a1111 import catalog, controlnet, options, png_info, progress, translation, waiting
 from generation.a1111.auth import authenticate
 from generation.a1111.errors import A1111Error
 
@@ -139,3 +139,13 @@ schedulers = endpoint("GET")(_sync(lambda user: catalog.schedulers()))
 upscalers = endpoint("GET")(_sync(catalog.upscalers))
 latent_upscale_modes = endpoint("GET")(_sync(lambda user: catalog.latent_upscale_modes()))
 prompt_styles = endpoint("GET")(_sync(catalog.prompt_styles))
+scripts = endpoint("GET")(_sync(controlnet.scripts))
+# sd-webui-controlnet's own endpoints (under /controlnet/, not /sdapi/v1/)
+controlnet_model_list = endpoint("GET")(_sync(controlnet.model_list))
+controlnet_module_list = endpoint("GET")(_sync(lambda user: controlnet.module_list()))
+controlnet_version = endpoint("GET")(_sync(lambda user: controlnet.version()))
+
+
+@endpoint("POST")
+async def controlnet_detect(request: HttpRequest, user: Any, body: Any) -> Any:
+    return await sync_to_async(controlnet.detect)(user, body)

@@ -72,6 +72,7 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
                 submitted_at=created_at.timestamp(),  # a returned job keeps its first place
                 checkpoint=checkpoint,
                 loras=frozenset(params.get("loras") or ()),
+                controlnets=frozenset(u["model"] for u in params.get("controlnet") or ()),
                 cost=speed.duration({**params, "mode": mode}),
             )
         )

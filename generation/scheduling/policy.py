@@ -64,6 +64,7 @@ class WaitingJob:
     submitted_at: float  # seconds, caller's clock; a job returned by a dead worker keeps its own
     checkpoint: str  # catalogue name
     loras: frozenset[str] = frozenset()
+    controlnets: frozenset[str] = frozenset()  # catalogue names of its ControlNet units' models
     cost: float = 1.0  # estimated GPU seconds of the job
 
 
@@ -119,7 +120,8 @@ class _Worker:
 
     def has(self, job: WaitingJob) -> bool:
         inventory = self.view.inventory
-        return inventory is None or (job.checkpoint in inventory and job.loras <= inventory)
+        needs = job.loras | job.controlnets
+        return inventory is None or (job.checkpoint in inventory and needs <= inventory)
 
     def affinity(self, checkpoint: str) -> int:
         if checkpoint in self.hot:

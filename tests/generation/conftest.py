@@ -87,6 +87,7 @@ def catalogue(db) -> dict[str, CatalogEntry]:
         "missing": entry("model-gone", "checkpoint", available=False),
         "lora": entry("style", "lora"),
         "vae": entry("clear-vae", "vae"),
+        "controlnet": entry("canny-sd15", "controlnet"),
     }
 
 

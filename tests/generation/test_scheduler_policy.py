@@ -239,6 +239,16 @@ def test_a_job_with_a_lora_only_goes_to_a_worker_that_has_the_lora():
     assert assignment.worker_id == "gpu-2"
 
 
+def test_a_job_with_a_controlnet_unit_only_goes_to_a_worker_that_has_the_controlnet():
+    waiting = [job("guided", "alice", 0.0, "a", controlnets=frozenset({"canny"}))]
+    workers = [
+        worker("gpu-1", hot=("a",), inventory=frozenset({"a"})),
+        worker("gpu-2", inventory=frozenset({"a", "canny"})),
+    ]
+    [assignment] = FairScheduler().plan(waiting, workers, now=1.0, usage={})
+    assert assignment.worker_id == "gpu-2"
+
+
 def test_in_a_simulation_no_worker_runs_a_model_it_lacks_and_every_job_finishes():
     rng = random.Random(11)
     jobs = [

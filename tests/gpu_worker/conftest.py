@@ -108,6 +108,7 @@ def demo_request(**overrides: Any) -> GenerationRequest:
         "seed_resize_from_h": 0,
         "tiling": False,
         "inpaint": None,
+        "controlnet": [],
     }
     request.update(overrides)
     return cast(GenerationRequest, request)  # the overrides are the test's own, unchecked

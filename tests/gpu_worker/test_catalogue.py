@@ -51,8 +51,10 @@ def test_scan_lists_the_demo_models_with_hashes_and_family(models: Path, tmp_pat
         ("lora", "atelier-demo-lora"),
         ("vae", "atelier-demo-vae"),
         ("embedding", "atelier-demo-embedding"),
+        ("controlnet", "atelier-demo-controlnet"),
         ("upscaler", "atelier-demo-upscaler"),
     }
+    assert entries[("controlnet", "atelier-demo-controlnet")]["family"] == "sd1"
     v1 = entries[("checkpoint", "atelier-demo-v1")]
     path = models / v1["filename"]
     assert v1["family"] == "sd1"
@@ -137,6 +139,10 @@ def test_families_from_header_keys(tmp_path: Path) -> None:
         tmp_path / "Lora/sd-lora.safetensors", {f"{sd1_lora_key}.lora_down.weight": [4, 768]}
     )
     write_safetensors(tmp_path / "embeddings/emb.safetensors", {"emb_params": [2, 768]})
+    original_cn = "control_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    write_safetensors(tmp_path / "ControlNet/canny15.safetensors", {original_cn: [320, 768]})
+    diffusers_cn = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    write_safetensors(tmp_path / "ControlNet/canny-xl.safetensors", {diffusers_cn: [640, 2048]})
     folder = sd / "diffusers-xl"
     (folder / "unet").mkdir(parents=True)
     (folder / "model_index.json").write_text("{}")
@@ -151,5 +157,7 @@ def test_families_from_header_keys(tmp_path: Path) -> None:
         ("lora", "xl-lora"): "sdxl",
         ("lora", "sd-lora"): "sd1",
         ("embedding", "emb"): "sd1",
+        ("controlnet", "canny15"): "sd1",
+        ("controlnet", "canny-xl"): "sdxl",
     }
     assert catalogue.resolve("checkpoint", "diffusers-xl").is_folder

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0005_job_mask_image'),
+        ('generation', '0006_catalogue_controlnet_kind'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -16,7 +16,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='catalogentry',
             name='kind',
-            field=models.CharField(choices=[('checkpoint', 'Checkpoint'), ('lora', 'LoRA'), ('vae', 'VAE'), ('embedding', 'Embedding'), ('upscaler', 'Upscaler')], max_length=16, verbose_name='kind'),
+            field=models.CharField(choices=[('checkpoint', 'Checkpoint'), ('lora', 'LoRA'), ('vae', 'VAE'), ('embedding', 'Embedding'), ('upscaler', 'Upscaler'), ('controlnet', 'ControlNet')], max_length=16, verbose_name='kind'),
         ),
         migrations.CreateModel(
             name='PromptStyle',

@@ -1,5 +1,5 @@
-"""The creative tools (issue 17) on inpaint passes (issue 16): prompt editing and tiling in a
-masked pass, variation seeds on an inpaint checkpoint's txt2img."""
+"""The creative tools (issue 17) with inpainting (issue 16) and ControlNet (issue 22): prompt
+editing, tiling, variation seeds and upscaler models on masked and controlled passes."""
 
 from __future__ import annotations
 
@@ -85,3 +85,60 @@ def test_an_inpaint_checkpoint_takes_a_variation_seed_in_txt2img(engine: Any) ->
     assert none == plain  # strength 0 is the seed's own noise
     assert pixels(varied) == pixels(again) != plain
     assert "Variation seed: 50, Variation seed strength: 0.5" in varied.images[0]["infotext"]
+
+
+# --- with ControlNet units (issue 22) -------------------------------------------------------
+
+
+def controlnet_request(**overrides: Any) -> Any:
+    control = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(control).rectangle((16, 16, 48, 48), fill="white")
+    unit = {
+        "image_sha256": "0" * 64,
+        "module": "canny",
+        "model": "atelier-demo-controlnet",
+        "weight": 1.0,
+        "guidance_start": 0.0,
+        "guidance_end": 1.0,
+        "control_mode": "balanced",
+        "resize_mode": 1,
+        "pixel_perfect": False,
+        "processor_res": 64,
+        "threshold_a": 100.0,
+        "threshold_b": 200.0,
+    }
+    return demo_request(
+        sampler="Euler",
+        steps=4,
+        seed=11,
+        controlnet=[unit],
+        controlnet_images_png_b64={"0" * 64: png_b64(control)},
+        **overrides,
+    )
+
+
+def test_prompt_editing_switches_the_prompt_in_a_controlnet_pass(engine: Any, torch: Any) -> None:
+    cats, _ = unet_conditionings(engine, controlnet_request(prompt="a cat"))
+    dogs, _ = unet_conditionings(engine, controlnet_request(prompt="a dog"))
+    edited, result = unet_conditionings(engine, controlnet_request(prompt="a [cat:dog:2]"))
+    assert [torch.equal(e, c) for e, c in zip(edited, cats, strict=True)] == [1, 1, 1, 0]
+    assert torch.equal(edited[3], dogs[3])
+    assert "ControlNet 0:" in result.images[0]["infotext"]
+
+
+def test_a_controlnet_job_takes_a_variation_seed_and_an_upscaler_model(engine: Any) -> None:
+    hires = {
+        "scale": 1.5,
+        "resize_x": 0,
+        "resize_y": 0,
+        "upscaler": "atelier-demo-upscaler",
+        "second_pass_steps": 2,
+        "denoising_strength": 0.5,
+    }
+    plain = pixels(engine.run(controlnet_request(hires=hires)))
+    varied = engine.run(controlnet_request(hires=hires, subseed=50, subseed_strength=0.5))
+    image = varied.images[0]
+    assert (image["width"], image["height"]) == (96, 96)
+    assert pixels(varied) != plain
+    assert "Hires upscaler: atelier-demo-upscaler" in image["infotext"]
+    assert "Variation seed: 50" in image["infotext"] and "ControlNet 0:" in image["infotext"]

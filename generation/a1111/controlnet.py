@@ -1,0 +1,249 @@
+"""sd-webui-controlnet's API over the built-in ControlNet: the units of `alwayson_scripts`, and
+the `/controlnet/*` endpoints its clients call first (webuiapi, the Krita and Photoshop plug-ins).
+
+Only the "controlnet" script exists: any other script name, or a unit field the extension does
+not have, is a 422 naming it. Fields the extension has but that ask for nothing here (low VRAM,
+saving the detected map, batch folders at their empty defaults) are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+from django.utils.translation import gettext as _
+from PIL import Image, UnidentifiedImageError
+
+from generation.a1111.errors import A1111Error
+from generation.limits import GenerationLimits, limits_for
+from generation.models import CatalogEntry
+from gpu_worker.params import CONTROL_MODES, CONTROLNET_UNIT_DEFAULTS
+from gpu_worker.preprocessors import BUILT_IN, MODULE_DETAIL, run_preprocessor
+
+SCRIPT = "controlnet"
+# The extension's version this API answers as (clients compare it to pick request shapes).
+VERSION = 2
+ARGS = f"alwayson_scripts.{SCRIPT}.args"
+
+# A1111 spellings -> ours. Labels and indices are the extension's.
+RESIZE_MODES = {
+    "just resize": 0,
+    "crop and resize": 1,
+    "resize and fill": 2,
+    # older labels
+    "envelope (outer fit)": 1,
+    "scale to fit (inner fit)": 2,
+}
+CONTROL_MODE_LABELS = {
+    "balanced": "balanced",
+    "my prompt is more important": "prompt",
+    "controlnet is more important": "controlnet",
+}
+# Unit fields taken as they are (ours and the extension's names agree).
+SAME_FIELDS = (
+    "module",
+    "model",
+    "weight",
+    "guidance_start",
+    "guidance_end",
+    "pixel_perfect",
+    "processor_res",
+    "threshold_a",
+    "threshold_b",
+)
+# Fields the extension has that change nothing here, at any value.
+IGNORED_FIELDS = frozenset(
+    {"low_vram", "lowvram", "save_detected_map", "is_ui", "hr_option", "guidance"}
+)
+# Fields accepted only at the value that asks for nothing.
+NEUTRAL_FIELDS: dict[str, tuple[Any, ...]] = {
+    "input_mode": ("simple", "Simple", 0, None),
+    "batch_images": ("", None, []),
+    "output_dir": ("", None),
+    "loopback": (False, None),
+    "use_preview_as_input": (False, None),
+    "inpaint_crop_input_image": (False, True, None),
+    "mask": ("", None),
+    "mask_image": ("", None),
+}
+UNIT_FIELDS = frozenset(
+    {
+        *SAME_FIELDS,
+        *IGNORED_FIELDS,
+        *NEUTRAL_FIELDS,
+        "enabled",
+        "image",
+        "input_image",
+        "control_mode",
+        "guessmode",
+        "resize_mode",
+    }
+)
+
+
+def _refuse(field: str, reason: str) -> A1111Error:
+    return A1111Error(422, f"{field}: {reason}", field)
+
+
+def units_from_scripts(scripts: Any) -> list[dict[str, Any]]:
+    """`alwayson_scripts` -> the request's `controlnet` units (disabled units left out)."""
+    if scripts in (None, {}):
+        return []
+    if not isinstance(scripts, dict):
+        raise _refuse("alwayson_scripts", _("must be an object of script names"))
+    for name in scripts:
+        if name.lower() != SCRIPT:
+            raise _refuse(
+                "alwayson_scripts",
+                _("unknown script %(name)r; available: %(script)s")
+                % {"name": name, "script": SCRIPT},
+            )
+    script = next(iter(scripts.values()), None) or {}
+    args = script.get("args", []) if isinstance(script, dict) else None
+    if not isinstance(args, list):
+        raise _refuse(ARGS, _("must be a list of ControlNet units"))
+    units = []
+    for index, raw in enumerate(args):
+        unit = _unit(raw, f"{ARGS}[{index}]")
+        if unit is not None:
+            units.append(unit)
+    return units
+
+
+def _unit(raw: Any, prefix: str) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        raise _refuse(prefix, _("a ControlNet unit must be an object"))
+    if unknown := sorted(set(raw) - UNIT_FIELDS):
+        raise _refuse(f"{prefix}.{unknown[0]}", _("sd-webui-controlnet units have no such field"))
+    for name, neutral in NEUTRAL_FIELDS.items():
+        if name in raw and raw[name] not in neutral:
+            raise _refuse(f"{prefix}.{name}", _("only the default value is supported"))
+    if raw.get("enabled") is False or raw.get("model") in (None, "", "None", "none"):
+        return None  # the extension skips a disabled unit, or one without a model
+    unit: dict[str, Any] = {name: raw[name] for name in SAME_FIELDS if raw.get(name) is not None}
+    if unit.get("module") in ("None", None):
+        unit["module"] = "none"
+    for name in ("processor_res", "threshold_a", "threshold_b"):
+        if unit.get(name) == -1:  # the extension's "default"
+            unit[name] = CONTROLNET_UNIT_DEFAULTS[name]
+    image = raw.get("image") or raw.get("input_image")
+    if isinstance(image, dict):  # {"image": ..., "mask": ...}
+        if image.get("mask"):
+            raise _refuse(f"{prefix}.image.mask", _("unit masks are not supported"))
+        image = image.get("image")
+    unit["image"] = image or None
+    if "resize_mode" in raw:
+        unit["resize_mode"] = _choice(raw["resize_mode"], RESIZE_MODES, f"{prefix}.resize_mode")
+    if raw.get("guessmode"):  # the old spelling of "ControlNet is more important"
+        unit["control_mode"] = "controlnet"
+    if "control_mode" in raw:
+        modes: dict[Any, str] = {**CONTROL_MODE_LABELS, **dict(enumerate(CONTROL_MODES))}
+        unit["control_mode"] = _choice(raw["control_mode"], modes, f"{prefix}.control_mode")
+    return unit
+
+
+def _choice(value: Any, choices: dict[Any, Any], field: str) -> Any:
+    key = value.lower() if isinstance(value, str) else value
+    if isinstance(key, bool) or key not in choices and key not in choices.values():
+        valid = ", ".join(str(k) for k in choices)
+        raise _refuse(
+            field,
+            _("unknown value %(value)r; valid: %(valid)s")
+            % {
+                "value": value,
+                "valid": valid,
+            },
+        )
+    return choices.get(key, key)
+
+
+# --- the /controlnet/ endpoints --------------------------------------------------------------
+
+
+def _models(user: Any) -> list[CatalogEntry]:
+    kind = CatalogEntry.Kind.CONTROLNET
+    return list(CatalogEntry.objects.usable_by(user).filter(kind=kind).order_by("name"))
+
+
+def model_list(user: Any) -> dict[str, Any]:
+    return {"model_list": [f"{e.name} [{e.short_hash[:8]}]" for e in _models(user)]}
+
+
+def module_list() -> dict[str, Any]:
+    return {"module_list": list(BUILT_IN), "module_detail": MODULE_DETAIL}
+
+
+def version() -> dict[str, Any]:
+    return {"version": VERSION}
+
+
+def scripts(user: Any) -> dict[str, list[str]]:
+    """/sdapi/v1/scripts: ControlNet when the caller's tier allows a unit, nothing else."""
+    usable = [SCRIPT] if limits_for(user).max_controlnet_units > 0 else []
+    return {"txt2img": usable, "img2img": usable}
+
+
+def detect(user: Any, body: Any) -> dict[str, Any]:
+    """A preprocessor's maps of the given images (built-in modules are cheap and weight-free,
+    so this runs here rather than as a GPU job)."""
+    if not isinstance(body, dict):
+        raise A1111Error(422, _("the request body must be a JSON object"), "body")
+    module = body.get("controlnet_module") or "none"
+    if module not in BUILT_IN:
+        raise _refuse(
+            "controlnet_module",
+            _("unknown preprocessor %(name)r; available: %(valid)s")
+            % {"name": module, "valid": ", ".join(BUILT_IN)},
+        )
+    images = body.get("controlnet_input_images") or []
+    if not isinstance(images, list) or not images:
+        raise _refuse("controlnet_input_images", _("must be a list of base64 images"))
+    limits = limits_for(user)
+    if len(images) > limits.max_images:
+        raise _refuse("controlnet_input_images", _("at most %d images") % limits.max_images)
+    res = _number(body, "controlnet_processor_res", 512)
+    low = _number(body, "controlnet_threshold_a", 100)
+    high = _number(body, "controlnet_threshold_b", 200)
+    if not 64 <= res <= min(2048, limits.max_side):
+        raise _refuse("controlnet_processor_res", _("must be between 64 and 2048"))
+    maps = []
+    for index, text in enumerate(images):
+        image = _decode(text, f"controlnet_input_images[{index}]", limits)
+        out = io.BytesIO()
+        run_preprocessor(module, image, int(res), low, high).save(out, "PNG")
+        maps.append(base64.b64encode(out.getvalue()).decode("ascii"))
+    return {"images": maps, "info": "Success"}
+
+
+def _number(body: dict[str, Any], name: str, default: float) -> float:
+    value = body.get(name)
+    if value is None or value == -1:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _refuse(name, _("must be a number"))
+    return float(value)
+
+
+def _decode(text: Any, field: str, limits: GenerationLimits) -> Image.Image:
+    """The upload caps of an init image: bytes, then pixels from the header before decoding."""
+    if not isinstance(text, str):
+        raise _refuse(field, _("must be base64 text"))
+    data = text.split(",", 1)[1] if text.startswith("data:") else text
+    if len(data) * 3 // 4 > limits.max_init_image_bytes + 3:
+        raise _refuse(field, _("larger than %d bytes") % limits.max_init_image_bytes)
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        if image.width * image.height > limits.max_init_image_pixels:
+            raise _refuse(field, _("more than %d pixels") % limits.max_init_image_pixels)
+        image.load()
+    except (
+        binascii.Error,
+        ValueError,
+        UnidentifiedImageError,
+        OSError,
+        Image.DecompressionBombError,
+    ):
+        raise _refuse(field, _("not a readable image")) from None
+    return image

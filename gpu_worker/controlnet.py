@@ -1,0 +1,272 @@
+"""ControlNet units in the engine: loading ControlNets offline, preparing each unit's control map,
+and running the pipeline's ControlNet variant with every unit's weight, step window and mode.
+
+The engine calls three things (engine.py keeps only small hooks): `ControlSet.prepare` once per
+job, `ControlSet.pipeline` for each pass (txt2img, img2img or the hires pass), and
+`ControlSet.infotext` for the image's parameters. ControlNets sit in the worker's ModelCache under
+`controlnet:<sha256>` keys (string keys: the heartbeat's checkpoint list skips them).
+
+Control modes, as sd-webui-controlnet describes them: "Balanced" adds the ControlNet's residuals
+at the unit's weight; "My prompt is more important" scales them down towards the shallow layers
+(0.825 per layer from the deepest); "ControlNet is more important" does the same but adds them
+to the conditional half of classifier-free guidance only, so the prompt's pull is weaker.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetPipeline,
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetPipeline,
+)
+from diffusers.models.controlnets.controlnet import ControlNetModel
+from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+from PIL import Image
+
+from gpu_worker.catalogue import CatalogueItem
+from gpu_worker.infotext import controlnet_unit_text
+from gpu_worker.loading import SHIPPED_CONFIGS, ModelLoadError, quiet_libraries
+from gpu_worker.model_cache import ModelCache
+from gpu_worker.params import ControlNetUnit
+from gpu_worker.preprocessors import pixel_perfect_resolution, run_preprocessor
+
+CACHE_PREFIX = "controlnet:"
+SOFT_INJECTION_BASE = 0.825
+PIPELINES = {  # (family is SDXL, img2img) -> the ControlNet variant of the pipeline
+    (False, False): StableDiffusionControlNetPipeline,
+    (False, True): StableDiffusionControlNetImg2ImgPipeline,
+    (True, False): StableDiffusionXLControlNetPipeline,
+    (True, True): StableDiffusionXLControlNetImg2ImgPipeline,
+}
+
+
+class ControlNetError(ValueError):
+    """A unit that cannot run (its message is fit to show the job's owner)."""
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def controlnet_config_folder(architecture: str, cache_dir: Path) -> Path:
+    """A ControlNet config for an architecture, derived from the UNet config we ship: a
+    ControlNet is the UNet's encoder and middle block, so it shares their settings."""
+    unet_config = SHIPPED_CONFIGS / architecture / "unet" / "config.json"
+    if not unet_config.is_file():
+        raise ModelLoadError(f"no shipped config for ControlNets of {architecture!r} models")
+    target = cache_dir / "configs" / f"controlnet-{architecture}"
+    if (target / "config.json").is_file():
+        return target
+    accepted = set(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
+    config = {k: v for k, v in json.loads(unet_config.read_text()).items() if k in accepted}
+    config["_class_name"] = "ControlNetModel"
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    return target
+
+
+def load_controlnet(item: CatalogueItem, *, dtype: Any, cache_dir: Path) -> ControlNetModel:
+    """A ControlNet from a single file (the original layout or diffusers'), offline."""
+    quiet_libraries()
+    if not item.path.exists():
+        raise ModelLoadError(f"ControlNet file {item.filename} is missing")
+    architecture = item.architecture or {"sd1": "sd1", "sdxl": "sdxl"}.get(item.family)
+    if architecture is None:
+        raise ModelLoadError(f"{item.filename}: ControlNets for {item.family!r} are not supported")
+    folder = controlnet_config_folder(architecture, cache_dir)
+    try:
+        model = ControlNetModel.from_single_file(
+            str(item.path), config=str(folder), local_files_only=True, torch_dtype=dtype
+        )
+    except Exception as exc:  # safetensors/diffusers raise many kinds for a bad file
+        raise ModelLoadError(f"cannot load ControlNet file {item.filename}: {exc}") from exc
+    return model.eval()
+
+
+# --- the units' ControlNets together ---------------------------------------------------------
+
+
+class UnitControlNets(MultiControlNetModel):
+    """MultiControlNet whose units each keep their own control mode. A unit outside its step
+    window (the pipeline passes scale 0) is not run at all: weight 0 is exactly no unit."""
+
+    def __init__(self, nets: list[ControlNetModel], modes: list[str]) -> None:
+        super().__init__(nets)
+        self.modes = modes
+        self.halves = False  # classifier-free guidance: the batch is [unconditional, conditional]
+
+    def forward(  # type: ignore[override]
+        self,
+        sample: torch.Tensor,
+        timestep: Any,
+        encoder_hidden_states: torch.Tensor,
+        controlnet_cond: list[torch.Tensor],
+        conditioning_scale: list[float],
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+        kwargs.pop("guess_mode", None)
+        down_sum: list[torch.Tensor] | None = None
+        mid_sum: torch.Tensor | None = None
+        for image, scale, net, mode in zip(
+            controlnet_cond, conditioning_scale, self.nets, self.modes, strict=True
+        ):
+            if scale == 0:
+                continue
+            down, mid = net(
+                sample=sample,
+                timestep=timestep,
+                encoder_hidden_states=encoder_hidden_states,
+                controlnet_cond=image,
+                conditioning_scale=scale,
+                return_dict=False,
+                **kwargs,
+            )
+            residuals = [*down, mid]
+            if mode != "balanced":
+                last = len(residuals) - 1
+                residuals = [r * SOFT_INJECTION_BASE ** (last - i) for i, r in enumerate(residuals)]
+            if mode == "controlnet" and self.halves:
+                residuals = [torch.cat([torch.zeros_like(r), r]) for r in _cond_half(residuals)]
+            *down, mid = residuals
+            if down_sum is None or mid_sum is None:
+                down_sum, mid_sum = down, mid
+            else:
+                down_sum = [a + b for a, b in zip(down_sum, down, strict=True)]
+                mid_sum = mid_sum + mid
+        return down_sum, mid_sum
+
+
+def _cond_half(residuals: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [r.chunk(2)[1] for r in residuals]
+
+
+# --- one job's units -------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedUnit:
+    unit: ControlNetUnit
+    item: CatalogueItem
+    model: ControlNetModel
+    control_map: Image.Image  # the preprocessor's output, before fitting it to a pass's size
+
+
+class ControlSet:
+    """The request's units, ready for the passes of one job."""
+
+    def __init__(self, units: list[PreparedUnit], family: str) -> None:
+        self.units = units
+        self.sdxl = family == "sdxl"
+
+    @classmethod
+    def prepare(
+        cls,
+        request: Any,
+        *,
+        resolve: Callable[[str, str], CatalogueItem],
+        cache: ModelCache,
+        dtype: Any,
+        cache_dir: Path,
+        family: str,
+        init_image: Image.Image | None,
+    ) -> ControlSet | None:
+        """Load each unit's ControlNet through the cache and compute its control map."""
+        units = request.get("controlnet") or []
+        if not units:
+            return None
+        images = request.get("controlnet_images_png_b64") or {}
+        target = (int(request["width"]), int(request["height"]))
+        prepared = []
+        for index, unit in enumerate(units):
+            item = resolve("controlnet", unit["model"])
+            if item.family not in ("unknown", family):
+                raise ControlNetError(
+                    f"ControlNet {item.name!r} is for {item.family} models, not {family}"
+                )
+
+            def load(item: CatalogueItem = item) -> ControlNetModel:
+                return load_controlnet(item, dtype=dtype, cache_dir=cache_dir)
+
+            model = cache.get(CACHE_PREFIX + item.sha256, load)
+            source = _unit_image(unit, images, init_image, index)
+            res = unit["processor_res"]
+            if unit["pixel_perfect"]:
+                res = pixel_perfect_resolution(source.size, target, unit["resize_mode"])
+            control_map = run_preprocessor(
+                unit["module"], source, res, unit["threshold_a"], unit["threshold_b"]
+            )
+            prepared.append(PreparedUnit(unit, item, model, control_map))
+        return cls(prepared, family)
+
+    def pipeline(self, base: Any, *, img2img: bool, scheduler: Any, guidance_scale: float) -> Any:
+        """The pass's pipeline: the ControlNet variant sharing the base pipeline's weights."""
+        nets = UnitControlNets(
+            [u.model for u in self.units], [u.unit["control_mode"] for u in self.units]
+        )
+        nets.halves = guidance_scale > 1
+        pipe = PIPELINES[(self.sdxl, img2img)].from_pipe(base, controlnet=nets, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def call_kwargs(self, width: int, height: int, *, img2img: bool) -> dict[str, Any]:
+        """The pass's ControlNet arguments, the maps fitted to its size as each unit asks."""
+        maps = [fit(u.control_map, width, height, u.unit["resize_mode"]) for u in self.units]
+        return {
+            "control_image" if img2img else "image": maps,
+            "controlnet_conditioning_scale": [float(u.unit["weight"]) for u in self.units],
+            "control_guidance_start": [float(u.unit["guidance_start"]) for u in self.units],
+            "control_guidance_end": [float(u.unit["guidance_end"]) for u in self.units],
+        }
+
+    def infotext(self) -> dict[str, str]:
+        """One entry per unit, as sd-webui-controlnet writes them."""
+        return {f"ControlNet {i}": unit_infotext(u) for i, u in enumerate(self.units)}
+
+
+def unit_infotext(prepared: PreparedUnit) -> str:
+    return controlnet_unit_text(prepared.unit, f"{prepared.item.name} [{prepared.item.sha256[:8]}]")
+
+
+def _unit_image(
+    unit: ControlNetUnit, images: dict[str, str], init_image: Image.Image | None, index: int
+) -> Image.Image:
+    sha = unit["image_sha256"]
+    if sha is None:
+        if init_image is None:
+            raise ControlNetError(f"ControlNet unit {index} has no image")
+        return init_image
+    data = images.get(sha)
+    if not data:
+        raise ControlNetError(f"the image of ControlNet unit {index} did not arrive")
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        image.load()
+    except Exception as exc:
+        raise ControlNetError(f"the image of ControlNet unit {index} cannot be read") from exc
+    return image.convert("RGB")
+
+
+def fit(image: Image.Image, width: int, height: int, mode: int) -> Image.Image:
+    """A control map at the pass's size: 0 stretch, 1 crop to fill, 2 fit inside with black
+    bars (an empty margin means "no control there", not stretched edges)."""
+    lanczos = Image.Resampling.LANCZOS
+    if mode == 0 or image.size == (width, height):
+        return image.resize((width, height), lanczos)
+    scale_w, scale_h = width / image.width, height / image.height
+    scale = max(scale_w, scale_h) if mode == 1 else min(scale_w, scale_h)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    resized = image.resize((w, h), lanczos)
+    canvas = Image.new("RGB", (width, height), "black")
+    canvas.paste(resized, ((width - w) // 2, (height - h) // 2))  # crops when larger
+    return canvas
