@@ -35,6 +35,11 @@ GENERATOR_FIELDS = (
     "n_iter",
     "denoising_strength",
     "resize_mode",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+    "tiling",
     "hires_enabled",
     "hires_scale",
     "hires_resize_x",
@@ -116,6 +121,8 @@ def remix_published_image(viewer: Any, publication: Any) -> RemixPlan:
         "batch_size": 1,
         "n_iter": 1,
     }
+    if params.get("subseed") is not None and params.get("seed") is not None:
+        values["subseed"] = params["subseed"] + image.seed - params["seed"]  # image i: subseed + i
     hires = params.get("hires")
     if hires:
         values.update(

@@ -12,13 +12,24 @@ from django.utils.translation import gettext_lazy
 
 from accounts.models import MembershipTier
 from generation.catalogue_admin import CatalogEntryAdmin
-from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
+from generation.models import CatalogEntry, Job, JobImage, PromptStyle, UserGenerationSettings
 from generation.stuck_jobs import redispatch_stuck_job
 from generation.submission import SubmissionError, cancel_job
 from generation.tier_admin import MembershipTierAdmin
 
 admin.site.register(CatalogEntry, CatalogEntryAdmin)
 admin.site.register(MembershipTier, MembershipTierAdmin)
+
+
+@admin.register(PromptStyle)
+class PromptStyleAdmin(admin.ModelAdmin):
+    """Staff publish shared styles here (no owner: every member sees them)."""
+
+    list_display = ("name", "owner", "updated_at")
+    list_filter = (("owner", admin.EmptyFieldListFilter),)
+    search_fields = ("name", "prompt", "owner__username")
+    raw_id_fields = ("owner",)
+
 
 # What the GPU worker reports in Job.timings, in the order the hops happen.
 WORKER_TIMINGS = (

@@ -210,6 +210,12 @@ class VaeListView(CatalogListView):
     kind = CatalogEntry.Kind.VAE
 
 
+class UpscalerListView(CatalogListView):
+    """Upscaler models (ESRGAN, Real-ESRGAN) usable in hires fix by name."""
+
+    kind = CatalogEntry.Kind.UPSCALER
+
+
 class SamplerListView(APIView):
     @extend_schema(responses=SamplerListSerializer, summary="Samplers and schedule types")
     def get(self, request: Request) -> Response:

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from generation import api, model_uploads
+from generation import api, model_uploads, styles_api, tokens_api
 
 uploads = model_uploads.ModelUploadViewSet
 
@@ -14,6 +14,7 @@ urlpatterns = [
     path("models/", api.ModelListView.as_view(), name="api-models"),
     path("loras/", api.LoraListView.as_view(), name="api-loras"),
     path("vaes/", api.VaeListView.as_view(), name="api-vaes"),
+    path("upscalers/", api.UpscalerListView.as_view(), name="api-upscalers"),
     path("samplers/", api.SamplerListView.as_view(), name="api-samplers"),
     path("me/", api.MeView.as_view(), name="api-me"),
     path("images/", api.ImageListView.as_view(), name="api-images"),
@@ -33,4 +34,9 @@ urlpatterns = [
         name="api-model-upload-detail",
     ),
     path("settings/default-model/", api.DefaultModelView.as_view(), name="api-default-model"),
+    path("styles/", styles_api.StyleListView.as_view(), name="api-styles"),
+    path("styles/export/", styles_api.StyleExportView.as_view(), name="api-styles-export"),
+    path("styles/import/", styles_api.StyleImportView.as_view(), name="api-styles-import"),
+    path("styles/<int:pk>/", styles_api.StyleDetailView.as_view(), name="api-style"),
+    path("tokens/", tokens_api.TokenCountView.as_view(), name="api-tokens"),
 ]

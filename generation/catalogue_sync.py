@@ -16,7 +16,14 @@ from generation.broker import get_redis
 from generation.fleet import inventories
 from generation.models import CatalogEntry
 from gpu_worker.catalogue import scan_models
-from gpu_worker.demo_model import DEMO_CHECKPOINTS, DEMO_INPAINT, DEMO_LORA, DEMO_VAE
+from gpu_worker.demo_model import (
+    DEMO_CHECKPOINTS,
+    DEMO_CONTROLNET,
+    DEMO_INPAINT,
+    DEMO_LORA,
+    DEMO_UPSCALER,
+    DEMO_VAE,
+)
 from gpu_worker.protocol import ModelInventoryEntry
 
 logger = logging.getLogger(__name__)
@@ -39,7 +46,8 @@ def local_inventory(models_dir: Path | None = None) -> list[ModelInventoryEntry]
 
 
 def _demo_names() -> set[str]:
-    return {d.name for d in (*DEMO_CHECKPOINTS, DEMO_INPAINT, DEMO_LORA, DEMO_VAE)}
+    demos = (*DEMO_CHECKPOINTS, DEMO_INPAINT, DEMO_LORA, DEMO_VAE, DEMO_UPSCALER, DEMO_CONTROLNET)
+    return {d.name for d in demos}
 
 
 def sync_catalogue(models_dir: Path | None = None, include_workers: bool = True) -> dict[str, int]:

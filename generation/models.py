@@ -130,6 +130,7 @@ class CatalogEntry(models.Model):
         LORA = "lora", _("LoRA")
         VAE = "vae", _("VAE")
         EMBEDDING = "embedding", _("Embedding")
+        UPSCALER = "upscaler", _("Upscaler")
         CONTROLNET = "controlnet", _("ControlNet")
 
     name = models.CharField(_("name"), max_length=200)
@@ -515,3 +516,51 @@ class UserGenerationSettings(models.Model):
     def for_user(cls, user: Any) -> UserGenerationSettings:
         obj, _created = cls.objects.get_or_create(user=user)
         return obj
+
+
+class PromptStyleQuerySet(models.QuerySet["PromptStyle"]):
+    def visible_to(self, user: Any) -> PromptStyleQuerySet:
+        """A user's own styles and the shared ones; never another user's private style."""
+        return self.filter(Q(owner=user) | Q(owner__isnull=True))
+
+    def own(self, user: Any) -> PromptStyleQuerySet:
+        return self.filter(owner=user)
+
+
+class PromptStyle(models.Model):
+    """A saved style (A1111's styles.csv row): `{prompt}` in its prompt marks where the user's
+    prompt goes, else the style is appended after ", ". No owner: shared, published by staff."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="prompt_styles",
+        help_text=_("Empty: a shared style every member sees"),
+    )
+    name = models.CharField(_("name"), max_length=100)
+    prompt = models.TextField(_("prompt"), blank=True)
+    negative_prompt = models.TextField(_("negative prompt"), blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PromptStyleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("prompt style")
+        verbose_name_plural = _("prompt styles")
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="unique_style_name_per_owner"),
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(owner__isnull=True), name="unique_shared_style_name"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def shared(self) -> bool:
+        return self.owner_id is None

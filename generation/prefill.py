@@ -23,8 +23,12 @@ INT_FIELDS = (
     "batch_size",
     "n_iter",
     "resize_mode",
+    "subseed",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
 )
-FLOAT_FIELDS = ("cfg_scale", "denoising_strength")
+FLOAT_FIELDS = ("cfg_scale", "denoising_strength", "subseed_strength")
+BOOL_FIELDS = ("tiling",)  # a checkbox: present and not "False" means on
 # hires_<key> in the query, hires[<key>] in the parameters.
 HIRES_FIELDS = {
     "scale": float,
@@ -38,6 +42,7 @@ QUERY_FIELDS = (
     *TEXT_FIELDS,
     *INT_FIELDS,
     *FLOAT_FIELDS,
+    *BOOL_FIELDS,
     "hires_enabled",
     *(f"hires_{key}" for key in HIRES_FIELDS),
 )
@@ -81,6 +86,8 @@ def params_from_query(query: Mapping[str, str]) -> dict[str, Any]:
         value = _CONVERT[kind](query[name])
         if value is not None:
             params[name] = value
+    for name in BOOL_FIELDS:
+        params[name] = query.get(name, "") not in ("", "False", "false", "0")
     params["hires"] = None
     if query.get("hires_enabled"):
         hires = {key: value for key, value in HIRES_DEFAULTS.items() if key in HIRES_FIELDS}

@@ -22,6 +22,7 @@ from generation.submission import (
     MAX_MASK_BLUR,
     MAX_MASK_PADDING,
     MAX_SEED,
+    MAX_SEED_RESIZE,
     MIN_SIDE,
     NOISE_MULTIPLIER,
     RESIZE_MODES,
@@ -184,8 +185,13 @@ class HiresRequestSerializer(serializers.Serializer):
                 "aspect ratio, or from scale",
             ),
             "resize_y": _int(0, lim.max_side, "target height, a multiple of 8; 0: likewise"),
-            "upscaler": serializers.ChoiceField(
-                choices=list(UPSCALERS), required=False, allow_null=True, help_text="default Latent"
+            "upscaler": serializers.CharField(
+                required=False,
+                allow_null=True,
+                allow_blank=True,
+                max_length=200,
+                help_text=f"default Latent; one of {', '.join(UPSCALERS)}, or the name of an "
+                "upscaler model (ESRGAN, Real-ESRGAN) from GET /api/v1/upscalers/",
             ),
             "second_pass_steps": _int(0, lim.max_steps, "steps the hires pass runs; 0: steps"),
             "denoising_strength": _float(0.0, 1.0, "above 0; default 0.7"),
@@ -307,6 +313,21 @@ class JobRequestSerializer(serializers.Serializer):
                 help_text="txt2img hires fix; null: off. The target counts against max_side "
                 "and max_pixels",
             ),
+            # A1111's toolset (issue 17)
+            "subseed": _int(-1, MAX_SEED, "variation seed; -1: random"),
+            "subseed_strength": _float(0.0, 1.0, "0: no variation (txt2img)"),
+            "seed_resize_from_w": _int(-1, MAX_SEED_RESIZE, "0 or -1: off"),
+            "seed_resize_from_h": _int(-1, MAX_SEED_RESIZE, "0 or -1: off"),
+            "tiling": serializers.BooleanField(
+                required=False, allow_null=True, help_text="seamless, tileable images"
+            ),
+            "styles": serializers.ListField(
+                child=serializers.CharField(),
+                required=False,
+                allow_null=True,
+                help_text="names of saved styles (yours or shared), applied in order to both "
+                "prompts: {prompt} in a style marks where your prompt goes",
+            ),
             "init_image": InitImageField(
                 required=False,
                 allow_null=True,
@@ -350,6 +371,8 @@ def check_job_request(data: Any, limits: GenerationLimits) -> None:
             field, name = unit_fields.get(inner, field), f"{name}[{index}].{inner}"
         elif isinstance(problems, dict):  # not a list at all
             problems = next(iter(problems.values()))
+    elif isinstance(problems, dict) and not hasattr(field, "fields"):  # a list's item: styles
+        problems = next(iter(problems.values()))
     elif isinstance(problems, dict):  # a nested object (hires, inpaint)
         inner, problems = next(iter(problems.items()))
         if inner in field.fields:  # else not an object at all: the error is hires's own

@@ -40,6 +40,7 @@ from generation.models import CatalogEntry, Job, UserGenerationSettings
 from generation.pricing import final_size, price_job, total_steps
 from generation.queue import queue_info
 from generation.scheduling.dispatcher import dispatch_on_commit
+from generation.styles import StyleError, apply_styles
 from gpu_worker.masking import mask_is_empty, outpaint_sides, prepare_mask
 from gpu_worker.params import (
     CONTROL_MODES,
@@ -71,6 +72,7 @@ logger = logging.getLogger(__name__)
 MAX_SEED = 2**32 - 1
 MIN_SIDE = 64
 MAX_CLIP_SKIP = 12
+MAX_SEED_RESIZE = 4096  # seed_resize_from_w/h: the size the noise was first made at
 RESIZE_MODES = (0, 3)  # img2img resize_mode bounds (A1111's 0-3; 3 resizes like 0 here)
 HIRES_SCALE = (1.0, 4.0)
 ACCEPTED_INIT_FORMATS = {"PNG", "JPEG", "WEBP"}
@@ -275,6 +277,12 @@ def _too_big(limits: GenerationLimits, field: str = "init_image") -> SubmissionE
     )
 
 
+def upscaler_models(user: Any) -> list[str]:
+    """Names of the model upscalers (ESRGAN-class) the user may use, besides passes.UPSCALERS."""
+    rows = CatalogEntry.objects.usable_by(user).filter(kind=CatalogEntry.Kind.UPSCALER)
+    return list(rows.order_by("name").values_list("name", flat=True))
+
+
 def _mask(raw: Any, limits: GenerationLimits, source_png: bytes, inpaint: InpaintParams) -> bytes:
     """The inpaint mask as a black/white PNG at the source's size (A1111: white, or the painted
     alpha of a transparent layer, is repainted; a mask of another size is stretched)."""
@@ -361,7 +369,7 @@ def _check_inpaint_size(
         )
 
 
-def _hires(raw: Any, limits: GenerationLimits) -> HiresParams | None:
+def _hires(raw: Any, limits: GenerationLimits, user: Any) -> HiresParams | None:
     if not raw:
         return None
     if raw is True:
@@ -372,10 +380,10 @@ def _hires(raw: Any, limits: GenerationLimits) -> HiresParams | None:
         raise SubmissionError(f"hires.{unknown[0]}", f"hires has no field {unknown[0]!r}")
     given = {**HIRES_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     upscaler = given["upscaler"] or HIRES_DEFAULTS["upscaler"]
-    if upscaler not in UPSCALERS:
+    if upscaler not in UPSCALERS and upscaler not in (models := upscaler_models(user)):
         raise SubmissionError(
             "hires.upscaler",
-            f"unknown upscaler {upscaler!r}; valid: {', '.join(UPSCALERS)}",
+            f"unknown upscaler {upscaler!r}; valid: {', '.join([*UPSCALERS, *models])}",
             422,
         )
     hires = HiresParams(
@@ -544,6 +552,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     checkpoint = _checkpoint(user, raw)
     base = {**DEFAULTS, **(checkpoint.default_params or {})}
     given = {**base, **{k: v for k, v in raw.items() if v is not None}}
+    given["prompt"], given["negative_prompt"] = _styled(user, given)
 
     init_raw = given.get("init_image")
     mode = given.get("mode") or ("img2img" if init_raw else "txt2img")
@@ -575,6 +584,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         resize_mode=0,
         hires=None,
         loras=[],
+        **_toolset(given, mode),  # type: ignore[typeddict-item]
         inpaint=None,
         controlnet=[],
     )
@@ -592,6 +602,8 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         )
     if params["seed"] == -1:
         params["seed"] = secrets.randbelow(MAX_SEED + 1 - images)
+    if params["subseed"] == -1:
+        params["subseed"] = secrets.randbelow(MAX_SEED + 1 - images)
     params["loras"] = _loras(user, params)
 
     init_png = mask_png = None
@@ -614,7 +626,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         field = "mask" if given.get("mask") else "inpaint"
         raise SubmissionError(field, f"{field} needs img2img with an init_image", 422)
     else:
-        params["hires"] = _hires(given.get("hires"), limits)
+        params["hires"] = _hires(given.get("hires"), limits, user)
         _check_final_size(params, limits)
     if problem := steps_problem(params):
         raise SubmissionError(*problem, 422)
@@ -635,6 +647,39 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
         control_pngs=control_pngs,
         mask_png=mask_png,
     )
+
+
+def _styled(user: Any, given: dict[str, Any]) -> tuple[Any, Any]:
+    """Both prompts with the request's saved styles applied (the job keeps the result, as
+    A1111's infotext does); a non-text prompt is left for _text to refuse."""
+    prompt, negative = given.get("prompt") or "", given.get("negative_prompt") or ""
+    if not isinstance(prompt, str) or not isinstance(negative, str):
+        return prompt, negative
+    try:
+        return apply_styles(user, given.get("styles"), prompt, negative)
+    except StyleError as exc:
+        raise SubmissionError(exc.field, exc.message, exc.status) from None
+
+
+def _toolset(given: dict[str, Any], mode: str) -> dict[str, Any]:  # the block's keys only
+    """Variation seeds and tiling (the GenerationParams block of issue 17)."""
+    fields: dict[str, Any] = {
+        "subseed": _int(given, "subseed", -1, MAX_SEED),
+        "subseed_strength": _float(given, "subseed_strength", 0.0, 1.0),
+        # a form's unchecked box sends nothing, a query string an empty value: off
+        "tiling": given.get("tiling") not in (None, "") and _bool(given, "tiling"),
+    }
+    # A1111 spells "off" -1 or 0; it resizes only when both sides are set
+    w = _int(given, "seed_resize_from_w", -1, MAX_SEED_RESIZE)
+    h = _int(given, "seed_resize_from_h", -1, MAX_SEED_RESIZE)
+    resize = (w, h) if w > 0 and h > 0 else (0, 0)
+    fields["seed_resize_from_w"], fields["seed_resize_from_h"] = resize
+    if mode == Job.Mode.IMG2IMG:
+        # diffusers' img2img draws its own noise from the generator: no variation there
+        for name in ("subseed_strength", "seed_resize_from_w"):
+            if fields[name]:
+                raise SubmissionError(name, f"{name} is for txt2img only", 422)
+    return fields
 
 
 def _vae(user: Any, name: Any) -> str | None:

@@ -29,9 +29,14 @@ from generation.inpaint_form import inpaint_context, job_inputs, posted_inpaint
 from generation.job_history import prompt_history
 from generation.lifecycle import image_payload
 from generation.limits import limits_for
-from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
+from generation.models import CatalogEntry, Job, JobImage, PromptStyle, UserGenerationSettings
 from generation.prefill import params_from_query
-from generation.submission import SubmissionError, default_checkpoint, submit_job
+from generation.submission import (
+    SubmissionError,
+    default_checkpoint,
+    submit_job,
+    upscaler_models,
+)
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS
 from gpu_worker.passes import UPSCALERS
 from gpu_worker.samplers import list_samplers, list_schedulers
@@ -119,6 +124,10 @@ FORM_FIELDS = (
     "clip_skip",
     "denoising_strength",
     "resize_mode",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
 )
 
 
@@ -136,6 +145,9 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
             for key in HIRES_DEFAULTS
             if f"hires_{key}" in post
         }
+    params["tiling"] = bool(post.get("tiling"))  # an unchecked box is absent
+    if styles := post.getlist("styles"):
+        params["styles"] = styles
     if init_image := files.get("init_image"):
         params.update(mode="img2img", init_image=init_image, **posted_inpaint(post, files))
     return params
@@ -259,9 +271,12 @@ def _render_generator(
             "samplers": list_samplers(),
             "schedulers": list_schedulers(),
             "size_presets": SIZE_PRESETS,
-            "upscalers": UPSCALERS,
+            "upscalers": [*UPSCALERS, *upscaler_models(user)],
             "resize_modes": RESIZE_MODES,
             "initial": initial,
+            "prompt_styles": sorted(
+                set(PromptStyle.objects.visible_to(user).values_list("name", flat=True))
+            ),
             "limits": limits_for(user),
             "recent": [
                 {**item, "publication": _publication(image)}

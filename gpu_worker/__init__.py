@@ -8,7 +8,13 @@ Modules, one job each:
 - samplers       A1111 sampler / schedule names -> diffusers schedulers (listing torch-free)
 - prompt_syntax  emphasis, BREAK, <lora:...> parsing (torch-free)
 - clip_vocab     the CLIP tokenizer files from open-clip's vocabulary, offline (torch-free)
+- prompt_chunks  A1111's 75-token chunking (torch-free, shared with the token counter)
+- token_count    CLIP token counts per chunk with `tokenizers` (torch-free, for the platform)
 - prompt_encoding  A1111-style chunked, weighted encoding; textual-inversion embeddings
+- conditioning_schedule  prompt editing / alternation: the conditioning switched per step
+- noise          variation seeds: A1111's slerp of seed and subseed noise, seed resize
+- tiling         circular padding in the UNet and VAE for seamless images
+- upscalers      ESRGAN / Real-ESRGAN models (our own loader) and tiled upscaling
 - loading        single-file / folder checkpoints, VAEs, offline configs (configs/)
 - demo_model     tiny random-weight demo models in the original key layout
 - model_cache    LRU of pipelines under a device budget with a CPU-RAM tier

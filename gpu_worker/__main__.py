@@ -90,6 +90,19 @@ def common_options(*, suppress: bool) -> argparse.ArgumentParser:
         help="where configs/tokenizer and the hash cache go "
         "(default $ATELIER_CACHE_DIR or ~/.cache/atelier)",
     )
+    common.add_argument(
+        "--upscale-tile",
+        type=int,
+        default=None,
+        help="upscaler models run on tiles of this many pixels a side (default 192, as A1111; "
+        "0: whole images)",
+    )
+    common.add_argument(
+        "--upscale-overlap",
+        type=int,
+        default=None,
+        help="pixels neighbouring upscaler tiles share, blended (default 8)",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     if suppress:
         for action in common._actions:
@@ -213,7 +226,10 @@ def build_engine(args: argparse.Namespace) -> Any:
     from gpu_worker.engine import Engine
     from gpu_worker.loading import default_cache_dir
     from gpu_worker.model_cache import ModelCache
+    from gpu_worker.upscalers import TileSettings
 
+    tiles = {"size": args.upscale_tile, "overlap": args.upscale_overlap}
+    tiles = {key: value for key, value in tiles.items() if value is not None}
     device = resolve_device(args.device)
     total_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     ram_budget = args.ram_budget or int(total_ram * 0.4)
@@ -231,6 +247,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         cache=cache,
         allow_pickle=args.allow_pickle,
         cache_dir=args.cache_dir or default_cache_dir(),
+        upscale_tiles=TileSettings(**tiles),
     )
 
 

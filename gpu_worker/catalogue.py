@@ -24,14 +24,17 @@ from gpu_worker.protocol import ModelInventoryEntry
 
 __all__ = ["UnreadableModel", "read_safetensors_header"]  # re-exported for existing callers
 
-Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet"]
+Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler"]
 FOLDERS: dict[Kind, str] = {
     "checkpoint": "Stable-diffusion",
     "lora": "Lora",
     "vae": "VAE",
     "embedding": "embeddings",
     "controlnet": "ControlNet",
+    "upscaler": "ESRGAN",
 }
+# More folders of a kind, as A1111 has them (gpu_worker.upscalers loads both layouts).
+MORE_FOLDERS: dict[Kind, tuple[str, ...]] = {"upscaler": ("RealESRGAN",)}
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HASH_CACHE_VERSION = 1
@@ -110,7 +113,9 @@ def scan_models(
     models_dir = Path(models_dir)
     cache = _HashCache(hash_cache or models_dir / ".atelier-hashes.json")
     catalogue = Catalogue(models_dir=models_dir)
-    for kind, folder in FOLDERS.items():
+    folders = [(kind, folder) for kind, folder in FOLDERS.items()]
+    folders += [(kind, folder) for kind, more in MORE_FOLDERS.items() for folder in more]
+    for kind, folder in folders:
         root = models_dir / folder
         if not root.is_dir():
             continue

@@ -46,6 +46,7 @@ DEMO_LORA = DemoFile("atelier-demo-lora", "Lora", 3)
 DEMO_VAE = DemoFile("atelier-demo-vae", "VAE", 4)
 DEMO_EMBEDDING = DemoFile("atelier-demo-embedding", "embeddings", 5)
 DEMO_CONTROLNET = DemoFile("atelier-demo-controlnet", "ControlNet", 6)
+DEMO_UPSCALER = DemoFile("atelier-demo-upscaler", "ESRGAN", 7)  # 4x, original ESRGAN keys
 
 
 def make_demo_models(models_dir: Path) -> list[Path]:
@@ -62,6 +63,7 @@ def make_demo_models(models_dir: Path) -> list[Path]:
     written.append(_write_if_missing(models_dir / DEMO_VAE.relative, _vae_file))
     written.append(_write_if_missing(models_dir / DEMO_EMBEDDING.relative, _embedding))
     written.append(_write_if_missing(models_dir / DEMO_CONTROLNET.relative, _controlnet))
+    written.append(_write_if_missing(models_dir / DEMO_UPSCALER.relative, _upscaler))
     return written
 
 
@@ -84,6 +86,13 @@ def _write_if_missing(
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
+
+
+def _upscaler() -> tuple[dict, dict]:
+    """A tiny random-weight 4x ESRGAN in the original key layout (gpu_worker.upscalers)."""
+    from gpu_worker.upscalers import random_state
+
+    return random_state("esrgan-old"), {}
 
 
 def _config(component: str) -> dict:

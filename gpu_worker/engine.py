@@ -22,6 +22,7 @@ from PIL import Image
 
 from gpu_worker import infotext as infotext_mod
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
+from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
 from gpu_worker.inpainting import (
     decode_mask,
@@ -39,10 +40,18 @@ from gpu_worker.loading import (
 )
 from gpu_worker.masking import InpaintPlan, plan_inpaint, whole_image_plan
 from gpu_worker.model_cache import ModelCache
+from gpu_worker.noise import consume, initial_noise, variation_of
 from gpu_worker.params import INPAINT_DEFAULTS
-from gpu_worker.passes import denoised_steps, hires_inference_steps, hires_size, steps_problem
+from gpu_worker.passes import (
+    UPSCALERS,
+    denoised_steps,
+    hires_inference_steps,
+    hires_size,
+    steps_problem,
+)
 from gpu_worker.prompt_encoding import (
     Embedding,
+    chunk_count,
     encode_prompt_pair,
     encode_prompt_pair_xl,
     load_embedding,
@@ -55,6 +64,8 @@ from gpu_worker.prompt_syntax import (
 )
 from gpu_worker.protocol import GenerationRequest, JobTimings, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
+from gpu_worker.tiling import circular_padding
+from gpu_worker.upscalers import TileSettings, UpscalerLoadError, load_upscaler, upscale_image
 
 ENGINE_VERSION = "atelier-0.1"
 # How each of passes.LATENT_UPSCALERS resizes latents: (torch interpolate mode, antialias).
@@ -120,6 +131,7 @@ class Engine:
         allow_pickle: bool = False,
         cache_dir: Path | None = None,
         dtype: torch.dtype | None = None,
+        upscale_tiles: TileSettings | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.cache = cache
@@ -132,6 +144,8 @@ class Engine:
         # Models fetched for the running job (members' uploads, model_downloads): they shadow
         # the folder's catalogue for that job only. Set and cleared by the worker service.
         self.job_items: dict[tuple[str, str], CatalogueItem] = {}
+        self.upscale_tiles = upscale_tiles or TileSettings()
+        self._upscaler: tuple[str, torch.nn.Module] | None = None  # the last one used (small)
 
     # --- catalogue -------------------------------------------------------------------------
     @property
@@ -209,6 +223,23 @@ class Engine:
                 loaded[item.name] = embedding
         return loaded
 
+    def upscaler_model(self, item: CatalogueItem) -> torch.nn.Module:
+        """An upscaler model on the device; the last one stays loaded (they are small)."""
+        if self._upscaler is None or self._upscaler[0] != item.sha256:
+            try:
+                model = load_upscaler(item.path, allow_pickle=self.allow_pickle)
+            except UpscalerLoadError as exc:
+                raise JobFailed(f"cannot use upscaler {item.name}: {exc}") from exc
+            self._upscaler = (item.sha256, model.to(self.device, self.dtype))
+        return self._upscaler[1]
+
+    def _hires_upscaler(self, request: GenerationRequest) -> CatalogueItem | None:
+        """The hires fix's upscaler model, when it names one (not a latent mode nor Lanczos)."""
+        hires = request.get("hires") if request["mode"] == "txt2img" else None
+        if not hires or hires["upscaler"] in UPSCALERS:
+            return None
+        return self.resolve("upscaler", hires["upscaler"])
+
     def preload(self, checkpoint_name: str) -> None:
         self.pipeline(self.resolve("checkpoint", checkpoint_name), None)
 
@@ -231,6 +262,7 @@ class Engine:
             loras = [(self.resolve("lora", t.name), t) for t in lora_tags]
             choice = resolve_sampler(request["sampler"], request.get("scheduler"))
             embedding_items = self.embeddings_in(prompt + "\n" + negative)
+            upscaler = self._hires_upscaler(request)
         except (UnknownModel, UnknownSampler, PromptSyntaxError) as exc:
             raise JobFailed(str(exc)) from exc
         try:
@@ -240,11 +272,13 @@ class Engine:
             load_s = time.perf_counter() - t0
             model_loaded = self.cache.stats.loads > loads_before
             run = _Run(self, request, pipe, choice, observer)
+            run.upscaler = upscaler
             run.embeddings = self._load_embeddings(embedding_items, pipe, run.family)
             run.embedding_hashes = {
                 i.name: i.sha256[:12] for i in embedding_items if i.name in run.embeddings
             }
-            with torch.no_grad(), _applied_loras(pipe, loras):
+            tiling = circular_padding(pipe, bool(request.get("tiling")))
+            with torch.no_grad(), _applied_loras(pipe, loras), tiling:
                 result = run.execute(prompt, negative, checkpoint, vae, loras)
         except ModelLoadError as exc:
             self.cache.discard((checkpoint.sha256, vae.sha256 if vae else None))
@@ -311,6 +345,8 @@ class _Run:
         self.total = 0
         self.embeddings: dict[str, Embedding] = {}
         self.embedding_hashes: dict[str, str] = {}
+        self.switcher: ScheduleSwitcher | None = None  # prompt editing of the pass running
+        self.upscaler: CatalogueItem | None = None  # the hires fix's upscaler model, if any
         self.control: ControlSet | None = None  # the request's ControlNet units
         self.inpaint_plan: InpaintPlan | None = None
 
@@ -327,6 +363,8 @@ class _Run:
                     self.family,
                 )
             )
+        if self.switcher is not None:
+            kwargs = self.switcher.after_step(pipe, kwargs)
         return kwargs
 
     def _scheduler(self, seed: int) -> Any:
@@ -373,14 +411,14 @@ class _Run:
         if hires:
             per_iter += self._count(hires_steps, hires["denoising_strength"])
         self.total = per_iter * r["n_iter"]
-        conditioning = self._encode(prompt, negative)
+        schedules = self._schedules(prompt, negative, hires_steps if hires else 0)
         sampling_s = encode_s = 0.0
         for iteration in range(r["n_iter"]):
             self.iteration = iteration
             seeds = [r["seed"] + iteration * r["batch_size"] + b for b in range(r["batch_size"])]
             t0 = time.perf_counter()
             try:
-                images, size = self._sample(conditioning, seeds, init, hires, hires_steps)
+                images, size = self._sample(schedules, seeds, init, hires, hires_steps)
             except BatchSkipped:
                 result.skipped_batches += 1
                 self.done = per_iter * (iteration + 1)
@@ -438,34 +476,68 @@ class _Run:
         )
         return controlled, self.control.call_kwargs(width, height, img2img=img2img)
 
-    def _encode(self, prompt: str, negative: str) -> dict[str, Any]:
+    def _encode(self, prompt: str, negative: str, min_chunks: int = 0) -> dict[str, Any]:
         clip_skip = max(1, int(self.request.get("clip_skip") or 1))
+        embeddings = self.embeddings
         if self.family == "sdxl":
             return encode_prompt_pair_xl(
-                self.pipe, prompt, negative, clip_skip=clip_skip, embeddings=self.embeddings
+                self.pipe,
+                prompt,
+                negative,
+                clip_skip=clip_skip,
+                embeddings=embeddings,
+                min_chunks=min_chunks,
             )
         cond, uncond = encode_prompt_pair(
-            self.pipe, prompt, negative, clip_skip=clip_skip, embeddings=self.embeddings
+            self.pipe,
+            prompt,
+            negative,
+            clip_skip=clip_skip,
+            embeddings=embeddings,
+            min_chunks=min_chunks,
         )
         return {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+
+    def _schedules(
+        self, prompt: str, negative: str, hires_steps: int
+    ) -> tuple[ConditioningSchedule, ConditioningSchedule | None]:
+        """The conditioning per step of the first pass, and of the hires pass (its own steps,
+        edits counted on from the first pass's, as A1111)."""
+
+        def count(text: str) -> int:
+            return chunk_count(self.pipe.tokenizer, text, self.embeddings)
+
+        steps = self.request["steps"]
+        first = build_schedule(self._encode, count, prompt, negative, steps)
+        if not hires_steps:
+            return first, None
+        hires = self.request["hires"]
+        assert hires is not None
+        own_steps = int(hires["second_pass_steps"] or steps)
+        second = build_schedule(
+            self._encode, count, prompt, negative, own_steps, first_pass_steps=steps
+        )
+        return first, second
 
     def _generators(self, seeds: list[int]) -> list[torch.Generator]:
         # CPU noise: the same seed gives the same image on any machine (A1111's "RNG: CPU").
         return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
-    def _common(self, conditioning: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+    def _common(self, schedule: ConditioningSchedule, seeds: list[int]) -> dict[str, Any]:
+        """Arguments of one pipeline call (one pass): its conditioning starts at step 0."""
+        self.switcher = ScheduleSwitcher(schedule, len(seeds))
         return {
-            **conditioning,
+            **schedule.at(0),
             "num_images_per_prompt": len(seeds),
             "guidance_scale": self.request["cfg_scale"],
             "generator": self._generators(seeds),
             "callback_on_step_end": self._callback,
-            "callback_on_step_end_tensor_inputs": ["latents"],
+            "callback_on_step_end_tensor_inputs": ["latents", *self.switcher.tensor_inputs],
         }
 
     def _sample(
         self,
-        conditioning: dict[str, Any],
+        schedules: tuple[ConditioningSchedule, ConditioningSchedule | None],
         seeds: list[int],
         init: Image.Image | None,
         hires: Any,
@@ -475,13 +547,16 @@ class _Run:
         width, height = r["width"], r["height"]
         if self.inpaint_plan is not None:
             pipe = inpaint_pipeline(self.pipe, self.family, self._scheduler(seeds[0]))
+            common = self._common(schedules[0], seeds)
+            if init is None:  # txt2img on an inpaint checkpoint: its noise may be a variation
+                common |= self._variation_latents(seeds, width, height, common["generator"])
             images = sample_inpaint(
                 pipe,
                 self.inpaint_plan,
                 r.get("inpaint") or INPAINT_DEFAULTS,
                 strength=r["denoising_strength"] if init is not None else 1.0,
                 steps=r["steps"],
-                common=self._common(conditioning, seeds),
+                common=common,
             )
             return images, (width, height)
         if init is not None:
@@ -493,19 +568,21 @@ class _Run:
                 strength=r["denoising_strength"],
                 num_inference_steps=r["steps"],
                 **control,
-                **self._common(conditioning, seeds),
+                **self._common(schedules[0], seeds),
             )
             return out.images, (width, height)
         self.pipe.scheduler = self._scheduler(seeds[0])
         latent_upscale = hires and hires["upscaler"] in LATENT_UPSCALE_MODES
         pipe, control = self._controlled(self.pipe, width, height, img2img=False)
+        common = self._common(schedules[0], seeds)
         out = pipe(
             width=width,
             height=height,
             num_inference_steps=r["steps"],
             output_type="latent" if latent_upscale else "pil",
             **control,
-            **self._common(conditioning, seeds),
+            **common,
+            **self._variation_latents(seeds, width, height, common["generator"]),
         )
         if not hires:
             return out.images, (width, height)
@@ -519,7 +596,7 @@ class _Run:
                 antialias=antialias and mode in {"bilinear", "bicubic"},
             )
         else:
-            first = [im.resize((target_w, target_h), Image.Resampling.LANCZOS) for im in out.images]
+            first = [self._upscale(im, (target_w, target_h)) for im in out.images]
         pipe, control = self._controlled(
             self._img2img_pipe(seeds[0]), target_w, target_h, img2img=True
         )
@@ -528,9 +605,30 @@ class _Run:
             strength=hires["denoising_strength"],
             num_inference_steps=hires_steps,
             **control,
-            **self._common(conditioning, seeds),
+            **self._common(schedules[1] or schedules[0], seeds),
         )
         return out.images, (width, height)
+
+    def _upscale(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        if self.upscaler is None:
+            return image.resize(size, Image.Resampling.LANCZOS)
+        model = self.engine.upscaler_model(self.upscaler)
+        return upscale_image(model, image, size, self.engine.upscale_tiles)
+
+    def _variation_latents(
+        self, seeds: list[int], width: int, height: int, generators: list[torch.Generator]
+    ) -> dict[str, Any]:
+        """`latents` for a txt2img pass with a variation seed; none without one (diffusers
+        draws the same noise from the generators then)."""
+        variation = variation_of(self.request)
+        if not variation.active:
+            return {}
+        factor = int(getattr(self.pipe, "vae_scale_factor", 8))
+        # the latents' channels (an inpaint UNet reads 9: latents, mask and masked image)
+        shape = (int(self.pipe.vae.config.latent_channels), height // factor, width // factor)
+        noise = initial_noise(seeds, variation, shape)
+        consume(generators, shape)
+        return {"latents": noise.to(self.pipe.unet.device, self.pipe.unet.dtype)}
 
     def _plan_inpaint(self, init: Image.Image) -> InpaintPlan:
         r = self.request
@@ -562,6 +660,19 @@ class _Run:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
+    def _toolset_infotext(self, seed: int) -> dict[str, Any]:
+        """Variation seed and tiling keys, as A1111 writes them (absent when off)."""
+        r = self.request
+        variation = variation_of(r)
+        return {
+            "Variation seed": variation.subseed + seed - r["seed"] if variation.strength else None,
+            "Variation seed strength": variation.strength or None,
+            "Seed resize from": "{}x{}".format(*variation.resize_from)
+            if variation.resize_from
+            else None,
+            "Tiling": "True" if r.get("tiling") else None,
+        }
+
     def _infotext(
         self,
         seed: int,
@@ -585,6 +696,7 @@ class _Run:
             "VAE": vae.name if vae else None,
             "Denoising strength": r["denoising_strength"] if r["mode"] == "img2img" else None,
             "Clip skip": r["clip_skip"] if r.get("clip_skip", 1) > 1 else None,
+            **self._toolset_infotext(seed),
             "RNG": "CPU",
         }
         if hires:
@@ -595,7 +707,9 @@ class _Run:
                 params["Hires upscale"] = hires["scale"]
             params["Hires steps"] = hires["second_pass_steps"] or None
             params["Hires upscaler"] = (
-                hires["upscaler"] if hires["upscaler"] in LATENT_UPSCALE_MODES else "Lanczos"
+                hires["upscaler"]
+                if hires["upscaler"] in LATENT_UPSCALE_MODES or self.upscaler
+                else "Lanczos"
             )
         if r.get("inpaint") and r["mode"] == "img2img":
             params.update(inpaint_infotext(r["inpaint"]))  # type: ignore[arg-type]

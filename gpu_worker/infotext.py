@@ -168,6 +168,10 @@ def infotext_to_fields(parsed: Mapping[str, str]) -> dict[str, Any]:
         ("Clip skip", "clip_skip", int),
         ("Denoising strength", "denoising_strength", float),
         ("VAE", "vae", str),
+        ("Variation seed", "subseed", int),
+        ("Variation seed strength", "subseed_strength", float),
+        ("Seed resize from-1", "seed_resize_from_w", int),
+        ("Seed resize from-2", "seed_resize_from_h", int),
     ]
     for key, name, convert in conversions:
         if key in parsed:
@@ -175,6 +179,8 @@ def infotext_to_fields(parsed: Mapping[str, str]) -> dict[str, Any]:
                 fields[name] = convert(parsed[key])
             except ValueError:
                 continue
+    if parsed.get("Tiling") == "True":
+        fields["tiling"] = True
     return fields
 
 

@@ -106,6 +106,13 @@ class GenerationParams(TypedDict):
     resize_mode: int  # img2img: 0 just resize, 1 crop and resize, 2 resize and fill
     hires: HiresParams | None  # txt2img hires fix; None = off (always None for img2img)
     loras: list[str]  # catalogue names of the LoRAs the prompts name (derived, sorted)
+    # A1111's toolset (issue 17): variation seeds (gpu_worker/noise.py), tiling (tiling.py).
+    # Submission always sets them; jobs stored before them, and the CLI, leave them out (off).
+    subseed: NotRequired[int]  # variation seed, already resolved (never -1); image i: subseed + i
+    subseed_strength: NotRequired[float]  # 0: no variation; 1: the subseed's noise alone
+    seed_resize_from_w: NotRequired[int]  # 0: off; else the noise is made at this size, centred
+    seed_resize_from_h: NotRequired[int]  # 0: off (both or neither)
+    tiling: NotRequired[bool]  # seamless textures: circular padding in UNet and VAE convolutions
     # ControlNet units, applied together; [] (or absent, in rows stored before them) = none.
     controlnet: NotRequired[list[ControlNetUnit]]
     # Inpainting / outpainting (img2img with a mask or grown sides); None = plain img2img.
@@ -128,6 +135,11 @@ DEFAULTS: dict[str, Any] = {
     "clip_skip": 1,
     "denoising_strength": 0.75,
     "resize_mode": 0,
+    "subseed": -1,
+    "subseed_strength": 0.0,
+    "seed_resize_from_w": 0,
+    "seed_resize_from_h": 0,
+    "tiling": False,
     "controlnet": [],
 }
 HIRES_DEFAULTS: HiresParams = {
@@ -157,11 +169,14 @@ INPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing")  # by inp
 OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_bottom")
 
 # What a request may name: every parameter but the derived ones, plus the img2img source image
-# and its inpaint mask (each stored beside the job as a file, sent to the worker in the envelope).
+# (stored beside the job as a file, sent to the worker in the envelope), its inpaint mask
+# (likewise) and the names of saved styles (applied to the prompts at submission: the job
+# keeps the styled prompts).
 DERIVED_FIELDS = frozenset({"loras"})
 REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS | {
     "init_image",
     "mask",
+    "styles",
 }
 HIRES_FIELDS = frozenset(HiresParams.__annotations__)
 INPAINT_FIELDS = frozenset(InpaintParams.__annotations__)

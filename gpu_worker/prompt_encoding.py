@@ -1,5 +1,6 @@
 """A1111-style prompt encoding (torch): 75-token chunks, emphasis weights, BREAK, clip skip.
 
+Tokens and chunks come from prompt_chunks (torch-free, shared with the token counter).
 Each chunk is BOS + 75 tokens (padded with EOS) + EOS, encoded separately and concatenated.
 Weights multiply the token embeddings, then the chunk is rescaled to its original mean, which
 is what A1111 does; a comma within the last 20 tokens is preferred as a chunk boundary.
@@ -7,24 +8,12 @@ is what A1111 does; a comma within the last 20 tokens is preferred as a chunk bo
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from gpu_worker.prompt_syntax import BREAK_WEIGHT, embedding_pattern, parse_prompt_attention
-
-CHUNK_LENGTH = 75
-COMMA_BACKTRACK = 20
-
-
-@dataclass
-class Chunk:
-    tokens: list[int] = field(default_factory=list)
-    multipliers: list[float] = field(default_factory=list)
-    length: int = 0  # real tokens before the padding
-    fixes: list[tuple[int, str]] = field(default_factory=list)  # (position, embedding name)
+from gpu_worker.prompt_chunks import CHUNK_LENGTH, Chunk, tokenize_prompt
 
 
 @dataclass(frozen=True)
@@ -37,88 +26,6 @@ class Embedding:
     @property
     def length(self) -> int:
         return int(self.vectors[0].shape[0])
-
-
-def _split_embeddings(text: str, pattern: re.Pattern[str] | None) -> list[tuple[str, bool]]:
-    if pattern is None:
-        return [(text, False)]
-    parts: list[tuple[str, bool]] = []
-    last = 0
-    for match in pattern.finditer(text):
-        parts.append((text[last : match.start()], False))
-        parts.append((match.group(0), True))
-        last = match.end()
-    parts.append((text[last:], False))
-    return [(t, is_emb) for t, is_emb in parts if t]
-
-
-def tokenize_prompt(
-    tokenizer: Any, prompt: str, embeddings: dict[str, Embedding] | None = None
-) -> list[Chunk]:
-    """A1111's tokenize_line: weighted tokens split into 75-token chunks (without BOS/EOS).
-
-    An embedding's name becomes its vectors (placeholders here, filled in while encoding);
-    an embedding never straddles two chunks.
-    """
-    comma = tokenizer.convert_tokens_to_ids(",</w>")
-    end = tokenizer.eos_token_id
-    by_lower = {name.lower(): name for name in embeddings or {}}
-    pattern = embedding_pattern(list(embeddings or {}))
-    chunks: list[Chunk] = []
-    chunk = Chunk()
-    last_comma = -1
-
-    def next_chunk() -> None:
-        nonlocal chunk, last_comma
-        pad = CHUNK_LENGTH - len(chunk.tokens)
-        chunk.length = len(chunk.tokens)
-        chunk.tokens += [end] * pad
-        chunk.multipliers += [1.0] * pad
-        chunks.append(chunk)
-        chunk = Chunk()
-        last_comma = -1
-
-    def add_token(token: int, weight: float) -> None:
-        nonlocal last_comma
-        if token == comma:
-            last_comma = len(chunk.tokens)
-        elif (
-            len(chunk.tokens) == CHUNK_LENGTH
-            and last_comma != -1
-            and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK
-        ):
-            split = last_comma + 1
-            old = chunk
-            rest_tokens, rest_mult = old.tokens[split:], old.multipliers[split:]
-            moved = [(pos - split, name) for pos, name in old.fixes if pos >= split]
-            old.fixes = [(pos, name) for pos, name in old.fixes if pos < split]
-            old.tokens, old.multipliers = old.tokens[:split], old.multipliers[:split]
-            next_chunk()
-            chunk.tokens, chunk.multipliers, chunk.fixes = rest_tokens, rest_mult, moved
-        if len(chunk.tokens) == CHUNK_LENGTH:
-            next_chunk()
-        chunk.tokens.append(token)
-        chunk.multipliers.append(weight)
-
-    for text, weight in parse_prompt_attention(prompt):
-        if text == "BREAK" and weight == BREAK_WEIGHT:
-            next_chunk()
-            continue
-        for part, is_embedding in _split_embeddings(text, pattern):
-            if not is_embedding:
-                ids = tokenizer(part, add_special_tokens=False, truncation=False).input_ids
-                for token in ids:
-                    add_token(token, weight)
-                continue
-            embedding = (embeddings or {})[by_lower[part.lower()]]
-            if len(chunk.tokens) + embedding.length > CHUNK_LENGTH:
-                next_chunk()
-            chunk.fixes.append((len(chunk.tokens), embedding.name))
-            chunk.tokens += [end] * embedding.length
-            chunk.multipliers += [weight] * embedding.length
-    if chunk.tokens or not chunks:
-        next_chunk()
-    return chunks
 
 
 class _embedding_hook:  # noqa: N801 - a context manager
@@ -197,16 +104,27 @@ def encode_chunks(
 
 
 def _matched_chunks(
-    tokenizer: Any, prompt: str, negative_prompt: str, embeddings: dict[str, Embedding] | None
+    tokenizer: Any,
+    prompt: str,
+    negative_prompt: str,
+    embeddings: dict[str, Embedding] | None,
+    min_chunks: int = 0,
 ) -> tuple[list[Chunk], list[Chunk]]:
-    """Both prompts' chunks, the shorter padded with empty chunks to the same count."""
+    """Both prompts' chunks, padded with empty chunks to the same count (at least
+    `min_chunks`, so every text of a prompt-editing schedule has one shape)."""
     positive = tokenize_prompt(tokenizer, prompt, embeddings)
     negative = tokenize_prompt(tokenizer, negative_prompt, embeddings)
     empty = tokenize_prompt(tokenizer, "")[0]
-    for shorter, longer in ((negative, positive), (positive, negative)):
-        while len(shorter) < len(longer):
-            shorter.append(Chunk(list(empty.tokens), list(empty.multipliers), empty.length))
+    count = max(len(positive), len(negative), min_chunks)
+    for chunks in (positive, negative):
+        while len(chunks) < count:
+            chunks.append(Chunk(list(empty.tokens), list(empty.multipliers), empty.length))
     return positive, negative
+
+
+def chunk_count(tokenizer: Any, prompt: str, embeddings: dict[str, Embedding] | None) -> int:
+    """How many 75-token chunks a prompt encodes to."""
+    return len(tokenize_prompt(tokenizer, prompt, embeddings))
 
 
 def encode_prompt_pair(
@@ -216,10 +134,11 @@ def encode_prompt_pair(
     *,
     clip_skip: int,
     embeddings: dict[str, Embedding] | None = None,
+    min_chunks: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(prompt_embeds, negative_prompt_embeds) with the same number of chunks each."""
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
-    positive, negative = _matched_chunks(tokenizer, prompt, negative_prompt, embeddings)
+    positive, negative = _matched_chunks(tokenizer, prompt, negative_prompt, embeddings, min_chunks)
     options = {"clip_skip": clip_skip, "device": encoder.device, "embeddings": embeddings}
     cond = encode_chunks(encoder, tokenizer, positive, **options)
     uncond = encode_chunks(encoder, tokenizer, negative, **options)
@@ -233,10 +152,13 @@ def encode_prompt_pair_xl(
     *,
     clip_skip: int,
     embeddings: dict[str, Embedding] | None = None,
+    min_chunks: int = 0,
 ) -> dict[str, torch.Tensor]:
     """SDXL: both encoders' penultimate layers side by side, weighted per chunk; pooled
     embeddings from the second encoder's first chunk (A1111 and diffusers agree on this)."""
-    positive, negative = _matched_chunks(pipe.tokenizer, prompt, negative_prompt, embeddings)
+    positive, negative = _matched_chunks(
+        pipe.tokenizer, prompt, negative_prompt, embeddings, min_chunks
+    )
 
     def encode(chunks: list[Chunk]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, pooled = [], None

@@ -8,7 +8,7 @@ from typing import Any
 from django.utils.translation import gettext as _
 
 from generation.a1111.errors import A1111Error
-from generation.models import CatalogEntry
+from generation.models import CatalogEntry, PromptStyle
 from gpu_worker.passes import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from gpu_worker.samplers import list_samplers, list_schedulers
 
@@ -107,10 +107,26 @@ def embeddings(user: Any) -> dict[str, Any]:
     return {"loaded": loaded, "skipped": {}}
 
 
-def upscalers() -> list[dict[str, Any]]:
-    return [
+def upscaler_models(user: Any) -> list[CatalogEntry]:
+    return list(_usable(user, CatalogEntry.Kind.UPSCALER))
+
+
+def upscalers(user: Any) -> list[dict[str, Any]]:
+    """ "None" and "Lanczos", then the upscaler models the caller may use (A1111's shape; the
+    scale is the architecture's, 4 for the common ESRGAN files)."""
+    plain = [
         {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
         for name in IMAGE_UPSCALERS
+    ]
+    return plain + [
+        {
+            "name": entry.name,
+            "model_name": entry.name,
+            "model_path": entry.filename,
+            "model_url": None,
+            "scale": 4,
+        }
+        for entry in upscaler_models(user)
     ]
 
 
@@ -124,3 +140,11 @@ def samplers() -> list[dict[str, Any]]:
 
 def schedulers() -> list[dict[str, Any]]:
     return list_schedulers()
+
+
+def prompt_styles(user: Any) -> list[dict[str, str]]:
+    """The caller's own styles and the shared ones (never another user's), as A1111 lists them."""
+    styles = PromptStyle.objects.visible_to(user).order_by("name", "owner")
+    return [
+        {"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in styles
+    ]

@@ -36,6 +36,8 @@ def build_info(job: Job, images: list[JobImage]) -> dict[str, Any]:
     p = job.params
     count = job.image_count
     seeds = [image.seed for image in images] or [p["seed"] + i for i in range(count)]
+    # image i of the job used subseed + i (older jobs had none: A1111's -1)
+    subseeds = [p["subseed"] + s - p["seed"] if "subseed" in p else -1 for s in seeds]
     infotexts = [image.infotext for image in images]
     first = parse_infotext(infotexts[0]) if infotexts else {}
     vae = p.get("vae")
@@ -49,10 +51,9 @@ def build_info(job: Job, images: list[JobImage]) -> dict[str, Any]:
         "all_negative_prompts": [p["negative_prompt"]] * len(seeds),
         "seed": seeds[0],
         "all_seeds": seeds,
-        # Variation seeds are not available: nothing was mixed in.
-        "subseed": -1,
-        "all_subseeds": [-1] * len(seeds),
-        "subseed_strength": 0,
+        "subseed": subseeds[0],
+        "all_subseeds": subseeds,
+        "subseed_strength": p.get("subseed_strength", 0),
         "width": p["width"],
         "height": p["height"],
         "sampler_name": p["sampler"],
@@ -65,8 +66,8 @@ def build_info(job: Job, images: list[JobImage]) -> dict[str, Any]:
         "sd_model_hash": checkpoint.short_hash or None,
         "sd_vae_name": vae,
         "sd_vae_hash": first.get("VAE hash") if vae else None,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
+        "seed_resize_from_w": p.get("seed_resize_from_w") or -1,
+        "seed_resize_from_h": p.get("seed_resize_from_h") or -1,
         "denoising_strength": denoising,
         "extra_generation_params": _extra_params(infotexts[0]) if infotexts else {},
         "index_of_first_image": 0,

@@ -18,7 +18,7 @@ from django.utils.functional import Promise
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from generation.a1111.catalog import find_checkpoint
+from generation.a1111.catalog import find_checkpoint, upscaler_models
 from generation.a1111.controlnet import units_from_scripts
 from generation.a1111.errors import A1111Error
 from gpu_worker.infotext import infotext_to_fields, parse_infotext
@@ -107,8 +107,6 @@ DEFAULTS = {"txt2img": TXT2IMG_DEFAULTS, "img2img": IMG2IMG_DEFAULTS}
 # Values that ask for nothing: anything else asks for a feature the engine does not have.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "restore_faces": (None, False),
-    "tiling": (None, False),
-    "subseed_strength": (None, 0),
     "eta": (None, 0, 1),
     "s_min_uncond": (None, 0),
     "s_churn": (None, 0),
@@ -126,8 +124,6 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 FEATURES = {
     "restore_faces": gettext_lazy("face restoration is not available"),
-    "tiling": gettext_lazy("tiling is not available"),
-    "subseed_strength": gettext_lazy("variation seeds are not available"),
     "script_name": gettext_lazy("scripts are not available"),
     "disable_extra_networks": gettext_lazy("LoRA tags are always applied"),
     "refiner_checkpoint": gettext_lazy("refiner checkpoints are not available"),
@@ -166,14 +162,6 @@ def _check_features(body: dict[str, Any], mode: str) -> None:
     for field in NEUTRAL:
         if field in body and not _neutral(field, body[field]):
             raise _refuse(field, FEATURES.get(field, _("only the default value is supported")))
-    for field in ("seed_resize_from_w", "seed_resize_from_h"):
-        value = body.get(field)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            raise _refuse(field, _("resizing the seed is not available"))
-    styles = body.get("styles")
-    if styles:
-        names = ", ".join(map(str, styles)) if isinstance(styles, list) else str(styles)
-        raise _refuse("styles", _("unknown style %s; you have no saved styles") % names)
     if mode == "txt2img" and body.get("enable_hr"):
         for field, same in SAME.items():
             if body.get(field) not in (None, "", same):
@@ -207,6 +195,11 @@ def _fill_from_infotext(body: dict[str, Any], mode: str) -> tuple[dict[str, Any]
         ("width", "width"),
         ("height", "height"),
         ("denoising_strength", "denoising_strength"),
+        ("subseed", "subseed"),
+        ("subseed_strength", "subseed_strength"),
+        ("seed_resize_from_w", "seed_resize_from_w"),
+        ("seed_resize_from_h", "seed_resize_from_h"),
+        ("tiling", "tiling"),
     ):
         if ours in fields:
             filled[theirs] = fields[ours]
@@ -267,12 +260,13 @@ def _vae(overrides: dict[str, Any]) -> str | None:
     return value
 
 
-def _hires(body: dict[str, Any]) -> dict[str, Any] | None:
+def _hires(user: Any, body: dict[str, Any]) -> dict[str, Any] | None:
     if not body.get("enable_hr"):
         return None
     upscaler = _value(body, TXT2IMG_DEFAULTS, "hr_upscaler") or "Latent"
-    if upscaler not in UPSCALERS:
-        valid = ", ".join(UPSCALERS)
+    models = [entry.name for entry in upscaler_models(user)]
+    if upscaler not in UPSCALERS and upscaler not in models:
+        valid = ", ".join([*UPSCALERS, *models])
         raise _refuse(
             "hr_upscaler",
             _("unknown upscaler %(name)r; valid: %(valid)s") % {"name": upscaler, "valid": valid},
@@ -367,6 +361,13 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         "denoising_strength": _value(body, defaults, "denoising_strength"),
         "clip_skip": overrides.get("CLIP_stop_at_last_layers") or 1,
         "vae": _vae(overrides),
+        # variation seeds and tiling: the submission service checks them
+        "subseed": _value(body, defaults, "subseed"),
+        "subseed_strength": _value(body, defaults, "subseed_strength"),
+        "seed_resize_from_w": _value(body, defaults, "seed_resize_from_w"),
+        "seed_resize_from_h": _value(body, defaults, "seed_resize_from_h"),
+        "tiling": bool(body.get("tiling")),
+        "styles": body.get("styles") or [],  # the caller's saved styles, applied at submission
     }
     params["controlnet"] = units_from_scripts(body.get("alwayson_scripts"))
     checkpoint = _checkpoint(user, overrides, infotext_model)
@@ -378,7 +379,7 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         params["mask"] = _mask(body)
         params["inpaint"] = _inpaint(body)
     else:
-        params["hires"] = _hires(body)
+        params["hires"] = _hires(user, body)
     # The echo shows the request as run: what was sent, filled from the infotext and defaults.
     parameters = {k: v if body.get(k) is None else body[k] for k, v in defaults.items()}
     if mode == "img2img" and not body.get("include_init_images"):

@@ -124,6 +124,12 @@
 
   // ---- the form <-> API parameters ----------------------------------------------------------
 
+  function selectedStyles(first) {
+    if (!first) return [];
+    return Array.prototype.filter.call(fields.styles.options, function (o) { return o.selected; })
+      .map(function (o) { return o.value; });
+  }
+
   function collectParams() {
     var params = {
       prompt: fields.prompt.value,
@@ -140,6 +146,12 @@
       batch_size: intField("batch_size"),
       n_iter: intField("n_iter"),
       clip_skip: intField("clip_skip"),
+      subseed: intField("subseed"),
+      subseed_strength: floatField("subseed_strength"),
+      seed_resize_from_w: intField("seed_resize_from_w"),
+      seed_resize_from_h: intField("seed_resize_from_h"),
+      tiling: fields.tiling.checked,
+      styles: selectedStyles(fields.styles.value),
       mode: initImage ? "img2img" : "txt2img",
       hires: null
     };
@@ -174,8 +186,10 @@
 
   function applyParams(params, seed) {
     ["prompt", "negative_prompt", "checkpoint", "sampler", "scheduler", "steps", "cfg_scale",
-      "width", "height", "batch_size", "n_iter", "clip_skip", "denoising_strength", "resize_mode"]
+      "width", "height", "batch_size", "n_iter", "clip_skip", "denoising_strength", "resize_mode",
+      "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"]
       .forEach(function (name) { setField(name, params[name]); });
+    fields.tiling.checked = !!params.tiling;
     setField("vae", params.vae || "");
     setField("seed", seed !== undefined && seed !== null ? seed : params.seed);
     var hires = params.hires;

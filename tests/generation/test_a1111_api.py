@@ -300,9 +300,6 @@ async def test_the_neutral_fields_real_clients_send_are_accepted(alice, catalogu
     ("field", "value"),
     [
         ("restore_faces", True),
-        ("tiling", True),
-        ("subseed_strength", 0.3),
-        ("seed_resize_from_w", 640),
         ("script_name", "x/y/z plot"),
         ("alwayson_scripts", {"ADetailer": {"args": [True]}}),
         ("styles", ["cinematic"]),

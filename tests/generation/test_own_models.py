@@ -12,7 +12,7 @@ from generation.models import CatalogEntry, ModelFile
 from tests.generation.a1111_support import token_for
 from tests.generation.conftest import SMALL, api_client
 from tests.generation.own_model_uploads import TUS, send_chunk, start_upload, upload
-from tests.model_file_builder import sd1_checkpoint, sd1_lora
+from tests.model_file_builder import safetensors_bytes, sd1_checkpoint, sd1_lora
 
 
 @pytest.fixture(autouse=True)
@@ -195,3 +195,12 @@ def test_an_abandoned_upload_and_its_partial_file_go_after_it_expires(alice_api)
 def test_an_upload_without_a_usable_name_is_refused_before_any_byte(alice_api):
     refused = start_upload(alice_api, 1000, "../etc/passwd")
     assert refused.status_code == 400 and refused.json()["field"] == "name"
+
+
+def test_alices_uploaded_embedding_counts_as_its_vectors_in_her_token_counter(alice_api):
+    embedding = safetensors_bytes({"emb_params": ("F32", [4, 768])})
+    assert upload(alice_api, embedding, "ink", chunk=1 << 20).status_code == 200
+    response = alice_api.post(
+        "/api/v1/tokens/", {"prompt": "ink, cat", "negative_prompt": ""}, format="json"
+    )
+    assert response.json()["prompt"]["tokens"] == 4 + 2  # 4 vectors, ",", "cat"

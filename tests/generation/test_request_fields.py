@@ -36,8 +36,9 @@ pytestmark = pytest.mark.django_db
 
 # The mode follows from the source image on the page and in links (a link cannot carry an image:
 # the generator's img2img remix opens `?from_image=`); the inpaint options travel with the mask.
+# Styles are merged into the prompts at submission, so a link carries the styled prompts instead.
 # ControlNet units carry images too: they travel in REST and A1111 requests, not in links.
-LINK_FIELDS = REQUEST_FIELDS - {"mode", "init_image", "mask", "inpaint", "controlnet"}
+LINK_FIELDS = REQUEST_FIELDS - {"mode", "init_image", "mask", "inpaint", "styles", "controlnet"}
 # The generator page's ControlNet section is not built yet (issue 22, "Page"): until it is, the
 # units come through REST and the A1111 API only.
 PAGE_FIELDS = REQUEST_FIELDS - {"mode", "controlnet"}

@@ -102,6 +102,11 @@ def demo_request(**overrides: Any) -> GenerationRequest:
         "resize_mode": 0,
         "hires": None,
         "loras": [],
+        "subseed": 0,
+        "subseed_strength": 0.0,
+        "seed_resize_from_w": 0,
+        "seed_resize_from_h": 0,
+        "tiling": False,
         "inpaint": None,
         "controlnet": [],
     }

@@ -52,6 +52,7 @@ def test_scan_lists_the_demo_models_with_hashes_and_family(models: Path, tmp_pat
         ("vae", "atelier-demo-vae"),
         ("embedding", "atelier-demo-embedding"),
         ("controlnet", "atelier-demo-controlnet"),
+        ("upscaler", "atelier-demo-upscaler"),
     }
     assert entries[("controlnet", "atelier-demo-controlnet")]["family"] == "sd1"
     v1 = entries[("checkpoint", "atelier-demo-v1")]

@@ -12,7 +12,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0007_own_models'),
+        ('generation', '0008_own_models'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

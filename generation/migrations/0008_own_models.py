@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0006_catalogue_controlnet_kind'),
+        ('generation', '0007_prompt_styles_and_upscalers'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
