@@ -9,6 +9,7 @@
   var statusLine = document.getElementById("model-upload-status");
   var chunkBytes = parseInt(form.dataset.chunkBytes, 10);
   var endpoint = form.dataset.endpoint;
+  var L = form.dataset; // the page's translated messages
   var TUS = { "Tus-Resumable": "1.0.0" };
 
   function headers(extra) {
@@ -40,6 +41,10 @@
     });
   }
 
+  function fmt(text, values) {
+    return text.replace(/\{(\w+)\}/g, function (whole, key) { return key in values ? values[key] : whole; });
+  }
+
   function offsetOf(location) {
     return fetch(location, { method: "HEAD", credentials: "same-origin", headers: headers() })
       .then(function (response) {
@@ -54,7 +59,7 @@
     var left = speed > 0 ? Math.round((total - sent) / speed) : null;
     bar.value = total ? Math.floor((sent / total) * 100) : 0;
     statusLine.textContent = mib(sent) + " / " + mib(total) + " · " + mib(speed) + "/s" +
-      (left === null ? "" : " · " + left + " s left");
+      (left === null ? "" : " · " + fmt(L.left, { s: left }));
   }
 
   function sendFrom(file, location, offset, started, startOffset, retries) {
@@ -103,11 +108,11 @@
       return sendFrom(file, where[0], where[1], started, where[1], 0);
     }).then(function (result) {
       window.localStorage.removeItem(key);
-      statusLine.textContent = result.model ? "Uploaded: " + result.model.name + " (" + result.model.kind + ", " + result.model.family + ")" : "Uploaded.";
+      statusLine.textContent = result.model ? fmt(L.uploadedModel, result.model) : L.uploaded;
       window.setTimeout(function () { window.location.reload(); }, 800);
     }).catch(function (error) {
       window.localStorage.removeItem(key);
-      statusLine.textContent = "Refused: " + error.message;
+      statusLine.textContent = fmt(L.refused, { reason: error.message });
     });
   });
 })();

@@ -23,7 +23,7 @@
     var out = outputs[name];
     if (!out) return;
     out.textContent = count ? count.label : "";
-    out.title = count && count.chunks.length > 1 ? count.chunks.join(" + ") + " tokens per chunk" : "";
+    out.title = count && count.chunks.length > 1 ? form.getAttribute("data-tokens-per-chunk").replace("{chunks}", count.chunks.join(" + ")) : "";
     out.classList.toggle("over", !!count && count.chunks.length > 1);
   }
 
