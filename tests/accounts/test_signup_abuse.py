@@ -272,3 +272,12 @@ def test_a_configured_provider_shows_a_button_that_starts_its_log_in(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == (
         "True False https://github.com/login/oauth/authorize"
     )
+
+
+def test_the_sign_up_limit_page_speaks_simplified_chinese(tiers):
+    for i in range(5):
+        sign_up(f"farmer{i}")
+    client = Client(REMOTE_ADDR="203.0.113.7", HTTP_ACCEPT_LANGUAGE="zh-hans")
+    response = client.post(reverse("signup"), {"username": "farmer9", "email": "f9@example.com"})
+    assert response.status_code == 429
+    assert "请求过多" in response.content.decode()  # "Too many requests"

@@ -125,3 +125,9 @@ def test_the_site_speaks_simplified_chinese(client):
     assert response.status_code == 200
     assert 'lang="zh-hans"' in response.content.decode()
     assert "注册" in response.content.decode()  # "Sign up"
+
+
+def test_the_sign_up_page_speaks_simplified_chinese(client):
+    response = client.get(reverse("signup"), HTTP_ACCEPT_LANGUAGE="zh-hans")
+    assert response.status_code == 200
+    assert "创建你的账户" in response.content.decode()  # "Create your account"

@@ -265,6 +265,24 @@ def test_pages_render_in_simplified_chinese(client, alice, catalogue, name):
     assert all(text in html for text in expected)
 
 
+@pytest.mark.parametrize(
+    ("name", "texts"),
+    [
+        # the mask editor, the token counter's title, tiling
+        ("generate", ["蒙版模糊", "每段 {chunks} 个 token", "平铺（无缝纹理）"]),
+        # the page and its upload script's messages
+        ("own-models", ["我的模型", "已上传：{name}（{kind}，{family}）", "剩余 {s} 秒"]),
+        ("my_styles", ["我的风格", "新建风格"]),
+    ],
+)
+def test_the_new_tools_speak_simplified_chinese(client, alice, catalogue, name, texts):
+    client.force_login(alice)
+    response = client.get(reverse(name), HTTP_ACCEPT_LANGUAGE="zh-hans")
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert [text for text in texts if text not in html] == []
+
+
 def test_the_nav_links_to_both_pages(client, alice):
     client.force_login(alice)
     html = client.get(reverse("home")).content.decode()
