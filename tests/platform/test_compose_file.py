@@ -19,7 +19,15 @@ def compose() -> dict:
 
 def test_compose_runs_every_process_of_the_platform(compose):
     assert set(compose["services"]) == {"postgres", "redis", "web", "platform", "gpu"}
-    assert {"pgdata", "media", "models"} <= set(compose["volumes"])
+    assert {"pgdata", "media", "model-store", "models"} <= set(compose["volumes"])
+
+
+def test_uploaded_models_live_on_a_volume_and_workers_fetch_them_from_web(compose):
+    for name in ("web", "platform"):
+        service = compose["services"][name]
+        store = service["environment"]["MODEL_STORE_DIR"]
+        assert any(v.endswith(f":{store}") for v in service["volumes"]), name
+        assert service["environment"]["MODEL_DELIVERY_BASE_URL"] == "http://web:8000"
 
 
 def test_every_service_has_a_health_check(compose):
