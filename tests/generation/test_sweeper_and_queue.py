@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 import dramatiq
 import pytest
@@ -220,7 +221,7 @@ def test_a_running_job_whose_dramatiq_retry_waits_in_the_delay_queue_is_left_alo
 ):
     job = running_on(submit_job(alice, SMALL), "gpu-1")
     # Its run raised on gpu-1 and Dramatiq put the retry in the worker's delay queue.
-    retry = dramatiq.Message(
+    retry: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=worker_queue("gpu-1"),
         actor_name=GENERATE_ACTOR,
         args=(),
