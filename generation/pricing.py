@@ -13,6 +13,7 @@ from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams
 from gpu_worker.passes import (
     controlnet_factor,
     denoised_size,
+    evaluations,
     first_pass_steps,
     hires_pass_steps,
     hires_size,
@@ -44,14 +45,15 @@ def final_size(params: GenerationParams) -> tuple[int, int]:
 
 
 def work_units(params: SomeParams) -> int:
-    """Pixel-steps of the whole job, all images."""
+    """Pixel-steps of the whole job, all images: a step is one UNet evaluation, so a
+    second-order sampler (Heun, DPM2, DPM++ SDE) costs 2N-1 steps for N."""
     params = _filled(params)
     images = int(params["batch_size"]) * int(params["n_iter"])
     width, height = denoised_size(params)  # inpainting: the canvas or crop actually denoised
-    per_image = width * height * first_pass_steps(params)
+    per_image = width * height * evaluations(params, first_pass_steps(params))
     if hires_steps := hires_pass_steps(params):
         width, height = final_size(params)
-        per_image += width * height * hires_steps
+        per_image += width * height * evaluations(params, hires_steps)
     per_image = int(per_image * controlnet_factor(params))  # units act on both passes
     return per_image * images
 

@@ -25,6 +25,10 @@ PRICE_EXAMPLES: list[tuple[Promise, dict[str, Any]]] = [
         {"width": 512, "height": 768, "steps": 25, "batch_size": 4},
     ),
     (
+        _("512×512, 20 steps, Heun (39 model runs)"),
+        {"width": 512, "height": 512, "steps": 20, "sampler": "Heun"},
+    ),
+    (
         _("512×512, 20 steps, hires fix ×2"),
         {"width": 512, "height": 512, "steps": 20, "hires": {"scale": 2.0}},
     ),

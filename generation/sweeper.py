@@ -12,7 +12,8 @@ stays lost, and nothing is run or charged twice.
   neither its worker's queue nor the delay queue goes back to the queue, so one sweep rebuilds
   the queue from the database.
 - An unreported job (its terminal event lost with Redis): running on a live worker that has
-  moved on, with no event of it waiting, for UNREPORTED_GRACE_SECONDS: back to the queue. The
+  moved on, with no event of it waiting and no message of it (a Dramatiq retry) in the worker's
+  queue or delay queue, for UNREPORTED_GRACE_SECONDS: back to the queue. The
   count is per hand-out (job and attempt), so the next hand-out starts its own.
 
 Every take-back is `Job.return_to_queue`, a conditional update that also moves the attempt on,
@@ -229,10 +230,17 @@ def _take_back_unreported(
     memory.forget_unreported({(str(job.pk), job.attempt) for job in suspects})
     if not suspects:
         return
-    waiting_events = _job_ids_in(client, _messages_key(PLATFORM_QUEUE))
+    # A job that raised is retried by Dramatiq: its message waits in the worker's delay queue
+    # (then its queue) while the row still says running, so a message of it counts as "still
+    # reported". The row stays the truth: the message only nudges the worker, and once Redis
+    # holds neither a message nor an event of the job the grace runs and it is taken back.
+    waiting = _job_ids_in(client, _messages_key(PLATFORM_QUEUE))
+    for worker_id in {job.worker_id for job in suspects}:
+        for suffix in ("", ".DQ"):
+            waiting |= _job_ids_in(client, _messages_key(worker_queue(worker_id), suffix))
     for job in suspects:
         hand_out = (str(job.pk), job.attempt)
-        if str(job.pk) in waiting_events:
+        if str(job.pk) in waiting:
             memory.unreported_since.pop(hand_out, None)
             continue
         if memory.unreported_long_enough(job, clock):

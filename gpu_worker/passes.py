@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from gpu_worker.params import OUTPAINT_SIDES, HiresParams
+from gpu_worker.samplers import is_second_order
 
 # Hires upscalers: latent modes resize the first pass's latents (engine.LATENT_UPSCALE_MODES says
 # how); the image upscalers resize its decoded pixels with Lanczos ("None" is A1111's name).
@@ -88,13 +89,26 @@ def hires_pass_steps(params: Any) -> int:
     return denoised_steps(inference, float(hires["denoising_strength"]))
 
 
+def evaluations(params: Any, steps: int) -> int:
+    """UNet evaluations of a pass that denoises `steps`: one per step, but a second-order
+    sampler (Heun, DPM2, DPM2 a, DPM++ SDE) evaluates twice on every step but the last, 2N-1.
+    The engine's step callback fires once per evaluation, so this is also what its progress
+    counts; pricing charges by it too (the work really done)."""
+    if steps > 0 and is_second_order(params.get("sampler")):
+        return 2 * steps - 1
+    return steps
+
+
 def steps_per_iteration(params: Any) -> int:
-    """Sampling steps of one batch (all its images at once): first pass plus hires pass."""
-    return first_pass_steps(params) + hires_pass_steps(params)
+    """UNet evaluations of one batch (all its images at once): first pass plus hires pass."""
+    return evaluations(params, first_pass_steps(params)) + evaluations(
+        params, hires_pass_steps(params)
+    )
 
 
 def progress_steps(params: Any) -> int:
-    """The steps the engine reports progress over for the whole job (every batch)."""
+    """The steps the engine reports progress over for the whole job (every batch): its
+    callbacks, i.e. UNet evaluations (2N-1 per pass for a second-order sampler)."""
     return steps_per_iteration(params) * int(params["n_iter"])
 
 

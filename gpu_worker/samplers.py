@@ -155,6 +155,13 @@ def split_legacy_sampler(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+def is_second_order(name: str | None) -> bool:
+    """Whether the sampler evaluates the UNet twice per step (Heun, DPM2, DPM2 a, DPM++ SDE);
+    unknown names are not (submission refuses them)."""
+    spec = _SAMPLER_INDEX.get(split_legacy_sampler((name or "").strip())[0].lower())
+    return spec is not None and spec.second_order
+
+
 def resolve_sampler(name: str | None, schedule: str | None = None) -> SamplerChoice:
     base_name, legacy_schedule = split_legacy_sampler((name or "Euler").strip())
     spec = _SAMPLER_INDEX.get(base_name.lower())

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 # Dramatiq options for the GPU actor, named on purpose.
 MAX_RETRIES = 2  # only unexpected errors are retried; a failed job is reported, not retried
+# (a retry waits in this worker's delay queue; the sweeper counts it as the job still in hand)
 TIME_LIMIT_MS = 2 * 3600 * 1000  # a big CPU batch can take long; the platform sweeps stuck jobs
 MIN_BACKOFF_MS = 2_000
 WORKER_TIMEOUT_MS = 50  # Dramatiq's idle poll: ~50 ms pickup instead of up to 1 s

@@ -75,7 +75,7 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
                 hot=tuple(beat.get("loaded_models") or ()),
                 warm=tuple(beat.get("warm_models") or ()),
                 hot_capacity=max(1, int(beat.get("hot_capacity") or 1)),
-                inventory=frozenset(e["name"] for e in inventory)
+                inventory=frozenset((e["kind"], e["name"]) for e in inventory)
                 if inventory is not None
                 else None,
                 pending=tuple(held[worker_id]),

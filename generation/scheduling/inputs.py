@@ -66,9 +66,11 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     for job_id, owner_id, created_at, checkpoint_id, checkpoint, params, mode in rows:
         speed = speeds(checkpoint_id, params)
         loras = frozenset(params.get("loras") or ())
-        fetchable = {n for n in loras if (owner_id, "lora", n) in uploads}
-        if (owner_id, "checkpoint", checkpoint) in uploads:
-            fetchable.add(checkpoint)
+        fetchable = {
+            (kind, name)
+            for kind, name in [("checkpoint", checkpoint), *(("lora", n) for n in loras)]
+            if (owner_id, kind, name) in uploads
+        }
         waiting.jobs.append(
             WaitingJob(
                 job_id=str(job_id),

@@ -19,7 +19,8 @@ the slot, so keeping the order never idles a GPU nor pushes a user past the wind
 Model affinity. Within the window the pass picks the (job, worker) pair that loads least: the
 checkpoint hot on the worker (after the jobs already pending there), then warm in its RAM, then
 a load; ties go to an idle worker, then to the neediest user. A worker only gets a job whose
-checkpoint and LoRAs are in its inventory.
+checkpoint, LoRAs and ControlNets are in its inventory, each of its kind (a LoRA named like a
+checkpoint is not that checkpoint), or fetchable (a member's upload).
 
 Demand-aware loading. A job whose checkpoint is hot on a working worker waits for that holder's
 next free slot (at most its running and its waiting job) instead of loading a copy elsewhere,
@@ -50,6 +51,8 @@ Reason = Literal["hot", "warm", "load", "aged"]
 HOT, WARM, LOAD = 0, 1, 2
 _REASONS: tuple[Reason, Reason, Reason] = ("hot", "warm", "load")
 MIN_WEIGHT = 1e-6  # a weight of 0 would divide by zero: it means "last", not "never"
+# A model as workers hold and fetch it: (kind, name). Names are unique only within a kind.
+ModelKey = tuple[str, str]
 
 DEFAULT_MAX_WAIT_S = 600.0
 DEFAULT_SLACK_S = 10.0
@@ -66,7 +69,15 @@ class WaitingJob:
     loras: frozenset[str] = frozenset()
     controlnets: frozenset[str] = frozenset()  # catalogue names of its ControlNet units' models
     cost: float = 1.0  # estimated GPU seconds of the job
-    fetchable: frozenset[str] = frozenset()  # members' uploads: any worker can fetch them
+    fetchable: frozenset[ModelKey] = frozenset()  # members' uploads: any worker fetches them
+
+    def needs(self) -> frozenset[ModelKey]:
+        """The models a worker must hold (or fetch) to run it."""
+        return frozenset(
+            {("checkpoint", self.checkpoint)}
+            | {("lora", name) for name in self.loras}
+            | {("controlnet", name) for name in self.controlnets}
+        )
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ class WorkerView:
     hot: tuple[str, ...] = ()  # checkpoints on the device, hottest first (heartbeat loaded_models)
     warm: tuple[str, ...] = ()  # checkpoints held in RAM
     hot_capacity: int = 1  # checkpoints that fit on the device at once
-    inventory: frozenset[str] | None = None  # checkpoint + LoRA names on its disk; None = unknown
+    inventory: frozenset[ModelKey] | None = None  # models on its disk; None = unknown
     pending: tuple[str, ...] = ()  # checkpoints of jobs already running/assigned there, in order
     waiting_owners: tuple[str, ...] = ()  # owners of its assigned jobs that have not started
 
@@ -121,8 +132,7 @@ class _Worker:
 
     def has(self, job: WaitingJob) -> bool:
         inventory = self.view.inventory
-        needed = ({job.checkpoint} | job.loras | job.controlnets) - job.fetchable
-        return inventory is None or needed <= inventory
+        return inventory is None or job.needs() - job.fetchable <= inventory
 
     def affinity(self, checkpoint: str) -> int:
         if checkpoint in self.hot:

@@ -68,7 +68,7 @@ class SimWorker:
     worker_id: str
     hot_capacity: int = 2
     warm_capacity: int = 2
-    inventory: frozenset[str] | None = None
+    inventory: frozenset[str] | None = None  # checkpoint names
     load_s: Mapping[str, float] | float = 6.0  # from disk to the device, per checkpoint
     warm_load_s: Mapping[str, float] | float = 1.5  # from RAM to the device
     hot: list[str] = field(default_factory=list)  # hottest first
@@ -87,7 +87,9 @@ class SimWorker:
             hot=tuple(self.hot),
             warm=tuple(self.warm),
             hot_capacity=self.hot_capacity,
-            inventory=self.inventory,
+            inventory=None
+            if self.inventory is None
+            else frozenset(("checkpoint", name) for name in self.inventory),
             pending=tuple(j.checkpoint for j in in_flight),
             waiting_owners=tuple(j.user_id for j in self.queue),
         )
@@ -146,7 +148,8 @@ class FifoScheduler:
             able = [
                 w
                 for w in workers
-                if slots[w.worker_id] > 0 and (w.inventory is None or job.checkpoint in w.inventory)
+                if slots[w.worker_id] > 0
+                and (w.inventory is None or job.needs() - job.fetchable <= w.inventory)
             ]
             if not able:
                 continue

@@ -183,7 +183,8 @@ def beat(
     redis_client: Any, worker_id: str, *, hot: Any = (), inventory: Any = None, **fields: Any
 ) -> None:
     """A live worker's heartbeat as the platform reads it (inventory None = unknown, so it is
-    offered every model); `fields` override the rest (current_job, draining, ...)."""
+    offered every model; a plain name is a checkpoint, a (kind, name) pair any model); `fields`
+    override the rest (current_job, draining, ...)."""
     data = {
         "worker_id": worker_id,
         "loaded_models": list(hot),
@@ -193,7 +194,12 @@ def beat(
         "current_job": None,
         "inventory": None
         if inventory is None
-        else [{"name": n, "kind": "checkpoint"} for n in inventory],
+        else [
+            {"name": n, "kind": "checkpoint"}
+            if isinstance(n, str)
+            else {"kind": n[0], "name": n[1]}
+            for n in inventory
+        ],
         **fields,
     }
     redis_client.set(f"atelier:worker:{worker_id}", json.dumps(data), ex=8)

@@ -80,6 +80,19 @@ def test_a_worker_never_gets_a_model_it_does_not_have_on_disk(
     assert job.worker_id == "gpu-2"
 
 
+def test_a_lora_named_like_the_checkpoint_does_not_count_as_the_checkpoint(
+    alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    beat(redis_client, "gpu-1", inventory=["model-a", ("lora", "model-b")])
+    job = submit(alice, django_capture_on_commit_callbacks, checkpoint="model-b")
+    assert job.worker_id == "" and queued_on(redis_client, "gpu-1") == []
+    beat(redis_client, "gpu-2", inventory=["model-b"])
+    with django_capture_on_commit_callbacks(execute=True):
+        schedule_pending()
+    job.refresh_from_db()
+    assert job.worker_id == "gpu-2"
+
+
 def test_a_draining_worker_gets_nothing(
     alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
 ):

@@ -100,3 +100,32 @@ def test_quote_limits_progress_and_image_agree_on_the_hires_target(
     result = engine.run(build_request(job), observer=lambda step: totals.append(step.total))
     assert [(i["width"], i["height"]) for i in result.images] == [(width, height)]
     assert result.steps_done == job.total_steps and set(totals) == {job.total_steps}
+
+
+def test_a_second_order_sampler_is_counted_priced_and_run_by_its_unet_evaluations(
+    alice, alice_api, demo_catalogue, engine
+):
+    body = {
+        "checkpoint": DEMO,
+        "prompt": "a lighthouse",
+        "width": 64,
+        "height": 64,
+        "steps": 3,
+        "seed": 7,
+        "sampler": "Heun",
+    }
+    quote = alice_api.post("/api/v1/jobs/quote/", body, format="json").json()
+    evaluations = 2 * 3 - 1  # Heun evaluates twice on every step but the last
+    price = (Decimal(64 * 64 * evaluations) / UNIT_WORK).quantize(
+        Decimal("0.01"), rounding=ROUND_CEILING
+    )
+    assert quote["price"] == str(price)
+    response = alice_api.post("/api/v1/jobs/", body, format="json")
+    assert response.status_code == 201, response.content
+    job = Job.objects.get(pk=response.json()["id"])
+    assert job.total_steps == quote["total_steps"] == evaluations
+
+    seen: list[tuple[int, int]] = []
+    result = engine.run(build_request(job), observer=lambda s: seen.append((s.done, s.total)))
+    assert result.steps_done == job.total_steps
+    assert seen == [(done, evaluations) for done in range(1, evaluations + 1)]

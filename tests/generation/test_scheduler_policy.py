@@ -7,7 +7,13 @@ import random
 
 import pytest
 
-from generation.scheduling.policy import FairScheduler, WaitingJob, WorkerView, wait_bound
+from generation.scheduling.policy import (
+    FairScheduler,
+    ModelKey,
+    WaitingJob,
+    WorkerView,
+    wait_bound,
+)
 from generation.scheduling.simulation import (
     FifoScheduler,
     SimJob,
@@ -26,6 +32,14 @@ def job(job_id: str, user: str, at: float = 0.0, checkpoint: str = "a", **extra)
 
 def worker(worker_id: str, free: int = 2, **extra) -> WorkerView:
     return WorkerView(worker_id=worker_id, free_slots=free, hot_capacity=2, **extra)
+
+
+def disk(*checkpoints: str, lora: str = "", controlnet: str = "") -> frozenset[ModelKey]:
+    """A worker's inventory: the checkpoints named, and a LoRA and a ControlNet if given."""
+    keys = {("checkpoint", name) for name in checkpoints}
+    keys |= {("lora", lora)} if lora else set()
+    keys |= {("controlnet", controlnet)} if controlnet else set()
+    return frozenset(keys)
 
 
 def sim_jobs(user: str, count: int, at: float = 0.0, run_s: float = 4.0, checkpoint: str = "a"):
@@ -220,11 +234,11 @@ def test_affinity_never_serves_a_user_past_the_fairness_window():
 
 
 def test_a_worker_never_gets_a_model_missing_from_its_inventory():
-    lacking = worker("gpu-1", inventory=frozenset({"a"}))
+    lacking = worker("gpu-1", inventory=disk("a"))
     waiting = [job("sdxl", "alice", 0.0, "xl"), job("plain", "bob", 1.0, "a")]
     plan = FairScheduler().plan(waiting, [lacking], now=5.0, usage={})
     assert [a.job_id for a in plan] == ["plain"]  # the SDXL job waits for a worker that has it
-    having = worker("gpu-2", free=1, inventory=frozenset({"a", "xl"}))
+    having = worker("gpu-2", free=1, inventory=disk("a", "xl"))
     plan = FairScheduler().plan(waiting[:1], [lacking, having], now=6.0, usage={})
     assert [(a.job_id, a.worker_id) for a in plan] == [("sdxl", "gpu-2")]
 
@@ -232,8 +246,8 @@ def test_a_worker_never_gets_a_model_missing_from_its_inventory():
 def test_a_job_with_a_lora_only_goes_to_a_worker_that_has_the_lora():
     waiting = [job("styled", "alice", 0.0, "a", loras=frozenset({"ink"}))]
     workers = [
-        worker("gpu-1", hot=("a",), inventory=frozenset({"a"})),
-        worker("gpu-2", inventory=frozenset({"a", "ink"})),
+        worker("gpu-1", hot=("a",), inventory=disk("a")),
+        worker("gpu-2", inventory=disk("a", lora="ink")),
     ]
     [assignment] = FairScheduler().plan(waiting, workers, now=1.0, usage={})
     assert assignment.worker_id == "gpu-2"
@@ -242,8 +256,8 @@ def test_a_job_with_a_lora_only_goes_to_a_worker_that_has_the_lora():
 def test_a_job_with_a_controlnet_unit_only_goes_to_a_worker_that_has_the_controlnet():
     waiting = [job("guided", "alice", 0.0, "a", controlnets=frozenset({"canny"}))]
     workers = [
-        worker("gpu-1", hot=("a",), inventory=frozenset({"a"})),
-        worker("gpu-2", inventory=frozenset({"a", "canny"})),
+        worker("gpu-1", hot=("a",), inventory=disk("a")),
+        worker("gpu-2", inventory=disk("a", controlnet="canny")),
     ]
     [assignment] = FairScheduler().plan(waiting, workers, now=1.0, usage={})
     assert assignment.worker_id == "gpu-2"
@@ -253,13 +267,38 @@ def test_a_job_on_an_uploaded_checkpoint_with_a_controlnet_goes_where_the_contro
     # The upload is fetched by any worker; the ControlNet comes only from a worker's folder.
     waiting = [
         job("own", "alice", 0.0, "mine", controlnets=frozenset({"canny"}),
-            fetchable=frozenset({"mine"})),
+            fetchable=frozenset({("checkpoint", "mine")})),
     ]  # fmt: skip
     workers = [
-        worker("gpu-1", hot=("a",), inventory=frozenset({"a"})),
-        worker("gpu-2", inventory=frozenset({"a", "canny"})),
+        worker("gpu-1", hot=("a",), inventory=disk("a")),
+        worker("gpu-2", inventory=disk("a", controlnet="canny")),
     ]
     [assignment] = FairScheduler().plan(waiting, workers, now=1.0, usage={})
+    assert assignment.worker_id == "gpu-2"
+
+
+def test_a_lora_or_controlnet_named_like_a_checkpoint_does_not_stand_in_for_it():
+    waiting = [job("sdxl", "alice", 0.0, "xl")]
+    namesakes = [
+        worker("gpu-1", inventory=disk("a", lora="xl")),
+        worker("gpu-2", inventory=disk("a", controlnet="xl")),
+    ]
+    assert FairScheduler().plan(waiting, namesakes, now=1.0, usage={}) == []
+    having = worker("gpu-3", inventory=disk("xl"))
+    [assignment] = FairScheduler().plan(waiting, [*namesakes, having], now=1.0, usage={})
+    assert assignment.worker_id == "gpu-3"
+
+
+def test_a_members_uploaded_lora_does_not_make_a_checkpoint_of_its_name_fetchable():
+    # Alice uploaded a LoRA "xl"; her job runs the platform checkpoint "xl" with it.
+    waiting = [
+        job("mixed", "alice", 0.0, "xl", loras=frozenset({"xl"}),
+            fetchable=frozenset({("lora", "xl")})),
+    ]  # fmt: skip
+    lacking = worker("gpu-1", inventory=disk("a"))
+    assert FairScheduler().plan(waiting, [lacking], now=1.0, usage={}) == []
+    having = worker("gpu-2", inventory=disk("a", "xl"))
+    [assignment] = FairScheduler().plan(waiting, [lacking, having], now=1.0, usage={})
     assert assignment.worker_id == "gpu-2"
 
 

@@ -7,13 +7,16 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
+import dramatiq
 import pytest
 from django.test import override_settings
 from django.utils import timezone
 
 from generation.broker import reset_for_tests
 from generation.catalogue_sync import sync_catalogue
+from generation.job_messages import build_request
 from generation.models import CatalogEntry, Job
 from generation.queue import queue_snapshot
 from generation.scheduling.dispatcher import schedule_pending
@@ -25,7 +28,7 @@ from generation.sweeper import (
     SweepMemory,
     sweep,
 )
-from gpu_worker.protocol import JobEvent
+from gpu_worker.protocol import GENERATE_ACTOR, GENERATE_KWARG, JobEvent, worker_queue
 from operations.redis_server import free_port
 from tests.generation.conftest import SMALL, beat, status_of
 
@@ -211,6 +214,30 @@ def test_a_running_job_its_live_worker_moved_on_from_goes_back(
     assert sweep(start, memory).requeued == []
     report = sweep(start + timedelta(seconds=UNREPORTED_GRACE_SECONDS), memory)
     assert report.requeued == [str(job.pk)] and status_of(job) == "queued"
+
+
+def test_a_running_job_whose_dramatiq_retry_waits_in_the_delay_queue_is_left_alone(
+    alice, catalogue, broker, redis_client
+):
+    job = running_on(submit_job(alice, SMALL), "gpu-1")
+    # Its run raised on gpu-1 and Dramatiq put the retry in the worker's delay queue.
+    retry: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=worker_queue("gpu-1"),
+        actor_name=GENERATE_ACTOR,
+        args=(),
+        kwargs={GENERATE_KWARG: build_request(job)},
+        options={},
+    )
+    broker.enqueue(retry, delay=60_000)
+    assert redis_client.hlen("dramatiq:gpu.gpu-1.DQ.msgs") == 1 and not queue_length(
+        redis_client, "gpu-1"
+    )
+    beat(redis_client, "gpu-1", current_job=None)
+    memory = SweepMemory()
+    start = timezone.now()
+    for second in (0, UNREPORTED_GRACE_SECONDS, 3 * UNREPORTED_GRACE_SECONDS):
+        assert sweep(start + timedelta(seconds=second), memory).requeued == []
+    assert status_of(job) == "running"
 
 
 def test_a_job_taken_back_as_unreported_starts_a_fresh_count_on_its_next_hand_out(

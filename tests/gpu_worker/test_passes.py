@@ -51,3 +51,13 @@ def test_a_pass_that_would_denoise_nothing_is_a_problem_naming_its_field():
     txt2img = {"mode": "txt2img", "steps": 4, "hires": hires(denoising_strength=0)}
     problem = steps_problem(txt2img)
     assert problem and problem[0] == "hires.denoising_strength"
+
+
+@pytest.mark.parametrize("sampler", ["Heun", "DPM2", "DPM2 a Karras", "k_dpmpp_sde"])
+def test_a_second_order_sampler_counts_2n_minus_1_evaluations_per_pass(sampler):
+    img2img = {"mode": "img2img", "steps": 20, "denoising_strength": 0.5, "n_iter": 2}
+    assert progress_steps({**img2img, "sampler": sampler}) == (2 * 10 - 1) * 2
+    txt2img = {"mode": "txt2img", "steps": 4, "n_iter": 1, "sampler": sampler}
+    txt2img["hires"] = hires(second_pass_steps=3, denoising_strength=0.5)
+    assert progress_steps(txt2img) == (2 * 4 - 1) + (2 * 3 - 1)
+    assert progress_steps({**txt2img, "sampler": "DPM++ 2M SDE Heun"}) == 4 + 3
