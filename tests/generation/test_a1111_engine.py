@@ -31,6 +31,7 @@ from tests.generation.a1111_support import (
     token_for,
     wait_for_job,
 )
+from tests.generation.real_worker import REAL_WORKER_MARKS
 from tests.generation.test_end_to_end import (  # noqa: F401 - fixtures
     demo_catalogue,
     demo_models,
@@ -38,16 +39,7 @@ from tests.generation.test_end_to_end import (  # noqa: F401 - fixtures
 )
 
 pytest.importorskip("diffusers")
-pytestmark = [
-    pytest.mark.engine,
-    pytest.mark.django_db(transaction=True),
-    # a real GPU worker on the demo models and a platform worker, for every test here
-    pytest.mark.usefixtures(
-        "demo_catalogue", "platform_tick", "gpu_worker_process", "thread_connections_closed"
-    ),
-    # diffusers 0.42's schedulers trip numpy 2's copy-keyword deprecation on every construction
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
-]
+pytestmark = REAL_WORKER_MARKS
 
 SMALL = {"width": 64, "height": 64, "steps": 3}
 # Long enough to be watched and stopped: Heun calls the model twice a step.

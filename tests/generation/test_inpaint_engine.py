@@ -23,6 +23,7 @@ from tests.generation.a1111_support import (
     thread_connections_closed,  # noqa: F401 - a fixture
 )
 from tests.generation.conftest import api_client, wait_for
+from tests.generation.real_worker import REAL_WORKER_MARKS
 from tests.generation.test_end_to_end import (  # noqa: F401 - fixtures
     demo_catalogue,
     demo_models,
@@ -31,12 +32,7 @@ from tests.generation.test_end_to_end import (  # noqa: F401 - fixtures
 )
 
 pytest.importorskip("diffusers")
-pytestmark = [
-    pytest.mark.engine,
-    pytest.mark.django_db(transaction=True),
-    pytest.mark.usefixtures("demo_catalogue", "platform_tick", "gpu_worker_process"),
-    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
-]
+pytestmark = REAL_WORKER_MARKS
 
 BOX = (16, 16, 40, 40)
 
