@@ -182,6 +182,9 @@ MODEL_UPLOAD_MAX_MB = env_int("MODEL_UPLOAD_MAX_MB", 8192)
 # web at, and how long a URL in a job message stays valid.
 MODEL_DELIVERY_BASE_URL = env_str("MODEL_DELIVERY_BASE_URL", "http://127.0.0.1:8000")
 MODEL_DELIVERY_URL_SECONDS = env_int("MODEL_DELIVERY_URL_SECONDS", 3600)
+# A training job's signed addresses (dataset images, epoch posts, resume state) live as long as
+# a long training may run.
+TRAINING_URL_SECONDS = env_int("TRAINING_URL_SECONDS", 7 * 24 * 3600)
 # drf-tus (resumable uploads): our upload model, and our handler that checks and stores a
 # finished file. Each chunk is one request, so MAX_REQUEST_BODY_MB caps a chunk.
 REST_FRAMEWORK_TUS = {

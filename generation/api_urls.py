@@ -2,11 +2,51 @@
 
 from django.urls import path
 
-from generation import api, model_uploads, styles_api, tokens_api
+from generation import api, model_uploads, styles_api, tokens_api, training_api
 
 uploads = model_uploads.ModelUploadViewSet
 
+training = training_api
 urlpatterns = [
+    # LoRA training: datasets and jobs (generation.training_api)
+    path("training/datasets/", training.DatasetListView.as_view(), name="api-training-datasets"),
+    path(
+        "training/datasets/<int:pk>/",
+        training.DatasetDetailView.as_view(),
+        name="api-training-dataset",
+    ),
+    path(
+        "training/datasets/<int:pk>/images/",
+        training.DatasetImagesView.as_view(),
+        name="api-training-dataset-images",
+    ),
+    path(
+        "training/datasets/<int:pk>/images/<int:image_pk>/",
+        training.DatasetImageView.as_view(),
+        name="api-training-image",
+    ),
+    path(
+        "training/datasets/<int:pk>/images/<int:image_pk>/file/",
+        training.DatasetImageFileView.as_view(),
+        name="api-training-image-file",
+    ),
+    path("training/jobs/", training.TrainingJobListView.as_view(), name="api-training-jobs"),
+    path("training/jobs/quote/", training.TrainingQuoteView.as_view(), name="api-training-quote"),
+    path(
+        "training/jobs/<uuid:pk>/",
+        training.TrainingJobDetailView.as_view(),
+        name="api-training-job",
+    ),
+    path(
+        "training/jobs/<uuid:pk>/epochs/<int:epoch>/lora/",
+        training.EpochLoraView.as_view(),
+        name="training-epoch-lora",
+    ),
+    path(
+        "training/jobs/<uuid:pk>/epochs/<int:epoch>/sample/",
+        training.EpochSampleView.as_view(),
+        name="training-epoch-sample",
+    ),
     path("jobs/", api.JobListCreateView.as_view(), name="api-jobs"),
     path("jobs/quote/", api.JobQuoteView.as_view(), name="api-job-quote"),
     path("jobs/<uuid:pk>/", api.JobDetailView.as_view(), name="api-job"),

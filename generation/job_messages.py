@@ -20,6 +20,7 @@ from generation.control_images import read_control_image
 from generation.events import user_group
 from generation.model_delivery import deliveries_for
 from generation.models import Job
+from generation.training_epochs import training_delivery
 from gpu_worker.params import GenerationParams
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
@@ -44,6 +45,8 @@ def build_request(job: Job) -> GenerationRequest:
     models = deliveries_for(job)
     if models:
         request["models"] = models
+    if job.mode == Job.Mode.TRAIN:  # dataset, epoch address, and the state to resume from
+        request["training"] = training_delivery(job)
     if job.mode == Job.Mode.IMG2IMG and job.init_image:
         with job.init_image.open("rb") as fh:
             request["init_image_png_b64"] = base64.b64encode(fh.read()).decode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams
+from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams, TrainParams
 from gpu_worker.passes import (
     controlnet_factor,
     denoised_size,
@@ -19,6 +19,7 @@ from gpu_worker.passes import (
     hires_size,
     progress_steps,
 )
+from gpu_worker.training_rules import batches_per_epoch, epoch_work
 
 UNIT_WORK = 512 * 512 * 20
 CENT = Decimal("0.01")
@@ -48,6 +49,8 @@ def work_units(params: SomeParams) -> int:
     """Pixel-steps of the whole job, all images: a step is one UNet evaluation, so a
     second-order sampler (Heun, DPM2, DPM++ SDE) costs 2N-1 steps for N."""
     params = _filled(params)
+    if params["mode"] == "train":
+        return training_epoch_work(params) * params["train"]["epochs"]
     images = int(params["batch_size"]) * int(params["n_iter"])
     width, height = denoised_size(params)  # inpainting: the canvas or crop actually denoised
     per_image = width * height * evaluations(params, first_pass_steps(params))
@@ -60,11 +63,43 @@ def work_units(params: SomeParams) -> int:
 
 def total_steps(params: SomeParams) -> int:
     """Sampling steps the engine reports progress over (first and hires pass, every batch):
-    `Job.total_steps`."""
-    return progress_steps(_filled(params))
+    `Job.total_steps`. A training job: its optimizer steps, all epochs."""
+    params = _filled(params)
+    if params["mode"] == "train":
+        train = params["train"]
+        return _batches_per_epoch(train) * train["epochs"]
+    return progress_steps(params)
+
+
+def _batches_per_epoch(train: TrainParams) -> int:
+    sizes = [(i["width"], i["height"]) for i in train["images"]]
+    return batches_per_epoch(sizes, train["resolution"], train["repeats"], train["batch_size"])
+
+
+def training_epoch_work(params: GenerationParams) -> int:
+    """One epoch of a training job: its images at their buckets' sizes, times repeats, as
+    training steps (gpu_worker.training_rules), plus the epoch's sample image."""
+    train = params["train"]
+    return epoch_work(
+        [(i["width"], i["height"]) for i in train["images"]],
+        train["resolution"],
+        train["repeats"],
+        train["train_text_encoder"],
+        params["width"] * params["height"],
+        evaluations(params, params["steps"]),
+    )
+
+
+def epoch_price(params: SomeParams, checkpoint: Any) -> Decimal:
+    """What one finished epoch of a training job is charged (the job holds epochs times it)."""
+    multiplier = Decimal(str(getattr(checkpoint, "cost_multiplier", 1)))
+    raw = Decimal(training_epoch_work(_filled(params))) / Decimal(UNIT_WORK) * multiplier
+    return raw.quantize(CENT, rounding=ROUND_CEILING)
 
 
 def price_job(params: SomeParams, checkpoint: Any) -> Decimal:
+    if params.get("mode") == "train":  # a whole number of epochs, each charged as it ends
+        return epoch_price(params, checkpoint) * int(params["train"]["epochs"])
     multiplier = Decimal(str(getattr(checkpoint, "cost_multiplier", 1)))
     raw = Decimal(work_units(params)) / Decimal(UNIT_WORK) * multiplier
     return raw.quantize(CENT, rounding=ROUND_CEILING)

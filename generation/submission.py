@@ -41,6 +41,11 @@ from generation.pricing import final_size, price_job, total_steps
 from generation.queue import queue_info
 from generation.scheduling.dispatcher import dispatch_on_commit
 from generation.styles import StyleError, apply_styles
+from generation.training_requests import (
+    TrainingRequestError,
+    check_training_slots,
+    validate_training,
+)
 from gpu_worker.masking import mask_is_empty, outpaint_sides, prepare_mask
 from gpu_worker.params import (
     CONTROL_MODES,
@@ -532,7 +537,8 @@ def _loras(user: Any, params: GenerationParams) -> list[str]:
 
 
 def _refuse_unknown_fields(raw: dict[str, Any]) -> None:
-    unknown = sorted(set(raw) - REQUEST_FIELDS - DERIVED_FIELDS)
+    block = {"train"} if raw.get("mode") == Job.Mode.TRAIN else set()  # the kind's own block
+    unknown = sorted(set(raw) - REQUEST_FIELDS - DERIVED_FIELDS - block)
     if unknown:
         raise SubmissionError(
             unknown[0],
@@ -557,7 +563,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     init_raw = given.get("init_image")
     mode = given.get("mode") or ("img2img" if init_raw else "txt2img")
     if mode not in Job.Mode.values:
-        raise SubmissionError("mode", "mode must be txt2img or img2img")
+        raise SubmissionError("mode", "mode must be txt2img, img2img or train")
     try:
         choice = resolve_sampler(str(given["sampler"]), str(given.get("scheduler") or ""))
     except UnknownSampler as exc:
@@ -622,6 +628,11 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
                 raise SubmissionError("mask", "inpainting needs a mask or sides to outpaint", 422)
             params["inpaint"] = inpaint
             _check_inpaint_size(params, init_png, limits)
+    elif mode == Job.Mode.TRAIN:  # LoRA training: its block, the rest describes the samples
+        try:
+            params["train"] = validate_training(user, raw.get("train"), checkpoint)
+        except TrainingRequestError as exc:
+            raise SubmissionError(exc.field, exc.message, exc.status) from None
     elif given.get("mask") or given.get("inpaint"):
         field = "mask" if given.get("mask") else "inpaint"
         raise SubmissionError(field, f"{field} needs img2img with an init_image", 422)
@@ -722,6 +733,11 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).first()
             if (job := _existing(user, idempotency_key)) is not None:
                 return job
+            if valid.params["mode"] == Job.Mode.TRAIN:
+                try:
+                    check_training_slots(user)
+                except TrainingRequestError as exc:
+                    raise SubmissionError(exc.field, exc.message, exc.status) from None
             unfinished = Job.objects.owned_by(user).unfinished().count()
             if unfinished >= limits.max_unfinished_jobs:
                 raise SubmissionError(

@@ -114,6 +114,7 @@ class GenerationResult:
     steps_done: int = 0
     interrupted: bool = False
     skipped_batches: int = 0
+    handed_over: bool = False  # a training job stopped between epochs for another worker
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

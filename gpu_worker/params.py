@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
-GenerationMode = Literal["txt2img", "img2img"]
+GenerationMode = Literal["txt2img", "img2img", "train"]
 
 
 class HiresParams(TypedDict):
@@ -42,6 +42,62 @@ class InpaintParams(TypedDict):
     outpaint_top: int
     outpaint_right: int
     outpaint_bottom: int
+
+
+# --- LoRA training (issue 20): a job of mode "train" -----------------------------------------
+# The job's generation fields describe the sample rendered after each epoch (prompt, negative
+# prompt, sampler, steps, cfg, width, height); `seed` seeds the training itself and the samples.
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+
+
+class TrainImage(TypedDict):
+    """One image of the dataset as the job froze it at submission (later caption edits do not
+    change a running job, so a resumed job trains on exactly what it began with)."""
+
+    sha256: str  # of the re-encoded PNG the platform stores
+    caption: str  # the trigger word already put in front
+    width: int
+    height: int
+
+
+class TrainParams(TypedDict):
+    dataset_id: int
+    output_name: str  # the private LoRA it becomes (catalogue name)
+    trigger_word: str
+    rank: int  # network dim
+    alpha: float  # network alpha (kohya): the update is scaled by alpha / rank
+    learning_rate: float
+    lr_scheduler: str  # one of LR_SCHEDULERS
+    lr_warmup_steps: int
+    epochs: int
+    repeats: int  # each image is seen this many times per epoch (kohya's folder prefix)
+    batch_size: int
+    resolution: int  # side of the square whose area buckets keep
+    train_text_encoder: bool
+    images: list[TrainImage]
+
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "rank": 16,
+    "alpha": 8.0,
+    "learning_rate": 1e-4,
+    "lr_scheduler": "constant",
+    "lr_warmup_steps": 0,
+    "epochs": 10,
+    "repeats": 10,
+    "batch_size": 1,
+    "resolution": 512,
+    "train_text_encoder": False,
+}
+TRAIN_FIELDS = frozenset(TrainParams.__annotations__) - {"images"}
+# --------------------------------------------------------------------------------------------
 
 
 # --- ControlNet units (issue 22): sd-webui-controlnet's field names -------------------------
@@ -117,6 +173,8 @@ class GenerationParams(TypedDict):
     controlnet: NotRequired[list[ControlNetUnit]]
     # Inpainting / outpainting (img2img with a mask or grown sides); None = plain img2img.
     inpaint: NotRequired[InpaintParams | None]
+    # LoRA training (mode "train"); absent for every other mode.
+    train: NotRequired[TrainParams]
 
 
 # Defaults of a field a request leaves out (a checkpoint's own default_params come between).
@@ -173,7 +231,10 @@ OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_b
 # (likewise) and the names of saved styles (applied to the prompts at submission: the job
 # keeps the styled prompts).
 DERIVED_FIELDS = frozenset({"loras"})
-REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS | {
+# Blocks of other job kinds: each kind has its own front door (training: /api/v1/training/),
+# so the generator's forms and APIs neither offer nor accept them.
+KIND_BLOCKS = frozenset({"train"})
+REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS - KIND_BLOCKS | {
     "init_image",
     "mask",
     "styles",

@@ -79,6 +79,22 @@ class ModelDelivery(TypedDict):
     url: str  # short-lived signed URL on the platform's model store
 
 
+class TrainingImageDelivery(TypedDict):
+    sha256: str  # of the PNG; the worker checks it
+    url: str  # short-lived signed URL
+
+
+class TrainingDelivery(TypedDict):
+    """How a training job's worker reaches the platform, no database nor shared disk needed:
+    the dataset's images by signed URL, the URL each finished epoch is posted to (signed for
+    this job and attempt: a stale attempt is refused), and the state to resume from."""
+
+    images: list[TrainingImageDelivery]  # in the order of the job's train.images
+    epoch_url: str
+    resume_epoch: int  # 0: from the start
+    resume_state_url: str | None  # the state after `resume_epoch`, signed
+
+
 class GenerationRequest(JobEnvelope, GenerationParams):
     """What the platform asks a GPU worker to make: the job's validated GenerationParams (its
     `Job.params`, unchanged) in an envelope, plus the img2img source image, inpaint mask,
@@ -89,6 +105,7 @@ class GenerationRequest(JobEnvelope, GenerationParams):
     # ControlNet units' images by the sha256 their stored units name, PNG, base64
     controlnet_images_png_b64: NotRequired[dict[str, str]]
     models: NotRequired[list[ModelDelivery]]
+    training: NotRequired[TrainingDelivery]  # mode "train" only
 
 
 class ResultImage(TypedDict):

@@ -223,6 +223,7 @@ class WorkerService:
         draining worker gives the request back)."""
         from gpu_worker.engine import JobFailed
         from gpu_worker.progress import JobMonitor, read_cancel_flag
+        from gpu_worker.training_job import run_training
 
         if self.status.draining:  # fetched as the drain began: another worker will run it
             return self._send(self._event(request, "released"))
@@ -243,7 +244,12 @@ class WorkerService:
             )
             try:
                 self.engine.job_items = self._fetch_models(request)
-                result = self.engine.run(request, monitor)
+                if request["mode"] == "train":  # LoRA training: its own module, same events
+                    result = run_training(
+                        self.engine, request, monitor, lambda: self.status.draining
+                    )
+                else:
+                    result = self.engine.run(request, monitor)
             except ModelFetchError as exc:
                 return self._send(self._event(request, "failed", error=str(exc)))
             except JobFailed as exc:
@@ -264,6 +270,8 @@ class WorkerService:
             timings: JobTimings = result.timings
             if queued_s is not None:
                 timings["queued_s"] = round(queued_s, 4)
+            if result.handed_over:  # drained between epochs: another worker resumes it
+                return self._send(self._event(request, "released", steps_done=result.steps_done))
             if result.interrupted or not result.images:
                 fields: dict[str, Any] = {"steps_done": result.steps_done, "timings": timings}
                 if result.images:

@@ -23,6 +23,8 @@ urlpatterns = [
     path("refresh-loras", views.refresh, name="sdapi-refresh-loras"),
     path("memory", views.memory, name="sdapi-memory"),
     path("scripts", views.scripts, name="sdapi-scripts"),
+    path("train/embedding", views.train_embedding, name="sdapi-train-embedding"),
+    path("create/embedding", views.train_embedding, name="sdapi-create-embedding"),
 ]
 # sd-webui-controlnet's endpoints, mounted at /controlnet/ (config/urls.py)
 controlnet_urlpatterns = [

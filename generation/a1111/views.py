@@ -123,6 +123,20 @@ async def png_info_view(request: HttpRequest, user: Any, body: Any) -> Any:
 
 
 @endpoint("POST")
+async def train_embedding(request: HttpRequest, user: Any, body: Any) -> Any:
+    # A1111's Train tab trains textual-inversion embeddings; Atelier trains LoRAs, as a billed,
+    # cancellable job with its own API. Said plainly rather than silently ignored.
+    raise A1111Error(
+        422,
+        _(
+            "embedding training is not available here; Atelier trains LoRAs: "
+            "POST /api/v1/training/jobs/ (datasets at /api/v1/training/datasets/)"
+        ),
+        "embedding_name",
+    )
+
+
+@endpoint("POST")
 async def refresh(request: HttpRequest, user: Any, body: Any) -> Any:
     # Hashing new files can take a while: off the request's own thread, like the rest.
     await sync_to_async(options.refresh_catalogue)(user)
