@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from generation import job_views, own_model_views, styles_views, views
+from generation import job_views, own_model_views, styles_views, training_views, views
 
 urlpatterns = [
     path("generate/", views.generate, name="generate"),
@@ -19,4 +19,12 @@ urlpatterns += [
     path("jobs/", job_views.my_jobs, name="my_jobs"),
     path("jobs/<uuid:pk>/", job_views.job_detail, name="job_detail"),
     path("jobs/<uuid:pk>/summary/", job_views.job_summary, name="job_summary"),
+]
+urlpatterns += [
+    path("training/", training_views.training_home, name="training"),
+    path("training/datasets/", training_views.dataset_upload, name="training_dataset_upload"),
+    path("training/datasets/<int:pk>/", training_views.dataset_page, name="training_dataset"),
+    path("training/datasets/<int:pk>/train/", training_views.training_start, name="training_start"),
+    path("training/jobs/<uuid:pk>/", training_views.training_job, name="training_job"),
+    path("training/jobs/<uuid:pk>/cancel/", training_views.training_cancel, name="training_cancel"),
 ]

@@ -273,3 +273,44 @@ def test_a1111_train_embedding_says_to_use_atelier_training(alice):
     response = client.post("/sdapi/v1/train/embedding", {"embedding_name": "x"}, format="json")
     assert response.status_code == 422
     assert "/api/v1/training/jobs/" in response.json()["detail"]
+
+
+# --- the pages --------------------------------------------------------------------------------
+
+
+def test_alice_uploads_and_edits_captions_on_the_page_and_bob_gets_404(alice, bob):
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(alice)
+    response = browser.post(
+        "/training/datasets/",
+        {
+            "name": "squares",
+            "trigger_word": "sqz",
+            "files": [SimpleUploadedFile("s.zip", four_images_zip())],
+        },
+    )
+    assert response.status_code == 302
+    page_url = response["Location"]
+    page = browser.get(page_url).content.decode()
+    assert "a square, color 0" in page and "Save captions" in page
+    first, *_ = TrainingImage.objects.order_by("position")
+    response = browser.post(page_url, {f"caption-{first.pk}": "sqz, a red square"})
+    assert response.status_code == 302
+    first.refresh_from_db()
+    assert first.caption == "sqz, a red square"
+
+    refused = browser.post(
+        "/training/datasets/",
+        {"name": "x", "files": [SimpleUploadedFile("x.gif.exe", b"MZ")]},
+        follow=True,
+    )
+    assert "x.gif.exe" in refused.content.decode()
+
+    intruder = Client()
+    intruder.force_login(bob)
+    assert intruder.get(page_url).status_code == 404
+    assert intruder.post(page_url, {f"caption-{first.pk}": "bob was here"}).status_code == 404
+    first.refresh_from_db()
+    assert first.caption == "sqz, a red square"

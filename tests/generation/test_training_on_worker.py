@@ -206,6 +206,16 @@ def test_two_epochs_make_alices_private_lora_that_changes_the_image(
     assert metadata["ss_output_name"] == "squares-lora" and "sshs_model_hash" in metadata
     assert client.get(detail["epochs"][1]["sample_url"]).status_code == 200
 
+    # the page: loss curve, samples, each epoch's download, the spend
+    browser = Client()
+    browser.force_login(alice)
+    page = browser.get(f"/training/jobs/{job.pk}/").content.decode()
+    assert 'id="loss-curve"' in page and "<polyline" in page
+    assert page.count(">Download<") == 2 and str(job.price) in page
+    other = Client()
+    other.force_login(bob)
+    assert other.get(f"/training/jobs/{job.pk}/").status_code == 404
+
     # hers, private, and usable at once in the generator
     entry = CatalogEntry.objects.get(owner=alice, kind="lora", name="squares-lora")
     assert entry.trigger_words == "sqz"
