@@ -178,12 +178,10 @@ class DatasetListView(APIView):
         summary="Upload a dataset (images + same-name .txt captions, or zips of them)",
     )
     def post(self, request: Request) -> Response:
+        data: Any = request.data
         try:
             dataset = create_dataset(
-                request.user,
-                request.data.get("name"),
-                request.data.get("trigger_word", ""),
-                _uploads(request),
+                request.user, data.get("name"), data.get("trigger_word", ""), _uploads(request)
             )
         except DatasetError as exc:
             return _dataset_error(exc)

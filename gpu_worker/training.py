@@ -157,7 +157,8 @@ class LoraTrainer:
         for prefix, module, names in targets:
             config = LoraConfig(
                 r=p["rank"],
-                lora_alpha=p["alpha"],
+                # kohya's alpha may be fractional; peft scales by lora_alpha / r either way
+                lora_alpha=p["alpha"],  # type: ignore[arg-type]
                 target_modules=list(names),
                 init_lora_weights=True,  # kohya's: down random (Kaiming), up zero
             )

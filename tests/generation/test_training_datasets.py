@@ -53,7 +53,7 @@ def four_images_zip() -> bytes:
     files: dict[str, bytes] = {}
     for i, color in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):
         files[f"img/{i}.png"] = png(color)
-        files[f"img/{i}.txt"] = f"a square, color {i}"
+        files[f"img/{i}.txt"] = f"a square, color {i}".encode()
     files["__MACOSX/img/._0.png"] = b"finder litter"
     return zip_of(files)
 
@@ -211,7 +211,7 @@ def test_training_parameters_are_checked_naming_the_field(
     alice, catalogue, alices_dataset, redis_client
 ):
     client = api_client(alice)
-    cases = [
+    cases: list[tuple[dict[str, Any], str, int]] = [
         ({"rank": 0}, "train.rank", 422),
         ({"resolution": 30}, "train.resolution", 422),
         ({"lr_scheduler": "warp"}, "train.lr_scheduler", 422),

@@ -257,3 +257,37 @@ def test_cancelling_after_epoch_one_charges_one_epoch_and_gives_the_rest_back(
     assert client.get(detail["epochs"][0]["lora_url"]).status_code == 200
     assert not CatalogEntry.objects.filter(owner=alice, kind="lora").exists()
     assert not ledger.find_violations()
+
+
+def test_a_drained_worker_finishes_its_epoch_and_the_job_resumes_from_it(
+    alice, world, training_worker
+):
+    client = world["client"]
+    training_worker.gate.at_step = 2  # inside epoch 1
+    response = client.post("/api/v1/training/jobs/", training(world["dataset"]), format="json")
+    assert response.status_code == 201, response.content
+    job_id = response.json()["id"]
+    assert training_worker.gate.reached.wait(90)
+    training_worker.drain()
+    training_worker.gate.release.set()
+
+    # epoch 1 is finished and recorded, then the job goes back to the queue, not failed
+    wait_for(
+        lambda: (
+            Job.objects.get(pk=job_id).status == "queued"
+            and Job.objects.get(pk=job_id).attempt == 2
+        ),
+        60,
+    )
+    assert list(TrainingEpoch.objects.filter(job_id=job_id).values_list("epoch", flat=True)) == [1]
+    training_worker.undrain()
+
+    job = finished(job_id)
+    assert job.status == "succeeded", job.error
+    epochs = list(TrainingEpoch.objects.filter(job_id=job_id).order_by("epoch"))
+    assert [(e.epoch, e.steps) for e in epochs] == [(1, 4), (2, 8)]  # epoch 2 went on from 1
+    assert job.workers_lost == 0
+    share = epoch_price(job.params, job.checkpoint)
+    assert sum(e.charged for e in epochs) == job.price == 2 * share
+    assert CreditEntry.objects.filter(job_id=job_id, kind__in=["capture", "release"]).count() == 1
+    assert not ledger.find_violations()
