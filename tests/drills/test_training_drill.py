@@ -103,7 +103,7 @@ def test_a_training_worker_killed_in_epoch_two_resumes_from_epoch_one_elsewhere(
     # epoch 2 has begun: the progress the victim publishes is past epoch 1's steps
     def in_epoch_two() -> bool:
         raw = world.redis.get(f"atelier:progress:{_dashed(job)}")
-        return bool(raw) and json.loads(raw)["step"] > EPOCH_STEPS
+        return isinstance(raw, bytes) and json.loads(raw)["step"] > EPOCH_STEPS
 
     world.wait(in_epoch_two, 60, "epoch 2 under way")
     world.signal(victim, signal.SIGKILL)
