@@ -14,22 +14,23 @@ private LoRA (model store, quota), usable at once as `<lora:name:1>`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core import signing
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.db import transaction
 from django.urls import reverse
 
 from accounts import ledger
 from generation import model_store
+from generation.model_store import incoming_dir
 from generation.models import CatalogEntry, Job, TrainingEpoch, TrainingImage
 from generation.own_models import OwnModelError, add_own_model
 from generation.pricing import epoch_price
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 IMAGE_SALT = "atelier.training-image"
 STATE_SALT = "atelier.training-state"
 EPOCH_SALT = "atelier.training-epoch"
+CHUNK_BYTES = 8 * 2**20
+PARTS = ("lora", "state")  # staged in chunks; the sample and the numbers come with the commit
+MAX_STAGED_BYTES = 8 * 2**30  # per part: far above any LoRA's state, far below a full disk
 
 
 class EpochRefused(Exception):
@@ -79,6 +83,8 @@ def training_delivery(job: Job) -> TrainingDelivery:
         epoch_url=_url("training-epoch", EPOCH_SALT, f"{job.pk}:{job.attempt}"),
         resume_epoch=last.epoch if last else 0,
         resume_state_url=_url("training-state", STATE_SALT, str(last.pk)) if last else None,
+        # Each chunk is one request: it must fit under the request-body limit.
+        chunk_bytes=max(1 << 16, min(CHUNK_BYTES, settings.MAX_REQUEST_BODY_BYTES - (1 << 16))),
     )
 
 
@@ -110,8 +116,7 @@ class EpochPost:
     epoch: int
     steps: int
     losses: list[float]
-    lora: bytes
-    state: bytes
+    sha256: dict[str, str]  # of each staged part
     sample: bytes
 
 
@@ -122,13 +127,70 @@ def parse_post(fields: Any, files: Any) -> EpochPost:
             epoch=int(fields["epoch"]),
             steps=int(fields["steps"]),
             losses=losses,
-            lora=files["lora"].read(),
-            state=files["state"].read(),
+            sha256={part: str(fields[f"{part}_sha256"]) for part in PARTS},
             sample=files["sample"].read() if "sample" in files else b"",
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise EpochRefused(f"malformed epoch post: {exc}", 400) from None
     return post
+
+
+def _attempt_of(token: str) -> tuple[str, str]:
+    job_id, attempt = unsign(token, EPOCH_SALT, settings.TRAINING_URL_SECONDS).rsplit(":", 1)
+    return job_id, attempt
+
+
+def _staged(job_id: str, attempt: str, epoch: int, part: str) -> Path:
+    folder = incoming_dir() / "training"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{job_id}-{attempt}-{epoch}-{part}.part"
+
+
+def stage_chunk(token: str, part: str, epoch: Any, offset: Any, data: bytes) -> int:
+    """Write one chunk of an epoch's LoRA or state at `offset` (a resent chunk overwrites its
+    place); the part's size so far. Only the attempt running the job may stage."""
+    job_id, attempt = _attempt_of(token)
+    try:
+        epoch, offset = int(epoch), int(offset)
+    except (TypeError, ValueError):
+        raise EpochRefused("epoch and offset must be integers", 400) from None
+    if part not in PARTS or epoch < 1 or offset < 0:
+        raise EpochRefused(f"part must be one of {', '.join(PARTS)}", 400)
+    job = Job.objects.filter(pk=job_id, mode=Job.Mode.TRAIN).first()
+    if job is None:
+        raise EpochRefused("no such job", 404)
+    if str(job.attempt) != attempt or job.status not in Job.UNFINISHED:
+        raise EpochRefused(f"this attempt no longer runs the job ({job.status})")
+    path = _staged(job_id, attempt, epoch, part)
+    size = path.stat().st_size if path.exists() else 0
+    if offset > size:
+        raise EpochRefused(f"a chunk at {offset} but {size} bytes staged", 400)
+    if offset + len(data) > MAX_STAGED_BYTES:
+        raise EpochRefused(f"{part} is larger than {MAX_STAGED_BYTES} bytes", 413)
+    with open(path, "r+b" if path.exists() else "wb") as fh:
+        fh.truncate(offset)
+        fh.seek(offset)
+        fh.write(data)
+    return offset + len(data)
+
+
+def _drop(paths: Any) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _checked_part(job_id: str, attempt: str, epoch: int, part: str, sha256: str) -> Path:
+    path = _staged(job_id, attempt, epoch, part)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    except FileNotFoundError:
+        raise EpochRefused(f"the epoch's {part} was not sent", 400) from None
+    if digest.hexdigest() != sha256:
+        raise EpochRefused(f"the epoch's {part} does not match its sha256", 400)
+    return path
 
 
 def _mean(losses: list[float]) -> float | None:
@@ -137,13 +199,10 @@ def _mean(losses: list[float]) -> float | None:
 
 
 def record_epoch(token: str, post: EpochPost) -> TrainingEpoch:
-    """Record one finished epoch and charge its share, once; EpochRefused for a stale attempt,
-    an epoch out of order or a file that is not a LoRA."""
-    job_id, attempt = unsign(token, EPOCH_SALT, settings.TRAINING_URL_SECONDS).rsplit(":", 1)
-    try:
-        inspect_file(io.BytesIO(post.lora), len(post.lora), "the epoch's LoRA")
-    except UnreadableModel as exc:
-        raise EpochRefused(str(exc), 400) from None
+    """Record one finished epoch (its staged parts checked against their hashes) and charge its
+    share, once; EpochRefused for a stale attempt, an epoch out of order or a LoRA file that is
+    not one."""
+    job_id, attempt = _attempt_of(token)
     with transaction.atomic():
         job = Job.objects.select_for_update(no_key=True).filter(pk=job_id).first()
         if job is None or job.mode != Job.Mode.TRAIN:
@@ -157,21 +216,32 @@ def record_epoch(token: str, post: EpochPost) -> TrainingEpoch:
         epochs = int(job.params["train"]["epochs"])
         if post.epoch != last + 1 or post.epoch > epochs:
             raise EpochRefused(f"epoch {post.epoch} does not follow epoch {last} of {epochs}")
-        share = epoch_price(job.params, job.checkpoint)
+        parts = {
+            part: _checked_part(job_id, attempt, post.epoch, part, post.sha256[part])
+            for part in PARTS
+        }
+        lora_size = parts["lora"].stat().st_size
+        with open(parts["lora"], "rb") as fh:
+            try:
+                inspect_file(fh, lora_size, "the epoch's LoRA")
+            except UnreadableModel as exc:
+                raise EpochRefused(str(exc), 400) from None
         row = TrainingEpoch(
             job=job,
             epoch=post.epoch,
             steps=post.steps,
             loss=_mean(post.losses),
             losses=post.losses,
-            lora_sha256=_sha256(post.lora),
-            lora_size_bytes=len(post.lora),
+            lora_sha256=post.sha256["lora"],
+            lora_size_bytes=lora_size,
             worker_id=job.worker_id,
         )
-        row.lora.save("lora.safetensors", ContentFile(post.lora), save=False)
-        row.state.save("state.pt", ContentFile(post.state), save=False)
+        with open(parts["lora"], "rb") as lora, open(parts["state"], "rb") as state:
+            row.lora.save("lora.safetensors", File(lora), save=False)  # streamed, not read
+            row.state.save("state.pt", File(state), save=False)
         if post.sample:
             row.sample.save("sample.png", ContentFile(post.sample), save=False)
+        share = epoch_price(job.params, job.checkpoint)
         part = ledger.capture_part(
             job.pk,
             share,
@@ -181,8 +251,10 @@ def record_epoch(token: str, post: EpochPost) -> TrainingEpoch:
         row.charged = -part.held_delta if part is not None else Decimal("0")
         row.save()
         Job.objects.filter(pk=job.pk).update(steps_done=post.steps)
+        transaction.on_commit(lambda: _drop(parts.values()))
     if post.epoch == epochs:
-        add_trained_lora(job, row, post.lora)
+        with row.lora.open("rb") as fh:
+            add_trained_lora(job, row, fh.read())
     return row
 
 

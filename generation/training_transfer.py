@@ -12,6 +12,7 @@ from generation.training_epochs import (
     image_for,
     parse_post,
     record_epoch,
+    stage_chunk,
     state_for,
 )
 
@@ -45,7 +46,13 @@ def training_state(request: HttpRequest, token: str) -> FileResponse | JsonRespo
 @csrf_exempt  # a worker's post: the signed address is its whole permission
 @require_POST
 def training_epoch(request: HttpRequest, token: str) -> JsonResponse:
+    """`?part=lora|state&epoch=N&offset=K` with the raw bytes: one chunk of a part; without
+    `part`, a multipart commit (numbers, the parts' sha256s, the sample image) records it."""
     try:
+        if part := request.GET.get("part"):
+            query = request.GET
+            size = stage_chunk(token, part, query.get("epoch"), query.get("offset"), request.body)
+            return JsonResponse({"size": size})
         row = record_epoch(token, parse_post(request.POST, request.FILES))
     except EpochRefused as exc:
         return _refused(exc)

@@ -93,6 +93,7 @@ class TrainingDelivery(TypedDict):
     epoch_url: str
     resume_epoch: int  # 0: from the start
     resume_state_url: str | None  # the state after `resume_epoch`, signed
+    chunk_bytes: int  # an epoch's LoRA and state are posted in chunks of at most this size
 
 
 class GenerationRequest(JobEnvelope, GenerationParams):

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from gpu_worker.training_rules import batches_per_epoch
 log = logging.getLogger(__name__)
 HTTP_TIMEOUT_SECONDS = 120
 POST_ATTEMPTS = 5  # an epoch post is retried (the platform records it once per epoch)
+DEFAULT_CHUNK_BYTES = 8 * 2**20
 
 
 class EpochRefused(Exception):  # noqa: N818 - the platform's answer, not our error
@@ -84,9 +86,9 @@ def _multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, 
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
-def post_epoch(url: str, fields: dict[str, str], files: dict[str, bytes]) -> None:
-    """Post one epoch; retried on network errors, EpochRefused on a 409/404 answer."""
-    body, content_type = _multipart(fields, files)
+def _send(url: str, body: bytes, content_type: str) -> None:
+    """One request, retried on network and server errors; EpochRefused on 404/409/410 (the
+    platform no longer takes this attempt's epochs)."""
     delay = 1.0
     for attempt in range(POST_ATTEMPTS):
         request = urllib.request.Request(  # noqa: S310 - the platform's signed URL
@@ -105,6 +107,27 @@ def post_epoch(url: str, fields: dict[str, str], files: dict[str, bytes]) -> Non
                 raise
         time.sleep(delay)
         delay *= 2
+
+
+def post_epoch(
+    url: str,
+    epoch: int,
+    fields: dict[str, str],
+    parts: dict[str, bytes],
+    sample: bytes,
+    chunk_bytes: int,
+) -> None:
+    """Send the epoch's large parts (LoRA, state) in chunks that fit the platform's request
+    limit, then commit it with its numbers, the parts' sha256s and the sample image."""
+    separator = "&" if "?" in url else "?"
+    for name, data in parts.items():
+        for offset in range(0, max(len(data), 1), chunk_bytes):
+            query = urllib.parse.urlencode({"part": name, "epoch": epoch, "offset": offset})
+            chunk = data[offset : offset + chunk_bytes]
+            _send(f"{url}{separator}{query}", chunk, "application/octet-stream")
+    digests = {f"{name}_sha256": hashlib.sha256(data).hexdigest() for name, data in parts.items()}
+    body, content_type = _multipart({"epoch": str(epoch), **fields, **digests}, {"sample": sample})
+    _send(url, body, content_type)
 
 
 def _sample_infotext(request: GenerationRequest, base: str, epoch: int) -> str:
@@ -195,13 +218,15 @@ def run_training(
             )
             post_epoch(
                 delivery["epoch_url"],
+                epoch.epoch,
                 {
-                    "epoch": str(epoch.epoch),
                     "steps": str(epoch.global_step),
                     "losses": json.dumps(epoch.losses),
                     "loss": repr(loss_of(epoch.losses)),
                 },
-                {"lora": lora, "state": trainer.state_bytes(), "sample": sample},
+                {"lora": lora, "state": trainer.state_bytes()},
+                sample,
+                int(delivery.get("chunk_bytes") or DEFAULT_CHUNK_BYTES),
             )
             result.steps_done = epoch.global_step
             if trainer.epoch < train["epochs"] and hand_over():

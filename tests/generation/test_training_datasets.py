@@ -314,3 +314,86 @@ def test_alice_uploads_and_edits_captions_on_the_page_and_bob_gets_404(alice, bo
     assert intruder.post(page_url, {f"caption-{first.pk}": "bob was here"}).status_code == 404
     first.refresh_from_db()
     assert first.caption == "sqz, a red square"
+
+
+def test_the_training_endpoints_are_in_the_openapi_schema(alice):
+    schema = api_client(alice).get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    paths = set(schema["paths"])
+    assert {
+        "/api/v1/training/datasets/",
+        "/api/v1/training/datasets/{id}/images/{image_pk}/",
+        "/api/v1/training/jobs/",
+        "/api/v1/training/jobs/{id}/",
+        "/api/v1/training/jobs/{id}/epochs/{epoch}/lora/",
+    } <= paths
+    assert "train" in schema["components"]["schemas"]["TrainingRequest"]["properties"]
+
+
+# --- epoch posts (what a worker sends) --------------------------------------------------------
+
+
+def post_epoch(client: Any, url: str, epoch: int, lora: bytes, state: bytes) -> Any:
+    import hashlib
+
+    for part, data in (("lora", lora), ("state", state)):
+        response = client.post(
+            f"{url}?part={part}&epoch={epoch}&offset=0",
+            data,
+            content_type="application/octet-stream",
+        )
+        if response.status_code != 200:
+            return response
+    return client.post(
+        url,
+        {
+            "epoch": epoch,
+            "steps": 4 * epoch,
+            "losses": "[0.5, 0.4]",
+            "lora_sha256": hashlib.sha256(lora).hexdigest(),
+            "state_sha256": hashlib.sha256(state).hexdigest(),
+            "sample": SimpleUploadedFile("sample.png", png((1, 2, 3), (64, 64))),
+        },
+    )
+
+
+def test_an_epoch_is_recorded_and_charged_once_and_a_replaced_attempt_is_refused(
+    alice, catalogue, alices_dataset, redis_client, settings, tmp_path
+):
+    from django.test import Client
+
+    from accounts import ledger
+    from accounts.models import CreditEntry
+    from generation.pricing import epoch_price
+    from generation.training_epochs import training_delivery
+    from tests.model_file_builder import sd1_lora
+
+    settings.MODEL_STORE_DIR = tmp_path / "store"
+    settings.MEDIA_ROOT = tmp_path / "media"
+    response = api_client(alice).post(
+        "/api/v1/training/jobs/", train_request(alices_dataset), format="json"
+    )
+    job = Job.objects.get(pk=response.json()["id"])
+    job.mark_assigned("w1")
+    url = training_delivery(job)["epoch_url"].split("://", 1)[1].split("/", 1)[1]
+    worker = Client()  # no session: the signed address is the worker's whole permission
+    lora, state = sd1_lora(), b"state" * 1000
+
+    first = post_epoch(worker, f"/{url}", 1, lora, state)
+    again = post_epoch(worker, f"/{url}", 1, lora, state)  # its answer was lost: sent again
+    assert (first.status_code, again.status_code) == (201, 201)
+    share = epoch_price(job.params, job.checkpoint)
+    parts = CreditEntry.objects.filter(job_id=job.pk, kind="part_capture")
+    assert [p.charged for p in parts] == [share]
+    assert job.training_epochs.get().state.read() == state
+
+    skipped = post_epoch(worker, f"/{url}", 3, lora, state)
+    assert skipped.status_code == 409 and "does not follow" in skipped.json()["detail"]
+    forged = post_epoch(worker, f"/{url}x", 2, lora, state)
+    assert forged.status_code == 404
+
+    job.refresh_from_db()
+    assert job.return_to_queue()  # the worker was lost: its attempt's posts are refused
+    stale = post_epoch(worker, f"/{url}", 2, lora, state)
+    assert stale.status_code == 409
+    assert job.training_epochs.count() == 1 and parts.count() == 1
+    assert not ledger.find_violations()

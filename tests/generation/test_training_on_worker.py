@@ -119,6 +119,8 @@ def world(alice, live_server, settings, tmp_path, demo_models, platform_tick) ->
     settings.MODEL_STORE_DIR = tmp_path / "store"
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.MODEL_DELIVERY_BASE_URL = live_server.url
+    # Small request bodies: an epoch's state (~300 KB here) goes in several chunks.
+    settings.MAX_REQUEST_BODY_BYTES = 200_000
     sync_catalogue(models_dir=demo_models, include_workers=False)
     client = api_client(alice)
     dataset = upload(client, {"squares.zip": four_images_zip()}, trigger_word="sqz").json()
@@ -205,6 +207,8 @@ def test_two_epochs_make_alices_private_lora_that_changes_the_image(
     assert metadata["ss_network_dim"] == "4" and metadata["ss_epoch"] == "1"
     assert metadata["ss_output_name"] == "squares-lora" and "sshs_model_hash" in metadata
     assert client.get(detail["epochs"][1]["sample_url"]).status_code == 200
+    # the state passed the request limit: it came in chunks, whole
+    assert TrainingEpoch.objects.get(job=job, epoch=1).state.size > 200_000
 
     # the page: loss curve, samples, each epoch's download, the spend
     browser = Client()
