@@ -9,6 +9,7 @@ from __future__ import annotations
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
+from gpu_worker.merge_rules import input_bytes, merge_price
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams
 from gpu_worker.passes import (
     controlnet_factor,
@@ -65,6 +66,8 @@ def total_steps(params: SomeParams) -> int:
 
 
 def price_job(params: SomeParams, checkpoint: Any) -> Decimal:
+    if params.get("mode") == "merge" and params.get("merge"):  # by the bytes it reads
+        return merge_price(input_bytes(params["merge"]))  # type: ignore[arg-type]
     multiplier = Decimal(str(getattr(checkpoint, "cost_multiplier", 1)))
     raw = Decimal(work_units(params)) / Decimal(UNIT_WORK) * multiplier
     return raw.quantize(CENT, rounding=ROUND_CEILING)
