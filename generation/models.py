@@ -79,6 +79,13 @@ class CatalogEntryQuerySet(models.QuerySet["CatalogEntry"]):
         """Visible and present on some worker (or the local models folder)."""
         return self.visible_to(user).filter(available=True)
 
+    def members_own(self, user: Any) -> CatalogEntryQuerySet:
+        """A member's own models: uploads, merges with their file and virtual models (not a
+        merge whose file is still being written)."""
+        return self.owned_by(user).filter(
+            Q(stored_file__isnull=False) | Q(recipe__isnull=False, enabled=True)
+        )
+
     def checkpoints(self) -> CatalogEntryQuerySet:
         return self.filter(kind=CatalogEntry.Kind.CHECKPOINT)
 

@@ -1,0 +1,128 @@
+"""The merger's front doors without a GPU worker: the Merge page, checks by field, the credit hold
+and its refund on cancel, virtual models and their page, the upload URL a worker sends the merged
+file to (signed per attempt, resumable by offset, kept only with the announced hash)."""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+
+from accounts.ledger import account_for
+from generation.model_delivery import signed_upload_url
+from generation.models import CatalogEntry, Job, ModelFile, ModelRecipe
+from tests.generation.conftest import api_client
+from tests.model_file_builder import sd1_checkpoint
+
+pytestmark = pytest.mark.django_db
+
+MIX = {"primary": "model-a", "secondary": "model-b", "multiplier": 0.25, "name": "mix"}
+
+
+def browser(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_merge_page_queues_a_merge_that_holds_its_price(alice, catalogue, redis_client):
+    page = browser(alice)
+    form = page.get("/models/merge/").content.decode()
+    assert "model-a" in form and "model-b" in form and "model-off" not in form
+    balance = account_for(alice).balance
+    response = page.post("/models/merge/", {**MIX, "method": "Weighted sum"})
+    assert response.status_code == 302
+    job = Job.objects.get(owner=alice)
+    assert response["Location"] == f"/jobs/{job.pk}/"
+    assert job.mode == "merge" and job.checkpoint == catalogue["a"]
+    assert job.params["merge"]["secondary"]["sha256"] == catalogue["b"].sha256
+    assert account_for(alice).balance == balance - job.price and job.price == Decimal("0.01")
+    # the name is reserved, the model is not usable until its file exists
+    reserved = CatalogEntry.objects.get(owner=alice, name="mix")
+    assert not reserved.enabled
+    assert "mix" not in str(api_client(alice).get("/api/v1/models/").json())
+    assert "mix" not in str(api_client(alice).get("/api/v1/own-models/").json())
+
+
+def test_a_refused_merge_comes_back_naming_the_field(alice, catalogue, redis_client):
+    response = browser(alice).post("/models/merge/", {**MIX, "name": "../x"})
+    assert response.status_code == 422
+    assert "name" in response.content.decode().lower() and not Job.objects.exists()
+    response = browser(alice).post("/models/merge/", {**MIX, "method": "Add difference"})
+    assert response.status_code == 422 and "C" in response.content.decode()
+
+
+def test_cancelling_a_queued_merge_refunds_it_and_frees_the_name(alice, catalogue, redis_client):
+    api = api_client(alice)
+    balance = account_for(alice).balance
+    job_id = api.post("/api/v1/merges/", MIX, format="json").json()["id"]
+    assert account_for(alice).balance < balance
+    assert api.post(f"/api/v1/jobs/{job_id}/cancel/").json()["status"] == "cancelled"
+    assert account_for(alice).balance == balance
+    assert not CatalogEntry.objects.filter(owner=alice, name="mix").exists()
+    assert api.post("/api/v1/merges/", MIX, format="json").status_code == 201
+
+
+def test_a_virtual_model_is_saved_at_once_and_only_its_owner_sees_its_recipe(
+    alice, bob, catalogue, redis_client
+):
+    response = browser(alice).post("/models/merge/", {**MIX, "virtual": "on"})
+    entry = CatalogEntry.objects.get(owner=alice, name="mix")
+    assert response["Location"] == f"/models/mine/{entry.pk}/"
+    assert entry.enabled and entry.stored_file is None and not Job.objects.exists()
+    assert entry.sha256 == ModelRecipe.objects.get(entry=entry).recipe_hash
+    page = browser(alice).get(f"/models/mine/{entry.pk}/").content.decode()
+    assert "Weighted sum" in page and "model-b" in page and "Bake" in page
+    assert browser(bob).get(f"/models/mine/{entry.pk}/").status_code == 404
+    assert api_client(bob).post(f"/api/v1/own-models/{entry.pk}/bake/").status_code == 404
+    assert "mix" in str(api_client(alice).get("/api/v1/models/").json())
+    # a virtual model is an input only once baked
+    refused = api_client(alice).post(
+        "/api/v1/merges/", {**MIX, "primary": "mix", "name": "mix2"}, format="json"
+    )
+    assert refused.status_code == 422 and "bake it first" in refused.json()["detail"]
+
+
+def test_generation_requests_cannot_pose_as_merges(alice, catalogue, redis_client):
+    response = api_client(alice).post(
+        "/api/v1/jobs/", {"mode": "merge", "checkpoint": "model-a"}, format="json"
+    )
+    assert response.status_code == 400 and response.json()["field"] == "mode"
+
+
+def test_the_upload_url_keeps_only_its_jobs_file_with_the_announced_hash(
+    alice, catalogue, redis_client, settings, tmp_path
+):
+    settings.MODEL_STORE_DIR = tmp_path / "store"
+    job_id = api_client(alice).post("/api/v1/merges/", MIX, format="json").json()["id"]
+    job = Job.objects.get(pk=job_id)
+    data = sd1_checkpoint()
+    sha = hashlib.sha256(data).hexdigest()
+    url = signed_upload_url(job).split("://", 1)[1].split("/", 1)[1]
+    worker = Client()
+
+    def put(body: bytes, offset: int, announced: str = sha) -> object:
+        return worker.put(
+            "/" + url,
+            body,
+            content_type="application/offset+octet-stream",
+            HTTP_UPLOAD_OFFSET=str(offset),
+            HTTP_UPLOAD_LENGTH=str(len(data)),
+            HTTP_UPLOAD_SHA256=announced,
+        )
+
+    assert worker.put("/model-store/merged/forged", b"x").status_code == 404
+    first = put(data[:100], 0)
+    assert first.status_code == 204 and first["Upload-Offset"] == "100"
+    lost = put(data[50:150], 50)  # a retried chunk: resume from the platform's offset
+    assert lost.status_code == 409 and lost["Upload-Offset"] == "100"
+    wrong = put(data[100:], 100, announced="0" * 64)
+    assert wrong.status_code == 422 and not ModelFile.objects.exists()
+    assert put(data[:100], 0).status_code == 204
+    kept = put(data[100:], 100)
+    assert kept.status_code == 201 and ModelFile.objects.filter(sha256=sha).exists()
+    job.attempt += 1  # a later attempt: the old URL is dead
+    job.save(update_fields=["attempt"])
+    assert put(data[:100], 0).status_code == 404
