@@ -121,10 +121,12 @@ def legacy_hash(path: Path) -> str:
 def _combine(
     method: str, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, m: float
 ) -> torch.Tensor:
+    """`(1 - m)·a + m·b` or `a + m·(b - c)`, operation by operation as written (so the result is
+    the formula's to the bit), in place on the freshly read tensors: no extra copies in RAM."""
     if method == "Weighted sum":
-        return (1 - m) * a + m * b
+        return a.mul_(1 - m).add_(b.mul_(m))
     assert c is not None
-    return a + m * (b - c)  # Add difference
+    return a.add_(b.sub_(c).mul_(m))  # Add difference
 
 
 def make_tensor(planned: PlannedTensor, method: str, files: dict[str, TensorFile]) -> torch.Tensor:
@@ -135,22 +137,20 @@ def make_tensor(planned: PlannedTensor, method: str, files: dict[str, TensorFile
     a = files["primary"].get(planned.key)
     if not planned.merged:
         return a.to(out_dtype)
-    af = a.float()
+    af = a.float()  # float32 A is read afresh: the same tensor, changed in place below
     b = files["secondary"].get(planned.key).float()
     c = None
     if method == "Add difference":
         third = files["tertiary"]
         # A1111: a key C lacks contributes no difference
-        c = third.get(planned.key).float() if planned.key in third else b
+        c = third.get(planned.key).float() if planned.key in third else b.clone()
     if planned.partial_channels:
         # inpaint / pix2pix A: its extra input channels (mask, image) are kept as they are
-        merged = af.clone()
-        merged[:, :LATENT_CHANNELS] = _combine(
-            method, af[:, :LATENT_CHANNELS], b, c, planned.weight
+        af[:, :LATENT_CHANNELS] = _combine(
+            method, af[:, :LATENT_CHANNELS].clone(), b, c, planned.weight
         )
-    else:
-        merged = _combine(method, af, b, c, planned.weight)
-    return merged.to(out_dtype)
+        return af.to(out_dtype)
+    return _combine(method, af, b, c, planned.weight).to(out_dtype)
 
 
 def _header_bytes(plan: MergePlan, metadata: dict[str, str]) -> bytes:

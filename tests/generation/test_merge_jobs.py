@@ -171,6 +171,7 @@ def test_alices_merge_becomes_her_private_model(
     assert "alice-mix" in sd_model_names(alice) and "alice-mix" not in sd_model_names(bob)
     page = Client()
     page.force_login(alice)
+    assert f"/models/mine/{entry.pk}/" in page.get(f"/jobs/{job.pk}/").content.decode()
     body = page.get(f"/models/mine/{entry.pk}/").content.decode()
     assert "Weighted sum" in body and V1 in body and V2 in body
     page.force_login(bob)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -36,6 +37,8 @@ def test_the_merge_page_queues_a_merge_that_holds_its_price(alice, catalogue, re
     assert response.status_code == 302
     job = Job.objects.get(owner=alice)
     assert response["Location"] == f"/jobs/{job.pk}/"
+    job_page = page.get(response["Location"]).content.decode()
+    assert 'id="job-merge"' in job_page and "model-b" in job_page and "Prompt" not in job_page
     assert job.mode == "merge" and job.checkpoint == catalogue["a"]
     assert job.params["merge"]["secondary"]["sha256"] == catalogue["b"].sha256
     assert account_for(alice).balance == balance - job.price and job.price == Decimal("0.01")
@@ -103,7 +106,7 @@ def test_the_upload_url_keeps_only_its_jobs_file_with_the_announced_hash(
     url = signed_upload_url(job).split("://", 1)[1].split("/", 1)[1]
     worker = Client()
 
-    def put(body: bytes, offset: int, announced: str = sha) -> object:
+    def put(body: bytes, offset: int, announced: str = sha) -> Any:
         return worker.put(
             "/" + url,
             body,
