@@ -48,6 +48,8 @@ def final_size(params: GenerationParams) -> tuple[int, int]:
 def work_units(params: SomeParams) -> int:
     """Pixel-steps of the whole job, all images: a step is one UNet evaluation, so a
     second-order sampler (Heun, DPM2, DPM++ SDE) costs 2N-1 steps for N."""
+    if params.get("mode") == "merge":  # no pixel-steps: priced by bytes, kept out of speeds
+        return 0
     params = _filled(params)
     images = int(params["batch_size"]) * int(params["n_iter"])
     width, height = denoised_size(params)  # inpainting: the canvas or crop actually denoised
