@@ -55,6 +55,10 @@ def receive_merged(request: HttpRequest, token: str) -> HttpResponse:
         return JsonResponse({"detail": "the merged model is over the upload limit"}, status=413)
     part = model_store.incoming_dir() / f"merge-{job.pk}-{job.attempt}.part"
     held = part.stat().st_size if part.exists() else 0
+    if held == 0:  # an earlier attempt's worker died mid-upload: its bytes are of no use
+        for stale in model_store.incoming_dir().glob(f"merge-{job.pk}-*.part"):
+            if stale != part:
+                stale.unlink(missing_ok=True)
     if offset != held:
         return _answer(409, held, "resume from the platform's offset")
     body = request.body

@@ -358,3 +358,43 @@ def test_a_virtual_merge_and_its_baked_file_give_identical_images(
     assert merge_worker.downloads.has(entry.sha256)  # this time the file, fetched by hash
     assert pixels(baked_job) == pixels(virtual_job)
     assert Decimal(str(virtual_job.price)) == Decimal(str(baked_job.price))
+
+
+async def test_a_merges_progress_reaches_its_owner_over_the_websocket(
+    alice, world, platform_tick, merge_worker
+):
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+
+    from config.asgi import application
+    from gpu_worker.progress import ChannelPublisher
+    from tests.generation.test_websocket import session_headers
+
+    merge_worker.publisher = ChannelPublisher(os.environ["REDIS_URL"])
+    # often enough to see the count move, rarely enough for the channel layer's capacity
+    merge_worker.progress_interval = 0.005
+    ws = WebsocketCommunicator(
+        application, "/ws/jobs/", headers=await database_sync_to_async(session_headers)(alice)
+    )
+    assert (await ws.connect())[0]
+    client = api_client(alice)
+    try:
+        body = {"primary": V1, "secondary": V2, "name": "watched"}
+        response = await database_sync_to_async(
+            lambda: client.post("/api/v1/merges/", body, format="json")
+        )()
+        job = response.json()
+        seen: list[dict[str, Any]] = []
+        while not seen or seen[-1]["type"] not in ("job.succeeded", "job.failed"):
+            event = await ws.receive_json_from(timeout=60)
+            if event.get("job_id") == job["id"]:
+                seen.append(event)
+        assert seen[-1]["type"] == "job.succeeded"
+        total = job["total_steps"]
+        steps = {(e["step"], e["steps"]) for e in seen if e["type"] == "job.progress"}
+        assert len(steps) > 3 and (total, total) in steps  # tensors done out of the total
+        assert all(0 < done <= total and of == total for done, of in steps)
+    finally:
+        await ws.disconnect()
+        merge_worker.publisher.close()
+        merge_worker.publisher = None

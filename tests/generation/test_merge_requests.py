@@ -126,6 +126,11 @@ def test_the_upload_url_keeps_only_its_jobs_file_with_the_announced_hash(
     assert put(data[:100], 0).status_code == 204
     kept = put(data[100:], 100)
     assert kept.status_code == 201 and ModelFile.objects.filter(sha256=sha).exists()
-    job.attempt += 1  # a later attempt: the old URL is dead
+    assert put(data[:100], 0).status_code == 204  # the worker died mid-upload ...
+    job.attempt += 1  # ... the job went to another worker: the old URL is dead
     job.save(update_fields=["attempt"])
     assert put(data[:100], 0).status_code == 404
+    url = signed_upload_url(job).split("://", 1)[1].split("/", 1)[1]
+    assert put(data[:10], 0).status_code == 204
+    parts = list((settings.MODEL_STORE_DIR / "incoming").glob(f"merge-{job.pk}-*.part"))
+    assert [p.name for p in parts] == [f"merge-{job.pk}-{job.attempt}.part"]  # the stale one went
