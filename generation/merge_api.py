@@ -47,7 +47,10 @@ class MergeRequestSerializer(serializers.Serializer):
     discard_weights = serializers.CharField(
         required=False, allow_blank=True, help_text="Regex of keys left out"
     )
-    name = serializers.CharField(help_text="The new model's name (unique among yours)")
+    name = serializers.CharField(
+        required=False,
+        help_text="The new model's name (unique among yours); A1111's `0.7(a) + 0.3(b)` if none",
+    )
 
 
 class MergeOptionsSerializer(serializers.Serializer):

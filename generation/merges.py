@@ -44,6 +44,7 @@ from gpu_worker.merge_rules import (
     MergePlan,
     block_names,
     compile_discard,
+    default_name,
     inputs_of,
     plan_merge,
     preset_weights,
@@ -210,8 +211,15 @@ def validate_merge(user: Any, raw: dict[str, Any]) -> ValidatedMerge:
         raise SubmissionError(
             "discard_weights", f"discard_weights is not a regex: {exc}", 422
         ) from None
+    name = raw.get("name") or default_name(
+        method,
+        primary.name,
+        entries["secondary"].name if "secondary" in entries else None,
+        entries["tertiary"].name if "tertiary" in entries else None,
+        multiplier,
+    )
     try:
-        name = check_name(user, CatalogEntry.Kind.CHECKPOINT, str(raw.get("name") or ""))
+        name = check_name(user, CatalogEntry.Kind.CHECKPOINT, str(name))
     except OwnModelError as exc:
         raise SubmissionError(exc.field, exc.message, 409 if exc.status == 409 else 422) from None
     params = MergeParams(

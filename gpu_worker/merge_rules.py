@@ -356,6 +356,18 @@ def merge_metadata(
     return metadata
 
 
+def default_name(method: str, a: str, b: str | None, c: str | None, m: float) -> str:
+    """A1111's name for a merge left unnamed: `0.7(a) + 0.3(b)`, `a + 0.3(b - c)`; A alone is
+    `a (converted)` (a member's model may not take a platform model's name)."""
+    if method == "Weighted sum":
+        name = f"{round(1 - m, 2)}({a}) + {round(m, 2)}({b})"
+    elif method == "Add difference":
+        name = f"{a} + {round(m, 2)}({b} - {c})"
+    else:
+        name = f"{a} (converted)"
+    return name[:100]
+
+
 def merge_price(input_bytes: int) -> Decimal:
     """Credits for a merge: CREDITS_PER_GIB per GiB of input read, at least a cent."""
     raw = Decimal(input_bytes) / Decimal(2**30) * CREDITS_PER_GIB

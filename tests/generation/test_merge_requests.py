@@ -88,6 +88,16 @@ def test_a_virtual_model_is_saved_at_once_and_only_its_owner_sees_its_recipe(
     assert refused.status_code == 422 and "bake it first" in refused.json()["detail"]
 
 
+def test_an_unnamed_merge_takes_a1111s_name(alice, catalogue, redis_client):
+    api = api_client(alice)
+    unnamed = {k: v for k, v in MIX.items() if k != "name"}
+    assert api.post("/api/v1/merges/", unnamed, format="json").status_code == 201
+    difference = {**unnamed, "method": "Add difference", "tertiary": "model-a"}
+    assert api.post("/api/v1/merges/", difference, format="json").status_code == 201
+    names = set(CatalogEntry.objects.filter(owner=alice).values_list("name", flat=True))
+    assert names == {"0.75(model-a) + 0.25(model-b)", "model-a + 0.25(model-b - model-a)"}
+
+
 def test_generation_requests_cannot_pose_as_merges(alice, catalogue, redis_client):
     response = api_client(alice).post(
         "/api/v1/jobs/", {"mode": "merge", "checkpoint": "model-a"}, format="json"
