@@ -356,19 +356,16 @@ def bake_virtual(user: Any, entry: CatalogEntry) -> Job:
     if recipe.job_id is not None:
         raise SubmissionError("model", f"{entry.name!r} is being baked already", 409)
     params: MergeParams = recipe.params
-    primary = CatalogEntry.objects.filter(
-        kind=CatalogEntry.Kind.CHECKPOINT, name=params["primary"]["name"]
-    ).filter(pk__in=CatalogEntry.objects.visible_to(user).values("pk"))
-    first = primary.first()
-    if first is None:
-        raise SubmissionError("model", "model A of this recipe is no longer available", 409)
-    for role, pinned in inputs_of(params).items():
+    usable: dict[str, CatalogEntry] = {}
+    for role, pinned in inputs_of(params).items():  # still the member's to use, same bytes
         kind = CatalogEntry.Kind.VAE if role == "vae" else CatalogEntry.Kind.CHECKPOINT
-        usable = CatalogEntry.objects.visible_to(user).filter(
+        found = CatalogEntry.objects.visible_to(user).filter(
             kind=kind, name=pinned["name"], sha256=pinned["sha256"]
         )
-        if not usable.exists():
+        if (usable_entry := found.first()) is None:
             raise SubmissionError(role, f"{pinned['name']!r} is no longer available", 409)
+        usable[role] = usable_entry
+    first = usable["primary"]
     try:
         check_quota(user, entry.size_bytes)
     except OwnModelError as exc:

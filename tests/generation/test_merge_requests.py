@@ -88,6 +88,19 @@ def test_a_virtual_model_is_saved_at_once_and_only_its_owner_sees_its_recipe(
     assert refused.status_code == 422 and "bake it first" in refused.json()["detail"]
 
 
+def test_a_model_outside_the_members_tier_is_no_input(alice, catalogue, redis_client):
+    from accounts.models import MembershipTier
+    from accounts.tiers import set_tier
+
+    tier = MembershipTier.objects.create(
+        name="Basic", slug="basic", rank=1, all_models=False, allowed_models=["model-a"]
+    )
+    set_tier(alice, tier)
+    refused = api_client(alice).post("/api/v1/merges/", MIX, format="json")
+    assert refused.status_code == 403 and refused.json()["field"] == "secondary"
+    assert "tier" in refused.json()["detail"] and not Job.objects.exists()
+
+
 def test_an_unnamed_merge_takes_a1111s_name(alice, catalogue, redis_client):
     api = api_client(alice)
     unnamed = {k: v for k, v in MIX.items() if k != "name"}
