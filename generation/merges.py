@@ -101,6 +101,11 @@ def _input(user: Any, raw: dict[str, Any], field: str, kind: str) -> CatalogEntr
         raise SubmissionError(field, f"{name!r} is a virtual model: bake it first", 422)
     if not entry.sha256:
         raise SubmissionError(field, f"{name!r} has no known hash yet; try again shortly", 409)
+    if entry.stored_file_id is None and not entry.filename.endswith(".safetensors"):
+        # a diffusers folder or a pickle: the merger streams single .safetensors files only
+        raise SubmissionError(
+            field, f"{name!r} is not a single .safetensors file, which merging needs", 422
+        )
     return entry
 
 

@@ -16,7 +16,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 def test_alice_saves_a_virtual_merge_from_the_merge_page(alice, live_server):
     for name in ("model-a", "model-b"):
         CatalogEntry.objects.create(
-            name=name, kind="checkpoint", family="sd1", sha256=name.encode().hex().ljust(64, "0")
+            name=name,
+            kind="checkpoint",
+            family="sd1",
+            filename=f"Stable-diffusion/{name}.safetensors",
+            sha256=name.encode().hex().ljust(64, "0"),
         )
     session = Client()
     session.force_login(alice)

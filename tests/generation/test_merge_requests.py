@@ -101,6 +101,20 @@ def test_a_model_outside_the_members_tier_is_no_input(alice, catalogue, redis_cl
     assert "tier" in refused.json()["detail"] and not Job.objects.exists()
 
 
+def test_only_single_safetensors_files_are_merged(alice, catalogue, redis_client):
+    CatalogEntry.objects.create(
+        name="xl-folder",
+        kind="checkpoint",
+        family="sd1",
+        filename="Stable-diffusion/xl-folder",
+        sha256="ab" * 32,
+    )
+    refused = api_client(alice).post(
+        "/api/v1/merges/", {**MIX, "secondary": "xl-folder"}, format="json"
+    )
+    assert refused.status_code == 422 and ".safetensors" in refused.json()["detail"]
+
+
 def test_an_unnamed_merge_takes_a1111s_name(alice, catalogue, redis_client):
     api = api_client(alice)
     unnamed = {k: v for k, v in MIX.items() if k != "name"}
