@@ -51,6 +51,18 @@ FIELD_LABELS: dict[str, Promise] = {
     "jobs": _("Jobs"),
     "price": _("Price"),
     "queue": _("Queue"),
+    # the checkpoint merger (generation/merges.py)
+    "method": _("Method"),
+    "primary": _("Model A"),
+    "secondary": _("Model B"),
+    "tertiary": _("Model C"),
+    "multiplier": _("Multiplier (M)"),
+    "block_weights": _("Block weights"),
+    "preset": _("Preset"),
+    "save_as_half": _("Save as float16"),
+    "bake_in_vae": _("Bake in VAE"),
+    "discard_weights": _("Discard weights (regex)"),
+    "name": _("Name"),
 }
 
 _KEY = r"[\w.]+"

@@ -15,7 +15,7 @@ from accounts.ledger import account_for
 from generation.inpaint_form import job_inputs
 from generation.job_history import Spent, charged, job_ledger, member_jobs, models_used
 from generation.lifecycle import image_payload
-from generation.models import Job
+from generation.models import CatalogEntry, Job
 from generation.templatetags.durations import duration
 from gpu_worker.infotext import controlnet_unit_text
 
@@ -63,8 +63,18 @@ def job_detail(request: HttpRequest, pk: Any) -> HttpResponse:
             "entries": entries,
             "charged": charged(entries),
             "job_inputs": job_inputs(job),
+            "merge": job.params.get("merge") if job.mode == Job.Mode.MERGE else None,
+            "merged_model": merged_model(request.user, job),
         },
     )
+
+
+def merged_model(user: Any, job: Job) -> CatalogEntry | None:
+    """The model a finished merge job wrote (its owner's, by the name it was given)."""
+    if job.mode != Job.Mode.MERGE or job.status != Job.Status.SUCCEEDED:
+        return None
+    name = job.params["merge"]["name"]
+    return CatalogEntry.objects.members_own(user).filter(name=name, kind="checkpoint").first()
 
 
 @login_required

@@ -556,7 +556,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
 
     init_raw = given.get("init_image")
     mode = given.get("mode") or ("img2img" if init_raw else "txt2img")
-    if mode not in Job.Mode.values:
+    if mode not in (Job.Mode.TXT2IMG, Job.Mode.IMG2IMG):  # merges: generation.merges
         raise SubmissionError("mode", "mode must be txt2img or img2img")
     try:
         choice = resolve_sampler(str(given["sampler"]), str(given.get("scheduler") or ""))

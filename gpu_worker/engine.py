@@ -62,7 +62,7 @@ from gpu_worker.prompt_syntax import (
     embedding_pattern,
     extract_loras,
 )
-from gpu_worker.protocol import GenerationRequest, JobTimings, ResultImage
+from gpu_worker.protocol import GenerationRequest, JobTimings, MergedModel, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
 from gpu_worker.tiling import circular_padding
 from gpu_worker.upscalers import TileSettings, UpscalerLoadError, load_upscaler, upscale_image
@@ -100,7 +100,7 @@ class StepInfo:
     done: int  # sampling steps finished in this job so far
     total: int  # all sampling steps this job will take (estimate before the first pass)
     iteration: int  # which of n_iter
-    latents: torch.Tensor
+    latents: torch.Tensor | None  # None: work without latents (a merge counts tensors)
     family: str
 
 
@@ -114,6 +114,7 @@ class GenerationResult:
     steps_done: int = 0
     interrupted: bool = False
     skipped_batches: int = 0
+    model: MergedModel | None = None  # a merge job's output (gpu_worker/merging.py)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal, NotRequired, TypedDict
 
-from gpu_worker.params import GenerationParams
+from gpu_worker.params import GenerationParams, MergeParams
 
 # Dramatiq queues and actor names. Each side sends to the other's actor by name with
 # `dramatiq.Message(...)`, so neither side imports the other's code. Every GPU worker consumes
@@ -76,7 +76,17 @@ class ModelDelivery(TypedDict):
     name: str  # the name the job's params use
     sha256: str
     size_bytes: int
-    url: str  # short-lived signed URL on the platform's model store
+    url: str  # short-lived signed URL on the platform's model store ("" for a virtual model)
+    # A virtual model (a saved merge recipe): no file to fetch; the worker computes it from
+    # its inputs (delivered beside it when they are uploads) under `sha256`, the recipe hash.
+    recipe: NotRequired[MergeParams]
+
+
+class MergedModel(TypedDict):
+    """The file a merge job made, as uploaded to the platform (which checked the hash)."""
+
+    sha256: str
+    size_bytes: int
 
 
 class GenerationRequest(JobEnvelope, GenerationParams):
@@ -89,6 +99,9 @@ class GenerationRequest(JobEnvelope, GenerationParams):
     # ControlNet units' images by the sha256 their stored units name, PNG, base64
     controlnet_images_png_b64: NotRequired[dict[str, str]]
     models: NotRequired[list[ModelDelivery]]
+    # A merge job: where its output goes (signed, for this attempt) and in what chunk size.
+    upload_url: NotRequired[str]
+    upload_chunk_bytes: NotRequired[int]
 
 
 class ResultImage(TypedDict):
@@ -120,6 +133,7 @@ class JobEvent(TypedDict):
     error: NotRequired[str]  # failed: a message fit to show the job's owner
     steps_done: NotRequired[int]  # cancelled: sampling steps completed, for pro-rata pricing
     timings: NotRequired[JobTimings]
+    model: NotRequired[MergedModel]  # succeeded merge: the uploaded file
 
 
 class ProgressEvent(TypedDict):

@@ -243,7 +243,12 @@ class WorkerService:
             )
             try:
                 self.engine.job_items = self._fetch_models(request)
-                result = self.engine.run(request, monitor)
+                if request["mode"] == "merge":  # the checkpoint merger (gpu_worker/merging.py)
+                    from gpu_worker.merging import run_merge_job
+
+                    result = run_merge_job(self.engine, request, monitor)
+                else:
+                    result = self.engine.run(request, monitor)
             except ModelFetchError as exc:
                 return self._send(self._event(request, "failed", error=str(exc)))
             except JobFailed as exc:
@@ -264,11 +269,12 @@ class WorkerService:
             timings: JobTimings = result.timings
             if queued_s is not None:
                 timings["queued_s"] = round(queued_s, 4)
-            if result.interrupted or not result.images:
+            if result.interrupted or not (result.images or result.model):
                 fields: dict[str, Any] = {"steps_done": result.steps_done, "timings": timings}
                 if result.images:
                     fields["images"] = result.images
                 return self._send(self._event(request, "cancelled", **fields))
+            extra: dict[str, Any] = {"model": result.model} if result.model else {}
             return self._send(
                 self._event(
                     request,
@@ -276,6 +282,7 @@ class WorkerService:
                     images=result.images,
                     timings=timings,
                     steps_done=result.steps_done,
+                    **extra,
                 )
             )
         finally:
@@ -287,7 +294,16 @@ class WorkerService:
             return {}
         if self.downloads is None:
             raise ModelFetchError("this worker has no download cache for members' models")
-        items = self.downloads.fetch_all(deliveries)
+        items = self.downloads.fetch_all([d for d in deliveries if "recipe" not in d])
+        recipes = [d for d in deliveries if "recipe" in d]
+        if recipes:  # virtual models: computed here from their inputs, fetched just above
+            from gpu_worker.merging import materialize
+
+            self.engine.job_items = items
+            for delivery in recipes:
+                items[(delivery["kind"], delivery["name"])] = materialize(
+                    self.engine, delivery, self.downloads
+                )
         self.fetched_names.update(
             {item.sha256: item.name for item in items.values() if item.kind == "checkpoint"}
         )
