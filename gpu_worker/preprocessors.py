@@ -1,14 +1,17 @@
 """ControlNet preprocessors that need no weights: "none" (the image is already a control map)
-and "canny" (OpenCV's edge detector). Torch-free: the worker runs them before a job's ControlNet,
-and the platform's /controlnet/detect preview runs the same code.
+and "canny" (OpenCV's edge detector). Torch-free. Only GPU workers run them: before a job's
+ControlNet, and for previews (gpu_worker/detect_responder.py). The platform imports this module
+for its rules (names, ranges, pixel-perfect resolution) and never runs a preprocessor.
 
-The weight-based annotators of sd-webui-controlnet (depth, openpose, lineart, ...) are not built
-in: a module without its code and weights here is simply not listed, and asking for it is a 422.
+What a worker can run it says in its heartbeat (`worker_preprocessors`); the platform lists and
+accepts only those. The weight-based annotators of sd-webui-controlnet (depth, openpose, lineart,
+...) have no code here yet, so no worker lists them, and asking for one is a 422.
 """
 
 from __future__ import annotations
 
-import cv2
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -27,6 +30,13 @@ MODULE_DETAIL: dict[str, dict] = {
 }
 THRESHOLD_RANGE = (0.0, 255.0)
 PROCESSOR_RES_RANGE = (64, 2048)
+
+
+def worker_preprocessors(models_dir: Path) -> list[str]:
+    """The modules a worker with this models folder runs (its heartbeat's `preprocessors`). A
+    weight-based annotator joins the list only when its weights lie in the folder; none is
+    implemented yet, so this is the built-in ones."""
+    return list(BUILT_IN)  # an annotator would check its file under models_dir here
 
 
 def pixel_perfect_resolution(
@@ -49,6 +59,8 @@ def run_preprocessor(
         return image
     if module != "canny":
         raise ValueError(f"unknown preprocessor {module!r}; built in: {', '.join(BUILT_IN)}")
+    import cv2  # OpenCV only where maps are made (the worker), not in the web process
+
     scale = processor_res / min(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     pixels = np.asarray(image.resize(size, Image.Resampling.LANCZOS))
