@@ -76,10 +76,19 @@ def controlnet_config_folder(architecture: str, cache_dir: Path) -> Path:
 
 
 def load_controlnet(item: CatalogueItem, *, dtype: Any, cache_dir: Path) -> ControlNetModel:
-    """A ControlNet from a single file (the original layout or diffusers'), offline."""
+    """A ControlNet from a single file (the original layout or diffusers') or a diffusers
+    folder (config.json + diffusion_pytorch_model.safetensors), offline."""
     quiet_libraries()
     if not item.path.exists():
         raise ModelLoadError(f"ControlNet file {item.filename} is missing")
+    if item.is_folder:
+        try:
+            folder_model = ControlNetModel.from_pretrained(
+                str(item.path), local_files_only=True, use_safetensors=True, torch_dtype=dtype
+            )
+        except Exception as exc:  # diffusers raises many kinds for a bad folder
+            raise ModelLoadError(f"cannot load ControlNet folder {item.filename}: {exc}") from exc
+        return folder_model.eval()
     architecture = item.architecture or {"sd1": "sd1", "sdxl": "sdxl"}.get(item.family)
     if architecture is None:
         raise ModelLoadError(f"{item.filename}: ControlNets for {item.family!r} are not supported")
