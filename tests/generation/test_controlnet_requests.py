@@ -208,7 +208,10 @@ def test_the_job_page_shows_each_unit_as_the_extension_writes_it(
     response = alice_api.post("/api/v1/jobs/", {**SMALL, "controlnet": [UNIT]}, format="json")
     client.force_login(alice)
     page = client.get(reverse("job_detail", args=[response.json()["id"]])).content.decode()
-    assert "ControlNet 0" in page and "Module: canny, Model: canny-sd15, Weight: 1.0" in page
+    assert (
+        "ControlNet 0" in page
+        and "Module: canny, Model: canny-sd15 [63616e6e], Weight: 1.0" in page
+    )
 
 
 @pytest.mark.django_db
