@@ -4,7 +4,8 @@ A preview is a small request/response over Redis (gpu_worker.protocol), not a Jo
 credits, lands in no history, and needs no scheduling pass, and the platform waits for it with a
 deadline. It runs beside the job thread so that a preview answers in milliseconds even while a
 generation runs here: the built-in preprocessors are OpenCV/Pillow on the CPU and share nothing
-with the diffusers pipeline. (A weight-based annotator on the GPU would take the engine's lock.)
+with the diffusers pipeline; a weight-based annotator is a small network of its own, run under
+the annotators' lock.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Callable
 import redis
 from PIL import Image
 
-from gpu_worker.preprocessors import run_preprocessor
 from gpu_worker.protocol import (
     DETECT_KEY_TTL_SECONDS,
     DETECT_QUEUE_KEY,
@@ -30,6 +30,9 @@ from gpu_worker.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+# (module, image, processor_res, threshold_a, threshold_b) -> the control map
+ControlMap = Callable[[str, Image.Image, int, float, float], Image.Image]
 
 POLL_SECONDS = 1.0  # BLPOP timeout: how soon `stop` is noticed
 RETRY_SECONDS = 1.0  # after Redis errors
@@ -41,12 +44,14 @@ class DetectResponder:
         client: redis.Redis,
         worker_id: str,
         modules: Callable[[], list[str]],
+        control_map: ControlMap,
         *,
         poll_seconds: float = POLL_SECONDS,
     ) -> None:
         self.client = client
         self.worker_id = worker_id
         self.modules = modules  # what this worker runs now (its heartbeat says the same)
+        self.control_map = control_map  # the engine's (annotators.Annotators.control_map)
         self.poll_seconds = poll_seconds
         self.key = DETECT_QUEUE_KEY.format(worker_id=worker_id)
         self._stop = threading.Event()
@@ -102,7 +107,7 @@ class DetectResponder:
             try:
                 image = Image.open(io.BytesIO(base64.b64decode(text)))
                 image.load()
-                control_map = run_preprocessor(
+                control_map = self.control_map(
                     str(module),
                     image,
                     int(request["processor_res"]),

@@ -1,11 +1,14 @@
-"""ControlNet preprocessors that need no weights: "none" (the image is already a control map)
-and "canny" (OpenCV's edge detector). Torch-free. Only GPU workers run them: before a job's
-ControlNet, and for previews (gpu_worker/detect_responder.py). The platform imports this module
-for its rules (names, ranges, pixel-perfect resolution) and never runs a preprocessor.
+"""ControlNet preprocessors: the rules of all of them, and the ones that need no weights: "none"
+(the image is already a control map) and "canny" (OpenCV's edge detector). Torch-free. Only GPU
+workers run preprocessors: before a job's ControlNet, and for previews
+(gpu_worker/detect_responder.py). The platform imports this module for its rules (names, ranges,
+pixel-perfect resolution) and never runs one.
 
-What a worker can run it says in its heartbeat (`worker_preprocessors`); the platform lists and
-accepts only those. The weight-based annotators of sd-webui-controlnet (depth, openpose, lineart,
-...) have no code here yet, so no worker lists them, and asking for one is a 422.
+Weight-based annotators (gpu_worker/annotators.py, torch) run where an admin dropped their
+weights into the models folder (`ANNOTATOR_WEIGHTS`). What a worker can run it says in its
+heartbeat (`worker_preprocessors`); the platform lists and accepts only those, so asking for one
+that no worker has is a 422. Of sd-webui-controlnet's annotators, lineart (realistic and
+coarse) is built; depth, openpose and the others are not yet.
 """
 
 from __future__ import annotations
@@ -28,15 +31,37 @@ MODULE_DETAIL: dict[str, dict] = {
         ],
     },
 }
+# Weight-based annotators: module -> its weights under the models folder (safetensors only: the
+# extension's sk_model.pth / sk_model2.pth converted, since a pickle can run code).
+ANNOTATOR_WEIGHTS: dict[str, str] = {
+    "lineart_realistic": "Annotators/lineart/sk_model.safetensors",
+    "lineart_coarse": "Annotators/lineart/sk_model2.safetensors",
+}
+MODULE_DETAIL.update(
+    {
+        module: {
+            "model_free": False,
+            "sliders": [{"name": "Preprocessor Resolution", "value": 512, "min": 64, "max": 2048}],
+        }
+        for module in ANNOTATOR_WEIGHTS
+    }
+)
 THRESHOLD_RANGE = (0.0, 255.0)
 PROCESSOR_RES_RANGE = (64, 2048)
 
 
 def worker_preprocessors(models_dir: Path) -> list[str]:
-    """The modules a worker with this models folder runs (its heartbeat's `preprocessors`). A
-    weight-based annotator joins the list only when its weights lie in the folder; none is
-    implemented yet, so this is the built-in ones."""
-    return list(BUILT_IN)  # an annotator would check its file under models_dir here
+    """The modules a worker with this models folder runs (its heartbeat's `preprocessors`): the
+    built-in ones, and each annotator whose weights lie in the folder."""
+    present = [m for m, path in ANNOTATOR_WEIGHTS.items() if (models_dir / path).is_file()]
+    return [*BUILT_IN, *present]
+
+
+def resize_short_side(image: Image.Image, processor_res: int) -> Image.Image:
+    """The image at the preprocessor's working resolution (its short side)."""
+    scale = processor_res / min(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def pixel_perfect_resolution(
@@ -53,7 +78,8 @@ def pixel_perfect_resolution(
 def run_preprocessor(
     module: str, image: Image.Image, processor_res: int, low: float, high: float
 ) -> Image.Image:
-    """The control map of `image` (RGB) for a built-in module."""
+    """The control map of `image` (RGB) for a built-in module (the worker's annotators.py runs
+    the weight-based ones and comes here for the rest)."""
     image = image.convert("RGB")
     if module == "none":
         return image
@@ -61,8 +87,6 @@ def run_preprocessor(
         raise ValueError(f"unknown preprocessor {module!r}; built in: {', '.join(BUILT_IN)}")
     import cv2  # OpenCV only where maps are made (the worker), not in the web process
 
-    scale = processor_res / min(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    pixels = np.asarray(image.resize(size, Image.Resampling.LANCZOS))
+    pixels = np.asarray(resize_short_side(image, processor_res))
     edges = cv2.Canny(pixels, int(low), int(high))
     return Image.fromarray(edges).convert("RGB")

@@ -95,7 +95,9 @@ class WorkerService:
         self._outbox_lock = threading.Lock()
         # ControlNet preprocessor previews, answered beside the job thread (WorkerLifecycle
         # starts and stops it)
-        self.previews = DetectResponder(redis_client, worker_id, self.preprocessors)
+        self.previews = DetectResponder(
+            redis_client, worker_id, self.preprocessors, engine.annotators.control_map
+        )
 
     def preprocessors(self) -> list[str]:
         return worker_preprocessors(self.engine.models_dir)

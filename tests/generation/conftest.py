@@ -216,7 +216,7 @@ def preview_worker(redis_client) -> Iterator[dict[str, Any]]:
 
     from gpu_worker.detect_responder import DetectResponder
     from gpu_worker.heartbeat import Heartbeat
-    from gpu_worker.preprocessors import worker_preprocessors
+    from gpu_worker.preprocessors import run_preprocessor, worker_preprocessors
 
     worker_id = "preview-" + uuid.uuid4().hex[:6]
     state: dict[str, Any] = {"preprocessors": worker_preprocessors(Path("."))}
@@ -243,7 +243,11 @@ def preview_worker(redis_client) -> Iterator[dict[str, Any]]:
     heartbeat.beat()
     heartbeat.start()
     responder = DetectResponder(
-        redis_client, worker_id, lambda: list(state["preprocessors"]), poll_seconds=0.2
+        redis_client,
+        worker_id,
+        lambda: list(state["preprocessors"]),
+        run_preprocessor,  # the built-in ones: the worker's engine adds the annotators
+        poll_seconds=0.2,
     )
     responder.start()
     state.update(worker_id=worker_id, responder=responder, beat_now=heartbeat.beat)

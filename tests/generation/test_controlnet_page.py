@@ -57,7 +57,7 @@ def test_the_section_has_one_unit_per_tier_slot_and_the_usable_controlnets(
     assert 'value="canny-sd15" data-family="sd1"' in page
     assert 'value="depth-xl" data-family="sdxl"' in page  # the script hides it for SD1 models
     assert 'value="model-a" data-family="sd1"' in page  # the checkpoints say theirs too
-    assert '<option value="canny"' in page and '<option value="lineart"' not in page
+    assert '<option value="canny"' in page and '<option value="lineart_realistic"' not in page
 
 
 def test_a_tier_without_units_has_no_controlnet_section(client, alice, catalogue):

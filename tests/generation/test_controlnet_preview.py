@@ -113,7 +113,9 @@ def test_a_preview_nobody_answers_in_time_is_504_and_a_late_worker_drops_it(
     assert refused.value.status == 504
     key = DETECT_QUEUE_KEY.format(worker_id=preview_worker["worker_id"])
     assert redis_client.llen(key) == 1
-    late = DetectResponder(redis_client, preview_worker["worker_id"], lambda: ["canny"])
+    late = DetectResponder(
+        redis_client, preview_worker["worker_id"], lambda: ["canny"], run_preprocessor
+    )
     assert late.serve_one(0.1)  # taken off the list ...
     assert redis_client.llen(key) == 0
     assert not redis_client.keys("atelier:detect:reply:*")  # ... and not run: nobody waits
@@ -123,16 +125,16 @@ def test_a_preview_nobody_answers_in_time_is_504_and_a_late_worker_drops_it(
 def test_a_weight_based_preprocessor_is_listed_and_accepted_only_while_a_worker_has_it(
     alice_api, catalogue, preview_worker
 ):
-    unit = {"image": b64(square()), "module": "lineart", "model": "canny-sd15"}
+    unit = {"image": b64(square()), "module": "lineart_realistic", "model": "canny-sd15"}
     listed = alice_api.get("/api/v1/controlnet/preprocessors/").json()["preprocessors"]
     assert listed == ["none", "canny"]
     refused = alice_api.post("/api/v1/jobs/", {**SMALL, "controlnet": [unit]}, format="json")
     assert refused.status_code == 422 and refused.json()["field"] == "controlnet[0].module"
 
-    preview_worker["preprocessors"].append("lineart")  # an admin dropped its weights in
+    preview_worker["preprocessors"].append("lineart_realistic")  # an admin dropped its weights in
     preview_worker["beat_now"]()
     listed = alice_api.get("/api/v1/controlnet/preprocessors/").json()["preprocessors"]
-    assert listed == ["none", "canny", "lineart"]
+    assert listed == ["none", "canny", "lineart_realistic"]
     accepted = alice_api.post("/api/v1/jobs/", {**SMALL, "controlnet": [unit]}, format="json")
     assert accepted.status_code == 201, accepted.content
 
