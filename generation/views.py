@@ -272,6 +272,7 @@ def _render_generator(
             "send_img2img": f"{reverse('generate')}?from_image={PLACEHOLDER_ID}&img2img=1",
         },
         "last_seed": last_seed,
+        "checkpoint_families": {c.name: c.family for c in checkpoints},  # ControlNets must match
         "balance": str(account_for(user).balance),
         "recent": recent,
         "unfinished": unfinished,

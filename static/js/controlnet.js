@@ -70,10 +70,7 @@
   // ---- models of the checkpoint's family only -------------------------------------------------
 
   var checkpoint = form.elements.checkpoint;
-  function family() {
-    var option = checkpoint.options[checkpoint.selectedIndex];
-    return option ? option.dataset.family || "unknown" : "unknown";
-  }
+  function family() { return DATA.checkpoint_families[checkpoint.value] || "unknown"; }
   function filterModels() {
     var wanted = family();
     units.forEach(function (unit) {

@@ -56,7 +56,7 @@ def test_the_section_has_one_unit_per_tier_slot_and_the_usable_controlnets(
     assert page.count('class="cn-unit"') == 2  # the default tier's max_controlnet_units
     assert 'value="canny-sd15" data-family="sd1"' in page
     assert 'value="depth-xl" data-family="sdxl"' in page  # the script hides it for SD1 models
-    assert 'value="model-a" data-family="sd1"' in page  # the checkpoints say theirs too
+    assert '"checkpoint_families": {"model-a": "sd1", "model-b": "sd1"}' in page
     assert '<option value="canny"' in page and '<option value="lineart_realistic"' not in page
 
 
