@@ -1,8 +1,8 @@
 """ControlNet preprocessor previews, run by a GPU worker (the REST `controlnet/detect/`, A1111's
 `/controlnet/detect` and the generator's Preview button all call `preview_maps`).
 
-Why a request/response over Redis rather than a Job: a preview is an interactive answer of a few
-milliseconds of OpenCV, wanted within a second while the member sets up a unit. As a Job it would
+Why a request/response over Redis rather than a Job: a preview is an interactive answer, a
+small OpenCV computation wanted at once while the member sets up a unit. As a Job it would
 wait behind the running and the assigned generation on every worker (WORKER_SLOTS), land in the
 history, and need a price and a hold. Here the platform picks a present worker that lists the
 module (an idle live one first), hands it the request on its own list, and waits for the reply

@@ -2,8 +2,8 @@
 
 A preview is a small request/response over Redis (gpu_worker.protocol), not a Job: it holds no
 credits, lands in no history, and needs no scheduling pass, and the platform waits for it with a
-deadline. It runs beside the job thread so that a preview answers in milliseconds even while a
-generation runs here: the built-in preprocessors are OpenCV/Pillow on the CPU and share nothing
+deadline. It runs beside the job thread so that a preview need not wait for the generation
+running here to end: the built-in preprocessors are OpenCV/Pillow on the CPU and share nothing
 with the diffusers pipeline; a weight-based annotator is a small network of its own, run under
 the annotators' lock.
 """
