@@ -70,6 +70,19 @@ def test_a_member_previews_a_canny_unit_and_generates_with_it(live_platform, bro
     unit.wait_for(state="visible")
     assert page.locator(".cn-unit:visible").count() == 1 and page.locator("#cn-add").is_visible()
     assert page.locator("#id_cn-0-model").input_value() == CONTROLNET
+    # An SDXL ControlNet (as the server renders one) is not offered for the SD1 demo model.
+    page.evaluate(
+        """() => {
+          const select = document.getElementById("id_cn-0-model");
+          const option = new Option("xl-canny", "xl-canny");
+          option.dataset.family = "sdxl";
+          select.add(option);
+          select.value = "xl-canny";
+          document.getElementById("id_checkpoint").dispatchEvent(new Event("change"));
+        }"""
+    )
+    assert page.locator("#id_cn-0-model").input_value() == CONTROLNET
+    assert page.locator('#id_cn-0-model option[value="xl-canny"]').is_disabled()
 
     source = tmp_path / "square.png"
     square().save(source)
