@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from generation import api, merge_api, model_uploads, styles_api, tokens_api
+from generation import api, controlnet_api, merge_api, model_uploads, styles_api, tokens_api
 
 uploads = model_uploads.ModelUploadViewSet
 
@@ -43,4 +43,10 @@ urlpatterns = [
     path("styles/import/", styles_api.StyleImportView.as_view(), name="api-styles-import"),
     path("styles/<int:pk>/", styles_api.StyleDetailView.as_view(), name="api-style"),
     path("tokens/", tokens_api.TokenCountView.as_view(), name="api-tokens"),
+    path(
+        "controlnet/preprocessors/",
+        controlnet_api.PreprocessorListView.as_view(),
+        name="api-controlnet-preprocessors",
+    ),
+    path("controlnet/detect/", controlnet_api.DetectView.as_view(), name="api-controlnet-detect"),
 ]

@@ -173,7 +173,31 @@ MESSAGES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+# A ControlNet unit's fields: "controlnet[0].model" -> "ControlNet unit 0: Model".
+CONTROLNET_FIELD = re.compile(r"^controlnet\[(?P<index>\d+)\]\.(?P<name>\w+)$")
+CONTROLNET_LABELS: dict[str, Promise] = {
+    "image": _("Control image"),
+    "module": _("Preprocessor"),
+    "model": _("Model"),
+    "weight": _("Control weight"),
+    "guidance_start": _("Starting control step"),
+    "guidance_end": _("Ending control step"),
+    "control_mode": _("Control mode"),
+    "resize_mode": _("Resize mode"),
+    "pixel_perfect": _("Pixel perfect"),
+    "processor_res": _("Processor resolution"),
+    "threshold_a": _("Canny low threshold"),
+    "threshold_b": _("Canny high threshold"),
+}
+
+
 def field_label(field: str) -> str:
+    if match := CONTROLNET_FIELD.match(field):
+        name = match["name"]
+        return gettext("ControlNet unit %(index)s: %(field)s") % {
+            "index": match["index"],
+            "field": CONTROLNET_LABELS.get(name, name),
+        }
     return str(FIELD_LABELS.get(field, field))
 
 

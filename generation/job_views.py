@@ -58,7 +58,7 @@ def job_detail(request: HttpRequest, pk: Any) -> HttpResponse:
         "generation/job_detail.html",
         {
             "job": job,
-            "params": _shown_params(job.params),
+            "params": _shown_params(job.params, _controlnet_titles(request.user, job.params)),
             "images": images,
             "entries": entries,
             "charged": charged(entries),
@@ -93,11 +93,22 @@ def job_summary(request: HttpRequest, pk: Any) -> JsonResponse:
     )
 
 
-def _shown_params(params: dict[str, Any]) -> list[tuple[str, Any]]:
+def _controlnet_titles(user: Any, params: dict[str, Any]) -> dict[str, str]:
+    """ "name [hash]" of the job's ControlNets, as the images' infotexts write them."""
+    names = {unit["model"] for unit in params.get("controlnet") or ()}
+    if not names:
+        return {}
+    entries = CatalogEntry.objects.usable_by(user).filter(
+        kind=CatalogEntry.Kind.CONTROLNET, name__in=names
+    )
+    return {e.name: f"{e.name} [{e.sha256[:8]}]" for e in entries}
+
+
+def _shown_params(params: dict[str, Any], titles: dict[str, str]) -> list[tuple[str, Any]]:
     hidden = {"prompt", "negative_prompt", "init_image", "controlnet"}
     shown = [(key, value) for key, value in sorted(params.items()) if key not in hidden]
     units = params.get("controlnet") or []  # as sd-webui-controlnet writes them in infotexts
     return shown + [
-        (f"ControlNet {i}", controlnet_unit_text(unit, unit["model"]))
+        (f"ControlNet {i}", controlnet_unit_text(unit, titles.get(unit["model"], unit["model"])))
         for i, unit in enumerate(units)
     ]
