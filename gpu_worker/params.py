@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
-GenerationMode = Literal["txt2img", "img2img", "train"]
+GenerationMode = Literal["txt2img", "img2img", "merge", "train"]
 
 
 class HiresParams(TypedDict):
@@ -139,6 +139,35 @@ CONTROLNET_UNIT_DEFAULTS: dict[str, Any] = {
 CONTROLNET_UNIT_FIELDS = frozenset(ControlNetUnit.__annotations__) - {"image_sha256"} | {"image"}
 # --------------------------------------------------------------------------------------------
 
+# --- Checkpoint merger (issue 19): A1111's names; rules in gpu_worker/merge_rules.py ----------
+MergeMethod = Literal["No interpolation", "Weighted sum", "Add difference"]
+
+
+class MergeInput(TypedDict):
+    """One input of a merge, pinned by hash: the recipe names bytes, not a name that may change."""
+
+    name: str  # catalogue name the worker resolves (a member's upload travels as a delivery)
+    sha256: str
+    size_bytes: int
+
+
+class MergeParams(TypedDict):
+    """A merge job (mode "merge") or a virtual model's recipe: A, B, C as A1111 names them."""
+
+    method: MergeMethod
+    primary: MergeInput  # A
+    secondary: MergeInput | None  # B (Weighted sum, Add difference)
+    tertiary: MergeInput | None  # C (Add difference)
+    multiplier: float  # M
+    block_weights: list[float] | None  # per-block M (BASE, IN.., M00, OUT..); None: M everywhere
+    save_as_half: bool  # float tensors written as fp16
+    bake_in_vae: MergeInput | None  # a VAE whose weights replace first_stage_model.*
+    discard_weights: str  # regex; matching keys are left out of the output
+    name: str  # the output model's name (unique per owner)
+
+
+# --------------------------------------------------------------------------------------------
+
 
 class GenerationParams(TypedDict):
     """Everything one job asks for, validated and normalised (`Job.params`)."""
@@ -175,6 +204,8 @@ class GenerationParams(TypedDict):
     inpaint: NotRequired[InpaintParams | None]
     # LoRA training (mode "train"); absent for every other mode.
     train: NotRequired[TrainParams]
+    # Checkpoint merger: set (and the image fields at their defaults) only when mode is "merge".
+    merge: NotRequired[MergeParams | None]
 
 
 # Defaults of a field a request leaves out (a checkpoint's own default_params come between).
@@ -231,9 +262,9 @@ OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_b
 # (likewise) and the names of saved styles (applied to the prompts at submission: the job
 # keeps the styled prompts).
 DERIVED_FIELDS = frozenset({"loras"})
-# Blocks of other job kinds: each kind has its own front door (training: /api/v1/training/),
-# so the generator's forms and APIs neither offer nor accept them.
-KIND_BLOCKS = frozenset({"train"})
+# Blocks of other job kinds: each kind has its own front door (merges; training at
+# /api/v1/training/), so the generator's forms and APIs neither offer nor accept them.
+KIND_BLOCKS = frozenset({"merge", "train"})
 REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS - KIND_BLOCKS | {
     "init_image",
     "mask",
