@@ -264,6 +264,17 @@ def test_a_running_training_keeps_its_dataset(alice, catalogue, alices_dataset, 
     )
     assert client.delete(f"{DATASETS}{alices_dataset}/").status_code == 409
 
+    # the job is one of hers like any other: My jobs and its page show it
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(alice)
+    job = Job.objects.get(mode="train")
+    assert browser.get("/jobs/").status_code == 200
+    assert browser.get(f"/jobs/{job.pk}/").status_code == 200
+    page = browser.get(f"/training/jobs/{job.pk}/").content.decode()
+    assert "my-squares" in page and "No epoch finished yet." in page
+
 
 def test_a1111_train_embedding_says_to_use_atelier_training(alice):
     from tests.generation.a1111_support import token_for
