@@ -33,6 +33,7 @@ from gpu_worker.training_rules import (
     UNET_TARGETS,
     bucket_for,
     kohya_keys,
+    sgm_unet_path,
     training_metadata,
 )
 
@@ -309,6 +310,9 @@ class LoraTrainer:
             state = get_peft_model_state_dict(module, adapter_name=ADAPTER)
             if prefix != UNET_PREFIX:  # transformers 5's CLIP has no `text_model.` level
                 state = {_text_model_path(k): v for k, v in state.items()}
+            elif self.sdxl:  # kohya names SDXL's UNet blocks as the original model does
+                layers = int(self.pipe.unet.config.layers_per_block)
+                state = {sgm_unet_path(k, layers): v for k, v in state.items()}
             for peft_key, kohya_key in kohya_keys(prefix, state).items():
                 tensors[kohya_key] = state[peft_key].detach().to("cpu", torch.float16).contiguous()
                 tensors[kohya_key.rsplit(".", 2)[0] + ".alpha"] = alpha.to(torch.float16)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -84,6 +85,28 @@ TEXT_ENCODER_PREFIXES = {"sd1": ("lora_te",), "sdxl": ("lora_te1", "lora_te2")}
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 PEFT_DOWN, PEFT_UP = ".lora_A.weight", ".lora_B.weight"
+
+
+_DOWN = re.compile(r"^down_blocks\.(\d+)\.attentions\.(\d+)\.")
+_MID = re.compile(r"^mid_block\.attentions\.0\.")
+_UP = re.compile(r"^up_blocks\.(\d+)\.attentions\.(\d+)\.")
+
+
+def sgm_unet_path(path: str, layers_per_block: int) -> str:
+    """A diffusers UNet module path in SDXL's original (SGM) block names, which kohya writes for
+    SDXL and A1111 reads: down_blocks.i.attentions.j is input_blocks.(1 + i(L+1) + j).1,
+    mid_block.attentions.0 is middle_block.1, up_blocks.i.attentions.j is
+    output_blocks.(i(L+1) + j).1, with L resnets a down block (one more a up block)."""
+    step = layers_per_block + 1
+    if m := _DOWN.match(path):
+        index = 1 + int(m[1]) * step + int(m[2])
+        return f"input_blocks.{index}.1.{path[m.end() :]}"
+    if m := _MID.match(path):
+        return f"middle_block.1.{path[m.end() :]}"
+    if m := _UP.match(path):
+        index = int(m[1]) * step + int(m[2])
+        return f"output_blocks.{index}.1.{path[m.end() :]}"
+    return path
 
 
 def kohya_name(prefix: str, module_path: str) -> str:

@@ -93,6 +93,17 @@ def test_buckets_keep_the_area_and_put_each_image_in_its_nearest_aspect() -> Non
     assert batches_per_epoch([(32, 32)] * 3 + [(96, 32)], 32, repeats=2, batch_size=2) == 4
 
 
+def test_sdxl_blocks_take_their_original_names() -> None:
+    from gpu_worker.training_rules import sgm_unet_path
+
+    tail = "transformer_blocks.0.attn1.to_q"
+    assert sgm_unet_path(f"down_blocks.1.attentions.0.{tail}", 2) == f"input_blocks.4.1.{tail}"
+    assert sgm_unet_path(f"down_blocks.2.attentions.1.{tail}", 2) == f"input_blocks.8.1.{tail}"
+    assert sgm_unet_path(f"mid_block.attentions.0.{tail}", 2) == f"middle_block.1.{tail}"
+    assert sgm_unet_path(f"up_blocks.0.attentions.2.{tail}", 2) == f"output_blocks.2.1.{tail}"
+    assert sgm_unet_path(f"up_blocks.1.attentions.0.{tail}", 2) == f"output_blocks.3.1.{tail}"
+
+
 def test_peft_keys_take_kohya_names() -> None:
     peft = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0.lora_A.weight"]
     assert kohya_keys("lora_unet", peft) == {
@@ -202,6 +213,11 @@ def test_sdxl_training_names_both_text_encoders_and_loads_back(xl_engine: Any) -
     assert any(k.startswith("lora_te1_") for k in keys) and any(
         k.startswith("lora_te2_") for k in keys
     )
+    unet_keys = [k for k in keys if k.startswith("lora_unet_")]
+    assert unet_keys and all(  # SDXL's original block names, as kohya writes them
+        k.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_"))
+        for k in unet_keys
+    )
     assert metadata_of(data)["ss_base_model_version"] == "sdxl_base_v1-0"
     png = trainer.sample("sqz", "", steps=2, cfg_scale=5.0, width=64, height=64, infotext="x")
     assert Image.open(io.BytesIO(png)).size == (64, 64)
@@ -225,4 +241,6 @@ def test_sdxl_training_names_both_text_encoders_and_loads_back(xl_engine: Any) -
 
     plain = image()
     pipe.load_lora_weights(tensors_of(data), adapter_name="t")
+    adapted = [n for n, _ in pipe.unet.named_parameters() if "lora_A" in n]
+    assert len(adapted) == len([k for k in unet_keys if k.endswith("lora_down.weight")])
     assert image() != plain
