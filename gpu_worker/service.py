@@ -185,6 +185,25 @@ class WorkerService:
         with self._outbox_lock:
             return len(self._outbox)
 
+    def job_waiting(self) -> bool:
+        """Whether another job waits in this worker's queue (the scheduler's second slot): a
+        training then yields the GPU at its next epoch boundary, so others' jobs wait at most
+        one epoch."""
+        client = getattr(self.broker, "client", None)
+        namespace = getattr(self.broker, "namespace", "dramatiq")
+        if client is None:
+            return False
+        try:
+            ids = {_decode(i) for i in client.hkeys(f"{namespace}:{self.queue}.msgs")}
+        except SEND_ERRORS:
+            return False  # Redis away for a moment: keep training
+        return bool(ids - {self.in_hand})
+
+    def hand_over(self) -> bool:
+        """Asked by a training between epochs: give the job back now (drain, or another job
+        is waiting here); the next attempt resumes from the epoch just posted."""
+        return self.status.draining or self.job_waiting()
+
     def release_queued(self) -> int:
         """On shutdown: give every job still waiting in this worker's queue back to the
         platform (a 'released' event each) and empty the queue; how many were. The message
@@ -255,9 +274,7 @@ class WorkerService:
             try:
                 self.engine.job_items = self._fetch_models(request)
                 if request["mode"] == "train":  # LoRA training: its own module, same events
-                    result = run_training(
-                        self.engine, request, monitor, lambda: self.status.draining
-                    )
+                    result = run_training(self.engine, request, monitor, self.hand_over)
                 elif request["mode"] == "merge":  # the checkpoint merger (gpu_worker/merging.py)
                     from gpu_worker.merging import run_merge_job
 

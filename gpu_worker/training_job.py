@@ -5,8 +5,9 @@ Called by the worker service in place of `Engine.run` for requests of mode "trai
 platform records an epoch only when its post arrives, and charges it then; the worker keeps
 nothing the platform needs after a post, so a worker that dies loses at most the epoch it was
 in. Cancel comes through the step observer
-(JobInterrupted); a drain (`hand_over()` turns True) ends the job after the epoch in hand, and
-the service gives it back to the platform for another worker to resume.
+(JobInterrupted). When `hand_over()` turns True (the worker drains, or another member's job
+waits for this GPU) the job ends after the epoch in hand and the service gives it back to the
+platform: the next attempt, here or elsewhere, resumes from that epoch.
 """
 
 from __future__ import annotations

@@ -295,3 +295,42 @@ def test_a_drained_worker_finishes_its_epoch_and_the_job_resumes_from_it(
     assert sum(e.charged for e in epochs) == job.price == 2 * share
     assert CreditEntry.objects.filter(job_id=job_id, kind__in=["capture", "release"]).count() == 1
     assert not ledger.find_violations()
+
+
+def test_a_training_yields_the_gpu_at_an_epoch_boundary_to_a_waiting_job(
+    alice, bob, world, training_worker
+):
+    client = world["client"]
+    training_worker.gate.at_step = 2  # inside epoch 1
+    response = client.post("/api/v1/training/jobs/", training(world["dataset"]), format="json")
+    assert response.status_code == 201, response.content
+    training_id = response.json()["id"]
+    assert training_worker.gate.reached.wait(90)
+    request = {
+        "checkpoint": "atelier-demo-v1",
+        "prompt": "a boat",
+        "steps": 3,
+        "width": 64,
+        "height": 64,
+        "seed": 1,
+    }
+    bobs = api_client(bob).post("/api/v1/jobs/", request, format="json")
+    assert bobs.status_code == 201, bobs.content
+    bobs_id = bobs.json()["id"]
+    # bob's job waits in the busy worker's queue (its second slot)
+    wait_for(lambda: Job.objects.get(pk=bobs_id).worker_id == training_worker.worker_id, 30)
+    training_worker.gate.release.set()
+
+    bobs_job = finished(bobs_id)
+    training_job = finished(training_id)
+    assert bobs_job.status == training_job.status == "succeeded", training_job.error
+    epochs = list(TrainingEpoch.objects.filter(job_id=training_id).order_by("epoch"))
+    assert [(e.epoch, e.steps) for e in epochs] == [(1, 4), (2, 8)]
+    # bob waited one epoch at most: his job ran between the training's two epochs
+    assert bobs_job.started_at is not None and bobs_job.finished_at is not None
+    assert epochs[0].created_at <= bobs_job.started_at
+    assert bobs_job.finished_at <= epochs[1].created_at
+    assert training_job.attempt >= 3 and training_job.workers_lost == 0
+    share = epoch_price(training_job.params, training_job.checkpoint)
+    assert sum(e.charged for e in epochs) == training_job.price == 2 * share
+    assert not ledger.find_violations()
