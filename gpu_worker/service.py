@@ -57,6 +57,7 @@ QUEUE_PREFETCH = 1  # one GPU, one job: the next assigned one waits in Redis, no
 DRAIN_WAIT_SECONDS = 2.0  # how long drain waits for its consumers to stop fetching
 SEND_ERRORS = (redis.RedisError, BrokerConnectionError, OSError)
 SHUTDOWN_FLUSH_SECONDS = 30  # how long a stopping worker keeps trying to send buffered events
+HAND_OVER_AT_LIMIT_SHARE = 0.5  # a training hands its job on after this share of TIME_LIMIT_MS
 
 
 def _decode(value: Any) -> str:
@@ -92,6 +93,7 @@ class WorkerService:
         self._outbox: deque[JobEvent] = deque()  # events not yet accepted by Redis, in order
         # The broker id of the message being run: never given back, its job is running here.
         self.in_hand: str | None = None
+        self.started_monotonic = time.monotonic()  # of the job being run (hand_over reads it)
         self._outbox_lock = threading.Lock()
         # ControlNet preprocessor previews, answered beside the job thread (WorkerLifecycle
         # starts and stops it)
@@ -200,8 +202,12 @@ class WorkerService:
         return bool(ids - {self.in_hand})
 
     def hand_over(self) -> bool:
-        """Asked by a training between epochs: give the job back now (drain, or another job
-        is waiting here); the next attempt resumes from the epoch just posted."""
+        """Asked by a training between epochs: give the job back now (drain, another job
+        waiting here, or half the actor's time limit spent, so a long training never meets
+        it); the next attempt resumes from the epoch just posted."""
+        running_for = time.monotonic() - self.started_monotonic
+        if running_for > TIME_LIMIT_MS / 1000 * HAND_OVER_AT_LIMIT_SHARE:
+            return True
         return self.status.draining or self.job_waiting()
 
     def release_queued(self) -> int:
@@ -261,6 +267,7 @@ class WorkerService:
         if read_cancel_flag(self.redis, request["job_id"]) == "interrupt":
             return self._send(self._event(request, "cancelled", steps_done=0))
         self.status.job_started(request["job_id"])
+        self.started_monotonic = time.monotonic()
         try:
             self.report(self._event(request, "started"))
             monitor = JobMonitor(

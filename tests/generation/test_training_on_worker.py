@@ -334,3 +334,19 @@ def test_a_training_yields_the_gpu_at_an_epoch_boundary_to_a_waiting_job(
     share = epoch_price(training_job.params, training_job.checkpoint)
     assert sum(e.charged for e in epochs) == training_job.price == 2 * share
     assert not ledger.find_violations()
+
+
+def test_a_long_training_hands_itself_on_before_the_actors_time_limit(
+    alice, world, training_worker, monkeypatch
+):
+    from gpu_worker import service
+
+    monkeypatch.setattr(service, "HAND_OVER_AT_LIMIT_SHARE", 0.0)  # every epoch is "long"
+    response = world["client"].post(
+        "/api/v1/training/jobs/", training(world["dataset"]), format="json"
+    )
+    job = finished(response.json()["id"])
+    assert job.status == "succeeded", job.error
+    epochs = TrainingEpoch.objects.filter(job=job).order_by("epoch")
+    assert [(e.epoch, e.steps) for e in epochs] == [(1, 4), (2, 8)]
+    assert job.attempt >= 3 and job.workers_lost == 0
