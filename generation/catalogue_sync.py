@@ -72,6 +72,7 @@ def sync_catalogue(models_dir: Path | None = None, include_workers: bool = True)
             "size_bytes": int(item.get("size_bytes") or 0),
             "sha256": item.get("sha256", ""),
             "short_hash": item.get("short_hash", ""),
+            "native_scale": int(item.get("scale") or 0),
             "available": True,
         }
         row = existing.get((kind, name))

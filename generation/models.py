@@ -154,6 +154,11 @@ class CatalogEntry(models.Model):
         help_text=_("sampler, scheduler, steps, cfg_scale, width, height, clip_skip"),
     )
     trigger_words = models.CharField(max_length=500, blank=True)
+    native_scale = models.PositiveSmallIntegerField(
+        _("native scale"),
+        default=0,
+        help_text=_("Upscalers: the factor one run of the model upscales by (0: unknown)"),
+    )
     preview = models.ImageField(_("preview image"), upload_to=preview_upload_to, blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -259,6 +264,7 @@ class Job(models.Model):
     class Mode(models.TextChoices):
         TXT2IMG = "txt2img", "txt2img"
         IMG2IMG = "img2img", "img2img"
+        EXTRAS = "extras", "extras"  # upscale a finished image (generation.extras)
 
     UNFINISHED = (Status.QUEUED, Status.RUNNING)
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)

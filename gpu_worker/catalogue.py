@@ -21,6 +21,7 @@ from gpu_worker.model_files import (
     read_safetensors_header,
 )
 from gpu_worker.protocol import ModelInventoryEntry
+from gpu_worker.upscaler_files import upscaler_scale
 
 __all__ = ["UnreadableModel", "read_safetensors_header"]  # re-exported for existing callers
 
@@ -59,13 +60,14 @@ class CatalogueItem:
     sha256: str
     is_folder: bool = False  # diffusers-format folder
     is_pickle: bool = False
+    scale: int | None = None  # upscalers: the native factor, when the header says it
 
     @property
     def short_hash(self) -> str:
         return self.sha256[:10]
 
     def inventory_entry(self) -> ModelInventoryEntry:
-        return ModelInventoryEntry(
+        entry = ModelInventoryEntry(
             name=self.name,
             filename=self.filename,
             kind=self.kind,
@@ -74,6 +76,9 @@ class CatalogueItem:
             sha256=self.sha256,
             short_hash=self.short_hash,
         )
+        if self.scale:
+            entry["scale"] = self.scale
+        return entry
 
 
 @dataclass
@@ -131,6 +136,7 @@ def scan_models(
                 continue
             try:
                 family, architecture = detect_family(path, kind)
+                scale = _upscaler_scale(path) if kind == "upscaler" else None
                 size, sha = cache.digest(path)
             except (OSError, UnreadableModel) as exc:
                 catalogue.refused.append((relative, f"unreadable: {exc}"))
@@ -146,6 +152,7 @@ def scan_models(
                 sha256=sha,
                 is_folder=path.is_dir(),
                 is_pickle=is_pickle,
+                scale=scale,
             )
     cache.save()
     return catalogue
@@ -190,6 +197,13 @@ def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
     if path.suffix.lower() != ".safetensors":
         return "unknown", None
     return detect_family_from_header(read_safetensors_header(path), kind)
+
+
+def _upscaler_scale(path: Path) -> int | None:
+    """A safetensors upscaler's native factor from its header (a pickle's is not read)."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    return upscaler_scale(read_safetensors_header(path))
 
 
 # --- hashing, cached ---------------------------------------------------------------------------

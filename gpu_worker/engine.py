@@ -12,8 +12,6 @@ import base64
 import io
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +22,21 @@ from gpu_worker import infotext as infotext_mod
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
+from gpu_worker.extras import run_extras
 from gpu_worker.inpainting import (
     decode_mask,
     inpaint_infotext,
     inpaint_pipeline,
     is_inpaint_model,
     sample_inpaint,
+)
+from gpu_worker.job_outcome import (
+    BatchSkipped,
+    GenerationResult,
+    JobFailed,
+    JobInterrupted,
+    StepInfo,
+    StepObserver,
 )
 from gpu_worker.loading import (
     ModelLoadError,
@@ -62,7 +69,7 @@ from gpu_worker.prompt_syntax import (
     embedding_pattern,
     extract_loras,
 )
-from gpu_worker.protocol import GenerationRequest, JobTimings, ResultImage
+from gpu_worker.protocol import GenerationRequest, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
 from gpu_worker.tiling import circular_padding
 from gpu_worker.upscalers import TileSettings, UpscalerLoadError, load_upscaler, upscale_image
@@ -77,43 +84,6 @@ LATENT_UPSCALE_MODES = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-
-
-class JobFailed(Exception):
-    """The job cannot succeed; `permanent` errors would fail again on retry."""
-
-    def __init__(self, message: str, *, permanent: bool = True) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-class JobInterrupted(Exception):  # noqa: N818 - a signal, not an error
-    """Raised from a step observer: stop the whole job, keep finished images."""
-
-
-class BatchSkipped(Exception):  # noqa: N818
-    """Raised from a step observer: drop the batch being sampled, go on with the next."""
-
-
-@dataclass
-class StepInfo:
-    done: int  # sampling steps finished in this job so far
-    total: int  # all sampling steps this job will take (estimate before the first pass)
-    iteration: int  # which of n_iter
-    latents: torch.Tensor
-    family: str
-
-
-StepObserver = Callable[[StepInfo], None]
-
-
-@dataclass
-class GenerationResult:
-    images: list[ResultImage] = field(default_factory=list)
-    timings: JobTimings = field(default_factory=lambda: JobTimings())
-    steps_done: int = 0
-    interrupted: bool = False
-    skipped_batches: int = 0
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -247,6 +217,8 @@ class Engine:
     def run(
         self, request: GenerationRequest, observer: StepObserver | None = None
     ) -> GenerationResult:
+        if request["mode"] == "extras":  # an upscale of a finished image: its own module
+            return run_extras(self, request, observer)
         started = time.perf_counter()
         problem = request_problem(request)
         if problem:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
-GenerationMode = Literal["txt2img", "img2img"]
+GenerationMode = Literal["txt2img", "img2img", "extras"]
 
 
 class HiresParams(TypedDict):
@@ -42,6 +42,29 @@ class InpaintParams(TypedDict):
     outpaint_top: int
     outpaint_right: int
     outpaint_bottom: int
+
+
+class ExtrasParams(TypedDict):
+    """An Extras job (issue 17): upscale a finished image or an upload, A1111's extras tab. The
+    source travels beside the job like img2img's init image; sizes and tiles come from
+    gpu_worker.extras_plan, shared by the platform (price, limits, progress) and the engine."""
+
+    source_width: int  # the source image's size, read at submission
+    source_height: int
+    source_image_id: str | None  # the member's JobImage it came from; None: an upload
+    resize_mode: int  # 0: scale by `scale`; 1: to target_width x target_height
+    scale: float  # A1111's upscaling_resize
+    target_width: int  # A1111's upscaling_resize_w (resize_mode 1)
+    target_height: int  # A1111's upscaling_resize_h
+    crop: bool  # resize_mode 1: crop the result to exactly the target (upscaling_crop)
+    upscaler_1: str  # "None", "Lanczos", "Nearest" or an upscaler model's catalogue name
+    upscaler_2: str  # likewise; "None": no second upscaler
+    upscaler_2_visibility: float  # 0..1: how much of upscaler_2's result is blended in
+    upscaler_1_scale: int  # the models' native factors (catalogue), for the tile plan
+    upscaler_2_scale: int
+    gfpgan_visibility: float  # face restoration after the upscale, as A1111 orders them (0: off)
+    codeformer_visibility: float  # CodeFormer: only with the operator's licence setting
+    codeformer_weight: float
 
 
 # --- ControlNet units (issue 22): sd-webui-controlnet's field names -------------------------
@@ -117,6 +140,8 @@ class GenerationParams(TypedDict):
     controlnet: NotRequired[list[ControlNetUnit]]
     # Inpainting / outpainting (img2img with a mask or grown sides); None = plain img2img.
     inpaint: NotRequired[InpaintParams | None]
+    # An Extras job (mode "extras"); None or absent for the generating modes.
+    extras: NotRequired[ExtrasParams | None]
 
 
 # Defaults of a field a request leaves out (a checkpoint's own default_params come between).
@@ -165,6 +190,19 @@ INPAINT_DEFAULTS: InpaintParams = {
     "outpaint_right": 0,
     "outpaint_bottom": 0,
 }
+EXTRAS_DEFAULTS: dict[str, Any] = {
+    "resize_mode": 0,
+    "scale": 2.0,
+    "target_width": 512,
+    "target_height": 512,
+    "crop": True,
+    "upscaler_1": "Lanczos",
+    "upscaler_2": "None",
+    "upscaler_2_visibility": 0.0,
+    "gfpgan_visibility": 0.0,
+    "codeformer_visibility": 0.0,
+    "codeformer_weight": 0.0,
+}
 INPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing")  # by inpainting_fill
 OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_bottom")
 
@@ -173,7 +211,8 @@ OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_b
 # (likewise) and the names of saved styles (applied to the prompts at submission: the job
 # keeps the styled prompts).
 DERIVED_FIELDS = frozenset({"loras"})
-REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS | {
+# (`extras` is a job of its own, submitted at its own endpoint: generation.extras.)
+REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS - {"extras"} | {
     "init_image",
     "mask",
     "styles",

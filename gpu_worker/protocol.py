@@ -141,6 +141,7 @@ class ModelInventoryEntry(TypedDict):
     size_bytes: int
     sha256: str
     short_hash: str  # A1111: first 10 hex of sha256
+    scale: NotRequired[int]  # upscalers: the model's native factor (gpu_worker.upscaler_files)
 
 
 class WorkerCommand(TypedDict):

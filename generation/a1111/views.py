@@ -18,7 +18,16 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.throttles import api_refusal_wait
-from generation.a1111 import catalog, controlnet, options, png_info, progress, translation, waiting
+from generation.a1111 import (
+    catalog,
+    controlnet,
+    extras,
+    options,
+    png_info,
+    progress,
+    translation,
+    waiting,
+)
 from generation.a1111.auth import authenticate
 from generation.a1111.errors import A1111Error
 
@@ -88,6 +97,16 @@ async def txt2img(request: HttpRequest, user: Any, body: Any) -> Any:
 async def img2img(request: HttpRequest, user: Any, body: Any) -> Any:
     translated = await sync_to_async(translation.translate)(user, body, "img2img")
     return await waiting.generate(user, translated)
+
+
+@endpoint("POST")
+async def extra_single_image(request: HttpRequest, user: Any, body: Any) -> Any:
+    return await extras.run(user, extras.single_requests(body), batch=False)
+
+
+@endpoint("POST")
+async def extra_batch_images(request: HttpRequest, user: Any, body: Any) -> Any:
+    return await extras.run(user, extras.batch_requests(body), batch=True)
 
 
 @endpoint("GET")
