@@ -84,6 +84,9 @@ def job_summary(request: HttpRequest, pk: Any) -> JsonResponse:
 
 
 def _shown_params(params: dict[str, Any]) -> list[tuple[str, Any]]:
+    if params.get("mode") == "extras":  # an upscale: its own options and the size it makes
+        extras = params.get("extras") or {}
+        return [("width", params["width"]), ("height", params["height"]), *sorted(extras.items())]
     hidden = {"prompt", "negative_prompt", "init_image", "controlnet"}
     shown = [(key, value) for key, value in sorted(params.items()) if key not in hidden]
     units = params.get("controlnet") or []  # as sd-webui-controlnet writes them in infotexts

@@ -205,3 +205,29 @@ async def test_the_a1111_upscaler_list_has_the_resamplers_and_each_models_scale(
     listed = (await get(client, "upscalers")).json()
     assert [u["name"] for u in listed] == ["None", "Lanczos", "Nearest", "4x-demo"]
     assert listed[-1]["scale"] == 2
+
+
+def test_every_result_offers_upscale_and_its_page_submits_the_job(alice, client, upscaler):
+    image = make_image(alice)
+    client.force_login(alice)
+    page = f"/images/{image.pk}/upscale/"
+    for url in ("/images/", f"/images/{image.pk}/", "/generate/"):
+        html = client.get(url).content.decode()
+        assert 'id="upscale-dialog"' in html and "js/upscale.js" in html, url
+    assert page in client.get("/images/").content.decode()
+    assert page in client.get(f"/images/{image.pk}/").content.decode()
+    form = client.get(page)
+    assert form.status_code == 200 and '<option value="4x-demo"' in form.content.decode()
+    response = client.post(page, {"upscaler_1": "4x-demo", "scale": "2", "upscaler_2": "None"})
+    job = Job.objects.get(owner=alice, mode="extras")
+    assert response.status_code == 302 and response["Location"] == f"/jobs/{job.pk}/"
+    assert job.params["extras"]["source_image_id"] == str(image.pk)
+    refused = client.post(page, {"upscaler_1": "Lanczos", "scale": "40"})
+    assert refused.status_code == 400 and "8" in refused.content.decode()
+
+
+def test_bob_gets_no_upscale_page_for_alices_image(alice, bob, client):
+    image = make_image(alice)
+    client.force_login(bob)
+    assert client.get(f"/images/{image.pk}/upscale/").status_code == 404
+    assert client.post(f"/images/{image.pk}/upscale/", {"upscaler_1": "Lanczos"}).status_code == 404
