@@ -19,6 +19,7 @@ from gpu_worker.catalogue import scan_models
 from gpu_worker.demo_model import (
     DEMO_CHECKPOINTS,
     DEMO_CONTROLNET,
+    DEMO_FACE_RESTORER,
     DEMO_INPAINT,
     DEMO_LORA,
     DEMO_UPSCALER,
@@ -46,7 +47,10 @@ def local_inventory(models_dir: Path | None = None) -> list[ModelInventoryEntry]
 
 
 def _demo_names() -> set[str]:
-    demos = (*DEMO_CHECKPOINTS, DEMO_INPAINT, DEMO_LORA, DEMO_VAE, DEMO_UPSCALER, DEMO_CONTROLNET)
+    demos = (
+        *DEMO_CHECKPOINTS,
+        *(DEMO_INPAINT, DEMO_LORA, DEMO_VAE, DEMO_UPSCALER, DEMO_CONTROLNET, DEMO_FACE_RESTORER),
+    )
     return {d.name for d in demos}
 
 

@@ -17,7 +17,7 @@ from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 from PIL import Image
 
-from generation import face_models
+from generation.face_models import FaceChoiceError, check_codeformer, face_restorer_for
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, JobImage
 from generation.pricing import price_job, total_steps
@@ -149,8 +149,17 @@ def validate_extras(user: Any, raw: Any) -> ValidatedJob:
         upscaler_2_visibility=_float(given, "upscaler_2_visibility", 0.0, 1.0),
         upscaler_1_scale=_native(entry_1),
         upscaler_2_scale=_native(entry_2),
-        **face_models.check_face_fields(user, given),  # type: ignore[typeddict-item]
+        gfpgan_visibility=_float(given, "gfpgan_visibility", 0.0, 1.0),
+        face_restorer="",
+        codeformer_visibility=_float(given, "codeformer_visibility", 0.0, 1.0),
+        codeformer_weight=_float(given, "codeformer_weight", 0.0, 1.0),
     )
+    try:
+        check_codeformer(extras["codeformer_visibility"])
+        if extras["gfpgan_visibility"] > 0:
+            extras["face_restorer"] = face_restorer_for(user, "gfpgan_visibility")
+    except FaceChoiceError as exc:
+        raise SubmissionError(exc.field, exc.message, exc.status) from None
     if not extras_plan.second_upscaler_runs(extras):  # nothing of it runs: not needed either
         extras["upscaler_2"], extras["upscaler_2_scale"], entry_2 = "None", 0, None
     if name_1 == "None" and not extras_plan.faces_run(extras):

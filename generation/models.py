@@ -132,6 +132,7 @@ class CatalogEntry(models.Model):
         EMBEDDING = "embedding", _("Embedding")
         UPSCALER = "upscaler", _("Upscaler")
         CONTROLNET = "controlnet", _("ControlNet")
+        FACE_RESTORER = "face_restorer", _("Face restoration")
 
     name = models.CharField(_("name"), max_length=200)
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)

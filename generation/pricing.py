@@ -60,6 +60,8 @@ def work_units(params: SomeParams) -> int:
         width, height = final_size(params)
         per_image += width * height * evaluations(params, hires_steps)
     per_image = int(per_image * controlnet_factor(params))  # units act on both passes
+    if params.get("restore_faces"):  # one face pass per image (extras_plan's fixed share)
+        per_image += int(extras_plan.face_restore_credits() * UNIT_WORK)
     return per_image * images
 
 

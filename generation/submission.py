@@ -34,6 +34,7 @@ from generation.broker import get_redis
 from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
 from generation.events import send_to_user
+from generation.face_models import FaceChoiceError, restore_faces_choice
 from generation.lifecycle import cancel_queued_job, queued_event
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, UserGenerationSettings
@@ -607,6 +608,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     if params["subseed"] == -1:
         params["subseed"] = secrets.randbelow(MAX_SEED + 1 - images)
     params["loras"] = _loras(user, params)
+    params["restore_faces"], params["face_restorer"] = _faces(user, given)
 
     init_png = mask_png = None
     if mode == Job.Mode.IMG2IMG:
@@ -682,6 +684,15 @@ def _toolset(given: dict[str, Any], mode: str) -> dict[str, Any]:  # the block's
             if fields[name]:
                 raise SubmissionError(name, f"{name} is for txt2img only", 422)
     return fields
+
+
+def _faces(user: Any, given: dict[str, Any]) -> tuple[bool, str | None]:
+    """A1111's restore_faces: on or off (an unchecked box sends nothing), and its model."""
+    wanted = given.get("restore_faces") not in (None, "") and _bool(given, "restore_faces")
+    try:
+        return wanted, restore_faces_choice(user, wanted)
+    except FaceChoiceError as exc:
+        raise SubmissionError(exc.field, exc.message, exc.status) from None
 
 
 def _vae(user: Any, name: Any) -> str | None:

@@ -146,6 +146,7 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
             if f"hires_{key}" in post
         }
     params["tiling"] = bool(post.get("tiling"))  # an unchecked box is absent
+    params["restore_faces"] = bool(post.get("restore_faces"))
     if styles := post.getlist("styles"):
         params["styles"] = styles
     if init_image := files.get("init_image"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gpu_worker.face_licences import architecture_from_header
 from gpu_worker.model_files import (
     FAMILY_BY_CONTEXT,
     UnreadableModel,
@@ -25,7 +26,7 @@ from gpu_worker.upscaler_files import upscaler_scale
 
 __all__ = ["UnreadableModel", "read_safetensors_header"]  # re-exported for existing callers
 
-Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler"]
+Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler", "face_restorer"]
 FOLDERS: dict[Kind, str] = {
     "checkpoint": "Stable-diffusion",
     "lora": "Lora",
@@ -33,9 +34,13 @@ FOLDERS: dict[Kind, str] = {
     "embedding": "embeddings",
     "controlnet": "ControlNet",
     "upscaler": "ESRGAN",
+    "face_restorer": "GFPGAN",
 }
 # More folders of a kind, as A1111 has them (gpu_worker.upscalers loads both layouts).
-MORE_FOLDERS: dict[Kind, tuple[str, ...]] = {"upscaler": ("RealESRGAN",)}
+MORE_FOLDERS: dict[Kind, tuple[str, ...]] = {
+    "upscaler": ("RealESRGAN",),
+    "face_restorer": ("Codeformer",),  # listed with its architecture; the licence gate decides
+}
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HASH_CACHE_VERSION = 1
@@ -196,6 +201,8 @@ def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
         return "unknown", None
     if path.suffix.lower() != ".safetensors":
         return "unknown", None
+    if kind == "face_restorer":  # its "family" is its architecture: the licence gate reads it
+        return architecture_from_header(read_safetensors_header(path)), None
     return detect_family_from_header(read_safetensors_header(path), kind)
 
 

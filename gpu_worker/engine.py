@@ -23,6 +23,8 @@ from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_mo
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
 from gpu_worker.extras import run_extras
+from gpu_worker.face_licences import GFPGAN, LABELS
+from gpu_worker.face_restoration import FaceModelError, load_face_restorer, restore
 from gpu_worker.inpainting import (
     decode_mask,
     inpaint_infotext,
@@ -116,6 +118,7 @@ class Engine:
         self.job_items: dict[tuple[str, str], CatalogueItem] = {}
         self.upscale_tiles = upscale_tiles or TileSettings()
         self._upscaler: tuple[str, torch.nn.Module] | None = None  # the last one used (small)
+        self._face: tuple[str, torch.nn.Module] | None = None  # likewise, the face restorer
 
     # --- catalogue -------------------------------------------------------------------------
     @property
@@ -203,6 +206,16 @@ class Engine:
             self._upscaler = (item.sha256, model.to(self.device, self.dtype))
         return self._upscaler[1]
 
+    def face_restorer(self, item: CatalogueItem) -> Any:
+        """A face-restoration model on the device; the last one stays loaded."""
+        if self._face is None or self._face[0] != item.sha256:
+            try:
+                model = load_face_restorer(item.path, allow_pickle=self.allow_pickle)
+            except FaceModelError as exc:
+                raise JobFailed(f"cannot use face restorer {item.name}: {exc}") from exc
+            self._face = (item.sha256, model.to(self.device, self.dtype))
+        return self._face[1]
+
     def _hires_upscaler(self, request: GenerationRequest) -> CatalogueItem | None:
         """The hires fix's upscaler model, when it names one (not a latent mode nor Lanczos)."""
         hires = request.get("hires") if request["mode"] == "txt2img" else None
@@ -235,6 +248,8 @@ class Engine:
             choice = resolve_sampler(request["sampler"], request.get("scheduler"))
             embedding_items = self.embeddings_in(prompt + "\n" + negative)
             upscaler = self._hires_upscaler(request)
+            face_name = request.get("face_restorer") if request.get("restore_faces") else None
+            faces = self.resolve("face_restorer", face_name) if face_name else None
         except (UnknownModel, UnknownSampler, PromptSyntaxError) as exc:
             raise JobFailed(str(exc)) from exc
         try:
@@ -245,6 +260,7 @@ class Engine:
             model_loaded = self.cache.stats.loads > loads_before
             run = _Run(self, request, pipe, choice, observer)
             run.upscaler = upscaler
+            run.faces = self.face_restorer(faces) if faces else None
             run.embeddings = self._load_embeddings(embedding_items, pipe, run.family)
             run.embedding_hashes = {
                 i.name: i.sha256[:12] for i in embedding_items if i.name in run.embeddings
@@ -321,6 +337,7 @@ class _Run:
         self.upscaler: CatalogueItem | None = None  # the hires fix's upscaler model, if any
         self.control: ControlSet | None = None  # the request's ControlNet units
         self.inpaint_plan: InpaintPlan | None = None
+        self.faces: Any = None  # restore_faces: the face-restoration model
 
     # The step callback diffusers calls; it must return its kwargs.
     def _callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
@@ -401,6 +418,8 @@ class _Run:
             finally:
                 sampling_s += time.perf_counter() - t0
             t0 = time.perf_counter()
+            if self.faces is not None:  # A1111: on each finished image, after any hires pass
+                images = [restore(self.faces, image, 1.0) for image in images]
             for seed, image in zip(seeds, images, strict=True):
                 text = self._infotext(seed, size, checkpoint, vae, loras, hires)
                 png = infotext_mod.png_with_infotext(image, text)
@@ -661,6 +680,7 @@ class _Run:
             "Schedule type": self.choice.infotext_schedule,
             "CFG scale": float(r["cfg_scale"]),
             "Seed": seed,
+            "Face restoration": LABELS[GFPGAN] if self.faces is not None else None,
             "Size": f"{size[0]}x{size[1]}",
             "Model hash": checkpoint.short_hash,
             "Model": checkpoint.name,

@@ -40,6 +40,8 @@ class ExtrasEngine(Protocol):
 
     def upscaler_model(self, item: CatalogueItem) -> Any: ...
 
+    def face_restorer(self, item: CatalogueItem) -> Any: ...
+
 
 class _Progress:
     """Counts the worker's own units (its tile grid) and reports them on the platform's scale

@@ -136,6 +136,11 @@ def work_megapixels(extras: Mapping[str, Any]) -> float:
     return width * height / 1e6 * upscalers + FACE_RESTORE_MEGAPIXELS * faces_run(extras)
 
 
+def face_restore_credits() -> float:
+    """What one face-restoration pass costs (restore_faces prices it per image)."""
+    return FACE_RESTORE_MEGAPIXELS * CREDITS_PER_MEGAPIXEL
+
+
 def credits(extras: Mapping[str, Any], multiplier: float = 1.0) -> float:
     """Unrounded credits of the job (generation.pricing rounds up to the cent)."""
     return work_megapixels(extras) * CREDITS_PER_MEGAPIXEL * multiplier

@@ -63,6 +63,7 @@ class ExtrasParams(TypedDict):
     upscaler_1_scale: int  # the models' native factors (catalogue), for the tile plan
     upscaler_2_scale: int
     gfpgan_visibility: float  # face restoration after the upscale, as A1111 orders them (0: off)
+    face_restorer: str  # catalogue name of the GFPGAN model it uses ("" when none runs)
     codeformer_visibility: float  # CodeFormer: only with the operator's licence setting
     codeformer_weight: float
 
@@ -136,6 +137,8 @@ class GenerationParams(TypedDict):
     seed_resize_from_w: NotRequired[int]  # 0: off; else the noise is made at this size, centred
     seed_resize_from_h: NotRequired[int]  # 0: off (both or neither)
     tiling: NotRequired[bool]  # seamless textures: circular padding in UNet and VAE convolutions
+    restore_faces: NotRequired[bool]  # A1111's face restoration of each finished image
+    face_restorer: NotRequired[str | None]  # its model (derived: the first usable GFPGAN)
     # ControlNet units, applied together; [] (or absent, in rows stored before them) = none.
     controlnet: NotRequired[list[ControlNetUnit]]
     # Inpainting / outpainting (img2img with a mask or grown sides); None = plain img2img.
@@ -165,6 +168,7 @@ DEFAULTS: dict[str, Any] = {
     "seed_resize_from_w": 0,
     "seed_resize_from_h": 0,
     "tiling": False,
+    "restore_faces": False,
     "controlnet": [],
 }
 HIRES_DEFAULTS: HiresParams = {
@@ -210,7 +214,7 @@ OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_b
 # (stored beside the job as a file, sent to the worker in the envelope), its inpaint mask
 # (likewise) and the names of saved styles (applied to the prompts at submission: the job
 # keeps the styled prompts).
-DERIVED_FIELDS = frozenset({"loras"})
+DERIVED_FIELDS = frozenset({"loras", "face_restorer"})
 # (`extras` is a job of its own, submitted at its own endpoint: generation.extras.)
 REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS - {"extras"} | {
     "init_image",

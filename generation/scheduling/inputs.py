@@ -67,7 +67,7 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     for job_id, owner_id, created_at, checkpoint_id, checkpoint, params, mode in rows:
         speed = speeds(checkpoint_id, params)
         loras = frozenset(params.get("loras") or ())
-        upscalers = extras_models(params) if mode == Job.Mode.EXTRAS else frozenset()
+        upscalers = extras_models(params) if mode == Job.Mode.EXTRAS else face_model(params)
         fetchable = {
             (kind, name)
             for kind, name in [("checkpoint", checkpoint), *(("lora", n) for n in loras)]
@@ -95,7 +95,16 @@ def extras_models(params: dict) -> frozenset[ModelKey]:
     """The upscaler models an extras job runs (a resampler needs none)."""
     extras = params.get("extras") or {}
     names = {extras.get("upscaler_1"), extras.get("upscaler_2")} - {None, *RESAMPLERS}
-    return frozenset(("upscaler", str(name)) for name in names)
+    needed = {("upscaler", str(name)) for name in names}
+    if extras.get("face_restorer"):
+        needed.add(("face_restorer", str(extras["face_restorer"])))
+    return frozenset(needed)
+
+
+def face_model(params: dict) -> frozenset[ModelKey]:
+    """restore_faces: the face-restoration model the job runs."""
+    name = params.get("face_restorer") if params.get("restore_faces") else None
+    return frozenset({("face_restorer", str(name))}) if name else frozenset()
 
 
 def uploaded_models(owner_ids: Iterable[int]) -> set[tuple[int, str, str]]:
