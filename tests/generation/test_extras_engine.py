@@ -148,3 +148,22 @@ async def test_the_a1111_batch_endpoint_upscales_each_image(alice):
     assert [decoded(b64).size for b64 in answer["images"]] == [(128, 128), (96, 64)]
     assert "Postprocess upscaler: Lanczos" in answer["html_info"]
     assert await Job.objects.filter(owner=alice, mode="extras", status="succeeded").acount() == 2
+
+
+@pytest.mark.usefixtures("thread_connections_closed")
+async def test_the_a1111_extras_restore_faces_with_the_demo_gfpgan(alice):
+    client = await sync_to_async(sdapi_client)(alice)
+    body = {"image": png_b64(64, 64), "upscaler_1": DEMO, "gfpgan_visibility": 1}
+    response = await post(client, "extra-single-image", body)
+    assert response.status_code == 200, response.content
+    assert "GFPGAN visibility: 1" in response.json()["html_info"]
+
+
+def test_txt2img_with_restore_faces_says_so_in_the_image_on_the_real_worker(alice):
+    client = api_client(alice)
+    body = {"prompt": "a portrait", "steps": 2, "width": 64, "height": 64, "restore_faces": True}
+    job = client.post("/api/v1/jobs/", body, format="json").json()
+    done = finished(job["id"])
+    assert done.status == "succeeded", done.error
+    image = JobImage.objects.get(job=done)
+    assert "Face restoration: GFPGAN" in image.infotext
