@@ -23,6 +23,7 @@ from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_mo
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
 from gpu_worker.extras import run_extras
+from gpu_worker.face_detection import find_detector
 from gpu_worker.face_licences import GFPGAN, LABELS
 from gpu_worker.face_restoration import FaceModelError, load_face_restorer, restore
 from gpu_worker.inpainting import (
@@ -215,6 +216,10 @@ class Engine:
                 raise JobFailed(f"cannot use face restorer {item.name}: {exc}") from exc
             self._face = (item.sha256, model.to(self.device, self.dtype))
         return self._face[1]
+
+    def face_detector(self) -> Path | None:
+        """The face detector's ONNX file, when the operator dropped one into the models folder."""
+        return find_detector(self.models_dir)
 
     def _hires_upscaler(self, request: GenerationRequest) -> CatalogueItem | None:
         """The hires fix's upscaler model, when it names one (not a latent mode nor Lanczos)."""
@@ -419,7 +424,8 @@ class _Run:
                 sampling_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             if self.faces is not None:  # A1111: on each finished image, after any hires pass
-                images = [restore(self.faces, image, 1.0) for image in images]
+                detector = self.engine.face_detector()
+                images = [restore(self.faces, image, 1.0, detector) for image in images]
             for seed, image in zip(seeds, images, strict=True):
                 text = self._infotext(seed, size, checkpoint, vae, loras, hires)
                 png = infotext_mod.png_with_infotext(image, text)

@@ -42,6 +42,8 @@ class ExtrasEngine(Protocol):
 
     def face_restorer(self, item: CatalogueItem) -> Any: ...
 
+    def face_detector(self) -> Any: ...
+
 
 class _Progress:
     """Counts the worker's own units (its tile grid) and reports them on the platform's scale

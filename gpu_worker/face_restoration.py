@@ -6,10 +6,12 @@ without pickle, a .pth only with --allow-pickle through torch's weights-only loa
 architectures whose licence allows a paid service run (gpu_worker.face_licences: GFPGAN is
 Apache-2.0; CodeFormer is refused here: it has no loader, and its licence needs the operator).
 
-No face detector ships with Atelier (its weights would be a download), so restoration works as
-GFPGAN's "aligned" mode: the whole image is resized to the model's face size (512 px for the
-released models), restored, resized back and blended in at the visibility. That suits portraits
-whose face fills the frame; for small faces in a large picture a detector is needed (README).
+With a face detector in `models/FaceDetection/` (gpu_worker.face_detection: OpenCV's YuNet, an
+ONNX file the operator drops in), each face found is aligned to GFPGAN's template, restored and
+pasted back; no face found leaves the image as it is. None ships with Atelier (its weights would
+be a download): then restoration works as GFPGAN's "aligned" mode, the whole image resized to the
+model's face size (512 px for the released models), restored, resized back and blended in at
+the visibility, which suits portraits whose face fills the frame.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from gpu_worker.face_detection import alignment, crop_face, detect_landmarks, paste_face
 from gpu_worker.face_licences import GFPGAN, LABELS, architecture_of
 from gpu_worker.gfpgan_arch import GfpganClean, GfpganConfig
 from gpu_worker.job_outcome import JobFailed
@@ -65,19 +68,34 @@ def load_face_restorer(path: Path, *, allow_pickle: bool = False) -> GfpganClean
         raise FaceModelError(f"{path.name}: cannot be read ({exc})") from exc
 
 
-def restore(model: GfpganClean, image: Image.Image, visibility: float) -> Image.Image:
-    """The whole image restored as one aligned face, blended in at `visibility` (0..1)."""
-    if visibility <= 0:
-        return image
-    size = model.config.size
+def restore_face(model: GfpganClean, face: Image.Image) -> Image.Image:
+    """One face at the model's size in, restored out."""
     parameter = next(model.parameters())
-    face = image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
-    array = np.asarray(face, dtype=np.float32) / 127.5 - 1.0  # GFPGAN reads RGB in -1..1
+    array = np.asarray(face.convert("RGB"), dtype=np.float32) / 127.5 - 1.0  # RGB in -1..1
     tensor = torch.from_numpy(array).permute(2, 0, 1)[None].to(parameter.device, parameter.dtype)
     with torch.no_grad():
         out = model(tensor)[0].float().clamp(-1, 1).cpu()
     pixels = ((out.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().astype(np.uint8)
-    restored = Image.fromarray(pixels).resize(image.size, Image.Resampling.LANCZOS)
+    return Image.fromarray(pixels)
+
+
+def restore(
+    model: GfpganClean, image: Image.Image, visibility: float, detector: Path | None = None
+) -> Image.Image:
+    """Faces restored and blended in at `visibility` (0..1): each face the detector finds, or,
+    without a detector, the whole image as one aligned face."""
+    if visibility <= 0:
+        return image
+    size = model.config.size
+    if detector is not None:
+        result = image.convert("RGB")
+        for landmarks in detect_landmarks(detector, result):
+            matrix = alignment(landmarks, size)
+            face = restore_face(model, crop_face(result, matrix, size))
+            result = paste_face(result, face, matrix, visibility)
+        return result
+    face = image.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    restored = restore_face(model, face).resize(image.size, Image.Resampling.LANCZOS)
     if visibility >= 1:
         return restored
     return Image.blend(image.convert("RGB"), restored, visibility)
@@ -96,6 +114,6 @@ def restore_for_extras(
     if not name:
         raise JobFailed("face restoration needs a GFPGAN model (models/GFPGAN/)")
     model = engine.face_restorer(engine.resolve("face_restorer", name))
-    restored = restore(model, image, visibility)
+    restored = restore(model, image, visibility, engine.face_detector())
     tick()
     return restored
