@@ -154,6 +154,21 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
     return params
 
 
+def _generation_params(request: MemberRequest, image: JobImage) -> dict[str, Any]:
+    """The parameters "Reuse" brings back: an upscale's are those of the image it upscaled
+    (when the member still has it), not the upscale's own."""
+    job = image.job
+    seen = set()
+    while job.mode == Job.Mode.EXTRAS and job.pk not in seen:
+        seen.add(job.pk)
+        source_id = (job.params.get("extras") or {}).get("source_image_id")
+        source = _owned_images(request).filter(pk=source_id).first() if source_id else None
+        if source is None:
+            return {}
+        job = source.job
+    return dict(job.params)
+
+
 def _owned_images(request: MemberRequest) -> Any:
     # Pages show the owner's images only; anyone else's id is a 404 (staff included).
     # "publication" (the gallery's reverse one-to-one) by name: the cards show how each is shared.
@@ -197,7 +212,7 @@ def generate(request: MemberRequest) -> HttpResponse:
         source = _owned_images(request).get(pk=uuid.UUID(source_id))
     except (ValueError, JobImage.DoesNotExist):
         raise Http404(_("No such image.")) from None
-    params = {**source.job.params, "seed": source.seed}
+    params = {**_generation_params(request, source), "seed": source.seed}
     init_image_url = mask_url = None
     if request.GET.get("img2img"):
         params.update(width=source.width, height=source.height, hires=None, inpaint=None)

@@ -10,6 +10,7 @@ from django.utils.translation import gettext as _
 from generation.a1111.errors import A1111Error
 from generation.models import CatalogEntry, PromptStyle
 from gpu_worker.extras_plan import RESAMPLERS, UNKNOWN_NATIVE_SCALE
+from gpu_worker.face_licences import GFPGAN
 from gpu_worker.passes import LATENT_UPSCALERS
 from gpu_worker.samplers import list_samplers, list_schedulers
 
@@ -130,6 +131,13 @@ def upscalers(user: Any) -> list[dict[str, Any]]:
         }
         for entry in upscaler_models(user)
     ]
+
+
+def face_restorers(user: Any) -> list[dict[str, Any]]:
+    """A1111's `[{name, cmd_dir}]`: GFPGAN when a usable GFPGAN model exists (restore_faces and
+    gfpgan_visibility use it); CodeFormer is not offered (generation.face_models)."""
+    usable = _usable(user, CatalogEntry.Kind.FACE_RESTORER)
+    return [{"name": "GFPGAN", "cmd_dir": None}] if any(e.family == GFPGAN for e in usable) else []
 
 
 def latent_upscale_modes() -> list[dict[str, str]]:

@@ -18,6 +18,7 @@ urlpatterns = [
     path("sd-vae", views.sd_vae, name="sdapi-sd-vae"),
     path("embeddings", views.embeddings, name="sdapi-embeddings"),
     path("upscalers", views.upscalers, name="sdapi-upscalers"),
+    path("face-restorers", views.face_restorers, name="sdapi-face-restorers"),
     path("latent-upscale-modes", views.latent_upscale_modes, name="sdapi-latent-upscale-modes"),
     path("prompt-styles", views.prompt_styles, name="sdapi-prompt-styles"),
     path("png-info", views.png_info_view, name="sdapi-png-info"),

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.test import Client
 from PIL import Image
 
 from accounts import ledger
@@ -90,6 +91,11 @@ def test_alice_doubles_her_image_with_an_esrgan_and_pays_the_price_held(alice):
     assert done.steps_done == done.total_steps
     mine = client.get("/api/v1/images/").json()["results"]
     assert str(result.pk) in [row["id"] for row in mine]
+    # "Reuse parameters" on the upscale brings back the generation it came from
+    browser = Client()
+    browser.force_login(alice)
+    page = browser.get(f"/generate/?from_image={result.pk}").content.decode()
+    assert image.job.params["prompt"] in page
 
 
 def test_bob_cannot_upscale_alices_image_on_the_real_worker_either(alice, bob):

@@ -6,10 +6,16 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import sync_to_async
 
 from generation.a1111.translation import translate
 from generation.models import CatalogEntry, Job
 from generation.submission import validate_params
+from tests.generation.a1111_support import (
+    get,
+    sdapi_client,
+    thread_connections_closed,  # noqa: F401 - a fixture
+)
 from tests.generation.conftest import SMALL
 from tests.generation.test_extras_requests import png_b64
 
@@ -84,3 +90,13 @@ def test_the_a1111_txt2img_restore_faces_is_gfpgan(alice, gfpgan):
     body["override_settings"] = {"sd_model_checkpoint": "model-a"}
     params = validate_params(alice, translate(alice, body, "txt2img").params).params
     assert params["restore_faces"] is True and params.get("face_restorer") == "GFPGANv1.4"
+
+
+@pytest.mark.usefixtures("thread_connections_closed")
+async def test_the_a1111_face_restorers_list_gfpgan_only_when_one_is_usable(alice, catalogue):
+    client = await sync_to_async(sdapi_client)(alice)
+    assert (await get(client, "face-restorers")).json() == []
+    await sync_to_async(face_model)("codeformer-v0.1.0", "codeformer")
+    assert (await get(client, "face-restorers")).json() == []
+    await sync_to_async(face_model)("GFPGANv1.4", "gfpgan")
+    assert (await get(client, "face-restorers")).json() == [{"name": "GFPGAN", "cmd_dir": None}]

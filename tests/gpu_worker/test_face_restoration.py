@@ -170,17 +170,19 @@ def test_a_detected_face_is_aligned_to_the_template_and_pasted_back_only_there()
     from gpu_worker.face_detection import FFHQ_512, alignment, crop_face, paste_face
 
     image = Image.new("RGB", (200, 160), (10, 200, 30))
-    landmarks = FFHQ_512 * 0.125 + np.float32([68, 40])  # a 64 px face, as a detector reports
+    offset = np.array([68, 40], dtype=np.float32)
+    landmarks = FFHQ_512 * 0.125 + offset  # a 64 px face, as a detector reports
     matrix = alignment(landmarks, 32)
     mapped = cv2.transform(landmarks[None], matrix)[0]
     assert np.allclose(mapped, FFHQ_512 / 16, atol=0.05)  # onto the 32 px template
     assert crop_face(image, matrix, 32).getpixel((16, 16)) == (10, 200, 30)
     red = Image.new("RGB", (32, 32), (255, 0, 0))
-    nose = tuple(int(v) for v in landmarks[2])
+    nose = (int(landmarks[2][0]), int(landmarks[2][1]))
     pasted = paste_face(image, red, matrix, 1.0)
     assert pasted.getpixel(nose) == (255, 0, 0)
     assert pasted.getpixel((5, 5)) == pasted.getpixel((195, 155)) == (10, 200, 30)
     half = paste_face(image, red, matrix, 0.5).getpixel(nose)
+    assert isinstance(half, tuple)
     assert abs(half[0] - (255 + 10) / 2) <= 1 and abs(half[1] - 100) <= 1
 
 
