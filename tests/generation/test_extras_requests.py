@@ -231,3 +231,10 @@ def test_bob_gets_no_upscale_page_for_alices_image(alice, bob, client):
     client.force_login(bob)
     assert client.get(f"/images/{image.pk}/upscale/").status_code == 404
     assert client.post(f"/images/{image.pk}/upscale/", {"upscaler_1": "Lanczos"}).status_code == 404
+
+
+def test_the_pricing_page_prices_an_upscale_by_its_megapixels(client):
+    examples = dict(client.get("/pricing/").context["examples"])
+    labels = {str(label): price for label, price in examples.items()}
+    assert labels["Upscale a 512×512 image ×2 (Extras)"] == Decimal("0.27")  # 1.05 MP x 0.25
+    assert labels["Upscale ×2 and restore faces (Extras)"] == Decimal("0.33")
