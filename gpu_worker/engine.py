@@ -608,7 +608,10 @@ class _Run:
 
     def _upscale(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
         if self.upscaler is None:
-            return image.resize(size, Image.Resampling.LANCZOS)
+            hires = self.request.get("hires")
+            nearest = bool(hires) and hires is not None and hires["upscaler"] == "Nearest"
+            resample = Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS
+            return image.resize(size, resample)
         model = self.engine.upscaler_model(self.upscaler)
         return upscale_image(model, image, size, self.engine.upscale_tiles)
 
@@ -706,7 +709,7 @@ class _Run:
             params["Hires steps"] = hires["second_pass_steps"] or None
             params["Hires upscaler"] = (
                 hires["upscaler"]
-                if hires["upscaler"] in LATENT_UPSCALE_MODES or self.upscaler
+                if hires["upscaler"] in (*LATENT_UPSCALE_MODES, "Nearest") or self.upscaler
                 else "Lanczos"
             )
         if r.get("inpaint") and r["mode"] == "img2img":

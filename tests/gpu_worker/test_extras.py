@@ -162,3 +162,10 @@ def test_the_plan_follows_a1111s_sizes_and_passes():
     assert extras_plan.model_passes(4, (64, 64), (64, 64)) == []
     faces = extras(upscaler_1="None", gfpgan_visibility=1.0)
     assert extras_plan.output_size(faces) == (64, 96)
+
+
+def test_hires_fix_takes_nearest_like_the_upscaler_list_offers_it(engine: Any, torch: Any):
+    hires = {"scale": 2.0, "resize_x": 0, "resize_y": 0, "upscaler": "Nearest"}
+    hires |= {"second_pass_steps": 1, "denoising_strength": 0.5}
+    image = engine.run(demo_request(hires=hires)).images[0]
+    assert "Hires upscaler: Nearest" in image["infotext"] and image["width"] == 128
