@@ -23,8 +23,9 @@ DEFAULT_TILE = 192  # input pixels per tile side (A1111's ESRGAN tile); the work
 DEFAULT_OVERLAP = 8
 SCALE_RANGE = (1.0, 8.0)  # A1111's "Resize" slider goes 1..8
 # Price: credits per output megapixel, per upscaler that runs (a second upscaler is a second
-# full upscale). Measured against a 512x512 20-step image (1 credit): an RRDB 4x upscale to
-# 2048x2048 costs about as much GPU time as a quarter of one such image per megapixel.
+# full upscale). A chosen rate, not a measurement (no GPU was at hand): a 1024x1024 upscale
+# costs about a quarter of a 512x512 20-step image (1 credit). Admins scale it per model with
+# the upscaler's cost multiplier.
 CREDITS_PER_MEGAPIXEL = 0.25
 FACE_RESTORE_MEGAPIXELS = 0.25  # a face pass works at 512x512 whatever the image size
 

@@ -41,6 +41,12 @@ def test_a_member_upscales_a_result_and_finds_it_in_my_images(live_platform, bro
     dialog.locator("button[value=close]").click()
 
     page.goto(base + "/images/")
+    # the in-page viewer offers Upscale too (the card's own button)
+    page.locator(".result[data-image-id] .viewer-open").first.click()
+    viewer = page.locator("#image-viewer")
+    viewer.wait_for(state="visible")
+    assert viewer.locator(".viewer-upscale a.upscale-open").is_visible()
+    viewer.locator(".viewer-close").click()
     cards = page.locator(".result[data-image-id] img")
     assert cards.count() == 2
     sizes = {(cards.nth(i).get_attribute("width"), cards.nth(i).get_attribute("height"))
