@@ -167,7 +167,7 @@ def validate_extras(user: Any, raw: Any) -> ValidatedJob:
             "upscaler_1", _("choose an upscaler (or a face restoration): there is nothing to do")
         )
     _check_size(extras, limits)
-    main = entry_1 or entry_2 or builtin_entry(name_1 if name_1 != "None" else "Lanczos")
+    main = entry_1 or entry_2 or _face_entry(user, extras) or builtin_entry(name_1)
     width, height = extras_plan.output_size(extras)
     params = GenerationParams(
         mode="extras",
@@ -199,6 +199,14 @@ def validate_extras(user: Any, raw: Any) -> ValidatedJob:
         total_steps=total_steps(params),
         control_pngs={},
     )
+
+
+def _face_entry(user: Any, extras: ExtrasParams) -> CatalogEntry | None:
+    """A faces-only job's main model: its face restorer."""
+    if not extras["face_restorer"]:
+        return None
+    rows = CatalogEntry.objects.usable_by(user).filter(kind=CatalogEntry.Kind.FACE_RESTORER)
+    return rows.filter(name=extras["face_restorer"]).first()
 
 
 def _native(entry: CatalogEntry | None) -> int:

@@ -100,3 +100,10 @@ async def test_the_a1111_face_restorers_list_gfpgan_only_when_one_is_usable(alic
     assert (await get(client, "face-restorers")).json() == []
     await sync_to_async(face_model)("GFPGANv1.4", "gfpgan")
     assert (await get(client, "face-restorers")).json() == [{"name": "GFPGAN", "cmd_dir": None}]
+
+
+def test_a_faces_only_extras_job_points_at_its_face_model(alice_api, gfpgan):
+    body = {"image": png_b64(64, 64), "upscaler_1": "None", "gfpgan_visibility": 1}
+    job = alice_api.post("/api/v1/extras/", body, format="json").json()
+    assert job["checkpoint"] == "GFPGANv1.4"
+    assert (job["params"]["width"], job["params"]["height"]) == (64, 64)
