@@ -28,10 +28,10 @@ from generation.submission import (
     _float,
     _int,
     _lookup,
-    _uploaded_image,
     check_idempotency_key,
     existing_job,
     record_job,
+    uploaded_image,
 )
 from gpu_worker import extras_plan
 from gpu_worker.infotext import PNG_CHUNK, png_with_infotext
@@ -64,10 +64,10 @@ def _source(user: Any, raw: dict[str, Any], limits: GenerationLimits) -> tuple[b
                 data = fh.read()
         except (OSError, ValidationError):
             raise SubmissionError("image_id", _("the image file is missing"), 409) from None
-        picture = _uploaded_image(data, limits, "image_id")
+        picture = uploaded_image(data, limits, "image_id")
         text = source.infotext or picture.info.get(PNG_CHUNK)
         return _png(picture, text), str(source.pk), int(source.seed)
-    picture = _uploaded_image(upload, limits, "image")
+    picture = uploaded_image(upload, limits, "image")
     return _png(picture, picture.info.get(PNG_CHUNK)), None, 0
 
 

@@ -11,6 +11,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from gpu_worker import extras_plan
+from gpu_worker.merge_rules import input_bytes, merge_price
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams
 from gpu_worker.passes import (
     controlnet_factor,
@@ -49,6 +50,8 @@ def final_size(params: GenerationParams) -> tuple[int, int]:
 def work_units(params: SomeParams) -> int:
     """Pixel-steps of the whole job, all images: a step is one UNet evaluation, so a
     second-order sampler (Heun, DPM2, DPM++ SDE) costs 2N-1 steps for N."""
+    if params.get("mode") == "merge":  # no pixel-steps: priced by bytes, kept out of speeds
+        return 0
     params = _filled(params)
     if params["mode"] == "extras":  # in the speed model's unit: the credits' worth of UNIT_WORK
         extras = params.get("extras")
@@ -75,6 +78,8 @@ def total_steps(params: SomeParams) -> int:
 
 
 def price_job(params: SomeParams, checkpoint: Any) -> Decimal:
+    if params.get("mode") == "merge" and params.get("merge"):  # by the bytes it reads
+        return merge_price(input_bytes(params["merge"]))  # type: ignore[arg-type]
     multiplier = Decimal(str(getattr(checkpoint, "cost_multiplier", 1)))
     if params.get("mode") == "extras":
         rate = Decimal(str(extras_plan.CREDITS_PER_MEGAPIXEL))

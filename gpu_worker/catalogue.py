@@ -16,6 +16,7 @@ from typing import Literal
 
 from gpu_worker.face_licences import architecture_from_header
 from gpu_worker.model_files import (
+    ARCHITECTURE_BY_FAMILY,
     FAMILY_BY_CONTEXT,
     UnreadableModel,
     detect_family_from_header,
@@ -44,6 +45,8 @@ MORE_FOLDERS: dict[Kind, tuple[str, ...]] = {
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HASH_CACHE_VERSION = 1
+# A diffusers-format ControlNet folder (save_pretrained's layout) counts as one ControlNet.
+CONTROLNET_FOLDER_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 
 class UnknownModel(LookupError):
@@ -171,6 +174,10 @@ def _candidates(root: Path, kind: Kind) -> list[Path]:
             found.append(here)  # a diffusers-format folder counts as one checkpoint
             dirnames.clear()
             continue
+        if kind == "controlnet" and here != root and is_controlnet_folder(here):
+            found.append(here)
+            dirnames.clear()
+            continue
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for filename in filenames:
             if filename.startswith("."):
@@ -180,11 +187,17 @@ def _candidates(root: Path, kind: Kind) -> list[Path]:
     return found
 
 
+def is_controlnet_folder(path: Path) -> bool:
+    return all((path / name).is_file() for name in CONTROLNET_FOLDER_FILES)
+
+
 # --- family detection (the header rules live in model_files) ----------------------------------
 
 
 def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
     """(family, config architecture) from a file's header or a diffusers folder's configs."""
+    if path.is_dir() and kind == "controlnet":
+        return _controlnet_folder_family(path)
     if path.is_dir():
         index = path / "model_index.json"
         try:
@@ -211,6 +224,17 @@ def _upscaler_scale(path: Path) -> int | None:
     if path.suffix.lower() != ".safetensors":
         return None
     return upscaler_scale(read_safetensors_header(path))
+
+
+def _controlnet_folder_family(path: Path) -> tuple[str, str | None]:
+    """A diffusers ControlNet's family from its config's cross-attention width."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UnreadableModel(f"{path.name}/config.json: {exc}") from exc
+    context = config.get("cross_attention_dim") if isinstance(config, dict) else None
+    family = FAMILY_BY_CONTEXT.get(context, "unknown") if isinstance(context, int) else "unknown"
+    return family, ARCHITECTURE_BY_FAMILY.get(family)
 
 
 # --- hashing, cached ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from gpu_worker import infotext as infotext_mod
+from gpu_worker.annotators import Annotators
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
@@ -118,6 +119,8 @@ class Engine:
         # the folder's catalogue for that job only. Set and cleared by the worker service.
         self.job_items: dict[tuple[str, str], CatalogueItem] = {}
         self.upscale_tiles = upscale_tiles or TileSettings()
+        # ControlNet preprocessors, the weight-based ones loaded from the models folder
+        self.annotators = Annotators(self.models_dir, self.device)
         self._upscaler: tuple[str, torch.nn.Module] | None = None  # the last one used (small)
         self._face: tuple[str, torch.nn.Module] | None = None  # likewise, the face restorer
 
@@ -455,6 +458,7 @@ class _Run:
                 cache_dir=engine.cache_dir,
                 family=self.family,
                 init_image=init,
+                control_map=engine.annotators.control_map,
             )
         except (UnknownModel, ControlNetError, ModelLoadError) as exc:
             raise JobFailed(str(exc)) from exc

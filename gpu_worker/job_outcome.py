@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpu_worker.protocol import JobTimings, ResultImage
+from gpu_worker.protocol import JobTimings, MergedModel, ResultImage
 
 
 class JobFailed(Exception):
@@ -33,7 +33,8 @@ class StepInfo:
     done: int  # steps finished in this job so far (sampling steps; tiles for an extras job)
     total: int  # all steps this job will take (estimate before the first pass)
     iteration: int  # which of n_iter
-    latents: Any  # torch.Tensor of the step, for the preview; None: no preview (extras)
+    latents: Any  # torch.Tensor of the step, for the preview; None: work without latents
+    # (an extras job counts tiles, a merge tensors)
     family: str
 
 
@@ -47,3 +48,4 @@ class GenerationResult:
     steps_done: int = 0
     interrupted: bool = False
     skipped_batches: int = 0
+    model: MergedModel | None = None  # a merge job's output (gpu_worker/merging.py)
