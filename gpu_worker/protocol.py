@@ -196,11 +196,14 @@ class ProgressEvent(TypedDict):
 class ModelInventoryEntry(TypedDict):
     name: str  # file name without extension: the catalogue key
     filename: str  # relative to the models folder
-    kind: Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler"]
+    kind: Literal[
+        "checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler", "face_restorer"
+    ]
     family: str  # "sd1", "sd2", "sdxl", or "unknown"
     size_bytes: int
     sha256: str
     short_hash: str  # A1111: first 10 hex of sha256
+    scale: NotRequired[int]  # upscalers: the model's native factor (gpu_worker.upscaler_files)
 
 
 class WorkerCommand(TypedDict):

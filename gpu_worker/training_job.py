@@ -27,8 +27,8 @@ from typing import Any
 
 from PIL import Image
 
-from gpu_worker.engine import (
-    Engine,
+from gpu_worker.engine import Engine
+from gpu_worker.job_outcome import (
     GenerationResult,
     JobFailed,
     JobInterrupted,

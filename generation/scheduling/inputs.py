@@ -16,7 +16,8 @@ from accounts.models import CreditAccount, MembershipTier
 from accounts.tiers import tier_expired
 from generation.models import CatalogEntry, Job
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
-from generation.scheduling.policy import WaitingJob
+from generation.scheduling.policy import ModelKey, WaitingJob
+from gpu_worker.extras_plan import RESAMPLERS
 
 # The fair-share memory: how far back a user's GPU time counts against them. The bench's
 # simulation measured the policy with this window.
@@ -66,6 +67,7 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     for job_id, owner_id, created_at, checkpoint_id, checkpoint, params, mode in rows:
         speed = speeds(checkpoint_id, params)
         loras = frozenset(params.get("loras") or ())
+        upscalers = extras_models(params) if mode == Job.Mode.EXTRAS else face_model(params)
         fetchable = {
             (kind, name)
             for kind, name in [("checkpoint", checkpoint), *(("lora", n) for n in loras)]
@@ -77,15 +79,32 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
                 user_id=str(owner_id),
                 weight=weights[owner_id],
                 submitted_at=created_at.timestamp(),  # a returned job keeps its first place
-                checkpoint=checkpoint,
+                checkpoint="" if mode == Job.Mode.EXTRAS else checkpoint,
                 loras=loras,
                 controlnets=frozenset(u["model"] for u in params.get("controlnet") or ()),
                 cost=speed.duration({**params, "mode": mode}),
                 fetchable=frozenset(fetchable),
+                other_models=upscalers,
             )
         )
         waiting.sources[str(job_id)] = speed.source
     return waiting
+
+
+def extras_models(params: dict) -> frozenset[ModelKey]:
+    """The upscaler models an extras job runs (a resampler needs none)."""
+    extras = params.get("extras") or {}
+    names = {extras.get("upscaler_1"), extras.get("upscaler_2")} - {None, *RESAMPLERS}
+    needed = {("upscaler", str(name)) for name in names}
+    if extras.get("face_restorer"):
+        needed.add(("face_restorer", str(extras["face_restorer"])))
+    return frozenset(needed)
+
+
+def face_model(params: dict) -> frozenset[ModelKey]:
+    """restore_faces: the face-restoration model the job runs."""
+    name = params.get("face_restorer") if params.get("restore_faces") else None
+    return frozenset({("face_restorer", str(name))}) if name else frozenset()
 
 
 def uploaded_models(owner_ids: Iterable[int]) -> set[tuple[int, str, str]]:

@@ -66,18 +66,20 @@ class WaitingJob:
     user_id: str
     weight: float  # the owner's tier priority weight (> 0; bigger = larger share)
     submitted_at: float  # seconds, caller's clock; a job returned by a dead worker keeps its own
-    checkpoint: str  # catalogue name
+    checkpoint: str  # catalogue name; "" for a job that loads none (an extras upscale)
     loras: frozenset[str] = frozenset()
     controlnets: frozenset[str] = frozenset()  # catalogue names of its ControlNet units' models
     cost: float = 1.0  # estimated GPU seconds of the job
     fetchable: frozenset[ModelKey] = frozenset()  # members' uploads: any worker fetches them
+    other_models: frozenset[ModelKey] = frozenset()  # e.g. an extras job's upscalers
 
     def needs(self) -> frozenset[ModelKey]:
         """The models a worker must hold (or fetch) to run it."""
         return frozenset(
-            {("checkpoint", self.checkpoint)}
+            ({("checkpoint", self.checkpoint)} if self.checkpoint else set())
             | {("lora", name) for name in self.loras}
             | {("controlnet", name) for name in self.controlnets}
+            | self.other_models
         )
 
 
@@ -138,7 +140,7 @@ class _Worker:
         return inventory is None or job.needs() - job.fetchable <= inventory
 
     def affinity(self, checkpoint: str) -> int:
-        if checkpoint in self.hot:
+        if not checkpoint or checkpoint in self.hot:  # no checkpoint to load: any worker is hot
             return HOT
         return WARM if checkpoint in self.warm else LOAD
 
@@ -152,6 +154,8 @@ class _Worker:
 
     def touch(self, checkpoint: str) -> None:
         """Run a job of `checkpoint` here: it becomes hottest, the LRU one drops to RAM."""
+        if not checkpoint:
+            return
         if checkpoint in self.hot:
             self.hot.remove(checkpoint)
         elif checkpoint in self.warm:

@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0010_merges'),
+        ('generation', '0011_extras'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -18,7 +18,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='job',
             name='mode',
-            field=models.CharField(choices=[('txt2img', 'txt2img'), ('img2img', 'img2img'), ('merge', 'merge'), ('train', 'LoRA training')], default='txt2img', max_length=16),
+            field=models.CharField(choices=[('txt2img', 'txt2img'), ('img2img', 'img2img'), ('merge', 'merge'), ('extras', 'extras'), ('train', 'LoRA training')], default='txt2img', max_length=16),
         ),
         migrations.CreateModel(
             name='TrainingDataset',
