@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 import redis
@@ -23,7 +22,8 @@ from django.views.decorators.http import require_GET
 from generation import model_store
 from generation.broker import get_redis
 from generation.fleet import present_heartbeats
-from generation.models import CatalogEntry, Job, ModelFile
+from generation.models import Job, ModelFile
+from generation.stored_models import StoredModel, StoredModels
 from gpu_worker.protocol import WORKER_COMMANDS_KEY, ModelDelivery, WorkerCommand
 
 logger = logging.getLogger(__name__)
@@ -59,29 +59,31 @@ def deliver(request: HttpRequest, token: str) -> FileResponse:
     return response
 
 
-def _delivery(entry: CatalogEntry) -> ModelDelivery:
+def _delivery(model: StoredModel) -> ModelDelivery:
     return ModelDelivery(
-        kind=entry.kind,  # type: ignore[typeddict-item]
-        name=entry.name,
-        sha256=entry.sha256,
-        size_bytes=entry.size_bytes,
-        url=signed_url(entry.sha256),
+        kind=model.kind,  # type: ignore[typeddict-item]
+        name=model.name,
+        sha256=model.sha256,
+        size_bytes=model.size_bytes,
+        url=signed_url(model.sha256),
     )
 
 
-def deliveries_for(job: Job) -> list[ModelDelivery]:
-    """The job's models that live in the store (members' uploads), with fresh signed URLs."""
+def stored_models_of(job: Job, stored: StoredModels | None = None) -> list[StoredModel]:
+    """The job's models that live in the store (members' and staff uploads)."""
     params: dict[str, Any] = job.params
-    own = CatalogEntry.objects.filter(owner_id=job.owner_id, stored_file__isnull=False)
-    wanted = [job.checkpoint] if job.checkpoint.stored_file_id else []
-    wanted += list(own.filter(kind=CatalogEntry.Kind.LORA, name__in=params.get("loras") or []))
-    if params.get("vae"):
-        wanted += list(own.filter(kind=CatalogEntry.Kind.VAE, name=params["vae"]))
-    text = f"{params.get('prompt', '')}\n{params.get('negative_prompt', '')}".lower()
-    for embedding in own.filter(kind=CatalogEntry.Kind.EMBEDDING):
-        if re.search(rf"(?<!\w){re.escape(embedding.name.lower())}(?!\w)", text):
-            wanted.append(embedding)
-    return [_delivery(entry) for entry in wanted]
+    stored = stored or StoredModels([job.owner_id])
+    wanted = [StoredModel.of(job.checkpoint)] if job.checkpoint.stored_file_id else []
+    names = [("lora", n) for n in params.get("loras") or []]
+    names += [("vae", params["vae"])] if params.get("vae") else []
+    wanted += [m for kind, n in names if (m := stored.find(job.owner_id, kind, n)) is not None]
+    text = f"{params.get('prompt', '')}\n{params.get('negative_prompt', '')}"
+    return wanted + stored.embeddings_in(job.owner_id, text)
+
+
+def deliveries_for(job: Job) -> list[ModelDelivery]:
+    """The job's stored models with fresh signed URLs."""
+    return [_delivery(model) for model in stored_models_of(job)]
 
 
 def evict_everywhere(sha256: str) -> None:

@@ -36,6 +36,7 @@ from gpu_worker.protocol import (
     JobTimings,
     WorkerCommand,
     WorkerHeartbeat,
+    stored_model_key,
     worker_queue,
 )
 
@@ -76,8 +77,6 @@ class WorkerService:
     ) -> None:
         self.engine = engine
         self.downloads = downloads
-        # sha256 -> name of checkpoints fetched for jobs, so the heartbeat names them when hot
-        self.fetched_names: dict[str, str] = {}
         self.broker = broker
         self.redis = redis_client
         self.publisher = publisher
@@ -287,11 +286,7 @@ class WorkerService:
             return {}
         if self.downloads is None:
             raise ModelFetchError("this worker has no download cache for members' models")
-        items = self.downloads.fetch_all(deliveries)
-        self.fetched_names.update(
-            {item.sha256: item.name for item in items.values() if item.kind == "checkpoint"}
-        )
-        return items
+        return self.downloads.fetch_all(deliveries)
 
     def _send(self, event: JobEvent) -> JobEvent:
         self.report(event)
@@ -300,14 +295,13 @@ class WorkerService:
     # --- heartbeat -------------------------------------------------------------------------
     def heartbeat_snapshot(self) -> WorkerHeartbeat:
         engine = self.engine
-        names = dict(self.fetched_names)
-        names.update(
-            {
-                item.sha256: item.name
-                for item in engine.catalogue.items.values()
-                if item.kind == "checkpoint"
-            }
-        )
+        # A checkpoint of the models folder by its name, one fetched from the store by its hash
+        # (members' names may repeat; the scheduler keys such jobs by hash too).
+        names = {
+            item.sha256: item.name
+            for item in engine.catalogue.items.values()
+            if item.kind == "checkpoint"
+        }
         # cache keys are (checkpoint sha256, VAE sha256 or None); a checkpoint is hot when any
         # of its pairings is on the device, warm when held only in CPU RAM
         hot: list[str] = []
@@ -317,7 +311,7 @@ class WorkerService:
             entry = engine.cache.entry(key)
             if not isinstance(key, tuple) or entry is None:
                 continue
-            name = names.get(key[0], key[0][:10])
+            name = names.get(key[0]) or stored_model_key(key[0])
             if entry.on_device:
                 sizes.append(entry.size_bytes)
                 if name not in hot:
@@ -355,6 +349,7 @@ class WorkerService:
             beat["disk_models"] = self.downloads.shas()
             beat["disk_used_bytes"] = self.downloads.used_bytes()
             beat["disk_budget_bytes"] = self.downloads.budget_bytes
+            beat["download_bytes_per_s"] = round(self.downloads.bytes_per_s)
         return beat
 
 
