@@ -22,6 +22,11 @@ urlpatterns = [
     path("own-models/", model_uploads.OwnModelListView.as_view(), name="api-own-models"),
     path("own-models/<int:pk>/", model_uploads.OwnModelDetailView.as_view(), name="api-own-model"),
     path(
+        "own-models/<int:pk>/preview/",
+        model_uploads.OwnModelPreviewView.as_view(),
+        name="api-own-model-preview",
+    ),
+    path(
         "own-models/uploads/",
         uploads.as_view({"post": "create", "get": "list"}),
         name="api-model-uploads",

@@ -27,6 +27,7 @@ import redis
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db.models import Case, When
 from django.utils.translation import gettext
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -168,7 +169,10 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     """Find an entry by catalogue key. An unknown or disabled name reads the same; one the
     user's tier leaves out says so (the pricing page lists the tiers anyway)."""
     key = _strip_model_name(name)
-    entry = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).first()
+    # The user's own model first: a staff upload may later take a name a member already uses.
+    own_first = Case(When(owner_id=getattr(user, "pk", None), then=0), default=1)
+    entries = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key)
+    entry = entries.order_by(own_first, "pk").first()
     label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE", "controlnet": "ControlNet"}.get(
         kind, kind
     )
@@ -211,7 +215,7 @@ def default_checkpoint(user: Any) -> CatalogEntry | None:
     return usable.order_by("is_demo", "name").first()
 
 
-def _uploaded_image(raw: Any, limits: GenerationLimits, field: str) -> Image.Image:
+def read_uploaded_image(raw: Any, limits: GenerationLimits, field: str) -> Image.Image:
     """Bytes, base64 text (data URI allowed) or an uploaded file -> a decoded image, within the
     upload byte and pixel caps (the source image and the inpaint mask alike)."""
     if hasattr(raw, "read"):
@@ -268,7 +272,7 @@ def _png(image: Image.Image) -> bytes:
 
 def _init_image(raw: Any, limits: GenerationLimits) -> bytes:
     """The img2img source as a clean re-encoded RGB PNG."""
-    return _png(_uploaded_image(raw, limits, "init_image").convert("RGB"))
+    return _png(read_uploaded_image(raw, limits, "init_image").convert("RGB"))
 
 
 def _too_big(limits: GenerationLimits, field: str = "init_image") -> SubmissionError:
@@ -288,7 +292,7 @@ def _mask(raw: Any, limits: GenerationLimits, source_png: bytes, inpaint: Inpain
     alpha of a transparent layer, is repainted; a mask of another size is stretched)."""
     with Image.open(io.BytesIO(source_png)) as source:
         size = source.size
-    mask = prepare_mask(_uploaded_image(raw, limits, "mask"), size, invert=False)
+    mask = prepare_mask(read_uploaded_image(raw, limits, "mask"), size, invert=False)
     effective = ImageOps.invert(mask) if inpaint["inpainting_mask_invert"] else mask
     if mask_is_empty(effective) and not any(outpaint_sides(inpaint)):
         state = "all white and inverted" if inpaint["inpainting_mask_invert"] else "all black"
@@ -476,7 +480,7 @@ def _controlnet_unit(
         raise SubmissionError(prefix + "pixel_perfect", f"{prefix}pixel_perfect must be true/false")
     png, sha = None, None
     if given.get("image"):
-        png = _png(_uploaded_image(given["image"], limits, prefix + "image").convert("RGB"))
+        png = _png(read_uploaded_image(given["image"], limits, prefix + "image").convert("RGB"))
         sha = hashlib.sha256(png).hexdigest()
     elif mode != Job.Mode.IMG2IMG:
         raise SubmissionError(

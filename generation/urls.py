@@ -7,6 +7,8 @@ from generation import job_views, own_model_views, styles_views, views
 urlpatterns = [
     path("generate/", views.generate, name="generate"),
     path("models/mine/", own_model_views.own_models, name="own-models"),
+    path("models/mine/<int:pk>/", own_model_views.own_model_edit, name="own-model-edit"),
+    path("models/mine/<int:pk>/delete/", own_model_views.own_model_delete, name="own-model-delete"),
     path("images/", views.my_images, name="my_images"),
     path("images/<uuid:pk>/", views.image_detail, name="image_detail"),
     path("images/<uuid:pk>/delete/", views.image_delete, name="image_delete"),
