@@ -31,6 +31,7 @@ from gpu_worker.protocol import (
     JOB_EVENT_ACTOR,
     JOB_EVENT_KWARG,
     PLATFORM_QUEUE,
+    STORED_KEY_PREFIX,
     GenerationRequest,
     JobEvent,
     JobTimings,
@@ -124,12 +125,15 @@ class WorkerService:
             consumer.resume()
 
     def unload(self, name: str) -> int:
-        """Free a checkpoint (with any VAE pairing) from the cache; unknown names free nothing."""
+        """Free a checkpoint (with any VAE pairing) from the cache, by catalogue name or, for
+        one fetched from the store, by its heartbeat key; unknown names free nothing."""
         shas = {
             item.sha256
             for item in self.engine.catalogue.items.values()
             if item.kind == "checkpoint" and item.name == name
         }
+        if name.startswith(STORED_KEY_PREFIX):
+            shas.add(name.removeprefix(STORED_KEY_PREFIX))
         return self.engine.cache.discard_where(
             lambda key: isinstance(key, tuple) and key[0] in shas
         )

@@ -139,6 +139,10 @@ def test_alices_uploads_run_on_an_empty_worker_and_stay_hers(
     # by hash, as the scheduler keys jobs on uploads (members' names may repeat)
     assert beat["loaded_models"] == [stored_model_key(mine["checkpoint"].sha256)]
     assert set(beat["disk_models"]) == set(downloads.shas())
+    assert beat["download_bytes_per_s"] > 0
+    # The operations page's "unload" names it the same way.
+    assert empty_worker.unload(stored_model_key(mine["checkpoint"].sha256)) == 1
+    assert empty_worker.heartbeat_snapshot()["loaded_models"] == []
 
     # bob: not listed, and refused exactly like a name that does not exist
     assert "alice-ckpt" not in str(bob_api.get("/api/v1/models/").json())
