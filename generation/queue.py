@@ -6,7 +6,7 @@ weight, aged jobs first) over the workers present now (`generation.fleet`), each
 `scheduling.estimates`. A job whose models come from the store (members' and staff uploads)
 also counts the time to download what the best-placed present worker lacks on its disk, at that
 worker's reported fetch rate. A snapshot costs a constant number of queries whatever the queue
-length (plus one per job already handed to a worker).
+length.
 """
 
 from __future__ import annotations

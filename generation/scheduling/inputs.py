@@ -30,6 +30,9 @@ WAITING_FIELDS = (
 IN_FLIGHT_FIELDS = (
     "owner_id", "status", "worker_id", "params", "mode", "checkpoint_id",
     "created_at", "dispatched_at", "started_at",
+    # what the queue's ETAs need to count a stored checkpoint's download
+    "checkpoint__kind", "checkpoint__name", "checkpoint__sha256", "checkpoint__size_bytes",
+    "checkpoint__stored_file_id",
 )  # fmt: skip
 
 
@@ -120,7 +123,10 @@ def in_flight_jobs() -> list[Job]:
     out (the in-flight part of `recent_usage`, and what the queue ETAs start from)."""
     held = Q(status=Job.Status.RUNNING) | Q(status=Job.Status.QUEUED, worker_id__gt="")
     return list(
-        Job.objects.filter(held).order_by("dispatched_at", "created_at").only(*IN_FLIGHT_FIELDS)
+        Job.objects.filter(held)
+        .select_related("checkpoint")
+        .order_by("dispatched_at", "created_at")
+        .only(*IN_FLIGHT_FIELDS)
     )
 
 

@@ -72,3 +72,14 @@ def test_a_job_on_an_upload_goes_to_the_worker_that_has_it_on_disk_then_hot_over
         job = submit_job(alice, {**SMALL, "checkpoint": "alice-ckpt"})
     job.refresh_from_db()
     assert job.worker_id == "gpu-c"
+
+
+def test_a_job_handed_to_a_worker_counts_that_workers_download(
+    alice, alices_checkpoint, redis_client
+):
+    job = submit_job(alice, {**SMALL, "checkpoint": "alice-ckpt"})
+    beat(redis_client, "gpu-a", download_bytes_per_s=100 * MiB)
+    beat(redis_client, "gpu-b", disk_models=[alices_checkpoint.sha256])
+    assert job.mark_assigned("gpu-a")
+    info = queue_snapshot().infos[str(job.pk)]
+    assert info.position == 1 and info.fetch_s == pytest.approx(20.5, abs=0.1)
