@@ -172,7 +172,12 @@ class _Worker:
         return FETCH if stored is not None and stored.sha256 not in self.disk else LOAD
 
     def download_s(self, job: WaitingJob) -> float:
-        return download_seconds(job.downloads, self.disk, self.view.download_bytes_per_s)
+        if not job.downloads:
+            return 0.0
+        held = set(self.disk)
+        if job.stored_checkpoint is not None and job.checkpoint in (*self.hot, *self.warm):
+            held.add(job.stored_checkpoint.sha256)  # in memory: nothing to fetch
+        return download_seconds(job.downloads, held, self.view.download_bytes_per_s)
 
     def victim(self) -> str | None:
         """The checkpoint a load would push off the device (least recently used), if any."""
