@@ -35,9 +35,18 @@ class Shown:
     checkpoint: bool  # the job's checkpoint is public
     public: frozenset[tuple[str, str]]  # (kind, name) of the names it uses that are public
     hidden_words: frozenset[str]  # private embeddings' names, as prompt words
+    public_hashes: frozenset[tuple[str, str, str]] = frozenset()  # (kind, name, sha256)
 
     def allows(self, kind: str, name: str) -> bool:
         return (kind, name) in self.public
+
+    def allows_hash(self, kind: str, name: str, digest: str) -> bool:
+        """A hash list entry is shown only if it is the public model's own file (an author's
+        private file under a public model's name keeps its hash to itself)."""
+        digest = digest.lower()
+        return bool(digest) and any(
+            (k, n) == (kind, name) and sha.startswith(digest) for k, n, sha in self.public_hashes
+        )
 
 
 def _hash_list(value: str) -> list[tuple[str, str]]:
@@ -81,7 +90,8 @@ def shown_for(job: Job, infotext: str = "") -> Shown:
     """What of `job`'s models others may see named (two queries)."""
     wanted = names_in(job, infotext or "")
     public_rows = CatalogEntry.objects.public().filter(name__in={name for _kind, name in wanted})
-    public = frozenset(key for key in public_rows.values_list("kind", "name") if key in wanted)
+    rows = [row for row in public_rows.values_list("kind", "name", "sha256") if row[:2] in wanted]
+    public = frozenset(row[:2] for row in rows)
     # Embeddings are plain words in a prompt: hide those the infotext lists as private and,
     # for images without TI hashes, the author's own unpublished embeddings.
     own = CatalogEntry.objects.filter(
@@ -89,7 +99,7 @@ def shown_for(job: Job, infotext: str = "") -> Shown:
     ).values_list("name", flat=True)
     listed = {name for kind, name in wanted if kind == CatalogEntry.Kind.EMBEDDING}
     hidden = {n for n in {*listed, *own} if (CatalogEntry.Kind.EMBEDDING, n) not in public}
-    return Shown(job.checkpoint.is_public, public, frozenset(hidden))
+    return Shown(job.checkpoint.is_public, public, frozenset(hidden), frozenset(rows))
 
 
 def redact_text(text: str, shown: Shown, *, drop: bool = False) -> str:
@@ -126,7 +136,7 @@ def redact_infotext(infotext: str, shown: Shown) -> str:
             entries = [
                 f"{name}: {digest}"
                 for name, digest in _hash_list(raw)
-                if shown.allows(HASH_LISTS[key], name)
+                if shown.allows_hash(HASH_LISTS[key], name, digest)
             ]
             if not entries:
                 continue

@@ -32,12 +32,12 @@ def published(alice, db):
     checkpoint = make_checkpoint("alice-ckpt", short_hash=CKPT_HASH)
     CatalogEntry.objects.filter(pk=checkpoint.pk).update(owner=alice)
     checkpoint.refresh_from_db()
-    for name, kind, owner in (
-        ("alice-secret-style", "lora", alice),
-        ("alicetok", "embedding", alice),
-        ("foxStyle", "lora", None),
+    for name, kind, owner, sha256 in (
+        ("alice-secret-style", "lora", alice, LORA_HASH + "0" * 52),
+        ("alicetok", "embedding", alice, TI_HASH + "0" * 52),
+        ("foxStyle", "lora", None, PUBLIC_LORA_HASH + "0" * 52),
     ):
-        CatalogEntry.objects.create(name=name, kind=kind, owner=owner)
+        CatalogEntry.objects.create(name=name, kind=kind, owner=owner, sha256=sha256)
     params = job_params(checkpoint, prompt=PROMPT, loras=["alice-secret-style", "foxStyle"])
     job = Job.objects.create(
         owner=alice,
@@ -152,3 +152,12 @@ def test_a_lora_renamed_after_the_image_was_made_stays_hidden(published, bob, cl
     CatalogEntry.objects.filter(name="alice-secret-style").update(name="renamed")
     page = client_for(bob).get(f"/gallery/{published.pk}/").content.decode()
     assert_no_secret(page)
+
+
+def test_a_hash_listed_under_a_public_name_that_is_not_its_file_is_hidden(
+    published, bob, client_for
+):
+    # Her own file once carried a public model's name: the name may show, her hash may not.
+    CatalogEntry.objects.filter(name="foxStyle").update(sha256="ab" * 32)
+    page = client_for(bob).get(f"/gallery/{published.pk}/").content.decode()
+    assert "foxStyle" in page and PUBLIC_LORA_HASH not in page
