@@ -27,6 +27,7 @@ import redis
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db.models import Case, When
 from django.utils.translation import gettext
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -169,7 +170,10 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     """Find an entry by catalogue key. An unknown or disabled name reads the same; one the
     user's tier leaves out says so (the pricing page lists the tiers anyway)."""
     key = _strip_model_name(name)
-    entry = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).first()
+    # The user's own model first: a staff upload may later take a name a member already uses.
+    own_first = Case(When(owner_id=getattr(user, "pk", None), then=0), default=1)
+    entries = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key)
+    entry = entries.order_by(own_first, "pk").first()
     label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE", "controlnet": "ControlNet"}.get(
         kind, kind
     )

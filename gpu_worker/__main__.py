@@ -22,7 +22,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gpu_worker.protocol import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS
+from gpu_worker.protocol import (
+    DEFAULT_DOWNLOAD_BYTES_PER_S,
+    HEARTBEAT_INTERVAL_SECONDS,
+    HEARTBEAT_TTL_SECONDS,
+)
 
 log = logging.getLogger("gpu_worker")
 
@@ -183,6 +187,13 @@ def add_worker_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         type=parse_size,
         default=parse_size("50G"),
         help="disk space for members' models fetched from the platform (e.g. 50G; LRU)",
+    )
+    p.add_argument(
+        "--download-mbps",
+        type=float,
+        default=DEFAULT_DOWNLOAD_BYTES_PER_S / 2**20,
+        help="MiB/s this worker is assumed to fetch models from the platform until it has "
+        "measured it (the scheduler counts fetch time in ETAs)",
     )
     p.add_argument(
         "--download-dir",
@@ -358,7 +369,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         publisher=publisher,
         worker_id=worker_id,
         downloads=DownloadCache(
-            args.download_dir or engine.cache_dir / "downloads", args.disk_budget
+            args.download_dir or engine.cache_dir / "downloads",
+            args.disk_budget,
+            bytes_per_s=args.download_mbps * 2**20,
         ),
     )
     register_actors(broker, service)

@@ -33,11 +33,13 @@ from gpu_worker.protocol import (
     JOB_EVENT_ACTOR,
     JOB_EVENT_KWARG,
     PLATFORM_QUEUE,
+    STORED_KEY_PREFIX,
     GenerationRequest,
     JobEvent,
     JobTimings,
     WorkerCommand,
     WorkerHeartbeat,
+    stored_model_key,
     worker_queue,
 )
 
@@ -78,8 +80,6 @@ class WorkerService:
     ) -> None:
         self.engine = engine
         self.downloads = downloads
-        # sha256 -> name of checkpoints fetched for jobs, so the heartbeat names them when hot
-        self.fetched_names: dict[str, str] = {}
         self.broker = broker
         self.redis = redis_client
         self.publisher = publisher
@@ -135,12 +135,15 @@ class WorkerService:
             consumer.resume()
 
     def unload(self, name: str) -> int:
-        """Free a checkpoint (with any VAE pairing) from the cache; unknown names free nothing."""
+        """Free a checkpoint (with any VAE pairing) from the cache, by catalogue name or, for
+        one fetched from the store, by its heartbeat key; unknown names free nothing."""
         shas = {
             item.sha256
             for item in self.engine.catalogue.items.values()
             if item.kind == "checkpoint" and item.name == name
         }
+        if name.startswith(STORED_KEY_PREFIX):
+            shas.add(name.removeprefix(STORED_KEY_PREFIX))
         return self.engine.cache.discard_where(
             lambda key: isinstance(key, tuple) and key[0] in shas
         )
@@ -314,9 +317,6 @@ class WorkerService:
                 items[(delivery["kind"], delivery["name"])] = materialize(
                     self.engine, delivery, self.downloads
                 )
-        self.fetched_names.update(
-            {item.sha256: item.name for item in items.values() if item.kind == "checkpoint"}
-        )
         return items
 
     def _send(self, event: JobEvent) -> JobEvent:
@@ -326,14 +326,13 @@ class WorkerService:
     # --- heartbeat -------------------------------------------------------------------------
     def heartbeat_snapshot(self) -> WorkerHeartbeat:
         engine = self.engine
-        names = dict(self.fetched_names)
-        names.update(
-            {
-                item.sha256: item.name
-                for item in engine.catalogue.items.values()
-                if item.kind == "checkpoint"
-            }
-        )
+        # A checkpoint of the models folder by its name, one fetched from the store by its hash
+        # (members' names may repeat; the scheduler keys such jobs by hash too).
+        names = {
+            item.sha256: item.name
+            for item in engine.catalogue.items.values()
+            if item.kind == "checkpoint"
+        }
         # cache keys are (checkpoint sha256, VAE sha256 or None); a checkpoint is hot when any
         # of its pairings is on the device, warm when held only in CPU RAM
         hot: list[str] = []
@@ -343,7 +342,7 @@ class WorkerService:
             entry = engine.cache.entry(key)
             if not isinstance(key, tuple) or entry is None:
                 continue
-            name = names.get(key[0], key[0][:10])
+            name = names.get(key[0]) or stored_model_key(key[0])
             if entry.on_device:
                 sizes.append(entry.size_bytes)
                 if name not in hot:
@@ -384,6 +383,7 @@ class WorkerService:
             beat["disk_models"] = self.downloads.shas()
             beat["disk_used_bytes"] = self.downloads.used_bytes()
             beat["disk_budget_bytes"] = self.downloads.budget_bytes
+            beat["download_bytes_per_s"] = round(self.downloads.bytes_per_s)
         return beat
 
     def _loaded_controlnets(self) -> list[str]:

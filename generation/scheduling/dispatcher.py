@@ -1,9 +1,10 @@
 """The scheduling pass: which alive GPU worker gets which waiting job, decided on the platform.
 
 `schedule_pending()` reads the waiting jobs (queued, held by no worker), the alive workers (their
-heartbeats: hot/warm models, inventory, draining) with their free slots counted from the database
-(running + assigned-not-started, at most `WORKER_SLOTS`), and each user's recent GPU usage; asks
-the policy (`FairScheduler.plan`) for assignments; claims each job with a conditional update
+heartbeats: hot/warm models, inventory, disk cache and fetch rate, draining) with their free
+slots counted from the database (running + assigned-not-started, at most `WORKER_SLOTS`), and
+each user's recent GPU usage; asks the policy (`FairScheduler.plan`) for assignments; claims
+each job with a conditional update
 (`Job.mark_assigned`: worker and next attempt, only if still waiting) and sends it to that
 worker's own queue after commit.
 
@@ -31,7 +32,7 @@ from generation.broker import get_redis
 from generation.fleet import present_heartbeats
 from generation.job_messages import send_request
 from generation.models import Job
-from generation.scheduling.inputs import recent_usage, waiting_jobs
+from generation.scheduling.inputs import checkpoint_key, recent_usage, waiting_jobs, worker_disk
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView
 from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
 
@@ -57,15 +58,24 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
     rows = (
         Job.objects.filter(status__in=Job.UNFINISHED, worker_id__in=list(beats))
         .order_by("-status", "dispatched_at")  # running before queued, then in hand-out order
-        .values_list("worker_id", "checkpoint__name", "status", "owner_id")
+        .values_list(
+            "worker_id",
+            "checkpoint__name",
+            "checkpoint__stored_file_id",
+            "checkpoint__sha256",
+            "checkpoint__recipe__recipe_hash",
+            "status",
+            "owner_id",
+        )
     )
-    for worker_id, checkpoint, status, owner_id in rows:
-        held[worker_id].append(checkpoint)
+    for worker_id, name, stored_file_id, sha256, recipe_hash, status, owner_id in rows:
+        held[worker_id].append(checkpoint_key(name, stored_file_id, sha256, recipe_hash))
         if status == Job.Status.QUEUED:
             unstarted_owners[worker_id].append(str(owner_id))
     views = []
     for worker_id, beat in sorted(beats.items()):
         inventory = beat.get("inventory")
+        disk, rate = worker_disk(beat)
         views.append(
             WorkerView(
                 worker_id=worker_id,
@@ -81,6 +91,8 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
                 else None,
                 pending=tuple(held[worker_id]),
                 waiting_owners=tuple(unstarted_owners[worker_id]),
+                disk=disk,
+                download_bytes_per_s=rate,
             )
         )
     return views
