@@ -59,6 +59,9 @@ QUEUE_PREFETCH = 1  # one GPU, one job: the next assigned one waits in Redis, no
 DRAIN_WAIT_SECONDS = 2.0  # how long drain waits for its consumers to stop fetching
 SEND_ERRORS = (redis.RedisError, BrokerConnectionError, OSError)
 SHUTDOWN_FLUSH_SECONDS = 30  # how long a stopping worker keeps trying to send buffered events
+# A batch takes no more joiners after this long, so its actor (one Dramatiq message) ends well
+# inside TIME_LIMIT_MS however steady the stream of compatible jobs.
+BATCH_JOIN_SECONDS = 20 * 60
 
 
 def _decode(value: Any) -> str:
@@ -371,8 +374,10 @@ class WorkerService:
 
             return done
 
+        joining_until = time.monotonic() + BATCH_JOIN_SECONDS
+
         def take_more(room: int) -> list[BatchJob]:
-            if self.status.draining:
+            if self.status.draining or time.monotonic() > joining_until:
                 return []
             try:
                 claimed = queue.claim(key, room)

@@ -17,6 +17,7 @@ from accounts.tiers import tier_expired
 from generation.models import CatalogEntry, Job
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import WaitingJob
+from gpu_worker.batch_key import batch_key
 
 # The fair-share memory: how far back a user's GPU time counts against them. The bench's
 # simulation measured the policy with this window.
@@ -82,6 +83,7 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
                 controlnets=frozenset(u["model"] for u in params.get("controlnet") or ()),
                 cost=speed.duration({**params, "mode": mode}),
                 fetchable=frozenset(fetchable),
+                batch_key=batch_key({**params, "mode": mode}, has_uploads=bool(fetchable)),
             )
         )
         waiting.sources[str(job_id)] = speed.source
