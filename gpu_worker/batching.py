@@ -110,7 +110,8 @@ class BatchRunner:
     def run(self, first: BatchJob, take_more: TakeMore) -> None:
         """Run `first` and every job `take_more` hands in, until none is left. Each job's
         outcome, a result or an error (an error of the batch itself goes to every job in it),
-        goes to its `on_done`; nothing is raised."""
+        goes to its `on_done`. Only what is no Exception (Dramatiq's time limit, a stop) is
+        raised again, after every job in the batch was told."""
         engine = self.engine
         try:
             prepared = engine.prepare(first.request)
@@ -148,6 +149,10 @@ class BatchRunner:
         try:
             with torch.no_grad():
                 self._loop(first, prepared, pipe, load, take_more, active)
+        except BaseException as exc:  # a time limit or a stop: tell every job, then go on up
+            for job in active:
+                job.on_done(job, exc)
+            raise
         finally:
             loras.__exit__(None, None, None)
 

@@ -257,7 +257,7 @@ class WorkerService:
             try:
                 self.engine.job_items = self._fetch_models(request)
                 outcome = self.engine.run(request, admitted.monitor)
-            except Exception as exc:
+            except (Exception, TimeLimitExceeded) as exc:  # the latter is no Exception
                 outcome = exc
             finally:
                 self.engine.job_items = {}
@@ -353,6 +353,7 @@ class WorkerService:
         reported as it ends. An unexpected error fails the jobs it hit (no Dramatiq retry:
         the batch's other jobs were reported already)."""
         from gpu_worker.batching import BatchJob, BatchRunner
+        from gpu_worker.engine import JobFailed
 
         key, queue = batch_key(request), self.batch_queue
         assert key is not None and queue is not None
@@ -362,6 +363,8 @@ class WorkerService:
         if self._batcher is None:
             self._batcher = BatchRunner(self.engine, max_images=self.batch_max_images)
 
+        unsettled: dict[str, GenerationRequest] = {}  # joined, not yet reported
+
         def on_done(admitted: _Admitted, message_id: str | None) -> Callable[[BatchJob, Any], None]:
             def done(job: BatchJob, outcome: Any) -> None:
                 if self.publisher is not None:
@@ -370,6 +373,7 @@ class WorkerService:
                     self._settle(job.request, outcome, admitted.queued_s, retries=self.max_retries)
                 finally:
                     if message_id is not None:
+                        unsettled.pop(message_id, None)
                         self._ack(message_id)
 
             return done
@@ -391,6 +395,7 @@ class WorkerService:
                 if not isinstance(joined, _Admitted):
                     self._ack(claim.message_id)
                     continue
+                unsettled[claim.message_id] = claim.request
                 done = on_done(joined, claim.message_id)
                 joining.append(BatchJob(claim.request, joined.monitor, done))
             if joining:
@@ -401,8 +406,14 @@ class WorkerService:
             self._batcher.run(
                 BatchJob(request, admitted.monitor, on_done(admitted, None)), take_more
             )
+        except TimeLimitExceeded:
+            pass  # every job in the batch was reported failed (as generate does)
         finally:
             self.status.job_finished()
+            for message_id, joined in list(unsettled.items()):  # stopped while it joined
+                stopped = JobFailed("the batch it joined stopped")
+                self._settle(joined, stopped, None, retries=self.max_retries)
+                self._ack(message_id)
 
     def _ack(self, message_id: str) -> None:
         self.claimed.discard(message_id)
