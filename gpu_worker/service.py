@@ -62,6 +62,9 @@ SHUTDOWN_FLUSH_SECONDS = 30  # how long a stopping worker keeps trying to send b
 # A batch takes no more joiners after this long, so its actor (one Dramatiq message) ends well
 # inside TIME_LIMIT_MS however steady the stream of compatible jobs.
 BATCH_JOIN_SECONDS = 20 * 60
+# How often a running batch looks at its queue for joiners: a Redis round trip per step would
+# cost a fast GPU a few percent; a joiner waits at most this long for its next step boundary.
+BATCH_LOOK_SECONDS = 0.05
 
 
 def _decode(value: Any) -> str:
@@ -379,10 +382,14 @@ class WorkerService:
             return done
 
         joining_until = time.monotonic() + BATCH_JOIN_SECONDS
+        next_look = 0.0
 
         def take_more(room: int) -> list[BatchJob]:
-            if self.status.draining or time.monotonic() > joining_until:
+            nonlocal next_look
+            now = time.monotonic()
+            if self.status.draining or now > joining_until or now < next_look:
                 return []
+            next_look = now + BATCH_LOOK_SECONDS
             try:
                 claimed = queue.claim(key, room)
             except SEND_ERRORS:
