@@ -71,6 +71,13 @@ class BatchJob:
     joined_at: float = 0.0
     peak: int = 1  # the most jobs that shared one UNet call with it (itself included)
     timings: dict[str, Any] = field(default_factory=dict)
+    told: bool = False  # on_done was called
+
+    def finish(self, outcome: Outcome) -> None:
+        """Tell the job's owner how it ended, once."""
+        if not self.told:
+            self.told = True
+            self.on_done(self, outcome)
 
     @property
     def images(self) -> int:
@@ -112,11 +119,20 @@ class BatchRunner:
         outcome, a result or an error (an error of the batch itself goes to every job in it),
         goes to its `on_done`. Only what is no Exception (Dramatiq's time limit, a stop) is
         raised again, after every job in the batch was told."""
+        active: list[BatchJob] = []
+        try:
+            self._run(first, take_more, active)
+        except BaseException as exc:  # a time limit or a stop: tell every job, then go on up
+            for job in [first, *active]:
+                job.finish(exc)
+            raise
+
+    def _run(self, first: BatchJob, take_more: TakeMore, active: list[BatchJob]) -> None:
         engine = self.engine
         try:
             prepared = engine.prepare(first.request)
         except JobFailed as exc:
-            first.on_done(first, exc)
+            first.finish(exc)
             return
         checkpoint, vae = prepared.checkpoint, prepared.vae
         t0 = time.perf_counter()
@@ -125,7 +141,7 @@ class BatchRunner:
             pipe = engine.pipeline(checkpoint, vae)
         except ModelLoadError as exc:
             engine.cache.discard((checkpoint.sha256, vae.sha256 if vae else None))
-            first.on_done(first, JobFailed(str(exc)))
+            first.finish(JobFailed(str(exc)))
             return
         load = {
             "model_load_s": round(time.perf_counter() - t0, 4),
@@ -137,22 +153,17 @@ class BatchRunner:
                 outcome = engine.run(first.request, first.observer)
             except Exception as exc:
                 outcome = exc
-            first.on_done(first, outcome)
+            first.finish(outcome)
             return
-        active: list[BatchJob] = []
         try:
             loras = _applied_loras(pipe, prepared.loras)
             loras.__enter__()
         except JobFailed as exc:
-            first.on_done(first, exc)
+            first.finish(exc)
             return
         try:
             with torch.no_grad():
                 self._loop(first, prepared, pipe, load, take_more, active)
-        except BaseException as exc:  # a time limit or a stop: tell every job, then go on up
-            for job in active:
-                job.on_done(job, exc)
-            raise
         finally:
             loras.__exit__(None, None, None)
 
@@ -173,7 +184,7 @@ class BatchRunner:
                 try:
                     job_prepared = engine.prepare(job.request)
                 except JobFailed as exc:
-                    job.on_done(job, exc)
+                    job.finish(exc)
                     continue
                 self._join(job, job_prepared, pipe, {**load, "model_loaded": False}, active)
             try:
@@ -181,7 +192,7 @@ class BatchRunner:
             except Exception as exc:
                 error: BaseException = engine.out_of_memory(exc) or exc
                 for job in active:
-                    job.on_done(job, error)
+                    job.finish(error)
                 active.clear()
 
     def _join(
@@ -197,7 +208,7 @@ class BatchRunner:
         try:
             self._setup(job, prepared, pipe)
         except Exception as exc:  # this job cannot start (a bad embedding...): it alone fails
-            job.on_done(job, self.engine.out_of_memory(exc) or exc)
+            job.finish(self.engine.out_of_memory(exc) or exc)
             return
         active.append(job)
 
@@ -259,15 +270,13 @@ class BatchRunner:
             job.sampling_s += (time.perf_counter() - started) / len(active)
         for job, noise in zip(list(active), outputs, strict=True):
             t0 = time.perf_counter()
-            finished = self._step(job, noise, pipe, active)
+            finished = self._step(job, noise, pipe)
             job.sampling_s += time.perf_counter() - t0
             if finished is not None:
                 active.remove(job)
-                job.on_done(job, finished)
+                job.finish(finished)
 
-    def _step(
-        self, job: BatchJob, noise: torch.Tensor, pipe: Any, active: list[BatchJob]
-    ) -> Outcome | None:
+    def _step(self, job: BatchJob, noise: torch.Tensor, pipe: Any) -> Outcome | None:
         """The job's own scheduler step and step callback; its outcome once it leaves."""
         run = job.run
         assert run is not None

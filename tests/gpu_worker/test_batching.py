@@ -106,6 +106,28 @@ def test_an_interrupted_job_leaves_and_the_other_goes_on(engine: Any) -> None:
     assert abs(pixels(finished.images[0]) - pixels(serial.images[0])).max() <= TOLERANCE
 
 
+def test_a_stop_mid_batch_tells_every_job_then_goes_on_up(engine: Any) -> None:
+    from gpu_worker.batching import BatchJob, BatchRunner
+
+    class Stop(BaseException):  # what Dramatiq's time limit is: no Exception
+        pass
+
+    def stop(info: Any) -> None:
+        if info.done == 2:
+            raise Stop()
+
+    told: dict[str, Any] = {}
+    jobs = [
+        BatchJob(demo_request(job_id=name), observer, lambda j, out: told.__setitem__(
+            j.request["job_id"], out))
+        for name, observer in (("first", stop), ("joined", None))
+    ]  # fmt: skip
+    with pytest.raises(Stop):
+        BatchRunner(engine).run(jobs[0], lambda room: [jobs.pop()] if len(jobs) > 1 else [])
+    assert sorted(told) == ["first", "joined"]
+    assert all(isinstance(out, Stop) for out in told.values())
+
+
 def test_a_job_that_cannot_start_fails_alone(engine: Any) -> None:
     from gpu_worker.engine import JobFailed
 
