@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gpu_worker.batch_key import MAX_BATCH_IMAGES
 from gpu_worker.protocol import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS
 
 log = logging.getLogger("gpu_worker")
@@ -189,6 +190,13 @@ def add_worker_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         type=Path,
         default=None,
         help="where fetched models are kept (default: <cache dir>/downloads)",
+    )
+    p.add_argument(
+        "--batch-max",
+        type=int,
+        default=MAX_BATCH_IMAGES,
+        help=f"most images of compatible jobs denoised in one UNet batch (default "
+        f"{MAX_BATCH_IMAGES}; 0: every job alone)",
     )
     p.add_argument(
         "--demo-if-empty",
@@ -360,6 +368,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         downloads=DownloadCache(
             args.download_dir or engine.cache_dir / "downloads", args.disk_budget
         ),
+        batch_max_images=args.batch_max,
     )
     register_actors(broker, service)
     heartbeat = Heartbeat(

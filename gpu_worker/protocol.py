@@ -147,6 +147,9 @@ class JobTimings(TypedDict, total=False):
     sampling_s: float
     encode_s: float
     total_s: float
+    # cross-user batching (gpu_worker/batching.py): the most jobs that shared one UNet call
+    # with this one, itself included (absent: it ran alone, on the serial path)
+    batch_jobs: int
 
 
 class JobEvent(TypedDict):

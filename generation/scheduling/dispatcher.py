@@ -33,6 +33,7 @@ from generation.job_messages import send_request
 from generation.models import Job
 from generation.scheduling.inputs import recent_usage, waiting_jobs
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView
+from gpu_worker.batch_key import batch_key
 from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -53,14 +54,16 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
     the database, so a job assigned a moment ago counts even before the worker's next
     heartbeat."""
     held: dict[str, list[str]] = defaultdict(list)
+    keys: dict[str, list[str | None]] = defaultdict(list)
     unstarted_owners: dict[str, list[str]] = defaultdict(list)
     rows = (
         Job.objects.filter(status__in=Job.UNFINISHED, worker_id__in=list(beats))
         .order_by("-status", "dispatched_at")  # running before queued, then in hand-out order
-        .values_list("worker_id", "checkpoint__name", "status", "owner_id")
+        .values_list("worker_id", "checkpoint__name", "status", "owner_id", "params", "mode")
     )
-    for worker_id, checkpoint, status, owner_id in rows:
+    for worker_id, checkpoint, status, owner_id, params, mode in rows:
         held[worker_id].append(checkpoint)
+        keys[worker_id].append(batch_key({**params, "mode": mode}))
         if status == Job.Status.QUEUED:
             unstarted_owners[worker_id].append(str(owner_id))
     views = []
@@ -81,6 +84,8 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
                 else None,
                 pending=tuple(held[worker_id]),
                 waiting_owners=tuple(unstarted_owners[worker_id]),
+                batch_keys=tuple(keys[worker_id]),
+                batches=not beat.get("draining"),
             )
         )
     return views
@@ -98,7 +103,7 @@ class PassReport:
 
 def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
     views = worker_views(present_heartbeats(client))
-    if not any(v.free_slots for v in views):
+    if not any(v.free_slots or (v.batches and any(v.batch_keys)) for v in views):
         return []
     waiting = waiting_jobs().jobs
     if not waiting:
@@ -109,12 +114,14 @@ def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
     made = []
     for assignment in plan:
         job = jobs.get(uuid.UUID(assignment.job_id))
-        if job is None or free.get(assignment.worker_id, 0) <= 0:
+        companion = assignment.reason == "batch"  # joins a batch: takes no slot
+        if job is None or (not companion and free.get(assignment.worker_id, 0) <= 0):
             logger.warning("scheduler proposed an impossible assignment %s", assignment)
             continue
         if not job.mark_assigned(assignment.worker_id):
             continue  # cancelled or taken meanwhile
-        free[assignment.worker_id] -= 1
+        if not companion:
+            free[assignment.worker_id] -= 1
         made.append(assignment)
         logger.info(
             "job %s -> %s (%s, attempt %s)",

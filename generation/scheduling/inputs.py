@@ -17,6 +17,7 @@ from accounts.tiers import tier_expired
 from generation.models import CatalogEntry, Job
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import ModelKey, WaitingJob
+from gpu_worker.batch_key import batch_key
 from gpu_worker.extras_plan import RESAMPLERS
 
 # The fair-share memory: how far back a user's GPU time counts against them. The bench's
@@ -85,6 +86,7 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
                 cost=speed.duration({**params, "mode": mode}),
                 fetchable=frozenset(fetchable),
                 other_models=upscalers,
+                batch_key=batch_key({**params, "mode": mode}, has_uploads=bool(fetchable)),
             )
         )
         waiting.sources[str(job_id)] = speed.source
