@@ -175,6 +175,9 @@ WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 MODELS_DIR = Path(env_str("MODELS_DIR", str(BASE_DIR / "models")))
+# Model architectures whose licence forbids a paid service, enabled by the operator naming the
+# licence ("codeformer:S-Lab-1.0"): gpu_worker/face_licences.py.
+ALLOW_NONCOMMERCIAL_MODELS = env_str("ATELIER_ALLOW_NONCOMMERCIAL_MODELS", "")
 # Members' uploaded models, stored by sha256 (never by the uploader's file name).
 MODEL_STORE_DIR = Path(env_str("MODEL_STORE_DIR", str(VAR_DIR / "model-store")))
 MODEL_UPLOAD_MAX_MB = env_int("MODEL_UPLOAD_MAX_MB", 8192)

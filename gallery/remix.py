@@ -41,6 +41,7 @@ GENERATOR_FIELDS = (
     "seed_resize_from_w",
     "seed_resize_from_h",
     "tiling",
+    "restore_faces",
     "hires_enabled",
     "hires_scale",
     "hires_resize_x",

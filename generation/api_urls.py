@@ -2,7 +2,15 @@
 
 from django.urls import path
 
-from generation import api, controlnet_api, merge_api, model_uploads, styles_api, tokens_api
+from generation import (
+    api,
+    controlnet_api,
+    extras_api,
+    merge_api,
+    model_uploads,
+    styles_api,
+    tokens_api,
+)
 
 uploads = model_uploads.ModelUploadViewSet
 
@@ -11,6 +19,8 @@ urlpatterns = [
     path("jobs/quote/", api.JobQuoteView.as_view(), name="api-job-quote"),
     path("jobs/<uuid:pk>/", api.JobDetailView.as_view(), name="api-job"),
     path("jobs/<uuid:pk>/cancel/", api.JobCancelView.as_view(), name="api-job-cancel"),
+    path("extras/", extras_api.ExtrasCreateView.as_view(), name="api-extras"),
+    path("extras/quote/", extras_api.ExtrasQuoteView.as_view(), name="api-extras-quote"),
     path("models/", api.ModelListView.as_view(), name="api-models"),
     path("loras/", api.LoraListView.as_view(), name="api-loras"),
     path("vaes/", api.VaeListView.as_view(), name="api-vaes"),

@@ -47,7 +47,8 @@ def build_request(job: Job) -> GenerationRequest:
     models = deliveries_for(job)
     if models:
         request["models"] = models
-    if job.mode == Job.Mode.IMG2IMG and job.init_image:
+    # img2img's source, or the image an extras job upscales
+    if job.mode in (Job.Mode.IMG2IMG, Job.Mode.EXTRAS) and job.init_image:
         with job.init_image.open("rb") as fh:
             request["init_image_png_b64"] = base64.b64encode(fh.read()).decode()
     if job.mode == Job.Mode.IMG2IMG and job.mask_image:

@@ -139,6 +139,7 @@ class CatalogEntry(models.Model):
         EMBEDDING = "embedding", _("Embedding")
         UPSCALER = "upscaler", _("Upscaler")
         CONTROLNET = "controlnet", _("ControlNet")
+        FACE_RESTORER = "face_restorer", _("Face restoration")
 
     name = models.CharField(_("name"), max_length=200)
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
@@ -161,6 +162,11 @@ class CatalogEntry(models.Model):
         help_text=_("sampler, scheduler, steps, cfg_scale, width, height, clip_skip"),
     )
     trigger_words = models.CharField(max_length=500, blank=True)
+    native_scale = models.PositiveSmallIntegerField(
+        _("native scale"),
+        default=0,
+        help_text=_("Upscalers: the factor one run of the model upscales by (0: unknown)"),
+    )
     preview = models.ImageField(_("preview image"), upload_to=preview_upload_to, blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -267,6 +273,7 @@ class Job(models.Model):
         TXT2IMG = "txt2img", "txt2img"
         IMG2IMG = "img2img", "img2img"
         MERGE = "merge", _("merge")
+        EXTRAS = "extras", "extras"  # upscale a finished image (generation.extras)
 
     UNFINISHED = (Status.QUEUED, Status.RUNNING)
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)

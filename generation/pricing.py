@@ -2,6 +2,7 @@
 
 One unit is a 512x512, 20-step single image (1.00 credit at a model's cost multiplier 1). The
 sizes and steps are the engine's own (gpu_worker.passes), so a job is priced for what it runs.
+An Extras job (an upscale) is priced per output megapixel by gpu_worker.extras_plan's rule.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
+from gpu_worker import extras_plan
 from gpu_worker.merge_rules import input_bytes, merge_price
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams
 from gpu_worker.passes import (
@@ -51,6 +53,9 @@ def work_units(params: SomeParams) -> int:
     if params.get("mode") == "merge":  # no pixel-steps: priced by bytes, kept out of speeds
         return 0
     params = _filled(params)
+    if params["mode"] == "extras":  # in the speed model's unit: the credits' worth of UNIT_WORK
+        extras = params.get("extras")
+        return int(extras_plan.credits(extras) * UNIT_WORK) if extras else 0
     images = int(params["batch_size"]) * int(params["n_iter"])
     width, height = denoised_size(params)  # inpainting: the canvas or crop actually denoised
     per_image = width * height * evaluations(params, first_pass_steps(params))
@@ -58,18 +63,28 @@ def work_units(params: SomeParams) -> int:
         width, height = final_size(params)
         per_image += width * height * evaluations(params, hires_steps)
     per_image = int(per_image * controlnet_factor(params))  # units act on both passes
+    if params.get("restore_faces"):  # one face pass per image (extras_plan's fixed share)
+        per_image += int(extras_plan.face_restore_credits() * UNIT_WORK)
     return per_image * images
 
 
 def total_steps(params: SomeParams) -> int:
     """Sampling steps the engine reports progress over (first and hires pass, every batch):
-    `Job.total_steps`."""
-    return progress_steps(_filled(params))
+    `Job.total_steps`; an Extras job's are its tiles (extras_plan.progress_units)."""
+    params = _filled(params)
+    if params["mode"] == "extras":
+        return extras_plan.progress_units(params.get("extras") or {})
+    return progress_steps(params)
 
 
 def price_job(params: SomeParams, checkpoint: Any) -> Decimal:
     if params.get("mode") == "merge" and params.get("merge"):  # by the bytes it reads
         return merge_price(input_bytes(params["merge"]))  # type: ignore[arg-type]
     multiplier = Decimal(str(getattr(checkpoint, "cost_multiplier", 1)))
+    if params.get("mode") == "extras":
+        rate = Decimal(str(extras_plan.CREDITS_PER_MEGAPIXEL))
+        megapixels = Decimal(str(extras_plan.work_megapixels(params.get("extras") or {})))
+        raw = megapixels * rate * multiplier
+        return max(CENT, raw.quantize(CENT, rounding=ROUND_CEILING))
     raw = Decimal(work_units(params)) / Decimal(UNIT_WORK) * multiplier
     return raw.quantize(CENT, rounding=ROUND_CEILING)

@@ -35,6 +35,7 @@ from generation.broker import get_redis
 from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
 from generation.events import send_to_user
+from generation.face_models import FaceChoiceError, restore_faces_choice
 from generation.fleet import available_preprocessors
 from generation.lifecycle import cancel_queued_job, queued_event
 from generation.limits import GenerationLimits, limits_for
@@ -561,6 +562,8 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
 
     init_raw = given.get("init_image")
     mode = given.get("mode") or ("img2img" if init_raw else "txt2img")
+    if mode == Job.Mode.EXTRAS:
+        raise SubmissionError("mode", "an extras job (upscale) is submitted at /api/v1/extras/")
     if mode not in (Job.Mode.TXT2IMG, Job.Mode.IMG2IMG):  # merges: generation.merges
         raise SubmissionError("mode", "mode must be txt2img or img2img")
     try:
@@ -610,6 +613,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     if params["subseed"] == -1:
         params["subseed"] = secrets.randbelow(MAX_SEED + 1 - images)
     params["loras"] = _loras(user, params)
+    params["restore_faces"], params["face_restorer"] = _faces(user, given)
 
     init_png = mask_png = None
     if mode == Job.Mode.IMG2IMG:
@@ -687,6 +691,15 @@ def _toolset(given: dict[str, Any], mode: str) -> dict[str, Any]:  # the block's
     return fields
 
 
+def _faces(user: Any, given: dict[str, Any]) -> tuple[bool, str | None]:
+    """A1111's restore_faces: on or off (an unchecked box sends nothing), and its model."""
+    wanted = given.get("restore_faces") not in (None, "") and _bool(given, "restore_faces")
+    try:
+        return wanted, restore_faces_choice(user, wanted)
+    except FaceChoiceError as exc:
+        raise SubmissionError(exc.field, exc.message, exc.status) from None
+
+
 def _vae(user: Any, name: Any) -> str | None:
     if name in (None, "", "Automatic", "None", "none"):
         return None
@@ -703,7 +716,8 @@ def quote_job(user: Any, params: dict[str, Any]) -> ValidatedJob:
     return validate_params(user, params)
 
 
-def _existing(user: Any, key: str | None) -> Job | None:
+def existing_job(user: Any, key: str | None) -> Job | None:
+    """The job a repeated idempotency key first created, if any."""
     if not key:
         return None
     return Job.objects.filter(owner=user, idempotency_key=key).first()
@@ -712,11 +726,29 @@ def _existing(user: Any, key: str | None) -> Job | None:
 def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = None) -> Job:
     """Validate, price, record the job and its credit hold in one transaction; dispatch after
     commit. A repeated idempotency key returns the job it first created."""
-    if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 200):
-        raise SubmissionError("Idempotency-Key", "Idempotency-Key must be 1 to 200 characters")
-    if (job := _existing(user, idempotency_key)) is not None:
+    check_idempotency_key(idempotency_key)
+    if (job := existing_job(user, idempotency_key)) is not None:
         return job
     valid = validate_params(user, params)
+    return record_job(user, valid, idempotency_key, chosen_scheduler=params.get("scheduler"))
+
+
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and (not key or len(key) > 200):
+        raise SubmissionError("Idempotency-Key", "Idempotency-Key must be 1 to 200 characters")
+
+
+def record_job(
+    user: Any,
+    valid: ValidatedJob,
+    idempotency_key: str | None = None,
+    *,
+    chosen_scheduler: Any = None,
+    remember: bool = True,
+) -> Job:
+    """Write a validated job of any kind with its credit hold in one transaction (within the
+    user's unfinished-jobs cap) and schedule it after commit; `remember` keeps its parameters as
+    the generator form's next defaults."""
     limits = limits_for(user)
     require_queue()
     try:
@@ -725,7 +757,7 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             # NO KEY UPDATE: a settlement's deferred FK check on this row (KEY SHARE) must not
             # wait for us while we wait for its credit account (accounts/ledger.py, lock order).
             get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).first()
-            if (job := _existing(user, idempotency_key)) is not None:
+            if (job := existing_job(user, idempotency_key)) is not None:
                 return job
             unfinished = Job.objects.owned_by(user).unfinished().count()
             if unfinished >= limits.max_unfinished_jobs:
@@ -754,14 +786,15 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
                 hold_credits(user, job)
             except InsufficientCredits as exc:
                 raise SubmissionError("price", str(exc) or "not enough credits", 402) from None
-            remember_params(user, valid.params, chosen_scheduler=params.get("scheduler"))
+            if remember:
+                remember_params(user, valid.params, chosen_scheduler=chosen_scheduler)
             # After commit, outside the write lock: schedule first (nothing that may fail or be
             # cancelled in the broadcast can then skip it), then tell the owner its place.
             dispatch_on_commit(job)
             transaction.on_commit(partial(publish_queue_position, job))
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
-        if (job := _existing(user, idempotency_key)) is not None:
+        if (job := existing_job(user, idempotency_key)) is not None:
             return job
         raise
     return job

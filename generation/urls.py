@@ -2,7 +2,14 @@
 
 from django.urls import path
 
-from generation import job_views, merge_views, own_model_views, styles_views, views
+from generation import (
+    extras_views,
+    job_views,
+    merge_views,
+    own_model_views,
+    styles_views,
+    views,
+)
 
 urlpatterns = [
     path("generate/", views.generate, name="generate"),
@@ -14,6 +21,7 @@ urlpatterns = [
     path("images/", views.my_images, name="my_images"),
     path("images/<uuid:pk>/", views.image_detail, name="image_detail"),
     path("images/<uuid:pk>/delete/", views.image_delete, name="image_delete"),
+    path("images/<uuid:pk>/upscale/", extras_views.image_upscale, name="image_upscale"),
     path("styles/", styles_views.my_styles, name="my_styles"),
     path("styles/<int:pk>/delete/", styles_views.style_delete, name="style_delete"),
     path("styles/import/", styles_views.styles_import, name="styles_import"),

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gpu_worker.batch_key import MAX_BATCH_IMAGES
 from gpu_worker.protocol import (
     DEFAULT_DOWNLOAD_BYTES_PER_S,
     HEARTBEAT_INTERVAL_SECONDS,
@@ -202,6 +203,13 @@ def add_worker_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="where fetched models are kept (default: <cache dir>/downloads)",
     )
     p.add_argument(
+        "--batch-max",
+        type=int,
+        default=MAX_BATCH_IMAGES,
+        help=f"most images of compatible jobs denoised in one UNet batch (default "
+        f"{MAX_BATCH_IMAGES}; 0: every job alone)",
+    )
+    p.add_argument(
         "--demo-if-empty",
         action="store_true",
         help="write the demo models when no checkpoint is installed",
@@ -373,6 +381,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             args.disk_budget,
             bytes_per_s=args.download_mbps * 2**20,
         ),
+        batch_max_images=args.batch_max,
     )
     register_actors(broker, service)
     heartbeat = Heartbeat(

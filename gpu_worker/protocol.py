@@ -158,6 +158,9 @@ class JobTimings(TypedDict, total=False):
     sampling_s: float
     encode_s: float
     total_s: float
+    # cross-user batching (gpu_worker/batching.py): the most jobs that shared one UNet call
+    # with this one, itself included (absent: it ran alone, on the serial path)
+    batch_jobs: int
 
 
 class JobEvent(TypedDict):
@@ -189,11 +192,14 @@ class ProgressEvent(TypedDict):
 class ModelInventoryEntry(TypedDict):
     name: str  # file name without extension: the catalogue key
     filename: str  # relative to the models folder
-    kind: Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler"]
+    kind: Literal[
+        "checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler", "face_restorer"
+    ]
     family: str  # "sd1", "sd2", "sdxl", or "unknown"
     size_bytes: int
     sha256: str
     short_hash: str  # A1111: first 10 hex of sha256
+    scale: NotRequired[int]  # upscalers: the model's native factor (gpu_worker.upscaler_files)
 
 
 class WorkerCommand(TypedDict):

@@ -15,7 +15,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -23,6 +24,8 @@ import redis
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
+from gpu_worker.batch_key import MAX_BATCH_IMAGES, batch_key
+from gpu_worker.batch_queue import BatchQueue
 from gpu_worker.detect_responder import DetectResponder
 from gpu_worker.heartbeat import Heartbeat, WorkerStatus
 from gpu_worker.model_downloads import DownloadCache, ModelFetchError
@@ -44,8 +47,9 @@ from gpu_worker.protocol import (
 )
 
 if TYPE_CHECKING:
-    from gpu_worker.engine import Engine
-    from gpu_worker.progress import ChannelPublisher
+    from gpu_worker.batching import BatchJob, BatchRunner
+    from gpu_worker.engine import Engine, GenerationResult
+    from gpu_worker.progress import ChannelPublisher, JobMonitor
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +63,24 @@ QUEUE_PREFETCH = 1  # one GPU, one job: the next assigned one waits in Redis, no
 DRAIN_WAIT_SECONDS = 2.0  # how long drain waits for its consumers to stop fetching
 SEND_ERRORS = (redis.RedisError, BrokerConnectionError, OSError)
 SHUTDOWN_FLUSH_SECONDS = 30  # how long a stopping worker keeps trying to send buffered events
+# A batch takes no more joiners after this long, so its actor (one Dramatiq message) ends well
+# inside TIME_LIMIT_MS however steady the stream of compatible jobs.
+BATCH_JOIN_SECONDS = 20 * 60
+# How often a running batch looks at its queue for joiners: a Redis round trip per step would
+# cost a fast GPU a few percent; a joiner waits at most this long for its next step boundary.
+BATCH_LOOK_SECONDS = 0.05
 
 
 def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class _Admitted:
+    """A job the worker starts: its 'started' event is sent, its step observer made."""
+
+    monitor: JobMonitor
+    queued_s: float | None
 
 
 class WorkerService:
@@ -77,6 +95,7 @@ class WorkerService:
         progress_interval: float = 0.25,
         max_retries: int = MAX_RETRIES,
         downloads: DownloadCache | None = None,
+        batch_max_images: int = MAX_BATCH_IMAGES,
     ) -> None:
         self.engine = engine
         self.downloads = downloads
@@ -93,6 +112,18 @@ class WorkerService:
         # The broker id of the message being run: never given back, its job is running here.
         self.in_hand: str | None = None
         self._outbox_lock = threading.Lock()
+        # Cross-user batching (gpu_worker/batching.py): off with batch_max_images 0 or a broker
+        # without Redis. `claimed`: messages taken from the queue into the running batch.
+        self.batch_max_images = batch_max_images
+        client = getattr(broker, "client", None)
+        namespace = getattr(broker, "namespace", "dramatiq")
+        self.batch_queue = (
+            BatchQueue(client, namespace=namespace, queue=self.queue)
+            if client is not None and batch_max_images > 0
+            else None
+        )
+        self.claimed: set[str] = set()
+        self._batcher: BatchRunner | None = None
         # ControlNet preprocessor previews, answered beside the job thread (WorkerLifecycle
         # starts and stops it)
         self.previews = DetectResponder(
@@ -200,7 +231,7 @@ class WorkerService:
         for suffix in ("", ".DQ"):
             key = f"{namespace}:{self.queue}{suffix}.msgs"
             for message_id, raw in client.hgetall(key).items():
-                if _decode(message_id) == self.in_hand:
+                if _decode(message_id) == self.in_hand or _decode(message_id) in self.claimed:
                     continue
                 client.hdel(key, message_id)
                 try:
@@ -234,7 +265,35 @@ class WorkerService:
     ) -> JobEvent:
         """Run one request and report it; returns the last event sent (a 'released' one when a
         draining worker gives the request back)."""
-        from gpu_worker.engine import JobFailed
+        admitted = self._admit(request, enqueued_at_ms, current=True)
+        if not isinstance(admitted, _Admitted):
+            return admitted
+        try:
+            outcome: GenerationResult | BaseException
+            try:
+                self.engine.job_items = self._fetch_models(request)
+                if request["mode"] == "merge":  # the checkpoint merger (gpu_worker/merging.py)
+                    from gpu_worker.merging import run_merge_job
+
+                    outcome = run_merge_job(self.engine, request, admitted.monitor)
+                else:
+                    outcome = self.engine.run(request, admitted.monitor)
+            except (Exception, TimeLimitExceeded) as exc:  # the latter is no Exception
+                outcome = exc
+            finally:
+                self.engine.job_items = {}
+                if self.publisher is not None:
+                    self.publisher.flush()
+            return self._settle(request, outcome, admitted.queued_s, retries=retries)
+        finally:
+            self.status.job_finished()
+
+    def _admit(
+        self, request: GenerationRequest, enqueued_at_ms: int | None, *, current: bool
+    ) -> _Admitted | JobEvent:
+        """Start a job: 'started' sent and its monitor made; or the event that ends it unrun
+        (released while draining, cancelled before it started). `current`: the job the
+        heartbeat shows."""
         from gpu_worker.progress import JobMonitor, read_cancel_flag
 
         if self.status.draining:  # fetched as the drain began: another worker will run it
@@ -243,63 +302,154 @@ class WorkerService:
         queued_s = max(0.0, started_wall - enqueued_at_ms / 1000) if enqueued_at_ms else None
         if read_cancel_flag(self.redis, request["job_id"]) == "interrupt":
             return self._send(self._event(request, "cancelled", steps_done=0))
-        self.status.job_started(request["job_id"])
+        if current:
+            self.status.job_started(request["job_id"])
         try:
             self.report(self._event(request, "started"))
-            monitor = JobMonitor(
-                job_id=request["job_id"],
-                events_group=request["events_group"],
-                redis_client=self.redis,
-                publisher=self.publisher,
-                min_interval=self.progress_interval,
-                on_step=self.status.step,
-            )
-            try:
-                self.engine.job_items = self._fetch_models(request)
-                if request["mode"] == "merge":  # the checkpoint merger (gpu_worker/merging.py)
-                    from gpu_worker.merging import run_merge_job
+        except BaseException:
+            if current:
+                self.status.job_finished()
+            raise
+        monitor = JobMonitor(
+            job_id=request["job_id"],
+            events_group=request["events_group"],
+            redis_client=self.redis,
+            publisher=self.publisher,
+            min_interval=self.progress_interval,
+            on_step=self.status.step if current else None,
+        )
+        return _Admitted(monitor, queued_s)
 
-                    result = run_merge_job(self.engine, request, monitor)
-                else:
-                    result = self.engine.run(request, monitor)
-            except ModelFetchError as exc:
-                return self._send(self._event(request, "failed", error=str(exc)))
-            except JobFailed as exc:
-                return self._send(self._event(request, "failed", error=str(exc)))
-            except TimeLimitExceeded:
-                return self._send(self._event(request, "failed", error="time limit exceeded"))
-            except Exception as exc:
-                log.exception("job %s failed unexpectedly", request["job_id"])
-                if retries < self.max_retries:
-                    raise  # Dramatiq retries it; the platform treats the redelivery as a no-op
-                return self._send(
-                    self._event(request, "failed", error=f"internal error: {type(exc).__name__}")
-                )
-            finally:
-                self.engine.job_items = {}
-                if self.publisher is not None:
-                    self.publisher.flush()
-            timings: JobTimings = result.timings
-            if queued_s is not None:
-                timings["queued_s"] = round(queued_s, 4)
-            if result.interrupted or not (result.images or result.model):
-                fields: dict[str, Any] = {"steps_done": result.steps_done, "timings": timings}
-                if result.images:
-                    fields["images"] = result.images
-                return self._send(self._event(request, "cancelled", **fields))
-            extra: dict[str, Any] = {"model": result.model} if result.model else {}
-            return self._send(
-                self._event(
-                    request,
-                    "succeeded",
-                    images=result.images,
-                    timings=timings,
-                    steps_done=result.steps_done,
-                    **extra,
-                )
+    def _settle(
+        self,
+        request: GenerationRequest,
+        outcome: GenerationResult | BaseException,
+        queued_s: float | None,
+        *,
+        retries: int,
+    ) -> JobEvent:
+        """Report how the job ended. An unexpected error is raised again while retries are
+        left (Dramatiq retries it; the platform treats the redelivery as a no-op)."""
+        from gpu_worker.engine import JobFailed
+
+        if isinstance(outcome, ModelFetchError | JobFailed):
+            return self._send(self._event(request, "failed", error=str(outcome)))
+        if isinstance(outcome, TimeLimitExceeded):
+            return self._send(self._event(request, "failed", error="time limit exceeded"))
+        if isinstance(outcome, BaseException):
+            log.error("job %s failed unexpectedly", request["job_id"], exc_info=outcome)
+            if retries < self.max_retries:
+                raise outcome
+            error = f"internal error: {type(outcome).__name__}"
+            return self._send(self._event(request, "failed", error=error))
+        result = outcome
+        timings: JobTimings = result.timings
+        if queued_s is not None:
+            timings["queued_s"] = round(queued_s, 4)
+        if result.interrupted or not (result.images or result.model):
+            fields: dict[str, Any] = {"steps_done": result.steps_done, "timings": timings}
+            if result.images:
+                fields["images"] = result.images
+            return self._send(self._event(request, "cancelled", **fields))
+        extra: dict[str, Any] = {"model": result.model} if result.model else {}
+        return self._send(
+            self._event(
+                request,
+                "succeeded",
+                images=result.images,
+                timings=timings,
+                steps_done=result.steps_done,
+                **extra,
             )
+        )
+
+    # --- a batch (cross-user batching) -----------------------------------------------------
+    def batches(self, request: GenerationRequest) -> bool:
+        """Whether this request runs through the batch runner (others may join it)."""
+        return self.batch_queue is not None and batch_key(request) is not None
+
+    def generate_batch(
+        self, request: GenerationRequest, *, enqueued_at_ms: int | None = None
+    ) -> None:
+        """Run a batchable request with every compatible job that is, or comes, in this
+        worker's queue joining at a step boundary (gpu_worker/batching.py); each job is
+        reported as it ends. An unexpected error fails the jobs it hit (no Dramatiq retry:
+        the batch's other jobs were reported already)."""
+        from gpu_worker.batching import BatchJob, BatchRunner
+        from gpu_worker.engine import JobFailed
+
+        key, queue = batch_key(request), self.batch_queue
+        assert key is not None and queue is not None
+        admitted = self._admit(request, enqueued_at_ms, current=True)
+        if not isinstance(admitted, _Admitted):
+            return
+        if self._batcher is None:
+            self._batcher = BatchRunner(self.engine, max_images=self.batch_max_images)
+
+        unsettled: dict[str, GenerationRequest] = {}  # joined, not yet reported
+
+        def on_done(admitted: _Admitted, message_id: str | None) -> Callable[[BatchJob, Any], None]:
+            def done(job: BatchJob, outcome: Any) -> None:
+                if self.publisher is not None:
+                    self.publisher.flush()  # its last progress before its end
+                try:
+                    self._settle(job.request, outcome, admitted.queued_s, retries=self.max_retries)
+                finally:
+                    if message_id is not None:
+                        unsettled.pop(message_id, None)
+                        self._ack(message_id)
+
+            return done
+
+        joining_until = time.monotonic() + BATCH_JOIN_SECONDS
+        next_look = 0.0
+
+        def take_more(room: int) -> list[BatchJob]:
+            nonlocal next_look
+            now = time.monotonic()
+            if self.status.draining or now > joining_until or now < next_look:
+                return []
+            next_look = now + BATCH_LOOK_SECONDS
+            try:
+                claimed = queue.claim(key, room)
+            except SEND_ERRORS:
+                log.warning("cannot look for jobs to batch (Redis unreachable)")
+                return []
+            joining = []
+            for claim in claimed:
+                self.claimed.add(claim.message_id)
+                joined = self._admit(claim.request, claim.enqueued_at_ms, current=False)
+                if not isinstance(joined, _Admitted):
+                    self._ack(claim.message_id)
+                    continue
+                unsettled[claim.message_id] = claim.request
+                done = on_done(joined, claim.message_id)
+                joining.append(BatchJob(claim.request, joined.monitor, done))
+            if joining:
+                log.info("%d job(s) joined the batch of %s", len(joining), request["job_id"])
+            return joining
+
+        try:
+            self._batcher.run(
+                BatchJob(request, admitted.monitor, on_done(admitted, None)), take_more
+            )
+        except TimeLimitExceeded:
+            pass  # every job in the batch was reported failed (as generate does)
         finally:
             self.status.job_finished()
+            for message_id, joined in list(unsettled.items()):  # stopped while it joined
+                stopped = JobFailed("the batch it joined stopped")
+                self._settle(joined, stopped, None, retries=self.max_retries)
+                self._ack(message_id)
+
+    def _ack(self, message_id: str) -> None:
+        self.claimed.discard(message_id)
+        if self.batch_queue is None:
+            return
+        try:
+            self.batch_queue.ack(message_id)
+        except SEND_ERRORS:  # left in the hash: a restart under this id releases it (no-op)
+            log.warning("cannot forget the batched message %s", message_id)
 
     def _fetch_models(self, request: GenerationRequest) -> dict[tuple[str, str], Any]:
         deliveries = request.get("models") or []
@@ -424,12 +574,16 @@ def register_actors(broker: dramatiq.Broker, service: WorkerService) -> dramatiq
     def generate_images(request: GenerationRequest) -> None:
         message = CurrentMessage.get_current_message()
         service.in_hand = message.options.get("redis_message_id") if message else None
+        enqueued_at_ms = message.message_timestamp if message else None
         try:
-            service.generate(
-                request,
-                enqueued_at_ms=message.message_timestamp if message else None,
-                retries=message.options.get("retries", 0) if message else 0,
-            )
+            if service.batches(request):
+                service.generate_batch(request, enqueued_at_ms=enqueued_at_ms)
+            else:
+                service.generate(
+                    request,
+                    enqueued_at_ms=enqueued_at_ms,
+                    retries=message.options.get("retries", 0) if message else 0,
+                )
         finally:
             service.in_hand = None
 

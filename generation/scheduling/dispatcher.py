@@ -34,6 +34,7 @@ from generation.job_messages import send_request
 from generation.models import Job
 from generation.scheduling.inputs import checkpoint_key, recent_usage, waiting_jobs, worker_disk
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView
+from gpu_worker.batch_key import batch_key
 from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
     the database, so a job assigned a moment ago counts even before the worker's next
     heartbeat."""
     held: dict[str, list[str]] = defaultdict(list)
+    keys: dict[str, list[str | None]] = defaultdict(list)
     unstarted_owners: dict[str, list[str]] = defaultdict(list)
     rows = (
         Job.objects.filter(status__in=Job.UNFINISHED, worker_id__in=list(beats))
@@ -66,10 +68,23 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
             "checkpoint__recipe__recipe_hash",
             "status",
             "owner_id",
+            "params",
+            "mode",
         )
     )
-    for worker_id, name, stored_file_id, sha256, recipe_hash, status, owner_id in rows:
+    for (
+        worker_id,
+        name,
+        stored_file_id,
+        sha256,
+        recipe_hash,
+        status,
+        owner_id,
+        params,
+        mode,
+    ) in rows:
         held[worker_id].append(checkpoint_key(name, stored_file_id, sha256, recipe_hash))
+        keys[worker_id].append(batch_key({**params, "mode": mode}))
         if status == Job.Status.QUEUED:
             unstarted_owners[worker_id].append(str(owner_id))
     views = []
@@ -93,6 +108,8 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
                 waiting_owners=tuple(unstarted_owners[worker_id]),
                 disk=disk,
                 download_bytes_per_s=rate,
+                batch_keys=tuple(keys[worker_id]),
+                batches=not beat.get("draining"),
             )
         )
     return views
@@ -110,7 +127,7 @@ class PassReport:
 
 def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
     views = worker_views(present_heartbeats(client))
-    if not any(v.free_slots for v in views):
+    if not any(v.free_slots or (v.batches and any(v.batch_keys)) for v in views):
         return []
     waiting = waiting_jobs().jobs
     if not waiting:
@@ -121,12 +138,14 @@ def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
     made = []
     for assignment in plan:
         job = jobs.get(uuid.UUID(assignment.job_id))
-        if job is None or free.get(assignment.worker_id, 0) <= 0:
+        companion = assignment.reason == "batch"  # joins a batch: takes no slot
+        if job is None or (not companion and free.get(assignment.worker_id, 0) <= 0):
             logger.warning("scheduler proposed an impossible assignment %s", assignment)
             continue
         if not job.mark_assigned(assignment.worker_id):
             continue  # cancelled or taken meanwhile
-        free[assignment.worker_id] -= 1
+        if not companion:
+            free[assignment.worker_id] -= 1
         made.append(assignment)
         logger.info(
             "job %s -> %s (%s, attempt %s)",

@@ -18,6 +18,8 @@ from generation.models import Job
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import Download, ModelKey, WaitingJob
 from generation.stored_models import StoredModel, StoredModels
+from gpu_worker.batch_key import batch_key
+from gpu_worker.extras_plan import RESAMPLERS
 from gpu_worker.protocol import DEFAULT_DOWNLOAD_BYTES_PER_S, WorkerHeartbeat, stored_model_key
 
 # The fair-share memory: how far back a user's GPU time counts against them. The bench's
@@ -110,19 +112,22 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
             if (model := stored.find(owner_id, kind, model_name)) is not None:
                 fetchable.add((kind, model_name))
                 downloads.append(Download(model.sha256, model.size_bytes))
+        upscalers = extras_models(params) if mode == Job.Mode.EXTRAS else face_model(params)
         waiting.jobs.append(
             WaitingJob(
                 job_id=str(job_id),
                 user_id=str(owner_id),
                 weight=weights[owner_id],
                 submitted_at=created_at.timestamp(),  # a returned job keeps its first place
-                checkpoint=key,
+                checkpoint="" if mode == Job.Mode.EXTRAS else key,
                 loras=loras,
                 controlnets=frozenset(u["model"] for u in params.get("controlnet") or ()),
                 cost=speed.duration({**params, "mode": mode}),
                 fetchable=frozenset(fetchable),
                 downloads=tuple(downloads),
                 stored_checkpoint=stored_checkpoint,
+                other_models=upscalers,
+                batch_key=batch_key({**params, "mode": mode}, has_uploads=bool(fetchable)),
             )
         )
         waiting.sources[str(job_id)] = speed.source
@@ -138,6 +143,22 @@ def worker_disk(beat: WorkerHeartbeat) -> tuple[frozenset[str], float]:
     """A worker's download cache (sha256s) and fetch rate, from its heartbeat."""
     rate = float(beat.get("download_bytes_per_s") or DEFAULT_DOWNLOAD_BYTES_PER_S)
     return frozenset(beat.get("disk_models") or ()), rate
+
+
+def extras_models(params: dict) -> frozenset[ModelKey]:
+    """The upscaler models an extras job runs (a resampler needs none)."""
+    extras = params.get("extras") or {}
+    names = {extras.get("upscaler_1"), extras.get("upscaler_2")} - {None, *RESAMPLERS}
+    needed = {("upscaler", str(name)) for name in names}
+    if extras.get("face_restorer"):
+        needed.add(("face_restorer", str(extras["face_restorer"])))
+    return frozenset(needed)
+
+
+def face_model(params: dict) -> frozenset[ModelKey]:
+    """restore_faces: the face-restoration model the job runs."""
+    name = params.get("face_restorer") if params.get("restore_faces") else None
+    return frozenset({("face_restorer", str(name))}) if name else frozenset()
 
 
 def in_flight_jobs() -> list[Job]:

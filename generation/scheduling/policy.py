@@ -36,6 +36,12 @@ worker whose evicted model has the least waiting work per holder (none if it has
 models spread over workers and stay hot; SwarmUI and InvokeAI load whatever the next job needs
 on whichever GPU is free, which thrashes when jobs alternate between models.
 
+Batch companions. Once no free slot can be filled, a waiting job whose batch key
+(gpu_worker.batch_key) equals that of a job running or assigned on a worker goes there too,
+up to MAX_BATCH_JOBS of that key: the worker denoises them in one UNet batch
+(gpu_worker.batching). Companions are handed out in fair order, one user's oldest job at a
+time, and only to a full worker, so below capacity every job still gets a worker to itself.
+
 Ageing and its bound. A job that has waited longer than `max_wait_s` goes before every job that
 has not, oldest first, to the best free worker that has its model (no deferral). From then on
 only older jobs are handed out before it, so it starts within max_wait_s + the time to clear
@@ -52,9 +58,10 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from gpu_worker.batch_key import MAX_BATCH_JOBS
 from gpu_worker.protocol import DEFAULT_DOWNLOAD_BYTES_PER_S, STORED_KEY_PREFIX
 
-Reason = Literal["hot", "warm", "load", "fetch", "aged"]
+Reason = Literal["hot", "warm", "load", "fetch", "aged", "batch"]
 HOT, WARM, LOAD, FETCH = 0, 1, 2, 3
 _REASONS: tuple[Reason, Reason, Reason, Reason] = ("hot", "warm", "load", "fetch")
 MIN_WEIGHT = 1e-6  # a weight of 0 would divide by zero: it means "last", not "never"
@@ -102,13 +109,16 @@ class WaitingJob:
     downloads: tuple[Download, ...] = ()  # their files (and a stored VAE's), for fetch times
     # the checkpoint's file, if from the store (a virtual model: computed under its recipe hash)
     stored_checkpoint: Download | None = None
+    other_models: frozenset[ModelKey] = frozenset()  # e.g. an extras job's upscalers
+    batch_key: str | None = None  # gpu_worker.batch_key: None runs alone
 
     def needs(self) -> frozenset[ModelKey]:
         """The models a worker must hold (or fetch) to run it."""
         return frozenset(
-            {("checkpoint", self.checkpoint)}
+            ({("checkpoint", self.checkpoint)} if self.checkpoint else set())
             | {("lora", name) for name in self.loras}
             | {("controlnet", name) for name in self.controlnets}
+            | self.other_models
         )
 
 
@@ -125,6 +135,8 @@ class WorkerView:
     waiting_owners: tuple[str, ...] = ()  # owners of its assigned jobs that have not started
     disk: frozenset[str] = frozenset()  # sha256s in its download cache (heartbeat disk_models)
     download_bytes_per_s: float = DEFAULT_DOWNLOAD_BYTES_PER_S
+    batch_keys: tuple[str | None, ...] = ()  # batch keys of its running and assigned jobs
+    batches: bool = True  # takes batch companions (not while draining)
 
 
 @dataclass(frozen=True)
@@ -154,6 +166,10 @@ class _Worker:
         self.hot: list[str] = list(view.hot)[: self.capacity]
         self.warm: list[str] = [c for c in view.warm if c not in self.hot]
         self.queued = len(view.pending)  # jobs that start before a new one here
+        self.keys: dict[str, int] = {}
+        for key in view.batch_keys:
+            if key is not None:
+                self.keys[key] = self.keys.get(key, 0) + 1
         self.controlnets = set(view.controlnets)  # and those the pass's jobs will load here
         self.disk: set[str] = set(view.disk)  # grows with what the pass's jobs fetch here
         for checkpoint in view.pending:
@@ -173,9 +189,14 @@ class _Worker:
         inventory = self.view.inventory
         return inventory is None or job.needs() - job.fetchable <= inventory
 
+    def batch_room(self, key: str | None) -> int:
+        """Companions of batch key `key` it may still take (none unless it holds that key)."""
+        held = self.keys.get(key, 0) if key is not None and self.view.batches else 0
+        return MAX_BATCH_JOBS - held if held else 0
+
     def affinity(self, job: WaitingJob) -> int:
         """Where `job`'s checkpoint is here: on the device, in RAM, on disk, or to download."""
-        if job.checkpoint in self.hot:
+        if not job.checkpoint or job.checkpoint in self.hot:  # none to load: any worker is hot
             return HOT
         if job.checkpoint in self.warm:
             return WARM
@@ -206,6 +227,8 @@ class _Worker:
 
     def touch(self, checkpoint: str) -> None:
         """Run a job of `checkpoint` here: it becomes hottest, the LRU one drops to RAM."""
+        if not checkpoint:
+            return
         if checkpoint in self.hot:
             self.hot.remove(checkpoint)
         elif checkpoint in self.warm:
@@ -307,6 +330,16 @@ class _Pass:
         worker.fetched(job)
         worker.touch(job.checkpoint)
         worker.controlnets |= job.controlnets
+        if job.batch_key is not None:
+            worker.keys[job.batch_key] = worker.keys.get(job.batch_key, 0) + 1
+
+    def join(self, job: WaitingJob, worker: _Worker) -> None:
+        """Hand `job` to `worker` as a companion of its jobs of the same batch key."""
+        assert job.batch_key is not None and self.queues[job.user_id][0] is job
+        self.queues[job.user_id].popleft()
+        self.service[job.user_id] += job.cost
+        self.demand[job.checkpoint] -= job.cost
+        worker.keys[job.batch_key] = worker.keys.get(job.batch_key, 0) + 1
 
 
 def _user_queues(waiting: Iterable[WaitingJob]) -> dict[str, deque[WaitingJob]]:
@@ -345,7 +378,21 @@ class FairScheduler:
             job, worker, reason = pick
             state.assign(job, worker)
             assignments.append(Assignment(job.job_id, worker.id, reason))
+        while (companion := self._companion(state)) is not None:
+            job, worker = companion
+            state.join(job, worker)
+            assignments.append(Assignment(job.job_id, worker.id, "batch"))
         return assignments
+
+    @staticmethod
+    def _companion(state: _Pass) -> tuple[WaitingJob, _Worker] | None:
+        """The neediest user's oldest job that can join a batch of its key on some worker (the
+        worker holding most of that key first: a bigger batch)."""
+        for job in sorted(state.heads(), key=state.fair_key):
+            able = [w for w in state.workers if w.batch_room(job.batch_key) > 0 and w.has(job)]
+            if able:
+                return job, min(able, key=lambda w: (-w.keys[job.batch_key or ""], w.id))
+        return None
 
     def fair_order(
         self, waiting: Sequence[WaitingJob], *, now: float, usage: Mapping[str, float]

@@ -502,3 +502,13 @@ def test_a_plan_does_not_depend_on_the_order_of_its_inputs():
     first = FairScheduler().plan(waiting, workers, now=60.0, usage=usage)
     rng.shuffle(waiting)
     assert FairScheduler().plan(waiting, workers[::-1], now=60.0, usage=usage) == first
+
+
+def test_an_upscale_needs_no_checkpoint_only_its_upscaler_and_loads_nothing():
+    upscale = job("up", "alice", checkpoint="", other_models=frozenset({("upscaler", "4x")}))
+    without = worker("gpu-1", hot=("a",), inventory=disk("a"))
+    holding = worker("gpu-2", hot=("b",), inventory=disk("b") | {("upscaler", "4x")})
+    [assignment] = FairScheduler().plan([upscale], [without, holding], now=1.0, usage={})
+    assert assignment.worker_id == "gpu-2"  # the one with the model, its hot checkpoint kept
+    plan = FairScheduler().plan([upscale], [without], now=1.0, usage={})
+    assert plan == []  # nobody has the upscaler: it waits
