@@ -77,6 +77,11 @@ urlpatterns = [
     path("merges/virtual/", merge_api.VirtualMergeView.as_view(), name="api-merges-virtual"),
     path("merges/options/", merge_api.MergeOptionsView.as_view(), name="api-merges-options"),
     path(
+        "own-models/<int:pk>/preview/",
+        model_uploads.OwnModelPreviewView.as_view(),
+        name="api-own-model-preview",
+    ),
+    path(
         "own-models/uploads/",
         uploads.as_view({"post": "create", "get": "list"}),
         name="api-model-uploads",

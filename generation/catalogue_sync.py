@@ -68,8 +68,14 @@ def sync_catalogue(models_dir: Path | None = None, include_workers: bool = True)
         seen.setdefault((entry["kind"], entry["name"]), entry)
     demo = _demo_names()
     created = updated = 0
-    existing = {(e.kind, e.name): e for e in CatalogEntry.objects.filter(owner__isnull=True)}
+    platform = CatalogEntry.objects.filter(owner__isnull=True)
+    existing = {(e.kind, e.name): e for e in platform.filter(stored_file__isnull=True)}
+    # Staff uploads live in the model store, delivered by hash: no worker inventory says
+    # whether they are available, and a worker's file of the same name does not replace them.
+    stored = set(platform.filter(stored_file__isnull=False).values_list("kind", "name"))
     for (kind, name), item in seen.items():
+        if (kind, name) in stored:
+            continue
         fields = {
             "family": item.get("family") or "unknown",
             "filename": item.get("filename", ""),

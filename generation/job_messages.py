@@ -20,7 +20,7 @@ from generation.control_images import read_control_image
 from generation.events import user_group
 from generation.model_delivery import deliveries_for, signed_upload_url, upload_chunk_bytes
 from generation.models import Job
-from generation.training_epochs import training_delivery
+from generation.training_links import training_delivery
 from gpu_worker.params import GenerationParams
 from gpu_worker.protocol import (
     GENERATE_ACTOR,

@@ -12,13 +12,10 @@ Status codes carried by SubmissionError: 400 malformed input (wrong type, missin
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import io
 import logging
 import secrets
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
@@ -27,8 +24,9 @@ import redis
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db.models import Case, When
 from django.utils.translation import gettext
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from generation.broker import get_redis
 from generation.control_images import store_control_images
@@ -41,6 +39,7 @@ from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, UserGenerationSettings
 from generation.pricing import final_size, price_job, total_steps
 from generation.queue import queue_info
+from generation.request_errors import SubmissionError
 from generation.scheduling.dispatcher import dispatch_on_commit
 from generation.styles import StyleError, apply_styles
 from generation.training_requests import (
@@ -48,6 +47,7 @@ from generation.training_requests import (
     check_training_slots,
     validate_training,
 )
+from generation.uploaded_images import uploaded_image
 from gpu_worker.masking import mask_is_empty, outpaint_sides, prepare_mask
 from gpu_worker.params import (
     CONTROL_MODES,
@@ -82,23 +82,9 @@ MAX_CLIP_SKIP = 12
 MAX_SEED_RESIZE = 4096  # seed_resize_from_w/h: the size the noise was first made at
 RESIZE_MODES = (0, 3)  # img2img resize_mode bounds (A1111's 0-3; 3 resizes like 0 here)
 HIRES_SCALE = (1.0, 4.0)
-ACCEPTED_INIT_FORMATS = {"PNG", "JPEG", "WEBP"}
 MAX_MASK_BLUR = 64  # A1111's slider goes to 64
 MAX_MASK_PADDING = 256  # A1111's "only masked" padding slider goes to 256
 NOISE_MULTIPLIER = (0.0, 2.0)
-
-
-class SubmissionError(Exception):
-    """A request the service refuses; `field` names what to fix, `status` the HTTP answer."""
-
-    def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.status = status
-
-    def as_dict(self) -> dict[str, str]:
-        return {"field": self.field, "detail": self.message}
 
 
 @dataclass
@@ -175,7 +161,10 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     """Find an entry by catalogue key. An unknown or disabled name reads the same; one the
     user's tier leaves out says so (the pricing page lists the tiers anyway)."""
     key = _strip_model_name(name)
-    entry = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).first()
+    # The user's own model first: a staff upload may later take a name a member already uses.
+    own_first = Case(When(owner_id=getattr(user, "pk", None), then=0), default=1)
+    entries = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key)
+    entry = entries.order_by(own_first, "pk").first()
     label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE", "controlnet": "ControlNet"}.get(
         kind, kind
     )
@@ -218,55 +207,6 @@ def default_checkpoint(user: Any) -> CatalogEntry | None:
     return usable.order_by("is_demo", "name").first()
 
 
-def uploaded_image(raw: Any, limits: GenerationLimits, field: str) -> Image.Image:
-    """Bytes, base64 text (data URI allowed) or an uploaded file -> a decoded image, within the
-    upload byte and pixel caps (the source image and the inpaint mask alike)."""
-    if hasattr(raw, "read"):
-        if getattr(raw, "size", 0) and raw.size > limits.max_init_image_bytes:
-            raise _too_big(limits, field)
-        data = raw.read(limits.max_init_image_bytes + 1)
-    elif isinstance(raw, bytes):
-        data = raw
-    elif isinstance(raw, str):
-        text = raw.split(",", 1)[1] if raw.startswith("data:") else raw
-        if len(text) * 3 // 4 > limits.max_init_image_bytes + 3:
-            raise _too_big(limits, field)
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise SubmissionError(field, f"{field} is not valid base64", 422) from None
-    else:
-        raise SubmissionError(field, f"{field} must be an image file or base64 text")
-    if len(data) > limits.max_init_image_bytes:
-        raise _too_big(limits, field)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in ACCEPTED_INIT_FORMATS:
-                raise SubmissionError(
-                    field, f"{field} must be PNG, JPEG or WEBP, not {image.format}", 422
-                )
-            # The header gives the size before any pixel is decoded: the bomb guard.
-            if image.width * image.height > limits.max_init_image_pixels:
-                raise SubmissionError(
-                    field,
-                    f"{field} is {image.width}x{image.height}; the limit is "
-                    f"{limits.max_init_image_pixels} pixels",
-                    422,
-                )
-            image.load()
-            return image
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise SubmissionError(
-            field,
-            f"{field} has too many pixels; the limit is {limits.max_init_image_pixels} pixels",
-            422,
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise SubmissionError(field, f"{field} is not a readable image", 422) from None
-
-
 def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
@@ -276,12 +216,6 @@ def _png(image: Image.Image) -> bytes:
 def _init_image(raw: Any, limits: GenerationLimits) -> bytes:
     """The img2img source as a clean re-encoded RGB PNG."""
     return _png(uploaded_image(raw, limits, "init_image").convert("RGB"))
-
-
-def _too_big(limits: GenerationLimits, field: str = "init_image") -> SubmissionError:
-    return SubmissionError(
-        field, f"{field} is larger than {limits.max_init_image_bytes} bytes", 422
-    )
 
 
 def upscaler_models(user: Any) -> list[str]:

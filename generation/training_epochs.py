@@ -26,7 +26,6 @@ from django.conf import settings
 from django.core import signing
 from django.core.files.base import ContentFile, File
 from django.db import transaction
-from django.urls import reverse
 
 from accounts import ledger
 from generation import model_store
@@ -34,15 +33,11 @@ from generation.model_store import incoming_dir
 from generation.models import CatalogEntry, Job, TrainingEpoch, TrainingImage
 from generation.own_models import OwnModelError, add_own_model
 from generation.pricing import epoch_price
+from generation.training_links import EPOCH_SALT, IMAGE_SALT, STATE_SALT
 from gpu_worker.model_files import UnreadableModel, inspect_file
-from gpu_worker.protocol import TrainingDelivery, TrainingImageDelivery
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SALT = "atelier.training-image"
-STATE_SALT = "atelier.training-state"
-EPOCH_SALT = "atelier.training-epoch"
-CHUNK_BYTES = 8 * 2**20
 PARTS = ("lora", "state")  # staged in chunks; the sample and the numbers come with the commit
 MAX_STAGED_BYTES = 8 * 2**30  # per part: far above any LoRA's state, far below a full disk
 
@@ -55,37 +50,12 @@ class EpochRefused(Exception):
         self.message, self.status = message, status
 
 
-def _url(name: str, salt: str, value: str) -> str:
-    token = signing.TimestampSigner(salt=salt).sign(value)
-    path = reverse(name, kwargs={"token": token})
-    return str(settings.MODEL_DELIVERY_BASE_URL).rstrip("/") + path
-
-
 def unsign(token: str, salt: str, max_age: int) -> str:
     """The signed value, or EpochRefused(404) for a bad or expired token."""
     try:
         return signing.TimestampSigner(salt=salt).unsign(token, max_age=max_age)
     except signing.BadSignature:  # also SignatureExpired
         raise EpochRefused("no such address", 404) from None
-
-
-def training_delivery(job: Job) -> TrainingDelivery:
-    """The `training` part of a job's message: dataset, epoch address, state to resume from."""
-    last = job.training_epochs.order_by("-epoch").first()
-    return TrainingDelivery(
-        images=[
-            TrainingImageDelivery(
-                sha256=image["sha256"],
-                url=_url("training-image", IMAGE_SALT, f"{job.pk}:{image['sha256']}"),
-            )
-            for image in job.params["train"]["images"]
-        ],
-        epoch_url=_url("training-epoch", EPOCH_SALT, f"{job.pk}:{job.attempt}"),
-        resume_epoch=last.epoch if last else 0,
-        resume_state_url=_url("training-state", STATE_SALT, str(last.pk)) if last else None,
-        # Each chunk is one request: it must fit under the request-body limit.
-        chunk_bytes=max(1 << 16, min(CHUNK_BYTES, settings.MAX_REQUEST_BODY_BYTES - (1 << 16))),
-    )
 
 
 def image_for(token: str) -> TrainingImage:

@@ -15,7 +15,8 @@ from generation import (
 urlpatterns = [
     path("generate/", views.generate, name="generate"),
     path("models/mine/", own_model_views.own_models, name="own-models"),
-    path("models/mine/<int:pk>/", merge_views.own_model, name="own-model"),
+    path("models/mine/<int:pk>/", own_model_views.own_model, name="own-model"),
+    path("models/mine/<int:pk>/delete/", own_model_views.own_model_delete, name="own-model-delete"),
     path("models/mine/<int:pk>/bake/", merge_views.bake, name="own-model-bake"),
     path("models/merge/", merge_views.merge_page, name="merge"),
     path("images/", views.my_images, name="my_images"),

@@ -12,6 +12,7 @@ import base64
 import io
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,12 +236,8 @@ class Engine:
         self.pipeline(self.resolve("checkpoint", checkpoint_name), None)
 
     # --- running ---------------------------------------------------------------------------
-    def run(
-        self, request: GenerationRequest, observer: StepObserver | None = None
-    ) -> GenerationResult:
-        if request["mode"] == "extras":  # an upscale of a finished image: its own module
-            return run_extras(self, request, observer)
-        started = time.perf_counter()
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        """The request's names resolved and prompts checked; JobFailed when it cannot run."""
         problem = request_problem(request)
         if problem:
             raise JobFailed(problem)
@@ -260,40 +257,86 @@ class Engine:
             faces = self.resolve("face_restorer", face_name) if face_name else None
         except (UnknownModel, UnknownSampler, PromptSyntaxError) as exc:
             raise JobFailed(str(exc)) from exc
+        return Prepared(
+            checkpoint, vae, prompt, negative, loras, choice, embedding_items, upscaler, faces
+        )
+
+    def new_run(
+        self,
+        request: GenerationRequest,
+        prepared: Prepared,
+        pipe: Any,
+        observer: StepObserver | None,
+    ) -> _Run:
+        """A run of the request on the loaded pipeline, its embeddings loaded."""
+        run = _Run(self, request, pipe, prepared.choice, observer)
+        run.upscaler = prepared.upscaler
+        run.faces = self.face_restorer(prepared.faces) if prepared.faces else None
+        run.embeddings = self._load_embeddings(prepared.embedding_items, pipe, run.family)
+        run.embedding_hashes = {
+            i.name: i.sha256[:12] for i in prepared.embedding_items if i.name in run.embeddings
+        }
+        return run
+
+    def run(
+        self, request: GenerationRequest, observer: StepObserver | None = None
+    ) -> GenerationResult:
+        if request["mode"] == "extras":  # an upscale of a finished image: its own module
+            return run_extras(self, request, observer)
+        started = time.perf_counter()
+        prepared = self.prepare(request)
+        checkpoint, vae, loras = prepared.checkpoint, prepared.vae, prepared.loras
         try:
             t0 = time.perf_counter()
             loads_before = self.cache.stats.loads  # one job at a time: the counter is ours
             pipe = self.pipeline(checkpoint, vae)
             load_s = time.perf_counter() - t0
             model_loaded = self.cache.stats.loads > loads_before
-            run = _Run(self, request, pipe, choice, observer)
-            run.upscaler = upscaler
-            run.faces = self.face_restorer(faces) if faces else None
-            run.embeddings = self._load_embeddings(embedding_items, pipe, run.family)
-            run.embedding_hashes = {
-                i.name: i.sha256[:12] for i in embedding_items if i.name in run.embeddings
-            }
+            run = self.new_run(request, prepared, pipe, observer)
             tiling = circular_padding(pipe, bool(request.get("tiling")))
             with torch.no_grad(), _applied_loras(pipe, loras), tiling:
-                result = run.execute(prompt, negative, checkpoint, vae, loras)
+                result = run.execute(prepared.prompt, prepared.negative, checkpoint, vae, loras)
         except ModelLoadError as exc:
             self.cache.discard((checkpoint.sha256, vae.sha256 if vae else None))
             raise JobFailed(str(exc)) from exc
         except (JobInterrupted, BatchSkipped, JobFailed):
             raise
         except Exception as exc:
-            if is_out_of_memory(exc):
-                self.cache.clear()  # give everything back; the next job loads what it needs
-                raise JobFailed(
-                    "out of GPU memory: try a smaller size or batch (the worker freed its "
-                    "model cache and goes on)",
-                    permanent=True,
-                ) from exc
-            raise
+            failed = self.out_of_memory(exc)
+            if failed is None:
+                raise
+            raise failed from exc
         result.timings["model_load_s"] = round(load_s, 4)
         result.timings["model_loaded"] = model_loaded  # from disk, not a cache hit (ops page)
         result.timings["total_s"] = round(time.perf_counter() - started, 4)
         return result
+
+    def out_of_memory(self, exc: BaseException) -> JobFailed | None:
+        """An out-of-memory error during sampling fails the job, the cache freed; None for any
+        other error (raised as is: the worker retries it)."""
+        if not is_out_of_memory(exc):
+            return None
+        self.cache.clear()  # give everything back; the next job loads what it needs
+        return JobFailed(
+            "out of GPU memory: try a smaller size or batch (the worker freed its "
+            "model cache and goes on)",
+            permanent=True,
+        )
+
+
+@dataclass
+class Prepared:
+    """A request's names resolved in the catalogue (Engine.prepare)."""
+
+    checkpoint: CatalogueItem
+    vae: CatalogueItem | None
+    prompt: str  # without its LoRA tags
+    negative: str
+    loras: list[tuple[CatalogueItem, Any]]
+    choice: SamplerChoice
+    embedding_items: list[CatalogueItem]
+    upscaler: CatalogueItem | None
+    faces: CatalogueItem | None  # the face restorer of `restore_faces`
 
 
 class _applied_loras:  # noqa: N801 - used as a context manager

@@ -375,7 +375,7 @@ def test_an_epoch_is_recorded_and_charged_once_and_a_replaced_attempt_is_refused
     from accounts import ledger
     from accounts.models import CreditEntry
     from generation.pricing import epoch_price
-    from generation.training_epochs import training_delivery
+    from generation.training_links import training_delivery
     from tests.model_file_builder import sd1_lora
 
     settings.MODEL_STORE_DIR = tmp_path / "store"
