@@ -97,6 +97,26 @@ class ValidatedJob:
     control_pngs: dict[str, bytes]  # sha256 -> PNG of the ControlNet units' images
     mask_png: bytes | None = None
 
+    @classmethod
+    def priced(
+        cls,
+        params: GenerationParams,
+        checkpoint: CatalogEntry,
+        init_png: bytes | None,
+        control_pngs: dict[str, bytes] | None = None,
+        mask_png: bytes | None = None,
+    ) -> ValidatedJob:
+        """Valid parameters with their price and step count (what the hold and progress use)."""
+        return cls(
+            params=params,
+            checkpoint=checkpoint,
+            init_png=init_png,
+            price=price_job(params, checkpoint),
+            total_steps=total_steps(params),
+            control_pngs=control_pngs or {},
+            mask_png=mask_png,
+        )
+
 
 # --- field checks ----------------------------------------------------------------------------
 
@@ -589,15 +609,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
             "controlnet", "controlnet units are not available with inpainting yet", 422
         )
 
-    return ValidatedJob(
-        params=params,
-        checkpoint=checkpoint,
-        init_png=init_png,
-        price=price_job(params, checkpoint),
-        total_steps=total_steps(params),
-        control_pngs=control_pngs,
-        mask_png=mask_png,
-    )
+    return ValidatedJob.priced(params, checkpoint, init_png, control_pngs, mask_png)
 
 
 def _styled(user: Any, given: dict[str, Any]) -> tuple[Any, Any]:

@@ -10,7 +10,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: the CPU thread cliff
 
 import io
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,11 @@ from typing import Any
 import pytest
 
 from generation.models import CatalogEntry, Job, ModelFile
-from gpu_worker.model_downloads import DownloadCache
 from gpu_worker.protocol import stored_model_key
 from tests.generation.a1111_support import token_for
 from tests.generation.conftest import api_client, wait_for
 from tests.generation.own_model_uploads import upload
+from tests.generation.real_worker import running_gpu_worker
 
 pytest.importorskip("diffusers")
 pytest.importorskip("tusclient")
@@ -46,42 +45,9 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def empty_worker(tmp_path: Path) -> Iterator[Any]:
     """A GPU worker whose models folder is empty, with its own download cache; its heartbeat
     carries operator commands (evict) to it."""
-    import redis
-    from dramatiq.brokers.redis import RedisBroker
-
-    from gpu_worker.engine import Engine
-    from gpu_worker.heartbeat import Heartbeat
-    from gpu_worker.model_cache import ModelCache
-    from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, running_worker
-
-    url = os.environ["REDIS_URL"]
-    broker = RedisBroker(url=url)
     (tmp_path / "models").mkdir()
-    engine = Engine(
-        models_dir=tmp_path / "models",
-        cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
-        cache_dir=tmp_path / "cache",
-    )
-    service = WorkerService(
-        engine=engine,
-        broker=broker,
-        redis_client=redis.Redis.from_url(url),
-        publisher=None,
-        worker_id="own-" + uuid.uuid4().hex[:6],
-        downloads=DownloadCache(tmp_path / "downloads", budget_bytes=1 << 30),
-    )
-    register_actors(broker, service)
-    heartbeat = Heartbeat(
-        redis.Redis.from_url(url),
-        service.heartbeat_snapshot,
-        on_command=service.apply_command,
-        on_tick=service.flush_events,
-        interval=0.3,
-    )
-    broker.add_middleware(WorkerLifecycle(service, preload=[], heartbeat=heartbeat))
-    with running_worker(broker, service.queue):
-        yield service
-    broker.close()
+    with running_gpu_worker(tmp_path / "models", tmp_path, name="own", downloads=True) as worker:
+        yield worker
 
 
 def tus_upload_interrupted(live_server: Any, token: str, data: bytes, name: str) -> str:
