@@ -28,19 +28,6 @@ pytest.importorskip("tusclient")
 pytestmark = [pytest.mark.engine, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture(scope="module")
-def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo builder's files: what alice has on her own disk."""
-    import torch
-
-    from gpu_worker.demo_model import make_demo_models
-
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("alices-disk")
-    make_demo_models(folder)
-    return folder
-
-
 @pytest.fixture
 def empty_worker(tmp_path: Path) -> Iterator[Any]:
     """A GPU worker whose models folder is empty, with its own download cache; its heartbeat
@@ -70,13 +57,14 @@ def tus_upload_interrupted(live_server: Any, token: str, data: bytes, name: str)
 
 
 def test_alices_uploads_run_on_an_empty_worker_and_stay_hers(
-    alice, bob, live_server, settings, tmp_path, demo_files, platform_tick, empty_worker
+    alice, bob, live_server, settings, tmp_path, demo_models, platform_tick, empty_worker
 ):
     settings.MODEL_STORE_DIR = tmp_path / "store"
     settings.MODEL_DELIVERY_BASE_URL = live_server.url
     alice_api, bob_api = api_client(alice), api_client(bob)
-    checkpoint_bytes = (demo_files / "Stable-diffusion/atelier-demo-v1.safetensors").read_bytes()
-    lora_bytes = (demo_files / "Lora/atelier-demo-lora.safetensors").read_bytes()
+    # The demo builder's files (tests/generation/real_worker.py) are what alice has on her disk.
+    checkpoint_bytes = (demo_models / "Stable-diffusion/atelier-demo-v1.safetensors").read_bytes()
+    lora_bytes = (demo_models / "Lora/atelier-demo-lora.safetensors").read_bytes()
 
     tus_upload_interrupted(live_server, token_for(alice), checkpoint_bytes, "alice-ckpt")
     assert upload(alice_api, lora_bytes, "alice-lora", chunk=4096).status_code == 200
