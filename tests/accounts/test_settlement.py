@@ -222,6 +222,21 @@ def test_a_cancelled_job_given_back_by_a_draining_worker_ends_with_its_hold_rele
     assert_ledger_clean()
 
 
+def test_a_cancelled_job_whose_worker_died_ends_instead_of_going_to_another_worker(
+    alice, handed_out, redis_client
+):
+    cancel_while_handed_out(alice, handed_out, redis_client)
+    memory = SweepMemory()
+    first = timezone.now()
+    sweep(first, memory)  # no heartbeat from gpu-0: missing from now on...
+    sweep(first + timedelta(seconds=memory.liveness.grace), memory)  # ...and declared dead
+    handed_out.refresh_from_db()
+    assert (handed_out.status, handed_out.worker_id) == ("cancelled", "")
+    assert settlement_of(handed_out).kind == "release"
+    assert (balance_of(alice), held_of(alice)) == (Decimal("10.00"), 0)
+    assert_ledger_clean()
+
+
 def test_a_job_that_killed_its_workers_releases_the_whole_hold(alice, job, redis_client):
     memory = SweepMemory()
     for n in range(MAX_WORKERS_LOST):
