@@ -15,12 +15,12 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections, connections
 from dramatiq.broker import Broker, MessageProxy
-from dramatiq.brokers.redis import RedisBroker
+from gpu_worker.wakeup import WakeupRedisBroker
 from dramatiq.middleware import Middleware
 from dramatiq.worker import WorkerThread
 
 _lock = threading.Lock()
-_broker: RedisBroker | None = None
+_broker: WakeupRedisBroker | None = None
 _redis: redis.Redis | None = None
 
 
@@ -61,11 +61,11 @@ def get_redis() -> redis.Redis:
         return _redis
 
 
-def get_broker() -> RedisBroker:
+def get_broker() -> WakeupRedisBroker:
     global _broker
     with _lock:
         if _broker is None:
-            broker = RedisBroker(
+            broker = WakeupRedisBroker(
                 url=redis_url(),
                 socket_connect_timeout=2,
                 socket_timeout=10,

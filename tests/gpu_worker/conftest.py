@@ -185,9 +185,9 @@ class WorkerWorld:
 def worker_world(
     gw_redis_url: str, gw_redis: Any, demo_models_dir: Path, atelier_cache_dir: Path
 ) -> Iterator[WorkerWorld]:
-    """A real RedisBroker (own namespace), the GPU worker in-process, and a platform stand-in."""
+    """A real WakeupRedisBroker (own namespace), the GPU worker in-process, and a platform stand-in."""
     import dramatiq
-    from dramatiq.brokers.redis import RedisBroker
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     from gpu_worker.progress import ChannelPublisher
     from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE
@@ -198,7 +198,7 @@ def worker_world(
         running_worker,
     )
 
-    broker = RedisBroker(url=gw_redis_url, namespace="atelier-test-" + uuid.uuid4().hex[:8])
+    broker = WakeupRedisBroker(url=gw_redis_url, namespace="atelier-test-" + uuid.uuid4().hex[:8])
     events = EventLog()
     dramatiq.Actor(
         events.record,

@@ -75,8 +75,8 @@ class Command(BaseCommand):
         broker = get_broker()
         register_platform_actors(broker)
         worker = dramatiq.Worker(
-            broker, queues={PLATFORM_QUEUE}, worker_threads=options["threads"], worker_timeout=50
-        )
+            broker, queues={PLATFORM_QUEUE}, worker_threads=options["threads"], worker_timeout=1000
+        )  # pickup is pushed (gpu_worker.wakeup); the timeout only paces housekeeping
         worker.start()
         self.stdout.write(
             f"platform worker consuming {PLATFORM_QUEUE!r} ({options['threads']} threads)"
