@@ -15,9 +15,10 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections, connections
 from dramatiq.broker import Broker, MessageProxy
-from gpu_worker.wakeup import WakeupRedisBroker
 from dramatiq.middleware import Middleware
 from dramatiq.worker import WorkerThread
+
+from gpu_worker.wakeup import WakeupRedisBroker
 
 _lock = threading.Lock()
 _broker: WakeupRedisBroker | None = None

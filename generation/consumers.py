@@ -33,7 +33,7 @@ def unfinished_job_events(user: Any) -> list[JobEvent]:
                 }
             )
             continue
-        info = snapshot.get(job.pk) if snapshot else None
+        info = snapshot.place(job) if snapshot else None
         events.append(
             queued_event(
                 job,

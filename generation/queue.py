@@ -3,7 +3,10 @@
 Jobs already handed to a worker come first, behind what that worker runs now; then the waiting
 jobs in the policy's start order (`FairScheduler.fair_order`: fair share by recent usage and tier
 weight, aged jobs first) over the workers present now (`generation.fleet`), each job timed by
-`scheduling.estimates`. A snapshot costs a constant number of queries whatever the queue length.
+`scheduling.estimates`. A snapshot costs a constant number of queries whatever the queue length,
+and simulates only the oldest MAX_SIMULATED waiting jobs (the scheduler's own window), so it
+costs the same at a hundred or ten thousand queued jobs. A job behind that window is placed by
+its age (`QueueSnapshot.beyond`: one indexed count), timed at the window's mean pace.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from generation.scheduling.estimates import Source, SpeedCache, estimate_duratio
 from generation.scheduling.inputs import in_flight_jobs, recent_usage, waiting_jobs
 from generation.scheduling.policy import FairScheduler
 
-MAX_SIMULATED = 1000
+MAX_SIMULATED = 100  # = dispatcher.SCHEDULING_WINDOW: nothing behind it starts before it
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,36 @@ class QueueInfo:
 @dataclass
 class QueueSnapshot:
     infos: dict[str, QueueInfo] = field(default_factory=dict)
+    # Behind the simulated window: the window's last place and finish, and the seconds each
+    # further job adds (mean cost over the workers); None when the window held every job.
+    window_end: tuple[int, float, float] | None = None
+    _placed: dict[str, QueueInfo | None] = field(default_factory=dict)
 
     def get(self, job_id: Any) -> QueueInfo | None:
         return self.infos.get(str(job_id))
+
+    def place(self, job: Job) -> QueueInfo | None:
+        """`get`, or for a job behind the window `beyond` (asked once per job)."""
+        if (info := self.get(job.pk)) is not None:
+            return info
+        if str(job.pk) not in self._placed:
+            self._placed[str(job.pk)] = self.beyond(job)
+        return self._placed[str(job.pk)]
+
+    def beyond(self, job: Job) -> QueueInfo | None:
+        """A waiting job behind the window: placed by age among the waiting jobs behind it."""
+        if self.window_end is None or job.status != Job.Status.QUEUED or job.worker_id:
+            return None
+        last_position, last_finish, pace = self.window_end
+        ahead = (
+            Job.objects.waiting()
+            .filter(created_at__lte=job.created_at)
+            .exclude(pk=job.pk)
+            .exclude(pk__in=list(self.infos))
+            .count()
+        )
+        position = last_position + ahead + 1
+        return QueueInfo(position, round(last_finish + pace * (ahead + 1), 1), "default")
 
 
 def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
@@ -68,12 +98,16 @@ def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
     waiting = waiting_jobs(limit=MAX_SIMULATED, speeds=speeds)
     usage = recent_usage(now, speeds, in_flight=held)
     order = FairScheduler().fair_order(waiting.jobs, now=now.timestamp(), usage=usage)
+    position, finish = len(handed_out), 0.0
     for position, entry in enumerate(order, start=len(handed_out) + 1):
         finish = heapq.heappop(slots) + entry.cost
         heapq.heappush(slots, finish)
         snapshot.infos[entry.job_id] = QueueInfo(
             position, round(finish, 1), waiting.sources[entry.job_id]
         )
+    if len(waiting.jobs) >= MAX_SIMULATED:  # there may be more behind it
+        pace = sum(e.cost for e in order) / len(order) / count
+        snapshot.window_end = (position, finish, pace)
     return snapshot
 
 
@@ -81,4 +115,4 @@ def queue_info(job: Job) -> QueueInfo | None:
     """Position and ETA of one queued job (None once it left the queue)."""
     if job.status != Job.Status.QUEUED:
         return None
-    return queue_snapshot().get(job.pk)
+    return queue_snapshot().place(job)

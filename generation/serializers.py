@@ -115,7 +115,7 @@ class JobSerializer(serializers.ModelSerializer):
     def get_position(self, job: Job) -> int | None:
         if job.status != Job.Status.QUEUED:
             return None
-        info = self._snapshot().get(job.pk)
+        info = self._snapshot().place(job)
         return info.position if info else None
 
     @extend_schema_field(serializers.FloatField(allow_null=True))
@@ -125,14 +125,14 @@ class JobSerializer(serializers.ModelSerializer):
             return running_eta(job)
         if job.status != Job.Status.QUEUED:
             return None
-        info = self._snapshot().get(job.pk)
+        info = self._snapshot().place(job)
         return info.eta if info else None
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_eta_source(self, job: Job) -> str | None:
         if job.status != Job.Status.QUEUED:
             return None
-        info = self._snapshot().get(job.pk)
+        info = self._snapshot().place(job)
         return info.source if info else None
 
     def get_cancel_requested(self, job: Job) -> bool:

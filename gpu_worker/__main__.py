@@ -332,13 +332,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import redis
-    from gpu_worker.wakeup import WakeupRedisBroker
 
     from gpu_worker.demo_model import make_demo_models
     from gpu_worker.heartbeat import Heartbeat
     from gpu_worker.model_downloads import DownloadCache
     from gpu_worker.progress import ChannelPublisher
     from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, start_worker
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     redis_url = args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     worker_id = args.worker_id or f"{os.uname().nodename}-{uuid.uuid4().hex[:6]}"

@@ -15,6 +15,7 @@ sends (web, platform worker, GPU workers) and every consumer use this broker.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -26,7 +27,6 @@ from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
 log = logging.getLogger(__name__)
-
 
 
 def wake_channel(namespace: str, queue_name: str) -> str:
@@ -54,7 +54,7 @@ class WakeupRedisBroker(RedisBroker):
         return _WakeupConsumer(self, queue_name, prefetch, timeout)
 
 
-class _WakeupConsumer(_RedisConsumer):  # type: ignore[misc]  # dramatiq's consumer is untyped
+class _WakeupConsumer(_RedisConsumer):
     def __init__(self, broker: WakeupRedisBroker, queue_name: str, prefetch: int, timeout: int):
         super().__init__(broker, queue_name, prefetch, timeout)
         self.channel = wake_channel(broker.namespace, queue_name)
@@ -82,10 +82,8 @@ class _WakeupConsumer(_RedisConsumer):  # type: ignore[misc]  # dramatiq's consu
 
     def _drop_subscription(self) -> None:
         if self.pubsub is not None:
-            try:
+            with contextlib.suppress(redis.RedisError):
                 self.pubsub.close()
-            except redis.RedisError:
-                pass
             self.pubsub = None
 
     def ack(self, message: MessageProxy) -> None:

@@ -45,7 +45,6 @@ def gpu_worker_process(
     over the same Redis: it shares no code with the platform beyond gpu_worker.protocol. Its
     heartbeat makes the platform's scheduler hand it jobs on its own queue."""
     import redis
-    from gpu_worker.wakeup import WakeupRedisBroker
 
     from gpu_worker.engine import Engine
     from gpu_worker.heartbeat import Heartbeat
@@ -57,6 +56,7 @@ def gpu_worker_process(
         register_actors,
         running_worker,
     )
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     url = os.environ["REDIS_URL"]
     broker = WakeupRedisBroker(url=url)

@@ -185,9 +185,8 @@ class WorkerWorld:
 def worker_world(
     gw_redis_url: str, gw_redis: Any, demo_models_dir: Path, atelier_cache_dir: Path
 ) -> Iterator[WorkerWorld]:
-    """A real WakeupRedisBroker (own namespace), the GPU worker in-process, and a platform stand-in."""
+    """The product's broker (own namespace), the GPU worker in-process, a platform stand-in."""
     import dramatiq
-    from gpu_worker.wakeup import WakeupRedisBroker
 
     from gpu_worker.progress import ChannelPublisher
     from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE
@@ -197,6 +196,7 @@ def worker_world(
         register_actors,
         running_worker,
     )
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     broker = WakeupRedisBroker(url=gw_redis_url, namespace="atelier-test-" + uuid.uuid4().hex[:8])
     events = EventLog()

@@ -258,9 +258,9 @@ def offline_service(engine: Any, url: str, worker_id: str) -> Any:
     import uuid
 
     import redis
-    from gpu_worker.wakeup import WakeupRedisBroker
 
     from gpu_worker.service import WorkerService
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     broker = WakeupRedisBroker(
         url=url, namespace="atelier-test-" + uuid.uuid4().hex[:8], socket_connect_timeout=1

@@ -1,9 +1,11 @@
 """`python manage.py run_platform_worker`: record GPU workers' job events, schedule, sweep, sync.
 
-One process: a Dramatiq worker on the platform queue (two threads, fast pickup) plus a tick loop
-(every second) that runs the sweeper (dead workers, lost messages) and a scheduling pass, and the
-catalogue sync and credit grants every few seconds. SIGINT/SIGTERM stop both cleanly (the message
-in hand finishes; prefetched ones go back to Redis).
+One process: a Dramatiq worker on the platform queue (two threads, woken through Redis as events
+arrive), the dispatcher thread (a scheduling pass the moment a submission or an event wakes it
+through Redis: `generation.scheduling.dispatcher.serve_dispatcher`), plus a tick loop (every
+second) that runs the sweeper (dead workers, lost messages) and a safety-net scheduling pass,
+and the catalogue sync and credit grants every few seconds. SIGINT/SIGTERM stop all cleanly
+(the message in hand finishes; prefetched ones go back to Redis).
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ import threading
 from typing import Any
 
 import dramatiq
+from channels.layers import get_channel_layer
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connections
 
 from accounts.grants import grant_periodic_credits
 from generation.broker import get_broker
 from generation.catalogue_sync import sync_catalogue
+from generation.events import use_background_publisher
 from generation.own_models import drop_expired_uploads
-from generation.scheduling.dispatcher import request_schedule
+from generation.scheduling.dispatcher import request_schedule, serve_dispatcher
 from generation.sweeper import UNREPORTED_GRACE_SECONDS, SweepMemory, sweep
 from generation.worker_events import register_platform_actors
+from gpu_worker.progress import ChannelPublisher
 from gpu_worker.protocol import PLATFORM_QUEUE, WORKER_MISSING_GRACE_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -74,6 +79,8 @@ class Command(BaseCommand):
             signal.signal(sig, lambda *_: stop.set())
         broker = get_broker()
         register_platform_actors(broker)
+        publisher = ChannelPublisher(layer=get_channel_layer())
+        use_background_publisher(publisher)
         worker = dramatiq.Worker(
             broker, queues={PLATFORM_QUEUE}, worker_threads=options["threads"], worker_timeout=1000
         )  # pickup is pushed (gpu_worker.wakeup); the timeout only paces housekeeping
@@ -81,6 +88,12 @@ class Command(BaseCommand):
         self.stdout.write(
             f"platform worker consuming {PLATFORM_QUEUE!r} ({options['threads']} threads)"
         )
+        dispatcher = None
+        if not options["no_periodic"]:
+            dispatcher = threading.Thread(
+                target=serve_dispatcher, args=(stop,), name="dispatcher", daemon=True
+            )
+            dispatcher.start()
         try:
             if options["no_periodic"]:
                 stop.wait()
@@ -91,7 +104,12 @@ class Command(BaseCommand):
                 )
         finally:
             self.stdout.write("stopping the platform worker")
+            stop.set()
+            if dispatcher is not None:
+                dispatcher.join(timeout=10)
             worker.stop(timeout=30_000)
+            use_background_publisher(None)
+            publisher.close()
             broker.close()
             connections.close_all()
 
