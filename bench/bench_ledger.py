@@ -96,7 +96,7 @@ def main() -> None:
         # The queued event's snapshot, left out: it reads every queued job.
         import generation.scheduling.dispatcher as dispatcher
 
-        dispatcher.publish_positions = lambda job_ids: None
+        dispatcher.publish_positions = lambda job_ids, snapshot=None: None
 
     def no_hold(user: User, job: Job) -> None:  # the seam's old no-op
         return None

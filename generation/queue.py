@@ -12,9 +12,12 @@ its age (`QueueSnapshot.beyond`: one indexed count), timed at the window's mean 
 from __future__ import annotations
 
 import heapq
+import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from django.utils import timezone
 
 from generation.broker import get_redis
@@ -24,6 +27,11 @@ from generation.scheduling.estimates import Source, SpeedCache, estimate_duratio
 from generation.scheduling.inputs import in_flight_jobs, recent_usage, waiting_jobs
 from generation.scheduling.policy import FairScheduler
 
+logger = logging.getLogger(__name__)
+SNAPSHOT_KEY = "atelier:queue:snapshot"
+# The dispatcher stores a snapshot after every pass and at least every second while jobs wait;
+# readers (job pages, the API, websocket connects) use it while it is this fresh.
+SNAPSHOT_TTL_MS = 3000
 MAX_SIMULATED = 100  # = dispatcher.SCHEDULING_WINDOW: nothing behind it starts before it
 
 
@@ -37,8 +45,9 @@ class QueueInfo:
 @dataclass
 class QueueSnapshot:
     infos: dict[str, QueueInfo] = field(default_factory=dict)
-    # Behind the simulated window: the window's last place and finish, and the seconds each
-    # further job adds (mean cost over the workers); None when the window held every job.
+    # For a waiting job not simulated (behind the window, or newer than the snapshot): the
+    # window's last place and finish, and the seconds each job ahead of it adds (mean cost
+    # over the workers).
     window_end: tuple[int, float, float] | None = None
     _placed: dict[str, QueueInfo | None] = field(default_factory=dict)
 
@@ -54,7 +63,7 @@ class QueueSnapshot:
         return self._placed[str(job.pk)]
 
     def beyond(self, job: Job) -> QueueInfo | None:
-        """A waiting job behind the window: placed by age among the waiting jobs behind it."""
+        """A waiting job the snapshot did not simulate: placed by age behind the window."""
         if self.window_end is None or job.status != Job.Status.QUEUED or job.worker_id:
             return None
         last_position, last_finish, pace = self.window_end
@@ -65,8 +74,9 @@ class QueueSnapshot:
             .exclude(pk__in=list(self.infos))
             .count()
         )
-        position = last_position + ahead + 1
-        return QueueInfo(position, round(last_finish + pace * (ahead + 1), 1), "default")
+        own, source = estimate_duration(job, SpeedCache())
+        finish = last_finish + pace * ahead + own
+        return QueueInfo(last_position + ahead + 1, round(finish, 1), source)
 
 
 def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
@@ -105,9 +115,38 @@ def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
         snapshot.infos[entry.job_id] = QueueInfo(
             position, round(finish, 1), waiting.sources[entry.job_id]
         )
-    if len(waiting.jobs) >= MAX_SIMULATED:  # there may be more behind it
-        pace = sum(e.cost for e in order) / len(order) / count
-        snapshot.window_end = (position, finish, pace)
+    pace = sum(e.cost for e in order) / len(order) / count if order else 0.0
+    snapshot.window_end = (position, finish, pace)
+    return snapshot
+
+
+def store_snapshot(snapshot: QueueSnapshot) -> None:
+    """Publish a snapshot for readers in every process (the dispatcher does, after a pass)."""
+    data: dict[str, Any] = {
+        "infos": {k: [v.position, v.eta, v.source] for k, v in snapshot.infos.items()},
+        "window_end": list(snapshot.window_end) if snapshot.window_end else None,
+    }
+    try:
+        get_redis().set(SNAPSHOT_KEY, json.dumps(data), px=SNAPSHOT_TTL_MS)
+    except (redis.RedisError, OSError):  # readers then compute their own
+        logger.warning("queue snapshot not stored", exc_info=True)
+
+
+def current_snapshot() -> QueueSnapshot:
+    """The dispatcher's latest snapshot if fresh (a Redis read), else one computed here."""
+    try:
+        raw = get_redis().get(SNAPSHOT_KEY)
+    except (redis.RedisError, OSError):
+        raw = None
+    if not raw:
+        return queue_snapshot()
+    data = json.loads(raw)
+    snapshot = QueueSnapshot(
+        infos={k: QueueInfo(int(p), float(e), s) for k, (p, e, s) in data["infos"].items()}
+    )
+    if data["window_end"]:
+        position, finish, pace = data["window_end"]
+        snapshot.window_end = (int(position), float(finish), float(pace))
     return snapshot
 
 
@@ -115,4 +154,4 @@ def queue_info(job: Job) -> QueueInfo | None:
     """Position and ETA of one queued job (None once it left the queue)."""
     if job.status != Job.Status.QUEUED:
         return None
-    return queue_snapshot().place(job)
+    return current_snapshot().place(job)

@@ -13,7 +13,7 @@ from rest_framework import serializers
 from generation.lifecycle import image_payload
 from generation.limits import DEFAULT_LIMITS, GenerationLimits
 from generation.models import CatalogEntry, Job, JobImage
-from generation.queue import QueueSnapshot, queue_snapshot
+from generation.queue import QueueSnapshot, current_snapshot
 from generation.scheduling.estimates import running_eta
 from generation.submission import (
     CONTROL_RESIZE_MODES,
@@ -108,7 +108,7 @@ class JobSerializer(serializers.ModelSerializer):
 
     def _snapshot(self) -> QueueSnapshot:
         if self._queue is None:
-            self._queue = queue_snapshot()
+            self._queue = current_snapshot()
         return self._queue
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))

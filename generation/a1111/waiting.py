@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.db import connection
 from django.utils.translation import gettext as _
 
 from generation.a1111.errors import A1111Error
 from generation.a1111.responses import generation_response
+from generation.a1111.threads import in_pool
 from generation.a1111.translation import Translated
 from generation.models import Job
 from generation.submission import SubmissionError, submit_job
@@ -31,7 +31,7 @@ async def submit(user: Any, request: Translated) -> Job:
     # Shielded: a hang-up must not cancel a submission half-way. Its after-commit hooks (queue
     # position to the browser, then dispatch) make nested async calls that a cancellation would
     # interrupt, leaving a committed job undispatched until the sweeper finds it.
-    call = sync_to_async(submit_job)(user, request.params, idempotency_key=request.task_id)
+    call = in_pool(submit_job)(user, request.params, idempotency_key=request.task_id)
     try:
         return await asyncio.shield(call)
     except SubmissionError as exc:
@@ -51,7 +51,7 @@ async def wait_until_finished(job_id: Any, limit: float = WAIT_LIMIT_SECONDS) ->
     deadline = loop.time() + limit
     delay = FIRST_POLL_SECONDS
     while True:
-        status = await sync_to_async(_status)(job_id)
+        status = await in_pool(_status)(job_id)
         if status is None:  # deleted meanwhile (the account went away)
             raise A1111Error(404, _("job %(id)s no longer exists") % {"id": job_id})
         if status in Job.TERMINAL:
@@ -73,4 +73,4 @@ async def generate(user: Any, request: Translated) -> dict[str, Any]:
     job = await Job.objects.select_related("checkpoint").aget(pk=job.pk)
     if status == Job.Status.FAILED:
         raise A1111Error(502, _("the job failed: %s") % (job.error or _("unknown error")))
-    return await sync_to_async(generation_response)(job, request)
+    return await in_pool(generation_response)(job, request)

@@ -43,7 +43,7 @@ from generation.fleet import present_heartbeats
 from generation.job_messages import send_request
 from generation.lifecycle import queued_event
 from generation.models import Job
-from generation.queue import queue_snapshot
+from generation.queue import QueueSnapshot, queue_snapshot, store_snapshot
 from generation.scheduling.inputs import recent_usage, waiting_jobs
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView
 from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
@@ -230,14 +230,14 @@ def wake_dispatcher(job_ids: list[str] | None = None) -> None:
         publish_positions(job_ids or [])
 
 
-def publish_positions(job_ids: list[str]) -> None:
+def publish_positions(job_ids: list[str], snapshot: QueueSnapshot | None = None) -> None:
     """Tell the owners of these jobs (still queued) their place and ETA: one snapshot."""
     if not job_ids:
         return
     try:
-        snapshot = queue_snapshot()
+        snapshot = snapshot or queue_snapshot()
         rows = Job.objects.filter(pk__in=job_ids, status=Job.Status.QUEUED)
-        for job in rows.only("pk", "owner_id", "status", "worker_id", "created_at"):
+        for job in rows:
             info = snapshot.place(job)
             if info is not None:
                 send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
@@ -253,21 +253,30 @@ def serve_dispatcher(
     from django.db import close_old_connections
 
     client = client or get_redis()
+    waiting = True  # whether the last snapshot held queued jobs (then it is kept fresh)
     try:
         while not stop.is_set():
             client.set(ALIVE_KEY, "1", ex=ALIVE_TTL_S)
             popped = client.blpop([WAKE_KEY], timeout=wait_seconds)
-            if popped is None:
-                continue
-            pipe = client.pipeline(transaction=True)
-            pipe.lrange(WAKE_KEY, 0, -1)
-            pipe.delete(WAKE_KEY)
-            rest, _ = pipe.execute()
-            job_ids = sorted({v.decode() for v in [popped[1], *rest]} - {""})
+            if popped is None and not waiting:
+                continue  # idle: nothing to schedule, no snapshot to refresh
+            job_ids: list[str] = []
+            if popped is not None:
+                pipe = client.pipeline(transaction=True)
+                pipe.lrange(WAKE_KEY, 0, -1)
+                pipe.delete(WAKE_KEY)
+                rest, _ = pipe.execute()
+                job_ids = sorted({v.decode() for v in [popped[1], *rest]} - {""})
             close_old_connections()
             try:
-                request_schedule()
-                publish_positions(job_ids)
+                if popped is not None:
+                    request_schedule()
+                snapshot = queue_snapshot()
+                store_snapshot(snapshot)
+                waiting = bool(snapshot.infos)
+                publish_positions(job_ids, snapshot)
+            except Exception:  # the thread must outlive a bad pass; the next wake-up retries
+                logger.exception("dispatcher pass failed")
             finally:
                 close_old_connections()
     finally:
