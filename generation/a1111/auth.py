@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from django.utils.translation import gettext as _
 from rest_framework import exceptions
@@ -13,7 +14,6 @@ from rest_framework.request import Request
 
 from accounts.authentication import BasicTokenAuthentication, BearerTokenAuthentication
 from generation.a1111.errors import A1111Error
-from generation.a1111.threads import in_pool
 
 AUTHENTICATORS = (BasicTokenAuthentication(), BearerTokenAuthentication())
 
@@ -33,4 +33,4 @@ def authenticate_sync(request: HttpRequest) -> Any:
 
 
 async def authenticate(request: HttpRequest) -> Any:
-    return await in_pool(authenticate_sync)(request)
+    return await sync_to_async(authenticate_sync)(request)

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from functools import wraps
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
@@ -20,7 +21,6 @@ from accounts.throttles import api_refusal_wait
 from generation.a1111 import catalog, controlnet, options, png_info, progress, translation, waiting
 from generation.a1111.auth import authenticate
 from generation.a1111.errors import A1111Error
-from generation.a1111.threads import in_pool
 
 Handler = Callable[[HttpRequest, Any, Any], Awaitable[Any]]
 View = Callable[..., Coroutine[Any, Any, HttpResponse]]
@@ -50,7 +50,7 @@ def endpoint(*methods: str) -> Callable[[Handler], View]:
                     return response
                 user = await authenticate(request)
                 # The REST API's per-member rate (the tier's), counted in the same cache.
-                wait = await in_pool(api_refusal_wait)(request, user)
+                wait = await sync_to_async(api_refusal_wait)(request, user)
                 if wait is not None:
                     raise A1111Error(
                         429,
@@ -73,20 +73,20 @@ def _sync(function: Callable[..., Any]) -> Handler:
     """A handler that runs `function(user)` in a thread."""
 
     async def handler(request: HttpRequest, user: Any, body: Any) -> Any:
-        return await in_pool(function)(user)
+        return await sync_to_async(function)(user)
 
     return handler
 
 
 @endpoint("POST")
 async def txt2img(request: HttpRequest, user: Any, body: Any) -> Any:
-    translated = await in_pool(translation.translate)(user, body, "txt2img")
+    translated = await sync_to_async(translation.translate)(user, body, "txt2img")
     return await waiting.generate(user, translated)
 
 
 @endpoint("POST")
 async def img2img(request: HttpRequest, user: Any, body: Any) -> Any:
-    translated = await in_pool(translation.translate)(user, body, "img2img")
+    translated = await sync_to_async(translation.translate)(user, body, "img2img")
     return await waiting.generate(user, translated)
 
 
@@ -94,38 +94,38 @@ async def img2img(request: HttpRequest, user: Any, body: Any) -> Any:
 async def progress_view(request: HttpRequest, user: Any, body: Any) -> Any:
     skip_image = request.GET.get("skip_current_image", "false").lower() in TRUE_WORDS
     task_id = request.GET.get("id_task") or None
-    return await in_pool(progress.progress_for)(user, skip_image, task_id)
+    return await sync_to_async(progress.progress_for)(user, skip_image, task_id)
 
 
 @endpoint("POST")
 async def interrupt(request: HttpRequest, user: Any, body: Any) -> Any:
-    await in_pool(progress.interrupt)(user)
+    await sync_to_async(progress.interrupt)(user)
     return {}
 
 
 @endpoint("POST")
 async def skip(request: HttpRequest, user: Any, body: Any) -> Any:
-    await in_pool(progress.skip)(user)
+    await sync_to_async(progress.skip)(user)
     return None
 
 
 @endpoint("GET", "POST")
 async def options_view(request: HttpRequest, user: Any, body: Any) -> Any:
     if request.method == "POST":
-        await in_pool(options.set_options)(user, body)
+        await sync_to_async(options.set_options)(user, body)
         return None
-    return await in_pool(options.get_options)(user)
+    return await sync_to_async(options.get_options)(user)
 
 
 @endpoint("POST")
 async def png_info_view(request: HttpRequest, user: Any, body: Any) -> Any:
-    return await in_pool(png_info.png_info)(body)
+    return await sync_to_async(png_info.png_info)(body)
 
 
 @endpoint("POST")
 async def refresh(request: HttpRequest, user: Any, body: Any) -> Any:
     # Hashing new files can take a while: off the request's own thread, like the rest.
-    await in_pool(options.refresh_catalogue)(user)
+    await sync_to_async(options.refresh_catalogue)(user)
     return None
 
 
@@ -148,4 +148,4 @@ controlnet_version = endpoint("GET")(_sync(lambda user: controlnet.version()))
 
 @endpoint("POST")
 async def controlnet_detect(request: HttpRequest, user: Any, body: Any) -> Any:
-    return await in_pool(controlnet.detect)(user, body)
+    return await sync_to_async(controlnet.detect)(user, body)

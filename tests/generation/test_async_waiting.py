@@ -67,3 +67,36 @@ async def test_many_waiting_txt2img_calls_keep_the_thread_count_flat(alice, cata
         c.cancel()
     await asyncio.gather(*calls, return_exceptions=True)
     assert during - before < CALLS // 4, (before, during)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("thread_connections_closed")
+async def test_a_waiting_call_answers_when_its_job_finishes_not_at_its_next_check(
+    alice, catalogue, broker, monkeypatch
+):
+    from generation.a1111 import waiting
+    from generation.submission import cancel_job
+
+    monkeypatch.setattr(waiting, "CHECK_SECONDS", 30.0)  # a poll would answer 30 s late
+    headers = [("authorization", basic_header(alice.get_username(), await token(alice)))]
+    headers.append(("content-type", "application/json"))
+    body = json.dumps({"prompt": "x", "width": 64, "height": 64, "steps": 4}).encode()
+    pending = asyncio.create_task(
+        call("POST", "/sdapi/v1/txt2img", headers=headers, body=body, timeout=60)
+    )
+    first = sync_to_async(lambda: Job.objects.filter(owner=alice).first())
+    job = None
+    for _ in range(200):
+        if (job := await first()) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert job is not None
+    await asyncio.sleep(0.3)  # the call is waiting now
+    finished = asyncio.get_running_loop().time()
+    await sync_to_async(cancel_job)(alice, job)
+    answer = await asyncio.wait_for(pending, 10)
+    assert asyncio.get_running_loop().time() - finished < 2.0
+    assert answer.status in (200, 409, 502)  # what a cancelled job answers; not a timeout
+
+
+token = sync_to_async(token_for)
