@@ -10,7 +10,9 @@ heartbeats in Redis (two free slots each). For each queue size, waiting jobs of 
   pass       one scheduling pass (`schedule_pending`: reads, plans, claims 8 jobs), rolled back
              so every repeat sees the same queue
   snapshot   a queue snapshot (`queue_snapshot`: positions and ETAs, what the dispatcher stores)
-  place      the newest job's place, as a submission's answer reads it (`queue_info`)
+  place      the newest job's place as a submission's answer reads it (`queue_info`: the
+             dispatcher's stored snapshot, then one indexed count of the waiting jobs ahead of
+             a job behind the simulated window)
 
 Goal: each at 1,000 and 10,000 within 1.5x of its cost at 100 (the "same" cost, within noise).
 """
@@ -26,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 
@@ -72,7 +75,7 @@ def run(database_url: str, label: str) -> int:
     from accounts.models import User
     from generation.broker import get_redis
     from generation.models import CatalogEntry, Job
-    from generation.queue import queue_info, queue_snapshot
+    from generation.queue import queue_info, queue_snapshot, store_snapshot
     from generation.scheduling.dispatcher import schedule_pending
     from gpu_worker.protocol import HEARTBEAT_INDEX, HEARTBEAT_KEY
 
@@ -108,9 +111,11 @@ def run(database_url: str, label: str) -> int:
     made = 0
     members: list[User] = []
     for size in SIZES:
-        while len(members) * PER_MEMBER < size:
-            n = len(members)
-            members.append(User.objects.create_user(f"m{n}", f"m{n}@example.com", "x"))
+        if len(members) * PER_MEMBER < size:
+            first, last = len(members), -(-size // PER_MEMBER)
+            members += User.objects.bulk_create(
+                [User(username=f"m{n}", email=f"m{n}@example.com") for n in range(first, last)]
+            )
         base = timezone.now()
         Job.objects.bulk_create(
             [
@@ -120,7 +125,7 @@ def run(database_url: str, label: str) -> int:
                     checkpoint=checkpoint,
                     params=params,
                     total_steps=20,
-                    created_at=base,
+                    created_at=base + timedelta(microseconds=i),
                 )
                 for i in range(made, size)
             ],
@@ -129,9 +134,12 @@ def run(database_url: str, label: str) -> int:
         made = size
         newest = Job.objects.order_by("-created_at", "-pk").first()
         assert newest is not None
+        pass_s = timed(lambda: schedule_pending(client=client))
+        snapshot_s = timed(queue_snapshot)
+        store_snapshot(queue_snapshot())  # as the dispatcher keeps it for the web
         results[size] = {
-            "pass": timed(lambda: schedule_pending(client=client)),
-            "snapshot": timed(queue_snapshot),
+            "pass": pass_s,
+            "snapshot": snapshot_s,
             "place": timed(partial(queue_info, newest)),
         }
     print(f"--- {label}: queued jobs vs cost (median of {REPEATS}) ---")
