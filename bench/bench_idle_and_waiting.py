@@ -157,9 +157,10 @@ async def main():
         due = start + tick / rate
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         sent = time.time()
-        await asyncio.gather(*(layer.group_send(f"jobs.user.{i}", {
-            "type": "job.progress", "job_id": "bench", "step": tick, "steps": 0, "eta": sent,
-            "preview": ""}) for i in ids))
+        for first in range(0, len(ids), 50):  # within the layer's connection pool
+            await asyncio.gather(*(layer.group_send(f"jobs.user.{i}", {
+                "type": "job.progress", "job_id": "bench", "step": tick, "steps": 0,
+                "eta": sent, "preview": ""}) for i in ids[first:first + 50]))
         tick += 1
 asyncio.run(main())
 """
