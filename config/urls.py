@@ -3,7 +3,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import views
-from generation import model_delivery, pricing_page
+from generation import merge_uploads, model_delivery, pricing_page
 from generation.a1111.urls import controlnet_urlpatterns
 from operations import views as operations_views
 
@@ -18,6 +18,8 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     # Workers fetch members' models here with a signed URL (generation.model_delivery).
     path("model-store/<str:token>", model_delivery.deliver, name="model-delivery"),
+    # ... and send back the models they merged (generation.merge_uploads).
+    path("model-store/merged/<str:token>", merge_uploads.receive_merged, name="merge-upload"),
     path("accounts/", include("accounts.urls")),
     path("pricing/", pricing_page.pricing, name="pricing"),
     path("i18n/", include("django.conf.urls.i18n")),

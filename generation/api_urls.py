@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from generation import api, model_uploads, styles_api, tokens_api
+from generation import api, controlnet_api, merge_api, model_uploads, styles_api, tokens_api
 
 uploads = model_uploads.ModelUploadViewSet
 
@@ -21,6 +21,10 @@ urlpatterns = [
     path("images/<uuid:pk>/", api.ImageDetailView.as_view(), name="api-image"),
     path("own-models/", model_uploads.OwnModelListView.as_view(), name="api-own-models"),
     path("own-models/<int:pk>/", model_uploads.OwnModelDetailView.as_view(), name="api-own-model"),
+    path("own-models/<int:pk>/bake/", merge_api.BakeView.as_view(), name="api-own-model-bake"),
+    path("merges/", merge_api.MergeCreateView.as_view(), name="api-merges"),
+    path("merges/virtual/", merge_api.VirtualMergeView.as_view(), name="api-merges-virtual"),
+    path("merges/options/", merge_api.MergeOptionsView.as_view(), name="api-merges-options"),
     path(
         "own-models/uploads/",
         uploads.as_view({"post": "create", "get": "list"}),
@@ -39,4 +43,10 @@ urlpatterns = [
     path("styles/import/", styles_api.StyleImportView.as_view(), name="api-styles-import"),
     path("styles/<int:pk>/", styles_api.StyleDetailView.as_view(), name="api-style"),
     path("tokens/", tokens_api.TokenCountView.as_view(), name="api-tokens"),
+    path(
+        "controlnet/preprocessors/",
+        controlnet_api.PreprocessorListView.as_view(),
+        name="api-controlnet-preprocessors",
+    ),
+    path("controlnet/detect/", controlnet_api.DetectView.as_view(), name="api-controlnet-detect"),
 ]

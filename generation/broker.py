@@ -23,6 +23,8 @@ from gpu_worker.wakeup import WakeupRedisBroker
 _lock = threading.Lock()
 _broker: WakeupRedisBroker | None = None
 _redis: redis.Redis | None = None
+_blocking_redis: redis.Redis | None = None
+BLOCKING_SOCKET_TIMEOUT = 60  # longer than any blocking read the platform makes (BLPOP)
 
 
 class DjangoConnections(Middleware):
@@ -62,6 +64,18 @@ def get_redis() -> redis.Redis:
         return _redis
 
 
+def get_blocking_redis() -> redis.Redis:
+    """A client for blocking reads (waiting for a preview's reply): get_redis's 5 s socket
+    timeout would cut a longer BLPOP short."""
+    global _blocking_redis
+    with _lock:
+        if _blocking_redis is None:
+            _blocking_redis = redis.Redis.from_url(
+                redis_url(), socket_connect_timeout=2, socket_timeout=BLOCKING_SOCKET_TIMEOUT
+            )
+        return _blocking_redis
+
+
 def get_broker() -> WakeupRedisBroker:
     global _broker
     with _lock:
@@ -79,9 +93,10 @@ def get_broker() -> WakeupRedisBroker:
 
 def reset_for_tests() -> None:
     """Forget the cached clients (tests that change REDIS_URL)."""
-    global _broker, _redis
+    global _broker, _redis, _blocking_redis
     with _lock:
         if _broker is not None:
             _broker.close()
         _broker = None
         _redis = None
+        _blocking_redis = None

@@ -51,6 +51,18 @@ FIELD_LABELS: dict[str, Promise] = {
     "jobs": _("Jobs"),
     "price": _("Price"),
     "queue": _("Queue"),
+    # the checkpoint merger (generation/merges.py)
+    "method": _("Method"),
+    "primary": _("Model A"),
+    "secondary": _("Model B"),
+    "tertiary": _("Model C"),
+    "multiplier": _("Multiplier (M)"),
+    "block_weights": _("Block weights"),
+    "preset": _("Preset"),
+    "save_as_half": _("Save as float16"),
+    "bake_in_vae": _("Bake in VAE"),
+    "discard_weights": _("Discard weights (regex)"),
+    "name": _("Name"),
 }
 
 _KEY = r"[\w.]+"
@@ -161,7 +173,31 @@ MESSAGES: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+# A ControlNet unit's fields: "controlnet[0].model" -> "ControlNet unit 0: Model".
+CONTROLNET_FIELD = re.compile(r"^controlnet\[(?P<index>\d+)\]\.(?P<name>\w+)$")
+CONTROLNET_LABELS: dict[str, Promise] = {
+    "image": _("Control image"),
+    "module": _("Preprocessor"),
+    "model": _("Model"),
+    "weight": _("Control weight"),
+    "guidance_start": _("Starting control step"),
+    "guidance_end": _("Ending control step"),
+    "control_mode": _("Control mode"),
+    "resize_mode": _("Resize mode"),
+    "pixel_perfect": _("Pixel perfect"),
+    "processor_res": _("Processor resolution"),
+    "threshold_a": _("Canny low threshold"),
+    "threshold_b": _("Canny high threshold"),
+}
+
+
 def field_label(field: str) -> str:
+    if match := CONTROLNET_FIELD.match(field):
+        name = match["name"]
+        return gettext("ControlNet unit %(index)s: %(field)s") % {
+            "index": match["index"],
+            "field": CONTROLNET_LABELS.get(name, name),
+        }
     return str(FIELD_LABELS.get(field, field))
 
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import redis
 
+from gpu_worker.preprocessors import BUILT_IN
 from gpu_worker.protocol import (
     HEARTBEAT_INDEX,
     HEARTBEAT_INTERVAL_SECONDS,
@@ -135,6 +136,27 @@ def inventories(client: redis.Redis) -> list[ModelInventoryEntry]:
     if gone:
         client.srem(HEARTBEAT_INDEX, *gone)
     return entries
+
+
+def worker_preprocessors(beat: WorkerHeartbeat) -> list[str]:
+    """The ControlNet preprocessors a worker runs (a worker older than the field: the built-in
+    ones, which every worker has)."""
+    return list(beat.get("preprocessors") or BUILT_IN)
+
+
+def available_preprocessors(client: redis.Redis) -> list[str]:
+    """The preprocessors members may ask for: the built-in ones always (every worker runs them;
+    a job waits for a worker like any other), then the weight-based ones some present worker
+    lists, i.e. whose annotator weights lie in its models folder. Redis unreachable: the
+    built-in ones."""
+    found = list(BUILT_IN)
+    try:
+        beats = present_heartbeats(client)
+    except (redis.RedisError, OSError):
+        return found
+    for beat in beats.values():
+        found += [m for m in worker_preprocessors(beat) if m not in found]
+    return found
 
 
 class WorkerLiveness:

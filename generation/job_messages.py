@@ -18,7 +18,7 @@ import redis
 from generation.broker import get_broker, get_redis
 from generation.control_images import read_control_image
 from generation.events import user_group
-from generation.model_delivery import deliveries_for
+from generation.model_delivery import deliveries_for, signed_upload_url, upload_chunk_bytes
 from generation.models import Job
 from gpu_worker.params import GenerationParams
 from gpu_worker.protocol import (
@@ -41,6 +41,9 @@ def build_request(job: Job) -> GenerationRequest:
         attempt=job.attempt,
         events_group=user_group(job.owner_id),
     )
+    if job.mode == Job.Mode.MERGE:  # the merged file comes back to the model store
+        request["upload_url"] = signed_upload_url(job)
+        request["upload_chunk_bytes"] = upload_chunk_bytes()
     models = deliveries_for(job)
     if models:
         request["models"] = models

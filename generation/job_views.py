@@ -15,7 +15,7 @@ from accounts.ledger import account_for
 from generation.inpaint_form import job_inputs
 from generation.job_history import Spent, charged, job_ledger, member_jobs, models_used
 from generation.lifecycle import image_payload
-from generation.models import Job
+from generation.models import CatalogEntry, Job
 from generation.templatetags.durations import duration
 from gpu_worker.infotext import controlnet_unit_text
 
@@ -58,13 +58,23 @@ def job_detail(request: HttpRequest, pk: Any) -> HttpResponse:
         "generation/job_detail.html",
         {
             "job": job,
-            "params": _shown_params(job.params),
+            "params": _shown_params(job.params, _controlnet_titles(request.user, job.params)),
             "images": images,
             "entries": entries,
             "charged": charged(entries),
             "job_inputs": job_inputs(job),
+            "merge": job.params.get("merge") if job.mode == Job.Mode.MERGE else None,
+            "merged_model": merged_model(request.user, job),
         },
     )
+
+
+def merged_model(user: Any, job: Job) -> CatalogEntry | None:
+    """The model a finished merge job wrote (its owner's, by the name it was given)."""
+    if job.mode != Job.Mode.MERGE or job.status != Job.Status.SUCCEEDED:
+        return None
+    name = job.params["merge"]["name"]
+    return CatalogEntry.objects.members_own(user).filter(name=name, kind="checkpoint").first()
 
 
 @login_required
@@ -83,11 +93,22 @@ def job_summary(request: HttpRequest, pk: Any) -> JsonResponse:
     )
 
 
-def _shown_params(params: dict[str, Any]) -> list[tuple[str, Any]]:
+def _controlnet_titles(user: Any, params: dict[str, Any]) -> dict[str, str]:
+    """ "name [hash]" of the job's ControlNets, as the images' infotexts write them."""
+    names = {unit["model"] for unit in params.get("controlnet") or ()}
+    if not names:
+        return {}
+    entries = CatalogEntry.objects.usable_by(user).filter(
+        kind=CatalogEntry.Kind.CONTROLNET, name__in=names
+    )
+    return {e.name: f"{e.name} [{e.sha256[:8]}]" for e in entries}
+
+
+def _shown_params(params: dict[str, Any], titles: dict[str, str]) -> list[tuple[str, Any]]:
     hidden = {"prompt", "negative_prompt", "init_image", "controlnet"}
     shown = [(key, value) for key, value in sorted(params.items()) if key not in hidden]
     units = params.get("controlnet") or []  # as sd-webui-controlnet writes them in infotexts
     return shown + [
-        (f"ControlNet {i}", controlnet_unit_text(unit, unit["model"]))
+        (f"ControlNet {i}", controlnet_unit_text(unit, titles.get(unit["model"], unit["model"])))
         for i, unit in enumerate(units)
     ]

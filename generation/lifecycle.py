@@ -29,10 +29,11 @@ from generation.events import (
     publish_job_event,
     send_to_user,
 )
+from generation.merge_records import attach_merged_file, drop_unfinished_merge
 from generation.models import Job, JobImage
 from generation.queue import queue_snapshot
 from generation.scheduling.estimates import running_eta
-from gpu_worker.protocol import ResultImage
+from gpu_worker.protocol import MergedModel, ResultImage
 
 logger = logging.getLogger(__name__)
 THUMBNAIL_SIDE = 256
@@ -103,13 +104,17 @@ def succeed_job(
     worker_id: str,
     images: list[ResultImage],
     timings: dict[str, Any] | None = None,
+    model: MergedModel | None = None,
 ) -> bool:
-    """Record the images of a finished job. A redelivered 'succeeded' loses the claim and
-    creates nothing; a failure while storing rolls the claim back so the message is retried."""
+    """Record the images (or a merge's model file) of a finished job. A redelivered
+    'succeeded' loses the claim and creates nothing; a failure while storing rolls the claim
+    back so the message is retried."""
     with transaction.atomic():
         if not job.mark_succeeded(attempt, worker_id, timings):
             return False
         saved = [_save_image(job, index, result) for index, result in enumerate(images)]
+        if model is not None:
+            attach_merged_file(job, model)
         capture_hold(job)
         publish_job_event(
             job,
@@ -129,6 +134,7 @@ def fail_job(
         if not job.mark_failed(error, attempt, timings):
             return False
         release_hold(job)
+        drop_unfinished_merge(job)
         publish_job_event(
             job, JobFailedEvent(type="job.failed", job_id=str(job.pk), error=job.error)
         )
@@ -140,6 +146,7 @@ def cancel_queued_job(job: Job) -> bool:
         if not job.mark_cancelled(from_statuses=(Job.Status.QUEUED,)):
             return False
         release_hold(job)
+        drop_unfinished_merge(job)
         publish_job_event(job, JobCancelledEvent(type="job.cancelled", job_id=str(job.pk)))
     transaction.on_commit(publish_queue_positions)
     return True
@@ -150,6 +157,7 @@ def finish_cancelled_job(job: Job, attempt: int | None, steps_done: int | None =
         if not job.mark_cancelled(attempt=attempt, steps_done=steps_done):
             return False
         release_hold(job)  # pro-rata charging of steps_done comes with the credits issue
+        drop_unfinished_merge(job)
         publish_job_event(job, JobCancelledEvent(type="job.cancelled", job_id=str(job.pk)))
     return True
 

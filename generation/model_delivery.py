@@ -23,7 +23,9 @@ from django.views.decorators.http import require_GET
 from generation import model_store
 from generation.broker import get_redis
 from generation.fleet import present_heartbeats
-from generation.models import CatalogEntry, Job, ModelFile
+from generation.models import CatalogEntry, Job, ModelFile, ModelRecipe
+from gpu_worker.merge_rules import inputs_of
+from gpu_worker.params import MergeParams
 from gpu_worker.protocol import WORKER_COMMANDS_KEY, ModelDelivery, WorkerCommand
 
 logger = logging.getLogger(__name__)
@@ -70,10 +72,14 @@ def _delivery(entry: CatalogEntry) -> ModelDelivery:
 
 
 def deliveries_for(job: Job) -> list[ModelDelivery]:
-    """The job's models that live in the store (members' uploads), with fresh signed URLs."""
+    """The job's models that live in the store (members' uploads), with fresh signed URLs; a
+    virtual checkpoint as its recipe, and the uploads a recipe or a merge job reads."""
     params: dict[str, Any] = job.params
+    if job.mode == Job.Mode.MERGE:
+        return _input_deliveries(params["merge"])
     own = CatalogEntry.objects.filter(owner_id=job.owner_id, stored_file__isnull=False)
     wanted = [job.checkpoint] if job.checkpoint.stored_file_id else []
+    virtual = _virtual_delivery(job.checkpoint)
     wanted += list(own.filter(kind=CatalogEntry.Kind.LORA, name__in=params.get("loras") or []))
     if params.get("vae"):
         wanted += list(own.filter(kind=CatalogEntry.Kind.VAE, name=params["vae"]))
@@ -81,7 +87,59 @@ def deliveries_for(job: Job) -> list[ModelDelivery]:
     for embedding in own.filter(kind=CatalogEntry.Kind.EMBEDDING):
         if re.search(rf"(?<!\w){re.escape(embedding.name.lower())}(?!\w)", text):
             wanted.append(embedding)
-    return [_delivery(entry) for entry in wanted]
+    found = [_delivery(entry) for entry in wanted]
+    return found if virtual is None else [*virtual, *found]
+
+
+def _input_deliveries(merge: MergeParams) -> list[ModelDelivery]:
+    """The inputs of a merge that are uploads (platform models lie in workers' folders)."""
+    found = []
+    for role, pinned in inputs_of(merge).items():
+        kind = CatalogEntry.Kind.VAE if role == "vae" else CatalogEntry.Kind.CHECKPOINT
+        entry = CatalogEntry.objects.filter(
+            kind=kind, name=pinned["name"], sha256=pinned["sha256"], stored_file__isnull=False
+        ).first()
+        if entry is not None:
+            found.append(_delivery(entry))
+    return found
+
+
+def _virtual_delivery(entry: CatalogEntry) -> list[ModelDelivery] | None:
+    """A virtual checkpoint: its recipe under the recipe hash, after its inputs' deliveries."""
+    recipe = ModelRecipe.objects.filter(entry=entry).first()
+    if recipe is None or entry.stored_file_id is not None:
+        return None
+    merge: MergeParams = recipe.params
+    virtual = ModelDelivery(
+        kind="checkpoint",
+        name=entry.name,
+        sha256=recipe.recipe_hash,
+        size_bytes=entry.size_bytes,
+        url="",
+        recipe=merge,
+    )
+    return [*_input_deliveries(merge), virtual]
+
+
+UPLOAD_SALT = "atelier.merge-upload"
+UPLOAD_URL_SECONDS = 24 * 3600  # the worker's time limit is 2 h; a queue wait comes before
+
+
+def signed_upload_url(job: Job) -> str:
+    """Where a merge job's worker sends the file: this job's attempt only."""
+    token = signing.TimestampSigner(salt=UPLOAD_SALT).sign(f"{job.pk}:{job.attempt}")
+    path = reverse("merge-upload", kwargs={"token": token})
+    return str(settings.MODEL_DELIVERY_BASE_URL).rstrip("/") + path
+
+
+def job_of_upload(token: str) -> tuple[str, int] | None:
+    """(job id, attempt) a valid upload token names, else None."""
+    try:
+        value = signing.TimestampSigner(salt=UPLOAD_SALT).unsign(token, max_age=UPLOAD_URL_SECONDS)
+    except signing.BadSignature:
+        return None
+    job_id, _, attempt = value.partition(":")
+    return (job_id, int(attempt)) if attempt.isdigit() else None
 
 
 def evict_everywhere(sha256: str) -> None:
@@ -97,3 +155,11 @@ def evict_everywhere(sha256: str) -> None:
         # The file is gone from the store: a worker that kept it can no longer be sent it, and
         # its LRU cache lets it go in time.
         logger.warning("Redis unreachable: eviction of %s not sent", sha256[:10], exc_info=True)
+
+
+UPLOAD_CHUNK_BYTES = 8 << 20
+
+
+def upload_chunk_bytes() -> int:
+    """Each chunk is one request: it must fit under the request-body limit."""
+    return max(64 << 10, min(UPLOAD_CHUNK_BYTES, settings.MAX_REQUEST_BODY_BYTES - (64 << 10)))

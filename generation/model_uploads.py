@@ -154,8 +154,20 @@ class OwnModelSerializer(serializers.ModelSerializer):
             "published",
             "enabled",
             "created_at",
+            "virtual",
+            "recipe",
         ]
         read_only_fields = fields
+
+    virtual = serializers.SerializerMethodField(help_text="A saved merge recipe with no file yet")
+    recipe = serializers.SerializerMethodField(help_text="How a merged model is made, if it is")
+
+    def get_virtual(self, entry: CatalogEntry) -> bool:
+        return entry.stored_file_id is None
+
+    def get_recipe(self, entry: CatalogEntry) -> dict[str, Any] | None:
+        recipe = getattr(entry, "recipe", None)
+        return dict(recipe.params) if recipe is not None else None
 
 
 class OwnModelListView(ListAPIView):
@@ -163,7 +175,7 @@ class OwnModelListView(ListAPIView):
     pagination_class = None
 
     def get_queryset(self) -> Any:
-        return CatalogEntry.objects.owned_by(self.request.user).filter(stored_file__isnull=False)
+        return CatalogEntry.objects.members_own(self.request.user).select_related("recipe")
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         quota = quota_for(request.user)
@@ -187,9 +199,7 @@ class OwnModelDetailView(GenericAPIView):
     serializer_class = OwnModelSerializer
 
     def _entry(self, request: Request, pk: int) -> CatalogEntry:
-        return get_object_or_404(
-            CatalogEntry.objects.owned_by(request.user).filter(stored_file__isnull=False), pk=pk
-        )
+        return get_object_or_404(CatalogEntry.objects.members_own(request.user), pk=pk)
 
     def get(self, request: Request, pk: int) -> Response:
         return Response(OwnModelSerializer(self._entry(request, pk)).data)

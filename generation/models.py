@@ -79,6 +79,13 @@ class CatalogEntryQuerySet(models.QuerySet["CatalogEntry"]):
         """Visible and present on some worker (or the local models folder)."""
         return self.visible_to(user).filter(available=True)
 
+    def members_own(self, user: Any) -> CatalogEntryQuerySet:
+        """A member's own models: uploads, merges with their file and virtual models (not a
+        merge whose file is still being written)."""
+        return self.owned_by(user).filter(
+            Q(stored_file__isnull=False) | Q(recipe__isnull=False, enabled=True)
+        )
+
     def checkpoints(self) -> CatalogEntryQuerySet:
         return self.filter(kind=CatalogEntry.Kind.CHECKPOINT)
 
@@ -259,6 +266,7 @@ class Job(models.Model):
     class Mode(models.TextChoices):
         TXT2IMG = "txt2img", "txt2img"
         IMG2IMG = "img2img", "img2img"
+        MERGE = "merge", _("merge")
 
     UNFINISHED = (Status.QUEUED, Status.RUNNING)
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
@@ -496,6 +504,37 @@ class JobImage(models.Model):
 
     def __str__(self) -> str:
         return f"image {self.pk} of {self.job_id}"
+
+
+class ModelRecipe(models.Model):
+    """How a merged checkpoint is made (`gpu_worker.params.MergeParams`). Its entry is:
+    - virtual: no file (`stored_file` empty), enabled; workers compute it from the recipe;
+    - being written: no file yet, disabled (the name is reserved) while `job` runs;
+    - a file: `stored_file` set by its merge or bake job, like an upload."""
+
+    entry = models.OneToOneField(CatalogEntry, on_delete=models.CASCADE, related_name="recipe")
+    params = models.JSONField(help_text=_("The merge parameters, inputs pinned by sha256"))
+    recipe_hash = models.CharField(max_length=64)
+    job = models.ForeignKey(
+        Job,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text=_("The merge or bake job writing its file"),
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = _("merge recipe")
+        verbose_name_plural = _("merge recipes")
+
+    def __str__(self) -> str:
+        return f"recipe of {self.entry_id}"
+
+    @property
+    def is_virtual(self) -> bool:
+        return self.entry.stored_file_id is None and self.entry.enabled
 
 
 class UserGenerationSettings(models.Model):

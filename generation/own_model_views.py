@@ -23,7 +23,7 @@ def own_models(request: HttpRequest) -> HttpResponse:
         request,
         "generation/own_models.html",
         {
-            "models": CatalogEntry.objects.owned_by(request.user).filter(stored_file__isnull=False),
+            "models": CatalogEntry.objects.members_own(request.user).select_related("recipe"),
             "quota": quota,
             # Each chunk is one request: it must fit under the request-body limit.
             "chunk_bytes": min(CHUNK_BYTES, settings.MAX_REQUEST_BODY_BYTES - 64 * 1024),

@@ -19,7 +19,7 @@ from django.utils import timezone
 from accounts.tiers import tier_of
 from generation import model_store
 from generation.model_delivery import evict_everywhere
-from generation.models import CatalogEntry, ModelFile, ModelUpload
+from generation.models import CatalogEntry, ModelFile, ModelRecipe, ModelUpload
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
 MAX_DESCRIPTION = 2000
@@ -164,6 +164,8 @@ def delete_own_model(user: Any, entry: CatalogEntry) -> None:
         raise OwnModelError("model", "no such model", 404)
     sha256 = entry.sha256
     with transaction.atomic():
+        # a bake still running writes into nothing: its end fails it (and refunds it)
+        ModelRecipe.objects.filter(entry=entry).update(job=None)
         if entry.jobs.exists():
             CatalogEntry.objects.filter(pk=entry.pk).update(
                 name=f"deleted-{entry.pk}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
+from gpu_worker.merge_rules import input_bytes, merge_price
 from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS, GenerationParams
 from gpu_worker.passes import (
     controlnet_factor,
@@ -47,6 +48,8 @@ def final_size(params: GenerationParams) -> tuple[int, int]:
 def work_units(params: SomeParams) -> int:
     """Pixel-steps of the whole job, all images: a step is one UNet evaluation, so a
     second-order sampler (Heun, DPM2, DPM++ SDE) costs 2N-1 steps for N."""
+    if params.get("mode") == "merge":  # no pixel-steps: priced by bytes, kept out of speeds
+        return 0
     params = _filled(params)
     images = int(params["batch_size"]) * int(params["n_iter"])
     width, height = denoised_size(params)  # inpainting: the canvas or crop actually denoised
@@ -65,6 +68,8 @@ def total_steps(params: SomeParams) -> int:
 
 
 def price_job(params: SomeParams, checkpoint: Any) -> Decimal:
+    if params.get("mode") == "merge" and params.get("merge"):  # by the bytes it reads
+        return merge_price(input_bytes(params["merge"]))  # type: ignore[arg-type]
     multiplier = Decimal(str(getattr(checkpoint, "cost_multiplier", 1)))
     raw = Decimal(work_units(params)) / Decimal(UNIT_WORK) * multiplier
     return raw.quantize(CENT, rounding=ROUND_CEILING)

@@ -36,7 +36,7 @@ from gpu_worker.params import (
     OUTPAINT_SIDES,
 )
 from gpu_worker.passes import UPSCALERS
-from gpu_worker.preprocessors import BUILT_IN, PROCESSOR_RES_RANGE, THRESHOLD_RANGE
+from gpu_worker.preprocessors import PROCESSOR_RES_RANGE, THRESHOLD_RANGE
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -208,8 +208,11 @@ class ControlNetUnitRequestSerializer(serializers.Serializer):
         allow_null=True,
         help_text="control image, base64; null: img2img's source image",
     )
-    module = serializers.ChoiceField(
-        choices=list(BUILT_IN), required=False, allow_null=True, help_text="preprocessor"
+    module = serializers.CharField(
+        required=False,
+        allow_null=True,
+        max_length=100,
+        help_text="preprocessor (GET controlnet/preprocessors/); default none",
     )
     model = serializers.CharField(help_text="ControlNet catalogue name (GET models?kind=)")
     weight = _float(0.0, 2.0, f"default {default['weight']}")

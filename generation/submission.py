@@ -32,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from generation.broker import get_redis
 from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
+from generation.fleet import available_preprocessors
 from generation.lifecycle import cancel_queued_job
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, UserGenerationSettings
@@ -59,7 +60,7 @@ from gpu_worker.params import (
     InpaintParams,
 )
 from gpu_worker.passes import UPSCALERS, denoised_size, steps_problem
-from gpu_worker.preprocessors import BUILT_IN, PROCESSOR_RES_RANGE, THRESHOLD_RANGE
+from gpu_worker.preprocessors import PROCESSOR_RES_RANGE, THRESHOLD_RANGE
 from gpu_worker.prompt_syntax import PromptSyntaxError, check_prompt
 from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS
 from gpu_worker.samplers import UnknownSampler, resolve_sampler
@@ -208,7 +209,7 @@ def default_checkpoint(user: Any) -> CatalogEntry | None:
     return usable.order_by("is_demo", "name").first()
 
 
-def _uploaded_image(raw: Any, limits: GenerationLimits, field: str) -> Image.Image:
+def uploaded_image(raw: Any, limits: GenerationLimits, field: str) -> Image.Image:
     """Bytes, base64 text (data URI allowed) or an uploaded file -> a decoded image, within the
     upload byte and pixel caps (the source image and the inpaint mask alike)."""
     if hasattr(raw, "read"):
@@ -265,7 +266,7 @@ def _png(image: Image.Image) -> bytes:
 
 def _init_image(raw: Any, limits: GenerationLimits) -> bytes:
     """The img2img source as a clean re-encoded RGB PNG."""
-    return _png(_uploaded_image(raw, limits, "init_image").convert("RGB"))
+    return _png(uploaded_image(raw, limits, "init_image").convert("RGB"))
 
 
 def _too_big(limits: GenerationLimits, field: str = "init_image") -> SubmissionError:
@@ -285,7 +286,7 @@ def _mask(raw: Any, limits: GenerationLimits, source_png: bytes, inpaint: Inpain
     alpha of a transparent layer, is repainted; a mask of another size is stretched)."""
     with Image.open(io.BytesIO(source_png)) as source:
         size = source.size
-    mask = prepare_mask(_uploaded_image(raw, limits, "mask"), size, invert=False)
+    mask = prepare_mask(uploaded_image(raw, limits, "mask"), size, invert=False)
     effective = ImageOps.invert(mask) if inpaint["inpainting_mask_invert"] else mask
     if mask_is_empty(effective) and not any(outpaint_sides(inpaint)):
         state = "all white and inverted" if inpaint["inpainting_mask_invert"] else "all black"
@@ -444,10 +445,10 @@ def _controlnet_unit(
         )
     given = {**CONTROLNET_UNIT_DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
     module = given["module"]
-    if module not in BUILT_IN:
+    if module not in (available := available_preprocessors(get_redis())):
         raise SubmissionError(
             prefix + "module",
-            f"unknown preprocessor {module!r}; available: {', '.join(BUILT_IN)}",
+            f"unknown preprocessor {module!r}; available: {', '.join(available)}",
             422,
         )
     model = given.get("model")
@@ -473,7 +474,7 @@ def _controlnet_unit(
         raise SubmissionError(prefix + "pixel_perfect", f"{prefix}pixel_perfect must be true/false")
     png, sha = None, None
     if given.get("image"):
-        png = _png(_uploaded_image(given["image"], limits, prefix + "image").convert("RGB"))
+        png = _png(uploaded_image(given["image"], limits, prefix + "image").convert("RGB"))
         sha = hashlib.sha256(png).hexdigest()
     elif mode != Job.Mode.IMG2IMG:
         raise SubmissionError(
@@ -553,7 +554,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
 
     init_raw = given.get("init_image")
     mode = given.get("mode") or ("img2img" if init_raw else "txt2img")
-    if mode not in Job.Mode.values:
+    if mode not in (Job.Mode.TXT2IMG, Job.Mode.IMG2IMG):  # merges: generation.merges
         raise SubmissionError("mode", "mode must be txt2img or img2img")
     try:
         choice = resolve_sampler(str(given["sampler"]), str(given.get("scheduler") or ""))

@@ -2,11 +2,14 @@
 
 from django.urls import path
 
-from generation import job_views, own_model_views, styles_views, views
+from generation import job_views, merge_views, own_model_views, styles_views, views
 
 urlpatterns = [
     path("generate/", views.generate, name="generate"),
     path("models/mine/", own_model_views.own_models, name="own-models"),
+    path("models/mine/<int:pk>/", merge_views.own_model, name="own-model"),
+    path("models/mine/<int:pk>/bake/", merge_views.bake, name="own-model-bake"),
+    path("models/merge/", merge_views.merge_page, name="merge"),
     path("images/", views.my_images, name="my_images"),
     path("images/<uuid:pk>/", views.image_detail, name="image_detail"),
     path("images/<uuid:pk>/delete/", views.image_delete, name="image_delete"),

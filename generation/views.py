@@ -23,7 +23,10 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.ledger import account_for
 from accounts.member_request import MemberRequest
+from generation.broker import get_redis
+from generation.controlnet_form import controlnet_context, posted_controlnet
 from generation.error_text import FIELD_LABELS, readable_error
+from generation.fleet import available_preprocessors
 from generation.images import delete_image
 from generation.inpaint_form import inpaint_context, job_inputs, posted_inpaint
 from generation.job_history import prompt_history
@@ -95,6 +98,9 @@ SCRIPT_STRINGS = {
     "unknown_error": gettext_lazy("Something went wrong."),
     "server_error": gettext_lazy("The server had a problem (%(status)s); please try again."),
     "image_read_error": gettext_lazy("That image could not be read."),
+    "preview_running": gettext_lazy("Computing the preview on a GPU worker…"),
+    "preview_needs_image": gettext_lazy("Choose a control image (or an image-to-image source)."),
+    "preview_done": gettext_lazy("Preview: %(module)s at %(res)s px"),
 }
 
 
@@ -135,7 +141,7 @@ FORM_FIELDS = (
 REQUIRED_NUMBERS = ("steps", "cfg_scale", "width", "height", "seed", "batch_size", "n_iter")
 
 
-def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
+def _posted_params(post: Any, files: MultiValueDict, max_units: int) -> dict[str, Any]:
     """The form as the submission service takes it (it validates and converts every value)."""
     params: dict[str, Any] = {name: post[name] for name in FORM_FIELDS if post.get(name, "") != ""}
     params.update({name: "" for name in REQUIRED_NUMBERS if post.get(name) == ""})
@@ -150,6 +156,8 @@ def _posted_params(post: Any, files: MultiValueDict) -> dict[str, Any]:
         params["styles"] = styles
     if init_image := files.get("init_image"):
         params.update(mode="img2img", init_image=init_image, **posted_inpaint(post, files))
+    if units := posted_controlnet(post, files, max_units):
+        params["controlnet"] = units
     return params
 
 
@@ -168,14 +176,17 @@ def generate(request: MemberRequest) -> HttpResponse:
     submission for browsers without JavaScript."""
     user = request.user
     if request.method == "POST":
-        posted = _posted_params(request.POST, request.FILES)
+        posted = _posted_params(request.POST, request.FILES, limits_for(user).max_controlnet_units)
         try:
             submit_job(user, posted)
         except SubmissionError as exc:
             messages.error(request, readable_error(exc.field, exc.message))
-            # Refused: show the form as it was sent.
+            # Refused: show the form as it was sent (files are not sent back).
             params = {k: v for k, v in posted.items() if k not in ("init_image", "mask")}
-            return _render_generator(request, params, keep_checkpoint=True)
+            units = [
+                {k: v for k, v in u.items() if k != "image"} for u in posted.get("controlnet", [])
+            ]
+            return _render_generator(request, params, keep_checkpoint=True, units=units)
         messages.success(request, _("Your job is queued: its images appear below when done."))
         return redirect("generate")
 
@@ -221,8 +232,12 @@ def _render_generator(
     last_seed: int | None = None,
     init_image_url: str | None = None,
     mask_url: str | None = None,
+    units: list[dict[str, Any]] | None = None,
 ) -> HttpResponse:
+    """The generator page. ControlNet units come back only on a refused post (`units`): a reused
+    job's units have no image here (it stays with the job), so they would only fail."""
     user = request.user
+    limits = limits_for(user)
     visible = CatalogEntry.objects.usable_by(user)
     checkpoints = list(visible.checkpoints().order_by("is_demo", "name"))
     initial = _initial_values(params)
@@ -253,9 +268,11 @@ def _render_generator(
             "image_detail": reverse("image_detail", args=[PLACEHOLDER_ID]),
             "image_delete": reverse("image_delete", args=[PLACEHOLDER_ID]),
             "me": reverse("api-me"),
+            "controlnet_detect": reverse("api-controlnet-detect"),
             "send_img2img": f"{reverse('generate')}?from_image={PLACEHOLDER_ID}&img2img=1",
         },
         "last_seed": last_seed,
+        "checkpoint_families": {c.name: c.family for c in checkpoints},  # ControlNets must match
         "balance": str(account_for(user).balance),
         "recent": recent,
         "unfinished": unfinished,
@@ -277,7 +294,7 @@ def _render_generator(
             "prompt_styles": sorted(
                 set(PromptStyle.objects.visible_to(user).values_list("name", flat=True))
             ),
-            "limits": limits_for(user),
+            "limits": limits,
             "recent": [
                 {**item, "publication": _publication(image)}
                 for item, image in zip(recent, recent_images, strict=True)
@@ -287,6 +304,9 @@ def _render_generator(
             "placeholder_id": PLACEHOLDER_ID,
             "prompt_history": prompt_history(user),
             **inpaint_context(params, mask_url, open_editor=bool(request.GET.get("inpaint"))),
+            **controlnet_context(user, units or [], limits.max_controlnet_units),
+            "controlnet_open": bool(units),
+            "preprocessors": available_preprocessors(get_redis()),
         },
     )
 

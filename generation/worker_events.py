@@ -16,6 +16,7 @@ from typing import Any
 import dramatiq
 
 from generation import lifecycle
+from generation.merge_records import merged_file_problem
 from generation.models import Job
 from generation.scheduling.dispatcher import wake_dispatcher
 from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE, JobEvent
@@ -44,6 +45,11 @@ def handle_job_event(event: JobEvent) -> bool:
     timings: dict[str, Any] = dict(event.get("timings") or {})
     if kind == "started":
         return lifecycle.start_job(job, worker_id, attempt)
+    if kind == "succeeded" and job.mode == Job.Mode.MERGE:  # a model file, not images
+        model = event.get("model")
+        if problem := merged_file_problem(job, model):
+            return lifecycle.fail_job(job, problem, attempt, timings)
+        return lifecycle.succeed_job(job, attempt, worker_id, [], timings, model=model)
     if kind == "succeeded":
         return lifecycle.succeed_job(job, attempt, worker_id, event.get("images") or [], timings)
     if kind == "failed":

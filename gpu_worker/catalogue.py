@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from gpu_worker.model_files import (
+    ARCHITECTURE_BY_FAMILY,
     FAMILY_BY_CONTEXT,
     UnreadableModel,
     detect_family_from_header,
@@ -38,6 +39,8 @@ MORE_FOLDERS: dict[Kind, tuple[str, ...]] = {"upscaler": ("RealESRGAN",)}
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HASH_CACHE_VERSION = 1
+# A diffusers-format ControlNet folder (save_pretrained's layout) counts as one ControlNet.
+CONTROLNET_FOLDER_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 
 class UnknownModel(LookupError):
@@ -159,6 +162,10 @@ def _candidates(root: Path, kind: Kind) -> list[Path]:
             found.append(here)  # a diffusers-format folder counts as one checkpoint
             dirnames.clear()
             continue
+        if kind == "controlnet" and here != root and is_controlnet_folder(here):
+            found.append(here)
+            dirnames.clear()
+            continue
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for filename in filenames:
             if filename.startswith("."):
@@ -168,11 +175,17 @@ def _candidates(root: Path, kind: Kind) -> list[Path]:
     return found
 
 
+def is_controlnet_folder(path: Path) -> bool:
+    return all((path / name).is_file() for name in CONTROLNET_FOLDER_FILES)
+
+
 # --- family detection (the header rules live in model_files) ----------------------------------
 
 
 def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
     """(family, config architecture) from a file's header or a diffusers folder's configs."""
+    if path.is_dir() and kind == "controlnet":
+        return _controlnet_folder_family(path)
     if path.is_dir():
         index = path / "model_index.json"
         try:
@@ -190,6 +203,17 @@ def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
     if path.suffix.lower() != ".safetensors":
         return "unknown", None
     return detect_family_from_header(read_safetensors_header(path), kind)
+
+
+def _controlnet_folder_family(path: Path) -> tuple[str, str | None]:
+    """A diffusers ControlNet's family from its config's cross-attention width."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UnreadableModel(f"{path.name}/config.json: {exc}") from exc
+    context = config.get("cross_attention_dim") if isinstance(config, dict) else None
+    family = FAMILY_BY_CONTEXT.get(context, "unknown") if isinstance(context, int) else "unknown"
+    return family, ARCHITECTURE_BY_FAMILY.get(family)
 
 
 # --- hashing, cached ---------------------------------------------------------------------------

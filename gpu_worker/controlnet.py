@@ -39,7 +39,7 @@ from gpu_worker.infotext import controlnet_unit_text
 from gpu_worker.loading import SHIPPED_CONFIGS, ModelLoadError, quiet_libraries
 from gpu_worker.model_cache import ModelCache
 from gpu_worker.params import ControlNetUnit
-from gpu_worker.preprocessors import pixel_perfect_resolution, run_preprocessor
+from gpu_worker.preprocessors import pixel_perfect_resolution
 
 CACHE_PREFIX = "controlnet:"
 SOFT_INJECTION_BASE = 0.825
@@ -76,10 +76,19 @@ def controlnet_config_folder(architecture: str, cache_dir: Path) -> Path:
 
 
 def load_controlnet(item: CatalogueItem, *, dtype: Any, cache_dir: Path) -> ControlNetModel:
-    """A ControlNet from a single file (the original layout or diffusers'), offline."""
+    """A ControlNet from a single file (the original layout or diffusers') or a diffusers
+    folder (config.json + diffusion_pytorch_model.safetensors), offline."""
     quiet_libraries()
     if not item.path.exists():
         raise ModelLoadError(f"ControlNet file {item.filename} is missing")
+    if item.is_folder:
+        try:
+            folder_model = ControlNetModel.from_pretrained(
+                str(item.path), local_files_only=True, use_safetensors=True, torch_dtype=dtype
+            )
+        except Exception as exc:  # diffusers raises many kinds for a bad folder
+            raise ModelLoadError(f"cannot load ControlNet folder {item.filename}: {exc}") from exc
+        return folder_model.eval()
     architecture = item.architecture or {"sd1": "sd1", "sdxl": "sdxl"}.get(item.family)
     if architecture is None:
         raise ModelLoadError(f"{item.filename}: ControlNets for {item.family!r} are not supported")
@@ -180,6 +189,7 @@ class ControlSet:
         cache_dir: Path,
         family: str,
         init_image: Image.Image | None,
+        control_map: Callable[[str, Image.Image, int, float, float], Image.Image],
     ) -> ControlSet | None:
         """Load each unit's ControlNet through the cache and compute its control map."""
         units = request.get("controlnet") or []
@@ -203,10 +213,13 @@ class ControlSet:
             res = unit["processor_res"]
             if unit["pixel_perfect"]:
                 res = pixel_perfect_resolution(source.size, target, unit["resize_mode"])
-            control_map = run_preprocessor(
-                unit["module"], source, res, unit["threshold_a"], unit["threshold_b"]
-            )
-            prepared.append(PreparedUnit(unit, item, model, control_map))
+            try:
+                made = control_map(
+                    unit["module"], source, res, unit["threshold_a"], unit["threshold_b"]
+                )
+            except ValueError as exc:  # a module this worker does not run
+                raise ControlNetError(f"ControlNet unit {index}: {exc}") from exc
+            prepared.append(PreparedUnit(unit, item, model, made))
         return cls(prepared, family)
 
     def pipeline(self, base: Any, *, img2img: bool, scheduler: Any, guidance_scale: float) -> Any:

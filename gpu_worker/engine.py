@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from gpu_worker import infotext as infotext_mod
+from gpu_worker.annotators import Annotators
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
@@ -62,7 +63,7 @@ from gpu_worker.prompt_syntax import (
     embedding_pattern,
     extract_loras,
 )
-from gpu_worker.protocol import GenerationRequest, JobTimings, ResultImage
+from gpu_worker.protocol import GenerationRequest, JobTimings, MergedModel, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
 from gpu_worker.tiling import circular_padding
 from gpu_worker.upscalers import TileSettings, UpscalerLoadError, load_upscaler, upscale_image
@@ -100,7 +101,7 @@ class StepInfo:
     done: int  # sampling steps finished in this job so far
     total: int  # all sampling steps this job will take (estimate before the first pass)
     iteration: int  # which of n_iter
-    latents: torch.Tensor
+    latents: torch.Tensor | None  # None: work without latents (a merge counts tensors)
     family: str
 
 
@@ -114,6 +115,7 @@ class GenerationResult:
     steps_done: int = 0
     interrupted: bool = False
     skipped_batches: int = 0
+    model: MergedModel | None = None  # a merge job's output (gpu_worker/merging.py)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -145,6 +147,8 @@ class Engine:
         # the folder's catalogue for that job only. Set and cleared by the worker service.
         self.job_items: dict[tuple[str, str], CatalogueItem] = {}
         self.upscale_tiles = upscale_tiles or TileSettings()
+        # ControlNet preprocessors, the weight-based ones loaded from the models folder
+        self.annotators = Annotators(self.models_dir, self.device)
         self._upscaler: tuple[str, torch.nn.Module] | None = None  # the last one used (small)
 
     # --- catalogue -------------------------------------------------------------------------
@@ -458,6 +462,7 @@ class _Run:
                 cache_dir=engine.cache_dir,
                 family=self.family,
                 init_image=init,
+                control_map=engine.annotators.control_map,
             )
         except (UnknownModel, ControlNetError, ModelLoadError) as exc:
             raise JobFailed(str(exc)) from exc

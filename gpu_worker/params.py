@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
-GenerationMode = Literal["txt2img", "img2img"]
+GenerationMode = Literal["txt2img", "img2img", "merge"]
 
 
 class HiresParams(TypedDict):
@@ -83,6 +83,35 @@ CONTROLNET_UNIT_DEFAULTS: dict[str, Any] = {
 CONTROLNET_UNIT_FIELDS = frozenset(ControlNetUnit.__annotations__) - {"image_sha256"} | {"image"}
 # --------------------------------------------------------------------------------------------
 
+# --- Checkpoint merger (issue 19): A1111's names; rules in gpu_worker/merge_rules.py ----------
+MergeMethod = Literal["No interpolation", "Weighted sum", "Add difference"]
+
+
+class MergeInput(TypedDict):
+    """One input of a merge, pinned by hash: the recipe names bytes, not a name that may change."""
+
+    name: str  # catalogue name the worker resolves (a member's upload travels as a delivery)
+    sha256: str
+    size_bytes: int
+
+
+class MergeParams(TypedDict):
+    """A merge job (mode "merge") or a virtual model's recipe: A, B, C as A1111 names them."""
+
+    method: MergeMethod
+    primary: MergeInput  # A
+    secondary: MergeInput | None  # B (Weighted sum, Add difference)
+    tertiary: MergeInput | None  # C (Add difference)
+    multiplier: float  # M
+    block_weights: list[float] | None  # per-block M (BASE, IN.., M00, OUT..); None: M everywhere
+    save_as_half: bool  # float tensors written as fp16
+    bake_in_vae: MergeInput | None  # a VAE whose weights replace first_stage_model.*
+    discard_weights: str  # regex; matching keys are left out of the output
+    name: str  # the output model's name (unique per owner)
+
+
+# --------------------------------------------------------------------------------------------
+
 
 class GenerationParams(TypedDict):
     """Everything one job asks for, validated and normalised (`Job.params`)."""
@@ -117,6 +146,8 @@ class GenerationParams(TypedDict):
     controlnet: NotRequired[list[ControlNetUnit]]
     # Inpainting / outpainting (img2img with a mask or grown sides); None = plain img2img.
     inpaint: NotRequired[InpaintParams | None]
+    # Checkpoint merger: set (and the image fields at their defaults) only when mode is "merge".
+    merge: NotRequired[MergeParams | None]
 
 
 # Defaults of a field a request leaves out (a checkpoint's own default_params come between).
@@ -173,7 +204,7 @@ OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_b
 # (likewise) and the names of saved styles (applied to the prompts at submission: the job
 # keeps the styled prompts).
 DERIVED_FIELDS = frozenset({"loras"})
-REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS | {
+REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS - {"merge"} | {
     "init_image",
     "mask",
     "styles",

@@ -1,14 +1,20 @@
-"""ControlNet preprocessors that need no weights: "none" (the image is already a control map)
-and "canny" (OpenCV's edge detector). Torch-free: the worker runs them before a job's ControlNet,
-and the platform's /controlnet/detect preview runs the same code.
+"""ControlNet preprocessors: the rules of all of them, and the ones that need no weights: "none"
+(the image is already a control map) and "canny" (OpenCV's edge detector). Torch-free. Only GPU
+workers run preprocessors: before a job's ControlNet, and for previews
+(gpu_worker/detect_responder.py). The platform imports this module for its rules (names, ranges,
+pixel-perfect resolution) and never runs one.
 
-The weight-based annotators of sd-webui-controlnet (depth, openpose, lineart, ...) are not built
-in: a module without its code and weights here is simply not listed, and asking for it is a 422.
+Weight-based annotators (gpu_worker/annotators.py, torch) run where an admin dropped their
+weights into the models folder (`ANNOTATOR_WEIGHTS`). What a worker can run it says in its
+heartbeat (`worker_preprocessors`); the platform lists and accepts only those, so asking for one
+that no worker has is a 422. Of sd-webui-controlnet's annotators, lineart (realistic and
+coarse) is built; depth, openpose and the others are not yet.
 """
 
 from __future__ import annotations
 
-import cv2
+from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
@@ -25,8 +31,37 @@ MODULE_DETAIL: dict[str, dict] = {
         ],
     },
 }
+# Weight-based annotators: module -> its weights under the models folder (safetensors only: the
+# extension's sk_model.pth / sk_model2.pth converted, since a pickle can run code).
+ANNOTATOR_WEIGHTS: dict[str, str] = {
+    "lineart_realistic": "Annotators/lineart/sk_model.safetensors",
+    "lineart_coarse": "Annotators/lineart/sk_model2.safetensors",
+}
+MODULE_DETAIL.update(
+    {
+        module: {
+            "model_free": False,
+            "sliders": [{"name": "Preprocessor Resolution", "value": 512, "min": 64, "max": 2048}],
+        }
+        for module in ANNOTATOR_WEIGHTS
+    }
+)
 THRESHOLD_RANGE = (0.0, 255.0)
 PROCESSOR_RES_RANGE = (64, 2048)
+
+
+def worker_preprocessors(models_dir: Path) -> list[str]:
+    """The modules a worker with this models folder runs (its heartbeat's `preprocessors`): the
+    built-in ones, and each annotator whose weights lie in the folder."""
+    present = [m for m, path in ANNOTATOR_WEIGHTS.items() if (models_dir / path).is_file()]
+    return [*BUILT_IN, *present]
+
+
+def resize_short_side(image: Image.Image, processor_res: int) -> Image.Image:
+    """The image at the preprocessor's working resolution (its short side)."""
+    scale = processor_res / min(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def pixel_perfect_resolution(
@@ -43,14 +78,15 @@ def pixel_perfect_resolution(
 def run_preprocessor(
     module: str, image: Image.Image, processor_res: int, low: float, high: float
 ) -> Image.Image:
-    """The control map of `image` (RGB) for a built-in module."""
+    """The control map of `image` (RGB) for a built-in module (the worker's annotators.py runs
+    the weight-based ones and comes here for the rest)."""
     image = image.convert("RGB")
     if module == "none":
         return image
     if module != "canny":
         raise ValueError(f"unknown preprocessor {module!r}; built in: {', '.join(BUILT_IN)}")
-    scale = processor_res / min(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    pixels = np.asarray(image.resize(size, Image.Resampling.LANCZOS))
+    import cv2  # OpenCV only where maps are made (the worker), not in the web process
+
+    pixels = np.asarray(resize_short_side(image, processor_res))
     edges = cv2.Canny(pixels, int(low), int(high))
     return Image.fromarray(edges).convert("RGB")

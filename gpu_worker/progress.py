@@ -176,7 +176,7 @@ class JobMonitor:
             step=info.done,
             steps=info.total,
             eta=round(eta, 2),
-            preview=latent_preview(info.latents, info.family),
+            preview=latent_preview(info.latents, info.family) if info.latents is not None else None,
         )
         self.store(event)
         if self.publisher is not None:

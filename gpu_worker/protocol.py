@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal, NotRequired, TypedDict
 
-from gpu_worker.params import GenerationParams
+from gpu_worker.params import GenerationParams, MergeParams
 
 # Dramatiq queues and actor names. Each side sends to the other's actor by name with
 # `dramatiq.Message(...)`, so neither side imports the other's code. Every GPU worker consumes
@@ -45,6 +45,15 @@ WORKER_SLOTS = 2
 # Operator commands for one worker (JSON WorkerCommand items, RPUSH by the platform, LPOP by the
 # worker on each heartbeat).
 WORKER_COMMANDS_KEY = "atelier:worker:{worker_id}:commands"
+# ControlNet preprocessor previews (/controlnet/detect, the generator's Preview button): a small
+# request/response over Redis, not a Job. The platform RPUSHes a JSON DetectRequest onto the
+# chosen worker's list and waits on the request's reply list (BLPOP) up to the request's
+# deadline; the worker's responder thread BLPOPs its list and RPUSHes one DetectReply. Both lists
+# expire, so a request to a worker that died is gone, not run later.
+DETECT_QUEUE_KEY = "atelier:detect:{worker_id}"
+DETECT_REPLY_KEY = "atelier:detect:reply:{request_id}"
+DETECT_TIMEOUT_SECONDS = 15.0
+DETECT_KEY_TTL_SECONDS = 60
 
 CancelKind = Literal["interrupt", "skip"]
 # "released": the worker gives an assigned job back unstarted (draining or shutting down).
@@ -76,7 +85,17 @@ class ModelDelivery(TypedDict):
     name: str  # the name the job's params use
     sha256: str
     size_bytes: int
-    url: str  # short-lived signed URL on the platform's model store
+    url: str  # short-lived signed URL on the platform's model store ("" for a virtual model)
+    # A virtual model (a saved merge recipe): no file to fetch; the worker computes it from
+    # its inputs (delivered beside it when they are uploads) under `sha256`, the recipe hash.
+    recipe: NotRequired[MergeParams]
+
+
+class MergedModel(TypedDict):
+    """The file a merge job made, as uploaded to the platform (which checked the hash)."""
+
+    sha256: str
+    size_bytes: int
 
 
 class GenerationRequest(JobEnvelope, GenerationParams):
@@ -89,6 +108,28 @@ class GenerationRequest(JobEnvelope, GenerationParams):
     # ControlNet units' images by the sha256 their stored units name, PNG, base64
     controlnet_images_png_b64: NotRequired[dict[str, str]]
     models: NotRequired[list[ModelDelivery]]
+    # A merge job: where its output goes (signed, for this attempt) and in what chunk size.
+    upload_url: NotRequired[str]
+    upload_chunk_bytes: NotRequired[int]
+
+
+class DetectRequest(TypedDict):
+    """Run one preprocessor on some images (a preview: no job, no model to load for built-ins)."""
+
+    request_id: str
+    module: str  # a module this worker lists in its heartbeat's `preprocessors`
+    images_png_b64: list[str]
+    processor_res: int
+    threshold_a: float
+    threshold_b: float
+    deadline: float  # unix time: a worker that picks it up later drops it (nobody is waiting)
+
+
+class DetectReply(TypedDict):
+    request_id: str
+    worker_id: str
+    images_png_b64: NotRequired[list[str]]  # the control maps, PNG, in the request's order
+    error: NotRequired[str]  # fit to show the caller
 
 
 class ResultImage(TypedDict):
@@ -120,6 +161,7 @@ class JobEvent(TypedDict):
     error: NotRequired[str]  # failed: a message fit to show the job's owner
     steps_done: NotRequired[int]  # cancelled: sampling steps completed, for pro-rata pricing
     timings: NotRequired[JobTimings]
+    model: NotRequired[MergedModel]  # succeeded merge: the uploaded file
 
 
 class ProgressEvent(TypedDict):
@@ -160,6 +202,12 @@ class WorkerHeartbeat(TypedDict):
     memory_budget_bytes: int
     loaded_models: list[str]  # checkpoints on the device, hottest first
     warm_models: NotRequired[list[str]]  # checkpoints held in CPU RAM only, hottest first
+    # ControlNets on the device, by catalogue name (the scheduler prefers a worker holding a
+    # job's ControlNets)
+    loaded_controlnets: NotRequired[list[str]]
+    # ControlNet preprocessors it runs: the built-in ones and the weight-based ones whose
+    # annotator weights lie in its models folder (absent in older workers: the built-in ones)
+    preprocessors: NotRequired[list[str]]
     hot_capacity: NotRequired[int]  # checkpoints that fit on the device at once (estimate)
     queue: NotRequired[str]  # the Dramatiq queue it consumes (worker_queue(worker_id))
     current_job: str | None

@@ -23,8 +23,10 @@ import redis
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
+from gpu_worker.detect_responder import DetectResponder
 from gpu_worker.heartbeat import Heartbeat, WorkerStatus
 from gpu_worker.model_downloads import DownloadCache, ModelFetchError
+from gpu_worker.preprocessors import worker_preprocessors
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
     GENERATE_KWARG,
@@ -93,6 +95,14 @@ class WorkerService:
         # The broker id of the message being run: never given back, its job is running here.
         self.in_hand: str | None = None
         self._outbox_lock = threading.Lock()
+        # ControlNet preprocessor previews, answered beside the job thread (WorkerLifecycle
+        # starts and stops it)
+        self.previews = DetectResponder(
+            redis_client, worker_id, self.preprocessors, engine.annotators.control_map
+        )
+
+    def preprocessors(self) -> list[str]:
+        return worker_preprocessors(self.engine.models_dir)
 
     # --- operator commands -----------------------------------------------------------------
     def apply_command(self, command: WorkerCommand) -> None:
@@ -248,7 +258,12 @@ class WorkerService:
             )
             try:
                 self.engine.job_items = self._fetch_models(request)
-                result = self.engine.run(request, monitor)
+                if request["mode"] == "merge":  # the checkpoint merger (gpu_worker/merging.py)
+                    from gpu_worker.merging import run_merge_job
+
+                    result = run_merge_job(self.engine, request, monitor)
+                else:
+                    result = self.engine.run(request, monitor)
             except ModelFetchError as exc:
                 return self._send(self._event(request, "failed", error=str(exc)))
             except JobFailed as exc:
@@ -269,11 +284,12 @@ class WorkerService:
             timings: JobTimings = result.timings
             if queued_s is not None:
                 timings["queued_s"] = round(queued_s, 4)
-            if result.interrupted or not result.images:
+            if result.interrupted or not (result.images or result.model):
                 fields: dict[str, Any] = {"steps_done": result.steps_done, "timings": timings}
                 if result.images:
                     fields["images"] = result.images
                 return self._send(self._event(request, "cancelled", **fields))
+            extra: dict[str, Any] = {"model": result.model} if result.model else {}
             return self._send(
                 self._event(
                     request,
@@ -281,6 +297,7 @@ class WorkerService:
                     images=result.images,
                     timings=timings,
                     steps_done=result.steps_done,
+                    **extra,
                 )
             )
         finally:
@@ -292,7 +309,16 @@ class WorkerService:
             return {}
         if self.downloads is None:
             raise ModelFetchError("this worker has no download cache for members' models")
-        items = self.downloads.fetch_all(deliveries)
+        items = self.downloads.fetch_all([d for d in deliveries if "recipe" not in d])
+        recipes = [d for d in deliveries if "recipe" in d]
+        if recipes:  # virtual models: computed here from their inputs, fetched just above
+            from gpu_worker.merging import materialize
+
+            self.engine.job_items = items
+            for delivery in recipes:
+                items[(delivery["kind"], delivery["name"])] = materialize(
+                    self.engine, delivery, self.downloads
+                )
         self.fetched_names.update(
             {item.sha256: item.name for item in items.values() if item.kind == "checkpoint"}
         )
@@ -330,6 +356,7 @@ class WorkerService:
             elif name not in warm:
                 warm.append(name)
         warm = [name for name in warm if name not in hot]
+        controlnets = self._loaded_controlnets()
         budget = engine.cache.device_budget_bytes
         hot_capacity = max(1, budget // max(sizes)) if sizes else 1
         used = engine.cache.device_bytes()
@@ -346,6 +373,8 @@ class WorkerService:
             memory_budget_bytes=engine.cache.device_budget_bytes,
             loaded_models=hot,
             warm_models=warm,
+            loaded_controlnets=controlnets,
+            preprocessors=self.preprocessors(),
             hot_capacity=int(hot_capacity),
             queue=self.queue,
             current_job=status.current_job,
@@ -361,6 +390,24 @@ class WorkerService:
             beat["disk_used_bytes"] = self.downloads.used_bytes()
             beat["disk_budget_bytes"] = self.downloads.budget_bytes
         return beat
+
+    def _loaded_controlnets(self) -> list[str]:
+        """ControlNets on the device (cache keys `controlnet:<sha256>`), by catalogue name."""
+        from gpu_worker.controlnet import CACHE_PREFIX  # torch: loaded in a worker anyway
+
+        names = {
+            item.sha256: item.name
+            for item in self.engine.catalogue.items.values()
+            if item.kind == "controlnet"
+        }
+        loaded = []
+        for key in self.engine.cache.keys_hottest_first():
+            entry = self.engine.cache.entry(key)
+            if isinstance(key, str) and key.startswith(CACHE_PREFIX) and entry and entry.on_device:
+                name = names.get(key[len(CACHE_PREFIX) :])
+                if name is not None:
+                    loaded.append(name)
+        return loaded
 
 
 class _AttachWorker(dramatiq.Middleware):
@@ -426,6 +473,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         self._release()
         if self.heartbeat is not None:
             self.heartbeat.start()
+        self.service.previews.start()
         for name in self.preload:
             log.info("preloading %s", name)
             self.service.engine.preload(name)
@@ -445,6 +493,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         deadline = time.monotonic() + SHUTDOWN_FLUSH_SECONDS
         while not self.service.flush_events() and time.monotonic() < deadline:
             time.sleep(0.5)  # Redis is down: give it a moment before the events are lost
+        self.service.previews.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
 

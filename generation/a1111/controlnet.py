@@ -9,18 +9,19 @@ saving the detected map, batch folders at their empty defaults) are accepted and
 from __future__ import annotations
 
 import base64
-import binascii
-import io
 from typing import Any
 
 from django.utils.translation import gettext as _
-from PIL import Image, UnidentifiedImageError
 
 from generation.a1111.errors import A1111Error
-from generation.limits import GenerationLimits, limits_for
+from generation.broker import get_redis
+from generation.controlnet_preview import decode_images, preview_maps
+from generation.fleet import available_preprocessors
+from generation.limits import limits_for
 from generation.models import CatalogEntry
+from generation.submission import SubmissionError
 from gpu_worker.params import CONTROL_MODES, CONTROLNET_UNIT_DEFAULTS
-from gpu_worker.preprocessors import BUILT_IN, MODULE_DETAIL, run_preprocessor
+from gpu_worker.preprocessors import MODULE_DETAIL
 
 SCRIPT = "controlnet"
 # The extension's version this API answers as (clients compare it to pick request shapes).
@@ -172,7 +173,10 @@ def model_list(user: Any) -> dict[str, Any]:
 
 
 def module_list() -> dict[str, Any]:
-    return {"module_list": list(BUILT_IN), "module_detail": MODULE_DETAIL}
+    """The built-in modules and the weight-based ones some worker has the weights of."""
+    modules = available_preprocessors(get_redis())
+    detail = {m: MODULE_DETAIL.get(m, {"model_free": False, "sliders": []}) for m in modules}
+    return {"module_list": modules, "module_detail": detail}
 
 
 def version() -> dict[str, Any]:
@@ -186,64 +190,29 @@ def scripts(user: Any) -> dict[str, list[str]]:
 
 
 def detect(user: Any, body: Any) -> dict[str, Any]:
-    """A preprocessor's maps of the given images (built-in modules are cheap and weight-free,
-    so this runs here rather than as a GPU job)."""
+    """A preprocessor's maps of the given images, computed by a GPU worker
+    (generation.controlnet_preview), in the extension's response shape."""
     if not isinstance(body, dict):
         raise A1111Error(422, _("the request body must be a JSON object"), "body")
-    module = body.get("controlnet_module") or "none"
-    if module not in BUILT_IN:
-        raise _refuse(
-            "controlnet_module",
-            _("unknown preprocessor %(name)r; available: %(valid)s")
-            % {"name": module, "valid": ", ".join(BUILT_IN)},
-        )
-    images = body.get("controlnet_input_images") or []
-    if not isinstance(images, list) or not images:
-        raise _refuse("controlnet_input_images", _("must be a list of base64 images"))
-    limits = limits_for(user)
-    if len(images) > limits.max_images:
-        raise _refuse("controlnet_input_images", _("at most %d images") % limits.max_images)
-    res = _number(body, "controlnet_processor_res", 512)
-    low = _number(body, "controlnet_threshold_a", 100)
-    high = _number(body, "controlnet_threshold_b", 200)
-    if not 64 <= res <= min(2048, limits.max_side):
-        raise _refuse("controlnet_processor_res", _("must be between 64 and 2048"))
-    maps = []
-    for index, text in enumerate(images):
-        image = _decode(text, f"controlnet_input_images[{index}]", limits)
-        out = io.BytesIO()
-        run_preprocessor(module, image, int(res), low, high).save(out, "PNG")
-        maps.append(base64.b64encode(out.getvalue()).decode("ascii"))
-    return {"images": maps, "info": "Success"}
-
-
-def _number(body: dict[str, Any], name: str, default: float) -> float:
-    value = body.get(name)
-    if value is None or value == -1:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _refuse(name, _("must be a number"))
-    return float(value)
-
-
-def _decode(text: Any, field: str, limits: GenerationLimits) -> Image.Image:
-    """The upload caps of an init image: bytes, then pixels from the header before decoding."""
-    if not isinstance(text, str):
-        raise _refuse(field, _("must be base64 text"))
-    data = text.split(",", 1)[1] if text.startswith("data:") else text
-    if len(data) * 3 // 4 > limits.max_init_image_bytes + 3:
-        raise _refuse(field, _("larger than %d bytes") % limits.max_init_image_bytes)
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-        if image.width * image.height > limits.max_init_image_pixels:
-            raise _refuse(field, _("more than %d pixels") % limits.max_init_image_pixels)
-        image.load()
-    except (
-        binascii.Error,
-        ValueError,
-        UnidentifiedImageError,
-        OSError,
-        Image.DecompressionBombError,
-    ):
-        raise _refuse(field, _("not a readable image")) from None
-    return image
+        images = decode_images(user, body.get("controlnet_input_images"), "images")
+        maps = preview_maps(
+            user,
+            body.get("controlnet_module"),
+            images,
+            _number(body, "controlnet_processor_res", 512),
+            _number(body, "controlnet_threshold_a", 100),
+            _number(body, "controlnet_threshold_b", 200),
+        )
+    except SubmissionError as exc:
+        # our names -> the extension's: images[0] -> controlnet_input_images[0], ...
+        prefix = "controlnet_input_" if exc.field.startswith("images") else "controlnet_"
+        field = prefix + exc.field
+        raise A1111Error(exc.status, exc.message.replace(exc.field, field, 1), field) from None
+    return {"images": [base64.b64encode(png).decode("ascii") for png in maps], "info": "Success"}
+
+
+def _number(body: dict[str, Any], name: str, default: float) -> Any:
+    """A value, or the default where the extension's clients send none or -1."""
+    value = body.get(name)
+    return default if value is None or value == -1 else value

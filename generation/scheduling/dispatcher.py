@@ -92,6 +92,7 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
                 else max(0, WORKER_SLOTS - len(held[worker_id])),
                 hot=tuple(beat.get("loaded_models") or ()),
                 warm=tuple(beat.get("warm_models") or ()),
+                controlnets=frozenset(beat.get("loaded_controlnets") or ()),
                 hot_capacity=max(1, int(beat.get("hot_capacity") or 1)),
                 inventory=frozenset((e["kind"], e["name"]) for e in inventory)
                 if inventory is not None

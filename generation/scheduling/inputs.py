@@ -90,7 +90,9 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
 
 def uploaded_models(owner_ids: Iterable[int]) -> set[tuple[int, str, str]]:
     """(owner, kind, name) of the owners' uploads, which workers fetch when they lack them."""
-    rows = CatalogEntry.objects.filter(owner_id__in=owner_ids, stored_file__isnull=False)
+    rows = CatalogEntry.objects.filter(owner_id__in=owner_ids).filter(
+        Q(stored_file__isnull=False) | Q(recipe__isnull=False)  # virtual: computed there
+    )
     return set(rows.values_list("owner_id", "kind", "name"))
 
 

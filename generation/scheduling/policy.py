@@ -18,7 +18,8 @@ the slot, so keeping the order never idles a GPU nor pushes a user past the wind
 
 Model affinity. Within the window the pass picks the (job, worker) pair that loads least: the
 checkpoint hot on the worker (after the jobs already pending there), then warm in its RAM, then
-a load; ties go to an idle worker, then to the neediest user. A worker only gets a job whose
+a load; ties go to an idle worker, then to one that has the job's ControlNets loaded (a smaller
+load than a checkpoint, but a load), then to the neediest user. A worker only gets a job whose
 checkpoint, LoRAs and ControlNets are in its inventory, each of its kind (a LoRA named like a
 checkpoint is not that checkpoint), or fetchable (a member's upload).
 
@@ -86,6 +87,7 @@ class WorkerView:
     free_slots: int  # jobs it may be given now: 2 - (running + assigned-not-started), 0 if draining
     hot: tuple[str, ...] = ()  # checkpoints on the device, hottest first (heartbeat loaded_models)
     warm: tuple[str, ...] = ()  # checkpoints held in RAM
+    controlnets: frozenset[str] = frozenset()  # ControlNets on the device (loaded_controlnets)
     hot_capacity: int = 1  # checkpoints that fit on the device at once
     inventory: frozenset[ModelKey] | None = None  # models on its disk; None = unknown
     pending: tuple[str, ...] = ()  # checkpoints of jobs already running/assigned there, in order
@@ -119,6 +121,7 @@ class _Worker:
         self.hot: list[str] = list(view.hot)[: self.capacity]
         self.warm: list[str] = [c for c in view.warm if c not in self.hot]
         self.queued = len(view.pending)  # jobs that start before a new one here
+        self.controlnets = set(view.controlnets)  # and those the pass's jobs will load here
         for checkpoint in view.pending:
             self.touch(checkpoint)
 
@@ -138,6 +141,10 @@ class _Worker:
         if checkpoint in self.hot:
             return HOT
         return WARM if checkpoint in self.warm else LOAD
+
+    def controlnets_held(self, job: WaitingJob) -> int:
+        """How many of the job's ControlNets this worker has loaded (each one a load saved)."""
+        return len(job.controlnets & self.controlnets)
 
     def victim(self) -> str | None:
         """The checkpoint a load would push off the device (least recently used), if any."""
@@ -244,6 +251,7 @@ class _Pass:
         worker.slots -= 1
         worker.queued += 1
         worker.touch(job.checkpoint)
+        worker.controlnets |= job.controlnets
 
 
 def _user_queues(waiting: Iterable[WaitingJob]) -> dict[str, deque[WaitingJob]]:
@@ -345,17 +353,19 @@ class FairScheduler:
     @staticmethod
     def _pair_key(state: _Pass, job: WaitingJob, worker: _Worker, rank: int) -> tuple:
         """Smaller is better: the least loading first; among hot or warm pairs an idle worker,
-        then the neediest user; among loads the most wanted model, on the least useful worker."""
+        then one holding the job's ControlNets, then the neediest user; among loads the most
+        wanted model, on the least useful worker, preferring one holding the ControlNets."""
         affinity = worker.affinity(job.checkpoint)
+        controlnets = -worker.controlnets_held(job)
         if affinity == LOAD:
             unmet = state.unmet_demand(job.checkpoint)
-            detail: tuple = (-unmet, rank, *state.eviction_cost(worker), worker.busy)
+            detail: tuple = (-unmet, rank, *state.eviction_cost(worker), controlnets, worker.busy)
         else:
-            detail = (worker.busy, rank, -len(job.loras & set(worker.hot)))
+            detail = (worker.busy, controlnets, rank, -len(job.loras & set(worker.hot)))
         return (affinity, *detail, worker.id)
 
     @staticmethod
     def _aged_key(state: _Pass, job: WaitingJob, worker: _Worker) -> tuple:
         affinity = worker.affinity(job.checkpoint)
         cost = state.eviction_cost(worker) if affinity == LOAD else (0.0, 0)
-        return (affinity, worker.busy, *cost, worker.id)
+        return (affinity, worker.busy, *cost, -worker.controlnets_held(job), worker.id)

@@ -170,6 +170,7 @@
         denoising_strength: toFloat(fields.hires_denoising_strength.value)
       };
     }
+    if (window.AtelierControlNet) window.AtelierControlNet.addTo(params); // controlnet.js
     return params;
   }
 

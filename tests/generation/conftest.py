@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import dramatiq
@@ -204,3 +205,52 @@ def beat(
     }
     redis_client.set(f"atelier:worker:{worker_id}", json.dumps(data), ex=8)
     redis_client.sadd("atelier:workers", worker_id)
+
+
+@pytest.fixture
+def preview_worker(redis_client) -> Iterator[dict[str, Any]]:
+    """A GPU worker's preview side as `python -m gpu_worker` runs it: its DetectResponder
+    thread on the test Redis and its heartbeat saying which preprocessors it runs (no engine:
+    previews need none). Change `beat["preprocessors"]` and call `beat_now()` to re-announce."""
+    import uuid
+
+    from gpu_worker.detect_responder import DetectResponder
+    from gpu_worker.heartbeat import Heartbeat
+    from gpu_worker.preprocessors import run_preprocessor, worker_preprocessors
+
+    worker_id = "preview-" + uuid.uuid4().hex[:6]
+    state: dict[str, Any] = {"preprocessors": worker_preprocessors(Path("."))}
+
+    def snapshot() -> Any:
+        return {
+            "worker_id": worker_id,
+            "hostname": "test",
+            "device": "cpu",
+            "memory_used_bytes": 0,
+            "memory_budget_bytes": 1,
+            "loaded_models": [],
+            "current_job": None,
+            "current_step": None,
+            "current_steps": None,
+            "recent_its": None,
+            "draining": False,
+            "inventory": [],
+            "preprocessors": list(state["preprocessors"]),
+            "sent_at": time.time(),
+        }
+
+    heartbeat = Heartbeat(redis_client, snapshot, interval=0.5)
+    heartbeat.beat()
+    heartbeat.start()
+    responder = DetectResponder(
+        redis_client,
+        worker_id,
+        lambda: list(state["preprocessors"]),
+        run_preprocessor,  # the built-in ones: the worker's engine adds the annotators
+        poll_seconds=0.2,
+    )
+    responder.start()
+    state.update(worker_id=worker_id, responder=responder, beat_now=heartbeat.beat)
+    yield state
+    responder.stop()
+    heartbeat.stop()

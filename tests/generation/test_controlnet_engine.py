@@ -85,3 +85,20 @@ async def test_a_webuiapi_controlnet_unit_shows_in_the_image_and_its_infotext(al
         for r in (plain, weightless)
     ]
     assert pixels[0] == pixels[1]
+
+
+def test_the_gpu_worker_answers_a_preview_through_the_rest_api(alice):
+    """The whole preview path: REST -> the worker's Redis list -> the responder its lifecycle
+    started -> the engine's preprocessors -> the reply."""
+    from generation.broker import get_redis
+    from generation.fleet import present_heartbeats
+    from gpu_worker.preprocessors import run_preprocessor
+    from tests.generation.conftest import api_client, wait_for
+
+    wait_for(lambda: present_heartbeats(get_redis()))  # the module's GPU worker is up
+    body = {"module": "canny", "image": square_png(), "processor_res": 64}
+    response = api_client(alice).post("/api/v1/controlnet/detect/", body, format="json")
+    assert response.status_code == 200, response.content
+    made = Image.open(io.BytesIO(base64.b64decode(response.json()["image"])))
+    source = Image.open(io.BytesIO(base64.b64decode(square_png())))
+    assert made.tobytes() == run_preprocessor("canny", source, 64, 100, 200).tobytes()

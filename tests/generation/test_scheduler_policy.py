@@ -263,6 +263,38 @@ def test_a_job_with_a_controlnet_unit_only_goes_to_a_worker_that_has_the_control
     assert assignment.worker_id == "gpu-2"
 
 
+def test_a_worker_with_the_jobs_controlnet_loaded_ranks_above_one_without():
+    guided = job("guided", "alice", 0.0, "a", controlnets=frozenset({"canny"}))
+    both_hot = [
+        worker("gpu-1", hot=("a",)),
+        worker("gpu-2", hot=("a",), controlnets=frozenset({"canny"})),
+    ]
+    [assignment] = FairScheduler().plan([guided], both_hot, now=1.0, usage={})
+    assert (assignment.worker_id, assignment.reason) == ("gpu-2", "hot")
+    # a load either way: still where the ControlNet is
+    both_cold = [worker("gpu-1"), worker("gpu-2", controlnets=frozenset({"canny"}))]
+    [assignment] = FairScheduler().plan([guided], both_cold, now=1.0, usage={})
+    assert (assignment.worker_id, assignment.reason) == ("gpu-2", "load")
+    # aged: the same preference
+    [assignment] = FairScheduler(max_wait_s=1.0).plan([guided], both_hot, now=5.0, usage={})
+    assert (assignment.worker_id, assignment.reason) == ("gpu-2", "aged")
+    # but the checkpoint counts first: hot checkpoint without the ControlNet beats a load
+    mixed = [worker("gpu-1", hot=("a",)), worker("gpu-2", controlnets=frozenset({"canny"}))]
+    [assignment] = FairScheduler().plan([guided], mixed, now=1.0, usage={})
+    assert assignment.worker_id == "gpu-1"
+
+
+def test_the_worker_holding_a_controlnet_takes_the_job_that_needs_it():
+    plain = job("plain", "alice", 0.0, "a")
+    guided = job("guided", "bob", 0.5, "a", controlnets=frozenset({"canny"}))
+    workers = [
+        worker("gpu-1", free=1, hot=("a",), controlnets=frozenset({"canny"})),
+        worker("gpu-2", free=1, hot=("a",)),
+    ]
+    plan = FairScheduler().plan([plain, guided], workers, now=1.0, usage={})
+    assert {(a.job_id, a.worker_id) for a in plan} == {("guided", "gpu-1"), ("plain", "gpu-2")}
+
+
 def test_a_job_on_an_uploaded_checkpoint_with_a_controlnet_goes_where_the_controlnet_is():
     # The upload is fetched by any worker; the ControlNet comes only from a worker's folder.
     waiting = [

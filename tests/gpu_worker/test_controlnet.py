@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
 
-from gpu_worker.controlnet import CACHE_PREFIX
+from gpu_worker.controlnet import CACHE_PREFIX, load_controlnet
 from gpu_worker.engine import JobFailed
 from gpu_worker.infotext import parse_infotext
 
-from .conftest import demo_request
+from .conftest import demo_request, make_engine
 
 SHA = "0" * 64
 
@@ -133,3 +136,84 @@ def test_a_unit_acts_on_the_hires_pass_too(engine: Any) -> None:
 def test_an_unknown_controlnet_fails_the_job_naming_it(engine: Any) -> None:
     with pytest.raises(JobFailed, match="unknown controlnet 'nope'"):
         run(engine, unit(model="nope"))
+
+
+def test_a_diffusers_folder_controlnet_loads_and_acts_like_its_single_file(
+    engine: Any, demo_models_dir: Path, tmp_path: Path, atelier_cache_dir: Path
+) -> None:
+    """config.json + diffusion_pytorch_model.safetensors in models/ControlNet/<name>/ is one
+    ControlNet, of its config's family, and makes the same image as the same weights in a file."""
+    import dramatiq
+    import redis
+
+    from gpu_worker.catalogue import scan_models
+    from gpu_worker.service import WorkerService
+
+    models = tmp_path / "models"
+    shutil.copytree(demo_models_dir, models, ignore=shutil.ignore_patterns(".atelier-hashes.json"))
+    file_net = engine.resolve("controlnet", "atelier-demo-controlnet")
+    folder = models / "ControlNet" / "sd15-canny-diffusers"
+    load_controlnet(file_net, dtype=engine.dtype, cache_dir=atelier_cache_dir).save_pretrained(
+        folder, safe_serialization=True
+    )
+    # the family comes from the config's context width: 768 SD1, 2048 SDXL (the tiny demo
+    # ControlNet's 32 names none, so it goes with any checkpoint, like an unknown file)
+    for width in (768, 2048):
+        other = models / "ControlNet" / f"width-{width}"
+        other.mkdir()
+        (other / "config.json").write_text(json.dumps({"cross_attention_dim": width}))
+        (other / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    catalogue = scan_models(models, hash_cache=tmp_path / "hashes.json")
+    assert catalogue.resolve("controlnet", "width-768").family == "sd1"
+    assert catalogue.resolve("controlnet", "width-2048").architecture == "sdxl"
+    item = catalogue.resolve("controlnet", "sd15-canny-diffusers")
+    assert (item.is_folder, item.family) == (True, "unknown")
+    assert not [f for f in catalogue.items if f[1] == "diffusion_pytorch_model"]
+    assert not catalogue.refused
+    for width in (768, 2048):
+        shutil.rmtree(models / "ControlNet" / f"width-{width}")
+
+    folder_engine = make_engine(models, atelier_cache_dir)
+    from_file = pixels(run(engine, unit()))
+    from_folder = run(folder_engine, unit(model="sd15-canny-diffusers"))
+    assert pixels(from_folder) == from_file
+    assert "Model: sd15-canny-diffusers [" in from_folder.images[0]["infotext"]
+
+    # the worker's heartbeat names the ControlNet it now holds (scheduler affinity)
+    service = WorkerService(
+        engine=folder_engine,
+        broker=dramatiq.get_broker(),
+        redis_client=redis.Redis(),  # never connects: the snapshot reads no Redis
+        publisher=None,
+        worker_id="folder-test",
+    )
+    beat = service.heartbeat_snapshot()
+    assert beat["loaded_controlnets"] == ["sd15-canny-diffusers"]
+    assert beat["preprocessors"] == ["none", "canny"]
+
+
+def test_a_running_worker_answers_a_preview_request(worker_world: Any, gw_redis: Any) -> None:
+    """WorkerLifecycle starts the preview responder with the worker: a DetectRequest on its
+    list gets the edge map back on the reply list."""
+    import time
+
+    from gpu_worker.preprocessors import run_preprocessor
+    from gpu_worker.protocol import DETECT_QUEUE_KEY, DETECT_REPLY_KEY
+
+    request = {
+        "request_id": "r1",
+        "module": "canny",
+        "images_png_b64": [square_png()],
+        "processor_res": 64,
+        "threshold_a": 100.0,
+        "threshold_b": 200.0,
+        "deadline": time.time() + 10,
+    }
+    gw_redis.rpush(DETECT_QUEUE_KEY.format(worker_id="test-worker"), json.dumps(request))
+    popped = gw_redis.blpop([DETECT_REPLY_KEY.format(request_id="r1")], timeout=10)
+    assert popped is not None
+    reply = json.loads(popped[1])
+    made = Image.open(io.BytesIO(base64.b64decode(reply["images_png_b64"][0])))
+    source = Image.open(io.BytesIO(base64.b64decode(square_png())))
+    assert made.tobytes() == run_preprocessor("canny", source, 64, 100, 200).tobytes()
+    assert reply["worker_id"] == "test-worker"

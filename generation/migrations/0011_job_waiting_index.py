@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0009_model_uploads'),
+        ('generation', '0010_merges'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
