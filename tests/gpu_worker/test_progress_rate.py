@@ -47,5 +47,7 @@ def test_fast_steps_are_coalesced_and_the_last_step_is_always_sent(redis_url):
 
     steps = asyncio.run(run())
     assert steps == [1, 40]
-    stored = json.loads(client.get(PROGRESS_KEY.format(job_id="rate-test")))
+    raw = client.get(PROGRESS_KEY.format(job_id="rate-test"))
+    assert raw is not None
+    stored = json.loads(raw)
     assert (stored["step"], stored["steps"]) == (40, 40)

@@ -100,7 +100,11 @@ class Command(BaseCommand):
             else:
                 memory = SweepMemory(options["worker_grace"], options["unreported_grace"])
                 self._periodic(
-                    stop, options["sweep_interval"], options["catalogue_interval"], memory
+                    stop,
+                    options["sweep_interval"],
+                    options["catalogue_interval"],
+                    memory,
+                    dispatcher,
                 )
         finally:
             self.stdout.write("stopping the platform worker")
@@ -119,6 +123,7 @@ class Command(BaseCommand):
         sweep_every: float,
         sync_every: float,
         memory: SweepMemory,  # kept across ticks: it times how long workers are missing
+        dispatcher: threading.Thread | None = None,
     ) -> None:
         next_sync = 0.0
         elapsed = 0.0
@@ -145,7 +150,8 @@ class Command(BaseCommand):
                         len(report.failed),
                         report.dead_workers,
                     )
-                request_schedule()
+                if dispatcher is None or not dispatcher.is_alive():
+                    request_schedule()  # else the dispatcher thread passes while jobs wait
             except Exception:  # the loop must outlive a bad pass; the next one retries
                 logger.exception("periodic pass failed")
             finally:
