@@ -247,24 +247,68 @@ def pro_rata(price: Decimal, steps_done: int, total_steps: int) -> Decimal:
     return (price * share).quantize(CENT, rounding=ROUND_FLOOR)
 
 
+def capture_part(job_id: Any, amount: Any, *, key: str, reason: str = "") -> CreditEntry | None:
+    """Charge `amount` of a job's hold before the job ends (a finished training epoch).
+
+    Once per `key` (e.g. the job and epoch): a repeated call writes nothing and returns None;
+    so does a call after the job's settlement. Never more than is still held: the part is cut
+    to what is left. The job's later settlement settles only what remains held."""
+    charge = to_money(amount)
+    if charge < 0:
+        raise LedgerError(_("A charge cannot be negative."))
+    with transaction.atomic():
+        locked = _lock_open_hold(job_id)
+        if locked is None:
+            return None
+        account_id, held = locked
+        if CreditEntry.objects.filter(account_id=account_id, key=key).exists():
+            return None
+        part = min(charge, held)
+        if part <= 0:
+            return None
+        return _write(
+            account_id, Kind.PART_CAPTURE, ZERO, -part, job_id=job_id, key=key, reason=reason
+        )
+
+
+def charged_so_far(job_id: Any) -> Decimal:
+    """What a job has been charged: its parts, plus its settlement's charge once settled."""
+    total = ZERO
+    for entry in CreditEntry.objects.filter(
+        job_id=job_id, kind__in=(Kind.PART_CAPTURE, *CreditEntry.SETTLEMENTS)
+    ):
+        total += -entry.held_delta if entry.kind == Kind.PART_CAPTURE else entry.charged
+    return total
+
+
+def _lock_open_hold(job_id: Any) -> tuple[int, Decimal] | None:
+    """(account id, amount still held) of a job's unsettled hold, with the account row locked;
+    None when the job has no hold or was settled. Call inside a transaction."""
+    held_entry = (
+        CreditEntry.objects.filter(job_id=job_id, kind=Kind.HOLD)
+        .values("account_id", "held_delta")
+        .first()
+    )
+    if held_entry is None:
+        return None
+    account_id = held_entry["account_id"]
+    # The account row lock serialises settlements: the second of two racing messages sees
+    # the first one's entry and stops. The unique constraint would refuse it anyway.
+    CreditAccount.objects.select_for_update(no_key=True).filter(pk=account_id).values("pk").first()
+    if CreditEntry.objects.filter(job_id=job_id, kind__in=CreditEntry.SETTLEMENTS).exists():
+        return None
+    parts = CreditEntry.objects.filter(job_id=job_id, kind=Kind.PART_CAPTURE).aggregate(
+        total=Coalesce(Sum("held_delta"), Value(ZERO, output_field=DecimalField()))
+    )["total"]
+    return account_id, (held_entry["held_delta"] + parts).quantize(CENT)
+
+
 def _settle(job_id: Any, charge: Decimal | None, reason: str) -> CreditEntry | None:
     with transaction.atomic():
-        held_entry = (
-            CreditEntry.objects.filter(job_id=job_id, kind=Kind.HOLD)
-            .values("account_id", "held_delta")
-            .first()
-        )
-        if held_entry is None:
+        locked = _lock_open_hold(job_id)
+        if locked is None:
             return None
-        account_id = held_entry["account_id"]
-        # The account row lock serialises settlements: the second of two racing messages sees
-        # the first one's entry and stops. The unique constraint would refuse it anyway.
-        CreditAccount.objects.select_for_update(no_key=True).filter(pk=account_id).values(
-            "pk"
-        ).first()
-        if CreditEntry.objects.filter(job_id=job_id, kind__in=CreditEntry.SETTLEMENTS).exists():
-            return None
-        held = held_entry["held_delta"]
+        account_id, held = locked
         charged = held if charge is None else min(charge, held)
         returned = held - charged
         return _write(
@@ -296,7 +340,7 @@ def refund(job_id: Any, amount: Any, *, actor: Any, reason: str) -> CreditEntry:
         refunded = CreditEntry.objects.filter(job_id=job_id, kind=Kind.REFUND).aggregate(
             total=Coalesce(Sum("amount"), Value(ZERO, output_field=DecimalField()))
         )["total"]
-        if refunded + value > settlement.charged:
+        if refunded + value > charged_so_far(job_id):
             raise LedgerError(_("A refund cannot exceed what the job was charged."))
         return _write(
             settlement.account_id,
@@ -349,6 +393,7 @@ def find_violations() -> list[Violation]:
             accounts=Count("account_id", distinct=True),
             held=Coalesce(_cents(Sum("held_delta")), zero),
             hold_amount=Coalesce(_cents(Sum("amount", filter=Q(kind=Kind.HOLD))), zero),
+            parts=Coalesce(_cents(Sum("held_delta", filter=Q(kind=Kind.PART_CAPTURE))), zero),
             returned=Coalesce(
                 _cents(Sum("amount", filter=Q(kind__in=CreditEntry.SETTLEMENTS))), zero
             ),
@@ -370,12 +415,14 @@ def find_violations() -> list[Violation]:
             problems.append(Violation("job", f"{job_id}: settled without a hold"))
         if job["settlements"] and job["held"] != 0:
             problems.append(Violation("job", f"{job_id}: settled but {job['held']} still held"))
-        if not job["settlements"] and job["held"] != -job["hold_amount"]:
+        if not job["settlements"] and job["held"] != -job["hold_amount"] + job["parts"]:
             problems.append(
                 Violation(
                     "job", f"{job_id}: open hold of {-job['hold_amount']} but {job['held']} held"
                 )
             )
+        if job["parts"] and not job["holds"]:
+            problems.append(Violation("job", f"{job_id}: charged parts without a hold"))
         if job["returned"] > -job["hold_amount"] or job["returned"] < 0:
             problems.append(
                 Violation(

@@ -181,6 +181,21 @@ class MembershipTier(models.Model):
     model_count = models.PositiveIntegerField(
         _("uploaded models"), default=10, help_text=_("How many models a member may upload")
     )
+    # LoRA training (issue 20): who may train, how many at once, and the dataset limits.
+    max_trainings = models.PositiveIntegerField(
+        _("trainings at once"),
+        default=1,
+        help_text=_("LoRA trainings a member may have queued or running; 0: no training"),
+    )
+    training_max_images = models.PositiveIntegerField(_("images per training dataset"), default=100)
+    training_dataset_mb = models.PositiveIntegerField(
+        _("training upload size (MiB)"),
+        default=200,
+        help_text=_("The largest dataset upload (a zip's unpacked size counts)"),
+    )
+    training_max_pixels = models.PositiveIntegerField(
+        _("max pixels per training image"), default=4096 * 4096
+    )
     all_models = models.BooleanField(_("all models allowed"), default=True)
     # Catalogue names (generation.CatalogEntry.name), kept as data rather than a relation so the
     # accounts app does not depend on the generation app's migrations.
@@ -285,6 +300,9 @@ class CreditEntry(models.Model):
         REFUND = "refund", _("Refund")
         ADJUSTMENT = "adjustment", _("Adjustment")
         REDEEM = "redeem", _("Redeemed code")
+        # A share of a job's hold charged before the job ends (a finished training epoch): it
+        # empties that much of the hold; the job's one settlement later settles the rest.
+        PART_CAPTURE = "part_capture", _("Charge (part)")
 
     SETTLEMENTS = (Kind.CAPTURE, Kind.RELEASE)
 
@@ -360,8 +378,10 @@ class CreditEntry(models.Model):
 
     @property
     def charged(self) -> Decimal:
-        """Credits this entry consumed for good: a settlement's captured part."""
-        return -(self.amount + self.held_delta) if self.kind in self.SETTLEMENTS else Decimal(0)
+        """Credits this entry consumed for good: a settlement's captured part, or a part
+        charged before the settlement."""
+        charging = (*self.SETTLEMENTS, self.Kind.PART_CAPTURE)
+        return -(self.amount + self.held_delta) if self.kind in charging else Decimal(0)
 
 
 # --- payments ----------------------------------------------------------------------------------

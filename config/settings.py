@@ -176,6 +176,9 @@ WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 MODELS_DIR = Path(env_str("MODELS_DIR", str(BASE_DIR / "models")))
+# Model architectures whose licence forbids a paid service, enabled by the operator naming the
+# licence ("codeformer:S-Lab-1.0"): gpu_worker/face_licences.py.
+ALLOW_NONCOMMERCIAL_MODELS = env_str("ATELIER_ALLOW_NONCOMMERCIAL_MODELS", "")
 # Members' uploaded models, stored by sha256 (never by the uploader's file name).
 MODEL_STORE_DIR = Path(env_str("MODEL_STORE_DIR", str(VAR_DIR / "model-store")))
 MODEL_UPLOAD_MAX_MB = env_int("MODEL_UPLOAD_MAX_MB", 8192)
@@ -183,6 +186,9 @@ MODEL_UPLOAD_MAX_MB = env_int("MODEL_UPLOAD_MAX_MB", 8192)
 # web at, and how long a URL in a job message stays valid.
 MODEL_DELIVERY_BASE_URL = env_str("MODEL_DELIVERY_BASE_URL", "http://127.0.0.1:8000")
 MODEL_DELIVERY_URL_SECONDS = env_int("MODEL_DELIVERY_URL_SECONDS", 3600)
+# A training job's signed addresses (dataset images, epoch posts, resume state) live as long as
+# a long training may run.
+TRAINING_URL_SECONDS = env_int("TRAINING_URL_SECONDS", 7 * 24 * 3600)
 # drf-tus (resumable uploads): our upload model, and our handler that checks and stores a
 # finished file. Each chunk is one request, so MAX_REQUEST_BODY_MB caps a chunk.
 REST_FRAMEWORK_TUS = {

@@ -3,7 +3,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import views
-from generation import merge_uploads, model_delivery, pricing_page
+from generation import merge_uploads, model_delivery, pricing_page, training_transfer
 from generation.a1111.urls import controlnet_urlpatterns
 from operations import views as operations_views
 
@@ -18,6 +18,10 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     # Workers fetch members' models here with a signed URL (generation.model_delivery).
     path("model-store/<str:token>", model_delivery.deliver, name="model-delivery"),
+    # A training job's worker: dataset, resume state, finished epochs (generation.training_epochs).
+    path("training-data/<str:token>", training_transfer.training_image, name="training-image"),
+    path("training-state/<str:token>", training_transfer.training_state, name="training-state"),
+    path("training-epoch/<str:token>", training_transfer.training_epoch, name="training-epoch"),
     # ... and send back the models they merged (generation.merge_uploads).
     path("model-store/merged/<str:token>", merge_uploads.receive_merged, name="merge-upload"),
     path("accounts/", include("accounts.urls")),

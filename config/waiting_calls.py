@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-WAITING_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
+WAITING_PATHS = (
+    "/sdapi/v1/txt2img",
+    "/sdapi/v1/img2img",
+    "/sdapi/v1/extra-single-image",
+    "/sdapi/v1/extra-batch-images",
+)
 
 
 class WaitingCallsWithoutThreads:

@@ -42,7 +42,7 @@ def feed(
         publications = publications.filter(
             Q(title__icontains=word)
             | Q(description__icontains=word)
-            | Q(image__job__params__prompt__icontains=word)
+            | Q(search_text__icontains=word)
         )
     if sort in WINDOWS:
         since = timezone.now() - WINDOWS[sort]

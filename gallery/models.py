@@ -95,6 +95,9 @@ class Publication(models.Model):
     hidden_reason = models.CharField(_("reason for hiding"), max_length=500, blank=True)
     published_at = models.DateTimeField(_("published"), null=True, blank=True, db_index=True)
     likes_count = models.PositiveIntegerField(_("likes"), default=0)
+    # What the gallery's search reads of the prompt: without private model names (set when
+    # published, `gallery.private_models`), so a search cannot confirm a guessed name.
+    search_text = models.TextField(blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -11,6 +11,7 @@ from django.utils.translation import gettext as _
 
 from gallery.errors import NotAllowed
 from gallery.models import Publication, Visibility
+from gallery.private_models import redact_text, shown_for
 from generation.models import JobImage
 
 
@@ -36,6 +37,8 @@ def publish_image(
     publication.visibility = visibility
     # A moderator's "mature" mark stays: the author may add the flag, not remove theirs.
     publication.mature = mature or publication.mature_locked
+    prompt = str(image.job.params.get("prompt", ""))
+    publication.search_text = redact_text(prompt, shown_for(image.job, image.infotext))
     if publication.is_published and not was_published:
         publication.published_at = timezone.now()
     publication.save()

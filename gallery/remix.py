@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from django.urls import NoReverseMatch, reverse
 
+from gallery.private_models import redact_text, shown_for
 from generation.models import CatalogEntry
 from gpu_worker.infotext import format_number, infotext_to_fields, parse_infotext
 
@@ -40,6 +41,7 @@ GENERATOR_FIELDS = (
     "seed_resize_from_w",
     "seed_resize_from_h",
     "tiling",
+    "restore_faces",
     "hires_enabled",
     "hires_scale",
     "hires_resize_x",
@@ -135,6 +137,11 @@ def remix_published_image(viewer: Any, publication: Any) -> RemixPlan:
             hires_denoising_strength=hires.get("denoising_strength"),
         )
     checkpoint = image.job.checkpoint
+    if getattr(viewer, "pk", None) != image.job.owner_id:
+        # Someone else's private LoRAs and embeddings: never named in the link.
+        shown = shown_for(image.job, image.infotext)
+        for name in ("prompt", "negative_prompt"):
+            values[name] = redact_text(str(values.get(name) or ""), shown, drop=True)
     if not checkpoint.is_public and getattr(viewer, "pk", None) != checkpoint.owner_id:
         # Someone else's private model: never named, never looked up.
         plan = _plan(viewer, values, None, None, params.get("vae"))

@@ -12,6 +12,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -35,12 +36,17 @@ from gallery.forms import (
 from gallery.likes import liked_ids, toggle_like
 from gallery.models import GalleryPreferences, Publication, Visibility
 from gallery.png_info import parameter_rows, read_png_info
-from gallery.private_models import uses_private_models, without_model_names
+from gallery.private_models import (
+    png_with_parameters,
+    redact_infotext,
+    redact_text,
+    shown_for,
+)
 from gallery.publishing import publication_state, publish_image, unpublish
 from gallery.remix import remix_published_image
 from generation.models import JobImage
 from generation.suspension import suspend_user
-from gpu_worker.infotext import parse_infotext
+from gpu_worker.infotext import parse_infotext, read_infotext
 
 
 def staff_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -124,8 +130,10 @@ def image(request: HttpRequest, pk: Any) -> HttpResponse:
     _decorate_cards(request, [publication])
     job_image = publication.image
     infotext = job_image.infotext
-    if uses_private_models(job_image.job):
-        infotext = without_model_names(infotext)
+    prompt = job_image.job.params.get("prompt", "")
+    if not _is_author(request, publication):  # others never learn a private model's name
+        shown = shown_for(job_image.job, infotext)
+        infotext, prompt = redact_infotext(infotext, shown), redact_text(prompt, shown)
     parsed = parse_infotext(infotext) if infotext else {}
     return render(
         request,
@@ -135,18 +143,18 @@ def image(request: HttpRequest, pk: Any) -> HttpResponse:
             "job_image": job_image,
             "checkpoint": job_image.job.checkpoint,
             "infotext": infotext,
-            "prompt": parsed.get("Prompt", job_image.job.params.get("prompt", "")),
+            "prompt": parsed.get("Prompt", prompt),
             "negative_prompt": parsed.get("Negative prompt", ""),
             "parameters": parameter_rows(parsed),
             "remix": remix_published_image(request.user, publication),
-            "is_owner": request.user.is_authenticated and request.user.pk == publication.owner_id,
+            "is_owner": _is_author(request, publication),
             "report_form": ReportForm(),
             "moderation_form": ModerationForm(),
         },
     )
 
 
-def image_file(request: HttpRequest, pk: Any, kind: str) -> FileResponse:
+def image_file(request: HttpRequest, pk: Any, kind: str) -> HttpResponseBase:
     """The PNG (with its parameters chunk) or the thumbnail, for whoever may see the image."""
     publication = (
         Publication.objects.visible_to(request.user).select_related("image").filter(pk=pk).first()
@@ -158,6 +166,8 @@ def image_file(request: HttpRequest, pk: Any, kind: str) -> FileResponse:
     if not stored.name:
         raise Http404
     download = kind == "download"
+    if stored.name.endswith(".png") and not _is_author(request, publication):
+        return _png_for_others(job_image, stored, download)
     response = FileResponse(
         stored.open("rb"),
         as_attachment=download,
@@ -165,6 +175,26 @@ def image_file(request: HttpRequest, pk: Any, kind: str) -> FileResponse:
         content_type="image/webp" if stored.name.endswith(".webp") else "image/png",
     )
     # Visibility can change (unpublish, hide): shared caches must not keep a copy.
+    response["Cache-Control"] = "private, max-age=300"
+    return response
+
+
+def _is_author(request: HttpRequest, publication: Publication) -> bool:
+    return bool(request.user.is_authenticated and request.user.pk == publication.owner_id)
+
+
+def _png_for_others(job_image: JobImage, stored: Any, download: bool) -> HttpResponse:
+    """The PNG as others get it: its parameters chunk without private model names (the
+    pixels and every other chunk as stored)."""
+    with stored.open("rb") as handle:
+        data = handle.read()
+    infotext = read_infotext(data) or ""
+    redacted = redact_infotext(infotext, shown_for(job_image.job, infotext))
+    if redacted != infotext:
+        data = png_with_parameters(data, redacted)
+    response = HttpResponse(data, content_type="image/png")
+    disposition = "attachment" if download else "inline"
+    response["Content-Disposition"] = f'{disposition}; filename="atelier-{job_image.seed}.png"'
     response["Cache-Control"] = "private, max-age=300"
     return response
 

@@ -8,12 +8,15 @@ what the workers' heartbeats and the local models folder hold, the rest marked u
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, cast
 
 import redis
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import QuerySet
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
@@ -26,6 +29,7 @@ from accounts.tiers import set_model_tiers, tiers_allowing
 from generation.broker import get_redis
 from generation.catalogue_sync import sync_catalogue
 from generation.models import CatalogEntry
+from generation.own_models import forget_if_unused
 from gpu_worker.samplers import SAMPLERS, SCHEDULES
 
 MAX_PREVIEW_BYTES = 5 * 1024 * 1024
@@ -248,6 +252,17 @@ class CatalogEntryAdmin(admin.ModelAdmin):
                 form.cleaned_data.get("tiers") or [],
                 previous_name=form.initial.get("name"),
             )
+
+    def delete_model(self, request: HttpRequest, obj: CatalogEntry) -> None:
+        self.delete_queryset(request, CatalogEntry.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[CatalogEntry]) -> None:
+        """Stored files (uploads) that no entry refers to any more leave the store and the
+        workers' disks, as when a member deletes their own."""
+        stored = list(queryset.filter(stored_file__isnull=False).values_list("sha256", flat=True))
+        super().delete_queryset(request, queryset)
+        for sha256 in stored:
+            transaction.on_commit(partial(forget_if_unused, sha256))
 
     def get_changelist_form(self, request: HttpRequest, **kwargs: Any) -> Any:
         return super().get_changelist_form(request, form=CatalogListForm, **kwargs)

@@ -19,6 +19,7 @@ from gpu_worker.catalogue import scan_models
 from gpu_worker.demo_model import (
     DEMO_CHECKPOINTS,
     DEMO_CONTROLNET,
+    DEMO_FACE_RESTORER,
     DEMO_INPAINT,
     DEMO_LORA,
     DEMO_UPSCALER,
@@ -46,7 +47,10 @@ def local_inventory(models_dir: Path | None = None) -> list[ModelInventoryEntry]
 
 
 def _demo_names() -> set[str]:
-    demos = (*DEMO_CHECKPOINTS, DEMO_INPAINT, DEMO_LORA, DEMO_VAE, DEMO_UPSCALER, DEMO_CONTROLNET)
+    demos = (
+        *DEMO_CHECKPOINTS,
+        *(DEMO_INPAINT, DEMO_LORA, DEMO_VAE, DEMO_UPSCALER, DEMO_CONTROLNET, DEMO_FACE_RESTORER),
+    )
     return {d.name for d in demos}
 
 
@@ -64,14 +68,21 @@ def sync_catalogue(models_dir: Path | None = None, include_workers: bool = True)
         seen.setdefault((entry["kind"], entry["name"]), entry)
     demo = _demo_names()
     created = updated = 0
-    existing = {(e.kind, e.name): e for e in CatalogEntry.objects.filter(owner__isnull=True)}
+    platform = CatalogEntry.objects.filter(owner__isnull=True)
+    existing = {(e.kind, e.name): e for e in platform.filter(stored_file__isnull=True)}
+    # Staff uploads live in the model store, delivered by hash: no worker inventory says
+    # whether they are available, and a worker's file of the same name does not replace them.
+    stored = set(platform.filter(stored_file__isnull=False).values_list("kind", "name"))
     for (kind, name), item in seen.items():
+        if (kind, name) in stored:
+            continue
         fields = {
             "family": item.get("family") or "unknown",
             "filename": item.get("filename", ""),
             "size_bytes": int(item.get("size_bytes") or 0),
             "sha256": item.get("sha256", ""),
             "short_hash": item.get("short_hash", ""),
+            "native_scale": int(item.get("scale") or 0),
             "available": True,
         }
         row = existing.get((kind, name))

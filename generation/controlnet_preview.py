@@ -27,7 +27,8 @@ from PIL import Image
 from generation.broker import get_blocking_redis
 from generation.fleet import available_preprocessors, read_workers, worker_preprocessors
 from generation.limits import limits_for
-from generation.submission import SubmissionError, uploaded_image
+from generation.request_errors import SubmissionError
+from generation.uploaded_images import uploaded_image
 from gpu_worker.preprocessors import PROCESSOR_RES_RANGE, THRESHOLD_RANGE, pixel_perfect_resolution
 from gpu_worker.protocol import (
     DETECT_KEY_TTL_SECONDS,

@@ -31,8 +31,11 @@ def capture_hold(job: Any) -> None:
 def release_hold(job: Any) -> None:
     """Settle a job that did not succeed. Failed, cancelled before it started, or lost with its
     worker: all given back. Cancelled while running: the share of its steps that ran is
-    charged (rounded down to the cent), the rest given back."""
-    if job.status == "cancelled" and job.started_at is not None and job.steps_done > 0:
+    charged (rounded down to the cent), the rest given back. A training job: its finished
+    epochs are already charged (ledger parts), whatever is still held goes back."""
+    if job.mode == "train":  # each finished epoch was charged as it ended: the rest goes back
+        ledger.release(job.pk)
+    elif job.status == "cancelled" and job.started_at is not None and job.steps_done > 0:
         charge = ledger.pro_rata(job.price, job.steps_done, job.total_steps)
         ledger.capture(
             job.pk,

@@ -20,6 +20,7 @@ from generation.control_images import read_control_image
 from generation.events import user_group
 from generation.model_delivery import deliveries_for, signed_upload_url, upload_chunk_bytes
 from generation.models import Job
+from generation.training_links import training_delivery
 from gpu_worker.params import GenerationParams
 from gpu_worker.protocol import (
     GENERATE_ACTOR,
@@ -47,7 +48,10 @@ def build_request(job: Job) -> GenerationRequest:
     models = deliveries_for(job)
     if models:
         request["models"] = models
-    if job.mode == Job.Mode.IMG2IMG and job.init_image:
+    if job.mode == Job.Mode.TRAIN:  # dataset, epoch address, and the state to resume from
+        request["training"] = training_delivery(job)
+    # img2img's source, or the image an extras job upscales
+    if job.mode in (Job.Mode.IMG2IMG, Job.Mode.EXTRAS) and job.init_image:
         with job.init_image.open("rb") as fh:
             request["init_image_png_b64"] = base64.b64encode(fh.read()).decode()
     if job.mode == Job.Mode.IMG2IMG and job.mask_image:

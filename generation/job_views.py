@@ -105,6 +105,9 @@ def _controlnet_titles(user: Any, params: dict[str, Any]) -> dict[str, str]:
 
 
 def _shown_params(params: dict[str, Any], titles: dict[str, str]) -> list[tuple[str, Any]]:
+    if params.get("mode") == "extras":  # an upscale: its own options and the size it makes
+        extras = params.get("extras") or {}
+        return [("width", params["width"]), ("height", params["height"]), *sorted(extras.items())]
     hidden = {"prompt", "negative_prompt", "init_image", "controlnet"}
     shown = [(key, value) for key, value in sorted(params.items()) if key not in hidden]
     units = params.get("controlnet") or []  # as sd-webui-controlnet writes them in infotexts

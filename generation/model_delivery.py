@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 import redis
@@ -23,8 +22,8 @@ from django.views.decorators.http import require_GET
 from generation import model_store
 from generation.broker import get_redis
 from generation.fleet import present_heartbeats
-from generation.models import CatalogEntry, Job, ModelFile, ModelRecipe
-from gpu_worker.merge_rules import inputs_of
+from generation.models import Job, ModelFile
+from generation.stored_models import StoredModel, StoredModels, virtual_recipe
 from gpu_worker.params import MergeParams
 from gpu_worker.protocol import WORKER_COMMANDS_KEY, ModelDelivery, WorkerCommand
 
@@ -61,64 +60,60 @@ def deliver(request: HttpRequest, token: str) -> FileResponse:
     return response
 
 
-def _delivery(entry: CatalogEntry) -> ModelDelivery:
+def _delivery(model: StoredModel) -> ModelDelivery:
     return ModelDelivery(
-        kind=entry.kind,  # type: ignore[typeddict-item]
-        name=entry.name,
-        sha256=entry.sha256,
-        size_bytes=entry.size_bytes,
-        url=signed_url(entry.sha256),
+        kind=model.kind,  # type: ignore[typeddict-item]
+        name=model.name,
+        sha256=model.sha256,
+        size_bytes=model.size_bytes,
+        url=signed_url(model.sha256),
     )
+
+
+def recipes_of(job: Job) -> list[MergeParams]:
+    """The merge recipes whose stored inputs the job's worker reads: a merge job's, and its
+    checkpoint's if that is a virtual model."""
+    if job.mode == Job.Mode.MERGE:
+        return [job.params["merge"]]
+    recipe = virtual_recipe(job.checkpoint)
+    return [recipe.params] if recipe is not None else []
+
+
+def stored_models_of(job: Job, stored: StoredModels | None = None) -> list[StoredModel]:
+    """The job's models that live in the store (members' and staff uploads): for a merge, its
+    inputs that are uploads; for a virtual checkpoint, its recipe's inputs that are uploads
+    (the worker computes the model from them)."""
+    params: dict[str, Any] = job.params
+    stored = stored or StoredModels([job.owner_id], recipes_of(job))
+    if job.mode == Job.Mode.MERGE:
+        return stored.inputs_of(params["merge"])
+    recipe = virtual_recipe(job.checkpoint)
+    wanted = [StoredModel.of(job.checkpoint)] if job.checkpoint.stored_file_id else []
+    if recipe is not None:
+        wanted += stored.inputs_of(recipe.params, part_of=recipe.recipe_hash)
+    names = [("lora", n) for n in params.get("loras") or []]
+    names += [("vae", params["vae"])] if params.get("vae") else []
+    wanted += [m for kind, n in names if (m := stored.find(job.owner_id, kind, n)) is not None]
+    text = f"{params.get('prompt', '')}\n{params.get('negative_prompt', '')}"
+    return wanted + stored.embeddings_in(job.owner_id, text)
 
 
 def deliveries_for(job: Job) -> list[ModelDelivery]:
-    """The job's models that live in the store (members' uploads), with fresh signed URLs; a
-    virtual checkpoint as its recipe, and the uploads a recipe or a merge job reads."""
-    params: dict[str, Any] = job.params
-    if job.mode == Job.Mode.MERGE:
-        return _input_deliveries(params["merge"])
-    own = CatalogEntry.objects.filter(owner_id=job.owner_id, stored_file__isnull=False)
-    wanted = [job.checkpoint] if job.checkpoint.stored_file_id else []
-    virtual = _virtual_delivery(job.checkpoint)
-    wanted += list(own.filter(kind=CatalogEntry.Kind.LORA, name__in=params.get("loras") or []))
-    if params.get("vae"):
-        wanted += list(own.filter(kind=CatalogEntry.Kind.VAE, name=params["vae"]))
-    text = f"{params.get('prompt', '')}\n{params.get('negative_prompt', '')}".lower()
-    for embedding in own.filter(kind=CatalogEntry.Kind.EMBEDDING):
-        if re.search(rf"(?<!\w){re.escape(embedding.name.lower())}(?!\w)", text):
-            wanted.append(embedding)
-    found = [_delivery(entry) for entry in wanted]
-    return found if virtual is None else [*virtual, *found]
-
-
-def _input_deliveries(merge: MergeParams) -> list[ModelDelivery]:
-    """The inputs of a merge that are uploads (platform models lie in workers' folders)."""
-    found = []
-    for role, pinned in inputs_of(merge).items():
-        kind = CatalogEntry.Kind.VAE if role == "vae" else CatalogEntry.Kind.CHECKPOINT
-        entry = CatalogEntry.objects.filter(
-            kind=kind, name=pinned["name"], sha256=pinned["sha256"], stored_file__isnull=False
-        ).first()
-        if entry is not None:
-            found.append(_delivery(entry))
-    return found
-
-
-def _virtual_delivery(entry: CatalogEntry) -> list[ModelDelivery] | None:
-    """A virtual checkpoint: its recipe under the recipe hash, after its inputs' deliveries."""
-    recipe = ModelRecipe.objects.filter(entry=entry).first()
-    if recipe is None or entry.stored_file_id is not None:
-        return None
-    merge: MergeParams = recipe.params
+    """The job's stored models with fresh signed URLs; a virtual checkpoint as its recipe under
+    the recipe hash (the worker computes it after fetching the inputs delivered beside it)."""
+    found = [_delivery(model) for model in stored_models_of(job)]
+    recipe = virtual_recipe(job.checkpoint) if job.mode != Job.Mode.MERGE else None
+    if recipe is None:
+        return found
     virtual = ModelDelivery(
         kind="checkpoint",
-        name=entry.name,
+        name=job.checkpoint.name,
         sha256=recipe.recipe_hash,
-        size_bytes=entry.size_bytes,
+        size_bytes=job.checkpoint.size_bytes,
         url="",
-        recipe=merge,
+        recipe=recipe.params,
     )
-    return [*_input_deliveries(merge), virtual]
+    return [*found, virtual]
 
 
 UPLOAD_SALT = "atelier.merge-upload"

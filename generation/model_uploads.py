@@ -1,7 +1,8 @@
 """Members' model uploads over tus (drf-tus), and the REST views of their own models.
 
 The tus endpoint is `/api/v1/own-models/uploads/`: POST creates an upload (the `Upload-Length`
-is checked against the member's quota first, `Upload-Metadata` may carry `name`), PATCH sends a
+is checked against the member's quota first, `Upload-Metadata` carries `name`, and for staff
+`platform 1` to add a catalogue model instead, through the same checks), PATCH sends a
 chunk at an offset (one request per chunk, so MAX_REQUEST_BODY_MB caps a chunk), HEAD tells a
 client where to resume. When the last chunk lands, `StoreSaveHandler` hashes and checks the file
 and makes it the member's private catalogue entry; a refused file is deleted and the PATCH says
@@ -18,6 +19,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView, ListAPIView
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework_tus import constants
@@ -33,9 +35,12 @@ from generation.own_models import (
     NAME_PATTERN,
     OwnModelError,
     add_own_model,
+    add_platform_model,
     check_quota,
+    clear_preview,
     delete_own_model,
     quota_for,
+    set_preview,
     update_own_model,
 )
 from gpu_worker.model_files import UnreadableModel
@@ -50,17 +55,23 @@ class StoreSaveHandler(AbstractUploadSaveHandler):
         if isinstance(metadata, str):  # drf-tus stores the metadata as JSON text
             metadata = json.loads(metadata)
         name = str(metadata.get("name", ""))
+        add = add_platform_model if wants_platform(metadata) else add_own_model
         try:
             stored = model_store.store_file(
                 Path(upload.get_or_create_temporary_file()), label=name or "file"
             )
-            upload.entry = add_own_model(upload.user, stored, name)
+            upload.entry = add(upload.user, stored, name)
         except UnreadableModel as exc:
             raise UploadRefused(str(exc)) from exc
         except OwnModelError as exc:
             raise UploadRefused(f"{exc.field}: {exc.message}") from exc
         upload.save()  # the temporary file is gone: the store adopted it
         self.finish()
+
+
+def wants_platform(metadata: Any) -> bool:
+    """`Upload-Metadata: platform 1`: staff add a catalogue model instead of their own."""
+    return isinstance(metadata, dict) and str(metadata.get("platform", "")) in ("1", "true")
 
 
 class UploadRefused(Exception):
@@ -96,6 +107,10 @@ class ModelUploadViewSet(UploadViewSet):
                 ". _ ( ) + - characters",
                 400,
             )
+        if wants_platform(getattr(request, constants.UPLOAD_METADATA_FIELD_NAME, {})):
+            if not request.user.is_staff:
+                return _refuse("platform", "only staff upload platform models", 403)
+            return super().create(request, *args, **kwargs)  # the catalogue has no quota
         try:
             check_quota(request.user, length)
         except OwnModelError as exc:
@@ -139,6 +154,10 @@ def _refuse(field: str, message: str, code: int) -> Response:
 
 
 class OwnModelSerializer(serializers.ModelSerializer):
+    preview_url = serializers.SerializerMethodField()
+    virtual = serializers.SerializerMethodField(help_text="A saved merge recipe with no file yet")
+    recipe = serializers.SerializerMethodField(help_text="How a merged model is made, if it is")
+
     class Meta:
         model = CatalogEntry
         fields = [
@@ -153,14 +172,12 @@ class OwnModelSerializer(serializers.ModelSerializer):
             "short_hash",
             "published",
             "enabled",
+            "preview_url",
             "created_at",
             "virtual",
             "recipe",
         ]
         read_only_fields = fields
-
-    virtual = serializers.SerializerMethodField(help_text="A saved merge recipe with no file yet")
-    recipe = serializers.SerializerMethodField(help_text="How a merged model is made, if it is")
 
     def get_virtual(self, entry: CatalogEntry) -> bool:
         return entry.stored_file_id is None
@@ -168,6 +185,9 @@ class OwnModelSerializer(serializers.ModelSerializer):
     def get_recipe(self, entry: CatalogEntry) -> dict[str, Any] | None:
         recipe = getattr(entry, "recipe", None)
         return dict(recipe.params) if recipe is not None else None
+
+    def get_preview_url(self, entry: CatalogEntry) -> str | None:
+        return reverse("catalogue-preview", args=[entry.pk]) if entry.preview else None
 
 
 class OwnModelListView(ListAPIView):
@@ -218,3 +238,30 @@ class OwnModelDetailView(GenericAPIView):
     def delete(self, request: Request, pk: int) -> Response:
         delete_own_model(request.user, self._entry(request, pk))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class OwnModelPreviewView(GenericAPIView):
+    """Set (PUT: multipart `image`, or JSON `image` as base64) or remove (DELETE) the preview
+    image of one of your models. Others' models are a 404, like ones that do not exist."""
+
+    serializer_class = OwnModelSerializer
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    def _entry(self, request: Request, pk: int) -> CatalogEntry:
+        return get_object_or_404(CatalogEntry.objects.members_own(request.user), pk=pk)
+
+    def put(self, request: Request, pk: int) -> Response:
+        entry = self._entry(request, pk)
+        raw = request.data.get("image") if hasattr(request.data, "get") else None
+        if raw is None:
+            return _refuse("image", "send the preview as `image` (a file, or base64 text)", 400)
+        try:
+            entry = set_preview(request.user, entry, raw)
+        except OwnModelError as exc:
+            return Response(exc.as_dict(), status=exc.status)
+        return Response(OwnModelSerializer(entry).data)
+
+    def delete(self, request: Request, pk: int) -> Response:
+        return Response(
+            OwnModelSerializer(clear_preview(request.user, self._entry(request, pk))).data
+        )

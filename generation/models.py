@@ -139,6 +139,7 @@ class CatalogEntry(models.Model):
         EMBEDDING = "embedding", _("Embedding")
         UPSCALER = "upscaler", _("Upscaler")
         CONTROLNET = "controlnet", _("ControlNet")
+        FACE_RESTORER = "face_restorer", _("Face restoration")
 
     name = models.CharField(_("name"), max_length=200)
     kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
@@ -161,6 +162,11 @@ class CatalogEntry(models.Model):
         help_text=_("sampler, scheduler, steps, cfg_scale, width, height, clip_skip"),
     )
     trigger_words = models.CharField(max_length=500, blank=True)
+    native_scale = models.PositiveSmallIntegerField(
+        _("native scale"),
+        default=0,
+        help_text=_("Upscalers: the factor one run of the model upscales by (0: unknown)"),
+    )
     preview = models.ImageField(_("preview image"), upload_to=preview_upload_to, blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -267,6 +273,8 @@ class Job(models.Model):
         TXT2IMG = "txt2img", "txt2img"
         IMG2IMG = "img2img", "img2img"
         MERGE = "merge", _("merge")
+        EXTRAS = "extras", "extras"  # upscale a finished image (generation.extras)
+        TRAIN = "train", _("LoRA training")
 
     UNFINISHED = (Status.QUEUED, Status.RUNNING)
     TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
@@ -608,3 +616,94 @@ class PromptStyle(models.Model):
     @property
     def shared(self) -> bool:
         return self.owner_id is None
+
+
+# --- LoRA training (issue 20) ---------------------------------------------------------------
+
+
+def training_image_upload_to(instance: Any, filename: str) -> str:
+    return _random_name("training/images", "png")
+
+
+def training_lora_upload_to(instance: Any, filename: str) -> str:
+    return _random_name("training/loras", "safetensors")
+
+
+def training_state_upload_to(instance: Any, filename: str) -> str:
+    return _random_name("training/states", "pt")
+
+
+def training_sample_upload_to(instance: Any, filename: str) -> str:
+    return _random_name("training/samples", "png")
+
+
+class TrainingDatasetQuerySet(models.QuerySet["TrainingDataset"]):
+    def owned_by(self, user: Any) -> TrainingDatasetQuerySet:
+        return self.filter(owner=user) if getattr(user, "pk", None) else self.none()
+
+
+class TrainingDataset(models.Model):
+    """A member's training images with their captions (kohya's layout: a caption per image)."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="training_datasets"
+    )
+    name = models.CharField(_("name"), max_length=100)
+    trigger_word = models.CharField(_("trigger word"), max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TrainingDatasetQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TrainingImage(models.Model):
+    """One image, re-encoded as PNG without metadata, under a random name."""
+
+    dataset = models.ForeignKey(TrainingDataset, on_delete=models.CASCADE, related_name="images")
+    position = models.PositiveIntegerField(default=0)
+    original_name = models.CharField(max_length=255)
+    file = models.ImageField(upload_to=training_image_upload_to)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    size_bytes = models.PositiveIntegerField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    caption = models.TextField(_("caption"), blank=True)
+
+    class Meta:
+        ordering = ["position", "pk"]
+
+    def __str__(self) -> str:
+        return self.original_name
+
+
+class TrainingEpoch(models.Model):
+    """A finished epoch of a training job, recorded once (its charge with it): the LoRA as it
+    stood, the state a resumed job starts from, the sample image and the losses."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="training_epochs")
+    epoch = models.PositiveIntegerField()
+    steps = models.PositiveIntegerField(help_text=_("Optimizer steps done by the epoch's end"))
+    loss = models.FloatField(null=True)
+    losses = models.JSONField(default=list)
+    lora = models.FileField(upload_to=training_lora_upload_to)
+    lora_sha256 = models.CharField(max_length=64)
+    lora_size_bytes = models.PositiveIntegerField(default=0)
+    state = models.FileField(upload_to=training_state_upload_to)
+    sample = models.ImageField(upload_to=training_sample_upload_to, blank=True)
+    charged = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
+    worker_id = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "epoch"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "epoch"], name="unique_training_epoch"),
+        ]
+
+    def __str__(self) -> str:
+        return f"epoch {self.epoch} of {self.job_id}"

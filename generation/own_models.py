@@ -7,24 +7,30 @@ A file's bytes leave the store when the last entry pointing at them goes.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.tiers import tier_of
 from generation import model_store
+from generation.limits import limits_for
 from generation.model_delivery import evict_everywhere
 from generation.models import CatalogEntry, ModelFile, ModelRecipe, ModelUpload
+from generation.request_errors import SubmissionError
+from generation.uploaded_images import uploaded_image
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()+-]{0,99}$")
 MAX_DESCRIPTION = 2000
 MAX_TRIGGER_WORDS = 500
 MiB = 2**20
+PREVIEW_SIDE = 512  # previews are cards in the generator and rows on My models
 
 
 class OwnModelError(Exception):
@@ -101,38 +107,76 @@ def check_name(user: Any, kind: str, name: str, *, exclude_pk: int | None = None
     return name
 
 
+def _record_file(stored: model_store.StoredBytes) -> ModelFile:
+    facts = stored.facts
+    model_file, _created = ModelFile.objects.get_or_create(
+        sha256=stored.sha256,
+        defaults={
+            "size_bytes": stored.size_bytes,
+            "kind": facts.kind,
+            "family": facts.family,
+            "architecture": facts.architecture or "",
+            "detail": facts.detail,
+        },
+    )
+    return model_file
+
+
+def _entry_fields(stored: model_store.StoredBytes, name: str) -> dict[str, Any]:
+    return {
+        "kind": stored.facts.kind,
+        "name": name,
+        "family": stored.facts.family,
+        "filename": f"{name}.safetensors",
+        "size_bytes": stored.size_bytes,
+        "sha256": stored.sha256,
+        "short_hash": stored.sha256[:10],
+        "available": True,  # the store delivers it to any worker
+    }
+
+
 def add_own_model(user: Any, stored: model_store.StoredBytes, name: str) -> CatalogEntry:
     """Record checked bytes in the store as the user's private catalogue entry."""
-    facts = stored.facts
     try:
-        name = check_name(user, facts.kind, name)
+        name = check_name(user, stored.facts.kind, name)
         check_quota(user, stored.size_bytes)
     except OwnModelError:
-        _forget_if_unused(stored.sha256)
+        forget_if_unused(stored.sha256)
         raise
     with transaction.atomic():
-        model_file, _created = ModelFile.objects.get_or_create(
-            sha256=stored.sha256,
-            defaults={
-                "size_bytes": stored.size_bytes,
-                "kind": facts.kind,
-                "family": facts.family,
-                "architecture": facts.architecture or "",
-                "detail": facts.detail,
-            },
-        )
+        model_file = _record_file(stored)
         return CatalogEntry.objects.create(
-            owner=user,
-            stored_file=model_file,
-            kind=facts.kind,
-            name=name,
-            family=facts.family,
-            filename=f"{name}.safetensors",
-            size_bytes=stored.size_bytes,
-            sha256=stored.sha256,
-            short_hash=stored.sha256[:10],
-            available=True,  # the store delivers it to any worker
+            owner=user, stored_file=model_file, **_entry_fields(stored, name)
         )
+
+
+def add_platform_model(user: Any, stored: model_store.StoredBytes, name: str) -> CatalogEntry:
+    """Staff's upload as a catalogue (platform) model: no owner, no quota, public like a model
+    in workers' folders and limited to tiers the same way (the admin's tier choice); workers
+    fetch it by hash like any stored model."""
+    try:
+        if not getattr(user, "is_staff", False):
+            raise OwnModelError("platform", "only staff add platform models", 403)
+        name = check_platform_name(stored.facts.kind, name)
+    except OwnModelError:
+        forget_if_unused(stored.sha256)
+        raise
+    with transaction.atomic():
+        model_file = _record_file(stored)
+        return CatalogEntry.objects.create(
+            owner=None, stored_file=model_file, **_entry_fields(stored, name)
+        )
+
+
+def check_platform_name(kind: str, name: str) -> str:
+    name = (name or "").strip()
+    if not NAME_PATTERN.match(name):
+        raise OwnModelError(
+            "name", "name must be 1-100 letters, digits, spaces or . _ ( ) + - characters"
+        )
+    if CatalogEntry.objects.filter(owner__isnull=True, kind=kind, name=name).exists():
+        raise OwnModelError("name", f"the catalogue already has a {kind} named {name!r}", 409)
+    return name
 
 
 def update_own_model(user: Any, entry: CatalogEntry, changes: Mapping[str, Any]) -> CatalogEntry:
@@ -150,6 +194,39 @@ def update_own_model(user: Any, entry: CatalogEntry, changes: Mapping[str, Any])
     return entry
 
 
+def set_preview(user: Any, entry: CatalogEntry, raw: Any) -> CatalogEntry:
+    """The owner's preview image for their model: read under the same caps as any uploaded
+    image (bytes, pixels, PNG/JPEG/WEBP), re-encoded to a small WEBP, so nothing of the file
+    but its pixels is kept (no metadata, no script in a crafted file)."""
+    if entry.owner_id != getattr(user, "pk", None):
+        raise OwnModelError("model", "no such model", 404)
+    try:
+        image = uploaded_image(raw, limits_for(user), "preview")
+    except SubmissionError as exc:
+        raise OwnModelError(exc.field, exc.message, exc.status) from exc
+    image = image.convert("RGB")
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    out = io.BytesIO()
+    image.save(out, "WEBP", quality=85)
+    _drop_preview(entry)
+    entry.preview.save("preview.webp", ContentFile(out.getvalue()), save=True)
+    return entry
+
+
+def clear_preview(user: Any, entry: CatalogEntry) -> CatalogEntry:
+    if entry.owner_id != getattr(user, "pk", None):
+        raise OwnModelError("model", "no such model", 404)
+    _drop_preview(entry)
+    entry.save(update_fields=["preview", "updated_at"])
+    return entry
+
+
+def _drop_preview(entry: CatalogEntry) -> None:
+    if entry.preview.name:
+        entry.preview.storage.delete(entry.preview.name)
+        entry.preview.name = ""
+
+
 def _limited(value: Any, field: str, limit: int) -> str:
     if not isinstance(value, str) or len(value) > limit:
         raise OwnModelError(field, f"{field} must be text of at most {limit} characters")
@@ -163,6 +240,7 @@ def delete_own_model(user: Any, entry: CatalogEntry) -> None:
     if entry.owner_id != getattr(user, "pk", None):
         raise OwnModelError("model", "no such model", 404)
     sha256 = entry.sha256
+    _drop_preview(entry)
     with transaction.atomic():
         # a bake still running writes into nothing: its end fails it (and refunds it)
         ModelRecipe.objects.filter(entry=entry).update(job=None)
@@ -174,13 +252,15 @@ def delete_own_model(user: Any, entry: CatalogEntry) -> None:
                 published=False,
                 stored_file=None,
                 size_bytes=0,
+                preview="",
             )
         else:
             entry.delete()
-        transaction.on_commit(lambda: _forget_if_unused(sha256))
+        transaction.on_commit(lambda: forget_if_unused(sha256))
 
 
-def _forget_if_unused(sha256: str) -> None:
+def forget_if_unused(sha256: str) -> None:
+    """Drop stored bytes no entry refers to any more, from the store and every worker."""
     if CatalogEntry.objects.filter(stored_file__sha256=sha256).exists():
         return
     ModelFile.objects.filter(sha256=sha256).delete()

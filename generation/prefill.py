@@ -28,7 +28,7 @@ INT_FIELDS = (
     "seed_resize_from_h",
 )
 FLOAT_FIELDS = ("cfg_scale", "denoising_strength", "subseed_strength")
-BOOL_FIELDS = ("tiling",)  # a checkbox: present and not "False" means on
+BOOL_FIELDS = ("tiling", "restore_faces")  # a checkbox: present and not "False" means on
 # hires_<key> in the query, hires[<key>] in the parameters.
 HIRES_FIELDS = {
     "scale": float,

@@ -14,6 +14,16 @@ from django.views.decorators.http import require_GET
 from accounts.models import MembershipTier
 from generation.models import CatalogEntry
 from generation.pricing import price_job
+from gpu_worker.params import EXTRAS_DEFAULTS
+
+
+def _upscale(**options: Any) -> dict[str, Any]:
+    """An Extras job of a 512×512 image (priced per output megapixel)."""
+    extras = {**EXTRAS_DEFAULTS, "source_width": 512, "source_height": 512}
+    extras |= {"source_image_id": None, "upscaler_1": "R-ESRGAN 4x+", "upscaler_1_scale": 4}
+    extras |= {"upscaler_2_scale": 0, "face_restorer": "", **options}
+    return {"mode": "extras", "extras": extras}
+
 
 # Requests priced on the pricing page, through generation's own price function. Lazy labels:
 # the list is built at import, the page is read in each visitor's language.
@@ -32,6 +42,8 @@ PRICE_EXAMPLES: list[tuple[Promise, dict[str, Any]]] = [
         _("512×512, 20 steps, hires fix ×2"),
         {"width": 512, "height": 512, "steps": 20, "hires": {"scale": 2.0}},
     ),
+    (_("Upscale a 512×512 image ×2 (Extras)"), _upscale()),
+    (_("Upscale ×2 and restore faces (Extras)"), _upscale(gfpgan_visibility=1.0)),
 ]
 
 

@@ -324,6 +324,11 @@ class JobRequestSerializer(serializers.Serializer):
             "tiling": serializers.BooleanField(
                 required=False, allow_null=True, help_text="seamless, tileable images"
             ),
+            "restore_faces": serializers.BooleanField(
+                required=False,
+                allow_null=True,
+                help_text="GFPGAN face restoration of each image (whole image, 'aligned' mode)",
+            ),
             "styles": serializers.ListField(
                 child=serializers.CharField(),
                 required=False,

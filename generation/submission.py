@@ -12,13 +12,10 @@ Status codes carried by SubmissionError: 400 malformed input (wrong type, missin
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import io
 import logging
 import secrets
-import warnings
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -26,19 +23,28 @@ import redis
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
+from django.db.models import Case, When
 from django.utils.translation import gettext
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from generation.broker import get_redis
 from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
+from generation.face_models import FaceChoiceError, restore_faces_choice
 from generation.fleet import available_preprocessors
 from generation.lifecycle import cancel_queued_job
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, UserGenerationSettings
 from generation.pricing import final_size, price_job, total_steps
+from generation.request_errors import SubmissionError
 from generation.scheduling.dispatcher import dispatch_on_commit
 from generation.styles import StyleError, apply_styles
+from generation.training_requests import (
+    TrainingRequestError,
+    check_training_slots,
+    validate_training,
+)
+from generation.uploaded_images import uploaded_image
 from gpu_worker.masking import mask_is_empty, outpaint_sides, prepare_mask
 from gpu_worker.params import (
     CONTROL_MODES,
@@ -73,23 +79,9 @@ MAX_CLIP_SKIP = 12
 MAX_SEED_RESIZE = 4096  # seed_resize_from_w/h: the size the noise was first made at
 RESIZE_MODES = (0, 3)  # img2img resize_mode bounds (A1111's 0-3; 3 resizes like 0 here)
 HIRES_SCALE = (1.0, 4.0)
-ACCEPTED_INIT_FORMATS = {"PNG", "JPEG", "WEBP"}
 MAX_MASK_BLUR = 64  # A1111's slider goes to 64
 MAX_MASK_PADDING = 256  # A1111's "only masked" padding slider goes to 256
 NOISE_MULTIPLIER = (0.0, 2.0)
-
-
-class SubmissionError(Exception):
-    """A request the service refuses; `field` names what to fix, `status` the HTTP answer."""
-
-    def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.status = status
-
-    def as_dict(self) -> dict[str, str]:
-        return {"field": self.field, "detail": self.message}
 
 
 @dataclass
@@ -166,7 +158,10 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     """Find an entry by catalogue key. An unknown or disabled name reads the same; one the
     user's tier leaves out says so (the pricing page lists the tiers anyway)."""
     key = _strip_model_name(name)
-    entry = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).first()
+    # The user's own model first: a staff upload may later take a name a member already uses.
+    own_first = Case(When(owner_id=getattr(user, "pk", None), then=0), default=1)
+    entries = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key)
+    entry = entries.order_by(own_first, "pk").first()
     label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE", "controlnet": "ControlNet"}.get(
         kind, kind
     )
@@ -209,55 +204,6 @@ def default_checkpoint(user: Any) -> CatalogEntry | None:
     return usable.order_by("is_demo", "name").first()
 
 
-def uploaded_image(raw: Any, limits: GenerationLimits, field: str) -> Image.Image:
-    """Bytes, base64 text (data URI allowed) or an uploaded file -> a decoded image, within the
-    upload byte and pixel caps (the source image and the inpaint mask alike)."""
-    if hasattr(raw, "read"):
-        if getattr(raw, "size", 0) and raw.size > limits.max_init_image_bytes:
-            raise _too_big(limits, field)
-        data = raw.read(limits.max_init_image_bytes + 1)
-    elif isinstance(raw, bytes):
-        data = raw
-    elif isinstance(raw, str):
-        text = raw.split(",", 1)[1] if raw.startswith("data:") else raw
-        if len(text) * 3 // 4 > limits.max_init_image_bytes + 3:
-            raise _too_big(limits, field)
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise SubmissionError(field, f"{field} is not valid base64", 422) from None
-    else:
-        raise SubmissionError(field, f"{field} must be an image file or base64 text")
-    if len(data) > limits.max_init_image_bytes:
-        raise _too_big(limits, field)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in ACCEPTED_INIT_FORMATS:
-                raise SubmissionError(
-                    field, f"{field} must be PNG, JPEG or WEBP, not {image.format}", 422
-                )
-            # The header gives the size before any pixel is decoded: the bomb guard.
-            if image.width * image.height > limits.max_init_image_pixels:
-                raise SubmissionError(
-                    field,
-                    f"{field} is {image.width}x{image.height}; the limit is "
-                    f"{limits.max_init_image_pixels} pixels",
-                    422,
-                )
-            image.load()
-            return image
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise SubmissionError(
-            field,
-            f"{field} has too many pixels; the limit is {limits.max_init_image_pixels} pixels",
-            422,
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise SubmissionError(field, f"{field} is not a readable image", 422) from None
-
-
 def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG")
@@ -267,12 +213,6 @@ def _png(image: Image.Image) -> bytes:
 def _init_image(raw: Any, limits: GenerationLimits) -> bytes:
     """The img2img source as a clean re-encoded RGB PNG."""
     return _png(uploaded_image(raw, limits, "init_image").convert("RGB"))
-
-
-def _too_big(limits: GenerationLimits, field: str = "init_image") -> SubmissionError:
-    return SubmissionError(
-        field, f"{field} is larger than {limits.max_init_image_bytes} bytes", 422
-    )
 
 
 def upscaler_models(user: Any) -> list[str]:
@@ -530,7 +470,8 @@ def _loras(user: Any, params: GenerationParams) -> list[str]:
 
 
 def _refuse_unknown_fields(raw: dict[str, Any]) -> None:
-    unknown = sorted(set(raw) - REQUEST_FIELDS - DERIVED_FIELDS)
+    block = {"train"} if raw.get("mode") == Job.Mode.TRAIN else set()  # the kind's own block
+    unknown = sorted(set(raw) - REQUEST_FIELDS - DERIVED_FIELDS - block)
     if unknown:
         raise SubmissionError(
             unknown[0],
@@ -554,8 +495,11 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
 
     init_raw = given.get("init_image")
     mode = given.get("mode") or ("img2img" if init_raw else "txt2img")
-    if mode not in (Job.Mode.TXT2IMG, Job.Mode.IMG2IMG):  # merges: generation.merges
-        raise SubmissionError("mode", "mode must be txt2img or img2img")
+    if mode == Job.Mode.EXTRAS:
+        raise SubmissionError("mode", "an extras job (upscale) is submitted at /api/v1/extras/")
+    # merges have their own service (generation.merges); training comes here with its block
+    if mode not in (Job.Mode.TXT2IMG, Job.Mode.IMG2IMG, Job.Mode.TRAIN):
+        raise SubmissionError("mode", "mode must be txt2img, img2img or train")
     try:
         choice = resolve_sampler(str(given["sampler"]), str(given.get("scheduler") or ""))
     except UnknownSampler as exc:
@@ -603,6 +547,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     if params["subseed"] == -1:
         params["subseed"] = secrets.randbelow(MAX_SEED + 1 - images)
     params["loras"] = _loras(user, params)
+    params["restore_faces"], params["face_restorer"] = _faces(user, given)
 
     init_png = mask_png = None
     if mode == Job.Mode.IMG2IMG:
@@ -620,6 +565,11 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
                 raise SubmissionError("mask", "inpainting needs a mask or sides to outpaint", 422)
             params["inpaint"] = inpaint
             _check_inpaint_size(params, init_png, limits)
+    elif mode == Job.Mode.TRAIN:  # LoRA training: its block, the rest describes the samples
+        try:
+            params["train"] = validate_training(user, raw.get("train"), checkpoint)
+        except TrainingRequestError as exc:
+            raise SubmissionError(exc.field, exc.message, exc.status) from None
     elif given.get("mask") or given.get("inpaint"):
         field = "mask" if given.get("mask") else "inpaint"
         raise SubmissionError(field, f"{field} needs img2img with an init_image", 422)
@@ -680,6 +630,15 @@ def _toolset(given: dict[str, Any], mode: str) -> dict[str, Any]:  # the block's
     return fields
 
 
+def _faces(user: Any, given: dict[str, Any]) -> tuple[bool, str | None]:
+    """A1111's restore_faces: on or off (an unchecked box sends nothing), and its model."""
+    wanted = given.get("restore_faces") not in (None, "") and _bool(given, "restore_faces")
+    try:
+        return wanted, restore_faces_choice(user, wanted)
+    except FaceChoiceError as exc:
+        raise SubmissionError(exc.field, exc.message, exc.status) from None
+
+
 def _vae(user: Any, name: Any) -> str | None:
     if name in (None, "", "Automatic", "None", "none"):
         return None
@@ -696,7 +655,8 @@ def quote_job(user: Any, params: dict[str, Any]) -> ValidatedJob:
     return validate_params(user, params)
 
 
-def _existing(user: Any, key: str | None) -> Job | None:
+def existing_job(user: Any, key: str | None) -> Job | None:
+    """The job a repeated idempotency key first created, if any."""
     if not key:
         return None
     return Job.objects.filter(owner=user, idempotency_key=key).first()
@@ -705,11 +665,29 @@ def _existing(user: Any, key: str | None) -> Job | None:
 def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = None) -> Job:
     """Validate, price, record the job and its credit hold in one transaction; dispatch after
     commit. A repeated idempotency key returns the job it first created."""
-    if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > 200):
-        raise SubmissionError("Idempotency-Key", "Idempotency-Key must be 1 to 200 characters")
-    if (job := _existing(user, idempotency_key)) is not None:
+    check_idempotency_key(idempotency_key)
+    if (job := existing_job(user, idempotency_key)) is not None:
         return job
     valid = validate_params(user, params)
+    return record_job(user, valid, idempotency_key, chosen_scheduler=params.get("scheduler"))
+
+
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and (not key or len(key) > 200):
+        raise SubmissionError("Idempotency-Key", "Idempotency-Key must be 1 to 200 characters")
+
+
+def record_job(
+    user: Any,
+    valid: ValidatedJob,
+    idempotency_key: str | None = None,
+    *,
+    chosen_scheduler: Any = None,
+    remember: bool = True,
+) -> Job:
+    """Write a validated job of any kind with its credit hold in one transaction (within the
+    user's unfinished-jobs cap) and schedule it after commit; `remember` keeps its parameters as
+    the generator form's next defaults."""
     limits = limits_for(user)
     require_queue()
     try:
@@ -718,8 +696,13 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
             # NO KEY UPDATE: a settlement's deferred FK check on this row (KEY SHARE) must not
             # wait for us while we wait for its credit account (accounts/ledger.py, lock order).
             get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).first()
-            if (job := _existing(user, idempotency_key)) is not None:
+            if (job := existing_job(user, idempotency_key)) is not None:
                 return job
+            if valid.params["mode"] == Job.Mode.TRAIN:
+                try:
+                    check_training_slots(user)
+                except TrainingRequestError as exc:
+                    raise SubmissionError(exc.field, exc.message, exc.status) from None
             unfinished = Job.objects.owned_by(user).unfinished().count()
             if unfinished >= limits.max_unfinished_jobs:
                 raise SubmissionError(
@@ -747,13 +730,14 @@ def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = 
                 hold_credits(user, job)
             except InsufficientCredits as exc:
                 raise SubmissionError("price", str(exc) or "not enough credits", 402) from None
-            remember_params(user, valid.params, chosen_scheduler=params.get("scheduler"))
+            if remember:
+                remember_params(user, valid.params, chosen_scheduler=chosen_scheduler)
             # After commit, outside the write lock: wake the dispatcher, which schedules and
             # then tells the owner its place (off this request).
             dispatch_on_commit(job)
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
-        if (job := _existing(user, idempotency_key)) is not None:
+        if (job := existing_job(user, idempotency_key)) is not None:
             return job
         raise
     return job

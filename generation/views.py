@@ -152,6 +152,7 @@ def _posted_params(post: Any, files: MultiValueDict, max_units: int) -> dict[str
             if f"hires_{key}" in post
         }
     params["tiling"] = bool(post.get("tiling"))  # an unchecked box is absent
+    params["restore_faces"] = bool(post.get("restore_faces"))
     if styles := post.getlist("styles"):
         params["styles"] = styles
     if init_image := files.get("init_image"):
@@ -159,6 +160,21 @@ def _posted_params(post: Any, files: MultiValueDict, max_units: int) -> dict[str
     if units := posted_controlnet(post, files, max_units):
         params["controlnet"] = units
     return params
+
+
+def _generation_params(request: MemberRequest, image: JobImage) -> dict[str, Any]:
+    """The parameters "Reuse" brings back: an upscale's are those of the image it upscaled
+    (when the member still has it), not the upscale's own."""
+    job = image.job
+    seen = set()
+    while job.mode == Job.Mode.EXTRAS and job.pk not in seen:
+        seen.add(job.pk)
+        source_id = (job.params.get("extras") or {}).get("source_image_id")
+        source = _owned_images(request).filter(pk=source_id).first() if source_id else None
+        if source is None:
+            return {}
+        job = source.job
+    return dict(job.params)
 
 
 def _owned_images(request: MemberRequest) -> Any:
@@ -207,7 +223,7 @@ def generate(request: MemberRequest) -> HttpResponse:
         source = _owned_images(request).get(pk=uuid.UUID(source_id))
     except (ValueError, JobImage.DoesNotExist):
         raise Http404(_("No such image.")) from None
-    params = {**source.job.params, "seed": source.seed}
+    params = {**_generation_params(request, source), "seed": source.seed}
     init_image_url = mask_url = None
     if request.GET.get("img2img"):
         params.update(width=source.width, height=source.height, hires=None, inpaint=None)

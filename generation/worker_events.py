@@ -57,7 +57,10 @@ def handle_job_event(event: JobEvent) -> bool:
     if kind == "cancelled":
         return lifecycle.finish_cancelled_job(job, attempt, event.get("steps_done"))
     if kind == "released":  # given back unstarted by a draining worker: for another one
-        return job.return_to_queue(from_statuses=(Job.Status.QUEUED,), attempt=attempt)
+        # A training job is also given back running, between epochs: the next worker resumes.
+        handed_over = (Job.Status.QUEUED, Job.Status.RUNNING)
+        statuses = handed_over if job.mode == Job.Mode.TRAIN else (Job.Status.QUEUED,)
+        return job.return_to_queue(from_statuses=statuses, attempt=attempt)
     logger.warning("unknown job event kind %r ignored", kind)
     return False
 

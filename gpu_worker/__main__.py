@@ -22,7 +22,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from gpu_worker.protocol import HEARTBEAT_INTERVAL_SECONDS, HEARTBEAT_TTL_SECONDS
+from gpu_worker.batch_key import MAX_BATCH_IMAGES
+from gpu_worker.protocol import (
+    DEFAULT_DOWNLOAD_BYTES_PER_S,
+    HEARTBEAT_INTERVAL_SECONDS,
+    HEARTBEAT_TTL_SECONDS,
+)
 
 log = logging.getLogger("gpu_worker")
 
@@ -185,10 +190,24 @@ def add_worker_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="disk space for members' models fetched from the platform (e.g. 50G; LRU)",
     )
     p.add_argument(
+        "--download-mbps",
+        type=float,
+        default=DEFAULT_DOWNLOAD_BYTES_PER_S / 2**20,
+        help="MiB/s this worker is assumed to fetch models from the platform until it has "
+        "measured it (the scheduler counts fetch time in ETAs)",
+    )
+    p.add_argument(
         "--download-dir",
         type=Path,
         default=None,
         help="where fetched models are kept (default: <cache dir>/downloads)",
+    )
+    p.add_argument(
+        "--batch-max",
+        type=int,
+        default=MAX_BATCH_IMAGES,
+        help=f"most images of compatible jobs denoised in one UNet batch (default "
+        f"{MAX_BATCH_IMAGES}; 0: every job alone)",
     )
     p.add_argument(
         "--demo-if-empty",
@@ -358,8 +377,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         publisher=publisher,
         worker_id=worker_id,
         downloads=DownloadCache(
-            args.download_dir or engine.cache_dir / "downloads", args.disk_budget
+            args.download_dir or engine.cache_dir / "downloads",
+            args.disk_budget,
+            bytes_per_s=args.download_mbps * 2**20,
         ),
+        batch_max_images=args.batch_max,
     )
     register_actors(broker, service)
     heartbeat = Heartbeat(

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gpu_worker.face_licences import architecture_from_header
 from gpu_worker.model_files import (
     ARCHITECTURE_BY_FAMILY,
     FAMILY_BY_CONTEXT,
@@ -22,10 +23,11 @@ from gpu_worker.model_files import (
     read_safetensors_header,
 )
 from gpu_worker.protocol import ModelInventoryEntry
+from gpu_worker.upscaler_files import upscaler_scale
 
 __all__ = ["UnreadableModel", "read_safetensors_header"]  # re-exported for existing callers
 
-Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler"]
+Kind = Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler", "face_restorer"]
 FOLDERS: dict[Kind, str] = {
     "checkpoint": "Stable-diffusion",
     "lora": "Lora",
@@ -33,9 +35,13 @@ FOLDERS: dict[Kind, str] = {
     "embedding": "embeddings",
     "controlnet": "ControlNet",
     "upscaler": "ESRGAN",
+    "face_restorer": "GFPGAN",
 }
 # More folders of a kind, as A1111 has them (gpu_worker.upscalers loads both layouts).
-MORE_FOLDERS: dict[Kind, tuple[str, ...]] = {"upscaler": ("RealESRGAN",)}
+MORE_FOLDERS: dict[Kind, tuple[str, ...]] = {
+    "upscaler": ("RealESRGAN",),
+    "face_restorer": ("Codeformer",),  # listed with its architecture; the licence gate decides
+}
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HASH_CACHE_VERSION = 1
@@ -62,13 +68,14 @@ class CatalogueItem:
     sha256: str
     is_folder: bool = False  # diffusers-format folder
     is_pickle: bool = False
+    scale: int | None = None  # upscalers: the native factor, when the header says it
 
     @property
     def short_hash(self) -> str:
         return self.sha256[:10]
 
     def inventory_entry(self) -> ModelInventoryEntry:
-        return ModelInventoryEntry(
+        entry = ModelInventoryEntry(
             name=self.name,
             filename=self.filename,
             kind=self.kind,
@@ -77,6 +84,9 @@ class CatalogueItem:
             sha256=self.sha256,
             short_hash=self.short_hash,
         )
+        if self.scale:
+            entry["scale"] = self.scale
+        return entry
 
 
 @dataclass
@@ -134,6 +144,7 @@ def scan_models(
                 continue
             try:
                 family, architecture = detect_family(path, kind)
+                scale = _upscaler_scale(path) if kind == "upscaler" else None
                 size, sha = cache.digest(path)
             except (OSError, UnreadableModel) as exc:
                 catalogue.refused.append((relative, f"unreadable: {exc}"))
@@ -149,6 +160,7 @@ def scan_models(
                 sha256=sha,
                 is_folder=path.is_dir(),
                 is_pickle=is_pickle,
+                scale=scale,
             )
     cache.save()
     return catalogue
@@ -202,7 +214,16 @@ def detect_family(path: Path, kind: Kind) -> tuple[str, str | None]:
         return "unknown", None
     if path.suffix.lower() != ".safetensors":
         return "unknown", None
+    if kind == "face_restorer":  # its "family" is its architecture: the licence gate reads it
+        return architecture_from_header(read_safetensors_header(path)), None
     return detect_family_from_header(read_safetensors_header(path), kind)
+
+
+def _upscaler_scale(path: Path) -> int | None:
+    """A safetensors upscaler's native factor from its header (a pickle's is not read)."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    return upscaler_scale(read_safetensors_header(path))
 
 
 def _controlnet_folder_family(path: Path) -> tuple[str, str | None]:

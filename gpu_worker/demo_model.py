@@ -47,6 +47,7 @@ DEMO_VAE = DemoFile("atelier-demo-vae", "VAE", 4)
 DEMO_EMBEDDING = DemoFile("atelier-demo-embedding", "embeddings", 5)
 DEMO_CONTROLNET = DemoFile("atelier-demo-controlnet", "ControlNet", 6)
 DEMO_UPSCALER = DemoFile("atelier-demo-upscaler", "ESRGAN", 7)  # 4x, original ESRGAN keys
+DEMO_FACE_RESTORER = DemoFile("atelier-demo-gfpgan", "GFPGAN", 8)  # GFPGANv1Clean, 32 px faces
 
 
 def make_demo_models(models_dir: Path) -> list[Path]:
@@ -64,6 +65,7 @@ def make_demo_models(models_dir: Path) -> list[Path]:
     written.append(_write_if_missing(models_dir / DEMO_EMBEDDING.relative, _embedding))
     written.append(_write_if_missing(models_dir / DEMO_CONTROLNET.relative, _controlnet))
     written.append(_write_if_missing(models_dir / DEMO_UPSCALER.relative, _upscaler))
+    written.append(_write_if_missing(models_dir / DEMO_FACE_RESTORER.relative, _face_restorer))
     return written
 
 
@@ -93,6 +95,13 @@ def _upscaler() -> tuple[dict, dict]:
     from gpu_worker.upscalers import random_state
 
     return random_state("esrgan-old"), {}
+
+
+def _face_restorer() -> tuple[dict, dict]:
+    """A tiny random-weight GFPGAN in the published GFPGANv1Clean layout (gfpgan_arch)."""
+    from gpu_worker.gfpgan_arch import random_state
+
+    return random_state(), {}
 
 
 def _config(component: str) -> dict:

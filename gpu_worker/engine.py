@@ -12,8 +12,7 @@ import base64
 import io
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,24 @@ from gpu_worker.annotators import Annotators
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
+from gpu_worker.extras import run_extras
+from gpu_worker.face_detection import find_detector
+from gpu_worker.face_licences import GFPGAN, LABELS
+from gpu_worker.face_restoration import FaceModelError, load_face_restorer, restore
 from gpu_worker.inpainting import (
     decode_mask,
     inpaint_infotext,
     inpaint_pipeline,
     is_inpaint_model,
     sample_inpaint,
+)
+from gpu_worker.job_outcome import (
+    BatchSkipped,
+    GenerationResult,
+    JobFailed,
+    JobInterrupted,
+    StepInfo,
+    StepObserver,
 )
 from gpu_worker.loading import (
     ModelLoadError,
@@ -63,7 +74,7 @@ from gpu_worker.prompt_syntax import (
     embedding_pattern,
     extract_loras,
 )
-from gpu_worker.protocol import GenerationRequest, JobTimings, MergedModel, ResultImage
+from gpu_worker.protocol import GenerationRequest, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
 from gpu_worker.tiling import circular_padding
 from gpu_worker.upscalers import TileSettings, UpscalerLoadError, load_upscaler, upscale_image
@@ -78,44 +89,6 @@ LATENT_UPSCALE_MODES = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-
-
-class JobFailed(Exception):
-    """The job cannot succeed; `permanent` errors would fail again on retry."""
-
-    def __init__(self, message: str, *, permanent: bool = True) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-class JobInterrupted(Exception):  # noqa: N818 - a signal, not an error
-    """Raised from a step observer: stop the whole job, keep finished images."""
-
-
-class BatchSkipped(Exception):  # noqa: N818
-    """Raised from a step observer: drop the batch being sampled, go on with the next."""
-
-
-@dataclass
-class StepInfo:
-    done: int  # sampling steps finished in this job so far
-    total: int  # all sampling steps this job will take (estimate before the first pass)
-    iteration: int  # which of n_iter
-    latents: torch.Tensor | None  # None: work without latents (a merge counts tensors)
-    family: str
-
-
-StepObserver = Callable[[StepInfo], None]
-
-
-@dataclass
-class GenerationResult:
-    images: list[ResultImage] = field(default_factory=list)
-    timings: JobTimings = field(default_factory=lambda: JobTimings())
-    steps_done: int = 0
-    interrupted: bool = False
-    skipped_batches: int = 0
-    model: MergedModel | None = None  # a merge job's output (gpu_worker/merging.py)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -150,6 +123,7 @@ class Engine:
         # ControlNet preprocessors, the weight-based ones loaded from the models folder
         self.annotators = Annotators(self.models_dir, self.device)
         self._upscaler: tuple[str, torch.nn.Module] | None = None  # the last one used (small)
+        self._face: tuple[str, torch.nn.Module] | None = None  # likewise, the face restorer
 
     # --- catalogue -------------------------------------------------------------------------
     @property
@@ -237,6 +211,20 @@ class Engine:
             self._upscaler = (item.sha256, model.to(self.device, self.dtype))
         return self._upscaler[1]
 
+    def face_restorer(self, item: CatalogueItem) -> Any:
+        """A face-restoration model on the device; the last one stays loaded."""
+        if self._face is None or self._face[0] != item.sha256:
+            try:
+                model = load_face_restorer(item.path, allow_pickle=self.allow_pickle)
+            except FaceModelError as exc:
+                raise JobFailed(f"cannot use face restorer {item.name}: {exc}") from exc
+            self._face = (item.sha256, model.to(self.device, self.dtype))
+        return self._face[1]
+
+    def face_detector(self) -> Path | None:
+        """The face detector's ONNX file, when the operator dropped one into the models folder."""
+        return find_detector(self.models_dir)
+
     def _hires_upscaler(self, request: GenerationRequest) -> CatalogueItem | None:
         """The hires fix's upscaler model, when it names one (not a latent mode nor Lanczos)."""
         hires = request.get("hires") if request["mode"] == "txt2img" else None
@@ -248,10 +236,8 @@ class Engine:
         self.pipeline(self.resolve("checkpoint", checkpoint_name), None)
 
     # --- running ---------------------------------------------------------------------------
-    def run(
-        self, request: GenerationRequest, observer: StepObserver | None = None
-    ) -> GenerationResult:
-        started = time.perf_counter()
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        """The request's names resolved and prompts checked; JobFailed when it cannot run."""
         problem = request_problem(request)
         if problem:
             raise JobFailed(problem)
@@ -267,41 +253,90 @@ class Engine:
             choice = resolve_sampler(request["sampler"], request.get("scheduler"))
             embedding_items = self.embeddings_in(prompt + "\n" + negative)
             upscaler = self._hires_upscaler(request)
+            face_name = request.get("face_restorer") if request.get("restore_faces") else None
+            faces = self.resolve("face_restorer", face_name) if face_name else None
         except (UnknownModel, UnknownSampler, PromptSyntaxError) as exc:
             raise JobFailed(str(exc)) from exc
+        return Prepared(
+            checkpoint, vae, prompt, negative, loras, choice, embedding_items, upscaler, faces
+        )
+
+    def new_run(
+        self,
+        request: GenerationRequest,
+        prepared: Prepared,
+        pipe: Any,
+        observer: StepObserver | None,
+    ) -> _Run:
+        """A run of the request on the loaded pipeline, its embeddings loaded."""
+        run = _Run(self, request, pipe, prepared.choice, observer)
+        run.upscaler = prepared.upscaler
+        run.faces = self.face_restorer(prepared.faces) if prepared.faces else None
+        run.embeddings = self._load_embeddings(prepared.embedding_items, pipe, run.family)
+        run.embedding_hashes = {
+            i.name: i.sha256[:12] for i in prepared.embedding_items if i.name in run.embeddings
+        }
+        return run
+
+    def run(
+        self, request: GenerationRequest, observer: StepObserver | None = None
+    ) -> GenerationResult:
+        if request["mode"] == "extras":  # an upscale of a finished image: its own module
+            return run_extras(self, request, observer)
+        started = time.perf_counter()
+        prepared = self.prepare(request)
+        checkpoint, vae, loras = prepared.checkpoint, prepared.vae, prepared.loras
         try:
             t0 = time.perf_counter()
             loads_before = self.cache.stats.loads  # one job at a time: the counter is ours
             pipe = self.pipeline(checkpoint, vae)
             load_s = time.perf_counter() - t0
             model_loaded = self.cache.stats.loads > loads_before
-            run = _Run(self, request, pipe, choice, observer)
-            run.upscaler = upscaler
-            run.embeddings = self._load_embeddings(embedding_items, pipe, run.family)
-            run.embedding_hashes = {
-                i.name: i.sha256[:12] for i in embedding_items if i.name in run.embeddings
-            }
+            run = self.new_run(request, prepared, pipe, observer)
             tiling = circular_padding(pipe, bool(request.get("tiling")))
             with torch.no_grad(), _applied_loras(pipe, loras), tiling:
-                result = run.execute(prompt, negative, checkpoint, vae, loras)
+                result = run.execute(prepared.prompt, prepared.negative, checkpoint, vae, loras)
         except ModelLoadError as exc:
             self.cache.discard((checkpoint.sha256, vae.sha256 if vae else None))
             raise JobFailed(str(exc)) from exc
         except (JobInterrupted, BatchSkipped, JobFailed):
             raise
         except Exception as exc:
-            if is_out_of_memory(exc):
-                self.cache.clear()  # give everything back; the next job loads what it needs
-                raise JobFailed(
-                    "out of GPU memory: try a smaller size or batch (the worker freed its "
-                    "model cache and goes on)",
-                    permanent=True,
-                ) from exc
-            raise
+            failed = self.out_of_memory(exc)
+            if failed is None:
+                raise
+            raise failed from exc
         result.timings["model_load_s"] = round(load_s, 4)
         result.timings["model_loaded"] = model_loaded  # from disk, not a cache hit (ops page)
         result.timings["total_s"] = round(time.perf_counter() - started, 4)
         return result
+
+    def out_of_memory(self, exc: BaseException) -> JobFailed | None:
+        """An out-of-memory error during sampling fails the job, the cache freed; None for any
+        other error (raised as is: the worker retries it)."""
+        if not is_out_of_memory(exc):
+            return None
+        self.cache.clear()  # give everything back; the next job loads what it needs
+        return JobFailed(
+            "out of GPU memory: try a smaller size or batch (the worker freed its "
+            "model cache and goes on)",
+            permanent=True,
+        )
+
+
+@dataclass
+class Prepared:
+    """A request's names resolved in the catalogue (Engine.prepare)."""
+
+    checkpoint: CatalogueItem
+    vae: CatalogueItem | None
+    prompt: str  # without its LoRA tags
+    negative: str
+    loras: list[tuple[CatalogueItem, Any]]
+    choice: SamplerChoice
+    embedding_items: list[CatalogueItem]
+    upscaler: CatalogueItem | None
+    faces: CatalogueItem | None  # the face restorer of `restore_faces`
 
 
 class _applied_loras:  # noqa: N801 - used as a context manager
@@ -353,6 +388,7 @@ class _Run:
         self.upscaler: CatalogueItem | None = None  # the hires fix's upscaler model, if any
         self.control: ControlSet | None = None  # the request's ControlNet units
         self.inpaint_plan: InpaintPlan | None = None
+        self.faces: Any = None  # restore_faces: the face-restoration model
 
     # The step callback diffusers calls; it must return its kwargs.
     def _callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
@@ -433,6 +469,9 @@ class _Run:
             finally:
                 sampling_s += time.perf_counter() - t0
             t0 = time.perf_counter()
+            if self.faces is not None:  # A1111: on each finished image, after any hires pass
+                detector = self.engine.face_detector()
+                images = [restore(self.faces, image, 1.0, detector) for image in images]
             for seed, image in zip(seeds, images, strict=True):
                 text = self._infotext(seed, size, checkpoint, vae, loras, hires)
                 png = infotext_mod.png_with_infotext(image, text)
@@ -616,7 +655,10 @@ class _Run:
 
     def _upscale(self, image: Image.Image, size: tuple[int, int]) -> Image.Image:
         if self.upscaler is None:
-            return image.resize(size, Image.Resampling.LANCZOS)
+            hires = self.request.get("hires")
+            nearest = bool(hires) and hires is not None and hires["upscaler"] == "Nearest"
+            resample = Image.Resampling.NEAREST if nearest else Image.Resampling.LANCZOS
+            return image.resize(size, resample)
         model = self.engine.upscaler_model(self.upscaler)
         return upscale_image(model, image, size, self.engine.upscale_tiles)
 
@@ -694,6 +736,7 @@ class _Run:
             "Schedule type": self.choice.infotext_schedule,
             "CFG scale": float(r["cfg_scale"]),
             "Seed": seed,
+            "Face restoration": LABELS[GFPGAN] if self.faces is not None else None,
             "Size": f"{size[0]}x{size[1]}",
             "Model hash": checkpoint.short_hash,
             "Model": checkpoint.name,
@@ -713,7 +756,7 @@ class _Run:
             params["Hires steps"] = hires["second_pass_steps"] or None
             params["Hires upscaler"] = (
                 hires["upscaler"]
-                if hires["upscaler"] in LATENT_UPSCALE_MODES or self.upscaler
+                if hires["upscaler"] in (*LATENT_UPSCALE_MODES, "Nearest") or self.upscaler
                 else "Lanczos"
             )
         if r.get("inpaint") and r["mode"] == "img2img":

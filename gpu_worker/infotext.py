@@ -181,6 +181,8 @@ def infotext_to_fields(parsed: Mapping[str, str]) -> dict[str, Any]:
                 continue
     if parsed.get("Tiling") == "True":
         fields["tiling"] = True
+    if parsed.get("Face restoration"):  # A1111 names the model ("GFPGAN", "CodeFormer")
+        fields["restore_faces"] = True
     return fields
 
 

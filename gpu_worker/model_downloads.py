@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,12 +24,14 @@ from gpu_worker.model_files import (
     detect_family_from_header,
     read_safetensors_header,
 )
-from gpu_worker.protocol import ModelDelivery
+from gpu_worker.protocol import DEFAULT_DOWNLOAD_BYTES_PER_S, ModelDelivery
 
 log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 1 << 20
 FETCH_TIMEOUT_SECONDS = 60
+# Fetches smaller than this are mostly latency: they do not change the measured rate.
+MIN_MEASURED_BYTES = 16 * 2**20
 
 
 class ModelFetchError(RuntimeError):
@@ -36,10 +39,22 @@ class ModelFetchError(RuntimeError):
 
 
 class DownloadCache:
-    def __init__(self, root: Path | str, budget_bytes: int) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        budget_bytes: int,
+        bytes_per_s: float = DEFAULT_DOWNLOAD_BYTES_PER_S,
+    ) -> None:
         self.root = Path(root)
         self.budget_bytes = budget_bytes
+        # The fetch rate the heartbeat reports: configured, then the average of real fetches.
+        self.bytes_per_s = float(bytes_per_s)
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def measured(self, size: int, seconds: float) -> None:
+        """Fold one fetch into the rate (a moving average; small fetches are ignored)."""
+        if size >= MIN_MEASURED_BYTES and seconds > 0:
+            self.bytes_per_s = 0.5 * self.bytes_per_s + 0.5 * (size / seconds)
 
     def path_for(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -99,6 +114,7 @@ class DownloadCache:
             raise ModelFetchError(f"{label} is larger than this worker's disk budget")
         self.make_room(size, keep)
         digest = hashlib.sha256()
+        started = time.monotonic()
         fd, name = tempfile.mkstemp(dir=self.root, prefix=".fetch-", suffix=".part")
         try:
             with (
@@ -113,6 +129,7 @@ class DownloadCache:
             if digest.hexdigest() != delivery["sha256"]:
                 raise ModelFetchError(f"{label}: the fetched file does not match its sha256")
             os.replace(name, path)
+            self.measured(size, time.monotonic() - started)
         except (urllib.error.URLError, OSError) as exc:
             raise ModelFetchError(f"cannot fetch {label}: {exc}") from exc
         finally:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
-GenerationMode = Literal["txt2img", "img2img", "merge"]
+GenerationMode = Literal["txt2img", "img2img", "extras", "merge", "train"]
 
 
 class HiresParams(TypedDict):
@@ -42,6 +42,86 @@ class InpaintParams(TypedDict):
     outpaint_top: int
     outpaint_right: int
     outpaint_bottom: int
+
+
+# --- LoRA training (issue 20): a job of mode "train" -----------------------------------------
+# The job's generation fields describe the sample rendered after each epoch (prompt, negative
+# prompt, sampler, steps, cfg, width, height); `seed` seeds the training itself and the samples.
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+
+
+class TrainImage(TypedDict):
+    """One image of the dataset as the job froze it at submission (later caption edits do not
+    change a running job, so a resumed job trains on exactly what it began with)."""
+
+    sha256: str  # of the re-encoded PNG the platform stores
+    caption: str  # the trigger word already put in front
+    width: int
+    height: int
+
+
+class TrainParams(TypedDict):
+    dataset_id: int
+    output_name: str  # the private LoRA it becomes (catalogue name)
+    trigger_word: str
+    rank: int  # network dim
+    alpha: float  # network alpha (kohya): the update is scaled by alpha / rank
+    learning_rate: float
+    lr_scheduler: str  # one of LR_SCHEDULERS
+    lr_warmup_steps: int
+    epochs: int
+    repeats: int  # each image is seen this many times per epoch (kohya's folder prefix)
+    batch_size: int
+    resolution: int  # side of the square whose area buckets keep
+    train_text_encoder: bool
+    images: list[TrainImage]
+
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "rank": 16,
+    "alpha": 8.0,
+    "learning_rate": 1e-4,
+    "lr_scheduler": "constant",
+    "lr_warmup_steps": 0,
+    "epochs": 10,
+    "repeats": 10,
+    "batch_size": 1,
+    "resolution": 512,
+    "train_text_encoder": False,
+}
+TRAIN_FIELDS = frozenset(TrainParams.__annotations__) - {"images"}
+# --------------------------------------------------------------------------------------------
+
+
+class ExtrasParams(TypedDict):
+    """An Extras job (issue 17): upscale a finished image or an upload, A1111's extras tab. The
+    source travels beside the job like img2img's init image; sizes and tiles come from
+    gpu_worker.extras_plan, shared by the platform (price, limits, progress) and the engine."""
+
+    source_width: int  # the source image's size, read at submission
+    source_height: int
+    source_image_id: str | None  # the member's JobImage it came from; None: an upload
+    resize_mode: int  # 0: scale by `scale`; 1: to target_width x target_height
+    scale: float  # A1111's upscaling_resize
+    target_width: int  # A1111's upscaling_resize_w (resize_mode 1)
+    target_height: int  # A1111's upscaling_resize_h
+    crop: bool  # resize_mode 1: crop the result to exactly the target (upscaling_crop)
+    upscaler_1: str  # "None", "Lanczos", "Nearest" or an upscaler model's catalogue name
+    upscaler_2: str  # likewise; "None": no second upscaler
+    upscaler_2_visibility: float  # 0..1: how much of upscaler_2's result is blended in
+    upscaler_1_scale: int  # the models' native factors (catalogue), for the tile plan
+    upscaler_2_scale: int
+    gfpgan_visibility: float  # face restoration after the upscale, as A1111 orders them (0: off)
+    face_restorer: str  # catalogue name of the GFPGAN model it uses ("" when none runs)
+    codeformer_visibility: float  # CodeFormer: only with the operator's licence setting
+    codeformer_weight: float
 
 
 # --- ControlNet units (issue 22): sd-webui-controlnet's field names -------------------------
@@ -142,10 +222,16 @@ class GenerationParams(TypedDict):
     seed_resize_from_w: NotRequired[int]  # 0: off; else the noise is made at this size, centred
     seed_resize_from_h: NotRequired[int]  # 0: off (both or neither)
     tiling: NotRequired[bool]  # seamless textures: circular padding in UNet and VAE convolutions
+    restore_faces: NotRequired[bool]  # A1111's face restoration of each finished image
+    face_restorer: NotRequired[str | None]  # its model (derived: the first usable GFPGAN)
     # ControlNet units, applied together; [] (or absent, in rows stored before them) = none.
     controlnet: NotRequired[list[ControlNetUnit]]
     # Inpainting / outpainting (img2img with a mask or grown sides); None = plain img2img.
     inpaint: NotRequired[InpaintParams | None]
+    # LoRA training (mode "train"); absent for every other mode.
+    train: NotRequired[TrainParams]
+    # An Extras job (mode "extras"); None or absent for the generating modes.
+    extras: NotRequired[ExtrasParams | None]
     # Checkpoint merger: set (and the image fields at their defaults) only when mode is "merge".
     merge: NotRequired[MergeParams | None]
 
@@ -171,6 +257,7 @@ DEFAULTS: dict[str, Any] = {
     "seed_resize_from_w": 0,
     "seed_resize_from_h": 0,
     "tiling": False,
+    "restore_faces": False,
     "controlnet": [],
 }
 HIRES_DEFAULTS: HiresParams = {
@@ -196,6 +283,19 @@ INPAINT_DEFAULTS: InpaintParams = {
     "outpaint_right": 0,
     "outpaint_bottom": 0,
 }
+EXTRAS_DEFAULTS: dict[str, Any] = {
+    "resize_mode": 0,
+    "scale": 2.0,
+    "target_width": 512,
+    "target_height": 512,
+    "crop": True,
+    "upscaler_1": "Lanczos",
+    "upscaler_2": "None",
+    "upscaler_2_visibility": 0.0,
+    "gfpgan_visibility": 0.0,
+    "codeformer_visibility": 0.0,
+    "codeformer_weight": 0.0,
+}
 INPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing")  # by inpainting_fill
 OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_bottom")
 
@@ -203,8 +303,11 @@ OUTPAINT_SIDES = ("outpaint_left", "outpaint_top", "outpaint_right", "outpaint_b
 # (stored beside the job as a file, sent to the worker in the envelope), its inpaint mask
 # (likewise) and the names of saved styles (applied to the prompts at submission: the job
 # keeps the styled prompts).
-DERIVED_FIELDS = frozenset({"loras"})
-REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS - {"merge"} | {
+DERIVED_FIELDS = frozenset({"loras", "face_restorer"})
+# Blocks of other job kinds: each kind has its own front door (extras, merges; training at
+# /api/v1/training/), so the generator's forms and APIs neither offer nor accept them.
+KIND_BLOCKS = frozenset({"extras", "merge", "train"})
+REQUEST_FIELDS = frozenset(GenerationParams.__annotations__) - DERIVED_FIELDS - KIND_BLOCKS | {
     "init_image",
     "mask",
     "styles",

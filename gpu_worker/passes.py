@@ -13,7 +13,8 @@ from gpu_worker.params import OUTPAINT_SIDES, HiresParams
 from gpu_worker.samplers import is_second_order
 
 # Hires upscalers: latent modes resize the first pass's latents (engine.LATENT_UPSCALE_MODES says
-# how); the image upscalers resize its decoded pixels with Lanczos ("None" is A1111's name).
+# how); the image upscalers resize its decoded pixels with Lanczos ("None" is A1111's name for
+# it) or Nearest.
 LATENT_UPSCALERS = (
     "Latent",
     "Latent (antialiased)",
@@ -22,7 +23,7 @@ LATENT_UPSCALERS = (
     "Latent (nearest)",
     "Latent (nearest-exact)",
 )
-IMAGE_UPSCALERS = ("None", "Lanczos")
+IMAGE_UPSCALERS = ("None", "Lanczos", "Nearest")
 UPSCALERS = LATENT_UPSCALERS + IMAGE_UPSCALERS
 
 

@@ -54,6 +54,11 @@ DETECT_QUEUE_KEY = "atelier:detect:{worker_id}"
 DETECT_REPLY_KEY = "atelier:detect:reply:{request_id}"
 DETECT_TIMEOUT_SECONDS = 15.0
 DETECT_KEY_TTL_SECONDS = 60
+# How fast a worker is assumed to fetch models from the platform's store until it has measured
+# it (its `--download-mbps`, reported in its heartbeat); the scheduler turns bytes to fetch into
+# seconds with it.
+DEFAULT_DOWNLOAD_BYTES_PER_S = 50 * 2**20
+STORED_KEY_PREFIX = "sha256:"
 
 CancelKind = Literal["interrupt", "skip"]
 # "released": the worker gives an assigned job back unstarted (draining or shutting down).
@@ -66,6 +71,12 @@ def worker_queue(worker_id: str) -> str:
     """The Dramatiq queue of one GPU worker: `gpu.<worker id>`, with anything but letters,
     digits, `-` and `_` replaced (Dramatiq gives `.DQ`/`.XQ` suffixes a meaning)."""
     return f"{GPU_QUEUE}.{_QUEUE_UNSAFE.sub('-', worker_id)[:150] or 'worker'}"
+
+
+def stored_model_key(sha256: str) -> str:
+    """How a heartbeat and the scheduler name a checkpoint fetched from the store: by its hash,
+    since members' names are theirs alone and may repeat (no catalogue name holds a colon)."""
+    return f"{STORED_KEY_PREFIX}{sha256}"
 
 
 class JobEnvelope(TypedDict):
@@ -98,6 +109,23 @@ class MergedModel(TypedDict):
     size_bytes: int
 
 
+class TrainingImageDelivery(TypedDict):
+    sha256: str  # of the PNG; the worker checks it
+    url: str  # short-lived signed URL
+
+
+class TrainingDelivery(TypedDict):
+    """How a training job's worker reaches the platform, no database nor shared disk needed:
+    the dataset's images by signed URL, the URL each finished epoch is posted to (signed for
+    this job and attempt: a stale attempt is refused), and the state to resume from."""
+
+    images: list[TrainingImageDelivery]  # in the order of the job's train.images
+    epoch_url: str
+    resume_epoch: int  # 0: from the start
+    resume_state_url: str | None  # the state after `resume_epoch`, signed
+    chunk_bytes: int  # an epoch's LoRA and state are posted in chunks of at most this size
+
+
 class GenerationRequest(JobEnvelope, GenerationParams):
     """What the platform asks a GPU worker to make: the job's validated GenerationParams (its
     `Job.params`, unchanged) in an envelope, plus the img2img source image, inpaint mask,
@@ -108,6 +136,7 @@ class GenerationRequest(JobEnvelope, GenerationParams):
     # ControlNet units' images by the sha256 their stored units name, PNG, base64
     controlnet_images_png_b64: NotRequired[dict[str, str]]
     models: NotRequired[list[ModelDelivery]]
+    training: NotRequired[TrainingDelivery]  # mode "train" only
     # A merge job: where its output goes (signed, for this attempt) and in what chunk size.
     upload_url: NotRequired[str]
     upload_chunk_bytes: NotRequired[int]
@@ -147,6 +176,9 @@ class JobTimings(TypedDict, total=False):
     sampling_s: float
     encode_s: float
     total_s: float
+    # cross-user batching (gpu_worker/batching.py): the most jobs that shared one UNet call
+    # with this one, itself included (absent: it ran alone, on the serial path)
+    batch_jobs: int
 
 
 class JobEvent(TypedDict):
@@ -178,11 +210,14 @@ class ProgressEvent(TypedDict):
 class ModelInventoryEntry(TypedDict):
     name: str  # file name without extension: the catalogue key
     filename: str  # relative to the models folder
-    kind: Literal["checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler"]
+    kind: Literal[
+        "checkpoint", "lora", "vae", "embedding", "controlnet", "upscaler", "face_restorer"
+    ]
     family: str  # "sd1", "sd2", "sdxl", or "unknown"
     size_bytes: int
     sha256: str
     short_hash: str  # A1111: first 10 hex of sha256
+    scale: NotRequired[int]  # upscalers: the model's native factor (gpu_worker.upscaler_files)
 
 
 class WorkerCommand(TypedDict):
@@ -200,8 +235,11 @@ class WorkerHeartbeat(TypedDict):
     device: str  # "cuda:0", "cpu"
     memory_used_bytes: int
     memory_budget_bytes: int
-    loaded_models: list[str]  # checkpoints on the device, hottest first
-    warm_models: NotRequired[list[str]]  # checkpoints held in CPU RAM only, hottest first
+    # Checkpoints on the device, hottest first, by catalogue name; one fetched from the store
+    # (a member's or staff upload) or computed from a recipe (a virtual model) by
+    # `stored_model_key(sha256)` (its recipe hash for a virtual model).
+    loaded_models: list[str]
+    warm_models: NotRequired[list[str]]  # held in CPU RAM only, hottest first, named the same
     # ControlNets on the device, by catalogue name (the scheduler prefers a worker holding a
     # job's ControlNets)
     loaded_controlnets: NotRequired[list[str]]
@@ -220,4 +258,5 @@ class WorkerHeartbeat(TypedDict):
     disk_models: NotRequired[list[str]]
     disk_used_bytes: NotRequired[int]
     disk_budget_bytes: NotRequired[int]
+    download_bytes_per_s: NotRequired[float]  # measured on its fetches (configured until then)
     sent_at: float  # unix time

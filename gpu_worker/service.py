@@ -15,7 +15,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -23,6 +24,8 @@ import redis
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
+from gpu_worker.batch_key import MAX_BATCH_IMAGES, batch_key
+from gpu_worker.batch_queue import BatchQueue
 from gpu_worker.detect_responder import DetectResponder
 from gpu_worker.heartbeat import Heartbeat, WorkerStatus
 from gpu_worker.model_downloads import DownloadCache, ModelFetchError
@@ -33,17 +36,20 @@ from gpu_worker.protocol import (
     JOB_EVENT_ACTOR,
     JOB_EVENT_KWARG,
     PLATFORM_QUEUE,
+    STORED_KEY_PREFIX,
     GenerationRequest,
     JobEvent,
     JobTimings,
     WorkerCommand,
     WorkerHeartbeat,
+    stored_model_key,
     worker_queue,
 )
 
 if TYPE_CHECKING:
-    from gpu_worker.engine import Engine
-    from gpu_worker.progress import ChannelPublisher
+    from gpu_worker.batching import BatchJob, BatchRunner
+    from gpu_worker.engine import Engine, GenerationResult
+    from gpu_worker.progress import ChannelPublisher, JobMonitor
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +65,25 @@ QUEUE_PREFETCH = 1  # one GPU, one job: the next assigned one waits in Redis, no
 DRAIN_WAIT_SECONDS = 2.0  # how long drain waits for its consumers to stop fetching
 SEND_ERRORS = (redis.RedisError, BrokerConnectionError, OSError)
 SHUTDOWN_FLUSH_SECONDS = 30  # how long a stopping worker keeps trying to send buffered events
+HAND_OVER_AT_LIMIT_SHARE = 0.5  # a training hands its job on after this share of TIME_LIMIT_MS
+# A batch takes no more joiners after this long, so its actor (one Dramatiq message) ends well
+# inside TIME_LIMIT_MS however steady the stream of compatible jobs.
+BATCH_JOIN_SECONDS = 20 * 60
+# How often a running batch looks at its queue for joiners: a Redis round trip per step would
+# cost a fast GPU a few percent; a joiner waits at most this long for its next step boundary.
+BATCH_LOOK_SECONDS = 0.05
 
 
 def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class _Admitted:
+    """A job the worker starts: its 'started' event is sent, its step observer made."""
+
+    monitor: JobMonitor
+    queued_s: float | None
 
 
 class WorkerService:
@@ -77,11 +98,10 @@ class WorkerService:
         progress_interval: float = 0.25,
         max_retries: int = MAX_RETRIES,
         downloads: DownloadCache | None = None,
+        batch_max_images: int = MAX_BATCH_IMAGES,
     ) -> None:
         self.engine = engine
         self.downloads = downloads
-        # sha256 -> name of checkpoints fetched for jobs, so the heartbeat names them when hot
-        self.fetched_names: dict[str, str] = {}
         self.broker = broker
         self.redis = redis_client
         self.publisher = publisher
@@ -94,7 +114,20 @@ class WorkerService:
         self._outbox: deque[JobEvent] = deque()  # events not yet accepted by Redis, in order
         # The broker id of the message being run: never given back, its job is running here.
         self.in_hand: str | None = None
+        self.started_monotonic = time.monotonic()  # of the job being run (hand_over reads it)
         self._outbox_lock = threading.Lock()
+        # Cross-user batching (gpu_worker/batching.py): off with batch_max_images 0 or a broker
+        # without Redis. `claimed`: messages taken from the queue into the running batch.
+        self.batch_max_images = batch_max_images
+        client = getattr(broker, "client", None)
+        namespace = getattr(broker, "namespace", "dramatiq")
+        self.batch_queue = (
+            BatchQueue(client, namespace=namespace, queue=self.queue)
+            if client is not None and batch_max_images > 0
+            else None
+        )
+        self.claimed: set[str] = set()
+        self._batcher: BatchRunner | None = None
         # ControlNet preprocessor previews, answered beside the job thread (WorkerLifecycle
         # starts and stops it)
         self.previews = DetectResponder(
@@ -140,12 +173,15 @@ class WorkerService:
             consumer.resume()
 
     def unload(self, name: str) -> int:
-        """Free a checkpoint (with any VAE pairing) from the cache; unknown names free nothing."""
+        """Free a checkpoint (with any VAE pairing) from the cache, by catalogue name or, for
+        one fetched from the store, by its heartbeat key; unknown names free nothing."""
         shas = {
             item.sha256
             for item in self.engine.catalogue.items.values()
             if item.kind == "checkpoint" and item.name == name
         }
+        if name.startswith(STORED_KEY_PREFIX):
+            shas.add(name.removeprefix(STORED_KEY_PREFIX))
         return self.engine.cache.discard_where(
             lambda key: isinstance(key, tuple) and key[0] in shas
         )
@@ -190,6 +226,29 @@ class WorkerService:
         with self._outbox_lock:
             return len(self._outbox)
 
+    def job_waiting(self) -> bool:
+        """Whether another job waits in this worker's queue (the scheduler's second slot): a
+        training then yields the GPU at its next epoch boundary, so others' jobs wait at most
+        one epoch."""
+        client = getattr(self.broker, "client", None)
+        namespace = getattr(self.broker, "namespace", "dramatiq")
+        if client is None:
+            return False
+        try:
+            ids = {_decode(i) for i in client.hkeys(f"{namespace}:{self.queue}.msgs")}
+        except SEND_ERRORS:
+            return False  # Redis away for a moment: keep training
+        return bool(ids - {self.in_hand})
+
+    def hand_over(self) -> bool:
+        """Asked by a training between epochs: give the job back now (drain, another job
+        waiting here, or half the actor's time limit spent, so a long training never meets
+        it); the next attempt resumes from the epoch just posted."""
+        running_for = time.monotonic() - self.started_monotonic
+        if running_for > TIME_LIMIT_MS / 1000 * HAND_OVER_AT_LIMIT_SHARE:
+            return True
+        return self.status.draining or self.job_waiting()
+
     def release_queued(self) -> int:
         """On shutdown: give every job still waiting in this worker's queue back to the
         platform (a 'released' event each) and empty the queue; how many were. The message
@@ -202,7 +261,7 @@ class WorkerService:
         for suffix in ("", ".DQ"):
             key = f"{namespace}:{self.queue}{suffix}.msgs"
             for message_id, raw in client.hgetall(key).items():
-                if _decode(message_id) == self.in_hand:
+                if _decode(message_id) == self.in_hand or _decode(message_id) in self.claimed:
                     continue
                 client.hdel(key, message_id)
                 try:
@@ -236,7 +295,39 @@ class WorkerService:
     ) -> JobEvent:
         """Run one request and report it; returns the last event sent (a 'released' one when a
         draining worker gives the request back)."""
-        from gpu_worker.engine import JobFailed
+        admitted = self._admit(request, enqueued_at_ms, current=True)
+        if not isinstance(admitted, _Admitted):
+            return admitted
+        try:
+            outcome: GenerationResult | BaseException
+            try:
+                self.engine.job_items = self._fetch_models(request)
+                if request["mode"] == "train":  # LoRA training: its own module, same events
+                    from gpu_worker.training_job import run_training
+
+                    outcome = run_training(self.engine, request, admitted.monitor, self.hand_over)
+                elif request["mode"] == "merge":  # the checkpoint merger (gpu_worker/merging.py)
+                    from gpu_worker.merging import run_merge_job
+
+                    outcome = run_merge_job(self.engine, request, admitted.monitor)
+                else:
+                    outcome = self.engine.run(request, admitted.monitor)
+            except (Exception, TimeLimitExceeded) as exc:  # the latter is no Exception
+                outcome = exc
+            finally:
+                self.engine.job_items = {}
+                if self.publisher is not None:
+                    self.publisher.flush()
+            return self._settle(request, outcome, admitted.queued_s, retries=retries)
+        finally:
+            self.status.job_finished()
+
+    def _admit(
+        self, request: GenerationRequest, enqueued_at_ms: int | None, *, current: bool
+    ) -> _Admitted | JobEvent:
+        """Start a job: 'started' sent and its monitor made; or the event that ends it unrun
+        (released while draining, cancelled before it started). `current`: the job the
+        heartbeat shows."""
         from gpu_worker.progress import JobMonitor, read_cancel_flag
 
         if self.status.draining:  # fetched as the drain began: another worker will run it
@@ -245,63 +336,157 @@ class WorkerService:
         queued_s = max(0.0, started_wall - enqueued_at_ms / 1000) if enqueued_at_ms else None
         if read_cancel_flag(self.redis, request["job_id"]) == "interrupt":
             return self._send(self._event(request, "cancelled", steps_done=0))
-        self.status.job_started(request["job_id"])
+        if current:
+            self.status.job_started(request["job_id"])
+            self.started_monotonic = time.monotonic()
         try:
             self.report(self._event(request, "started"))
-            monitor = JobMonitor(
-                job_id=request["job_id"],
-                events_group=request["events_group"],
-                redis_client=self.redis,
-                publisher=self.publisher,
-                min_interval=self.progress_interval,
-                on_step=self.status.step,
-            )
-            try:
-                self.engine.job_items = self._fetch_models(request)
-                if request["mode"] == "merge":  # the checkpoint merger (gpu_worker/merging.py)
-                    from gpu_worker.merging import run_merge_job
+        except BaseException:
+            if current:
+                self.status.job_finished()
+            raise
+        monitor = JobMonitor(
+            job_id=request["job_id"],
+            events_group=request["events_group"],
+            redis_client=self.redis,
+            publisher=self.publisher,
+            min_interval=self.progress_interval,
+            on_step=self.status.step if current else None,
+        )
+        return _Admitted(monitor, queued_s)
 
-                    result = run_merge_job(self.engine, request, monitor)
-                else:
-                    result = self.engine.run(request, monitor)
-            except ModelFetchError as exc:
-                return self._send(self._event(request, "failed", error=str(exc)))
-            except JobFailed as exc:
-                return self._send(self._event(request, "failed", error=str(exc)))
-            except TimeLimitExceeded:
-                return self._send(self._event(request, "failed", error="time limit exceeded"))
-            except Exception as exc:
-                log.exception("job %s failed unexpectedly", request["job_id"])
-                if retries < self.max_retries:
-                    raise  # Dramatiq retries it; the platform treats the redelivery as a no-op
-                return self._send(
-                    self._event(request, "failed", error=f"internal error: {type(exc).__name__}")
-                )
-            finally:
-                self.engine.job_items = {}
-                if self.publisher is not None:
-                    self.publisher.flush()
-            timings: JobTimings = result.timings
-            if queued_s is not None:
-                timings["queued_s"] = round(queued_s, 4)
-            if result.interrupted or not (result.images or result.model):
-                fields: dict[str, Any] = {"steps_done": result.steps_done, "timings": timings}
-                if result.images:
-                    fields["images"] = result.images
-                return self._send(self._event(request, "cancelled", **fields))
-            extra: dict[str, Any] = {"model": result.model} if result.model else {}
-            return self._send(
-                self._event(
-                    request,
-                    "succeeded",
-                    images=result.images,
-                    timings=timings,
-                    steps_done=result.steps_done,
-                    **extra,
-                )
+    def _settle(
+        self,
+        request: GenerationRequest,
+        outcome: GenerationResult | BaseException,
+        queued_s: float | None,
+        *,
+        retries: int,
+    ) -> JobEvent:
+        """Report how the job ended. An unexpected error is raised again while retries are
+        left (Dramatiq retries it; the platform treats the redelivery as a no-op)."""
+        from gpu_worker.engine import JobFailed
+
+        if isinstance(outcome, ModelFetchError | JobFailed):
+            return self._send(self._event(request, "failed", error=str(outcome)))
+        if isinstance(outcome, TimeLimitExceeded):
+            return self._send(self._event(request, "failed", error="time limit exceeded"))
+        if isinstance(outcome, BaseException):
+            log.error("job %s failed unexpectedly", request["job_id"], exc_info=outcome)
+            if retries < self.max_retries:
+                raise outcome
+            error = f"internal error: {type(outcome).__name__}"
+            return self._send(self._event(request, "failed", error=error))
+        result = outcome
+        timings: JobTimings = result.timings
+        if queued_s is not None:
+            timings["queued_s"] = round(queued_s, 4)
+        if result.handed_over:  # drained between epochs: another worker resumes it
+            return self._send(self._event(request, "released", steps_done=result.steps_done))
+        if result.interrupted or not (result.images or result.model):
+            fields: dict[str, Any] = {"steps_done": result.steps_done, "timings": timings}
+            if result.images:
+                fields["images"] = result.images
+            return self._send(self._event(request, "cancelled", **fields))
+        extra: dict[str, Any] = {"model": result.model} if result.model else {}
+        return self._send(
+            self._event(
+                request,
+                "succeeded",
+                images=result.images,
+                timings=timings,
+                steps_done=result.steps_done,
+                **extra,
             )
+        )
+
+    # --- a batch (cross-user batching) -----------------------------------------------------
+    def batches(self, request: GenerationRequest) -> bool:
+        """Whether this request runs through the batch runner (others may join it)."""
+        return self.batch_queue is not None and batch_key(request) is not None
+
+    def generate_batch(
+        self, request: GenerationRequest, *, enqueued_at_ms: int | None = None
+    ) -> None:
+        """Run a batchable request with every compatible job that is, or comes, in this
+        worker's queue joining at a step boundary (gpu_worker/batching.py); each job is
+        reported as it ends. An unexpected error fails the jobs it hit (no Dramatiq retry:
+        the batch's other jobs were reported already)."""
+        from gpu_worker.batching import BatchJob, BatchRunner
+        from gpu_worker.engine import JobFailed
+
+        key, queue = batch_key(request), self.batch_queue
+        assert key is not None and queue is not None
+        admitted = self._admit(request, enqueued_at_ms, current=True)
+        if not isinstance(admitted, _Admitted):
+            return
+        if self._batcher is None:
+            self._batcher = BatchRunner(self.engine, max_images=self.batch_max_images)
+
+        unsettled: dict[str, GenerationRequest] = {}  # joined, not yet reported
+
+        def on_done(admitted: _Admitted, message_id: str | None) -> Callable[[BatchJob, Any], None]:
+            def done(job: BatchJob, outcome: Any) -> None:
+                if self.publisher is not None:
+                    self.publisher.flush()  # its last progress before its end
+                try:
+                    self._settle(job.request, outcome, admitted.queued_s, retries=self.max_retries)
+                finally:
+                    if message_id is not None:
+                        unsettled.pop(message_id, None)
+                        self._ack(message_id)
+
+            return done
+
+        joining_until = time.monotonic() + BATCH_JOIN_SECONDS
+        next_look = 0.0
+
+        def take_more(room: int) -> list[BatchJob]:
+            nonlocal next_look
+            now = time.monotonic()
+            if self.status.draining or now > joining_until or now < next_look:
+                return []
+            next_look = now + BATCH_LOOK_SECONDS
+            try:
+                claimed = queue.claim(key, room)
+            except SEND_ERRORS:
+                log.warning("cannot look for jobs to batch (Redis unreachable)")
+                return []
+            joining = []
+            for claim in claimed:
+                self.claimed.add(claim.message_id)
+                joined = self._admit(claim.request, claim.enqueued_at_ms, current=False)
+                if not isinstance(joined, _Admitted):
+                    self._ack(claim.message_id)
+                    continue
+                unsettled[claim.message_id] = claim.request
+                done = on_done(joined, claim.message_id)
+                joining.append(BatchJob(claim.request, joined.monitor, done))
+            if joining:
+                log.info("%d job(s) joined the batch of %s", len(joining), request["job_id"])
+            return joining
+
+        try:
+            self._batcher.run(
+                BatchJob(request, admitted.monitor, on_done(admitted, None)), take_more
+            )
+        except TimeLimitExceeded:
+            pass  # every job in the batch was reported failed (as generate does)
         finally:
             self.status.job_finished()
+            for message_id, joined in list(unsettled.items()):  # stopped while it joined
+                stopped = JobFailed("the batch it joined stopped")
+                self._settle(joined, stopped, None, retries=self.max_retries)
+                self._ack(message_id)
+
+    def _ack(self, message_id: str) -> None:
+        self.claimed.discard(message_id)
+        if self.batch_queue is None:
+            return
+        try:
+            self.batch_queue.ack(message_id)
+        except SEND_ERRORS:  # left in the hash: a restart under this id releases it (no-op)
+            log.warning("cannot forget the batched message %s", message_id)
 
     def _fetch_models(self, request: GenerationRequest) -> dict[tuple[str, str], Any]:
         deliveries = request.get("models") or []
@@ -319,9 +504,6 @@ class WorkerService:
                 items[(delivery["kind"], delivery["name"])] = materialize(
                     self.engine, delivery, self.downloads
                 )
-        self.fetched_names.update(
-            {item.sha256: item.name for item in items.values() if item.kind == "checkpoint"}
-        )
         return items
 
     def _send(self, event: JobEvent) -> JobEvent:
@@ -331,14 +513,13 @@ class WorkerService:
     # --- heartbeat -------------------------------------------------------------------------
     def heartbeat_snapshot(self) -> WorkerHeartbeat:
         engine = self.engine
-        names = dict(self.fetched_names)
-        names.update(
-            {
-                item.sha256: item.name
-                for item in engine.catalogue.items.values()
-                if item.kind == "checkpoint"
-            }
-        )
+        # A checkpoint of the models folder by its name, one fetched from the store by its hash
+        # (members' names may repeat; the scheduler keys such jobs by hash too).
+        names = {
+            item.sha256: item.name
+            for item in engine.catalogue.items.values()
+            if item.kind == "checkpoint"
+        }
         # cache keys are (checkpoint sha256, VAE sha256 or None); a checkpoint is hot when any
         # of its pairings is on the device, warm when held only in CPU RAM
         hot: list[str] = []
@@ -348,7 +529,7 @@ class WorkerService:
             entry = engine.cache.entry(key)
             if not isinstance(key, tuple) or entry is None:
                 continue
-            name = names.get(key[0], key[0][:10])
+            name = names.get(key[0]) or stored_model_key(key[0])
             if entry.on_device:
                 sizes.append(entry.size_bytes)
                 if name not in hot:
@@ -389,6 +570,7 @@ class WorkerService:
             beat["disk_models"] = self.downloads.shas()
             beat["disk_used_bytes"] = self.downloads.used_bytes()
             beat["disk_budget_bytes"] = self.downloads.budget_bytes
+            beat["download_bytes_per_s"] = round(self.downloads.bytes_per_s)
         return beat
 
     def _loaded_controlnets(self) -> list[str]:
@@ -429,12 +611,16 @@ def register_actors(broker: dramatiq.Broker, service: WorkerService) -> dramatiq
     def generate_images(request: GenerationRequest) -> None:
         message = CurrentMessage.get_current_message()
         service.in_hand = message.options.get("redis_message_id") if message else None
+        enqueued_at_ms = message.message_timestamp if message else None
         try:
-            service.generate(
-                request,
-                enqueued_at_ms=message.message_timestamp if message else None,
-                retries=message.options.get("retries", 0) if message else 0,
-            )
+            if service.batches(request):
+                service.generate_batch(request, enqueued_at_ms=enqueued_at_ms)
+            else:
+                service.generate(
+                    request,
+                    enqueued_at_ms=enqueued_at_ms,
+                    retries=message.options.get("retries", 0) if message else 0,
+                )
         finally:
             service.in_hand = None
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,15 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the usual name
 
-DEFAULT_TILE = 192  # A1111's ESRGAN tile size
-DEFAULT_OVERLAP = 8  # A1111's ESRGAN tile overlap
+from gpu_worker.extras_plan import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    MAX_MODEL_PASSES,
+    tile_starts,
+)
+
+__all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE"]  # A1111's ESRGAN tile size and overlap
+TileCallback = Callable[[], None]  # called after each tile: progress, and a cancel check
 
 
 class UpscalerLoadError(ValueError):
@@ -226,14 +234,6 @@ def model_scale(model: nn.Module) -> int:
 # --- tiled upscaling -------------------------------------------------------------------------
 
 
-def _starts(length: int, tile: int, overlap: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    step = tile - overlap
-    starts = list(range(0, length - tile, step))
-    return [*starts, length - tile]
-
-
 def _ramp(size: int, overlap: int, first: bool, last: bool) -> torch.Tensor:
     """A tile's blending weight along one axis: rising over the overlap where a neighbour is."""
     weight = torch.ones(size)
@@ -253,7 +253,10 @@ class TileSettings:
 
 
 def upscale_tensor(
-    model: nn.Module, image: torch.Tensor, tiles: TileSettings = TileSettings()
+    model: nn.Module,
+    image: torch.Tensor,
+    tiles: TileSettings = TileSettings(),
+    on_tile: TileCallback | None = None,
 ) -> torch.Tensor:
     """[1, 3, H, W] in 0..1 -> [1, 3, H*s, W*s], tile by tile, overlaps blended linearly."""
     scale = model_scale(model)
@@ -262,7 +265,7 @@ def upscale_tensor(
     overlap = min(tiles.overlap, size // 2)
     out = torch.zeros(1, 3, height * scale, width * scale, dtype=image.dtype)
     total = torch.zeros(1, 1, height * scale, width * scale, dtype=image.dtype)
-    ys, xs = _starts(height, size, overlap), _starts(width, size, overlap)
+    ys, xs = tile_starts(height, size, overlap), tile_starts(width, size, overlap)
     for y in ys:
         for x in xs:
             piece = image[:, :, y : y + size, x : x + size]
@@ -275,6 +278,8 @@ def upscale_tensor(
             oy, ox = y * scale, x * scale
             out[:, :, oy : oy + h, ox : ox + w] += result * weight
             total[:, :, oy : oy + h, ox : ox + w] += weight
+            if on_tile is not None:
+                on_tile()
     return out / total.clamp_min(1e-8)
 
 
@@ -283,17 +288,21 @@ def upscale_image(
     image: Image.Image,
     size: tuple[int, int],
     tiles: TileSettings = TileSettings(),
+    on_tile: TileCallback | None = None,
 ) -> Image.Image:
-    """The image upscaled by the model (repeatedly while it falls short, as A1111 does), then
-    resized to exactly `size` (width, height) with Lanczos."""
+    """The image upscaled by the model (repeatedly while it falls short, at most 3 times, as
+    A1111 does: extras_plan.model_passes), then resized to exactly `size` (width, height)
+    with Lanczos."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     current = image.convert("RGB")
     scale = model_scale(model)
-    while current.width < size[0] or current.height < size[1]:
+    for _ in range(MAX_MODEL_PASSES):
+        if current.width >= size[0] and current.height >= size[1]:
+            break
         array = np.asarray(current, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)[None].to(device, dtype)
-        result = upscale_tensor(model, tensor, tiles)[0].clamp(0, 1)
+        result = upscale_tensor(model, tensor, tiles, on_tile)[0].clamp(0, 1)
         pixels = (result.permute(1, 2, 0).float().numpy() * 255.0).round().astype(np.uint8)
         current = Image.fromarray(pixels)
         if scale <= 1:

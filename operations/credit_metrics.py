@@ -42,7 +42,7 @@ def credits_per_day(days: int = 14, now: datetime | None = None) -> list[CreditD
     today = timezone.localdate(now)
     first = today - timedelta(days=days - 1)
     start = timezone.make_aware(datetime.combine(first, datetime.min.time()))
-    capture = Q(kind=Kind.CAPTURE)
+    capture = Q(kind__in=[Kind.CAPTURE, Kind.PART_CAPTURE])  # a part: held_delta alone
     rows = (
         CreditEntry.objects.filter(created_at__gte=start)
         .annotate(day=TruncDate("created_at"))

@@ -9,7 +9,9 @@ from django.utils.translation import gettext as _
 
 from generation.a1111.errors import A1111Error
 from generation.models import CatalogEntry, PromptStyle
-from gpu_worker.passes import IMAGE_UPSCALERS, LATENT_UPSCALERS
+from gpu_worker.extras_plan import RESAMPLERS, UNKNOWN_NATIVE_SCALE
+from gpu_worker.face_licences import GFPGAN
+from gpu_worker.passes import LATENT_UPSCALERS
 from gpu_worker.samplers import list_samplers, list_schedulers
 
 MODEL_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -112,11 +114,12 @@ def upscaler_models(user: Any) -> list[CatalogEntry]:
 
 
 def upscalers(user: Any) -> list[dict[str, Any]]:
-    """ "None" and "Lanczos", then the upscaler models the caller may use (A1111's shape; the
-    scale is the architecture's, 4 for the common ESRGAN files)."""
+    """ "None", "Lanczos" and "Nearest", then the upscaler models the caller may use (A1111's
+    shape; `scale` is the model's native factor, read from its file's header; the resamplers
+    say 4, as A1111's do)."""
     plain = [
         {"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-        for name in IMAGE_UPSCALERS
+        for name in RESAMPLERS
     ]
     return plain + [
         {
@@ -124,10 +127,17 @@ def upscalers(user: Any) -> list[dict[str, Any]]:
             "model_name": entry.name,
             "model_path": entry.filename,
             "model_url": None,
-            "scale": 4,
+            "scale": entry.native_scale or UNKNOWN_NATIVE_SCALE,
         }
         for entry in upscaler_models(user)
     ]
+
+
+def face_restorers(user: Any) -> list[dict[str, Any]]:
+    """A1111's `[{name, cmd_dir}]`: GFPGAN when a usable GFPGAN model exists (restore_faces and
+    gfpgan_visibility use it); CodeFormer is not offered (generation.face_models)."""
+    usable = _usable(user, CatalogEntry.Kind.FACE_RESTORER)
+    return [{"name": "GFPGAN", "cmd_dir": None}] if any(e.family == GFPGAN for e in usable) else []
 
 
 def latent_upscale_modes() -> list[dict[str, str]]:

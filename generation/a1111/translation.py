@@ -2,7 +2,7 @@
 
 A1111's API defaults apply to every field a client leaves out (steps 50, Euler, CFG 7, 512x512:
 not the generator page's defaults, nor a checkpoint's own). Fields clients send at neutral values
-(restore_faces false, tiling false, script_args [], ...) are accepted; a value
+(tiling false, script_args [], ...) are accepted; a value
 that asks for a feature the engine lacks is refused with 422 naming the field. Unknown fields are
 ignored, as A1111's own request models ignore them. `alwayson_scripts` carries ControlNet units
 (a1111/controlnet.py); no other script exists.
@@ -106,7 +106,6 @@ DEFAULTS = {"txt2img": TXT2IMG_DEFAULTS, "img2img": IMG2IMG_DEFAULTS}
 
 # Values that ask for nothing: anything else asks for a feature the engine does not have.
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "restore_faces": (None, False),
     "eta": (None, 0, 1),
     "s_min_uncond": (None, 0),
     "s_churn": (None, 0),
@@ -123,7 +122,6 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "mask_round": (None, True),
 }
 FEATURES = {
-    "restore_faces": gettext_lazy("face restoration is not available"),
     "script_name": gettext_lazy("scripts are not available"),
     "disable_extra_networks": gettext_lazy("LoRA tags are always applied"),
     "refiner_checkpoint": gettext_lazy("refiner checkpoints are not available"),
@@ -200,6 +198,7 @@ def _fill_from_infotext(body: dict[str, Any], mode: str) -> tuple[dict[str, Any]
         ("seed_resize_from_w", "seed_resize_from_w"),
         ("seed_resize_from_h", "seed_resize_from_h"),
         ("tiling", "tiling"),
+        ("restore_faces", "restore_faces"),
     ):
         if ours in fields:
             filled[theirs] = fields[ours]
@@ -367,6 +366,7 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         "seed_resize_from_w": _value(body, defaults, "seed_resize_from_w"),
         "seed_resize_from_h": _value(body, defaults, "seed_resize_from_h"),
         "tiling": bool(body.get("tiling")),
+        "restore_faces": bool(body.get("restore_faces")),  # GFPGAN (face_models)
         "styles": body.get("styles") or [],  # the caller's saved styles, applied at submission
     }
     params["controlnet"] = units_from_scripts(body.get("alwayson_scripts"))

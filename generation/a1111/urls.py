@@ -5,6 +5,8 @@ from generation.a1111 import views
 urlpatterns = [
     path("txt2img", views.txt2img, name="sdapi-txt2img"),
     path("img2img", views.img2img, name="sdapi-img2img"),
+    path("extra-single-image", views.extra_single_image, name="sdapi-extra-single-image"),
+    path("extra-batch-images", views.extra_batch_images, name="sdapi-extra-batch-images"),
     path("progress", views.progress_view, name="sdapi-progress"),
     path("interrupt", views.interrupt, name="sdapi-interrupt"),
     path("skip", views.skip, name="sdapi-skip"),
@@ -16,6 +18,7 @@ urlpatterns = [
     path("sd-vae", views.sd_vae, name="sdapi-sd-vae"),
     path("embeddings", views.embeddings, name="sdapi-embeddings"),
     path("upscalers", views.upscalers, name="sdapi-upscalers"),
+    path("face-restorers", views.face_restorers, name="sdapi-face-restorers"),
     path("latent-upscale-modes", views.latent_upscale_modes, name="sdapi-latent-upscale-modes"),
     path("prompt-styles", views.prompt_styles, name="sdapi-prompt-styles"),
     path("png-info", views.png_info_view, name="sdapi-png-info"),
@@ -23,6 +26,8 @@ urlpatterns = [
     path("refresh-loras", views.refresh, name="sdapi-refresh-loras"),
     path("memory", views.memory, name="sdapi-memory"),
     path("scripts", views.scripts, name="sdapi-scripts"),
+    path("train/embedding", views.train_embedding, name="sdapi-train-embedding"),
+    path("create/embedding", views.train_embedding, name="sdapi-create-embedding"),
 ]
 # sd-webui-controlnet's endpoints, mounted at /controlnet/ (config/urls.py)
 controlnet_urlpatterns = [

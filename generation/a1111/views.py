@@ -18,7 +18,16 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.throttles import api_refusal_wait
-from generation.a1111 import catalog, controlnet, options, png_info, progress, translation, waiting
+from generation.a1111 import (
+    catalog,
+    controlnet,
+    extras,
+    options,
+    png_info,
+    progress,
+    translation,
+    waiting,
+)
 from generation.a1111.auth import authenticate
 from generation.a1111.errors import A1111Error
 
@@ -90,6 +99,16 @@ async def img2img(request: HttpRequest, user: Any, body: Any) -> Any:
     return await waiting.generate(user, translated)
 
 
+@endpoint("POST")
+async def extra_single_image(request: HttpRequest, user: Any, body: Any) -> Any:
+    return await extras.run(user, extras.single_requests(body), batch=False)
+
+
+@endpoint("POST")
+async def extra_batch_images(request: HttpRequest, user: Any, body: Any) -> Any:
+    return await extras.run(user, extras.batch_requests(body), batch=True)
+
+
 @endpoint("GET")
 async def progress_view(request: HttpRequest, user: Any, body: Any) -> Any:
     skip_image = request.GET.get("skip_current_image", "false").lower() in TRUE_WORDS
@@ -123,6 +142,20 @@ async def png_info_view(request: HttpRequest, user: Any, body: Any) -> Any:
 
 
 @endpoint("POST")
+async def train_embedding(request: HttpRequest, user: Any, body: Any) -> Any:
+    # A1111's Train tab trains textual-inversion embeddings; Atelier trains LoRAs, as a billed,
+    # cancellable job with its own API. Said plainly rather than silently ignored.
+    raise A1111Error(
+        422,
+        _(
+            "embedding training is not available here; Atelier trains LoRAs: "
+            "POST /api/v1/training/jobs/ (datasets at /api/v1/training/datasets/)"
+        ),
+        "embedding_name",
+    )
+
+
+@endpoint("POST")
 async def refresh(request: HttpRequest, user: Any, body: Any) -> Any:
     # Hashing new files can take a while: off the request's own thread, like the rest.
     await sync_to_async(options.refresh_catalogue)(user)
@@ -137,6 +170,7 @@ memory = endpoint("GET")(_sync(options.memory))
 samplers = endpoint("GET")(_sync(lambda user: catalog.samplers()))
 schedulers = endpoint("GET")(_sync(lambda user: catalog.schedulers()))
 upscalers = endpoint("GET")(_sync(catalog.upscalers))
+face_restorers = endpoint("GET")(_sync(catalog.face_restorers))
 latent_upscale_modes = endpoint("GET")(_sync(lambda user: catalog.latent_upscale_modes()))
 prompt_styles = endpoint("GET")(_sync(catalog.prompt_styles))
 scripts = endpoint("GET")(_sync(controlnet.scripts))

@@ -1,9 +1,10 @@
 """The scheduling pass: which alive GPU worker gets which waiting job, decided on the platform.
 
 `schedule_pending()` reads the waiting jobs (queued, held by no worker), the alive workers (their
-heartbeats: hot/warm models, inventory, draining) with their free slots counted from the database
-(running + assigned-not-started, at most `WORKER_SLOTS`), and each user's recent GPU usage; asks
-the policy (`FairScheduler.plan`) for assignments; claims each job with a conditional update
+heartbeats: hot/warm models, inventory, disk cache and fetch rate, draining) with their free
+slots counted from the database (running + assigned-not-started, at most `WORKER_SLOTS`), and
+each user's recent GPU usage; asks the policy (`FairScheduler.plan`) for assignments; claims
+each job with a conditional update
 (`Job.mark_assigned`: worker and next attempt, only if still waiting) and sends it to that
 worker's own queue after commit.
 
@@ -45,8 +46,9 @@ from generation.job_messages import send_request
 from generation.lifecycle import queued_event
 from generation.models import Job
 from generation.queue import QueueSnapshot, queue_snapshot, store_snapshot
-from generation.scheduling.inputs import recent_usage, waiting_jobs
+from generation.scheduling.inputs import checkpoint_key, recent_usage, waiting_jobs, worker_disk
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView
+from gpu_worker.batch_key import batch_key
 from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -72,19 +74,42 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
     the database, so a job assigned a moment ago counts even before the worker's next
     heartbeat."""
     held: dict[str, list[str]] = defaultdict(list)
+    keys: dict[str, list[str | None]] = defaultdict(list)
     unstarted_owners: dict[str, list[str]] = defaultdict(list)
     rows = (
         Job.objects.filter(status__in=Job.UNFINISHED, worker_id__in=list(beats))
         .order_by("-status", "dispatched_at")  # running before queued, then in hand-out order
-        .values_list("worker_id", "checkpoint__name", "status", "owner_id")
+        .values_list(
+            "worker_id",
+            "checkpoint__name",
+            "checkpoint__stored_file_id",
+            "checkpoint__sha256",
+            "checkpoint__recipe__recipe_hash",
+            "status",
+            "owner_id",
+            "params",
+            "mode",
+        )
     )
-    for worker_id, checkpoint, status, owner_id in rows:
-        held[worker_id].append(checkpoint)
+    for (
+        worker_id,
+        name,
+        stored_file_id,
+        sha256,
+        recipe_hash,
+        status,
+        owner_id,
+        params,
+        mode,
+    ) in rows:
+        held[worker_id].append(checkpoint_key(name, stored_file_id, sha256, recipe_hash))
+        keys[worker_id].append(batch_key({**params, "mode": mode}))
         if status == Job.Status.QUEUED:
             unstarted_owners[worker_id].append(str(owner_id))
     views = []
     for worker_id, beat in sorted(beats.items()):
         inventory = beat.get("inventory")
+        disk, rate = worker_disk(beat)
         views.append(
             WorkerView(
                 worker_id=worker_id,
@@ -100,6 +125,10 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
                 else None,
                 pending=tuple(held[worker_id]),
                 waiting_owners=tuple(unstarted_owners[worker_id]),
+                disk=disk,
+                download_bytes_per_s=rate,
+                batch_keys=tuple(keys[worker_id]),
+                batches=not beat.get("draining"),
             )
         )
     return views
@@ -117,7 +146,7 @@ class PassReport:
 
 def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
     views = worker_views(present_heartbeats(client))
-    if not any(v.free_slots for v in views):
+    if not any(v.free_slots or (v.batches and any(v.batch_keys)) for v in views):
         return []
     waiting = waiting_jobs(limit=SCHEDULING_WINDOW).jobs
     if not waiting:
@@ -128,12 +157,14 @@ def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
     made = []
     for assignment in plan:
         job = jobs.get(uuid.UUID(assignment.job_id))
-        if job is None or free.get(assignment.worker_id, 0) <= 0:
+        companion = assignment.reason == "batch"  # joins a batch: takes no slot
+        if job is None or (not companion and free.get(assignment.worker_id, 0) <= 0):
             logger.warning("scheduler proposed an impossible assignment %s", assignment)
             continue
         if not job.mark_assigned(assignment.worker_id):
             continue  # cancelled or taken meanwhile
-        free[assignment.worker_id] -= 1
+        if not companion:
+            free[assignment.worker_id] -= 1
         made.append(assignment)
         logger.info(
             "job %s -> %s (%s, attempt %s)",

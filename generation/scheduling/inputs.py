@@ -14,19 +14,28 @@ from django.utils import timezone
 
 from accounts.models import CreditAccount, MembershipTier
 from accounts.tiers import tier_expired
-from generation.models import CatalogEntry, Job
+from generation.models import Job
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
-from generation.scheduling.policy import WaitingJob
+from generation.scheduling.policy import Download, ModelKey, WaitingJob
+from generation.stored_models import StoredModel, StoredModels
+from gpu_worker.batch_key import batch_key
+from gpu_worker.extras_plan import RESAMPLERS
+from gpu_worker.protocol import DEFAULT_DOWNLOAD_BYTES_PER_S, WorkerHeartbeat, stored_model_key
 
 # The fair-share memory: how far back a user's GPU time counts against them. The bench's
 # simulation measured the policy with this window.
 USAGE_WINDOW = timedelta(minutes=10)
 WAITING_FIELDS = (
     "pk", "owner_id", "created_at", "checkpoint_id", "checkpoint__name", "params", "mode",
+    "checkpoint__stored_file_id", "checkpoint__sha256", "checkpoint__size_bytes",
+    "checkpoint__recipe__recipe_hash", "checkpoint__recipe__params",  # a virtual model's
 )  # fmt: skip
 IN_FLIGHT_FIELDS = (
     "owner_id", "status", "worker_id", "params", "mode", "checkpoint_id",
     "created_at", "dispatched_at", "started_at",
+    # what the queue's ETAs need to count a stored checkpoint's download
+    "checkpoint__kind", "checkpoint__name", "checkpoint__sha256", "checkpoint__size_bytes",
+    "checkpoint__stored_file_id", "checkpoint__recipe__recipe_hash", "checkpoint__recipe__params",
 )  # fmt: skip
 
 
@@ -53,6 +62,17 @@ class Waiting(NamedTuple):
     sources: dict[str, Source]  # job id -> where its cost estimate came from
 
 
+def checkpoint_key(
+    name: str, stored_file_id: int | None, sha256: str, recipe_hash: str | None = None
+) -> str:
+    """How the scheduler and heartbeats name a checkpoint: a stored one (fetched by hash) by
+    its hash, since members' names may repeat; a virtual model (no file, computed on the worker)
+    by its recipe hash; a models-folder one by its catalogue name."""
+    if stored_file_id:
+        return stored_model_key(sha256)
+    return stored_model_key(recipe_hash) if recipe_hash else name
+
+
 def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> Waiting:
     """The jobs the scheduler may hand out (queued, held by no worker), oldest first (the first
     `limit`), as the policy sees them. Plain rows, no model instances: a pass over a thousand
@@ -61,39 +81,84 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     query = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
     rows = list(query[:limit] if limit is not None else query)
     weights = tier_weights({row[1] for row in rows})
-    uploads = uploaded_models({row[1] for row in rows})
+    recipes = [row[5]["merge"] for row in rows if row[6] == Job.Mode.MERGE]
+    recipes += [row[11] for row in rows if row[11] and not row[7]]  # virtual checkpoints'
+    stored = StoredModels({row[1] for row in rows}, recipes)
     waiting = Waiting([], {})
-    for job_id, owner_id, created_at, checkpoint_id, checkpoint, params, mode in rows:
+    for row in rows:
+        job_id, owner_id, created_at, checkpoint_id, name, params, mode, *file = row
+        stored_file_id, sha256, size, recipe_hash, recipe = file
+        virtual = recipe_hash if recipe and not stored_file_id else None
+        key = checkpoint_key(name, stored_file_id, sha256, virtual)
         speed = speeds(checkpoint_id, params)
         loras = frozenset(params.get("loras") or ())
-        fetchable = {
-            (kind, name)
-            for kind, name in [("checkpoint", checkpoint), *(("lora", n) for n in loras)]
-            if (owner_id, kind, name) in uploads
-        }
+        fetchable: set[ModelKey] = set()
+        downloads: list[Download] = []
+        stored_checkpoint = None
+        if stored_file_id:
+            stored_checkpoint = Download(sha256, size)
+            downloads.append(stored_checkpoint)
+        elif virtual:  # computed on the worker from its inputs: those are what it fetches
+            stored_checkpoint = Download(virtual, size)
+            downloads += downloads_of(stored.inputs_of(recipe, part_of=virtual))
+        if stored_checkpoint is not None:
+            fetchable.add(("checkpoint", key))
+        if mode == Job.Mode.MERGE:  # its inputs are read from disk, not loaded
+            downloads += downloads_of(stored.inputs_of(params["merge"]))
+        named = [("lora", n) for n in loras] + (
+            [("vae", params["vae"])] if params.get("vae") else []
+        )
+        for kind, model_name in named:
+            if (model := stored.find(owner_id, kind, model_name)) is not None:
+                fetchable.add((kind, model_name))
+                downloads.append(Download(model.sha256, model.size_bytes))
+        upscalers = extras_models(params) if mode == Job.Mode.EXTRAS else face_model(params)
         waiting.jobs.append(
             WaitingJob(
                 job_id=str(job_id),
                 user_id=str(owner_id),
                 weight=weights[owner_id],
                 submitted_at=created_at.timestamp(),  # a returned job keeps its first place
-                checkpoint=checkpoint,
+                checkpoint="" if mode == Job.Mode.EXTRAS else key,
                 loras=loras,
                 controlnets=frozenset(u["model"] for u in params.get("controlnet") or ()),
                 cost=speed.duration({**params, "mode": mode}),
                 fetchable=frozenset(fetchable),
+                downloads=tuple(downloads),
+                stored_checkpoint=stored_checkpoint,
+                other_models=upscalers,
+                batch_key=batch_key({**params, "mode": mode}, has_uploads=bool(fetchable)),
             )
         )
         waiting.sources[str(job_id)] = speed.source
     return waiting
 
 
-def uploaded_models(owner_ids: Iterable[int]) -> set[tuple[int, str, str]]:
-    """(owner, kind, name) of the owners' uploads, which workers fetch when they lack them."""
-    rows = CatalogEntry.objects.filter(owner_id__in=owner_ids).filter(
-        Q(stored_file__isnull=False) | Q(recipe__isnull=False)  # virtual: computed there
-    )
-    return set(rows.values_list("owner_id", "kind", "name"))
+def downloads_of(models: Iterable[StoredModel]) -> list[Download]:
+    """Stored models as the policy counts their fetch time."""
+    return [Download(m.sha256, m.size_bytes, m.part_of) for m in models]
+
+
+def worker_disk(beat: WorkerHeartbeat) -> tuple[frozenset[str], float]:
+    """A worker's download cache (sha256s) and fetch rate, from its heartbeat."""
+    rate = float(beat.get("download_bytes_per_s") or DEFAULT_DOWNLOAD_BYTES_PER_S)
+    return frozenset(beat.get("disk_models") or ()), rate
+
+
+def extras_models(params: dict) -> frozenset[ModelKey]:
+    """The upscaler models an extras job runs (a resampler needs none)."""
+    extras = params.get("extras") or {}
+    names = {extras.get("upscaler_1"), extras.get("upscaler_2")} - {None, *RESAMPLERS}
+    needed = {("upscaler", str(name)) for name in names}
+    if extras.get("face_restorer"):
+        needed.add(("face_restorer", str(extras["face_restorer"])))
+    return frozenset(needed)
+
+
+def face_model(params: dict) -> frozenset[ModelKey]:
+    """restore_faces: the face-restoration model the job runs."""
+    name = params.get("face_restorer") if params.get("restore_faces") else None
+    return frozenset({("face_restorer", str(name))}) if name else frozenset()
 
 
 def in_flight_jobs() -> list[Job]:
@@ -101,7 +166,10 @@ def in_flight_jobs() -> list[Job]:
     out (the in-flight part of `recent_usage`, and what the queue ETAs start from)."""
     held = Q(status=Job.Status.RUNNING) | Q(status=Job.Status.QUEUED, worker_id__gt="")
     return list(
-        Job.objects.filter(held).order_by("dispatched_at", "created_at").only(*IN_FLIGHT_FIELDS)
+        Job.objects.filter(held)
+        .select_related("checkpoint__recipe")
+        .order_by("dispatched_at", "created_at")
+        .only(*IN_FLIGHT_FIELDS)
     )
 
 

@@ -18,10 +18,14 @@ the slot, so keeping the order never idles a GPU nor pushes a user past the wind
 
 Model affinity. Within the window the pass picks the (job, worker) pair that loads least: the
 checkpoint hot on the worker (after the jobs already pending there), then warm in its RAM, then
-a load; ties go to an idle worker, then to one that has the job's ControlNets loaded (a smaller
-load than a checkpoint, but a load), then to the neediest user. A worker only gets a job whose
-checkpoint, LoRAs and ControlNets are in its inventory, each of its kind (a LoRA named like a
-checkpoint is not that checkpoint), or fetchable (a member's upload).
+on its disk (a load), then one it must first download from the platform's store (a fetch);
+within a tier, the fewest seconds of downloads (the job's stored models missing from the
+worker's disk cache, at that worker's rate), then an idle worker, then one that has the job's
+ControlNets loaded (a smaller load than a checkpoint, but a load), then the neediest user. A
+worker only gets a job whose checkpoint, LoRAs and ControlNets are in its inventory, each of its
+kind (a LoRA named like a checkpoint is not that checkpoint), or fetchable (in the model store:
+members' and staff uploads, keyed by hash since members' names may repeat; a virtual model,
+keyed by its recipe hash, computed from its inputs on the worker).
 
 Demand-aware loading. A job whose checkpoint is hot on a working worker waits for that holder's
 next free slot (at most its running and its waiting job) instead of loading a copy elsewhere,
@@ -31,6 +35,12 @@ is needed, the pass loads the checkpoint with the most waiting work per holder, 
 worker whose evicted model has the least waiting work per holder (none if it has room). Popular
 models spread over workers and stay hot; SwarmUI and InvokeAI load whatever the next job needs
 on whichever GPU is free, which thrashes when jobs alternate between models.
+
+Batch companions. Once no free slot can be filled, a waiting job whose batch key
+(gpu_worker.batch_key) equals that of a job running or assigned on a worker goes there too,
+up to MAX_BATCH_JOBS of that key: the worker denoises them in one UNet batch
+(gpu_worker.batching). Companions are handed out in fair order, one user's oldest job at a
+time, and only to a full worker, so below capacity every job still gets a worker to itself.
 
 Ageing and its bound. A job that has waited longer than `max_wait_s` goes before every job that
 has not, oldest first, to the best free worker that has its model (no deferral). From then on
@@ -44,13 +54,16 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-Reason = Literal["hot", "warm", "load", "aged"]
-HOT, WARM, LOAD = 0, 1, 2
-_REASONS: tuple[Reason, Reason, Reason] = ("hot", "warm", "load")
+from gpu_worker.batch_key import MAX_BATCH_JOBS
+from gpu_worker.protocol import DEFAULT_DOWNLOAD_BYTES_PER_S, STORED_KEY_PREFIX
+
+Reason = Literal["hot", "warm", "load", "fetch", "aged", "batch"]
+HOT, WARM, LOAD, FETCH = 0, 1, 2, 3
+_REASONS: tuple[Reason, Reason, Reason, Reason] = ("hot", "warm", "load", "fetch")
 MIN_WEIGHT = 1e-6  # a weight of 0 would divide by zero: it means "last", not "never"
 # A model as workers hold and fetch it: (kind, name). Names are unique only within a kind.
 ModelKey = tuple[str, str]
@@ -61,23 +74,51 @@ DEFAULT_DEFER_LOAD_S = 20.0
 
 
 @dataclass(frozen=True)
+class Download:
+    """A file in the platform's model store that a job needs: a worker without it fetches it."""
+
+    sha256: str
+    size_bytes: int
+    # An input of a virtual model (its recipe hash): not needed where that model is computed
+    part_of: str = ""
+
+
+def download_seconds(
+    downloads: Iterable[Download], on_disk: Collection[str], bytes_per_s: float
+) -> float:
+    """Seconds to fetch what is not on a worker's disk yet, at its download rate."""
+    missing = {
+        d.sha256: d.size_bytes
+        for d in downloads
+        if d.sha256 not in on_disk and not (d.part_of and d.part_of in on_disk)
+    }
+    return sum(missing.values()) / max(bytes_per_s, 1.0)
+
+
+@dataclass(frozen=True)
 class WaitingJob:
     job_id: str
     user_id: str
     weight: float  # the owner's tier priority weight (> 0; bigger = larger share)
     submitted_at: float  # seconds, caller's clock; a job returned by a dead worker keeps its own
-    checkpoint: str  # catalogue name
+    checkpoint: str  # catalogue name, or gpu_worker.protocol.stored_model_key(sha256) if stored
     loras: frozenset[str] = frozenset()
     controlnets: frozenset[str] = frozenset()  # catalogue names of its ControlNet units' models
     cost: float = 1.0  # estimated GPU seconds of the job
-    fetchable: frozenset[ModelKey] = frozenset()  # members' uploads: any worker fetches them
+    fetchable: frozenset[ModelKey] = frozenset()  # stored models: any worker fetches them
+    downloads: tuple[Download, ...] = ()  # their files (and a stored VAE's), for fetch times
+    # the checkpoint's file, if from the store (a virtual model: computed under its recipe hash)
+    stored_checkpoint: Download | None = None
+    other_models: frozenset[ModelKey] = frozenset()  # e.g. an extras job's upscalers
+    batch_key: str | None = None  # gpu_worker.batch_key: None runs alone
 
     def needs(self) -> frozenset[ModelKey]:
         """The models a worker must hold (or fetch) to run it."""
         return frozenset(
-            {("checkpoint", self.checkpoint)}
+            ({("checkpoint", self.checkpoint)} if self.checkpoint else set())
             | {("lora", name) for name in self.loras}
             | {("controlnet", name) for name in self.controlnets}
+            | self.other_models
         )
 
 
@@ -92,6 +133,10 @@ class WorkerView:
     inventory: frozenset[ModelKey] | None = None  # models on its disk; None = unknown
     pending: tuple[str, ...] = ()  # checkpoints of jobs already running/assigned there, in order
     waiting_owners: tuple[str, ...] = ()  # owners of its assigned jobs that have not started
+    disk: frozenset[str] = frozenset()  # sha256s in its download cache (heartbeat disk_models)
+    download_bytes_per_s: float = DEFAULT_DOWNLOAD_BYTES_PER_S
+    batch_keys: tuple[str | None, ...] = ()  # batch keys of its running and assigned jobs
+    batches: bool = True  # takes batch companions (not while draining)
 
 
 @dataclass(frozen=True)
@@ -121,9 +166,16 @@ class _Worker:
         self.hot: list[str] = list(view.hot)[: self.capacity]
         self.warm: list[str] = [c for c in view.warm if c not in self.hot]
         self.queued = len(view.pending)  # jobs that start before a new one here
+        self.keys: dict[str, int] = {}
+        for key in view.batch_keys:
+            if key is not None:
+                self.keys[key] = self.keys.get(key, 0) + 1
         self.controlnets = set(view.controlnets)  # and those the pass's jobs will load here
+        self.disk: set[str] = set(view.disk)  # grows with what the pass's jobs fetch here
         for checkpoint in view.pending:
             self.touch(checkpoint)
+            if checkpoint.startswith(STORED_KEY_PREFIX):  # fetched for that job by now
+                self.disk.add(checkpoint.removeprefix(STORED_KEY_PREFIX))
 
     @property
     def id(self) -> str:
@@ -137,10 +189,27 @@ class _Worker:
         inventory = self.view.inventory
         return inventory is None or job.needs() - job.fetchable <= inventory
 
-    def affinity(self, checkpoint: str) -> int:
-        if checkpoint in self.hot:
+    def batch_room(self, key: str | None) -> int:
+        """Companions of batch key `key` it may still take (none unless it holds that key)."""
+        held = self.keys.get(key, 0) if key is not None and self.view.batches else 0
+        return MAX_BATCH_JOBS - held if held else 0
+
+    def affinity(self, job: WaitingJob) -> int:
+        """Where `job`'s checkpoint is here: on the device, in RAM, on disk, or to download."""
+        if not job.checkpoint or job.checkpoint in self.hot:  # none to load: any worker is hot
             return HOT
-        return WARM if checkpoint in self.warm else LOAD
+        if job.checkpoint in self.warm:
+            return WARM
+        stored = job.stored_checkpoint
+        return FETCH if stored is not None and stored.sha256 not in self.disk else LOAD
+
+    def download_s(self, job: WaitingJob) -> float:
+        if not job.downloads:
+            return 0.0
+        held = set(self.disk)
+        if job.stored_checkpoint is not None and job.checkpoint in (*self.hot, *self.warm):
+            held.add(job.stored_checkpoint.sha256)  # in memory: nothing to fetch
+        return download_seconds(job.downloads, held, self.view.download_bytes_per_s)
 
     def controlnets_held(self, job: WaitingJob) -> int:
         """How many of the job's ControlNets this worker has loaded (each one a load saved)."""
@@ -150,8 +219,16 @@ class _Worker:
         """The checkpoint a load would push off the device (least recently used), if any."""
         return self.hot[-1] if len(self.hot) >= self.capacity else None
 
+    def fetched(self, job: WaitingJob) -> None:
+        """`job` runs here: what it downloads is on this worker's disk for the next ones."""
+        self.disk.update(d.sha256 for d in job.downloads)
+        if job.stored_checkpoint is not None:  # a virtual model is computed into it
+            self.disk.add(job.stored_checkpoint.sha256)
+
     def touch(self, checkpoint: str) -> None:
         """Run a job of `checkpoint` here: it becomes hottest, the LRU one drops to RAM."""
+        if not checkpoint:
+            return
         if checkpoint in self.hot:
             self.hot.remove(checkpoint)
         elif checkpoint in self.warm:
@@ -229,7 +306,7 @@ class _Pass:
             return able
         # A user's later jobs wait behind this one: an idle worker takes it rather than idle.
         blocking = len(self.queues[job.user_id]) > 1
-        return [w for w in able if w.affinity(job.checkpoint) == HOT or (blocking and not w.busy)]
+        return [w for w in able if w.affinity(job) == HOT or (blocking and not w.busy)]
 
     def in_order(self, job: WaitingJob, worker: _Worker) -> bool:
         """False if `job` could start on `worker` before its owner's older job waiting
@@ -250,8 +327,19 @@ class _Pass:
             self.pins.setdefault(job.user_id, worker.id)
         worker.slots -= 1
         worker.queued += 1
+        worker.fetched(job)
         worker.touch(job.checkpoint)
         worker.controlnets |= job.controlnets
+        if job.batch_key is not None:
+            worker.keys[job.batch_key] = worker.keys.get(job.batch_key, 0) + 1
+
+    def join(self, job: WaitingJob, worker: _Worker) -> None:
+        """Hand `job` to `worker` as a companion of its jobs of the same batch key."""
+        assert job.batch_key is not None and self.queues[job.user_id][0] is job
+        self.queues[job.user_id].popleft()
+        self.service[job.user_id] += job.cost
+        self.demand[job.checkpoint] -= job.cost
+        worker.keys[job.batch_key] = worker.keys.get(job.batch_key, 0) + 1
 
 
 def _user_queues(waiting: Iterable[WaitingJob]) -> dict[str, deque[WaitingJob]]:
@@ -290,7 +378,21 @@ class FairScheduler:
             job, worker, reason = pick
             state.assign(job, worker)
             assignments.append(Assignment(job.job_id, worker.id, reason))
+        while (companion := self._companion(state)) is not None:
+            job, worker = companion
+            state.join(job, worker)
+            assignments.append(Assignment(job.job_id, worker.id, "batch"))
         return assignments
+
+    @staticmethod
+    def _companion(state: _Pass) -> tuple[WaitingJob, _Worker] | None:
+        """The neediest user's oldest job that can join a batch of its key on some worker (the
+        worker holding most of that key first: a bigger batch)."""
+        for job in sorted(state.heads(), key=state.fair_key):
+            able = [w for w in state.workers if w.batch_room(job.batch_key) > 0 and w.has(job)]
+            if able:
+                return job, min(able, key=lambda w: (-w.keys[job.batch_key or ""], w.id))
+        return None
 
     def fair_order(
         self, waiting: Sequence[WaitingJob], *, now: float, usage: Mapping[str, float]
@@ -348,24 +450,26 @@ class FairScheduler:
         if best is None:
             return None
         _key, job, worker = best
-        return job, worker, _REASONS[worker.affinity(job.checkpoint)]
+        return job, worker, _REASONS[worker.affinity(job)]
 
     @staticmethod
     def _pair_key(state: _Pass, job: WaitingJob, worker: _Worker, rank: int) -> tuple:
-        """Smaller is better: the least loading first; among hot or warm pairs an idle worker,
-        then one holding the job's ControlNets, then the neediest user; among loads the most
-        wanted model, on the least useful worker, preferring one holding the ControlNets."""
-        affinity = worker.affinity(job.checkpoint)
+        """Smaller is better: the least loading first (hot, warm, on disk, to fetch), then the
+        fewest seconds of downloads; among hot or warm pairs an idle worker, then one holding
+        the job's ControlNets, then the neediest user; among loads the most wanted model, on the
+        least useful worker, preferring one holding the ControlNets."""
+        affinity = worker.affinity(job)
         controlnets = -worker.controlnets_held(job)
-        if affinity == LOAD:
+        if affinity >= LOAD:
             unmet = state.unmet_demand(job.checkpoint)
             detail: tuple = (-unmet, rank, *state.eviction_cost(worker), controlnets, worker.busy)
         else:
             detail = (worker.busy, controlnets, rank, -len(job.loras & set(worker.hot)))
-        return (affinity, *detail, worker.id)
+        return (affinity, round(worker.download_s(job), 1), *detail, worker.id)
 
     @staticmethod
     def _aged_key(state: _Pass, job: WaitingJob, worker: _Worker) -> tuple:
-        affinity = worker.affinity(job.checkpoint)
-        cost = state.eviction_cost(worker) if affinity == LOAD else (0.0, 0)
-        return (affinity, worker.busy, *cost, -worker.controlnets_held(job), worker.id)
+        affinity = worker.affinity(job)
+        cost = state.eviction_cost(worker) if affinity >= LOAD else (0.0, 0)
+        download = round(worker.download_s(job), 1)
+        return (affinity, download, worker.busy, *cost, -worker.controlnets_held(job), worker.id)

@@ -151,6 +151,7 @@
       seed_resize_from_w: intField("seed_resize_from_w"),
       seed_resize_from_h: intField("seed_resize_from_h"),
       tiling: fields.tiling.checked,
+      restore_faces: fields.restore_faces.checked,
       styles: selectedStyles(fields.styles.value),
       mode: initImage ? "img2img" : "txt2img",
       hires: null
@@ -191,6 +192,7 @@
       "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"]
       .forEach(function (name) { setField(name, params[name]); });
     fields.tiling.checked = !!params.tiling;
+    fields.restore_faces.checked = !!params.restore_faces;
     setField("vae", params.vae || "");
     setField("seed", seed !== undefined && seed !== null ? seed : params.seed);
     var hires = params.hires;

@@ -31,10 +31,12 @@
   }
 
   function create(file, name) {
+    var platform = form.querySelector("input[name=platform]");
+    var metadata = "name " + b64(name) + (platform && platform.checked ? ",platform " + b64("1") : "");
     return fetch(endpoint, {
       method: "POST",
       credentials: "same-origin",
-      headers: headers({ "Upload-Length": String(file.size), "Upload-Metadata": "name " + b64(name) }),
+      headers: headers({ "Upload-Length": String(file.size), "Upload-Metadata": metadata }),
     }).then(function (response) {
       if (response.status !== 201) return detail(response).then(function (d) { throw new Error(d); });
       return response.headers.get("Location");

@@ -38,6 +38,10 @@
     link(".viewer-detail", d.viewerDetail);
     link(".viewer-download", d.viewerSrc).setAttribute("download", d.viewerDownload || "atelier.png");
     dialog.querySelector(".viewer-delete").hidden = !d.viewerDelete;
+    var upscale = dialog.querySelector(".viewer-upscale"); // the card's Upscale (upscale.js)
+    upscale.textContent = "";
+    var button = card.querySelector("a.upscale-open");
+    if (button) upscale.appendChild(button.cloneNode(true));
     var slot = dialog.querySelector(".viewer-publish");
     slot.textContent = "";
     var controls = card.querySelector(".publish-controls");

@@ -2,8 +2,9 @@
 
 Run with the drill's environment (its own SQLite file, models folder and Redis), like any management
 command: `setup` makes the users, their credits and the catalogue (and lets the default tier run the
-long job of the outage drill); `submit` submits jobs through the real service (the scheduling pass
-runs after each commit, as in the web) and prints their ids as JSON.
+long job of the outage drill); `dataset` makes a user a small training dataset and prints its id;
+`submit` submits jobs through the real service (the scheduling pass runs after each commit, as in
+the web) and prints their ids as JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +33,22 @@ def main(argv: list[str]) -> int:
             ledger.credit(user, 10_000, "grant", reason="drills", key=f"drills:{name}")
         sync_catalogue(include_workers=False)
         MembershipTier.objects.filter(is_default=True).update(max_steps=800)  # LONG_JOB
+        return 0
+    if command == "dataset":  # a training dataset of four 32x32 squares for a user; its id
+        import io
+
+        from PIL import Image
+
+        from generation.training_datasets import create_dataset
+
+        files = []
+        for i, color in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):
+            out = io.BytesIO()
+            Image.new("RGB", (32, 32), color).save(out, "PNG")
+            files += [(f"{i}.png", io.BytesIO(out.getvalue()))]
+            files += [(f"{i}.txt", io.BytesIO(f"a square, color {i}".encode()))]
+        user = User.objects.get(username=rest[0])
+        print(create_dataset(user, "squares", "sqz", files).pk)
         return 0
     if command == "submit":  # a JSON list of [username, count, params]
         ids = []

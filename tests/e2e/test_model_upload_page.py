@@ -51,7 +51,35 @@ def test_alice_uploads_a_model_and_watches_its_progress(alice, live_server, sett
         progress = [s for s in statuses if "MiB/s" in s]
         assert len(progress) > 3, statuses
         assert "/ 0.2 MiB" in progress[-1] and "s left" in progress[0]
-        page.wait_for_selector("td:text('ink')", timeout=10000)  # the page reloads with it
+        page.wait_for_selector("td a:text-is('ink')", timeout=10000)  # the page reloads with it
         browser.close()
     entry = CatalogEntry.objects.get(owner=alice)
     assert (entry.name, entry.kind, entry.family) == ("ink", "embedding", "sd1")
+
+
+def test_staff_upload_a_platform_model_from_the_same_page(carol, live_server, settings, tmp_path):
+    settings.MODEL_STORE_DIR = tmp_path / "store"
+    model = tmp_path / "house.safetensors"
+    model.write_bytes(safetensors_bytes({"emb_params": ("F32", [2, 768])}))
+    session = Client()
+    session.force_login(carol)
+    session_id = session.cookies["sessionid"].value
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        context = browser.new_context()
+        context.add_cookies([{"name": "sessionid", "value": session_id, "url": live_server.url}])
+        page = context.new_page()
+        page.goto(f"{live_server.url}/models/mine/")
+        page.set_input_files("#id_model_file", str(model))
+        page.fill("#id_model_name", "house-words")
+        page.check("#id_model_platform")
+        page.click("#model-upload button[type=submit]")
+        page.wait_for_function(
+            "document.getElementById('model-upload-status').textContent.startsWith('Uploaded')",
+            timeout=30000,
+        )
+        browser.close()
+    entry = CatalogEntry.objects.get(name="house-words")
+    assert entry.owner is None and entry.stored_file is not None and entry.kind == "embedding"

@@ -73,7 +73,7 @@ def test_the_download_is_the_stored_png_with_its_parameters_chunk(alice, alices_
     from gpu_worker.infotext import read_infotext
 
     response = client_for(None).get(reverse("gallery:download", args=[alices_public.pk]))
-    body = b"".join(response.streaming_content)
+    body = response.getvalue()
     assert response["Content-Type"] == "image/png"
     assert 'attachment; filename="atelier-' in response["Content-Disposition"]
     assert response["Cache-Control"] == "private, max-age=300"

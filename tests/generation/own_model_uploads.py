@@ -9,8 +9,12 @@ TUS = {"HTTP_TUS_RESUMABLE": "1.0.0"}
 UPLOADS = "/api/v1/own-models/uploads/"
 
 
-def start_upload(client: Any, length: int, name: str) -> Any:
-    metadata = "name " + base64.b64encode(name.encode()).decode()
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def start_upload(client: Any, length: int, name: str, **more: str) -> Any:
+    metadata = ",".join(f"{key} {_b64(value)}" for key, value in {"name": name, **more}.items())
     return client.post(
         UPLOADS, HTTP_UPLOAD_LENGTH=str(length), HTTP_UPLOAD_METADATA=metadata, **TUS
     )
@@ -26,9 +30,10 @@ def send_chunk(client: Any, location: str, offset: int, chunk: bytes) -> Any:
     )
 
 
-def upload(client: Any, data: bytes, name: str, chunk: int = 64) -> Any:
-    """The whole file in chunks; returns the last response (or the refused creation)."""
-    created = start_upload(client, len(data), name)
+def upload(client: Any, data: bytes, name: str, chunk: int = 64, **more: str) -> Any:
+    """The whole file in chunks; returns the last response (or the refused creation). `more`:
+    further Upload-Metadata (staff: platform="1")."""
+    created = start_upload(client, len(data), name, **more)
     if created.status_code != 201:
         return created
     location = created["Location"]

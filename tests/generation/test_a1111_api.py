@@ -134,7 +134,7 @@ async def test_the_other_listings_have_a1111s_shapes(alice, catalogue):
     ]
     assert (await get(client, "embeddings")).json() == {"loaded": {}, "skipped": {}}
     upscalers = (await get(client, "upscalers")).json()
-    assert [u["name"] for u in upscalers] == ["None", "Lanczos"]
+    assert [u["name"] for u in upscalers] == ["None", "Lanczos", "Nearest"]
     assert set(upscalers[0]) == {"name", "model_name", "model_path", "model_url", "scale"}
     modes = (await get(client, "latent-upscale-modes")).json()
     assert modes[0] == {"name": "Latent"} and len(modes) == 6

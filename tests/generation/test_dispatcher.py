@@ -58,7 +58,11 @@ def test_a_worker_holds_at_most_one_job_beyond_the_one_it_runs(
     alice, bob, carol, catalogue, broker, redis_client, django_capture_on_commit_callbacks
 ):
     beat(redis_client, "gpu-1", hot=["model-a"])
-    jobs = [submit(user, django_capture_on_commit_callbacks) for user in (alice, bob, carol)]
+    # three sizes: no two of them may share a UNet batch (see the next test)
+    jobs = [
+        submit(user, django_capture_on_commit_callbacks, width=width)
+        for user, width in ((alice, 64), (bob, 72), (carol, 80))
+    ]
     assigned = [job for job in jobs if job.worker_id == "gpu-1"]
     assert len(assigned) == 2 and len(queued_on(redis_client, "gpu-1")) == 2
     [left] = [job for job in jobs if not job.worker_id]
@@ -71,6 +75,17 @@ def test_a_worker_holds_at_most_one_job_beyond_the_one_it_runs(
         schedule_pending()
     left.refresh_from_db()
     assert left.worker_id == "gpu-1"
+
+
+def test_a_full_worker_also_gets_jobs_that_can_join_its_batch(
+    alice, bob, carol, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    beat(redis_client, "gpu-1", hot=["model-a"])
+    jobs = [submit(user, django_capture_on_commit_callbacks) for user in (alice, bob, carol)]
+    assert [job.worker_id for job in jobs] == ["gpu-1"] * 3
+    assert len(queued_on(redis_client, "gpu-1")) == 3
+    other = submit(alice, django_capture_on_commit_callbacks, width=72)  # another batch key
+    assert other.worker_id == ""
 
 
 def test_a_worker_never_gets_a_model_it_does_not_have_on_disk(

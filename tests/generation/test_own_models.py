@@ -204,3 +204,25 @@ def test_alices_uploaded_embedding_counts_as_its_vectors_in_her_token_counter(al
         "/api/v1/tokens/", {"prompt": "ink, cat", "negative_prompt": ""}, format="json"
     )
     assert response.json()["prompt"]["tokens"] == 4 + 2  # 4 vectors, ",", "cat"
+
+
+def test_bob_naming_alices_checkpoint_anywhere_gets_the_error_of_a_name_nobody_has(
+    alice_api, bob, bob_api, client, catalogue
+):
+    assert upload(alice_api, sd1_checkpoint(), "alice-ckpt").status_code == 200
+    authorization = {"HTTP_AUTHORIZATION": f"Bearer {token_for(bob)}"}
+
+    def answers(name: str) -> list[tuple[int, str]]:
+        default = bob_api.post("/api/v1/settings/default-model/", {"checkpoint": name})
+        options = client.post(
+            "/sdapi/v1/options",
+            {"sd_model_checkpoint": name},
+            content_type="application/json",
+            **authorization,
+        )
+        quote = bob_api.post("/api/v1/jobs/quote/", {**SMALL, "checkpoint": name})
+        replies = (default, options, quote)
+        return [(r.status_code, r.content.decode().replace(name, "?")) for r in replies]
+
+    assert answers("alice-ckpt") == answers("nobody-ckpt")
+    assert all(status >= 400 for status, _body in answers("alice-ckpt"))

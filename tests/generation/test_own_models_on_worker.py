@@ -19,6 +19,7 @@ import pytest
 
 from generation.models import CatalogEntry, Job, ModelFile
 from gpu_worker.model_downloads import DownloadCache
+from gpu_worker.protocol import stored_model_key
 from tests.generation.a1111_support import token_for
 from tests.generation.conftest import api_client, wait_for
 from tests.generation.own_model_uploads import upload
@@ -135,8 +136,13 @@ def test_alices_uploads_run_on_an_empty_worker_and_stay_hers(
     assert set(downloads.shas()) == {mine["checkpoint"].sha256, mine["lora"].sha256}
     assert not any((empty_worker.engine.models_dir).rglob("*.safetensors"))
     beat = empty_worker.heartbeat_snapshot()
-    assert beat["loaded_models"] == ["alice-ckpt"]  # named, so the scheduler sees it is hot
+    # by hash, as the scheduler keys jobs on uploads (members' names may repeat)
+    assert beat["loaded_models"] == [stored_model_key(mine["checkpoint"].sha256)]
     assert set(beat["disk_models"]) == set(downloads.shas())
+    assert beat["download_bytes_per_s"] > 0
+    # The operations page's "unload" names it the same way.
+    assert empty_worker.unload(stored_model_key(mine["checkpoint"].sha256)) == 1
+    assert empty_worker.heartbeat_snapshot()["loaded_models"] == []
 
     # bob: not listed, and refused exactly like a name that does not exist
     assert "alice-ckpt" not in str(bob_api.get("/api/v1/models/").json())

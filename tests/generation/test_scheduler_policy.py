@@ -8,6 +8,7 @@ import random
 import pytest
 
 from generation.scheduling.policy import (
+    Download,
     FairScheduler,
     ModelKey,
     WaitingJob,
@@ -221,6 +222,65 @@ def test_a_free_worker_prefers_its_hot_model_then_a_warm_one_then_a_load():
         picks.append((assignment.job_id, assignment.reason))
         waiting = [j for j in waiting if j.job_id != assignment.job_id]
     assert picks == [("x", "hot"), ("y", "warm"), ("z", "load")]
+
+
+GiB = 2**30
+UPLOAD = Download("a" * 64, 2 * GiB)  # a member's 2 GiB checkpoint in the model store
+UPLOAD_KEY = f"sha256:{UPLOAD.sha256}"
+STYLE = Download("b" * 64, 200 * 2**20)  # her 200 MiB LoRA
+
+
+def stored_job(job_id: str, user: str = "alice", at: float = 0.0, lora: bool = False):
+    """A job on alice's uploaded checkpoint (and LoRA): any worker may fetch them."""
+    fetchable = {("checkpoint", UPLOAD_KEY)} | ({("lora", "style")} if lora else set())
+    return job(
+        job_id, user, at, UPLOAD_KEY, loras=frozenset({"style"} if lora else ()),
+        fetchable=frozenset(fetchable), downloads=(UPLOAD, STYLE) if lora else (UPLOAD,),
+        stored_checkpoint=UPLOAD,
+    )  # fmt: skip
+
+
+def test_an_uploaded_model_goes_hot_then_warm_then_on_disk_then_to_a_worker_that_must_fetch_it():
+    tiers = {
+        "hot": worker("gpu-1", free=1, hot=(UPLOAD_KEY,), disk=frozenset({UPLOAD.sha256})),
+        "warm": worker("gpu-2", free=1, warm=(UPLOAD_KEY,), disk=frozenset({UPLOAD.sha256})),
+        "load": worker("gpu-3", free=1, disk=frozenset({UPLOAD.sha256})),
+        "fetch": worker("gpu-4", free=1),
+    }
+    workers = list(tiers.values())
+    picks = []
+    for _ in range(4):
+        [assignment] = FairScheduler().plan([stored_job("j")], workers, now=1.0, usage={})
+        picks.append((assignment.worker_id, assignment.reason))
+        workers = [w for w in workers if w.worker_id != assignment.worker_id]
+    assert picks == [(w.worker_id, reason) for reason, w in tiers.items()]
+
+
+def test_between_two_workers_that_must_fetch_the_faster_download_wins():
+    slow = worker("gpu-1", download_bytes_per_s=20 * 2**20)
+    fast = worker("gpu-2", download_bytes_per_s=200 * 2**20)
+    [assignment] = FairScheduler().plan([stored_job("j")], [slow, fast], now=1.0, usage={})
+    assert (assignment.worker_id, assignment.reason) == ("gpu-2", "fetch")
+
+
+def test_with_the_checkpoint_hot_on_both_the_worker_holding_the_lora_file_wins():
+    holds = frozenset({UPLOAD.sha256})
+    lacking = worker("gpu-1", hot=(UPLOAD_KEY,), disk=holds)
+    having = worker("gpu-2", hot=(UPLOAD_KEY,), disk=holds | {STYLE.sha256})
+    [assignment] = FairScheduler().plan(
+        [stored_job("j", lora=True)], [lacking, having], now=1.0, usage={}
+    )
+    assert assignment.worker_id == "gpu-2"
+
+
+def test_a_second_job_on_an_upload_waits_for_the_worker_that_fetched_it_over_a_second_fetch():
+    first, second = stored_job("first", "alice", 0.0), stored_job("second", "bob", 1.0)
+    idle = [worker("gpu-1", free=1), worker("gpu-2", free=1)]
+    plan = FairScheduler().plan([first, second], idle, now=2.0, usage={})
+    assert [(a.job_id, a.reason) for a in plan] == [("first", "fetch")]
+    roomy = [worker("gpu-1", free=2), worker("gpu-2", free=2, hot=("other",))]
+    plan = FairScheduler().plan([first, second], roomy, now=2.0, usage={})
+    assert [(a.worker_id, a.reason) for a in plan] == [("gpu-1", "fetch"), ("gpu-1", "hot")]
 
 
 def test_affinity_never_serves_a_user_past_the_fairness_window():
@@ -442,3 +502,13 @@ def test_a_plan_does_not_depend_on_the_order_of_its_inputs():
     first = FairScheduler().plan(waiting, workers, now=60.0, usage=usage)
     rng.shuffle(waiting)
     assert FairScheduler().plan(waiting, workers[::-1], now=60.0, usage=usage) == first
+
+
+def test_an_upscale_needs_no_checkpoint_only_its_upscaler_and_loads_nothing():
+    upscale = job("up", "alice", checkpoint="", other_models=frozenset({("upscaler", "4x")}))
+    without = worker("gpu-1", hot=("a",), inventory=disk("a"))
+    holding = worker("gpu-2", hot=("b",), inventory=disk("b") | {("upscaler", "4x")})
+    [assignment] = FairScheduler().plan([upscale], [without, holding], now=1.0, usage={})
+    assert assignment.worker_id == "gpu-2"  # the one with the model, its hot checkpoint kept
+    plan = FairScheduler().plan([upscale], [without], now=1.0, usage={})
+    assert plan == []  # nobody has the upscaler: it waits

@@ -44,8 +44,8 @@ def test_an_unknown_or_disabled_upscaler_is_422_naming_the_field(alice_api, upsc
 async def test_the_a1111_api_lists_and_accepts_upscaler_models(alice, upscaler):
     client = await sync_to_async(sdapi_client)(alice)
     listed = (await get(client, "upscalers")).json()
-    assert [u["name"] for u in listed] == ["None", "Lanczos", "4x-demo"]
-    assert listed[2]["model_path"] == "ESRGAN/4x-demo.safetensors"
+    assert [u["name"] for u in listed] == ["None", "Lanczos", "Nearest", "4x-demo"]
+    assert listed[3]["model_path"] == "ESRGAN/4x-demo.safetensors"
 
     def hires_upscaler() -> str:
         body = {"prompt": "x", "enable_hr": True, "hr_upscaler": "4x-demo", "steps": 4}

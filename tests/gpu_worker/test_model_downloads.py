@@ -96,3 +96,11 @@ def test_a_model_larger_than_the_budget_is_refused_and_evict_deletes(server, tmp
     delivery = offer(server, "mine", embedding(2))
     cache.fetch(delivery)
     assert cache.evict(delivery["sha256"]) and cache.shas() == []
+
+
+def test_the_fetch_rate_starts_as_configured_and_follows_real_fetches(tmp_path):
+    cache = DownloadCache(tmp_path, budget_bytes=1 << 30, bytes_per_s=100 * 2**20)
+    cache.measured(1 << 20, 10.0)  # a small fetch is mostly latency: ignored
+    assert cache.bytes_per_s == 100 * 2**20
+    cache.measured(64 * 2**20, 2.0)  # 32 MiB/s measured
+    assert cache.bytes_per_s == (100 + 32) / 2 * 2**20

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0010_merges'),
+        ('generation', '0012_training'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -1,0 +1,154 @@
+"""Cross-user batching: throughput of N compatible jobs in one UNet batch vs the same N run
+one after another, and how far each batched image is from its serial render.
+
+    python bench/bench_batching.py            (CPU, demo model; CUDA when present)
+
+For N in 1, 2, 4, 8: N jobs of different users' prompts, seeds, CFG scales and step counts (same
+checkpoint, size and sampler family, so they share a batch key). Serial: `Engine.run` on each
+in turn. Batched: `BatchRunner.run` with all N taken in at the first step boundary. Each
+figure is the median of BENCH_RUNS rounds (default 5), both measured in the same run. Prints
+throughput batched / serial (goal: > 1, growing with N), by wall time and by this process's
+CPU time (steadier on a shared machine: with one thread it is the time a dedicated core would
+take), and the largest pixel difference (0-255) between a batched image and its serial render
+(the tolerance the tests hold it to).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import base64
+import io
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+SIZE = int(os.environ.get("BENCH_SIZE", "128"))
+SIZES = (1, 2, 4, 8)  # 1: a job alone through the batch runner (no penalty, same pixels)
+PROMPTS = ("a red fox", "a lighthouse at dusk", "a bowl of ramen", "an old map of (Paris:1.2)")
+
+
+def request(index: int) -> Any:
+    from gpu_worker.protocol import GenerationRequest
+
+    return GenerationRequest(
+        job_id=uuid.uuid4().hex,
+        attempt=1,
+        events_group="bench",
+        mode="txt2img",
+        checkpoint="atelier-demo-v1",
+        vae=None,
+        prompt=PROMPTS[index % len(PROMPTS)],
+        negative_prompt="blurry" if index % 2 else "",
+        sampler="Euler a",
+        scheduler="Automatic",
+        steps=10 + index % 3,  # different step counts leave the batch at different steps
+        cfg_scale=(7.0, 5.0, 1.0)[index % 3],  # 1.0: no guidance, positive rows only
+        width=SIZE,
+        height=SIZE,
+        seed=1000 + index,
+        batch_size=1,
+        n_iter=1,
+        clip_skip=1,
+        denoising_strength=0.75,
+        resize_mode=0,
+        hires=None,
+        loras=[],
+    )
+
+
+def pixels(png_b64: str) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(png_b64))).convert("RGB")
+    return np.asarray(image, dtype=np.int16)
+
+
+def main() -> None:
+    import torch
+
+    from gpu_worker.batch_key import batch_key
+    from gpu_worker.batching import BatchJob, BatchRunner
+    from gpu_worker.demo_model import make_demo_models
+    from gpu_worker.engine import Engine, GenerationResult
+    from gpu_worker.model_cache import ModelCache
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tmp = Path(tempfile.mkdtemp(prefix="atelier-bench-"))
+    make_demo_models(tmp / "models")
+    cache = ModelCache(device=device, device_budget_bytes=4 << 30, ram_budget_bytes=4 << 30)
+    engine = Engine(models_dir=tmp / "models", cache=cache, cache_dir=tmp / "cache")
+    runner = BatchRunner(engine, max_images=max(SIZES))
+    engine.run(request(0))  # load and warm up
+
+    def serial(requests: list[Any]) -> tuple[float, float, list[GenerationResult]]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        results = [engine.run(r) for r in requests]
+        return time.perf_counter() - t0, time.process_time() - c0, results
+
+    def batched(requests: list[Any]) -> tuple[float, float, list[Any]]:
+        outcomes: dict[str, Any] = {}
+
+        def done(job: BatchJob, outcome: Any) -> None:
+            outcomes[job.request["job_id"]] = outcome
+
+        jobs = [BatchJob(r, None, done) for r in requests]
+        rest = jobs[1:]
+
+        def take_more(room: int) -> list[BatchJob]:
+            taken = rest[:room]
+            del rest[: len(taken)]
+            return taken
+
+        t0, c0 = time.perf_counter(), time.process_time()
+        runner.run(jobs[0], take_more)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return elapsed, cpu, [outcomes[r["job_id"]] for r in requests]
+
+    print(f"cross-user batching, demo model {SIZE}x{SIZE} on {device}, median of {RUNS}")
+    print(
+        "   N   serial s  batched s  throughput batched/serial  (by CPU time)"
+        "  max pixel diff  peak batch"
+    )
+    worst = 0
+    for n in SIZES:
+        requests = [request(i) for i in range(n)]
+        assert len({batch_key(r) for r in requests}) == 1, "the jobs must share a batch key"
+        walls: tuple[list[float], list[float]] = ([], [])
+        cpus: tuple[list[float], list[float]] = ([], [])
+        diff, peak = 0, 0
+        for _ in range(RUNS):
+            s, cs, serial_results = serial(requests)
+            b, cb, batch_results = batched(requests)
+            for series, value in zip((*walls, *cpus), (s, b, cs, cb), strict=True):
+                series.append(value)
+            for one, many in zip(serial_results, batch_results, strict=True):
+                assert isinstance(many, GenerationResult), many
+                peak = max(peak, int(many.timings.get("batch_jobs", 1)))
+                for a, c in zip(one.images, many.images, strict=True):
+                    diff = max(diff, int(abs(pixels(a["png_b64"]) - pixels(c["png_b64"])).max()))
+        worst = max(worst, diff)
+        best_serial, best_batched = (statistics.median(w) for w in walls)
+        ratio = best_serial / best_batched
+        cpu_ratio = statistics.median(cpus[0]) / statistics.median(cpus[1])
+        print(
+            f"{n:4d} {best_serial:10.3f} {best_batched:10.3f} {ratio:26.2f}x"
+            f" {cpu_ratio:13.2f}x {diff:15d} {peak:11d}"
+        )
+    print(f"largest pixel difference vs serial, any N: {worst} (of 255)")
+
+
+if __name__ == "__main__":
+    main()

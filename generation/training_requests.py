@@ -1,0 +1,152 @@
+"""The `train` block of a training job, validated (called by generation.submission for jobs of
+mode "train"), and the tier's "trainings at once" rule.
+
+Errors are TrainingRequestError (field, message, status), which submission answers exactly as
+its own errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accounts.tiers import tier_of
+from generation.models import CatalogEntry, Job, TrainingDataset
+from generation.own_models import OwnModelError, check_name
+from generation.training_datasets import caption_with_trigger
+from gpu_worker.params import LR_SCHEDULERS, TRAIN_DEFAULTS, TRAIN_FIELDS, TrainImage, TrainParams
+
+TRAINABLE_FAMILIES = ("sd1", "sdxl")
+LIMITS: dict[str, tuple[float, float]] = {
+    "rank": (1, 128),
+    "alpha": (0.01, 1024),
+    "learning_rate": (1e-7, 1.0),
+    "lr_warmup_steps": (0, 100_000),
+    "epochs": (1, 100),
+    "repeats": (1, 100),
+    "batch_size": (1, 16),
+    "resolution": (32, 2048),
+}
+
+
+class TrainingRequestError(Exception):
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.field, self.message, self.status = field, message, status
+
+
+def _number(raw: dict[str, Any], name: str, *, integer: bool) -> Any:
+    field = f"train.{name}"
+    value = raw.get(name, TRAIN_DEFAULTS.get(name))
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TrainingRequestError(field, f"{field} must be {kind}", 400)
+    try:
+        number = float(value)
+        if integer and number != int(number):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise TrainingRequestError(field, f"{field} must be {kind}", 400) from None
+    low, high = LIMITS[name]
+    if not low <= number <= high:  # also refuses NaN
+        raise TrainingRequestError(field, f"{field} must be between {low:g} and {high:g}")
+    return int(number) if integer else number
+
+
+def _flag(raw: dict[str, Any], name: str) -> bool:
+    value = raw.get(name, TRAIN_DEFAULTS[name])
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "on", "1", 1):
+        return True
+    if value in ("false", "off", "0", 0, "", None):
+        return False
+    raise TrainingRequestError(f"train.{name}", f"train.{name} must be true or false", 400)
+
+
+def validate_training(user: Any, raw: Any, checkpoint: CatalogEntry) -> TrainParams:
+    """The job's TrainParams: limits checked, the dataset's images and captions frozen."""
+    if tier_of(user).max_trainings < 1:
+        raise TrainingRequestError("train", "your membership does not include training", 403)
+    if not isinstance(raw, dict):
+        raise TrainingRequestError("train", "train must be an object", 400)
+    unknown = sorted(set(raw) - TRAIN_FIELDS)
+    if unknown:
+        raise TrainingRequestError(
+            f"train.{unknown[0]}",
+            f"unknown field train.{unknown[0]}; the fields are {', '.join(sorted(TRAIN_FIELDS))}",
+            400,
+        )
+    if checkpoint.family not in TRAINABLE_FAMILIES:
+        raise TrainingRequestError(
+            "checkpoint", f"LoRA training needs an SD 1.x or SDXL checkpoint ({checkpoint.label})"
+        )
+    dataset = _dataset(user, raw.get("dataset_id"))
+    rows = list(dataset.images.all())
+    if not rows:
+        raise TrainingRequestError("train.dataset_id", "the dataset has no images")
+    scheduler = raw.get("lr_scheduler", TRAIN_DEFAULTS["lr_scheduler"])
+    if scheduler not in LR_SCHEDULERS:
+        raise TrainingRequestError(
+            "train.lr_scheduler", f"train.lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}"
+        )
+    try:
+        output_name = check_name(user, CatalogEntry.Kind.LORA, raw.get("output_name") or "")
+    except OwnModelError as exc:
+        raise TrainingRequestError(
+            f"train.{exc.field}".replace("train.name", "train.output_name"),
+            exc.message,
+            422 if exc.status == 400 else exc.status,
+        ) from None
+    trigger = str(raw.get("trigger_word", dataset.trigger_word) or "").strip()[:100]
+    resolution = _number(raw, "resolution", integer=True)
+    if resolution % 8:
+        raise TrainingRequestError("train.resolution", "train.resolution must be a multiple of 8")
+    return TrainParams(
+        dataset_id=dataset.pk,
+        output_name=output_name,
+        trigger_word=trigger,
+        rank=_number(raw, "rank", integer=True),
+        alpha=_number(raw, "alpha", integer=False),
+        learning_rate=_number(raw, "learning_rate", integer=False),
+        lr_scheduler=scheduler,
+        lr_warmup_steps=_number(raw, "lr_warmup_steps", integer=True),
+        epochs=_number(raw, "epochs", integer=True),
+        repeats=_number(raw, "repeats", integer=True),
+        batch_size=_number(raw, "batch_size", integer=True),
+        resolution=resolution,
+        train_text_encoder=_flag(raw, "train_text_encoder"),
+        images=[
+            TrainImage(
+                sha256=row.sha256,
+                caption=caption_with_trigger(row.caption, trigger),
+                width=row.width,
+                height=row.height,
+            )
+            for row in rows
+        ],
+    )
+
+
+def _dataset(user: Any, value: Any) -> TrainingDataset:
+    try:
+        pk = int(value)
+    except (TypeError, ValueError):
+        raise TrainingRequestError(
+            "train.dataset_id", "train.dataset_id must be an id", 400
+        ) from None
+    dataset = TrainingDataset.objects.owned_by(user).filter(pk=pk).first()
+    if dataset is None:  # another member's is answered like one that does not exist
+        raise TrainingRequestError("train.dataset_id", "no such dataset", 404)
+    return dataset
+
+
+def check_training_slots(user: Any) -> None:
+    """The tier's trainings at once (call under the submission's per-user lock)."""
+    limit = tier_of(user).max_trainings
+    running = Job.objects.owned_by(user).unfinished().filter(mode=Job.Mode.TRAIN).count()
+    if running >= limit:
+        raise TrainingRequestError(
+            "train",
+            f"you have {running} unfinished trainings; your membership allows {limit} at once",
+            429,
+        )

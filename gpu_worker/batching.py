@@ -1,0 +1,389 @@
+"""Cross-user batching: compatible jobs (gpu_worker.batch_key) denoise in one UNet batch.
+
+The runner drives the sampler loop itself, one model evaluation per tick, instead of calling
+the diffusers pipeline once per job. Each job keeps what diffusers' StableDiffusionPipeline
+would give it alone: its own scheduler instance, timesteps, CPU generators (seed), prompt
+embeddings, CFG scale, step count and step observer (progress and cancel). A tick builds one
+UNet input from every active job's scaled latents (negative and positive rows per image, as the
+pipeline stacks them), with per-row timesteps and text embeddings, then splits the output per
+job, applies that job's CFG and steps its own scheduler. So jobs of different step counts and
+CFG scales share the calls, and a job joins (between ticks, from `take_more`) or leaves (done,
+interrupted, skipped, failed) at a step boundary while the others go on.
+
+The only difference from a serial render is the batch itself: the UNet's kernels may sum in
+another order for another batch size, so pixels may differ by a rounding step; the bench
+(bench/bench_batching.py) measures the largest difference and the tests bound it.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gpu_worker import infotext as infotext_mod
+from gpu_worker.batch_key import MAX_BATCH_IMAGES
+from gpu_worker.engine import (
+    BatchSkipped,
+    Engine,
+    GenerationResult,
+    JobFailed,
+    JobInterrupted,
+    Prepared,
+    StepInfo,
+    StepObserver,
+    _applied_loras,
+    _Run,
+)
+from gpu_worker.inpainting import is_inpaint_model
+from gpu_worker.loading import ModelLoadError
+from gpu_worker.protocol import GenerationRequest, ResultImage
+
+Outcome = GenerationResult | BaseException
+
+
+@dataclass
+class BatchJob:
+    """One request in a batch; `on_done` is called once with its result or its error."""
+
+    request: GenerationRequest
+    observer: StepObserver | None
+    on_done: Callable[[BatchJob, Outcome], None]
+    started: float = field(default_factory=time.perf_counter)
+    # --- set when it joins -----------------------------------------------------------------
+    prepared: Prepared | None = None
+    run: _Run | None = None
+    scheduler: Any = None
+    timesteps: list[torch.Tensor] = field(default_factory=list)
+    index: int = 0  # the next timestep
+    latents: torch.Tensor | None = None
+    cond: torch.Tensor | None = None  # [negatives, positives] rows (guided) or positives
+    guided: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)  # scheduler.step's eta / generator
+    generators: list[torch.Generator] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    sampling_s: float = 0.0
+    joined_at: float = 0.0
+    peak: int = 1  # the most jobs that shared one UNet call with it (itself included)
+    timings: dict[str, Any] = field(default_factory=dict)
+    told: bool = False  # on_done was called
+
+    def finish(self, outcome: Outcome) -> None:
+        """Tell the job's owner how it ended, once."""
+        if not self.told:
+            self.told = True
+            self.on_done(self, outcome)
+
+    @property
+    def images(self) -> int:
+        return int(self.request["batch_size"])
+
+    @property
+    def rows(self) -> int:
+        return self.images * (2 if self.guided else 1)
+
+
+# What `take_more(room)` returns: jobs whose requests share the batch's key, at most `room`
+# images in all; the service's `_joiners` claims them from the worker's queue.
+TakeMore = Callable[[int], list[BatchJob]]
+
+
+class BatchRunner:
+    def __init__(self, engine: Engine, *, max_images: int = MAX_BATCH_IMAGES) -> None:
+        self.engine = engine
+        self.max_images = max(1, max_images)
+
+    @staticmethod
+    def supports(pipe: Any) -> bool:
+        """Whether this pipeline's UNet batches as the runner drives it (SD 1.x / 2.x with a
+        plain 4-channel UNet; SDXL's added conditioning, inpainting UNets and LCM's guidance
+        embedding run alone)."""
+        from diffusers import StableDiffusionPipeline
+
+        unet = getattr(pipe, "unet", None)
+        return (
+            isinstance(pipe, StableDiffusionPipeline)
+            and unet is not None
+            and unet.config.time_cond_proj_dim is None
+            and not is_inpaint_model(pipe)
+        )
+
+    # --- the batch ---------------------------------------------------------------------------
+    def run(self, first: BatchJob, take_more: TakeMore) -> None:
+        """Run `first` and every job `take_more` hands in, until none is left. Each job's
+        outcome, a result or an error (an error of the batch itself goes to every job in it),
+        goes to its `on_done`. Only what is no Exception (Dramatiq's time limit, a stop) is
+        raised again, after every job in the batch was told."""
+        active: list[BatchJob] = []
+        try:
+            self._run(first, take_more, active)
+        except BaseException as exc:  # a time limit or a stop: tell every job, then go on up
+            for job in [first, *active]:
+                job.finish(exc)
+            raise
+
+    def _run(self, first: BatchJob, take_more: TakeMore, active: list[BatchJob]) -> None:
+        engine = self.engine
+        try:
+            prepared = engine.prepare(first.request)
+        except JobFailed as exc:
+            first.finish(exc)
+            return
+        checkpoint, vae = prepared.checkpoint, prepared.vae
+        t0 = time.perf_counter()
+        loads_before = engine.cache.stats.loads
+        try:
+            pipe = engine.pipeline(checkpoint, vae)
+        except ModelLoadError as exc:
+            engine.cache.discard((checkpoint.sha256, vae.sha256 if vae else None))
+            first.finish(JobFailed(str(exc)))
+            return
+        load = {
+            "model_load_s": round(time.perf_counter() - t0, 4),
+            "model_loaded": engine.cache.stats.loads > loads_before,
+        }
+        if not self.supports(pipe):  # this checkpoint runs alone: the engine's own path
+            outcome: Outcome
+            try:
+                outcome = engine.run(first.request, first.observer)
+            except Exception as exc:
+                outcome = exc
+            first.finish(outcome)
+            return
+        try:
+            loras = _applied_loras(pipe, prepared.loras)
+            loras.__enter__()
+        except JobFailed as exc:
+            first.finish(exc)
+            return
+        try:
+            with torch.no_grad():
+                self._loop(first, prepared, pipe, load, take_more, active)
+        finally:
+            loras.__exit__(None, None, None)
+
+    def _loop(
+        self,
+        first: BatchJob,
+        prepared: Prepared,
+        pipe: Any,
+        load: dict[str, Any],
+        take_more: TakeMore,
+        active: list[BatchJob],
+    ) -> None:
+        engine = self.engine
+        self._join(first, prepared, pipe, load, active)
+        while active:
+            room = self.max_images - sum(job.images for job in active)
+            for job in take_more(room) if room > 0 else []:
+                try:
+                    job_prepared = engine.prepare(job.request)
+                except JobFailed as exc:
+                    job.finish(exc)
+                    continue
+                self._join(job, job_prepared, pipe, {**load, "model_loaded": False}, active)
+            try:
+                self._tick(pipe, active)
+            except Exception as exc:
+                error: BaseException = engine.out_of_memory(exc) or exc
+                for job in active:
+                    job.finish(error)
+                active.clear()
+
+    def _join(
+        self,
+        job: BatchJob,
+        prepared: Prepared,
+        pipe: Any,
+        load: dict[str, Any],
+        active: list[BatchJob],
+    ) -> None:
+        job.prepared, job.timings = prepared, dict(load)
+        job.joined_at = time.perf_counter()
+        try:
+            self._setup(job, prepared, pipe)
+        except Exception as exc:  # this job cannot start (a bad embedding...): it alone fails
+            job.finish(self.engine.out_of_memory(exc) or exc)
+            return
+        active.append(job)
+
+    def _setup(self, job: BatchJob, prepared: Prepared, pipe: Any) -> None:
+        """Set the job up as the engine and StableDiffusionPipeline.__call__ do before the
+        denoising loop, in the same order (so the same noise and schedule)."""
+        from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
+            retrieve_timesteps,
+        )
+        from diffusers.utils.torch_utils import randn_tensor
+
+        r = job.request
+        run = job.run = self.engine.new_run(r, prepared, pipe, job.observer)
+        run.total = run._count(r["steps"], None)
+        conditioning = run._schedules(prepared.prompt, prepared.negative, 0)[0].at(0)
+        device = pipe._execution_device
+        encoder = pipe.text_encoder if pipe.text_encoder is not None else pipe.unet
+        positive = _per_image(conditioning["prompt_embeds"], job.images, encoder.dtype, device)
+        job.guided = float(r["cfg_scale"]) > 1
+        if job.guided:
+            negative = conditioning["negative_prompt_embeds"]
+            negative = _per_image(negative, job.images, encoder.dtype, device)
+            job.cond = torch.cat([negative, positive])
+        else:
+            job.cond = positive
+        job.seeds = [r["seed"] + b for b in range(job.images)]
+        job.scheduler = run._scheduler(job.seeds[0])
+        pipe.scheduler = job.scheduler  # as the serial path leaves it (the next base config)
+        timesteps, _ = retrieve_timesteps(job.scheduler, r["steps"], device)
+        job.timesteps = list(timesteps)
+        job.generators = run._generators(job.seeds)
+        scale = int(pipe.vae_scale_factor)
+        shape = (
+            job.images,
+            pipe.unet.config.in_channels,
+            r["height"] // scale,
+            r["width"] // scale,
+        )
+        noise = randn_tensor(shape, generator=job.generators, device=device, dtype=job.cond.dtype)
+        job.latents = noise * job.scheduler.init_noise_sigma
+        accepted = set(inspect.signature(job.scheduler.step).parameters)
+        job.extra = {"eta": 0.0} if "eta" in accepted else {}
+        if "generator" in accepted:
+            job.extra["generator"] = job.generators
+
+    def _tick(self, pipe: Any, active: list[BatchJob]) -> None:
+        """One UNet evaluation for every active job, then each job's own step."""
+        started = time.perf_counter()
+        inputs, times = [], []
+        for job in active:
+            assert job.latents is not None
+            t = job.timesteps[job.index]
+            latents = torch.cat([job.latents] * 2) if job.guided else job.latents
+            inputs.append(job.scheduler.scale_model_input(latents, t))
+            times.append(t.reshape(1).expand(job.rows))
+            job.peak = max(job.peak, len(active))
+        outputs = _unet_by_length(pipe.unet, active, inputs, times)
+        for job in active:
+            job.sampling_s += (time.perf_counter() - started) / len(active)
+        for job, noise in zip(list(active), outputs, strict=True):
+            t0 = time.perf_counter()
+            finished = self._step(job, noise, pipe)
+            job.sampling_s += time.perf_counter() - t0
+            if finished is not None:
+                active.remove(job)
+                job.finish(finished)
+
+    def _step(self, job: BatchJob, noise: torch.Tensor, pipe: Any) -> Outcome | None:
+        """The job's own scheduler step and step callback; its outcome once it leaves."""
+        run = job.run
+        assert run is not None
+        if job.guided:
+            uncond, text = noise.chunk(2)
+            noise = uncond + float(job.request["cfg_scale"]) * (text - uncond)
+        t = job.timesteps[job.index]
+        job.latents = job.scheduler.step(noise, t, job.latents, **job.extra, return_dict=False)[0]
+        job.index += 1
+        run.done += 1
+        try:
+            if run.observer is not None:
+                run.observer(
+                    StepInfo(run.done, max(run.total, run.done), 0, job.latents, run.family)
+                )
+        except JobInterrupted:
+            return self._result(job, interrupted=True)
+        except BatchSkipped:
+            run.done = run.total  # as the serial path counts a skipped batch
+            result = self._result(job)
+            result.skipped_batches = 1
+            return result
+        except Exception as exc:
+            return exc
+        if job.index < len(job.timesteps):
+            return None
+        try:
+            return self._finish(job, pipe)
+        except Exception as exc:
+            return exc
+
+    def _finish(self, job: BatchJob, pipe: Any) -> GenerationResult:
+        """Decode the job's latents and make its PNGs, as the pipeline and the engine do."""
+        run, prepared = job.run, job.prepared
+        assert run is not None and prepared is not None and job.cond is not None
+        t0 = time.perf_counter()
+        vae = pipe.vae
+        decoded = vae.decode(
+            job.latents / vae.config.scaling_factor, return_dict=False, generator=job.generators
+        )[0]
+        decoded, nsfw = pipe.run_safety_checker(decoded, pipe._execution_device, job.cond.dtype)
+        denormalize = [True] * decoded.shape[0] if nsfw is None else [not n for n in nsfw]
+        images = pipe.image_processor.postprocess(
+            decoded, output_type="pil", do_denormalize=denormalize
+        )
+        job.sampling_s += time.perf_counter() - t0
+        result = self._result(job)
+        t0 = time.perf_counter()
+        size = (job.request["width"], job.request["height"])
+        for seed, image in zip(job.seeds, images, strict=True):
+            text = run._infotext(
+                seed, size, prepared.checkpoint, prepared.vae, prepared.loras, None
+            )
+            png = infotext_mod.png_with_infotext(image, text)
+            result.images.append(
+                ResultImage(
+                    png_b64=base64.b64encode(png).decode("ascii"),
+                    seed=seed,
+                    infotext=text,
+                    width=image.width,
+                    height=image.height,
+                )
+            )
+        result.timings["encode_s"] = round(time.perf_counter() - t0, 4)
+        result.timings["total_s"] = round(time.perf_counter() - job.started, 4)
+        return result
+
+    @staticmethod
+    def _result(job: BatchJob, *, interrupted: bool = False) -> GenerationResult:
+        assert job.run is not None
+        result = GenerationResult(steps_done=job.run.done, interrupted=interrupted)
+        result.timings.update(job.timings)  # type: ignore[typeddict-item]
+        result.timings["sampling_s"] = round(job.sampling_s, 4)
+        result.timings["total_s"] = round(time.perf_counter() - job.started, 4)
+        result.timings["batch_jobs"] = job.peak
+        return result
+
+
+def _per_image(
+    embeds: torch.Tensor, images: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The pipeline's encode_prompt with given embeddings: cast, then repeated per image."""
+    embeds = embeds.to(dtype=dtype, device=device)
+    batch, length, _ = embeds.shape
+    return embeds.repeat(1, images, 1).view(batch * images, length, -1)
+
+
+def _unet_by_length(
+    unet: Any,
+    active: list[BatchJob],
+    inputs: list[torch.Tensor],
+    times: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """The UNet's noise prediction for each job: one call per text length (a long prompt has
+    more 77-token chunks; padding it would change the attention), in the jobs' order."""
+    by_length: dict[int, list[int]] = {}
+    for position, job in enumerate(active):
+        assert job.cond is not None
+        by_length.setdefault(int(job.cond.shape[1]), []).append(position)
+    outputs: list[torch.Tensor | None] = [None] * len(active)
+    for positions in by_length.values():
+        sample = torch.cat([inputs[p] for p in positions])
+        timesteps = torch.cat([times[p] for p in positions])
+        cond = torch.cat([active[p].cond for p in positions])  # type: ignore[misc]
+        noise = unet(sample, timesteps, encoder_hidden_states=cond, return_dict=False)[0]
+        for p, part in zip(
+            positions, noise.split([active[p].rows for p in positions]), strict=True
+        ):
+            outputs[p] = part
+    return [o for o in outputs if o is not None]

@@ -1,0 +1,52 @@
+"""What running a job reports back to the worker service, whatever its kind (generation,
+extras): the result, each step for progress, and the signals that stop it. Kept apart from the
+engine so that each job kind's module (gpu_worker.extras, ...) uses them without importing the
+engine that dispatches to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpu_worker.protocol import JobTimings, MergedModel, ResultImage
+
+
+class JobFailed(Exception):
+    """The job cannot succeed; `permanent` errors would fail again on retry."""
+
+    def __init__(self, message: str, *, permanent: bool = True) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class JobInterrupted(Exception):  # noqa: N818 - a signal, not an error
+    """Raised from a step observer: stop the whole job, keep finished images."""
+
+
+class BatchSkipped(Exception):  # noqa: N818
+    """Raised from a step observer: drop the batch being sampled, go on with the next."""
+
+
+@dataclass
+class StepInfo:
+    done: int  # steps finished in this job so far (sampling steps; tiles for an extras job)
+    total: int  # all steps this job will take (estimate before the first pass)
+    iteration: int  # which of n_iter
+    latents: Any  # torch.Tensor of the step, for the preview; None: work without latents
+    # (an extras job counts tiles, a merge tensors)
+    family: str
+
+
+StepObserver = Callable[[StepInfo], None]
+
+
+@dataclass
+class GenerationResult:
+    images: list[ResultImage] = field(default_factory=list)
+    timings: JobTimings = field(default_factory=lambda: JobTimings())
+    steps_done: int = 0
+    interrupted: bool = False
+    skipped_batches: int = 0
+    handed_over: bool = False  # a training job stopped between epochs for another worker
+    model: MergedModel | None = None  # a merge job's output (gpu_worker/merging.py)

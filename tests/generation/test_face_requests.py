@@ -1,0 +1,109 @@
+"""Face restoration at the front doors, without a GPU worker: which model a job gets, its price,
+and the licence gate that keeps CodeFormer off unless the operator names its licence."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from generation.a1111.translation import translate
+from generation.models import CatalogEntry, Job
+from generation.submission import validate_params
+from tests.generation.a1111_support import (
+    get,
+    sdapi_client,
+    thread_connections_closed,  # noqa: F401 - a fixture
+)
+from tests.generation.conftest import SMALL
+from tests.generation.test_extras_requests import png_b64
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def face_model(name: str, family: str) -> CatalogEntry:
+    return CatalogEntry.objects.create(
+        name=name, kind="face_restorer", family=family, filename=f"GFPGAN/{name}.safetensors"
+    )
+
+
+@pytest.fixture
+def gfpgan(catalogue) -> CatalogEntry:
+    return face_model("GFPGANv1.4", "gfpgan")
+
+
+def test_extras_face_restoration_uses_the_gfpgan_model_and_costs_its_share(alice_api, gfpgan):
+    body = {"image": png_b64(512, 512), "upscaler_1": "Lanczos", "scale": 2}
+    plain = alice_api.post("/api/v1/extras/quote/", body, format="json").json()
+    faced = alice_api.post(
+        "/api/v1/extras/quote/", {**body, "gfpgan_visibility": 0.8}, format="json"
+    ).json()
+    assert faced["params"]["extras"]["face_restorer"] == "GFPGANv1.4"
+    # 0.25 megapixel of face work at 0.25 credit: 0.0625 more, rounded up with the rest
+    assert (Decimal(plain["price"]), Decimal(faced["price"])) == (Decimal("0.27"), Decimal("0.33"))
+    assert faced["total_steps"] == plain["total_steps"] + 1
+
+
+def test_face_restoration_without_a_model_is_422_naming_the_field(alice_api, catalogue):
+    body = {"image": png_b64(64, 64), "gfpgan_visibility": 1}
+    response = alice_api.post("/api/v1/extras/", body, format="json")
+    assert response.status_code == 422 and response.json()["field"] == "gfpgan_visibility"
+    response = alice_api.post("/api/v1/jobs/", {**SMALL, "restore_faces": True}, format="json")
+    assert response.status_code == 422 and response.json()["field"] == "restore_faces"
+
+
+def test_a_codeformer_file_is_never_used_for_restore_faces(alice_api, catalogue):
+    face_model("codeformer-v0.1.0", "codeformer")
+    response = alice_api.post("/api/v1/jobs/", {**SMALL, "restore_faces": True}, format="json")
+    assert response.status_code == 422
+
+
+def test_codeformer_is_refused_for_its_licence_until_the_operator_names_it(
+    alice_api, catalogue, settings
+):
+    body = {"image": png_b64(64, 64), "codeformer_visibility": 0.5}
+    response = alice_api.post("/api/v1/extras/", body, format="json")
+    assert response.status_code == 422 and response.json()["field"] == "codeformer_visibility"
+    detail = response.json()["detail"]
+    assert "S-Lab-1.0" in detail and "ATELIER_ALLOW_NONCOMMERCIAL_MODELS" in detail
+    settings.ALLOW_NONCOMMERCIAL_MODELS = "codeformer:S-Lab-1.0"
+    response = alice_api.post("/api/v1/extras/", body, format="json")
+    assert response.status_code == 422
+    assert "not available in this version" in response.json()["detail"]
+    assert not Job.objects.exists()
+
+
+def test_restore_faces_is_carried_and_priced_per_image(alice_api, gfpgan):
+    plain = alice_api.post("/api/v1/jobs/quote/", {**SMALL, "batch_size": 2}, format="json")
+    faced = alice_api.post(
+        "/api/v1/jobs/quote/", {**SMALL, "batch_size": 2, "restore_faces": True}, format="json"
+    )
+    params = faced.json()["params"]
+    assert params["restore_faces"] is True and params["face_restorer"] == "GFPGANv1.4"
+    difference = Decimal(faced.json()["price"]) - Decimal(plain.json()["price"])
+    assert Decimal("0.12") <= difference <= Decimal("0.14")  # 2 x 0.0625, both rounded up
+
+
+def test_the_a1111_txt2img_restore_faces_is_gfpgan(alice, gfpgan):
+    body = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "restore_faces": True}
+    body["override_settings"] = {"sd_model_checkpoint": "model-a"}
+    params = validate_params(alice, translate(alice, body, "txt2img").params).params
+    assert params["restore_faces"] is True and params.get("face_restorer") == "GFPGANv1.4"
+
+
+@pytest.mark.usefixtures("thread_connections_closed")
+async def test_the_a1111_face_restorers_list_gfpgan_only_when_one_is_usable(alice, catalogue):
+    client = await sync_to_async(sdapi_client)(alice)
+    assert (await get(client, "face-restorers")).json() == []
+    await sync_to_async(face_model)("codeformer-v0.1.0", "codeformer")
+    assert (await get(client, "face-restorers")).json() == []
+    await sync_to_async(face_model)("GFPGANv1.4", "gfpgan")
+    assert (await get(client, "face-restorers")).json() == [{"name": "GFPGAN", "cmd_dir": None}]
+
+
+def test_a_faces_only_extras_job_points_at_its_face_model(alice_api, gfpgan):
+    body = {"image": png_b64(64, 64), "upscaler_1": "None", "gfpgan_visibility": 1}
+    job = alice_api.post("/api/v1/extras/", body, format="json").json()
+    assert job["checkpoint"] == "GFPGANv1.4"
+    assert (job["params"]["width"], job["params"]["height"]) == (64, 64)
