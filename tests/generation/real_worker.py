@@ -63,7 +63,6 @@ def running_gpu_worker(
     members' and virtual models into a download cache. Its heartbeat carries operator commands
     (drain, evict) to it."""
     import redis
-    from dramatiq.brokers.redis import RedisBroker
 
     from gpu_worker.engine import Engine
     from gpu_worker.heartbeat import Heartbeat
@@ -71,9 +70,10 @@ def running_gpu_worker(
     from gpu_worker.model_downloads import DownloadCache
     from gpu_worker.progress import ChannelPublisher
     from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, running_worker
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     url = os.environ["REDIS_URL"]
-    broker = RedisBroker(url=url)
+    broker = WakeupRedisBroker(url=url)
     engine = Engine(
         models_dir=models_dir,
         cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
