@@ -13,7 +13,10 @@ from their published state-dict layouts:
   `model.3`, `model.6`, ..., then the HR and last convs;
 - Real-ESRGAN compact (SRVGGNetCompact, realesr-general-x4v3, animevideo): `body.0` conv,
   `body.1` PReLU, ... ending in a conv to 3 x scale² channels and a pixel shuffle, plus the
-  nearest-upscaled input.
+  nearest-upscaled input;
+- SwinIR (classical, lightweight and real-world SR) and HAT (HAT, HAT-L, HAT-S): transformer
+  networks in gpu_worker.upscaler_archs, their hyper-parameters read from the state dict's shapes
+  by gpu_worker.upscaler_layouts (which the catalogue also reads the native scale with).
 
 Anything else is refused with a message naming the file. Safetensors load without pickle; a
 `.pth` only with --allow-pickle, and then through torch's weights-only loader. Upscaling runs in
@@ -35,6 +38,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the usual name
 
+from gpu_worker import upscaler_layouts
 from gpu_worker.extras_plan import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -173,6 +177,8 @@ def build_upscaler(state: dict[str, Any]) -> nn.Module:
     if "params_ema" in state or "params" in state:  # BasicSR's training checkpoints
         inner = state.get("params_ema", state.get("params"))
         state = inner if isinstance(inner, dict) else state
+    if (transformer := _transformer(state)) is not None:
+        return transformer
     if "model.0.weight" in state:
         state = _old_to_new(state)
     if "conv_first.weight" in state:
@@ -200,12 +206,42 @@ def build_upscaler(state: dict[str, Any]) -> nn.Module:
         )
     else:
         raise UpscalerLoadError(
-            "not an ESRGAN (old or new layout) or Real-ESRGAN compact state dict"
+            "not an ESRGAN (old or new layout), Real-ESRGAN compact, SwinIR or HAT state dict"
         )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise UpscalerLoadError(f"the weights do not fit the detected layout: {exc}") from exc
+    return model.eval()
+
+
+# Buffers a SwinIR / HAT file carries that the modules recompute (the masks for each input size).
+TRANSFORMER_BUFFERS = ("relative_position_index", "attn_mask")
+
+
+def _transformer(state: dict[str, Any]) -> nn.Module | None:
+    """A SwinIR or HAT network when the state dict has one's layout; None for another layout."""
+    shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    kind = upscaler_layouts.detect(shapes)
+    if kind is None:
+        return None
+    from gpu_worker.upscaler_archs.hat import HAT
+    from gpu_worker.upscaler_archs.swinir import SwinIR
+
+    try:
+        if kind == upscaler_layouts.SWINIR:
+            model: nn.Module = SwinIR(upscaler_layouts.infer_swinir(shapes))
+        else:
+            model = HAT(upscaler_layouts.infer_hat(shapes))
+    except upscaler_layouts.LayoutError as exc:
+        raise UpscalerLoadError(f"a {kind} state dict that cannot be built: {exc}") from exc
+    weights = {
+        k: v for k, v in state.items() if not k.rsplit(".", 1)[-1].startswith(TRANSFORMER_BUFFERS)
+    }
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise UpscalerLoadError(f"the weights do not fit the detected {kind}: {exc}") from exc
     return model.eval()
 
 
@@ -314,7 +350,12 @@ def upscale_image(
 
 def random_state(kind: str, *, features: int = 8, blocks: int = 1, growth: int = 4) -> dict:
     """A tiny random-weight upscaler's state dict in a published layout ("esrgan-old",
-    "esrgan-new", "esrgan-new-x2", "compact"), for the demo model and the tests."""
+    "esrgan-new", "esrgan-new-x2", "compact", "swinir" (x2), "hat" (x4)), for the demo model
+    and the tests."""
+    if kind in ("swinir", "hat"):
+        from gpu_worker.upscaler_archs import tiny
+
+        return tiny.swinir_state() if kind == "swinir" else tiny.hat_state()
     generator = torch.Generator().manual_seed(0)
     if kind == "compact":
         model: nn.Module = SRVGGCompact(features=features, convs=2, scale=4)
