@@ -263,6 +263,12 @@ def load_upscaler(path: Path, *, allow_pickle: bool = False) -> nn.Module:
         raise UpscalerLoadError(f"{path.name}: cannot be read ({exc})") from exc
 
 
+def run_dtype(model: nn.Module, dtype: torch.dtype) -> torch.dtype:
+    """The dtype to run an upscaler in: the engine's, except float32 for the transformers
+    (SwinIR, HAT), whose attention is not reliable in half precision (spandrel marks them so)."""
+    return dtype if getattr(model, "half_safe", True) else torch.float32
+
+
 def model_scale(model: nn.Module) -> int:
     return int(getattr(model, "scale", 1))
 

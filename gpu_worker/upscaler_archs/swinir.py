@@ -101,6 +101,7 @@ class _PatchNorm(nn.Module):
 
 
 class SwinIR(nn.Module):
+    half_safe = False  # gpu_worker.upscalers.run_dtype runs it in float32
     mean: torch.Tensor  # buffers, recomputed rather than loaded
 
     def __init__(self, config: SwinIRConfig) -> None:

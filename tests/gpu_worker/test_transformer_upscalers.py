@@ -270,3 +270,10 @@ def test_the_catalogue_reads_the_folders_and_native_scales(tmp_path: Path, torch
         ("HAT/hat.safetensors", 4),
         ("SwinIR/swinir.safetensors", 2),
     }
+
+
+def test_the_transformers_run_in_float32_whatever_the_engine_dtype(torch: Any) -> None:
+    from gpu_worker.upscalers import build_upscaler, random_state, run_dtype
+
+    assert run_dtype(build_upscaler(random_state("hat")), torch.float16) == torch.float32
+    assert run_dtype(build_upscaler(random_state("compact")), torch.float16) == torch.float16
