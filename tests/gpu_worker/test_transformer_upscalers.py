@@ -220,17 +220,26 @@ def test_tiles_are_blended_so_no_seam_shows(torch: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def transformer_engine(tmp_path_factory: pytest.TempPathFactory, torch: Any) -> Any:
+def transformer_engine(
+    tmp_path_factory: pytest.TempPathFactory,
+    torch: Any,
+    demo_models_dir: Path,
+    atelier_cache_dir: Path,
+) -> Any:
+    """An engine whose models folder holds the demo checkpoint and a tiny SwinIR and HAT."""
     from safetensors.torch import save_file
 
     from gpu_worker.upscalers import random_state
     from tests.gpu_worker.conftest import make_engine
 
     models = tmp_path_factory.mktemp("transformer-models")
+    (models / "Stable-diffusion").mkdir()
+    checkpoint = "Stable-diffusion/atelier-demo-v1.safetensors"
+    (models / checkpoint).symlink_to(demo_models_dir / checkpoint)
     for folder, kind, name in (("SwinIR", "swinir", "SwinIR-tiny_x2"), ("HAT", "hat", "HAT-tiny")):
         (models / folder).mkdir()
         save_file(random_state(kind), str(models / folder / f"{name}.safetensors"))
-    return make_engine(models, tmp_path_factory.mktemp("cache"))
+    return make_engine(models, atelier_cache_dir)
 
 
 @pytest.mark.parametrize(
@@ -251,6 +260,16 @@ def test_an_extras_job_upscales_with_swinir_and_hat(
         f"Postprocess upscale by: {scale}, Postprocess upscaler: {name}"
     )
     assert len(image.getcolors(1 << 20) or []) > 100  # a picture, not a flat fill
+
+
+def test_hires_fix_upscales_with_swinir_by_name(transformer_engine: Any, torch: Any) -> None:
+    from tests.gpu_worker.conftest import demo_request
+
+    hires = {"scale": 2.0, "resize_x": 0, "resize_y": 0, "upscaler": "SwinIR-tiny_x2"}
+    hires |= {"second_pass_steps": 1, "denoising_strength": 0.5}
+    image = transformer_engine.run(demo_request(hires=hires, steps=2)).images[0]
+    assert "Hires upscaler: SwinIR-tiny_x2" in image["infotext"]
+    assert (image["width"], image["height"]) == (128, 128)
 
 
 def test_the_catalogue_reads_the_folders_and_native_scales(tmp_path: Path, torch: Any) -> None:
