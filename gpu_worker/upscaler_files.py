@@ -30,7 +30,7 @@ def upscaler_scale(header: dict[str, Any]) -> int | None:
     if "model.0.weight" in entries:  # original ESRGAN: upsampling convs between trunk and HR
         layers = sorted(int(m.group(1)) for k in entries if (m := RE_OLD_LAYER.match(k)))
         return _rrdb_scale(len([i for i in layers if i > 0]) - 2, _shape(entries, "model.0.weight"))
-    if "conv_first.weight" in entries:  # BasicSR / Real-ESRGAN RRDB
+    if "conv_first.weight" in entries and "body.0.rdb1.conv1.weight" in entries:  # BasicSR RRDB
         ups = sum(1 for k in entries if RE_NEW_UP.match(k))
         return _rrdb_scale(ups, _shape(entries, "conv_first.weight"))
     body = sorted(int(k.split(".")[1]) for k in entries if re.match(r"^body\.\d+\.weight$", k))

@@ -181,7 +181,7 @@ def build_upscaler(state: dict[str, Any]) -> nn.Module:
         return transformer
     if "model.0.weight" in state:
         state = _old_to_new(state)
-    if "conv_first.weight" in state:
+    if "conv_first.weight" in state and "body.0.rdb1.conv1.weight" in state:  # not DAT & co
         if "conv_up1.weight" in state:  # the new layout's names for the upsampling convs
             state = {
                 re.sub(r"^conv_up(\d)\.", lambda m: f"ups.{int(m.group(1)) - 1}.", k): v

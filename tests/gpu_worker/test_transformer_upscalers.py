@@ -182,6 +182,21 @@ def test_what_cannot_be_read_from_the_file_is_refused_naming_it(torch: Any, tmp_
     assert "do not fit the detected SwinIR" in refusal(torch, tmp_path, wrong)
 
 
+def test_an_unsupported_transformer_is_refused_naming_the_file(torch: Any, tmp_path: Path):
+    from gpu_worker.upscaler_files import upscaler_scale
+
+    dat = {  # DAT's first keys: a conv_first like ESRGAN's, but no RRDB trunk
+        "conv_first.weight": (16, 3, 3, 3),
+        "before_RG.1.weight": (16,),
+        "layers.0.blocks.0.attn.qkv.weight": (48, 16),
+        "conv_last.weight": (3, 16, 3, 3),
+    }
+    message = refusal(torch, tmp_path, dat)
+    assert message.startswith("4x-broken.safetensors: not an ESRGAN")
+    assert "SwinIR or HAT" in message
+    assert upscaler_scale(header(dat)) is None  # listed with the unknown scale, not 1
+
+
 @pytest.mark.parametrize(("kind", "scale"), [("swinir", 2), ("hat", 4)])
 def test_odd_sizes_are_padded_to_the_window_and_cropped_back(
     torch: Any, tmp_path: Path, kind: str, scale: int
