@@ -39,7 +39,7 @@ FOLDERS: dict[Kind, str] = {
 }
 # More folders of a kind, as A1111 has them (gpu_worker.upscalers detects each layout).
 MORE_FOLDERS: dict[Kind, tuple[str, ...]] = {
-    "upscaler": ("RealESRGAN", "SwinIR", "HAT"),
+    "upscaler": ("RealESRGAN", "SwinIR", "HAT", "DAT"),
     "face_restorer": ("Codeformer",),  # listed with its architecture; the licence gate decides
 }
 SAFE_SUFFIXES = (".safetensors",)

@@ -1,4 +1,5 @@
-"""SwinIR and HAT upscalers: their hyper-parameters read from a state dict's key names and shapes.
+"""SwinIR, HAT and DAT upscalers: their hyper-parameters read from a state dict's key names and
+shapes.
 
 Torch-free (a name -> shape table), so the catalogue scan reads a file's native scale from its
 safetensors header with the same rules the worker builds the network by
@@ -15,13 +16,19 @@ network_swinir.py, XPixelGroup/HAT's hat_arch.py) and their released weights:
   attention conv branch (`conv_block.cab.{0, 2, 3.attention.1, 3.attention.3}`) and each group
   ends in an overlapping cross-attention block (`residual_group.overlap_attn`); the relative
   position indices are top-level buffers (`relative_position_index_SA`, `..._OCA`).
+- DAT (DAT, DAT-S, DAT-2, DAT-light): `conv_first`, `before_RG.1` (a norm), `layers.<i>.blocks.<j>`
+  alternating spatial attention (`attn.attns.{0,1}` with a dynamic position bias `pos.*` and the
+  `rpe_biases` / `relative_position_index` buffers, `attn_mask_{0,1}` where shifted) and channel
+  attention (`attn.temperature`), each with `dwconv`, `channel_interaction`,
+  `spatial_interaction`, and a gated FFN (`ffn.fc1`, `ffn.sg`, `ffn.fc2`); then SwinIR's
+  `conv_after_body` and upsamplers.
 
 Every hyper-parameter that changes the computation comes from a shape; a file that lacks one is
 refused (LayoutError says what is missing). What no state dict stores and every published model
 shares is fixed in the architecture: the RGB mean (0.4488, 0.4371, 0.4040), img_range 1 and HAT's
-conv_scale 0.01. HAT computes its shift masks from each input, so its img_size never enters the
-computation and is not needed; SwinIR's is read from the `attn_mask` buffer (nW windows of
-window_size²).
+conv_scale 0.01. HAT and DAT compute their shift masks for each input, so their img_size never
+enters the computation and is not needed; SwinIR's is read from the `attn_mask` buffer (nW
+windows of window_size²).
 """
 
 from __future__ import annotations
@@ -35,8 +42,8 @@ Shapes = Mapping[str, Sequence[int]]
 
 SWINIR = "SwinIR"
 HAT = "HAT"
+DAT = "DAT"
 RE_LAYER = re.compile(r"^layers\.(\d+)\.")
-RE_BLOCK = re.compile(r"^layers\.(\d+)\.residual_group\.blocks\.(\d+)\.")
 RE_UPSAMPLE = re.compile(r"^upsample\.(\d+)\.weight$")
 
 
@@ -97,8 +104,28 @@ class HATConfig:
         return self.embed_dim / self.squeeze_channels
 
 
+@dataclass(frozen=True)
+class DATConfig:
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    split_size: tuple[int, int]  # the spatial windows' height and width (the other branch's w, h)
+    ffn_hidden: int  # expansion_factor x embed_dim
+    upscale: int
+    upsampler: str  # "pixelshuffle" or "pixelshuffledirect"
+    resi_connection: str  # "1conv" or "3conv"
+    num_feat: int
+    qkv_bias: bool = True
+
+    @property
+    def expansion_factor(self) -> float:
+        return self.ffn_hidden / self.embed_dim
+
+
 def detect(shapes: Shapes) -> str | None:
-    """SWINIR, HAT, or None for a layout that is neither (ESRGAN and the rest)."""
+    """SWINIR, HAT, DAT, or None for another layout (ESRGAN and the rest)."""
+    if "before_RG.1.weight" in shapes:
+        return DAT
     if "relative_position_index_SA" in shapes or any(
         k.startswith("layers.0.residual_group.overlap_attn.") for k in shapes
     ):
@@ -116,6 +143,8 @@ def native_scale(shapes: Shapes) -> int | None:
             return infer_swinir(shapes).upscale
         if kind == HAT:
             return infer_hat(shapes).upscale
+        if kind == DAT:
+            return infer_dat(shapes).upscale
     except LayoutError:
         return None
     return None
@@ -130,7 +159,9 @@ def _shape(shapes: Shapes, key: str, what: str) -> tuple[int, ...]:
     return tuple(int(n) for n in shapes[key])
 
 
-def _trunk(shapes: Shapes, arch: str) -> tuple[int, tuple[int, ...]]:
+def _trunk(
+    shapes: Shapes, arch: str, blocks_at: str = "residual_group.blocks"
+) -> tuple[int, tuple[int, ...]]:
     """embed_dim (conv_first's outputs) and the blocks in each layer (0..n-1, none missing)."""
     first = _shape(shapes, "conv_first.weight", "the input channels and embed_dim")
     if len(first) != 4 or first[1] != 3:
@@ -139,8 +170,9 @@ def _trunk(shapes: Shapes, arch: str) -> tuple[int, tuple[int, ...]]:
         raise LayoutError(f"a {arch} with an absolute position embedding (one fixed input size)")
     layers = sorted({int(m.group(1)) for k in shapes if (m := RE_LAYER.match(k))})
     blocks: dict[int, set[int]] = {i: set() for i in layers}
+    pattern = re.compile(rf"^layers\.(\d+)\.{re.escape(blocks_at)}\.(\d+)\.")
     for key in shapes:
-        if m := RE_BLOCK.match(key):
+        if m := pattern.match(key):
             blocks[int(m.group(1))].add(int(m.group(2)))
     if not layers or layers != list(range(len(layers))):
         raise LayoutError(f"a {arch} whose layers are numbered {layers}")
@@ -202,6 +234,33 @@ def _pixelshuffle(shapes: Shapes, num_feat: int) -> int:
     return scale
 
 
+def _resi(shapes: Shapes, third: str) -> str:
+    """resi_connection: "1conv", else `third` ("3conv" for SwinIR and DAT, "identity" for HAT,
+    which has no conv there)."""
+    if "conv_after_body.weight" in shapes:
+        return "1conv"
+    if "conv_after_body.0.weight" in shapes and third == "3conv":
+        return "3conv"
+    if any(k.startswith("conv_after_body.") for k in shapes):
+        raise LayoutError(f"a conv_after_body that is neither one conv nor {third}")
+    if third == "identity":
+        return third
+    raise LayoutError("no conv_after_body to read resi_connection from")
+
+
+def _upsampler(shapes: Shapes) -> tuple[str, int, int]:
+    """SwinIR's and DAT's classical and lightweight upsamplers: (upsampler, scale, num_feat)."""
+    if "conv_before_upsample.0.weight" in shapes:
+        num_feat = _shape(shapes, "conv_before_upsample.0.weight", "num_feat")[0]
+        _rgb_out(shapes, "conv_last.weight")
+        return "pixelshuffle", _pixelshuffle(shapes, num_feat), num_feat
+    out = _shape(shapes, "upsample.0.weight", "the upsampler")[0]
+    scale = math.isqrt(out // 3)
+    if out % 3 or scale * scale * 3 != out or scale < 2:
+        raise LayoutError(f"upsample.0 makes {out} channels, not 3 x scale²")
+    return "pixelshuffledirect", scale, 0
+
+
 def _rgb_out(shapes: Shapes, key: str) -> None:
     if _shape(shapes, key, "the output channels")[0] != 3:
         raise LayoutError(f"{key} does not make RGB's 3 channels")
@@ -224,12 +283,7 @@ def infer_swinir(shapes: Shapes) -> SwinIRConfig:
     side = math.isqrt(windows)
     if side * side != windows or side < 2:
         raise LayoutError(f"{masks[0]} has {windows} windows, not a square over img_size")
-    if "conv_after_body.weight" in shapes:
-        resi = "1conv"
-    elif "conv_after_body.0.weight" in shapes:
-        resi = "3conv"
-    else:
-        raise LayoutError("no conv_after_body to read resi_connection from")
+    resi = _resi(shapes, "3conv")
     num_feat = 0
     if "conv_before_upsample.0.weight" in shapes:
         num_feat = _shape(shapes, "conv_before_upsample.0.weight", "num_feat")[0]
@@ -284,12 +338,7 @@ def infer_hat(shapes: Shapes) -> HATConfig:
         if _shape(shapes, key, "num_heads") != (oca[0], count):
             raise LayoutError(f"{key} disagrees with the blocks' num_heads {count}")
     cab = "layers.0.residual_group.blocks.0.conv_block.cab"
-    if "conv_after_body.weight" in shapes:
-        resi = "1conv"
-    elif any(k.startswith("conv_after_body.") for k in shapes):
-        raise LayoutError("a conv_after_body that is neither one conv nor absent")
-    else:
-        resi = "identity"
+    resi = _resi(shapes, "identity")
     if "conv_before_upsample.0.weight" not in shapes:
         raise LayoutError("no conv_before_upsample: HAT's only upsampler is pixelshuffle")
     num_feat = _shape(shapes, "conv_before_upsample.0.weight", "num_feat")[0]
@@ -308,4 +357,50 @@ def infer_hat(shapes: Shapes) -> HATConfig:
         resi_connection=resi,
         qkv_bias="layers.0.residual_group.blocks.0.attn.qkv.bias" in shapes,
         patch_norm="patch_embed.norm.weight" in shapes,
+    )
+
+
+# --- DAT -------------------------------------------------------------------------------------
+
+
+def infer_dat(shapes: Shapes, first_offset: tuple[int, int] | None = None) -> DATConfig:
+    """DAT's layout. The window's two sides come from the first spatial branch's bias
+    coordinates (rows (2h - 1)(2w - 1)) and index (h x w square); which side is the height only
+    the coordinates' values say (`first_offset`, their first row: 1 - h, 1 - w). Without it
+    (a header) the sides are reported shorter first, which is all the scale needs."""
+    embed_dim, depths = _trunk(shapes, DAT, "blocks")
+    branch = "layers.0.blocks.0.attn.attns.0"
+    rows = _shape(shapes, f"{branch}.rpe_biases", "split_size")[0]
+    area = _shape(shapes, f"{branch}.relative_position_index", "split_size")[0]
+    total = (4 * area + 1 - rows) // 2  # h + w, from (2h - 1)(2w - 1) = 4hw - 2(h + w) + 1
+    root = math.isqrt(max(0, total * total - 4 * area))
+    short, long = (total - root) // 2, (total + root) // 2
+    if short < 1 or short * long != area or (2 * short - 1) * (2 * long - 1) != rows:
+        raise LayoutError(f"{branch}'s bias coordinates do not describe a window")
+    split = (short, long)
+    if first_offset is not None:
+        split = (1 - first_offset[0], 1 - first_offset[1])
+        if sorted(split) != [short, long]:
+            raise LayoutError(f"{branch}'s bias coordinates start at {first_offset}")
+    heads = []
+    for i, depth in enumerate(depths):
+        if depth > 1:
+            count = _shape(shapes, f"layers.{i}.blocks.1.attn.temperature", "num_heads")[0]
+        else:
+            pos = f"layers.{i}.blocks.0.attn.attns.0.pos.pos3.2.weight"
+            count = 2 * _shape(shapes, pos, "num_heads")[0]
+        heads.append(count)
+    upsampler, upscale, num_feat = _upsampler(shapes)
+    fc1 = _shape(shapes, "layers.0.blocks.0.ffn.fc1.weight", "expansion_factor")
+    return DATConfig(
+        embed_dim=embed_dim,
+        depths=depths,
+        num_heads=tuple(heads),
+        split_size=split,
+        ffn_hidden=fc1[0],
+        upscale=upscale,
+        upsampler=upsampler,
+        resi_connection=_resi(shapes, "3conv"),
+        num_feat=num_feat,
+        qkv_bias="layers.0.blocks.0.attn.qkv.bias" in shapes,
     )

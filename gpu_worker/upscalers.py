@@ -14,7 +14,8 @@ from their published state-dict layouts:
 - Real-ESRGAN compact (SRVGGNetCompact, realesr-general-x4v3, animevideo): `body.0` conv,
   `body.1` PReLU, ... ending in a conv to 3 x scale² channels and a pixel shuffle, plus the
   nearest-upscaled input;
-- SwinIR (classical, lightweight and real-world SR) and HAT (HAT, HAT-L, HAT-S): transformer
+- SwinIR (classical, lightweight and real-world SR), HAT (HAT, HAT-L, HAT-S) and DAT (DAT, DAT-S,
+  DAT-2, DAT-light): transformer
   networks in gpu_worker.upscaler_archs, their hyper-parameters read from the state dict's shapes
   by gpu_worker.upscaler_layouts (which the catalogue also reads the native scale with).
 
@@ -206,7 +207,7 @@ def build_upscaler(state: dict[str, Any]) -> nn.Module:
         )
     else:
         raise UpscalerLoadError(
-            "not an ESRGAN (old or new layout), Real-ESRGAN compact, SwinIR or HAT state dict"
+            "not an ESRGAN (old or new layout), Real-ESRGAN compact, SwinIR, HAT or DAT state dict"
         )
     try:
         model.load_state_dict(state, strict=True)
@@ -216,23 +217,26 @@ def build_upscaler(state: dict[str, Any]) -> nn.Module:
 
 
 # Buffers a SwinIR / HAT file carries that the modules recompute (the masks for each input size).
-TRANSFORMER_BUFFERS = ("relative_position_index", "attn_mask")
+TRANSFORMER_BUFFERS = ("relative_position_index", "attn_mask", "rpe_biases")
 
 
 def _transformer(state: dict[str, Any]) -> nn.Module | None:
-    """A SwinIR or HAT network when the state dict has one's layout; None for another layout."""
+    """A SwinIR, HAT or DAT network when the state dict has one's layout; None for another."""
     shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
     kind = upscaler_layouts.detect(shapes)
     if kind is None:
         return None
+    from gpu_worker.upscaler_archs.dat import DAT
     from gpu_worker.upscaler_archs.hat import HAT
     from gpu_worker.upscaler_archs.swinir import SwinIR
 
     try:
         if kind == upscaler_layouts.SWINIR:
             model: nn.Module = SwinIR(upscaler_layouts.infer_swinir(shapes))
-        else:
+        elif kind == upscaler_layouts.HAT:
             model = HAT(upscaler_layouts.infer_hat(shapes))
+        else:
+            model = DAT(upscaler_layouts.infer_dat(shapes, _dat_first_offset(state)))
     except upscaler_layouts.LayoutError as exc:
         raise UpscalerLoadError(f"a {kind} state dict that cannot be built: {exc}") from exc
     weights = {
@@ -243,6 +247,15 @@ def _transformer(state: dict[str, Any]) -> nn.Module | None:
     except RuntimeError as exc:
         raise UpscalerLoadError(f"the weights do not fit the detected {kind}: {exc}") from exc
     return model.eval()
+
+
+def _dat_first_offset(state: dict[str, Any]) -> tuple[int, int]:
+    """The first row of DAT's first bias coordinates (1 - height, 1 - width of its window)."""
+    coordinates = state.get("layers.0.blocks.0.attn.attns.0.rpe_biases")
+    if not isinstance(coordinates, torch.Tensor) or coordinates.ndim != 2 or coordinates.is_meta:
+        raise upscaler_layouts.LayoutError("no rpe_biases values to read split_size from")
+    first = coordinates[0].tolist()
+    return int(first[0]), int(first[1])
 
 
 def load_upscaler(path: Path, *, allow_pickle: bool = False) -> nn.Module:
@@ -356,12 +369,14 @@ def upscale_image(
 
 def random_state(kind: str, *, features: int = 8, blocks: int = 1, growth: int = 4) -> dict:
     """A tiny random-weight upscaler's state dict in a published layout ("esrgan-old",
-    "esrgan-new", "esrgan-new-x2", "compact", "swinir" (x2), "hat" (x4)), for the demo model
-    and the tests."""
-    if kind in ("swinir", "hat"):
+    "esrgan-new", "esrgan-new-x2", "compact", "swinir" (x2), "hat" (x4), "dat" (x2)), for the
+    demo model and the tests."""
+    if kind in ("swinir", "hat", "dat"):
         from gpu_worker.upscaler_archs import tiny
 
-        return tiny.swinir_state() if kind == "swinir" else tiny.hat_state()
+        if kind == "swinir":
+            return tiny.swinir_state()
+        return tiny.hat_state() if kind == "hat" else tiny.dat_state()
     generator = torch.Generator().manual_seed(0)
     if kind == "compact":
         model: nn.Module = SRVGGCompact(features=features, convs=2, scale=4)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from gpu_worker.upscaler_archs.dat import DAT, _bias_coordinates, rect_mask, shifted
 from gpu_worker.upscaler_archs.hat import HAT
 from gpu_worker.upscaler_archs.swinir import SwinIR
 from gpu_worker.upscaler_archs.windows import relative_index, shift_mask
-from gpu_worker.upscaler_layouts import HATConfig, SwinIRConfig
+from gpu_worker.upscaler_layouts import DATConfig, HATConfig, SwinIRConfig
 
 TINY_SWINIR = SwinIRConfig(
     embed_dim=12,
@@ -36,6 +37,18 @@ TINY_HAT = HATConfig(
     num_feat=8,
     resi_connection="1conv",
 )
+TINY_DAT = DATConfig(
+    embed_dim=32,  # the position-bias MLP is embed_dim / 32 wide
+    depths=(3,),
+    num_heads=(2,),
+    split_size=(2, 4),
+    ffn_hidden=64,
+    upscale=2,
+    upsampler="pixelshuffle",
+    resi_connection="1conv",
+    num_feat=8,
+)
+TINY_DAT_IMG = 16  # the img_size its attn_mask buffers are made for
 
 
 def _randomised(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -66,4 +79,20 @@ def hat_state(config: HATConfig = TINY_HAT) -> dict[str, torch.Tensor]:
     state = _randomised(HAT(config))
     state["relative_position_index_SA"] = relative_index(config.window_size)
     state["relative_position_index_OCA"] = relative_index(config.window_size, config.overlap_window)
+    return state
+
+
+def dat_state(config: DATConfig = TINY_DAT) -> dict[str, torch.Tensor]:
+    state = _randomised(DAT(config))
+    sh, sw = config.split_size
+    for i, depth in enumerate(config.depths):
+        for j in range(0, depth, 2):  # the spatial blocks
+            attn = f"layers.{i}.blocks.{j}.attn"
+            for b, (rows, cols) in enumerate(((sh, sw), (sw, sh))):
+                offsets, index = _bias_coordinates(rows, cols)
+                state[f"{attn}.attns.{b}.rpe_biases"] = offsets
+                state[f"{attn}.attns.{b}.relative_position_index"] = index
+                if shifted(i, j):
+                    mask = rect_mask(TINY_DAT_IMG, TINY_DAT_IMG, rows, cols)
+                    state[f"{attn}.attn_mask_{b}"] = mask
     return state

@@ -12,9 +12,14 @@ import pytest
 from PIL import Image
 
 from gpu_worker import extras_plan
-from gpu_worker.upscaler_layouts import HATConfig, SwinIRConfig
+from gpu_worker.upscaler_layouts import DATConfig, HATConfig, SwinIRConfig
 from tests.gpu_worker.test_extras import decoded, extras, extras_request
-from tests.gpu_worker.transformer_tables import hat_table, swinir_table
+from tests.gpu_worker.transformer_tables import (
+    dat_coordinates,
+    dat_table,
+    hat_table,
+    swinir_table,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -120,6 +125,40 @@ HAT_PUBLISHED: list[tuple[str, dict, Any]] = [
     ),
 ]
 
+DAT_M: dict[str, Any] = dict(embed=180, depths=[6] * 6, heads=[6] * 6, img=64)
+DAT_PUBLISHED: list[tuple[str, dict, Any]] = [
+    (
+        "DAT_x4",
+        dat_table(**DAT_M, split=(8, 32), expansion=4, scale=4),
+        DATConfig(180, (6,) * 6, (6,) * 6, (8, 32), 720, 4, "pixelshuffle", "1conv", 64),
+    ),
+    (
+        "DAT_S_x3",
+        dat_table(**DAT_M, split=(8, 16), expansion=2, scale=3),
+        DATConfig(180, (6,) * 6, (6,) * 6, (8, 16), 360, 3, "pixelshuffle", "1conv", 64),
+    ),
+    (
+        "DAT_2_x2",
+        dat_table(**DAT_M, split=(8, 32), expansion=2, scale=2),
+        DATConfig(180, (6,) * 6, (6,) * 6, (8, 32), 360, 2, "pixelshuffle", "1conv", 64),
+    ),
+    (
+        "DAT_light_x4",
+        dat_table(
+            embed=60,
+            depths=[18],
+            heads=[6],
+            img=64,
+            split=(8, 32),
+            expansion=2,
+            scale=4,
+            resi="3conv",
+            upsampler="pixelshuffledirect",
+        ),
+        DATConfig(60, (18,), (6,), (8, 32), 120, 4, "pixelshuffledirect", "3conv", 0),
+    ),
+]
+
 
 def header(table: dict) -> dict:
     return {key: {"dtype": "F32", "shape": list(shape)} for key, shape in table.items()}
@@ -137,6 +176,22 @@ def test_published_configs_are_detected_with_their_hyper_parameters(
         model = build_upscaler(weights)  # strict: every published key has its module
     assert model.config == config, name
     assert model.scale == config.upscale == upscaler_scale(header(table))
+
+
+@pytest.mark.parametrize(("name", "table", "config"), DAT_PUBLISHED)
+def test_published_dat_configs_are_detected(torch: Any, name: str, table: dict, config: Any):
+    from gpu_worker.upscaler_files import upscaler_scale
+    from gpu_worker.upscalers import build_upscaler
+
+    with torch.device("meta"):
+        weights = {k: torch.empty(s, dtype=torch.float32) for k, s in table.items()}
+        # which window side is the height only the bias coordinates' values say
+        first = "layers.0.blocks.0.attn.attns.0.rpe_biases"
+        weights[first] = torch.tensor(dat_coordinates(config.split_size), device="cpu")
+        model: Any = build_upscaler(weights)
+    assert model.config == config, name
+    assert model.scale == config.upscale == upscaler_scale(header(table))
+    assert model.config.expansion_factor == (4 if name == "DAT_x4" else 2)
 
 
 def test_the_ratios_are_the_papers(torch: Any) -> None:
@@ -185,19 +240,33 @@ def test_what_cannot_be_read_from_the_file_is_refused_naming_it(torch: Any, tmp_
 def test_an_unsupported_transformer_is_refused_naming_the_file(torch: Any, tmp_path: Path):
     from gpu_worker.upscaler_files import upscaler_scale
 
-    dat = {  # DAT's first keys: a conv_first like ESRGAN's, but no RRDB trunk
+    other = {  # another transformer: a conv_first like ESRGAN's, but no RRDB trunk
         "conv_first.weight": (16, 3, 3, 3),
-        "before_RG.1.weight": (16,),
         "layers.0.blocks.0.attn.qkv.weight": (48, 16),
         "conv_last.weight": (3, 16, 3, 3),
     }
-    message = refusal(torch, tmp_path, dat)
+    message = refusal(torch, tmp_path, other)
     assert message.startswith("4x-broken.safetensors: not an ESRGAN")
-    assert "SwinIR or HAT" in message
-    assert upscaler_scale(header(dat)) is None  # listed with the unknown scale, not 1
+    assert "SwinIR, HAT or DAT" in message
+    assert upscaler_scale(header(other)) is None  # listed with the unknown scale, not 1
 
 
-@pytest.mark.parametrize(("kind", "scale"), [("swinir", 2), ("hat", 4)])
+def test_dats_window_orientation_comes_from_its_bias_coordinates(torch: Any) -> None:
+    from gpu_worker.upscalers import UpscalerLoadError, build_upscaler, random_state
+
+    state = random_state("dat")
+    model: Any = build_upscaler(state)
+    assert model.config.split_size == (2, 4)
+    first = "layers.0.blocks.0.attn.attns.0.rpe_biases"
+    flipped = {**state, first: torch.tensor(dat_coordinates((4, 2)), dtype=torch.float32)}
+    model = build_upscaler(flipped)
+    assert model.config.split_size == (4, 2)
+    del state[first]
+    with pytest.raises(UpscalerLoadError, match="rpe_biases"):
+        build_upscaler(state)
+
+
+@pytest.mark.parametrize(("kind", "scale"), [("swinir", 2), ("hat", 4), ("dat", 2)])
 def test_odd_sizes_are_padded_to_the_window_and_cropped_back(
     torch: Any, tmp_path: Path, kind: str, scale: int
 ) -> None:
@@ -251,16 +320,21 @@ def transformer_engine(
     (models / "Stable-diffusion").mkdir()
     checkpoint = "Stable-diffusion/atelier-demo-v1.safetensors"
     (models / checkpoint).symlink_to(demo_models_dir / checkpoint)
-    for folder, kind, name in (("SwinIR", "swinir", "SwinIR-tiny_x2"), ("HAT", "hat", "HAT-tiny")):
+    for folder, kind, name in (
+        ("SwinIR", "swinir", "SwinIR-tiny_x2"),
+        ("HAT", "hat", "HAT-tiny"),
+        ("DAT", "dat", "DAT-tiny_x2"),
+    ):
         (models / folder).mkdir()
         save_file(random_state(kind), str(models / folder / f"{name}.safetensors"))
     return make_engine(models, atelier_cache_dir)
 
 
 @pytest.mark.parametrize(
-    ("name", "native", "scale"), [("SwinIR-tiny_x2", 2, 2), ("HAT-tiny", 4, 4)]
+    ("name", "native", "scale"),
+    [("SwinIR-tiny_x2", 2, 2), ("HAT-tiny", 4, 4), ("DAT-tiny_x2", 2, 4)],  # DAT: two passes
 )
-def test_an_extras_job_upscales_with_swinir_and_hat(
+def test_an_extras_job_upscales_with_swinir_hat_and_dat(
     transformer_engine: Any, torch: Any, name: str, native: int, scale: int
 ) -> None:
     item = transformer_engine.catalogue.resolve("upscaler", name)
@@ -293,7 +367,7 @@ def test_the_catalogue_reads_the_folders_and_native_scales(tmp_path: Path, torch
     from gpu_worker.catalogue import scan_models
     from gpu_worker.upscalers import random_state
 
-    for folder, kind in (("SwinIR", "swinir"), ("HAT", "hat")):
+    for folder, kind in (("SwinIR", "swinir"), ("HAT", "hat"), ("DAT", "dat")):
         (tmp_path / folder).mkdir()
         save_file(random_state(kind), str(tmp_path / folder / f"{kind}.safetensors"))
     shutil.copytree(tmp_path / "HAT", tmp_path / "ESRGAN")  # any upscaler folder detects any
@@ -303,6 +377,7 @@ def test_the_catalogue_reads_the_folders_and_native_scales(tmp_path: Path, torch
         ("ESRGAN/4x-hat.safetensors", 4),
         ("HAT/hat.safetensors", 4),
         ("SwinIR/swinir.safetensors", 2),
+        ("DAT/dat.safetensors", 2),
     }
 
 

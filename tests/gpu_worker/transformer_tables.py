@@ -139,3 +139,86 @@ def hat_table(
     _pixelshuffle(t, nf, scale)
     _conv(t, "conv_last", nf, 3)
     return t
+
+
+def _batch_norm(table: Table, name: str, dim: int) -> None:
+    _norm(table, name, dim)
+    table[f"{name}.running_mean"] = (dim,)
+    table[f"{name}.running_var"] = (dim,)
+    table[f"{name}.num_batches_tracked"] = ()
+
+
+def _dat_interactions(t: Table, attn: str, dim: int) -> None:
+    t[f"{attn}.dwconv.0.weight"], t[f"{attn}.dwconv.0.bias"] = (dim, 1, 3, 3), (dim,)
+    _batch_norm(t, f"{attn}.dwconv.1", dim)
+    _conv(t, f"{attn}.channel_interaction.1", dim, dim // 8, 1)
+    _batch_norm(t, f"{attn}.channel_interaction.2", dim // 8)
+    _conv(t, f"{attn}.channel_interaction.4", dim // 8, dim, 1)
+    _conv(t, f"{attn}.spatial_interaction.0", dim, dim // 16, 1)
+    _batch_norm(t, f"{attn}.spatial_interaction.1", dim // 16)
+    _conv(t, f"{attn}.spatial_interaction.3", dim // 16, 1, 1)
+
+
+def dat_table(
+    *,
+    embed: int,
+    depths: list[int],
+    heads: list[int],
+    split: tuple[int, int],
+    img: int,
+    expansion: float,
+    scale: int,
+    resi: str = "1conv",
+    upsampler: str = "pixelshuffle",
+    nf: int = 64,
+) -> Table:
+    t: Table = {}
+    _conv(t, "conv_first", 3, embed)
+    _norm(t, "before_RG.1", embed)
+    hidden = int(embed * expansion)
+    pos = embed // 2 // 4 // 4
+    area = split[0] * split[1]
+    for i, depth in enumerate(depths):
+        for j in range(depth):
+            block = f"layers.{i}.blocks.{j}"
+            _norm(t, f"{block}.norm1", embed)
+            _linear(t, f"{block}.attn.qkv", embed, 3 * embed)
+            _linear(t, f"{block}.attn.proj", embed, embed)
+            if j % 2:
+                t[f"{block}.attn.temperature"] = (heads[i], 1, 1)
+            else:
+                for b in (0, 1):
+                    branch = f"{block}.attn.attns.{b}"
+                    _linear(t, f"{branch}.pos.pos_proj", 2, pos)
+                    for step, out in (("pos1", pos), ("pos2", pos), ("pos3", heads[i] // 2)):
+                        _norm(t, f"{branch}.pos.{step}.0", pos)
+                        _linear(t, f"{branch}.pos.{step}.2", pos, out)
+                    t[f"{branch}.rpe_biases"] = ((2 * split[0] - 1) * (2 * split[1] - 1), 2)
+                    t[f"{branch}.relative_position_index"] = (area, area)
+                if (i % 2 == 0 and j > 0 and (j - 2) % 4 == 0) or (i % 2 and j % 4 == 0):
+                    for b in (0, 1):
+                        windows = (img // split[0]) * (img // split[1])
+                        t[f"{block}.attn.attn_mask_{b}"] = (windows, area, area)
+            _dat_interactions(t, f"{block}.attn", embed)
+            _norm(t, f"{block}.norm2", embed)
+            _linear(t, f"{block}.ffn.fc1", embed, hidden)
+            _norm(t, f"{block}.ffn.sg.norm", hidden // 2)
+            t[f"{block}.ffn.sg.conv.weight"] = (hidden // 2, 1, 3, 3)
+            t[f"{block}.ffn.sg.conv.bias"] = (hidden // 2,)
+            _linear(t, f"{block}.ffn.fc2", hidden // 2, embed)
+        _resi(t, f"layers.{i}.conv", embed, resi)
+    _norm(t, "norm", embed)
+    _resi(t, "conv_after_body", embed, resi)
+    if upsampler == "pixelshuffledirect":
+        _conv(t, "upsample.0", embed, 3 * scale * scale)
+        return t
+    _conv(t, "conv_before_upsample.0", embed, nf)
+    _pixelshuffle(t, nf, scale)
+    _conv(t, "conv_last", nf, 3)
+    return t
+
+
+def dat_coordinates(split: tuple[int, int]) -> list[tuple[int, int]]:
+    """The first branch's rpe_biases values: every (dy, dx) offset of the window, row-major."""
+    h, w = split
+    return [(dy, dx) for dy in range(1 - h, h) for dx in range(1 - w, w)]
