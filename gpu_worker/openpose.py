@@ -95,12 +95,15 @@ class BodyPoseNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(part affinity fields, heatmaps) of the last stage, at 1/8 of the input's size."""
         features = self.model0(x)
-        pafs, heatmaps = self.model1_1(features), self.model1_2(features)
+        pafs, heatmaps = self._stage(1, 1)(features), self._stage(1, 2)(features)
         for s in range(2, STAGES + 1):
             h = torch.cat([pafs, heatmaps, features], dim=1)
-            pafs = getattr(self, f"model{s}_1")(h)
-            heatmaps = getattr(self, f"model{s}_2")(h)
+            pafs, heatmaps = self._stage(s, 1)(h), self._stage(s, 2)(h)
         return pafs, heatmaps
+
+    def _stage(self, stage: int, branch: int) -> nn.Module:
+        module: nn.Module = getattr(self, f"model{stage}_{branch}")
+        return module
 
     def file_state(self) -> dict[str, torch.Tensor]:
         """The state under the file's bare layer names."""
@@ -109,6 +112,9 @@ class BodyPoseNet(nn.Module):
     @classmethod
     def from_file_state(cls, state: dict[str, torch.Tensor]) -> BodyPoseNet:
         """The network the file's weights describe (its widths read from their shapes)."""
+
+        if "conv1_1.weight" not in state or "Mconv7_stage6_L2.weight" not in state:
+            raise ValueError("not a body pose model: no conv1_1 or Mconv7_stage6_L2 weights")
 
         def out(name: str) -> int:
             return int(state[f"{name}.weight"].shape[0])

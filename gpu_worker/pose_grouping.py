@@ -192,7 +192,7 @@ def draw_bodies(candidates: np.ndarray, people: np.ndarray, size: tuple[int, int
             polygon = cv2.ellipse2Poly(
                 centre, (int(length / 2), STICK_WIDTH), int(angle), 0, 360, 1
             )
-            cv2.fillConvexPoly(canvas, polygon, colour)
+            cv2.fillConvexPoly(canvas, np.asarray(polygon, dtype=np.int32), colour)
     for joint in range(JOINTS):
         for person in people:
             index = int(person[joint])
