@@ -138,7 +138,7 @@ class BodyPoseNet(nn.Module):
 
 def _resize(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize (width, height) as the extension does: area when shrinking, Lanczos when growing."""
-    grow = size[0] * size[1] > maps.shape[0] * maps.shape[1]
+    grow = size[0] + size[1] >= maps.shape[0] + maps.shape[1]
     interpolation = cv2.INTER_LANCZOS4 if grow else cv2.INTER_AREA
     channels = maps.shape[2] if maps.ndim == 3 else 1
     if channels <= 4:
@@ -158,7 +158,7 @@ def body_maps(net: BodyPoseNet, image: Image.Image) -> tuple[np.ndarray, np.ndar
     bgr = np.ascontiguousarray(rgb[:, :, ::-1])
     height, width = bgr.shape[:2]
     scale = BOX_SIZE * SCALE / height
-    scaled_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    scaled_size = (max(1, int(width * scale)), max(1, int(height * scale)))
     scaled = _resize(bgr, scaled_size)
     pad_h, pad_w = -scaled.shape[0] % STRIDE, -scaled.shape[1] % STRIDE
     padded = cv2.copyMakeBorder(

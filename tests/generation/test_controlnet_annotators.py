@@ -22,7 +22,7 @@ WEIGHT_BASED = ("softedge_hed", "softedge_hedsafe", "openpose")
 
 
 async def detect(client: Any, module: str, images: list[str], res: int = 96) -> Any:
-    body = {"controlnet_module": module, "controlnet_input_images": images}
+    body: dict[str, Any] = {"controlnet_module": module, "controlnet_input_images": images}
     body["controlnet_processor_res"] = res
     return await client.post("/controlnet/detect", json.dumps(body), "application/json")
 
