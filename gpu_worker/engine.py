@@ -77,7 +77,13 @@ from gpu_worker.prompt_syntax import (
 from gpu_worker.protocol import GenerationRequest, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
 from gpu_worker.tiling import circular_padding
-from gpu_worker.upscalers import TileSettings, UpscalerLoadError, load_upscaler, upscale_image
+from gpu_worker.upscalers import (
+    TileSettings,
+    UpscalerLoadError,
+    load_upscaler,
+    run_dtype,
+    upscale_image,
+)
 
 ENGINE_VERSION = "atelier-0.1"
 # How each of passes.LATENT_UPSCALERS resizes latents: (torch interpolate mode, antialias).
@@ -208,7 +214,8 @@ class Engine:
                 model = load_upscaler(item.path, allow_pickle=self.allow_pickle)
             except UpscalerLoadError as exc:
                 raise JobFailed(f"cannot use upscaler {item.name}: {exc}") from exc
-            self._upscaler = (item.sha256, model.to(self.device, self.dtype))
+            dtype = run_dtype(model, self.dtype)
+            self._upscaler = (item.sha256, model.to(self.device, dtype))
         return self._upscaler[1]
 
     def face_restorer(self, item: CatalogueItem) -> Any:
