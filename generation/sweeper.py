@@ -127,6 +127,7 @@ def _take_back(job: Job, report: SweepReport, from_status: str, why: str) -> Non
     if job.return_to_queue(from_statuses=(from_status,)):
         logger.info("job %s back in the queue: %s", job.pk, why)
         report.requeued.append(str(job.pk))
+        lifecycle.cancel_if_requested(job)
 
 
 def _lost_with_worker(job: Job, report: SweepReport) -> None:
@@ -140,6 +141,7 @@ def _lost_with_worker(job: Job, report: SweepReport) -> None:
         if job.return_to_queue(from_statuses=(Job.Status.RUNNING,), worker_lost=True):
             logger.warning("job %s back in the queue: worker %s died", job.pk, worker_id)
             report.requeued.append(str(job.pk))
+            lifecycle.cancel_if_requested(job)
         return
     with transaction.atomic():
         counted = Job.objects.filter(

@@ -481,16 +481,7 @@ class _Run:
                 images = [restore(self.faces, image, 1.0, detector) for image in images]
             for seed, image in zip(seeds, images, strict=True):
                 text = self._infotext(seed, size, checkpoint, vae, loras, hires)
-                png = infotext_mod.png_with_infotext(image, text)
-                result.images.append(
-                    ResultImage(
-                        png_b64=base64.b64encode(png).decode("ascii"),
-                        seed=seed,
-                        infotext=text,
-                        width=image.width,
-                        height=image.height,
-                    )
-                )
+                result.images.append(result_image(image, seed, text))
             encode_s += time.perf_counter() - t0
         result.steps_done = self.done
         result.timings["sampling_s"] = round(sampling_s, 4)
@@ -776,6 +767,18 @@ class _Run:
             params.update(self.control.infotext())
         params["Version"] = ENGINE_VERSION
         return infotext_mod.build_infotext(r["prompt"], r["negative_prompt"], params)
+
+
+def result_image(image: Image.Image, seed: int, infotext: str) -> ResultImage:
+    """A finished image as the worker reports it: a PNG carrying its infotext, as A1111 saves."""
+    png = infotext_mod.png_with_infotext(image, infotext)
+    return ResultImage(
+        png_b64=base64.b64encode(png).decode("ascii"),
+        seed=seed,
+        infotext=infotext,
+        width=image.width,
+        height=image.height,
+    )
 
 
 def request_problem(request: GenerationRequest) -> str | None:
