@@ -37,6 +37,7 @@ from generation.broker import get_broker, get_redis
 from generation.fleet import WorkerLiveness, read_heartbeats
 from generation.job_messages import MESSAGE_ID_KEY
 from generation.models import Job
+from generation.scheduling.dispatcher import wake_dispatcher
 from gpu_worker.protocol import (
     PLATFORM_QUEUE,
     WORKER_MISSING_GRACE_SECONDS,
@@ -181,6 +182,8 @@ def take_back_lost_jobs(
     _take_back_lost_messages(client, alive, now, report)
     _take_back_unreported(client, alive, beats, memory, clock, report)
     if report.requeued:
+        # The dispatcher sleeps while nothing waits: wake it, so the jobs go to another worker.
+        transaction.on_commit(wake_dispatcher)
         transaction.on_commit(lifecycle.publish_queue_positions)
     return report
 
