@@ -97,9 +97,15 @@ def training_epoch_work(params: GenerationParams) -> int:
         [(i["width"], i["height"]) for i in train["images"]],
         train["resolution"],
         train["repeats"],
-        train["train_text_encoder"],
+        # textual inversion's gradient crosses the text encoder as a CLIP LoRA's does
+        train["train_text_encoder"] or train.get("method") == "textual_inversion",
         params["width"] * params["height"],
         evaluations(params, params["steps"]),
+        class_sizes=[
+            (i["width"], i["height"])
+            for i in (train.get("class_images") or [] if train.get("prior_loss_weight") else [])
+        ],
+        batch_size=train["batch_size"],
     )
 
 

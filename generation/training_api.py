@@ -30,7 +30,7 @@ from generation.training_datasets import (
     update_dataset,
 )
 from generation.training_history import epoch_views, spent, trained_lora
-from gpu_worker.params import LR_SCHEDULERS, TRAIN_DEFAULTS
+from gpu_worker.params import LR_SCHEDULERS, TRAIN_DEFAULTS, TRAIN_METHODS
 
 # --- serializers ------------------------------------------------------------------------------
 
@@ -80,6 +80,16 @@ class TrainBlockSerializer(serializers.Serializer):
     batch_size = serializers.IntegerField(required=False, default=1)
     resolution = serializers.IntegerField(required=False, default=TRAIN_DEFAULTS["resolution"])
     train_text_encoder = serializers.BooleanField(required=False, default=False)
+    method = serializers.ChoiceField(
+        TRAIN_METHODS, required=False, default="lora", help_text="textual_inversion: an embedding"
+    )
+    num_vectors = serializers.IntegerField(required=False, default=1, help_text="embedding only")
+    init_text = serializers.CharField(required=False, default="*", help_text="embedding only")
+    class_dataset_id = serializers.IntegerField(
+        required=False, allow_null=True, help_text="LoRA with prior preservation: class images"
+    )
+    class_prompt = serializers.CharField(required=False, help_text="caption of class images")
+    prior_loss_weight = serializers.FloatField(required=False, default=1.0)
 
 
 class TrainingRequestSerializer(serializers.Serializer):
@@ -103,6 +113,7 @@ class EpochSerializer(serializers.Serializer):
     epoch = serializers.IntegerField()
     steps = serializers.IntegerField()
     loss = serializers.FloatField(allow_null=True)
+    prior_loss = serializers.FloatField(allow_null=True, help_text="on class images")
     losses = serializers.ListField(child=serializers.FloatField())
     charged = serializers.DecimalField(max_digits=12, decimal_places=2)
     sample_url = serializers.CharField(allow_null=True)
@@ -121,7 +132,9 @@ class TrainingJobSerializer(serializers.Serializer):
     error = serializers.CharField()
     train = serializers.DictField()
     epochs = EpochSerializer(many=True)
-    lora = serializers.CharField(allow_null=True, help_text="your LoRA's name once it succeeded")
+    lora = serializers.CharField(
+        allow_null=True, help_text="your LoRA's (or embedding's) name once it succeeded"
+    )
 
 
 def job_data(job: Job) -> dict[str, Any]:

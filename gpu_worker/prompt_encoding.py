@@ -166,7 +166,9 @@ def encode_prompt_pair_xl(
         for index, (encoder, tokenizer) in enumerate(pairs):
             start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
             pad = tokenizer.pad_token_id
-            ids = torch.tensor([chunk_ids(c, start, end, pad) for c in chunks], device=encoder.device)
+            ids = torch.tensor(
+                [chunk_ids(c, start, end, pad) for c in chunks], device=encoder.device
+            )
             with embedding_hook(encoder, chunks, embeddings or {}, index):
                 out = encoder(ids, output_hidden_states=True)
             if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds

@@ -158,4 +158,3 @@ class EmbeddingTrainer(LoraTrainer):
         with torch.no_grad():
             for vector, saved in zip(self.vectors, state["vectors"], strict=True):
                 vector.copy_(saved.to(vector))
-

@@ -36,7 +36,7 @@ from gpu_worker.job_outcome import (
     StepObserver,
 )
 from gpu_worker.loading import ModelLoadError, load_checkpoint
-from gpu_worker.protocol import GenerationRequest, ResultImage, TrainingDelivery
+from gpu_worker.protocol import GenerationRequest, ResultImage, TrainingImageDelivery
 from gpu_worker.training_rules import batches_per_epoch
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,12 @@ def _get(url: str) -> bytes:
         return bytes(response.read())
 
 
-def fetch_dataset(
-    delivery: TrainingDelivery, captions: list[str], key: str = "images"
-) -> list[Any]:
+def fetch_dataset(images: list[TrainingImageDelivery], captions: list[str]) -> list[Any]:
     """The job's images (or its class images), each checked against its sha256."""
     from gpu_worker.training import TrainingImage
 
     items = []
-    for index, image in enumerate(delivery.get(key) or []):  # type: ignore[attr-defined]
+    for index, image in enumerate(images):
         try:
             data = _get(image["url"])
         except (urllib.error.URLError, OSError) as exc:
@@ -163,9 +161,9 @@ def run_training(
     if not train or not delivery or len(delivery["images"]) != len(train["images"]):
         raise JobFailed("a training job needs its train parameters and dataset")
     checkpoint = engine.resolve("checkpoint", request["checkpoint"])
-    dataset = fetch_dataset(delivery, [i["caption"] for i in train["images"]])
+    dataset = fetch_dataset(delivery["images"], [i["caption"] for i in train["images"]])
     class_captions = [i["caption"] for i in train.get("class_images") or []]
-    class_images = fetch_dataset(delivery, class_captions, "class_images")
+    class_images = fetch_dataset(delivery.get("class_images") or [], class_captions)
     if len(class_images) != len(class_captions):
         raise JobFailed("a training job needs its class images")
     resume_state = None
@@ -183,9 +181,7 @@ def run_training(
         raise JobFailed(str(exc)) from exc
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - t0
-    trainer_class = (
-        EmbeddingTrainer if train.get("method") == "textual_inversion" else LoraTrainer
-    )
+    trainer_class = EmbeddingTrainer if train.get("method") == "textual_inversion" else LoraTrainer
     trainer = trainer_class(
         pipe,
         checkpoint.family,

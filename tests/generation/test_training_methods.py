@@ -1,0 +1,177 @@
+"""Textual inversion and DreamBooth prior preservation at the platform's doors: the train
+block's new fields checked naming the field, prices that count the extra work, A1111's
+train/embedding mapped onto a member's dataset, and class datasets kept private."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from generation.models import Job
+from tests.generation.a1111_support import token_for
+from tests.generation.conftest import api_client
+from tests.generation.test_training_datasets import (
+    four_images_zip,
+    png,
+    train_request,
+    upload,
+    zip_of,
+)
+
+pytestmark = pytest.mark.django_db
+JOBS = "/api/v1/training/jobs/"
+
+
+@pytest.fixture
+def alices_dataset(alice) -> int:
+    return int(upload(api_client(alice), {"squares.zip": four_images_zip()}).json()["id"])
+
+
+@pytest.fixture
+def alices_classes(alice) -> int:
+    files = {"classes.zip": zip_of({f"c{i}.png": png((90, 90, 90 + i)) for i in range(3)})}
+    return int(upload(api_client(alice), files, name="plain squares").json()["id"])
+
+
+def quote(user: Any, body: dict[str, Any]) -> Any:
+    """A quote at a real size (tiny sizes round every price to the same cent)."""
+    body = {**body, "train": {**body["train"], "resolution": 512, "repeats": 10}}
+    return api_client(user).post(f"{JOBS}quote/", body, format="json")
+
+
+def test_an_embedding_training_is_priced_like_clip_training_and_named_by_itself(
+    alice, catalogue, alices_dataset, redis_client
+):
+    lora = quote(alice, train_request(alices_dataset)).json()
+    clip = quote(alice, train_request(alices_dataset, train_text_encoder=True)).json()
+    ti_body = train_request(
+        alices_dataset, method="textual_inversion", output_name="sqzemb", num_vectors=3
+    )
+    ti = quote(alice, ti_body).json()
+    assert Decimal(str(ti["price"])) == Decimal(str(clip["price"])) > Decimal(str(lora["price"]))
+
+    response = api_client(alice).post(JOBS, ti_body, format="json")
+    assert response.status_code == 201, response.content
+    train = Job.objects.get().params["train"]
+    assert (train["method"], train["num_vectors"], train["train_text_encoder"]) == (
+        "textual_inversion",
+        3,
+        False,
+    )
+    assert all(i["caption"].startswith("sqzemb") for i in train["images"])
+
+
+def test_embedding_and_prior_fields_are_checked_naming_the_field(
+    alice, catalogue, alices_dataset, alices_classes, redis_client
+):
+    cases: list[tuple[dict[str, Any], str, int]] = [
+        ({"method": "hypernetwork"}, "train.method", 422),
+        ({"method": "textual_inversion", "num_vectors": 0}, "train.num_vectors", 422),
+        ({"method": "textual_inversion", "num_vectors": 76}, "train.num_vectors", 422),
+        (
+            {"method": "textual_inversion", "class_dataset_id": alices_classes},
+            "train.class_dataset_id",
+            422,
+        ),
+        ({"class_dataset_id": alices_classes}, "train.class_prompt", 422),  # no captions
+        (
+            {
+                "class_dataset_id": alices_classes,
+                "class_prompt": "a square",
+                "prior_loss_weight": -1,
+            },
+            "train.prior_loss_weight",
+            422,
+        ),
+        ({"class_dataset_id": 999_999, "class_prompt": "x"}, "train.class_dataset_id", 404),
+    ]
+    for block, field, code in cases:
+        response = api_client(alice).post(
+            JOBS, train_request(alices_dataset, **block), format="json"
+        )
+        assert (response.status_code, response.json()["field"]) == (code, field), block
+    assert not Job.objects.exists()
+
+
+def test_prior_preservation_freezes_the_class_images_and_prices_their_batches(
+    alice, bob, catalogue, alices_dataset, alices_classes, redis_client
+):
+    plain = quote(alice, train_request(alices_dataset)).json()
+    body = train_request(
+        alices_dataset,
+        class_dataset_id=alices_classes,
+        class_prompt="a square",
+        prior_loss_weight=0.5,
+    )
+    prior = quote(alice, body).json()
+    assert Decimal(str(prior["price"])) > Decimal(str(plain["price"]))
+    assert prior["total_steps"] == plain["total_steps"]  # a class batch rides on each step
+
+    # bob cannot use alice's class images, and is told exactly what a missing dataset gets
+    bobs_own = int(upload(api_client(bob), {"s.zip": four_images_zip()}).json()["id"])
+    refused = api_client(bob).post(
+        JOBS,
+        train_request(bobs_own, class_dataset_id=alices_classes, class_prompt="x"),
+        format="json",
+    )
+    assert (refused.status_code, refused.json()["field"]) == (404, "train.class_dataset_id")
+
+    assert api_client(alice).post(JOBS, body, format="json").status_code == 201
+    train = Job.objects.get(owner=alice).params["train"]
+    assert len(train["class_images"]) == 3 and train["prior_loss_weight"] == 0.5
+    assert {i["caption"] for i in train["class_images"]} == {"a square"}
+
+
+def sdapi(user: Any) -> Any:
+    client = api_client(user)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(user)}")
+    return client
+
+
+def test_a1111_train_embedding_trains_on_the_dataset_data_root_names(
+    alice, bob, catalogue, alices_dataset, redis_client
+):
+    body = {
+        "embedding_name": "sqzemb",
+        "data_root": "squares",
+        "learn_rate": 0.005,
+        "batch_size": 1,
+        "training_width": 32,
+        "training_height": 32,
+        "steps": 6,
+        "num_vectors_per_token": 2,
+        "init_text": "red square",
+    }
+    folder = sdapi(alice).post(
+        "/sdapi/v1/train/embedding", {**body, "data_root": "/srv/x"}, format="json"
+    )
+    assert folder.status_code == 422 and folder.json()["field"] == "data_root"
+    assert "/api/v1/training/datasets/" in folder.json()["detail"]
+    schedule = sdapi(alice).post(
+        "/sdapi/v1/train/embedding", {**body, "learn_rate": "0.1:10"}, format="json"
+    )
+    assert schedule.status_code == 422 and schedule.json()["field"] == "learn_rate"
+    # bob's data_root cannot reach alice's dataset of that name
+    assert sdapi(bob).post("/sdapi/v1/train/embedding", body, format="json").status_code == 422
+
+    response = sdapi(alice).post("/sdapi/v1/train/embedding", body, format="json")
+    assert response.status_code == 200, response.content
+    job = Job.objects.get(pk=response.json()["job_id"])
+    train = job.params["train"]
+    assert (train["method"], train["output_name"], train["num_vectors"]) == (
+        "textual_inversion",
+        "sqzemb",
+        2,
+    )
+    assert train["epochs"] == 2  # 6 steps over 4 images a pass: two whole (metered) epochs
+    assert response.json()["job_id"] in response.json()["info"]
+
+
+def test_a1111_create_embedding_points_at_train_embedding(alice):
+    response = sdapi(alice).post(
+        "/sdapi/v1/create/embedding", {"name": "x", "num_vectors_per_token": 1}, format="json"
+    )
+    assert response.status_code == 422
+    assert "/sdapi/v1/train/embedding" in response.json()["detail"]
