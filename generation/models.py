@@ -249,8 +249,9 @@ class JobQuerySet(models.QuerySet["Job"]):
         return self.filter(status=Job.Status.RUNNING)
 
     def waiting(self) -> JobQuerySet:
-        """Queued and held by no worker: what the scheduler may hand out."""
-        return self.filter(status=Job.Status.QUEUED, worker_id="")
+        """Queued, held by no worker and waiting for no other job: what the scheduler may
+        hand out."""
+        return self.filter(status=Job.Status.QUEUED, worker_id="", after__isnull=True)
 
     def assigned(self) -> JobQuerySet:
         """Queued and handed to a worker that has not started it yet."""
@@ -287,6 +288,11 @@ class Job(models.Model):
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.TXT2IMG)
     params = models.JSONField(help_text=_("Validated parameters; the seed is already resolved"))
     checkpoint = models.ForeignKey(CatalogEntry, on_delete=models.PROTECT, related_name="jobs")
+    # A job that may start only after this one succeeds (a training after the txt2img job
+    # making its class images); cleared when it may go. The scheduler never hands it out before.
+    after = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="dependants"
+    )
     init_image = models.ImageField(upload_to=init_image_upload_to, blank=True)
     mask_image = models.ImageField(
         upload_to=mask_image_upload_to,

@@ -12,6 +12,7 @@ Status codes carried by SubmissionError: 400 malformed input (wrong type, missin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -797,6 +798,7 @@ def cancel_job(user: Any, job: Job) -> Job:
         if cancel_queued_job(job):
             # A worker may already hold the message: the flag makes it skip the job.
             _set_cancel_flag(job, required=False)
+            _cancel_class_job(user, job)
             return job
         job.refresh_from_db()
     if job.status == Job.Status.RUNNING:
@@ -804,6 +806,19 @@ def cancel_job(user: Any, job: Job) -> Job:
         job.mark_cancel_requested()
         return job
     raise SubmissionError("job", f"the job already finished ({job.status})", 409)
+
+
+def _cancel_class_job(user: Any, training: Job) -> None:
+    """A training cancelled while it waited for its class images: their job, made only for it,
+    is cancelled too (refunded as any cancelled job)."""
+    if training.after_id is None:
+        return
+    class_job = Job.objects.filter(pk=training.after_id, status__in=Job.UNFINISHED).first()
+    if class_job is None:
+        return
+    # finished meanwhile: the member keeps (and pays for) its images
+    with contextlib.suppress(SubmissionError):
+        cancel_job(user, class_job)
 
 
 def _set_cancel_flag(job: Job, required: bool) -> None:

@@ -19,7 +19,8 @@ from rest_framework.views import APIView
 
 from generation.api import ERRORS, error_response
 from generation.models import Job, TrainingDataset, TrainingEpoch, TrainingImage
-from generation.submission import SubmissionError, quote_job, submit_job
+from generation.submission import SubmissionError, quote_job
+from generation.training_chain import submit_training
 from generation.training_datasets import (
     DatasetError,
     add_images,
@@ -304,7 +305,7 @@ class TrainingJobListView(APIView):
     )
     def post(self, request: Request) -> Response:
         try:
-            job = submit_job(request.user, training_params(request.data))
+            job = submit_training(request.user, training_params(request.data))
         except SubmissionError as exc:
             return error_response(exc)
         return Response(job_data(job), status=status.HTTP_201_CREATED)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from accounts.tiers import tier_of
+from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, TrainingDataset
 from generation.own_models import OwnModelError, check_name
 from generation.training_datasets import caption_with_trigger
@@ -34,6 +35,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "resolution": (32, 2048),
     "num_vectors": (1, 75),  # A1111's slider; one 75-token chunk holds at most that many
     "prior_loss_weight": (0, 100),
+    "class_count": (0, 1000),  # and the tier's images per job
 }
 
 
@@ -155,12 +157,17 @@ def _prior_preservation(user: Any, raw: dict[str, Any], embedding: bool) -> dict
     instance images; captioned with class_prompt where they have no caption of their own."""
     class_prompt = str(raw.get("class_prompt") or "").strip()[:500]
     off = {"class_dataset_id": None, "class_prompt": class_prompt, "prior_loss_weight": 0.0}
-    if raw.get("class_dataset_id") in (None, ""):
-        return {**off, "class_images": []}
+    count = _number(raw, "class_count", integer=True)
+    given = raw.get("class_dataset_id") not in (None, "")
+    if not given and not count:
+        return {**off, "class_count": 0, "class_images": []}
     if embedding:
         raise TrainingRequestError(
-            "train.class_dataset_id", "prior preservation is for LoRA training, not embeddings"
+            "train.class_dataset_id" if given else "train.class_count",
+            "prior preservation is for LoRA training, not embeddings",
         )
+    if count:
+        return _generated_classes(user, raw, class_prompt, count, given)
     dataset = _dataset(user, raw.get("class_dataset_id"), "train.class_dataset_id")
     rows = list(dataset.images.all())
     if not rows:
@@ -174,6 +181,7 @@ def _prior_preservation(user: Any, raw: dict[str, Any], embedding: bool) -> dict
         "class_dataset_id": dataset.pk,
         "class_prompt": class_prompt,
         "prior_loss_weight": _number(raw, "prior_loss_weight", integer=False),
+        "class_count": 0,
         "class_images": [
             TrainImage(
                 sha256=row.sha256,
@@ -183,6 +191,33 @@ def _prior_preservation(user: Any, raw: dict[str, Any], embedding: bool) -> dict
             )
             for row in rows
         ],
+    }
+
+
+def _generated_classes(
+    user: Any, raw: dict[str, Any], class_prompt: str, count: int, given: bool
+) -> dict[str, Any]:
+    """Class images the platform generates (generation.training_chain): checked here, frozen
+    when they exist."""
+    if given:
+        raise TrainingRequestError(
+            "train.class_count", "give train.class_dataset_id or train.class_count, not both"
+        )
+    if not class_prompt:
+        raise TrainingRequestError(
+            "train.class_prompt", "train.class_prompt is needed to generate class images"
+        )
+    most = limits_for(user).max_images
+    if count > most:
+        raise TrainingRequestError(
+            "train.class_count", f"train.class_count must be at most {most} (images per job)"
+        )
+    return {
+        "class_dataset_id": None,
+        "class_prompt": class_prompt,
+        "prior_loss_weight": _number(raw, "prior_loss_weight", integer=False),
+        "class_count": count,
+        "class_images": [],
     }
 
 

@@ -15,7 +15,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from generation.error_text import readable_error
 from generation.models import CatalogEntry, Job, TrainingDataset
-from generation.submission import SubmissionError, cancel_job, submit_job
+from generation.submission import SubmissionError, cancel_job
+from generation.training_chain import submit_training
 from generation.training_datasets import DatasetError, add_images, create_dataset, set_caption
 from generation.training_history import epoch_views, loss_curve, spent, trained_lora
 from generation.training_requests import TRAINABLE_FAMILIES
@@ -121,7 +122,7 @@ def training_start(request: HttpRequest, pk: int) -> HttpResponse:
     params: dict[str, Any] = {k: post[k] for k in SAMPLE_FIELDS if post.get(k, "") != ""}
     params.update(mode="train", checkpoint=post.get("checkpoint", ""), train=train)
     try:
-        job = submit_job(request.user, params)
+        job = submit_training(request.user, params)
     except SubmissionError as exc:
         messages.error(request, readable_error(exc.field, exc.message))
         return redirect("training_dataset", pk=dataset.pk)

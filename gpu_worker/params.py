@@ -92,6 +92,7 @@ class TrainParams(TypedDict):
     # prior_loss_weight times (0: off).
     class_dataset_id: int | None
     class_prompt: str
+    class_count: int  # >0: the platform generates that many class images first (a txt2img job)
     prior_loss_weight: float
     class_images: list[TrainImage]
 
@@ -112,6 +113,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "init_text": "*",
     "class_dataset_id": None,
     "class_prompt": "",
+    "class_count": 0,
     "prior_loss_weight": 1.0,
 }
 TRAIN_METHODS = ("lora", "textual_inversion")

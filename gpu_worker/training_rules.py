@@ -60,6 +60,12 @@ def batches_per_epoch(
     return sum(math.ceil(n * repeats / batch_size) for n in per_bucket.values())
 
 
+def class_image_side(resolution: int) -> int:
+    """The side of the square class images the platform generates for a training (at least
+    the generator's smallest side; any square lands in the square bucket)."""
+    return max(64, resolution // 8 * 8)
+
+
 def epoch_work(
     sizes: Sequence[tuple[int, int]],
     resolution: int,

@@ -424,3 +424,31 @@ def test_prior_preservation_trains_on_class_images_and_records_their_loss(
     detail = client.get(f"/api/v1/training/jobs/{job.pk}/").json()
     assert detail["epochs"][0]["prior_loss"] == pytest.approx(epoch.prior_loss)
     assert epoch.charged == epoch_price(job.params, job.checkpoint) == job.price
+
+
+def test_class_images_the_platform_generates_are_alices_jobs_before_her_training(
+    alice, world, training_worker
+):
+    client = world["client"]
+    before = account_for(alice).balance
+    body = training(
+        world["dataset"], epochs=1, class_count=2, class_prompt="a square", prior_loss_weight=1.0
+    )
+    response = client.post("/api/v1/training/jobs/", body, format="json")
+    assert response.status_code == 201, response.content
+    job = finished(response.json()["id"])
+    assert job.status == "succeeded", job.error
+    class_job = Job.objects.get(pk=job.params["train"]["class_job_id"])
+    # an ordinary txt2img job of hers, finished (and charged) before the training started
+    assert (class_job.owner, class_job.mode, class_job.status) == (alice, "txt2img", "succeeded")
+    assert class_job.images.count() == 2
+    assert job.started_at is not None and class_job.finished_at is not None
+    assert class_job.finished_at <= job.started_at
+    # its images became a dataset of hers, frozen into the training as its class images
+    train = job.params["train"]
+    assert len(train["class_images"]) == 2 and train["class_dataset_id"]
+    epoch = TrainingEpoch.objects.get(job=job)
+    assert len(epoch.prior_losses) == len(epoch.losses) == 4 and epoch.prior_loss > 0
+    assert account_for(alice).balance == before - class_job.price - job.price
+    assert account_for(alice).held == 0
+    assert not ledger.find_violations()
