@@ -14,6 +14,7 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from generation.error_text import readable_error
+from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, TrainingDataset
 from generation.submission import SubmissionError, cancel_job
 from generation.training_chain import submit_training
@@ -34,6 +35,13 @@ TRAIN_FORM_FIELDS = (
     "repeats",
     "batch_size",
     "resolution",
+    "method",
+    "num_vectors",
+    "init_text",
+    "class_dataset_id",
+    "class_count",
+    "class_prompt",
+    "prior_loss_weight",
 )
 SAMPLE_FIELDS = ("prompt", "negative_prompt", "steps", "width", "height", "seed")
 
@@ -107,6 +115,8 @@ def dataset_page(request: HttpRequest, pk: int) -> HttpResponse:
             "checkpoints": checkpoints,
             "defaults": TRAIN_DEFAULTS,
             "schedulers": LR_SCHEDULERS,
+            "class_datasets": TrainingDataset.objects.owned_by(request.user).exclude(pk=dataset.pk),
+            "max_images": limits_for(request.user).max_images,
         },
     )
 

@@ -223,6 +223,7 @@ def test_cancelling_the_class_job_calls_off_the_training_and_refunds_both(
         api_client(alice).post(JOBS, generated_classes(alices_dataset), format="json").json()["id"]
     )
     class_job = Job.objects.get(pk=training_id).after
+    assert class_job is not None
     assert api_client(alice).post(f"/api/v1/jobs/{class_job.pk}/cancel/").status_code in (200, 202)
     training = Job.objects.get(pk=training_id)
     assert training.status == "cancelled" and "class-image job was cancelled" in training.error
@@ -241,6 +242,7 @@ def test_cancelling_the_waiting_training_cancels_its_class_job(
     assert api_client(bob).post(f"/api/v1/jobs/{training_id}/cancel/").status_code == 404
     assert api_client(alice).post(f"/api/v1/jobs/{training_id}/cancel/").status_code in (200, 202)
     training = Job.objects.get(pk=training_id)
+    assert training.after is not None
     assert training.status == "cancelled" and training.after.status == "cancelled"
     assert account_for(alice).held == 0 and account_for(alice).balance == before
 
@@ -262,3 +264,45 @@ def test_generated_class_images_are_checked_naming_the_field(
         )
         assert (response.status_code, response.json()["field"]) == (422, field), block
     assert not Job.objects.exists()
+
+
+def test_the_page_starts_an_embedding_or_a_lora_with_generated_class_images(
+    alice, catalogue, alices_dataset, redis_client
+):
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(alice)
+    form = browser.get(f"/training/datasets/{alices_dataset}/").content.decode()
+    assert 'name="method"' in form and 'name="class_count"' in form
+    common = {
+        "checkpoint": catalogue["a"].name,
+        "epochs": "1",
+        "repeats": "1",
+        "resolution": "32",
+        "prompt": "sqzemb, a square",
+    }
+    response = browser.post(
+        f"/training/datasets/{alices_dataset}/train/",
+        {**common, "method": "textual_inversion", "output_name": "sqzemb", "num_vectors": "2"},
+    )
+    assert response.status_code == 302
+    embedding = Job.objects.get(mode="train")
+    assert embedding.params["train"]["method"] == "textual_inversion"
+    page = browser.get(response["Location"]).content.decode()
+    assert "2 vectors per token" in page
+    assert browser.post(f"/training/jobs/{embedding.pk}/cancel/").status_code == 302
+
+    response = browser.post(
+        f"/training/datasets/{alices_dataset}/train/",
+        {
+            **common,
+            "output_name": "sqz-db",
+            "class_count": "2",
+            "class_prompt": "a square",
+            "prior_loss_weight": "1",
+        },
+    )
+    assert response.status_code == 302, response.content
+    page = browser.get(response["Location"]).content.decode()
+    assert 'id="class-job"' in page

@@ -448,7 +448,8 @@ def test_class_images_the_platform_generates_are_alices_jobs_before_her_training
     train = job.params["train"]
     assert len(train["class_images"]) == 2 and train["class_dataset_id"]
     epoch = TrainingEpoch.objects.get(job=job)
-    assert len(epoch.prior_losses) == len(epoch.losses) == 4 and epoch.prior_loss > 0
+    assert len(epoch.prior_losses) == len(epoch.losses) == 4
+    assert epoch.prior_loss is not None and epoch.prior_loss > 0
     assert account_for(alice).balance == before - class_job.price - job.price
     assert account_for(alice).held == 0
     assert not ledger.find_violations()
