@@ -119,6 +119,10 @@ def test_prior_preservation_freezes_the_class_images_and_prices_their_batches(
     assert (refused.status_code, refused.json()["field"]) == (404, "train.class_dataset_id")
 
     assert api_client(alice).post(JOBS, body, format="json").status_code == 201
+    # the class images stay while the training may fetch them
+    assert (
+        api_client(alice).delete(f"/api/v1/training/datasets/{alices_classes}/").status_code == 409
+    )
     train = Job.objects.get(owner=alice).params["train"]
     assert len(train["class_images"]) == 3 and train["prior_loss_weight"] == 0.5
     assert {i["caption"] for i in train["class_images"]} == {"a square"}
