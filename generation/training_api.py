@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from generation.api import ERRORS, error_response
 from generation.models import Job, TrainingDataset, TrainingEpoch, TrainingImage
 from generation.submission import SubmissionError, quote_job
-from generation.training_chain import submit_training
+from generation.training_chain import class_job_params, submit_training
 from generation.training_datasets import (
     DatasetError,
     add_images,
@@ -321,6 +321,11 @@ class TrainingQuoteView(APIView):
                     "price": serializers.DecimalField(max_digits=12, decimal_places=2),
                     "epoch_price": serializers.DecimalField(max_digits=12, decimal_places=2),
                     "total_steps": serializers.IntegerField(),
+                    "class_images_price": serializers.DecimalField(
+                        max_digits=12,
+                        decimal_places=2,
+                        help_text="the txt2img job making class images (class_count), else 0",
+                    ),
                 },
             ),
             **ERRORS,
@@ -330,6 +335,8 @@ class TrainingQuoteView(APIView):
     def post(self, request: Request) -> Response:
         try:
             valid = quote_job(request.user, training_params(request.data))
+            class_request = class_job_params(valid.params)  # type: ignore[arg-type]
+            extra = quote_job(request.user, class_request).price if class_request else 0
         except SubmissionError as exc:
             return error_response(exc)
         epochs = valid.params["train"]["epochs"]
@@ -338,6 +345,7 @@ class TrainingQuoteView(APIView):
                 "price": valid.price,
                 "epoch_price": valid.price / epochs,
                 "total_steps": valid.total_steps,
+                "class_images_price": extra,
             }
         )
 

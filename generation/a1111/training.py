@@ -69,19 +69,37 @@ def _learning_rate(body: dict[str, Any]) -> Any:
     return value
 
 
+def _whole(body: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
+    value = body.get(name, default)
+    if value is None:
+        value = default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = low - 1
+    if isinstance(value, bool) or not low <= number <= high:
+        raise A1111Error(
+            422,
+            _("%(name)s must be a whole number between %(low)d and %(high)d")
+            % {"name": name, "low": low, "high": high},
+            name,
+        )
+    return number
+
+
 def train_embedding(user: Any, body: Any) -> dict[str, Any]:
     """Start the job; A1111's `steps` (optimizer steps) become whole epochs, as each epoch is
     metered: enough epochs of one pass over the dataset to make at least that many steps."""
     if not isinstance(body, dict):
         raise A1111Error(422, _("the request body must be a JSON object"), "body")
     dataset = _dataset(user, body)
-    width = int(body.get("training_width") or 512)
-    height = int(body.get("training_height") or width)
+    width = _whole(body, "training_width", 512, 32, 4096)
+    height = _whole(body, "training_height", width, 32, 4096)
     resolution = int(math.sqrt(width * height)) // 8 * 8
-    batch = body.get("batch_size", 1)
+    batch = _whole(body, "batch_size", 1, 1, 16)
     sizes = [(image.width, image.height) for image in dataset.images.all()]
-    per_epoch = batches_per_epoch(sizes, resolution, 1, int(batch)) if sizes else 1
-    steps = int(body.get("steps") or 100)
+    per_epoch = batches_per_epoch(sizes, resolution, 1, batch) if sizes else 1
+    steps = _whole(body, "steps", 100, 1, 1_000_000)
     train = {
         "method": "textual_inversion",
         "dataset_id": dataset.pk,

@@ -108,6 +108,9 @@ def test_prior_preservation_freezes_the_class_images_and_prices_their_batches(
     prior = quote(alice, body).json()
     assert Decimal(str(prior["price"])) > Decimal(str(plain["price"]))
     assert prior["total_steps"] == plain["total_steps"]  # a class batch rides on each step
+    assert Decimal(str(prior["class_images_price"])) == 0  # uploaded: nothing to generate
+    generated = quote(alice, train_request(alices_dataset, class_count=4, class_prompt="a square"))
+    assert Decimal(str(generated.json()["class_images_price"])) > 0
 
     # bob cannot use alice's class images, and is told exactly what a missing dataset gets
     bobs_own = int(upload(api_client(bob), {"s.zip": four_images_zip()}).json()["id"])
@@ -153,6 +156,10 @@ def test_a1111_train_embedding_trains_on_the_dataset_data_root_names(
     )
     assert folder.status_code == 422 and folder.json()["field"] == "data_root"
     assert "/api/v1/training/datasets/" in folder.json()["detail"]
+    wide = sdapi(alice).post(
+        "/sdapi/v1/train/embedding", {**body, "training_width": "wide"}, format="json"
+    )
+    assert wide.status_code == 422 and wide.json()["field"] == "training_width"
     schedule = sdapi(alice).post(
         "/sdapi/v1/train/embedding", {**body, "learn_rate": "0.1:10"}, format="json"
     )
