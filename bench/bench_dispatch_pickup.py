@@ -8,7 +8,8 @@ for a random 50-400 ms, as a free GPU waits for the scheduler's next hand-out. T
 measured interleaved in one run:
   default   one shared queue, Dramatiq's own idle poll (worker_timeout 1000 ms)
   shared    the previous path: one shared "gpu" queue, worker_timeout 50 ms
-  own       the scheduler's path: the worker's own queue via gpu_worker.service.start_worker
+  own       the product's path: the worker's own queue via gpu_worker.service.start_worker, on
+            the broker that wakes the consumer through Redis (gpu_worker.wakeup)
 Goal: own p95 under 100 ms on loopback.
 """
 
@@ -35,9 +36,12 @@ class Setup:
 
         from gpu_worker.protocol import GENERATE_ACTOR
         from gpu_worker.service import QUEUE_PREFETCH, start_worker
+        from gpu_worker.wakeup import WakeupRedisBroker
 
         self.name, self.queue = name, queue
-        self.broker = RedisBroker(url=url, namespace=f"bench-pickup-{uuid.uuid4().hex[:8]}")
+        # The product's broker (pushed wake-ups) for its own path; Dramatiq's for the others.
+        kind = WakeupRedisBroker if worker_timeout is None else RedisBroker
+        self.broker = kind(url=url, namespace=f"bench-pickup-{uuid.uuid4().hex[:8]}")
         self.started: dict[str, float] = {}
         self.events: dict[str, threading.Event] = {}
 

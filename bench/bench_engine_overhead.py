@@ -33,7 +33,6 @@ STEPS, SIZE = 10, 128
 def main() -> None:
     import dramatiq
     import torch
-    from dramatiq.brokers.redis import RedisBroker
 
     from gpu_worker.demo_model import make_demo_models
     from gpu_worker.engine import Engine
@@ -48,6 +47,7 @@ def main() -> None:
     )
     from gpu_worker.samplers import build_scheduler, resolve_sampler
     from gpu_worker.service import WorkerService, register_actors, running_worker
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     torch.set_num_threads(1)
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -100,7 +100,7 @@ def main() -> None:
     def through_engine() -> None:
         engine.run(request())
 
-    broker = RedisBroker(url=redis_url, namespace="atelier-bench-" + uuid.uuid4().hex[:6])
+    broker = WakeupRedisBroker(url=redis_url, namespace="atelier-bench-" + uuid.uuid4().hex[:6])
     done: dict[str, threading.Event] = {}
 
     queued: list[float] = []

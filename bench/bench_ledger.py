@@ -94,7 +94,9 @@ def main() -> None:
     real_hold = submission.hold_credits
     if not FULL:
         # The queued event's snapshot, left out: it reads every queued job.
-        submission.publish_queue_position = lambda job: None
+        import generation.scheduling.dispatcher as dispatcher
+
+        dispatcher.publish_positions = lambda job_ids, snapshot=None: None
 
     def no_hold(user: User, job: Job) -> None:  # the seam's old no-op
         return None

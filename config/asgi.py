@@ -17,12 +17,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from config.body_limit import BodySizeLimit  # noqa: E402
 from config.client_address import ClientAddressFromProxy  # noqa: E402
+from config.waiting_calls import WaitingCallsWithoutThreads  # noqa: E402
 from config.websocket_urls import websocket_urlpatterns  # noqa: E402
 
 application = ClientAddressFromProxy(
     ProtocolTypeRouter(
         {
-            "http": BodySizeLimit(django_asgi_app),
+            "http": BodySizeLimit(WaitingCallsWithoutThreads(django_asgi_app)),
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
             ),

@@ -63,7 +63,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # WhiteNoise made async-capable: one sync-only middleware puts every request in a thread.
+    "config.static_files.AsyncWhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -251,6 +252,8 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Atelier <noreply@localhost>"
 # Stripe Checkout for credit packs and memberships. Both empty (the default): the shop says
 # payments are off and everything else works.
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
+# Bearer token a Prometheus scraper sends to /metrics (staff sessions need none); unset: staff only.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 
 REST_FRAMEWORK: dict[str, object] = {

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from config import views
 from generation import merge_uploads, model_delivery, pricing_page, training_transfer
 from generation.a1111.urls import controlnet_urlpatterns
+from operations import views as operations_views
 
 # JSON on API paths, the usual pages elsewhere (config/api_errors.py).
 handler400 = "config.api_errors.bad_request"
@@ -29,6 +30,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("gallery/", include("gallery.urls")),
     path("ops/", include("operations.urls")),
+    path("metrics", operations_views.prometheus_metrics, name="metrics"),
     path("api/v1/", include("generation.api_urls")),
     re_path(r"^api/v1/(?P<rest>.*[^/])$", views.api_without_slash),
     path("sdapi/v1/", include("generation.a1111.urls")),

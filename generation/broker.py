@@ -15,12 +15,13 @@ import redis
 from django.conf import settings
 from django.db import close_old_connections, connections
 from dramatiq.broker import Broker, MessageProxy
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 from dramatiq.worker import WorkerThread
 
+from gpu_worker.wakeup import WakeupRedisBroker
+
 _lock = threading.Lock()
-_broker: RedisBroker | None = None
+_broker: WakeupRedisBroker | None = None
 _redis: redis.Redis | None = None
 _blocking_redis: redis.Redis | None = None
 BLOCKING_SOCKET_TIMEOUT = 60  # longer than any blocking read the platform makes (BLPOP)
@@ -75,11 +76,11 @@ def get_blocking_redis() -> redis.Redis:
         return _blocking_redis
 
 
-def get_broker() -> RedisBroker:
+def get_broker() -> WakeupRedisBroker:
     global _broker
     with _lock:
         if _broker is None:
-            broker = RedisBroker(
+            broker = WakeupRedisBroker(
                 url=redis_url(),
                 socket_connect_timeout=2,
                 socket_timeout=10,

@@ -10,7 +10,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from generation.events import EVENT_TYPES, JobEvent, user_group
 from generation.lifecycle import queued_event
 from generation.models import Job
-from generation.queue import queue_snapshot
+from generation.queue import current_snapshot
 from generation.scheduling.estimates import running_eta
 
 
@@ -19,7 +19,7 @@ def unfinished_job_events(user: Any) -> list[JobEvent]:
     jobs = list(Job.objects.owned_by(user).unfinished().order_by("created_at"))
     if not jobs:
         return []
-    snapshot = queue_snapshot() if any(j.status == Job.Status.QUEUED for j in jobs) else None
+    snapshot = current_snapshot() if any(j.status == Job.Status.QUEUED for j in jobs) else None
     events: list[JobEvent] = []
     for job in jobs:
         if job.status == Job.Status.RUNNING:
@@ -33,7 +33,7 @@ def unfinished_job_events(user: Any) -> list[JobEvent]:
                 }
             )
             continue
-        info = snapshot.get(job.pk) if snapshot else None
+        info = snapshot.place(job) if snapshot else None
         events.append(
             queued_event(
                 job,

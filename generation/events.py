@@ -9,7 +9,7 @@ The GPU worker publishes `job.progress` (gpu_worker.protocol.ProgressEvent) to t
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal, TypedDict, Union
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Union
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -99,8 +99,23 @@ EVENT_TYPES = (
 )
 
 
+# A process with no ASGI event loop (the platform worker) installs a publisher that keeps one
+# loop and its Redis connections (gpu_worker.progress.ChannelPublisher); otherwise each event
+# would pay async_to_sync's fresh loop and a new connection.
+_publisher: Any = None
+
+
+def use_background_publisher(publisher: Any) -> None:
+    """Send this process's events through `publisher` (None: back to async_to_sync)."""
+    global _publisher
+    _publisher = publisher
+
+
 def send_to_user(user_id: int | str, event: JobEvent) -> None:
     """Send now (outside any transaction). Delivery is best effort: a dead layer only logs."""
+    if _publisher is not None:
+        _publisher.publish(user_group(user_id), dict(event))
+        return
     layer = get_channel_layer()
     if layer is None:
         return

@@ -189,7 +189,9 @@ def queued_event(job: Job, position: int, eta: float, source: EtaSource) -> JobQ
 
 
 def publish_queue_positions() -> None:
-    """Tell the owners of queued jobs their new place after the queue moved."""
+    """Tell the owners of queued jobs their new place after the queue moved: those in the
+    simulated window (`generation.queue`), so the cost does not grow with the queue; a job
+    further back hears its place when it enters the window, and on each websocket connect."""
     snapshot = queue_snapshot()
     owners = {
         str(pk): owner_id

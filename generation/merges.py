@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,7 +31,6 @@ from generation.submission import (
     SubmissionError,
     _float,
     _lookup,
-    publish_queue_position,
     require_queue,
 )
 from gpu_worker.merge_rules import (
@@ -301,8 +299,7 @@ def _create_job(user: Any, valid: ValidatedMerge, recipe: ModelRecipe | None) ->
         )
     else:
         ModelRecipe.objects.filter(pk=recipe.pk).update(job=job)
-    dispatch_on_commit(job)
-    transaction.on_commit(partial(publish_queue_position, job))
+    dispatch_on_commit(job)  # the dispatcher schedules, then tells the owner its place
     return job
 
 

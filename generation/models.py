@@ -327,6 +327,11 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["status", "created_at"], name="job_status_created"),
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
+            # The scheduler's window (waiting jobs, oldest first): read in index order, so a
+            # pass reads its 100 rows whatever the queue length (bench_queue_scale).
+            models.Index(
+                fields=["status", "worker_id", "created_at", "id"], name="job_waiting_order"
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -6,12 +6,16 @@ weight, aged jobs first) over the workers present now (`generation.fleet`), each
 `scheduling.estimates`. A job whose models come from the store (members' and staff uploads)
 also counts the time to download what the best-placed present worker lacks on its disk, at that
 worker's reported fetch rate. A snapshot costs a constant number of queries whatever the queue
-length.
+length, and simulates only the oldest MAX_SIMULATED waiting jobs (the scheduler's own window),
+so it costs the same at a hundred or ten thousand queued jobs. A job behind that window is
+placed by its age (`QueueSnapshot.beyond`: one indexed count), timed at the window's mean pace.
 """
 
 from __future__ import annotations
 
 import heapq
+import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +38,12 @@ from generation.scheduling.policy import Download, FairScheduler, download_secon
 from generation.stored_models import StoredModels
 from gpu_worker.protocol import DEFAULT_DOWNLOAD_BYTES_PER_S, WorkerHeartbeat
 
-MAX_SIMULATED = 1000
+logger = logging.getLogger(__name__)
+SNAPSHOT_KEY = "atelier:queue:snapshot"
+# The dispatcher stores a snapshot after every pass and at least every second while jobs wait;
+# readers (job pages, the API, websocket connects) use it while it is this fresh.
+SNAPSHOT_TTL_MS = 3000
+MAX_SIMULATED = 100  # = dispatcher.SCHEDULING_WINDOW: nothing behind it starts before it
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,38 @@ class QueueInfo:
 @dataclass
 class QueueSnapshot:
     infos: dict[str, QueueInfo] = field(default_factory=dict)
+    # For a waiting job not simulated (behind the window, or newer than the snapshot): the
+    # window's last place and finish, and the seconds each job ahead of it adds (mean cost
+    # over the workers).
+    window_end: tuple[int, float, float] | None = None
+    _placed: dict[str, QueueInfo | None] = field(default_factory=dict)
 
     def get(self, job_id: Any) -> QueueInfo | None:
         return self.infos.get(str(job_id))
+
+    def place(self, job: Job) -> QueueInfo | None:
+        """`get`, or for a job behind the window `beyond` (asked once per job)."""
+        if (info := self.get(job.pk)) is not None:
+            return info
+        if str(job.pk) not in self._placed:
+            self._placed[str(job.pk)] = self.beyond(job)
+        return self._placed[str(job.pk)]
+
+    def beyond(self, job: Job) -> QueueInfo | None:
+        """A waiting job the snapshot did not simulate: placed by age behind the window."""
+        if self.window_end is None or job.status != Job.Status.QUEUED or job.worker_id:
+            return None
+        last_position, last_finish, pace = self.window_end
+        ahead = (
+            Job.objects.waiting()
+            .filter(created_at__lte=job.created_at)
+            .exclude(pk=job.pk)
+            .exclude(pk__in=list(self.infos))
+            .count()
+        )
+        own, source = estimate_duration(job, SpeedCache())
+        finish = last_finish + pace * ahead + own
+        return QueueInfo(last_position + ahead + 1, round(finish, 1), source)
 
 
 Disks = dict[str, tuple[frozenset[str], float]]  # worker id -> (sha256s on disk, bytes/s)
@@ -112,6 +150,7 @@ def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
     waiting = waiting_jobs(limit=MAX_SIMULATED, speeds=speeds)
     usage = recent_usage(now, speeds, in_flight=held)
     order = FairScheduler().fair_order(waiting.jobs, now=now.timestamp(), usage=usage)
+    position, finish = len(handed_out), 0.0
     for position, entry in enumerate(order, start=len(handed_out) + 1):
         fetch = fetch_seconds(entry.downloads, disks)
         finish = heapq.heappop(slots) + fetch + entry.cost
@@ -119,6 +158,38 @@ def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
         snapshot.infos[entry.job_id] = QueueInfo(
             position, round(finish, 1), waiting.sources[entry.job_id], round(fetch, 1)
         )
+    pace = sum(e.cost for e in order) / len(order) / count if order else 0.0
+    snapshot.window_end = (position, finish, pace)
+    return snapshot
+
+
+def store_snapshot(snapshot: QueueSnapshot) -> None:
+    """Publish a snapshot for readers in every process (the dispatcher does, after a pass)."""
+    data: dict[str, Any] = {
+        "infos": {k: [v.position, v.eta, v.source] for k, v in snapshot.infos.items()},
+        "window_end": list(snapshot.window_end) if snapshot.window_end else None,
+    }
+    try:
+        get_redis().set(SNAPSHOT_KEY, json.dumps(data), px=SNAPSHOT_TTL_MS)
+    except (redis.RedisError, OSError):  # readers then compute their own
+        logger.warning("queue snapshot not stored", exc_info=True)
+
+
+def current_snapshot() -> QueueSnapshot:
+    """The dispatcher's latest snapshot if fresh (a Redis read), else one computed here."""
+    try:
+        raw = get_redis().get(SNAPSHOT_KEY)
+    except (redis.RedisError, OSError):
+        raw = None
+    if not raw:
+        return queue_snapshot()
+    data = json.loads(raw)
+    snapshot = QueueSnapshot(
+        infos={k: QueueInfo(int(p), float(e), s) for k, (p, e, s) in data["infos"].items()}
+    )
+    if data["window_end"]:
+        position, finish, pace = data["window_end"]
+        snapshot.window_end = (int(position), float(finish), float(pace))
     return snapshot
 
 
@@ -126,4 +197,4 @@ def queue_info(job: Job) -> QueueInfo | None:
     """Position and ETA of one queued job (None once it left the queue)."""
     if job.status != Job.Status.QUEUED:
         return None
-    return queue_snapshot().get(job.pk)
+    return current_snapshot().place(job)

@@ -13,7 +13,7 @@ from rest_framework import serializers
 from generation.lifecycle import image_payload
 from generation.limits import DEFAULT_LIMITS, GenerationLimits
 from generation.models import CatalogEntry, Job, JobImage
-from generation.queue import QueueSnapshot, queue_snapshot
+from generation.queue import QueueSnapshot, current_snapshot
 from generation.scheduling.estimates import running_eta
 from generation.submission import (
     CONTROL_RESIZE_MODES,
@@ -108,14 +108,14 @@ class JobSerializer(serializers.ModelSerializer):
 
     def _snapshot(self) -> QueueSnapshot:
         if self._queue is None:
-            self._queue = queue_snapshot()
+            self._queue = current_snapshot()
         return self._queue
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_position(self, job: Job) -> int | None:
         if job.status != Job.Status.QUEUED:
             return None
-        info = self._snapshot().get(job.pk)
+        info = self._snapshot().place(job)
         return info.position if info else None
 
     @extend_schema_field(serializers.FloatField(allow_null=True))
@@ -125,14 +125,14 @@ class JobSerializer(serializers.ModelSerializer):
             return running_eta(job)
         if job.status != Job.Status.QUEUED:
             return None
-        info = self._snapshot().get(job.pk)
+        info = self._snapshot().place(job)
         return info.eta if info else None
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_eta_source(self, job: Job) -> str | None:
         if job.status != Job.Status.QUEUED:
             return None
-        info = self._snapshot().get(job.pk)
+        info = self._snapshot().place(job)
         return info.source if info else None
 
     def get_cancel_requested(self, job: Job) -> bool:

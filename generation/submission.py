@@ -18,7 +18,6 @@ import io
 import logging
 import secrets
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, cast
 
 import redis
@@ -32,14 +31,12 @@ from PIL import Image, ImageOps
 from generation.broker import get_redis
 from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
-from generation.events import send_to_user
 from generation.face_models import FaceChoiceError, restore_faces_choice
 from generation.fleet import available_preprocessors
-from generation.lifecycle import cancel_queued_job, queued_event
+from generation.lifecycle import cancel_queued_job
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, UserGenerationSettings
 from generation.pricing import final_size, price_job, total_steps
-from generation.queue import queue_info
 from generation.request_errors import SubmissionError
 from generation.scheduling.dispatcher import dispatch_on_commit
 from generation.styles import StyleError, apply_styles
@@ -736,10 +733,9 @@ def record_job(
                 raise SubmissionError("price", str(exc) or "not enough credits", 402) from None
             if remember:
                 remember_params(user, valid.params, chosen_scheduler=chosen_scheduler)
-            # After commit, outside the write lock: schedule first (nothing that may fail or be
-            # cancelled in the broadcast can then skip it), then tell the owner its place.
+            # After commit, outside the write lock: wake the dispatcher, which schedules and
+            # then tells the owner its place (off this request).
             dispatch_on_commit(job)
-            transaction.on_commit(partial(publish_queue_position, job))
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
         if (job := existing_job(user, idempotency_key)) is not None:
@@ -758,12 +754,6 @@ def require_queue() -> None:
         raise SubmissionError(
             "queue", gettext("the queue is unreachable, try again shortly"), 503
         ) from None
-
-
-def publish_queue_position(job: Job) -> None:
-    info = queue_info(job)
-    if info is not None:
-        send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
 
 
 def remember_params(user: Any, params: GenerationParams, chosen_scheduler: Any = None) -> None:

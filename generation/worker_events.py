@@ -5,7 +5,7 @@ The actor `record_job_event` on PLATFORM_QUEUE is declared on a broker by
 the broker (`generation.broker`) registers nothing. Every branch claims its transition with a
 conditional update first, so a redelivered or late event (a 'started' after a cancel, a second
 'succeeded', an event from an older attempt) changes nothing. Each change that frees a worker slot
-triggers a scheduling pass.
+wakes the dispatcher for a scheduling pass.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dramatiq
 from generation import lifecycle
 from generation.merge_records import merged_file_problem
 from generation.models import Job
-from generation.scheduling.dispatcher import request_schedule
+from generation.scheduling.dispatcher import wake_dispatcher
 from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE, JobEvent
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def handle_job_event(event: JobEvent) -> bool:
 
 def record_job_event(event: JobEvent) -> None:
     if handle_job_event(event) and event["kind"] != "started":
-        request_schedule()  # a slot came free, or a job came back: hand out the next one
+        wake_dispatcher()  # a slot came free, or a job came back: hand out the next one
 
 
 def register_platform_actors(broker: dramatiq.Broker) -> dramatiq.Actor:

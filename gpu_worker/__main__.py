@@ -351,13 +351,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import redis
-    from dramatiq.brokers.redis import RedisBroker
 
     from gpu_worker.demo_model import make_demo_models
     from gpu_worker.heartbeat import Heartbeat
     from gpu_worker.model_downloads import DownloadCache
     from gpu_worker.progress import ChannelPublisher
     from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, start_worker
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     redis_url = args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
     worker_id = args.worker_id or f"{os.uname().nodename}-{uuid.uuid4().hex[:6]}"
@@ -365,7 +365,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         make_demo_models(args.models_dir)
     engine = build_engine(args)
     # Timeouts so that a Redis that vanishes is noticed (events are then buffered, not lost).
-    broker = RedisBroker(
+    broker = WakeupRedisBroker(
         url=redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
     )
     redis_client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)

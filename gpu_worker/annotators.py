@@ -1,11 +1,13 @@
 """Weight-based ControlNet annotators, run by the worker where their weights lie in the models
 folder (gpu_worker/preprocessors.py lists them and runs the weight-free ones).
 
-lineart_realistic and lineart_coarse: sd-webui-controlnet's lineart annotator, the "informative
+lineart_realistic, lineart_coarse (here): sd-webui-controlnet's lineart annotator, the "informative
 drawings" generator (a small ResNet: a 7x7 stem, two stride-2 convolutions, three residual
 blocks, two transposed convolutions, a 7x7 head with a sigmoid), weights `sk_model` and
 `sk_model2`. As the extension does it: the image at the processor resolution, scaled to 0..1,
 through the network; the map is 255 minus its output (white lines on black).
+softedge_hed and softedge_hedsafe: gpu_worker/hed.py. openpose (body only): gpu_worker/openpose.py
+with gpu_worker/pose_grouping.py.
 
 `Annotators` is the object the engine owns: it loads each network once (keyed by its file's
 path, size and mtime, so replaced weights are read again) and runs one at a time, because job
@@ -23,9 +25,13 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
+from gpu_worker.hed import ControlNetHED, soft_edges
+from gpu_worker.openpose import BodyPoseNet, openpose
 from gpu_worker.preprocessors import ANNOTATOR_WEIGHTS, resize_short_side, run_preprocessor
 
 LINEART_MODULES = ("lineart_realistic", "lineart_coarse")
+HED_MODULES = ("softedge_hed", "softedge_hedsafe")
+OPENPOSE_MODULES = ("openpose",)
 LINEART_BLOCKS = 3
 PAD_MULTIPLE = 8  # the network halves the size twice and doubles it back
 
@@ -96,18 +102,35 @@ class Annotators:
         weights = self.models_dir / ANNOTATOR_WEIGHTS[module]
         if not weights.is_file():
             raise ValueError(f"preprocessor {module!r} has no weights on this worker")
+        image = resize_short_side(image.convert("RGB"), processor_res)
         with self._lock:
-            net = self._load(weights)
-            return _lineart(net, resize_short_side(image.convert("RGB"), processor_res))
+            net = self._load(module, weights)
+            if isinstance(net, ControlNetHED):
+                return soft_edges(net, image, safe=module == "softedge_hedsafe")
+            if isinstance(net, BodyPoseNet):
+                return openpose(net, image)
+            return _lineart(net, image)
 
-    def _load(self, weights: Path) -> nn.Module:
+    def _load(self, module: str, weights: Path) -> nn.Module:
         stat = weights.stat()
         key = (str(weights), stat.st_size, stat.st_mtime_ns)
         if key not in self._nets:
-            net = LineartGenerator()
-            net.load_state_dict(load_file(str(weights)))
+            net = _network(module, weights)
             self._nets = {key: net.to(self.device).eval()}  # one at a time: they are small
         return self._nets[key]
+
+
+def _network(module: str, weights: Path) -> nn.Module:
+    """The module's network with these weights (modules sharing a network share its file, so
+    softedge_hed's network serves softedge_hedsafe too)."""
+    state = load_file(str(weights))
+    if module in HED_MODULES:
+        return ControlNetHED.from_state_dict(state)
+    if module in OPENPOSE_MODULES:
+        return BodyPoseNet.from_file_state(state)
+    net = LineartGenerator()
+    net.load_state_dict(state)
+    return net
 
 
 @torch.inference_mode()

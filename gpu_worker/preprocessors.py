@@ -8,7 +8,8 @@ Weight-based annotators (gpu_worker/annotators.py, torch) run where an admin dro
 weights into the models folder (`ANNOTATOR_WEIGHTS`). What a worker can run it says in its
 heartbeat (`worker_preprocessors`); the platform lists and accepts only those, so asking for one
 that no worker has is a 422. Of sd-webui-controlnet's annotators, lineart (realistic and
-coarse) is built; depth, openpose and the others are not yet.
+coarse), soft edges (HED and HED-safe) and openpose (body only) are built; depth, MLSD, normal
+and the others are not yet.
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ MODULE_DETAIL: dict[str, dict] = {
     },
 }
 # Weight-based annotators: module -> its weights under the models folder (safetensors only: the
-# extension's sk_model.pth / sk_model2.pth converted, since a pickle can run code).
+# extension's .pth files converted, since a pickle can run code). The HED modules share one file.
 ANNOTATOR_WEIGHTS: dict[str, str] = {
     "lineart_realistic": "Annotators/lineart/sk_model.safetensors",
     "lineart_coarse": "Annotators/lineart/sk_model2.safetensors",
+    "softedge_hed": "Annotators/hed/ControlNetHED.safetensors",
+    "softedge_hedsafe": "Annotators/hed/ControlNetHED.safetensors",
+    "openpose": "Annotators/openpose/body_pose_model.safetensors",
 }
 MODULE_DETAIL.update(
     {

@@ -59,7 +59,7 @@ def channel_layer_hosts(redis_url: str) -> list[dict[str, Any]]:
 class ChannelPublisher:
     """Fire-and-forget group_send from sync code; `flush()` waits for what was sent."""
 
-    def __init__(self, redis_url: str, *, prefix: str = "asgi") -> None:
+    def __init__(self, redis_url: str = "", *, prefix: str = "asgi", layer: Any = None) -> None:
         from channels_redis.core import RedisChannelLayer
 
         self._loop = asyncio.new_event_loop()
@@ -67,7 +67,9 @@ class ChannelPublisher:
             target=self._loop.run_forever, name="progress-publisher", daemon=True
         )
         self._thread.start()
-        self.layer = RedisChannelLayer(hosts=channel_layer_hosts(redis_url), prefix=prefix)
+        # One loop for the process's life, so the layer keeps its Redis connections (a fresh
+        # loop per message, as async_to_sync makes outside an ASGI server, reconnects each time).
+        self.layer = layer or RedisChannelLayer(hosts=channel_layer_hosts(redis_url), prefix=prefix)
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
 

@@ -58,7 +58,9 @@ MAX_RETRIES = 2  # only unexpected errors are retried; a failed job is reported,
 # (a retry waits in this worker's delay queue; the sweeper counts it as the job still in hand)
 TIME_LIMIT_MS = 2 * 3600 * 1000  # a big CPU batch can take long; the platform sweeps stuck jobs
 MIN_BACKOFF_MS = 2_000
-WORKER_TIMEOUT_MS = 50  # Dramatiq's idle poll: ~50 ms pickup instead of up to 1 s
+# How long an idle consumer waits before its housekeeping round. Pickup does not wait for it:
+# the broker (gpu_worker.wakeup) wakes the consumer the moment a job is sent.
+WORKER_TIMEOUT_MS = 1000
 QUEUE_PREFETCH = 1  # one GPU, one job: the next assigned one waits in Redis, not in memory
 DRAIN_WAIT_SECONDS = 2.0  # how long drain waits for its consumers to stop fetching
 SEND_ERRORS = (redis.RedisError, BrokerConnectionError, OSError)
@@ -157,8 +159,11 @@ class WorkerService:
         consumers = list(self.worker.consumers.values()) if self.worker else []
         for consumer in consumers:
             consumer.pause()
-        # A consumer notices the pause at its next idle poll (worker_timeout): wait for that,
-        # so that once drain returns nothing more is fetched (bounded: never hang the caller).
+        wake = getattr(self.broker, "wake", None)
+        if wake is not None:  # an idle consumer notices the pause now, not after its timeout
+            wake(self.queue)
+        # Wait until each consumer noticed, so that once drain returns nothing more is fetched
+        # (bounded: never hang the caller).
         for consumer in consumers:
             consumer.paused_event.wait(timeout=DRAIN_WAIT_SECONDS)
 

@@ -1,19 +1,22 @@
 from __future__ import annotations
 
+import hmac
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from generation.broker import get_redis
 from generation.fleet import read_workers
 from gpu_worker.protocol import WorkerCommand
-from operations import metrics
+from operations import metrics, prometheus
 from operations.charts import Chart, bar_chart
 from operations.credit_metrics import CreditDay
 from operations.workers import send_worker_command
@@ -72,3 +75,23 @@ def ops_worker_command(request: HttpRequest, worker_id: str) -> HttpResponse:
         request, _("Sent “%(action)s” to %(worker)s.") % {"action": action, "worker": worker_id}
     )
     return redirect("ops_workers")
+
+
+def metrics_allowed(request: HttpRequest) -> bool:
+    """Staff (a session), or a scraper with `Authorization: Bearer <METRICS_TOKEN>` when that
+    setting is set, compared in constant time."""
+    if getattr(request.user, "is_staff", False):
+        return True
+    token = settings.METRICS_TOKEN
+    header = request.headers.get("Authorization", "")
+    if not token or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header.removeprefix("Bearer ").encode(), token.encode())
+
+
+def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition of `operations.prometheus`; anyone else gets a 404 (the endpoint
+    does not advertise itself)."""
+    if not metrics_allowed(request):
+        raise Http404
+    return HttpResponse(generate_latest(prometheus.registry()), content_type=CONTENT_TYPE_LATEST)

@@ -144,7 +144,7 @@ async def run(user: Any, requests: list[dict[str, Any]], batch: bool) -> dict[st
     # Shielded: a hang-up must not cancel the submissions half-way (a1111.waiting.submit).
     jobs = await asyncio.shield(sync_to_async(_submit_all)(user, requests))
     for job in jobs:
-        status = await wait_until_finished(job.pk)
+        status = await wait_until_finished(job.pk, job.owner_id)
         if status == Job.Status.FAILED:
             error = await Job.objects.values_list("error", flat=True).aget(pk=job.pk)
             raise A1111Error(502, _("the job failed: %s") % (error or _("unknown error")))

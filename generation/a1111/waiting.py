@@ -1,8 +1,11 @@
 """Submit a job through the one submission service and wait for it without tying anything up.
 
-The wait polls the job row with short, growing sleeps in the event loop: no transaction stays
-open, and no database connection is kept between polls (a hundred waiting clients must not take
-a hundred Postgres connections). If the client goes away, Django cancels the waiting coroutine
+The wait is pushed, not polled: the coroutine listens on the owner's channel-layer group for
+the job's terminal event (what the websocket relays; channels_redis serves every waiting call of
+a process with one blocking Redis read) and reads the job row only at the start and, since
+channel messages can be lost, every CHECK_SECONDS. No transaction stays open and no database
+connection is kept while waiting (a hundred waiting clients must not take a hundred Postgres
+connections). If the client goes away, Django cancels the waiting coroutine
 and only the coroutine: the job was committed and dispatched already, so it runs to the end, is
 charged as usual and appears in the user's history.
 """
@@ -13,18 +16,20 @@ import asyncio
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.db import connection
 from django.utils.translation import gettext as _
 
 from generation.a1111.errors import A1111Error
 from generation.a1111.responses import generation_response
 from generation.a1111.translation import Translated
+from generation.events import user_group
 from generation.models import Job
 from generation.submission import SubmissionError, submit_job
 
-FIRST_POLL_SECONDS = 0.1
-MAX_POLL_SECONDS = 0.5
+CHECK_SECONDS = 5.0  # the row is read this often too, in case the finish event was lost
 WAIT_LIMIT_SECONDS = 3600.0
+FINISH_EVENTS = {"job.succeeded", "job.failed", "job.cancelled"}
 
 
 async def submit(user: Any, request: Translated) -> Job:
@@ -46,30 +51,53 @@ def _status(job_id: Any) -> str | None:
             connection.close()
 
 
-async def wait_until_finished(job_id: Any, limit: float = WAIT_LIMIT_SECONDS) -> str:
+async def _finish_event(layer: Any, channel: str, job_id: str, seconds: float) -> None:
+    """Until the job's terminal event arrives on `channel`, or `seconds` pass."""
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                message = await layer.receive(channel)
+                if message.get("job_id") == job_id and message.get("type") in FINISH_EVENTS:
+                    return
+    except TimeoutError:
+        return
+
+
+async def wait_until_finished(job_id: Any, owner_id: Any, limit: float = WAIT_LIMIT_SECONDS) -> str:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit
-    delay = FIRST_POLL_SECONDS
-    while True:
-        status = await sync_to_async(_status)(job_id)
-        if status is None:  # deleted meanwhile (the account went away)
-            raise A1111Error(404, _("job %(id)s no longer exists") % {"id": job_id})
-        if status in Job.TERMINAL:
-            return status
-        if loop.time() >= deadline:
-            raise A1111Error(
-                504,
-                _("job %(id)s is still unfinished; it goes on and will be in your history")
-                % {"id": job_id},
-            )
-        await asyncio.sleep(delay)
-        delay = min(delay * 1.25, MAX_POLL_SECONDS)
+    layer = get_channel_layer()
+    group = user_group(owner_id)
+    channel = await layer.new_channel() if layer is not None else ""
+    if layer is not None:
+        await layer.group_add(group, channel)  # before the first read: no finish slips between
+    try:
+        while True:
+            status = await sync_to_async(_status)(job_id)
+            if status is None:  # deleted meanwhile (the account went away)
+                raise A1111Error(404, _("job %(id)s no longer exists") % {"id": job_id})
+            if status in Job.TERMINAL:
+                return status
+            if loop.time() >= deadline:
+                raise A1111Error(
+                    504,
+                    _("job %(id)s is still unfinished; it goes on and will be in your history")
+                    % {"id": job_id},
+                )
+            wait = min(CHECK_SECONDS, max(0.0, deadline - loop.time()))
+            if layer is None:
+                await asyncio.sleep(wait)
+            else:
+                await _finish_event(layer, channel, str(job_id), wait)
+    finally:
+        if layer is not None:
+            await asyncio.shield(layer.group_discard(group, channel))
 
 
 async def generate(user: Any, request: Translated) -> dict[str, Any]:
     """Submit, wait, answer with the images (a cancelled job answers with what it kept)."""
     job = await submit(user, request)
-    status = await wait_until_finished(job.pk)
+    status = await wait_until_finished(job.pk, job.owner_id)
     job = await Job.objects.select_related("checkpoint").aget(pk=job.pk)
     if status == Job.Status.FAILED:
         raise A1111Error(502, _("the job failed: %s") % (job.error or _("unknown error")))

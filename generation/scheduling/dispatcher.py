@@ -13,10 +13,21 @@ sets a "run again" flag instead, and the running pass goes round once more, so n
 The triggers live here too: after a submission commits (`dispatch_on_commit`), after a job is put
 back by hand (`dispatch_job`), after each job event (`generation.worker_events`), and on the
 platform worker's tick (`request_schedule`).
+
+Off the request path: a trigger only pushes a wake-up onto a Redis list (`wake_dispatcher`), and
+the platform worker's dispatcher thread (`serve_dispatcher`), blocked on that list, runs the pass
+and tells the new jobs' owners their place. A web request pays one Redis round trip for it, and
+the pass starts within a round trip too (no tick to wait for). Where no dispatcher is alive (a
+test, a platform worker not started yet), the trigger runs the pass itself, as before.
+
+A pass considers the oldest SCHEDULING_WINDOW waiting jobs (the policy orders those fairly, by
+usage and tier, aged jobs first), so it costs the same at a hundred or ten thousand queued jobs;
+with at most a few unfinished jobs per member, the window spans dozens of members.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -29,9 +40,12 @@ import redis
 from django.db import transaction
 
 from generation.broker import get_redis
+from generation.events import send_to_user
 from generation.fleet import present_heartbeats
 from generation.job_messages import send_request
+from generation.lifecycle import queued_event
 from generation.models import Job
+from generation.queue import QueueSnapshot, queue_snapshot, store_snapshot
 from generation.scheduling.inputs import checkpoint_key, recent_usage, waiting_jobs, worker_disk
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView
 from gpu_worker.batch_key import batch_key
@@ -43,6 +57,11 @@ LOCK_KEY = "atelier:scheduler:lock"
 AGAIN_KEY = "atelier:scheduler:again"
 LOCK_TTL_MS = 5_000  # a pass takes milliseconds; a crashed holder frees the lock this soon
 MAX_ROUNDS = 5  # passes one caller runs for the "run again" requests it finds
+SCHEDULING_WINDOW = 100  # the oldest waiting jobs a pass considers
+WAKE_KEY = "atelier:scheduler:wake"  # new job ids (or "" for a plain pass) for the dispatcher
+ALIVE_KEY = "atelier:scheduler:alive"  # set while a dispatcher thread serves WAKE_KEY
+ALIVE_TTL_S = 5
+WAKE_BACKLOG = 1000  # ids kept for a dispatcher that is busy or restarting
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -129,7 +148,7 @@ def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
     views = worker_views(present_heartbeats(client))
     if not any(v.free_slots or (v.batches and any(v.batch_keys)) for v in views):
         return []
-    waiting = waiting_jobs().jobs
+    waiting = waiting_jobs(limit=SCHEDULING_WINDOW).jobs
     if not waiting:
         return []
     plan = scheduler.plan(waiting, views, now=time.time(), usage=recent_usage())
@@ -220,5 +239,85 @@ def schedule_on_commit() -> None:
 
 def dispatch_on_commit(job: Job) -> None:
     """A new job: schedule once the transaction that created it commits, never before, or the
-    worker would race the commit."""
-    schedule_on_commit()
+    worker would race the commit; then its owner hears its place in the queue."""
+    transaction.on_commit(partial(wake_dispatcher, [str(job.pk)]))
+
+
+# --- the dispatcher thread (platform worker) -------------------------------------------------
+
+
+def wake_dispatcher(job_ids: list[str] | None = None) -> None:
+    """Ask the dispatcher for a pass (and to tell `job_ids`' owners their place): one Redis
+    round trip. With no dispatcher alive, do it here. Never raises (the tick retries)."""
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.lpush(WAKE_KEY, *(job_ids or [""]))
+        pipe.ltrim(WAKE_KEY, 0, WAKE_BACKLOG - 1)
+        pipe.exists(ALIVE_KEY)
+        alive = pipe.execute()[-1]
+    except (redis.RedisError, OSError):
+        logger.warning("scheduling wake-up not sent: Redis unreachable")
+        return
+    if not alive:
+        request_schedule()
+        publish_positions(job_ids or [])
+
+
+def publish_positions(job_ids: list[str], snapshot: QueueSnapshot | None = None) -> None:
+    """Tell the owners of these jobs (still queued) their place and ETA: one snapshot."""
+    if not job_ids:
+        return
+    try:
+        snapshot = snapshot or queue_snapshot()
+        rows = Job.objects.filter(pk__in=job_ids, status=Job.Status.QUEUED)
+        for job in rows:
+            info = snapshot.place(job)
+            if info is not None:
+                send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
+    except Exception:  # a lost position is repaired by the next one or the websocket snapshot
+        logger.exception("queue positions not published")
+
+
+def serve_dispatcher(
+    stop: Any, client: redis.Redis | None = None, *, wait_seconds: float = 1.0
+) -> None:
+    """The dispatcher thread: blocked on WAKE_KEY, runs a pass the moment it is woken (and
+    every `wait_seconds` while jobs wait), until `stop` (a threading.Event) is set. Wake-ups
+    that pile up during a pass make one more. Idle, it costs one SET and one BLPOP a second."""
+    from django.db import close_old_connections
+
+    client = client or get_redis()
+    waiting = True  # whether the last snapshot held queued jobs (then it is kept fresh)
+    try:
+        while not stop.is_set():
+            try:
+                client.set(ALIVE_KEY, "1", ex=ALIVE_TTL_S)
+                popped = client.blpop([WAKE_KEY], timeout=wait_seconds)
+                job_ids: list[str] = []
+                if popped is not None:
+                    pipe = client.pipeline(transaction=True)
+                    pipe.lrange(WAKE_KEY, 0, -1)
+                    pipe.delete(WAKE_KEY)
+                    rest, _ = pipe.execute()
+                    job_ids = sorted({v.decode() for v in [popped[1], *rest]} - {""})
+            except (redis.RedisError, OSError):  # Redis away: the web falls back meanwhile
+                logger.warning("dispatcher: Redis unreachable, retrying")
+                stop.wait(wait_seconds)
+                continue
+            if popped is None and not waiting:
+                continue  # idle: nothing to schedule, no snapshot to refresh
+            close_old_connections()
+            try:
+                # Woken, or jobs wait (a worker may have come free or appeared since): a pass.
+                request_schedule()
+                snapshot = queue_snapshot()
+                store_snapshot(snapshot)
+                waiting = bool(snapshot.infos)
+                publish_positions(job_ids, snapshot)
+            except Exception:  # the thread must outlive a bad pass; the next wake-up retries
+                logger.exception("dispatcher pass failed")
+            finally:
+                close_old_connections()
+    finally:
+        with contextlib.suppress(redis.RedisError, OSError):
+            client.delete(ALIVE_KEY)

@@ -78,20 +78,21 @@ def test_sigterm_drains_a_worker_its_running_job_finishes_and_nothing_is_lost(
         60,
         "a job running on the worker to drain",
     )
-    [running] = [
+    # one job, or a batch of them (identical jobs share UNet calls: cross-user batching)
+    running = [
         j
         for j in jobs
         if world.job(j)["worker_id"] == draining and world.job(j)["status"] == "running"
     ]
     proc = world.signal(draining, signal.SIGTERM)
 
-    assert proc.wait(timeout=60) == 0  # it finished its job and left cleanly
+    assert proc.wait(timeout=60) == 0  # it finished its running jobs and left cleanly
     world.wait_finished(jobs, timeout=120)
-    assert world.job(running)["worker_id"] == draining  # finished where it ran
+    assert running and all(world.job(j)["worker_id"] == draining for j in running)
     for job in jobs:
         assert world.job(job)["status"] == "succeeded"
         assert world.images(job) == 1 and world.settlements(job) == ["capture"]
-    assert {world.job(j)["worker_id"] for j in jobs if j != running} == {other}
+    assert {world.job(j)["worker_id"] for j in jobs if j not in running} == {other}
 
 
 def test_three_redis_outages_during_one_long_job_kill_no_worker_and_run_it_once(

@@ -212,14 +212,42 @@ def preview_worker(redis_client) -> Iterator[dict[str, Any]]:
     """A GPU worker's preview side as `python -m gpu_worker` runs it: its DetectResponder
     thread on the test Redis and its heartbeat saying which preprocessors it runs (no engine:
     previews need none). Change `beat["preprocessors"]` and call `beat_now()` to re-announce."""
+    from gpu_worker.preprocessors import run_preprocessor, worker_preprocessors
+
+    # the built-in ones: the worker's engine adds the annotators (annotator_worker below)
+    yield from _preview_side(redis_client, worker_preprocessors(Path(".")), run_preprocessor)
+
+
+@pytest.fixture
+def annotator_worker(redis_client, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A worker's preview side whose models folder holds small random HED and body-pose
+    weights (the released key layouts): it lists and runs them with the engine's Annotators."""
+    import torch
+
+    from gpu_worker.annotators import Annotators
+    from gpu_worker.hed import random_hed_weights
+    from gpu_worker.openpose import BodyWidths, random_body_weights
+    from gpu_worker.preprocessors import ANNOTATOR_WEIGHTS, worker_preprocessors
+
+    torch.set_num_threads(1)  # the test machine's cores are shared
+    models = tmp_path / "models"
+    random_hed_weights(models / ANNOTATOR_WEIGHTS["softedge_hed"], ((1, 4),) * 5)
+    widths = BodyWidths(vgg=(4, 4, 4, 4), cpm=4, features=4, stage1=4, stage1_wide=4, stage=4)
+    random_body_weights(models / ANNOTATOR_WEIGHTS["openpose"], widths)
+    annotators = Annotators(models, torch.device("cpu"))
+    yield from _preview_side(redis_client, worker_preprocessors(models), annotators.control_map)
+
+
+def _preview_side(
+    redis_client: Any, preprocessors: list[str], control_map: Callable[..., Any]
+) -> Iterator[dict[str, Any]]:
     import uuid
 
     from gpu_worker.detect_responder import DetectResponder
     from gpu_worker.heartbeat import Heartbeat
-    from gpu_worker.preprocessors import run_preprocessor, worker_preprocessors
 
     worker_id = "preview-" + uuid.uuid4().hex[:6]
-    state: dict[str, Any] = {"preprocessors": worker_preprocessors(Path("."))}
+    state: dict[str, Any] = {"preprocessors": preprocessors}
 
     def snapshot() -> Any:
         return {
@@ -246,7 +274,7 @@ def preview_worker(redis_client) -> Iterator[dict[str, Any]]:
         redis_client,
         worker_id,
         lambda: list(state["preprocessors"]),
-        run_preprocessor,  # the built-in ones: the worker's engine adds the annotators
+        control_map,
         poll_seconds=0.2,
     )
     responder.start()

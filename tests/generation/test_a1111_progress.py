@@ -221,18 +221,18 @@ async def test_a_hang_up_during_submission_still_dispatches_the_job(
 ):
     """The after-commit hooks make nested async calls (the queue position goes out over the
     channel layer): a client hanging up right then must not skip the dispatch that follows."""
-    from generation import submission
     from generation.job_messages import MESSAGE_ID_KEY
+    from generation.scheduling import dispatcher
 
     in_hook = threading.Event()
-    publish = submission.publish_queue_position
+    publish = dispatcher.publish_positions
 
-    def slow_channel_layer(job: Job) -> None:
+    def slow_channel_layer(job_ids: list[str]) -> None:
         in_hook.set()
         async_to_sync(asyncio.sleep)(0.5)
-        publish(job)
+        publish(job_ids)
 
-    monkeypatch.setattr(submission, "publish_queue_position", slow_channel_layer)
+    monkeypatch.setattr(dispatcher, "publish_positions", slow_channel_layer)
     beat(redis_client, "gpu-1")  # an idle worker: the pass after commit hands the job to it
     body = {"prompt": "x", "width": 64, "height": 64, "steps": 4}
     call = asyncio.create_task(post(await client_of(alice), "txt2img", body))

@@ -5,6 +5,7 @@ the web refuses submissions with a clear 503 while Redis is unreachable, writing
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from django.test import override_settings
@@ -12,7 +13,12 @@ from django.test import override_settings
 from accounts.models import CreditEntry
 from generation.broker import reset_for_tests
 from generation.models import Job
-from generation.scheduling.dispatcher import AGAIN_KEY, LOCK_KEY, schedule_pending
+from generation.scheduling.dispatcher import (
+    AGAIN_KEY,
+    LOCK_KEY,
+    schedule_pending,
+    wake_dispatcher,
+)
 from generation.submission import submit_job
 from generation.worker_events import handle_job_event
 from gpu_worker.protocol import JobEvent
@@ -171,3 +177,74 @@ def test_submission_answers_503_while_redis_is_unreachable_and_writes_nothing(
     assert not Job.objects.exists()
     assert CreditEntry.objects.filter(kind="hold").count() == holds
     assert page.status_code == 200  # the pages keep working
+
+
+@pytest.fixture
+def dispatcher_thread(broker, redis_client, transactional_db):
+    """The platform worker's dispatcher thread, with a long housekeeping wait: any hand-out
+    within it was woken through Redis, not found by a poll."""
+    import threading
+
+    from django.db import connections
+
+    from generation.scheduling.dispatcher import ALIVE_KEY, serve_dispatcher
+
+    stop = threading.Event()
+
+    def serve() -> None:
+        serve_dispatcher(stop, wait_seconds=30)
+        connections.close_all()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not redis_client.exists(ALIVE_KEY) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield thread
+    stop.set()
+    wake_dispatcher()  # let it see the stop now rather than after its wait
+    thread.join(timeout=10)
+
+
+def test_a_submitted_job_is_handed_out_at_once_by_the_dispatcher_not_by_the_request(
+    alice, catalogue, dispatcher_thread, redis_client
+):
+    beat(redis_client, "gpu-1", hot=["model-a"])
+    response = api_client(alice).post("/api/v1/jobs/", SMALL, format="json")
+    assert response.status_code == 201
+    job = Job.objects.get(pk=response.json()["id"])
+    sent = time.monotonic()
+    while not queued_on(redis_client, "gpu-1") and time.monotonic() - sent < 5:
+        time.sleep(0.01)
+    assert time.monotonic() - sent < 1.0  # far within the dispatcher's 30 s wait: woken
+    job.refresh_from_db()
+    assert job.worker_id == "gpu-1"
+    [request] = queued_on(redis_client, "gpu-1")
+    assert request["job_id"] == str(job.pk)
+
+
+def test_with_a_dispatcher_alive_the_request_only_wakes_it(
+    alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    from generation.scheduling.dispatcher import ALIVE_KEY, WAKE_KEY
+
+    redis_client.set(ALIVE_KEY, "1", ex=30)  # a dispatcher serves (not this test's thread)
+    beat(redis_client, "gpu-1")
+    job = submit(alice, django_capture_on_commit_callbacks)
+    assert job.worker_id == ""  # no pass in the request
+    assert redis_client.lrange(WAKE_KEY, 0, -1) == [str(job.pk).encode()]
+
+
+def test_a_pass_considers_only_the_oldest_waiting_jobs_so_its_cost_stays_flat(
+    alice, bob, catalogue, broker, redis_client, monkeypatch
+):
+    from generation.scheduling import dispatcher
+
+    monkeypatch.setattr(dispatcher, "SCHEDULING_WINDOW", 2)
+    oldest = [submit_job(alice, SMALL) for _ in range(2)]  # no worker yet: all wait
+    later = [submit_job(bob, SMALL) for _ in range(2)]
+    beat(redis_client, "gpu-1")
+    beat(redis_client, "gpu-2")  # four free slots
+    assigned = {a.job_id for a in schedule_pending().assigned}
+    assert assigned == {str(j.pk) for j in oldest}
+    assert not assigned & {str(j.pk) for j in later}

@@ -45,7 +45,6 @@ def gpu_worker_process(
     over the same Redis: it shares no code with the platform beyond gpu_worker.protocol. Its
     heartbeat makes the platform's scheduler hand it jobs on its own queue."""
     import redis
-    from dramatiq.brokers.redis import RedisBroker
 
     from gpu_worker.engine import Engine
     from gpu_worker.heartbeat import Heartbeat
@@ -57,9 +56,10 @@ def gpu_worker_process(
         register_actors,
         running_worker,
     )
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     url = os.environ["REDIS_URL"]
-    broker = RedisBroker(url=url)
+    broker = WakeupRedisBroker(url=url)
     engine = Engine(
         models_dir=demo_models,
         cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),

@@ -68,16 +68,16 @@ def world(settings, tmp_path, demo_models, live_server) -> Path:
 def merge_worker(demo_models: Path, tmp_path: Path) -> Iterator[Any]:
     """A GPU worker with the demo models and a download cache (members' and virtual models)."""
     import redis
-    from dramatiq.brokers.redis import RedisBroker
 
     from gpu_worker.engine import Engine
     from gpu_worker.heartbeat import Heartbeat
     from gpu_worker.model_cache import ModelCache
     from gpu_worker.model_downloads import DownloadCache
     from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, running_worker
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     url = os.environ["REDIS_URL"]
-    broker = RedisBroker(url=url)
+    broker = WakeupRedisBroker(url=url)
     engine = Engine(
         models_dir=demo_models,
         cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),

@@ -47,15 +47,15 @@ def empty_worker(tmp_path: Path) -> Iterator[Any]:
     """A GPU worker whose models folder is empty, with its own download cache; its heartbeat
     carries operator commands (evict) to it."""
     import redis
-    from dramatiq.brokers.redis import RedisBroker
 
     from gpu_worker.engine import Engine
     from gpu_worker.heartbeat import Heartbeat
     from gpu_worker.model_cache import ModelCache
     from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, running_worker
+    from gpu_worker.wakeup import WakeupRedisBroker
 
     url = os.environ["REDIS_URL"]
-    broker = RedisBroker(url=url)
+    broker = WakeupRedisBroker(url=url)
     (tmp_path / "models").mkdir()
     engine = Engine(
         models_dir=tmp_path / "models",

@@ -185,9 +185,8 @@ class WorkerWorld:
 def worker_world(
     gw_redis_url: str, gw_redis: Any, demo_models_dir: Path, atelier_cache_dir: Path
 ) -> Iterator[WorkerWorld]:
-    """A real RedisBroker (own namespace), the GPU worker in-process, and a platform stand-in."""
+    """The product's broker (own namespace), the GPU worker in-process, a platform stand-in."""
     import dramatiq
-    from dramatiq.brokers.redis import RedisBroker
 
     from gpu_worker.progress import ChannelPublisher
     from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE
@@ -197,8 +196,9 @@ def worker_world(
         register_actors,
         running_worker,
     )
+    from gpu_worker.wakeup import WakeupRedisBroker
 
-    broker = RedisBroker(url=gw_redis_url, namespace="atelier-test-" + uuid.uuid4().hex[:8])
+    broker = WakeupRedisBroker(url=gw_redis_url, namespace="atelier-test-" + uuid.uuid4().hex[:8])
     events = EventLog()
     dramatiq.Actor(
         events.record,

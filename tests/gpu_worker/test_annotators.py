@@ -1,5 +1,6 @@
-"""Weight-based ControlNet annotators (lineart): listed only where their weights lie in the models
-folder, run as sd-webui-controlnet runs them, in jobs and previews. Random weights, 64 px."""
+"""Weight-based ControlNet annotators (lineart, soft edges, openpose): listed only where their
+weights lie in the models folder, run as sd-webui-controlnet runs them, in jobs and previews.
+Random weights (small networks in the released key layouts), 64 px."""
 
 from __future__ import annotations
 
@@ -77,3 +78,110 @@ def test_a_job_runs_a_lineart_unit_and_names_it(lineart_models: Path, atelier_ca
     assert info["ControlNet 0"].startswith("Module: lineart_realistic, Model: ")
     with pytest.raises(JobFailed, match="lineart_coarse"):
         run(engine, unit(module="lineart_coarse"))  # its weights are not here
+
+
+HED_TINY = ((1, 4), (1, 4), (2, 4), (1, 8), (1, 8))  # the released layout, fewer channels
+
+
+def body_tiny() -> Any:
+    from gpu_worker.openpose import BodyWidths
+
+    return BodyWidths(vgg=(4, 4, 8, 8), cpm=8, features=8, stage1=8, stage1_wide=8, stage=8)
+
+
+@pytest.fixture(scope="module")
+def edge_and_pose_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with small random HED and body-pose weights in the released layouts."""
+    from gpu_worker.hed import random_hed_weights
+    from gpu_worker.openpose import random_body_weights
+
+    models = tmp_path_factory.mktemp("edge_pose") / "models"
+    random_hed_weights(models / ANNOTATOR_WEIGHTS["softedge_hed"], HED_TINY)
+    random_body_weights(models / ANNOTATOR_WEIGHTS["openpose"], body_tiny())
+    return models
+
+
+def test_hed_and_openpose_are_listed_by_their_own_files(tmp_path: Path) -> None:
+    for module in ("softedge_hed", "openpose"):
+        weights = tmp_path / ANNOTATOR_WEIGHTS[module]
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        weights.write_bytes(b"")
+    assert worker_preprocessors(tmp_path) == [
+        "none",
+        "canny",
+        "softedge_hed",
+        "softedge_hedsafe",  # the same network, quantised: the same file
+        "openpose",
+    ]
+
+
+def test_the_networks_have_the_released_files_layouts(torch: Any) -> None:
+    """Parameter counts and key names of ControlNetHED.pth (14.7 M, fp16: 29.4 MB) and
+    body_pose_model.pth (52.3 M, fp32: 209 MB, keys the bare layer names)."""
+    from gpu_worker.hed import ControlNetHED
+    from gpu_worker.openpose import BodyPoseNet
+
+    hed = ControlNetHED().state_dict()
+    assert sum(v.numel() for v in hed.values()) == 14_716_168
+    assert {
+        "norm",
+        "block1.convs.1.weight",
+        "block5.convs.2.bias",
+        "block5.projection.weight",
+    } <= set(hed)
+    body = BodyPoseNet().file_state()
+    assert len(body) == 184 and sum(v.numel() for v in body.values()) == 52_311_446
+    assert body["Mconv1_stage2_L1.weight"].shape == (128, 185, 7, 7)  # 38 + 19 + 128 in
+    assert body["conv5_5_CPM_L2.weight"].shape == (19, 512, 1, 1)
+
+
+def test_soft_edges_are_grey_maps_at_the_processor_resolution_and_safe_is_three_levels(
+    edge_and_pose_models: Path, torch: Any
+) -> None:
+    from gpu_worker.annotators import Annotators
+
+    annotators = Annotators(edge_and_pose_models, torch.device("cpu"))
+    hed = np.asarray(annotators.control_map("softedge_hed", square(64), 48, 0, 0))
+    assert hed.shape == (48, 48, 3)
+    assert (hed[..., 0] == hed[..., 1]).all() and (hed[..., 0] == hed[..., 2]).all()
+    assert len(np.unique(hed)) > 3  # a soft map, not a blank
+    safe = np.asarray(annotators.control_map("softedge_hedsafe", square(64), 48, 0, 0))
+    # the extension's safe_step: sigmoid under 1/3 is 0, under 2/3 is half, else full
+    expected = np.where(hed < 85, 0, np.where(hed < 170, 127, 255))
+    assert np.array_equal(safe, expected)
+
+
+def test_openpose_maps_come_at_the_images_size_and_draw_on_black(
+    edge_and_pose_models: Path, torch: Any
+) -> None:
+    from safetensors.torch import load_file
+
+    from gpu_worker.annotators import Annotators
+    from gpu_worker.openpose import BodyPoseNet, body_maps
+
+    weights = load_file(str(edge_and_pose_models / ANNOTATOR_WEIGHTS["openpose"]))
+    net = BodyPoseNet.from_file_state(weights).eval()
+    heatmaps, pafs = body_maps(net, Image.new("RGB", (50, 37), "grey"))  # not multiples of 8
+    assert heatmaps.shape == (37, 50, 19) and pafs.shape == (37, 50, 38)
+
+    annotators = Annotators(edge_and_pose_models, torch.device("cpu"))
+    pose = annotators.control_map("openpose", square(64), 48, 0, 0)
+    assert pose.size == (48, 48) and pose.mode == "RGB"
+    assert np.asarray(pose)[:4, :4].max() == 0  # drawn on black (random weights: nobody)
+    with pytest.raises(ValueError, match="not a body pose model"):
+        BodyPoseNet.from_file_state(
+            load_file(str(edge_and_pose_models / ANNOTATOR_WEIGHTS["softedge_hed"]))
+        )
+
+
+def test_a_job_runs_a_soft_edge_unit_and_names_it(
+    edge_and_pose_models: Path, demo_models_dir: Path, atelier_cache_dir: Path, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(demo_models_dir, models, ignore=shutil.ignore_patterns(".atelier-hashes.json"))
+    shutil.copytree(edge_and_pose_models / "Annotators", models / "Annotators")
+    engine = make_engine(models, atelier_cache_dir)
+    edges = run(engine, unit(module="softedge_hed"))
+    assert pixels(edges) != pixels(run(engine, unit()))  # not canny's map
+    info = parse_infotext(edges.images[0]["infotext"])
+    assert info["ControlNet 0"].startswith("Module: softedge_hed, Model: ")

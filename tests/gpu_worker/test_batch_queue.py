@@ -16,6 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from gpu_worker.batch_key import batch_key
 from gpu_worker.batch_queue import BatchQueue
 from gpu_worker.protocol import GENERATE_ACTOR, GENERATE_KWARG
+from gpu_worker.wakeup import WakeupRedisBroker
 
 QUEUE = "gpu.batch-test"
 
@@ -32,7 +33,7 @@ def request(job: str, **change: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def broker(gw_redis_url: str, gw_redis: Any) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=gw_redis_url, namespace="atelier-test-" + uuid.uuid4().hex[:8])
+    broker = WakeupRedisBroker(url=gw_redis_url, namespace="atelier-test-" + uuid.uuid4().hex[:8])
     yield broker
     for key in gw_redis.scan_iter(match=f"{broker.namespace}*"):
         gw_redis.delete(key)

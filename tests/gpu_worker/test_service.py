@@ -258,11 +258,11 @@ def offline_service(engine: Any, url: str, worker_id: str) -> Any:
     import uuid
 
     import redis
-    from dramatiq.brokers.redis import RedisBroker
 
     from gpu_worker.service import WorkerService
+    from gpu_worker.wakeup import WakeupRedisBroker
 
-    broker = RedisBroker(
+    broker = WakeupRedisBroker(
         url=url, namespace="atelier-test-" + uuid.uuid4().hex[:8], socket_connect_timeout=1
     )
     return WorkerService(

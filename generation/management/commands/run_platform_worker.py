@@ -1,9 +1,11 @@
 """`python manage.py run_platform_worker`: record GPU workers' job events, schedule, sweep, sync.
 
-One process: a Dramatiq worker on the platform queue (two threads, fast pickup) plus a tick loop
-(every second) that runs the sweeper (dead workers, lost messages) and a scheduling pass, and the
-catalogue sync and credit grants every few seconds. SIGINT/SIGTERM stop both cleanly (the message
-in hand finishes; prefetched ones go back to Redis).
+One process: a Dramatiq worker on the platform queue (two threads, woken through Redis as events
+arrive), the dispatcher thread (a scheduling pass the moment a submission or an event wakes it
+through Redis: `generation.scheduling.dispatcher.serve_dispatcher`), plus a tick loop (every
+second) that runs the sweeper (dead workers, lost messages) and a safety-net scheduling pass,
+and the catalogue sync and credit grants every few seconds. SIGINT/SIGTERM stop all cleanly
+(the message in hand finishes; prefetched ones go back to Redis).
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ import threading
 from typing import Any
 
 import dramatiq
+from channels.layers import get_channel_layer
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connections
 
 from accounts.grants import grant_periodic_credits
 from generation.broker import get_broker
 from generation.catalogue_sync import sync_catalogue
+from generation.events import use_background_publisher
 from generation.own_models import drop_expired_uploads
-from generation.scheduling.dispatcher import request_schedule
+from generation.scheduling.dispatcher import request_schedule, serve_dispatcher
 from generation.sweeper import UNREPORTED_GRACE_SECONDS, SweepMemory, sweep
 from generation.worker_events import register_platform_actors
+from gpu_worker.progress import ChannelPublisher
 from gpu_worker.protocol import PLATFORM_QUEUE, WORKER_MISSING_GRACE_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -74,24 +79,41 @@ class Command(BaseCommand):
             signal.signal(sig, lambda *_: stop.set())
         broker = get_broker()
         register_platform_actors(broker)
+        publisher = ChannelPublisher(layer=get_channel_layer())
+        use_background_publisher(publisher)
         worker = dramatiq.Worker(
-            broker, queues={PLATFORM_QUEUE}, worker_threads=options["threads"], worker_timeout=50
-        )
+            broker, queues={PLATFORM_QUEUE}, worker_threads=options["threads"], worker_timeout=1000
+        )  # pickup is pushed (gpu_worker.wakeup); the timeout only paces housekeeping
         worker.start()
         self.stdout.write(
             f"platform worker consuming {PLATFORM_QUEUE!r} ({options['threads']} threads)"
         )
+        dispatcher = None
+        if not options["no_periodic"]:
+            dispatcher = threading.Thread(
+                target=serve_dispatcher, args=(stop,), name="dispatcher", daemon=True
+            )
+            dispatcher.start()
         try:
             if options["no_periodic"]:
                 stop.wait()
             else:
                 memory = SweepMemory(options["worker_grace"], options["unreported_grace"])
                 self._periodic(
-                    stop, options["sweep_interval"], options["catalogue_interval"], memory
+                    stop,
+                    options["sweep_interval"],
+                    options["catalogue_interval"],
+                    memory,
+                    dispatcher,
                 )
         finally:
             self.stdout.write("stopping the platform worker")
+            stop.set()
+            if dispatcher is not None:
+                dispatcher.join(timeout=10)
             worker.stop(timeout=30_000)
+            use_background_publisher(None)
+            publisher.close()
             broker.close()
             connections.close_all()
 
@@ -101,6 +123,7 @@ class Command(BaseCommand):
         sweep_every: float,
         sync_every: float,
         memory: SweepMemory,  # kept across ticks: it times how long workers are missing
+        dispatcher: threading.Thread | None = None,
     ) -> None:
         next_sync = 0.0
         elapsed = 0.0
@@ -127,7 +150,8 @@ class Command(BaseCommand):
                         len(report.failed),
                         report.dead_workers,
                     )
-                request_schedule()
+                if dispatcher is None or not dispatcher.is_alive():
+                    request_schedule()  # else the dispatcher thread passes while jobs wait
             except Exception:  # the loop must outlive a bad pass; the next one retries
                 logger.exception("periodic pass failed")
             finally:

@@ -1,0 +1,177 @@
+"""Scheduling and queue positions at 100, 1,000 and 10,000 queued jobs: the same cost.
+
+    python -m operations.with_redis -- python bench/bench_queue_scale.py [--database URL]
+
+In one process on a fresh database (SQLite in a temporary folder; PostgreSQL at
+BENCH_POSTGRES_URL, as bench_platform_overhead, when it answers), with four idle GPU workers'
+heartbeats in Redis (two free slots each). For each queue size, waiting jobs of many members
+(at most 8 each, as the largest tier allows) are written, then timed, median of REPEATS:
+
+  pass       one scheduling pass (`schedule_pending`: reads, plans, claims 8 jobs), rolled back
+             so every repeat sees the same queue
+  snapshot   a queue snapshot (`queue_snapshot`: positions and ETAs, what the dispatcher stores)
+  place      the newest job's place as a submission's answer reads it (`queue_info`: the
+             dispatcher's stored snapshot, then one indexed count of the waiting jobs ahead of
+             a job behind the simulated window)
+
+Goal: each at 1,000 and 10,000 within 1.5x of its cost at 100 (the "same" cost, within noise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SIZES = [100, 1_000, 10_000]
+REPEATS = int(os.environ.get("BENCH_REPEATS", "7"))
+PER_MEMBER = 8
+GOAL = 1.5
+POSTGRES_URL = os.environ.get(
+    "BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/atelier_bench_platform"
+)
+
+
+class Rollback(Exception):
+    pass
+
+
+def timed(action: Callable[[], object]) -> float:
+    from django.db import transaction
+
+    samples = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        try:
+            with transaction.atomic():
+                action()
+                raise Rollback
+        except Rollback:
+            pass
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def run(database_url: str, label: str) -> int:
+    from bench_platform_overhead import setup_django
+
+    tmp = Path(tempfile.mkdtemp(prefix="atelier-bench-queue-"))
+    setup_django(tmp, database_url)
+    import redis
+    from django.utils import timezone
+
+    from accounts.models import User
+    from generation.broker import get_redis
+    from generation.models import CatalogEntry, Job
+    from generation.queue import queue_info, queue_snapshot, store_snapshot
+    from generation.scheduling.dispatcher import schedule_pending
+    from gpu_worker.protocol import HEARTBEAT_INDEX, HEARTBEAT_KEY
+
+    client: redis.Redis = get_redis()
+    client.flushdb()
+    now = time.time()
+    for i in range(4):
+        worker_id = f"bench-gpu-{i}"
+        beat = {
+            "worker_id": worker_id,
+            "loaded_models": ["bench-model"],
+            "warm_models": [],
+            "hot_capacity": 1,
+            "draining": False,
+            "current_job": None,
+            "inventory": None,
+            "sent_at": now,  # fresh for the bench's minute
+        }
+        client.set(HEARTBEAT_KEY.format(worker_id=worker_id), json.dumps(beat), ex=3600)
+        client.sadd(HEARTBEAT_INDEX, worker_id)
+    checkpoint = CatalogEntry.objects.create(name="bench-model", kind="checkpoint", family="sd1")
+    params = {
+        "prompt": "a lighthouse",
+        "width": 512,
+        "height": 512,
+        "steps": 20,
+        "sampler": "Euler a",
+        "batch_size": 1,
+        "n_iter": 1,
+        "loras": [],
+    }
+    results: dict[int, dict[str, float]] = {}
+    made = 0
+    members: list[User] = []
+    for size in SIZES:
+        if len(members) * PER_MEMBER < size:
+            first, last = len(members), -(-size // PER_MEMBER)
+            members += User.objects.bulk_create(
+                [User(username=f"m{n}", email=f"m{n}@example.com") for n in range(first, last)]
+            )
+        base = timezone.now()
+        Job.objects.bulk_create(
+            [
+                Job(
+                    id=uuid.uuid4(),
+                    owner=members[i // PER_MEMBER],
+                    checkpoint=checkpoint,
+                    params=params,
+                    total_steps=20,
+                    created_at=base + timedelta(microseconds=i),
+                )
+                for i in range(made, size)
+            ],
+            batch_size=1000,
+        )
+        made = size
+        newest = Job.objects.order_by("-created_at", "-pk").first()
+        assert newest is not None
+        pass_s = timed(lambda: schedule_pending(client=client))
+        snapshot_s = timed(queue_snapshot)
+        store_snapshot(queue_snapshot())  # as the dispatcher keeps it for the web
+        results[size] = {
+            "pass": pass_s,
+            "snapshot": snapshot_s,
+            "place": timed(partial(queue_info, newest)),
+        }
+    print(f"--- {label}: queued jobs vs cost (median of {REPEATS}) ---")
+    print(f"{'queued':>8} {'pass ms':>9} {'snapshot ms':>12} {'place ms':>9}")
+    for size, r in results.items():
+        print(
+            f"{size:>8} {r['pass'] * 1000:9.1f} {r['snapshot'] * 1000:12.1f} "
+            f"{r['place'] * 1000:9.1f}"
+        )
+    for what in ("pass", "snapshot", "place"):
+        for size in SIZES[1:]:
+            ratio = results[size][what] / results[SIZES[0]][what]
+            print(f"  {what:<8} at {size:>6} / at {SIZES[0]}: ratio {ratio:.2f}  (goal <= {GOAL})")
+    return 0
+
+
+def main() -> int:
+    if not os.environ.get("REDIS_URL"):
+        print("run under `python -m operations.with_redis --` (needs REDIS_URL)")
+        return 2
+    if "--database" in sys.argv:
+        url = sys.argv[sys.argv.index("--database") + 1]
+        return run("", "SQLite") if url == "sqlite" else run(url, "PostgreSQL")
+    from bench_platform_overhead import fresh_postgres
+
+    rc = subprocess.call([sys.executable, __file__, "--database", "sqlite"])
+    if fresh_postgres(POSTGRES_URL):
+        rc = rc or subprocess.call([sys.executable, __file__, "--database", POSTGRES_URL])
+    else:
+        print(f"--- PostgreSQL: skipped (no server at {POSTGRES_URL.split('@')[-1]}) ---")
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
