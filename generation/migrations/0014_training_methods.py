@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('generation', '0012_training'),
+        ('generation', '0013_job_waiting_index'),
     ]
 
     operations = [
