@@ -17,6 +17,7 @@ from django.db import transaction
 from django.urls import reverse
 from PIL import Image
 
+from generation import class_images
 from generation.credits_hold import capture_hold, release_hold
 from generation.events import (
     EtaSource,
@@ -124,7 +125,23 @@ def succeed_job(
                 images=[image_payload(i) for i in saved],
             ),
         )
+    for training in class_images.waiting_trainings(job):
+        problem = class_images.freeze_class_images(job, training)
+        if problem:
+            _call_off(training, problem)
     return True
+
+
+def _call_off(training: Job, reason: str) -> None:
+    """A training that waited for a job which did not give it class images: it never ran, so
+    it is cancelled and all of its hold released."""
+    if cancel_queued_job(training):
+        Job.objects.filter(pk=training.pk).update(error=reason[:1000])
+
+
+def _call_off_waiting(job: Job, how: str) -> None:
+    for training in class_images.waiting_trainings(job):
+        _call_off(training, f"its class-image job {how}")
 
 
 def fail_job(
@@ -138,6 +155,7 @@ def fail_job(
         publish_job_event(
             job, JobFailedEvent(type="job.failed", job_id=str(job.pk), error=job.error)
         )
+    _call_off_waiting(job, "failed")
     return True
 
 
@@ -151,6 +169,7 @@ def cancel_queued_job(job: Job) -> bool:
         drop_unfinished_merge(job)
         publish_job_event(job, JobCancelledEvent(type="job.cancelled", job_id=str(job.pk)))
     transaction.on_commit(publish_queue_positions)
+    _call_off_waiting(job, "was cancelled")
     return True
 
 
@@ -167,6 +186,7 @@ def finish_cancelled_job(job: Job, attempt: int | None, steps_done: int | None =
         release_hold(job)  # pro-rata charging of steps_done comes with the credits issue
         drop_unfinished_merge(job)
         publish_job_event(job, JobCancelledEvent(type="job.cancelled", job_id=str(job.pk)))
+    _call_off_waiting(job, "was cancelled")
     return True
 
 

@@ -249,8 +249,9 @@ class JobQuerySet(models.QuerySet["Job"]):
         return self.filter(status=Job.Status.RUNNING)
 
     def waiting(self) -> JobQuerySet:
-        """Queued and held by no worker: what the scheduler may hand out."""
-        return self.filter(status=Job.Status.QUEUED, worker_id="")
+        """Queued, held by no worker and waiting for no other job: what the scheduler may
+        hand out."""
+        return self.filter(status=Job.Status.QUEUED, worker_id="", after__isnull=True)
 
     def assigned(self) -> JobQuerySet:
         """Queued and handed to a worker that has not started it yet."""
@@ -287,6 +288,11 @@ class Job(models.Model):
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.TXT2IMG)
     params = models.JSONField(help_text=_("Validated parameters; the seed is already resolved"))
     checkpoint = models.ForeignKey(CatalogEntry, on_delete=models.PROTECT, related_name="jobs")
+    # A job that may start only after this one succeeds (a training after the txt2img job
+    # making its class images); cleared when it may go. The scheduler never hands it out before.
+    after = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="dependants"
+    )
     init_image = models.ImageField(upload_to=init_image_upload_to, blank=True)
     mask_image = models.ImageField(
         upload_to=mask_image_upload_to,
@@ -692,6 +698,9 @@ class TrainingEpoch(models.Model):
     steps = models.PositiveIntegerField(help_text=_("Optimizer steps done by the epoch's end"))
     loss = models.FloatField(null=True)
     losses = models.JSONField(default=list)
+    # DreamBooth's prior preservation: the loss on class images (mean, and one per step)
+    prior_loss = models.FloatField(null=True, blank=True)
+    prior_losses = models.JSONField(default=list, blank=True)
     lora = models.FileField(upload_to=training_lora_upload_to)
     lora_sha256 = models.CharField(max_length=64)
     lora_size_bytes = models.PositiveIntegerField(default=0)

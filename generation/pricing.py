@@ -22,7 +22,7 @@ from gpu_worker.passes import (
     hires_size,
     progress_steps,
 )
-from gpu_worker.training_rules import batches_per_epoch, epoch_work
+from gpu_worker.training_rules import batches_per_epoch, class_image_side, epoch_work
 
 UNIT_WORK = 512 * 512 * 20
 CENT = Decimal("0.01")
@@ -89,6 +89,16 @@ def _batches_per_epoch(train: TrainParams) -> int:
     return batches_per_epoch(sizes, train["resolution"], train["repeats"], train["batch_size"])
 
 
+def _class_sizes(train: TrainParams) -> list[tuple[int, int]]:
+    """Prior preservation's class images: frozen ones, or the squares still to be generated."""
+    if not train.get("prior_loss_weight"):
+        return []
+    if train.get("class_images"):
+        return [(i["width"], i["height"]) for i in train["class_images"]]
+    side = class_image_side(train["resolution"])
+    return [(side, side)] * int(train.get("class_count") or 0)
+
+
 def training_epoch_work(params: GenerationParams) -> int:
     """One epoch of a training job: its images at their buckets' sizes, times repeats, as
     training steps (gpu_worker.training_rules), plus the epoch's sample image."""
@@ -97,9 +107,12 @@ def training_epoch_work(params: GenerationParams) -> int:
         [(i["width"], i["height"]) for i in train["images"]],
         train["resolution"],
         train["repeats"],
-        train["train_text_encoder"],
+        # textual inversion's gradient crosses the text encoder as a CLIP LoRA's does
+        train["train_text_encoder"] or train.get("method") == "textual_inversion",
         params["width"] * params["height"],
         evaluations(params, params["steps"]),
+        class_sizes=_class_sizes(train),
+        batch_size=train["batch_size"],
     )
 
 

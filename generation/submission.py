@@ -12,6 +12,7 @@ Status codes carried by SubmissionError: 400 malformed input (wrong type, missin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -802,6 +803,7 @@ def cancel_job(user: Any, job: Job) -> Job:
             if cancel_queued_job(job):
                 # An earlier hand-out's worker may still hold a message: the flag skips it.
                 _set_cancel_flag(job, required=False)
+                _cancel_class_job(user, job)
                 return job
         elif job.status in Job.UNFINISHED:
             _set_cancel_flag(job, required=True)
@@ -811,6 +813,19 @@ def cancel_job(user: Any, job: Job) -> Job:
             raise SubmissionError("job", f"the job already finished ({job.status})", 409)
         job.refresh_from_db()
     raise SubmissionError("job", "the job is changing hands right now; try cancelling again", 409)
+
+
+def _cancel_class_job(user: Any, training: Job) -> None:
+    """A training cancelled while it waited for its class images: their job, made only for it,
+    is cancelled too (refunded as any cancelled job)."""
+    if training.after_id is None:
+        return
+    class_job = Job.objects.filter(pk=training.after_id, status__in=Job.UNFINISHED).first()
+    if class_job is None:
+        return
+    # finished meanwhile: the member keeps (and pays for) its images
+    with contextlib.suppress(SubmissionError):
+        cancel_job(user, class_job)
 
 
 def _set_cancel_flag(job: Job, required: bool) -> None:

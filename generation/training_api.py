@@ -19,7 +19,8 @@ from rest_framework.views import APIView
 
 from generation.api import ERRORS, error_response
 from generation.models import Job, TrainingDataset, TrainingEpoch, TrainingImage
-from generation.submission import SubmissionError, quote_job, submit_job
+from generation.submission import SubmissionError, quote_job
+from generation.training_chain import class_job_params, submit_training
 from generation.training_datasets import (
     DatasetError,
     add_images,
@@ -30,7 +31,7 @@ from generation.training_datasets import (
     update_dataset,
 )
 from generation.training_history import epoch_views, spent, trained_lora
-from gpu_worker.params import LR_SCHEDULERS, TRAIN_DEFAULTS
+from gpu_worker.params import LR_SCHEDULERS, TRAIN_DEFAULTS, TRAIN_METHODS
 
 # --- serializers ------------------------------------------------------------------------------
 
@@ -80,6 +81,16 @@ class TrainBlockSerializer(serializers.Serializer):
     batch_size = serializers.IntegerField(required=False, default=1)
     resolution = serializers.IntegerField(required=False, default=TRAIN_DEFAULTS["resolution"])
     train_text_encoder = serializers.BooleanField(required=False, default=False)
+    method = serializers.ChoiceField(
+        TRAIN_METHODS, required=False, default="lora", help_text="textual_inversion: an embedding"
+    )
+    num_vectors = serializers.IntegerField(required=False, default=1, help_text="embedding only")
+    init_text = serializers.CharField(required=False, default="*", help_text="embedding only")
+    class_dataset_id = serializers.IntegerField(
+        required=False, allow_null=True, help_text="LoRA with prior preservation: class images"
+    )
+    class_prompt = serializers.CharField(required=False, help_text="caption of class images")
+    prior_loss_weight = serializers.FloatField(required=False, default=1.0)
 
 
 class TrainingRequestSerializer(serializers.Serializer):
@@ -103,6 +114,7 @@ class EpochSerializer(serializers.Serializer):
     epoch = serializers.IntegerField()
     steps = serializers.IntegerField()
     loss = serializers.FloatField(allow_null=True)
+    prior_loss = serializers.FloatField(allow_null=True, help_text="on class images")
     losses = serializers.ListField(child=serializers.FloatField())
     charged = serializers.DecimalField(max_digits=12, decimal_places=2)
     sample_url = serializers.CharField(allow_null=True)
@@ -121,7 +133,9 @@ class TrainingJobSerializer(serializers.Serializer):
     error = serializers.CharField()
     train = serializers.DictField()
     epochs = EpochSerializer(many=True)
-    lora = serializers.CharField(allow_null=True, help_text="your LoRA's name once it succeeded")
+    lora = serializers.CharField(
+        allow_null=True, help_text="your LoRA's (or embedding's) name once it succeeded"
+    )
 
 
 def job_data(job: Job) -> dict[str, Any]:
@@ -291,7 +305,7 @@ class TrainingJobListView(APIView):
     )
     def post(self, request: Request) -> Response:
         try:
-            job = submit_job(request.user, training_params(request.data))
+            job = submit_training(request.user, training_params(request.data))
         except SubmissionError as exc:
             return error_response(exc)
         return Response(job_data(job), status=status.HTTP_201_CREATED)
@@ -307,6 +321,11 @@ class TrainingQuoteView(APIView):
                     "price": serializers.DecimalField(max_digits=12, decimal_places=2),
                     "epoch_price": serializers.DecimalField(max_digits=12, decimal_places=2),
                     "total_steps": serializers.IntegerField(),
+                    "class_images_price": serializers.DecimalField(
+                        max_digits=12,
+                        decimal_places=2,
+                        help_text="the txt2img job making class images (class_count), else 0",
+                    ),
                 },
             ),
             **ERRORS,
@@ -316,6 +335,8 @@ class TrainingQuoteView(APIView):
     def post(self, request: Request) -> Response:
         try:
             valid = quote_job(request.user, training_params(request.data))
+            class_request = class_job_params(valid.params)  # type: ignore[arg-type]
+            extra = quote_job(request.user, class_request).price if class_request else 0
         except SubmissionError as exc:
             return error_response(exc)
         epochs = valid.params["train"]["epochs"]
@@ -324,6 +345,7 @@ class TrainingQuoteView(APIView):
                 "price": valid.price,
                 "epoch_price": valid.price / epochs,
                 "total_steps": valid.total_steps,
+                "class_images_price": extra,
             }
         )
 

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from accounts.tiers import tier_of
@@ -249,10 +249,9 @@ def set_caption(user: Any, image: TrainingImage, caption: Any) -> TrainingImage:
 
 def _refuse_in_use(dataset: TrainingDataset) -> None:
     busy = Job.objects.filter(
-        owner_id=dataset.owner_id,
-        mode=Job.Mode.TRAIN,
-        status__in=Job.UNFINISHED,
-        params__train__dataset_id=dataset.pk,
+        owner_id=dataset.owner_id, mode=Job.Mode.TRAIN, status__in=Job.UNFINISHED
+    ).filter(  # as its instance images or as its class images
+        Q(params__train__dataset_id=dataset.pk) | Q(params__train__class_dataset_id=dataset.pk)
     )
     if busy.exists():
         raise DatasetError(

@@ -33,6 +33,7 @@ from generation.model_store import incoming_dir
 from generation.models import CatalogEntry, Job, TrainingEpoch, TrainingImage
 from generation.own_models import OwnModelError, add_own_model
 from generation.pricing import epoch_price
+from generation.training_history import trained_kind
 from generation.training_links import EPOCH_SALT, IMAGE_SALT, STATE_SALT
 from gpu_worker.model_files import UnreadableModel, inspect_file
 
@@ -63,9 +64,11 @@ def image_for(token: str) -> TrainingImage:
     job = Job.objects.filter(pk=job_id, status__in=Job.UNFINISHED).first()
     if job is None:
         raise EpochRefused("no such image", 404)
+    train = job.params["train"]
+    datasets = [train["dataset_id"], train.get("class_dataset_id")]  # instance, class images
     image = TrainingImage.objects.filter(
         dataset__owner_id=job.owner_id,
-        dataset_id=job.params["train"]["dataset_id"],
+        dataset_id__in=[pk for pk in datasets if pk is not None],
         sha256=sha256,
     ).first()
     if image is None:
@@ -86,6 +89,7 @@ class EpochPost:
     epoch: int
     steps: int
     losses: list[float]
+    prior_losses: list[float]  # on class images (prior preservation), one per step
     sha256: dict[str, str]  # of each staged part
     sample: bytes
 
@@ -93,7 +97,9 @@ class EpochPost:
 def parse_post(fields: Any, files: Any) -> EpochPost:
     try:
         losses = [float(v) for v in json.loads(fields.get("losses") or "[]")]
+        prior = [float(v) for v in json.loads(fields.get("prior_losses") or "[]")]
         post = EpochPost(
+            prior_losses=prior,
             epoch=int(fields["epoch"]),
             steps=int(fields["steps"]),
             losses=losses,
@@ -202,6 +208,8 @@ def record_epoch(token: str, post: EpochPost) -> TrainingEpoch:
             steps=post.steps,
             loss=_mean(post.losses),
             losses=post.losses,
+            prior_loss=_mean(post.prior_losses),
+            prior_losses=post.prior_losses,
             lora_sha256=post.sha256["lora"],
             lora_size_bytes=lora_size,
             worker_id=job.worker_id,
@@ -229,10 +237,11 @@ def record_epoch(token: str, post: EpochPost) -> TrainingEpoch:
 
 
 def add_trained_lora(job: Job, epoch: TrainingEpoch, data: bytes) -> CatalogEntry | None:
-    """The final LoRA as the member's own model; a full quota or a taken name is logged on the
-    job (the epochs' files stay downloadable)."""
+    """The final LoRA (or embedding) as the member's own model; a full quota or a taken name is
+    logged on the job (the epochs' files stay downloadable)."""
     name = job.params["train"]["output_name"]
-    existing = CatalogEntry.objects.filter(owner_id=job.owner_id, kind="lora", name=name).first()
+    kind = trained_kind(job.params["train"])
+    existing = CatalogEntry.objects.filter(owner_id=job.owner_id, kind=kind, name=name).first()
     if existing is not None and existing.sha256 == epoch.lora_sha256:
         return existing
     try:
@@ -240,11 +249,11 @@ def add_trained_lora(job: Job, epoch: TrainingEpoch, data: bytes) -> CatalogEntr
         entry = add_own_model(job.owner, stored, name)
     except (OwnModelError, UnreadableModel) as exc:
         message = getattr(exc, "message", str(exc))
-        note = f"the LoRA was not added to your models: {message}"
+        note = f"the {kind} was not added to your models: {message}"
         Job.objects.filter(pk=job.pk).update(error=note)
         return None
     trigger = job.params["train"]["trigger_word"]
-    if trigger:
+    if trigger and kind == CatalogEntry.Kind.LORA:  # an embedding's trigger is its name
         CatalogEntry.objects.filter(pk=entry.pk).update(trigger_words=trigger)
     return entry
 

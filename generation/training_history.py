@@ -22,6 +22,7 @@ class EpochView:
     steps: int
     loss: float | None
     losses: list[float]
+    prior_loss: float | None  # on class images (prior preservation)
     charged: Decimal
     sample_url: str | None
     lora_url: str
@@ -35,6 +36,7 @@ def epoch_views(job: Job) -> list[EpochView]:
             steps=row.steps,
             loss=row.loss,
             losses=list(row.losses or []),
+            prior_loss=row.prior_loss,
             charged=row.charged,
             sample_url=reverse("training-epoch-sample", args=[job.pk, row.epoch])
             if row.sample
@@ -51,11 +53,21 @@ def spent(job: Job) -> Decimal:
     return charged_so_far(job.pk)
 
 
+def trained_kind(train: dict[str, Any]) -> str:
+    """The catalogue kind a training makes: an embedding for textual inversion, else a LoRA."""
+    if train.get("method") == "textual_inversion":
+        return str(CatalogEntry.Kind.EMBEDDING)
+    return str(CatalogEntry.Kind.LORA)
+
+
 def trained_lora(job: Job) -> CatalogEntry | None:
-    name = job.params.get("train", {}).get("output_name")
+    """The model a succeeded training made: its LoRA, or its embedding."""
+    train = job.params.get("train", {})
+    name = train.get("output_name")
     if not name or job.status != Job.Status.SUCCEEDED:
         return None
-    return CatalogEntry.objects.filter(owner_id=job.owner_id, kind="lora", name=name).first()
+    kind = trained_kind(train)
+    return CatalogEntry.objects.filter(owner_id=job.owner_id, kind=kind, name=name).first()
 
 
 def loss_curve(epochs: list[EpochView]) -> dict[str, Any] | None:

@@ -34,6 +34,13 @@ def training_delivery(job: Job) -> TrainingDelivery:
             )
             for image in job.params["train"]["images"]
         ],
+        class_images=[
+            TrainingImageDelivery(
+                sha256=image["sha256"],
+                url=_url("training-image", IMAGE_SALT, f"{job.pk}:{image['sha256']}"),
+            )
+            for image in job.params["train"].get("class_images") or []
+        ],
         epoch_url=_url("training-epoch", EPOCH_SALT, f"{job.pk}:{job.attempt}"),
         resume_epoch=last.epoch if last else 0,
         resume_state_url=_url("training-state", STATE_SALT, str(last.pk)) if last else None,

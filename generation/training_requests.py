@@ -10,10 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from accounts.tiers import tier_of
+from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, TrainingDataset
 from generation.own_models import OwnModelError, check_name
 from generation.training_datasets import caption_with_trigger
-from gpu_worker.params import LR_SCHEDULERS, TRAIN_DEFAULTS, TRAIN_FIELDS, TrainImage, TrainParams
+from gpu_worker.params import (
+    LR_SCHEDULERS,
+    TRAIN_DEFAULTS,
+    TRAIN_FIELDS,
+    TRAIN_METHODS,
+    TrainImage,
+    TrainParams,
+)
 
 TRAINABLE_FAMILIES = ("sd1", "sdxl")
 LIMITS: dict[str, tuple[float, float]] = {
@@ -25,6 +33,9 @@ LIMITS: dict[str, tuple[float, float]] = {
     "repeats": (1, 100),
     "batch_size": (1, 16),
     "resolution": (32, 2048),
+    "num_vectors": (1, 75),  # A1111's slider; one 75-token chunk holds at most that many
+    "prior_loss_weight": (0, 100),
+    "class_count": (0, 1000),  # and the tier's images per job
 }
 
 
@@ -78,7 +89,7 @@ def validate_training(user: Any, raw: Any, checkpoint: CatalogEntry) -> TrainPar
         )
     if checkpoint.family not in TRAINABLE_FAMILIES:
         raise TrainingRequestError(
-            "checkpoint", f"LoRA training needs an SD 1.x or SDXL checkpoint ({checkpoint.label})"
+            "checkpoint", f"training needs an SD 1.x or SDXL checkpoint ({checkpoint.label})"
         )
     dataset = _dataset(user, raw.get("dataset_id"))
     rows = list(dataset.images.all())
@@ -89,15 +100,25 @@ def validate_training(user: Any, raw: Any, checkpoint: CatalogEntry) -> TrainPar
         raise TrainingRequestError(
             "train.lr_scheduler", f"train.lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}"
         )
+    method = raw.get("method", TRAIN_DEFAULTS["method"])
+    if method not in TRAIN_METHODS:
+        raise TrainingRequestError(
+            "train.method", f"train.method must be one of {', '.join(TRAIN_METHODS)}"
+        )
+    embedding = method == "textual_inversion"
+    kind = CatalogEntry.Kind.EMBEDDING if embedding else CatalogEntry.Kind.LORA
     try:
-        output_name = check_name(user, CatalogEntry.Kind.LORA, raw.get("output_name") or "")
+        output_name = check_name(user, kind, raw.get("output_name") or "")
     except OwnModelError as exc:
         raise TrainingRequestError(
             f"train.{exc.field}".replace("train.name", "train.output_name"),
             exc.message,
             422 if exc.status == 400 else exc.status,
         ) from None
-    trigger = str(raw.get("trigger_word", dataset.trigger_word) or "").strip()[:100]
+    # An embedding is triggered by its own name (A1111's [name] in the prompt template).
+    trigger = output_name if embedding else str(raw.get("trigger_word", dataset.trigger_word))
+    trigger = (trigger or "").strip()[:100]
+    prior = _prior_preservation(user, raw, embedding)
     resolution = _number(raw, "resolution", integer=True)
     if resolution % 8:
         raise TrainingRequestError("train.resolution", "train.resolution must be a multiple of 8")
@@ -114,7 +135,7 @@ def validate_training(user: Any, raw: Any, checkpoint: CatalogEntry) -> TrainPar
         repeats=_number(raw, "repeats", integer=True),
         batch_size=_number(raw, "batch_size", integer=True),
         resolution=resolution,
-        train_text_encoder=_flag(raw, "train_text_encoder"),
+        train_text_encoder=False if embedding else _flag(raw, "train_text_encoder"),
         images=[
             TrainImage(
                 sha256=row.sha256,
@@ -124,19 +145,90 @@ def validate_training(user: Any, raw: Any, checkpoint: CatalogEntry) -> TrainPar
             )
             for row in rows
         ],
+        method=method,
+        num_vectors=_number(raw, "num_vectors", integer=True),
+        init_text=str(raw.get("init_text", TRAIN_DEFAULTS["init_text"]) or "")[:200],
+        **prior,  # type: ignore[typeddict-item]
     )
 
 
-def _dataset(user: Any, value: Any) -> TrainingDataset:
+def _prior_preservation(user: Any, raw: dict[str, Any], embedding: bool) -> dict[str, Any]:
+    """DreamBooth's class images (a second dataset of the member's), frozen like the
+    instance images; captioned with class_prompt where they have no caption of their own."""
+    class_prompt = str(raw.get("class_prompt") or "").strip()[:500]
+    off = {"class_dataset_id": None, "class_prompt": class_prompt, "prior_loss_weight": 0.0}
+    count = _number(raw, "class_count", integer=True)
+    given = raw.get("class_dataset_id") not in (None, "")
+    if not given and not count:
+        return {**off, "class_count": 0, "class_images": []}
+    if embedding:
+        raise TrainingRequestError(
+            "train.class_dataset_id" if given else "train.class_count",
+            "prior preservation is for LoRA training, not embeddings",
+        )
+    if count:
+        return _generated_classes(user, raw, class_prompt, count, given)
+    dataset = _dataset(user, raw.get("class_dataset_id"), "train.class_dataset_id")
+    rows = list(dataset.images.all())
+    if not rows:
+        raise TrainingRequestError("train.class_dataset_id", "the class dataset has no images")
+    if not class_prompt and any(not row.caption.strip() for row in rows):
+        raise TrainingRequestError(
+            "train.class_prompt",
+            "train.class_prompt is needed: some class images have no caption",
+        )
+    return {
+        "class_dataset_id": dataset.pk,
+        "class_prompt": class_prompt,
+        "prior_loss_weight": _number(raw, "prior_loss_weight", integer=False),
+        "class_count": 0,
+        "class_images": [
+            TrainImage(
+                sha256=row.sha256,
+                caption=row.caption.strip() or class_prompt,
+                width=row.width,
+                height=row.height,
+            )
+            for row in rows
+        ],
+    }
+
+
+def _generated_classes(
+    user: Any, raw: dict[str, Any], class_prompt: str, count: int, given: bool
+) -> dict[str, Any]:
+    """Class images the platform generates (generation.training_chain): checked here, frozen
+    when they exist."""
+    if given:
+        raise TrainingRequestError(
+            "train.class_count", "give train.class_dataset_id or train.class_count, not both"
+        )
+    if not class_prompt:
+        raise TrainingRequestError(
+            "train.class_prompt", "train.class_prompt is needed to generate class images"
+        )
+    most = limits_for(user).max_images
+    if count > most:
+        raise TrainingRequestError(
+            "train.class_count", f"train.class_count must be at most {most} (images per job)"
+        )
+    return {
+        "class_dataset_id": None,
+        "class_prompt": class_prompt,
+        "prior_loss_weight": _number(raw, "prior_loss_weight", integer=False),
+        "class_count": count,
+        "class_images": [],
+    }
+
+
+def _dataset(user: Any, value: Any, field: str = "train.dataset_id") -> TrainingDataset:
     try:
         pk = int(value)
     except (TypeError, ValueError):
-        raise TrainingRequestError(
-            "train.dataset_id", "train.dataset_id must be an id", 400
-        ) from None
+        raise TrainingRequestError(field, f"{field} must be an id", 400) from None
     dataset = TrainingDataset.objects.owned_by(user).filter(pk=pk).first()
     if dataset is None:  # another member's is answered like one that does not exist
-        raise TrainingRequestError("train.dataset_id", "no such dataset", 404)
+        raise TrainingRequestError(field, "no such dataset", 404)
     return dataset
 
 

@@ -14,8 +14,10 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from generation.error_text import readable_error
+from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, TrainingDataset
-from generation.submission import SubmissionError, cancel_job, submit_job
+from generation.submission import SubmissionError, cancel_job
+from generation.training_chain import submit_training
 from generation.training_datasets import DatasetError, add_images, create_dataset, set_caption
 from generation.training_history import epoch_views, loss_curve, spent, trained_lora
 from generation.training_requests import TRAINABLE_FAMILIES
@@ -33,6 +35,13 @@ TRAIN_FORM_FIELDS = (
     "repeats",
     "batch_size",
     "resolution",
+    "method",
+    "num_vectors",
+    "init_text",
+    "class_dataset_id",
+    "class_count",
+    "class_prompt",
+    "prior_loss_weight",
 )
 SAMPLE_FIELDS = ("prompt", "negative_prompt", "steps", "width", "height", "seed")
 
@@ -106,6 +115,8 @@ def dataset_page(request: HttpRequest, pk: int) -> HttpResponse:
             "checkpoints": checkpoints,
             "defaults": TRAIN_DEFAULTS,
             "schedulers": LR_SCHEDULERS,
+            "class_datasets": TrainingDataset.objects.owned_by(request.user).exclude(pk=dataset.pk),
+            "max_images": limits_for(request.user).max_images,
         },
     )
 
@@ -121,7 +132,7 @@ def training_start(request: HttpRequest, pk: int) -> HttpResponse:
     params: dict[str, Any] = {k: post[k] for k in SAMPLE_FIELDS if post.get(k, "") != ""}
     params.update(mode="train", checkpoint=post.get("checkpoint", ""), train=train)
     try:
-        job = submit_job(request.user, params)
+        job = submit_training(request.user, params)
     except SubmissionError as exc:
         messages.error(request, readable_error(exc.field, exc.message))
         return redirect("training_dataset", pk=dataset.pk)

@@ -82,6 +82,19 @@ class TrainParams(TypedDict):
     resolution: int  # side of the square whose area buckets keep
     train_text_encoder: bool
     images: list[TrainImage]
+    # What is trained: "lora", or "textual_inversion" (A1111's Train embedding: one new
+    # embedding named output_name, num_vectors per token, started from init_text's tokens).
+    method: str
+    num_vectors: int
+    init_text: str
+    # DreamBooth's prior preservation (LoRA): class images from a second dataset of the
+    # member's, captioned with class_prompt where they have no caption; their loss counts
+    # prior_loss_weight times (0: off).
+    class_dataset_id: int | None
+    class_prompt: str
+    class_count: int  # >0: the platform generates that many class images first (a txt2img job)
+    prior_loss_weight: float
+    class_images: list[TrainImage]
 
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -95,8 +108,16 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 1,
     "resolution": 512,
     "train_text_encoder": False,
+    "method": "lora",
+    "num_vectors": 1,
+    "init_text": "*",
+    "class_dataset_id": None,
+    "class_prompt": "",
+    "class_count": 0,
+    "prior_loss_weight": 1.0,
 }
-TRAIN_FIELDS = frozenset(TrainParams.__annotations__) - {"images"}
+TRAIN_METHODS = ("lora", "textual_inversion")
+TRAIN_FIELDS = frozenset(TrainParams.__annotations__) - {"images", "class_images"}
 # --------------------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ class Embedding:
         return int(self.vectors[0].shape[0])
 
 
-class _embedding_hook:  # noqa: N801 - a context manager
+class embedding_hook:  # noqa: N801 - a context manager
     """Write the embeddings' vectors over their placeholder rows of the token embeddings, as
     A1111 does, for one encoder call; the model itself is never changed."""
 
@@ -56,7 +56,7 @@ class _embedding_hook:  # noqa: N801 - a context manager
             self.handle.remove()
 
 
-def _ids(chunk: Chunk, start: int, end: int, pad: int | None) -> list[int]:
+def chunk_ids(chunk: Chunk, start: int, end: int, pad: int | None) -> list[int]:
     if pad is None or pad == end:
         return [start, *chunk.tokens, end]
     # SDXL's second tokenizer: BOS, tokens, EOS, then its own pad token ("!")
@@ -91,8 +91,8 @@ def encode_chunks(
 ) -> torch.Tensor:
     """[1, 77 * len(chunks), hidden] conditioning, weighted with mean restoration."""
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
-    ids = torch.tensor([_ids(c, start, end, None) for c in chunks], device=device)
-    with torch.no_grad(), _embedding_hook(text_encoder, chunks, embeddings or {}, 0):
+    ids = torch.tensor([chunk_ids(c, start, end, None) for c in chunks], device=device)
+    with torch.no_grad(), embedding_hook(text_encoder, chunks, embeddings or {}, 0):
         if clip_skip > 1:
             out = text_encoder(ids, output_hidden_states=True)
             inner = getattr(text_encoder, "text_model", text_encoder)
@@ -166,8 +166,10 @@ def encode_prompt_pair_xl(
         for index, (encoder, tokenizer) in enumerate(pairs):
             start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
             pad = tokenizer.pad_token_id
-            ids = torch.tensor([_ids(c, start, end, pad) for c in chunks], device=encoder.device)
-            with _embedding_hook(encoder, chunks, embeddings or {}, index):
+            ids = torch.tensor(
+                [chunk_ids(c, start, end, pad) for c in chunks], device=encoder.device
+            )
+            with embedding_hook(encoder, chunks, embeddings or {}, index):
                 out = encoder(ids, output_hidden_states=True)
             if out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds
                 pooled = out[0][:1]

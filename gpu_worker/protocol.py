@@ -124,6 +124,7 @@ class TrainingDelivery(TypedDict):
     resume_epoch: int  # 0: from the start
     resume_state_url: str | None  # the state after `resume_epoch`, signed
     chunk_bytes: int  # an epoch's LoRA and state are posted in chunks of at most this size
+    class_images: NotRequired[list[TrainingImageDelivery]]  # prior preservation's, in order
 
 
 class GenerationRequest(JobEnvelope, GenerationParams):

@@ -16,7 +16,7 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,8 +50,9 @@ class TrainingImage:
 @dataclass
 class EpochResult:
     epoch: int
-    losses: list[float]  # one per optimizer step
+    losses: list[float]  # one per optimizer step (instance images)
     global_step: int
+    prior_losses: list[float] = field(default_factory=list)  # on class images, when preserved
 
 
 def _resize_cover(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -81,6 +82,7 @@ class LoraTrainer:
         *,
         seed: int,
         device: torch.device | str = "cpu",
+        class_images: list[TrainingImage] | None = None,
     ) -> None:
         from diffusers import DDPMScheduler
         from diffusers.optimization import get_scheduler
@@ -99,11 +101,13 @@ class LoraTrainer:
         self.tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if self.sdxl else [])
         self.captions = [item.caption for item in dataset]
         self._latent_stats = self._encode_dataset(dataset)
+        # DreamBooth's prior preservation: class images, encoded alike, each instance batch
+        # paired with a class batch whose loss counts `prior_loss_weight` times.
+        self.class_captions = [item.caption for item in class_images or []]
+        self._class_stats = self._encode_dataset(class_images or [])
+        self.prior_weight = float(params.get("prior_loss_weight", 1.0))
         self.trained = self._inject_adapters()
-        self.optimizer = torch.optim.AdamW(
-            [p for module in self.trained.values() for p in _lora_parameters(module)],
-            lr=params["learning_rate"],
-        )
+        self.optimizer = torch.optim.AdamW(self._trainable(), lr=params["learning_rate"])
         self.steps_per_epoch = len(self._epoch_batches(random.Random(0)))
         self.lr_scheduler = get_scheduler(
             params["lr_scheduler"],
@@ -173,6 +177,9 @@ class LoraTrainer:
             trained[prefix] = module
         return trained
 
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for module in self.trained.values() for p in _lora_parameters(module)]
+
     # --- one epoch -----------------------------------------------------------------------
     def _epoch_batches(self, rng: random.Random) -> list[list[int]]:
         """Each image `repeats` times, batched within its bucket, batches in random order."""
@@ -195,20 +202,44 @@ class LoraTrainer:
         for module in self.trained.values():
             module.train()
         losses: list[float] = []
+        prior_losses: list[float] = []
         for batch in self._epoch_batches(rng):
-            loss, model_input = self._step(batch)
-            losses.append(loss)
+            loss, model_input = self._forward(batch, self._latent_stats, self.captions)
+            total = loss
+            if self._class_stats:
+                prior, _ = self._forward(
+                    self._class_batch(rng, len(batch)), self._class_stats, self.class_captions
+                )
+                prior_losses.append(float(prior.detach()))
+                total = loss + self.prior_weight * prior
+            total.backward()
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
             self.global_step += 1
             if on_step is not None:
                 on_step(self.global_step, model_input)
         self.epoch = epoch
-        return EpochResult(epoch=epoch, losses=losses, global_step=self.global_step)
+        return EpochResult(
+            epoch=epoch, losses=losses, global_step=self.global_step, prior_losses=prior_losses
+        )
 
-    def _step(self, batch: list[int]) -> tuple[float, torch.Tensor]:
+    def _class_batch(self, rng: random.Random, size: int) -> list[int]:
+        """`size` class images of one bucket (a random one's), drawn with replacement."""
+        first = rng.randrange(len(self._class_stats))
+        bucket = self._class_stats[first][0]
+        same = [i for i, (b, _s, _p) in enumerate(self._class_stats) if b == bucket]
+        return [first] + [rng.choice(same) for _ in range(size - 1)]
+
+    def _forward(
+        self, batch: list[int], latent_stats: list[Any], captions: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoising loss of one batch (not yet backpropagated) and its model input."""
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
         device, dtype = self.device, self.weight_dtype
-        stats = torch.cat([self._latent_stats[i][2] for i in batch])
+        stats = torch.cat([latent_stats[i][2] for i in batch])
         posterior = DiagonalGaussianDistribution(stats)
         latents = posterior.mean + posterior.std * torch.randn(
             posterior.mean.shape, generator=self.generator
@@ -222,23 +253,32 @@ class LoraTrainer:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
-        captions = [self.captions[i] for i in batch]
+        texts = [captions[i] for i in batch]
+        sizes = [latent_stats[i][:2] for i in batch]
         autocast = torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
         with autocast:
-            embeds, extra = self._encode_text(captions, batch)
+            embeds, pooled = self._encode_text(texts)
+            extra = self._size_conditioning(pooled, sizes)
             pred = self.pipe.unet(
                 noisy.to(dtype), timesteps, embeds.to(dtype), added_cond_kwargs=extra
             ).sample
-        loss = F.mse_loss(pred.float(), target.float())
-        loss.backward()
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach()), noisy.detach()
+        return F.mse_loss(pred.float(), target.float()), noisy.detach()
 
-    def _encode_text(
-        self, captions: list[str], batch: list[int]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    def _size_conditioning(
+        self, pooled: torch.Tensor | None, sizes: list[Any]
+    ) -> dict[str, torch.Tensor] | None:
+        if pooled is None:
+            return None
+        time_ids = []
+        for (width, height), (orig_w, orig_h) in sizes:
+            time_ids.append([orig_h, orig_w, 0, 0, height, width])  # SDXL's size conditioning
+        return {
+            "text_embeds": pooled,
+            "time_ids": torch.tensor(time_ids, dtype=pooled.dtype, device=self.device),
+        }
+
+    def _encode_text(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(hidden states, SDXL's pooled embedding or None) of the captions."""
         grad = torch.enable_grad() if self.params["train_text_encoder"] else torch.no_grad()
         with grad:
             ids = [
@@ -256,16 +296,7 @@ class LoraTrainer:
             first = self.encoders[0](ids[0], output_hidden_states=True)
             second = self.encoders[1](ids[1], output_hidden_states=True)
             embeds = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
-            pooled = second[0]
-        time_ids = []
-        for index in batch:
-            (width, height), (orig_w, orig_h) = self._latent_stats[index][:2]
-            time_ids.append([orig_h, orig_w, 0, 0, height, width])  # SDXL's size conditioning
-        extra = {
-            "text_embeds": pooled,
-            "time_ids": torch.tensor(time_ids, dtype=pooled.dtype, device=self.device),
-        }
-        return embeds, extra
+            return embeds, second[0]
 
     # --- samples -------------------------------------------------------------------------
     def sample(
@@ -355,6 +386,10 @@ class LoraTrainer:
         metadata["sshs_model_hash"], metadata["sshs_legacy_hash"] = _addnet_hashes(bare)
         return save(tensors, metadata)
 
+    def output_file(self, **names: Any) -> bytes:
+        """The epoch's model file as A1111 reads it (a LoRA here)."""
+        return self.kohya_file(**names)
+
     # --- resumable state -----------------------------------------------------------------
     def state_bytes(self) -> bytes:
         """Everything needed to go on after this epoch: read back with weights_only loading
@@ -371,10 +406,17 @@ class LoraTrainer:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "generator": self.generator.get_state(),
+            **self._extra_state(),
         }
         out = io.BytesIO()
         torch.save(state, out)
         return out.getvalue()
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """A subclass's own trained tensors, read back before the optimizer's state."""
 
     def load_state(self, data: bytes) -> None:
         from peft import set_peft_model_state_dict
@@ -387,6 +429,7 @@ class LoraTrainer:
             for param in _lora_parameters(module):
                 param.requires_grad_(True)
                 param.data = param.data.float()
+        self._load_extra_state(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.generator.set_state(state["generator"])

@@ -36,7 +36,7 @@ from gpu_worker.job_outcome import (
     StepObserver,
 )
 from gpu_worker.loading import ModelLoadError, load_checkpoint
-from gpu_worker.protocol import GenerationRequest, ResultImage, TrainingDelivery
+from gpu_worker.protocol import GenerationRequest, ResultImage, TrainingImageDelivery
 from gpu_worker.training_rules import batches_per_epoch
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,12 @@ def _get(url: str) -> bytes:
         return bytes(response.read())
 
 
-def fetch_dataset(delivery: TrainingDelivery, captions: list[str]) -> list[Any]:
-    """The job's images, each checked against its sha256."""
+def fetch_dataset(images: list[TrainingImageDelivery], captions: list[str]) -> list[Any]:
+    """The job's images (or its class images), each checked against its sha256."""
     from gpu_worker.training import TrainingImage
 
     items = []
-    for index, image in enumerate(delivery["images"]):
+    for index, image in enumerate(images):
         try:
             data = _get(image["url"])
         except (urllib.error.URLError, OSError) as exc:
@@ -139,7 +139,8 @@ def _sample_infotext(request: GenerationRequest, base: str, epoch: int) -> str:
     lines.append(
         f"Steps: {request['steps']}, CFG scale: {request['cfg_scale']}, Seed: {request['seed']}, "
         f"Size: {request['width']}x{request['height']}, Model: {base}, "
-        f"Lora: {train['output_name']} (epoch {epoch}/{train['epochs']})"
+        f"{'Embedding' if train.get('method') == 'textual_inversion' else 'Lora'}: "
+        f"{train['output_name']} (epoch {epoch}/{train['epochs']})"
     )
     return "\n".join(lines)
 
@@ -152,6 +153,7 @@ def run_training(
 ) -> GenerationResult:
     import torch
 
+    from gpu_worker.textual_inversion import EmbeddingTrainer
     from gpu_worker.training import LoraTrainer, loss_of
 
     started = time.perf_counter()
@@ -159,7 +161,11 @@ def run_training(
     if not train or not delivery or len(delivery["images"]) != len(train["images"]):
         raise JobFailed("a training job needs its train parameters and dataset")
     checkpoint = engine.resolve("checkpoint", request["checkpoint"])
-    dataset = fetch_dataset(delivery, [i["caption"] for i in train["images"]])
+    dataset = fetch_dataset(delivery["images"], [i["caption"] for i in train["images"]])
+    class_captions = [i["caption"] for i in train.get("class_images") or []]
+    class_images = fetch_dataset(delivery.get("class_images") or [], class_captions)
+    if len(class_images) != len(class_captions):
+        raise JobFailed("a training job needs its class images")
     resume_state = None
     if delivery["resume_epoch"] and delivery["resume_state_url"]:
         try:
@@ -175,8 +181,15 @@ def run_training(
         raise JobFailed(str(exc)) from exc
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - t0
-    trainer = LoraTrainer(
-        pipe, checkpoint.family, train, dataset, seed=request["seed"], device=engine.device
+    trainer_class = EmbeddingTrainer if train.get("method") == "textual_inversion" else LoraTrainer
+    trainer = trainer_class(
+        pipe,
+        checkpoint.family,
+        train,
+        dataset,
+        seed=request["seed"],
+        device=engine.device,
+        class_images=class_images if train.get("prior_loss_weight") else None,
     )
     if resume_state is not None:
         trainer.load_state(resume_state)
@@ -211,7 +224,7 @@ def run_training(
                 height=request["height"],
                 infotext=_sample_infotext(request, checkpoint.name, epoch.epoch),
             )
-            lora = trainer.kohya_file(
+            model_file = trainer.output_file(
                 output_name=train["output_name"],
                 base_name=checkpoint.name,
                 base_sha256=checkpoint.sha256,
@@ -224,8 +237,10 @@ def run_training(
                     "steps": str(epoch.global_step),
                     "losses": json.dumps(epoch.losses),
                     "loss": repr(loss_of(epoch.losses)),
+                    "prior_losses": json.dumps(epoch.prior_losses),
                 },
-                {"lora": lora, "state": trainer.state_bytes()},
+                # the part keeps its first name: the epoch's model file, LoRA or embedding
+                {"lora": model_file, "state": trainer.state_bytes()},
                 sample,
                 int(delivery.get("chunk_bytes") or DEFAULT_CHUNK_BYTES),
             )

@@ -60,6 +60,12 @@ def batches_per_epoch(
     return sum(math.ceil(n * repeats / batch_size) for n in per_bucket.values())
 
 
+def class_image_side(resolution: int) -> int:
+    """The side of the square class images the platform generates for a training (at least
+    the generator's smallest side; any square lands in the square bucket)."""
+    return max(64, resolution // 8 * 8)
+
+
 def epoch_work(
     sizes: Sequence[tuple[int, int]],
     resolution: int,
@@ -67,11 +73,22 @@ def epoch_work(
     train_text_encoder: bool,
     sample_pixels: int,
     sample_steps: int,
+    *,
+    class_sizes: Sequence[tuple[int, int]] = (),
+    batch_size: int = 1,
 ) -> int:
     """Pixel-evaluations one epoch costs (the unit generation is priced in): each image's
-    bucket area, times repeats, times a training step's evaluations, plus the epoch's sample."""
+    bucket area, times repeats, times a training step's evaluations, plus the epoch's sample.
+    Backpropagating into the text encoder (LoRA on CLIP, or textual inversion, whose gradient
+    must cross the UNet and CLIP to reach its vectors) costs TEXT_ENCODER_FACTOR more. Prior
+    preservation adds a class batch to every step: the mean class image's area as often."""
     pixels = sum(math.prod(bucket_for(w, h, resolution)) for w, h in sizes)
     work = pixels * repeats * TRAIN_STEP_EVALUATIONS
+    if class_sizes:
+        areas = [math.prod(bucket_for(w, h, resolution)) for w, h in class_sizes]
+        steps = batches_per_epoch(sizes, resolution, repeats, batch_size)
+        mean_area = sum(areas) / len(areas)
+        work += int(steps * batch_size * mean_area * TRAIN_STEP_EVALUATIONS)
     if train_text_encoder:
         work = int(work * TEXT_ENCODER_FACTOR)
     return work + sample_pixels * sample_steps
@@ -185,3 +202,24 @@ def training_metadata(
         ),
     }
     return {key: str(value) for key, value in values.items()}
+
+
+# --- A1111 textual-inversion embedding format -------------------------------------------------
+
+
+def embedding_metadata(
+    *, name: str, step: int, base_name: str, base_sha256: str, family: str
+) -> dict[str, str]:
+    """What A1111 stores beside an embedding's vectors (`name`, `step`, `sd_checkpoint` as the
+    checkpoint's short hash, `sd_checkpoint_name`), as safetensors metadata strings."""
+    return {
+        "name": name,
+        "step": str(step),
+        "sd_checkpoint": base_sha256[:10],
+        "sd_checkpoint_name": base_name,
+        "modelspec.architecture": (
+            "stable-diffusion-xl-v1-base/textual-inversion"
+            if family == "sdxl"
+            else "stable-diffusion-v1/textual-inversion"
+        ),
+    }

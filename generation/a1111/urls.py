@@ -27,7 +27,7 @@ urlpatterns = [
     path("memory", views.memory, name="sdapi-memory"),
     path("scripts", views.scripts, name="sdapi-scripts"),
     path("train/embedding", views.train_embedding, name="sdapi-train-embedding"),
-    path("create/embedding", views.train_embedding, name="sdapi-create-embedding"),
+    path("create/embedding", views.create_embedding, name="sdapi-create-embedding"),
 ]
 # sd-webui-controlnet's endpoints, mounted at /controlnet/ (config/urls.py)
 controlnet_urlpatterns = [

@@ -25,6 +25,7 @@ from generation.a1111 import (
     options,
     png_info,
     progress,
+    training,
     translation,
     waiting,
 )
@@ -143,16 +144,12 @@ async def png_info_view(request: HttpRequest, user: Any, body: Any) -> Any:
 
 @endpoint("POST")
 async def train_embedding(request: HttpRequest, user: Any, body: Any) -> Any:
-    # A1111's Train tab trains textual-inversion embeddings; Atelier trains LoRAs, as a billed,
-    # cancellable job with its own API. Said plainly rather than silently ignored.
-    raise A1111Error(
-        422,
-        _(
-            "embedding training is not available here; Atelier trains LoRAs: "
-            "POST /api/v1/training/jobs/ (datasets at /api/v1/training/datasets/)"
-        ),
-        "embedding_name",
-    )
+    return await sync_to_async(training.train_embedding)(user, body)
+
+
+@endpoint("POST")
+async def create_embedding(request: HttpRequest, user: Any, body: Any) -> Any:
+    training.refuse_create(body)
 
 
 @endpoint("POST")

@@ -276,16 +276,6 @@ def test_a_running_training_keeps_its_dataset(alice, catalogue, alices_dataset, 
     assert "my-squares" in page and "No epoch finished yet." in page
 
 
-def test_a1111_train_embedding_says_to_use_atelier_training(alice):
-    from tests.generation.a1111_support import token_for
-
-    client = api_client(alice)
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token_for(alice)}")
-    response = client.post("/sdapi/v1/train/embedding", {"embedding_name": "x"}, format="json")
-    assert response.status_code == 422
-    assert "/api/v1/training/jobs/" in response.json()["detail"]
-
-
 # --- the pages --------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""LoRA training on the real GPU worker (in-process, CPU, the demo model), through the platform:
+"""LoRA training (textual inversion, prior preservation too) on the real GPU worker
+(in-process, CPU, the demo model), through the platform:
 alice uploads four 32x32 images, trains two epochs; the worker fetches them by signed URL and
 posts each epoch; the LoRA becomes hers and changes what the generator makes. Cancelling after
 epoch 1 charges one epoch and gives the rest back."""
@@ -26,7 +27,7 @@ from generation.models import CatalogEntry, Job, TrainingEpoch
 from generation.pricing import epoch_price
 from tests.generation.conftest import api_client, wait_for
 from tests.generation.real_worker import running_gpu_worker
-from tests.generation.test_training_datasets import four_images_zip, upload
+from tests.generation.test_training_datasets import four_images_zip, png, upload, zip_of
 
 pytest.importorskip("diffusers")
 pytestmark = [
@@ -305,3 +306,105 @@ def test_a_long_training_hands_itself_on_before_the_actors_time_limit(
     epochs = TrainingEpoch.objects.filter(job=job).order_by("epoch")
     assert [(e.epoch, e.steps) for e in epochs] == [(1, 4), (2, 8)]
     assert job.attempt >= 3 and job.workers_lost == 0
+
+
+# --- textual inversion and prior preservation -------------------------------------------
+
+
+def test_an_embedding_trained_here_is_alices_and_changes_her_image_by_its_name(
+    alice, bob, world, training_worker, tmp_path
+):
+    client = world["client"]
+    before_training = generate(client, "sqzemb, a square")
+    before = account_for(alice).balance
+    body = training(
+        world["dataset"],
+        method="textual_inversion",
+        output_name="sqzemb",
+        num_vectors=2,
+        init_text="red square",
+        learning_rate=0.05,
+    )
+    body["prompt"] = "sqzemb, a square"
+    response = client.post("/api/v1/training/jobs/", body, format="json")
+    assert response.status_code == 201, response.content
+    job = finished(response.json()["id"])
+    assert job.status == "succeeded", job.error
+
+    # metered per epoch, exactly as a LoRA
+    detail = client.get(f"/api/v1/training/jobs/{job.pk}/").json()
+    assert [e["epoch"] for e in detail["epochs"]] == [1, 2] and detail["lora"] == "sqzemb"
+    share = epoch_price(job.params, job.checkpoint)
+    assert [e.charged for e in TrainingEpoch.objects.filter(job=job)] == [share, share]
+    assert Decimal(str(detail["spent"])) == job.price == 2 * share
+    assert account_for(alice).balance == before - job.price and account_for(alice).held == 0
+
+    # each epoch's file is an A1111 embedding
+    from safetensors import safe_open
+
+    path = tmp_path / "sqzemb.safetensors"
+    path.write_bytes(b"".join(client.get(detail["epochs"][1]["lora_url"]).streaming_content))
+    with safe_open(str(path), "pt") as fh:
+        assert list(fh.keys()) == ["emb_params"] and fh.get_tensor("emb_params").shape[0] == 2
+        assert fh.metadata()["name"] == "sqzemb" and fh.metadata()["step"] == "8"
+
+    # hers, private, usable at once by its name
+    assert CatalogEntry.objects.filter(owner=alice, kind="embedding", name="sqzemb").exists()
+    after = generate(client, "sqzemb, a square")
+    assert after != before_training
+    assert generate(api_client(bob), "sqzemb, a square") == before_training  # not bob's
+    assert not ledger.find_violations()
+
+
+def test_prior_preservation_trains_on_class_images_and_records_their_loss(
+    alice, world, training_worker
+):
+    client = world["client"]
+    files = {"classes.zip": zip_of({f"c{i}.png": png((90, 90, 90 + 40 * i)) for i in range(3)})}
+    classes = upload(client, files, name="plain squares").json()["id"]
+    body = training(
+        world["dataset"],
+        epochs=1,
+        class_dataset_id=classes,
+        class_prompt="a square",
+        prior_loss_weight=0.5,
+    )
+    response = client.post("/api/v1/training/jobs/", body, format="json")
+    assert response.status_code == 201, response.content
+    job = finished(response.json()["id"])
+    assert job.status == "succeeded", job.error
+    epoch = TrainingEpoch.objects.get(job=job)
+    assert len(epoch.prior_losses) == len(epoch.losses) == 4
+    assert epoch.prior_loss is not None and epoch.prior_loss > 0
+    detail = client.get(f"/api/v1/training/jobs/{job.pk}/").json()
+    assert detail["epochs"][0]["prior_loss"] == pytest.approx(epoch.prior_loss)
+    assert epoch.charged == epoch_price(job.params, job.checkpoint) == job.price
+
+
+def test_class_images_the_platform_generates_are_alices_jobs_before_her_training(
+    alice, world, training_worker
+):
+    client = world["client"]
+    before = account_for(alice).balance
+    body = training(
+        world["dataset"], epochs=1, class_count=2, class_prompt="a square", prior_loss_weight=1.0
+    )
+    response = client.post("/api/v1/training/jobs/", body, format="json")
+    assert response.status_code == 201, response.content
+    job = finished(response.json()["id"])
+    assert job.status == "succeeded", job.error
+    class_job = Job.objects.get(pk=job.params["train"]["class_job_id"])
+    # an ordinary txt2img job of hers, finished (and charged) before the training started
+    assert (class_job.owner, class_job.mode, class_job.status) == (alice, "txt2img", "succeeded")
+    assert class_job.images.count() == 2
+    assert job.started_at is not None and class_job.finished_at is not None
+    assert class_job.finished_at <= job.started_at
+    # its images became a dataset of hers, frozen into the training as its class images
+    train = job.params["train"]
+    assert len(train["class_images"]) == 2 and train["class_dataset_id"]
+    epoch = TrainingEpoch.objects.get(job=job)
+    assert len(epoch.prior_losses) == len(epoch.losses) == 4
+    assert epoch.prior_loss is not None and epoch.prior_loss > 0
+    assert account_for(alice).balance == before - class_job.price - job.price
+    assert account_for(alice).held == 0
+    assert not ledger.find_violations()
