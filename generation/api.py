@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
@@ -58,6 +59,24 @@ def error_response(exc: SubmissionError) -> Response:
     if exc.status in (429, 503):  # too many jobs, or the queue is unreachable: come back soon
         response["Retry-After"] = "10"
     return response
+
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="Retrying with the same key returns the first job instead of a second",
+)
+
+
+def created(submit: Callable[[], Any], serializer: type[serializers.Serializer]) -> Response:
+    """The answer to a submission: 201 with what `submit` made (a job, a model), or the
+    service's refusal with its status."""
+    try:
+        made = submit()
+    except SubmissionError as exc:
+        return error_response(exc)
+    return Response(serializer(made).data, status=status.HTTP_201_CREATED)
 
 
 def request_params(request: Request) -> dict[str, Any]:
@@ -115,26 +134,15 @@ class JobListCreateView(APIView):
         operation_id="jobs_create",
         request=JobRequestSerializer,
         responses={201: JobSerializer, **ERRORS},
-        parameters=[
-            OpenApiParameter(
-                "Idempotency-Key",
-                str,
-                OpenApiParameter.HEADER,
-                description="Retrying with the same key returns the first job instead of a second",
-            )
-        ],
+        parameters=[IDEMPOTENCY_KEY],
         summary="Submit a generation job",
     )
     def post(self, request: Request) -> Response:
-        try:
-            job = submit_job(
-                request.user,
-                request_params(request),
-                idempotency_key=request.headers.get("Idempotency-Key"),
-            )
-        except SubmissionError as exc:
-            return error_response(exc)
-        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
+        key = request.headers.get("Idempotency-Key")
+        return created(
+            lambda: submit_job(request.user, request_params(request), idempotency_key=key),
+            JobSerializer,
+        )
 
 
 class JobDetailView(APIView):

@@ -20,7 +20,6 @@ from PIL import Image
 from generation.face_models import FaceChoiceError, check_codeformer, face_restorer_for
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, JobImage
-from generation.pricing import price_job, total_steps
 from generation.submission import (
     SubmissionError,
     ValidatedJob,
@@ -191,14 +190,7 @@ def validate_extras(user: Any, raw: Any) -> ValidatedJob:
         loras=[],
         extras=extras,
     )
-    return ValidatedJob(
-        params=params,
-        checkpoint=main,
-        init_png=source_png,
-        price=price_job(params, main),
-        total_steps=total_steps(params),
-        control_pngs={},
-    )
+    return ValidatedJob.priced(params, main, source_png)
 
 
 def _face_entry(user: Any, extras: ExtrasParams) -> CatalogEntry | None:

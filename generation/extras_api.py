@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers, status
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation.api import ERRORS, error_response
+from generation.api import ERRORS, IDEMPOTENCY_KEY, created, error_response
 from generation.extras import submit_extras, validate_extras
 from generation.scheduling.estimates import measured_speed
 from generation.serializers import InitImageField, JobSerializer, QuoteSerializer
@@ -80,26 +80,15 @@ class ExtrasCreateView(APIView):
         operation_id="extras_create",
         request=ExtrasRequestSerializer,
         responses={201: JobSerializer, **ERRORS},
-        parameters=[
-            OpenApiParameter(
-                "Idempotency-Key",
-                str,
-                OpenApiParameter.HEADER,
-                description="Retrying with the same key returns the first job instead of a second",
-            )
-        ],
+        parameters=[IDEMPOTENCY_KEY],
         summary="Upscale an image (Extras): a job billed per output megapixel",
     )
     def post(self, request: Request) -> Response:
-        try:
-            job = submit_extras(
-                request.user,
-                _params(request),
-                idempotency_key=request.headers.get("Idempotency-Key"),
-            )
-        except SubmissionError as exc:
-            return error_response(exc)
-        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
+        key = request.headers.get("Idempotency-Key")
+        return created(
+            lambda: submit_extras(request.user, _params(request), idempotency_key=key),
+            JobSerializer,
+        )
 
 
 class ExtrasQuoteView(APIView):

@@ -142,14 +142,22 @@ def fail_job(
 
 
 def cancel_queued_job(job: Job) -> bool:
+    """Cancel a job no worker holds: nothing ran, the whole hold goes back. Pinned to the
+    attempt the caller saw, so a job handed out meanwhile is left to its worker's events."""
     with transaction.atomic():
-        if not job.mark_cancelled(from_statuses=(Job.Status.QUEUED,)):
+        if not job.mark_cancelled(attempt=job.attempt, from_statuses=(Job.Status.QUEUED,)):
             return False
         release_hold(job)
         drop_unfinished_merge(job)
         publish_job_event(job, JobCancelledEvent(type="job.cancelled", job_id=str(job.pk)))
     transaction.on_commit(publish_queue_positions)
     return True
+
+
+def cancel_if_requested(job: Job) -> bool:
+    """A job taken back from its worker (released, lost, worker dead) after its owner asked to
+    cancel it: it ends here instead of going to another worker."""
+    return job.cancel_requested_at is not None and cancel_queued_job(job)
 
 
 def finish_cancelled_job(job: Job, attempt: int | None, steps_done: int | None = None) -> bool:

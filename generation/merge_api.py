@@ -12,17 +12,16 @@ from typing import Any
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation.api import ERRORS, error_response
+from generation.api import ERRORS, created
 from generation.merges import bake_virtual, save_virtual, submit_merge
 from generation.model_uploads import OwnModelSerializer
 from generation.models import CatalogEntry
 from generation.serializers import JobSerializer
-from generation.submission import SubmissionError
 from gpu_worker.merge_rules import METHODS, PRESETS, block_names
 
 
@@ -72,11 +71,7 @@ class MergeCreateView(APIView):
         summary="Merge checkpoints into a new model of yours (a job on a GPU worker)",
     )
     def post(self, request: Request) -> Response:
-        try:
-            job = submit_merge(request.user, _body(request))
-        except SubmissionError as exc:
-            return error_response(exc)
-        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
+        return created(lambda: submit_merge(request.user, _body(request)), JobSerializer)
 
 
 class VirtualMergeView(APIView):
@@ -87,11 +82,7 @@ class VirtualMergeView(APIView):
         summary="Save a merge recipe as a model without writing a file",
     )
     def post(self, request: Request) -> Response:
-        try:
-            entry = save_virtual(request.user, _body(request))
-        except SubmissionError as exc:
-            return error_response(exc)
-        return Response(OwnModelSerializer(entry).data, status=status.HTTP_201_CREATED)
+        return created(lambda: save_virtual(request.user, _body(request)), OwnModelSerializer)
 
 
 class BakeView(APIView):
@@ -103,11 +94,7 @@ class BakeView(APIView):
     )
     def post(self, request: Request, pk: int) -> Response:
         entry = get_object_or_404(CatalogEntry.objects.members_own(request.user), pk=pk)
-        try:
-            job = bake_virtual(request.user, entry)
-        except SubmissionError as exc:
-            return error_response(exc)
-        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
+        return created(lambda: bake_virtual(request.user, entry), JobSerializer)
 
 
 class MergeOptionsView(APIView):

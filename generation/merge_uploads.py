@@ -21,7 +21,8 @@ from django.views.decorators.http import require_http_methods
 
 from generation import model_store
 from generation.model_delivery import job_of_upload
-from generation.models import CatalogEntry, Job, ModelFile
+from generation.models import CatalogEntry, Job
+from generation.own_models import record_file
 from gpu_worker.model_files import UnreadableModel
 
 logger = logging.getLogger(__name__)
@@ -82,15 +83,5 @@ def _keep(part: Path, sha256: str, size: int) -> HttpResponse:
             model_store.delete_bytes(stored.sha256)
         logger.warning("merged model refused: sha256 %s, announced %s", stored.sha256, sha256)
         return _answer(422, 0, "the file's sha256 is not the one announced")
-    facts = stored.facts
-    ModelFile.objects.get_or_create(
-        sha256=stored.sha256,
-        defaults={
-            "size_bytes": stored.size_bytes,
-            "kind": facts.kind,
-            "family": facts.family,
-            "architecture": facts.architecture or "",
-            "detail": facts.detail,
-        },
-    )
+    record_file(stored)
     return _answer(201, size)

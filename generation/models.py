@@ -468,16 +468,18 @@ class Job(models.Model):
         steps_done: int | None = None,
         from_statuses: tuple[str, ...] | None = None,
     ) -> bool:
-        return self._claim(
-            from_statuses or self.UNFINISHED,
-            attempt,
-            status=self.Status.CANCELLED,
-            finished_at=timezone.now(),
-            steps_done=F("steps_done") if steps_done is None else steps_done,
-        )
+        now = timezone.now()
+        changes: dict[str, Any] = {"status": self.Status.CANCELLED, "finished_at": now}
+        if steps_done is not None:
+            changes["steps_done"] = steps_done
+        if steps_done:  # steps ran: it started, even if its 'started' is still on the way
+            changes["started_at"] = Coalesce(F("started_at"), Value(now))
+        return self._claim(from_statuses or self.UNFINISHED, attempt, **changes)
 
     def mark_cancel_requested(self) -> bool:
-        return self._claim((self.Status.RUNNING,), None, cancel_requested_at=timezone.now())
+        """Ask its worker to stop it: running, or handed out (the worker may have started it
+        already). Pinned to this attempt: a job taken back meanwhile is not touched."""
+        return self._claim(self.UNFINISHED, self.attempt, cancel_requested_at=timezone.now())
 
 
 class JobImageQuerySet(models.QuerySet["JobImage"]):

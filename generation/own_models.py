@@ -107,7 +107,8 @@ def check_name(user: Any, kind: str, name: str, *, exclude_pk: int | None = None
     return name
 
 
-def _record_file(stored: model_store.StoredBytes) -> ModelFile:
+def record_file(stored: model_store.StoredBytes) -> ModelFile:
+    """The facts row of stored bytes (one per sha256, shared by every entry of that file)."""
     facts = stored.facts
     model_file, _created = ModelFile.objects.get_or_create(
         sha256=stored.sha256,
@@ -144,7 +145,7 @@ def add_own_model(user: Any, stored: model_store.StoredBytes, name: str) -> Cata
         forget_if_unused(stored.sha256)
         raise
     with transaction.atomic():
-        model_file = _record_file(stored)
+        model_file = record_file(stored)
         return CatalogEntry.objects.create(
             owner=user, stored_file=model_file, **_entry_fields(stored, name)
         )
@@ -162,7 +163,7 @@ def add_platform_model(user: Any, stored: model_store.StoredBytes, name: str) ->
         forget_if_unused(stored.sha256)
         raise
     with transaction.atomic():
-        model_file = _record_file(stored)
+        model_file = record_file(stored)
         return CatalogEntry.objects.create(
             owner=None, stored_file=model_file, **_entry_fields(stored, name)
         )

@@ -95,6 +95,26 @@ class ValidatedJob:
     control_pngs: dict[str, bytes]  # sha256 -> PNG of the ControlNet units' images
     mask_png: bytes | None = None
 
+    @classmethod
+    def priced(
+        cls,
+        params: GenerationParams,
+        checkpoint: CatalogEntry,
+        init_png: bytes | None,
+        control_pngs: dict[str, bytes] | None = None,
+        mask_png: bytes | None = None,
+    ) -> ValidatedJob:
+        """Valid parameters with their price and step count (what the hold and progress use)."""
+        return cls(
+            params=params,
+            checkpoint=checkpoint,
+            init_png=init_png,
+            price=price_job(params, checkpoint),
+            total_steps=total_steps(params),
+            control_pngs=control_pngs or {},
+            mask_png=mask_png,
+        )
+
 
 # --- field checks ----------------------------------------------------------------------------
 
@@ -587,15 +607,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
             "controlnet", "controlnet units are not available with inpainting yet", 422
         )
 
-    return ValidatedJob(
-        params=params,
-        checkpoint=checkpoint,
-        init_png=init_png,
-        price=price_job(params, checkpoint),
-        total_steps=total_steps(params),
-        control_pngs=control_pngs,
-        mask_png=mask_png,
-    )
+    return ValidatedJob.priced(params, checkpoint, init_png, control_pngs, mask_png)
 
 
 def _styled(user: Any, given: dict[str, Any]) -> tuple[Any, Any]:
@@ -788,21 +800,26 @@ def can_manage(user: Any, job: Job) -> bool:
 
 
 def cancel_job(user: Any, job: Job) -> Job:
-    """Cancel a queued job at once; ask the worker to interrupt a running one (its 'cancelled'
-    event finishes the job). Only the owner or staff; others are told the job does not exist."""
+    """Cancel a waiting job at once. A job handed to a worker is only asked to stop: the
+    worker may have started it already, so its own event ('cancelled' with the steps that ran,
+    or 'succeeded') settles the hold. Only the owner or staff; others are told the job does
+    not exist."""
     if not can_manage(user, job):
         raise SubmissionError("job", "no such job", 404)
-    if job.status == Job.Status.QUEUED:
-        if cancel_queued_job(job):
-            # A worker may already hold the message: the flag makes it skip the job.
-            _set_cancel_flag(job, required=False)
-            return job
+    for _attempt in range(3):  # the job may move (handed out, started, taken back) meanwhile
+        if job.status == Job.Status.QUEUED and not job.worker_id:
+            if cancel_queued_job(job):
+                # An earlier hand-out's worker may still hold a message: the flag skips it.
+                _set_cancel_flag(job, required=False)
+                return job
+        elif job.status in Job.UNFINISHED:
+            _set_cancel_flag(job, required=True)
+            if job.mark_cancel_requested():
+                return job
+        else:
+            raise SubmissionError("job", f"the job already finished ({job.status})", 409)
         job.refresh_from_db()
-    if job.status == Job.Status.RUNNING:
-        _set_cancel_flag(job, required=True)
-        job.mark_cancel_requested()
-        return job
-    raise SubmissionError("job", f"the job already finished ({job.status})", 409)
+    raise SubmissionError("job", "the job is changing hands right now; try cancelling again", 409)
 
 
 def _set_cancel_flag(job: Job, required: bool) -> None:

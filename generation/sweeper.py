@@ -37,6 +37,7 @@ from generation.broker import get_broker, get_redis
 from generation.fleet import WorkerLiveness, read_heartbeats
 from generation.job_messages import MESSAGE_ID_KEY
 from generation.models import Job
+from generation.scheduling.dispatcher import wake_dispatcher
 from gpu_worker.protocol import (
     PLATFORM_QUEUE,
     WORKER_MISSING_GRACE_SECONDS,
@@ -127,6 +128,7 @@ def _take_back(job: Job, report: SweepReport, from_status: str, why: str) -> Non
     if job.return_to_queue(from_statuses=(from_status,)):
         logger.info("job %s back in the queue: %s", job.pk, why)
         report.requeued.append(str(job.pk))
+        lifecycle.cancel_if_requested(job)
 
 
 def _lost_with_worker(job: Job, report: SweepReport) -> None:
@@ -140,6 +142,7 @@ def _lost_with_worker(job: Job, report: SweepReport) -> None:
         if job.return_to_queue(from_statuses=(Job.Status.RUNNING,), worker_lost=True):
             logger.warning("job %s back in the queue: worker %s died", job.pk, worker_id)
             report.requeued.append(str(job.pk))
+            lifecycle.cancel_if_requested(job)
         return
     with transaction.atomic():
         counted = Job.objects.filter(
@@ -179,6 +182,8 @@ def take_back_lost_jobs(
     _take_back_lost_messages(client, alive, now, report)
     _take_back_unreported(client, alive, beats, memory, clock, report)
     if report.requeued:
+        # The dispatcher sleeps while nothing waits: wake it, so the jobs go to another worker.
+        transaction.on_commit(wake_dispatcher)
         transaction.on_commit(lifecycle.publish_queue_positions)
     return report
 

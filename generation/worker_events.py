@@ -60,7 +60,10 @@ def handle_job_event(event: JobEvent) -> bool:
         # A training job is also given back running, between epochs: the next worker resumes.
         handed_over = (Job.Status.QUEUED, Job.Status.RUNNING)
         statuses = handed_over if job.mode == Job.Mode.TRAIN else (Job.Status.QUEUED,)
-        return job.return_to_queue(from_statuses=statuses, attempt=attempt)
+        if not job.return_to_queue(from_statuses=statuses, attempt=attempt):
+            return False
+        lifecycle.cancel_if_requested(job)
+        return True
     logger.warning("unknown job event kind %r ignored", kind)
     return False
 

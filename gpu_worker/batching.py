@@ -17,7 +17,6 @@ another order for another batch size, so pixels may differ by a rounding step; t
 
 from __future__ import annotations
 
-import base64
 import inspect
 import time
 from collections.abc import Callable
@@ -26,7 +25,6 @@ from typing import Any
 
 import torch
 
-from gpu_worker import infotext as infotext_mod
 from gpu_worker.batch_key import MAX_BATCH_IMAGES
 from gpu_worker.engine import (
     BatchSkipped,
@@ -39,10 +37,11 @@ from gpu_worker.engine import (
     StepObserver,
     _applied_loras,
     _Run,
+    result_image,
 )
 from gpu_worker.inpainting import is_inpaint_model
 from gpu_worker.loading import ModelLoadError
-from gpu_worker.protocol import GenerationRequest, ResultImage
+from gpu_worker.protocol import GenerationRequest
 
 Outcome = GenerationResult | BaseException
 
@@ -330,16 +329,7 @@ class BatchRunner:
             text = run._infotext(
                 seed, size, prepared.checkpoint, prepared.vae, prepared.loras, None
             )
-            png = infotext_mod.png_with_infotext(image, text)
-            result.images.append(
-                ResultImage(
-                    png_b64=base64.b64encode(png).decode("ascii"),
-                    seed=seed,
-                    infotext=text,
-                    width=image.width,
-                    height=image.height,
-                )
-            )
+            result.images.append(result_image(image, seed, text))
         result.timings["encode_s"] = round(time.perf_counter() - t0, 4)
         result.timings["total_s"] = round(time.perf_counter() - job.started, 4)
         return result

@@ -37,9 +37,9 @@ FOLDERS: dict[Kind, str] = {
     "upscaler": "ESRGAN",
     "face_restorer": "GFPGAN",
 }
-# More folders of a kind, as A1111 has them (gpu_worker.upscalers loads both layouts).
+# More folders of a kind, as A1111 has them (gpu_worker.upscalers detects each layout).
 MORE_FOLDERS: dict[Kind, tuple[str, ...]] = {
-    "upscaler": ("RealESRGAN",),
+    "upscaler": ("RealESRGAN", "SwinIR", "HAT", "DAT"),
     "face_restorer": ("Codeformer",),  # listed with its architecture; the licence gate decides
 }
 SAFE_SUFFIXES = (".safetensors",)

@@ -77,7 +77,13 @@ from gpu_worker.prompt_syntax import (
 from gpu_worker.protocol import GenerationRequest, ResultImage
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
 from gpu_worker.tiling import circular_padding
-from gpu_worker.upscalers import TileSettings, UpscalerLoadError, load_upscaler, upscale_image
+from gpu_worker.upscalers import (
+    TileSettings,
+    UpscalerLoadError,
+    load_upscaler,
+    run_dtype,
+    upscale_image,
+)
 
 ENGINE_VERSION = "atelier-0.1"
 # How each of passes.LATENT_UPSCALERS resizes latents: (torch interpolate mode, antialias).
@@ -208,7 +214,8 @@ class Engine:
                 model = load_upscaler(item.path, allow_pickle=self.allow_pickle)
             except UpscalerLoadError as exc:
                 raise JobFailed(f"cannot use upscaler {item.name}: {exc}") from exc
-            self._upscaler = (item.sha256, model.to(self.device, self.dtype))
+            dtype = run_dtype(model, self.dtype)
+            self._upscaler = (item.sha256, model.to(self.device, dtype))
         return self._upscaler[1]
 
     def face_restorer(self, item: CatalogueItem) -> Any:
@@ -474,16 +481,7 @@ class _Run:
                 images = [restore(self.faces, image, 1.0, detector) for image in images]
             for seed, image in zip(seeds, images, strict=True):
                 text = self._infotext(seed, size, checkpoint, vae, loras, hires)
-                png = infotext_mod.png_with_infotext(image, text)
-                result.images.append(
-                    ResultImage(
-                        png_b64=base64.b64encode(png).decode("ascii"),
-                        seed=seed,
-                        infotext=text,
-                        width=image.width,
-                        height=image.height,
-                    )
-                )
+                result.images.append(result_image(image, seed, text))
             encode_s += time.perf_counter() - t0
         result.steps_done = self.done
         result.timings["sampling_s"] = round(sampling_s, 4)
@@ -769,6 +767,18 @@ class _Run:
             params.update(self.control.infotext())
         params["Version"] = ENGINE_VERSION
         return infotext_mod.build_infotext(r["prompt"], r["negative_prompt"], params)
+
+
+def result_image(image: Image.Image, seed: int, infotext: str) -> ResultImage:
+    """A finished image as the worker reports it: a PNG carrying its infotext, as A1111 saves."""
+    png = infotext_mod.png_with_infotext(image, infotext)
+    return ResultImage(
+        png_b64=base64.b64encode(png).decode("ascii"),
+        seed=seed,
+        infotext=infotext,
+        width=image.width,
+        height=image.height,
+    )
 
 
 def request_problem(request: GenerationRequest) -> str | None:

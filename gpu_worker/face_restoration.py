@@ -28,6 +28,7 @@ from gpu_worker.face_detection import alignment, crop_face, detect_landmarks, pa
 from gpu_worker.face_licences import GFPGAN, LABELS, architecture_of
 from gpu_worker.gfpgan_arch import GfpganClean, GfpganConfig
 from gpu_worker.job_outcome import JobFailed
+from gpu_worker.weights_files import load_weights_file
 
 
 class FaceModelError(ValueError):
@@ -52,20 +53,7 @@ def build_face_restorer(state: dict[str, Any]) -> GfpganClean:
 
 
 def load_face_restorer(path: Path, *, allow_pickle: bool = False) -> GfpganClean:
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: dict[str, Any] = load_file(str(path))
-        elif allow_pickle:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        else:
-            raise FaceModelError("a pickle file (start the worker with --allow-pickle)")
-        return build_face_restorer(state)
-    except FaceModelError as exc:
-        raise FaceModelError(f"{path.name}: {exc}") from exc
-    except Exception as exc:  # a corrupt file: say which
-        raise FaceModelError(f"{path.name}: cannot be read ({exc})") from exc
+    return load_weights_file(path, build_face_restorer, FaceModelError, allow_pickle=allow_pickle)
 
 
 def restore_face(model: GfpganClean, face: Image.Image) -> Image.Image:

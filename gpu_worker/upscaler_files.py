@@ -1,6 +1,7 @@
 """An upscaler file's native factor, read from its safetensors header (tensor names and shapes)
 alone. Torch-free: the catalogue scan (worker and web) reports it, and /sdapi/v1/upscalers lists
-it as A1111's `scale`. The layouts are the ones gpu_worker.upscalers builds."""
+it as A1111's `scale`. The layouts are the ones gpu_worker.upscalers builds (SwinIR and HAT
+through gpu_worker.upscaler_layouts, the rules the worker builds them by)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 from typing import Any
 
 from gpu_worker.model_files import tensors
+from gpu_worker.upscaler_layouts import detect, native_scale
 
 RE_OLD_LAYER = re.compile(r"^model\.(\d+)\.weight$")
 RE_NEW_UP = re.compile(r"^(?:conv_up(\d)|ups\.(\d+))\.weight$")
@@ -22,10 +24,13 @@ def _shape(entries: dict[str, dict[str, Any]], key: str) -> list[int]:
 def upscaler_scale(header: dict[str, Any]) -> int | None:
     """The factor one run of the model upscales by; None for a layout we do not know."""
     entries = tensors(header)
+    shapes = {k: list(v.get("shape") or []) for k, v in entries.items()}
+    if detect(shapes) is not None:  # SwinIR / HAT, before ESRGAN: they share `conv_first`
+        return native_scale(shapes)
     if "model.0.weight" in entries:  # original ESRGAN: upsampling convs between trunk and HR
         layers = sorted(int(m.group(1)) for k in entries if (m := RE_OLD_LAYER.match(k)))
         return _rrdb_scale(len([i for i in layers if i > 0]) - 2, _shape(entries, "model.0.weight"))
-    if "conv_first.weight" in entries:  # BasicSR / Real-ESRGAN RRDB
+    if "conv_first.weight" in entries and "body.0.rdb1.conv1.weight" in entries:  # BasicSR RRDB
         ups = sum(1 for k in entries if RE_NEW_UP.match(k))
         return _rrdb_scale(ups, _shape(entries, "conv_first.weight"))
     body = sorted(int(k.split(".")[1]) for k in entries if re.match(r"^body\.\d+\.weight$", k))

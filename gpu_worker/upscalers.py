@@ -13,7 +13,11 @@ from their published state-dict layouts:
   `model.3`, `model.6`, ..., then the HR and last convs;
 - Real-ESRGAN compact (SRVGGNetCompact, realesr-general-x4v3, animevideo): `body.0` conv,
   `body.1` PReLU, ... ending in a conv to 3 x scale² channels and a pixel shuffle, plus the
-  nearest-upscaled input.
+  nearest-upscaled input;
+- SwinIR (classical, lightweight and real-world SR), HAT (HAT, HAT-L, HAT-S) and DAT (DAT, DAT-S,
+  DAT-2, DAT-light): transformer
+  networks in gpu_worker.upscaler_archs, their hyper-parameters read from the state dict's shapes
+  by gpu_worker.upscaler_layouts (which the catalogue also reads the native scale with).
 
 Anything else is refused with a message naming the file. Safetensors load without pickle; a
 `.pth` only with --allow-pickle, and then through torch's weights-only loader. Upscaling runs in
@@ -35,6 +39,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 - the usual name
 
+from gpu_worker import upscaler_layouts
 from gpu_worker.extras_plan import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -173,9 +178,11 @@ def build_upscaler(state: dict[str, Any]) -> nn.Module:
     if "params_ema" in state or "params" in state:  # BasicSR's training checkpoints
         inner = state.get("params_ema", state.get("params"))
         state = inner if isinstance(inner, dict) else state
+    if (transformer := _transformer(state)) is not None:
+        return transformer
     if "model.0.weight" in state:
         state = _old_to_new(state)
-    if "conv_first.weight" in state:
+    if "conv_first.weight" in state and "body.0.rdb1.conv1.weight" in state:  # not DAT & co
         if "conv_up1.weight" in state:  # the new layout's names for the upsampling convs
             state = {
                 re.sub(r"^conv_up(\d)\.", lambda m: f"ups.{int(m.group(1)) - 1}.", k): v
@@ -200,13 +207,55 @@ def build_upscaler(state: dict[str, Any]) -> nn.Module:
         )
     else:
         raise UpscalerLoadError(
-            "not an ESRGAN (old or new layout) or Real-ESRGAN compact state dict"
+            "not an ESRGAN (old or new layout), Real-ESRGAN compact, SwinIR, HAT or DAT state dict"
         )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise UpscalerLoadError(f"the weights do not fit the detected layout: {exc}") from exc
     return model.eval()
+
+
+# Buffers a SwinIR / HAT file carries that the modules recompute (the masks for each input size).
+TRANSFORMER_BUFFERS = ("relative_position_index", "attn_mask", "rpe_biases")
+
+
+def _transformer(state: dict[str, Any]) -> nn.Module | None:
+    """A SwinIR, HAT or DAT network when the state dict has one's layout; None for another."""
+    shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
+    kind = upscaler_layouts.detect(shapes)
+    if kind is None:
+        return None
+    from gpu_worker.upscaler_archs.dat import DAT
+    from gpu_worker.upscaler_archs.hat import HAT
+    from gpu_worker.upscaler_archs.swinir import SwinIR
+
+    try:
+        if kind == upscaler_layouts.SWINIR:
+            model: nn.Module = SwinIR(upscaler_layouts.infer_swinir(shapes))
+        elif kind == upscaler_layouts.HAT:
+            model = HAT(upscaler_layouts.infer_hat(shapes))
+        else:
+            model = DAT(upscaler_layouts.infer_dat(shapes, _dat_first_offset(state)))
+    except upscaler_layouts.LayoutError as exc:
+        raise UpscalerLoadError(f"a {kind} state dict that cannot be built: {exc}") from exc
+    weights = {
+        k: v for k, v in state.items() if not k.rsplit(".", 1)[-1].startswith(TRANSFORMER_BUFFERS)
+    }
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise UpscalerLoadError(f"the weights do not fit the detected {kind}: {exc}") from exc
+    return model.eval()
+
+
+def _dat_first_offset(state: dict[str, Any]) -> tuple[int, int]:
+    """The first row of DAT's first bias coordinates (1 - height, 1 - width of its window)."""
+    coordinates = state.get("layers.0.blocks.0.attn.attns.0.rpe_biases")
+    if not isinstance(coordinates, torch.Tensor) or coordinates.ndim != 2 or coordinates.is_meta:
+        raise upscaler_layouts.LayoutError("no rpe_biases values to read split_size from")
+    first = coordinates[0].tolist()
+    return int(first[0]), int(first[1])
 
 
 def load_upscaler(path: Path, *, allow_pickle: bool = False) -> nn.Module:
@@ -225,6 +274,12 @@ def load_upscaler(path: Path, *, allow_pickle: bool = False) -> nn.Module:
         raise UpscalerLoadError(f"{path.name}: {exc}") from exc
     except Exception as exc:  # a corrupt file: say which
         raise UpscalerLoadError(f"{path.name}: cannot be read ({exc})") from exc
+
+
+def run_dtype(model: nn.Module, dtype: torch.dtype) -> torch.dtype:
+    """The dtype to run an upscaler in: the engine's, except float32 for the transformers
+    (SwinIR, HAT), whose attention is not reliable in half precision (spandrel marks them so)."""
+    return dtype if getattr(model, "half_safe", True) else torch.float32
 
 
 def model_scale(model: nn.Module) -> int:
@@ -314,7 +369,14 @@ def upscale_image(
 
 def random_state(kind: str, *, features: int = 8, blocks: int = 1, growth: int = 4) -> dict:
     """A tiny random-weight upscaler's state dict in a published layout ("esrgan-old",
-    "esrgan-new", "esrgan-new-x2", "compact"), for the demo model and the tests."""
+    "esrgan-new", "esrgan-new-x2", "compact", "swinir" (x2), "hat" (x4), "dat" (x2)), for the
+    demo model and the tests."""
+    if kind in ("swinir", "hat", "dat"):
+        from gpu_worker.upscaler_archs import tiny
+
+        if kind == "swinir":
+            return tiny.swinir_state()
+        return tiny.hat_state() if kind == "hat" else tiny.dat_state()
     generator = torch.Generator().manual_seed(0)
     if kind == "compact":
         model: nn.Module = SRVGGCompact(features=features, convs=2, scale=4)

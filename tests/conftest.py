@@ -10,6 +10,9 @@ import redis
 
 from accounts.models import User
 
+# The real GPU worker's fixtures, for every module that runs jobs on the diffusers engine.
+pytest_plugins = ["tests.generation.real_worker"]
+
 PASSWORD = "correct-horse-battery-staple"
 
 

@@ -625,7 +625,13 @@
     var status = data.status;
     if (status === "queued") {
       if (!setStatus(job, "queued")) return;
-      setInfo(job, queuedInfo(data.position, data.eta));
+      if (data.cancel_requested) {  // handed to a worker: its report ends the job
+        job.stopping = true;
+        job.panel.querySelector(".job-stop").disabled = true;
+        setInfo(job, T.stopping);
+      } else {
+        setInfo(job, queuedInfo(data.position, data.eta));
+      }
     } else if (status === "running") {
       if (!setStatus(job, "running")) return;
       if (data.cancel_requested) {
@@ -670,7 +676,7 @@
     var job = trackJob(msg.job_id);
     switch (msg.type) {
       case "job.queued":
-        if (setStatus(job, "queued")) setInfo(job, queuedInfo(msg.position, msg.eta));
+        if (setStatus(job, "queued") && !job.stopping) setInfo(job, queuedInfo(msg.position, msg.eta));
         break;
       case "job.started":
         if (!setStatus(job, "running")) break;
@@ -708,11 +714,13 @@
     if (!job || TERMINAL[job.status]) return;
     var stop = job.panel.querySelector(".job-stop");
     stop.disabled = true;
+    job.stopping = true;
     setInfo(job, T.stopping);
     api("POST", cancelUrl(id)).then(function (r) {
       if (r.ok && r.data && r.data.status) {
         applyJob(r.data);
       } else if (!r.ok) {
+        job.stopping = false;
         stop.disabled = false;
         showJobError(job, errorLines(r.data, r.status).join(" "));
       }

@@ -17,7 +17,7 @@ from generation.models import CatalogEntry, Job
 from generation.submission import SubmissionError, cancel_job, submit_job
 from generation.sweeper import MAX_WORKERS_LOST, SweepMemory, sweep
 from generation.worker_events import handle_job_event
-from gpu_worker.protocol import PLATFORM_QUEUE, JobEvent, JobEventKind
+from gpu_worker.protocol import CANCEL_KEY, PLATFORM_QUEUE, JobEvent, JobEventKind
 from tests.accounts.conftest import balance_of, held_of, set_balance
 from tests.generation.conftest import send_event, wait_for
 
@@ -142,6 +142,99 @@ def test_a_running_job_cancelled_before_any_step_is_free(alice, job, redis_clien
     handle_job_event(event(job, "cancelled", steps_done=0))
     assert settlement_of(job).kind == "release"
     assert balance_of(alice) == Decimal("10.00")
+
+
+# --- a cancel racing the worker's start: the job was handed out, the worker may have begun ---
+
+
+@pytest.fixture
+def handed_out(job) -> Job:
+    """As the scheduler hands it out; the worker's 'started' may still be on the way."""
+    assert job.mark_assigned("gpu-0")
+    return job
+
+
+def cancel_while_handed_out(alice: Any, job: Job, redis_client: Any) -> None:
+    """The owner cancels before the platform has recorded the worker's 'started'."""
+    cancel_job(alice, job)
+    job.refresh_from_db()
+    assert (job.status, job.cancel_requested_at is not None) == ("queued", True)
+    assert redis_client.get(CANCEL_KEY.format(job_id=job.pk)) == b"interrupt"
+    assert held_of(alice) == PRICE  # nothing settled until the worker says how far it got
+
+
+def test_a_cancel_before_the_started_event_charges_the_steps_that_ran(
+    alice, handed_out, redis_client
+):
+    cancel_while_handed_out(alice, handed_out, redis_client)
+    assert handle_job_event(event(handed_out, "started"))
+    assert handle_job_event(event(handed_out, "cancelled", steps_done=5))  # 5 of 20 steps
+    entry = settlement_of(handed_out)
+    assert (entry.kind, entry.charged) == ("capture", Decimal("1.00"))
+    assert (balance_of(alice), held_of(alice)) == (Decimal("9.00"), 0)
+    assert_ledger_clean()
+
+
+def test_a_cancelled_event_overtaking_its_started_event_still_charges_the_steps(
+    alice, handed_out, redis_client
+):
+    cancel_while_handed_out(alice, handed_out, redis_client)
+    assert handle_job_event(event(handed_out, "cancelled", steps_done=5))
+    assert not handle_job_event(event(handed_out, "started"))  # late: changes nothing
+    handed_out.refresh_from_db()
+    assert handed_out.status == "cancelled" and handed_out.started_at is not None
+    assert settlement_of(handed_out).charged == Decimal("1.00")
+    assert (balance_of(alice), held_of(alice)) == (Decimal("9.00"), 0)
+    assert_ledger_clean()
+
+
+def test_a_worker_that_sees_the_cancel_before_starting_gives_everything_back(
+    alice, handed_out, redis_client
+):
+    cancel_while_handed_out(alice, handed_out, redis_client)
+    assert handle_job_event(event(handed_out, "cancelled", steps_done=0))
+    assert settlement_of(handed_out).kind == "release"
+    assert (balance_of(alice), held_of(alice)) == (Decimal("10.00"), 0)
+    assert_ledger_clean()
+
+
+def test_a_job_finished_before_the_worker_saw_the_cancel_is_charged_once(
+    alice, handed_out, redis_client
+):
+    cancel_while_handed_out(alice, handed_out, redis_client)
+    assert handle_job_event(event(handed_out, "started"))
+    assert handle_job_event(event(handed_out, "succeeded", images=[]))
+    assert not handle_job_event(event(handed_out, "cancelled", steps_done=20))
+    assert settlement_of(handed_out).charged == PRICE
+    assert (balance_of(alice), held_of(alice)) == (Decimal("6.00"), 0)
+    assert_ledger_clean()
+
+
+def test_a_cancelled_job_given_back_by_a_draining_worker_ends_with_its_hold_released(
+    alice, handed_out, redis_client
+):
+    cancel_while_handed_out(alice, handed_out, redis_client)
+    assert handle_job_event(event(handed_out, "released"))
+    handed_out.refresh_from_db()
+    assert handed_out.status == "cancelled"  # not handed to another worker
+    assert settlement_of(handed_out).kind == "release"
+    assert (balance_of(alice), held_of(alice)) == (Decimal("10.00"), 0)
+    assert_ledger_clean()
+
+
+def test_a_cancelled_job_whose_worker_died_ends_instead_of_going_to_another_worker(
+    alice, handed_out, redis_client
+):
+    cancel_while_handed_out(alice, handed_out, redis_client)
+    memory = SweepMemory()
+    first = timezone.now()
+    sweep(first, memory)  # no heartbeat from gpu-0: missing from now on...
+    sweep(first + timedelta(seconds=memory.liveness.grace), memory)  # ...and declared dead
+    handed_out.refresh_from_db()
+    assert (handed_out.status, handed_out.worker_id) == ("cancelled", "")
+    assert settlement_of(handed_out).kind == "release"
+    assert (balance_of(alice), held_of(alice)) == (Decimal("10.00"), 0)
+    assert_ledger_clean()
 
 
 def test_a_job_that_killed_its_workers_releases_the_whole_hold(alice, job, redis_client):

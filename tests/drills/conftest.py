@@ -177,6 +177,21 @@ class DrillWorld:
                 proc.wait()
         self.procs.processes.clear()
 
+    def shut_down(self) -> None:
+        """The end of a drill: every process asked to stop (killed after 15 s), their last log
+        lines printed for the report, then Redis stopped."""
+        for proc in self.procs.processes.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.processes.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        print(self.procs.log_tail(40))
+        self.stop_all()
+        self.stop_redis()
+
     # --- the platform's records ------------------------------------------------------------
     def submit(self, *batches: tuple[str, int, dict[str, Any]]) -> list[str]:
         """Submit (user, count, params) batches in one go; the job ids, as SQLite stores them."""
@@ -265,17 +280,7 @@ def drill_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DrillWorld
     try:
         yield world
     finally:
-        for proc in world.procs.processes.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in world.procs.processes.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        print(world.procs.log_tail(40))
-        world.stop_all()
-        world.stop_redis()
+        world.shut_down()
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ fetches the dataset and posts each finished epoch over HTTP with signed addresse
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -49,17 +47,7 @@ def training_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DrillWo
     try:
         yield world
     finally:
-        for proc in world.procs.processes.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in world.procs.processes.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        print(world.procs.log_tail(40))
-        world.stop_all()
-        world.stop_redis()
+        world.shut_down()
 
 
 def epochs_of(world: DrillWorld, job_id: str) -> list[tuple[int, int, str]]:

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,3 +173,27 @@ def browser():
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@contextmanager
+def signed_in_page(user, base_url: str) -> Iterator:
+    """A page in chromium with `user` signed in to the live server at `base_url`. Playwright's
+    sync API runs an event loop in this thread while open (Django then refuses ORM calls
+    here): the session is made before it starts, and every database step of the test goes
+    before or after the `with`."""
+    from django.test import Client
+    from playwright.sync_api import sync_playwright
+
+    session = Client()
+    session.force_login(user)
+    session_id = session.cookies["sessionid"].value
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        context = browser.new_context()
+        context.add_cookies([{"name": "sessionid", "value": session_id, "url": base_url}])
+        try:
+            yield context.new_page()
+        finally:
+            browser.close()

@@ -16,11 +16,8 @@ from PIL import Image, ImageDraw
 from gpu_worker.preprocessors import run_preprocessor
 from gpu_worker.protocol import HEARTBEAT_KEY
 from tests.e2e.test_generate_flow import (
-    DEMO_MODEL,
     SCREENSHOTS,
-    open_page,
-    sign_up,
-    wait_for_demo_model,
+    new_member_generating,
 )
 
 pytestmark = pytest.mark.browser
@@ -51,12 +48,7 @@ def wait_for_gpu_worker(platform, timeout: float = 120) -> None:
 
 def test_a_member_previews_a_canny_unit_and_generates_with_it(live_platform, browser, tmp_path):
     errors: list[str] = []
-    context, page = open_page(browser, errors)
-    base = live_platform.base_url
-    sign_up(page, base, "kira")
-    page.goto(base + "/generate/")
-    wait_for_demo_model(page, live_platform)
-    page.select_option("#id_checkpoint", DEMO_MODEL)
+    context, page, base = new_member_generating(browser, live_platform, "kira", errors)
     page.fill("#id_prompt", "a white square")
     page.fill("#id_width", str(SIZE))
     page.fill("#id_height", str(SIZE))

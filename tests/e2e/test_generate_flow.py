@@ -79,6 +79,18 @@ def sign_up(page, base: str, username: str) -> None:
     assert page.locator(".session .username").inner_text() == username
 
 
+def new_member_generating(browser, platform, username: str, errors: list[str], **options):
+    """A member just signed up, on the generator with the demo model picked: (context, page,
+    base URL). `options` go to open_page."""
+    context, page = open_page(browser, errors, **options)
+    base = platform.base_url
+    sign_up(page, base, username)
+    page.goto(base + "/generate/")
+    wait_for_demo_model(page, platform)
+    page.select_option("#id_checkpoint", DEMO_MODEL)
+    return context, page, base
+
+
 def test_a_member_generates_watches_progress_and_stops_a_job(live_platform, browser):
     errors: list[str] = []
     context, page = open_page(browser, errors)
@@ -157,12 +169,9 @@ def test_a_member_generates_watches_progress_and_stops_a_job(live_platform, brow
 def test_without_a_websocket_the_page_follows_the_job_by_polling(live_platform, browser):
     errors: list[str] = []
     # A proxy that drops websockets, played by a browser without them.
-    context, page = open_page(browser, errors, init_script="delete window.WebSocket;")
-    base = live_platform.base_url
-    sign_up(page, base, "eve")
-    page.goto(base + "/generate/")
-    wait_for_demo_model(page, live_platform)
-    page.select_option("#id_checkpoint", DEMO_MODEL)
+    context, page, base = new_member_generating(
+        browser, live_platform, "eve", errors, init_script="delete window.WebSocket;"
+    )
     page.fill("#id_prompt", "a quiet harbour")
     page.fill("#id_width", "128")
     page.fill("#id_height", "128")

@@ -11,11 +11,9 @@ import pytest
 from PIL import Image
 
 from tests.e2e.test_generate_flow import (
-    DEMO_MODEL,
     SCREENSHOTS,
-    open_page,
+    new_member_generating,
     sign_up,
-    wait_for_demo_model,
 )
 
 pytestmark = pytest.mark.browser
@@ -33,12 +31,7 @@ def pattern() -> Image.Image:
 
 def test_a_member_paints_a_mask_and_only_the_painted_part_changes(live_platform, browser, tmp_path):
     errors: list[str] = []
-    context, page = open_page(browser, errors)
-    base = live_platform.base_url
-    sign_up(page, base, "iris")
-    page.goto(base + "/generate/")
-    wait_for_demo_model(page, live_platform)
-    page.select_option("#id_checkpoint", DEMO_MODEL)
+    context, page, base = new_member_generating(browser, live_platform, "iris", errors)
     page.fill("#id_prompt", "a red door")
     page.fill("#id_width", str(SIZE))
     page.fill("#id_height", str(SIZE))

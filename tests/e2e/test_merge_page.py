@@ -4,11 +4,9 @@ it was; a virtual merge lands on its model page, which shows the recipe and offe
 from __future__ import annotations
 
 import pytest
-from django.test import Client
-from playwright.sync_api import sync_playwright
 
 from generation.models import CatalogEntry
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.conftest import signed_in_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -22,16 +20,7 @@ def test_alice_saves_a_virtual_merge_from_the_merge_page(alice, live_server):
             filename=f"Stable-diffusion/{name}.safetensors",
             sha256=name.encode().hex().ljust(64, "0"),
         )
-    session = Client()
-    session.force_login(alice)
-    session_id = session.cookies["sessionid"].value
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context()
-        context.add_cookies([{"name": "sessionid", "value": session_id, "url": live_server.url}])
-        page = context.new_page()
+    with signed_in_page(alice, live_server.url) as page:
         page.goto(f"{live_server.url}/models/merge/")
         page.select_option("#id_primary", "model-a")
         page.select_option("#id_secondary", "model-b")
@@ -48,6 +37,5 @@ def test_alice_saves_a_virtual_merge_from_the_merge_page(alice, live_server):
         recipe = page.text_content("#model-recipe") or ""
         assert "Weighted sum" in recipe and "model-b" in recipe and "0.35" in recipe
         assert page.is_visible("button:text('Bake')")
-        browser.close()
     entry = CatalogEntry.objects.get(owner=alice, name="mix")
     assert entry.stored_file is None and entry.enabled

@@ -4,11 +4,9 @@ left), ending in the private model listed on the page."""
 from __future__ import annotations
 
 import pytest
-from django.test import Client
-from playwright.sync_api import sync_playwright
 
 from generation.models import CatalogEntry
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.conftest import signed_in_page
 from tests.model_file_builder import safetensors_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -19,18 +17,7 @@ def test_alice_uploads_a_model_and_watches_its_progress(alice, live_server, sett
     settings.MAX_REQUEST_BODY_BYTES = 64 * 1024 + 16 * 1024  # 16 KiB chunks: many of them
     model = tmp_path / "ink.safetensors"
     model.write_bytes(safetensors_bytes({"emb_params": ("F32", [64, 768])}))  # ~192 KiB
-    session = Client()
-    session.force_login(alice)
-    session_id = session.cookies["sessionid"].value
-    # Playwright's sync API runs an event loop in this thread while open (Django then refuses
-    # ORM calls here): every database step is before or after it.
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context()
-        context.add_cookies([{"name": "sessionid", "value": session_id, "url": live_server.url}])
-        page = context.new_page()
+    with signed_in_page(alice, live_server.url) as page:
         page.goto(f"{live_server.url}/models/mine/")
         page.set_input_files("#id_model_file", str(model))
         page.fill("#id_model_name", "ink")
@@ -52,7 +39,6 @@ def test_alice_uploads_a_model_and_watches_its_progress(alice, live_server, sett
         assert len(progress) > 3, statuses
         assert "/ 0.2 MiB" in progress[-1] and "s left" in progress[0]
         page.wait_for_selector("td a:text-is('ink')", timeout=10000)  # the page reloads with it
-        browser.close()
     entry = CatalogEntry.objects.get(owner=alice)
     assert (entry.name, entry.kind, entry.family) == ("ink", "embedding", "sd1")
 
@@ -61,16 +47,7 @@ def test_staff_upload_a_platform_model_from_the_same_page(carol, live_server, se
     settings.MODEL_STORE_DIR = tmp_path / "store"
     model = tmp_path / "house.safetensors"
     model.write_bytes(safetensors_bytes({"emb_params": ("F32", [2, 768])}))
-    session = Client()
-    session.force_login(carol)
-    session_id = session.cookies["sessionid"].value
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context()
-        context.add_cookies([{"name": "sessionid", "value": session_id, "url": live_server.url}])
-        page = context.new_page()
+    with signed_in_page(carol, live_server.url) as page:
         page.goto(f"{live_server.url}/models/mine/")
         page.set_input_files("#id_model_file", str(model))
         page.fill("#id_model_name", "house-words")
@@ -80,6 +57,5 @@ def test_staff_upload_a_platform_model_from_the_same_page(carol, live_server, se
             "document.getElementById('model-upload-status').textContent.startsWith('Uploaded')",
             timeout=30000,
         )
-        browser.close()
     entry = CatalogEntry.objects.get(name="house-words")
     assert entry.owner is None and entry.stored_file is not None and entry.kind == "embedding"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.test_generate_flow import DEMO_MODEL, open_page, sign_up, wait_for_demo_model
+from tests.e2e.test_generate_flow import new_member_generating
 
 pytestmark = pytest.mark.browser
 
@@ -15,12 +15,7 @@ DEMO_UPSCALER = "atelier-demo-upscaler"
 
 def test_a_member_upscales_a_result_and_finds_it_in_my_images(live_platform, browser):
     errors: list[str] = []
-    context, page = open_page(browser, errors)
-    base = live_platform.base_url
-    sign_up(page, base, "ursula")
-    page.goto(base + "/generate/")
-    wait_for_demo_model(page, live_platform)
-    page.select_option("#id_checkpoint", DEMO_MODEL)
+    context, page, base = new_member_generating(browser, live_platform, "ursula", errors)
     page.fill("#id_prompt", "a lighthouse")
     page.fill("#id_width", "64")
     page.fill("#id_height", "64")

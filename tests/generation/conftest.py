@@ -12,6 +12,7 @@ from typing import Any
 
 import dramatiq
 import pytest
+from django.test import Client
 from rest_framework.test import APIClient
 
 from generation.broker import get_broker, reset_for_tests
@@ -90,6 +91,15 @@ def catalogue(db) -> dict[str, CatalogEntry]:
         "vae": entry("clear-vae", "vae"),
         "controlnet": entry("canny-sd15", "controlnet"),
     }
+
+
+def image_bytes(user: Any, url: str) -> bytes:
+    """An image file as its owner's browser gets it."""
+    browser = Client()
+    browser.force_login(user)
+    response = browser.get(url)
+    assert response.status_code == 200
+    return response.getvalue()
 
 
 def api_client(user: Any) -> APIClient:

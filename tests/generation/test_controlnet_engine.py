@@ -17,14 +17,8 @@ from tests.generation.a1111_support import (
     WEBUIAPI_TXT2IMG,
     post,
     sdapi_client,
-    thread_connections_closed,  # noqa: F401 - a fixture
 )
 from tests.generation.real_worker import REAL_WORKER_MARKS
-from tests.generation.test_end_to_end import (  # noqa: F401 - fixtures
-    demo_catalogue,
-    demo_models,
-    gpu_worker_process,
-)
 
 pytest.importorskip("diffusers")
 pytestmark = REAL_WORKER_MARKS

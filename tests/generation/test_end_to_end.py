@@ -3,100 +3,17 @@ commit -> Dramatiq on Redis -> gpu_worker -> platform queue -> database, images 
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: the CPU thread cliff
-
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.test import Client
 
-from generation.catalogue_sync import sync_catalogue
 from generation.models import Job
-from tests.generation.conftest import api_client, wait_for
+from tests.generation.conftest import api_client, image_bytes, wait_for
 
 pytest.importorskip("diffusers")
 pytestmark = [pytest.mark.engine, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="module")
-def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from gpu_worker.demo_model import make_demo_models
-
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("models")
-    make_demo_models(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def gpu_worker_process(
-    demo_models: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
-    """The GPU worker as `python -m gpu_worker` runs it, in-process, on its own broker object
-    over the same Redis: it shares no code with the platform beyond gpu_worker.protocol. Its
-    heartbeat makes the platform's scheduler hand it jobs on its own queue."""
-    import redis
-
-    from gpu_worker.engine import Engine
-    from gpu_worker.heartbeat import Heartbeat
-    from gpu_worker.model_cache import ModelCache
-    from gpu_worker.progress import ChannelPublisher
-    from gpu_worker.service import (
-        WorkerLifecycle,
-        WorkerService,
-        register_actors,
-        running_worker,
-    )
-    from gpu_worker.wakeup import WakeupRedisBroker
-
-    url = os.environ["REDIS_URL"]
-    broker = WakeupRedisBroker(url=url)
-    engine = Engine(
-        models_dir=demo_models,
-        cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
-        cache_dir=tmp_path_factory.mktemp("cache"),
-    )
-    publisher = ChannelPublisher(url)
-    service = WorkerService(
-        engine=engine,
-        broker=broker,
-        redis_client=redis.Redis.from_url(url),
-        publisher=publisher,
-        worker_id="e2e-" + uuid.uuid4().hex[:6],
-        progress_interval=0.0,
-    )
-    register_actors(broker, service)
-    client = redis.Redis.from_url(url)
-    heartbeat = Heartbeat(
-        client, service.heartbeat_snapshot, on_tick=service.flush_events, interval=0.5
-    )
-    broker.add_middleware(WorkerLifecycle(service, preload=[], heartbeat=heartbeat))
-    with running_worker(broker, service.queue):
-        yield service
-    publisher.close()
-    broker.close()
-
-
-@pytest.fixture
-def demo_catalogue(db, demo_models: Path) -> None:
-    sync_catalogue(models_dir=demo_models, include_workers=False)
-
-
-def image_bytes(user, url: str) -> bytes:
-    browser = Client()
-    browser.force_login(user)
-    response = browser.get(url)
-    assert response.status_code == 200
-    return response.getvalue()
 
 
 def test_two_users_with_different_models_each_get_their_own_models_image(

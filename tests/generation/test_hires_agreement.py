@@ -16,7 +16,6 @@ import pytest
 
 from accounts.models import MembershipTier
 from accounts.tiers import tier_of
-from generation.catalogue_sync import sync_catalogue
 from generation.job_messages import build_request
 from generation.models import Job
 from generation.pricing import UNIT_WORK
@@ -35,18 +34,6 @@ TARGETS: dict[str, tuple[dict[str, float], tuple[int, int]]] = {
 
 
 @pytest.fixture(scope="module")
-def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from gpu_worker.demo_model import make_demo_models
-
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("models")
-    make_demo_models(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def engine(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from gpu_worker.engine import Engine
     from gpu_worker.model_cache import ModelCache
@@ -56,11 +43,6 @@ def engine(demo_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
         cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
         cache_dir=tmp_path_factory.mktemp("cache"),
     )
-
-
-@pytest.fixture
-def demo_catalogue(db, demo_models: Path) -> None:
-    sync_catalogue(models_dir=demo_models, include_workers=False)
 
 
 def set_max_pixels(user: Any, pixels: int) -> None:

@@ -96,14 +96,26 @@ def test_succeeded_before_started_still_finishes_the_job(alice, catalogue):
 
 
 def test_a_late_started_after_a_cancel_changes_nothing(alice, catalogue):
-    job = dispatched(submit_job(alice, SMALL))
+    job = submit_job(alice, SMALL)
     from generation.submission import cancel_job
 
-    cancel_job(alice, job)
+    cancel_job(alice, job)  # no worker held it: cancelled at once
     assert not handle_job_event(event(job, "started"))
     assert not handle_job_event(succeeded(job))
     assert status_of(job) == "cancelled"
     assert not JobImage.objects.exists()
+
+
+def test_a_handed_out_job_cancelled_is_settled_by_its_workers_events(alice, catalogue):
+    job = dispatched(submit_job(alice, SMALL))
+    from generation.submission import cancel_job
+
+    cancel_job(alice, job)  # the worker may have started it: it is asked to stop
+    assert status_of(job) == "queued"
+    assert handle_job_event(event(job, "started"))
+    assert handle_job_event(event(job, "cancelled", steps_done=1))
+    job.refresh_from_db()
+    assert (job.status, job.steps_done) == ("cancelled", 1)
 
 
 def test_events_of_an_older_attempt_are_ignored(alice, catalogue):

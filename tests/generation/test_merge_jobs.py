@@ -12,7 +12,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: the CPU thr
 
 import io
 import json
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -29,6 +28,7 @@ from gpu_worker.model_files import read_safetensors_header
 from tests.generation.a1111_support import token_for
 from tests.generation.conftest import api_client, wait_for
 from tests.generation.own_model_uploads import upload
+from tests.generation.real_worker import running_gpu_worker
 
 pytest.importorskip("diffusers")
 pytestmark = [
@@ -39,18 +39,6 @@ pytestmark = [
 
 V1, V2 = "atelier-demo-v1", "atelier-demo-v2"
 SMALL = {"prompt": "a red fox", "steps": 3, "width": 64, "height": 64, "seed": 11}
-
-
-@pytest.fixture(scope="module")
-def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from gpu_worker.demo_model import make_demo_models
-
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("models")
-    make_demo_models(folder)
-    return folder
 
 
 @pytest.fixture
@@ -67,42 +55,8 @@ def world(settings, tmp_path, demo_models, live_server) -> Path:
 @pytest.fixture
 def merge_worker(demo_models: Path, tmp_path: Path) -> Iterator[Any]:
     """A GPU worker with the demo models and a download cache (members' and virtual models)."""
-    import redis
-
-    from gpu_worker.engine import Engine
-    from gpu_worker.heartbeat import Heartbeat
-    from gpu_worker.model_cache import ModelCache
-    from gpu_worker.model_downloads import DownloadCache
-    from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, running_worker
-    from gpu_worker.wakeup import WakeupRedisBroker
-
-    url = os.environ["REDIS_URL"]
-    broker = WakeupRedisBroker(url=url)
-    engine = Engine(
-        models_dir=demo_models,
-        cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
-        cache_dir=tmp_path / "cache",
-    )
-    service = WorkerService(
-        engine=engine,
-        broker=broker,
-        redis_client=redis.Redis.from_url(url),
-        publisher=None,
-        worker_id="merge-" + uuid.uuid4().hex[:6],
-        downloads=DownloadCache(tmp_path / "downloads", budget_bytes=1 << 30),
-    )
-    register_actors(broker, service)
-    heartbeat = Heartbeat(
-        redis.Redis.from_url(url),
-        service.heartbeat_snapshot,
-        on_command=service.apply_command,
-        on_tick=service.flush_events,
-        interval=0.3,
-    )
-    broker.add_middleware(WorkerLifecycle(service, preload=[], heartbeat=heartbeat))
-    with running_worker(broker, service.queue):
+    with running_gpu_worker(demo_models, tmp_path, name="merge", downloads=True) as service:
         yield service
-    broker.close()
 
 
 def finished(job_id: Any, timeout: float = 90) -> Job:

@@ -10,7 +10,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: the CPU thread cliff
 
 import io
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,70 +17,24 @@ from typing import Any
 import pytest
 
 from generation.models import CatalogEntry, Job, ModelFile
-from gpu_worker.model_downloads import DownloadCache
 from gpu_worker.protocol import stored_model_key
 from tests.generation.a1111_support import token_for
 from tests.generation.conftest import api_client, wait_for
 from tests.generation.own_model_uploads import upload
+from tests.generation.real_worker import running_gpu_worker
 
 pytest.importorskip("diffusers")
 pytest.importorskip("tusclient")
 pytestmark = [pytest.mark.engine, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture(scope="module")
-def demo_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo builder's files: what alice has on her own disk."""
-    import torch
-
-    from gpu_worker.demo_model import make_demo_models
-
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("alices-disk")
-    make_demo_models(folder)
-    return folder
-
-
 @pytest.fixture
 def empty_worker(tmp_path: Path) -> Iterator[Any]:
     """A GPU worker whose models folder is empty, with its own download cache; its heartbeat
     carries operator commands (evict) to it."""
-    import redis
-
-    from gpu_worker.engine import Engine
-    from gpu_worker.heartbeat import Heartbeat
-    from gpu_worker.model_cache import ModelCache
-    from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, running_worker
-    from gpu_worker.wakeup import WakeupRedisBroker
-
-    url = os.environ["REDIS_URL"]
-    broker = WakeupRedisBroker(url=url)
     (tmp_path / "models").mkdir()
-    engine = Engine(
-        models_dir=tmp_path / "models",
-        cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
-        cache_dir=tmp_path / "cache",
-    )
-    service = WorkerService(
-        engine=engine,
-        broker=broker,
-        redis_client=redis.Redis.from_url(url),
-        publisher=None,
-        worker_id="own-" + uuid.uuid4().hex[:6],
-        downloads=DownloadCache(tmp_path / "downloads", budget_bytes=1 << 30),
-    )
-    register_actors(broker, service)
-    heartbeat = Heartbeat(
-        redis.Redis.from_url(url),
-        service.heartbeat_snapshot,
-        on_command=service.apply_command,
-        on_tick=service.flush_events,
-        interval=0.3,
-    )
-    broker.add_middleware(WorkerLifecycle(service, preload=[], heartbeat=heartbeat))
-    with running_worker(broker, service.queue):
-        yield service
-    broker.close()
+    with running_gpu_worker(tmp_path / "models", tmp_path, name="own", downloads=True) as worker:
+        yield worker
 
 
 def tus_upload_interrupted(live_server: Any, token: str, data: bytes, name: str) -> str:
@@ -104,13 +57,14 @@ def tus_upload_interrupted(live_server: Any, token: str, data: bytes, name: str)
 
 
 def test_alices_uploads_run_on_an_empty_worker_and_stay_hers(
-    alice, bob, live_server, settings, tmp_path, demo_files, platform_tick, empty_worker
+    alice, bob, live_server, settings, tmp_path, demo_models, platform_tick, empty_worker
 ):
     settings.MODEL_STORE_DIR = tmp_path / "store"
     settings.MODEL_DELIVERY_BASE_URL = live_server.url
     alice_api, bob_api = api_client(alice), api_client(bob)
-    checkpoint_bytes = (demo_files / "Stable-diffusion/atelier-demo-v1.safetensors").read_bytes()
-    lora_bytes = (demo_files / "Lora/atelier-demo-lora.safetensors").read_bytes()
+    # The demo builder's files (tests/generation/real_worker.py) are what alice has on her disk.
+    checkpoint_bytes = (demo_models / "Stable-diffusion/atelier-demo-v1.safetensors").read_bytes()
+    lora_bytes = (demo_models / "Lora/atelier-demo-lora.safetensors").read_bytes()
 
     tus_upload_interrupted(live_server, token_for(alice), checkpoint_bytes, "alice-ckpt")
     assert upload(alice_api, lora_bytes, "alice-lora", chunk=4096).status_code == 200

@@ -16,16 +16,9 @@ from generation.models import Job, PromptStyle
 from tests.generation.a1111_support import (
     post,
     sdapi_client,
-    thread_connections_closed,  # noqa: F401 - a fixture
 )
-from tests.generation.conftest import api_client, wait_for
+from tests.generation.conftest import api_client, image_bytes, wait_for
 from tests.generation.real_worker import REAL_WORKER_MARKS
-from tests.generation.test_end_to_end import (  # noqa: F401 - fixtures
-    demo_catalogue,
-    demo_models,
-    gpu_worker_process,
-    image_bytes,
-)
 
 pytest.importorskip("diffusers")
 pytestmark = REAL_WORKER_MARKS

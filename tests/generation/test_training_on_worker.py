@@ -10,7 +10,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: the CPU thread cliff
 
 import threading
-import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -26,6 +25,7 @@ from generation.catalogue_sync import sync_catalogue
 from generation.models import CatalogEntry, Job, TrainingEpoch
 from generation.pricing import epoch_price
 from tests.generation.conftest import api_client, wait_for
+from tests.generation.real_worker import running_gpu_worker
 from tests.generation.test_training_datasets import four_images_zip, upload
 
 pytest.importorskip("diffusers")
@@ -34,18 +34,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
 ]
-
-
-@pytest.fixture(scope="module")
-def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from gpu_worker.demo_model import make_demo_models
-
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("models")
-    make_demo_models(folder)
-    return folder
 
 
 class EpochGate:
@@ -65,53 +53,20 @@ class EpochGate:
 
 @pytest.fixture
 def training_worker(demo_models: Path, tmp_path: Path) -> Iterator[Any]:
-    import redis
+    with running_gpu_worker(
+        demo_models, tmp_path, name="train", downloads=True, progress_interval=0.0
+    ) as service:
+        gate = EpochGate()
+        step = service.status.step
 
-    from gpu_worker.engine import Engine
-    from gpu_worker.heartbeat import Heartbeat
-    from gpu_worker.model_cache import ModelCache
-    from gpu_worker.model_downloads import DownloadCache
-    from gpu_worker.service import WorkerLifecycle, WorkerService, register_actors, running_worker
-    from gpu_worker.wakeup import WakeupRedisBroker
+        def gated_step(done: int, total: int) -> None:
+            step(done, total)
+            gate(done, total)
 
-    url = os.environ["REDIS_URL"]
-    broker = WakeupRedisBroker(url=url)
-    engine = Engine(
-        models_dir=demo_models,
-        cache=ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30),
-        cache_dir=tmp_path / "cache",
-    )
-    service = WorkerService(
-        engine=engine,
-        broker=broker,
-        redis_client=redis.Redis.from_url(url),
-        publisher=None,
-        worker_id="train-" + uuid.uuid4().hex[:6],
-        progress_interval=0.0,
-        downloads=DownloadCache(tmp_path / "downloads", budget_bytes=1 << 30),
-    )
-    gate = EpochGate()
-    step = service.status.step
-
-    def gated_step(done: int, total: int) -> None:
-        step(done, total)
-        gate(done, total)
-
-    service.status.step = gated_step  # type: ignore[method-assign]
-    service.gate = gate  # type: ignore[attr-defined]
-    register_actors(broker, service)
-    heartbeat = Heartbeat(
-        redis.Redis.from_url(url),
-        service.heartbeat_snapshot,
-        on_command=service.apply_command,
-        on_tick=service.flush_events,
-        interval=0.3,
-    )
-    broker.add_middleware(WorkerLifecycle(service, preload=[], heartbeat=heartbeat))
-    with running_worker(broker, service.queue):
+        service.status.step = gated_step
+        service.gate = gate
         yield service
-    gate.release.set()
-    broker.close()
+        gate.release.set()
 
 
 @pytest.fixture
