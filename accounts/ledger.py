@@ -295,12 +295,17 @@ def _lock_open_hold(job_id: Any) -> tuple[int, Decimal] | None:
     # The account row lock serialises settlements: the second of two racing messages sees
     # the first one's entry and stops. The unique constraint would refuse it anyway.
     CreditAccount.objects.select_for_update(no_key=True).filter(pk=account_id).values("pk").first()
-    if CreditEntry.objects.filter(job_id=job_id, kind__in=CreditEntry.SETTLEMENTS).exists():
+    # Settled already? and the parts charged so far: one read (a settlement pays for each).
+    after_hold = CreditEntry.objects.filter(job_id=job_id).aggregate(
+        settled=Count("pk", filter=Q(kind__in=CreditEntry.SETTLEMENTS)),
+        parts=Coalesce(
+            Sum("held_delta", filter=Q(kind=Kind.PART_CAPTURE)),
+            Value(ZERO, output_field=DecimalField()),
+        ),
+    )
+    if after_hold["settled"]:
         return None
-    parts = CreditEntry.objects.filter(job_id=job_id, kind=Kind.PART_CAPTURE).aggregate(
-        total=Coalesce(Sum("held_delta"), Value(ZERO, output_field=DecimalField()))
-    )["total"]
-    return account_id, (held_entry["held_delta"] + parts).quantize(CENT)
+    return account_id, (held_entry["held_delta"] + after_hold["parts"]).quantize(CENT)
 
 
 def _settle(job_id: Any, charge: Decimal | None, reason: str) -> CreditEntry | None:

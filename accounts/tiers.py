@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts.ledger import account_for
 from accounts.models import CreditAccount, MembershipTier
+from accounts.request_memo import forget, remember, remembered
 
 
 def tier_expired(expires_at: datetime | None, now: datetime) -> bool:
@@ -28,7 +29,11 @@ def effective_tier(account: CreditAccount, now: datetime | None = None) -> Membe
 def tier_of(user: Any) -> MembershipTier:
     if user is None or not getattr(user, "is_authenticated", False):
         return MembershipTier.objects.default()
-    return effective_tier(account_for(user))
+    if (tier := remembered(user.pk)) is not None:
+        return tier
+    tier = effective_tier(account_for(user))
+    remember(user.pk, tier)
+    return tier
 
 
 def allowed_model_names(user: Any) -> list[str] | None:
@@ -40,6 +45,7 @@ def allowed_model_names(user: Any) -> list[str] | None:
 def set_tier(user: Any, tier: MembershipTier, *, until: datetime | None = None) -> None:
     """Put the user on `tier` (until a time, or with no end). Staff and services use this."""
     account = account_for(user)
+    forget(user.pk)
     CreditAccount.objects.filter(pk=account.pk).update(
         tier=tier, tier_expires_at=until, updated_at=timezone.now()
     )
@@ -51,6 +57,7 @@ def upgrade_tier(
     """Grant `tier` for `days` (None: no end) without ever downgrading: the same tier bought
     again extends its end; a lower tier than the current one changes nothing."""
     now = now or timezone.now()
+    forget(user.pk)
     with transaction.atomic():
         account = account_for(user)
         account = (

@@ -86,7 +86,7 @@ class QueueSnapshot:
             .exclude(pk__in=list(self.infos))
             .count()
         )
-        own, source = estimate_duration(job, SpeedCache())
+        own, source = estimate_duration(job)
         finish = last_finish + pace * ahead + own
         return QueueInfo(last_position + ahead + 1, round(finish, 1), source)
 

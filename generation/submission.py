@@ -25,6 +25,7 @@ from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.db.models import Case, When
+from django.utils import timezone
 from django.utils.translation import gettext
 from PIL import Image, ImageOps
 
@@ -35,7 +36,7 @@ from generation.face_models import FaceChoiceError, restore_faces_choice
 from generation.fleet import available_preprocessors
 from generation.lifecycle import cancel_queued_job
 from generation.limits import GenerationLimits, limits_for
-from generation.models import CatalogEntry, Job, UserGenerationSettings
+from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
 from generation.pricing import final_size, price_job, total_steps
 from generation.request_errors import SubmissionError
 from generation.scheduling.dispatcher import dispatch_on_commit
@@ -748,6 +749,8 @@ def record_job(
             # After commit, outside the write lock: wake the dispatcher, which schedules and
             # then tells the owner its place (off this request).
             dispatch_on_commit(job)
+            # A new job has no images yet: its serializer need not ask the database.
+            job._prefetched_objects_cache = {"images": JobImage.objects.none()}  # type: ignore[attr-defined]
     except IntegrityError:
         # The same key raced in from another request: answer with the job that won.
         if (job := existing_job(user, idempotency_key)) is not None:
@@ -769,13 +772,19 @@ def require_queue() -> None:
 
 
 def remember_params(user: Any, params: GenerationParams, chosen_scheduler: Any = None) -> None:
-    settings_row = UserGenerationSettings.for_user(user)
-    settings_row.last_params = dict(params)
+    last_params = dict(params)
     # The form comes back as the user left it: "Automatic" stays Automatic, not what it
     # resolved to for this sampler (which would go stale on switching sampler).
     if isinstance(chosen_scheduler, str) and chosen_scheduler.strip().lower() == "automatic":
-        settings_row.last_params["scheduler"] = "Automatic"
-    settings_row.save(update_fields=["last_params", "updated_at"])
+        last_params["scheduler"] = "Automatic"
+    # One UPDATE for the usual case (the row exists), not a read then a write.
+    stored = UserGenerationSettings.objects.filter(user=user).update(
+        last_params=last_params, updated_at=timezone.now()
+    )
+    if not stored:
+        settings_row = UserGenerationSettings.for_user(user)
+        settings_row.last_params = last_params
+        settings_row.save(update_fields=["last_params", "updated_at"])
 
 
 def set_default_checkpoint(user: Any, name: str) -> CatalogEntry:

@@ -281,3 +281,44 @@ def test_the_openapi_schema_describes_the_jobs_api(alice_api):
     assert response.status_code == 200
     paths = response.json()["paths"]
     assert {"/api/v1/jobs/", "/api/v1/jobs/{id}/cancel/", "/api/v1/models/"} <= set(paths)
+
+
+def test_a_submission_runs_a_bounded_number_of_queries(
+    alice, catalogue, redis_client, django_assert_max_num_queries
+):
+    """The tier is read once per request, the form defaults written in one UPDATE, the new
+    job's (empty) images and speed history not read in bulk: 19 queries before, 15 at most now
+    (token, account, catalogue, the write transaction, place and speed)."""
+    from accounts.models import ApiToken
+    from generation.queue import queue_snapshot, store_snapshot
+
+    _token, secret = ApiToken.issue(alice, "script")
+    client = Client()
+    headers = {"Authorization": f"Bearer {secret}"}
+    # The first call also stamps the token's last use and opens the form-defaults row.
+    first = client.post(
+        "/api/v1/jobs/", SMALL, content_type="application/json", headers=headers
+    ).json()
+    store_snapshot(queue_snapshot())  # what the dispatcher keeps fresh
+    with django_assert_max_num_queries(15):
+        response = client.post(
+            "/api/v1/jobs/", SMALL, content_type="application/json", headers=headers
+        )
+    assert response.status_code == 201
+    body = response.json()
+    assert body["images"] == [] and body["position"] == 2 and body["eta"] > 0
+    assert body["id"] != first["id"]
+
+
+def test_a_tier_changed_within_a_request_is_read_anew(alice, catalogue):
+    """The per-request tier memo never hides a change made in the same request."""
+    from accounts.models import MembershipTier
+    from accounts.request_memo import memo_scope
+    from accounts.tiers import set_tier, tier_of
+
+    roomy = MembershipTier.objects.create(name="Roomy", slug="roomy", rank=50, max_steps=99)
+    with memo_scope():
+        before = tier_of(alice)
+        assert tier_of(alice) is before  # read once
+        set_tier(alice, roomy)
+        assert tier_of(alice).pk == roomy.pk
