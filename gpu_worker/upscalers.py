@@ -46,6 +46,7 @@ from gpu_worker.extras_plan import (
     MAX_MODEL_PASSES,
     tile_starts,
 )
+from gpu_worker.weights_files import load_weights_file
 
 __all__ = ["DEFAULT_OVERLAP", "DEFAULT_TILE"]  # A1111's ESRGAN tile size and overlap
 TileCallback = Callable[[], None]  # called after each tile: progress, and a cancel check
@@ -260,20 +261,7 @@ def _dat_first_offset(state: dict[str, Any]) -> tuple[int, int]:
 
 def load_upscaler(path: Path, *, allow_pickle: bool = False) -> nn.Module:
     """An upscaler file; UpscalerLoadError naming it when it is not one we can run."""
-    try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        elif allow_pickle:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        else:
-            raise UpscalerLoadError("a pickle file (start the worker with --allow-pickle)")
-        return build_upscaler(state)
-    except UpscalerLoadError as exc:
-        raise UpscalerLoadError(f"{path.name}: {exc}") from exc
-    except Exception as exc:  # a corrupt file: say which
-        raise UpscalerLoadError(f"{path.name}: cannot be read ({exc})") from exc
+    return load_weights_file(path, build_upscaler, UpscalerLoadError, allow_pickle=allow_pickle)
 
 
 def run_dtype(model: nn.Module, dtype: torch.dtype) -> torch.dtype:
