@@ -14,7 +14,7 @@ from gpu_worker.upscaler_archs.windows import (
     RGB_MEAN,
     Mlp,
     PatchNorm,
-    WindowAttention,
+    ShiftedBlock,
     alternating_blocks,
     before_upsample,
     image,
@@ -22,7 +22,6 @@ from gpu_worker.upscaler_archs.windows import (
     partition,
     pixelshuffle_upsample,
     relative_index,
-    shifted_attention,
     tokens,
     trunk,
     unpartition,
@@ -62,28 +61,25 @@ class _CAB(nn.Module):
         )
 
 
-class HAB(nn.Module):
+class HAB(ShiftedBlock):
     """Hybrid attention block: (shifted) window attention + 0.01 x conv branch, then the MLP."""
 
-    def __init__(self, config: HATConfig, layer: int, shift: int) -> None:
-        super().__init__()
-        dim, self.window, self.shift = config.embed_dim, config.window_size, shift
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, config.num_heads[layer], self.window, config.qkv_bias)
-        self.conv_block = _CAB(config)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, config.mlp_hidden)
+    conv_block: _CAB
 
-    def forward(
-        self, x: torch.Tensor, size: Size, index: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        h, w = size
-        b, _, c = x.shape
-        y = self.norm1(x).view(b, h, w, c)
-        conv = tokens(self.conv_block.cab(y.permute(0, 3, 1, 2)))
-        y = shifted_attention(self.attn, y, self.window, self.shift, index, mask)
-        x = x + y.reshape(b, h * w, c) + conv * CONV_SCALE
-        return x + self.mlp(self.norm2(x))
+    def __init__(self, config: HATConfig, layer: int, shift: int) -> None:
+        c = config
+        super().__init__(
+            c.embed_dim,
+            c.num_heads[layer],
+            c.window_size,
+            c.qkv_bias,
+            c.mlp_hidden,
+            shift,
+            conv_block=_CAB(config),
+        )
+
+    def branch(self, y: torch.Tensor) -> torch.Tensor:
+        return tokens(self.conv_block.cab(y.permute(0, 3, 1, 2))) * CONV_SCALE
 
 
 class OCAB(nn.Module):

@@ -11,16 +11,14 @@ from torch.nn import functional as F  # noqa: N812 - the usual name
 
 from gpu_worker.upscaler_archs.windows import (
     RGB_MEAN,
-    Mlp,
     PatchNorm,
-    WindowAttention,
+    ShiftedBlock,
     alternating_blocks,
     before_upsample,
     image,
     pad_to,
     pixelshuffle_upsample,
     relative_index,
-    shifted_attention,
     tokens,
     trunk,
 )
@@ -29,26 +27,14 @@ from gpu_worker.upscaler_layouts import SwinIRConfig
 Size = tuple[int, int]
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(ShiftedBlock):
     """Window attention (shifted by half a window in odd blocks), then an MLP; both residual."""
 
     def __init__(self, config: SwinIRConfig, layer: int, shift: int) -> None:
-        super().__init__()
-        dim, self.window, self.shift = config.embed_dim, config.window_size, shift
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, config.num_heads[layer], self.window, config.qkv_bias)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, config.mlp_hidden)
-
-    def forward(
-        self, x: torch.Tensor, size: Size, index: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        h, w = size
-        b, _, c = x.shape
-        y = self.norm1(x).view(b, h, w, c)
-        y = shifted_attention(self.attn, y, self.window, self.shift, index, mask)
-        x = x + y.reshape(b, h * w, c)
-        return x + self.mlp(self.norm2(x))
+        c = config
+        super().__init__(
+            c.embed_dim, c.num_heads[layer], c.window_size, c.qkv_bias, c.mlp_hidden, shift
+        )
 
 
 class _Group(nn.Module):

@@ -116,6 +116,48 @@ def shifted_attention(
     return y
 
 
+class ShiftedBlock(nn.Module):
+    """Window attention (shifted by `shift`), plus whatever branch() adds, then an MLP; both
+    residual. HAT's conv branch is registered as `conv_block` between `attn` and `norm2`, as
+    in its published files."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        window: int,
+        qkv_bias: bool,
+        mlp_hidden: int,
+        shift: int,
+        conv_block: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.window, self.shift = window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, heads, window, qkv_bias)
+        if conv_block is not None:
+            self.conv_block = conv_block
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_hidden)
+
+    def branch(self, y: torch.Tensor) -> torch.Tensor | None:
+        """Tokens added to the attention's output, from the normed [b, h, w, c] input."""
+        return None
+
+    def forward(
+        self, x: torch.Tensor, size: tuple[int, int], index: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        h, w = size
+        b, _, c = x.shape
+        y = self.norm1(x).view(b, h, w, c)
+        extra = self.branch(y)
+        y = shifted_attention(self.attn, y, self.window, self.shift, index, mask)
+        x = x + y.reshape(b, h * w, c)
+        if extra is not None:
+            x = x + extra
+        return x + self.mlp(self.norm2(x))
+
+
 def alternating_blocks(make: Callable[[int], nn.Module], depth: int, window: int) -> nn.ModuleList:
     """`depth` blocks made by make(shift): unshifted, then shifted by half a window, in turn."""
     half = window // 2
