@@ -25,10 +25,11 @@ import io
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from support import wall_and_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -94,9 +95,7 @@ def main() -> None:
     engine.run(request(0))  # load and warm up
 
     def serial(requests: list[Any]) -> tuple[float, float, list[GenerationResult]]:
-        t0, c0 = time.perf_counter(), time.process_time()
-        results = [engine.run(r) for r in requests]
-        return time.perf_counter() - t0, time.process_time() - c0, results
+        return wall_and_cpu(lambda: [engine.run(r) for r in requests])
 
     def batched(requests: list[Any]) -> tuple[float, float, list[Any]]:
         outcomes: dict[str, Any] = {}
@@ -112,9 +111,7 @@ def main() -> None:
             del rest[: len(taken)]
             return taken
 
-        t0, c0 = time.perf_counter(), time.process_time()
-        runner.run(jobs[0], take_more)
-        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+        elapsed, cpu, _ = wall_and_cpu(lambda: runner.run(jobs[0], take_more))
         return elapsed, cpu, [outcomes[r["job_id"]] for r in requests]
 
     print(f"cross-user batching, demo model {SIZE}x{SIZE} on {device}, median of {RUNS}")

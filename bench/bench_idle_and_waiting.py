@@ -34,13 +34,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_platform_overhead import (
-    Api,
+from bench_platform_overhead import Api, make_users
+from support import (
+    NEEDS_REDIS,
     cpu_seconds,
     free_port,
-    make_users,
+    gpu_worker_args,
     setup_django,
     start,
+    stop,
+    vs_goal,
     wait_until,
 )
 
@@ -70,7 +73,7 @@ def idle_cost(procs: dict[str, subprocess.Popen]) -> None:
     print(f"idle, {IDLE_SECONDS:.0f} s:")
     for name, p in procs.items():
         share = (cpu_seconds(p.pid) - before[name]) / IDLE_SECONDS * 100
-        print(f"  {name:<16} {share:6.2f} % of a core   ratio {share / 1.0:.2f}  (goal < 1)")
+        print(f"  {name:<16} {share:6.2f} % of a core   {vs_goal(share / 1.0, '< 1')}")
 
 
 async def hold_waiting_calls(port: int, username: str, token: str) -> list[Any]:
@@ -233,7 +236,7 @@ def websockets(port: int, daphne: subprocess.Popen[bytes]) -> None:
         f"(one daphne, {PUBLISHERS} publisher processes):"
     )
     print(f"  sent / due (publishers)          ratio {sent / due:.2f}")
-    print(f"  received / sent (daphne)         ratio {received / max(sent, 1):.2f}  (goal >= 0.95)")
+    print(f"  received / sent (daphne)         {vs_goal(received / max(sent, 1), '>= 0.95')}")
     print(
         f"  received / due {received / due:.2f}; worst socket "
         f"{min(counts) / (RATE * WS_SECONDS):.2f}; delivery lag p95 {lag95 * 1000:.0f} ms; "
@@ -243,7 +246,7 @@ def websockets(port: int, daphne: subprocess.Popen[bytes]) -> None:
 
 def main() -> int:
     if not os.environ.get("REDIS_URL"):
-        print("run under `python -m operations.with_redis --` (needs REDIS_URL)")
+        print(NEEDS_REDIS)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="atelier-bench-idle-"))
     setup_django(tmp)
@@ -264,24 +267,7 @@ def main() -> int:
             env,
         ),
         "platform worker": start([python, "manage.py", "run_platform_worker"], env),
-        "GPU worker": start(
-            [
-                python,
-                "-m",
-                "gpu_worker",
-                "--models-dir",
-                str(tmp / "models"),
-                "--device",
-                "cpu",
-                "--worker-id",
-                worker_id,
-                "--preload",
-                "atelier-demo-v1",
-                "--cache-dir",
-                str(tmp / "cache"),
-            ],
-            env,
-        ),
+        "GPU worker": start(gpu_worker_args(tmp / "models", worker_id, tmp / "cache"), env),
     }
     try:
         import redis
@@ -296,13 +282,7 @@ def main() -> int:
         waiting_calls(procs["web (daphne)"], port, token)
         websockets(port, procs["web (daphne)"])
     finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs.values())
     return 0
 
 

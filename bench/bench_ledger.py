@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from support import fresh_postgres  # noqa: E402 - after the path to our packages
+
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "20"))
 PER_CLIENT = int(os.environ.get("BENCH_PER_CLIENT", "40"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -42,22 +44,11 @@ JOB = {
 
 def fresh_database(url: str) -> None:
     import dj_database_url
-    import psycopg
 
-    config = dj_database_url.parse(url)
-    if not config["ENGINE"].endswith("postgresql"):
+    if not dj_database_url.parse(url)["ENGINE"].endswith("postgresql"):
         sys.exit("bench_ledger needs Postgres: set BENCH_DATABASE_URL=postgres://...")
-    admin = psycopg.connect(
-        host=config["HOST"],
-        port=config["PORT"] or 5432,
-        user=config["USER"],
-        password=config["PASSWORD"] or None,
-        dbname="postgres",
-        autocommit=True,
-    )
-    with admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{config["NAME"]}"')
-        admin.execute(f'CREATE DATABASE "{config["NAME"]}"')
+    if not fresh_postgres(url, force=False, connect_timeout=None):
+        sys.exit(f"bench_ledger: no PostgreSQL server answers at {url.split('@')[-1]}")
 
 
 def main() -> None:

@@ -33,7 +33,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import http.client
 import json
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,10 +40,21 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
+
+from support import (
+    cpu_seconds,
+    free_port,
+    gpu_worker_args,
+    per_database,
+    setup_django,
+    start,
+    stop,
+    vs_goal,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,12 +78,6 @@ JOB = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Api:
     def __init__(self, port: int, token: str) -> None:
         self.port, self.token = port, token
@@ -95,71 +99,6 @@ class Api:
             response = self.conn.getresponse()
         raw = response.read()
         return response.status, json.loads(raw) if raw else None
-
-
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
-def fresh_postgres(url: str) -> bool:
-    """Drop and create the bench database; False when no server answers."""
-    import dj_database_url
-    import psycopg
-
-    config = dj_database_url.parse(url)
-    try:
-        admin = psycopg.connect(
-            host=config["HOST"],
-            port=config["PORT"] or 5432,
-            user=config["USER"],
-            password=config["PASSWORD"] or None,
-            dbname="postgres",
-            autocommit=True,
-            connect_timeout=3,
-        )
-    except psycopg.OperationalError:
-        return False
-    with admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{config["NAME"]}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{config["NAME"]}"')
-    return True
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def setup_django(tmp: Path, database_url: str = "") -> None:
-    os.environ.update(
-        {
-            "ATELIER_VAR_DIR": str(tmp / "var"),
-            "DATABASE_URL": database_url or f"sqlite:///{tmp / 'var' / 'bench.sqlite3'}",
-            "MEDIA_ROOT": str(tmp / "media"),
-            "MODELS_DIR": str(tmp / "models"),
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "AXES_ENABLED": "false",
-            # Throttles still run (their cost is part of the overhead) but never refuse.
-            "API_THROTTLE_USER": "1000000/min",
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    (tmp / "var").mkdir(parents=True, exist_ok=True)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
 
 
 def make_users(count: int) -> list[str]:
@@ -322,12 +261,6 @@ def through_platform(
     return asyncio.run(run())
 
 
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
 def forget_queued_jobs(redis_url: str) -> None:
     """Between phases: the submitted jobs out of the way (no GPU ran them; bench only)."""
     import redis
@@ -395,26 +328,7 @@ def run_one(database_url: str, label: str) -> int:
         wait_until(lambda: client.exists("atelier:scheduler:alive"), 60, "the dispatcher")
 
         worker_id = "bench-" + uuid.uuid4().hex[:6]
-        procs.append(
-            start(
-                [
-                    python,
-                    "-m",
-                    "gpu_worker",
-                    "--models-dir",
-                    str(tmp / "models"),
-                    "--device",
-                    "cpu",
-                    "--worker-id",
-                    worker_id,
-                    "--preload",
-                    "atelier-demo-v1",
-                    "--cache-dir",
-                    str(tmp / "cache"),
-                ],
-                env,
-            )
-        )
+        procs.append(start(gpu_worker_args(tmp / "models", worker_id, tmp / "cache"), env))
         wait_until(lambda: client.exists(f"atelier:worker:{worker_id}"), 120, "the GPU worker")
 
         from accounts.models import User
@@ -424,20 +338,14 @@ def run_one(database_url: str, label: str) -> int:
             port, tokens[0], User.objects.get(username="bench0").pk, run_direct
         )
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(reversed(procs))
     p, d = statistics.median(platform), statistics.median(direct)
     print(
         f"submit-to-finished, median of {RUNS} ({JOB['width']}x{JOB['height']}, "
         f"{JOB['steps']} steps, demo model, CPU):"
     )
     print(f"  direct Engine.run   {d * 1000:8.1f} ms   (baseline)")
-    print(f"  through platform    {p * 1000:8.1f} ms   ratio {p / d:.3f}  (goal <= 1.10)")
+    print(f"  through platform    {p * 1000:8.1f} ms   {vs_goal(p / d, '<= 1.10', 3)}")
     print(f"  fixed cost          {(p - d) * 1000:8.1f} ms   (goal <= 25 ms)")
     for name, values in hops.items():
         print(f"    {name:<18} {statistics.median(values) * 1000:8.1f} ms")
@@ -445,21 +353,7 @@ def run_one(database_url: str, label: str) -> int:
 
 
 def main() -> int:
-    if not os.environ.get("REDIS_URL"):
-        print("run under `python -m operations.with_redis --` (needs REDIS_URL)")
-        return 2
-    if "--database" in sys.argv:
-        url = sys.argv[sys.argv.index("--database") + 1]
-        return run_one(
-            "" if url == "sqlite" else url, "PostgreSQL" if url != "sqlite" else "SQLite"
-        )
-    # Each database in its own process: Django is set up once per process.
-    rc = subprocess.call([sys.executable, __file__, "--database", "sqlite"])
-    if fresh_postgres(POSTGRES_URL):
-        rc = rc or subprocess.call([sys.executable, __file__, "--database", POSTGRES_URL])
-    else:
-        print(f"--- PostgreSQL: skipped (no server at {POSTGRES_URL.split('@')[-1]}) ---")
-    return rc
+    return per_database(__file__, run_one, POSTGRES_URL)
 
 
 if __name__ == "__main__":

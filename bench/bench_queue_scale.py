@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+
+from support import per_database, setup_django, vs_goal
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,8 +66,6 @@ def timed(action: Callable[[], object]) -> float:
 
 
 def run(database_url: str, label: str) -> int:
-    from bench_platform_overhead import setup_django
-
     tmp = Path(tempfile.mkdtemp(prefix="atelier-bench-queue-"))
     setup_django(tmp, database_url)
     import redis
@@ -152,25 +151,12 @@ def run(database_url: str, label: str) -> int:
     for what in ("pass", "snapshot", "place"):
         for size in SIZES[1:]:
             ratio = results[size][what] / results[SIZES[0]][what]
-            print(f"  {what:<8} at {size:>6} / at {SIZES[0]}: ratio {ratio:.2f}  (goal <= {GOAL})")
+            print(f"  {what:<8} at {size:>6} / at {SIZES[0]}: {vs_goal(ratio, f'<= {GOAL}')}")
     return 0
 
 
 def main() -> int:
-    if not os.environ.get("REDIS_URL"):
-        print("run under `python -m operations.with_redis --` (needs REDIS_URL)")
-        return 2
-    if "--database" in sys.argv:
-        url = sys.argv[sys.argv.index("--database") + 1]
-        return run("", "SQLite") if url == "sqlite" else run(url, "PostgreSQL")
-    from bench_platform_overhead import fresh_postgres
-
-    rc = subprocess.call([sys.executable, __file__, "--database", "sqlite"])
-    if fresh_postgres(POSTGRES_URL):
-        rc = rc or subprocess.call([sys.executable, __file__, "--database", POSTGRES_URL])
-    else:
-        print(f"--- PostgreSQL: skipped (no server at {POSTGRES_URL.split('@')[-1]}) ---")
-    return rc
+    return per_database(__file__, run, POSTGRES_URL)
 
 
 if __name__ == "__main__":

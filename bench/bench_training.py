@@ -26,15 +26,15 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import http.client
 import io
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from support import NEEDS_REDIS, free_port, gpu_worker_args, setup_django, start, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,12 +51,6 @@ SAMPLE: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def call(port: int, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     headers = {"Authorization": f"Bearer {token}", "Host": "127.0.0.1"}
@@ -68,18 +62,6 @@ def call(port: int, token: str, method: str, path: str, body: Any = None) -> tup
     raw = response.read()
     conn.close()
     return response.status, json.loads(raw) if raw else None
-
-
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def pngs() -> list[tuple[str, bytes]]:
@@ -95,27 +77,11 @@ def pngs() -> list[tuple[str, bytes]]:
 
 
 def setup(tmp: Path, port: int) -> tuple[str, int, Any]:
-    os.environ.update(
-        {
-            "ATELIER_VAR_DIR": str(tmp / "var"),
-            "DATABASE_URL": f"sqlite:///{tmp / 'var' / 'bench.sqlite3'}",
-            "MEDIA_ROOT": str(tmp / "media"),
-            "MODELS_DIR": str(tmp / "models"),
-            "MODEL_STORE_DIR": str(tmp / "store"),
-            "MODEL_DELIVERY_BASE_URL": f"http://127.0.0.1:{port}",
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "AXES_ENABLED": "false",
-            "API_THROTTLE_USER": "1000000/min",
-            "LOG_LEVEL": "WARNING",
-        }
-    )
-    (tmp / "var").mkdir(parents=True, exist_ok=True)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    delivery = {
+        "MODEL_STORE_DIR": str(tmp / "store"),
+        "MODEL_DELIVERY_BASE_URL": f"http://127.0.0.1:{port}",
+    }
+    setup_django(tmp, extra=delivery)
     from accounts import ledger
     from accounts.models import ApiToken, MembershipTier, User
     from generation.catalogue_sync import sync_catalogue
@@ -185,7 +151,7 @@ def direct_loop(tmp: Path) -> Callable[[], float]:
 
 def main() -> int:
     if not os.environ.get("REDIS_URL"):
-        print("run under `python -m operations.with_redis --` (needs REDIS_URL)")
+        print(NEEDS_REDIS)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="atelier-bench-training-"))
     port = free_port()
@@ -206,37 +172,12 @@ def main() -> int:
             str(port),
             "config.asgi:application",
         ]
-        procs.append(
-            subprocess.Popen(
-                web, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+        procs.append(start(web, env))
+        wait_until(
+            lambda: call(port, token, "GET", "/api/v1/me/")[0] == 200, 30, "the web", poll=0.05
         )
-        wait_until(lambda: call(port, token, "GET", "/api/v1/me/")[0] == 200, 30, "the web")
-        procs.append(
-            subprocess.Popen(
-                [python, "manage.py", "run_platform_worker"],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        gpu = [
-            python,
-            "-m",
-            "gpu_worker",
-            "--models-dir",
-            str(tmp / "models"),
-            "--device",
-            "cpu",
-            "--preload",
-            "atelier-demo-v1",
-        ]
-        procs.append(
-            subprocess.Popen(
-                gpu, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
-        )
+        procs.append(start([python, "manage.py", "run_platform_worker"], env))
+        procs.append(start(gpu_worker_args(tmp / "models"), env))
         direct = direct_loop(tmp)
         direct()  # warm: imports and the first load
 
@@ -261,7 +202,7 @@ def main() -> int:
             def done(job_id: str = job_id) -> bool:
                 return Job.objects.filter(pk=job_id, status__in=Job.TERMINAL).exists()
 
-            wait_until(done, 600, "the training job")
+            wait_until(done, 600, "the training job", poll=0.05)
             elapsed = time.perf_counter() - t0
             row = Job.objects.get(pk=job_id)
             assert row.status == "succeeded", row.error
@@ -278,10 +219,7 @@ def main() -> int:
                 (row.finished_at - row.started_at).total_seconds() - worker
             )
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+        stop(procs)
     steps = row.total_steps
     p, d = statistics.median(platform_s), statistics.median(direct_s)
     print(f"training job: {IMAGES} images, {TRAIN}, {steps} optimizer steps; median of {RUNS}")

@@ -13,14 +13,17 @@ from torch.nn import functional as F  # noqa: N812 - the usual name
 from gpu_worker.upscaler_archs.windows import (
     RGB_MEAN,
     Mlp,
-    WindowAttention,
+    PatchNorm,
+    ShiftedBlock,
+    alternating_blocks,
+    before_upsample,
     image,
     pad_to,
     partition,
     pixelshuffle_upsample,
     relative_index,
-    shift_mask,
     tokens,
+    trunk,
     unpartition,
 )
 from gpu_worker.upscaler_layouts import HATConfig
@@ -58,33 +61,25 @@ class _CAB(nn.Module):
         )
 
 
-class HAB(nn.Module):
+class HAB(ShiftedBlock):
     """Hybrid attention block: (shifted) window attention + 0.01 x conv branch, then the MLP."""
 
-    def __init__(self, config: HATConfig, layer: int, shift: int) -> None:
-        super().__init__()
-        dim, self.window, self.shift = config.embed_dim, config.window_size, shift
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, config.num_heads[layer], self.window, config.qkv_bias)
-        self.conv_block = _CAB(config)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, config.mlp_hidden)
+    conv_block: _CAB
 
-    def forward(
-        self, x: torch.Tensor, size: Size, index: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        h, w = size
-        b, _, c = x.shape
-        y = self.norm1(x).view(b, h, w, c)
-        conv = tokens(self.conv_block.cab(y.permute(0, 3, 1, 2)))
-        if self.shift:
-            y = torch.roll(y, (-self.shift, -self.shift), (1, 2))
-        y = self.attn(partition(y, self.window), index, mask if self.shift else None)
-        y = unpartition(y, self.window, h, w)
-        if self.shift:
-            y = torch.roll(y, (self.shift, self.shift), (1, 2))
-        x = x + y.reshape(b, h * w, c) + conv * CONV_SCALE
-        return x + self.mlp(self.norm2(x))
+    def __init__(self, config: HATConfig, layer: int, shift: int) -> None:
+        c = config
+        super().__init__(
+            c.embed_dim,
+            c.num_heads[layer],
+            c.window_size,
+            c.qkv_bias,
+            c.mlp_hidden,
+            shift,
+            conv_block=_CAB(config),
+        )
+
+    def branch(self, y: torch.Tensor) -> torch.Tensor:
+        return tokens(self.conv_block.cab(y.permute(0, 3, 1, 2))) * CONV_SCALE
 
 
 class OCAB(nn.Module):
@@ -128,9 +123,8 @@ class OCAB(nn.Module):
 class _Group(nn.Module):
     def __init__(self, config: HATConfig, layer: int) -> None:
         super().__init__()
-        half = config.window_size // 2
-        self.blocks = nn.ModuleList(
-            HAB(config, layer, half if j % 2 else 0) for j in range(config.depths[layer])
+        self.blocks = alternating_blocks(
+            lambda shift: HAB(config, layer, shift), config.depths[layer], config.window_size
         )
         self.overlap_attn = OCAB(config, layer)
 
@@ -156,15 +150,11 @@ class RHAG(nn.Module):
         return y + x
 
 
-class _PatchNorm(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-
-
 class HAT(nn.Module):
     half_safe = False  # gpu_worker.upscalers.run_dtype runs it in float32
     mean: torch.Tensor  # buffers, recomputed rather than loaded
+    index_sa: torch.Tensor
+    index_oca: torch.Tensor
 
     def __init__(self, config: HATConfig) -> None:
         super().__init__()
@@ -176,25 +166,18 @@ class HAT(nn.Module):
         self.register_buffer("index_sa", relative_index(window), persistent=False)
         self.register_buffer("index_oca", relative_index(window, outer), persistent=False)
         self.conv_first = nn.Conv2d(3, dim, 3, 1, 1)
-        self.patch_embed = _PatchNorm(dim) if config.patch_norm else None
+        self.patch_embed = PatchNorm(dim) if config.patch_norm else None
         self.layers = nn.ModuleList(RHAG(config, i) for i in range(len(config.depths)))
         self.norm = nn.LayerNorm(dim)
         one_conv = config.resi_connection == "1conv"
         self.conv_after_body = nn.Conv2d(dim, dim, 3, 1, 1) if one_conv else None
-        self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, feat, 3, 1, 1), nn.LeakyReLU())
+        self.conv_before_upsample = before_upsample(dim, feat)
         self.upsample = pixelshuffle_upsample(config.upscale, feat)
         self.conv_last = nn.Conv2d(feat, 3, 3, 1, 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
-        window = self.config.window_size
-        mask = shift_mask(h, w, window, window // 2).to(x)
-        y = tokens(x)
-        if self.patch_embed is not None:
-            y = self.patch_embed.norm(y)
-        for layer in self.layers:
-            y = layer(y, (h, w), (self.index_sa, self.index_oca), mask)
-        return image(self.norm(y), h, w)
+        indices = (self.index_sa, self.index_oca)
+        return trunk(x, self.config.window_size, self.patch_embed, self.layers, self.norm, indices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]

@@ -11,55 +11,37 @@ from torch.nn import functional as F  # noqa: N812 - the usual name
 
 from gpu_worker.upscaler_archs.windows import (
     RGB_MEAN,
-    Mlp,
-    WindowAttention,
+    PatchNorm,
+    ShiftedBlock,
+    alternating_blocks,
+    before_upsample,
     image,
     pad_to,
-    partition,
     pixelshuffle_upsample,
     relative_index,
-    shift_mask,
     tokens,
-    unpartition,
+    trunk,
 )
 from gpu_worker.upscaler_layouts import SwinIRConfig
 
 Size = tuple[int, int]
 
 
-class SwinBlock(nn.Module):
+class SwinBlock(ShiftedBlock):
     """Window attention (shifted by half a window in odd blocks), then an MLP; both residual."""
 
     def __init__(self, config: SwinIRConfig, layer: int, shift: int) -> None:
-        super().__init__()
-        dim, self.window, self.shift = config.embed_dim, config.window_size, shift
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, config.num_heads[layer], self.window, config.qkv_bias)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, config.mlp_hidden)
-
-    def forward(
-        self, x: torch.Tensor, size: Size, index: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        h, w = size
-        b, _, c = x.shape
-        y = self.norm1(x).view(b, h, w, c)
-        if self.shift:
-            y = torch.roll(y, (-self.shift, -self.shift), (1, 2))
-        y = self.attn(partition(y, self.window), index, mask if self.shift else None)
-        y = unpartition(y, self.window, h, w)
-        if self.shift:
-            y = torch.roll(y, (self.shift, self.shift), (1, 2))
-        x = x + y.reshape(b, h * w, c)
-        return x + self.mlp(self.norm2(x))
+        c = config
+        super().__init__(
+            c.embed_dim, c.num_heads[layer], c.window_size, c.qkv_bias, c.mlp_hidden, shift
+        )
 
 
 class _Group(nn.Module):
     def __init__(self, config: SwinIRConfig, layer: int) -> None:
         super().__init__()
-        half = config.window_size // 2
-        self.blocks = nn.ModuleList(
-            SwinBlock(config, layer, half if j % 2 else 0) for j in range(config.depths[layer])
+        self.blocks = alternating_blocks(
+            lambda shift: SwinBlock(config, layer, shift), config.depths[layer], config.window_size
         )
 
 
@@ -94,15 +76,10 @@ class RSTB(nn.Module):
         return tokens(self.conv(image(y, *size))) + x
 
 
-class _PatchNorm(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-
-
 class SwinIR(nn.Module):
     half_safe = False  # gpu_worker.upscalers.run_dtype runs it in float32
     mean: torch.Tensor  # buffers, recomputed rather than loaded
+    index: torch.Tensor
 
     def __init__(self, config: SwinIRConfig) -> None:
         super().__init__()
@@ -112,7 +89,7 @@ class SwinIR(nn.Module):
         self.register_buffer("mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("index", relative_index(config.window_size), persistent=False)
         self.conv_first = nn.Conv2d(3, dim, 3, 1, 1)
-        self.patch_embed = _PatchNorm(dim) if config.patch_norm else None
+        self.patch_embed = PatchNorm(dim) if config.patch_norm else None
         self.layers = nn.ModuleList(RSTB(config, i) for i in range(len(config.depths)))
         self.norm = nn.LayerNorm(dim)
         self.conv_after_body = residual_conv(dim, config.resi_connection)
@@ -120,7 +97,7 @@ class SwinIR(nn.Module):
         if config.upsampler == "pixelshuffledirect":
             self.upsample = pixelshuffle_direct(dim, config.upscale)
             return
-        self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, feat, 3, 1, 1), nn.LeakyReLU())
+        self.conv_before_upsample = before_upsample(dim, feat)
         if config.upsampler == "pixelshuffle":
             self.upsample = pixelshuffle_upsample(config.upscale, feat)
         else:  # nearest+conv
@@ -131,15 +108,8 @@ class SwinIR(nn.Module):
         self.conv_last = nn.Conv2d(feat, 3, 3, 1, 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[2], x.shape[3]
         window = self.config.window_size
-        mask = shift_mask(h, w, window, window // 2).to(x)
-        y = tokens(x)
-        if self.patch_embed is not None:
-            y = self.patch_embed.norm(y)
-        for layer in self.layers:
-            y = layer(y, (h, w), self.index, mask)
-        return image(self.norm(y), h, w)
+        return trunk(x, window, self.patch_embed, self.layers, self.norm, self.index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]

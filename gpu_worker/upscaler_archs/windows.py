@@ -1,7 +1,11 @@
 """What SwinIR and HAT share: shifted-window attention with a relative position bias, the MLP,
-the pixel-shuffle upsampler, and padding an image to a multiple of the window."""
+the blocks alternating unshifted / shifted, the trunk from tokens to features, the patch norm,
+the pixel-shuffle upsampler, and padding an image to a multiple of the window. Module names
+here are the published state dicts' (`patch_embed.norm`, `attn.qkv`, `mlp.fc1`...)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -90,6 +94,107 @@ class WindowAttention(nn.Module):
             attn = attn.view(-1, self.heads, n, n)
         x = (attn.softmax(-1) @ v).transpose(1, 2).reshape(b_, n, c)
         return self.proj(x)
+
+
+def shifted_attention(
+    attn: WindowAttention,
+    y: torch.Tensor,
+    window: int,
+    shift: int,
+    index: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """[b, h, w, c] -> attention inside each window, the windows moved by `shift` (0: unshifted,
+    no mask), same shape."""
+    h, w = y.shape[1], y.shape[2]
+    if shift:
+        y = torch.roll(y, (-shift, -shift), (1, 2))
+    y = attn(partition(y, window), index, mask if shift else None)
+    y = unpartition(y, window, h, w)
+    if shift:
+        y = torch.roll(y, (shift, shift), (1, 2))
+    return y
+
+
+class ShiftedBlock(nn.Module):
+    """Window attention (shifted by `shift`), plus whatever branch() adds, then an MLP; both
+    residual. HAT's conv branch is registered as `conv_block` between `attn` and `norm2`, as
+    in its published files."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        window: int,
+        qkv_bias: bool,
+        mlp_hidden: int,
+        shift: int,
+        conv_block: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.window, self.shift = window, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, heads, window, qkv_bias)
+        if conv_block is not None:
+            self.conv_block = conv_block
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_hidden)
+
+    def branch(self, y: torch.Tensor) -> torch.Tensor | None:
+        """Tokens added to the attention's output, from the normed [b, h, w, c] input."""
+        return None
+
+    def forward(
+        self, x: torch.Tensor, size: tuple[int, int], index: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        h, w = size
+        b, _, c = x.shape
+        y = self.norm1(x).view(b, h, w, c)
+        extra = self.branch(y)
+        y = shifted_attention(self.attn, y, self.window, self.shift, index, mask)
+        x = x + y.reshape(b, h * w, c)
+        if extra is not None:
+            x = x + extra
+        return x + self.mlp(self.norm2(x))
+
+
+def alternating_blocks(make: Callable[[int], nn.Module], depth: int, window: int) -> nn.ModuleList:
+    """`depth` blocks made by make(shift): unshifted, then shifted by half a window, in turn."""
+    half = window // 2
+    return nn.ModuleList(make(half if j % 2 else 0) for j in range(depth))
+
+
+class PatchNorm(nn.Module):
+    """The published `patch_embed`: only a LayerNorm over the tokens carries weights."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+
+def trunk(
+    x: torch.Tensor,
+    window: int,
+    patch_embed: PatchNorm | None,
+    layers: nn.ModuleList,
+    norm: nn.Module,
+    index: torch.Tensor | tuple[torch.Tensor, ...],
+) -> torch.Tensor:
+    """[b, c, h, w] features through every residual group (each called with the size, the
+    position index(es) and the shift mask for this input), then the final norm."""
+    h, w = x.shape[2], x.shape[3]
+    mask = shift_mask(h, w, window, window // 2).to(x)
+    y = tokens(x)
+    if patch_embed is not None:
+        y = patch_embed.norm(y)
+    for layer in layers:
+        y = layer(y, (h, w), index, mask)
+    return image(norm(y), h, w)
+
+
+def before_upsample(dim: int, features: int) -> nn.Sequential:
+    """The published `conv_before_upsample`: conv to the upsampler's channels, LeakyReLU."""
+    return nn.Sequential(nn.Conv2d(dim, features, 3, 1, 1), nn.LeakyReLU())
 
 
 def pixelshuffle_upsample(scale: int, features: int) -> nn.Sequential:

@@ -1,0 +1,154 @@
+"""What the benches share: the real processes they start and stop (on loopback, in this
+checkout), waiting for them, a fresh database, Django set up in a temporary folder, CPU and wall
+time, and the `ratio ... (goal ...)` lines every bench prints."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+ROOT = Path(__file__).resolve().parents[1]
+NEEDS_REDIS = "run under `python -m operations.with_redis --` (needs REDIS_URL)"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str, poll: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(poll)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """One of our processes, from the checkout's root, its output dropped."""
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def gpu_worker_args(
+    models: Path, worker_id: str | None = None, cache_dir: Path | None = None
+) -> list[str]:
+    """`python -m gpu_worker` on the CPU with the demo model preloaded."""
+    args = [sys.executable, "-m", "gpu_worker", "--models-dir", str(models), "--device", "cpu"]
+    if worker_id:
+        args += ["--worker-id", worker_id]
+    args += ["--preload", "atelier-demo-v1"]
+    if cache_dir:
+        args += ["--cache-dir", str(cache_dir)]
+    return args
+
+
+def stop(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """Terminate them all, then wait for each (killed if it outlasts the timeout)."""
+    procs = list(procs)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wall_and_cpu(action: Callable[[], T]) -> tuple[float, float, T]:
+    """Wall seconds and this process's CPU seconds taken by action(), and its result."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = action()
+    return time.perf_counter() - t0, time.process_time() - c0, result
+
+
+def vs_goal(ratio: float, goal: str, digits: int = 2) -> str:
+    """'ratio 1.02  (goal <= 1.10)'"""
+    return f"ratio {ratio:.{digits}f}  (goal {goal})"
+
+
+def fresh_postgres(url: str, *, force: bool = True, connect_timeout: int | None = 3) -> bool:
+    """Drop and create the bench database; False when no server answers."""
+    import dj_database_url
+    import psycopg
+
+    config = dj_database_url.parse(url)
+    try:
+        admin = psycopg.connect(
+            host=config["HOST"],
+            port=config["PORT"] or 5432,
+            user=config["USER"],
+            password=config["PASSWORD"] or None,
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=connect_timeout,
+        )
+    except psycopg.OperationalError:
+        return False
+    with admin:
+        admin.execute(
+            f'DROP DATABASE IF EXISTS "{config["NAME"]}"' + (" WITH (FORCE)" if force else "")
+        )
+        admin.execute(f'CREATE DATABASE "{config["NAME"]}"')
+    return True
+
+
+def setup_django(tmp: Path, database_url: str = "", extra: dict[str, str] | None = None) -> None:
+    """Django on a temporary folder (SQLite there unless database_url), migrated."""
+    os.environ.update(
+        {
+            "ATELIER_VAR_DIR": str(tmp / "var"),
+            "DATABASE_URL": database_url or f"sqlite:///{tmp / 'var' / 'bench.sqlite3'}",
+            "MEDIA_ROOT": str(tmp / "media"),
+            "MODELS_DIR": str(tmp / "models"),
+            **(extra or {}),
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "AXES_ENABLED": "false",
+            # Throttles still run (their cost is part of the overhead) but never refuse.
+            "API_THROTTLE_USER": "1000000/min",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    (tmp / "var").mkdir(parents=True, exist_ok=True)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def per_database(script: str, run: Callable[[str, str], int], postgres_url: str) -> int:
+    """A bench's main: once on SQLite and once on a fresh PostgreSQL database, each in its own
+    process (Django is set up once per process); `--database URL|sqlite` runs one."""
+    if not os.environ.get("REDIS_URL"):
+        print(NEEDS_REDIS)
+        return 2
+    if "--database" in sys.argv:
+        url = sys.argv[sys.argv.index("--database") + 1]
+        return run("", "SQLite") if url == "sqlite" else run(url, "PostgreSQL")
+    rc = subprocess.call([sys.executable, script, "--database", "sqlite"])
+    if fresh_postgres(postgres_url):
+        rc = rc or subprocess.call([sys.executable, script, "--database", postgres_url])
+    else:
+        print(f"--- PostgreSQL: skipped (no server at {postgres_url.split('@')[-1]}) ---")
+    return rc
