@@ -211,19 +211,24 @@ def run_training(
             )
 
     result = GenerationResult()
+
+    def render_sample(epoch: int) -> bytes:
+        """The epoch's sample image with the job's own prompt and settings."""
+        return trainer.sample(
+            request["prompt"],
+            request["negative_prompt"],
+            steps=request["steps"],
+            cfg_scale=request["cfg_scale"],
+            width=request["width"],
+            height=request["height"],
+            infotext=_sample_infotext(request, checkpoint.name, epoch),
+        )
+
     sample: bytes | None = None
     try:
         while trainer.epoch < train["epochs"]:
             epoch = trainer.train_epoch(on_step)
-            sample = trainer.sample(
-                request["prompt"],
-                request["negative_prompt"],
-                steps=request["steps"],
-                cfg_scale=request["cfg_scale"],
-                width=request["width"],
-                height=request["height"],
-                infotext=_sample_infotext(request, checkpoint.name, epoch.epoch),
-            )
+            sample = render_sample(epoch.epoch)
             model_file = trainer.output_file(
                 output_name=train["output_name"],
                 base_name=checkpoint.name,
@@ -257,15 +262,7 @@ def run_training(
         result.steps_done = trainer.global_step
     finished = not result.interrupted and not result.handed_over
     if finished and sample is None:  # resumed after the last epoch: its sample, again
-        sample = trainer.sample(
-            request["prompt"],
-            request["negative_prompt"],
-            steps=request["steps"],
-            cfg_scale=request["cfg_scale"],
-            width=request["width"],
-            height=request["height"],
-            infotext=_sample_infotext(request, checkpoint.name, trainer.epoch),
-        )
+        sample = render_sample(trainer.epoch)
     if sample is not None and finished:
         with Image.open(io.BytesIO(sample)) as image:
             width, height = image.size
