@@ -24,9 +24,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m operations.with_redis -- $(PY) -m pytest
 
-# Without the browser tests and the fault drills (those always run their platform on SQLite).
+# Without the browser tests, the fault drills and the real-worker (engine) tests: minutes, not a
+# quarter hour. The drills and browser tests run their platform and real GPU workers on SQLite.
 test-fast: $(VENV)/.installed
-	$(PY) -m operations.with_redis -- $(PY) -m pytest -m "not browser and not drill"
+	$(PY) -m operations.with_redis -- $(PY) -m pytest -m "not browser and not drill and not engine"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
