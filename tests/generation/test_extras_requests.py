@@ -149,7 +149,8 @@ def test_a_job_request_cannot_smuggle_an_extras_mode(alice_api, catalogue):
     assert response.status_code in (400, 422) and response.json()["field"] == "mode"
 
 
-def test_cancelling_a_queued_upscale_releases_the_whole_hold(alice, alice_api):
+def test_cancelling_a_queued_upscale_releases_the_whole_hold(alice, alice_api, redis_client):
+    # redis_client empties Redis: no heartbeat of an earlier test's worker can take the job
     before = ledger.account_for(alice).balance
     body = {"image": png_b64(512, 512), "upscaler_1": "Lanczos", "scale": 2}
     job = alice_api.post("/api/v1/extras/", body, format="json").json()
