@@ -3,6 +3,8 @@ state it resumes from, and where it posts each finished epoch (generation.traini
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.http import FileResponse, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
@@ -21,15 +23,20 @@ def _refused(exc: EpochRefused) -> JsonResponse:
     return JsonResponse({"detail": exc.message}, status=exc.status)
 
 
+def _unstored(stored: Any, content_type: str) -> FileResponse:
+    """A file for one worker's signed request: never kept by a cache on the way."""
+    response = FileResponse(stored.open("rb"), content_type=content_type)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
 @require_GET
 def training_image(request: HttpRequest, token: str) -> FileResponse | JsonResponse:
     try:
         image = image_for(token)
     except EpochRefused as exc:
         return _refused(exc)
-    response = FileResponse(image.file.open("rb"), content_type="image/png")
-    response["Cache-Control"] = "no-store"
-    return response
+    return _unstored(image.file, "image/png")
 
 
 @require_GET
@@ -38,9 +45,7 @@ def training_state(request: HttpRequest, token: str) -> FileResponse | JsonRespo
         epoch = state_for(token)
     except EpochRefused as exc:
         return _refused(exc)
-    response = FileResponse(epoch.state.open("rb"), content_type="application/octet-stream")
-    response["Cache-Control"] = "no-store"
-    return response
+    return _unstored(epoch.state, "application/octet-stream")
 
 
 @csrf_exempt  # a worker's post: the signed address is its whole permission
