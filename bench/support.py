@@ -122,6 +122,8 @@ def setup_django(tmp: Path, database_url: str = "", extra: dict[str, str] | None
             "MODELS_DIR": str(tmp / "models"),
             **(extra or {}),
             "DJANGO_SETTINGS_MODULE": "config.settings",
+            # As deployed (production mode turns DEBUG off): no per-query debug log.
+            "DEBUG": "false",
             "AXES_ENABLED": "false",
             # Throttles still run (their cost is part of the overhead) but never refuse.
             "API_THROTTLE_USER": "1000000/min",

@@ -8,8 +8,10 @@ instead of failing with a 500: pages keep working through a Redis outage, as REA
 from __future__ import annotations
 
 import logging
-from typing import Any
+import threading
+from typing import Any, ClassVar
 
+import redis
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.redis import RedisCache
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,6 +23,23 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 
 def _unreachable(operation: str, exc: Exception) -> None:
     log.warning("cache %s skipped, Redis unreachable (limits not enforced): %s", operation, exc)
+
+
+class SharedConnectionPool(redis.ConnectionPool):
+    """One pool per process and server. Under ASGI Django makes a cache object per request
+    context, and Django's Redis client would open a pool, so a new connection, for each: a
+    round trip and a handshake on every throttled request."""
+
+    _shared: ClassVar[dict[str, redis.ConnectionPool]] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Any:
+        key = f"{url} {sorted(kwargs.items(), key=repr)!r}"
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = redis.ConnectionPool.from_url(url, **kwargs)
+            return cls._shared[key]
 
 
 class FailOpenRedisCache(RedisCache):

@@ -26,7 +26,13 @@ from generation.broker import get_redis
 from generation.fleet import present_heartbeats
 from generation.model_delivery import recipes_of, stored_models_of
 from generation.models import Job
-from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
+from generation.scheduling.estimates import (
+    KnownSpeeds,
+    Source,
+    Speed,
+    SpeedCache,
+    estimate_duration,
+)
 from generation.scheduling.inputs import (
     downloads_of,
     in_flight_jobs,
@@ -61,6 +67,9 @@ class QueueSnapshot:
     # window's last place and finish, and the seconds each job ahead of it adds (mean cost
     # over the workers).
     window_end: tuple[int, float, float] | None = None
+    # The speeds the snapshot was timed with: a job placed later (beyond) reuses them instead
+    # of reading the history again (a submission's response places its new job).
+    speeds: SpeedCache = field(default_factory=lambda: KnownSpeeds({}))
     _placed: dict[str, QueueInfo | None] = field(default_factory=dict)
 
     def get(self, job_id: Any) -> QueueInfo | None:
@@ -86,7 +95,7 @@ class QueueSnapshot:
             .exclude(pk__in=list(self.infos))
             .count()
         )
-        own, source = estimate_duration(job)
+        own, source = estimate_duration(job, self.speeds)
         finish = last_finish + pace * ahead + own
         return QueueInfo(last_position + ahead + 1, round(finish, 1), source)
 
@@ -119,7 +128,7 @@ def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
     scheduler starts them, over the present workers, each first finishing what it holds."""
     speeds = SpeedCache()
     now = timezone.now()
-    snapshot = QueueSnapshot()
+    snapshot = QueueSnapshot(speeds=speeds)
     disks = _present_disks()
     held = in_flight_jobs()
     unstarted = [job for job in held if job.status == Job.Status.QUEUED]
@@ -168,6 +177,10 @@ def store_snapshot(snapshot: QueueSnapshot) -> None:
     data: dict[str, Any] = {
         "infos": {k: [v.position, v.eta, v.source] for k, v in snapshot.infos.items()},
         "window_end": list(snapshot.window_end) if snapshot.window_end else None,
+        "speeds": [
+            [*key, speed.seconds_per_pixel_step, speed.overhead_seconds, speed.source]
+            for key, speed in snapshot.speeds.known.items()
+        ],
     }
     try:
         get_redis().set(SNAPSHOT_KEY, json.dumps(data), px=SNAPSHOT_TTL_MS)
@@ -184,8 +197,13 @@ def current_snapshot() -> QueueSnapshot:
     if not raw:
         return queue_snapshot()
     data = json.loads(raw)
+    speeds = {
+        (int(c), int(w), int(h)): Speed(float(unit), float(overhead), source)
+        for c, w, h, unit, overhead, source in data.get("speeds", [])
+    }
     snapshot = QueueSnapshot(
-        infos={k: QueueInfo(int(p), float(e), s) for k, (p, e, s) in data["infos"].items()}
+        infos={k: QueueInfo(int(p), float(e), s) for k, (p, e, s) in data["infos"].items()},
+        speeds=KnownSpeeds(speeds),
     )
     if data["window_end"]:
         position, finish, pace = data["window_end"]

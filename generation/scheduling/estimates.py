@@ -115,6 +115,18 @@ class SpeedCache:
         return DEFAULT_SPEED
 
 
+class KnownSpeeds(SpeedCache):
+    """The speeds a snapshot picked (carried with it to other processes); a size it did not
+    meet is read the narrow way, as for one job (`measured_speed`)."""
+
+    def __init__(self, known: dict[tuple[int, int, int], Speed]) -> None:
+        super().__init__()
+        self.known = dict(known)
+
+    def _pick(self, checkpoint_id: int, width: int, height: int) -> Speed:
+        return measured_speed(checkpoint_id, width, height)
+
+
 def estimate_duration(job: Job, speeds: SpeedCache | None = None) -> tuple[float, Source]:
     """For many jobs pass one SpeedCache (one read of the history); for one job the narrow
     reads of `measured_speed` (at most HISTORY_JOBS rows, not HISTORY_ROWS: a submission
