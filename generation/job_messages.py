@@ -20,6 +20,7 @@ from generation.control_images import read_control_image
 from generation.events import user_group
 from generation.model_delivery import deliveries_for, signed_upload_url, upload_chunk_bytes
 from generation.models import Job
+from generation.stored_models import StoredModels
 from generation.training_links import training_delivery
 from gpu_worker.params import GenerationParams
 from gpu_worker.protocol import (
@@ -32,9 +33,10 @@ from gpu_worker.protocol import (
 logger = logging.getLogger(__name__)
 
 
-def build_request(job: Job) -> GenerationRequest:
+def build_request(job: Job, stored: StoredModels | None = None) -> GenerationRequest:
     """The job's stored GenerationParams in its envelope (and the img2img source image, its
-    inpaint mask and the ControlNet units' images)."""
+    inpaint mask and the ControlNet units' images). `stored`: the stored models already read
+    for its owner and recipes, if any (`model_delivery.deliveries_for`)."""
     params: GenerationParams = job.params
     request = GenerationRequest(
         **params,
@@ -45,7 +47,7 @@ def build_request(job: Job) -> GenerationRequest:
     if job.mode == Job.Mode.MERGE:  # the merged file comes back to the model store
         request["upload_url"] = signed_upload_url(job)
         request["upload_chunk_bytes"] = upload_chunk_bytes()
-    models = deliveries_for(job)
+    models = deliveries_for(job, stored)
     if models:
         request["models"] = models
     if job.mode == Job.Mode.TRAIN:  # dataset, epoch address, and the state to resume from
@@ -69,14 +71,14 @@ MESSAGE_ID_KEY = "atelier:dispatch:{job_id}"  # broker id of the job's latest me
 MESSAGE_ID_TTL_SECONDS = 7 * 24 * 3600
 
 
-def send_request(job: Job) -> bool:
+def send_request(job: Job, stored: StoredModels | None = None) -> bool:
     """Enqueue the job's current attempt on its worker's queue. If Redis is down the job goes
     back to the waiting queue (False), to be assigned again once Redis answers."""
     message: dramatiq.Message[Any] = dramatiq.Message(
         queue_name=worker_queue(job.worker_id),
         actor_name=GENERATE_ACTOR,
         args=(),
-        kwargs={GENERATE_KWARG: build_request(job)},
+        kwargs={GENERATE_KWARG: build_request(job, stored)},
         options={},
     )
     try:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import io
 import logging
+from collections.abc import Collection
 from typing import Any
 
+import redis
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.urls import reverse
@@ -32,8 +34,9 @@ from generation.events import (
 )
 from generation.merge_records import attach_merged_file, drop_unfinished_merge
 from generation.models import Job, JobImage
-from generation.queue import queue_snapshot
+from generation.queue import QueueSnapshot, queue_snapshot
 from generation.scheduling.estimates import running_eta
+from generation.scheduling.wakeups import POSITIONS, ring
 from gpu_worker.protocol import MergedModel, ResultImage
 
 logger = logging.getLogger(__name__)
@@ -197,20 +200,36 @@ def queued_event(job: Job, position: int, eta: float, source: EtaSource) -> JobQ
 
 
 def publish_queue_positions() -> None:
-    """Tell the owners of queued jobs their new place after the queue moved: those in the
-    simulated window (`generation.queue`), so the cost does not grow with the queue; a job
-    further back hears its place when it enters the window, and on each websocket connect."""
-    snapshot = queue_snapshot()
+    """Tell the owners of queued jobs their new place after the queue moved (a job started, was
+    cancelled or taken back). Nothing to do when no job is queued. Otherwise the dispatcher
+    does it from the snapshot it computes anyway (one Redis push); where none is alive (a test,
+    a platform worker not started yet), from a snapshot made here."""
+    if not Job.objects.filter(status=Job.Status.QUEUED).exists():
+        return
+    try:
+        if ring([POSITIONS]):
+            return
+    except (redis.RedisError, OSError):
+        logger.warning("queue positions asked of the dispatcher: Redis unreachable")
+    publish_snapshot_positions(queue_snapshot())
+
+
+def publish_snapshot_positions(snapshot: QueueSnapshot, skip: Collection[str] = ()) -> None:
+    """Tell the owner of each job in the snapshot's window (but `skip`) its place: the cost does
+    not grow with the queue; a job further back hears its place when it enters the window, and
+    on each websocket connect."""
+    ids = [job_id for job_id in snapshot.infos if job_id not in skip]
+    if not ids:
+        return
     owners = {
         str(pk): owner_id
-        for pk, owner_id in Job.objects.filter(pk__in=list(snapshot.infos)).values_list(
-            "pk", "owner_id"
-        )
+        for pk, owner_id in Job.objects.filter(pk__in=ids).values_list("pk", "owner_id")
     }
-    for job_id, info in snapshot.infos.items():
+    for job_id in ids:
         owner_id = owners.get(job_id)
         if owner_id is None:
             continue
+        info = snapshot.infos[job_id]
         send_to_user(
             owner_id,
             JobQueuedEvent(

@@ -98,10 +98,11 @@ def stored_models_of(job: Job, stored: StoredModels | None = None) -> list[Store
     return wanted + stored.embeddings_in(job.owner_id, text)
 
 
-def deliveries_for(job: Job) -> list[ModelDelivery]:
+def deliveries_for(job: Job, stored: StoredModels | None = None) -> list[ModelDelivery]:
     """The job's stored models with fresh signed URLs; a virtual checkpoint as its recipe under
-    the recipe hash (the worker computes it after fetching the inputs delivered beside it)."""
-    found = [_delivery(model) for model in stored_models_of(job)]
+    the recipe hash (the worker computes it after fetching the inputs delivered beside it).
+    `stored`: models already read for the job's owner and recipes (a scheduling pass's)."""
+    found = [_delivery(model) for model in stored_models_of(job, stored)]
     recipe = virtual_recipe(job.checkpoint) if job.mode != Job.Mode.MERGE else None
     if recipe is None:
         return found

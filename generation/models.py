@@ -385,17 +385,21 @@ class Job(models.Model):
 
     def mark_assigned(self, worker_id: str) -> bool:
         """Hand a waiting job to `worker_id` as the next attempt. Two schedulers racing: only one
-        gets it."""
+        gets it. The winner knows what it wrote (no re-read: its loaded checkpoint stays, for the
+        message); the loser re-reads the job."""
+        worker_id, now = worker_id[:200], timezone.now()
         won = (
             Job.objects.filter(
                 pk=self.pk, status=self.Status.QUEUED, worker_id="", attempt=self.attempt
-            ).update(
-                attempt=F("attempt") + 1, worker_id=worker_id[:200], dispatched_at=timezone.now()
-            )
+            ).update(attempt=F("attempt") + 1, worker_id=worker_id, dispatched_at=now)
             == 1
         )
-        self.refresh_from_db()
-        return won
+        if not won:
+            self.refresh_from_db()
+            return False
+        self.status, self.attempt = self.Status.QUEUED, self.attempt + 1
+        self.worker_id, self.dispatched_at = worker_id, now
+        return True
 
     def return_to_queue(
         self,

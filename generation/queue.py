@@ -40,7 +40,12 @@ from generation.scheduling.inputs import (
     waiting_jobs,
     worker_disk,
 )
-from generation.scheduling.policy import Download, FairScheduler, download_seconds
+from generation.scheduling.policy import (
+    Download,
+    FairScheduler,
+    download_seconds,
+    usage_matters,
+)
 from generation.stored_models import StoredModels
 from gpu_worker.protocol import DEFAULT_DOWNLOAD_BYTES_PER_S, WorkerHeartbeat
 
@@ -123,17 +128,24 @@ def fetch_seconds(downloads: tuple[Download, ...], disks: Disks, worker_id: str 
     return min(download_seconds(downloads, disk, rate) for disk, rate in places)
 
 
-def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
+def queue_snapshot(workers: int | None = None, speeds: SpeedCache | None = None) -> QueueSnapshot:
     """Position and ETA of every queued job (the oldest MAX_SIMULATED waiting), in the order the
-    scheduler starts them, over the present workers, each first finishing what it holds."""
-    speeds = SpeedCache()
+    scheduler starts them, over the present workers, each first finishing what it holds.
+    `speeds`: a history already read (the dispatcher's pass just before). Reads only what the
+    queue needs: no stored models while nothing is handed out and unstarted, no usage unless
+    several users have jobs waiting (`usage_matters`)."""
+    speeds = speeds or SpeedCache()
     now = timezone.now()
     snapshot = QueueSnapshot(speeds=speeds)
     disks = _present_disks()
     held = in_flight_jobs()
     unstarted = [job for job in held if job.status == Job.Status.QUEUED]
-    stored = StoredModels(
-        {job.owner_id for job in unstarted}, [r for job in unstarted for r in recipes_of(job)]
+    stored = (
+        StoredModels(
+            {job.owner_id for job in unstarted}, [r for job in unstarted for r in recipes_of(job)]
+        )
+        if unstarted
+        else None
     )
     free_at: dict[str, float] = {}  # per worker: seconds until it has finished what it holds
     handed_out: list[tuple[float, float, Job, Source, float]] = []
@@ -157,7 +169,7 @@ def queue_snapshot(workers: int | None = None) -> QueueSnapshot:
     slots += [0.0] * (count - len(slots))
     heapq.heapify(slots)
     waiting = waiting_jobs(limit=MAX_SIMULATED, speeds=speeds)
-    usage = recent_usage(now, speeds, in_flight=held)
+    usage = recent_usage(now, speeds, in_flight=held) if usage_matters(waiting.jobs) else {}
     order = FairScheduler().fair_order(waiting.jobs, now=now.timestamp(), usage=usage)
     position, finish = len(handed_out), 0.0
     for position, entry in enumerate(order, start=len(handed_out) + 1):

@@ -3,10 +3,12 @@
 `schedule_pending()` reads the waiting jobs (queued, held by no worker), the alive workers (their
 heartbeats: hot/warm models, inventory, disk cache and fetch rate, draining) with their free
 slots counted from the database (running + assigned-not-started, at most `WORKER_SLOTS`), and
-each user's recent GPU usage; asks the policy (`FairScheduler.plan`) for assignments; claims
-each job with a conditional update
+each user's recent GPU usage (when several users wait: `policy.usage_matters`); asks the policy
+(`FairScheduler.plan`) for assignments; claims each job with a conditional update
 (`Job.mark_assigned`: worker and next attempt, only if still waiting) and sends it to that
-worker's own queue after commit.
+worker's own queue after commit, its message built from the rows the pass loaded (the job with
+its checkpoint and recipe, the stored models of the waiting jobs): a fixed handful of queries
+from wake-up to sent, whatever the queue (tests/generation/test_dispatcher_costs.py).
 
 Passes are serialised across processes by a short Redis lock. A pass asked for while another runs
 sets a "run again" flag instead, and the running pass goes round once more, so no trigger is lost.
@@ -14,11 +16,14 @@ The triggers live here too: after a submission commits (`dispatch_on_commit`), a
 back by hand (`dispatch_job`), after each job event (`generation.worker_events`), and on the
 platform worker's tick (`request_schedule`).
 
-Off the request path: a trigger only pushes a wake-up onto a Redis list (`wake_dispatcher`), and
-the platform worker's dispatcher thread (`serve_dispatcher`), blocked on that list, runs the pass
-and tells the new jobs' owners their place. A web request pays one Redis round trip for it, and
-the pass starts within a round trip too (no tick to wait for). Where no dispatcher is alive (a
-test, a platform worker not started yet), the trigger runs the pass itself, as before.
+Off the request path: a trigger only pushes a wake-up onto a Redis list (`wake_dispatcher`,
+`generation.scheduling.wakeups`), and the platform worker's dispatcher thread
+(`serve_dispatcher`), blocked on that list, runs the pass, stores the queue snapshot readers use
+(timed with the pass's own read of the speed history) and tells the new jobs' owners their place,
+or every queued owner when the queue moved (`lifecycle.publish_queue_positions` asks it to). A
+web request pays one Redis round trip for it, and the pass starts within a round trip too (no
+tick to wait for). Where no dispatcher is alive (a test, a platform worker not started yet), the
+trigger runs the pass itself, as before.
 
 A pass considers the oldest SCHEDULING_WINDOW waiting jobs (the policy orders those fairly, by
 usage and tier, aged jobs first), so it costs the same at a hundred or ten thousand queued jobs;
@@ -32,6 +37,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -43,11 +49,19 @@ from generation.broker import get_redis
 from generation.events import send_to_user
 from generation.fleet import present_heartbeats
 from generation.job_messages import send_request
-from generation.lifecycle import queued_event
+from generation.lifecycle import publish_snapshot_positions, queued_event
 from generation.models import Job
 from generation.queue import QueueSnapshot, queue_snapshot, store_snapshot
-from generation.scheduling.inputs import checkpoint_key, recent_usage, waiting_jobs, worker_disk
-from generation.scheduling.policy import Assignment, FairScheduler, WorkerView
+from generation.scheduling.estimates import SpeedCache
+from generation.scheduling.inputs import (
+    checkpoint_key_of,
+    in_flight_jobs,
+    recent_usage,
+    waiting_jobs,
+    worker_disk,
+)
+from generation.scheduling.policy import Assignment, FairScheduler, WorkerView, usage_matters
+from generation.scheduling.wakeups import ALIVE_KEY, ALIVE_TTL_S, POSITIONS, WAKE_KEY, ring
 from gpu_worker.batch_key import batch_key
 from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
 
@@ -58,10 +72,6 @@ AGAIN_KEY = "atelier:scheduler:again"
 LOCK_TTL_MS = 5_000  # a pass takes milliseconds; a crashed holder frees the lock this soon
 MAX_ROUNDS = 5  # passes one caller runs for the "run again" requests it finds
 SCHEDULING_WINDOW = 100  # the oldest waiting jobs a pass considers
-WAKE_KEY = "atelier:scheduler:wake"  # new job ids (or "" for a plain pass) for the dispatcher
-ALIVE_KEY = "atelier:scheduler:alive"  # set while a dispatcher thread serves WAKE_KEY
-ALIVE_TTL_S = 5
-WAKE_BACKLOG = 1000  # ids kept for a dispatcher that is busy or restarting
 
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -69,43 +79,20 @@ return 0
 """
 
 
-def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
+def worker_views(beats: dict[str, WorkerHeartbeat], held: Iterable[Job]) -> list[WorkerView]:
     """What the policy needs of each present worker (`generation.fleet`); slots are counted from
-    the database, so a job assigned a moment ago counts even before the worker's next
-    heartbeat."""
-    held: dict[str, list[str]] = defaultdict(list)
+    the database (`held`: the jobs in flight, in hand-out order as `in_flight_jobs` reads them),
+    so a job assigned a moment ago counts even before the worker's next heartbeat."""
+    pending: dict[str, list[str]] = defaultdict(list)
     keys: dict[str, list[str | None]] = defaultdict(list)
     unstarted_owners: dict[str, list[str]] = defaultdict(list)
-    rows = (
-        Job.objects.filter(status__in=Job.UNFINISHED, worker_id__in=list(beats))
-        .order_by("-status", "dispatched_at")  # running before queued, then in hand-out order
-        .values_list(
-            "worker_id",
-            "checkpoint__name",
-            "checkpoint__stored_file_id",
-            "checkpoint__sha256",
-            "checkpoint__recipe__recipe_hash",
-            "status",
-            "owner_id",
-            "params",
-            "mode",
-        )
-    )
-    for (
-        worker_id,
-        name,
-        stored_file_id,
-        sha256,
-        recipe_hash,
-        status,
-        owner_id,
-        params,
-        mode,
-    ) in rows:
-        held[worker_id].append(checkpoint_key(name, stored_file_id, sha256, recipe_hash))
-        keys[worker_id].append(batch_key({**params, "mode": mode}))
-        if status == Job.Status.QUEUED:
-            unstarted_owners[worker_id].append(str(owner_id))
+    present = [job for job in held if job.worker_id in beats]
+    # running before queued, each in hand-out order
+    for job in sorted(present, key=lambda job: job.status != Job.Status.RUNNING):
+        pending[job.worker_id].append(checkpoint_key_of(job.checkpoint))
+        keys[job.worker_id].append(batch_key({**job.params, "mode": job.mode}))
+        if job.status == Job.Status.QUEUED:
+            unstarted_owners[job.worker_id].append(str(job.owner_id))
     views = []
     for worker_id, beat in sorted(beats.items()):
         inventory = beat.get("inventory")
@@ -115,7 +102,7 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
                 worker_id=worker_id,
                 free_slots=0
                 if beat.get("draining")
-                else max(0, WORKER_SLOTS - len(held[worker_id])),
+                else max(0, WORKER_SLOTS - len(pending[worker_id])),
                 hot=tuple(beat.get("loaded_models") or ()),
                 warm=tuple(beat.get("warm_models") or ()),
                 controlnets=frozenset(beat.get("loaded_controlnets") or ()),
@@ -123,7 +110,7 @@ def worker_views(beats: dict[str, WorkerHeartbeat]) -> list[WorkerView]:
                 inventory=frozenset((e["kind"], e["name"]) for e in inventory)
                 if inventory is not None
                 else None,
-                pending=tuple(held[worker_id]),
+                pending=tuple(pending[worker_id]),
                 waiting_owners=tuple(unstarted_owners[worker_id]),
                 disk=disk,
                 download_bytes_per_s=rate,
@@ -144,15 +131,21 @@ class PassReport:
 # --- the pass ------------------------------------------------------------------------------------
 
 
-def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
-    views = worker_views(present_heartbeats(client))
+def _one_pass(client: redis.Redis, scheduler: Any, speeds: SpeedCache) -> list[Assignment]:
+    beats = present_heartbeats(client)
+    if not beats:
+        return []
+    held = in_flight_jobs()  # the workers' slots, and the in-flight part of the usage
+    views = worker_views(beats, held)
     if not any(v.free_slots or (v.batches and any(v.batch_keys)) for v in views):
         return []
-    waiting = waiting_jobs(limit=SCHEDULING_WINDOW).jobs
-    if not waiting:
+    waiting = waiting_jobs(limit=SCHEDULING_WINDOW, speeds=speeds)
+    if not waiting.jobs:
         return []
-    plan = scheduler.plan(waiting, views, now=time.time(), usage=recent_usage())
-    jobs = Job.objects.select_related("checkpoint").in_bulk([a.job_id for a in plan])
+    usage = recent_usage(speeds=speeds, in_flight=held) if usage_matters(waiting.jobs) else {}
+    plan = scheduler.plan(waiting.jobs, views, now=time.time(), usage=usage)
+    # With its checkpoint and recipe: the message is built from these rows, not read again.
+    jobs = Job.objects.select_related("checkpoint__recipe").in_bulk([a.job_id for a in plan])
     free = {v.worker_id: v.free_slots for v in views}
     made = []
     for assignment in plan:
@@ -173,16 +166,22 @@ def _one_pass(client: redis.Redis, scheduler: Any) -> list[Assignment]:
             assignment.reason,
             job.attempt,
         )
-        transaction.on_commit(partial(send_request, job))
+        transaction.on_commit(partial(send_request, job, waiting.stored))
     return made
 
 
 def schedule_pending(
-    scheduler: Any = None, client: redis.Redis | None = None, *, retry: bool = True
+    scheduler: Any = None,
+    client: redis.Redis | None = None,
+    *,
+    retry: bool = True,
+    speeds: SpeedCache | None = None,
 ) -> PassReport:
-    """Run scheduling passes until nobody asked for another; raises if Redis is unreachable."""
+    """Run scheduling passes until nobody asked for another; raises if Redis is unreachable.
+    `speeds`: the history read once for a whole wake-up (the snapshot after it reuses it)."""
     client = client or get_redis()
     scheduler = scheduler or FairScheduler()
+    speeds = speeds or SpeedCache()
     token = uuid.uuid4().hex
     if not client.set(LOCK_KEY, token, nx=True, px=LOCK_TTL_MS):
         client.set(AGAIN_KEY, "1", px=LOCK_TTL_MS)
@@ -193,14 +192,14 @@ def schedule_pending(
         while rounds < MAX_ROUNDS:
             client.delete(AGAIN_KEY)
             rounds += 1
-            assigned += _one_pass(client, scheduler)
+            assigned += _one_pass(client, scheduler, speeds)
             if not client.exists(AGAIN_KEY):
                 break
     finally:
         client.eval(_RELEASE, 1, LOCK_KEY, token)
     if retry and client.exists(AGAIN_KEY):
         # Asked for between our last check and the release: take it now, not on the next tick.
-        more = schedule_pending(scheduler, client, retry=False)
+        more = schedule_pending(scheduler, client, retry=False, speeds=speeds)
         return PassReport(assigned=assigned + more.assigned, rounds=rounds + more.rounds)
     return PassReport(assigned=assigned, rounds=rounds)
 
@@ -208,11 +207,11 @@ def schedule_pending(
 # --- the triggers ----------------------------------------------------------------------------
 
 
-def request_schedule() -> None:
+def request_schedule(speeds: SpeedCache | None = None) -> None:
     """A trigger (after a submission commits, after a job event): never raises, because the
     platform worker's tick runs the pass again within a second anyway."""
     try:
-        schedule_pending()
+        schedule_pending(speeds=speeds)
     except (redis.RedisError, OSError):
         logger.warning("scheduling pass skipped: Redis unreachable")
     except Exception:
@@ -250,11 +249,7 @@ def wake_dispatcher(job_ids: list[str] | None = None) -> None:
     """Ask the dispatcher for a pass (and to tell `job_ids`' owners their place): one Redis
     round trip. With no dispatcher alive, do it here. Never raises (the tick retries)."""
     try:
-        pipe = get_redis().pipeline(transaction=False)
-        pipe.lpush(WAKE_KEY, *(job_ids or [""]))
-        pipe.ltrim(WAKE_KEY, 0, WAKE_BACKLOG - 1)
-        pipe.exists(ALIVE_KEY)
-        alive = pipe.execute()[-1]
+        alive = ring(job_ids or [""])
     except (redis.RedisError, OSError):
         logger.warning("scheduling wake-up not sent: Redis unreachable")
         return
@@ -278,6 +273,23 @@ def publish_positions(job_ids: list[str], snapshot: QueueSnapshot | None = None)
         logger.exception("queue positions not published")
 
 
+def answer_wake(values: set[str]) -> bool:
+    """One turn of the dispatcher thread for the values rung (`wakeups`; none: its timer while
+    jobs wait): a pass (not for positions alone), the snapshot readers use, then the owners
+    told. One read of the speed history serves the pass and the snapshot. True while queued
+    jobs remain (the snapshot is then kept fresh)."""
+    speeds = SpeedCache()
+    if values != {POSITIONS}:
+        request_schedule(speeds)
+    snapshot = queue_snapshot(speeds=speeds)
+    store_snapshot(snapshot)
+    job_ids = sorted(values - {"", POSITIONS})
+    publish_positions(job_ids, snapshot)
+    if POSITIONS in values:  # the queue moved: everyone in it hears their new place
+        publish_snapshot_positions(snapshot, skip=set(job_ids))
+    return bool(snapshot.infos)
+
+
 def serve_dispatcher(
     stop: Any, client: redis.Redis | None = None, *, wait_seconds: float = 1.0
 ) -> None:
@@ -293,13 +305,13 @@ def serve_dispatcher(
             try:
                 client.set(ALIVE_KEY, "1", ex=ALIVE_TTL_S)
                 popped = client.blpop([WAKE_KEY], timeout=wait_seconds)
-                job_ids: list[str] = []
+                values: set[str] = set()
                 if popped is not None:
                     pipe = client.pipeline(transaction=True)
                     pipe.lrange(WAKE_KEY, 0, -1)
                     pipe.delete(WAKE_KEY)
                     rest, _ = pipe.execute()
-                    job_ids = sorted({v.decode() for v in [popped[1], *rest]} - {""})
+                    values = {v.decode() for v in [popped[1], *rest]}
             except (redis.RedisError, OSError):  # Redis away: the web falls back meanwhile
                 logger.warning("dispatcher: Redis unreachable, retrying")
                 stop.wait(wait_seconds)
@@ -309,11 +321,7 @@ def serve_dispatcher(
             close_old_connections()
             try:
                 # Woken, or jobs wait (a worker may have come free or appeared since): a pass.
-                request_schedule()
-                snapshot = queue_snapshot()
-                store_snapshot(snapshot)
-                waiting = bool(snapshot.infos)
-                publish_positions(job_ids, snapshot)
+                waiting = answer_wake(values)
             except Exception:  # the thread must outlive a bad pass; the next wake-up retries
                 logger.exception("dispatcher pass failed")
             finally:

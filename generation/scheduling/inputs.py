@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from accounts.models import CreditAccount, MembershipTier
 from accounts.tiers import tier_expired
-from generation.models import Job
+from generation.models import CatalogEntry, Job, ModelRecipe
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import Download, ModelKey, WaitingJob
 from generation.stored_models import StoredModel, StoredModels
@@ -29,6 +29,8 @@ WAITING_FIELDS = (
     "pk", "owner_id", "created_at", "checkpoint_id", "checkpoint__name", "params", "mode",
     "checkpoint__stored_file_id", "checkpoint__sha256", "checkpoint__size_bytes",
     "checkpoint__recipe__recipe_hash", "checkpoint__recipe__params",  # a virtual model's
+    # the owner's tier (`tier_weights`), read with the rows rather than after them
+    "owner__credit_account__tier__priority_weight", "owner__credit_account__tier_expires_at",
 )  # fmt: skip
 IN_FLIGHT_FIELDS = (
     "owner_id", "status", "worker_id", "params", "mode", "checkpoint_id",
@@ -42,16 +44,26 @@ IN_FLIGHT_FIELDS = (
 def tier_weights(owner_ids: Iterable[int], now: datetime | None = None) -> dict[int, float]:
     """Each owner's tier priority weight (at least 1): the default tier's where a time-limited
     tier ran out (`accounts.tiers.tier_expired`) or there is no account yet."""
-    now = now or timezone.now()
     ids = set(owner_ids)
-    weights: dict[int, float] = {}
-    rows = CreditAccount.objects.filter(pk__in=ids).values_list(
+    accounts = CreditAccount.objects.filter(pk__in=ids).values_list(
         "pk", "tier__priority_weight", "tier_expires_at"
     )
-    for owner_id, weight, expires_at in rows:
-        if not tier_expired(expires_at, now):
+    return weights_of(ids, accounts, now)
+
+
+def weights_of(
+    owner_ids: set[int],
+    accounts: Iterable[tuple[int, int | None, datetime | None]],
+    now: datetime | None = None,
+) -> dict[int, float]:
+    """`tier_weights` from accounts already read: (owner id, tier weight, tier expiry), the
+    weight None where the owner has no account."""
+    now = now or timezone.now()
+    weights: dict[int, float] = {}
+    for owner_id, weight, expires_at in accounts:
+        if weight is not None and not tier_expired(expires_at, now):
             weights[owner_id] = float(max(1, weight))
-    if missing := ids - weights.keys():
+    if missing := owner_ids - weights.keys():
         default = float(max(1, MembershipTier.objects.default().priority_weight))
         weights.update(dict.fromkeys(missing, default))
     return weights
@@ -60,6 +72,8 @@ def tier_weights(owner_ids: Iterable[int], now: datetime | None = None) -> dict[
 class Waiting(NamedTuple):
     jobs: list[WaitingJob]
     sources: dict[str, Source]  # job id -> where its cost estimate came from
+    # The stored models these jobs may name (None: no job): a pass builds their requests from it
+    stored: StoredModels | None = None
 
 
 def checkpoint_key(
@@ -73,6 +87,13 @@ def checkpoint_key(
     return stored_model_key(recipe_hash) if recipe_hash else name
 
 
+def checkpoint_key_of(entry: CatalogEntry) -> str:
+    """`checkpoint_key` of a loaded catalogue entry (with its recipe, if any, selected)."""
+    recipe: ModelRecipe | None = getattr(entry, "recipe", None)  # None: no such row
+    recipe_hash = recipe.recipe_hash if recipe is not None else None
+    return checkpoint_key(entry.name, entry.stored_file_id, entry.sha256, recipe_hash)
+
+
 def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> Waiting:
     """The jobs the scheduler may hand out (queued, held by no worker), oldest first (the first
     `limit`), as the policy sees them. Plain rows, no model instances: a pass over a thousand
@@ -80,13 +101,16 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     speeds = speeds or SpeedCache()
     query = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
     rows = list(query[:limit] if limit is not None else query)
-    weights = tier_weights({row[1] for row in rows})
+    if not rows:
+        return Waiting([], {})
+    accounts = {(row[1], row[12], row[13]) for row in rows}  # owner, tier weight, tier expiry
+    weights = weights_of({row[1] for row in rows}, accounts)
     recipes = [row[5]["merge"] for row in rows if row[6] == Job.Mode.MERGE]
     recipes += [row[11] for row in rows if row[11] and not row[7]]  # virtual checkpoints'
     stored = StoredModels({row[1] for row in rows}, recipes)
-    waiting = Waiting([], {})
+    waiting = Waiting([], {}, stored)
     for row in rows:
-        job_id, owner_id, created_at, checkpoint_id, name, params, mode, *file = row
+        job_id, owner_id, created_at, checkpoint_id, name, params, mode, *file = row[:12]
         stored_file_id, sha256, size, recipe_hash, recipe = file
         virtual = recipe_hash if recipe and not stored_file_id else None
         key = checkpoint_key(name, stored_file_id, sha256, virtual)

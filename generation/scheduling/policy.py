@@ -151,6 +151,13 @@ def wait_bound(max_wait_s: float, longest_job_s: float, load_s: float) -> float:
     return max_wait_s + 2 * longest_job_s + load_s
 
 
+def usage_matters(waiting: Iterable[WaitingJob]) -> bool:
+    """Whether users' recent usage can change a plan or the fair order: it only ranks users
+    against each other, so not while a single user has jobs waiting (the caller need not read
+    it then)."""
+    return len({job.user_id for job in waiting}) > 1
+
+
 def _submit_key(job: WaitingJob) -> tuple[float, str]:
     return (job.submitted_at, job.job_id)
 

@@ -92,6 +92,19 @@ def test_an_expired_tier_weighs_like_the_default(alice, bob, catalogue):
     assert weights == {alice.pk: 6.0, bob.pk: 1.0, carol.pk: 1.0}
 
 
+def test_waiting_jobs_weigh_their_owners_by_the_same_rule(alice, bob, catalogue):
+    """The pass reads the owners' tiers with the waiting jobs: same weights as tier_weights."""
+    pro = MembershipTier.objects.get(slug="pro")
+    set_tier(alice, pro)
+    set_tier(bob, pro, until=timezone.now() - timedelta(minutes=1))
+    nobody = make_user("nobody")  # no credit account yet
+    first = submit_job(alice, SMALL)
+    submit_job(bob, SMALL)
+    Job.objects.create(owner=nobody, params=first.params, checkpoint=first.checkpoint)
+    weights = {job.user_id: job.weight for job in waiting_jobs().jobs}
+    assert weights == {str(alice.pk): 6.0, str(bob.pk): 1.0, str(nobody.pk): 1.0}
+
+
 def snapshot_queries() -> int:
     with CaptureQueriesContext(connection) as queries:
         queue_snapshot(workers=2)

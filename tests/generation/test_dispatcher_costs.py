@@ -1,0 +1,142 @@
+"""What the dispatcher's work costs the database, so that a job's hop from wake-up to its
+worker's queue stays short: a pass reads a fixed number of queries (its message built from the
+rows it loaded), whatever the queue; a job start with nobody queued makes no queue snapshot; and
+with a dispatcher alive, the queue's new positions are its work, not the caller's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from generation.events import user_group
+from generation.job_messages import build_request
+from generation.lifecycle import publish_queue_positions
+from generation.models import Job
+from generation.scheduling.dispatcher import answer_wake, schedule_pending
+from generation.scheduling.wakeups import ALIVE_KEY, POSITIONS, WAKE_KEY
+from generation.submission import submit_job
+from tests.conftest import make_user
+from tests.generation.conftest import SMALL, beat, fund
+from tests.generation.own_model_uploads import upload
+from tests.model_file_builder import sd1_lora
+
+pytestmark = pytest.mark.django_db
+
+
+def requests_on(redis_client, worker_id: str) -> list[dict]:
+    return [
+        json.loads(raw)["kwargs"]["request"]
+        for raw in redis_client.hvals(f"dramatiq:gpu.{worker_id}.msgs")
+    ]
+
+
+def test_handing_one_job_to_an_idle_worker_costs_six_queries_message_included(
+    alice,
+    alice_api,
+    catalogue,
+    broker,
+    redis_client,
+    settings,
+    tmp_path,
+    django_assert_max_num_queries,
+    django_capture_on_commit_callbacks,
+):
+    settings.MODEL_STORE_DIR = tmp_path / "model-store"
+    upload(alice_api, sd1_lora(), "alice-lora")
+    job = submit_job(alice, {**SMALL, "prompt": "ink <lora:alice-lora:0.7>"})  # no worker yet
+    beat(redis_client, "gpu-1", hot=["model-a"])
+    # workers' slots, waiting jobs (with tiers), stored models, speed history, the jobs to
+    # hand out, the claim: the message is built from those rows, nothing read again
+    with django_assert_max_num_queries(6), django_capture_on_commit_callbacks(execute=True):
+        assert len(schedule_pending().assigned) == 1
+    [request] = requests_on(redis_client, "gpu-1")
+    job.refresh_from_db()
+    assert (request["job_id"], request["attempt"]) == (str(job.pk), job.attempt)
+    assert job.attempt == 1 and request["checkpoint"] == "model-a"
+    sent = [(m["kind"], m["name"], m["sha256"]) for m in request["models"]]
+    assert sent == [(m["kind"], m["name"], m["sha256"]) for m in build_request(job)["models"]]
+    assert [kind for kind, _name, _sha in sent] == ["lora"]
+
+
+def test_a_pass_costs_the_same_queries_for_many_waiting_members_as_for_two(
+    catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    members = [fund(make_user(f"member{i}")) for i in range(8)]
+    beat(redis_client, "gpu-busy", hot=["model-a"])
+    running, next_one = submit_job(members[0], SMALL), submit_job(members[0], SMALL)
+    assert running.mark_assigned("gpu-busy") and running.mark_running("gpu-busy", 1)
+    assert next_one.mark_assigned("gpu-busy")  # full: one running, one waiting there
+
+    def pass_queries(users) -> int:
+        for user in users:  # sizes of their own: no job joins another's batch
+            submit_job(user, {**SMALL, "width": 64 + 8 * members.index(user)})
+        beat(redis_client, "gpu-idle", hot=["model-a"])
+        with (
+            CaptureQueriesContext(connection) as queries,
+            django_capture_on_commit_callbacks(execute=True),
+        ):
+            assert len(schedule_pending().assigned) == 2  # the idle worker's two slots
+        redis_client.delete("atelier:worker:gpu-idle")
+        Job.objects.filter(worker_id="gpu-idle").update(status=Job.Status.CANCELLED)
+        return len(queries)
+
+    few = pass_queries(members[1:3])
+    many = pass_queries(members[3:])
+    # several members waiting: their recent usage is read too; one claim per hand-out
+    assert few == many <= 8, (few, many)
+
+
+def test_a_job_start_with_nobody_queued_makes_no_queue_snapshot(
+    alice, catalogue, django_assert_num_queries
+):
+    job = submit_job(alice, SMALL)
+    assert job.mark_assigned("gpu-1") and job.mark_running("gpu-1", job.attempt)
+    with django_assert_num_queries(1):  # is anything queued? no: nobody to tell
+        publish_queue_positions()
+
+
+def test_with_a_dispatcher_alive_a_job_start_asks_it_for_the_queues_positions(
+    alice, bob, catalogue, redis_client, django_assert_num_queries
+):
+    submit_job(alice, SMALL)
+    redis_client.set(ALIVE_KEY, "1", ex=30)  # a dispatcher serves (not this test's thread)
+    with django_assert_num_queries(1):
+        publish_queue_positions()
+    assert redis_client.lrange(WAKE_KEY, 0, -1) == [POSITIONS.encode()]
+
+
+async def next_event(layer, channel: str) -> dict:
+    return await asyncio.wait_for(layer.receive(channel), 5)
+
+
+@pytest.mark.parametrize("dispatcher_alive", [True, False])
+def test_after_the_queue_moved_every_queued_owner_hears_their_place(
+    alice, bob, catalogue, broker, redis_client, dispatcher_alive
+):
+    """From the dispatcher's snapshot when one is alive (it answers the positions request);
+    from a snapshot made by the caller where none is."""
+    layer = get_channel_layer()
+    assert layer is not None
+    inboxes = {}
+    for user in (alice, bob):
+        inboxes[user.pk] = async_to_sync(layer.new_channel)()
+        async_to_sync(layer.group_add)(user_group(user.pk), inboxes[user.pk])
+    jobs = {user.pk: submit_job(user, SMALL) for user in (alice, bob)}  # no worker: they wait
+    if dispatcher_alive:
+        redis_client.set(ALIVE_KEY, "1", ex=30)
+        publish_queue_positions()
+        assert answer_wake({POSITIONS})  # what the dispatcher thread runs for it; jobs wait
+    else:
+        publish_queue_positions()
+    places = set()
+    for user_id, job in jobs.items():
+        event = async_to_sync(next_event)(layer, inboxes[user_id])
+        assert (event["type"], event["job_id"]) == ("job.queued", str(job.pk))
+        places.add(event["position"])
+    assert places == {1, 2}
