@@ -77,6 +77,22 @@ _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# Take the lock (and clear the "run again" flag: this pass serves it), or leave that flag.
+_ACQUIRE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('del', KEYS[2])
+  return 1
+end
+redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
+return 0
+"""
+# After a round: asked for meanwhile, keep the lock for another (clearing the flag); else let
+# go. Atomic, so a request is either seen here or finds the lock free and runs its own pass.
+_AGAIN_OR_RELEASE = """
+if redis.call('del', KEYS[2]) == 1 then return 1 end
+if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 def worker_views(beats: dict[str, WorkerHeartbeat], held: Iterable[Job]) -> list[WorkerView]:
@@ -183,22 +199,21 @@ def schedule_pending(
     scheduler = scheduler or FairScheduler()
     speeds = speeds or SpeedCache()
     token = uuid.uuid4().hex
-    if not client.set(LOCK_KEY, token, nx=True, px=LOCK_TTL_MS):
-        client.set(AGAIN_KEY, "1", px=LOCK_TTL_MS)
-        return PassReport(assigned=[], rounds=0, skipped=True)
+    if not client.eval(_ACQUIRE, 2, LOCK_KEY, AGAIN_KEY, token, LOCK_TTL_MS):
+        return PassReport(assigned=[], rounds=0, skipped=True)  # the holder goes round again
     assigned: list[Assignment] = []
     rounds = 0
+    again = True  # a round is asked for (the last call's "run again" flag, already cleared)
     try:
-        while rounds < MAX_ROUNDS:
-            client.delete(AGAIN_KEY)
+        while again and rounds < MAX_ROUNDS:
             rounds += 1
             assigned += _one_pass(client, scheduler, speeds)
-            if not client.exists(AGAIN_KEY):
-                break
+            again = bool(client.eval(_AGAIN_OR_RELEASE, 2, LOCK_KEY, AGAIN_KEY, token))
     finally:
-        client.eval(_RELEASE, 1, LOCK_KEY, token)
-    if retry and client.exists(AGAIN_KEY):
-        # Asked for between our last check and the release: take it now, not on the next tick.
+        if again:  # out of rounds (or failed): still ours
+            client.eval(_RELEASE, 1, LOCK_KEY, token)
+    if retry and again and rounds == MAX_ROUNDS:
+        # Out of rounds with a pass still asked for: take it now, not on the next tick.
         more = schedule_pending(scheduler, client, retry=False, speeds=speeds)
         return PassReport(assigned=assigned + more.assigned, rounds=rounds + more.rounds)
     return PassReport(assigned=assigned, rounds=rounds)

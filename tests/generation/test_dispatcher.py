@@ -19,6 +19,7 @@ from generation.scheduling.dispatcher import (
     schedule_pending,
     wake_dispatcher,
 )
+from generation.scheduling.policy import FairScheduler
 from generation.submission import submit_job
 from generation.worker_events import handle_job_event
 from gpu_worker.protocol import JobEvent
@@ -152,6 +153,33 @@ def test_a_pass_asked_for_while_another_runs_is_run_by_that_one(
     report = schedule_pending()
     assert len(report.assigned) == 1 and not redis_client.exists(AGAIN_KEY)
     assert not redis_client.exists(LOCK_KEY)
+
+
+class AskingAgainScheduler(FairScheduler):
+    """The policy, with another trigger arriving during its first `plan` (as a job event or a
+    submission would, from another process): that trigger finds the lock held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.concurrent: list[bool] = []
+
+    def plan(self, *args, **kwargs):
+        if not self.concurrent:
+            self.concurrent.append(schedule_pending().skipped)
+        return super().plan(*args, **kwargs)
+
+
+def test_a_pass_asked_for_during_another_is_run_by_the_holder_and_the_lock_let_go(
+    alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    submit_job(alice, SMALL)
+    beat(redis_client, "gpu-1")
+    scheduler = AskingAgainScheduler()
+    with django_capture_on_commit_callbacks(execute=True):
+        report = schedule_pending(scheduler)
+    assert scheduler.concurrent == [True]  # skipped: the holder goes round again for it
+    assert report.rounds == 2 and len(report.assigned) == 1
+    assert not redis_client.exists(LOCK_KEY) and not redis_client.exists(AGAIN_KEY)
 
 
 def test_submission_answers_503_while_redis_is_unreachable_and_writes_nothing(
