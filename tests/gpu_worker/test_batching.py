@@ -1,6 +1,7 @@
-"""The batch runner on the demo model: jobs joining and leaving at step boundaries, each image
-equal to its serial render (Engine.run) within the stated tolerance, a job alone bit-identical,
-each job's own step count, CFG, sampler schedule, progress and interrupt."""
+"""The batch runner on the demo models (SD 1.x and the tiny SDXL): jobs joining and leaving at
+step boundaries, each image equal to its serial render (Engine.run) within the stated tolerance,
+a job alone bit-identical, each job's own step count, CFG, sampler schedule, progress and
+interrupt, and an SDXL job's own pooled embeddings and size ids."""
 
 from __future__ import annotations
 
