@@ -165,7 +165,14 @@ def test_sdxl_jobs_batched_each_match_their_serial_render(xl_engine: Any) -> Non
         xl_request(
             prompt="a boat", seed=2, steps=4, cfg_scale=1.0, batch_size=2, scheduler="Karras"
         ),  # fmt: skip
-        xl_request(prompt="a (tree:1.3)", negative_prompt="fog", seed=3, steps=3, cfg_scale=4.5),
+        # a prompt of two 77-token chunks: its rows go in a UNet call of their own
+        xl_request(
+            prompt="a (tree:1.3), " + "leaves, " * 60,
+            negative_prompt="fog",
+            seed=3,
+            steps=3,
+            cfg_scale=4.5,
+        ),  # fmt: skip
     ]
     outcomes = batch(xl_engine, requests, {1: 2, 2: 2})
     for request, outcome in zip(requests, outcomes, strict=True):
