@@ -102,7 +102,7 @@ def test_a_job_start_with_nobody_queued_makes_no_queue_snapshot(
 
 
 def test_with_a_dispatcher_alive_a_job_start_asks_it_for_the_queues_positions(
-    alice, bob, catalogue, redis_client, django_assert_num_queries
+    alice, catalogue, redis_client, django_assert_num_queries
 ):
     submit_job(alice, SMALL)
     redis_client.set(ALIVE_KEY, "1", ex=30)  # a dispatcher serves (not this test's thread)
