@@ -206,15 +206,12 @@ def through_platform(
     job.succeeded event on the user's group (no polling stealing CPU from the worker)."""
     import asyncio
 
-    from channels_redis.core import RedisChannelLayer
-
     from generation.events import user_group
     from generation.models import Job
+    from gpu_worker.channel_layer import make_channel_layer
 
     async def run() -> tuple[list[float], list[float], dict[str, list[float]]]:
-        layer = RedisChannelLayer(
-            hosts=[{"address": os.environ["REDIS_URL"], "socket_timeout": None}]
-        )
+        layer = make_channel_layer(os.environ["REDIS_URL"], os.environ.get("CHANNEL_LAYER", ""))
         channel = await layer.new_channel()
         await layer.group_add(user_group(user_id), channel)
         api = Api(port, token)
