@@ -7,12 +7,15 @@ behind trusted proxies.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from typing import Any, cast
 
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework.settings import api_settings
 from rest_framework.throttling import (
     AnonRateThrottle,
@@ -22,6 +25,8 @@ from rest_framework.throttling import (
 )
 
 from accounts.tiers import tier_of
+
+log = logging.getLogger(__name__)
 
 
 class WindowThrottle(SimpleRateThrottle):
@@ -37,6 +42,7 @@ class WindowThrottle(SimpleRateThrottle):
     # Set by SimpleRateThrottle.__init__ from the rate (its stubs leave them out).
     num_requests: int
     duration: int
+    window_start_ms: int = 0
 
     def get_rate(self) -> str | None:
         rates = api_settings.DEFAULT_THROTTLE_RATES
@@ -51,24 +57,44 @@ class WindowThrottle(SimpleRateThrottle):
         if self.key is None:
             return True
         self.now = self.timer()
-        count = None
-        while count is None:
-            try:
-                count = self.cache.incr(self.key)
-            except ValueError:  # no window open (or it closed just now): open one
-                count = 1 if self._open_window() else None
+        count, self.window_start_ms = count_in_window(
+            self.cache, self.key, self.duration, int(self.now * 1000)
+        )
         return count <= self.num_requests
 
-    def _open_window(self) -> bool:
-        """Start a window with this request as its first, unless one is open."""
-        if not self.cache.add(self.key, 1, timeout=self.duration):
-            return False
-        self.cache.set(f"{self.key}:start", self.now, timeout=self.duration)
-        return True
-
     def wait(self) -> float:
-        started = self.cache.get(f"{self.key}:start", self.now)
-        return max(0.0, started + self.duration - self.now)
+        return max(0.0, self.window_start_ms / 1000 + self.duration - self.now)
+
+
+def count_in_window(cache: Any, key: str, window_seconds: int, now_ms: int) -> tuple[int, int]:
+    """Count one more call in `key`'s window in Django's Redis cache: (calls so far, the
+    window's start in ms). A window opens at the first call and closes `window_seconds` later,
+    atomically in one round trip (a counter checked, then incremented, could outlive its
+    expiry and count for ever). Redis unreachable: (0, now_ms), nothing counted: the limits
+    fail open, as the cache does (config/cache.py)."""
+    counter = cache.make_and_validate_key(key)
+    start = cache.make_and_validate_key(f"{key}:start")
+    try:
+        client = cache._cache.get_client(counter, write=True)
+        count, started = client.eval(
+            _COUNT_IN_WINDOW, 2, counter, start, window_seconds * 1000, now_ms
+        )
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        log.warning("rate limit not counted, Redis unreachable: %s", exc)
+        return 0, now_ms
+    return int(count), int(started)
+
+
+# KEYS: the counter, its window's start; ARGV: window ms, now ms.
+_COUNT_IN_WINDOW = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1])
+  return {count, tonumber(ARGV[2])}
+end
+return {count, tonumber(redis.call('GET', KEYS[2]) or ARGV[2])}
+"""
 
 
 class TierUserThrottle(WindowThrottle, UserRateThrottle):

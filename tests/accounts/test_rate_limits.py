@@ -147,6 +147,19 @@ def test_throttle_counters_live_in_redis_for_every_web_process(redis_client, ali
     assert any(key.endswith(f"throttle_user_{alice.pk}") for key in keys)
 
 
+def test_a_rate_window_always_expires(redis_client, alice, tiers):
+    """Counted in one atomic step: a counter never outlives its minute, so a member is never
+    throttled for good."""
+    client = APIClient()
+    client.credentials(**bearer(alice))
+    for _ in range(3):
+        client.get(reverse("api-me"))
+    (counter,) = [k for k in redis_client.scan_iter("*throttle_user*") if not k.endswith(b":start")]
+    assert redis_client.get(counter) == b"3"
+    assert 0 < redis_client.pttl(counter) <= 60_000
+    assert 0 < redis_client.pttl(counter + b":start") <= 60_000
+
+
 # --- A1111 API --------------------------------------------------------------------------------
 
 

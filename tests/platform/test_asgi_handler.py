@@ -1,0 +1,70 @@
+"""The ASGI handler (config/asgi_handler.py): a sync view's request crosses from the event loop
+to its thread once, not once per middleware hook, and answers exactly as before (the
+middleware still applies); async views keep the async chain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from asgiref import sync
+from asgiref.sync import sync_to_async
+from django.db import connections
+from django.test import RequestFactory
+
+from accounts.models import ApiToken
+from config.asgi_handler import is_async_view
+from tests.asgi_calls import call
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def hops(monkeypatch) -> Iterator[list[str]]:
+    """Every loop -> thread hop (asgiref's SyncToAsync calls) during a request, by callee."""
+    seen: list[str] = []
+    original = sync.SyncToAsync.__call__
+
+    async def counted(self, *args, **kwargs):
+        seen.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(sync.SyncToAsync, "__call__", counted)
+    yield seen
+
+
+@pytest.fixture
+async def closed_connections():
+    yield
+    await sync_to_async(connections.close_all)()
+
+
+@pytest.mark.usefixtures("closed_connections")
+async def test_a_rest_call_crosses_to_its_thread_once_and_keeps_its_middleware(alice, hops):
+    _, secret = await sync_to_async(ApiToken.issue)(alice, "script")
+    answer = await call("GET", "/api/v1/samplers/", headers=[("authorization", f"Bearer {secret}")])
+    assert answer.status == 200 and answer.json()
+    # What the middleware adds is still there (security headers, the frame refusal).
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    # The view and its whole chain in one hop; the rest is Django's request signals and close.
+    assert hops.count("BaseHandler.get_response") == 1
+    assert len(hops) <= 4, hops
+
+
+@pytest.mark.usefixtures("closed_connections")
+async def test_a_page_and_an_unknown_path_answer_through_the_sync_chain(hops):
+    page = await call("GET", "/accounts/login/")
+    assert page.status == 200 and "csrftoken" in page.cookies  # CSRF middleware ran
+    missing = await call("GET", "/no/such/page/")
+    assert missing.status == 404
+    assert hops.count("BaseHandler.get_response") == 2
+
+
+def test_only_async_views_take_the_async_chain():
+    factory = RequestFactory()
+    assert is_async_view(factory.post("/sdapi/v1/txt2img"))
+    assert is_async_view(factory.get("/sdapi/v1/progress"))
+    assert not is_async_view(factory.post("/api/v1/jobs/"))
+    assert not is_async_view(factory.get("/"))
+    assert not is_async_view(factory.get("/no/such/page/"))
