@@ -37,10 +37,11 @@ class CancelWatch:
         """`pool`: RESP3 connections to the flags' Redis (see `for_client`); one is taken when
         first asked."""
         self._pool = pool
-        self._connection: redis.connection.AbstractConnection | None = None
+        self._connection: redis.connection.Connection | None = None
         self._lock = threading.Lock()
         self._retry_at = 0.0
         self._version = 0
+        self._warned = False  # once per outage: a Redis without tracking would warn forever
 
     @classmethod
     def for_client(cls, client: redis.Redis) -> CancelWatch:
@@ -62,13 +63,12 @@ class CancelWatch:
                 while connection.can_read(timeout=0):
                     connection.read_response(push_request=True)
                     self._version += 1
-            except Exception:
-                log.warning("cancel watch lost its connection: flags read at every step")
-                self._stop()
+            except Exception as exc:
+                self._stop(f"cancel watch lost its connection ({exc}): flags read every step")
                 return None
             return self._version
 
-    def _start(self) -> redis.connection.AbstractConnection | None:
+    def _start(self) -> redis.connection.Connection | None:
         if time.monotonic() < self._retry_at:
             return None
         try:
@@ -76,17 +76,21 @@ class CancelWatch:
             self._connection = connection
             connection.send_command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", CANCEL_PREFIX)
             connection.read_response()
-        except Exception:
-            log.warning("no cancel watch (Redis down, or without RESP3 tracking): flags read")
-            self._stop()
+        except Exception as exc:
+            self._stop(f"no cancel watch ({exc}; Redis down, or no RESP3 tracking): flags read")
             return None
         self._version += 1  # anything may have changed while not tracking
+        self._warned = False
         return connection
 
-    def _stop(self) -> None:
+    def _stop(self, why: str) -> None:
+        if not self._warned:
+            log.warning("%s", why)
+            self._warned = True
         self._retry_at = time.monotonic() + RETRY_SECONDS
         if self._connection is not None:
             self._connection.disconnect()
+            self._pool.release(self._connection)  # reconnected when taken again
             self._connection = None
 
     def close(self) -> None:
