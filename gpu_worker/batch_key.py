@@ -9,13 +9,16 @@ What must be equal is what the UNet and its weights see: the checkpoint and VAE,
 (names and weights, in order: the adapters are summed in that order), the size (the latents'
 shape) and the sampler family (the diffusers scheduler class: every job keeps its own scheduler,
 timesteps, seed, prompt, CFG and step count; one class keeps the timesteps' dtype the same).
+The checkpoint also fixes the family: an SDXL job only ever shares a batch with SDXL jobs of
+that checkpoint, each with its own pooled embeddings and size ids (gpu_worker/batch_families.py).
 
 Kept on the serial path, because their passes are not one plain denoising loop: img2img and
 inpainting (their own noise and masks), hires fix (a second pass at another size), ControlNet
 (extra residuals per unit), prompt editing and alternation (conditioning switched per step),
 variation seeds and tiling (their own noise; circular padding changes the shared UNet), batch
 count > 1 (iterations one after another), and members' uploads (two owners' models may share a
-name). The worker also runs alone what its checkpoint cannot batch (SDXL, inpainting UNets).
+name). The worker also runs alone what its checkpoint cannot batch (inpainting UNets, LCM's
+guidance embedding, SDXL refiners).
 """
 
 from __future__ import annotations

@@ -2,13 +2,15 @@
 
 The runner drives the sampler loop itself, one model evaluation per tick, instead of calling
 the diffusers pipeline once per job. Each job keeps what diffusers' StableDiffusionPipeline
-would give it alone: its own scheduler instance, timesteps, CPU generators (seed), prompt
-embeddings, CFG scale, step count and step observer (progress and cancel). A tick builds one
-UNet input from every active job's scaled latents (negative and positive rows per image, as the
-pipeline stacks them), with per-row timesteps and text embeddings, then splits the output per
-job, applies that job's CFG and steps its own scheduler. So jobs of different step counts and
-CFG scales share the calls, and a job joins (between ticks, from `take_more`) or leaves (done,
-interrupted, skipped, failed) at a step boundary while the others go on.
+(SD 1.x/2.x) or StableDiffusionXLPipeline would give it alone: its own scheduler instance,
+timesteps, CPU generators (seed), prompt embeddings (and SDXL's pooled embeddings and size
+ids), CFG scale, step count and step observer (progress and cancel). A tick builds one UNet
+input from every active job's scaled latents (negative and positive rows per image, as the
+pipeline stacks them), with per-row timesteps and conditioning (gpu_worker/batch_families.py),
+then splits the output per job, applies that job's CFG and steps its own scheduler. So jobs of
+different step counts and CFG scales share the calls, and a job joins (between ticks, from
+`take_more`) or leaves (done, interrupted, skipped, failed) at a step boundary while the others
+go on.
 
 The only difference from a serial render is the batch itself: the UNet's kernels may sum in
 another order for another batch size, so pixels may differ by a rounding step; the bench
@@ -25,6 +27,7 @@ from typing import Any
 
 import torch
 
+from gpu_worker.batch_families import TextRows, batchable, decode, is_sdxl, text_rows
 from gpu_worker.batch_key import MAX_BATCH_IMAGES
 from gpu_worker.engine import (
     BatchSkipped,
@@ -61,7 +64,7 @@ class BatchJob:
     timesteps: list[torch.Tensor] = field(default_factory=list)
     index: int = 0  # the next timestep
     latents: torch.Tensor | None = None
-    cond: torch.Tensor | None = None  # [negatives, positives] rows (guided) or positives
+    text: TextRows | None = None  # its conditioning rows
     guided: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # scheduler.step's eta / generator
     generators: list[torch.Generator] = field(default_factory=list)
@@ -99,15 +102,13 @@ class BatchRunner:
 
     @staticmethod
     def supports(pipe: Any) -> bool:
-        """Whether this pipeline's UNet batches as the runner drives it (SD 1.x / 2.x with a
-        plain 4-channel UNet; SDXL's added conditioning, inpainting UNets and LCM's guidance
-        embedding run alone)."""
-        from diffusers import StableDiffusionPipeline
-
+        """Whether this pipeline's UNet batches as the runner drives it (SD 1.x / 2.x or SDXL
+        with a plain 4-channel UNet; inpainting UNets, LCM's guidance embedding and SDXL
+        refiners run alone)."""
         unet = getattr(pipe, "unet", None)
         return (
-            isinstance(pipe, StableDiffusionPipeline)
-            and unet is not None
+            unet is not None
+            and batchable(pipe)
             and unet.config.time_cond_proj_dim is None
             and not is_inpaint_model(pipe)
         )
@@ -212,8 +213,8 @@ class BatchRunner:
         active.append(job)
 
     def _setup(self, job: BatchJob, prepared: Prepared, pipe: Any) -> None:
-        """Set the job up as the engine and StableDiffusionPipeline.__call__ do before the
-        denoising loop, in the same order (so the same noise and schedule)."""
+        """Set the job up as the engine and the pipeline's __call__ do before the denoising
+        loop, in the same order (so the same noise and schedule)."""
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
             retrieve_timesteps,
         )
@@ -224,20 +225,16 @@ class BatchRunner:
         run.total = run._count(r["steps"], None)
         conditioning = run._schedules(prepared.prompt, prepared.negative, 0)[0].at(0)
         device = pipe._execution_device
-        encoder = pipe.text_encoder if pipe.text_encoder is not None else pipe.unet
-        positive = _per_image(conditioning["prompt_embeds"], job.images, encoder.dtype, device)
         job.guided = float(r["cfg_scale"]) > 1
-        if job.guided:
-            negative = conditioning["negative_prompt_embeds"]
-            negative = _per_image(negative, job.images, encoder.dtype, device)
-            job.cond = torch.cat([negative, positive])
-        else:
-            job.cond = positive
+        size = (r["width"], r["height"])
+        job.text = text_rows(pipe, conditioning, job.images, job.guided, size)
         job.seeds = [r["seed"] + b for b in range(job.images)]
         job.scheduler = run._scheduler(job.seeds[0])
         pipe.scheduler = job.scheduler  # as the serial path leaves it (the next base config)
         timesteps, _ = retrieve_timesteps(job.scheduler, r["steps"], device)
         job.timesteps = list(timesteps)
+        if is_sdxl(pipe) and hasattr(job.scheduler, "set_begin_index"):
+            job.scheduler.set_begin_index(0)  # as StableDiffusionXLPipeline, before its loop
         job.generators = run._generators(job.seeds)
         scale = int(pipe.vae_scale_factor)
         shape = (
@@ -246,7 +243,8 @@ class BatchRunner:
             r["height"] // scale,
             r["width"] // scale,
         )
-        noise = randn_tensor(shape, generator=job.generators, device=device, dtype=job.cond.dtype)
+        dtype = job.text.hidden.dtype
+        noise = randn_tensor(shape, generator=job.generators, device=device, dtype=dtype)
         job.latents = noise * job.scheduler.init_noise_sigma
         accepted = set(inspect.signature(job.scheduler.step).parameters)
         job.extra = {"eta": 0.0} if "eta" in accepted else {}
@@ -310,17 +308,10 @@ class BatchRunner:
     def _finish(self, job: BatchJob, pipe: Any) -> GenerationResult:
         """Decode the job's latents and make its PNGs, as the pipeline and the engine do."""
         run, prepared = job.run, job.prepared
-        assert run is not None and prepared is not None and job.cond is not None
+        assert run is not None and prepared is not None and job.text is not None
+        assert job.latents is not None
         t0 = time.perf_counter()
-        vae = pipe.vae
-        decoded = vae.decode(
-            job.latents / vae.config.scaling_factor, return_dict=False, generator=job.generators
-        )[0]
-        decoded, nsfw = pipe.run_safety_checker(decoded, pipe._execution_device, job.cond.dtype)
-        denormalize = [True] * decoded.shape[0] if nsfw is None else [not n for n in nsfw]
-        images = pipe.image_processor.postprocess(
-            decoded, output_type="pil", do_denormalize=denormalize
-        )
+        images = decode(pipe, job.latents, job.generators, job.text.hidden.dtype)
         job.sampling_s += time.perf_counter() - t0
         result = self._result(job)
         t0 = time.perf_counter()
@@ -345,15 +336,6 @@ class BatchRunner:
         return result
 
 
-def _per_image(
-    embeds: torch.Tensor, images: int, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """The pipeline's encode_prompt with given embeddings: cast, then repeated per image."""
-    embeds = embeds.to(dtype=dtype, device=device)
-    batch, length, _ = embeds.shape
-    return embeds.repeat(1, images, 1).view(batch * images, length, -1)
-
-
 def _unet_by_length(
     unet: Any,
     active: list[BatchJob],
@@ -362,18 +344,35 @@ def _unet_by_length(
 ) -> list[torch.Tensor]:
     """The UNet's noise prediction for each job: one call per text length (a long prompt has
     more 77-token chunks; padding it would change the attention), in the jobs' order."""
+    texts: list[TextRows] = []
     by_length: dict[int, list[int]] = {}
     for position, job in enumerate(active):
-        assert job.cond is not None
-        by_length.setdefault(int(job.cond.shape[1]), []).append(position)
+        assert job.text is not None
+        texts.append(job.text)
+        by_length.setdefault(int(job.text.hidden.shape[1]), []).append(position)
     outputs: list[torch.Tensor | None] = [None] * len(active)
     for positions in by_length.values():
         sample = torch.cat([inputs[p] for p in positions])
         timesteps = torch.cat([times[p] for p in positions])
-        cond = torch.cat([active[p].cond for p in positions])  # type: ignore[misc]
-        noise = unet(sample, timesteps, encoder_hidden_states=cond, return_dict=False)[0]
+        hidden, added = _stacked([texts[p] for p in positions])
+        noise = unet(
+            sample,
+            timesteps,
+            encoder_hidden_states=hidden,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )[0]
         for p, part in zip(
             positions, noise.split([active[p].rows for p in positions]), strict=True
         ):
             outputs[p] = part
     return [o for o in outputs if o is not None]
+
+
+def _stacked(texts: list[TextRows]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """The jobs' conditioning rows as one UNet call's: hidden states and, for SDXL, the added
+    conditioning (None for SD 1.x, as its pipeline passes)."""
+    hidden = torch.cat([t.hidden for t in texts])
+    names = texts[0].added.keys()
+    added = {name: torch.cat([t.added[name] for t in texts]) for name in names}
+    return hidden, added or None

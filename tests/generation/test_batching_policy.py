@@ -90,3 +90,22 @@ def test_below_capacity_a_compatible_job_gets_an_idle_worker_not_a_batch():
     idle = WorkerView(worker_id="w2", free_slots=2, hot=("demo",))
     made = plan([job("a0", "alice", 0)], [busy("w1", (KEY,)), idle])
     assert [(a.job_id, a.worker_id, a.reason) for a in made] == [("a0", "w2", "hot")]
+
+
+def test_an_sdxl_job_joins_a_busy_sdxl_worker_and_an_sd1_job_never_joins_its_batch():
+    # the same size, sampler and LoRA set: only the checkpoint (and so the family) differs
+    sdxl = {**BASE, "checkpoint": "sdxl-base", "prompt": "a castle <lora:ink:0.5>", "seed": 4}
+    xl_key = batch_key(sdxl)
+    assert xl_key is not None and xl_key != KEY
+    assert batch_key({**sdxl, "cfg_scale": 4.0, "steps": 30}) == xl_key
+    waiting = [
+        job("sd1", "alice", 0),
+        job("xl", "bob", 1, key=xl_key, checkpoint="sdxl-base"),
+    ]  # fmt: skip
+    worker = WorkerView(
+        worker_id="w1", free_slots=0, hot=("sdxl-base",), pending=("sdxl-base",),
+        batch_keys=(xl_key,),
+    )  # fmt: skip
+    assert [(a.job_id, a.worker_id, a.reason) for a in plan(waiting, [worker])] == [
+        ("xl", "w1", "batch")
+    ]

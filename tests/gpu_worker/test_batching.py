@@ -1,6 +1,7 @@
-"""The batch runner on the demo model: jobs joining and leaving at step boundaries, each image
-equal to its serial render (Engine.run) within the stated tolerance, a job alone bit-identical,
-each job's own step count, CFG, sampler schedule, progress and interrupt."""
+"""The batch runner on the demo models (SD 1.x and the tiny SDXL): jobs joining and leaving at
+step boundaries, each image equal to its serial render (Engine.run) within the stated tolerance,
+a job alone bit-identical, each job's own step count, CFG, sampler schedule, progress and
+interrupt, and an SDXL job's own pooled embeddings and size ids."""
 
 from __future__ import annotations
 
@@ -139,3 +140,47 @@ def test_a_job_that_cannot_start_fails_alone(engine: Any) -> None:
 @pytest.fixture(autouse=True)
 def _torch(torch: Any) -> None:
     """Marks these tests `engine` (tests/gpu_worker/conftest.py)."""
+
+
+# --- SDXL: the added conditioning (pooled embeddings, size ids) carried per row ---------------
+def xl_request(**overrides: Any) -> Any:
+    return demo_request(checkpoint="atelier-demo-xl", **overrides)
+
+
+def test_an_sdxl_job_alone_in_the_runner_is_bit_identical_to_the_serial_path(
+    xl_engine: Any,
+) -> None:
+    request = xl_request(seed=5, steps=4)
+    [alone] = batch(xl_engine, [request], {})
+    serial = xl_engine.run(request)
+    assert (pixels(alone.images[0]) == pixels(serial.images[0])).all()
+    assert alone.images[0]["infotext"] == serial.images[0]["infotext"]
+    assert alone.steps_done == serial.steps_done and alone.timings["batch_jobs"] == 1
+
+
+def test_sdxl_jobs_batched_each_match_their_serial_render(xl_engine: Any) -> None:
+    requests = [
+        xl_request(prompt="a red fox", seed=1, steps=6, cfg_scale=7.0),
+        # joins at the 2nd step: unguided (positive rows only), 2 images, another schedule
+        xl_request(
+            prompt="a boat", seed=2, steps=4, cfg_scale=1.0, batch_size=2, scheduler="Karras"
+        ),  # fmt: skip
+        # a prompt of two 77-token chunks: its rows go in a UNet call of their own
+        xl_request(
+            prompt="a (tree:1.3), " + "leaves, " * 60,
+            negative_prompt="fog",
+            seed=3,
+            steps=3,
+            cfg_scale=4.5,
+        ),  # fmt: skip
+    ]
+    outcomes = batch(xl_engine, requests, {1: 2, 2: 2})
+    for request, outcome in zip(requests, outcomes, strict=True):
+        serial = xl_engine.run(request)
+        assert outcome.steps_done == serial.steps_done == request["steps"]
+        assert len(outcome.images) == len(serial.images) == request["batch_size"]
+        for mine, alone in zip(outcome.images, serial.images, strict=True):
+            assert abs(pixels(mine) - pixels(alone)).max() <= TOLERANCE
+            assert mine["infotext"] == alone["infotext"]
+        assert outcome.timings["batch_jobs"] == 3
+    assert abs(pixels(outcomes[0].images[0]) - pixels(outcomes[2].images[0])).max() > TOLERANCE
