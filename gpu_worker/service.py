@@ -26,6 +26,7 @@ from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
 from gpu_worker.batch_key import MAX_BATCH_IMAGES, batch_key
 from gpu_worker.batch_queue import BatchQueue
+from gpu_worker.cancel_watch import CancelWatch
 from gpu_worker.detect_responder import DetectResponder
 from gpu_worker.heartbeat import Heartbeat, WorkerStatus
 from gpu_worker.model_downloads import DownloadCache, ModelFetchError
@@ -133,6 +134,8 @@ class WorkerService:
         self.previews = DetectResponder(
             redis_client, worker_id, self.preprocessors, engine.annotators.control_map
         )
+        # Tells each step whether its cancel flag may have changed (one connection, no reads).
+        self.cancel_watch = CancelWatch.for_client(redis_client)
 
     def preprocessors(self) -> list[str]:
         return worker_preprocessors(self.engine.models_dir)
@@ -334,7 +337,9 @@ class WorkerService:
             return self._send(self._event(request, "released"))
         started_wall = time.time()
         queued_s = max(0.0, started_wall - enqueued_at_ms / 1000) if enqueued_at_ms else None
-        if read_cancel_flag(self.redis, request["job_id"]) == "interrupt":
+        watched = self.cancel_watch.version()  # before the read: a flag set after it is seen
+        flag = read_cancel_flag(self.redis, request["job_id"])
+        if flag == "interrupt":
             return self._send(self._event(request, "cancelled", steps_done=0))
         if current:
             self.status.job_started(request["job_id"])
@@ -352,6 +357,8 @@ class WorkerService:
             publisher=self.publisher,
             min_interval=self.progress_interval,
             on_step=self.status.step if current else None,
+            cancel_watch=self.cancel_watch,
+            flag_read_at_version=watched if flag is None else None,  # a skip: the step acts
         )
         return _Admitted(monitor, queued_s)
 
@@ -660,6 +667,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         if self.heartbeat is not None:
             self.heartbeat.start()
         self.service.previews.start()
+        self.service.cancel_watch.version()  # tracking on before the first job's first step
         for name in self.preload:
             log.info("preloading %s", name)
             self.service.engine.preload(name)
@@ -680,6 +688,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         while not self.service.flush_events() and time.monotonic() < deadline:
             time.sleep(0.5)  # Redis is down: give it a moment before the events are lost
         self.service.previews.stop()
+        self.service.cancel_watch.close()
         if self.heartbeat is not None:
             self.heartbeat.stop()
 
