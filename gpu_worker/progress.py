@@ -22,6 +22,7 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from gpu_worker.channel_layer import close_channel_layer, make_channel_layer
 from gpu_worker.protocol import CANCEL_KEY, PROGRESS_KEY, ProgressEvent
 
 if TYPE_CHECKING:
@@ -51,17 +52,13 @@ LATENT_RGB = {
 }
 
 
-def channel_layer_hosts(redis_url: str) -> list[dict[str, Any]]:
-    # redis-py 8 defaults socket_timeout to 5 s while channels-redis blocks up to 5 s: None.
-    return [{"address": redis_url, "socket_timeout": None}]
-
-
 class ChannelPublisher:
     """Fire-and-forget group_send from sync code; `flush()` waits for what was sent."""
 
-    def __init__(self, redis_url: str = "", *, prefix: str = "asgi", layer: Any = None) -> None:
-        from channels_redis.core import RedisChannelLayer
-
+    def __init__(
+        self, redis_url: str = "", *, kind: str = "", prefix: str = "asgi", layer: Any = None
+    ) -> None:
+        """`layer` (the web's, from Django settings) or a new one of `kind` on `redis_url`."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="progress-publisher", daemon=True
@@ -69,7 +66,7 @@ class ChannelPublisher:
         self._thread.start()
         # One loop for the process's life, so the layer keeps its Redis connections (a fresh
         # loop per message, as async_to_sync makes outside an ASGI server, reconnects each time).
-        self.layer = layer or RedisChannelLayer(hosts=channel_layer_hosts(redis_url), prefix=prefix)
+        self.layer = layer or make_channel_layer(redis_url, kind, prefix=prefix)
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
 
@@ -91,9 +88,9 @@ class ChannelPublisher:
     def close(self) -> None:
         self.flush()
         try:
-            asyncio.run_coroutine_threadsafe(self.layer.flush(), self._loop).result(5)
+            asyncio.run_coroutine_threadsafe(close_channel_layer(self.layer), self._loop).result(5)
         except Exception:
-            log.debug("channel layer flush failed", exc_info=True)
+            log.debug("closing the channel layer failed", exc_info=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 

@@ -1,8 +1,8 @@
 """Submit a job through the one submission service and wait for it without tying anything up.
 
 The wait is pushed, not polled: the coroutine listens on the owner's channel-layer group for
-the job's terminal event (what the websocket relays; channels_redis serves every waiting call of
-a process with one blocking Redis read) and reads the job row only at the start and, since
+the job's terminal event (what the websocket relays; the channel layer serves every waiting call
+of a process over one Redis connection) and reads the job row only at the start and, since
 channel messages can be lost, every CHECK_SECONDS. No transaction stays open and no database
 connection is kept while waiting (a hundred waiting clients must not take a hundred Postgres
 connections). If the client goes away, Django cancels the waiting coroutine

@@ -8,19 +8,18 @@ import json
 
 import redis
 
+from gpu_worker.channel_layer import make_channel_layer
 from gpu_worker.engine import StepInfo
-from gpu_worker.progress import ChannelPublisher, JobMonitor, channel_layer_hosts
+from gpu_worker.progress import ChannelPublisher, JobMonitor
 from gpu_worker.protocol import PROGRESS_KEY
 
 
 def test_fast_steps_are_coalesced_and_the_last_step_is_always_sent(redis_url):
-    from channels_redis.core import RedisChannelLayer
-
     client = redis.Redis.from_url(redis_url)
     group = "jobs.user.progress-rate-test"
 
     async def run() -> list[int]:
-        layer = RedisChannelLayer(hosts=channel_layer_hosts(redis_url))
+        layer = make_channel_layer(redis_url)
         channel = await layer.new_channel()
         await layer.group_add(group, channel)
         publisher = ChannelPublisher(redis_url)
@@ -33,7 +32,7 @@ def test_fast_steps_are_coalesced_and_the_last_step_is_always_sent(redis_url):
         )
         for done in range(1, 41):
             monitor(StepInfo(done=done, total=40, iteration=0, latents=None, family="sd1"))
-        await asyncio.to_thread(publisher.flush)  # every send done (close would flush Redis)
+        await asyncio.to_thread(publisher.flush)  # every send done
         steps = []
         while True:
             try:
