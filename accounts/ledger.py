@@ -25,7 +25,7 @@ from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, DecimalField, F, Q, Sum, Value
+from django.db.models import Count, DecimalField, F, Q, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, Round
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -283,33 +283,37 @@ def charged_so_far(job_id: Any) -> Decimal:
 
 def _lock_open_hold(job_id: Any) -> tuple[int, Decimal] | None:
     """(account id, amount still held) of a job's unsettled hold, with the account row locked;
-    None when the job has no hold or was settled. Call inside a transaction."""
-    held_entry = (
-        CreditEntry.objects.filter(job_id=job_id, kind=Kind.HOLD)
-        .values("account_id", "held_delta")
+    None when the job has no hold or was settled. Call inside a transaction. Two round trips."""
+    # The account row lock, found through the job's hold in the same statement (the hold is
+    # read, not locked: it never changes). It serialises settlements: the second of two racing
+    # messages sees the first one's entry and stops. The unique constraint would refuse it too.
+    hold_account = CreditEntry.objects.filter(job_id=job_id, kind=Kind.HOLD).values("account_id")
+    account_id = (
+        CreditAccount.objects.select_for_update(no_key=True)
+        .filter(pk=Subquery(hold_account[:1]))
+        .values_list("pk", flat=True)
         .first()
     )
-    if held_entry is None:
+    if account_id is None:
         return None
-    account_id = held_entry["account_id"]
-    # The account row lock serialises settlements: the second of two racing messages sees
-    # the first one's entry and stops. The unique constraint would refuse it anyway.
-    CreditAccount.objects.select_for_update(no_key=True).filter(pk=account_id).values("pk").first()
-    # Settled already? and the parts charged so far: one read (a settlement pays for each).
-    after_hold = CreditEntry.objects.filter(job_id=job_id).aggregate(
+    # Read after the lock (a new statement, so a new snapshot under READ COMMITTED): settled
+    # already? and what is still held, the hold less the parts charged so far.
+    after_lock = CreditEntry.objects.filter(job_id=job_id).aggregate(
         settled=Count("pk", filter=Q(kind__in=CreditEntry.SETTLEMENTS)),
-        parts=Coalesce(
-            Sum("held_delta", filter=Q(kind=Kind.PART_CAPTURE)),
+        held=Coalesce(
+            Sum("held_delta", filter=Q(kind__in=(Kind.HOLD, Kind.PART_CAPTURE))),
             Value(ZERO, output_field=DecimalField()),
         ),
     )
-    if after_hold["settled"]:
+    if after_lock["settled"]:
         return None
-    return account_id, (held_entry["held_delta"] + after_hold["parts"]).quantize(CENT)
+    return account_id, after_lock["held"].quantize(CENT)
 
 
 def _settle(job_id: Any, charge: Decimal | None, reason: str) -> CreditEntry | None:
-    with transaction.atomic():
+    # No savepoint (two round trips saved per settlement): every caller settles inside its
+    # job's terminal transition and lets an error roll all of it back.
+    with transaction.atomic(savepoint=False):
         locked = _lock_open_hold(job_id)
         if locked is None:
             return None

@@ -10,14 +10,20 @@ daphne, the platform worker and one GPU worker (CPU, demo model preloaded).
   waiting     CALLS (500) concurrent A1111 `txt2img` calls held waiting (the GPU worker stopped
               first, so their jobs wait): daphne's thread count and memory before and with them
               all waiting (goal: threads flat, within +5; memory per waiting call printed)
-  websockets  SOCKETS (1,000) websockets of as many members on /ws/jobs/, each member's group
-              sent RATE (10) progress events a second for WS_SECONDS over the channel layer
-              by PUBLISHERS (4) separate processes, each for its share of the members (as
-              several GPU workers publish): what the publishers managed against what was due,
-              what the sockets received against what was really sent (daphne's share), the
-              delivery lag p95 and daphne's CPU over the window (goal: received / sent >= 0.95,
-              lag p95 < 1 s). A daphne near 100 % of a core is the limit; a publisher or
-              receiver short of CPU shows as sent / due below 1 or as lag with daphne idle.
+  websockets  SOCKETS (1,000) websockets of as many members on /ws/jobs/ (bench/ws_load.py:
+              receivers that only count frames), first idle for a while, then one step per
+              offered rate: 10, 25, 50 and 100 % of the goal's RATE (10) events a second per
+              socket, for WS_SECONDS each, group_sent over the configured channel layer
+              ($CHANNEL_LAYER) by PUBLISHERS (4) processes (as several GPU workers publish).
+              Per step: what the publishers managed against what was due, what the sockets
+              received against what was really sent (daphne's share), the delivery lag p95,
+              each side's CPU, and daphne's CPU per delivered event (its idle cost with the
+              sockets open taken out). At the goal's rate: received / sent >= 0.95 and lag
+              p95 < 1 s; and, since on a small machine the load generators and Redis take
+              cores daphne would have, the rate at which one daphne process fills one core
+              (1e6 / us per event, from the steps it kept up with) against the goal's rate.
+
+    --websockets-only   skip idle and waiting (and the GPU worker)
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +53,20 @@ from support import (
     vs_goal,
     wait_until,
 )
+from ws_load import PREVIEW_CHARS, Tally, open_sockets
+
+from gpu_worker.channel_layer import DEFAULT_CHANNEL_LAYER
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = "--quick" in sys.argv
+WEBSOCKETS_ONLY = "--websockets-only" in sys.argv
 IDLE_SECONDS = float(os.environ.get("BENCH_IDLE_SECONDS", "10" if QUICK else "30"))
 CALLS = int(os.environ.get("BENCH_CALLS", "500"))
 SOCKETS = int(os.environ.get("BENCH_SOCKETS", "1000"))
 RATE = float(os.environ.get("BENCH_WS_RATE", "10"))
 PUBLISHERS = int(os.environ.get("BENCH_PUBLISHERS", "4"))
 WS_SECONDS = float(os.environ.get("BENCH_WS_SECONDS", "5" if QUICK else "10"))
+WS_IDLE_SECONDS = 5 if QUICK else 15
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -152,96 +164,167 @@ def member_sessions(count: int) -> list[tuple[int, str]]:
     return sessions
 
 
-PUBLISHER = """
-import asyncio, json, os, sys, time
-from channels_redis.core import RedisChannelLayer
-ids = json.loads(sys.argv[1]); rate = float(sys.argv[2]); seconds = float(sys.argv[3])
-async def main():
-    layer = RedisChannelLayer(hosts=[{"address": os.environ["REDIS_URL"], "socket_timeout": None}])
-    start = time.monotonic(); tick = 0; sent_count = 0
-    while time.monotonic() - start < seconds:
-        due = start + tick / rate
-        await asyncio.sleep(max(0.0, due - time.monotonic()))
-        sent = time.time()
-        for first in range(0, len(ids), 50):  # within the layer's connection pool
-            await asyncio.gather(*(layer.group_send(f"jobs.user.{i}", {
-                "type": "job.progress", "job_id": "bench", "step": tick, "steps": 0,
-                "eta": sent, "preview": ""}) for i in ids[first:first + 50]))
-            sent_count += len(ids[first:first + 50])
-        tick += 1
-    print(sent_count, flush=True)  # group_sends done (due: rate x seconds per member)
-asyncio.run(main())
-"""
+def offered_rates() -> list[float]:
+    """Total events a second over all sockets, one step each; the goal's rate is the last."""
+    goal = RATE * SOCKETS
+    return [goal * share for share in (0.1, 0.25, 0.5, 1.0)]
+
+
+async def publish_step(ids: list[int], rate: float) -> tuple[int, float]:
+    """PUBLISHERS processes share `ids` and `rate` for WS_SECONDS: (sent, their CPU seconds)."""
+    shares = [ids[i::PUBLISHERS] for i in range(PUBLISHERS) if ids[i::PUBLISHERS]]
+    start_at = time.time() + 1.5  # all publishers importing, then starting together
+    publishers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "bench" / "ws_load.py"),
+            "publish",
+            json.dumps(share),
+            str(rate / len(shares)),
+            str(WS_SECONDS),
+            str(start_at),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for share in shares
+    ]
+    outputs = [(await p.communicate())[0].split() for p in publishers]
+    if any(p.returncode for p in publishers):
+        raise SystemExit("a publisher failed (its traceback is above)")
+    return sum(int(out[0]) for out in outputs if out), sum(float(o[1]) for o in outputs if o)
+
+
+async def drained(tally: Tally, sent: int, patience: float = 3.0) -> None:
+    """Until every sent event arrived, or nothing more arrived for `patience` seconds."""
+    last, quiet_since = -1, time.monotonic()
+    while tally.received < sent and time.monotonic() - quiet_since < patience:
+        if tally.received != last:
+            last, quiet_since = tally.received, time.monotonic()
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class WsStep:
+    offered: float  # events/s asked of the publishers
+    sent: int
+    received: int
+    seconds: float  # window: the publishers' run and the drain after it
+    lag_p95: float
+    daphne_cpu: float
+    publishers_cpu: float
+    receivers_cpu: float
+    worst_socket: int
+    idle_share: float = 0.0  # daphne's CPU share with the sockets open and nothing sent
+
+    @property
+    def us_per_event(self) -> float:
+        busy = self.daphne_cpu - self.idle_share * self.seconds
+        return max(busy, 0.0) / max(self.received, 1) * 1e6
+
+
+async def idle_share_with_sockets(daphne: subprocess.Popen[bytes]) -> float:
+    """Daphne's CPU share with every socket open and no event (pings, the layer's polls)."""
+    await asyncio.sleep(2)  # the connects' work settles
+    cpu, began = cpu_seconds(daphne.pid), time.monotonic()
+    await asyncio.sleep(WS_IDLE_SECONDS)
+    return (cpu_seconds(daphne.pid) - cpu) / (time.monotonic() - began)
+
+
+async def measure_step(
+    daphne: subprocess.Popen[bytes], ids: list[int], tally: Tally, rate: float, idle: float
+) -> WsStep:
+    tally.reset(len(ids))
+    cpu = cpu_seconds(daphne.pid)
+    own_cpu, began = time.process_time(), time.monotonic()
+    sent, publishers_cpu = await publish_step(ids, rate)
+    await drained(tally, sent)
+    lags = sorted(tally.lags)
+    return WsStep(
+        offered=rate,
+        sent=sent,
+        received=tally.received,
+        seconds=time.monotonic() - began,
+        lag_p95=lags[int(len(lags) * 0.95)] if lags else float("nan"),
+        daphne_cpu=cpu_seconds(daphne.pid) - cpu,
+        publishers_cpu=publishers_cpu,
+        receivers_cpu=time.process_time() - own_cpu,
+        worst_socket=min(tally.per_socket),
+        idle_share=idle,
+    )
+
+
+def print_ws_steps(idle: float, steps: list[WsStep]) -> None:
+    layer = os.environ.get("CHANNEL_LAYER") or DEFAULT_CHANNEL_LAYER
+    print(
+        f"{SOCKETS} websockets, one daphne, channel layer {layer!r}, {PUBLISHERS} publisher "
+        f"processes, {WS_SECONDS:.0f} s a step, events with a {PREVIEW_CHARS}-character preview:"
+    )
+    load = " / ".join(f"{n:.1f}" for n in os.getloadavg())
+    print(f"  machine: {os.cpu_count()} cores, load average {load} (1 / 5 / 15 min) at the end")
+    print(f"  daphne idle with the sockets open: {idle * 100:.2f} % of a core")
+    print(
+        "  offered/s  sent/due  recv/sent  lag p95  daphne CPU  us/event  "
+        "publishers CPU  receivers CPU"
+    )
+    for step in steps:
+        share = 100 / step.seconds  # CPU seconds -> % of a core over the step
+        print(
+            f"  {step.offered:9.0f}  {step.sent / (step.offered * WS_SECONDS):8.2f}"
+            f"  {step.received / max(step.sent, 1):9.2f}  {step.lag_p95 * 1000:5.0f} ms"
+            f"  {step.daphne_cpu * share:8.0f} %  {step.us_per_event:8.0f}"
+            f"  {step.publishers_cpu * share:12.0f} %  {step.receivers_cpu * share:11.0f} %"
+        )
+    goal = steps[-1]
+    delivered = goal.received / max(goal.sent, 1)
+    print(f"  at the goal's {goal.offered:.0f} events/s:")
+    print(f"    received / sent (daphne)       {vs_goal(delivered, '>= 0.95')}")
+    print(f"    lag p95                        {goal.lag_p95 * 1000:.0f} ms  (goal < 1000 ms)")
+    print(f"    worst socket got {goal.worst_socket / (RATE * WS_SECONDS):.2f} of its due events")
+    # Per-event cost at the highest rate daphne kept up with: a saturated step's figure
+    # counts only the events it managed to read, at the cost of a starved process.
+    kept_up = [s for s in steps if s.received >= 0.95 * s.sent]
+    basis = kept_up[-1] if kept_up else steps[0]
+    which = "the highest rate fully delivered" if kept_up else "none fully delivered; lowest"
+    saturation = 1e6 / max(basis.us_per_event, 1e-9)
+    print(
+        f"    daphne CPU per delivered event {basis.us_per_event:.0f} us (at {basis.offered:.0f}/s,"
+        f" {which}): one process fills one core at ~{saturation:,.0f} events/s"
+    )
+    print(
+        f"    one core's capacity / the goal's rate  {vs_goal(saturation / goal.offered, '>= 1')}"
+    )
 
 
 def websockets(port: int, daphne: subprocess.Popen[bytes]) -> None:
-    import aiohttp
-
     sessions = member_sessions(SOCKETS)
+    ids = [pk for pk, _key in sessions]
 
-    async def run() -> tuple[list[int], list[float], int, float]:
-        counts = [0] * len(sessions)
-        lags: list[float] = []
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as http:
-            sockets = []
-            for _pk, key in sessions:
-                ws = await http.ws_connect(
-                    f"http://127.0.0.1:{port}/ws/jobs/",
-                    headers={"Cookie": f"sessionid={key}", "Origin": f"http://127.0.0.1:{port}"},
-                )
-                sockets.append(ws)
+    async def run() -> tuple[float, list[WsStep]]:
+        tally = Tally()
+        sockets = await open_sockets(port, [key for _pk, key in sessions], tally)
+        try:
+            idle = await idle_share_with_sockets(daphne)
+            steps = [await measure_step(daphne, ids, tally, r, idle) for r in offered_rates()]
+            return idle, steps
+        finally:
+            for sock in sockets:
+                sock.close()
 
-            async def listen(index: int, ws: Any) -> None:
-                async for message in ws:
-                    event = json.loads(message.data)
-                    if event.get("type") == "job.progress":
-                        counts[index] += 1
-                        lags.append(time.time() - float(event["eta"]))
+    idle, steps = asyncio.run(run())
+    print_ws_steps(idle, steps)
 
-            listeners = [asyncio.create_task(listen(i, ws)) for i, ws in enumerate(sockets)]
-            ids = [pk for pk, _ in sessions]
-            shares = [ids[i::PUBLISHERS] for i in range(PUBLISHERS)]
-            cpu_before, wall_before = cpu_seconds(daphne.pid), time.monotonic()
-            publishers = [
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-c",
-                    PUBLISHER,
-                    json.dumps(share),
-                    str(RATE),
-                    str(WS_SECONDS),
-                    stdout=asyncio.subprocess.PIPE,
-                )
-                for share in shares
-                if share
-            ]
-            outputs = [await p.communicate() for p in publishers]
-            await asyncio.sleep(2)  # what is still in flight arrives
-            daphne_share = (cpu_seconds(daphne.pid) - cpu_before) / (time.monotonic() - wall_before)
-            for task in listeners:
-                task.cancel()
-            for ws in sockets:
-                await ws.close()
-        sent = sum(int(out.split()[-1]) for out, _err in outputs if out.split())
-        return counts, lags, sent, daphne_share
 
-    counts, lags, sent, daphne_share = asyncio.run(run())
-    due = RATE * WS_SECONDS * len(sessions)
-    received = sum(counts)
-    lags.sort()
-    lag95 = lags[int(len(lags) * 0.95)] if lags else float("nan")
-    print(
-        f"{SOCKETS} websockets, {RATE:g} events/s each for {WS_SECONDS:.0f} s "
-        f"(one daphne, {PUBLISHERS} publisher processes):"
-    )
-    print(f"  sent / due (publishers)          ratio {sent / due:.2f}")
-    print(f"  received / sent (daphne)         {vs_goal(received / max(sent, 1), '>= 0.95')}")
-    print(
-        f"  received / due {received / due:.2f}; worst socket "
-        f"{min(counts) / (RATE * WS_SECONDS):.2f}; delivery lag p95 {lag95 * 1000:.0f} ms; "
-        f"daphne CPU {daphne_share * 100:.0f} % of a core"
-    )
+def idle_and_waiting(
+    procs: dict[str, subprocess.Popen[bytes]], port: int, token: str, worker_id: str
+) -> None:
+    import redis
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    wait_until(lambda: client.exists(f"atelier:worker:{worker_id}"), 120, "the GPU worker")
+    idle_cost(procs)
+    gpu = procs.pop("GPU worker")
+    gpu.terminate()
+    gpu.wait(timeout=60)
+    waiting_calls(procs["web (daphne)"], port, token)
 
 
 def main() -> int:
@@ -267,19 +350,13 @@ def main() -> int:
             env,
         ),
         "platform worker": start([python, "manage.py", "run_platform_worker"], env),
-        "GPU worker": start(gpu_worker_args(tmp / "models", worker_id, tmp / "cache"), env),
     }
+    if not WEBSOCKETS_ONLY:
+        procs["GPU worker"] = start(gpu_worker_args(tmp / "models", worker_id, tmp / "cache"), env)
     try:
-        import redis
-
-        client = redis.Redis.from_url(env["REDIS_URL"])
         wait_until(lambda: Api(port, token).call("GET", "/api/v1/me/")[0] == 200, 30, "the web")
-        wait_until(lambda: client.exists(f"atelier:worker:{worker_id}"), 120, "the GPU worker")
-        idle_cost(procs)
-        gpu = procs.pop("GPU worker")
-        gpu.terminate()
-        gpu.wait(timeout=60)
-        waiting_calls(procs["web (daphne)"], port, token)
+        if not WEBSOCKETS_ONLY:
+            idle_and_waiting(procs, port, token, worker_id)
         websockets(port, procs["web (daphne)"])
     finally:
         stop(procs.values())

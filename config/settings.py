@@ -22,6 +22,7 @@ from config.env import (
     env_networks,
     env_str,
 )
+from gpu_worker.channel_layer import channel_layer_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("ATELIER_VAR_DIR", str(BASE_DIR / "var")))
@@ -241,14 +242,12 @@ STORAGES = {
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # socket_timeout None: redis-py 8 defaults to 5 s, shorter than channels-redis's
-        # blocking read, which would drop idle websockets every 5 s.
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
-    }
-}
+# Every process must use the same layer (gpu_worker.channel_layer says why and which).
+CHANNEL_LAYER = env_str("CHANNEL_LAYER", "")
+try:
+    CHANNEL_LAYERS = {"default": channel_layer_settings(REDIS_URL, CHANNEL_LAYER)}
+except ValueError as error:
+    raise ImproperEnvironment(str(error)) from None
 
 EMAIL_BACKEND = env_str(
     "EMAIL_BACKEND",

@@ -11,6 +11,7 @@ import base64
 import io
 import logging
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -41,6 +42,7 @@ from gpu_worker.protocol import MergedModel, ResultImage
 
 logger = logging.getLogger(__name__)
 THUMBNAIL_SIDE = 256
+THUMBNAIL_QUALITY = 80
 
 
 def image_payload(image: JobImage) -> ImagePayload:
@@ -77,28 +79,45 @@ def _thumbnail(image: Image.Image) -> bytes:
     thumb = image.convert("RGB")
     thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
     out = io.BytesIO()
-    thumb.save(out, "WEBP", quality=80)
+    # method 0 (libwebp's fastest) at the same quality: a few percent larger, 2-5x faster than
+    # the default 4, and recording a result waits on it.
+    thumb.save(out, "WEBP", quality=THUMBNAIL_QUALITY, method=0)
     return out.getvalue()
 
 
-def _save_image(job: Job, index: int, result: ResultImage) -> JobImage:
+@dataclass(frozen=True)
+class _DecodedImage:
+    """A result image checked and measured, its thumbnail made: what storing it needs."""
+
+    result: ResultImage
+    png: bytes
+    thumbnail: bytes
+    width: int
+    height: int
+
+
+def _decode_image(result: ResultImage) -> _DecodedImage:
     png = base64.b64decode(result["png_b64"], validate=True)
     with Image.open(io.BytesIO(png)) as decoded:
         decoded.load()
         width, height = decoded.size
         thumb = _thumbnail(decoded)
+    return _DecodedImage(result, png, thumb, width, height)
+
+
+def _stored_image(job: Job, index: int, decoded: _DecodedImage) -> JobImage:
+    """The image's files written to storage; its row is left to one insert for the job."""
     image = JobImage(
         job=job,
         owner_id=job.owner_id,
         index=index,
-        seed=int(result["seed"]),
-        infotext=result.get("infotext", ""),
-        width=width,
-        height=height,
+        seed=int(decoded.result["seed"]),
+        infotext=decoded.result.get("infotext", ""),
+        width=decoded.width,
+        height=decoded.height,
     )
-    image.file.save("image.png", ContentFile(png), save=False)
-    image.thumbnail.save("thumb.webp", ContentFile(thumb), save=False)
-    image.save()
+    image.file.save("image.png", ContentFile(decoded.png), save=False)
+    image.thumbnail.save("thumb.webp", ContentFile(decoded.thumbnail), save=False)
     return image
 
 
@@ -113,10 +132,14 @@ def succeed_job(
     """Record the images (or a merge's model file) of a finished job. A redelivered
     'succeeded' loses the claim and creates nothing; a failure while storing rolls the claim
     back so the message is retried."""
+    # Decoding and thumbnails hold no lock: done before the transaction, which then only writes.
+    decoded = [_decode_image(result) for result in images]
     with transaction.atomic():
         if not job.mark_succeeded(attempt, worker_id, timings):
             return False
-        saved = [_save_image(job, index, result) for index, result in enumerate(images)]
+        saved = JobImage.objects.bulk_create(
+            [_stored_image(job, index, image) for index, image in enumerate(decoded)]
+        )
         if model is not None:
             attach_merged_file(job, model)
         capture_hold(job)

@@ -373,15 +373,31 @@ class Job(models.Model):
     # --- transitions: each a conditional update; True only for the call that changed the row ---
 
     def _claim(
-        self, from_statuses: tuple[str, ...], attempt: int | None = None, **changes: Any
+        self,
+        from_statuses: tuple[str, ...],
+        attempt: int | None = None,
+        *,
+        reload: bool = True,
+        **changes: Any,
     ) -> bool:
+        """`reload=False` spares the read-back: the instance takes the values written, and a
+        field the database computed (an expression) is read on first use, as a deferred one."""
         rows = Job.objects.filter(pk=self.pk, status__in=from_statuses)
         if attempt is not None:
             rows = rows.filter(attempt=attempt)
         won = rows.update(**changes) == 1
-        if won:
+        if won and reload:
             self.refresh_from_db()
+        elif won:
+            self._take_written(changes)
         return won
+
+    def _take_written(self, changes: dict[str, Any]) -> None:
+        for name, value in changes.items():
+            if hasattr(value, "resolve_expression"):
+                self.__dict__.pop(name, None)  # deferred: loaded when read
+            else:
+                setattr(self, name, value)
 
     def mark_assigned(self, worker_id: str) -> bool:
         """Hand a waiting job to `worker_id` as the next attempt. Two schedulers racing: only one
@@ -448,10 +464,12 @@ class Job(models.Model):
         steps_done: int | None = None,
     ) -> bool:
         # From QUEUED too: the 'started' event may be processed after 'succeeded' (two threads).
+        # No read-back: recording a result is on every job's critical path.
         now = timezone.now()
         return self._claim(
             self.UNFINISHED,
             attempt,
+            reload=False,
             status=self.Status.SUCCEEDED,
             finished_at=now,
             started_at=Coalesce(F("started_at"), Value(now)),

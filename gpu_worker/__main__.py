@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_worker.batch_key import MAX_BATCH_IMAGES
+from gpu_worker.channel_layer import CHANNEL_LAYER_BACKENDS, DEFAULT_CHANNEL_LAYER
 from gpu_worker.protocol import (
     DEFAULT_DOWNLOAD_BYTES_PER_S,
     HEARTBEAT_INTERVAL_SECONDS,
@@ -163,6 +164,12 @@ def add_worker_options(p: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--channel-redis-url",
         default=None,
         help="Redis of the Channels layer for progress (default: the broker's)",
+    )
+    p.add_argument(
+        "--channel-layer",
+        default=os.environ.get("CHANNEL_LAYER", ""),
+        choices=["", *CHANNEL_LAYER_BACKENDS],
+        help="the web's CHANNEL_LAYER (default $CHANNEL_LAYER or " + DEFAULT_CHANNEL_LAYER + ")",
     )
     p.add_argument(
         "--worker-id",
@@ -369,7 +376,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         url=redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
     )
     redis_client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
-    publisher = ChannelPublisher(args.channel_redis_url or redis_url)
+    publisher = ChannelPublisher(args.channel_redis_url or redis_url, kind=args.channel_layer)
     service = WorkerService(
         engine=engine,
         broker=broker,

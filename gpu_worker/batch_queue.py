@@ -34,6 +34,12 @@ class Claimed:
     message_id: str
     request: GenerationRequest
     enqueued_at_ms: int | None
+    message: dramatiq.Message  # to send again for a retry (WorkerService.generate_batch)
+
+    @property
+    def retries(self) -> int:
+        """How often Dramatiq retried it already."""
+        return int(self.message.options.get("retries", 0))
 
 
 def _text(value: Any) -> str:
@@ -73,7 +79,7 @@ class BatchQueue:
             if not self.client.lrem(self.queue_key, 1, message_id):
                 continue  # fetched by Dramatiq or claimed first
             room -= images
-            claimed.append(Claimed(message_id, request, message.message_timestamp))
+            claimed.append(Claimed(message_id, request, message.message_timestamp, message))
         return claimed
 
     def ack(self, message_id: str) -> None:

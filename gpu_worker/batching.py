@@ -12,6 +12,10 @@ different step counts and CFG scales share the calls, and a job joins (between t
 `take_more`) or leaves (done, interrupted, skipped, failed) at a step boundary while the others
 go on.
 
+A crash of the batch itself (the shared UNet call out of memory: a batch of SDXL jobs at 1024 px
+needs far more than one of them) is no one job's fault: the runner frees device memory and hands
+the jobs it left unreported back to its caller, which runs each again alone (the serial path).
+
 The only difference from a serial render is the batch itself: the UNet's kernels may sum in
 another order for another batch size, so pixels may differ by a rounding step; the bench
 (bench/bench_batching.py) measures the largest difference and the tests bound it.
@@ -20,6 +24,7 @@ another order for another batch size, so pixels may differ by a rounding step; t
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +49,10 @@ from gpu_worker.engine import (
 )
 from gpu_worker.inpainting import is_inpaint_model
 from gpu_worker.loading import ModelLoadError
+from gpu_worker.model_cache import release_memory
 from gpu_worker.protocol import GenerationRequest
+
+log = logging.getLogger(__name__)
 
 Outcome = GenerationResult | BaseException
 
@@ -114,20 +122,35 @@ class BatchRunner:
         )
 
     # --- the batch ---------------------------------------------------------------------------
-    def run(self, first: BatchJob, take_more: TakeMore) -> None:
+    def run(self, first: BatchJob, take_more: TakeMore) -> list[BatchJob]:
         """Run `first` and every job `take_more` hands in, until none is left. Each job's
-        outcome, a result or an error (an error of the batch itself goes to every job in it),
-        goes to its `on_done`. Only what is no Exception (Dramatiq's time limit, a stop) is
-        raised again, after every job in the batch was told."""
-        active: list[BatchJob] = []
+        outcome, a result or its own error, goes to its `on_done`. An unexpected error of the
+        batch itself fails none of them: the jobs not told yet are returned, in the order they
+        joined, for the caller to run each alone. Only what is no Exception (Dramatiq's time
+        limit, a stop) is raised again, after every job in the batch was told."""
+        joined: list[BatchJob] = [first]  # every job handed in, in order
         try:
-            self._run(first, take_more, active)
+            self._run(first, take_more, joined)
+            return []
+        except Exception as exc:
+            stranded = [job for job in joined if not job.told]
+            names = ", ".join(job.request["job_id"] for job in stranded)
+            log.warning(
+                "the batch of %s failed (%s: %s), not one job's fault: %d job(s) run again "
+                "alone: %s",
+                first.request["job_id"], type(exc).__name__, exc, len(stranded), names,
+                exc_info=exc,
+            )  # fmt: skip
         except BaseException as exc:  # a time limit or a stop: tell every job, then go on up
-            for job in [first, *active]:
+            for job in joined:
                 job.finish(exc)
             raise
+        # Out of the handler, the error's frames (the batch's activations) are released: give
+        # their memory back before the jobs run again one by one.
+        release_memory(self.engine.device)
+        return stranded
 
-    def _run(self, first: BatchJob, take_more: TakeMore, active: list[BatchJob]) -> None:
+    def _run(self, first: BatchJob, take_more: TakeMore, joined: list[BatchJob]) -> None:
         engine = self.engine
         try:
             prepared = engine.prepare(first.request)
@@ -163,7 +186,7 @@ class BatchRunner:
             return
         try:
             with torch.no_grad():
-                self._loop(first, prepared, pipe, load, take_more, active)
+                self._loop(first, prepared, pipe, load, take_more, joined)
         finally:
             loras.__exit__(None, None, None)
 
@@ -174,26 +197,23 @@ class BatchRunner:
         pipe: Any,
         load: dict[str, Any],
         take_more: TakeMore,
-        active: list[BatchJob],
+        joined: list[BatchJob],
     ) -> None:
         engine = self.engine
+        active: list[BatchJob] = []
         self._join(first, prepared, pipe, load, active)
         while active:
             room = self.max_images - sum(job.images for job in active)
-            for job in take_more(room) if room > 0 else []:
+            taken = take_more(room) if room > 0 else []
+            joined.extend(taken)
+            for job in taken:
                 try:
                     job_prepared = engine.prepare(job.request)
                 except JobFailed as exc:
                     job.finish(exc)
                     continue
                 self._join(job, job_prepared, pipe, {**load, "model_loaded": False}, active)
-            try:
-                self._tick(pipe, active)
-            except Exception as exc:
-                error: BaseException = engine.out_of_memory(exc) or exc
-                for job in active:
-                    job.finish(error)
-                active.clear()
+            self._tick(pipe, active)  # its error is the batch's, for `run`
 
     def _join(
         self,

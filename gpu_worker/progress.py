@@ -3,11 +3,13 @@
 - `ChannelPublisher` sends channel-layer group messages from the (synchronous) worker thread
   through channels_redis used standalone, on one background event loop, so a step never waits
   on the network.
-- `JobMonitor` is the engine's step observer: it reads the job's cancel flag in Redis at every
-  step ("interrupt" stops the job, "skip" drops the batch being sampled) and publishes
-  `job.progress` at most every `min_interval` seconds, with a small JPEG preview made by a cheap
-  linear latent -> RGB approximation (no VAE decode). The same event is also stored under
-  `PROGRESS_KEY` with a short expiry, for clients that poll (A1111's /sdapi/v1/progress).
+- `JobMonitor` is the engine's step observer: at every step it acts on the job's cancel flag in
+  Redis ("interrupt" stops the job, "skip" drops the batch being sampled), read only when a
+  `CancelWatch` says it may have changed, and publishes `job.progress` at most every
+  `min_interval` seconds, with a small JPEG preview made by a cheap linear latent -> RGB
+  approximation (no VAE decode). The last step's event goes out without a new preview: the
+  result image follows it. The same event is also stored under `PROGRESS_KEY` with a short
+  expiry, for clients that poll (A1111's /sdapi/v1/progress).
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from gpu_worker.cancel_watch import RECHECK_SECONDS
+from gpu_worker.channel_layer import close_channel_layer, make_channel_layer
 from gpu_worker.protocol import CANCEL_KEY, PROGRESS_KEY, ProgressEvent
 
 if TYPE_CHECKING:
     import redis
 
+    from gpu_worker.cancel_watch import CancelWatch
     from gpu_worker.engine import StepInfo
 
 log = logging.getLogger(__name__)
@@ -51,17 +57,13 @@ LATENT_RGB = {
 }
 
 
-def channel_layer_hosts(redis_url: str) -> list[dict[str, Any]]:
-    # redis-py 8 defaults socket_timeout to 5 s while channels-redis blocks up to 5 s: None.
-    return [{"address": redis_url, "socket_timeout": None}]
-
-
 class ChannelPublisher:
     """Fire-and-forget group_send from sync code; `flush()` waits for what was sent."""
 
-    def __init__(self, redis_url: str = "", *, prefix: str = "asgi", layer: Any = None) -> None:
-        from channels_redis.core import RedisChannelLayer
-
+    def __init__(
+        self, redis_url: str = "", *, kind: str = "", prefix: str = "asgi", layer: Any = None
+    ) -> None:
+        """`layer` (the web's, from Django settings) or a new one of `kind` on `redis_url`."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="progress-publisher", daemon=True
@@ -69,12 +71,25 @@ class ChannelPublisher:
         self._thread.start()
         # One loop for the process's life, so the layer keeps its Redis connections (a fresh
         # loop per message, as async_to_sync makes outside an ASGI server, reconnects each time).
-        self.layer = layer or RedisChannelLayer(hosts=channel_layer_hosts(redis_url), prefix=prefix)
+        self.layer = layer or make_channel_layer(redis_url, kind, prefix=prefix)
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
 
     def publish(self, group: str, message: dict[str, Any]) -> None:
-        future = asyncio.run_coroutine_threadsafe(self.layer.group_send(group, message), self._loop)
+        self._track(
+            asyncio.run_coroutine_threadsafe(self.layer.group_send(group, message), self._loop)
+        )
+
+    def run(self, action: Callable[[], object]) -> None:
+        """Run a blocking call (a Redis write) on the publisher's thread, in order with the
+        sends, so that the caller does not wait for it; `flush()` waits for it too."""
+
+        async def call() -> None:
+            action()
+
+        self._track(asyncio.run_coroutine_threadsafe(call(), self._loop))
+
+    def _track(self, future: Future[None]) -> None:
         with self._lock:
             self._pending = [f for f in self._pending if not f.done()]
             self._pending.append(future)
@@ -91,9 +106,9 @@ class ChannelPublisher:
     def close(self) -> None:
         self.flush()
         try:
-            asyncio.run_coroutine_threadsafe(self.layer.flush(), self._loop).result(5)
+            asyncio.run_coroutine_threadsafe(close_channel_layer(self.layer), self._loop).result(5)
         except Exception:
-            log.debug("channel layer flush failed", exc_info=True)
+            log.debug("closing the channel layer failed", exc_info=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
@@ -137,53 +152,94 @@ class JobMonitor:
         publisher: ChannelPublisher | None,
         min_interval: float = 0.25,
         on_step: Any = None,
+        cancel_watch: CancelWatch | None = None,
+        flag_read_at_version: int | None = None,
     ) -> None:
+        """`flag_read_at_version`: the caller found no cancel flag just now, in a read made
+        after `cancel_watch` showed this version (the first step need not read it again)."""
         self.job_id = job_id
         self.events_group = events_group
         self.redis = redis_client
         self.publisher = publisher
         self.min_interval = min_interval
         self.on_step = on_step  # e.g. the worker status for the heartbeat: f(done, total)
+        self.cancel_watch = cancel_watch  # None: the flag is read at every step
         self.started = time.monotonic()
         self.last_sent = 0.0
         self.sent = 0
+        self.last_preview: str | None = None  # stored with the last step for pollers
+        self.flag_version = flag_read_at_version  # the watch's version at the last read
+        self.flag_read_at = self.started
 
     def __call__(self, info: StepInfo) -> None:
         from gpu_worker.engine import BatchSkipped, JobInterrupted
 
         if self.on_step is not None:
             self.on_step(info.done, info.total)
-        try:
-            flag = read_cancel_flag(self.redis, self.job_id)
-        except Exception:  # Redis away for a moment: keep generating, check again next step
-            log.warning("cannot read the cancel flag of %s", self.job_id, exc_info=True)
-            flag = None
+        flag = self.cancel_flag()
         if flag == "interrupt":
             raise JobInterrupted()
         if flag == "skip":
             # consume the skip so the next batch runs; only if nobody changed it meanwhile
             self.redis.delete(CANCEL_KEY.format(job_id=self.job_id))
+            self.flag_version = None  # read again next step, whatever the watch says
             raise BatchSkipped()
         now = time.monotonic()
-        if now - self.last_sent < self.min_interval and info.done < info.total:
+        last_step = info.done >= info.total
+        if now - self.last_sent < self.min_interval and not last_step:
             return
         self.last_sent = now
+        self.publish(info, now, with_preview=not last_step and info.latents is not None)
+
+    def cancel_flag(self) -> str | None:
+        """The job's cancel flag: read from Redis when the watch saw a change (or has none,
+        or the last read is old), else None, as it was at the last read (a read that found a
+        flag stops the step)."""
+        now = time.monotonic()
+        version = self.cancel_watch.version() if self.cancel_watch is not None else None
+        if (
+            version is not None
+            and version == self.flag_version
+            and now - self.flag_read_at < RECHECK_SECONDS
+        ):
+            return None
+        try:
+            flag = read_cancel_flag(self.redis, self.job_id)
+        except Exception:  # Redis away for a moment: keep generating, check again next step
+            log.warning("cannot read the cancel flag of %s", self.job_id, exc_info=True)
+            return None
+        self.flag_version, self.flag_read_at = version, now
+        return flag
+
+    def publish(self, info: StepInfo, now: float, *, with_preview: bool) -> None:
         elapsed = now - self.started
         eta = elapsed / info.done * (info.total - info.done) if info.done else 0.0
+        preview = latent_preview(info.latents, info.family) if with_preview else None
         event = ProgressEvent(
             type="job.progress",
             job_id=self.job_id,
             step=info.done,
             steps=info.total,
             eta=round(eta, 2),
-            preview=latent_preview(info.latents, info.family) if info.latents is not None else None,
+            preview=preview,
         )
-        self.store(event)
+        # A poller (A1111's current_image) keeps the latest preview made; a websocket client
+        # keeps the one it has (the event says nothing new), then gets the result image.
+        self.last_preview = preview or self.last_preview
+        self.store(ProgressEvent(**{**event, "preview": self.last_preview}))
         if self.publisher is not None:
             self.publisher.publish(self.events_group, dict(event))
             self.sent += 1
 
     def store(self, event: ProgressEvent) -> None:
+        """Keep `event` for pollers: on the publisher's thread if there is one (a step does not
+        wait for Redis), else now."""
+        if self.publisher is not None:
+            self.publisher.run(lambda: self.store_now(event))
+        else:
+            self.store_now(event)
+
+    def store_now(self, event: ProgressEvent) -> None:
         try:
             self.redis.set(
                 PROGRESS_KEY.format(job_id=self.job_id), json.dumps(event), ex=PROGRESS_TTL_SECONDS

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,8 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
 from gpu_worker.batch_key import MAX_BATCH_IMAGES, batch_key
-from gpu_worker.batch_queue import BatchQueue
+from gpu_worker.batch_queue import BatchQueue, Claimed
+from gpu_worker.cancel_watch import CancelWatch
 from gpu_worker.detect_responder import DetectResponder
 from gpu_worker.heartbeat import Heartbeat, WorkerStatus
 from gpu_worker.model_downloads import DownloadCache, ModelFetchError
@@ -86,6 +87,17 @@ class _Admitted:
     queued_s: float | None
 
 
+@dataclass
+class _BatchMember:
+    """A job of a running batch and the message it came in: `claim` None for the one Dramatiq
+    handed the actor, else a message claimed from the queue, acked once the job is reported."""
+
+    job: BatchJob
+    admitted: _Admitted
+    claim: Claimed | None
+    reported: bool = False
+
+
 class WorkerService:
     def __init__(
         self,
@@ -133,6 +145,8 @@ class WorkerService:
         self.previews = DetectResponder(
             redis_client, worker_id, self.preprocessors, engine.annotators.control_map
         )
+        # Tells each step whether its cancel flag may have changed (one connection, no reads).
+        self.cancel_watch = CancelWatch.for_client(redis_client)
 
     def preprocessors(self) -> list[str]:
         return worker_preprocessors(self.engine.models_dir)
@@ -328,13 +342,15 @@ class WorkerService:
         """Start a job: 'started' sent and its monitor made; or the event that ends it unrun
         (released while draining, cancelled before it started). `current`: the job the
         heartbeat shows."""
-        from gpu_worker.progress import JobMonitor, read_cancel_flag
+        from gpu_worker.progress import read_cancel_flag
 
         if self.status.draining:  # fetched as the drain began: another worker will run it
             return self._send(self._event(request, "released"))
         started_wall = time.time()
         queued_s = max(0.0, started_wall - enqueued_at_ms / 1000) if enqueued_at_ms else None
-        if read_cancel_flag(self.redis, request["job_id"]) == "interrupt":
+        watched = self.cancel_watch.version()  # before the read: a flag set after it is seen
+        flag = read_cancel_flag(self.redis, request["job_id"])
+        if flag == "interrupt":
             return self._send(self._event(request, "cancelled", steps_done=0))
         if current:
             self.status.job_started(request["job_id"])
@@ -345,15 +361,32 @@ class WorkerService:
             if current:
                 self.status.job_finished()
             raise
-        monitor = JobMonitor(
+        # The flag was read just now: the first step need not read it again (unless it said
+        # "skip", which that step must act on).
+        read_at = watched if flag is None else None
+        return _Admitted(
+            self._monitor(request, current=current, flag_read_at_version=read_at), queued_s
+        )
+
+    def _monitor(
+        self,
+        request: GenerationRequest,
+        *,
+        current: bool,
+        flag_read_at_version: int | None = None,
+    ) -> JobMonitor:
+        from gpu_worker.progress import JobMonitor
+
+        return JobMonitor(
             job_id=request["job_id"],
             events_group=request["events_group"],
             redis_client=self.redis,
             publisher=self.publisher,
             min_interval=self.progress_interval,
             on_step=self.status.step if current else None,
+            cancel_watch=self.cancel_watch,
+            flag_read_at_version=flag_read_at_version,
         )
-        return _Admitted(monitor, queued_s)
 
     def _settle(
         self,
@@ -406,12 +439,18 @@ class WorkerService:
         return self.batch_queue is not None and batch_key(request) is not None
 
     def generate_batch(
-        self, request: GenerationRequest, *, enqueued_at_ms: int | None = None
+        self,
+        request: GenerationRequest,
+        *,
+        enqueued_at_ms: int | None = None,
+        retries: int = 0,
     ) -> None:
         """Run a batchable request with every compatible job that is, or comes, in this
         worker's queue joining at a step boundary (gpu_worker/batching.py); each job is
-        reported as it ends. An unexpected error fails the jobs it hit (no Dramatiq retry:
-        the batch's other jobs were reported already)."""
+        reported as it ends. A job's own error fails it alone (no Dramatiq retry: the batch's
+        other jobs went on); a crash of the batch itself sends the jobs it left unreported
+        through the serial path, one by one (`_run_alone`). `retries`: Dramatiq's count for
+        the actor's own message."""
         from gpu_worker.batching import BatchJob, BatchRunner
         from gpu_worker.engine import JobFailed
 
@@ -423,20 +462,17 @@ class WorkerService:
         if self._batcher is None:
             self._batcher = BatchRunner(self.engine, max_images=self.batch_max_images)
 
-        unsettled: dict[str, GenerationRequest] = {}  # joined, not yet reported
+        members: list[_BatchMember] = []  # in the order they joined
 
-        def on_done(admitted: _Admitted, message_id: str | None) -> Callable[[BatchJob, Any], None]:
-            def done(job: BatchJob, outcome: Any) -> None:
-                if self.publisher is not None:
-                    self.publisher.flush()  # its last progress before its end
-                try:
-                    self._settle(job.request, outcome, admitted.queued_s, retries=self.max_retries)
-                finally:
-                    if message_id is not None:
-                        unsettled.pop(message_id, None)
-                        self._ack(message_id)
+        def add_member(
+            job_request: GenerationRequest, admitted: _Admitted, claim: Claimed | None
+        ) -> BatchJob:
+            def done(_job: BatchJob, outcome: Any) -> None:  # its end in the batch
+                self._report_member(member, outcome, retries=self.max_retries)
 
-            return done
+            member = _BatchMember(BatchJob(job_request, admitted.monitor, done), admitted, claim)
+            members.append(member)
+            return member.job
 
         joining_until = time.monotonic() + BATCH_JOIN_SECONDS
         next_look = 0.0
@@ -459,25 +495,74 @@ class WorkerService:
                 if not isinstance(joined, _Admitted):
                     self._ack(claim.message_id)
                     continue
-                unsettled[claim.message_id] = claim.request
-                done = on_done(joined, claim.message_id)
-                joining.append(BatchJob(claim.request, joined.monitor, done))
+                joining.append(add_member(claim.request, joined, claim))
             if joining:
                 log.info("%d job(s) joined the batch of %s", len(joining), request["job_id"])
             return joining
 
+        retry_own: BaseException | None = None
         try:
-            self._batcher.run(
-                BatchJob(request, admitted.monitor, on_done(admitted, None)), take_more
-            )
+            first = add_member(request, admitted, None)
+            stranded = {id(job) for job in self._batcher.run(first, take_more)}
+            retry_own = self._run_alone([m for m in members if id(m.job) in stranded], retries)
         except TimeLimitExceeded:
             pass  # every job in the batch was reported failed (as generate does)
         finally:
             self.status.job_finished()
-            for message_id, joined in list(unsettled.items()):  # stopped while it joined
-                stopped = JobFailed("the batch it joined stopped")
-                self._settle(joined, stopped, None, retries=self.max_retries)
-                self._ack(message_id)
+            for member in members:  # stopped while it joined or waited to run alone
+                if not member.reported:
+                    stopped = JobFailed("the batch it joined stopped")
+                    self._report_member(member, stopped, retries=self.max_retries)
+        if retry_own is not None:
+            raise retry_own  # Dramatiq retries the actor's own message, as the serial path's
+
+    def _run_alone(self, members: list[_BatchMember], retries: int) -> BaseException | None:
+        """The jobs a crash of their batch left unreported (out of memory in the shared UNet
+        call...: no one job's fault) run again one by one, in the order they joined, as the
+        serial path runs them: a fresh monitor (progress restarts, cancel works) and an
+        unexpected error retried while retries are left. What the actor must raise for its own
+        message's retry comes back, to raise once every job is reported."""
+        retry_own = None
+        for member in members:
+            request = member.job.request
+            self.status.job_started(request["job_id"])  # the heartbeat shows it running now
+            outcome: GenerationResult | BaseException
+            try:
+                outcome = self.engine.run(request, self._monitor(request, current=True))
+            except (Exception, TimeLimitExceeded) as exc:  # the latter is no Exception
+                outcome = exc
+            own = member.claim.retries if member.claim else retries
+            retry_own = self._report_member(member, outcome, retries=own) or retry_own
+            if isinstance(outcome, TimeLimitExceeded):
+                break  # the actor's time is up: the rest are reported stopped
+        return retry_own
+
+    def _report_member(
+        self, member: _BatchMember, outcome: GenerationResult | BaseException, *, retries: int
+    ) -> BaseException | None:
+        """Report a batch job's end (as `_settle`), then ack its claimed message. An unexpected
+        error with retries left is retried as Dramatiq would: a claimed message is sent again
+        (before the ack, so the sweeper always sees one); for the actor's own message the
+        error comes back, for the actor to raise."""
+        if self.publisher is not None:
+            self.publisher.flush()  # its last progress before its end
+        member.reported = True
+        try:
+            self._settle(member.job.request, outcome, member.admitted.queued_s, retries=retries)
+        except Exception as exc:  # only with retries left
+            if member.claim is None:
+                return exc
+            self._retry_later(member.claim)
+        finally:
+            if member.claim is not None:
+                self._ack(member.claim.message_id)
+        return None
+
+    def _retry_later(self, claim: Claimed) -> None:
+        """A claimed message again on this worker's delay queue with one retry more, as
+        Dramatiq's Retries middleware sends back the message of an actor that raised."""
+        delay = MIN_BACKOFF_MS * 2**claim.retries
+        self.broker.enqueue(claim.message.copy(options={"retries": claim.retries + 1}), delay=delay)
 
     def _ack(self, message_id: str) -> None:
         self.claimed.discard(message_id)
@@ -612,15 +697,12 @@ def register_actors(broker: dramatiq.Broker, service: WorkerService) -> dramatiq
         message = CurrentMessage.get_current_message()
         service.in_hand = message.options.get("redis_message_id") if message else None
         enqueued_at_ms = message.message_timestamp if message else None
+        retries = message.options.get("retries", 0) if message else 0
         try:
             if service.batches(request):
-                service.generate_batch(request, enqueued_at_ms=enqueued_at_ms)
+                service.generate_batch(request, enqueued_at_ms=enqueued_at_ms, retries=retries)
             else:
-                service.generate(
-                    request,
-                    enqueued_at_ms=enqueued_at_ms,
-                    retries=message.options.get("retries", 0) if message else 0,
-                )
+                service.generate(request, enqueued_at_ms=enqueued_at_ms, retries=retries)
         finally:
             service.in_hand = None
 
@@ -660,6 +742,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         if self.heartbeat is not None:
             self.heartbeat.start()
         self.service.previews.start()
+        self.service.cancel_watch.version()  # tracking on before the first job's first step
         for name in self.preload:
             log.info("preloading %s", name)
             self.service.engine.preload(name)
@@ -680,6 +763,7 @@ class WorkerLifecycle(dramatiq.Middleware):
         while not self.service.flush_events() and time.monotonic() < deadline:
             time.sleep(0.5)  # Redis is down: give it a moment before the events are lost
         self.service.previews.stop()
+        self.service.cancel_watch.close()
         if self.heartbeat is not None:
             self.heartbeat.stop()
 

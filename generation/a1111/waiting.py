@@ -1,8 +1,8 @@
 """Submit a job through the one submission service and wait for it without tying anything up.
 
 The wait is pushed, not polled: the coroutine listens on the owner's channel-layer group for
-the job's terminal event (what the websocket relays; channels_redis serves every waiting call of
-a process with one blocking Redis read) and reads the job row only at the start and, since
+the job's terminal event (what the websocket relays; the channel layer serves every waiting call
+of a process over one Redis connection) and reads the job row only at the start and, since
 channel messages can be lost, every CHECK_SECONDS. No transaction stays open and no database
 connection is kept while waiting (a hundred waiting clients must not take a hundred Postgres
 connections). If the client goes away, Django cancels the waiting coroutine
@@ -13,6 +13,7 @@ charged as usual and appears in the user's history.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -26,6 +27,8 @@ from generation.a1111.translation import Translated
 from generation.events import user_group
 from generation.models import Job
 from generation.submission import SubmissionError, submit_job
+
+logger = logging.getLogger(__name__)
 
 CHECK_SECONDS = 5.0  # the row is read this often too, in case the finish event was lost
 WAIT_LIMIT_SECONDS = 3600.0
@@ -51,16 +54,16 @@ def _status(job_id: Any) -> str | None:
             connection.close()
 
 
-async def _finish_event(layer: Any, channel: str, job_id: str, seconds: float) -> None:
-    """Until the job's terminal event arrives on `channel`, or `seconds` pass."""
-    try:
-        async with asyncio.timeout(seconds):
-            while True:
-                message = await layer.receive(channel)
-                if message.get("job_id") == job_id and message.get("type") in FINISH_EVENTS:
-                    return
-    except TimeoutError:
-        return
+async def _next_finish(layer: Any, channel: str, job_id: str) -> None:
+    """Until the job's terminal event arrives on `channel`."""
+    while True:
+        message = await layer.receive(channel)
+        if message.get("job_id") == job_id and message.get("type") in FINISH_EVENTS:
+            return
+
+
+def _listen(layer: Any, channel: str, job_id: str) -> asyncio.Future[None]:
+    return asyncio.ensure_future(_next_finish(layer, channel, job_id))
 
 
 async def wait_until_finished(job_id: Any, owner_id: Any, limit: float = WAIT_LIMIT_SECONDS) -> str:
@@ -69,8 +72,12 @@ async def wait_until_finished(job_id: Any, owner_id: Any, limit: float = WAIT_LI
     layer = get_channel_layer()
     group = user_group(owner_id)
     channel = await layer.new_channel() if layer is not None else ""
+    listener: asyncio.Future[None] | None = None
     if layer is not None:
         await layer.group_add(group, channel)  # before the first read: no finish slips between
+        # One receive for the whole wait, never cancelled by the row checks: a cancelled
+        # receive may unsubscribe (the pub/sub layer), and an event sent meanwhile is lost.
+        listener = _listen(layer, channel, str(job_id))
     try:
         while True:
             status = await sync_to_async(_status)(job_id)
@@ -85,11 +92,19 @@ async def wait_until_finished(job_id: Any, owner_id: Any, limit: float = WAIT_LI
                     % {"id": job_id},
                 )
             wait = min(CHECK_SECONDS, max(0.0, deadline - loop.time()))
-            if layer is None:
+            if listener is not None and listener.done():
+                if listener.cancelled() or listener.exception() is not None:
+                    logger.warning("job %s: the channel layer failed, reading the row only", job_id)
+                    listener = None
+                else:  # an event came, yet the row was not final: listen for the next one
+                    listener = _listen(layer, channel, str(job_id))
+            if listener is None:
                 await asyncio.sleep(wait)
             else:
-                await _finish_event(layer, channel, str(job_id), wait)
+                await asyncio.wait({listener}, timeout=wait)
     finally:
+        if listener is not None:
+            listener.cancel()
         if layer is not None:
             await asyncio.shield(layer.group_discard(group, channel))
 

@@ -1,8 +1,9 @@
 """Cross-user batching end to end: REST submissions, the real scheduler, a real GPU worker on
 the demo models. Two members' compatible jobs share UNet calls (the worker reports the batch
 size in each job's timings), each image equals its serial render within the stated tolerance,
-a cancel mid-batch stops only its own job and bills each job its own steps, and a job of
-another checkpoint is not batched."""
+a cancel mid-batch stops only its own job and bills each job its own steps, a batch that runs
+out of memory runs its jobs again alone and bills each once, and a job of another checkpoint is
+not batched."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from generation.models import Job
 from gpu_worker.protocol import PROGRESS_KEY
 from tests.generation.conftest import api_client, image_bytes, wait_for
 from tests.generation.real_worker import REAL_WORKER_MARKS
+from tests.gpu_worker.unet_faults import OUT_OF_MEMORY, demo_unet, out_of_memory_once, unet_faults
 
 pytest.importorskip("diffusers")
 pytestmark = REAL_WORKER_MARKS
@@ -139,6 +141,30 @@ def test_cancelling_one_job_mid_batch_lets_the_other_finish_and_bills_each_its_s
     assert spent(alice, balances[alice.pk]) == jobs[mine].price
     charge = ledger.pro_rata(jobs[theirs].price, jobs[theirs].steps_done, 50)
     assert spent(bob, balances[bob.pk]) == charge < jobs[theirs].price
+
+
+def test_a_batch_out_of_memory_runs_each_job_again_alone_and_bills_it_once(
+    alice, bob, carol, gpu_worker_process, request, tmp_path
+):
+    balances = {u.pk: ledger.account_for(u).balance for u in (alice, bob)}
+    unet = demo_unet(gpu_worker_process.engine)
+    # the worker's UNet runs out of memory in its first call with both jobs' rows
+    with unet_faults(unet, out_of_memory_once(lambda rows: rows > 2)) as calls:
+        blocker = hold_the_worker(carol)
+        common = {"checkpoint": "atelier-demo-v1", "sampler": "Euler a", "width": 64, "height": 64}
+        mine = submit(alice, prompt="a red fox", seed=11, steps=6, cfg_scale=7, **common)
+        theirs = submit(bob, prompt="a lighthouse", seed=22, steps=4, cfg_scale=3.5, **common)
+        release_the_worker(carol, blocker, [mine, theirs])
+        jobs = finished([mine, theirs])
+    assert calls.raised == [OUT_OF_MEMORY]
+    models = request.getfixturevalue("demo_models")
+    for job_id, user in ((mine, alice), (theirs, bob)):
+        job = jobs[job_id]
+        assert job.status == "succeeded" and job.steps_done == job.total_steps
+        assert spent(user, balances[user.pk]) == job.price  # charged once
+        url = api_client(user).get(f"/api/v1/jobs/{job_id}/").json()["images"][0]["url"]
+        alone = serial_render(job, models, tmp_path)
+        assert (pixels(image_bytes(user, url)) == alone).all()  # its serial render, exactly
 
 
 def test_a_job_of_another_checkpoint_is_not_batched(alice, bob, carol):

@@ -20,9 +20,9 @@ from tests.generation.conftest import SMALL, send_event, status_of, wait_for
 pytestmark = pytest.mark.django_db  # the tests with a worker thread ask for transactional_db
 
 
-def png_b64(color: str = "blue") -> str:
+def png_b64(color: str = "blue", size: tuple[int, int] = (64, 64)) -> str:
     out = io.BytesIO()
-    Image.new("RGB", (64, 64), color).save(out, "PNG")
+    Image.new("RGB", size, color).save(out, "PNG")
     return base64.b64encode(out.getvalue()).decode()
 
 
@@ -170,3 +170,38 @@ def test_terminal_transitions_are_won_only_once(alice, catalogue):
     assert not job.return_to_queue()
     job.refresh_from_db()
     assert job.error == "first"
+
+
+@pytest.mark.parametrize(
+    ("size", "thumbnail_size"), [((512, 384), (256, 192)), ((64, 64), (64, 64))]
+)
+def test_each_image_gets_a_webp_thumbnail_at_most_256_pixels_wide(
+    alice, catalogue, size, thumbnail_size
+):
+    job = dispatched(submit_job(alice, SMALL))
+    images = [{"png_b64": png_b64("red", size), "seed": 7, "infotext": "a lighthouse"}]
+    assert handle_job_event(event(job, "succeeded", images=images))
+    image = JobImage.objects.get(job=job)
+    assert (image.width, image.height) == size
+    with default_storage.open(image.thumbnail.name or "") as fh, Image.open(fh) as thumbnail:
+        assert (thumbnail.format, thumbnail.size) == ("WEBP", thumbnail_size)
+        pixel = cast(tuple[int, int, int], thumbnail.convert("RGB").getpixel((5, 5)))
+    assert pixel[0] > 200 and max(pixel[1:]) < 50  # still red
+
+
+def test_a_success_recorded_from_a_stale_copy_keeps_the_start_time_of_its_started_event(
+    alice, catalogue
+):
+    job = dispatched(submit_job(alice, SMALL))
+    stale = Job.objects.get(pk=job.pk)  # loaded before the 'started' event was recorded
+    assert handle_job_event(event(job, "started"))
+    job.refresh_from_db()
+    assert stale.mark_succeeded(stale.attempt, "gpu-1", {"total_s": 2.0})
+    assert stale.started_at == job.started_at
+    assert (stale.status, stale.worker_id, stale.timings) == (
+        "succeeded",
+        "gpu-1",
+        {"total_s": 2.0},
+    )
+    assert stale.finished_at and job.started_at
+    assert stale.run_time == stale.finished_at - job.started_at

@@ -11,6 +11,7 @@ from django.test import Client
 from config.asgi import application
 from generation.events import JobProgressEvent, send_to_user
 from generation.submission import submit_job
+from gpu_worker.channel_layer import CHANNEL_LAYER_BACKENDS, channel_layer_settings
 from tests.generation.conftest import SMALL
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -75,7 +76,16 @@ async def test_on_connect_alice_gets_the_state_of_her_unfinished_jobs(
         await communicator.disconnect()
 
 
-async def test_alice_receives_her_events_and_bob_does_not(alice, bob, catalogue, redis_client):
+@pytest.fixture(params=list(CHANNEL_LAYER_BACKENDS))
+def channel_layer_kind(request, settings, redis_url) -> str:
+    """Each CHANNEL_LAYER choice in turn (Channels rebuilds its layer on the settings change)."""
+    settings.CHANNEL_LAYERS = {"default": channel_layer_settings(redis_url, request.param)}
+    return request.param
+
+
+async def test_alice_receives_her_events_and_bob_does_not(
+    alice, bob, catalogue, redis_client, channel_layer_kind
+):
     alice_ws, bob_ws = await connect(alice), await connect(bob)
     assert (await alice_ws.connect())[0] and (await bob_ws.connect())[0]
     try:

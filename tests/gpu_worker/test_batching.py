@@ -1,7 +1,9 @@
 """The batch runner on the demo models (SD 1.x and the tiny SDXL): jobs joining and leaving at
 step boundaries, each image equal to its serial render (Engine.run) within the stated tolerance,
 a job alone bit-identical, each job's own step count, CFG, sampler schedule, progress and
-interrupt, and an SDXL job's own pooled embeddings and size ids."""
+interrupt, and an SDXL job's own pooled embeddings and size ids. A batch whose shared UNet call
+runs out of memory (a real hook on the model) hands its unreported jobs back, and on a real
+worker each runs again alone, is reported once, and is retried as the serial path retries."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 from PIL import Image
 
 from .conftest import demo_request
+from .unet_faults import OUT_OF_MEMORY, demo_unet, out_of_memory_once, unet_faults
 
 # bench/bench_batching.py measures at most 1 level of 255 between a batched image and its
 # serial render (the UNet's kernels sum in another order for another batch size).
@@ -135,6 +138,114 @@ def test_a_job_that_cannot_start_fails_alone(engine: Any) -> None:
     requests = [demo_request(seed=1), demo_request(prompt="<lora:no-such-lora:1>")]
     ok, failed = batch(engine, requests, {1: 1})
     assert ok.images and isinstance(failed, JobFailed) and "no-such-lora" in str(failed)
+
+
+# --- a crash of the batch itself: out of memory in the shared UNet call -----------------------
+def test_a_crash_of_the_shared_unet_call_hands_back_its_unreported_jobs_in_join_order(
+    engine: Any,
+) -> None:
+    from gpu_worker.batching import BatchJob, BatchRunner
+    from gpu_worker.engine import JobInterrupted
+
+    def stop_at_one(info: Any) -> None:
+        if info.done == 1:
+            raise JobInterrupted()
+
+    told: dict[str, Any] = {}
+    jobs = [
+        BatchJob(demo_request(job_id=f"job-{i}", seed=i, steps=5), observer, lambda j, out: (
+            told.__setitem__(j.request["job_id"], out)))
+        for i, observer in enumerate((None, stop_at_one, None))
+    ]  # fmt: skip
+    waiting = jobs[1:]
+
+    def take_more(room: int) -> list[BatchJob]:
+        joining, waiting[:] = waiting[:], []
+        return joining
+
+    # 3 jobs of 2 rows share the 1st call; the 2nd, once job-1 left, runs out of memory
+    with unet_faults(demo_unet(engine), out_of_memory_once(lambda rows: rows == 4)) as calls:
+        stranded = BatchRunner(engine).run(jobs[0], take_more)
+    assert calls.rows == [6, 4] and calls.raised == [OUT_OF_MEMORY]
+    assert [job.request["job_id"] for job in stranded] == ["job-0", "job-2"]
+    assert list(told) == ["job-1"] and told["job-1"].interrupted  # the crash told no one
+
+
+def test_a_batch_out_of_memory_runs_its_jobs_again_alone_on_the_worker(
+    worker_world: Any, gw_redis: Any, engine: Any
+) -> None:
+    """Three jobs batched on a real worker (real Redis and Dramatiq); one is cancelled, then
+    the shared UNet call runs out of memory: the cancelled job stays cancelled, the two others
+    run again alone (the serial path) and are each reported succeeded once, with their serial
+    images; every claimed message is acked."""
+    from gpu_worker.protocol import CANCEL_KEY, PLATFORM_QUEUE, worker_queue
+
+    world = worker_world
+    blocker = demo_request(tiling=True, steps=400)  # serial path: holds the worker meanwhile
+    first, cancelled, last = (
+        demo_request(prompt=prompt, seed=seed, steps=6)
+        for prompt, seed in (("a red fox", 1), ("a boat", 2), ("a (tree:1.3)", 3))
+    )
+
+    def when(rows: int) -> bool:
+        if rows == 6:  # the three jobs in one call: cancel one, as the platform would
+            gw_redis.set(CANCEL_KEY.format(job_id=cancelled["job_id"]), "interrupt", ex=60)
+        return rows == 4 and 6 in calls.rows  # the two left: the batch crashes
+
+    with unet_faults(demo_unet(world.service.engine), out_of_memory_once(when)) as calls:
+        for request in (blocker, first, cancelled, last):
+            world.submit(request)
+        gw_redis.set(CANCEL_KEY.format(job_id=blocker["job_id"]), "interrupt", ex=60)
+        ends = {r["job_id"]: world.events.wait_terminal(r["job_id"]) for r in (first, last)}
+        world.broker.join(PLATFORM_QUEUE, timeout=10_000)  # every event sent is recorded
+    assert calls.raised == [OUT_OF_MEMORY]
+
+    events = world.events.events
+    assert [e["kind"] for e in events[cancelled["job_id"]]] == ["started", "cancelled"]
+    for request in (first, last):
+        assert [e["kind"] for e in events[request["job_id"]]] == ["started", "succeeded"]
+        event, serial = ends[request["job_id"]], engine.run(request)
+        assert event["steps_done"] == 6 and "batch_jobs" not in event["timings"]  # alone
+        assert (pixels(event["images"][0]) == pixels(serial.images[0])).all()
+    queue = f"{world.broker.namespace}:{worker_queue(world.service.worker_id)}"
+    assert gw_redis.hlen(f"{queue}.msgs") == 0 and not world.service.claimed
+
+
+def test_a_job_that_fails_again_alone_is_retried_as_on_the_serial_path(
+    worker_world: Any, gw_redis: Any, engine: Any
+) -> None:
+    """After the batch ran out of memory, each job's first step alone meets an unexpected
+    error: the actor's own job and the claimed one are both retried through Dramatiq (as the
+    serial path retries), then each succeeds, reported once."""
+    from gpu_worker.protocol import CANCEL_KEY, PLATFORM_QUEUE, worker_queue
+
+    world = worker_world
+    blocker = demo_request(tiling=True, steps=400)  # serial path: holds the worker meanwhile
+    first, joined = (
+        demo_request(prompt=p, seed=s, steps=4) for p, s in (("a fox", 1), ("a boat", 2))
+    )
+
+    def fault(calls: Any) -> str | None:
+        if not calls.raised:
+            return OUT_OF_MEMORY if calls.rows[-1] == 4 else None  # the batch of the two
+        return "an unexpected error" if len(calls.raised) < 3 else None  # each alone, once
+
+    with unet_faults(demo_unet(world.service.engine), fault) as calls:
+        for request in (blocker, first, joined):
+            world.submit(request)
+        gw_redis.set(CANCEL_KEY.format(job_id=blocker["job_id"]), "interrupt", ex=60)
+        ends = {r["job_id"]: world.events.wait_terminal(r["job_id"]) for r in (first, joined)}
+        world.broker.join(PLATFORM_QUEUE, timeout=10_000)
+    assert calls.raised == [OUT_OF_MEMORY] + ["an unexpected error"] * 2
+
+    for request in (first, joined):
+        kinds = [e["kind"] for e in world.events.events[request["job_id"]]]
+        assert kinds == ["started", "started", "succeeded"]  # its retry started it again
+        serial = engine.run(request)
+        image = ends[request["job_id"]]["images"][0]
+        assert abs(pixels(image) - pixels(serial.images[0])).max() <= TOLERANCE
+    queue = f"{world.broker.namespace}:{worker_queue(world.service.worker_id)}"
+    assert gw_redis.hlen(f"{queue}.msgs") == gw_redis.hlen(f"{queue}.DQ.msgs") == 0
 
 
 @pytest.fixture(autouse=True)

@@ -25,11 +25,9 @@ async def collect_progress(
     url: str, request: GenerationRequest, world: Any, joined: asyncio.Event
 ) -> list[dict]:
     """Join the job's group like the websocket consumer does, then read until the job ends."""
-    from channels_redis.core import RedisChannelLayer
+    from gpu_worker.channel_layer import make_channel_layer
 
-    from gpu_worker.progress import channel_layer_hosts
-
-    layer = RedisChannelLayer(hosts=channel_layer_hosts(url))
+    layer = make_channel_layer(url)
     channel = await layer.new_channel()
     await layer.group_add(request["events_group"], channel)
     joined.set()
