@@ -9,7 +9,7 @@ import asyncio
 import json
 
 import pytest
-from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -111,32 +111,36 @@ def test_with_a_dispatcher_alive_a_job_start_asks_it_for_the_queues_positions(
     assert redis_client.lrange(WAKE_KEY, 0, -1) == [POSITIONS.encode()]
 
 
-async def next_event(layer, channel: str) -> dict:
-    return await asyncio.wait_for(layer.receive(channel), 5)
-
-
+@pytest.mark.django_db(transaction=True)  # the positions go out from another thread
 @pytest.mark.parametrize("dispatcher_alive", [True, False])
 def test_after_the_queue_moved_every_queued_owner_hears_their_place(
     alice, bob, catalogue, broker, redis_client, dispatcher_alive
 ):
     """From the dispatcher's snapshot when one is alive (it answers the positions request);
     from a snapshot made by the caller where none is."""
-    layer = get_channel_layer()
-    assert layer is not None
-    inboxes = {}
-    for user in (alice, bob):
-        inboxes[user.pk] = async_to_sync(layer.new_channel)()
-        async_to_sync(layer.group_add)(user_group(user.pk), inboxes[user.pk])
     jobs = {user.pk: submit_job(user, SMALL) for user in (alice, bob)}  # no worker: they wait
-    if dispatcher_alive:
-        redis_client.set(ALIVE_KEY, "1", ex=30)
-        publish_queue_positions()
-        assert answer_wake({POSITIONS})  # what the dispatcher thread runs for it; jobs wait
-    else:
-        publish_queue_positions()
-    places = set()
+
+    def queue_moved() -> None:
+        if dispatcher_alive:
+            redis_client.set(ALIVE_KEY, "1", ex=30)
+            publish_queue_positions()  # rings the dispatcher, which then runs:
+            assert answer_wake({POSITIONS})  # jobs still wait
+        else:
+            publish_queue_positions()
+
+    async def heard() -> dict[int, dict]:
+        layer = get_channel_layer()
+        assert layer is not None
+        inboxes = {user_id: await layer.new_channel() for user_id in jobs}
+        for user_id, inbox in inboxes.items():
+            await layer.group_add(user_group(user_id), inbox)
+        await database_sync_to_async(queue_moved)()
+        return {
+            user_id: await asyncio.wait_for(layer.receive(inbox), 5)
+            for user_id, inbox in inboxes.items()
+        }
+
+    events = asyncio.run(heard())
     for user_id, job in jobs.items():
-        event = async_to_sync(next_event)(layer, inboxes[user_id])
-        assert (event["type"], event["job_id"]) == ("job.queued", str(job.pk))
-        places.add(event["position"])
-    assert places == {1, 2}
+        assert (events[user_id]["type"], events[user_id]["job_id"]) == ("job.queued", str(job.pk))
+    assert {event["position"] for event in events.values()} == {1, 2}
