@@ -15,6 +15,7 @@ $CHANNEL_LAYER picks it:
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 CHANNEL_LAYER_BACKENDS = {
     "redis": "channels_redis.core.RedisChannelLayer",
@@ -32,21 +33,32 @@ def channel_layer_hosts(redis_url: str) -> list[dict[str, Any]]:
     return [{"address": redis_url, "socket_timeout": None, "protocol": 2}]
 
 
+def channel_prefix(redis_url: str) -> str:
+    """The layer's names carry the Redis database number: Redis pub/sub channels are shared by
+    every database of a server, so two platforms on one server (db 0 and db 1, or a test run
+    beside a deployment) would otherwise deliver each other's events to members who share a
+    user id."""
+    parsed = urlparse(redis_url)
+    number = parse_qs(parsed.query).get("db", [parsed.path.strip("/") or "0"])[0]
+    return f"asgi{number}" if number.isdigit() else "asgi0"
+
+
 def channel_layer_settings(redis_url: str, kind: str = "") -> dict[str, Any]:
     """CHANNEL_LAYERS["default"] for `kind` ("" is the default); ValueError names the choices."""
     backend = CHANNEL_LAYER_BACKENDS.get(kind or DEFAULT_CHANNEL_LAYER)
     if backend is None:
         raise ValueError(f"CHANNEL_LAYER must be one of {', '.join(CHANNEL_LAYER_BACKENDS)}")
-    return {"BACKEND": backend, "CONFIG": {"hosts": channel_layer_hosts(redis_url)}}
+    config = {"hosts": channel_layer_hosts(redis_url), "prefix": channel_prefix(redis_url)}
+    return {"BACKEND": backend, "CONFIG": config}
 
 
-def make_channel_layer(redis_url: str, kind: str = "", *, prefix: str = "asgi") -> Any:
+def make_channel_layer(redis_url: str, kind: str = "") -> Any:
     """The layer itself, for a process without Django settings (the GPU worker, benches)."""
     from importlib import import_module
 
     config = channel_layer_settings(redis_url, kind)
     module, _, name = config["BACKEND"].rpartition(".")
-    return getattr(import_module(module), name)(prefix=prefix, **config["CONFIG"])
+    return getattr(import_module(module), name)(**config["CONFIG"])
 
 
 async def close_channel_layer(layer: Any) -> None:

@@ -60,9 +60,7 @@ LATENT_RGB = {
 class ChannelPublisher:
     """Fire-and-forget group_send from sync code; `flush()` waits for what was sent."""
 
-    def __init__(
-        self, redis_url: str = "", *, kind: str = "", prefix: str = "asgi", layer: Any = None
-    ) -> None:
+    def __init__(self, redis_url: str = "", *, kind: str = "", layer: Any = None) -> None:
         """`layer` (the web's, from Django settings) or a new one of `kind` on `redis_url`."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -71,7 +69,7 @@ class ChannelPublisher:
         self._thread.start()
         # One loop for the process's life, so the layer keeps its Redis connections (a fresh
         # loop per message, as async_to_sync makes outside an ASGI server, reconnects each time).
-        self.layer = layer or make_channel_layer(redis_url, kind, prefix=prefix)
+        self.layer = layer or make_channel_layer(redis_url, kind)
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
 

@@ -4,12 +4,14 @@ worker that shuts down must not cut the web's websockets off their events."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
 from gpu_worker.channel_layer import (
     CHANNEL_LAYER_BACKENDS,
     channel_layer_settings,
+    channel_prefix,
     make_channel_layer,
 )
 from gpu_worker.progress import ChannelPublisher
@@ -42,3 +44,35 @@ def test_a_closed_publisher_leaves_the_web_listening(redis_url: str, kind: str) 
 def test_an_unknown_layer_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="CHANNEL_LAYER must be one of redis, pubsub"):
         channel_layer_settings("redis://127.0.0.1:6379/0", "kafka")
+
+
+@pytest.mark.parametrize("kind", list(CHANNEL_LAYER_BACKENDS))
+def test_platforms_on_two_databases_of_one_redis_never_hear_each_other(
+    redis_url: str, kind: str
+) -> None:
+    """Pub/sub channels ignore the database number: without it in the layer's names, user 1
+    of one platform would receive user 1 of the other's events (previews included)."""
+    base, _, number = redis_url.rpartition("/")
+    neighbour_url = f"{base}/{(int(number or 0) + 1) % 16}"
+    group = "jobs.user.1"
+
+    async def run() -> list[str]:
+        ours, theirs = make_channel_layer(redis_url, kind), make_channel_layer(neighbour_url, kind)
+        channel = await ours.new_channel()
+        await ours.group_add(group, channel)
+        await asyncio.sleep(0.1)  # subscribed
+        await theirs.group_send(group, {"type": "job.progress", "job_id": "theirs"})
+        await ours.group_send(group, {"type": "job.progress", "job_id": "ours"})
+        heard = [(await asyncio.wait_for(ours.receive(channel), 3))["job_id"]]
+        with contextlib.suppress(TimeoutError):  # theirs must never arrive
+            heard.append((await asyncio.wait_for(ours.receive(channel), 0.5))["job_id"])
+        await ours.group_discard(group, channel)
+        return heard
+
+    assert asyncio.run(run()) == ["ours"]
+
+
+def test_the_layer_prefix_follows_the_redis_database() -> None:
+    assert channel_prefix("redis://127.0.0.1:6379/3") == "asgi3"
+    assert channel_prefix("redis://127.0.0.1:6379") == "asgi0"
+    assert channel_prefix("unix:///run/redis.sock?db=5") == "asgi5"
