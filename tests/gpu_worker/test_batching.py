@@ -52,10 +52,18 @@ def batch(engine: Any, requests: list[Any], join_at: dict[int, int], observers=N
     return [outcomes[i] for i in range(len(requests))]
 
 
-def test_a_job_alone_in_the_runner_is_bit_identical_to_the_serial_path(engine: Any) -> None:
-    request = demo_request(seed=5, steps=4)
-    [alone] = batch(engine, [request], {})
-    serial = engine.run(request)
+@pytest.mark.parametrize(
+    ("engine_fixture", "checkpoint"),
+    [("engine", "atelier-demo-v1"), ("xl_engine", "atelier-demo-xl")],
+    ids=["sd1", "sdxl"],
+)
+def test_a_job_alone_in_the_runner_is_bit_identical_to_the_serial_path(
+    request: pytest.FixtureRequest, engine_fixture: str, checkpoint: str
+) -> None:
+    engine = request.getfixturevalue(engine_fixture)
+    job_request = demo_request(checkpoint=checkpoint, seed=5, steps=4)
+    [alone] = batch(engine, [job_request], {})
+    serial = engine.run(job_request)
     assert (pixels(alone.images[0]) == pixels(serial.images[0])).all()
     assert alone.images[0]["infotext"] == serial.images[0]["infotext"]
     assert alone.steps_done == serial.steps_done and alone.timings["batch_jobs"] == 1
@@ -256,17 +264,6 @@ def _torch(torch: Any) -> None:
 # --- SDXL: the added conditioning (pooled embeddings, size ids) carried per row ---------------
 def xl_request(**overrides: Any) -> Any:
     return demo_request(checkpoint="atelier-demo-xl", **overrides)
-
-
-def test_an_sdxl_job_alone_in_the_runner_is_bit_identical_to_the_serial_path(
-    xl_engine: Any,
-) -> None:
-    request = xl_request(seed=5, steps=4)
-    [alone] = batch(xl_engine, [request], {})
-    serial = xl_engine.run(request)
-    assert (pixels(alone.images[0]) == pixels(serial.images[0])).all()
-    assert alone.images[0]["infotext"] == serial.images[0]["infotext"]
-    assert alone.steps_done == serial.steps_done and alone.timings["batch_jobs"] == 1
 
 
 def test_sdxl_jobs_batched_each_match_their_serial_render(xl_engine: Any) -> None:
