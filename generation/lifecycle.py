@@ -35,7 +35,7 @@ from generation.events import (
 )
 from generation.merge_records import attach_merged_file, drop_unfinished_merge
 from generation.models import Job, JobImage
-from generation.queue import QueueSnapshot, queue_snapshot
+from generation.queue import QueueSnapshot, queue_snapshot, stored_snapshot
 from generation.scheduling.estimates import running_eta
 from generation.scheduling.wakeups import POSITIONS, ring
 from gpu_worker.protocol import MergedModel, ResultImage
@@ -61,6 +61,9 @@ def start_job(job: Job, worker_id: str, attempt: int) -> bool:
     with transaction.atomic():
         if not job.mark_running(worker_id, attempt):
             return False
+        # Timed with the speeds the dispatcher's snapshot already picked (a Redis read), not
+        # another read of the history while the job's engine runs beside us.
+        snapshot = stored_snapshot()
         publish_job_event(
             job,
             JobStartedEvent(
@@ -68,7 +71,7 @@ def start_job(job: Job, worker_id: str, attempt: int) -> bool:
                 job_id=str(job.pk),
                 steps=job.total_steps,
                 steps_done=job.steps_done,
-                eta=running_eta(job),
+                eta=running_eta(job, snapshot.speeds if snapshot else None),
             ),
         )
     transaction.on_commit(publish_queue_positions)

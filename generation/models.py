@@ -448,9 +448,11 @@ class Job(models.Model):
         return won
 
     def mark_running(self, worker_id: str, attempt: int) -> bool:
+        # No read-back: every value written is known here (the row was just read).
         return self._claim(
             (self.Status.QUEUED,),
             attempt,
+            reload=False,
             status=self.Status.RUNNING,
             worker_id=worker_id[:200],
             started_at=timezone.now(),

@@ -202,12 +202,17 @@ def store_snapshot(snapshot: QueueSnapshot) -> None:
 
 def current_snapshot() -> QueueSnapshot:
     """The dispatcher's latest snapshot if fresh (a Redis read), else one computed here."""
+    return stored_snapshot() or queue_snapshot()
+
+
+def stored_snapshot() -> QueueSnapshot | None:
+    """The dispatcher's latest snapshot if fresh (a Redis read), else None."""
     try:
         raw = get_redis().get(SNAPSHOT_KEY)
     except (redis.RedisError, OSError):
         raw = None
     if not raw:
-        return queue_snapshot()
+        return None
     data = json.loads(raw)
     speeds = {
         (int(c), int(w), int(h)): Speed(float(unit), float(overhead), source)

@@ -140,8 +140,9 @@ def estimate_duration(job: Job, speeds: SpeedCache | None = None) -> tuple[float
     return speed.duration({**job.params, "mode": job.mode}), speed.source
 
 
-def running_eta(job: Job) -> float:
-    """Seconds until a running job is expected to finish."""
-    duration, _source = estimate_duration(job)
+def running_eta(job: Job, speeds: SpeedCache | None = None) -> float:
+    """Seconds until a running job is expected to finish (`speeds`: ones already known, e.g.
+    the queue snapshot's)."""
+    duration, _source = estimate_duration(job, speeds)
     elapsed = (timezone.now() - job.started_at).total_seconds() if job.started_at else 0.0
     return round(max(0.0, duration - elapsed), 1)

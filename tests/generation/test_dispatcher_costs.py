@@ -16,8 +16,9 @@ from django.test.utils import CaptureQueriesContext
 
 from generation.events import user_group
 from generation.job_messages import build_request
-from generation.lifecycle import publish_queue_positions
+from generation.lifecycle import publish_queue_positions, start_job
 from generation.models import Job
+from generation.queue import queue_snapshot, store_snapshot
 from generation.scheduling.dispatcher import answer_wake, schedule_pending
 from generation.scheduling.wakeups import ALIVE_KEY, POSITIONS, WAKE_KEY
 from generation.submission import submit_job
@@ -99,6 +100,29 @@ def test_a_job_start_with_nobody_queued_makes_no_queue_snapshot(
     assert job.mark_assigned("gpu-1") and job.mark_running("gpu-1", job.attempt)
     with django_assert_num_queries(1):  # is anything queued? no: nobody to tell
         publish_queue_positions()
+
+
+def test_recording_a_job_start_reads_no_speed_history_beside_its_engine(
+    alice, catalogue, django_capture_on_commit_callbacks
+):
+    """The started event's ETA comes from the speeds the dispatcher's stored snapshot holds;
+    the claim is not read back."""
+    job = submit_job(alice, SMALL)
+    assert job.mark_assigned("gpu-1")
+    store_snapshot(queue_snapshot())  # what the dispatcher keeps in Redis
+    with (
+        CaptureQueriesContext(connection) as queries,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert start_job(job, "gpu-1", job.attempt)
+    statements = [q["sql"].split()[0] for q in queries.captured_queries]
+    # the claim, then "is anything queued?" (the test's transaction adds savepoints)
+    assert [s for s in statements if "SAVEPOINT" not in s and s != "RELEASE"] == [
+        "UPDATE",
+        "SELECT",
+    ]
+    job.refresh_from_db()
+    assert job.status == Job.Status.RUNNING and job.worker_id == "gpu-1"
 
 
 def test_with_a_dispatcher_alive_a_job_start_asks_it_for_the_queues_positions(
