@@ -228,7 +228,8 @@ class BatchRunner:
         try:
             self._setup(job, prepared, pipe)
         except Exception as exc:  # this job cannot start (a bad embedding...): it alone fails
-            job.finish(self.engine.out_of_memory(exc) or exc)
+            # The others go on with the loaded models: out of memory must not clear the cache.
+            job.finish(self.engine.out_of_memory(exc, clear_cache=False) or exc)
             return
         active.append(job)
 

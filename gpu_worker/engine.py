@@ -51,7 +51,7 @@ from gpu_worker.loading import (
     load_vae,
 )
 from gpu_worker.masking import InpaintPlan, plan_inpaint, whole_image_plan
-from gpu_worker.model_cache import ModelCache
+from gpu_worker.model_cache import ModelCache, release_memory
 from gpu_worker.noise import consume, initial_noise, variation_of
 from gpu_worker.params import INPAINT_DEFAULTS
 from gpu_worker.passes import (
@@ -318,15 +318,18 @@ class Engine:
         result.timings["total_s"] = round(time.perf_counter() - started, 4)
         return result
 
-    def out_of_memory(self, exc: BaseException) -> JobFailed | None:
+    def out_of_memory(self, exc: BaseException, *, clear_cache: bool = True) -> JobFailed | None:
         """An out-of-memory error during sampling fails the job, the cache freed; None for any
-        other error (raised as is: the worker retries it)."""
+        other error (raised as is: the worker retries it). `clear_cache=False` while other
+        jobs still use the loaded models (a batch): only the garbage is freed."""
         if not is_out_of_memory(exc):
             return None
-        self.cache.clear()  # give everything back; the next job loads what it needs
+        if clear_cache:
+            self.cache.clear()  # give everything back; the next job loads what it needs
+        else:
+            release_memory(self.device)
         return JobFailed(
-            "out of GPU memory: try a smaller size or batch (the worker freed its "
-            "model cache and goes on)",
+            "out of GPU memory: try a smaller size or batch (the worker goes on)",
             permanent=True,
         )
 

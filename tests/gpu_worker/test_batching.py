@@ -148,6 +148,44 @@ def test_a_job_that_cannot_start_fails_alone(engine: Any) -> None:
     assert ok.images and isinstance(failed, JobFailed) and "no-such-lora" in str(failed)
 
 
+def test_a_joining_job_out_of_memory_fails_alone_and_the_batch_keeps_its_models(
+    engine: Any,
+) -> None:
+    """Out of memory while one joining job is set up (its prompt encoded) fails that job only;
+    the models the batch is using stay loaded (the cache is not cleared under it)."""
+    from gpu_worker.batching import BatchJob, BatchRunner
+    from gpu_worker.engine import JobFailed
+
+    pipe = engine.pipeline(engine.resolve("checkpoint", "atelier-demo-v1"), None)
+    loaded = engine.cache.keys_hottest_first()
+    state = {"offered": False, "armed": False}
+    outcomes: dict[int, Any] = {}
+    requests = [demo_request(seed=1, steps=4), demo_request(prompt="a second prompt", seed=2)]
+
+    def job(i: int) -> BatchJob:
+        return BatchJob(requests[i], None, lambda _job, out: outcomes.__setitem__(i, out))
+
+    def take_more(room: int) -> list[BatchJob]:
+        if state["offered"]:
+            return []
+        state["offered"] = state["armed"] = True  # the next prompt encoded is the joiner's
+        return [job(1)]
+
+    def encoder_out_of_memory(_module: Any, _args: Any) -> None:
+        if state["armed"]:
+            state["armed"] = False
+            raise RuntimeError(OUT_OF_MEMORY)
+
+    handle = pipe.text_encoder.register_forward_pre_hook(encoder_out_of_memory)
+    try:
+        BatchRunner(engine).run(job(0), take_more)
+    finally:
+        handle.remove()
+    assert outcomes[0].images
+    assert isinstance(outcomes[1], JobFailed) and "out of GPU memory" in str(outcomes[1])
+    assert engine.cache.keys_hottest_first() == loaded
+
+
 # --- a crash of the batch itself: out of memory in the shared UNet call -----------------------
 def test_a_crash_of_the_shared_unet_call_hands_back_its_unreported_jobs_in_join_order(
     engine: Any,
