@@ -248,6 +248,9 @@ class WorkerHeartbeat(TypedDict):
     # annotator weights lie in its models folder (absent in older workers: the built-in ones)
     preprocessors: NotRequired[list[str]]
     hot_capacity: NotRequired[int]  # checkpoints that fit on the device at once (estimate)
+    # The most images it denoises in one cross-user batch; 0: it runs every job alone, so the
+    # scheduler hands it no batch companions (absent in older workers: batching on).
+    batch_max_images: NotRequired[int]
     queue: NotRequired[str]  # the Dramatiq queue it consumes (worker_queue(worker_id))
     current_job: str | None
     current_step: int | None

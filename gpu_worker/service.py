@@ -642,6 +642,7 @@ class WorkerService:
             loaded_controlnets=controlnets,
             preprocessors=self.preprocessors(),
             hot_capacity=int(hot_capacity),
+            batch_max_images=self.batch_max_images if self.batch_queue is not None else 0,
             queue=self.queue,
             current_job=status.current_job,
             current_step=status.current_step,

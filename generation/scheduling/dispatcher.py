@@ -62,7 +62,7 @@ from generation.scheduling.inputs import (
 )
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView, usage_matters
 from generation.scheduling.wakeups import ALIVE_KEY, ALIVE_TTL_S, POSITIONS, WAKE_KEY, ring
-from gpu_worker.batch_key import batch_key
+from gpu_worker.batch_key import MAX_BATCH_IMAGES, batch_key
 from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
@@ -131,10 +131,17 @@ def worker_views(beats: dict[str, WorkerHeartbeat], held: Iterable[Job]) -> list
                 disk=disk,
                 download_bytes_per_s=rate,
                 batch_keys=tuple(keys[worker_id]),
-                batches=not beat.get("draining"),
+                batches=takes_companions(beat),
             )
         )
     return views
+
+
+def takes_companions(beat: WorkerHeartbeat) -> bool:
+    """Whether a worker is handed batch companions: not while draining, nor when it runs
+    every job alone (`--batch-max 0`): they would wait in its queue for their turn while
+    another worker might be free."""
+    return not beat.get("draining") and int(beat.get("batch_max_images", MAX_BATCH_IMAGES)) > 0
 
 
 @dataclass

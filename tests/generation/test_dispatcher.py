@@ -89,6 +89,21 @@ def test_a_full_worker_also_gets_jobs_that_can_join_its_batch(
     assert other.worker_id == ""
 
 
+def test_a_worker_that_runs_every_job_alone_gets_no_batch_companions(
+    alice, bob, carol, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    """`--batch-max 0`: a third compatible job waits for a free slot (any worker's) instead of
+    queueing behind the two this worker holds."""
+    beat(redis_client, "gpu-1", hot=["model-a"], batch_max_images=0)
+    jobs = [submit(user, django_capture_on_commit_callbacks) for user in (alice, bob, carol)]
+    assert [job.worker_id for job in jobs] == ["gpu-1", "gpu-1", ""]
+    beat(redis_client, "gpu-2", hot=["model-a"])
+    with django_capture_on_commit_callbacks(execute=True):
+        schedule_pending()
+    jobs[2].refresh_from_db()
+    assert jobs[2].worker_id == "gpu-2"
+
+
 def test_a_worker_never_gets_a_model_it_does_not_have_on_disk(
     alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
 ):

@@ -404,5 +404,6 @@ def test_the_heartbeat_tells_models_on_the_device_from_those_only_in_ram(
         assert beat["loaded_models"] == ["atelier-demo-v2"]
         assert beat["warm_models"] == ["atelier-demo-v1"]
         assert beat["hot_capacity"] == 1 and beat["queue"] == "gpu.tiers-worker"
+        assert beat["batch_max_images"] == 8  # batching on: the scheduler may add companions
     finally:
         service.broker.close()
