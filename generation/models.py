@@ -332,6 +332,9 @@ class Job(models.Model):
             models.Index(
                 fields=["status", "worker_id", "created_at", "id"], name="job_waiting_order"
             ),
+            # Recent usage (fair share) and the speed history read finished jobs by finish time:
+            # a range of this index, not a scan of every job ever run.
+            models.Index(fields=["finished_at"], name="job_finished_at"),
         ]
         constraints = [
             models.UniqueConstraint(
