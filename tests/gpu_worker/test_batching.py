@@ -52,6 +52,20 @@ def batch(engine: Any, requests: list[Any], join_at: dict[int, int], observers=N
     return [outcomes[i] for i in range(len(requests))]
 
 
+def each_matches_its_serial_render(engine: Any, requests: list[Any], outcomes: list[Any]) -> None:
+    """Every job of a 3-job batch: its own steps and images, each within TOLERANCE of its
+    serial render with the same infotext; and the jobs' images differ from one another."""
+    for request, outcome in zip(requests, outcomes, strict=True):
+        serial = engine.run(request)
+        assert outcome.steps_done == serial.steps_done == request["steps"]
+        assert len(outcome.images) == len(serial.images) == request["batch_size"]
+        for mine, alone in zip(outcome.images, serial.images, strict=True):
+            assert abs(pixels(mine) - pixels(alone)).max() <= TOLERANCE
+            assert mine["infotext"] == alone["infotext"]
+        assert outcome.timings["batch_jobs"] == 3
+    assert abs(pixels(outcomes[0].images[0]) - pixels(outcomes[2].images[0])).max() > TOLERANCE
+
+
 @pytest.mark.parametrize(
     ("engine_fixture", "checkpoint"),
     [("engine", "atelier-demo-v1"), ("xl_engine", "atelier-demo-xl")],
@@ -78,16 +92,7 @@ def test_jobs_joining_and_leaving_mid_run_each_match_their_serial_render(engine:
         ),  # fmt: skip
         demo_request(prompt="a (tree:1.3)", negative_prompt="fog", seed=3, steps=3),
     ]
-    outcomes = batch(engine, requests, {1: 3, 2: 3})
-    for request, outcome in zip(requests, outcomes, strict=True):
-        serial = engine.run(request)
-        assert outcome.steps_done == serial.steps_done == request["steps"]
-        assert len(outcome.images) == len(serial.images) == request["batch_size"]
-        for mine, alone in zip(outcome.images, serial.images, strict=True):
-            assert abs(pixels(mine) - pixels(alone)).max() <= TOLERANCE
-            assert mine["infotext"] == alone["infotext"]
-        assert outcome.timings["batch_jobs"] == 3
-    assert abs(pixels(outcomes[0].images[0]) - pixels(outcomes[2].images[0])).max() > TOLERANCE
+    each_matches_its_serial_render(engine, requests, batch(engine, requests, {1: 3, 2: 3}))
 
 
 def test_a_second_order_sampler_counts_its_model_calls_per_job(engine: Any) -> None:
@@ -320,13 +325,4 @@ def test_sdxl_jobs_batched_each_match_their_serial_render(xl_engine: Any) -> Non
             cfg_scale=4.5,
         ),  # fmt: skip
     ]
-    outcomes = batch(xl_engine, requests, {1: 2, 2: 2})
-    for request, outcome in zip(requests, outcomes, strict=True):
-        serial = xl_engine.run(request)
-        assert outcome.steps_done == serial.steps_done == request["steps"]
-        assert len(outcome.images) == len(serial.images) == request["batch_size"]
-        for mine, alone in zip(outcome.images, serial.images, strict=True):
-            assert abs(pixels(mine) - pixels(alone)).max() <= TOLERANCE
-            assert mine["infotext"] == alone["infotext"]
-        assert outcome.timings["batch_jobs"] == 3
-    assert abs(pixels(outcomes[0].images[0]) - pixels(outcomes[2].images[0])).max() > TOLERANCE
+    each_matches_its_serial_render(xl_engine, requests, batch(xl_engine, requests, {1: 2, 2: 2}))
