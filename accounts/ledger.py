@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import Count, DecimalField, F, Q, Subquery, Sum, Value
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, DecimalField, F, Q, Sum, Value
 from django.db.models.functions import Coalesce, Round
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -284,30 +284,25 @@ def charged_so_far(job_id: Any) -> Decimal:
 def _lock_open_hold(job_id: Any) -> tuple[int, Decimal] | None:
     """(account id, amount still held) of a job's unsettled hold, with the account row locked;
     None when the job has no hold or was settled. Call inside a transaction. Two round trips."""
-    # The account row lock, found through the job's hold in the same statement (the hold is
-    # read, not locked: it never changes). It serialises settlements: the second of two racing
-    # messages sees the first one's entry and stops. The unique constraint would refuse it too.
-    hold_account = CreditEntry.objects.filter(job_id=job_id, kind=Kind.HOLD).values("account_id")
-    account_id = (
-        CreditAccount.objects.select_for_update(no_key=True)
-        .filter(pk=Subquery(hold_account[:1]))
-        .values_list("pk", flat=True)
-        .first()
-    )
-    if account_id is None:
+    job = CreditEntry._meta.get_field("job_id").get_db_prep_value(job_id, connection)
+    no_key = connection.features.has_select_for_no_key_update
+    with connection.cursor() as cursor:
+        # The account row lock, found through the job's hold in the same statement (the hold
+        # is read, not locked: it never changes). It serialises settlements: the second of two
+        # racing messages sees the first one's entry and stops. The unique constraint would
+        # refuse it too.
+        cursor.execute(_LOCK_HOLD_ACCOUNT_PG if no_key else _LOCK_HOLD_ACCOUNT, [job, Kind.HOLD])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        # Read after the lock (a new statement, so a new snapshot under READ COMMITTED):
+        # settled already? and what is still held, the hold less the parts charged so far.
+        kinds = [*CreditEntry.SETTLEMENTS, Kind.HOLD, Kind.PART_CAPTURE]
+        cursor.execute(_SETTLED_AND_HELD, [*kinds, job])
+        settled, held = cursor.fetchone()
+    if settled:
         return None
-    # Read after the lock (a new statement, so a new snapshot under READ COMMITTED): settled
-    # already? and what is still held, the hold less the parts charged so far.
-    after_lock = CreditEntry.objects.filter(job_id=job_id).aggregate(
-        settled=Count("pk", filter=Q(kind__in=CreditEntry.SETTLEMENTS)),
-        held=Coalesce(
-            Sum("held_delta", filter=Q(kind__in=(Kind.HOLD, Kind.PART_CAPTURE))),
-            Value(ZERO, output_field=DecimalField()),
-        ),
-    )
-    if after_lock["settled"]:
-        return None
-    return account_id, after_lock["held"].quantize(CENT)
+    return int(row[0]), _decimal(held)
 
 
 def _settle(job_id: Any, charge: Decimal | None, reason: str) -> CreditEntry | None:
@@ -320,14 +315,56 @@ def _settle(job_id: Any, charge: Decimal | None, reason: str) -> CreditEntry | N
         account_id, held = locked
         charged = held if charge is None else min(charge, held)
         returned = held - charged
-        return _write(
-            account_id,
-            Kind.CAPTURE if charged > 0 else Kind.RELEASE,
-            returned,
-            -held,
+        # What `_write` does, with the UPDATE written out (nothing is taken from the balance,
+        # so there is no balance to check).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _MOVE_SETTLED,
+                [
+                    returned,
+                    -held,
+                    connection.ops.adapt_datetimefield_value(timezone.now()),
+                    account_id,
+                ],
+            )
+        return CreditEntry.objects.create(
+            account_id=account_id,
+            kind=Kind.CAPTURE if charged > 0 else Kind.RELEASE,
+            amount=returned,
+            held_delta=-held,
             job_id=job_id,
             reason=reason,
         )
+
+
+# A settlement's three statements, written out: every job's end runs them, and the ORM spent
+# several times the database's own time compiling them (about 2 ms of CPU per settlement on
+# PostgreSQL, against ~0.4 ms for the three round trips). The same on both databases but the
+# row lock (SQLite locks the whole file for the transaction anyway).
+_LOCK_HOLD_ACCOUNT = (
+    'SELECT "user_id" FROM "accounts_creditaccount" WHERE "user_id" = '
+    '(SELECT "account_id" FROM "accounts_creditentry" WHERE "job_id" = %s AND "kind" = %s '
+    "LIMIT 1)"
+)
+_LOCK_HOLD_ACCOUNT_PG = _LOCK_HOLD_ACCOUNT + " FOR NO KEY UPDATE"
+_SETTLED_AND_HELD = (
+    'SELECT COUNT(CASE WHEN "kind" IN (%s, %s) THEN 1 END), '
+    'COALESCE(SUM(CASE WHEN "kind" IN (%s, %s) THEN "held_delta" END), 0) '
+    'FROM "accounts_creditentry" WHERE "job_id" = %s'
+)
+# ROUND as `_cents`: SQLite keeps decimals as binary floats.
+_MOVE_SETTLED = (
+    'UPDATE "accounts_creditaccount" SET "balance" = ROUND("balance" + %s, 2), '
+    '"held" = ROUND("held" + %s, 2), "updated_at" = %s WHERE "user_id" = %s'
+)
+
+
+def _decimal(value: Any) -> Decimal:
+    """A sum read back in cents: PostgreSQL's numeric as it is, SQLite's float through its
+    shortest repr (as Django's own converter reads a decimal column)."""
+    if isinstance(value, float):
+        value = repr(value)
+    return Decimal(value).quantize(CENT)
 
 
 def refund(job_id: Any, amount: Any, *, actor: Any, reason: str) -> CreditEntry:

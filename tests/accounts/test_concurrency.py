@@ -130,3 +130,41 @@ def test_fifty_simultaneous_holds_without_any_other_lock_never_overdraw(alice, t
     ), results
     assert CreditAccount.objects.get(pk=alice.pk).balance == Decimal("0.00")
     call_command("check_ledger")
+
+
+def test_a_jobs_hold_settled_by_ten_racing_messages_is_charged_once_with_its_parts(alice, tiers):
+    """The ledger alone, without the job row's claim that serialises a job's ends: captures,
+    releases and an epoch's part race for one hold; the account lock decides. Either the part
+    comes first (then the settlement settles only the rest) or after (then it charges nothing)."""
+    import uuid
+
+    from django.db import transaction
+
+    from accounts import ledger
+    from accounts.models import CreditEntry
+
+    set_balance(alice, Decimal("10.00"))
+    job_id = uuid.uuid4()
+    with transaction.atomic():
+        ledger.hold(alice, Decimal("4.00"), job_id)
+
+    def settle(i: int) -> Any:
+        with transaction.atomic():
+            if i == 0:
+                return ledger.capture_part(job_id, Decimal("1.50"), key=f"{job_id}:epoch-1")
+            if i % 2:
+                return ledger.capture(job_id)
+            return ledger.release(job_id)
+
+    results = all_at_once(11, settle)
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    settlements = CreditEntry.objects.filter(job_id=job_id, kind__in=CreditEntry.SETTLEMENTS)
+    assert settlements.count() == 1
+    account = CreditAccount.objects.get(pk=alice.pk)
+    assert account.held == Decimal("0.00")
+    # 10 less what the part and the settlement charged, whichever order they came in.
+    charged = ledger.charged_so_far(job_id)
+    assert account.balance == Decimal("10.00") - charged
+    assert charged in (Decimal("0.00"), Decimal("1.50"), Decimal("4.00"))
+    call_command("check_ledger")
