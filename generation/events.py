@@ -99,9 +99,10 @@ EVENT_TYPES = (
 )
 
 
-# A process with no ASGI event loop (the platform worker) installs a publisher that keeps one
-# loop and its Redis connections (gpu_worker.progress.ChannelPublisher); otherwise each event
-# would pay async_to_sync's fresh loop and a new connection.
+# A process with no ASGI event loop (the platform worker) installs a publisher: one PUBLISH from
+# the calling thread on the "pubsub" layer (gpu_worker.pubsub_sender), else one loop that keeps
+# its Redis connections (gpu_worker.progress.ChannelPublisher); otherwise each event would pay
+# async_to_sync's fresh loop and a new connection.
 _publisher: Any = None
 
 
@@ -113,13 +114,13 @@ def use_background_publisher(publisher: Any) -> None:
 
 def send_to_user(user_id: int | str, event: JobEvent) -> None:
     """Send now (outside any transaction). Delivery is best effort: a dead layer only logs."""
-    if _publisher is not None:
-        _publisher.publish(user_group(user_id), dict(event))
-        return
-    layer = get_channel_layer()
-    if layer is None:
-        return
     try:
+        if _publisher is not None:
+            _publisher.publish(user_group(user_id), dict(event))
+            return
+        layer = get_channel_layer()
+        if layer is None:
+            return
         async_to_sync(layer.group_send)(user_group(user_id), dict(event))
     except Exception:  # a lost event is repaired by the consumer's snapshot on reconnect
         logger.warning(

@@ -106,3 +106,33 @@ async def test_alice_receives_her_events_and_bob_does_not(
     finally:
         await alice_ws.disconnect()
         await bob_ws.disconnect()
+
+
+async def test_the_platform_workers_sender_tells_alice_her_job_succeeded_and_not_bob(
+    alice, bob, catalogue, redis_url
+):
+    """The platform worker publishes from the recording thread (one PUBLISH, no event loop):
+    alice's websocket hears her job's success, images included, once it is recorded."""
+    from generation.events import use_background_publisher
+    from generation.worker_events import handle_job_event
+    from gpu_worker.pubsub_sender import pubsub_sender
+    from tests.generation.test_job_lifecycle import dispatched, succeeded
+
+    sender = pubsub_sender(redis_url, "pubsub")
+    assert sender is not None
+    alice_ws, bob_ws = await connect(alice), await connect(bob)
+    assert (await alice_ws.connect())[0] and (await bob_ws.connect())[0]
+    use_background_publisher(sender)
+    try:
+        job = await database_sync_to_async(lambda: dispatched(submit_job(alice, SMALL)))()
+        assert (await alice_ws.receive_json_from(timeout=3))["type"] == "job.queued"
+        assert await database_sync_to_async(handle_job_event)(succeeded(job, count=2))
+        event = await alice_ws.receive_json_from(timeout=3)
+        assert (event["type"], event["job_id"]) == ("job.succeeded", str(job.pk))
+        assert [image["seed"] for image in event["images"]] == [7, 8]
+        assert await bob_ws.receive_nothing(timeout=0.3)
+    finally:
+        use_background_publisher(None)
+        sender.close()
+        await alice_ws.disconnect()
+        await bob_ws.disconnect()

@@ -15,6 +15,7 @@ from gpu_worker.channel_layer import (
     make_channel_layer,
 )
 from gpu_worker.progress import ChannelPublisher
+from gpu_worker.pubsub_sender import pubsub_sender
 
 
 @pytest.mark.parametrize("kind", list(CHANNEL_LAYER_BACKENDS))
@@ -76,3 +77,31 @@ def test_the_layer_prefix_follows_the_redis_database() -> None:
     assert channel_prefix("redis://127.0.0.1:6379/3") == "asgi3"
     assert channel_prefix("redis://127.0.0.1:6379") == "asgi0"
     assert channel_prefix("unix:///run/redis.sock?db=5") == "asgi5"
+
+
+def test_an_event_published_from_a_plain_thread_reaches_the_groups_websockets(
+    redis_url: str,
+) -> None:
+    """The platform worker's sender (one PUBLISH from the recording thread) speaks the pubsub
+    layer's own format: a web process's member of the group receives the message whole."""
+    group = "jobs.user.sender-test"
+    event = {"type": "job.succeeded", "job_id": "j1", "images": [{"id": "i1", "seed": 7}]}
+
+    async def run() -> dict:
+        web = make_channel_layer(redis_url, "pubsub")
+        channel = await web.new_channel()
+        await web.group_add(group, channel)
+        sender = pubsub_sender(redis_url, "pubsub")
+        assert sender is not None
+        await asyncio.to_thread(sender.publish, group, event)
+        sender.close()
+        received = await asyncio.wait_for(web.receive(channel), 3)
+        await web.group_discard(group, channel)
+        return received
+
+    assert asyncio.run(run()) == event
+
+
+def test_the_queued_layer_has_no_plain_thread_sender(redis_url: str) -> None:
+    assert pubsub_sender(redis_url, "redis") is None
+    assert pubsub_sender(redis_url, "") is not None  # pubsub is the default

@@ -17,6 +17,7 @@ from typing import Any
 
 import dramatiq
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connections
 
@@ -30,6 +31,7 @@ from generation.sweeper import UNREPORTED_GRACE_SECONDS, SweepMemory, sweep
 from generation.worker_events import register_platform_actors
 from gpu_worker.progress import ChannelPublisher
 from gpu_worker.protocol import PLATFORM_QUEUE, WORKER_MISSING_GRACE_SECONDS
+from gpu_worker.pubsub_sender import pubsub_sender
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,10 @@ class Command(BaseCommand):
             signal.signal(sig, lambda *_: stop.set())
         broker = get_broker()
         register_platform_actors(broker)
-        publisher = ChannelPublisher(layer=get_channel_layer())
+        # Events leave from the recording thread (one PUBLISH) where the layer allows it.
+        publisher = pubsub_sender(settings.REDIS_URL, settings.CHANNEL_LAYER) or ChannelPublisher(
+            layer=get_channel_layer()
+        )
         use_background_publisher(publisher)
         worker = dramatiq.Worker(
             broker, queues={PLATFORM_QUEUE}, worker_threads=options["threads"], worker_timeout=1000
