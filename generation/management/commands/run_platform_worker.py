@@ -19,7 +19,7 @@ import dramatiq
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections, connections
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections
 
 from accounts.grants import grant_periodic_credits
 from generation.broker import get_broker
@@ -34,6 +34,17 @@ from gpu_worker.protocol import PLATFORM_QUEUE, WORKER_MISSING_GRACE_SECONDS
 from gpu_worker.pubsub_sender import pubsub_sender
 
 logger = logging.getLogger(__name__)
+
+
+def keep_sqlite_connections() -> None:
+    """On SQLite, each of this process's threads keeps its connection across messages and
+    ticks: with Django's default (CONN_MAX_AGE 0, a connection per request) every worker event
+    opened the file anew, ~1 ms of each job's recording. The threads live as long as the
+    process, so the connections do not pile up; PostgreSQL's pool already makes reuse cheap.
+    An operator's DATABASE_CONN_MAX_AGE stays as set."""
+    database = connections.settings[DEFAULT_DB_ALIAS]
+    if database["ENGINE"].endswith("sqlite3") and database.get("CONN_MAX_AGE") == 0:
+        database["CONN_MAX_AGE"] = None
 
 
 class Command(BaseCommand):
@@ -79,6 +90,7 @@ class Command(BaseCommand):
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+        keep_sqlite_connections()
         broker = get_broker()
         register_platform_actors(broker)
         # Events leave from the recording thread (one PUBLISH) where the layer allows it.
