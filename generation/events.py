@@ -128,6 +128,20 @@ def send_to_user(user_id: int | str, event: JobEvent) -> None:
         )
 
 
+def send_to_users(events: list[tuple[int | str, JobEvent]]) -> None:
+    """`send_to_user` for each (user id, event), in one round trip where the publisher can
+    (the platform worker's dispatcher telling a queue's owners their new places)."""
+    publish_many = getattr(_publisher, "publish_many", None)
+    if publish_many is None or len(events) < 2:
+        for user_id, event in events:
+            send_to_user(user_id, event)
+        return
+    try:
+        publish_many([(user_group(user_id), dict(event)) for user_id, event in events])
+    except Exception:  # as send_to_user: repaired by the consumer's snapshot on reconnect
+        logger.warning("could not publish %d events", len(events), exc_info=True)
+
+
 def publish_job_event(job: Job, event: JobEvent) -> None:
     """Send `event` to the job owner's group once the current transaction commits."""
     owner_id = job.owner_id

@@ -26,12 +26,13 @@ from generation.events import (
     EtaSource,
     ImagePayload,
     JobCancelledEvent,
+    JobEvent,
     JobFailedEvent,
     JobQueuedEvent,
     JobStartedEvent,
     JobSucceededEvent,
     publish_job_event,
-    send_to_user,
+    send_to_users,
 )
 from generation.merge_records import attach_merged_file, drop_unfinished_merge
 from generation.models import Job, JobImage
@@ -251,18 +252,18 @@ def publish_snapshot_positions(snapshot: QueueSnapshot, skip: Collection[str] = 
         str(pk): owner_id
         for pk, owner_id in Job.objects.filter(pk__in=ids).values_list("pk", "owner_id")
     }
+    events: list[tuple[int | str, JobEvent]] = []
     for job_id in ids:
         owner_id = owners.get(job_id)
         if owner_id is None:
             continue
         info = snapshot.infos[job_id]
-        send_to_user(
-            owner_id,
-            JobQueuedEvent(
-                type="job.queued",
-                job_id=job_id,
-                position=info.position,
-                eta=info.eta,
-                eta_source=info.source,
-            ),
+        queued = JobQueuedEvent(
+            type="job.queued",
+            job_id=job_id,
+            position=info.position,
+            eta=info.eta,
+            eta_source=info.source,
         )
+        events.append((owner_id, queued))
+    send_to_users(events)

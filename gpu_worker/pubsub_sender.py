@@ -11,6 +11,7 @@ per-channel queues: no shortcut there.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -42,6 +43,13 @@ class PubSubGroupSender:
 
     def publish(self, group: str, message: dict[str, Any]) -> None:
         self._redis.publish(group_channel(self._prefix, group), self._serialize(message))
+
+    def publish_many(self, messages: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Several (group, message) in one round trip (a queue's new places)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for group, message in messages:
+            pipe.publish(group_channel(self._prefix, group), self._serialize(message))
+        pipe.execute()
 
     def close(self) -> None:
         self._redis.close()

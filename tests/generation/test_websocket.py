@@ -136,3 +136,40 @@ async def test_the_platform_workers_sender_tells_alice_her_job_succeeded_and_not
         sender.close()
         await alice_ws.disconnect()
         await bob_ws.disconnect()
+
+
+async def test_through_the_sender_a_queues_owners_hear_their_own_places_in_one_go(
+    alice, bob, catalogue, redis_url
+):
+    """The dispatcher's new places for a queue's window leave in one pipelined round trip:
+    each owner still hears only their own job's place."""
+    from generation.events import use_background_publisher
+    from generation.lifecycle import publish_snapshot_positions
+    from generation.queue import queue_snapshot
+    from gpu_worker.pubsub_sender import pubsub_sender
+
+    alice_job = await database_sync_to_async(submit_job)(alice, SMALL)
+    bob_job = await database_sync_to_async(submit_job)(bob, SMALL)
+    sender = pubsub_sender(redis_url, "pubsub")
+    assert sender is not None
+    alice_ws, bob_ws = await connect(alice), await connect(bob)
+    assert (await alice_ws.connect())[0] and (await bob_ws.connect())[0]
+    try:
+        for ws in (alice_ws, bob_ws):  # the state sent on connect
+            assert (await ws.receive_json_from(timeout=3))["type"] == "job.queued"
+        use_background_publisher(sender)
+        await database_sync_to_async(lambda: publish_snapshot_positions(queue_snapshot()))()
+        heard = await alice_ws.receive_json_from(timeout=3)
+        assert (heard["type"], heard["job_id"], heard["position"]) == (
+            "job.queued",
+            str(alice_job.pk),
+            1,
+        )
+        heard = await bob_ws.receive_json_from(timeout=3)
+        assert (heard["job_id"], heard["position"]) == (str(bob_job.pk), 2)
+        assert await alice_ws.receive_nothing(timeout=0.3)
+    finally:
+        use_background_publisher(None)
+        sender.close()
+        await alice_ws.disconnect()
+        await bob_ws.disconnect()
