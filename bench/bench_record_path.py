@@ -10,7 +10,7 @@ queue), and the bench waits for job.succeeded on the owner's channel-layer group
 websocket relays). The platform worker (`manage.py run_platform_worker --no-periodic`) runs as
 deployed, in its own process, with a dispatcher pretended alive elsewhere: the scheduling pass
 a finished job wakes is not part of the recording. Runs on SQLite and PostgreSQL
-(BENCH_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/atelier_bench_record, dropped
+(BENCH_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/atelier_bench_platform, dropped
 and created). Prints:
 
   result sent to event     median and p90 over RECORD_RUNS jobs (after 5 unmeasured)
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 RUNS = int(os.environ.get("RECORD_RUNS", "50"))
 WARM_UP = 5
 POSTGRES_URL = os.environ.get(
-    "BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/atelier_bench_record"
+    "BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/atelier_bench_platform"
 )
 JOB = {
     "checkpoint": "atelier-demo-v1",
