@@ -31,6 +31,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from accounts.models import CENT, CreditAccount, CreditEntry, MembershipTier
+from accounts.queries import only_row
 from accounts.verification import may_receive_grants
 
 Kind = CreditEntry.Kind
@@ -112,7 +113,7 @@ def grant_welcome(user: Any) -> CreditEntry | None:
 
 def account_for(user: Any) -> CreditAccount:
     """The user's account, opened on first use (users made by createsuperuser or a script)."""
-    account = CreditAccount.objects.select_related("tier").filter(pk=user.pk).first()
+    account = only_row(CreditAccount.objects.select_related("tier").filter(pk=user.pk))
     return account if account is not None else open_account(user)
 
 
