@@ -13,4 +13,4 @@ def only_row(rows: QuerySet[T]) -> T | None:  # type: ignore[type-var]
     """The row a filter on a unique key (or the primary key) finds, or None: `first()` without
     the ORDER BY it adds. Django compiles an ordered query's select list into position
     references, a cost paid on every call that a request's few such reads add up."""
-    return next(iter(rows[:1]), None)
+    return next(iter(rows.order_by()[:1]), None)  # order_by(): not even the model's default
