@@ -73,6 +73,9 @@ class JobsConsumer(AsyncJsonWebsocketConsumer):
             # Straight out: Channels' dispatch first closes stale database connections in a
             # worker thread, a thread hop per message that was half of daphne's CPU per
             # relayed event (bench_idle_and_waiting), and a relay reads no database.
-            await self.send_json(message)
+            # The pub/sub layer keeps the JSON an event was published as: the same text
+            # send_json would encode again (gpu_worker.pubsub_layer.RelayedMessage).
+            text = getattr(message, "text", None)
+            await (self.send(text_data=text) if text is not None else self.send_json(message))
             return
         await super().dispatch(message)
