@@ -11,8 +11,9 @@ Messages travel as their JSON text (not msgpack) and arrive as a RelayedMessage,
 keeps that text: the websocket consumer sends it as is instead of encoding the same JSON again
 for every socket (json.dumps of an event with its 3,000-character preview is ~7 us; parsing it
 back is ~4). A message JSON cannot hold (bytes) still goes as msgpack, which a reader tells
-apart by its first byte (a msgpack map never starts with "{"); so does a process still running
-the msgpack-only layer during a rolling upgrade.
+apart by its first byte (a msgpack map never starts with "{"); so is a message from a process
+still on channels_redis's msgpack-only layer. The reverse does not hold: upgrade the web
+processes before the workers, or the old web drops the new workers' events until it restarts.
 
 Written against channels-redis 4.3.0 (pinned); the classes are its own, only the loop differs.
 """
