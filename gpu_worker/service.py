@@ -211,10 +211,16 @@ class WorkerService:
         self.engine.cache.discard_where(lambda key: isinstance(key, tuple) and sha256 in key)
 
     # --- events to the platform ------------------------------------------------------------
-    def report(self, event: JobEvent) -> None:
-        """Send an event; if Redis is unreachable it waits in the outbox (`flush_events`)."""
+    def report(self, event: JobEvent, *, wait: bool = True) -> None:
+        """Send an event; if Redis is unreachable it waits in the outbox (`flush_events`).
+        `wait=False`: sent from the publisher's thread, so that the caller (a job about to
+        start its engine) does not wait on Redis; the outbox keeps the order, and the next
+        report or flush sends whatever is still in it first."""
         with self._outbox_lock:
             self._outbox.append(event)
+        if not wait and self.publisher is not None:
+            self.publisher.run(self.flush_events)
+            return
         self.flush_events()
 
     def flush_events(self) -> bool:
@@ -360,7 +366,8 @@ class WorkerService:
             self.status.job_started(request["job_id"])
             self.started_monotonic = time.monotonic()
         try:
-            self.report(self._event(request, "started"))
+            # Off this thread: the engine starts now, not two round trips later.
+            self.report(self._event(request, "started"), wait=False)
         except BaseException:
             if current:
                 self.status.job_finished()
