@@ -11,12 +11,14 @@ from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from accounts.models import ApiToken, User
+from accounts.tiers import remember_loaded_tier
 
 
 def _token_user(secret: str, username: str | None = None) -> tuple[User, ApiToken]:
     token = ApiToken.authenticate(secret)
     if token is None or (username is not None and token.user.get_username() != username):
         raise exceptions.AuthenticationFailed(_("Invalid or revoked API token."))
+    remember_loaded_tier(token.user)  # read with the token: no second query for the tier
     return token.user, token
 
 

@@ -15,6 +15,8 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from accounts.queries import only_row
+
 TOKEN_PREFIX = "atl_"  # noqa: S105 - a public prefix that marks the secret, not a secret
 
 
@@ -80,11 +82,12 @@ class ApiToken(models.Model):
 
     @classmethod
     def authenticate(cls, secret: str) -> ApiToken | None:
-        token = (
+        """The active token with this secret, its user and the user's credit account and tier
+        read in the same query (every API call asks for the tier: limits, rate)."""
+        token = only_row(  # token_hash is unique
             cls.objects.active()
-            .select_related("user")
+            .select_related("user__credit_account__tier")
             .filter(token_hash=hash_token(secret))
-            .first()
         )
         if token is not None:
             token.touch()

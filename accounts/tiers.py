@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.ledger import account_for
-from accounts.models import CreditAccount, MembershipTier
+from accounts.models import CreditAccount, MembershipTier, User
 from accounts.request_memo import forget, remember, remembered
 
 
@@ -34,6 +34,19 @@ def tier_of(user: Any) -> MembershipTier:
     tier = effective_tier(account_for(user))
     remember(user.pk, tier)
     return tier
+
+
+def remember_loaded_tier(user: Any) -> None:
+    """Put the tier of a user loaded with its credit account and tier (token authentication:
+    `select_related("user__credit_account__tier")`) in the request's memo, so that `tier_of`
+    reads no account again in this request. A user loaded without them: nothing to do."""
+    if not User.credit_account.is_cached(user):
+        return
+    try:
+        account = user.credit_account
+    except CreditAccount.DoesNotExist:  # no account yet: tier_of opens it when asked
+        return
+    remember(user.pk, effective_tier(account))
 
 
 def allowed_model_names(user: Any) -> list[str] | None:

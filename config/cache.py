@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import Any, ClassVar
 
 import redis
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
-from django.core.cache.backends.redis import RedisCache
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -42,7 +43,29 @@ class SharedConnectionPool(redis.ConnectionPool):
             return cls._shared[key]
 
 
+class SharedClientRedisCacheClient(RedisCacheClient):
+    """Django's client makes a new `redis.Redis` (some 170 response callbacks set up) for
+    every cache call; a client is thread-safe, so one per connection pool (shared per process,
+    above) serves them all."""
+
+    _clients: ClassVar[weakref.WeakKeyDictionary[redis.ConnectionPool, redis.Redis]] = (
+        weakref.WeakKeyDictionary()
+    )
+    _clients_lock = threading.Lock()
+
+    def get_client(self, key: Any = None, *, write: bool = False) -> redis.Redis:
+        pool = self._get_connection_pool(write)  # type: ignore[attr-defined]
+        with self._clients_lock:
+            if (client := self._clients.get(pool)) is None:
+                client = self._clients[pool] = redis.Redis(connection_pool=pool)
+        return client
+
+
 class FailOpenRedisCache(RedisCache):
+    def __init__(self, server: str, params: dict[str, Any]) -> None:
+        super().__init__(server, params)
+        self._class = SharedClientRedisCacheClient
+
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
         try:
             return super().get(key, default, version)

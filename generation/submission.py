@@ -24,11 +24,11 @@ import redis
 from django.contrib.auth import get_user_model
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
-from django.db.models import Case, When
 from django.utils import timezone
 from django.utils.translation import gettext
 from PIL import Image, ImageOps
 
+from accounts.queries import only_row
 from generation.broker import get_redis
 from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
@@ -181,9 +181,10 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     user's tier leaves out says so (the pricing page lists the tiers anyway)."""
     key = _strip_model_name(name)
     # The user's own model first: a staff upload may later take a name a member already uses.
-    own_first = Case(When(owner_id=getattr(user, "pk", None), then=0), default=1)
-    entries = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key)
-    entry = entries.order_by(own_first, "pk").first()
+    # Chosen here among the few rows of that name, not by an ORDER BY CASE (costly to compile).
+    own = getattr(user, "pk", None)
+    entries = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).order_by()
+    entry = min(entries, key=lambda e: (e.owner_id != own, e.pk), default=None)
     label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE", "controlnet": "ControlNet"}.get(
         kind, kind
     )
@@ -709,7 +710,8 @@ def record_job(
             # One submission per user at a time, so the unfinished-jobs cap cannot be raced.
             # NO KEY UPDATE: a settlement's deferred FK check on this row (KEY SHARE) must not
             # wait for us while we wait for its credit account (accounts/ledger.py, lock order).
-            get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).first()
+            users = get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk)
+            only_row(users.values_list("pk", flat=True))
             if (job := existing_job(user, idempotency_key)) is not None:
                 return job
             if valid.params["mode"] == Job.Mode.TRAIN:

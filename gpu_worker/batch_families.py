@@ -50,16 +50,26 @@ def batchable(pipe: Any) -> bool:
     return pipe.unet.config.addition_embed_type == "text_time"
 
 
+def execution_device(pipe: Any) -> torch.device:
+    """Where the pipeline computes (diffusers' `_execution_device`, as its __call__ reads it
+    once). Each read walks every module of every component looking for offloading hooks
+    (~2 ms on the demo model, more on a full one): a batch reads it once, not per job and
+    step."""
+    device: torch.device = pipe._execution_device
+    return device
+
+
 def text_rows(
     pipe: Any,
     conditioning: dict[str, torch.Tensor],
     images: int,
     guided: bool,
     size: tuple[int, int],
+    device: torch.device,
 ) -> TextRows:
     """The job's rows from its encoded prompts (`size`: width, height), as the pipeline's
-    encode_prompt (given embeddings) and, for SDXL, its added time ids make them."""
-    device = pipe._execution_device
+    encode_prompt (given embeddings) and, for SDXL, its added time ids make them, on `device`
+    (the pipeline's execution device, `execution_device`)."""
     sdxl = is_sdxl(pipe)
     dtype = _embeds_dtype(pipe, sdxl)
     hidden = _per_image(conditioning["prompt_embeds"], images, dtype, device)
@@ -68,7 +78,7 @@ def text_rows(
         hidden = torch.cat([negative, hidden])
     if not sdxl:
         return TextRows(hidden)
-    return TextRows(hidden, _added_rows(pipe, conditioning, images, guided, size, dtype))
+    return TextRows(hidden, _added_rows(pipe, conditioning, images, guided, size, dtype, device))
 
 
 def _embeds_dtype(pipe: Any, sdxl: bool) -> torch.dtype:
@@ -96,9 +106,9 @@ def _added_rows(
     guided: bool,
     size: tuple[int, int],
     dtype: torch.dtype,
+    device: torch.device,
 ) -> dict[str, torch.Tensor]:
     """SDXL's pooled embeddings and time ids per row, as StableDiffusionXLPipeline.__call__."""
-    device = pipe._execution_device
     width, height = size
     # the pipeline's own function: its check that the UNet expects six ids is kept too
     time_ids = pipe._get_add_time_ids(
@@ -125,22 +135,30 @@ def _pooled_per_image(pooled: torch.Tensor, images: int) -> torch.Tensor:
 
 
 def decode(
-    pipe: Any, latents: torch.Tensor, generators: list[torch.Generator], dtype: torch.dtype
+    pipe: Any,
+    latents: torch.Tensor,
+    generators: list[torch.Generator],
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> list[Image.Image]:
     """The job's finished latents as PIL images, as its family's pipeline decodes them."""
     if is_sdxl(pipe):
         return _decode_sdxl(pipe, latents)
-    return _decode_sd(pipe, latents, generators, dtype)
+    return _decode_sd(pipe, latents, generators, dtype, device)
 
 
 def _decode_sd(
-    pipe: Any, latents: torch.Tensor, generators: list[torch.Generator], dtype: torch.dtype
+    pipe: Any,
+    latents: torch.Tensor,
+    generators: list[torch.Generator],
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> list[Image.Image]:
     vae = pipe.vae
     decoded = vae.decode(
         latents / vae.config.scaling_factor, return_dict=False, generator=generators
     )[0]
-    decoded, nsfw = pipe.run_safety_checker(decoded, pipe._execution_device, dtype)
+    decoded, nsfw = pipe.run_safety_checker(decoded, device, dtype)
     denormalize = [True] * decoded.shape[0] if nsfw is None else [not n for n in nsfw]
     images: list[Image.Image] = pipe.image_processor.postprocess(
         decoded, output_type="pil", do_denormalize=denormalize

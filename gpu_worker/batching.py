@@ -32,7 +32,14 @@ from typing import Any
 
 import torch
 
-from gpu_worker.batch_families import TextRows, batchable, decode, is_sdxl, text_rows
+from gpu_worker.batch_families import (
+    TextRows,
+    batchable,
+    decode,
+    execution_device,
+    is_sdxl,
+    text_rows,
+)
 from gpu_worker.batch_key import MAX_BATCH_IMAGES
 from gpu_worker.engine import (
     BatchSkipped,
@@ -72,6 +79,7 @@ class BatchJob:
     timesteps: list[torch.Tensor] = field(default_factory=list)
     index: int = 0  # the next timestep
     latents: torch.Tensor | None = None
+    device: torch.device | None = None  # the pipeline's execution device (its batch's)
     text: TextRows | None = None  # its conditioning rows
     guided: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # scheduler.step's eta / generator
@@ -201,7 +209,8 @@ class BatchRunner:
     ) -> None:
         engine = self.engine
         active: list[BatchJob] = []
-        self._join(first, prepared, pipe, load, active)
+        device = execution_device(pipe)  # the batch's pipeline stays: read once
+        self._join(first, prepared, pipe, device, load, active)
         while active:
             room = self.max_images - sum(job.images for job in active)
             taken = take_more(room) if room > 0 else []
@@ -212,7 +221,8 @@ class BatchRunner:
                 except JobFailed as exc:
                     job.finish(exc)
                     continue
-                self._join(job, job_prepared, pipe, {**load, "model_loaded": False}, active)
+                joined_load = {**load, "model_loaded": False}
+                self._join(job, job_prepared, pipe, device, joined_load, active)
             self._tick(pipe, active)  # its error is the batch's, for `run`
 
     def _join(
@@ -220,20 +230,21 @@ class BatchRunner:
         job: BatchJob,
         prepared: Prepared,
         pipe: Any,
+        device: torch.device,
         load: dict[str, Any],
         active: list[BatchJob],
     ) -> None:
         job.prepared, job.timings = prepared, dict(load)
         job.joined_at = time.perf_counter()
         try:
-            self._setup(job, prepared, pipe)
+            self._setup(job, prepared, pipe, device)
         except Exception as exc:  # this job cannot start (a bad embedding...): it alone fails
             # The others go on with the loaded models: out of memory must not clear the cache.
             job.finish(self.engine.out_of_memory(exc, clear_cache=False) or exc)
             return
         active.append(job)
 
-    def _setup(self, job: BatchJob, prepared: Prepared, pipe: Any) -> None:
+    def _setup(self, job: BatchJob, prepared: Prepared, pipe: Any, device: torch.device) -> None:
         """Set the job up as the engine and the pipeline's __call__ do before the denoising
         loop, in the same order (so the same noise and schedule)."""
         from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import (
@@ -245,10 +256,10 @@ class BatchRunner:
         run = job.run = self.engine.new_run(r, prepared, pipe, job.observer)
         run.total = run._count(r["steps"], None)
         conditioning = run._schedules(prepared.prompt, prepared.negative, 0)[0].at(0)
-        device = pipe._execution_device
+        job.device = device
         job.guided = float(r["cfg_scale"]) > 1
         size = (r["width"], r["height"])
-        job.text = text_rows(pipe, conditioning, job.images, job.guided, size)
+        job.text = text_rows(pipe, conditioning, job.images, job.guided, size, device)
         job.seeds = [r["seed"] + b for b in range(job.images)]
         job.scheduler = run._scheduler(job.seeds[0])
         pipe.scheduler = job.scheduler  # as the serial path leaves it (the next base config)
@@ -330,9 +341,9 @@ class BatchRunner:
         """Decode the job's latents and make its PNGs, as the pipeline and the engine do."""
         run, prepared = job.run, job.prepared
         assert run is not None and prepared is not None and job.text is not None
-        assert job.latents is not None
+        assert job.latents is not None and job.device is not None
         t0 = time.perf_counter()
-        images = decode(pipe, job.latents, job.generators, job.text.hidden.dtype)
+        images = decode(pipe, job.latents, job.generators, job.text.hidden.dtype, job.device)
         job.sampling_s += time.perf_counter() - t0
         result = self._result(job)
         t0 = time.perf_counter()

@@ -6,8 +6,9 @@ $CHANNEL_LAYER picks it:
 
 - "redis" (channels_redis.core.RedisChannelLayer): messages queue in Redis sorted sets; a
   daphne process pops them one by one, four Redis round trips per message.
-- "pubsub" (channels_redis.pubsub.RedisPubSubChannelLayer): Redis PUBLISH/SUBSCRIBE; one
-  command per group_send and messages pushed to daphne. Nothing is queued: a message to a
+- "pubsub" (channels_redis.pubsub.RedisPubSubChannelLayer, with gpu_worker.pubsub_layer's
+  cheaper read loop): Redis PUBLISH/SUBSCRIBE; one command per group_send and messages pushed
+  to daphne. Nothing is queued: a message to a
   socket that is not connected at that moment is lost, which our events allow (the consumer
   sends the database's state on each connect).
 """
@@ -19,7 +20,7 @@ from urllib.parse import parse_qs, urlparse
 
 CHANNEL_LAYER_BACKENDS = {
     "redis": "channels_redis.core.RedisChannelLayer",
-    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "pubsub": "gpu_worker.pubsub_layer.PubSubChannelLayer",
 }
 # bench_idle_and_waiting: daphne spends half the CPU per relayed event with "pubsub" and keeps
 # up at rates where "redis" falls behind (its round trips) and drops (100 messages queued per

@@ -73,6 +73,10 @@ BATCH_JOIN_SECONDS = 20 * 60
 # How often a running batch looks at its queue for joiners: a Redis round trip per step would
 # cost a fast GPU a few percent; a joiner waits at most this long for its next step boundary.
 BATCH_LOOK_SECONDS = 0.05
+# With a broker that counts wake-ups (gpu_worker.wakeup), a batch looks only after a message
+# was sent to its queue, and at least this often (a wake-up lost with a dropped subscription,
+# a retry moved in from the delay queue).
+BATCH_RECHECK_SECONDS = 1.0
 
 
 def _decode(value: Any) -> str:
@@ -207,10 +211,16 @@ class WorkerService:
         self.engine.cache.discard_where(lambda key: isinstance(key, tuple) and sha256 in key)
 
     # --- events to the platform ------------------------------------------------------------
-    def report(self, event: JobEvent) -> None:
-        """Send an event; if Redis is unreachable it waits in the outbox (`flush_events`)."""
+    def report(self, event: JobEvent, *, wait: bool = True) -> None:
+        """Send an event; if Redis is unreachable it waits in the outbox (`flush_events`).
+        `wait=False`: sent from the publisher's thread, so that the caller (a job about to
+        start its engine) does not wait on Redis; the outbox keeps the order, and the next
+        report or flush sends whatever is still in it first."""
         with self._outbox_lock:
             self._outbox.append(event)
+        if not wait and self.publisher is not None:
+            self.publisher.run(self.flush_events)
+            return
         self.flush_events()
 
     def flush_events(self) -> bool:
@@ -356,7 +366,8 @@ class WorkerService:
             self.status.job_started(request["job_id"])
             self.started_monotonic = time.monotonic()
         try:
-            self.report(self._event(request, "started"))
+            # Off this thread: the engine starts now, not two round trips later.
+            self.report(self._event(request, "started"), wait=False)
         except BaseException:
             if current:
                 self.status.job_finished()
@@ -475,14 +486,20 @@ class WorkerService:
             return member.job
 
         joining_until = time.monotonic() + BATCH_JOIN_SECONDS
-        next_look = 0.0
+        next_look = recheck_at = 0.0
+        heard = getattr(self.broker, "heard", None)  # None: no wake-ups counted, look on a timer
+        looked_at_heard: int | None = None  # the count at the last look
 
         def take_more(room: int) -> list[BatchJob]:
-            nonlocal next_look
+            nonlocal next_look, recheck_at, looked_at_heard
             now = time.monotonic()
             if self.status.draining or now > joining_until or now < next_look:
                 return []
-            next_look = now + BATCH_LOOK_SECONDS
+            count = heard(self.queue) if heard is not None else None
+            if count is not None and count == looked_at_heard and now < recheck_at:
+                return []  # nothing sent here since the last look: no round trip
+            next_look, recheck_at = now + BATCH_LOOK_SECONDS, now + BATCH_RECHECK_SECONDS
+            looked_at_heard = count  # read before the claim: a send during it looks again
             try:
                 claimed = queue.claim(key, room)
             except SEND_ERRORS:

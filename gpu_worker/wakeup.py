@@ -11,6 +11,10 @@ worker timeout then only bounds how long a consumer waits before its housekeepin
 The queue in Redis is unchanged: a message sent while nobody listens (no consumer yet, a lost
 subscription) is found by the next fetch, at the latest one timeout later. Every process that
 sends (web, platform worker, GPU workers) and every consumer use this broker.
+
+The broker also counts the wake-ups its consumers heard per queue (`heard`): a running batch
+looks in its queue for joiners only when that count moved (gpu_worker/service.py), instead of
+a Redis round trip on the sampling thread every few steps while nothing was sent.
 """
 
 from __future__ import annotations
@@ -36,6 +40,15 @@ def wake_channel(namespace: str, queue_name: str) -> str:
 
 class WakeupRedisBroker(RedisBroker):
     """A RedisBroker whose enqueue wakes the queue's consumers through Redis pub/sub."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._heard: dict[str, int] = {}  # queue -> wake-ups its consumers here received
+
+    def heard(self, queue_name: str) -> int:
+        """How many wake-ups this process's consumer of `queue_name` received: when the count
+        has not moved, nothing was sent to that queue since (a lost wake-up aside)."""
+        return self._heard.get(queue_name, 0)
 
     def enqueue(self, message: Message, *, delay: int | None = None) -> Message:
         sent = super().enqueue(message, delay=delay)
@@ -76,6 +89,9 @@ class _WakeupConsumer(_RedisConsumer):
             if pubsub.get_message(timeout=seconds) is not None:
                 while pubsub.get_message(timeout=0) is not None:  # one fetch serves them all
                     pass
+                # One writer per queue (this consumer's thread); readers only compare.
+                heard = self.broker._heard
+                heard[self.queue_name] = heard.get(self.queue_name, 0) + 1
         except redis.ConnectionError as exc:
             self._drop_subscription()
             raise ConnectionClosed(exc) from None

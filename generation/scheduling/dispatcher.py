@@ -52,7 +52,7 @@ from generation.job_messages import send_request
 from generation.lifecycle import publish_snapshot_positions, queued_event
 from generation.models import Job
 from generation.queue import QueueSnapshot, queue_snapshot, store_snapshot
-from generation.scheduling.estimates import SpeedCache
+from generation.scheduling.estimates import KeptHistory, SpeedCache
 from generation.scheduling.inputs import (
     checkpoint_key_of,
     in_flight_jobs,
@@ -295,12 +295,13 @@ def publish_positions(job_ids: list[str], snapshot: QueueSnapshot | None = None)
         logger.exception("queue positions not published")
 
 
-def answer_wake(values: set[str]) -> bool:
+def answer_wake(values: set[str], history: KeptHistory | None = None) -> bool:
     """One turn of the dispatcher thread for the values rung (`wakeups`; none: its timer while
     jobs wait): a pass (not for positions alone), the snapshot readers use, then the owners
-    told. One read of the speed history serves the pass and the snapshot. True while queued
-    jobs remain (the snapshot is then kept fresh)."""
-    speeds = SpeedCache()
+    told. One read of the speed history serves the pass and the snapshot (`history`: the
+    thread's, kept between turns). True while queued jobs remain (the snapshot is then kept
+    fresh)."""
+    speeds = SpeedCache(history.rows if history is not None else None)
     if values != {POSITIONS}:
         request_schedule(speeds)
     snapshot = queue_snapshot(speeds=speeds)
@@ -322,6 +323,7 @@ def serve_dispatcher(
 
     client = client or get_redis()
     waiting = True  # whether the last snapshot held queued jobs (then it is kept fresh)
+    history = KeptHistory()  # the speed history, read anew only for what finished since
     try:
         while not stop.is_set():
             try:
@@ -343,7 +345,7 @@ def serve_dispatcher(
             close_old_connections()
             try:
                 # Woken, or jobs wait (a worker may have come free or appeared since): a pass.
-                waiting = answer_wake(values)
+                waiting = answer_wake(values, history)
             except Exception:  # the thread must outlive a bad pass; the next wake-up retries
                 logger.exception("dispatcher pass failed")
             finally:

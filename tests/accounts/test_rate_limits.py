@@ -123,6 +123,18 @@ def test_each_tier_has_its_own_rate(alice, bob, tiers):
     assert answers["bob"] == [200] * 5 + [429]
 
 
+def test_a_token_caller_moved_to_a_faster_tier_gets_its_rate_on_the_next_call(alice, tiers):
+    """The rate comes from the tier read with the token, not from a copy kept for a minute."""
+    for slug, rate in (("free", 1), ("pro", 3)):
+        tiers[slug].api_requests_per_minute = rate
+        tiers[slug].save()
+    client = APIClient()
+    client.credentials(**bearer(alice))
+    assert [client.get(reverse("api-me")).status_code for _ in range(2)] == [200, 429]
+    set_tier(alice, tiers["pro"])
+    assert [client.get(reverse("api-me")).status_code for _ in range(2)] == [200, 429]
+
+
 def test_a_tier_without_its_own_rate_uses_the_server_default(rates, alice, tiers):
     rates(user="2/min")
     client = APIClient()

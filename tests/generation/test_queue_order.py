@@ -121,3 +121,17 @@ def test_a_snapshot_costs_the_same_queries_for_a_long_queue_as_a_short_one(catal
             submit_job(user, {**SMALL, "width": 64 + 8 * (user.pk % 3)})
     assert len(queue_snapshot(workers=2).infos) == 50
     assert snapshot_queries() == short
+
+
+def test_jobs_newer_than_the_snapshot_are_placed_behind_its_jobs_in_their_order(
+    alice, bob, catalogue
+):
+    """A job the snapshot did not simulate counts only the waiting jobs before it that the
+    snapshot left out (its own window is already behind its last place)."""
+    on_tier(fund(alice), "pro")
+    for _ in range(3):
+        submit_job(alice, SMALL)
+    snapshot = queue_snapshot(workers=1)
+    fourth, fifth = submit_job(bob, SMALL), submit_job(bob, SMALL)
+    placed = [snapshot.place(job) for job in (fourth, fifth)]
+    assert [info.position for info in placed if info] == [4, 5]

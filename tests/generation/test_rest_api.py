@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -286,9 +287,10 @@ def test_the_openapi_schema_describes_the_jobs_api(alice_api):
 def test_a_submission_runs_a_bounded_number_of_queries(
     alice, catalogue, redis_client, django_assert_max_num_queries
 ):
-    """The tier is read once per request, the form defaults written in one UPDATE, the new
-    job's (empty) images and speed history not read in bulk: 19 queries before, 15 at most now
-    (token, account, catalogue, the write transaction, place and speed)."""
+    """The tier is read once per request, with the token, the form defaults written in one
+    UPDATE, the new job's (empty) images and speed history not read in bulk: 19 queries
+    before, 15 then, 11 at most now (token with account and tier, catalogue, the write
+    transaction, place)."""
     from accounts.models import ApiToken
     from generation.queue import queue_snapshot, store_snapshot
 
@@ -300,7 +302,7 @@ def test_a_submission_runs_a_bounded_number_of_queries(
         "/api/v1/jobs/", SMALL, content_type="application/json", headers=headers
     ).json()
     store_snapshot(queue_snapshot())  # what the dispatcher keeps fresh
-    with django_assert_max_num_queries(15):
+    with django_assert_max_num_queries(11):
         response = client.post(
             "/api/v1/jobs/", SMALL, content_type="application/json", headers=headers
         )
@@ -308,6 +310,36 @@ def test_a_submission_runs_a_bounded_number_of_queries(
     body = response.json()
     assert body["images"] == [] and body["position"] == 2 and body["eta"] > 0
     assert body["id"] != first["id"]
+
+
+def test_a_token_caller_is_held_to_their_tier_and_to_the_default_once_it_ran_out(
+    alice, catalogue, redis_client
+):
+    """The tier comes with the token's row (no second read): still the member's own tier,
+    and the default tier's bounds once a time-limited tier has ended."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from accounts.models import ApiToken, MembershipTier
+    from accounts.tiers import set_tier
+
+    roomy = MembershipTier.objects.create(name="Roomy", slug="roomy", rank=50, max_steps=99)
+    _token, secret = ApiToken.issue(alice, "script")
+    headers = {"Authorization": f"Bearer {secret}"}
+    long_job = {**SMALL, "steps": 99}
+
+    def submit() -> Any:
+        return Client().post(
+            "/api/v1/jobs/", long_job, content_type="application/json", headers=headers
+        )
+
+    set_tier(alice, roomy, until=timezone.now() + timedelta(days=1))
+    assert submit().status_code == 201
+    set_tier(alice, roomy, until=timezone.now() - timedelta(minutes=1))
+    refused = submit()
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == "steps must be between 1 and 50"
 
 
 def test_a_tier_changed_within_a_request_is_read_anew(alice, catalogue):

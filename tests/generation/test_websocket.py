@@ -173,3 +173,26 @@ async def test_through_the_sender_a_queues_owners_hear_their_own_places_in_one_g
         sender.close()
         await alice_ws.disconnect()
         await bob_ws.disconnect()
+
+
+async def test_alices_progress_arrives_in_the_order_it_was_sent_and_ends_on_disconnect(
+    alice, catalogue, redis_client, channel_layer_kind
+):
+    alice_ws = await connect(alice)
+    assert (await alice_ws.connect())[0]
+    job = await database_sync_to_async(submit_job)(alice, SMALL)
+    assert (await alice_ws.receive_json_from(timeout=3))["type"] == "job.queued"
+    steps = list(range(1, 21))
+    for step in steps:  # back to back, as a fast sampler's steps
+        event: JobProgressEvent = {
+            "type": "job.progress",
+            "job_id": str(job.pk),
+            "step": step,
+            "steps": 20,
+            "eta": 0.0,
+            "preview": None,
+        }
+        await database_sync_to_async(send_to_user)(alice.pk, event)
+    heard = [(await alice_ws.receive_json_from(timeout=3))["step"] for _ in steps]
+    assert heard == steps
+    await alice_ws.disconnect()  # fails unless the consumer ends within its second

@@ -105,3 +105,48 @@ def test_an_event_published_from_a_plain_thread_reaches_the_groups_websockets(
 def test_the_queued_layer_has_no_plain_thread_sender(redis_url: str) -> None:
     assert pubsub_sender(redis_url, "redis") is None
     assert pubsub_sender(redis_url, "") is not None  # pubsub is the default
+
+
+@pytest.mark.parametrize("kind", list(CHANNEL_LAYER_BACKENDS))
+def test_every_message_arrives_as_sent_even_what_json_cannot_hold(
+    redis_url: str, kind: str
+) -> None:
+    group = f"jobs.user.layer-values-{kind}"
+    event = {"type": "job.progress", "step": 3, "eta": 0.25, "preview": "data:,é", "done": None}
+    raw = {"type": "job.raw", "payload": b"\x00\xff"}  # bytes: msgpack on the pub/sub wire
+
+    async def run() -> list[dict]:
+        layer = make_channel_layer(redis_url, kind)
+        channel = await layer.new_channel()
+        await layer.group_add(group, channel)
+        await asyncio.sleep(0.1)  # subscribed
+        await layer.group_send(group, event)
+        await layer.group_send(group, raw)
+        heard = [dict(await asyncio.wait_for(layer.receive(channel), 3)) for _ in range(2)]
+        await layer.group_discard(group, channel)
+        return heard
+
+    assert asyncio.run(run()) == [event, raw]
+
+
+def test_the_web_hears_a_worker_still_on_the_msgpack_layer_during_an_upgrade(
+    redis_url: str,
+) -> None:
+    from channels_redis.pubsub import RedisPubSubChannelLayer
+
+    group = "jobs.user.layer-upgrade"
+    config = channel_layer_settings(redis_url, "pubsub")["CONFIG"]
+
+    async def run() -> dict:
+        web = make_channel_layer(redis_url, "pubsub")
+        old_worker = RedisPubSubChannelLayer(**config)  # channels_redis's own, msgpack
+        channel = await web.new_channel()
+        await web.group_add(group, channel)
+        await asyncio.sleep(0.1)  # subscribed
+        await old_worker.group_send(group, {"type": "job.progress", "step": 7})
+        heard = await asyncio.wait_for(web.receive(channel), 3)
+        await web.group_discard(group, channel)
+        await old_worker.flush()
+        return dict(heard)
+
+    assert asyncio.run(run()) == {"type": "job.progress", "step": 7}

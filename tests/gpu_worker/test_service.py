@@ -131,6 +131,29 @@ def test_interrupt_stops_the_running_job(worker_world: Any, gw_redis: Any) -> No
     assert 1 <= event["steps_done"] < 200
 
 
+def test_a_compatible_job_sent_while_a_batch_runs_joins_it(
+    worker_world: Any, gw_redis: Any
+) -> None:
+    """The batch looks in its queue when a message was sent there (the broker counts the
+    wake-ups), so the newcomer shares the running job's UNet calls instead of waiting."""
+    running = demo_request(steps=200, width=128, height=128)
+    worker_world.submit(running)
+    deadline = time.monotonic() + 30
+    while not (
+        worker_world.service.status.current_job == running["job_id"]
+        and (worker_world.service.status.current_step or 0) >= 1
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    joiner = demo_request(steps=3, width=128, height=128, seed=7)
+    worker_world.submit(joiner)
+    joined = worker_world.events.wait_terminal(joiner["job_id"])
+    gw_redis.set(CANCEL_KEY.format(job_id=running["job_id"]), "interrupt", ex=60)
+    assert worker_world.events.wait_terminal(running["job_id"])["kind"] == "cancelled"
+    assert joined["kind"] == "succeeded"
+    assert joined["timings"]["batch_jobs"] == 2  # it shared the running job's UNet calls
+
+
 def test_interrupt_stops_within_one_step(engine: Any, gw_redis: Any) -> None:
     from gpu_worker.progress import JobMonitor
 

@@ -84,3 +84,17 @@ def test_a_busy_workers_next_job_starts_when_the_running_one_finishes(world):
     wait_for(lambda: "second" in starts.times, 6)
     assert "second" in starts.times
     assert starts.times["second"] - starts.ends["first"] < 0.3
+
+
+def test_a_busy_consumer_counts_each_message_sent_to_its_queue(world):
+    """What a running batch asks before it looks in its queue for joiners (no Redis round
+    trip): the count moves when a message was sent, and only then."""
+    actor, starts = world
+    actor.send("running", 1.0)
+    wait_for(lambda: "running" in starts.times, 5)
+    before = actor.broker.heard("gpu.test")
+    time.sleep(0.2)
+    assert actor.broker.heard("gpu.test") == before  # nothing sent meanwhile
+    actor.send("next", 0.0)  # its wake-up finds the one-job window full
+    wait_for(lambda: actor.broker.heard("gpu.test") > before, 5)
+    assert actor.broker.heard("gpu.test") > before
