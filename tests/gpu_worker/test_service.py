@@ -114,17 +114,20 @@ def test_interleaved_checkpoints_each_give_their_own_models_image(
         assert pixels(event["images"][0]) == alone[request["checkpoint"]]
 
 
+def wait_past_first_step(worker_world: Any, job_id: str) -> None:
+    """Until the worker runs this job and has done a step of it (30 s at most)."""
+    deadline = time.monotonic() + 30
+    status = worker_world.service.status
+    while not (status.current_job == job_id and (status.current_step or 0) >= 1):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
 def test_interrupt_stops_the_running_job(worker_world: Any, gw_redis: Any) -> None:
     request = demo_request(steps=200, width=128, height=128)
     key = CANCEL_KEY.format(job_id=request["job_id"])
     worker_world.submit(request)
-    deadline = time.monotonic() + 30
-    while not (
-        worker_world.service.status.current_job == request["job_id"]
-        and (worker_world.service.status.current_step or 0) >= 1
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_past_first_step(worker_world, request["job_id"])
     gw_redis.set(key, "interrupt", ex=60)
     event = worker_world.events.wait_terminal(request["job_id"])
     assert event["kind"] == "cancelled"
@@ -138,13 +141,7 @@ def test_a_compatible_job_sent_while_a_batch_runs_joins_it(
     wake-ups), so the newcomer shares the running job's UNet calls instead of waiting."""
     running = demo_request(steps=200, width=128, height=128)
     worker_world.submit(running)
-    deadline = time.monotonic() + 30
-    while not (
-        worker_world.service.status.current_job == running["job_id"]
-        and (worker_world.service.status.current_step or 0) >= 1
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_past_first_step(worker_world, running["job_id"])
     joiner = demo_request(steps=3, width=128, height=128, seed=7)
     worker_world.submit(joiner)
     joined = worker_world.events.wait_terminal(joiner["job_id"])
