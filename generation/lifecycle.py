@@ -7,18 +7,14 @@ worker-event actor, cancel and the sweeper alike.
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 from django.core.files.base import ContentFile
 from django.db import transaction
 from django.urls import reverse
-from PIL import Image
 
 from generation import class_images
 from generation.credits_hold import capture_hold, release_hold
@@ -37,13 +33,12 @@ from generation.events import (
 from generation.merge_records import attach_merged_file, drop_unfinished_merge
 from generation.models import Job, JobImage
 from generation.queue import QueueSnapshot, queue_snapshot, stored_snapshot
+from generation.result_images import DecodedImage, Decoding, start_decoding
 from generation.scheduling.estimates import running_eta
 from generation.scheduling.wakeups import POSITIONS, ring
 from gpu_worker.protocol import MergedModel, ResultImage
 
 logger = logging.getLogger(__name__)
-THUMBNAIL_SIDE = 256
-THUMBNAIL_QUALITY = 80
 
 
 def image_payload(image: JobImage) -> ImagePayload:
@@ -79,37 +74,7 @@ def start_job(job: Job, worker_id: str, attempt: int) -> bool:
     return True
 
 
-def _thumbnail(image: Image.Image) -> bytes:
-    thumb = image.convert("RGB")
-    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-    out = io.BytesIO()
-    # method 0 (libwebp's fastest) at the same quality: a few percent larger, 2-5x faster than
-    # the default 4, and recording a result waits on it.
-    thumb.save(out, "WEBP", quality=THUMBNAIL_QUALITY, method=0)
-    return out.getvalue()
-
-
-@dataclass(frozen=True)
-class _DecodedImage:
-    """A result image checked and measured, its thumbnail made: what storing it needs."""
-
-    result: ResultImage
-    png: bytes
-    thumbnail: bytes
-    width: int
-    height: int
-
-
-def _decode_image(result: ResultImage) -> _DecodedImage:
-    png = base64.b64decode(result["png_b64"], validate=True)
-    with Image.open(io.BytesIO(png)) as decoded:
-        decoded.load()
-        width, height = decoded.size
-        thumb = _thumbnail(decoded)
-    return _DecodedImage(result, png, thumb, width, height)
-
-
-def _stored_image(job: Job, index: int, decoded: _DecodedImage) -> JobImage:
+def _stored_image(job: Job, index: int, decoded: DecodedImage) -> JobImage:
     """The image's files written to storage; its row is left to one insert for the job."""
     image = JobImage(
         job=job,
@@ -129,20 +94,22 @@ def succeed_job(
     job: Job,
     attempt: int,
     worker_id: str,
-    images: list[ResultImage],
+    images: list[ResultImage] | Decoding,
     timings: dict[str, Any] | None = None,
     model: MergedModel | None = None,
 ) -> bool:
     """Record the images (or a merge's model file) of a finished job. A redelivered
-    'succeeded' loses the claim and creates nothing; a failure while storing rolls the claim
-    back so the message is retried."""
-    # Decoding and thumbnails hold no lock: done before the transaction, which then only writes.
-    decoded = [_decode_image(result) for result in images]
+    'succeeded' loses the claim and creates nothing; a failure while storing (or decoding)
+    rolls the claim back so the message is retried."""
+    # Decoding and thumbnails run beside the claim (the caller may have started them before
+    # reading the job); the transaction waits for them only before writing the files.
+    decoding = images if isinstance(images, Decoding) else start_decoding(images)
     with transaction.atomic():
         if not job.mark_succeeded(attempt, worker_id, timings):
+            decoding.drop()
             return False
         saved = JobImage.objects.bulk_create(
-            [_stored_image(job, index, image) for index, image in enumerate(decoded)]
+            [_stored_image(job, index, image) for index, image in enumerate(decoding.result())]
         )
         if model is not None:
             attach_merged_file(job, model)

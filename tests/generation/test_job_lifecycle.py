@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import pytest
 from django.core.files.storage import default_storage
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from generation.models import Job, JobImage
 from generation.submission import submit_job
@@ -187,6 +187,29 @@ def test_each_image_gets_a_webp_thumbnail_at_most_256_pixels_wide(
         assert (thumbnail.format, thumbnail.size) == ("WEBP", thumbnail_size)
         pixel = cast(tuple[int, int, int], thumbnail.convert("RGB").getpixel((5, 5)))
     assert pixel[0] > 200 and max(pixel[1:]) < 50  # still red
+
+
+def test_a_result_image_that_is_no_png_records_nothing_and_a_good_redelivery_records_once(
+    alice, catalogue
+):
+    """Images are decoded beside the claim: a broken one rolls the claim back (the message is
+    retried), nothing is charged, and the worker's next delivery records the job once."""
+    from accounts.models import CreditAccount
+
+    job = dispatched(submit_job(alice, SMALL))
+    before = CreditAccount.objects.get(pk=alice.pk)
+    broken = [{"png_b64": base64.b64encode(b"not a png").decode(), "seed": 7}]
+    with pytest.raises(UnidentifiedImageError):
+        handle_job_event(event(job, "succeeded", images=broken))
+    after_broken = CreditAccount.objects.get(pk=alice.pk)
+    assert status_of(job) == "queued" and not JobImage.objects.exists()
+    assert (after_broken.balance, after_broken.held) == (before.balance, before.held)
+    assert handle_job_event(succeeded(job, count=2))
+    assert not handle_job_event(succeeded(job, count=2))
+    charged = CreditAccount.objects.get(pk=alice.pk)
+    assert status_of(job) == "succeeded" and JobImage.objects.filter(job=job).count() == 2
+    assert charged.held == before.held - job.price and charged.balance == before.balance
+    assert all(i.thumbnail.name for i in JobImage.objects.filter(job=job))
 
 
 def test_a_success_recorded_from_a_stale_copy_keeps_the_start_time_of_its_started_event(
