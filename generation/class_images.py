@@ -13,7 +13,7 @@ import logging
 
 from django.db import transaction
 
-from generation.models import Job
+from generation.models import AWAITED, Job
 from generation.training_datasets import DatasetError, create_dataset
 from gpu_worker.params import TrainImage
 
@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 
 def waiting_trainings(job: Job) -> list[Job]:
+    # Read with Job.objects.with_awaited(): no training waits, so none can (a training is
+    # chained to its class job as both are submitted): every other job's success skips a query.
+    if getattr(job, AWAITED, None) is False:
+        return []
     return list(Job.objects.filter(after=job, status=Job.Status.QUEUED))
 
 

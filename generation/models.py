@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import F, Q, Value
+from django.db.models import Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -230,6 +230,10 @@ class CatalogEntry(models.Model):
         return f"{base} [{self.short_hash}]" if self.short_hash else base
 
 
+# The annotation Job.objects.with_awaited() adds.
+AWAITED = "awaited_by_a_job"
+
+
 class JobQuerySet(models.QuerySet["Job"]):
     def visible_to(self, user: Any) -> JobQuerySet:
         if getattr(user, "is_staff", False):
@@ -256,6 +260,11 @@ class JobQuerySet(models.QuerySet["Job"]):
     def assigned(self) -> JobQuerySet:
         """Queued and handed to a worker that has not started it yet."""
         return self.filter(status=Job.Status.QUEUED).exclude(worker_id="")
+
+    def with_awaited(self) -> JobQuerySet:
+        """Each job with whether a job waits for it (Job.after), in the same query: see
+        generation.class_images.waiting_trainings."""
+        return self.annotate(**{AWAITED: Exists(Job.objects.filter(after=OuterRef("pk")))})
 
     def held_by(self, worker_id: str) -> JobQuerySet:
         """Running on, or assigned to, one worker."""

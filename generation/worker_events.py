@@ -38,7 +38,7 @@ def handle_job_event(event: JobEvent) -> bool:
 
 
 def _apply(event: JobEvent, decoding: Decoding | None) -> bool:
-    job = Job.objects.filter(pk=event["job_id"]).first()
+    job = Job.objects.with_awaited().filter(pk=event["job_id"]).first()
     if job is None:
         logger.info("event %s for unknown job %s ignored", event["kind"], event["job_id"])
         return False
