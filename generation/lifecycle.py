@@ -33,7 +33,7 @@ from generation.events import (
 from generation.merge_records import attach_merged_file, drop_unfinished_merge
 from generation.models import Job, JobImage
 from generation.queue import QueueSnapshot, queue_snapshot, stored_snapshot
-from generation.result_images import DecodedImage, Decoding, start_decoding
+from generation.result_images import DecodedImage, decode_image
 from generation.scheduling.estimates import running_eta
 from generation.scheduling.wakeups import POSITIONS, ring
 from gpu_worker.protocol import MergedModel, ResultImage
@@ -94,22 +94,20 @@ def succeed_job(
     job: Job,
     attempt: int,
     worker_id: str,
-    images: list[ResultImage] | Decoding,
+    images: list[ResultImage],
     timings: dict[str, Any] | None = None,
     model: MergedModel | None = None,
 ) -> bool:
     """Record the images (or a merge's model file) of a finished job. A redelivered
-    'succeeded' loses the claim and creates nothing; a failure while storing (or decoding)
-    rolls the claim back so the message is retried."""
-    # Decoding and thumbnails run beside the claim (the caller may have started them before
-    # reading the job); the transaction waits for them only before writing the files.
-    decoding = images if isinstance(images, Decoding) else start_decoding(images)
+    'succeeded' loses the claim and creates nothing; a failure while decoding or storing
+    leaves the job unclaimed (rolled back) so the message is retried."""
+    # Decoding and thumbnails hold no lock: done before the transaction, which then only writes.
+    decoded = [decode_image(result) for result in images]
     with transaction.atomic():
         if not job.mark_succeeded(attempt, worker_id, timings):
-            decoding.drop()
             return False
         saved = JobImage.objects.bulk_create(
-            [_stored_image(job, index, image) for index, image in enumerate(decoding.result())]
+            [_stored_image(job, index, image) for index, image in enumerate(decoded)]
         )
         if model is not None:
             attach_merged_file(job, model)

@@ -18,7 +18,6 @@ import dramatiq
 from generation import lifecycle
 from generation.merge_records import merged_file_problem
 from generation.models import Job
-from generation.result_images import Decoding, start_decoding
 from generation.scheduling.dispatcher import wake_dispatcher
 from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE, JobEvent
 
@@ -27,17 +26,6 @@ logger = logging.getLogger(__name__)
 
 def handle_job_event(event: JobEvent) -> bool:
     """Apply one worker event; True if it changed the job."""
-    # A success's images are decoded and thumbnailed while the job is read and claimed.
-    images = event.get("images") or []
-    decoding = start_decoding(images) if event["kind"] == "succeeded" and images else None
-    try:
-        return _apply(event, decoding)
-    finally:
-        if decoding is not None:
-            decoding.drop()  # not recorded (ignored, or raised): skip what has not started
-
-
-def _apply(event: JobEvent, decoding: Decoding | None) -> bool:
     job = Job.objects.with_awaited().filter(pk=event["job_id"]).first()
     if job is None:
         logger.info("event %s for unknown job %s ignored", event["kind"], event["job_id"])
@@ -63,7 +51,7 @@ def _apply(event: JobEvent, decoding: Decoding | None) -> bool:
             return lifecycle.fail_job(job, problem, attempt, timings)
         return lifecycle.succeed_job(job, attempt, worker_id, [], timings, model=model)
     if kind == "succeeded":
-        return lifecycle.succeed_job(job, attempt, worker_id, decoding or [], timings)
+        return lifecycle.succeed_job(job, attempt, worker_id, event.get("images") or [], timings)
     if kind == "failed":
         return lifecycle.fail_job(job, event.get("error") or "the worker failed", attempt, timings)
     if kind == "cancelled":

@@ -192,8 +192,8 @@ def test_each_image_gets_a_webp_thumbnail_at_most_256_pixels_wide(
 def test_a_result_image_that_is_no_png_records_nothing_and_a_good_redelivery_records_once(
     alice, catalogue
 ):
-    """Images are decoded beside the claim: a broken one rolls the claim back (the message is
-    retried), nothing is charged, and the worker's next delivery records the job once."""
+    """A broken image claims nothing (the message is retried), nothing is charged, and the
+    worker's next delivery records the job once."""
     from accounts.models import CreditAccount
 
     job = dispatched(submit_job(alice, SMALL))
