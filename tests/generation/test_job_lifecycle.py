@@ -228,3 +228,20 @@ def test_a_success_recorded_from_a_stale_copy_keeps_the_start_time_of_its_starte
     )
     assert stale.finished_at and job.started_at
     assert stale.run_time == stale.finished_at - job.started_at
+
+
+def test_of_two_dispatchers_claiming_one_waiting_job_only_one_hands_it_out(alice, catalogue):
+    """The claim is a conditional update (written out as SQL): the copy read before the other
+    dispatcher's claim loses it, learns who won, and a cancelled job is claimed by nobody."""
+    job = submit_job(alice, SMALL)
+    stale = Job.objects.get(pk=job.pk)
+    assert job.mark_assigned("gpu-1")
+    assert not stale.mark_assigned("gpu-2")
+    assert (stale.worker_id, stale.attempt) == ("gpu-1", 1)
+    job.refresh_from_db()
+    assert (job.worker_id, job.attempt, job.dispatched_at is not None) == ("gpu-1", 1, True)
+    cancelled = submit_job(alice, SMALL)
+    assert cancelled.mark_cancelled()
+    assert not Job.objects.get(pk=cancelled.pk).mark_assigned("gpu-1")
+    cancelled.refresh_from_db()
+    assert (cancelled.status, cancelled.worker_id) == (Job.Status.CANCELLED, "")
