@@ -108,21 +108,32 @@ async def test_alice_receives_her_events_and_bob_does_not(
         await bob_ws.disconnect()
 
 
+@pytest.fixture
+def platform_sender(redis_url):
+    """The platform worker's publisher (one PUBLISH from the calling thread), installed as the
+    process's background publisher for the test and taken out after it."""
+    from generation.events import use_background_publisher
+    from gpu_worker.pubsub_sender import pubsub_sender
+
+    sender = pubsub_sender(redis_url, "pubsub")
+    assert sender is not None
+    yield sender
+    use_background_publisher(None)
+    sender.close()
+
+
 async def test_the_platform_workers_sender_tells_alice_her_job_succeeded_and_not_bob(
-    alice, bob, catalogue, redis_url
+    alice, bob, catalogue, platform_sender
 ):
     """The platform worker publishes from the recording thread (one PUBLISH, no event loop):
     alice's websocket hears her job's success, images included, once it is recorded."""
     from generation.events import use_background_publisher
     from generation.worker_events import handle_job_event
-    from gpu_worker.pubsub_sender import pubsub_sender
     from tests.generation.test_job_lifecycle import dispatched, succeeded
 
-    sender = pubsub_sender(redis_url, "pubsub")
-    assert sender is not None
     alice_ws, bob_ws = await connect(alice), await connect(bob)
     assert (await alice_ws.connect())[0] and (await bob_ws.connect())[0]
-    use_background_publisher(sender)
+    use_background_publisher(platform_sender)
     try:
         job = await database_sync_to_async(lambda: dispatched(submit_job(alice, SMALL)))()
         assert (await alice_ws.receive_json_from(timeout=3))["type"] == "job.queued"
@@ -132,32 +143,27 @@ async def test_the_platform_workers_sender_tells_alice_her_job_succeeded_and_not
         assert [image["seed"] for image in event["images"]] == [7, 8]
         assert await bob_ws.receive_nothing(timeout=0.3)
     finally:
-        use_background_publisher(None)
-        sender.close()
         await alice_ws.disconnect()
         await bob_ws.disconnect()
 
 
 async def test_through_the_sender_a_queues_owners_hear_their_own_places_in_one_go(
-    alice, bob, catalogue, redis_url
+    alice, bob, catalogue, platform_sender
 ):
     """The dispatcher's new places for a queue's window leave in one pipelined round trip:
     each owner still hears only their own job's place."""
     from generation.events import use_background_publisher
     from generation.lifecycle import publish_snapshot_positions
     from generation.queue import queue_snapshot
-    from gpu_worker.pubsub_sender import pubsub_sender
 
     alice_job = await database_sync_to_async(submit_job)(alice, SMALL)
     bob_job = await database_sync_to_async(submit_job)(bob, SMALL)
-    sender = pubsub_sender(redis_url, "pubsub")
-    assert sender is not None
     alice_ws, bob_ws = await connect(alice), await connect(bob)
     assert (await alice_ws.connect())[0] and (await bob_ws.connect())[0]
     try:
         for ws in (alice_ws, bob_ws):  # the state sent on connect
             assert (await ws.receive_json_from(timeout=3))["type"] == "job.queued"
-        use_background_publisher(sender)
+        use_background_publisher(platform_sender)
         await database_sync_to_async(lambda: publish_snapshot_positions(queue_snapshot()))()
         heard = await alice_ws.receive_json_from(timeout=3)
         assert (heard["type"], heard["job_id"], heard["position"]) == (
@@ -169,8 +175,6 @@ async def test_through_the_sender_a_queues_owners_hear_their_own_places_in_one_g
         assert (heard["job_id"], heard["position"]) == (str(bob_job.pk), 2)
         assert await alice_ws.receive_nothing(timeout=0.3)
     finally:
-        use_background_publisher(None)
-        sender.close()
         await alice_ws.disconnect()
         await bob_ws.disconnect()
 
