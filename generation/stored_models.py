@@ -46,9 +46,10 @@ class StoredModels:
     pin, read in one query each."""
 
     def __init__(self, owner_ids: Iterable[int], recipes: Iterable[MergeParams] = ()) -> None:
+        self.owner_ids = frozenset(owner_ids)
         rows = (
             CatalogEntry.objects.filter(stored_file__isnull=False, enabled=True)
-            .filter(Q(owner_id__in=set(owner_ids)) | Q(owner__isnull=True) | Q(published=True))
+            .filter(Q(owner_id__in=self.owner_ids) | Q(owner__isnull=True) | Q(published=True))
             .order_by("pk")
             .values_list(*FIELDS)
         )
@@ -63,13 +64,19 @@ class StoredModels:
                 self.own[(owner_id, kind, name)] = model
                 if published:
                     self.published.setdefault((kind, name), model)
-        pins = {_pin(role, item) for merge in recipes for role, item in inputs_of(merge).items()}
+        pins = _pins_of(recipes)
+        self.pins = frozenset(pins)
         self.pinned: set[tuple[str, str, str]] = set()
         if pins:
             rows = CatalogEntry.objects.filter(
                 stored_file__isnull=False, sha256__in={sha for _k, _n, sha in pins}
             ).values_list("kind", "name", "sha256")
             self.pinned = set(rows) & pins
+
+    def covers(self, owner_ids: Iterable[int], recipes: Iterable[MergeParams] = ()) -> bool:
+        """Whether these models answer for `owner_ids` and `recipes` as a read for those alone
+        would (a read for more owners and recipes holds the same for each of them)."""
+        return self.owner_ids.issuperset(owner_ids) and self.pins.issuperset(_pins_of(recipes))
 
     def find(self, owner_id: int, kind: str, name: str) -> StoredModel | None:
         key = (kind, name)
@@ -98,6 +105,10 @@ class StoredModels:
             if pin in self.pinned:
                 found.append(StoredModel(*pin, int(item["size_bytes"]), part_of))
         return found
+
+
+def _pins_of(recipes: Iterable[MergeParams]) -> set[tuple[str, str, str]]:
+    return {_pin(role, item) for merge in recipes for role, item in inputs_of(merge).items()}
 
 
 def _pin(role: str, item: MergeInput) -> tuple[str, str, str]:
