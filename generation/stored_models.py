@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from generation.models import CatalogEntry, ModelRecipe
+from generation.scheduling.compiled import CompiledQuery
 from gpu_worker.merge_rules import inputs_of
 from gpu_worker.params import MergeInput, MergeParams
 
@@ -41,18 +44,26 @@ def virtual_recipe(entry: CatalogEntry) -> ModelRecipe | None:
     return recipe
 
 
+def _available(owner_ids: RawSQL) -> QuerySet[CatalogEntry, tuple[Any, ...]]:
+    """The stored models jobs of `owner_ids` may name: their own, the platform's, published."""
+    return (
+        CatalogEntry.objects.filter(stored_file__isnull=False, enabled=True)
+        .filter(Q(owner_id__in=owner_ids) | Q(owner__isnull=True) | Q(published=True))
+        .order_by("pk")
+        .values_list(*FIELDS)
+    )
+
+
+_AVAILABLE = CompiledQuery(_available, owner_ids="int")  # each pass reads it
+
+
 class StoredModels:
     """The stored models that jobs of `owner_ids` may name, and the stored inputs `recipes`
     pin, read in one query each."""
 
     def __init__(self, owner_ids: Iterable[int], recipes: Iterable[MergeParams] = ()) -> None:
         self.owner_ids = frozenset(owner_ids)
-        rows = (
-            CatalogEntry.objects.filter(stored_file__isnull=False, enabled=True)
-            .filter(Q(owner_id__in=self.owner_ids) | Q(owner__isnull=True) | Q(published=True))
-            .order_by("pk")
-            .values_list(*FIELDS)
-        )
+        rows = _AVAILABLE.rows(owner_ids=self.owner_ids)
         self.own: dict[tuple[int, str, str], StoredModel] = {}
         self.platform: dict[tuple[str, str], StoredModel] = {}
         self.published: dict[tuple[str, str], StoredModel] = {}
@@ -68,10 +79,10 @@ class StoredModels:
         self.pins = frozenset(pins)
         self.pinned: set[tuple[str, str, str]] = set()
         if pins:
-            rows = CatalogEntry.objects.filter(
+            pinned = CatalogEntry.objects.filter(
                 stored_file__isnull=False, sha256__in={sha for _k, _n, sha in pins}
             ).values_list("kind", "name", "sha256")
-            self.pinned = set(rows) & pins
+            self.pinned = set(pinned) & pins
 
     def covers(self, owner_ids: Iterable[int], recipes: Iterable[MergeParams] = ()) -> bool:
         """Whether these models answer for `owner_ids` and `recipes` as a read for those alone

@@ -43,6 +43,8 @@ from typing import Any
 
 import redis
 from django.db import transaction
+from django.db.models import QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from generation.broker import get_redis
@@ -60,6 +62,7 @@ from generation.queue import (
     snapshot_of,
     store_snapshot,
 )
+from generation.scheduling.compiled import CompiledQuery
 from generation.scheduling.estimates import KeptHistory, SpeedCache
 from generation.scheduling.inputs import (
     checkpoint_key_of,
@@ -189,7 +192,7 @@ def _one_pass(client: redis.Redis, scheduler: Any, speeds: SpeedCache) -> PassOu
     usage = recent_usage(now, speeds, held, finished) if finished is not None else {}
     plan = scheduler.plan(waiting.jobs, views, now=now.timestamp(), usage=usage)
     # With its checkpoint and recipe: the message is built from these rows, not read again.
-    jobs = Job.objects.select_related("checkpoint__recipe").in_bulk([a.job_id for a in plan])
+    jobs = {job.pk: job for job in _PLANNED.objects(ids=[a.job_id for a in plan])}
     free = {v.worker_id: v.free_slots for v in views}
     made, claimed = [], []
     for assignment in plan:
@@ -214,6 +217,13 @@ def _one_pass(client: redis.Redis, scheduler: Any, speeds: SpeedCache) -> PassOu
         transaction.on_commit(partial(send_request, job, waiting.stored))
     whole = len(claimed) == len(plan)  # else some job changed under the pass: read anew
     return PassOutcome(made, queue_after_pass(seen, claimed) if whole else None)
+
+
+def _planned(ids: RawSQL) -> QuerySet[Job]:
+    return Job.objects.select_related("checkpoint__recipe").filter(pk__in=ids).order_by()
+
+
+_PLANNED = CompiledQuery(_planned, ids="uuid")
 
 
 def queue_after_pass(seen: QueueReads, claimed: list[Job]) -> QueueReads | None:

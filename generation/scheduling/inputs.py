@@ -8,14 +8,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from operator import attrgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import CreditAccount, MembershipTier
 from accounts.tiers import tier_expired
 from generation.models import CatalogEntry, Job, ModelRecipe
+from generation.scheduling.compiled import CompiledQuery
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import Download, ModelKey, WaitingJob
 from generation.stored_models import StoredModel, StoredModels
@@ -108,8 +109,7 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     `limit`), as the policy sees them. Plain rows, no model instances: a pass over a thousand
     waiting jobs stays cheap; load the few rows a plan hands out by their ids."""
     speeds = speeds or SpeedCache()
-    query = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
-    rows = list(query[:limit] if limit is not None else query)
+    rows = _WAITING.rows(limit)
     if not rows:
         return Waiting([], {})
     accounts = {(row[1], row[12], row[13]) for row in rows}  # owner, tier weight, tier expiry
@@ -167,6 +167,14 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     return waiting
 
 
+def _waiting_window(limit: int | None) -> QuerySet[Job, tuple[Any, ...]]:
+    query = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
+    return query[:limit] if limit is not None else query
+
+
+_WAITING = CompiledQuery(_waiting_window)
+
+
 def downloads_of(models: Iterable[StoredModel]) -> list[Download]:
     """Stored models as the policy counts their fetch time."""
     return [Download(m.sha256, m.size_bytes, m.part_of) for m in models]
@@ -197,13 +205,20 @@ def face_model(params: dict) -> frozenset[ModelKey]:
 def in_flight_jobs() -> list[Job]:
     """Jobs running or handed to a worker and not started yet, in the order they were handed
     out (the in-flight part of `recent_usage`, and what the queue ETAs start from)."""
+    return _IN_FLIGHT.objects()
+
+
+def _in_flight() -> QuerySet[Job]:
     held = Q(status=Job.Status.RUNNING) | Q(status=Job.Status.QUEUED, worker_id__gt="")
-    return list(
+    return (
         Job.objects.filter(held)
         .select_related("checkpoint__recipe")
         .order_by(*IN_FLIGHT_ORDER)
         .only(*IN_FLIGHT_FIELDS)
     )
+
+
+_IN_FLIGHT = CompiledQuery(_in_flight)
 
 
 def in_flight_with(held: list[Job], claimed: list[Job]) -> list[Job] | None:
