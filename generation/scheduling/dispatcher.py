@@ -233,7 +233,7 @@ def queue_after_pass(seen: QueueReads, claimed: list[Job]) -> QueueReads | None:
     if len(seen.waiting.jobs) >= min(SCHEDULING_WINDOW, MAX_SIMULATED):
         return None  # jobs behind the window step into it once these leave: read them
     held = in_flight_with(seen.held, claimed)
-    if held is None:
+    if held is None:  # (also where a claimed job went back: its message could not be sent)
         return None
     waiting = seen.waiting.without({str(job.pk) for job in claimed})
     return replace(seen, held=held, waiting=waiting)
