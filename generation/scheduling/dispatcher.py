@@ -334,13 +334,19 @@ def publish_positions(job_ids: list[str], snapshot: QueueSnapshot | None = None)
         return
     try:
         snapshot = snapshot or queue_snapshot()
-        rows = Job.objects.filter(pk__in=job_ids, status=Job.Status.QUEUED)
-        for job in rows:
+        for job in _QUEUED.objects(ids=job_ids):
             info = snapshot.place(job)
             if info is not None:
                 send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
     except Exception:  # a lost position is repaired by the next one or the websocket snapshot
         logger.exception("queue positions not published")
+
+
+def _queued(ids: RawSQL) -> QuerySet[Job]:
+    return Job.objects.filter(pk__in=ids, status=Job.Status.QUEUED)
+
+
+_QUEUED = CompiledQuery(_queued, ids="uuid")  # the jobs whose owners hear their place
 
 
 def answer_wake(values: set[str], history: KeptHistory | None = None) -> bool:
