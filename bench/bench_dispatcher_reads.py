@@ -13,6 +13,7 @@ REPEATS each):
   in-flight jobs   `inputs.in_flight_jobs`: compiled / the queryset
   plan's jobs      the jobs a plan hands out, with checkpoint and recipe: compiled / `in_bulk`
   stored models    what the waiting owners may name: compiled / the queryset
+  speed history    the finished jobs' history (none here): compiled / the queryset
   snapshot         after a pass: `snapshot_of(its reads)` / `queue_snapshot()` (equal content;
                    the latter already on the compiled reads)
 
@@ -69,7 +70,13 @@ def measure(label: str) -> int:
     from generation.models import CatalogEntry, Job
     from generation.queue import queue_snapshot, snapshot_of
     from generation.scheduling.dispatcher import _PLANNED, schedule_pending
-    from generation.scheduling.estimates import SpeedCache
+    from generation.scheduling.estimates import (
+        HISTORY_FIELDS,
+        HISTORY_ROWS,
+        SpeedCache,
+        _history_rows,
+        _recent_history,
+    )
     from generation.scheduling.inputs import (
         _IN_FLIGHT,
         _WAITING,
@@ -101,6 +108,12 @@ def measure(label: str) -> int:
         "stored models": paired(
             lambda: _AVAILABLE.rows(owner_ids=[user.pk]),
             lambda: list(_available([user.pk])),  # type: ignore[arg-type]
+        ),
+        "speed history": paired(
+            _history_rows,
+            lambda: list(
+                _recent_history().values(*HISTORY_FIELDS, "checkpoint_id", "pk")[:HISTORY_ROWS]
+            ),
         ),
     }
     redis.set("atelier:worker:gpu-1", '{"worker_id": "gpu-1", "loaded_models": ["model-a"]}')

@@ -8,8 +8,8 @@ datetimes) or model instances (with their `select_related` rows) per database al
 so each run is one execute and the conversions: the rows are those the queryset would give.
 
 Only for querysets whose SQL never changes: a value given anew at each run is a list of ids
-(`lists`: a `pk__in` or `owner_id__in` of any length as one parameter, `IdList`); any other
-value would be compiled in once and kept (no `now`).
+(a `pk__in` or `owner_id__in` of any length as one parameter, `IdList`) or a time
+(`GivenTime`); any other value would be compiled in once and kept.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from django.db import connections, router
@@ -42,25 +43,31 @@ class _Compiled:
 
 class CompiledQuery(Generic[M]):
     """`build(*shape, **lists)` (a queryset) compiled once per database and `shape` (hashable
-    values that change the SQL itself, such as a LIMIT: each is compiled once); `lists` names
-    the id lists given at each run and their kind (`IdList`): `build` receives each as a
-    subquery for `__in`. `rows(*shape, **lists)` for a `values_list` queryset,
-    `objects(*shape, **lists)` for one of model instances."""
+    values that change the SQL itself, such as a LIMIT: each is compiled once); `given` names
+    the values given at each run and their kind: `build` receives an id list (`IdList`) as a
+    subquery for `__in`, a time (`GivenTime`) as an expression to compare with.
+    `rows(*shape, **values)` for a `values_list` queryset, `objects(*shape, **values)` for
+    one of model instances."""
 
     def __init__(
-        self, build: Callable[..., QuerySet[M, Any]], **lists: Literal["int", "uuid"]
+        self,
+        build: Callable[..., QuerySet[M, Any]],
+        **given: Literal["int", "uuid", "datetime"],
     ) -> None:
         self._build = build
-        self._lists = {name: IdList(kind) for name, kind in lists.items()}
+        self._lists: dict[str, IdList | GivenTime] = {
+            name: GivenTime() if kind == "datetime" else IdList(kind)
+            for name, kind in given.items()
+        }
         self._compiled: dict[tuple[Any, ...], _Compiled] = {}
         self._model: type[Model] | None = None
 
-    def rows(self, *shape: Any, **lists: Iterable[Any]) -> list[tuple[Any, ...]]:
+    def rows(self, *shape: Any, **lists: Any) -> list[tuple[Any, ...]]:
         """The rows as `list(build(*shape, ...))` gives them for a `values_list` queryset."""
         compiled, connection = self._compiled_for(shape)
         return [tuple(row) for row in self._converted(compiled, connection, lists)]
 
-    def objects(self, *shape: Any, **lists: Iterable[Any]) -> list[M]:
+    def objects(self, *shape: Any, **lists: Any) -> list[M]:
         """The instances as `list(build(*shape, ...))` gives them (`select_related`, `only`)."""
         compiled, connection = self._compiled_for(shape)
         found = []
@@ -84,17 +91,17 @@ class CompiledQuery(Generic[M]):
         return self._compiled[key], connection
 
     def _queryset(self, shape: tuple[Any, ...], vendor: str) -> QuerySet[M, Any]:
-        lists = {name: id_list.subquery(vendor) for name, id_list in self._lists.items()}
+        lists = {name: given.expression(vendor) for name, given in self._lists.items()}
         return self._build(*shape, **lists)
 
     def _converted(
-        self, compiled: _Compiled, connection: Any, lists: dict[str, Iterable[Any]]
+        self, compiled: _Compiled, connection: Any, lists: dict[str, Any]
     ) -> list[list[Any]]:
         given = {
-            self._lists[name]: self._lists[name].value(values, connection.vendor)
+            self._lists[name]: self._lists[name].value(values, connection)
             for name, values in lists.items()
         }
-        params = [given[p] if isinstance(p, IdList) else p for p in compiled.params]
+        params = [given[p] if isinstance(p, IdList | GivenTime) else p for p in compiled.params]
         converters = [
             (i, convs, column)
             for i, column in enumerate(compiled.columns)
@@ -123,7 +130,7 @@ class IdList:
     def __init__(self, kind: Literal["int", "uuid"]) -> None:
         self.kind = kind
 
-    def subquery(self, vendor: str) -> RawSQL:
+    def expression(self, vendor: str) -> RawSQL:
         if vendor == "postgresql" and self.kind == "uuid":
             return RawSQL("SELECT unnest(%s::uuid[])", [self])
         if vendor == "postgresql":
@@ -132,7 +139,8 @@ class IdList:
             return RawSQL("SELECT value FROM json_each(%s)", [self])
         return RawSQL("%s", [self])  # not compiled: only for the model's `db` lookup
 
-    def value(self, ids: Iterable[Any], vendor: str) -> Any:
+    def value(self, ids: Iterable[Any], connection: Any) -> Any:
+        vendor = connection.vendor
         if vendor == "postgresql":
             return [uuid.UUID(str(i)) if self.kind == "uuid" else int(i) for i in ids]
         if vendor == "sqlite":  # a UUID is kept as 32 hex digits there
@@ -140,6 +148,17 @@ class IdList:
                 [uuid.UUID(str(i)).hex if self.kind == "uuid" else int(i) for i in ids]
             )
         raise NotImplementedError(f"id lists on {vendor}")
+
+
+class GivenTime:
+    """A time (aware datetime, or None where unused) as one SQL parameter, as Django adapts it
+    for a DateTimeField."""
+
+    def expression(self, vendor: str) -> RawSQL:
+        return RawSQL("%s", [self])
+
+    def value(self, when: datetime | None, connection: Any) -> Any:
+        return connection.ops.adapt_datetimefield_value(when)
 
 
 def _compile(queryset: QuerySet[Any, Any], connection: Any) -> _Compiled:

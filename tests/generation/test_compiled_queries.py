@@ -5,10 +5,17 @@ every change to the data made after they were compiled."""
 from __future__ import annotations
 
 import pytest
+from django.utils import timezone
 
 from generation.models import Job, ModelRecipe
 from generation.scheduling.compiled import CompiledQuery
 from generation.scheduling.dispatcher import _PLANNED
+from generation.scheduling.estimates import (
+    HISTORY_FIELDS,
+    HISTORY_ROWS,
+    _history_rows,
+    _recent_history,
+)
 from generation.scheduling.inputs import _in_flight, _waiting_window, in_flight_jobs
 from generation.stored_models import _AVAILABLE, _available
 from generation.submission import submit_job
@@ -91,3 +98,23 @@ def test_an_id_list_is_one_parameter_whatever_its_length(
                 expected[pk].checkpoint.name,
                 expected[pk].created_at,
             )
+
+
+def test_the_speed_history_reads_as_its_queryset_from_any_time(alice, catalogue):
+    """A time given at each run (the history window's start, "finished since") is a parameter,
+    not compiled in."""
+    jobs = []
+    for i in range(3):
+        job = submit_job(alice, {**SMALL, "width": 64 + 8 * i})
+        assert job.mark_assigned("gpu-1") and job.mark_running("gpu-1", job.attempt)
+        assert job.mark_succeeded(job.attempt, "gpu-1", {"total_s": 2.0, "sampling_s": 1.5})
+        jobs.append(job)
+    middle = Job.objects.get(pk=jobs[1].pk).finished_at
+    for since in (None, middle, timezone.now()):
+        expected = _recent_history()
+        if since is not None:
+            expected = expected.filter(finished_at__gte=since)
+        assert _history_rows(since) == list(
+            expected.values(*HISTORY_FIELDS, "checkpoint_id", "pk")[:HISTORY_ROWS]
+        )
+    assert len(_history_rows(middle)) == 2
