@@ -14,8 +14,8 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.db.models.expressions import RawSQL
 
+from accounts.compiled_queries import CompiledQuery
 from generation.models import CatalogEntry, ModelRecipe
-from generation.scheduling.compiled import CompiledQuery
 from gpu_worker.merge_rules import inputs_of
 from gpu_worker.params import MergeInput, MergeParams
 
@@ -54,7 +54,7 @@ def _available(owner_ids: RawSQL) -> QuerySet[CatalogEntry, tuple[Any, ...]]:
     )
 
 
-_AVAILABLE = CompiledQuery(_available, owner_ids="int")  # each pass reads it
+_AVAILABLE = CompiledQuery(_available, owner_ids="int_list")  # each pass reads it
 
 
 class StoredModels:

@@ -28,7 +28,7 @@ from django.utils import timezone
 from django.utils.translation import gettext
 from PIL import Image, ImageOps
 
-from accounts.queries import CompiledOnce
+from accounts.compiled_queries import CompiledQuery
 from generation.broker import get_redis
 from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
@@ -720,7 +720,7 @@ def record_job(
             # One submission per user at a time, so the unfinished-jobs cap cannot be raced.
             # NO KEY UPDATE: a settlement's deferred FK check on this row (KEY SHARE) must not
             # wait for us while we wait for its credit account (accounts/ledger.py, lock order).
-            LOCK_USER.rows(user.pk)
+            LOCK_USER.rows(pk=user.pk)
             if (job := existing_job(user, idempotency_key)) is not None:
                 return job
             if valid.params["mode"] == Job.Mode.TRAIN:
@@ -728,7 +728,7 @@ def record_job(
                     check_training_slots(user)
                 except TrainingRequestError as exc:
                     raise SubmissionError(exc.field, exc.message, exc.status) from None
-            unfinished = COUNT_UNFINISHED.number(user.pk)
+            unfinished = UNFINISHED.count(owner=user.pk)
             if unfinished >= limits.max_unfinished_jobs:
                 raise SubmissionError(
                     "jobs",
@@ -770,18 +770,20 @@ def record_job(
     return job
 
 
-# Fixed shapes, compiled once (accounts/queries.py says why).
-LOCK_USER = CompiledOnce(
+# Fixed shapes, compiled once (accounts/compiled_queries.py says why).
+LOCK_USER = CompiledQuery(
     lambda pk: (
         get_user_model()
         .objects.select_for_update(no_key=True)
         .filter(pk=pk)
         .order_by()
         .values_list("pk")
-    )
+    ),
+    pk="value",
 )
-COUNT_UNFINISHED = CompiledOnce(
-    lambda pk: Job.objects.owned_by(pk).unfinished().order_by().values_list("pk"), count=True
+UNFINISHED = CompiledQuery(
+    lambda owner: Job.objects.owned_by(owner).unfinished().order_by().values_list("pk"),
+    owner="value",
 )
 
 

@@ -47,6 +47,7 @@ from django.db.models import QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from accounts.compiled_queries import CompiledQuery
 from generation.broker import get_redis
 from generation.events import send_to_user
 from generation.fleet import present_heartbeats
@@ -62,7 +63,6 @@ from generation.queue import (
     snapshot_of,
     store_snapshot,
 )
-from generation.scheduling.compiled import CompiledQuery
 from generation.scheduling.estimates import KeptHistory, SpeedCache
 from generation.scheduling.inputs import (
     checkpoint_key_of,
@@ -223,7 +223,7 @@ def _planned(ids: RawSQL) -> QuerySet[Job]:
     return Job.objects.select_related("checkpoint__recipe").filter(pk__in=ids).order_by()
 
 
-_PLANNED = CompiledQuery(_planned, ids="uuid")
+_PLANNED = CompiledQuery(_planned, ids="uuid_list")
 
 
 def queue_after_pass(seen: QueueReads, claimed: list[Job]) -> QueueReads | None:
@@ -346,7 +346,7 @@ def _queued(ids: RawSQL) -> QuerySet[Job]:
     return Job.objects.filter(pk__in=ids, status=Job.Status.QUEUED)
 
 
-_QUEUED = CompiledQuery(_queued, ids="uuid")  # the jobs whose owners hear their place
+_QUEUED = CompiledQuery(_queued, ids="uuid_list")  # the jobs whose owners hear their place
 
 
 def answer_wake(values: set[str], history: KeptHistory | None = None) -> bool:

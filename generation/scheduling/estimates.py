@@ -19,9 +19,9 @@ from django.db.models import QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from accounts.compiled_queries import CompiledQuery
 from generation.models import Job
 from generation.pricing import SomeParams, work_units
-from generation.scheduling.compiled import CompiledQuery
 
 # No history: a mid-range GPU does a 512x512 SD1.5 step in ~0.1 s; err on the slow side.
 DEFAULT_SECONDS_PER_PIXEL_STEP = 0.15 / (512 * 512)

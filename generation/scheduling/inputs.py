@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from accounts.compiled_queries import CompiledQuery
 from accounts.models import CreditAccount, MembershipTier
 from accounts.tiers import tier_expired
 from generation.models import CatalogEntry, Job, ModelRecipe
-from generation.scheduling.compiled import CompiledQuery
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import Download, ModelKey, WaitingJob
 from generation.stored_models import StoredModel, StoredModels

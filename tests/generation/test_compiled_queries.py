@@ -1,14 +1,20 @@
-"""The dispatcher's fixed-shape reads, compiled once (`generation.scheduling.compiled`), give the
-rows and instances their querysets give, with Django's conversions (JSON, datetimes), and see
-every change to the data made after they were compiled."""
+"""Fixed-shape reads compiled once (`accounts.compiled_queries`) give the rows, counts and
+instances their querysets give, with Django's conversions (JSON, datetimes) and select_related
+rows, take the values given at each run (an id, a token's hash, id lists, times) as parameters,
+and see every change to the data made after they were compiled. On SQLite and PostgreSQL (with
+DATABASE_URL)."""
 
 from __future__ import annotations
 
 import pytest
+from django.db import connection, transaction
+from django.db.models import Model
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from accounts.compiled_queries import CompiledQuery
+from accounts.models import TOKEN_BY_HASH, ApiToken, User, hash_token
 from generation.models import Job, ModelRecipe
-from generation.scheduling.compiled import CompiledQuery
 from generation.scheduling.dispatcher import _PLANNED
 from generation.scheduling.estimates import (
     HISTORY_FIELDS,
@@ -18,7 +24,7 @@ from generation.scheduling.estimates import (
 )
 from generation.scheduling.inputs import _in_flight, _waiting_window, in_flight_jobs
 from generation.stored_models import _AVAILABLE, _available
-from generation.submission import submit_job
+from generation.submission import LOCK_USER, UNFINISHED, submit_job
 from tests.generation.conftest import SMALL
 from tests.generation.own_model_uploads import upload
 from tests.model_file_builder import sd1_lora
@@ -118,3 +124,63 @@ def test_the_speed_history_reads_as_its_queryset_from_any_time(alice, catalogue)
             expected.values(*HISTORY_FIELDS, "checkpoint_id", "pk")[:HISTORY_ROWS]
         )
     assert len(_history_rows(middle)) == 2
+
+
+def stored_values(obj: Model) -> list[tuple[str, object]]:
+    return [(field.attname, getattr(obj, field.attname)) for field in obj._meta.concrete_fields]
+
+
+def test_a_token_reads_with_its_user_account_and_tier_in_one_query(
+    alice, bob, django_assert_num_queries
+):
+    """Every API call's read: the hash given at each run, the related rows attached as
+    select_related attaches them; a revoked token is found no more."""
+    token, secret = ApiToken.issue(alice, "script")
+    _bobs, bobs_secret = ApiToken.issue(bob, "script")
+    expected = ApiToken.objects.select_related("user__credit_account__tier").get(pk=token.pk)
+    with django_assert_num_queries(1):
+        [found] = TOKEN_BY_HASH.objects(digest=hash_token(secret))
+        account = found.user.credit_account
+    assert stored_values(found) == stored_values(expected)
+    assert stored_values(found.user) == stored_values(expected.user)
+    assert stored_values(account) == stored_values(expected.user.credit_account)
+    assert stored_values(account.tier) == stored_values(expected.user.credit_account.tier)
+    assert [t.user for t in TOKEN_BY_HASH.objects(digest=hash_token(bobs_secret))] == [bob]
+    assert TOKEN_BY_HASH.objects(digest=hash_token("atl_no-such-secret")) == []
+    token.revoke()
+    assert TOKEN_BY_HASH.objects(digest=hash_token(secret)) == []
+    assert ApiToken.authenticate(secret) is None and ApiToken.authenticate(bobs_secret)
+
+
+def test_a_submission_locks_its_members_row_and_no_other(alice, bob):
+    """FOR NO KEY UPDATE where the database has row locks (accounts/ledger.py: lock order),
+    compiled within the submission's transaction; the member's id given at each run."""
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        assert LOCK_USER.rows(pk=alice.pk) == [(alice.pk,)]
+        assert LOCK_USER.rows(pk=bob.pk) == [(bob.pk,)]
+        expected = (
+            User.objects.select_for_update(no_key=True)
+            .filter(pk=bob.pk)
+            .order_by()
+            .values_list("pk")
+        )
+        assert list(expected) == LOCK_USER.rows(pk=bob.pk)
+    selects = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
+    locks = [sql.endswith("FOR NO KEY UPDATE") for sql in selects]  # not savepoints
+    assert locks == [connection.features.has_select_for_update] * 4  # the queryset's too
+
+
+def test_the_unfinished_count_follows_each_members_jobs(alice, bob, catalogue):
+    def counts() -> tuple[int, int]:
+        return UNFINISHED.count(owner=alice.pk), UNFINISHED.count(owner=bob.pk)
+
+    assert counts() == (0, 0)
+    jobs = [submit_job(alice, SMALL), submit_job(alice, SMALL), submit_job(bob, SMALL)]
+    assert counts() == (2, 1)
+    assert jobs[0].mark_assigned("gpu-1") and jobs[0].mark_running("gpu-1", jobs[0].attempt)
+    assert counts() == (2, 1)  # running is unfinished
+    assert jobs[0].mark_succeeded(jobs[0].attempt, "gpu-1", {"total_s": 2.0, "sampling_s": 1.5})
+    assert counts() == (1, 1)
+    assert counts() == tuple(Job.objects.owned_by(u).unfinished().count() for u in (alice, bob))
+    with pytest.raises(TypeError):  # a values_list queryset has rows, not instances
+        UNFINISHED.objects(owner=alice.pk)
