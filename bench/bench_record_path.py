@@ -101,6 +101,7 @@ def record_jobs(user: Any, count: int) -> dict[str, tuple[list[float], float]]:
 
     from generation.broker import get_broker
     from generation.events import user_group
+    from generation.queue import queue_snapshot, store_snapshot
     from generation.submission import submit_job
     from gpu_worker.channel_layer import make_channel_layer
     from gpu_worker.protocol import JOB_EVENT_ACTOR, JOB_EVENT_KWARG, PLATFORM_QUEUE
@@ -133,12 +134,19 @@ def record_jobs(user: Any, count: int) -> dict[str, tuple[list[float], float]]:
             )
         )
 
+    def keep_snapshot() -> None:
+        """As the dispatcher does after each pass: a start's ETA uses its speeds (it lasts
+        SNAPSHOT_TTL_MS; 20 starts take well under that)."""
+        store_snapshot(queue_snapshot())
+
     async def measure(layer: Any, channel: str, kind: str) -> tuple[list[float], float]:
         latencies: list[float] = []
         cpu0 = 0.0
         for i, job in enumerate(jobs):
             if i == WARM_UP:
                 cpu0 = cpu_seconds(pid)
+            if kind == "started" and i % 20 == 0:  # outside the timing: the dispatcher's work
+                await asyncio.to_thread(keep_snapshot)
             t0 = time.perf_counter()
             await asyncio.to_thread(send, job, kind)
             while True:
