@@ -345,10 +345,17 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["status", "created_at"], name="job_status_created"),
             models.Index(fields=["owner", "-created_at"], name="job_owner_created"),
-            # The scheduler's window (waiting jobs, oldest first): read in index order, so a
-            # pass reads its 100 rows whatever the queue length (bench_queue_scale).
+            # The waiting jobs (`JobQuerySet.waiting`), oldest first, and nothing else: the
+            # scheduler's window is read in index order, so a pass reads its 100 rows whatever
+            # the queue length, and the count of jobs ahead of one behind the window is an
+            # index-only scan (bench_queue_scale). Partial, so that a claim by primary key
+            # (`Job.mark_assigned`, whose conditions do not imply this one) can never be
+            # planned as a walk along every waiting job: with stale statistics after a burst
+            # of submissions, the former (status, worker_id, created_at, id) index was.
             models.Index(
-                fields=["status", "worker_id", "created_at", "id"], name="job_waiting_order"
+                fields=["created_at", "id"],
+                name="job_waiting_order",
+                condition=Q(status="queued", worker_id="", after__isnull=True),
             ),
             # Recent usage (fair share) and the speed history read finished jobs by finish time:
             # a range of this index, not a scan of every job ever run.
