@@ -5,7 +5,7 @@ import secrets
 import uuid
 from datetime import datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, UserManager
@@ -15,7 +15,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from accounts.queries import only_row
+from accounts.queries import CompiledOnce
 
 TOKEN_PREFIX = "atl_"  # noqa: S105 - a public prefix that marks the secret, not a secret
 
@@ -84,11 +84,8 @@ class ApiToken(models.Model):
     def authenticate(cls, secret: str) -> ApiToken | None:
         """The active token with this secret, its user and the user's credit account and tier
         read in the same query (every API call asks for the tier: limits, rate)."""
-        token = only_row(  # token_hash is unique
-            cls.objects.active()
-            .select_related("user__credit_account__tier")
-            .filter(token_hash=hash_token(secret))
-        )
+        found = TOKEN_BY_HASH.instances(hash_token(secret))  # token_hash is unique
+        token = cast("ApiToken | None", found[0] if found else None)
         if token is not None:
             token.touch()
         return token
@@ -117,6 +114,19 @@ class ApiToken(models.Model):
 # unfinished jobs. Both are caches of the ledger: balance == sum(amount), held == sum(held_delta).
 
 CENT = Decimal("0.01")
+
+
+# Every API call reads its token, with the user and the user's credit account and tier (limits,
+# rate): compiled once (accounts/queries.py says why).
+TOKEN_BY_HASH = CompiledOnce(
+    lambda token_hash: (
+        ApiToken.objects.active()
+        .select_related("user__credit_account__tier")
+        .filter(token_hash=token_hash)
+        .order_by()[:1]
+    ),
+    stand_in="stand-in-token-hash",
+)
 
 
 def money_field(verbose_name: Any, **kwargs: Any) -> models.DecimalField:

@@ -140,7 +140,9 @@ class JobListCreateView(APIView):
     def post(self, request: Request) -> Response:
         key = request.headers.get("Idempotency-Key")
         return created(
-            lambda: submit_job(request.user, request_params(request), idempotency_key=key),
+            lambda: submit_job(
+                request.user, request_params(request), idempotency_key=key, remember=False
+            ),
             JobSerializer,
         )
 

@@ -19,6 +19,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -38,6 +39,7 @@ from generation.scheduling.estimates import (
     estimate_duration,
 )
 from generation.scheduling.inputs import (
+    Waiting,
     downloads_of,
     in_flight_jobs,
     recent_usage,
@@ -129,6 +131,10 @@ def _present_disks() -> Disks:
         beats: dict[str, WorkerHeartbeat] = present_heartbeats(get_redis())
     except (redis.RedisError, OSError):
         beats = {}
+    return disks_of(beats)
+
+
+def disks_of(beats: dict[str, WorkerHeartbeat]) -> Disks:
     return {worker_id: worker_disk(beat) for worker_id, beat in beats.items()}
 
 
@@ -144,25 +150,36 @@ def fetch_seconds(downloads: tuple[Download, ...], disks: Disks, worker_id: str 
     return min(download_seconds(downloads, disk, rate) for disk, rate in places)
 
 
+@dataclass
+class QueueReads:
+    """What a snapshot is made from, as `queue_snapshot` reads it, or as a scheduling pass that
+    has just read it leaves it (`dispatcher.queue_after_pass`: no second read)."""
+
+    now: datetime
+    disks: Disks  # the present workers'
+    held: list[Job]  # `in_flight_jobs()`
+    waiting: Waiting  # `waiting_jobs(limit=MAX_SIMULATED)`
+    finished: dict[str, float] | None = None  # `finished_usage(now)` if read
+
+
 def queue_snapshot(workers: int | None = None, speeds: SpeedCache | None = None) -> QueueSnapshot:
     """Position and ETA of every queued job (the oldest MAX_SIMULATED waiting), in the order the
     scheduler starts them, over the present workers, each first finishing what it holds.
     `speeds`: a history already read (the dispatcher's pass just before). Reads only what the
-    queue needs: no stored models while nothing is handed out and unstarted, no usage unless
-    several users have jobs waiting (`usage_matters`)."""
+    queue needs: no stored models while nothing is handed out and unstarted (nor when the
+    waiting jobs' read holds them), no usage unless several users have jobs waiting
+    (`usage_matters`)."""
     speeds = speeds or SpeedCache()
-    now = timezone.now()
+    now, disks, held = timezone.now(), _present_disks(), in_flight_jobs()
+    waiting = waiting_jobs(limit=MAX_SIMULATED, speeds=speeds)
+    return snapshot_of(QueueReads(now, disks, held, waiting), speeds, workers)
+
+
+def snapshot_of(reads: QueueReads, speeds: SpeedCache, workers: int | None = None) -> QueueSnapshot:
+    """`queue_snapshot` from its reads (see there)."""
+    now, disks, held, waiting = reads.now, reads.disks, reads.held, reads.waiting
     snapshot = QueueSnapshot(speeds=speeds)
-    disks = _present_disks()
-    held = in_flight_jobs()
-    unstarted = [job for job in held if job.status == Job.Status.QUEUED]
-    stored = (
-        StoredModels(
-            {job.owner_id for job in unstarted}, [r for job in unstarted for r in recipes_of(job)]
-        )
-        if unstarted
-        else None
-    )
+    stored = _stored_for([job for job in held if job.status == Job.Status.QUEUED], waiting.stored)
     free_at: dict[str, float] = {}  # per worker: seconds until it has finished what it holds
     handed_out: list[tuple[float, float, Job, Source, float]] = []
     for job in held:
@@ -184,8 +201,11 @@ def queue_snapshot(workers: int | None = None, speeds: SpeedCache | None = None)
     slots = sorted(free_at.values())[:count]
     slots += [0.0] * (count - len(slots))
     heapq.heapify(slots)
-    waiting = waiting_jobs(limit=MAX_SIMULATED, speeds=speeds)
-    usage = recent_usage(now, speeds, in_flight=held) if usage_matters(waiting.jobs) else {}
+    usage = (
+        recent_usage(now, speeds, in_flight=held, finished=reads.finished)
+        if usage_matters(waiting.jobs)
+        else {}
+    )
     order = FairScheduler().fair_order(waiting.jobs, now=now.timestamp(), usage=usage)
     position, finish = len(handed_out), 0.0
     for position, entry in enumerate(order, start=len(handed_out) + 1):
@@ -198,6 +218,18 @@ def queue_snapshot(workers: int | None = None, speeds: SpeedCache | None = None)
     pace = sum(e.cost for e in order) / len(order) / count if order else 0.0
     snapshot.window_end = (position, finish, pace)
     return snapshot
+
+
+def _stored_for(unstarted: list[Job], known: StoredModels | None) -> StoredModels | None:
+    """The stored models the handed-out, unstarted jobs may fetch: `known` (the waiting jobs')
+    where it holds them, else one read for them (none: nothing unstarted)."""
+    if not unstarted:
+        return None
+    owners = {job.owner_id for job in unstarted}
+    recipes = [r for job in unstarted for r in recipes_of(job)]
+    if known is not None and known.covers(owners, recipes):
+        return known
+    return StoredModels(owners, recipes)
 
 
 def store_snapshot(snapshot: QueueSnapshot) -> None:

@@ -5,6 +5,7 @@ then checks what needs the catalogue and the user."""
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -76,14 +77,24 @@ class JobImageSerializer(ImageSerializer):
 class BuiltOnce(serializers.ModelSerializer):
     """ModelSerializer builds its fields from the model for every instance (a fifth of a
     millisecond for a job); they depend only on the class, so they are built once and each
-    instance gets a copy, as DRF copies declared fields."""
+    instance gets copies. A plain field's copy is shallow: binding it to this serializer sets
+    only its own attributes (name, parent, source), and nothing else in it changes after
+    construction; a nested serializer binds its child too, so it is copied deeply, as DRF
+    copies declared fields (a deep copy of a field runs its constructor again: most of the
+    cost of a job's response)."""
 
     def get_fields(self) -> dict[str, serializers.Field]:
         built = type(self).__dict__.get("_built_fields")
         if built is None:
             built = super().get_fields()
             type(self)._built_fields = built  # type: ignore[attr-defined]
-        return copy.deepcopy(built)
+        return {name: _field_copy(field) for name, field in built.items()}
+
+
+def _field_copy(field: serializers.Field) -> serializers.Field:
+    if isinstance(field, serializers.BaseSerializer):
+        return copy.deepcopy(field)
+    return copy.copy(field)
 
 
 class JobSerializer(BuiltOnce):
@@ -288,93 +299,99 @@ class JobRequestSerializer(serializers.Serializer):
         super().__init__(*args, **kwargs)
 
     def get_fields(self) -> dict[str, serializers.Field]:
-        lim = self.limits
-        text: dict[str, Any] = {"required": False, "allow_null": True, "allow_blank": True}
-        return {
-            "mode": serializers.ChoiceField(
-                choices=Job.Mode.choices,
-                required=False,
-                allow_null=True,
-                help_text="default img2img with an init_image, else txt2img",
-            ),
-            "checkpoint": serializers.CharField(
-                **text, help_text="Catalogue name; default: your default model"
-            ),
-            "vae": serializers.CharField(**text, help_text="Catalogue name; null: the model's"),
-            "prompt": serializers.CharField(
-                **text,
-                max_length=lim.max_prompt_chars,
-                help_text="A1111 syntax: (word:1.2), [word], BREAK, <lora:name:weight>",
-            ),
-            "negative_prompt": serializers.CharField(**text, max_length=lim.max_prompt_chars),
-            "sampler": serializers.CharField(**text, help_text="e.g. 'DPM++ 2M' (GET samplers)"),
-            "scheduler": serializers.CharField(**text, help_text="e.g. 'Karras' or 'Automatic'"),
-            "steps": _int(1, lim.max_steps, TIER),
-            "cfg_scale": _float(lim.min_cfg, lim.max_cfg),
-            "width": _int(MIN_SIDE, lim.max_side, f"a multiple of 8; {TIER}"),
-            "height": _int(MIN_SIDE, lim.max_side, f"a multiple of 8; {TIER}"),
-            "seed": _int(-1, MAX_SEED, "-1: random"),
-            "batch_size": _int(1, lim.max_images, f"batch_size x n_iter: {TIER}"),
-            "n_iter": _int(1, lim.max_images, f"batch_size x n_iter: {TIER}"),
-            "clip_skip": _int(1, MAX_CLIP_SKIP),
-            "denoising_strength": _float(0.0, 1.0, "img2img strength, above 0"),
-            "resize_mode": _int(
-                *RESIZE_MODES,
-                "img2img: 0 just resize, 1 crop and resize, 2 resize and fill, "
-                "3 latent upscale (resizes like 0)",
-            ),
-            "hires": HiresRequestSerializer(
-                limits=lim,
-                required=False,
-                allow_null=True,
-                help_text="txt2img hires fix; null: off. The target counts against max_side "
-                "and max_pixels",
-            ),
-            # A1111's toolset (issue 17)
-            "subseed": _int(-1, MAX_SEED, "variation seed; -1: random"),
-            "subseed_strength": _float(0.0, 1.0, "0: no variation (txt2img)"),
-            "seed_resize_from_w": _int(-1, MAX_SEED_RESIZE, "0 or -1: off"),
-            "seed_resize_from_h": _int(-1, MAX_SEED_RESIZE, "0 or -1: off"),
-            "tiling": serializers.BooleanField(
-                required=False, allow_null=True, help_text="seamless, tileable images"
-            ),
-            "restore_faces": serializers.BooleanField(
-                required=False,
-                allow_null=True,
-                help_text="GFPGAN face restoration of each image (whole image, 'aligned' mode)",
-            ),
-            "styles": serializers.ListField(
-                child=serializers.CharField(),
-                required=False,
-                allow_null=True,
-                help_text="names of saved styles (yours or shared), applied in order to both "
-                "prompts: {prompt} in a style marks where your prompt goes",
-            ),
-            "init_image": InitImageField(
-                required=False,
-                allow_null=True,
-                help_text="img2img source: base64 (data URI allowed) or a file upload",
-            ),
-            "inpaint": InpaintRequestSerializer(
-                limits=lim,
-                required=False,
-                allow_null=True,
-                help_text="img2img inpainting / outpainting options; on with a mask or "
-                "outpaint sides. The outpainted canvas counts against max_side and max_pixels",
-            ),
-            "mask": InitImageField(
-                required=False,
-                allow_null=True,
-                help_text="inpaint mask: white (or painted alpha) is repainted; base64 or a file "
-                "upload; stretched to the source's size",
-            ),
-            "controlnet": ControlNetUnitRequestSerializer(
-                many=True,
-                required=False,
-                allow_null=True,
-                help_text=f"ControlNet units; {TIER} (max_controlnet_units)",
-            ),
-        }
+        # Built once per tier's limits, copied per request as BuiltOnce copies (its docstring)
+        return {name: _field_copy(field) for name, field in _request_fields(self.limits).items()}
+
+
+@functools.lru_cache(maxsize=32)  # a few tiers' limits
+def _request_fields(lim: GenerationLimits) -> dict[str, serializers.Field]:
+    """The job request's fields with these bounds (JobRequestSerializer)."""
+    text: dict[str, Any] = {"required": False, "allow_null": True, "allow_blank": True}
+    return {
+        "mode": serializers.ChoiceField(
+            choices=Job.Mode.choices,
+            required=False,
+            allow_null=True,
+            help_text="default img2img with an init_image, else txt2img",
+        ),
+        "checkpoint": serializers.CharField(
+            **text, help_text="Catalogue name; default: your default model"
+        ),
+        "vae": serializers.CharField(**text, help_text="Catalogue name; null: the model's"),
+        "prompt": serializers.CharField(
+            **text,
+            max_length=lim.max_prompt_chars,
+            help_text="A1111 syntax: (word:1.2), [word], BREAK, <lora:name:weight>",
+        ),
+        "negative_prompt": serializers.CharField(**text, max_length=lim.max_prompt_chars),
+        "sampler": serializers.CharField(**text, help_text="e.g. 'DPM++ 2M' (GET samplers)"),
+        "scheduler": serializers.CharField(**text, help_text="e.g. 'Karras' or 'Automatic'"),
+        "steps": _int(1, lim.max_steps, TIER),
+        "cfg_scale": _float(lim.min_cfg, lim.max_cfg),
+        "width": _int(MIN_SIDE, lim.max_side, f"a multiple of 8; {TIER}"),
+        "height": _int(MIN_SIDE, lim.max_side, f"a multiple of 8; {TIER}"),
+        "seed": _int(-1, MAX_SEED, "-1: random"),
+        "batch_size": _int(1, lim.max_images, f"batch_size x n_iter: {TIER}"),
+        "n_iter": _int(1, lim.max_images, f"batch_size x n_iter: {TIER}"),
+        "clip_skip": _int(1, MAX_CLIP_SKIP),
+        "denoising_strength": _float(0.0, 1.0, "img2img strength, above 0"),
+        "resize_mode": _int(
+            *RESIZE_MODES,
+            "img2img: 0 just resize, 1 crop and resize, 2 resize and fill, "
+            "3 latent upscale (resizes like 0)",
+        ),
+        "hires": HiresRequestSerializer(
+            limits=lim,
+            required=False,
+            allow_null=True,
+            help_text="txt2img hires fix; null: off. The target counts against max_side "
+            "and max_pixels",
+        ),
+        # A1111's toolset (issue 17)
+        "subseed": _int(-1, MAX_SEED, "variation seed; -1: random"),
+        "subseed_strength": _float(0.0, 1.0, "0: no variation (txt2img)"),
+        "seed_resize_from_w": _int(-1, MAX_SEED_RESIZE, "0 or -1: off"),
+        "seed_resize_from_h": _int(-1, MAX_SEED_RESIZE, "0 or -1: off"),
+        "tiling": serializers.BooleanField(
+            required=False, allow_null=True, help_text="seamless, tileable images"
+        ),
+        "restore_faces": serializers.BooleanField(
+            required=False,
+            allow_null=True,
+            help_text="GFPGAN face restoration of each image (whole image, 'aligned' mode)",
+        ),
+        "styles": serializers.ListField(
+            child=serializers.CharField(),
+            required=False,
+            allow_null=True,
+            help_text="names of saved styles (yours or shared), applied in order to both "
+            "prompts: {prompt} in a style marks where your prompt goes",
+        ),
+        "init_image": InitImageField(
+            required=False,
+            allow_null=True,
+            help_text="img2img source: base64 (data URI allowed) or a file upload",
+        ),
+        "inpaint": InpaintRequestSerializer(
+            limits=lim,
+            required=False,
+            allow_null=True,
+            help_text="img2img inpainting / outpainting options; on with a mask or "
+            "outpaint sides. The outpainted canvas counts against max_side and max_pixels",
+        ),
+        "mask": InitImageField(
+            required=False,
+            allow_null=True,
+            help_text="inpaint mask: white (or painted alpha) is repainted; base64 or a file "
+            "upload; stretched to the source's size",
+        ),
+        "controlnet": ControlNetUnitRequestSerializer(
+            many=True,
+            required=False,
+            allow_null=True,
+            help_text=f"ControlNet units; {TIER} (max_controlnet_units)",
+        ),
+    }
 
 
 def check_job_request(data: Any, limits: GenerationLimits) -> None:

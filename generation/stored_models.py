@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from generation.models import CatalogEntry, ModelRecipe
+from generation.scheduling.compiled import CompiledQuery
 from gpu_worker.merge_rules import inputs_of
 from gpu_worker.params import MergeInput, MergeParams
 
@@ -41,17 +44,26 @@ def virtual_recipe(entry: CatalogEntry) -> ModelRecipe | None:
     return recipe
 
 
+def _available(owner_ids: RawSQL) -> QuerySet[CatalogEntry, tuple[Any, ...]]:
+    """The stored models jobs of `owner_ids` may name: their own, the platform's, published."""
+    return (
+        CatalogEntry.objects.filter(stored_file__isnull=False, enabled=True)
+        .filter(Q(owner_id__in=owner_ids) | Q(owner__isnull=True) | Q(published=True))
+        .order_by("pk")
+        .values_list(*FIELDS)
+    )
+
+
+_AVAILABLE = CompiledQuery(_available, owner_ids="int")  # each pass reads it
+
+
 class StoredModels:
     """The stored models that jobs of `owner_ids` may name, and the stored inputs `recipes`
     pin, read in one query each."""
 
     def __init__(self, owner_ids: Iterable[int], recipes: Iterable[MergeParams] = ()) -> None:
-        rows = (
-            CatalogEntry.objects.filter(stored_file__isnull=False, enabled=True)
-            .filter(Q(owner_id__in=set(owner_ids)) | Q(owner__isnull=True) | Q(published=True))
-            .order_by("pk")
-            .values_list(*FIELDS)
-        )
+        self.owner_ids = frozenset(owner_ids)
+        rows = _AVAILABLE.rows(owner_ids=self.owner_ids)
         self.own: dict[tuple[int, str, str], StoredModel] = {}
         self.platform: dict[tuple[str, str], StoredModel] = {}
         self.published: dict[tuple[str, str], StoredModel] = {}
@@ -63,13 +75,19 @@ class StoredModels:
                 self.own[(owner_id, kind, name)] = model
                 if published:
                     self.published.setdefault((kind, name), model)
-        pins = {_pin(role, item) for merge in recipes for role, item in inputs_of(merge).items()}
+        pins = _pins_of(recipes)
+        self.pins = frozenset(pins)
         self.pinned: set[tuple[str, str, str]] = set()
         if pins:
-            rows = CatalogEntry.objects.filter(
+            pinned = CatalogEntry.objects.filter(
                 stored_file__isnull=False, sha256__in={sha for _k, _n, sha in pins}
             ).values_list("kind", "name", "sha256")
-            self.pinned = set(rows) & pins
+            self.pinned = set(pinned) & pins
+
+    def covers(self, owner_ids: Iterable[int], recipes: Iterable[MergeParams] = ()) -> bool:
+        """Whether these models answer for `owner_ids` and `recipes` as a read for those alone
+        would (a read for more owners and recipes holds the same for each of them)."""
+        return self.owner_ids.issuperset(owner_ids) and self.pins.issuperset(_pins_of(recipes))
 
     def find(self, owner_id: int, kind: str, name: str) -> StoredModel | None:
         key = (kind, name)
@@ -98,6 +116,10 @@ class StoredModels:
             if pin in self.pinned:
                 found.append(StoredModel(*pin, int(item["size_bytes"]), part_of))
         return found
+
+
+def _pins_of(recipes: Iterable[MergeParams]) -> set[tuple[str, str, str]]:
+    return {_pin(role, item) for merge in recipes for role, item in inputs_of(merge).items()}
 
 
 def _pin(role: str, item: MergeInput) -> tuple[str, str, str]:

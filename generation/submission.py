@@ -28,7 +28,7 @@ from django.utils import timezone
 from django.utils.translation import gettext
 from PIL import Image, ImageOps
 
-from accounts.queries import only_row
+from accounts.queries import CompiledOnce
 from generation.broker import get_redis
 from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
@@ -677,14 +677,24 @@ def existing_job(user: Any, key: str | None) -> Job | None:
     return Job.objects.filter(owner=user, idempotency_key=key).first()
 
 
-def submit_job(user: Any, params: dict[str, Any], idempotency_key: str | None = None) -> Job:
+def submit_job(
+    user: Any,
+    params: dict[str, Any],
+    idempotency_key: str | None = None,
+    *,
+    remember: bool = True,
+) -> Job:
     """Validate, price, record the job and its credit hold in one transaction; dispatch after
-    commit. A repeated idempotency key returns the job it first created."""
+    commit. A repeated idempotency key returns the job it first created. `remember`: the
+    parameters become the generator form's next defaults (the page's submissions; the APIs'
+    leave the form as the member left it, as A1111's API leaves its UI)."""
     check_idempotency_key(idempotency_key)
     if (job := existing_job(user, idempotency_key)) is not None:
         return job
     valid = validate_params(user, params)
-    return record_job(user, valid, idempotency_key, chosen_scheduler=params.get("scheduler"))
+    return record_job(
+        user, valid, idempotency_key, chosen_scheduler=params.get("scheduler"), remember=remember
+    )
 
 
 def check_idempotency_key(key: str | None) -> None:
@@ -710,8 +720,7 @@ def record_job(
             # One submission per user at a time, so the unfinished-jobs cap cannot be raced.
             # NO KEY UPDATE: a settlement's deferred FK check on this row (KEY SHARE) must not
             # wait for us while we wait for its credit account (accounts/ledger.py, lock order).
-            users = get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk)
-            only_row(users.values_list("pk", flat=True))
+            LOCK_USER.rows(user.pk)
             if (job := existing_job(user, idempotency_key)) is not None:
                 return job
             if valid.params["mode"] == Job.Mode.TRAIN:
@@ -719,7 +728,7 @@ def record_job(
                     check_training_slots(user)
                 except TrainingRequestError as exc:
                     raise SubmissionError(exc.field, exc.message, exc.status) from None
-            unfinished = Job.objects.owned_by(user).unfinished().count()
+            unfinished = COUNT_UNFINISHED.number(user.pk)
             if unfinished >= limits.max_unfinished_jobs:
                 raise SubmissionError(
                     "jobs",
@@ -759,6 +768,21 @@ def record_job(
             return job
         raise
     return job
+
+
+# Fixed shapes, compiled once (accounts/queries.py says why).
+LOCK_USER = CompiledOnce(
+    lambda pk: (
+        get_user_model()
+        .objects.select_for_update(no_key=True)
+        .filter(pk=pk)
+        .order_by()
+        .values_list("pk")
+    )
+)
+COUNT_UNFINISHED = CompiledOnce(
+    lambda pk: Job.objects.owned_by(pk).unfinished().order_by().values_list("pk"), count=True
+)
 
 
 def require_queue() -> None:

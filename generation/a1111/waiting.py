@@ -39,7 +39,9 @@ async def submit(user: Any, request: Translated) -> Job:
     # Shielded: a hang-up must not cancel a submission half-way. Its after-commit hooks (queue
     # position to the browser, then dispatch) make nested async calls that a cancellation would
     # interrupt, leaving a committed job undispatched until the sweeper finds it.
-    call = sync_to_async(submit_job)(user, request.params, idempotency_key=request.task_id)
+    call = sync_to_async(submit_job)(
+        user, request.params, idempotency_key=request.task_id, remember=False
+    )
     try:
         return await asyncio.shield(call)
     except SubmissionError as exc:

@@ -34,16 +34,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
 import redis
 from django.db import transaction
+from django.db.models import QuerySet
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
 
 from generation.broker import get_redis
 from generation.events import send_to_user
@@ -51,11 +53,22 @@ from generation.fleet import present_heartbeats
 from generation.job_messages import send_request
 from generation.lifecycle import publish_snapshot_positions, queued_event
 from generation.models import Job
-from generation.queue import QueueSnapshot, queue_snapshot, store_snapshot
+from generation.queue import (
+    MAX_SIMULATED,
+    QueueReads,
+    QueueSnapshot,
+    disks_of,
+    queue_snapshot,
+    snapshot_of,
+    store_snapshot,
+)
+from generation.scheduling.compiled import CompiledQuery
 from generation.scheduling.estimates import KeptHistory, SpeedCache
 from generation.scheduling.inputs import (
     checkpoint_key_of,
+    finished_usage,
     in_flight_jobs,
+    in_flight_with,
     recent_usage,
     waiting_jobs,
     worker_disk,
@@ -149,28 +162,39 @@ class PassReport:
     assigned: list[Assignment]
     rounds: int
     skipped: bool = False  # another process held the lock: it runs again for us
+    # The queue as the last pass left it, from that pass's reads (None: it did not see it all)
+    queue: QueueReads | None = None
+
+
+@dataclass
+class PassOutcome:
+    assigned: list[Assignment]
+    queue: QueueReads | None = None  # see `PassReport.queue`
 
 
 # --- the pass ------------------------------------------------------------------------------------
 
 
-def _one_pass(client: redis.Redis, scheduler: Any, speeds: SpeedCache) -> list[Assignment]:
+def _one_pass(client: redis.Redis, scheduler: Any, speeds: SpeedCache) -> PassOutcome:
     beats = present_heartbeats(client)
     if not beats:
-        return []
+        return PassOutcome([])
     held = in_flight_jobs()  # the workers' slots, and the in-flight part of the usage
     views = worker_views(beats, held)
     if not any(v.free_slots or (v.batches and any(v.batch_keys)) for v in views):
-        return []
+        return PassOutcome([])
+    now = timezone.now()
     waiting = waiting_jobs(limit=SCHEDULING_WINDOW, speeds=speeds)
+    finished = finished_usage(now) if usage_matters(waiting.jobs) else None
+    seen = QueueReads(now, disks_of(beats), held, waiting, finished)
     if not waiting.jobs:
-        return []
-    usage = recent_usage(speeds=speeds, in_flight=held) if usage_matters(waiting.jobs) else {}
-    plan = scheduler.plan(waiting.jobs, views, now=time.time(), usage=usage)
+        return PassOutcome([], seen)
+    usage = recent_usage(now, speeds, held, finished) if finished is not None else {}
+    plan = scheduler.plan(waiting.jobs, views, now=now.timestamp(), usage=usage)
     # With its checkpoint and recipe: the message is built from these rows, not read again.
-    jobs = Job.objects.select_related("checkpoint__recipe").in_bulk([a.job_id for a in plan])
+    jobs = {job.pk: job for job in _PLANNED.objects(ids=[a.job_id for a in plan])}
     free = {v.worker_id: v.free_slots for v in views}
-    made = []
+    made, claimed = [], []
     for assignment in plan:
         job = jobs.get(uuid.UUID(assignment.job_id))
         companion = assignment.reason == "batch"  # joins a batch: takes no slot
@@ -182,6 +206,7 @@ def _one_pass(client: redis.Redis, scheduler: Any, speeds: SpeedCache) -> list[A
         if not companion:
             free[assignment.worker_id] -= 1
         made.append(assignment)
+        claimed.append(job)
         logger.info(
             "job %s -> %s (%s, attempt %s)",
             job.pk,
@@ -190,7 +215,28 @@ def _one_pass(client: redis.Redis, scheduler: Any, speeds: SpeedCache) -> list[A
             job.attempt,
         )
         transaction.on_commit(partial(send_request, job, waiting.stored))
-    return made
+    whole = len(claimed) == len(plan)  # else some job changed under the pass: read anew
+    return PassOutcome(made, queue_after_pass(seen, claimed) if whole else None)
+
+
+def _planned(ids: RawSQL) -> QuerySet[Job]:
+    return Job.objects.select_related("checkpoint__recipe").filter(pk__in=ids).order_by()
+
+
+_PLANNED = CompiledQuery(_planned, ids="uuid")
+
+
+def queue_after_pass(seen: QueueReads, claimed: list[Job]) -> QueueReads | None:
+    """The queue as a pass that read `seen` left it once it had handed out `claimed`, for the
+    snapshot after it (`queue.snapshot_of`): the same reads `queue_snapshot` would make now,
+    where the pass saw every waiting job (fewer than its window); else None."""
+    if len(seen.waiting.jobs) >= min(SCHEDULING_WINDOW, MAX_SIMULATED):
+        return None  # jobs behind the window step into it once these leave: read them
+    held = in_flight_with(seen.held, claimed)
+    if held is None:  # (also where a claimed job went back: its message could not be sent)
+        return None
+    waiting = seen.waiting.without({str(job.pk) for job in claimed})
+    return replace(seen, held=held, waiting=waiting)
 
 
 def schedule_pending(
@@ -214,7 +260,8 @@ def schedule_pending(
     try:
         while again and rounds < MAX_ROUNDS:
             rounds += 1
-            assigned += _one_pass(client, scheduler, speeds)
+            outcome = _one_pass(client, scheduler, speeds)
+            assigned += outcome.assigned
             again = bool(client.eval(_AGAIN_OR_RELEASE, 2, LOCK_KEY, AGAIN_KEY, token))
     finally:
         if again:  # out of rounds (or failed): still ours
@@ -222,22 +269,23 @@ def schedule_pending(
     if retry and again and rounds == MAX_ROUNDS:
         # Out of rounds with a pass still asked for: take it now, not on the next tick.
         more = schedule_pending(scheduler, client, retry=False, speeds=speeds)
-        return PassReport(assigned=assigned + more.assigned, rounds=rounds + more.rounds)
-    return PassReport(assigned=assigned, rounds=rounds)
+        return replace(more, assigned=assigned + more.assigned, rounds=rounds + more.rounds)
+    return PassReport(assigned=assigned, rounds=rounds, queue=outcome.queue)
 
 
 # --- the triggers ----------------------------------------------------------------------------
 
 
-def request_schedule(speeds: SpeedCache | None = None) -> None:
+def request_schedule(speeds: SpeedCache | None = None) -> PassReport | None:
     """A trigger (after a submission commits, after a job event): never raises, because the
-    platform worker's tick runs the pass again within a second anyway."""
+    platform worker's tick runs the pass again within a second anyway (None: it failed)."""
     try:
-        schedule_pending(speeds=speeds)
+        return schedule_pending(speeds=speeds)
     except (redis.RedisError, OSError):
         logger.warning("scheduling pass skipped: Redis unreachable")
     except Exception:
         logger.exception("scheduling pass failed; the next tick retries")
+    return None
 
 
 def dispatch_job(job: Job) -> bool:
@@ -286,8 +334,7 @@ def publish_positions(job_ids: list[str], snapshot: QueueSnapshot | None = None)
         return
     try:
         snapshot = snapshot or queue_snapshot()
-        rows = Job.objects.filter(pk__in=job_ids, status=Job.Status.QUEUED)
-        for job in rows:
+        for job in _QUEUED.objects(ids=job_ids):
             info = snapshot.place(job)
             if info is not None:
                 send_to_user(job.owner_id, queued_event(job, info.position, info.eta, info.source))
@@ -295,16 +342,26 @@ def publish_positions(job_ids: list[str], snapshot: QueueSnapshot | None = None)
         logger.exception("queue positions not published")
 
 
+def _queued(ids: RawSQL) -> QuerySet[Job]:
+    return Job.objects.filter(pk__in=ids, status=Job.Status.QUEUED)
+
+
+_QUEUED = CompiledQuery(_queued, ids="uuid")  # the jobs whose owners hear their place
+
+
 def answer_wake(values: set[str], history: KeptHistory | None = None) -> bool:
     """One turn of the dispatcher thread for the values rung (`wakeups`; none: its timer while
-    jobs wait): a pass (not for positions alone), the snapshot readers use, then the owners
-    told. One read of the speed history serves the pass and the snapshot (`history`: the
-    thread's, kept between turns). True while queued jobs remain (the snapshot is then kept
+    jobs wait): a pass (not for positions alone), the snapshot readers use (made from the
+    pass's own reads where it saw the whole queue, else read anew), then the owners told. One
+    read of the speed history serves the pass and the snapshot (`history`: the thread's, kept
+    between turns). True while queued jobs remain (the snapshot is then kept
     fresh)."""
     speeds = SpeedCache(history.rows if history is not None else None)
-    if values != {POSITIONS}:
-        request_schedule(speeds)
-    snapshot = queue_snapshot(speeds=speeds)
+    report = request_schedule(speeds) if values != {POSITIONS} else None
+    if report is not None and report.queue is not None:  # the pass saw the whole queue
+        snapshot = snapshot_of(report.queue, speeds)
+    else:
+        snapshot = queue_snapshot(speeds=speeds)
     store_snapshot(snapshot)
     job_ids = sorted(values - {"", POSITIONS})
     publish_positions(job_ids, snapshot)

@@ -16,10 +16,12 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from django.db.models import QuerySet
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from generation.models import Job
 from generation.pricing import SomeParams, work_units
+from generation.scheduling.compiled import CompiledQuery
 
 # No history: a mid-range GPU does a 512x512 SD1.5 step in ~0.1 s; err on the slow side.
 DEFAULT_SECONDS_PER_PIXEL_STEP = 0.15 / (512 * 512)
@@ -89,10 +91,24 @@ def measured_speed(checkpoint_id: int, width: int, height: int) -> Speed:
 def _history_rows(since: Any = None) -> list[dict[str, Any]]:
     """The last HISTORY_ROWS finished jobs within HISTORY_WINDOW (finished from `since` on),
     newest first."""
-    recent = _recent_history()
-    if since is not None:
+    start = timezone.now() - HISTORY_WINDOW
+    rows = _HISTORY.rows(since is not None, start=start, since=since)
+    return [dict(zip(HISTORY_COLUMNS, row, strict=True)) for row in rows]
+
+
+HISTORY_COLUMNS = (*HISTORY_FIELDS, "checkpoint_id", "pk")
+
+
+def _history(since_given: bool, *, start: RawSQL, since: RawSQL) -> QuerySet[Job, Any]:
+    recent = Job.objects.filter(
+        status=Job.Status.SUCCEEDED, started_at__isnull=False, finished_at__gte=start
+    )
+    if since_given:
         recent = recent.filter(finished_at__gte=since)
-    return list(recent.values(*HISTORY_FIELDS, "checkpoint_id", "pk")[:HISTORY_ROWS])
+    return recent.order_by("-finished_at").values_list(*HISTORY_COLUMNS)[:HISTORY_ROWS]
+
+
+_HISTORY = CompiledQuery(_history, start="datetime", since="datetime")  # every wake-up
 
 
 class KeptHistory:

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from operator import attrgetter
+from typing import Any, NamedTuple
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import CreditAccount, MembershipTier
 from accounts.tiers import tier_expired
 from generation.models import CatalogEntry, Job, ModelRecipe
+from generation.scheduling.compiled import CompiledQuery
 from generation.scheduling.estimates import Source, SpeedCache, estimate_duration
 from generation.scheduling.policy import Download, ModelKey, WaitingJob
 from generation.stored_models import StoredModel, StoredModels
@@ -39,6 +41,7 @@ IN_FLIGHT_FIELDS = (
     "checkpoint__kind", "checkpoint__name", "checkpoint__sha256", "checkpoint__size_bytes",
     "checkpoint__stored_file_id", "checkpoint__recipe__recipe_hash", "checkpoint__recipe__params",
 )  # fmt: skip
+IN_FLIGHT_ORDER = ("dispatched_at", "created_at")  # hand-out order
 
 
 def tier_weights(owner_ids: Iterable[int], now: datetime | None = None) -> dict[int, float]:
@@ -75,6 +78,13 @@ class Waiting(NamedTuple):
     # The stored models these jobs may name (None: no job): a pass builds their requests from it
     stored: StoredModels | None = None
 
+    def without(self, job_ids: set[str]) -> Waiting:
+        """These jobs, less `job_ids` (just handed out): what a new read would find, were no
+        other job waiting beyond the ones read."""
+        jobs = [job for job in self.jobs if job.job_id not in job_ids]
+        sources = {job.job_id: self.sources[job.job_id] for job in jobs}
+        return Waiting(jobs, sources, self.stored)
+
 
 def checkpoint_key(
     name: str, stored_file_id: int | None, sha256: str, recipe_hash: str | None = None
@@ -99,8 +109,7 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     `limit`), as the policy sees them. Plain rows, no model instances: a pass over a thousand
     waiting jobs stays cheap; load the few rows a plan hands out by their ids."""
     speeds = speeds or SpeedCache()
-    query = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
-    rows = list(query[:limit] if limit is not None else query)
+    rows = _WAITING.rows(limit)
     if not rows:
         return Waiting([], {})
     accounts = {(row[1], row[12], row[13]) for row in rows}  # owner, tier weight, tier expiry
@@ -158,6 +167,14 @@ def waiting_jobs(limit: int | None = None, speeds: SpeedCache | None = None) -> 
     return waiting
 
 
+def _waiting_window(limit: int | None) -> QuerySet[Job, tuple[Any, ...]]:
+    query = Job.objects.waiting().order_by("created_at", "pk").values_list(*WAITING_FIELDS)
+    return query[:limit] if limit is not None else query
+
+
+_WAITING = CompiledQuery(_waiting_window)
+
+
 def downloads_of(models: Iterable[StoredModel]) -> list[Download]:
     """Stored models as the policy counts their fetch time."""
     return [Download(m.sha256, m.size_bytes, m.part_of) for m in models]
@@ -188,26 +205,56 @@ def face_model(params: dict) -> frozenset[ModelKey]:
 def in_flight_jobs() -> list[Job]:
     """Jobs running or handed to a worker and not started yet, in the order they were handed
     out (the in-flight part of `recent_usage`, and what the queue ETAs start from)."""
+    return _IN_FLIGHT.objects()
+
+
+def _in_flight() -> QuerySet[Job]:
     held = Q(status=Job.Status.RUNNING) | Q(status=Job.Status.QUEUED, worker_id__gt="")
-    return list(
+    return (
         Job.objects.filter(held)
         .select_related("checkpoint__recipe")
-        .order_by("dispatched_at", "created_at")
+        .order_by(*IN_FLIGHT_ORDER)
         .only(*IN_FLIGHT_FIELDS)
     )
+
+
+_IN_FLIGHT = CompiledQuery(_in_flight)
+
+
+def in_flight_with(held: list[Job], claimed: list[Job]) -> list[Job] | None:
+    """`in_flight_jobs` as it reads once `claimed` (waiting jobs just handed out by
+    `Job.mark_assigned`) joined `held` (read before): in hand-out order. None where that
+    order cannot be told here (a job without a hand-out time: the databases place those
+    differently)."""
+    jobs = held + claimed
+    if any(job.dispatched_at is None for job in jobs):
+        return None
+    return sorted(jobs, key=attrgetter(*IN_FLIGHT_ORDER))
 
 
 def recent_usage(
     now: datetime | None = None,
     speeds: SpeedCache | None = None,
     in_flight: Iterable[Job] | None = None,
+    finished: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """GPU seconds per user (by str id) over the last USAGE_WINDOW: finished jobs' run time
     inside the window, plus every job handed out and not finished at its estimated cost (or its
     time so far, if longer). A job counts from the moment it is handed out, so the next pass
-    does not give the same user another slot as if it had used nothing."""
+    does not give the same user another slot as if it had used nothing. `finished`:
+    `finished_usage(now)` already read."""
     now = now or timezone.now()
     speeds = speeds or SpeedCache()
+    usage = dict(finished_usage(now) if finished is None else finished)
+    for job in in_flight if in_flight is not None else in_flight_jobs():
+        elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
+        seconds = max(estimate_duration(job, speeds)[0], elapsed)
+        usage[str(job.owner_id)] = usage.get(str(job.owner_id), 0.0) + seconds
+    return usage
+
+
+def finished_usage(now: datetime) -> dict[str, float]:
+    """The finished jobs' part of `recent_usage`: run time inside USAGE_WINDOW per user."""
     start = now - USAGE_WINDOW
     usage: dict[str, float] = {}
     finished = Job.objects.filter(started_at__isnull=False, finished_at__gte=start).values_list(
@@ -218,8 +265,4 @@ def recent_usage(
             continue
         seconds = (finished_at - max(started_at, start)).total_seconds()
         usage[str(owner_id)] = usage.get(str(owner_id), 0.0) + max(0.0, seconds)
-    for job in in_flight if in_flight is not None else in_flight_jobs():
-        elapsed = (now - job.started_at).total_seconds() if job.started_at else 0.0
-        seconds = max(estimate_duration(job, speeds)[0], elapsed)
-        usage[str(job.owner_id)] = usage.get(str(job.owner_id), 0.0) + seconds
     return usage

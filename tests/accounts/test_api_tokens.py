@@ -85,6 +85,8 @@ def test_basic_auth_with_someone_elses_username_is_refused(api, alice, bob):
 def test_a_revoked_token_gets_401(client, api, alice):
     secret = create_token_through_profile(client, alice)
     token = ApiToken.objects.get(user=alice)
+    # Worked a moment ago (the token's query is compiled once per process: it still checks)
+    assert api.get("/whoami", HTTP_AUTHORIZATION=f"Bearer {secret}").status_code == 200
     client.post(reverse("revoke_token", args=[token.id]))
     assert api.get("/whoami", HTTP_AUTHORIZATION=f"Bearer {secret}").status_code == 401
     assert api.get("/whoami", HTTP_AUTHORIZATION=basic("alice", secret)).status_code == 401

@@ -18,7 +18,7 @@ from generation.events import user_group
 from generation.job_messages import build_request
 from generation.lifecycle import publish_queue_positions, start_job
 from generation.models import Job
-from generation.queue import queue_snapshot, store_snapshot
+from generation.queue import queue_snapshot, store_snapshot, stored_snapshot
 from generation.scheduling.dispatcher import answer_wake, schedule_pending
 from generation.scheduling.wakeups import ALIVE_KEY, POSITIONS, WAKE_KEY
 from generation.submission import submit_job
@@ -91,6 +91,24 @@ def test_a_pass_costs_the_same_queries_for_many_waiting_members_as_for_two(
     many = pass_queries(members[3:])
     # several members waiting: their recent usage is read too; one claim per hand-out
     assert few == many <= 8, (few, many)
+
+
+def test_a_wake_up_that_hands_out_a_job_reads_the_queue_once(
+    alice, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    """The snapshot stored after the pass is made from the pass's own reads."""
+    job = submit_job(alice, SMALL)  # no worker yet
+    beat(redis_client, "gpu-1", hot=["model-a"])
+    with (
+        CaptureQueriesContext(connection) as queries,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        answer_wake({str(job.pk)})
+    # the pass (as above), then the new job's row for its owner's place: nothing read again
+    assert len(queries) == 7, [q["sql"][:60] for q in queries.captured_queries]
+    snapshot = stored_snapshot()
+    assert snapshot is not None and snapshot.infos[str(job.pk)].position == 1
+    assert requests_on(redis_client, "gpu-1")[0]["job_id"] == str(job.pk)
 
 
 def test_a_job_start_with_nobody_queued_makes_no_queue_snapshot(

@@ -289,8 +289,8 @@ def test_a_submission_runs_a_bounded_number_of_queries(
 ):
     """The tier is read once per request, with the token, the form defaults written in one
     UPDATE, the new job's (empty) images and speed history not read in bulk: 19 queries
-    before, 15 then, 11 at most now (token with account and tier, catalogue, the write
-    transaction, place)."""
+    before, 15 then, 11, 10 now that an API submission leaves the form's defaults alone (token
+    with account and tier, catalogue, the write transaction, place)."""
     from accounts.models import ApiToken
     from generation.queue import queue_snapshot, store_snapshot
 
@@ -302,7 +302,7 @@ def test_a_submission_runs_a_bounded_number_of_queries(
         "/api/v1/jobs/", SMALL, content_type="application/json", headers=headers
     ).json()
     store_snapshot(queue_snapshot())  # what the dispatcher keeps fresh
-    with django_assert_max_num_queries(11):
+    with django_assert_max_num_queries(10):
         response = client.post(
             "/api/v1/jobs/", SMALL, content_type="application/json", headers=headers
         )
@@ -310,6 +310,28 @@ def test_a_submission_runs_a_bounded_number_of_queries(
     body = response.json()
     assert body["images"] == [] and body["position"] == 2 and body["eta"] > 0
     assert body["id"] != first["id"]
+
+
+def test_a_scripted_submission_leaves_the_generator_form_as_alice_left_it(
+    alice, catalogue, redis_client
+):
+    """The page remembers what alice last generated there; her API script's jobs (as A1111's
+    API leaves its UI alone) do not overwrite it, nor does an A1111-style call."""
+    from accounts.models import ApiToken
+    from generation.models import UserGenerationSettings
+
+    submit_job(alice, {**SMALL, "prompt": "from the page"})  # the page's service call
+    _token, secret = ApiToken.issue(alice, "script")
+    response = Client().post(
+        "/api/v1/jobs/",
+        {**SMALL, "prompt": "from a script"},
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    assert response.status_code == 201
+    assert UserGenerationSettings.objects.get(user=alice).last_params["prompt"] == "from the page"
+    me = Client().get("/api/v1/me/", headers={"Authorization": f"Bearer {secret}"}).json()
+    assert me["last_params"]["prompt"] == "from the page"
 
 
 def test_a_token_caller_is_held_to_their_tier_and_to_the_default_once_it_ran_out(
