@@ -16,7 +16,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.urls import reverse
 
-from generation import class_images
+from generation import class_images, event_claims
 from generation.credits_hold import capture_hold, release_hold
 from generation.events import (
     EtaSource,
@@ -57,21 +57,38 @@ def start_job(job: Job, worker_id: str, attempt: int) -> bool:
     with transaction.atomic():
         if not job.mark_running(worker_id, attempt):
             return False
-        # Timed with the speeds the dispatcher's snapshot already picked (a Redis read), not
-        # another read of the history while the job's engine runs beside us.
-        snapshot = stored_snapshot()
-        publish_job_event(
-            job,
-            JobStartedEvent(
-                type="job.started",
-                job_id=str(job.pk),
-                steps=job.total_steps,
-                steps_done=job.steps_done,
-                eta=running_eta(job, snapshot.speeds if snapshot else None),
-            ),
-        )
+        _publish_started(job)
     transaction.on_commit(publish_queue_positions)
     return True
+
+
+def start_job_by_id(job_id: str, worker_id: str, attempt: int) -> bool | None:
+    """`start_job` in one statement (claim and read, no transaction around it); None when the
+    claim did not match: the caller reads the job (`start_job` then says no)."""
+    claimed = event_claims.claim_start(job_id, attempt, worker_id)
+    if claimed is None:
+        return None
+    job, others_queued = claimed
+    _publish_started(job)
+    if others_queued:
+        transaction.on_commit(tell_queue_positions)
+    return True
+
+
+def _publish_started(job: Job) -> None:
+    # Timed with the speeds the dispatcher's snapshot already picked (a Redis read), not
+    # another read of the history while the job's engine runs beside us.
+    snapshot = stored_snapshot()
+    publish_job_event(
+        job,
+        JobStartedEvent(
+            type="job.started",
+            job_id=str(job.pk),
+            steps=job.total_steps,
+            steps_done=job.steps_done,
+            eta=running_eta(job, snapshot.speeds if snapshot else None),
+        ),
+    )
 
 
 def _stored_image(job: Job, index: int, decoded: DecodedImage) -> JobImage:
@@ -106,25 +123,54 @@ def succeed_job(
     with transaction.atomic():
         if not job.mark_succeeded(attempt, worker_id, timings):
             return False
-        saved = JobImage.objects.bulk_create(
-            [_stored_image(job, index, image) for index, image in enumerate(decoded)]
-        )
-        if model is not None:
-            attach_merged_file(job, model)
-        capture_hold(job)
-        publish_job_event(
-            job,
-            JobSucceededEvent(
-                type="job.succeeded",
-                job_id=str(job.pk),
-                images=[image_payload(i) for i in saved],
-            ),
-        )
+        _record_success(job, decoded, model)
+    _release_waiting_trainings(job)
+    return True
+
+
+def succeed_job_by_id(
+    job_id: str,
+    attempt: int,
+    worker_id: str,
+    images: list[ResultImage],
+    timings: dict[str, Any] | None = None,
+) -> bool | None:
+    """`succeed_job` of an image job with the job read by its claim (one statement, not two);
+    None when the claim did not match (an unknown job, another attempt, a redelivery, a
+    merge): the caller reads the job and takes the general path."""
+    decoded = [decode_image(result) for result in images]
+    with transaction.atomic():
+        job = event_claims.claim_success(job_id, attempt, worker_id, timings or {})
+        if job is None:
+            return None
+        _record_success(job, decoded, None)
+    _release_waiting_trainings(job)
+    return True
+
+
+def _record_success(job: Job, decoded: list[DecodedImage], model: MergedModel | None) -> None:
+    """What a won success writes in its transaction: images, model file, the charge, the event."""
+    saved = JobImage.objects.bulk_create(
+        [_stored_image(job, index, image) for index, image in enumerate(decoded)]
+    )
+    if model is not None:
+        attach_merged_file(job, model)
+    capture_hold(job)
+    publish_job_event(
+        job,
+        JobSucceededEvent(
+            type="job.succeeded",
+            job_id=str(job.pk),
+            images=[image_payload(i) for i in saved],
+        ),
+    )
+
+
+def _release_waiting_trainings(job: Job) -> None:
     for training in class_images.waiting_trainings(job):
         problem = class_images.freeze_class_images(job, training)
         if problem:
             _call_off(training, problem)
-    return True
 
 
 def _call_off(training: Job, reason: str) -> None:
@@ -196,8 +242,12 @@ def publish_queue_positions() -> None:
     cancelled or taken back). Nothing to do when no job is queued. Otherwise the dispatcher
     does it from the snapshot it computes anyway (one Redis push); where none is alive (a test,
     a platform worker not started yet), from a snapshot made here."""
-    if not Job.objects.filter(status=Job.Status.QUEUED).exists():
-        return
+    if Job.objects.filter(status=Job.Status.QUEUED).exists():
+        tell_queue_positions()
+
+
+def tell_queue_positions() -> None:
+    """`publish_queue_positions` once a job is known to be queued."""
     try:
         if ring([POSITIONS]):
             return

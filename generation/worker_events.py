@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 def handle_job_event(event: JobEvent) -> bool:
     """Apply one worker event; True if it changed the job."""
+    claimed = _claim_by_id(event)
+    if claimed is not None:
+        return claimed
     job = Job.objects.with_awaited().filter(pk=event["job_id"]).first()
     if job is None:
         logger.info("event %s for unknown job %s ignored", event["kind"], event["job_id"])
@@ -66,6 +69,21 @@ def handle_job_event(event: JobEvent) -> bool:
         return True
     logger.warning("unknown job event kind %r ignored", kind)
     return False
+
+
+def _claim_by_id(event: JobEvent) -> bool | None:
+    """Every job's 'started' and 'succeeded' (not a merge's: its file is checked first), claimed
+    with the job read in the same statement; None when that did not match: the caller reads
+    the job and decides, as for any other event."""
+    kind, attempt = event["kind"], int(event["attempt"])
+    worker_id = event.get("worker_id", "")
+    if kind == "started":
+        return lifecycle.start_job_by_id(event["job_id"], worker_id, attempt)
+    if kind == "succeeded" and event.get("model") is None:
+        images = event.get("images") or []
+        timings = dict(event.get("timings") or {})
+        return lifecycle.succeed_job_by_id(event["job_id"], attempt, worker_id, images, timings)
+    return None
 
 
 def record_job_event(event: JobEvent) -> None:
