@@ -139,9 +139,13 @@ class JobListCreateView(APIView):
     )
     def post(self, request: Request) -> Response:
         key = request.headers.get("Idempotency-Key")
+        # The generator page posts here from the member's session: its parameters become the
+        # form's next defaults. A script with a token leaves the form alone (as A1111's API
+        # leaves its UI), which also spares its submissions that UPDATE.
+        from_page = request.auth is None
         return created(
             lambda: submit_job(
-                request.user, request_params(request), idempotency_key=key, remember=False
+                request.user, request_params(request), idempotency_key=key, remember=from_page
             ),
             JobSerializer,
         )

@@ -320,7 +320,13 @@ def test_a_scripted_submission_leaves_the_generator_form_as_alice_left_it(
     from accounts.models import ApiToken
     from generation.models import UserGenerationSettings
 
-    submit_job(alice, {**SMALL, "prompt": "from the page"})  # the page's service call
+    page = Client()  # the generator page posts to the REST endpoint from her session
+    page.force_login(alice)
+    posted = page.post(
+        "/api/v1/jobs/", {**SMALL, "prompt": "from the page"}, content_type="application/json"
+    )
+    assert posted.status_code == 201, posted.content
+    assert UserGenerationSettings.objects.get(user=alice).last_params["prompt"] == "from the page"
     _token, secret = ApiToken.issue(alice, "script")
     response = Client().post(
         "/api/v1/jobs/",
