@@ -20,14 +20,19 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(PY) manage.py runplatform
 
+# Tests run on every core (pytest-xdist, at most 4 workers): a module's tests stay together, as
+# do the browser tests and the drills (tests/conftest.py). Worker i uses Redis database N+i of
+# REDIS_URL=redis://.../N and its own test database.
+XDIST := -n auto --maxprocesses=4 --dist loadgroup
+
 # The whole suite, with a private Redis unless REDIS_URL is set (CI sets it and DATABASE_URL).
 test: $(VENV)/.installed
-	$(PY) -m operations.with_redis -- $(PY) -m pytest
+	$(PY) -m operations.with_redis -- $(PY) -m pytest $(XDIST)
 
 # Without the browser tests, the fault drills and the real-worker (engine) tests: minutes, not a
 # quarter hour. The drills and browser tests run their platform and real GPU workers on SQLite.
 test-fast: $(VENV)/.installed
-	$(PY) -m operations.with_redis -- $(PY) -m pytest -m "not browser and not drill and not engine"
+	$(PY) -m operations.with_redis -- $(PY) -m pytest $(XDIST) -m "not browser and not drill and not engine"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -11,11 +11,13 @@ the annotators' lock.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
 import redis
@@ -34,7 +36,7 @@ log = logging.getLogger(__name__)
 # (module, image, processor_res, threshold_a, threshold_b) -> the control map
 ControlMap = Callable[[str, Image.Image, int, float, float], Image.Image]
 
-POLL_SECONDS = 1.0  # BLPOP timeout: how soon `stop` is noticed
+POLL_SECONDS = 1.0  # BLPOP timeout (`stop` wakes it at once)
 RETRY_SECONDS = 1.0  # after Redis errors
 
 
@@ -54,6 +56,8 @@ class DetectResponder:
         self.control_map = control_map  # the engine's (annotators.Annotators.control_map)
         self.poll_seconds = poll_seconds
         self.key = DETECT_QUEUE_KEY.format(worker_id=worker_id)
+        # this responder's own list, pushed to by `stop` so that the BLPOP returns at once
+        self._wake_key = f"{self.key}:stop:{uuid.uuid4().hex}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -64,8 +68,15 @@ class DetectResponder:
 
     def stop(self) -> None:
         self._stop.set()
+        with contextlib.suppress(redis.RedisError):  # else the poll ends at its timeout
+            pipe = self.client.pipeline()
+            pipe.rpush(self._wake_key, 1)
+            pipe.expire(self._wake_key, 60)
+            pipe.execute()
         if self._thread is not None:
             self._thread.join(timeout=self.poll_seconds + 5)
+        with contextlib.suppress(redis.RedisError):
+            self.client.delete(self._wake_key)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -77,8 +88,8 @@ class DetectResponder:
 
     def serve_one(self, timeout: float) -> bool:
         """Answer the next request, waiting up to `timeout`; False when none came."""
-        popped = self.client.blpop([self.key], timeout=timeout)
-        if popped is None:
+        popped = self.client.blpop([self.key, self._wake_key], timeout=timeout)
+        if popped is None or popped[0] in (self._wake_key, self._wake_key.encode()):
             return False
         try:
             request: DetectRequest = json.loads(popped[1])

@@ -16,6 +16,22 @@ pytest_plugins = ["tests.generation.real_worker"]
 PASSWORD = "correct-horse-battery-staple"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` spreads the suite over the cores (pytest-xdist, `--dist loadgroup`) one group
+    at a time: a module stays on one worker, so its module-scoped GPU worker and demo models are
+    built once; the browser tests share one worker's live platform; the fault drills, which
+    kill processes and count seconds, run one after another."""
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        if path.startswith("tests/e2e/"):
+            group = "live-platform"
+        elif path.startswith("tests/drills/"):
+            group = "drills"
+        else:
+            group = path
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def make_user(username: str, **extra: object) -> User:
     return User.objects.create_user(
         username=username, email=f"{username}@example.com", password=PASSWORD, **extra
