@@ -20,10 +20,10 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(PY) manage.py runplatform
 
-# Tests run on every core (pytest-xdist, at most 4 workers): a module's tests stay together, as
-# do the browser tests and the drills (tests/conftest.py). Worker i uses Redis database N+i of
-# REDIS_URL=redis://.../N and its own test database.
-XDIST := -n auto --maxprocesses=4 --dist loadgroup
+# Tests run on every core (pytest-xdist, at most 4 workers): a module's tests stay on one worker,
+# as do all the browser tests and all the drills (tests/conftest.py `xdist_scope`). Worker i
+# uses Redis database N+i of REDIS_URL=redis://.../N and a test database of its own.
+XDIST := -n auto --maxprocesses=4 --dist loadscope
 
 # The whole suite, with a private Redis unless REDIS_URL is set (CI sets it and DATABASE_URL).
 test: $(VENV)/.installed

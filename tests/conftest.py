@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -16,20 +17,30 @@ pytest_plugins = ["tests.generation.real_worker"]
 PASSWORD = "correct-horse-battery-staple"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`make test` spreads the suite over the cores (pytest-xdist, `--dist loadgroup`) one group
-    at a time: a module stays on one worker, so its module-scoped GPU worker and demo models are
-    built once; the browser tests share one worker's live platform; the fault drills, which
-    kill processes and count seconds, run one after another."""
-    for item in items:
-        path = item.nodeid.split("::")[0]
-        if path.startswith("tests/e2e/"):
-            group = "live-platform"
-        elif path.startswith("tests/drills/"):
-            group = "drills"
-        else:
-            group = path
-        item.add_marker(pytest.mark.xdist_group(group))
+def xdist_scope(nodeid: str) -> str:
+    """What stays on one pytest-xdist worker (`make test` runs on every core): a module, so its
+    module-scoped GPU worker and demo models are built once; all the browser tests, which share
+    one live platform; all the fault drills, which kill processes and count seconds, one after
+    another."""
+    path = nodeid.split("::")[0]
+    if path.startswith("tests/e2e/"):
+        return "live-platform"
+    if path.startswith("tests/drills/"):
+        return "drills"
+    return path
+
+
+# Our own scopes rather than xdist_group marks: xdist 3.8's loadgroup renames node ids through
+# an attribute pytest 9.2 no longer reads, so marked tests were spread like any others.
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByScope(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return ByScope(config, log)
 
 
 def make_user(username: str, **extra: object) -> User:
