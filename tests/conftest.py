@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
 
 import pytest
 import redis
@@ -15,32 +14,6 @@ from accounts.models import User
 pytest_plugins = ["tests.generation.real_worker"]
 
 PASSWORD = "correct-horse-battery-staple"
-
-
-def xdist_scope(nodeid: str) -> str:
-    """What stays on one pytest-xdist worker (`make test` runs on every core): a module, so its
-    module-scoped GPU worker and demo models are built once; all the browser tests, which share
-    one live platform; all the fault drills, which kill processes and count seconds, one after
-    another."""
-    path = nodeid.split("::")[0]
-    if path.startswith("tests/e2e/"):
-        return "live-platform"
-    if path.startswith("tests/drills/"):
-        return "drills"
-    return path
-
-
-# Our own scopes rather than xdist_group marks: xdist 3.8's loadgroup renames node ids through
-# an attribute pytest 9.2 no longer reads, so marked tests were spread like any others.
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ByScope(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_scope(nodeid)
-
-    return ByScope(config, log)
 
 
 def make_user(username: str, **extra: object) -> User:
