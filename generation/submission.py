@@ -68,7 +68,7 @@ from gpu_worker.params import (
     InpaintParams,
 )
 from gpu_worker.passes import UPSCALERS, denoised_size, steps_problem
-from gpu_worker.preprocessors import PROCESSOR_RES_RANGE, THRESHOLD_RANGE
+from gpu_worker.preprocessors import NEEDS_MASK, PROCESSOR_RES_RANGE, THRESHOLD_RANGE
 from gpu_worker.prompt_syntax import PromptSyntaxError, check_prompt
 from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS
 from gpu_worker.samplers import UnknownSampler, resolve_sampler
@@ -604,10 +604,13 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     params["controlnet"], control_pngs = _controlnet(
         user, given.get("controlnet"), limits, mode, checkpoint
     )
-    if params["controlnet"] and params.get("inpaint"):
-        raise SubmissionError(
-            "controlnet", "controlnet units are not available with inpainting yet", 422
-        )
+    for index, unit in enumerate(params["controlnet"]):
+        if unit["module"] in NEEDS_MASK and not params.get("inpaint"):
+            raise SubmissionError(
+                f"controlnet[{index}].module",
+                f"{unit['module']} needs an inpaint job (img2img with a mask)",
+                422,
+            )
 
     return ValidatedJob.priced(params, checkpoint, init_png, control_pngs, mask_png)
 

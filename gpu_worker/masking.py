@@ -228,6 +228,22 @@ def whole_image_plan(image: Image.Image) -> InpaintPlan:
     return InpaintPlan(image=image, mask=white, base=image, overlay=white, crop=None)
 
 
+Resize = Callable[[Image.Image, int, int, int], Image.Image]  # (image, width, height, mode)
+
+
+def control_view(
+    plan: InpaintPlan, image: Image.Image, resize_mode: int, fit: Resize, resize: Resize
+) -> Image.Image:
+    """A ControlNet unit's image lined up with the pass, so the unit guides the pixels it
+    covers: fitted to the canvas the job paints on as the unit's resize_mode asks (`fit`),
+    then, for "only masked", cut to the pass's crop and brought to the pass's size the way the
+    source was (`resize`, the plan's)."""
+    canvas = fit(image, plan.base.width, plan.base.height, resize_mode)
+    if plan.crop is None:  # whole picture: the canvas is what the pass denoises
+        return canvas
+    return resize(canvas.crop(plan.crop), plan.size[0], plan.size[1], 2)
+
+
 def paste_back(plan: InpaintPlan, generated: Image.Image) -> Image.Image:
     """The denoised pass over the original: outside the overlay every pixel is the base's."""
     full = generated.convert("RGB")
