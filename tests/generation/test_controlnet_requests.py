@@ -14,6 +14,7 @@ from django.urls import reverse
 from PIL import Image, ImageDraw
 
 from accounts.models import MembershipTier
+from generation.a1111.errors import A1111Error
 from generation.a1111.translation import translate
 from generation.job_messages import build_request
 from generation.models import Job
@@ -181,6 +182,16 @@ def test_an_a1111_inpaint_call_with_units_keeps_its_mask_and_units(alice, catalo
     assert inpaint is not None and inpaint["inpaint_full_res"] is True
     (unit,) = params["controlnet"]
     assert unit["module"] == "inpaint_only" and unit["model"] == "canny-sd15"
+
+    # The extension's unit option not to crop its image to the "only masked" region: refused
+    uncropped = {**WEBUIAPI_UNIT, "inpaint_crop_input_image": False}
+    body["alwayson_scripts"] = {"controlnet": {"args": [uncropped]}}
+    with pytest.raises(A1111Error) as refused:
+        translate(alice, body, "img2img")
+    assert refused.value.status == 422
+    assert refused.value.field == "alwayson_scripts.controlnet.args[0].inpaint_crop_input_image"
+    whole_picture = translate(alice, {**body, "inpaint_full_res": False}, "img2img").params
+    assert len(whole_picture["controlnet"]) == 1  # nothing is cropped there: it asks for nothing
 
 
 @pytest.mark.django_db(transaction=True)
