@@ -5,7 +5,8 @@ plans each inpaint pass with it: which canvas is denoised at which size, with wh
 and how the result goes back over the original so that every pixel outside the (blurred) mask
 is the original's. Semantics follow A1111's modules/processing.py and modules/masking.py
 (mask white = repaint; "only masked" crops the mask's box plus padding, widened to the job's
-aspect ratio, and denoises it at the job's size); the code is our own.
+aspect ratio, and denoises it at the job's size); the code is our own. ControlNet units' images
+are lined up with a plan here too (`control_view`), so a unit guides the pixels it covers.
 """
 
 from __future__ import annotations

@@ -233,3 +233,11 @@ def test_outpainting_with_a_unit_grows_the_canvas_around_the_untouched_source(
     assert result.crop((32, 0, 96, 64)).tobytes() == source.tobytes()
     (control,) = control_images
     assert control.size == (96, 64)  # the unit covers the grown canvas
+
+
+@pytest.mark.parametrize("fill", [2, 3])
+def test_the_latent_fills_run_with_a_unit_and_keep_the_outside(engine: Any, fill: int) -> None:
+    source = pattern((64, 64))
+    result = image_of(engine.run(inpaint_request(source, BOX, unit(), inpainting_fill=fill)))
+    diff = changed(source, result)
+    assert diff and diff <= inside(BOX)
