@@ -13,7 +13,7 @@ from typing import Any
 from django.utils.datastructures import MultiValueDict
 from django.utils.translation import gettext_lazy
 
-from generation.controlnet_prefill import UNAVAILABLE, match_model
+from generation.controlnet_prefill import KEPT, UNAVAILABLE, kept_image_url, match_model
 from generation.models import CatalogEntry
 from gpu_worker.params import CONTROL_MODES, CONTROLNET_UNIT_DEFAULTS
 
@@ -73,6 +73,7 @@ def controlnet_context(user: Any, given: list[dict[str, Any]], max_units: int) -
             unit["model"] = matched or ""
         values = {**CONTROLNET_UNIT_DEFAULTS, **unit}
         values["enabled"] = index < len(given)
+        values["image_url"] = kept_image_url(unit.get(KEPT))  # Reuse of her own job
         units.append({"index": index, "values": values, "missing_model": missing})
     return {
         "controlnet_units": units,
@@ -96,5 +97,7 @@ def posted_controlnet(post: Any, files: MultiValueDict, max_units: int) -> list[
         }
         unit["pixel_perfect"] = bool(post.get(field_name(index, "pixel_perfect")))
         unit["image"] = files.get(field_name(index, "image"))  # None: img2img's source
+        if kept := post.get(field_name(index, KEPT)):  # a reused job's image, read back later
+            unit[KEPT] = kept
         units.append(unit)
     return units

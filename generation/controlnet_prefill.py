@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from typing import Any
 
 from django.core.files.storage import default_storage
 from django.urls import reverse
 
-from generation.control_images import control_image_path
+from generation.control_images import control_image_path, read_control_image
 from generation.models import CatalogEntry, Job
 from gpu_worker.infotext import format_number
 from gpu_worker.params import CONTROL_MODES
@@ -39,6 +41,7 @@ LINK_FIELDS = (
     *FLOAT_FIELDS[3:],
 )
 UNAVAILABLE = "unavailable_model"
+KEPT = "kept_from"  # a reused unit's image: "<job id>/<unit index>" of a job of hers
 MAX_LINKED_UNITS = 8  # more than any tier allows; the page keeps the tier's count
 RE_ENABLED = re.compile(r"^cn-(\d+)-enabled$")
 RE_TITLE = re.compile(r"^(.*?)\s*\[([0-9a-fA-F]{6,64})\]$")  # "name [hash]", as infotexts write
@@ -124,14 +127,51 @@ def match_model(models: Iterable[CatalogEntry], given: str) -> str | None:
 
 
 def reused_units(job: Job) -> list[dict[str, Any]]:
-    """A member's own job's units, each with the URL of the control image the job kept (its
-    owner's only, generation.image_files.job_control_image); none for a unit that used the
-    img2img source or whose file is gone."""
+    """A member's own job's units, each naming the control image the job kept (`kept_from`,
+    "<job id>/<unit index>"); none for a unit that used the img2img source or whose file is
+    gone. The page shows it from generation.image_files.job_control_image (her own only)."""
     units = []
     for index, stored in enumerate(job.params.get("controlnet") or ()):
         unit = {key: value for key, value in stored.items() if key != "image_sha256"}
         sha = stored.get("image_sha256")
         if sha and default_storage.exists(control_image_path(sha)):
-            unit["image_url"] = reverse("generation-job-control-image", args=[job.pk, index])
+            unit[KEPT] = f"{job.pk}/{index}"
         units.append(unit)
     return units
+
+
+def _kept_ref(kept_from: Any) -> tuple[uuid.UUID, int] | None:
+    """(job id, unit index) from "<job id>/<unit index>"; None when it does not parse."""
+    job_id, _slash, index = str(kept_from or "").partition("/")
+    try:
+        return uuid.UUID(job_id), int(index)
+    except ValueError:
+        return None
+
+
+def _kept_sha(user: Any, kept_from: Any) -> str | None:
+    """The image hash of the unit a `kept_from` names, if the job is hers; None otherwise."""
+    if (ref := _kept_ref(kept_from)) is None:
+        return None
+    job = Job.objects.owned_by(user).filter(pk=ref[0]).first()
+    units = (job.params.get("controlnet") or []) if job else []
+    return units[ref[1]].get("image_sha256") if 0 <= ref[1] < len(units) else None
+
+
+def kept_image_url(kept_from: Any) -> str | None:
+    ref = _kept_ref(kept_from)
+    return reverse("generation-job-control-image", args=ref) if ref and ref[1] >= 0 else None
+
+
+def with_kept_images(user: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The no-JavaScript form's request with each reused unit's kept image read back (the
+    script sends the image itself). A `kept_from` naming someone else's job brings nothing."""
+    units = []
+    for given in params.get("controlnet") or ():
+        unit = {key: value for key, value in given.items() if key != KEPT}
+        sha = None if unit.get("image") else _kept_sha(user, given.get(KEPT))
+        if sha:
+            with suppress(OSError):  # gone: refused for want of an image, as without one
+                unit["image"] = read_control_image(sha)
+        units.append(unit)
+    return {**params, "controlnet": units} if units else params

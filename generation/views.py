@@ -25,7 +25,7 @@ from accounts.ledger import account_for
 from accounts.member_request import MemberRequest
 from generation.broker import get_redis
 from generation.controlnet_form import controlnet_context, posted_controlnet
-from generation.controlnet_prefill import reused_units, units_from_query
+from generation.controlnet_prefill import reused_units, units_from_query, with_kept_images
 from generation.error_text import FIELD_LABELS, readable_error
 from generation.fleet import available_preprocessors
 from generation.images import delete_image
@@ -195,10 +195,11 @@ def generate(request: MemberRequest) -> HttpResponse:
     if request.method == "POST":
         posted = _posted_params(request.POST, request.FILES, limits_for(user).max_controlnet_units)
         try:
-            submit_job(user, posted)
+            submit_job(user, with_kept_images(user, posted))
         except SubmissionError as exc:
             messages.error(request, readable_error(exc.field, exc.message))
-            # Refused: show the form as it was sent (files are not sent back).
+            # Refused: show the form as it was sent (files are not sent back; a reused job's
+            # kept control image is only named, so it stays).
             params = {k: v for k, v in posted.items() if k not in ("init_image", "mask")}
             units = [
                 {k: v for k, v in u.items() if k != "image"} for u in posted.get("controlnet", [])

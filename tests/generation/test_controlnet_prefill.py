@@ -15,13 +15,15 @@ from PIL import Image
 from generation.control_images import store_control_images
 from generation.controlnet_prefill import match_model, typed_unit, unit_link_fields
 from generation.controlnet_prefill import units_from_query as query_units
-from generation.models import CatalogEntry
+from generation.models import CatalogEntry, Job
 from gpu_worker.infotext import (
     build_infotext,
     controlnet_unit_text,
     parse_controlnet_units,
     parse_infotext,
 )
+from tests.generation.conftest import GENERATOR_FORM
+from tests.generation.test_controlnet_page import unit_fields
 from tests.generation.test_pages import make_image
 
 UNIT = {
@@ -206,3 +208,31 @@ def test_units_beyond_her_tiers_limit_are_left_out_with_a_note(client, alice, ca
     link = unit_link_fields([UNIT, UNIT, UNIT])  # the default tier allows two
     page = client.get(reverse("generate"), {"prompt": "a fox", **link}).content.decode()
     assert page.count('class="cn-unit"') == 2 and "1 more ControlNet unit is left out" in page
+
+
+@pytest.mark.django_db
+def test_without_javascript_alices_reused_unit_sends_its_kept_image(client, alice, catalogue):
+    image, png = reused_image(alice, catalogue)
+    client.force_login(alice)
+    page = client.get(reverse("generate") + f"?from_image={image.pk}").content.decode()
+    kept_from = f"{image.job.pk}/0"
+    assert f'name="cn-0-kept_from" value="{kept_from}"' in page
+    form = {**GENERATOR_FORM, "checkpoint": "model-a", **unit_fields(), "cn-0-kept_from": kept_from}
+    assert client.post(reverse("generate"), form).status_code == 302
+    job = Job.objects.filter(owner=alice).latest("created_at")
+    assert job.params["controlnet"][0]["image_sha256"] == hashlib.sha256(png).hexdigest()
+
+
+@pytest.mark.django_db
+def test_bob_cannot_send_alices_kept_image_by_naming_her_job(client, alice, bob, catalogue):
+    image, _png = reused_image(alice, catalogue)
+    client.force_login(bob)
+    form = {
+        **GENERATOR_FORM,
+        "checkpoint": "model-a",
+        **unit_fields(),
+        "cn-0-kept_from": f"{image.job.pk}/0",
+    }
+    response = client.post(reverse("generate"), form)
+    assert response.status_code == 200 and "image is needed" in response.content.decode()
+    assert not Job.objects.filter(owner=bob).exists()
