@@ -134,5 +134,16 @@ def test_a_member_previews_a_canny_unit_and_generates_with_it(live_platform, bro
     page.click("#generate-button")
     page.locator('#jobs .job[data-status="succeeded"]').first.wait_for(timeout=120_000)
     assert page.locator("#form-errors").is_hidden()
+
+    # The new result's own "Reuse parameters" opens the page again (its units' images are the
+    # server's to point at), rather than refilling only the form's other fields in place.
+    newest = page.locator("#results .result").first
+    newest.wait_for()
+    image_id = newest.get_attribute("data-image-id")
+    assert image_id and image_id not in page.url
+    newest.locator(".result-reuse").click()
+    page.wait_for_url(f"**/generate/?from_image={image_id}")
+    page.locator("#cn-unit-0[data-kept-loaded]").wait_for(state="attached")
+    assert page.locator("#id_cn-0-model").input_value() == CONTROLNET
     context.close()
     assert not errors, "\n".join(errors)
