@@ -50,6 +50,7 @@ from generation.training_requests import (
 from generation.uploaded_images import uploaded_image
 from gpu_worker.masking import mask_is_empty, outpaint_sides, prepare_mask
 from gpu_worker.params import (
+    CODE_FORMER_WEIGHT,
     CONTROL_MODES,
     CONTROLNET_UNIT_DEFAULTS,
     CONTROLNET_UNIT_FIELDS,
@@ -591,7 +592,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     if params["subseed"] == -1:
         params["subseed"] = secrets.randbelow(MAX_SEED + 1 - images)
     params["loras"] = _loras(user, params)
-    params["restore_faces"], params["face_restorer"] = _faces(user, given)
+    params.update(_faces(user, given))
 
     init_png = mask_png = None
     if mode == Job.Mode.IMG2IMG:
@@ -669,13 +670,21 @@ def _toolset(given: dict[str, Any], mode: str) -> dict[str, Any]:  # the block's
     return fields
 
 
-def _faces(user: Any, given: dict[str, Any]) -> tuple[bool, str | None]:
-    """A1111's restore_faces: on or off (an unchecked box sends nothing), and its model."""
+def _faces(user: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """A1111's restore_faces (an unchecked box sends nothing), its model (generation.face_models)
+    and CodeFormer's weight, as the job stores them."""
     wanted = given.get("restore_faces") not in (None, "") and _bool(given, "restore_faces")
+    choice = given.get("face_restoration_model") or ""
     try:
-        return wanted, restore_faces_choice(user, wanted)
+        model = restore_faces_choice(user, wanted, choice)
     except FaceChoiceError as exc:
         raise SubmissionError(exc.field, exc.message, exc.status) from None
+    fields: dict[str, Any] = {"restore_faces": wanted, "face_restorer": model}
+    if wanted:
+        fields["face_restoration_model"] = choice
+        given.setdefault("code_former_weight", CODE_FORMER_WEIGHT)
+        fields["code_former_weight"] = _float(given, "code_former_weight", 0.0, 1.0)
+    return fields
 
 
 def _vae(user: Any, name: Any) -> str | None:

@@ -23,13 +23,18 @@ from PIL import Image
 from gpu_worker import infotext as infotext_mod
 from gpu_worker.annotators import Annotators
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
+from gpu_worker.codeformer_arch import CodeFormer
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
 from gpu_worker.controlnet import fit as fit_control_map
 from gpu_worker.extras import run_extras
 from gpu_worker.face_detection import find_detector
-from gpu_worker.face_licences import GFPGAN, LABELS
-from gpu_worker.face_restoration import FaceModelError, load_face_restorer, restore
+from gpu_worker.face_restoration import (
+    FaceModelError,
+    label_of,
+    load_face_restorer,
+    restore,
+)
 from gpu_worker.inpainting import (
     decode_mask,
     inpaint_infotext,
@@ -55,7 +60,7 @@ from gpu_worker.loading import (
 from gpu_worker.masking import InpaintPlan, control_view, plan_inpaint, whole_image_plan
 from gpu_worker.model_cache import ModelCache, release_memory
 from gpu_worker.noise import consume, initial_noise, variation_of
-from gpu_worker.params import INPAINT_DEFAULTS
+from gpu_worker.params import CODE_FORMER_WEIGHT, INPAINT_DEFAULTS
 from gpu_worker.passes import (
     UPSCALERS,
     denoised_steps,
@@ -131,7 +136,8 @@ class Engine:
         # ControlNet preprocessors, the weight-based ones loaded from the models folder
         self.annotators = Annotators(self.models_dir, self.device)
         self._upscaler: tuple[str, torch.nn.Module] | None = None  # the last one used (small)
-        self._face: tuple[str, torch.nn.Module] | None = None  # likewise, the face restorer
+        # the face restorers by file hash: the last two (Extras may run GFPGAN and CodeFormer)
+        self._faces: dict[str, torch.nn.Module] = {}
 
     # --- catalogue -------------------------------------------------------------------------
     @property
@@ -221,14 +227,18 @@ class Engine:
         return self._upscaler[1]
 
     def face_restorer(self, item: CatalogueItem) -> Any:
-        """A face-restoration model on the device; the last one stays loaded."""
-        if self._face is None or self._face[0] != item.sha256:
+        """A face-restoration model on the device; the last two stay loaded."""
+        if item.sha256 not in self._faces:
             try:
                 model = load_face_restorer(item.path, allow_pickle=self.allow_pickle)
             except FaceModelError as exc:
                 raise JobFailed(f"cannot use face restorer {item.name}: {exc}") from exc
-            self._face = (item.sha256, model.to(self.device, self.dtype))
-        return self._face[1]
+            # CodeFormer in float32, as A1111 runs it (its code statistics and AdaIN)
+            dtype = torch.float32 if isinstance(model, CodeFormer) else self.dtype
+            while len(self._faces) >= 2:
+                self._faces.pop(next(iter(self._faces)))
+            self._faces[item.sha256] = model.to(self.device, dtype)
+        return self._faces[item.sha256]
 
     def face_detector(self) -> Path | None:
         """The face detector's ONNX file, when the operator dropped one into the models folder."""
@@ -481,7 +491,8 @@ class _Run:
             t0 = time.perf_counter()
             if self.faces is not None:  # A1111: on each finished image, after any hires pass
                 detector = self.engine.face_detector()
-                images = [restore(self.faces, image, 1.0, detector) for image in images]
+                weight = float(self.request.get("code_former_weight", CODE_FORMER_WEIGHT))
+                images = [restore(self.faces, i, 1.0, detector, weight) for i in images]
             for seed, image in zip(seeds, images, strict=True):
                 text = self._infotext(seed, size, checkpoint, vae, loras, hires)
                 result.images.append(result_image(image, seed, text))
@@ -748,7 +759,7 @@ class _Run:
             "Schedule type": self.choice.infotext_schedule,
             "CFG scale": float(r["cfg_scale"]),
             "Seed": seed,
-            "Face restoration": LABELS[GFPGAN] if self.faces is not None else None,
+            "Face restoration": label_of(self.faces) if self.faces is not None else None,
             "Size": f"{size[0]}x{size[1]}",
             "Model hash": checkpoint.short_hash,
             "Model": checkpoint.name,

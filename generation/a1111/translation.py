@@ -366,7 +366,7 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         "seed_resize_from_w": _value(body, defaults, "seed_resize_from_w"),
         "seed_resize_from_h": _value(body, defaults, "seed_resize_from_h"),
         "tiling": bool(body.get("tiling")),
-        "restore_faces": bool(body.get("restore_faces")),  # GFPGAN (face_models)
+        "restore_faces": bool(body.get("restore_faces")),  # its model: face_models
         "styles": body.get("styles") or [],  # the caller's saved styles, applied at submission
     }
     only_masked = (  # A1111's API inpaints "only masked" unless told otherwise
@@ -375,6 +375,9 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         and bool(_value(body, IMG2IMG_DEFAULTS, "inpaint_full_res"))
     )
     params["controlnet"] = units_from_scripts(body.get("alwayson_scripts"), only_masked=only_masked)
+    for option in ("face_restoration_model", "code_former_weight"):  # A1111 settings, per call
+        if overrides.get(option) is not None:
+            params[option] = overrides[option]
     checkpoint = _checkpoint(user, overrides, infotext_model)
     if checkpoint:
         params["checkpoint"] = checkpoint
