@@ -49,6 +49,8 @@ GENERATOR_FIELDS = (
     "seed_resize_from_h",
     "tiling",
     "restore_faces",
+    "face_restoration_model",
+    "code_former_weight",
     "hires_enabled",
     "hires_scale",
     "hires_resize_x",

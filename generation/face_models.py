@@ -1,7 +1,7 @@
 """Which face-restoration model a request gets, and what it may not ask for.
 
 A1111's `restore_faces` (txt2img, img2img) names the restorer with its `face_restoration_model`
-setting ("GFPGAN" or "CodeFormer", per call in override_settings; ours: the job parameter of that
+setting ("GFPGAN" or "CodeFormer", overridden per call; ours: the job parameter of that
 name) and CodeFormer's fidelity with `code_former_weight` (0.5 by default). Unnamed, the job
 uses GFPGAN, or CodeFormer where it is the only one the user may run (A1111 defaults to
 CodeFormer, which is off here unless the operator enables it). Extras' `gfpgan_visibility` and

@@ -358,8 +358,17 @@ def _request_fields(lim: GenerationLimits) -> dict[str, serializers.Field]:
         "restore_faces": serializers.BooleanField(
             required=False,
             allow_null=True,
-            help_text="GFPGAN face restoration of each image (whole image, 'aligned' mode)",
+            help_text="face restoration of each image (each detected face, or the whole image)",
         ),
+        "face_restoration_model": serializers.ChoiceField(
+            choices=["", "GFPGAN", "CodeFormer"],
+            required=False,
+            allow_blank=True,
+            allow_null=True,
+            help_text="A1111's face_restoration_model; empty: GFPGAN, or CodeFormer when it is "
+            "the only one usable (CodeFormer needs the operator's licence opt-in)",
+        ),
+        "code_former_weight": _float(0.0, 1.0, "CodeFormer's weight: 0 = maximum effect; 0.5"),
         "styles": serializers.ListField(
             child=serializers.CharField(),
             required=False,

@@ -23,6 +23,7 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.ledger import account_for
 from accounts.member_request import MemberRequest
+from generation import face_models
 from generation.broker import get_redis
 from generation.controlnet_form import controlnet_context, posted_controlnet
 from generation.controlnet_prefill import reused_units, units_from_query, with_kept_images
@@ -41,7 +42,7 @@ from generation.submission import (
     submit_job,
     upscaler_models,
 )
-from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS
+from gpu_worker.params import CODE_FORMER_WEIGHT, DEFAULTS, HIRES_DEFAULTS
 from gpu_worker.passes import UPSCALERS
 from gpu_worker.samplers import list_samplers, list_schedulers
 
@@ -107,12 +108,15 @@ SCRIPT_STRINGS = {
 
 def _initial_values(params: dict[str, Any]) -> dict[str, Any]:
     """The form's starting values: defaults, overlaid by saved or reused parameters."""
-    values = {**DEFAULTS, "vae": "", "hires": None, **params}
+    values = {**DEFAULTS, "vae": "", "hires": None, **FACE_DEFAULTS, **params}
     hires = values.get("hires") or {}
     for key, default in HIRES_DEFAULTS.items():
         values[f"hires_{key}"] = hires.get(key, default)
     return values
 
+
+# restore_faces' restorer ("": the default one) and CodeFormer's weight (A1111's default)
+FACE_DEFAULTS = {"face_restoration_model": "", "code_former_weight": CODE_FORMER_WEIGHT}
 
 FORM_FIELDS = (
     "prompt",
@@ -135,6 +139,8 @@ FORM_FIELDS = (
     "subseed_strength",
     "seed_resize_from_w",
     "seed_resize_from_h",
+    "face_restoration_model",
+    "code_former_weight",
 )
 
 
@@ -312,6 +318,7 @@ def _render_generator(
             "schedulers": list_schedulers(),
             "size_presets": SIZE_PRESETS,
             "upscalers": [*UPSCALERS, *upscaler_models(user)],
+            "face_restorers": face_models.available(user),
             "resize_modes": RESIZE_MODES,
             "initial": initial,
             "prompt_styles": sorted(

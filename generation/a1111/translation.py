@@ -375,9 +375,9 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         and bool(_value(body, IMG2IMG_DEFAULTS, "inpaint_full_res"))
     )
     params["controlnet"] = units_from_scripts(body.get("alwayson_scripts"), only_masked=only_masked)
-    for option in ("face_restoration_model", "code_former_weight"):  # A1111 settings, per call
-        if overrides.get(option) is not None:
-            params[option] = overrides[option]
+    # A1111 settings, per call: restore_faces' restorer and CodeFormer's weight (None: default)
+    params["face_restoration_model"] = overrides.get("face_restoration_model") or ""
+    params["code_former_weight"] = overrides.get("code_former_weight")
     checkpoint = _checkpoint(user, overrides, infotext_model)
     if checkpoint:
         params["checkpoint"] = checkpoint

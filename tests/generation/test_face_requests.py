@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.urls import reverse
 
 from generation.a1111.translation import translate
 from generation.models import CatalogEntry, Job
@@ -18,7 +19,7 @@ from tests.generation.a1111_support import (
     sdapi_client,
     thread_connections_closed,  # noqa: F401 - a fixture
 )
-from tests.generation.conftest import SMALL
+from tests.generation.conftest import GENERATOR_FORM, SMALL
 from tests.generation.test_extras_requests import png_b64
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -150,3 +151,18 @@ def test_a_faces_only_extras_job_points_at_its_face_model(alice_api, gfpgan):
     job = alice_api.post("/api/v1/extras/", body, format="json").json()
     assert job["checkpoint"] == "GFPGANv1.4"
     assert (job["params"]["width"], job["params"]["height"]) == (64, 64)
+
+
+def test_the_generator_page_offers_codeformer_only_once_the_operator_enabled_it(
+    client, alice, gfpgan, settings
+):
+    face_model("codeformer-v0.1.0", "codeformer")
+    client.force_login(alice)
+    assert '<option value="CodeFormer"' not in client.get(reverse("generate")).content.decode()
+    settings.ALLOW_NONCOMMERCIAL_MODELS = "codeformer:S-Lab-1.0"
+    assert '<option value="CodeFormer"' in client.get(reverse("generate")).content.decode()
+    posted = {**GENERATOR_FORM, "checkpoint": "model-a", "restore_faces": "on"}
+    posted |= {"face_restoration_model": "CodeFormer", "code_former_weight": "0.2"}
+    client.post(reverse("generate"), posted)
+    params = Job.objects.get(owner=alice).params
+    assert params["face_restorer"] == "codeformer-v0.1.0" and params["code_former_weight"] == 0.2
