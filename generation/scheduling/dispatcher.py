@@ -48,6 +48,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from accounts.compiled_queries import CompiledQuery
+from generation import waiting_set
 from generation.broker import get_redis
 from generation.events import send_to_user
 from generation.fleet import present_heartbeats
@@ -168,7 +169,7 @@ class PassReport:
 
 @dataclass
 class PassOutcome:
-    assigned: list[Assignment]
+    assigned: list[Assignment]  # claimed: each leaves the waiting set with the round's release
     queue: QueueReads | None = None  # see `PassReport.queue`
 
 
@@ -262,7 +263,10 @@ def schedule_pending(
             rounds += 1
             outcome = _one_pass(client, scheduler, speeds)
             assigned += outcome.assigned
-            again = bool(client.eval(_AGAIN_OR_RELEASE, 2, LOCK_KEY, AGAIN_KEY, token))
+            pipe = client.pipeline(transaction=False)
+            waiting_set.remove(pipe, [a.job_id for a in outcome.assigned])
+            pipe.eval(_AGAIN_OR_RELEASE, 2, LOCK_KEY, AGAIN_KEY, token)
+            again = bool(pipe.execute()[-1])
     finally:
         if again:  # out of rounds (or failed): still ours
             client.eval(_RELEASE, 1, LOCK_KEY, token)
@@ -308,18 +312,30 @@ def schedule_on_commit() -> None:
 
 def dispatch_on_commit(job: Job) -> None:
     """A new job: schedule once the transaction that created it commits, never before, or the
-    worker would race the commit; then its owner hears its place in the queue."""
-    transaction.on_commit(partial(wake_dispatcher, [str(job.pk)]))
+    worker would race the commit; then its owner hears its place in the queue. The same round
+    trip adds it to the waiting set, unless it waits for another job (`after`, known only at
+    the commit: a training chain sets it after submitting)."""
+    transaction.on_commit(partial(_wake_for_new, job))
+
+
+def _wake_for_new(job: Job) -> None:
+    waiting = {}
+    if job.after_id is None:
+        waiting[waiting_set.member_of(job.pk)] = waiting_set.score_of(job.created_at)
+    wake_dispatcher([str(job.pk)], waiting)
 
 
 # --- the dispatcher thread (platform worker) -------------------------------------------------
 
 
-def wake_dispatcher(job_ids: list[str] | None = None) -> None:
+def wake_dispatcher(
+    job_ids: list[str] | None = None, waiting: dict[str, int] | None = None
+) -> None:
     """Ask the dispatcher for a pass (and to tell `job_ids`' owners their place): one Redis
-    round trip. With no dispatcher alive, do it here. Never raises (the tick retries)."""
+    round trip, which also adds `waiting` to the waiting set (`ring`). With no dispatcher alive,
+    do it here. Never raises (the tick retries)."""
     try:
-        alive = ring(job_ids or [""])
+        alive = ring(job_ids or [""], waiting)
     except (redis.RedisError, OSError):
         logger.warning("scheduling wake-up not sent: Redis unreachable")
         return
