@@ -11,8 +11,10 @@ Kept by the paths that make a job waiting or take it out, each after its commit:
 (`Job.return_to_queue`), a training's `after` released (`class_images`), a claim (pipelined
 with the pass's lock release, `dispatcher.schedule_pending`), a cancel
 (`lifecycle.cancel_queued_job`). A path missed (a crash between commit and Redis, a deleted
-account's jobs) is repaired by the dispatcher after each pass (`queue.store_snapshot`), which
-reads the window exactly from the database.
+account's jobs) is repaired by the dispatcher: the window after each pass
+(`queue.store_snapshot`, from the window it read exactly from the database), the rest a slice
+a second (`scheduling.waiting_scrub`); a job missing from the set is counted in the database
+when asked for and added back.
 
 Trusted only while COMPLETE is in it (score -inf, written by a rebuild from the database): a
 Redis restarted empty, or a key evicted, loses it with the set, and readers count in the
@@ -43,6 +45,11 @@ _MICROSECOND = timedelta(microseconds=1)
 def score_of(created_at: datetime) -> int:
     """A job's score: its created_at in epoch microseconds, exactly (no float rounding)."""
     return (created_at - _EPOCH) // _MICROSECOND
+
+
+def datetime_of(score: int) -> datetime:
+    """The created_at a score was made from."""
+    return _EPOCH + score * _MICROSECOND
 
 
 def score_of_timestamp(timestamp: float) -> int:

@@ -20,10 +20,12 @@ Off the request path: a trigger only pushes a wake-up onto a Redis list (`wake_d
 `generation.scheduling.wakeups`), and the platform worker's dispatcher thread
 (`serve_dispatcher`), blocked on that list, runs the pass, stores the queue snapshot readers use
 (timed with the pass's own read of the speed history) and tells the new jobs' owners their place,
-or every queued owner when the queue moved (`lifecycle.publish_queue_positions` asks it to). A
-web request pays one Redis round trip for it, and the pass starts within a round trip too (no
-tick to wait for). Where no dispatcher is alive (a test, a platform worker not started yet), the
-trigger runs the pass itself, as before.
+or every queued owner when the queue moved (`lifecycle.publish_queue_positions` asks it to);
+while jobs wait, it also sweeps the waiting set behind the window (`waiting_scrub`). A web
+request pays one Redis round trip for it (which also adds a new job to the waiting set,
+`generation.waiting_set`), and the pass starts within a round trip too (no tick to wait for).
+Where no dispatcher is alive (a test, a platform worker not started yet), the trigger runs the
+pass itself, as before.
 
 A pass considers the oldest SCHEDULING_WINDOW waiting jobs (the policy orders those fairly, by
 usage and tier, aged jobs first), so it costs the same at a hundred or ten thousand queued jobs;
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -75,6 +78,7 @@ from generation.scheduling.inputs import (
     worker_disk,
 )
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView, usage_matters
+from generation.scheduling.waiting_scrub import WaitingScrub
 from generation.scheduling.wakeups import ALIVE_KEY, ALIVE_TTL_S, POSITIONS, WAKE_KEY, ring
 from gpu_worker.batch_key import MAX_BATCH_IMAGES, batch_key
 from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
@@ -397,6 +401,7 @@ def serve_dispatcher(
     client = client or get_redis()
     waiting = True  # whether the last snapshot held queued jobs (then it is kept fresh)
     history = KeptHistory()  # the speed history, read anew only for what finished since
+    sweep = WaitingScrub(last=time.monotonic())  # the waiting set behind the window
     try:
         while not stop.is_set():
             try:
@@ -419,6 +424,8 @@ def serve_dispatcher(
             try:
                 # Woken, or jobs wait (a worker may have come free or appeared since): a pass.
                 waiting = answer_wake(values, history)
+                if waiting:
+                    sweep.turn()  # one slice a second at most
             except Exception:  # the thread must outlive a bad pass; the next wake-up retries
                 logger.exception("dispatcher pass failed")
             finally:

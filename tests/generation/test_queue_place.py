@@ -15,7 +15,7 @@ from accounts.tiers import set_tier
 from generation import queue, waiting_set
 from generation.models import Job
 from generation.queue import QueueSnapshot, queue_snapshot, store_snapshot
-from generation.scheduling import dispatcher
+from generation.scheduling import dispatcher, waiting_scrub
 from generation.scheduling.dispatcher import schedule_pending
 from generation.submission import cancel_job, submit_job
 from tests.conftest import make_user
@@ -173,3 +173,31 @@ def test_the_set_orders_jobs_submitted_in_the_same_microsecond_as_the_database_d
     ]
     in_set = [m.decode() for m in redis_client.zrange(waiting_set.KEY, 1, -1)]
     assert in_set == in_database
+
+
+def test_the_dispatchers_sweep_sets_right_what_paths_missed_behind_the_window(
+    members,
+    redis_client,
+    monkeypatch,
+    django_capture_on_commit_callbacks,
+    django_assert_num_queries,
+):
+    """A cancel whose removal never reached Redis and a submission whose addition never did,
+    both behind the window: the sweep, a slice at a time, sets the set right."""
+    monkeypatch.setattr(waiting_scrub, "SLICE", 3)
+    monkeypatch.setattr(waiting_scrub, "COMMIT_GRACE_S", 0.0)
+    jobs = [submit(user, django_capture_on_commit_callbacks) for user in members * 3]
+    dispatcher_snapshot()
+    Job.objects.filter(pk=jobs[4].pk).update(status=Job.Status.CANCELLED)
+    redis_client.zrem(waiting_set.KEY, str(jobs[7].pk))
+    sweep = waiting_scrub.WaitingScrub()
+    fixed = []
+    for _ in range(4):  # 9 waiting jobs, 3 a slice, then the end
+        sweep.last = 0.0  # its second has passed
+        fixed.append(sweep.turn())
+    assert fixed == [(0, 0), (0, 1), (1, 0), (0, 0)]
+    in_set = set(redis_client.zrange(waiting_set.KEY, 1, -1))
+    assert in_set == {str(job.pk).encode() for job in Job.objects.waiting()}
+    snapshot = queue_snapshot(workers=1)
+    expected = [counted_place(snapshot, job) for job in behind_window(snapshot)]
+    assert places_from_the_set(snapshot, django_assert_num_queries) == expected
