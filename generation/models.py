@@ -69,9 +69,14 @@ class CatalogEntryQuerySet(models.QuerySet["CatalogEntry"]):
         staff review it in the admin."""
         from accounts.tiers import allowed_model_names
 
-        own = Q(owner=user) if getattr(user, "pk", None) else Q(pk__in=[])
-        public = Q(owner__isnull=True) | Q(published=True)
         names = None if getattr(user, "is_staff", False) else allowed_model_names(user)
+        return self.visible_with(getattr(user, "pk", None), names)
+
+    def visible_with(self, owner: Any, names: Any) -> CatalogEntryQuerySet:
+        """`visible_to` for a member's id (None: anonymous) and their tier's checkpoint names
+        (None: every one); either may be an expression (a compiled query's parameter)."""
+        own = Q(owner=owner) if owner is not None else Q(pk__in=[])
+        public = Q(owner__isnull=True) | Q(published=True)
         if names is not None:
             public &= ~Q(kind=CatalogEntry.Kind.CHECKPOINT) | Q(name__in=names)
         return self.filter(Q(enabled=True) & (public | own))

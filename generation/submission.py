@@ -29,6 +29,7 @@ from django.utils.translation import gettext
 from PIL import Image, ImageOps
 
 from accounts.compiled_queries import CompiledQuery
+from accounts.tiers import allowed_model_names
 from generation.broker import get_redis
 from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
@@ -68,7 +69,7 @@ from gpu_worker.params import (
     InpaintParams,
 )
 from gpu_worker.passes import UPSCALERS, denoised_size, steps_problem
-from gpu_worker.preprocessors import PROCESSOR_RES_RANGE, THRESHOLD_RANGE
+from gpu_worker.preprocessors import NEEDS_MASK, PROCESSOR_RES_RANGE, THRESHOLD_RANGE
 from gpu_worker.prompt_syntax import PromptSyntaxError, check_prompt
 from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS
 from gpu_worker.samplers import UnknownSampler, resolve_sampler
@@ -183,7 +184,10 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     # The user's own model first: a staff upload may later take a name a member already uses.
     # Chosen here among the few rows of that name, not by an ORDER BY CASE (costly to compile).
     own = getattr(user, "pk", None)
-    entries = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).order_by()
+    names = None if getattr(user, "is_staff", False) else allowed_model_names(user)
+    entries = NAMED_ENTRIES.objects(
+        own is None, names is None, owner=own, kind=kind, name=key, names=names or []
+    )
     entry = min(entries, key=lambda e: (e.owner_id != own, e.pk), default=None)
     label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE", "controlnet": "ControlNet"}.get(
         kind, kind
@@ -197,6 +201,23 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     if not entry.available:
         raise SubmissionError(field, f"{label} {name!r} is not available on any worker now", 409)
     return entry
+
+
+# The entries of one name a member may pick (`CatalogEntryQuerySet.visible_to`), compiled once
+# per shape: anonymous or not, tier limited to some checkpoints or not.
+NAMED_ENTRIES = CompiledQuery(
+    lambda anonymous, every_model, owner, kind, name, names: (
+        CatalogEntry.objects.visible_with(
+            None if anonymous else owner, None if every_model else names
+        )
+        .filter(kind=kind, name=name)
+        .order_by()
+    ),
+    owner="value",
+    kind="value",
+    name="value",
+    names="text_list",
+)
 
 
 def _checkpoint(user: Any, params: dict[str, Any]) -> CatalogEntry:
@@ -604,10 +625,13 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     params["controlnet"], control_pngs = _controlnet(
         user, given.get("controlnet"), limits, mode, checkpoint
     )
-    if params["controlnet"] and params.get("inpaint"):
-        raise SubmissionError(
-            "controlnet", "controlnet units are not available with inpainting yet", 422
-        )
+    for index, unit in enumerate(params["controlnet"]):
+        if unit["module"] in NEEDS_MASK and not params.get("inpaint"):
+            raise SubmissionError(
+                f"controlnet[{index}].module",
+                f"{unit['module']} needs an inpaint job (img2img with a mask)",
+                422,
+            )
 
     return ValidatedJob.priced(params, checkpoint, init_png, control_pngs, mask_png)
 

@@ -25,6 +25,7 @@ from accounts.ledger import account_for
 from accounts.member_request import MemberRequest
 from generation.broker import get_redis
 from generation.controlnet_form import controlnet_context, posted_controlnet
+from generation.controlnet_prefill import reused_units, units_from_query, with_kept_images
 from generation.error_text import FIELD_LABELS, readable_error
 from generation.fleet import available_preprocessors
 from generation.images import delete_image
@@ -162,9 +163,9 @@ def _posted_params(post: Any, files: MultiValueDict, max_units: int) -> dict[str
     return params
 
 
-def _generation_params(request: MemberRequest, image: JobImage) -> dict[str, Any]:
-    """The parameters "Reuse" brings back: an upscale's are those of the image it upscaled
-    (when the member still has it), not the upscale's own."""
+def _reused_job(request: MemberRequest, image: JobImage) -> Job | None:
+    """The job whose parameters "Reuse" brings back: for an upscale, the job of the image it
+    upscaled (when the member still has it), not the upscale's own."""
     job = image.job
     seen = set()
     while job.mode == Job.Mode.EXTRAS and job.pk not in seen:
@@ -172,9 +173,9 @@ def _generation_params(request: MemberRequest, image: JobImage) -> dict[str, Any
         source_id = (job.params.get("extras") or {}).get("source_image_id")
         source = _owned_images(request).filter(pk=source_id).first() if source_id else None
         if source is None:
-            return {}
+            return None
         job = source.job
-    return dict(job.params)
+    return job
 
 
 def _owned_images(request: MemberRequest) -> Any:
@@ -194,10 +195,11 @@ def generate(request: MemberRequest) -> HttpResponse:
     if request.method == "POST":
         posted = _posted_params(request.POST, request.FILES, limits_for(user).max_controlnet_units)
         try:
-            submit_job(user, posted)
+            submit_job(user, with_kept_images(user, posted))
         except SubmissionError as exc:
             messages.error(request, readable_error(exc.field, exc.message))
-            # Refused: show the form as it was sent (files are not sent back).
+            # Refused: show the form as it was sent (files are not sent back; a reused job's
+            # kept control image is only named, so it stays).
             params = {k: v for k, v in posted.items() if k not in ("init_image", "mask")}
             units = [
                 {k: v for k, v in u.items() if k != "image"} for u in posted.get("controlnet", [])
@@ -218,13 +220,17 @@ def generate(request: MemberRequest) -> HttpResponse:
             {**last_params, "seed": -1, **linked},
             keep_checkpoint="checkpoint" in linked,
             last_seed=last_params.get("seed"),
+            units=units_from_query(request.GET),
         )
     try:
         source = _owned_images(request).get(pk=uuid.UUID(source_id))
     except (ValueError, JobImage.DoesNotExist):
         raise Http404(_("No such image.")) from None
-    params = {**_generation_params(request, source), "seed": source.seed}
+    job = _reused_job(request, source)
+    params = {**(job.params if job else {}), "seed": source.seed}
     init_image_url = mask_url = None
+    # Her own job: its units with the control images it kept ("Send to img2img" starts anew).
+    units = reused_units(job) if job and not request.GET.get("img2img") else []
     if request.GET.get("img2img"):
         params.update(width=source.width, height=source.height, hires=None, inpaint=None)
         init_image_url = image_payload(source)["url"]
@@ -237,6 +243,7 @@ def generate(request: MemberRequest) -> HttpResponse:
         last_seed=source.seed,
         init_image_url=init_image_url,
         mask_url=mask_url,
+        units=units,
     )
 
 
@@ -250,8 +257,8 @@ def _render_generator(
     mask_url: str | None = None,
     units: list[dict[str, Any]] | None = None,
 ) -> HttpResponse:
-    """The generator page. ControlNet units come back only on a refused post (`units`): a reused
-    job's units have no image here (it stays with the job), so they would only fail."""
+    """The generator page. `units`: ControlNet units to show filled in (a refused post's, a
+    reused job's with its kept images, or a link's settings)."""
     user = request.user
     limits = limits_for(user)
     visible = CatalogEntry.objects.usable_by(user)

@@ -13,6 +13,7 @@ import io
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from gpu_worker.annotators import Annotators
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
+from gpu_worker.controlnet import fit as fit_control_map
 from gpu_worker.extras import run_extras
 from gpu_worker.face_detection import find_detector
 from gpu_worker.face_licences import GFPGAN, LABELS
@@ -50,7 +52,7 @@ from gpu_worker.loading import (
     load_checkpoint,
     load_vae,
 )
-from gpu_worker.masking import InpaintPlan, plan_inpaint, whole_image_plan
+from gpu_worker.masking import InpaintPlan, control_view, plan_inpaint, whole_image_plan
 from gpu_worker.model_cache import ModelCache, release_memory
 from gpu_worker.noise import consume, initial_noise, variation_of
 from gpu_worker.params import INPAINT_DEFAULTS
@@ -452,8 +454,6 @@ class _Run:
                 else Image.new("RGB", (r["width"], r["height"]), (127, 127, 127))
             )
         self.control = self._prepare_control(init)
-        if self.control is not None and self.inpaint_plan is not None:
-            raise JobFailed("ControlNet units are not available with inpainting yet")
         hires_steps = 0
         if hires:
             hires_steps = hires_inference_steps(r["steps"], hires)
@@ -492,7 +492,11 @@ class _Run:
         return result
 
     def _prepare_control(self, init: Image.Image | None) -> ControlSet | None:
-        engine = self.engine
+        engine, plan = self.engine, self.inpaint_plan
+        place = mask = None
+        if plan is not None:  # units see the canvas the pass paints on, and its crop
+            init, mask = plan.base, plan.mask
+            place = partial(control_view, plan, fit=fit_control_map, resize=resize_image)
         try:
             return ControlSet.prepare(
                 self.request,
@@ -503,23 +507,26 @@ class _Run:
                 family=self.family,
                 init_image=init,
                 control_map=engine.annotators.control_map,
+                place=place,
+                mask=mask,
             )
         except (UnknownModel, ControlNetError, ModelLoadError) as exc:
             raise JobFailed(str(exc)) from exc
 
     def _controlled(
-        self, pipe: Any, width: int, height: int, *, img2img: bool
+        self, pipe: Any, width: int, height: int, *, kind: str
     ) -> tuple[Any, dict[str, Any]]:
-        """The pass's pipeline and its ControlNet arguments (none without units)."""
+        """The pass's pipeline (kind: txt2img, img2img or inpaint) and its ControlNet
+        arguments (none without units)."""
         if self.control is None:
             return pipe, {}
         controlled = self.control.pipeline(
             pipe,
-            img2img=img2img,
+            kind=kind,
             scheduler=pipe.scheduler,
             guidance_scale=self.request["cfg_scale"],
         )
-        return controlled, self.control.call_kwargs(width, height, img2img=img2img)
+        return controlled, self.control.call_kwargs(width, height, img2img=kind != "txt2img")
 
     def _encode(self, prompt: str, negative: str, min_chunks: int = 0) -> dict[str, Any]:
         clip_skip = max(1, int(self.request.get("clip_skip") or 1))
@@ -591,7 +598,11 @@ class _Run:
         r = self.request
         width, height = r["width"], r["height"]
         if self.inpaint_plan is not None:
-            pipe = inpaint_pipeline(self.pipe, self.family, self._scheduler(seeds[0]))
+            pipe, control = self._controlled(
+                inpaint_pipeline(self.pipe, self.family, self._scheduler(seeds[0])),
+                *self.inpaint_plan.size,
+                kind="inpaint",
+            )
             common = self._common(schedules[0], seeds)
             if init is None:  # txt2img on an inpaint checkpoint: its noise may be a variation
                 common |= self._variation_latents(seeds, width, height, common["generator"])
@@ -601,12 +612,12 @@ class _Run:
                 r.get("inpaint") or INPAINT_DEFAULTS,
                 strength=r["denoising_strength"] if init is not None else 1.0,
                 steps=r["steps"],
-                common=common,
+                common={**control, **common},
             )
             return images, (width, height)
         if init is not None:
             pipe, control = self._controlled(
-                self._img2img_pipe(seeds[0]), width, height, img2img=True
+                self._img2img_pipe(seeds[0]), width, height, kind="img2img"
             )
             out = pipe(
                 image=resize_image(init, width, height, r.get("resize_mode", 0)),
@@ -618,7 +629,7 @@ class _Run:
             return out.images, (width, height)
         self.pipe.scheduler = self._scheduler(seeds[0])
         latent_upscale = hires and hires["upscaler"] in LATENT_UPSCALE_MODES
-        pipe, control = self._controlled(self.pipe, width, height, img2img=False)
+        pipe, control = self._controlled(self.pipe, width, height, kind="txt2img")
         common = self._common(schedules[0], seeds)
         out = pipe(
             width=width,
@@ -643,7 +654,7 @@ class _Run:
         else:
             first = [self._upscale(im, (target_w, target_h)) for im in out.images]
         pipe, control = self._controlled(
-            self._img2img_pipe(seeds[0]), target_w, target_h, img2img=True
+            self._img2img_pipe(seeds[0]), target_w, target_h, kind="img2img"
         )
         out = pipe(
             image=first,

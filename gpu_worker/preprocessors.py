@@ -1,5 +1,7 @@
 """ControlNet preprocessors: the rules of all of them, and the ones that need no weights: "none"
-(the image is already a control map) and "canny" (OpenCV's edge detector). Torch-free. Only GPU
+(the image is already a control map), "canny" (OpenCV's edge detector) and "inpaint_only" (for
+the inpaint ControlNet: the source itself here; the engine marks the job's masked pixels on it,
+gpu_worker/controlnet.py, so it runs only on inpaint jobs). Torch-free. Only GPU
 workers run preprocessors: before a job's ControlNet, and for previews
 (gpu_worker/detect_responder.py). The platform imports this module for its rules (names, ranges,
 pixel-perfect resolution) and never runs one.
@@ -19,10 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-BUILT_IN = ("none", "canny")
+INPAINT_ONLY = "inpaint_only"  # sd-webui-controlnet's name, for the inpaint ControlNet
+BUILT_IN = ("none", "canny", INPAINT_ONLY)
+NEEDS_MASK = (INPAINT_ONLY,)  # only on an inpaint job (img2img with a mask or outpainting)
 # sd-webui-controlnet's module_detail sliders for the built-in modules (the web UI shows these).
 MODULE_DETAIL: dict[str, dict] = {
     "none": {"model_free": False, "sliders": []},
+    INPAINT_ONLY: {"model_free": False, "sliders": []},
     "canny": {
         "model_free": False,
         "sliders": [
@@ -85,7 +90,7 @@ def run_preprocessor(
     """The control map of `image` (RGB) for a built-in module (the worker's annotators.py runs
     the weight-based ones and comes here for the rest)."""
     image = image.convert("RGB")
-    if module == "none":
+    if module in ("none", *NEEDS_MASK):  # the mask is the job's: the engine marks it
         return image
     if module != "canny":
         raise ValueError(f"unknown preprocessor {module!r}; built in: {', '.join(BUILT_IN)}")

@@ -369,7 +369,12 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         "restore_faces": bool(body.get("restore_faces")),  # GFPGAN (face_models)
         "styles": body.get("styles") or [],  # the caller's saved styles, applied at submission
     }
-    params["controlnet"] = units_from_scripts(body.get("alwayson_scripts"))
+    only_masked = (  # A1111's API inpaints "only masked" unless told otherwise
+        mode == "img2img"
+        and bool(body.get("mask"))
+        and bool(_value(body, IMG2IMG_DEFAULTS, "inpaint_full_res"))
+    )
+    params["controlnet"] = units_from_scripts(body.get("alwayson_scripts"), only_masked=only_masked)
     checkpoint = _checkpoint(user, overrides, infotext_model)
     if checkpoint:
         params["checkpoint"] = checkpoint

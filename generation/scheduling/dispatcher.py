@@ -67,7 +67,7 @@ from generation.queue import (
     snapshot_of,
     store_snapshot,
 )
-from generation.scheduling.estimates import KeptHistory, SpeedCache
+from generation.scheduling.estimates import KeptHistory, RecentSpeedKeys, SpeedCache
 from generation.scheduling.inputs import (
     checkpoint_key_of,
     finished_usage,
@@ -369,19 +369,25 @@ def _queued(ids: RawSQL) -> QuerySet[Job]:
 _QUEUED = CompiledQuery(_queued, ids="uuid_list")  # the jobs whose owners hear their place
 
 
-def answer_wake(values: set[str], history: KeptHistory | None = None) -> bool:
+def answer_wake(
+    values: set[str],
+    history: KeptHistory | None = None,
+    recent: RecentSpeedKeys | None = None,
+) -> bool:
     """One turn of the dispatcher thread for the values rung (`wakeups`; none: its timer while
     jobs wait): a pass (not for positions alone), the snapshot readers use (made from the
     pass's own reads where it saw the whole queue, else read anew), then the owners told. One
     read of the speed history serves the pass and the snapshot (`history`: the thread's, kept
-    between turns). True while queued jobs remain (the snapshot is then kept
-    fresh)."""
+    between turns; `recent`: the kinds of job whose speeds every stored snapshot carries). True
+    while queued jobs remain (the snapshot is then kept fresh)."""
     speeds = SpeedCache(history.rows if history is not None else None)
     report = request_schedule(speeds) if values != {POSITIONS} else None
     if report is not None and report.queue is not None:  # the pass saw the whole queue
         snapshot = snapshot_of(report.queue, speeds)
     else:
         snapshot = queue_snapshot(speeds=speeds)
+    if recent is not None:
+        recent.fill(speeds)  # (the snapshot's `speeds` object: stored with it)
     store_snapshot(snapshot)
     job_ids = sorted(values - {"", POSITIONS})
     publish_positions(job_ids, snapshot)
@@ -401,6 +407,7 @@ def serve_dispatcher(
     client = client or get_redis()
     waiting = True  # whether the last snapshot held queued jobs (then it is kept fresh)
     history = KeptHistory()  # the speed history, read anew only for what finished since
+    recent = RecentSpeedKeys()
     sweep = WaitingScrub(last=time.monotonic())  # the waiting set behind the window
     try:
         while not stop.is_set():
@@ -423,7 +430,7 @@ def serve_dispatcher(
             close_old_connections()
             try:
                 # Woken, or jobs wait (a worker may have come free or appeared since): a pass.
-                waiting = answer_wake(values, history)
+                waiting = answer_wake(values, history, recent)
                 if waiting:
                     sweep.turn()  # one slice a second at most
             except Exception:  # the thread must outlive a bad pass; the next wake-up retries

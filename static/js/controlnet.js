@@ -3,8 +3,9 @@
  * Without this script every unit the tier allows shows with an "Enabled" box and the form posts
  * them. With it: "Add ControlNet unit" and "Remove unit" show and hide units (up to the tier's
  * limit), the model list keeps to ControlNets of the chosen checkpoint's family, "Preview" asks
- * a GPU worker for the preprocessor's map (REST controlnet/detect/, free), and generator.js
- * sends the shown units through `window.AtelierControlNet.addTo(params)`.
+ * a GPU worker for the preprocessor's map (REST controlnet/detect/, free), a reused job's kept
+ * control image (data-kept-image, its owner's only) is sent again unless another is chosen, and
+ * generator.js sends the shown units through `window.AtelierControlNet.addTo(params)`.
  */
 (function () {
   "use strict";
@@ -18,6 +19,7 @@
   var units = Array.prototype.slice.call(box.querySelectorAll(".cn-unit"));
   var addButton = document.getElementById("cn-add");
   var images = {}; // unit index -> data: URI of its control image
+  var kept = {}; // unit index -> data: URI of the image a reused job kept (Reuse)
 
   function fmt(template, values) {
     return template.replace(/%\((\w+)\)s/g, function (_m, key) { return String(values[key]); });
@@ -59,6 +61,7 @@
     field(unit, "image").addEventListener("change", function () {
       var file = field(unit, "image").files[0];
       delete images[unit.dataset.index];
+      showKept(unit, !file); // cleared: a reused job's image (if any) is the unit's again
       if (!file) return;
       var reader = new FileReader();
       reader.onload = function () { images[unit.dataset.index] = String(reader.result); changed(); };
@@ -66,6 +69,32 @@
     });
     unit.querySelector(".cn-preview-button").addEventListener("click", function () { preview(unit); });
   });
+
+  // ---- Reuse: the control image the member's own job kept, sent again as hers --------------
+
+  units.forEach(function (unit) {
+    var url = unit.dataset.keptImage;
+    if (!url) return;
+    fetch(url, { credentials: "same-origin" }).then(function (resp) {
+      if (!resp.ok) throw new Error(String(resp.status));
+      return resp.blob();
+    }).then(function (blob) {
+      var reader = new FileReader();
+      reader.onload = function () {
+        kept[unit.dataset.index] = String(reader.result);
+        unit.dataset.keptLoaded = "1";
+        showKept(unit, !field(unit, "image").files.length);
+        changed();
+      };
+      reader.readAsDataURL(blob);
+    }).catch(function () { showKept(unit, false); });
+  });
+  function showKept(unit, shown) {
+    var index = unit.dataset.index;
+    shown = shown && !!unit.dataset.keptImage;
+    unit.querySelectorAll(".cn-kept, .cn-kept-note").forEach(function (el) { el.hidden = !shown; });
+    if (shown && kept[index]) images[index] = kept[index];
+  }
 
   // ---- models of the checkpoint's family only -------------------------------------------------
 

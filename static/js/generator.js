@@ -782,7 +782,9 @@
     if (!link) return;
     var figure = link.closest("[data-image-id]");
     var known = imageParams.get(figure.dataset.imageId);
-    if (!known) return; // unknown here: follow the link, the server pre-fills the form
+    // Unknown here, or with ControlNet units (their kept images): follow the link, the server
+    // pre-fills the form.
+    if (!known || (link.classList.contains("result-reuse") && ((known.params && known.params.controlnet) || []).length)) return;
     event.preventDefault();
     if (link.classList.contains("result-reuse")) {
       setInitImage(null);

@@ -38,11 +38,11 @@ def lineart_models(tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Pa
 
 
 def test_an_annotator_is_listed_only_where_its_weights_are(tmp_path: Path) -> None:
-    assert worker_preprocessors(tmp_path) == ["none", "canny"]
+    assert worker_preprocessors(tmp_path) == ["none", "canny", "inpaint_only"]
     weights = tmp_path / ANNOTATOR_WEIGHTS["lineart_coarse"]
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
-    assert worker_preprocessors(tmp_path) == ["none", "canny", "lineart_coarse"]
+    assert worker_preprocessors(tmp_path) == ["none", "canny", "inpaint_only", "lineart_coarse"]
 
 
 def test_lineart_is_the_networks_lines_inverted_at_the_processor_resolution(
@@ -109,6 +109,7 @@ def test_hed_and_openpose_are_listed_by_their_own_files(tmp_path: Path) -> None:
     assert worker_preprocessors(tmp_path) == [
         "none",
         "canny",
+        "inpaint_only",
         "softedge_hed",
         "softedge_hedsafe",  # the same network, quantised: the same file
         "openpose",

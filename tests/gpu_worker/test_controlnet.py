@@ -189,7 +189,7 @@ def test_a_diffusers_folder_controlnet_loads_and_acts_like_its_single_file(
     )
     beat = service.heartbeat_snapshot()
     assert beat["loaded_controlnets"] == ["sd15-canny-diffusers"]
-    assert beat["preprocessors"] == ["none", "canny"]
+    assert beat["preprocessors"] == ["none", "canny", "inpaint_only"]
 
 
 def test_a_running_worker_answers_a_preview_request(worker_world: Any, gw_redis: Any) -> None:
