@@ -84,6 +84,14 @@ def available(user: Any) -> list[str]:
     ]
 
 
+def default_face_restorer(user: Any) -> str | None:
+    """What `restore_faces` uses when no restorer is named (A1111's name; None: none usable)."""
+    usable = available(user)
+    if not usable:
+        return None
+    return LABELS[GFPGAN] if LABELS[GFPGAN] in usable else usable[0]
+
+
 def restore_faces_choice(user: Any, wanted: bool, name: Any = None) -> str | None:
     """txt2img/img2img `restore_faces`: the model (None when off). `name` is A1111's
     `face_restoration_model`; unnamed, GFPGAN, or CodeFormer when it is the only one usable."""
@@ -91,10 +99,8 @@ def restore_faces_choice(user: Any, wanted: bool, name: Any = None) -> str | Non
         return None
     field = "face_restoration_model"
     if name in (None, ""):
-        usable = available(user)
-        if not usable or LABELS[GFPGAN] in usable:
-            return face_restorer_for(user, "restore_faces")
-        return model_for(user, CODEFORMER, "restore_faces")
+        default = RESTORERS.get(default_face_restorer(user) or "", GFPGAN)
+        return model_for(user, default, "restore_faces")
     if name not in RESTORERS:
         raise FaceChoiceError(
             field,

@@ -137,6 +137,7 @@ async def test_the_a1111_face_restorers_list_what_is_installed_and_enabled(
 ):
     client = await sync_to_async(sdapi_client)(alice)
     assert (await get(client, "face-restorers")).json() == []
+    assert (await get(client, "options")).json()["face_restoration_model"] is None
     await sync_to_async(face_model)("codeformer-v0.1.0", "codeformer")
     assert (await get(client, "face-restorers")).json() == []
     await sync_to_async(face_model)("GFPGANv1.4", "gfpgan")
@@ -144,6 +145,8 @@ async def test_the_a1111_face_restorers_list_what_is_installed_and_enabled(
     settings.ALLOW_NONCOMMERCIAL_MODELS = "codeformer:S-Lab-1.0"
     names = [entry["name"] for entry in (await get(client, "face-restorers")).json()]
     assert names == ["GFPGAN", "CodeFormer"]
+    options = (await get(client, "options")).json()
+    assert (options["face_restoration_model"], options["code_former_weight"]) == ("GFPGAN", 0.5)
 
 
 def test_a_faces_only_extras_job_points_at_its_face_model(alice_api, gfpgan):
