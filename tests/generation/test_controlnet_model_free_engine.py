@@ -1,7 +1,8 @@
 """The model-free preprocessors in jobs on the real GPU worker (demo checkpoint and ControlNet,
 64x64, 3-4 steps): a webuiapi txt2img with a shuffle unit made twice gives the same image
-(shuffle draws from the job's seeds) with the extension's names in the infotext, and a REST
-inpaint job with a tile_resample unit repaints only the mask."""
+(shuffle draws from the job's seeds) with the extension's names in the infotext, a REST img2img
+job's invert unit on its source changes the image, and a REST inpaint job with a tile_resample
+unit repaints only the mask."""
 
 from __future__ import annotations
 
@@ -77,3 +78,12 @@ def test_an_inpaint_job_with_a_tile_resample_unit_repaints_only_the_mask(alice):
     assert diff and diff <= inside(BOX)
     assert 'ControlNet 0: "Module: tile_resample, Model: atelier-demo-controlnet [' in infotext
     assert "Threshold A: 4.0" in infotext
+
+
+def test_an_img2img_job_with_an_invert_unit_on_its_source_names_it_in_the_infotext(alice):
+    body = rest_body(pattern((64, 64)), None)
+    unit = {"module": "invert", "model": "atelier-demo-controlnet", "image": None}
+    plain, _ = rest_result(alice, body)
+    controlled, infotext = rest_result(alice, {**body, "controlnet": [unit]})
+    assert changed(plain, controlled)  # the unit shows in the pixels
+    assert 'ControlNet 0: "Module: invert, Model: atelier-demo-controlnet [' in infotext
