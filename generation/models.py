@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from rest_framework_tus.models import AbstractUpload
 
+from generation import waiting_set
 from generation.model_store import incoming_dir
 
 
@@ -485,6 +486,8 @@ class Job(models.Model):
         won = rows.update(**changes) == 1
         if won:
             self.refresh_from_db()
+            if self.after_id is None:  # waiting again, in its first place
+                waiting_set.enter_on_commit(self.pk, self.created_at)
         return won
 
     def mark_running(self, worker_id: str, attempt: int) -> bool:
