@@ -251,8 +251,13 @@ class ControlNetUnitRequestSerializer(serializers.Serializer):
     )
     pixel_perfect = serializers.BooleanField(required=False, allow_null=True)
     processor_res = _int(*PROCESSOR_RES_RANGE, "preprocessor resolution; default 512")
-    threshold_a = _float(*THRESHOLD_RANGE, "canny low threshold; default 100")
-    threshold_b = _float(*THRESHOLD_RANGE, "canny high threshold; default 200")
+    # Each module's range is its slider's (GET sdapi's controlnet/module_list, module_detail).
+    threshold_a = _float(
+        *THRESHOLD_RANGE, "the module's first slider (canny: low threshold); default its slider's"
+    )
+    threshold_b = _float(
+        *THRESHOLD_RANGE, "the module's second slider (canny: high threshold); default its slider's"
+    )
 
 
 class InpaintRequestSerializer(serializers.Serializer):

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 from typing import Any, cast
@@ -70,7 +71,12 @@ from gpu_worker.params import (
     InpaintParams,
 )
 from gpu_worker.passes import UPSCALERS, denoised_size, steps_problem
-from gpu_worker.preprocessors import NEEDS_MASK, PROCESSOR_RES_RANGE, THRESHOLD_RANGE
+from gpu_worker.preprocessors import (
+    NEEDS_MASK,
+    PROCESSOR_RES_RANGE,
+    threshold_default,
+    threshold_problem,
+)
 from gpu_worker.prompt_syntax import PromptSyntaxError, check_prompt
 from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS
 from gpu_worker.samplers import UnknownSampler, resolve_sampler
@@ -476,14 +482,29 @@ def _controlnet_unit(
         resize_mode=_int(given, "resize_mode", *CONTROL_RESIZE_MODES, prefix=prefix),
         pixel_perfect=pixel_perfect,
         processor_res=_int(given, "processor_res", *PROCESSOR_RES_RANGE, prefix=prefix),
-        threshold_a=_float(given, "threshold_a", *THRESHOLD_RANGE, prefix=prefix),
-        threshold_b=_float(given, "threshold_b", *THRESHOLD_RANGE, prefix=prefix),
+        threshold_a=_threshold(raw, module, "threshold_a", prefix),
+        threshold_b=_threshold(raw, module, "threshold_b", prefix),
     )
     if unit["guidance_start"] >= unit["guidance_end"]:
         raise SubmissionError(
             prefix + "guidance_end", f"{prefix}guidance_end must be above guidance_start", 422
         )
     return unit, png
+
+
+def _threshold(raw: dict[str, Any], module: str, name: str, prefix: str) -> float:
+    """A unit's threshold_a/b: within its module's slider (left out or the extension's -1:
+    the slider's default)."""
+    value = raw.get(name)
+    if value is None or (value == -1 and not isinstance(value, bool)):
+        return threshold_default(module, name)
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        raise SubmissionError(prefix + name, f"{prefix}{name} must be a number") from None
+    if problem := threshold_problem(module, name, number):
+        raise SubmissionError(prefix + name, prefix + problem, 422)
+    return number
 
 
 def _check_final_size(params: GenerationParams, limits: GenerationLimits) -> None:

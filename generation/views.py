@@ -44,6 +44,7 @@ from generation.submission import (
 )
 from gpu_worker.params import CODE_FORMER_WEIGHT, DEFAULTS, HIRES_DEFAULTS
 from gpu_worker.passes import UPSCALERS
+from gpu_worker.preprocessors import page_sliders
 from gpu_worker.samplers import list_samplers, list_schedulers
 
 SIZE_PRESETS = [
@@ -281,8 +282,10 @@ def _render_generator(
         {"id": str(job_id), "status": status}
         for job_id, status in Job.objects.owned_by(user).unfinished().values_list("id", "status")
     ]
+    preprocessors = available_preprocessors(get_redis())
     page_data = {
         "strings": {key: str(text) for key, text in SCRIPT_STRINGS.items()},
+        "controlnet_sliders": page_sliders(preprocessors),
         "field_labels": {key: str(text) for key, text in FIELD_LABELS.items()},
         "placeholder_id": PLACEHOLDER_ID,
         "urls": {
@@ -336,7 +339,7 @@ def _render_generator(
             **inpaint_context(params, mask_url, open_editor=bool(request.GET.get("inpaint"))),
             **controlnet_context(user, units or [], limits.max_controlnet_units),
             "controlnet_open": bool(units),
-            "preprocessors": available_preprocessors(get_redis()),
+            "preprocessors": preprocessors,
         },
     )
 

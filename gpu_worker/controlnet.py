@@ -49,7 +49,7 @@ from gpu_worker.infotext import controlnet_unit_text
 from gpu_worker.loading import SHIPPED_CONFIGS, ModelLoadError, quiet_libraries
 from gpu_worker.model_cache import ModelCache
 from gpu_worker.params import ControlNetUnit
-from gpu_worker.preprocessors import INPAINT_ONLY, pixel_perfect_resolution
+from gpu_worker.preprocessors import INPAINT_ONLY, pixel_perfect_resolution, shuffle_seed
 
 CACHE_PREFIX = "controlnet:"
 SOFT_INJECTION_BASE = 0.825
@@ -204,7 +204,7 @@ class ControlSet:
         cache_dir: Path,
         family: str,
         init_image: Image.Image | None,
-        control_map: Callable[[str, Image.Image, int, float, float], Image.Image],
+        control_map: Callable[..., Image.Image],
         place: Callable[[Image.Image, int], Image.Image] | None = None,
         mask: Image.Image | None = None,
     ) -> ControlSet | None:
@@ -216,6 +216,10 @@ class ControlSet:
             return None
         images = request.get("controlnet_images_png_b64") or {}
         target = mask.size if mask is not None else (int(request["width"]), int(request["height"]))
+        # shuffle's random fields come from the job's seeds, so a re-run makes the same map
+        seed = shuffle_seed(
+            int(request["seed"]), request.get("subseed"), request.get("subseed_strength", 0.0)
+        )
         prepared = []
         for index, unit in enumerate(units):
             if unit["module"] == INPAINT_ONLY and mask is None:
@@ -240,7 +244,12 @@ class ControlSet:
                 res = pixel_perfect_resolution(source.size, target, unit["resize_mode"])
             try:
                 made = control_map(
-                    unit["module"], source, res, unit["threshold_a"], unit["threshold_b"]
+                    unit["module"],
+                    source,
+                    res,
+                    unit["threshold_a"],
+                    unit["threshold_b"],
+                    seed=seed,
                 )
             except ValueError as exc:  # a module this worker does not run
                 raise ControlNetError(f"ControlNet unit {index}: {exc}") from exc

@@ -134,9 +134,11 @@ def _unit(raw: Any, prefix: str, only_masked: bool) -> dict[str, Any] | None:
     unit: dict[str, Any] = {name: raw[name] for name in SAME_FIELDS if raw.get(name) is not None}
     if unit.get("module") in ("None", None):
         unit["module"] = "none"
-    for name in ("processor_res", "threshold_a", "threshold_b"):
-        if unit.get(name) == -1:  # the extension's "default"
-            unit[name] = CONTROLNET_UNIT_DEFAULTS[name]
+    if unit.get("processor_res") == -1:  # the extension's "default"
+        unit["processor_res"] = CONTROLNET_UNIT_DEFAULTS["processor_res"]
+    for name in ("threshold_a", "threshold_b"):
+        if unit.get(name) == -1:  # the module's own default (its slider's), as the extension does
+            del unit[name]
     image = raw.get("image") or raw.get("input_image")
     if isinstance(image, dict):  # {"image": ..., "mask": ...}
         if image.get("mask"):
@@ -209,8 +211,8 @@ def detect(user: Any, body: Any) -> dict[str, Any]:
             body.get("controlnet_module"),
             images,
             _number(body, "controlnet_processor_res", 512),
-            _number(body, "controlnet_threshold_a", 100),
-            _number(body, "controlnet_threshold_b", 200),
+            _number(body, "controlnet_threshold_a", None),  # None: the module's default
+            _number(body, "controlnet_threshold_b", None),
         )
     except SubmissionError as exc:
         # our names -> the extension's: images[0] -> controlnet_input_images[0], ...
@@ -220,7 +222,7 @@ def detect(user: Any, body: Any) -> dict[str, Any]:
     return {"images": [base64.b64encode(png).decode("ascii") for png in maps], "info": "Success"}
 
 
-def _number(body: dict[str, Any], name: str, default: float) -> Any:
+def _number(body: dict[str, Any], name: str, default: float | None) -> Any:
     """A value, or the default where the extension's clients send none or -1."""
     value = body.get(name)
     return default if value is None or value == -1 else value

@@ -5,7 +5,9 @@
  * limit), the model list keeps to ControlNets of the chosen checkpoint's family, "Preview" asks
  * a GPU worker for the preprocessor's map (REST controlnet/detect/, free), a reused job's kept
  * control image (data-kept-image, its owner's only) is sent again unless another is chosen, and
- * generator.js sends the shown units through `window.AtelierControlNet.addTo(params)`.
+ * generator.js sends the shown units through `window.AtelierControlNet.addTo(params)`. Choosing a
+ * preprocessor shows its sliders (DATA.controlnet_sliders: the extension's names, ranges and
+ * defaults) in the threshold fields and hides the ones it does not use.
  */
 (function () {
   "use strict";
@@ -117,6 +119,36 @@
   }
   checkpoint.addEventListener("change", filterModels);
 
+  // ---- each module's sliders: label, range and default of threshold_a/b, as the extension's UI --
+
+  var SLIDERS = DATA.controlnet_sliders || {};
+  function sliders(unit) { return SLIDERS[field(unit, "module").value] || null; }
+  function showSliders(unit, reset) {
+    var table = sliders(unit);
+    if (!table) return; // a module the page does not know: leave the fields as they are
+    field(unit, "processor_res").closest(".field").hidden = !table.resolution;
+    ["threshold_a", "threshold_b"].forEach(function (name) {
+      var input = field(unit, name);
+      var slider = table[name];
+      input.closest(".field").hidden = !slider;
+      if (!slider) return;
+      var label = unit.querySelector("label[for='" + input.id + "']");
+      if (label) label.textContent = slider.name;
+      input.min = slider.min;
+      input.max = slider.max;
+      input.step = slider.step || "any";
+      if (reset) input.value = slider.value;
+    });
+  }
+  units.forEach(function (unit) {
+    showSliders(unit, false); // a reused or refused unit keeps its values
+    field(unit, "module").addEventListener("change", function () { showSliders(unit, true); });
+  });
+  function slider(unit, name) {
+    var table = sliders(unit);
+    return table && !table[name] ? undefined : number(unit, name); // unused: the module's default
+  }
+
   // ---- the request ----------------------------------------------------------------------------
 
   function sourceImage() {
@@ -137,8 +169,8 @@
       resize_mode: number(unit, "resize_mode"),
       pixel_perfect: field(unit, "pixel_perfect").checked,
       processor_res: number(unit, "processor_res"),
-      threshold_a: number(unit, "threshold_a"),
-      threshold_b: number(unit, "threshold_b")
+      threshold_a: slider(unit, "threshold_a"),
+      threshold_b: slider(unit, "threshold_b")
     };
   }
 

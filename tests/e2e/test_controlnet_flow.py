@@ -79,7 +79,14 @@ def test_a_member_previews_a_canny_unit_and_generates_with_it(live_platform, bro
     source = tmp_path / "square.png"
     square().save(source)
     page.set_input_files("#id_cn-0-image", str(source))
+    # a model-free module shows its own slider, at the extension's default, and hides the rest
+    page.select_option("#id_cn-0-module", "tile_resample")
+    assert page.locator("label[for=id_cn-0-threshold_a]").inner_text() == "Down Sampling Rate"
+    assert page.locator("#id_cn-0-threshold_a").input_value() == "1"
+    assert not page.locator("#id_cn-0-threshold_b").is_visible()
+    assert not page.locator("#id_cn-0-processor_res").is_visible()
     page.select_option("#id_cn-0-module", "canny")
+    assert page.locator("#id_cn-0-threshold_a").input_value() == "100"
     page.fill("#id_cn-0-processor_res", str(SIZE))
     wait_for_gpu_worker(live_platform)
     unit.locator(".cn-preview-button").click()

