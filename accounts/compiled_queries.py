@@ -31,7 +31,7 @@ from django.db.models.query import RelatedPopulator, get_related_populators
 
 M = TypeVar("M", bound=Model)
 
-GivenKind = Literal["value", "int_list", "uuid_list", "datetime"]
+GivenKind = Literal["value", "int_list", "uuid_list", "text_list", "datetime"]
 
 
 @dataclass(frozen=True)
@@ -163,23 +163,24 @@ class GivenValue(Given):
 
 
 class IdList(Given):
-    """A list of ids (ints or UUIDs) as one SQL parameter, for `__in`: the query keeps one
-    shape whatever the list's length."""
+    """A list of ids (ints or UUIDs) or names as one SQL parameter, for `__in`: the query keeps
+    one shape whatever the list's length."""
 
-    def __init__(self, kind: Literal["int", "uuid"]) -> None:
+    def __init__(self, kind: Literal["int", "uuid", "text"]) -> None:
         self.kind = kind
 
     def expression(self, vendor: str) -> RawSQL:
-        if vendor == "postgresql" and self.kind == "uuid":
-            return RawSQL("SELECT unnest(%s::uuid[])", [self])
         if vendor == "postgresql":
-            return RawSQL("SELECT unnest(%s::bigint[])", [self])
+            return RawSQL(_PG_UNNEST[self.kind], [self])  # noqa: S611 (constant SQL)
         if vendor == "sqlite":
             return RawSQL("SELECT value FROM json_each(%s)", [self])
         return RawSQL("%s", [self])  # not compiled: only for the model's `db` lookup
 
     def value(self, given: Iterable[Any], connection: Any) -> Any:
         vendor = connection.vendor
+        if self.kind == "text":
+            names = [str(i) for i in given]
+            return names if vendor == "postgresql" else json.dumps(names)
         if vendor == "postgresql":
             return [uuid.UUID(str(i)) if self.kind == "uuid" else int(i) for i in given]
         if vendor == "sqlite":  # a UUID is kept as 32 hex digits there
@@ -187,6 +188,13 @@ class IdList(Given):
                 [uuid.UUID(str(i)).hex if self.kind == "uuid" else int(i) for i in given]
             )
         raise NotImplementedError(f"id lists on {vendor}")
+
+
+_PG_UNNEST = {
+    "int": "SELECT unnest(%s::bigint[])",
+    "uuid": "SELECT unnest(%s::uuid[])",
+    "text": "SELECT unnest(%s::text[])",
+}
 
 
 class GivenTime(Given):
@@ -201,6 +209,7 @@ _GIVEN_KINDS: dict[str, Callable[[], Given]] = {
     "value": GivenValue,
     "int_list": lambda: IdList("int"),
     "uuid_list": lambda: IdList("uuid"),
+    "text_list": lambda: IdList("text"),
     "datetime": GivenTime,
 }
 

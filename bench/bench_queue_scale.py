@@ -10,9 +10,16 @@ heartbeats in Redis (two free slots each). For each queue size, waiting jobs of 
   pass       one scheduling pass (`schedule_pending`: reads, plans, claims 8 jobs), rolled back
              so every repeat sees the same queue
   snapshot   a queue snapshot (`queue_snapshot`: positions and ETAs, what the dispatcher stores)
-  place      the newest job's place as a submission's answer reads it (`queue_info`: the
-             dispatcher's stored snapshot, then one indexed count of the waiting jobs ahead of
-             a job behind the simulated window)
+  place      a new job's place as its submission's answer reads it (`queue_info`: the
+             dispatcher's stored snapshot, made just before the job came, then the job's rank
+             in the waiting set in Redis, `generation.waiting_set`: one round trip)
+  count      the same place as it was read before that set (the baseline, in the same run):
+             the stored snapshot, then one indexed count of the waiting jobs ahead of the job
+             (`QueueSnapshot.counted_ahead`, what a reader still falls back to)
+
+The jobs are written in bulk, so the bench adds them to the waiting set as their submissions'
+wake-ups would; both places are checked to agree. (Before the set, the place at 100 was read
+from the snapshot alone: the newest job was in it.)
 
 Goal: each at 1,000 and 10,000 within 1.5x of its cost at 100 (the "same" cost, within noise).
 """
@@ -27,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
@@ -72,10 +79,12 @@ def run(database_url: str, label: str) -> int:
     from django.utils import timezone
 
     from accounts.models import User
+    from generation import waiting_set
     from generation.broker import get_redis
     from generation.models import CatalogEntry, Job
-    from generation.queue import queue_info, queue_snapshot, store_snapshot
+    from generation.queue import queue_info, queue_snapshot, store_snapshot, stored_snapshot
     from generation.scheduling.dispatcher import schedule_pending
+    from generation.scheduling.estimates import estimate_duration
     from gpu_worker.protocol import HEARTBEAT_INDEX, HEARTBEAT_KEY
 
     client: redis.Redis = get_redis()
@@ -116,42 +125,76 @@ def run(database_url: str, label: str) -> int:
                 [User(username=f"m{n}", email=f"m{n}@example.com") for n in range(first, last)]
             )
         base = timezone.now()
-        Job.objects.bulk_create(
-            [
-                Job(
-                    id=uuid.uuid4(),
-                    owner=members[i // PER_MEMBER],
-                    checkpoint=checkpoint,
-                    params=params,
-                    total_steps=20,
-                    created_at=base + timedelta(microseconds=i),
-                )
-                for i in range(made, size)
-            ],
-            batch_size=1000,
+
+        def job(i: int, base: datetime = base, members: list[User] = members) -> Job:
+            return Job(
+                id=uuid.uuid4(),
+                owner=members[i // PER_MEMBER],
+                checkpoint=checkpoint,
+                params=params,
+                total_steps=20,
+                created_at=base + timedelta(microseconds=i),
+            )
+
+        Job.objects.bulk_create([job(i) for i in range(made, size - 1)], batch_size=1000)
+        # What each submission's wake-up adds to the waiting set (bulk_create has none).
+        pipe = client.pipeline(transaction=False)
+        waiting_set.add(
+            pipe,
+            {
+                waiting_set.member_of(pk): waiting_set.score_of(at)
+                for pk, at in Job.objects.values_list("pk", "created_at")
+            },
         )
+        pipe.execute()
+        # The dispatcher's snapshot (it also repairs the set from its window, or the first
+        # time marks it complete), then one more submission: the job whose place its answer
+        # reads, newer than the snapshot as a new job is, so placed behind its window.
+        store_snapshot(queue_snapshot())
+        newest = job(size - 1)
+        newest.save(force_insert=True)
+        client.zadd(waiting_set.KEY, {str(newest.pk): waiting_set.score_of(newest.created_at)})
         made = size
-        newest = Job.objects.order_by("-created_at", "-pk").first()
-        assert newest is not None
+        stored = stored_snapshot()
+        assert stored is not None and stored.window_end is not None
+        placed = queue_info(newest)
+        by_count = stored.window_end[0] + stored.counted_ahead(newest) + 1
+        member, score = str(newest.pk), waiting_set.score_of(newest.created_at)
+        assert waiting_set.ahead_of(member, score, list(stored.infos))[0] is not None
+        assert placed is not None and placed.position == by_count, (placed, by_count)
+
+        def counted(job: Job = newest) -> None:  # the former read: snapshot, count, time
+            snapshot = stored_snapshot()
+            assert snapshot is not None
+            snapshot.counted_ahead(job)
+            estimate_duration(job, snapshot.speeds)
+
+        place_s, count_s = timed(partial(queue_info, newest)), timed(counted)
         pass_s = timed(lambda: schedule_pending(client=client))
         snapshot_s = timed(queue_snapshot)
-        store_snapshot(queue_snapshot())  # as the dispatcher keeps it for the web
         results[size] = {
             "pass": pass_s,
             "snapshot": snapshot_s,
-            "place": timed(partial(queue_info, newest)),
+            "place": place_s,
+            "count": count_s,
         }
     print(f"--- {label}: queued jobs vs cost (median of {REPEATS}) ---")
-    print(f"{'queued':>8} {'pass ms':>9} {'snapshot ms':>12} {'place ms':>9}")
+    print(
+        f"{'queued':>8} {'pass ms':>9} {'snapshot ms':>12} {'place ms':>9} {'count ms':>9}"
+        "  (count: the place read before the waiting set, the baseline)"
+    )
     for size, r in results.items():
         print(
             f"{size:>8} {r['pass'] * 1000:9.1f} {r['snapshot'] * 1000:12.1f} "
-            f"{r['place'] * 1000:9.1f}"
+            f"{r['place'] * 1000:9.2f} {r['count'] * 1000:9.2f}"
         )
     for what in ("pass", "snapshot", "place"):
         for size in SIZES[1:]:
             ratio = results[size][what] / results[SIZES[0]][what]
             print(f"  {what:<8} at {size:>6} / at {SIZES[0]}: {vs_goal(ratio, f'<= {GOAL}')}")
+    for size in SIZES[1:]:
+        ratio = results[size]["count"] / results[SIZES[0]]["count"]
+        print(f"  count    at {size:>6} / at {SIZES[0]}: ratio {ratio:.2f}  (baseline: linear)")
     return 0
 
 

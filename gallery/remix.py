@@ -13,10 +13,17 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.urls import NoReverseMatch, reverse
+from django.utils.translation import gettext as _
 
 from gallery.private_models import redact_text, shown_for
+from generation.controlnet_prefill import UNAVAILABLE, typed_unit, unit_link_fields
 from generation.models import CatalogEntry
-from gpu_worker.infotext import format_number, infotext_to_fields, parse_infotext
+from gpu_worker.infotext import (
+    format_number,
+    infotext_to_fields,
+    parse_controlnet_units,
+    parse_infotext,
+)
 
 # The generator form's fields, in the order the link lists them.
 GENERATOR_FIELDS = (
@@ -42,6 +49,8 @@ GENERATOR_FIELDS = (
     "seed_resize_from_h",
     "tiling",
     "restore_faces",
+    "face_restoration_model",
+    "code_former_weight",
     "hires_enabled",
     "hires_scale",
     "hires_resize_x",
@@ -93,7 +102,12 @@ def _usable_vae(viewer: Any, name: str | None) -> str | None:
 
 
 def _plan(
-    viewer: Any, values: dict[str, Any], model: str | None, model_hash: str | None, vae: str | None
+    viewer: Any,
+    values: dict[str, Any],
+    model: str | None,
+    model_hash: str | None,
+    vae: str | None,
+    units: list[dict[str, Any]],
 ) -> RemixPlan:
     checkpoint = _usable_checkpoint(viewer, model, model_hash)
     values["checkpoint"] = checkpoint
@@ -107,6 +121,8 @@ def _plan(
     for name in ("prompt", "negative_prompt"):
         fields.setdefault(name, str(values.get(name) or ""))
     fields = {name: fields[name] for name in GENERATOR_FIELDS if name in fields}
+    # ControlNet units: settings only (the generator matches each model to the viewer's own).
+    fields.update(unit_link_fields(units))
     missing = model if model and checkpoint is None else None
     return RemixPlan(fields=fields, url=generator_url(fields), unavailable_model=missing)
 
@@ -137,6 +153,7 @@ def remix_published_image(viewer: Any, publication: Any) -> RemixPlan:
             hires_denoising_strength=hires.get("denoising_strength"),
         )
     checkpoint = image.job.checkpoint
+    units = _published_units(viewer, image.job)
     if getattr(viewer, "pk", None) != image.job.owner_id:
         # Someone else's private LoRAs and embeddings: never named in the link.
         shown = shown_for(image.job, image.infotext)
@@ -144,7 +161,7 @@ def remix_published_image(viewer: Any, publication: Any) -> RemixPlan:
             values[name] = redact_text(str(values.get(name) or ""), shown, drop=True)
     if not checkpoint.is_public and getattr(viewer, "pk", None) != checkpoint.owner_id:
         # Someone else's private model: never named, never looked up.
-        plan = _plan(viewer, values, None, None, params.get("vae"))
+        plan = _plan(viewer, values, None, None, params.get("vae"), units)
         return replace(plan, unavailable_model=checkpoint.public_label)
     return _plan(
         viewer,
@@ -152,7 +169,30 @@ def remix_published_image(viewer: Any, publication: Any) -> RemixPlan:
         params.get("checkpoint") or checkpoint.name,
         checkpoint.short_hash or None,
         params.get("vae"),
+        units,
     )
+
+
+def _published_units(viewer: Any, job: Any) -> list[dict[str, Any]]:
+    """The job's ControlNet settings for a link: never its control images (A1111's infotext
+    does not carry them either), and never the name of someone else's private ControlNet."""
+    units = [
+        {key: value for key, value in unit.items() if key != "image_sha256"}
+        for unit in job.params.get("controlnet") or ()
+    ]
+    if getattr(viewer, "pk", None) == job.owner_id:
+        return units
+    names = {unit["model"] for unit in units}
+    public = set(
+        CatalogEntry.objects.public()
+        .filter(kind=CatalogEntry.Kind.CONTROLNET, name__in=names)
+        .values_list("name", flat=True)
+    )
+    for unit in units:
+        if unit["model"] not in public:
+            unit[UNAVAILABLE] = str(_("a private model"))
+            del unit["model"]
+    return units
 
 
 def fields_from_parsed(parsed: Mapping[str, str]) -> dict[str, Any]:
@@ -176,6 +216,7 @@ def fields_from_parsed(parsed: Mapping[str, str]) -> dict[str, Any]:
 def remix_from_infotext(viewer: Any, infotext: str) -> RemixPlan:
     parsed = parse_infotext(infotext)
     values = fields_from_parsed(parsed)
+    units = [typed_unit(raw) for raw in parse_controlnet_units(parsed)]
     return _plan(
-        viewer, values, values.get("checkpoint"), parsed.get("Model hash"), values.get("vae")
+        viewer, values, values.get("checkpoint"), parsed.get("Model hash"), values.get("vae"), units
     )

@@ -18,6 +18,7 @@ from generation.models import CatalogEntry
 from gpu_worker.catalogue import scan_models
 from gpu_worker.demo_model import (
     DEMO_CHECKPOINTS,
+    DEMO_CODEFORMER,
     DEMO_CONTROLNET,
     DEMO_FACE_RESTORER,
     DEMO_INPAINT,
@@ -50,6 +51,7 @@ def _demo_names() -> set[str]:
     demos = (
         *DEMO_CHECKPOINTS,
         *(DEMO_INPAINT, DEMO_LORA, DEMO_VAE, DEMO_UPSCALER, DEMO_CONTROLNET, DEMO_FACE_RESTORER),
+        DEMO_CODEFORMER,
     )
     return {d.name for d in demos}
 

@@ -13,6 +13,7 @@ import logging
 
 from django.db import transaction
 
+from generation import waiting_set
 from generation.models import AWAITED, Job
 from generation.training_datasets import DatasetError, create_dataset
 from gpu_worker.params import TrainImage
@@ -59,4 +60,6 @@ def freeze_class_images(class_job: Job, training: Job) -> str | None:
         row.params["train"] = {**train, "class_dataset_id": dataset.pk, "class_images": frozen}
         row.after = None
         row.save(update_fields=["params", "after"])
+        if row.status == Job.Status.QUEUED and not row.worker_id:  # now waiting: in its place
+            waiting_set.enter_on_commit(row.pk, row.created_at)
     return None

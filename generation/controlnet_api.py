@@ -31,8 +31,14 @@ class DetectRequest(serializers.Serializer):
     processor_res = serializers.JSONField(
         required=False, help_text=f"default {DEFAULT['processor_res']}"
     )
-    threshold_a = serializers.JSONField(required=False, help_text="canny low threshold")
-    threshold_b = serializers.JSONField(required=False, help_text="canny high threshold")
+    threshold_a = serializers.JSONField(
+        required=False,
+        help_text="the module's first slider (canny: low threshold); default: the slider's",
+    )
+    threshold_b = serializers.JSONField(
+        required=False,
+        help_text="the module's second slider (canny: high threshold); default: the slider's",
+    )
     pixel_perfect = serializers.BooleanField(
         required=False, help_text="processor_res from width/height/resize_mode, as the job will"
     )
@@ -90,8 +96,8 @@ class DetectView(APIView):
                 data["module"],
                 [image],
                 res,
-                data.get("threshold_a", DEFAULT["threshold_a"]),
-                data.get("threshold_b", DEFAULT["threshold_b"]),
+                data.get("threshold_a"),  # left out: the module's default
+                data.get("threshold_b"),
             )
         except SubmissionError as exc:
             if exc.field == "image[0]":

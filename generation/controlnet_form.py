@@ -13,6 +13,7 @@ from typing import Any
 from django.utils.datastructures import MultiValueDict
 from django.utils.translation import gettext_lazy
 
+from generation.controlnet_prefill import KEPT, UNAVAILABLE, kept_image_url, match_model
 from generation.models import CatalogEntry
 from gpu_worker.params import CONTROL_MODES, CONTROLNET_UNIT_DEFAULTS
 
@@ -52,17 +53,32 @@ def field_name(index: int, name: str) -> str:
 
 
 def controlnet_context(user: Any, given: list[dict[str, Any]], max_units: int) -> dict[str, Any]:
-    """The section's fieldsets (`given` units enabled and filled in) and its choices."""
+    """The section's fieldsets (`given` units enabled and filled in) and its choices.
+
+    A given unit's model is matched to the member's usable ControlNets (a reused or linked one
+    may name a model she cannot use, or an infotext's "name [hash]"): one she cannot use is
+    left unselected and named in the unit's note, never quietly swapped for another."""
+    models = list(
+        CatalogEntry.objects.usable_by(user)
+        .filter(kind=CatalogEntry.Kind.CONTROLNET)
+        .order_by("name")
+    )
     units = []
     for index in range(max_units):
-        unit = given[index] if index < len(given) else {}
+        unit = dict(given[index]) if index < len(given) else {}
+        missing = unit.pop(UNAVAILABLE, None)
+        if unit.get("model"):
+            matched = match_model(models, unit["model"])
+            missing = missing or (None if matched else unit["model"])
+            unit["model"] = matched or ""
         values = {**CONTROLNET_UNIT_DEFAULTS, **unit}
         values["enabled"] = index < len(given)
-        units.append({"index": index, "values": values})
-    models = CatalogEntry.objects.usable_by(user).filter(kind=CatalogEntry.Kind.CONTROLNET)
+        values["image_url"] = kept_image_url(unit.get(KEPT))  # Reuse of her own job
+        units.append({"index": index, "values": values, "missing_model": missing})
     return {
         "controlnet_units": units,
-        "controlnet_models": list(models.order_by("name")),
+        "controlnet_models": models,
+        "controlnet_units_left_out": max(0, len(given) - max_units),
         "control_modes": list(CONTROL_MODE_LABELS.items()),
         "controlnet_resize_modes": RESIZE_MODE_LABELS,
     }
@@ -81,5 +97,7 @@ def posted_controlnet(post: Any, files: MultiValueDict, max_units: int) -> list[
         }
         unit["pixel_perfect"] = bool(post.get(field_name(index, "pixel_perfect")))
         unit["image"] = files.get(field_name(index, "image"))  # None: img2img's source
+        if kept := post.get(field_name(index, KEPT)):  # a reused job's image, read back later
+            unit[KEPT] = kept
         units.append(unit)
     return units

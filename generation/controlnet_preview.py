@@ -29,7 +29,12 @@ from generation.fleet import available_preprocessors, read_workers, worker_prepr
 from generation.limits import limits_for
 from generation.request_errors import SubmissionError
 from generation.uploaded_images import uploaded_image
-from gpu_worker.preprocessors import PROCESSOR_RES_RANGE, THRESHOLD_RANGE, pixel_perfect_resolution
+from gpu_worker.preprocessors import (
+    PROCESSOR_RES_RANGE,
+    pixel_perfect_resolution,
+    threshold_default,
+    threshold_problem,
+)
 from gpu_worker.protocol import (
     DETECT_KEY_TTL_SECONDS,
     DETECT_QUEUE_KEY,
@@ -89,8 +94,8 @@ def preview_maps(
             "module", f"unknown preprocessor {module!r}; available: {', '.join(available)}", 422
         )
     res = _number("processor_res", processor_res, *PROCESSOR_RES_RANGE)
-    low = _number("threshold_a", threshold_a, *THRESHOLD_RANGE)
-    high = _number("threshold_b", threshold_b, *THRESHOLD_RANGE)
+    low = _threshold(module, "threshold_a", threshold_a)
+    high = _threshold(module, "threshold_b", threshold_b)
     worker_id = _pick_worker(client, module)
     request_id = uuid.uuid4().hex
     request = DetectRequest(
@@ -159,6 +164,17 @@ def _number(field: str, value: Any, low: float, high: float) -> float:
         raise SubmissionError(field, f"{field} must be a number", 422)
     if not low <= value <= high:
         raise SubmissionError(field, f"{field} must be between {low:g} and {high:g}", 422)
+    return float(value)
+
+
+def _threshold(module: str, field: str, value: Any) -> float:
+    """threshold_a/b within the module's slider; None (or the extension's -1): its default."""
+    if value is None or (value == -1 and not isinstance(value, bool)):
+        return threshold_default(module, field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SubmissionError(field, f"{field} must be a number", 422)
+    if problem := threshold_problem(module, field, float(value)):
+        raise SubmissionError(field, problem, 422)
     return float(value)
 
 

@@ -186,8 +186,9 @@ CONTROLNET_LABELS: dict[str, Promise] = {
     "resize_mode": _("Resize mode"),
     "pixel_perfect": _("Pixel perfect"),
     "processor_res": _("Processor resolution"),
-    "threshold_a": _("Canny low threshold"),
-    "threshold_b": _("Canny high threshold"),
+    # what each threshold sets depends on the module (canny: low and high threshold)
+    "threshold_a": _("Threshold A"),
+    "threshold_b": _("Threshold B"),
 }
 
 

@@ -17,7 +17,7 @@ from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 from PIL import Image
 
-from generation.face_models import FaceChoiceError, check_codeformer, face_restorer_for
+from generation.face_models import FaceChoiceError, codeformer_for, face_restorer_for
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, JobImage
 from generation.submission import (
@@ -154,7 +154,7 @@ def validate_extras(user: Any, raw: Any) -> ValidatedJob:
         codeformer_weight=_float(given, "codeformer_weight", 0.0, 1.0),
     )
     try:
-        check_codeformer(extras["codeformer_visibility"])
+        extras["codeformer"] = codeformer_for(user, extras["codeformer_visibility"])
         if extras["gfpgan_visibility"] > 0:
             extras["face_restorer"] = face_restorer_for(user, "gfpgan_visibility")
     except FaceChoiceError as exc:
@@ -194,11 +194,12 @@ def validate_extras(user: Any, raw: Any) -> ValidatedJob:
 
 
 def _face_entry(user: Any, extras: ExtrasParams) -> CatalogEntry | None:
-    """A faces-only job's main model: its face restorer."""
-    if not extras["face_restorer"]:
+    """A faces-only job's main model: its (first) face restorer."""
+    name = extras["face_restorer"] or extras.get("codeformer")
+    if not name:
         return None
     rows = CatalogEntry.objects.usable_by(user).filter(kind=CatalogEntry.Kind.FACE_RESTORER)
-    return rows.filter(name=extras["face_restorer"]).first()
+    return rows.filter(name=name).first()
 
 
 def _native(entry: CatalogEntry | None) -> int:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import mimetypes
 
 from django.contrib.auth.decorators import login_required
+from django.core.files.storage import default_storage
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
 
+from generation.control_images import control_image_path
 from generation.models import CatalogEntry, Job, JobImage
 
 
@@ -89,5 +91,27 @@ def job_source(request: HttpRequest, pk: object) -> FileResponse:
 def job_mask(request: HttpRequest, pk: object) -> FileResponse:
     """An inpaint job's mask (white = repainted), for its owner."""
     response = _stream(_own_job(request, pk).mask_image, "mask.png", "image/png")
+    response["Content-Disposition"] = "inline"
+    return response
+
+
+@require_GET
+@login_required
+def job_control_image(request: HttpRequest, pk: object, index: int) -> FileResponse:
+    """A ControlNet unit's control image, for the job's owner alone (Reuse brings it back; a
+    member's input image is not staff's to browse here either). Files are shared by content, so
+    it is found through a job of hers, never by its hash."""
+    job = get_object_or_404(Job.objects.owned_by(request.user), pk=pk)
+    units = job.params.get("controlnet") or []
+    sha = units[index].get("image_sha256") if index < len(units) else None
+    if not sha:
+        raise Http404
+    try:
+        handle = default_storage.open(control_image_path(sha), "rb")
+    except (FileNotFoundError, OSError):
+        raise Http404 from None
+    response = FileResponse(handle, content_type="image/png", filename=f"control-{index}.png")
+    response["Cache-Control"] = "private, max-age=86400"
+    response["X-Content-Type-Options"] = "nosniff"
     response["Content-Disposition"] = "inline"
     return response

@@ -10,4 +10,9 @@ urlpatterns = [
     path("catalogue/<int:pk>/preview", image_files.catalogue_preview, name="catalogue-preview"),
     path("jobs/<uuid:pk>/source", image_files.job_source, name="generation-job-source"),
     path("jobs/<uuid:pk>/mask", image_files.job_mask, name="generation-job-mask"),
+    path(
+        "jobs/<uuid:pk>/controlnet/<int:index>",
+        image_files.job_control_image,
+        name="generation-job-control-image",
+    ),
 ]

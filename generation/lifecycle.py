@@ -16,7 +16,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.urls import reverse
 
-from generation import class_images, event_claims
+from generation import class_images, event_claims, waiting_set
 from generation.credits_hold import capture_hold, release_hold
 from generation.events import (
     EtaSource,
@@ -209,6 +209,7 @@ def cancel_queued_job(job: Job) -> bool:
         release_hold(job)
         drop_unfinished_merge(job)
         publish_job_event(job, JobCancelledEvent(type="job.cancelled", job_id=str(job.pk)))
+        waiting_set.leave_on_commit(job.pk)
     transaction.on_commit(publish_queue_positions)
     _call_off_waiting(job, "was cancelled")
     return True

@@ -22,6 +22,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from rest_framework_tus.models import AbstractUpload
 
+from generation import waiting_set
 from generation.model_store import incoming_dir
 
 
@@ -68,9 +69,14 @@ class CatalogEntryQuerySet(models.QuerySet["CatalogEntry"]):
         staff review it in the admin."""
         from accounts.tiers import allowed_model_names
 
-        own = Q(owner=user) if getattr(user, "pk", None) else Q(pk__in=[])
-        public = Q(owner__isnull=True) | Q(published=True)
         names = None if getattr(user, "is_staff", False) else allowed_model_names(user)
+        return self.visible_with(getattr(user, "pk", None), names)
+
+    def visible_with(self, owner: Any, names: Any) -> CatalogEntryQuerySet:
+        """`visible_to` for a member's id (None: anonymous) and their tier's checkpoint names
+        (None: every one); either may be an expression (a compiled query's parameter)."""
+        own = Q(owner=owner) if owner is not None else Q(pk__in=[])
+        public = Q(owner__isnull=True) | Q(published=True)
         if names is not None:
             public &= ~Q(kind=CatalogEntry.Kind.CHECKPOINT) | Q(name__in=names)
         return self.filter(Q(enabled=True) & (public | own))
@@ -480,6 +486,8 @@ class Job(models.Model):
         won = rows.update(**changes) == 1
         if won:
             self.refresh_from_db()
+            if self.after_id is None:  # waiting again, in its first place
+                waiting_set.enter_on_commit(self.pk, self.created_at)
         return won
 
     def mark_running(self, worker_id: str, attempt: int) -> bool:

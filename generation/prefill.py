@@ -13,7 +13,15 @@ from typing import Any
 
 from gpu_worker.params import HIRES_DEFAULTS
 
-TEXT_FIELDS = ("prompt", "negative_prompt", "checkpoint", "vae", "sampler", "scheduler")
+TEXT_FIELDS = (
+    "prompt",
+    "negative_prompt",
+    "checkpoint",
+    "vae",
+    "sampler",
+    "scheduler",
+    "face_restoration_model",
+)
 INT_FIELDS = (
     "steps",
     "width",
@@ -27,7 +35,7 @@ INT_FIELDS = (
     "seed_resize_from_w",
     "seed_resize_from_h",
 )
-FLOAT_FIELDS = ("cfg_scale", "denoising_strength", "subseed_strength")
+FLOAT_FIELDS = ("cfg_scale", "denoising_strength", "subseed_strength", "code_former_weight")
 BOOL_FIELDS = ("tiling", "restore_faces")  # a checkbox: present and not "False" means on
 # hires_<key> in the query, hires[<key>] in the parameters.
 HIRES_FIELDS = {

@@ -8,18 +8,21 @@ also counts the time to download what the best-placed present worker lacks on it
 worker's reported fetch rate. A snapshot costs a constant number of queries whatever the queue
 length, and simulates only the oldest MAX_SIMULATED waiting jobs (the scheduler's own window),
 so it costs the same at a hundred or ten thousand queued jobs. A job behind that window is
-placed by its age (`QueueSnapshot.beyond`: one indexed count), timed at the window's mean pace.
+placed by its age (`QueueSnapshot.beyond`: its rank in `generation.waiting_set`, O(log n); an
+indexed count where the set cannot say), timed at the window's mean pace. Storing a snapshot
+(the dispatcher, after each pass) also repairs that set from the window it read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -27,6 +30,7 @@ from django.db import connection
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from generation import waiting_set
 from generation.broker import get_redis
 from generation.fleet import present_heartbeats
 from generation.model_delivery import recipes_of, stored_models_of
@@ -81,6 +85,12 @@ class QueueSnapshot:
     # The speeds the snapshot was timed with: a job placed later (beyond) reuses them instead
     # of reading the history again (a submission's response places its new job).
     speeds: SpeedCache = field(default_factory=lambda: KnownSpeeds({}))
+    # The waiting jobs simulated (id -> `waiting_set` score), whether they were all the waiting
+    # jobs read (fewer than the window), and when: what `store_snapshot` repairs the set from.
+    # Not stored: readers do not need them.
+    window: dict[str, int] = field(default_factory=dict)
+    window_full: bool = False
+    read_at: datetime | None = None
     _placed: dict[str, QueueInfo | None] = field(default_factory=dict)
 
     def get(self, job_id: Any) -> QueueInfo | None:
@@ -99,16 +109,37 @@ class QueueSnapshot:
         if self.window_end is None or job.status != Job.Status.QUEUED or job.worker_id:
             return None
         last_position, last_finish, pace = self.window_end
-        ahead = (
+        ahead = self._ahead(job)
+        own, source = estimate_duration(job, self.speeds)
+        finish = last_finish + pace * ahead + own
+        return QueueInfo(last_position + ahead + 1, round(finish, 1), source)
+
+    def _ahead(self, job: Job) -> int:
+        """The waiting jobs ahead of `job` that the snapshot did not place: its rank in the
+        waiting set, or where the set cannot say (Redis lost it, a path missed the job), the
+        count in the database; the job then goes back into a complete set."""
+        member, score = waiting_set.member_of(job.pk), waiting_set.score_of(job.created_at)
+        try:
+            ahead, complete = waiting_set.ahead_of(member, score, list(self.infos))
+        except (redis.RedisError, OSError):
+            ahead, complete = None, False
+        if ahead is not None:
+            return ahead
+        ahead = self.counted_ahead(job)
+        if complete:  # missing from a complete set: a path missed it
+            with contextlib.suppress(redis.RedisError, OSError):
+                get_redis().zadd(waiting_set.KEY, {member: score})
+        return ahead
+
+    def counted_ahead(self, job: Job) -> int:
+        """`_ahead` by an index-only count in the database: linear in the jobs ahead."""
+        return (
             Job.objects.waiting()
             .filter(created_at__lte=job.created_at)
             .exclude(pk=job.pk)
             .exclude(pk__in=ids_in_one_parameter(self.infos))
             .count()
         )
-        own, source = estimate_duration(job, self.speeds)
-        finish = last_finish + pace * ahead + own
-        return QueueInfo(last_position + ahead + 1, round(finish, 1), source)
 
 
 def ids_in_one_parameter(ids: Iterable[str]) -> RawSQL | list[str]:
@@ -217,6 +248,11 @@ def snapshot_of(reads: QueueReads, speeds: SpeedCache, workers: int | None = Non
         )
     pace = sum(e.cost for e in order) / len(order) / count if order else 0.0
     snapshot.window_end = (position, finish, pace)
+    snapshot.window = {
+        job.job_id: waiting_set.score_of_timestamp(job.submitted_at) for job in waiting.jobs
+    }
+    snapshot.window_full = len(waiting.jobs) >= MAX_SIMULATED
+    snapshot.read_at = now
     return snapshot
 
 
@@ -233,7 +269,9 @@ def _stored_for(unstarted: list[Job], known: StoredModels | None) -> StoredModel
 
 
 def store_snapshot(snapshot: QueueSnapshot) -> None:
-    """Publish a snapshot for readers in every process (the dispatcher does, after a pass)."""
+    """Publish a snapshot for readers in every process (the dispatcher does, after a pass), and
+    in the same round trip check the waiting set against the window the snapshot read
+    (`repair_waiting_set`)."""
     data: dict[str, Any] = {
         "infos": {k: [v.position, v.eta, v.source] for k, v in snapshot.infos.items()},
         "window_end": list(snapshot.window_end) if snapshot.window_end else None,
@@ -243,9 +281,86 @@ def store_snapshot(snapshot: QueueSnapshot) -> None:
         ],
     }
     try:
-        get_redis().set(SNAPSHOT_KEY, json.dumps(data), px=SNAPSHOT_TTL_MS)
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.set(SNAPSHOT_KEY, json.dumps(data), px=SNAPSHOT_TTL_MS)
+        if snapshot.read_at is not None:
+            waiting_set.read_for_repair(pipe, _repair_reach(snapshot))
+        _stored, *repair = pipe.execute()
     except (redis.RedisError, OSError):  # readers then compute their own
         logger.warning("queue snapshot not stored", exc_info=True)
+        return
+    if repair:
+        repair_waiting_set(snapshot, *repair)
+
+
+# Where the window holds every waiting job, a member not in it is stale if it is older than
+# this at the read: a job committed after the read may be younger (and already in the set).
+COMMIT_GRACE = timedelta(seconds=30)
+
+
+def _repair_reach(snapshot: QueueSnapshot) -> int:
+    """The last score at which only the window's jobs may be in the waiting set."""
+    last = max(snapshot.window.values(), default=0)
+    if snapshot.window_full or snapshot.read_at is None:
+        return last
+    return max(last, waiting_set.score_of(snapshot.read_at - COMMIT_GRACE))
+
+
+def repair_waiting_set(snapshot: QueueSnapshot, complete: Any, members: list) -> None:
+    """Bring the waiting set in line with the window the snapshot read exactly: add its jobs a
+    path missed, remove members ahead of its last job that are not in it (a cancel or claim
+    whose removal was lost): bounded by the window. A set that is not complete is rebuilt."""
+    plan = waiting_set.repair_plan(snapshot.window, complete, members)
+    try:
+        if plan is None and not snapshot.window_full:  # the window is every waiting job
+            rebuild_waiting_set(snapshot.window)
+        elif plan is None:
+            rebuild_waiting_set()
+        elif plan != ({}, []):
+            missing, stale = plan
+            logger.info("waiting set repaired: %s added, %s removed", len(missing), len(stale))
+            pipe = get_redis().pipeline(transaction=False)
+            waiting_set.add(pipe, missing)
+            waiting_set.remove(pipe, stale)
+            pipe.execute()
+    except (redis.RedisError, OSError):
+        logger.warning("waiting set not repaired: Redis unreachable")
+
+
+def rebuild_waiting_set(every: dict[str, int] | None = None) -> None:
+    """Fill the waiting set and mark it complete, after Redis lost it. `every`: all the waiting
+    jobs, as a snapshot that saw fewer than its window just read them (one round trip); else
+    read from the database (linear in the queue, but rare and off the request path).
+    Adds, never clears, so submissions added meanwhile stay. From the database, it then drops
+    what left the queue while it ran (a cancel or claim whose removal came before this add),
+    read again, before marking it complete: a job that leaves after that second read removes
+    itself after this. (From a snapshot, such a job is a stale member the next repair drops.)"""
+    client = get_redis()
+    if every is not None:
+        pipe = client.pipeline(transaction=False)
+        waiting_set.add(pipe, every)
+        pipe.zadd(waiting_set.KEY, {waiting_set.COMPLETE: float("-inf")})
+        pipe.execute()
+        logger.info("waiting set rebuilt from the window: %s jobs", len(every))
+        return
+    first = {
+        waiting_set.member_of(pk): waiting_set.score_of(at)
+        for pk, at in Job.objects.waiting().values_list("pk", "created_at")
+    }
+    pipe = client.pipeline(transaction=False)
+    for chunk in _chunks(list(first.items()), 5000):
+        waiting_set.add(pipe, dict(chunk))
+    pipe.execute()
+    still = {waiting_set.member_of(pk) for pk in Job.objects.waiting().values_list("pk", flat=True)}
+    pipe = client.pipeline(transaction=False)
+    waiting_set.remove(pipe, [member for member in first if member not in still])
+    pipe.zadd(waiting_set.KEY, {waiting_set.COMPLETE: float("-inf")})
+    pipe.execute()
+    logger.info("waiting set rebuilt: %s jobs", len(still))
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    return (items[i : i + size] for i in range(0, len(items), size))
 
 
 def current_snapshot() -> QueueSnapshot:

@@ -251,8 +251,13 @@ class ControlNetUnitRequestSerializer(serializers.Serializer):
     )
     pixel_perfect = serializers.BooleanField(required=False, allow_null=True)
     processor_res = _int(*PROCESSOR_RES_RANGE, "preprocessor resolution; default 512")
-    threshold_a = _float(*THRESHOLD_RANGE, "canny low threshold; default 100")
-    threshold_b = _float(*THRESHOLD_RANGE, "canny high threshold; default 200")
+    # Each module's range is its slider's (GET sdapi's controlnet/module_list, module_detail).
+    threshold_a = _float(
+        *THRESHOLD_RANGE, "the module's first slider (canny: low threshold); default its slider's"
+    )
+    threshold_b = _float(
+        *THRESHOLD_RANGE, "the module's second slider (canny: high threshold); default its slider's"
+    )
 
 
 class InpaintRequestSerializer(serializers.Serializer):
@@ -358,8 +363,17 @@ def _request_fields(lim: GenerationLimits) -> dict[str, serializers.Field]:
         "restore_faces": serializers.BooleanField(
             required=False,
             allow_null=True,
-            help_text="GFPGAN face restoration of each image (whole image, 'aligned' mode)",
+            help_text="face restoration of each image (each detected face, or the whole image)",
         ),
+        "face_restoration_model": serializers.ChoiceField(
+            choices=["", "GFPGAN", "CodeFormer"],
+            required=False,
+            allow_blank=True,
+            allow_null=True,
+            help_text="A1111's face_restoration_model; empty: GFPGAN, or CodeFormer when it is "
+            "the only one usable (CodeFormer needs the operator's licence opt-in)",
+        ),
+        "code_former_weight": _float(0.0, 1.0, "CodeFormer's weight: 0 = maximum effect; 0.5"),
         "styles": serializers.ListField(
             child=serializers.CharField(),
             required=False,

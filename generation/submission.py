@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,6 +30,7 @@ from django.utils.translation import gettext
 from PIL import Image, ImageOps
 
 from accounts.compiled_queries import CompiledQuery
+from accounts.tiers import allowed_model_names
 from generation.broker import get_redis
 from generation.control_images import store_control_images
 from generation.credits_hold import InsufficientCredits, hold_credits
@@ -49,6 +51,7 @@ from generation.training_requests import (
 from generation.uploaded_images import uploaded_image
 from gpu_worker.masking import mask_is_empty, outpaint_sides, prepare_mask
 from gpu_worker.params import (
+    CODE_FORMER_WEIGHT,
     CONTROL_MODES,
     CONTROLNET_UNIT_DEFAULTS,
     CONTROLNET_UNIT_FIELDS,
@@ -68,7 +71,12 @@ from gpu_worker.params import (
     InpaintParams,
 )
 from gpu_worker.passes import UPSCALERS, denoised_size, steps_problem
-from gpu_worker.preprocessors import PROCESSOR_RES_RANGE, THRESHOLD_RANGE
+from gpu_worker.preprocessors import (
+    NEEDS_MASK,
+    PROCESSOR_RES_RANGE,
+    threshold_default,
+    threshold_problem,
+)
 from gpu_worker.prompt_syntax import PromptSyntaxError, check_prompt
 from gpu_worker.protocol import CANCEL_KEY, CANCEL_TTL_SECONDS
 from gpu_worker.samplers import UnknownSampler, resolve_sampler
@@ -183,7 +191,10 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     # The user's own model first: a staff upload may later take a name a member already uses.
     # Chosen here among the few rows of that name, not by an ORDER BY CASE (costly to compile).
     own = getattr(user, "pk", None)
-    entries = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=key).order_by()
+    names = None if getattr(user, "is_staff", False) else allowed_model_names(user)
+    entries = NAMED_ENTRIES.objects(
+        own is None, names is None, owner=own, kind=kind, name=key, names=names or []
+    )
     entry = min(entries, key=lambda e: (e.owner_id != own, e.pk), default=None)
     label = {"checkpoint": "model", "lora": "LoRA", "vae": "VAE", "controlnet": "ControlNet"}.get(
         kind, kind
@@ -197,6 +208,23 @@ def _lookup(user: Any, kind: str, name: str, field: str) -> CatalogEntry:
     if not entry.available:
         raise SubmissionError(field, f"{label} {name!r} is not available on any worker now", 409)
     return entry
+
+
+# The entries of one name a member may pick (`CatalogEntryQuerySet.visible_to`), compiled once
+# per shape: anonymous or not, tier limited to some checkpoints or not.
+NAMED_ENTRIES = CompiledQuery(
+    lambda anonymous, every_model, owner, kind, name, names: (
+        CatalogEntry.objects.visible_with(
+            None if anonymous else owner, None if every_model else names
+        )
+        .filter(kind=kind, name=name)
+        .order_by()
+    ),
+    owner="value",
+    kind="value",
+    name="value",
+    names="text_list",
+)
 
 
 def _checkpoint(user: Any, params: dict[str, Any]) -> CatalogEntry:
@@ -454,14 +482,29 @@ def _controlnet_unit(
         resize_mode=_int(given, "resize_mode", *CONTROL_RESIZE_MODES, prefix=prefix),
         pixel_perfect=pixel_perfect,
         processor_res=_int(given, "processor_res", *PROCESSOR_RES_RANGE, prefix=prefix),
-        threshold_a=_float(given, "threshold_a", *THRESHOLD_RANGE, prefix=prefix),
-        threshold_b=_float(given, "threshold_b", *THRESHOLD_RANGE, prefix=prefix),
+        threshold_a=_threshold(raw, module, "threshold_a", prefix),
+        threshold_b=_threshold(raw, module, "threshold_b", prefix),
     )
     if unit["guidance_start"] >= unit["guidance_end"]:
         raise SubmissionError(
             prefix + "guidance_end", f"{prefix}guidance_end must be above guidance_start", 422
         )
     return unit, png
+
+
+def _threshold(raw: dict[str, Any], module: str, name: str, prefix: str) -> float:
+    """A unit's threshold_a/b: within its module's slider (left out or the extension's -1:
+    the slider's default)."""
+    value = raw.get(name)
+    if value is None or (value == -1 and not isinstance(value, bool)):
+        return threshold_default(module, name)
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        raise SubmissionError(prefix + name, f"{prefix}{name} must be a number") from None
+    if problem := threshold_problem(module, name, number):
+        raise SubmissionError(prefix + name, prefix + problem, 422)
+    return number
 
 
 def _check_final_size(params: GenerationParams, limits: GenerationLimits) -> None:
@@ -570,7 +613,7 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     if params["subseed"] == -1:
         params["subseed"] = secrets.randbelow(MAX_SEED + 1 - images)
     params["loras"] = _loras(user, params)
-    params["restore_faces"], params["face_restorer"] = _faces(user, given)
+    params.update(_faces(user, given))
 
     init_png = mask_png = None
     if mode == Job.Mode.IMG2IMG:
@@ -604,10 +647,13 @@ def validate_params(user: Any, raw: dict[str, Any]) -> ValidatedJob:
     params["controlnet"], control_pngs = _controlnet(
         user, given.get("controlnet"), limits, mode, checkpoint
     )
-    if params["controlnet"] and params.get("inpaint"):
-        raise SubmissionError(
-            "controlnet", "controlnet units are not available with inpainting yet", 422
-        )
+    for index, unit in enumerate(params["controlnet"]):
+        if unit["module"] in NEEDS_MASK and not params.get("inpaint"):
+            raise SubmissionError(
+                f"controlnet[{index}].module",
+                f"{unit['module']} needs an inpaint job (img2img with a mask)",
+                422,
+            )
 
     return ValidatedJob.priced(params, checkpoint, init_png, control_pngs, mask_png)
 
@@ -645,13 +691,21 @@ def _toolset(given: dict[str, Any], mode: str) -> dict[str, Any]:  # the block's
     return fields
 
 
-def _faces(user: Any, given: dict[str, Any]) -> tuple[bool, str | None]:
-    """A1111's restore_faces: on or off (an unchecked box sends nothing), and its model."""
+def _faces(user: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """A1111's restore_faces (an unchecked box sends nothing), its model (generation.face_models)
+    and CodeFormer's weight, as the job stores them."""
     wanted = given.get("restore_faces") not in (None, "") and _bool(given, "restore_faces")
+    choice = given.get("face_restoration_model") or ""
     try:
-        return wanted, restore_faces_choice(user, wanted)
+        model = restore_faces_choice(user, wanted, choice)
     except FaceChoiceError as exc:
         raise SubmissionError(exc.field, exc.message, exc.status) from None
+    fields: dict[str, Any] = {"restore_faces": wanted, "face_restorer": model}
+    if wanted:
+        fields["face_restoration_model"] = choice
+        given.setdefault("code_former_weight", CODE_FORMER_WEIGHT)
+        fields["code_former_weight"] = _float(given, "code_former_weight", 0.0, 1.0)
+    return fields
 
 
 def _vae(user: Any, name: Any) -> str | None:

@@ -23,8 +23,10 @@ from django.views.decorators.http import require_http_methods
 
 from accounts.ledger import account_for
 from accounts.member_request import MemberRequest
+from generation import face_models
 from generation.broker import get_redis
 from generation.controlnet_form import controlnet_context, posted_controlnet
+from generation.controlnet_prefill import reused_units, units_from_query, with_kept_images
 from generation.error_text import FIELD_LABELS, readable_error
 from generation.fleet import available_preprocessors
 from generation.images import delete_image
@@ -40,8 +42,9 @@ from generation.submission import (
     submit_job,
     upscaler_models,
 )
-from gpu_worker.params import DEFAULTS, HIRES_DEFAULTS
+from gpu_worker.params import CODE_FORMER_WEIGHT, DEFAULTS, HIRES_DEFAULTS
 from gpu_worker.passes import UPSCALERS
+from gpu_worker.preprocessors import page_sliders
 from gpu_worker.samplers import list_samplers, list_schedulers
 
 SIZE_PRESETS = [
@@ -106,12 +109,15 @@ SCRIPT_STRINGS = {
 
 def _initial_values(params: dict[str, Any]) -> dict[str, Any]:
     """The form's starting values: defaults, overlaid by saved or reused parameters."""
-    values = {**DEFAULTS, "vae": "", "hires": None, **params}
+    values = {**DEFAULTS, "vae": "", "hires": None, **FACE_DEFAULTS, **params}
     hires = values.get("hires") or {}
     for key, default in HIRES_DEFAULTS.items():
         values[f"hires_{key}"] = hires.get(key, default)
     return values
 
+
+# restore_faces' restorer ("": the default one) and CodeFormer's weight (A1111's default)
+FACE_DEFAULTS = {"face_restoration_model": "", "code_former_weight": CODE_FORMER_WEIGHT}
 
 FORM_FIELDS = (
     "prompt",
@@ -134,6 +140,8 @@ FORM_FIELDS = (
     "subseed_strength",
     "seed_resize_from_w",
     "seed_resize_from_h",
+    "face_restoration_model",
+    "code_former_weight",
 )
 
 
@@ -162,9 +170,9 @@ def _posted_params(post: Any, files: MultiValueDict, max_units: int) -> dict[str
     return params
 
 
-def _generation_params(request: MemberRequest, image: JobImage) -> dict[str, Any]:
-    """The parameters "Reuse" brings back: an upscale's are those of the image it upscaled
-    (when the member still has it), not the upscale's own."""
+def _reused_job(request: MemberRequest, image: JobImage) -> Job | None:
+    """The job whose parameters "Reuse" brings back: for an upscale, the job of the image it
+    upscaled (when the member still has it), not the upscale's own."""
     job = image.job
     seen = set()
     while job.mode == Job.Mode.EXTRAS and job.pk not in seen:
@@ -172,9 +180,9 @@ def _generation_params(request: MemberRequest, image: JobImage) -> dict[str, Any
         source_id = (job.params.get("extras") or {}).get("source_image_id")
         source = _owned_images(request).filter(pk=source_id).first() if source_id else None
         if source is None:
-            return {}
+            return None
         job = source.job
-    return dict(job.params)
+    return job
 
 
 def _owned_images(request: MemberRequest) -> Any:
@@ -194,10 +202,11 @@ def generate(request: MemberRequest) -> HttpResponse:
     if request.method == "POST":
         posted = _posted_params(request.POST, request.FILES, limits_for(user).max_controlnet_units)
         try:
-            submit_job(user, posted)
+            submit_job(user, with_kept_images(user, posted))
         except SubmissionError as exc:
             messages.error(request, readable_error(exc.field, exc.message))
-            # Refused: show the form as it was sent (files are not sent back).
+            # Refused: show the form as it was sent (files are not sent back; a reused job's
+            # kept control image is only named, so it stays).
             params = {k: v for k, v in posted.items() if k not in ("init_image", "mask")}
             units = [
                 {k: v for k, v in u.items() if k != "image"} for u in posted.get("controlnet", [])
@@ -218,13 +227,17 @@ def generate(request: MemberRequest) -> HttpResponse:
             {**last_params, "seed": -1, **linked},
             keep_checkpoint="checkpoint" in linked,
             last_seed=last_params.get("seed"),
+            units=units_from_query(request.GET),
         )
     try:
         source = _owned_images(request).get(pk=uuid.UUID(source_id))
     except (ValueError, JobImage.DoesNotExist):
         raise Http404(_("No such image.")) from None
-    params = {**_generation_params(request, source), "seed": source.seed}
+    job = _reused_job(request, source)
+    params = {**(job.params if job else {}), "seed": source.seed}
     init_image_url = mask_url = None
+    # Her own job: its units with the control images it kept ("Send to img2img" starts anew).
+    units = reused_units(job) if job and not request.GET.get("img2img") else []
     if request.GET.get("img2img"):
         params.update(width=source.width, height=source.height, hires=None, inpaint=None)
         init_image_url = image_payload(source)["url"]
@@ -237,6 +250,7 @@ def generate(request: MemberRequest) -> HttpResponse:
         last_seed=source.seed,
         init_image_url=init_image_url,
         mask_url=mask_url,
+        units=units,
     )
 
 
@@ -250,8 +264,8 @@ def _render_generator(
     mask_url: str | None = None,
     units: list[dict[str, Any]] | None = None,
 ) -> HttpResponse:
-    """The generator page. ControlNet units come back only on a refused post (`units`): a reused
-    job's units have no image here (it stays with the job), so they would only fail."""
+    """The generator page. `units`: ControlNet units to show filled in (a refused post's, a
+    reused job's with its kept images, or a link's settings)."""
     user = request.user
     limits = limits_for(user)
     visible = CatalogEntry.objects.usable_by(user)
@@ -268,8 +282,10 @@ def _render_generator(
         {"id": str(job_id), "status": status}
         for job_id, status in Job.objects.owned_by(user).unfinished().values_list("id", "status")
     ]
+    preprocessors = available_preprocessors(get_redis())
     page_data = {
         "strings": {key: str(text) for key, text in SCRIPT_STRINGS.items()},
+        "controlnet_sliders": page_sliders(preprocessors),
         "field_labels": {key: str(text) for key, text in FIELD_LABELS.items()},
         "placeholder_id": PLACEHOLDER_ID,
         "urls": {
@@ -305,6 +321,7 @@ def _render_generator(
             "schedulers": list_schedulers(),
             "size_presets": SIZE_PRESETS,
             "upscalers": [*UPSCALERS, *upscaler_models(user)],
+            "face_restorers": face_models.available(user),
             "resize_modes": RESIZE_MODES,
             "initial": initial,
             "prompt_styles": sorted(
@@ -322,7 +339,7 @@ def _render_generator(
             **inpaint_context(params, mask_url, open_editor=bool(request.GET.get("inpaint"))),
             **controlnet_context(user, units or [], limits.max_controlnet_units),
             "controlnet_open": bool(units),
-            "preprocessors": available_preprocessors(get_redis()),
+            "preprocessors": preprocessors,
         },
     )
 

@@ -94,11 +94,18 @@ class Annotators:
         self._lock = threading.Lock()
 
     def control_map(
-        self, module: str, image: Image.Image, processor_res: int, low: float, high: float
+        self,
+        module: str,
+        image: Image.Image,
+        processor_res: int,
+        low: float,
+        high: float,
+        *,
+        seed: int | None = None,
     ) -> Image.Image:
-        """The control map of `image` for any module this worker runs."""
+        """The control map of `image` for any module this worker runs (`seed`: shuffle's)."""
         if module not in ANNOTATOR_WEIGHTS:
-            return run_preprocessor(module, image, processor_res, low, high)
+            return run_preprocessor(module, image, processor_res, low, high, seed=seed)
         weights = self.models_dir / ANNOTATOR_WEIGHTS[module]
         if not weights.is_file():
             raise ValueError(f"preprocessor {module!r} has no weights on this worker")

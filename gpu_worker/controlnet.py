@@ -2,9 +2,16 @@
 and running the pipeline's ControlNet variant with every unit's weight, step window and mode.
 
 The engine calls three things (engine.py keeps only small hooks): `ControlSet.prepare` once per
-job, `ControlSet.pipeline` for each pass (txt2img, img2img or the hires pass), and
+job, `ControlSet.pipeline` for each pass (txt2img, img2img, inpaint or the hires pass), and
 `ControlSet.infotext` for the image's parameters. ControlNets sit in the worker's ModelCache under
 `controlnet:<sha256>` keys (string keys: the heartbeat's checkpoint list skips them).
+
+On an inpaint pass (img2img with a mask, or outpainting) the units run with diffusers' ControlNet
+inpaint pipelines, for ordinary and 9-channel inpaint checkpoints alike. Each unit's image is
+lined up with what the pass denoises (the canvas, and for "only masked" the same crop as the
+source, gpu_worker.masking.control_view) before its preprocessor runs; `inpaint_only` (the
+inpaint ControlNet's preprocessor) is that image with the masked pixels set to -1, as
+control_v11p_sd15_inpaint was trained.
 
 Control modes, as sd-webui-controlnet describes them: "Balanced" adds the ControlNet's residuals
 at the unit's weight; "My prompt is more important" scales them down towards the shallow layers
@@ -23,11 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import (
     StableDiffusionControlNetImg2ImgPipeline,
+    StableDiffusionControlNetInpaintPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
     StableDiffusionXLControlNetPipeline,
 )
 from diffusers.models.controlnets.controlnet import ControlNetModel
@@ -39,15 +49,17 @@ from gpu_worker.infotext import controlnet_unit_text
 from gpu_worker.loading import SHIPPED_CONFIGS, ModelLoadError, quiet_libraries
 from gpu_worker.model_cache import ModelCache
 from gpu_worker.params import ControlNetUnit
-from gpu_worker.preprocessors import pixel_perfect_resolution
+from gpu_worker.preprocessors import INPAINT_ONLY, pixel_perfect_resolution, shuffle_seed
 
 CACHE_PREFIX = "controlnet:"
 SOFT_INJECTION_BASE = 0.825
-PIPELINES = {  # (family is SDXL, img2img) -> the ControlNet variant of the pipeline
-    (False, False): StableDiffusionControlNetPipeline,
-    (False, True): StableDiffusionControlNetImg2ImgPipeline,
-    (True, False): StableDiffusionXLControlNetPipeline,
-    (True, True): StableDiffusionXLControlNetImg2ImgPipeline,
+PIPELINES = {  # (family is SDXL, pass kind) -> the ControlNet variant of the pipeline
+    (False, "txt2img"): StableDiffusionControlNetPipeline,
+    (False, "img2img"): StableDiffusionControlNetImg2ImgPipeline,
+    (False, "inpaint"): StableDiffusionControlNetInpaintPipeline,
+    (True, "txt2img"): StableDiffusionXLControlNetPipeline,
+    (True, "img2img"): StableDiffusionXLControlNetImg2ImgPipeline,
+    (True, "inpaint"): StableDiffusionXLControlNetInpaintPipeline,
 }
 
 
@@ -174,9 +186,12 @@ class PreparedUnit:
 class ControlSet:
     """The request's units, ready for the passes of one job."""
 
-    def __init__(self, units: list[PreparedUnit], family: str) -> None:
+    def __init__(
+        self, units: list[PreparedUnit], family: str, mask: Image.Image | None = None
+    ) -> None:
         self.units = units
         self.sdxl = family == "sdxl"
+        self.mask = mask  # an inpaint pass's mask (white: repainted), for inpaint_only units
 
     @classmethod
     def prepare(
@@ -189,16 +204,28 @@ class ControlSet:
         cache_dir: Path,
         family: str,
         init_image: Image.Image | None,
-        control_map: Callable[[str, Image.Image, int, float, float], Image.Image],
+        control_map: Callable[..., Image.Image],
+        place: Callable[[Image.Image, int], Image.Image] | None = None,
+        mask: Image.Image | None = None,
     ) -> ControlSet | None:
-        """Load each unit's ControlNet through the cache and compute its control map."""
+        """Load each unit's ControlNet through the cache and compute its control map. On an
+        inpaint pass, `place` puts a unit's image where the pass looks (its canvas, and the
+        crop of "only masked") before the preprocessor runs, and `mask` is the pass's mask."""
         units = request.get("controlnet") or []
         if not units:
             return None
         images = request.get("controlnet_images_png_b64") or {}
-        target = (int(request["width"]), int(request["height"]))
+        target = mask.size if mask is not None else (int(request["width"]), int(request["height"]))
+        # shuffle's random fields come from the job's seeds, so a re-run makes the same map
+        seed = shuffle_seed(
+            int(request["seed"]), request.get("subseed"), request.get("subseed_strength", 0.0)
+        )
         prepared = []
         for index, unit in enumerate(units):
+            if unit["module"] == INPAINT_ONLY and mask is None:
+                raise ControlNetError(
+                    f"ControlNet unit {index}: {INPAINT_ONLY} needs an inpaint job with a mask"
+                )
             item = resolve("controlnet", unit["model"])
             if item.family not in ("unknown", family):
                 raise ControlNetError(
@@ -210,41 +237,65 @@ class ControlSet:
 
             model = cache.get(CACHE_PREFIX + item.sha256, load)
             source = _unit_image(unit, images, init_image, index)
+            if place is not None:
+                source = place(source, int(unit["resize_mode"]))
             res = unit["processor_res"]
             if unit["pixel_perfect"]:
                 res = pixel_perfect_resolution(source.size, target, unit["resize_mode"])
             try:
                 made = control_map(
-                    unit["module"], source, res, unit["threshold_a"], unit["threshold_b"]
+                    unit["module"],
+                    source,
+                    res,
+                    unit["threshold_a"],
+                    unit["threshold_b"],
+                    seed=seed,
                 )
             except ValueError as exc:  # a module this worker does not run
                 raise ControlNetError(f"ControlNet unit {index}: {exc}") from exc
             prepared.append(PreparedUnit(unit, item, model, made))
-        return cls(prepared, family)
+        return cls(prepared, family, mask)
 
-    def pipeline(self, base: Any, *, img2img: bool, scheduler: Any, guidance_scale: float) -> Any:
-        """The pass's pipeline: the ControlNet variant sharing the base pipeline's weights."""
+    def pipeline(self, base: Any, *, kind: str, scheduler: Any, guidance_scale: float) -> Any:
+        """The pass's pipeline (kind: txt2img, img2img or inpaint), the ControlNet variant
+        sharing the base pipeline's weights."""
         nets = UnitControlNets(
             [u.model for u in self.units], [u.unit["control_mode"] for u in self.units]
         )
         nets.halves = guidance_scale > 1
-        pipe = PIPELINES[(self.sdxl, img2img)].from_pipe(base, controlnet=nets, scheduler=scheduler)
+        pipe = PIPELINES[(self.sdxl, kind)].from_pipe(base, controlnet=nets, scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
     def call_kwargs(self, width: int, height: int, *, img2img: bool) -> dict[str, Any]:
         """The pass's ControlNet arguments, the maps fitted to its size as each unit asks."""
-        maps = [fit(u.control_map, width, height, u.unit["resize_mode"]) for u in self.units]
         return {
-            "control_image" if img2img else "image": maps,
+            "control_image" if img2img else "image": [
+                self._control_image(u, width, height) for u in self.units
+            ],
             "controlnet_conditioning_scale": [float(u.unit["weight"]) for u in self.units],
             "control_guidance_start": [float(u.unit["guidance_start"]) for u in self.units],
             "control_guidance_end": [float(u.unit["guidance_end"]) for u in self.units],
         }
 
+    def _control_image(self, prepared: PreparedUnit, width: int, height: int) -> Any:
+        image = fit(prepared.control_map, width, height, prepared.unit["resize_mode"])
+        if prepared.unit["module"] != INPAINT_ONLY:
+            return image
+        assert self.mask is not None  # prepare refuses inpaint_only without a mask
+        return masked_control(image, self.mask.resize((width, height)))
+
     def infotext(self) -> dict[str, str]:
         """One entry per unit, as sd-webui-controlnet writes them."""
         return {f"ControlNet {i}": unit_infotext(u) for i, u in enumerate(self.units)}
+
+
+def masked_control(image: Image.Image, mask: Image.Image) -> torch.Tensor:
+    """inpaint_only's control image as the inpaint ControlNet was trained on it: RGB in [0, 1]
+    with every masked pixel (mask above half) set to -1, shape (1, 3, H, W)."""
+    pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.float32) / 255.0)
+    pixels[torch.from_numpy(np.array(mask.convert("L")) > 127)] = -1.0
+    return pixels.permute(2, 0, 1).unsqueeze(0)
 
 
 def unit_infotext(prepared: PreparedUnit) -> str:

@@ -1,8 +1,8 @@
 """A tiny SD 1.x-architecture demo model with deterministic random weights, written offline.
 
 The embedded run and the tests use it: `python -m gpu_worker make-demo-model` writes two
-checkpoints (different weights), a LoRA, a VAE, an embedding and a ControlNet into the A1111
-folders.
+checkpoints (different weights), a LoRA, a VAE, an embedding, a ControlNet, an upscaler and two
+face restorers (GFPGAN, CodeFormer) into the A1111 folders.
 Checkpoints are single `.safetensors` files in the ORIGINAL (A1111/LDM) key layout, as people
 download them, so the single-file loading path is the one exercised. Images it makes are noise.
 """
@@ -48,6 +48,8 @@ DEMO_EMBEDDING = DemoFile("atelier-demo-embedding", "embeddings", 5)
 DEMO_CONTROLNET = DemoFile("atelier-demo-controlnet", "ControlNet", 6)
 DEMO_UPSCALER = DemoFile("atelier-demo-upscaler", "ESRGAN", 7)  # 4x, original ESRGAN keys
 DEMO_FACE_RESTORER = DemoFile("atelier-demo-gfpgan", "GFPGAN", 8)  # GFPGANv1Clean, 32 px faces
+# CodeFormer's layout at 512 px, narrow: runs only where the operator enabled its licence
+DEMO_CODEFORMER = DemoFile("atelier-demo-codeformer", "Codeformer", 9)
 
 
 def make_demo_models(models_dir: Path) -> list[Path]:
@@ -66,6 +68,7 @@ def make_demo_models(models_dir: Path) -> list[Path]:
     written.append(_write_if_missing(models_dir / DEMO_CONTROLNET.relative, _controlnet))
     written.append(_write_if_missing(models_dir / DEMO_UPSCALER.relative, _upscaler))
     written.append(_write_if_missing(models_dir / DEMO_FACE_RESTORER.relative, _face_restorer))
+    written.append(_write_if_missing(models_dir / DEMO_CODEFORMER.relative, _codeformer))
     return written
 
 
@@ -102,6 +105,13 @@ def _face_restorer() -> tuple[dict, dict]:
     from gpu_worker.gfpgan_arch import random_state
 
     return random_state(), {}
+
+
+def _codeformer() -> tuple[dict, dict]:
+    """A tiny random-weight CodeFormer in the published v0.1.0 layout (codeformer_arch)."""
+    from gpu_worker.codeformer_arch import random_state
+
+    return random_state(seed=DEMO_CODEFORMER.seed), {}
 
 
 def _config(component: str) -> dict:

@@ -13,6 +13,7 @@ import io
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,18 @@ from PIL import Image
 from gpu_worker import infotext as infotext_mod
 from gpu_worker.annotators import Annotators
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
+from gpu_worker.codeformer_arch import CodeFormer
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
+from gpu_worker.controlnet import fit as fit_control_map
 from gpu_worker.extras import run_extras
 from gpu_worker.face_detection import find_detector
-from gpu_worker.face_licences import GFPGAN, LABELS
-from gpu_worker.face_restoration import FaceModelError, load_face_restorer, restore
+from gpu_worker.face_restoration import (
+    FaceModelError,
+    label_of,
+    load_face_restorer,
+    restore,
+)
 from gpu_worker.inpainting import (
     decode_mask,
     inpaint_infotext,
@@ -50,10 +57,10 @@ from gpu_worker.loading import (
     load_checkpoint,
     load_vae,
 )
-from gpu_worker.masking import InpaintPlan, plan_inpaint, whole_image_plan
+from gpu_worker.masking import InpaintPlan, control_view, plan_inpaint, whole_image_plan
 from gpu_worker.model_cache import ModelCache, release_memory
 from gpu_worker.noise import consume, initial_noise, variation_of
-from gpu_worker.params import INPAINT_DEFAULTS
+from gpu_worker.params import CODE_FORMER_WEIGHT, INPAINT_DEFAULTS
 from gpu_worker.passes import (
     UPSCALERS,
     denoised_steps,
@@ -129,7 +136,8 @@ class Engine:
         # ControlNet preprocessors, the weight-based ones loaded from the models folder
         self.annotators = Annotators(self.models_dir, self.device)
         self._upscaler: tuple[str, torch.nn.Module] | None = None  # the last one used (small)
-        self._face: tuple[str, torch.nn.Module] | None = None  # likewise, the face restorer
+        # the face restorers by file hash: the last two (Extras may run GFPGAN and CodeFormer)
+        self._faces: dict[str, torch.nn.Module] = {}
 
     # --- catalogue -------------------------------------------------------------------------
     @property
@@ -219,14 +227,18 @@ class Engine:
         return self._upscaler[1]
 
     def face_restorer(self, item: CatalogueItem) -> Any:
-        """A face-restoration model on the device; the last one stays loaded."""
-        if self._face is None or self._face[0] != item.sha256:
+        """A face-restoration model on the device; the last two stay loaded."""
+        if item.sha256 not in self._faces:
             try:
                 model = load_face_restorer(item.path, allow_pickle=self.allow_pickle)
             except FaceModelError as exc:
                 raise JobFailed(f"cannot use face restorer {item.name}: {exc}") from exc
-            self._face = (item.sha256, model.to(self.device, self.dtype))
-        return self._face[1]
+            # CodeFormer in float32, as A1111 runs it (its code statistics and AdaIN)
+            dtype = torch.float32 if isinstance(model, CodeFormer) else self.dtype
+            while len(self._faces) >= 2:
+                self._faces.pop(next(iter(self._faces)))
+            self._faces[item.sha256] = model.to(self.device, dtype)
+        return self._faces[item.sha256]
 
     def face_detector(self) -> Path | None:
         """The face detector's ONNX file, when the operator dropped one into the models folder."""
@@ -452,8 +464,6 @@ class _Run:
                 else Image.new("RGB", (r["width"], r["height"]), (127, 127, 127))
             )
         self.control = self._prepare_control(init)
-        if self.control is not None and self.inpaint_plan is not None:
-            raise JobFailed("ControlNet units are not available with inpainting yet")
         hires_steps = 0
         if hires:
             hires_steps = hires_inference_steps(r["steps"], hires)
@@ -481,7 +491,8 @@ class _Run:
             t0 = time.perf_counter()
             if self.faces is not None:  # A1111: on each finished image, after any hires pass
                 detector = self.engine.face_detector()
-                images = [restore(self.faces, image, 1.0, detector) for image in images]
+                weight = float(self.request.get("code_former_weight", CODE_FORMER_WEIGHT))
+                images = [restore(self.faces, i, 1.0, detector, weight) for i in images]
             for seed, image in zip(seeds, images, strict=True):
                 text = self._infotext(seed, size, checkpoint, vae, loras, hires)
                 result.images.append(result_image(image, seed, text))
@@ -492,7 +503,11 @@ class _Run:
         return result
 
     def _prepare_control(self, init: Image.Image | None) -> ControlSet | None:
-        engine = self.engine
+        engine, plan = self.engine, self.inpaint_plan
+        place = mask = None
+        if plan is not None:  # units see the canvas the pass paints on, and its crop
+            init, mask = plan.base, plan.mask
+            place = partial(control_view, plan, fit=fit_control_map, resize=resize_image)
         try:
             return ControlSet.prepare(
                 self.request,
@@ -503,23 +518,26 @@ class _Run:
                 family=self.family,
                 init_image=init,
                 control_map=engine.annotators.control_map,
+                place=place,
+                mask=mask,
             )
         except (UnknownModel, ControlNetError, ModelLoadError) as exc:
             raise JobFailed(str(exc)) from exc
 
     def _controlled(
-        self, pipe: Any, width: int, height: int, *, img2img: bool
+        self, pipe: Any, width: int, height: int, *, kind: str
     ) -> tuple[Any, dict[str, Any]]:
-        """The pass's pipeline and its ControlNet arguments (none without units)."""
+        """The pass's pipeline (kind: txt2img, img2img or inpaint) and its ControlNet
+        arguments (none without units)."""
         if self.control is None:
             return pipe, {}
         controlled = self.control.pipeline(
             pipe,
-            img2img=img2img,
+            kind=kind,
             scheduler=pipe.scheduler,
             guidance_scale=self.request["cfg_scale"],
         )
-        return controlled, self.control.call_kwargs(width, height, img2img=img2img)
+        return controlled, self.control.call_kwargs(width, height, img2img=kind != "txt2img")
 
     def _encode(self, prompt: str, negative: str, min_chunks: int = 0) -> dict[str, Any]:
         clip_skip = max(1, int(self.request.get("clip_skip") or 1))
@@ -591,7 +609,11 @@ class _Run:
         r = self.request
         width, height = r["width"], r["height"]
         if self.inpaint_plan is not None:
-            pipe = inpaint_pipeline(self.pipe, self.family, self._scheduler(seeds[0]))
+            pipe, control = self._controlled(
+                inpaint_pipeline(self.pipe, self.family, self._scheduler(seeds[0])),
+                *self.inpaint_plan.size,
+                kind="inpaint",
+            )
             common = self._common(schedules[0], seeds)
             if init is None:  # txt2img on an inpaint checkpoint: its noise may be a variation
                 common |= self._variation_latents(seeds, width, height, common["generator"])
@@ -601,12 +623,12 @@ class _Run:
                 r.get("inpaint") or INPAINT_DEFAULTS,
                 strength=r["denoising_strength"] if init is not None else 1.0,
                 steps=r["steps"],
-                common=common,
+                common={**control, **common},
             )
             return images, (width, height)
         if init is not None:
             pipe, control = self._controlled(
-                self._img2img_pipe(seeds[0]), width, height, img2img=True
+                self._img2img_pipe(seeds[0]), width, height, kind="img2img"
             )
             out = pipe(
                 image=resize_image(init, width, height, r.get("resize_mode", 0)),
@@ -618,7 +640,7 @@ class _Run:
             return out.images, (width, height)
         self.pipe.scheduler = self._scheduler(seeds[0])
         latent_upscale = hires and hires["upscaler"] in LATENT_UPSCALE_MODES
-        pipe, control = self._controlled(self.pipe, width, height, img2img=False)
+        pipe, control = self._controlled(self.pipe, width, height, kind="txt2img")
         common = self._common(schedules[0], seeds)
         out = pipe(
             width=width,
@@ -643,7 +665,7 @@ class _Run:
         else:
             first = [self._upscale(im, (target_w, target_h)) for im in out.images]
         pipe, control = self._controlled(
-            self._img2img_pipe(seeds[0]), target_w, target_h, img2img=True
+            self._img2img_pipe(seeds[0]), target_w, target_h, kind="img2img"
         )
         out = pipe(
             image=first,
@@ -737,7 +759,7 @@ class _Run:
             "Schedule type": self.choice.infotext_schedule,
             "CFG scale": float(r["cfg_scale"]),
             "Seed": seed,
-            "Face restoration": LABELS[GFPGAN] if self.faces is not None else None,
+            "Face restoration": label_of(self.faces) if self.faces is not None else None,
             "Size": f"{size[0]}x{size[1]}",
             "Model hash": checkpoint.short_hash,
             "Model": checkpoint.name,

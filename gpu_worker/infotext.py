@@ -71,6 +71,62 @@ def controlnet_unit_text(unit: Mapping[str, Any], model_title: str) -> str:
     return ", ".join(f"{key}: {value}" for key, value in fields.items())
 
 
+# A unit's infotext value back into request fields, as strings: the inverse of
+# controlnet_unit_text (and of the extension's older "preprocessor: ..., starting/ending: (0, 1)").
+RE_CONTROLNET_ITEM = re.compile(r"\s*([A-Za-z][\w /]*):\s*(\([^)]*\)|[^,]*)(?:,|$)")
+RE_CONTROLNET_KEY = re.compile(r"^ControlNet(?: (\d+))?$")
+CONTROLNET_ITEM_FIELDS = {
+    "module": "module",
+    "preprocessor": "module",
+    "model": "model",
+    "weight": "weight",
+    "processor res": "processor_res",
+    "threshold a": "threshold_a",
+    "threshold b": "threshold_b",
+    "guidance start": "guidance_start",
+    "guidance end": "guidance_end",
+    "pixel perfect": "pixel_perfect",
+}
+
+
+def parse_controlnet_unit(text: str) -> dict[str, str]:
+    """One "ControlNet N" value as request fields (strings; modes as our values); what is not
+    recognised is left out, so the form keeps its default for it."""
+    unit: dict[str, str] = {}
+    for key, raw in RE_CONTROLNET_ITEM.findall(text):
+        key, value = key.strip().lower(), raw.strip()
+        if key in CONTROLNET_ITEM_FIELDS:
+            unit[CONTROLNET_ITEM_FIELDS[key]] = value
+        elif key == "resize mode":
+            labels = [label.lower() for label in CONTROLNET_RESIZE_LABELS]
+            if value.lower() in labels:
+                unit["resize_mode"] = str(labels.index(value.lower()))
+        elif key == "control mode":
+            modes = {label.lower(): mode for mode, label in CONTROLNET_MODE_LABELS.items()}
+            if value.lower() in modes:
+                unit["control_mode"] = modes[value.lower()]
+        elif key == "starting/ending":  # older versions: "(0, 1)"
+            parts = value.strip("()").split(",")
+            if len(parts) == 2:
+                unit["guidance_start"], unit["guidance_end"] = (p.strip() for p in parts)
+        elif key == "preprocessor params":  # older versions: "(512, 100, 200)"
+            parts = [p.strip() for p in value.strip("()").split(",")]
+            if len(parts) == 3:
+                names = ("processor_res", "threshold_a", "threshold_b")
+                unit.update(zip(names, parts, strict=True))
+    return unit
+
+
+def parse_controlnet_units(parsed: Mapping[str, str]) -> list[dict[str, str]]:
+    """The units of a parsed infotext ("ControlNet 0", "ControlNet 1", ...), in order."""
+    found = []
+    for key, value in parsed.items():
+        match = RE_CONTROLNET_KEY.match(key)
+        if match:
+            found.append((int(match.group(1) or 0), parse_controlnet_unit(value)))
+    return [unit for _index, unit in sorted(found, key=lambda item: item[0]) if unit]
+
+
 def quote(value: object) -> str:
     text = str(value)
     if "," not in text and "\n" not in text and ":" not in text:

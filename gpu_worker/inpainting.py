@@ -54,7 +54,9 @@ def sample_inpaint(
     steps: int,
     common: dict[str, Any],
 ) -> list[Image.Image]:
-    """Denoise the plan's image under its mask; each image pasted back over the original."""
+    """Denoise the plan's image under its mask; each image pasted back over the original.
+    `pipe` may be the ControlNet inpaint variant (controlnet.py), its units' arguments in
+    `common`."""
     width, height = plan.size
     _start_latents_as_a1111(pipe, plan, inpaint)
     out = pipe(

@@ -5,7 +5,8 @@ plans each inpaint pass with it: which canvas is denoised at which size, with wh
 and how the result goes back over the original so that every pixel outside the (blurred) mask
 is the original's. Semantics follow A1111's modules/processing.py and modules/masking.py
 (mask white = repaint; "only masked" crops the mask's box plus padding, widened to the job's
-aspect ratio, and denoises it at the job's size); the code is our own.
+aspect ratio, and denoises it at the job's size); the code is our own. ControlNet units' images
+are lined up with a plan here too (`control_view`), so a unit guides the pixels it covers.
 """
 
 from __future__ import annotations
@@ -226,6 +227,22 @@ def whole_image_plan(image: Image.Image) -> InpaintPlan:
     canvas) and img2img (from the source), as A1111 runs them, with a full mask."""
     white = Image.new("L", image.size, 255)
     return InpaintPlan(image=image, mask=white, base=image, overlay=white, crop=None)
+
+
+Resize = Callable[[Image.Image, int, int, int], Image.Image]  # (image, width, height, mode)
+
+
+def control_view(
+    plan: InpaintPlan, image: Image.Image, resize_mode: int, fit: Resize, resize: Resize
+) -> Image.Image:
+    """A ControlNet unit's image lined up with the pass, so the unit guides the pixels it
+    covers: fitted to the canvas the job paints on as the unit's resize_mode asks (`fit`),
+    then, for "only masked", cut to the pass's crop and brought to the pass's size the way the
+    source was (`resize`, the plan's)."""
+    canvas = fit(image, plan.base.width, plan.base.height, resize_mode)
+    if plan.crop is None:  # whole picture: the canvas is what the pass denoises
+        return canvas
+    return resize(canvas.crop(plan.crop), plan.size[0], plan.size[1], 2)
 
 
 def paste_back(plan: InpaintPlan, generated: Image.Image) -> Image.Image:

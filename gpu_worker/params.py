@@ -142,7 +142,8 @@ class ExtrasParams(TypedDict):
     gfpgan_visibility: float  # face restoration after the upscale, as A1111 orders them (0: off)
     face_restorer: str  # catalogue name of the GFPGAN model it uses ("" when none runs)
     codeformer_visibility: float  # CodeFormer: only with the operator's licence setting
-    codeformer_weight: float
+    codeformer_weight: float  # its fidelity: 0 = maximum effect, 1 = minimum (A1111)
+    codeformer: NotRequired[str]  # catalogue name of the CodeFormer model ("" when none runs)
 
 
 # --- ControlNet units (issue 22): sd-webui-controlnet's field names -------------------------
@@ -244,7 +245,9 @@ class GenerationParams(TypedDict):
     seed_resize_from_h: NotRequired[int]  # 0: off (both or neither)
     tiling: NotRequired[bool]  # seamless textures: circular padding in UNet and VAE convolutions
     restore_faces: NotRequired[bool]  # A1111's face restoration of each finished image
-    face_restorer: NotRequired[str | None]  # its model (derived: the first usable GFPGAN)
+    face_restorer: NotRequired[str | None]  # its model (derived: generation.face_models)
+    face_restoration_model: NotRequired[str]  # A1111's choice: "GFPGAN", "CodeFormer", "": default
+    code_former_weight: NotRequired[float]  # CodeFormer's fidelity, 0..1 (A1111: 0.5)
     # ControlNet units, applied together; [] (or absent, in rows stored before them) = none.
     controlnet: NotRequired[list[ControlNetUnit]]
     # Inpainting / outpainting (img2img with a mask or grown sides); None = plain img2img.
@@ -256,6 +259,8 @@ class GenerationParams(TypedDict):
     # Checkpoint merger: set (and the image fields at their defaults) only when mode is "merge".
     merge: NotRequired[MergeParams | None]
 
+
+CODE_FORMER_WEIGHT = 0.5  # A1111's default `code_former_weight` (restore_faces with CodeFormer)
 
 # Defaults of a field a request leaves out (a checkpoint's own default_params come between).
 DEFAULTS: dict[str, Any] = {

@@ -7,10 +7,10 @@ from typing import Any
 
 from django.utils.translation import gettext as _
 
+from generation import face_models
 from generation.a1111.errors import A1111Error
 from generation.models import CatalogEntry, PromptStyle
 from gpu_worker.extras_plan import RESAMPLERS, UNKNOWN_NATIVE_SCALE
-from gpu_worker.face_licences import GFPGAN
 from gpu_worker.passes import LATENT_UPSCALERS
 from gpu_worker.samplers import list_samplers, list_schedulers
 
@@ -134,10 +134,9 @@ def upscalers(user: Any) -> list[dict[str, Any]]:
 
 
 def face_restorers(user: Any) -> list[dict[str, Any]]:
-    """A1111's `[{name, cmd_dir}]`: GFPGAN when a usable GFPGAN model exists (restore_faces and
-    gfpgan_visibility use it); CodeFormer is not offered (generation.face_models)."""
-    usable = _usable(user, CatalogEntry.Kind.FACE_RESTORER)
-    return [{"name": "GFPGAN", "cmd_dir": None}] if any(e.family == GFPGAN for e in usable) else []
+    """A1111's `[{name, cmd_dir}]`: GFPGAN and CodeFormer, each when a usable model of it exists
+    and, for CodeFormer, the operator enabled its licence (generation.face_models)."""
+    return [{"name": name, "cmd_dir": None} for name in face_models.available(user)]
 
 
 def latent_upscale_modes() -> list[dict[str, str]]:

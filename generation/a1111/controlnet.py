@@ -88,8 +88,10 @@ def _refuse(field: str, reason: str) -> A1111Error:
     return A1111Error(422, f"{field}: {reason}", field)
 
 
-def units_from_scripts(scripts: Any) -> list[dict[str, Any]]:
-    """`alwayson_scripts` -> the request's `controlnet` units (disabled units left out)."""
+def units_from_scripts(scripts: Any, *, only_masked: bool = False) -> list[dict[str, Any]]:
+    """`alwayson_scripts` -> the request's `controlnet` units (disabled units left out).
+    `only_masked`: the request inpaints "only masked", where every unit's image is cut to the
+    mask's region as the extension's default `inpaint_crop_input_image` does."""
     if scripts in (None, {}):
         return []
     if not isinstance(scripts, dict):
@@ -107,13 +109,13 @@ def units_from_scripts(scripts: Any) -> list[dict[str, Any]]:
         raise _refuse(ARGS, _("must be a list of ControlNet units"))
     units = []
     for index, raw in enumerate(args):
-        unit = _unit(raw, f"{ARGS}[{index}]")
+        unit = _unit(raw, f"{ARGS}[{index}]", only_masked)
         if unit is not None:
             units.append(unit)
     return units
 
 
-def _unit(raw: Any, prefix: str) -> dict[str, Any] | None:
+def _unit(raw: Any, prefix: str, only_masked: bool) -> dict[str, Any] | None:
     if not isinstance(raw, dict):
         raise _refuse(prefix, _("a ControlNet unit must be an object"))
     if unknown := sorted(set(raw) - UNIT_FIELDS):
@@ -123,12 +125,20 @@ def _unit(raw: Any, prefix: str) -> dict[str, Any] | None:
             raise _refuse(f"{prefix}.{name}", _("only the default value is supported"))
     if raw.get("enabled") is False or raw.get("model") in (None, "", "None", "none"):
         return None  # the extension skips a disabled unit, or one without a model
+    if only_masked and raw.get("inpaint_crop_input_image") is False:
+        # the extension would hand this unit the whole image; ours is always the masked region
+        raise _refuse(
+            f"{prefix}.inpaint_crop_input_image",
+            _("only true is supported with inpaint_full_res (the unit's image is cropped)"),
+        )
     unit: dict[str, Any] = {name: raw[name] for name in SAME_FIELDS if raw.get(name) is not None}
     if unit.get("module") in ("None", None):
         unit["module"] = "none"
-    for name in ("processor_res", "threshold_a", "threshold_b"):
-        if unit.get(name) == -1:  # the extension's "default"
-            unit[name] = CONTROLNET_UNIT_DEFAULTS[name]
+    if unit.get("processor_res") == -1:  # the extension's "default"
+        unit["processor_res"] = CONTROLNET_UNIT_DEFAULTS["processor_res"]
+    for name in ("threshold_a", "threshold_b"):
+        if unit.get(name) == -1:  # the module's own default (its slider's), as the extension does
+            del unit[name]
     image = raw.get("image") or raw.get("input_image")
     if isinstance(image, dict):  # {"image": ..., "mask": ...}
         if image.get("mask"):
@@ -201,8 +211,8 @@ def detect(user: Any, body: Any) -> dict[str, Any]:
             body.get("controlnet_module"),
             images,
             _number(body, "controlnet_processor_res", 512),
-            _number(body, "controlnet_threshold_a", 100),
-            _number(body, "controlnet_threshold_b", 200),
+            _number(body, "controlnet_threshold_a", None),  # None: the module's default
+            _number(body, "controlnet_threshold_b", None),
         )
     except SubmissionError as exc:
         # our names -> the extension's: images[0] -> controlnet_input_images[0], ...
@@ -212,7 +222,7 @@ def detect(user: Any, body: Any) -> dict[str, Any]:
     return {"images": [base64.b64encode(png).decode("ascii") for png in maps], "info": "Success"}
 
 
-def _number(body: dict[str, Any], name: str, default: float) -> Any:
+def _number(body: dict[str, Any], name: str, default: float | None) -> Any:
     """A value, or the default where the extension's clients send none or -1."""
     value = body.get(name)
     return default if value is None or value == -1 else value

@@ -30,6 +30,8 @@ A1111_FIELDS = {
     "checkpoint": "override_settings.sd_model_checkpoint",
     "vae": "override_settings.sd_vae",
     "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+    "face_restoration_model": "override_settings.face_restoration_model",
+    "code_former_weight": "override_settings.code_former_weight",
     "init_image": "init_images",
     "hires": "enable_hr",
     "scale": "hr_scale",

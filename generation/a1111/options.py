@@ -12,8 +12,10 @@ from generation.a1111.catalog import find_checkpoint
 from generation.a1111.errors import A1111Error
 from generation.broker import get_redis
 from generation.catalogue_sync import sync_catalogue
+from generation.face_models import default_face_restorer
 from generation.fleet import read_workers
 from generation.submission import default_checkpoint, set_default_checkpoint
+from gpu_worker.params import CODE_FORMER_WEIGHT
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,9 @@ def get_options(user: Any) -> dict[str, Any]:
         "live_previews_enable": True,
         "live_previews_image_format": "jpeg",
         "sd_checkpoints_limit": 1,
+        # restore_faces' default restorer for this caller, and CodeFormer's default weight
+        "face_restoration_model": default_face_restorer(user),
+        "code_former_weight": CODE_FORMER_WEIGHT,
     }
 
 

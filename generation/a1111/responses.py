@@ -61,7 +61,10 @@ def build_info(job: Job, images: list[JobImage]) -> dict[str, Any]:
         "steps": p["steps"],
         "batch_size": p["batch_size"],
         "restore_faces": bool(p.get("restore_faces")),
-        "face_restoration_model": "GFPGAN" if p.get("restore_faces") else None,
+        # the restorer that ran, as the infotext names it (older jobs: GFPGAN, the only one)
+        "face_restoration_model": (first.get("Face restoration") or "GFPGAN")
+        if p.get("restore_faces")
+        else None,
         "sd_model_name": checkpoint.name,
         "sd_model_hash": checkpoint.short_hash or None,
         "sd_vae_name": vae,

@@ -366,10 +366,18 @@ def translate(user: Any, raw: Any, mode: str) -> Translated:
         "seed_resize_from_w": _value(body, defaults, "seed_resize_from_w"),
         "seed_resize_from_h": _value(body, defaults, "seed_resize_from_h"),
         "tiling": bool(body.get("tiling")),
-        "restore_faces": bool(body.get("restore_faces")),  # GFPGAN (face_models)
+        "restore_faces": bool(body.get("restore_faces")),  # its model: face_models
         "styles": body.get("styles") or [],  # the caller's saved styles, applied at submission
     }
-    params["controlnet"] = units_from_scripts(body.get("alwayson_scripts"))
+    only_masked = (  # A1111's API inpaints "only masked" unless told otherwise
+        mode == "img2img"
+        and bool(body.get("mask"))
+        and bool(_value(body, IMG2IMG_DEFAULTS, "inpaint_full_res"))
+    )
+    params["controlnet"] = units_from_scripts(body.get("alwayson_scripts"), only_masked=only_masked)
+    # A1111 settings, per call: restore_faces' restorer and CodeFormer's weight (None: default)
+    params["face_restoration_model"] = overrides.get("face_restoration_model") or ""
+    params["code_former_weight"] = overrides.get("code_former_weight")
     checkpoint = _checkpoint(user, overrides, infotext_model)
     if checkpoint:
         params["checkpoint"] = checkpoint

@@ -20,10 +20,12 @@ Off the request path: a trigger only pushes a wake-up onto a Redis list (`wake_d
 `generation.scheduling.wakeups`), and the platform worker's dispatcher thread
 (`serve_dispatcher`), blocked on that list, runs the pass, stores the queue snapshot readers use
 (timed with the pass's own read of the speed history) and tells the new jobs' owners their place,
-or every queued owner when the queue moved (`lifecycle.publish_queue_positions` asks it to). A
-web request pays one Redis round trip for it, and the pass starts within a round trip too (no
-tick to wait for). Where no dispatcher is alive (a test, a platform worker not started yet), the
-trigger runs the pass itself, as before.
+or every queued owner when the queue moved (`lifecycle.publish_queue_positions` asks it to);
+while jobs wait, it also sweeps the waiting set behind the window (`waiting_scrub`). A web
+request pays one Redis round trip for it (which also adds a new job to the waiting set,
+`generation.waiting_set`), and the pass starts within a round trip too (no tick to wait for).
+Where no dispatcher is alive (a test, a platform worker not started yet), the trigger runs the
+pass itself, as before.
 
 A pass considers the oldest SCHEDULING_WINDOW waiting jobs (the policy orders those fairly, by
 usage and tier, aged jobs first), so it costs the same at a hundred or ten thousand queued jobs;
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -48,6 +51,7 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from accounts.compiled_queries import CompiledQuery
+from generation import waiting_set
 from generation.broker import get_redis
 from generation.events import send_to_user
 from generation.fleet import present_heartbeats
@@ -63,7 +67,7 @@ from generation.queue import (
     snapshot_of,
     store_snapshot,
 )
-from generation.scheduling.estimates import KeptHistory, SpeedCache
+from generation.scheduling.estimates import KeptHistory, RecentSpeedKeys, SpeedCache
 from generation.scheduling.inputs import (
     checkpoint_key_of,
     finished_usage,
@@ -74,6 +78,7 @@ from generation.scheduling.inputs import (
     worker_disk,
 )
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView, usage_matters
+from generation.scheduling.waiting_scrub import WaitingScrub
 from generation.scheduling.wakeups import ALIVE_KEY, ALIVE_TTL_S, POSITIONS, WAKE_KEY, ring
 from gpu_worker.batch_key import MAX_BATCH_IMAGES, batch_key
 from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
@@ -168,7 +173,7 @@ class PassReport:
 
 @dataclass
 class PassOutcome:
-    assigned: list[Assignment]
+    assigned: list[Assignment]  # claimed: each leaves the waiting set with the round's release
     queue: QueueReads | None = None  # see `PassReport.queue`
 
 
@@ -262,7 +267,10 @@ def schedule_pending(
             rounds += 1
             outcome = _one_pass(client, scheduler, speeds)
             assigned += outcome.assigned
-            again = bool(client.eval(_AGAIN_OR_RELEASE, 2, LOCK_KEY, AGAIN_KEY, token))
+            pipe = client.pipeline(transaction=False)
+            waiting_set.remove(pipe, [a.job_id for a in outcome.assigned])
+            pipe.eval(_AGAIN_OR_RELEASE, 2, LOCK_KEY, AGAIN_KEY, token)
+            again = bool(pipe.execute()[-1])
     finally:
         if again:  # out of rounds (or failed): still ours
             client.eval(_RELEASE, 1, LOCK_KEY, token)
@@ -308,18 +316,30 @@ def schedule_on_commit() -> None:
 
 def dispatch_on_commit(job: Job) -> None:
     """A new job: schedule once the transaction that created it commits, never before, or the
-    worker would race the commit; then its owner hears its place in the queue."""
-    transaction.on_commit(partial(wake_dispatcher, [str(job.pk)]))
+    worker would race the commit; then its owner hears its place in the queue. The same round
+    trip adds it to the waiting set, unless it waits for another job (`after`, known only at
+    the commit: a training chain sets it after submitting)."""
+    transaction.on_commit(partial(_wake_for_new, job))
+
+
+def _wake_for_new(job: Job) -> None:
+    waiting = {}
+    if job.after_id is None:
+        waiting[waiting_set.member_of(job.pk)] = waiting_set.score_of(job.created_at)
+    wake_dispatcher([str(job.pk)], waiting)
 
 
 # --- the dispatcher thread (platform worker) -------------------------------------------------
 
 
-def wake_dispatcher(job_ids: list[str] | None = None) -> None:
+def wake_dispatcher(
+    job_ids: list[str] | None = None, waiting: dict[str, int] | None = None
+) -> None:
     """Ask the dispatcher for a pass (and to tell `job_ids`' owners their place): one Redis
-    round trip. With no dispatcher alive, do it here. Never raises (the tick retries)."""
+    round trip, which also adds `waiting` to the waiting set (`ring`). With no dispatcher alive,
+    do it here. Never raises (the tick retries)."""
     try:
-        alive = ring(job_ids or [""])
+        alive = ring(job_ids or [""], waiting)
     except (redis.RedisError, OSError):
         logger.warning("scheduling wake-up not sent: Redis unreachable")
         return
@@ -349,19 +369,25 @@ def _queued(ids: RawSQL) -> QuerySet[Job]:
 _QUEUED = CompiledQuery(_queued, ids="uuid_list")  # the jobs whose owners hear their place
 
 
-def answer_wake(values: set[str], history: KeptHistory | None = None) -> bool:
+def answer_wake(
+    values: set[str],
+    history: KeptHistory | None = None,
+    recent: RecentSpeedKeys | None = None,
+) -> bool:
     """One turn of the dispatcher thread for the values rung (`wakeups`; none: its timer while
     jobs wait): a pass (not for positions alone), the snapshot readers use (made from the
     pass's own reads where it saw the whole queue, else read anew), then the owners told. One
     read of the speed history serves the pass and the snapshot (`history`: the thread's, kept
-    between turns). True while queued jobs remain (the snapshot is then kept
-    fresh)."""
+    between turns; `recent`: the kinds of job whose speeds every stored snapshot carries). True
+    while queued jobs remain (the snapshot is then kept fresh)."""
     speeds = SpeedCache(history.rows if history is not None else None)
     report = request_schedule(speeds) if values != {POSITIONS} else None
     if report is not None and report.queue is not None:  # the pass saw the whole queue
         snapshot = snapshot_of(report.queue, speeds)
     else:
         snapshot = queue_snapshot(speeds=speeds)
+    if recent is not None:
+        recent.fill(speeds)  # (the snapshot's `speeds` object: stored with it)
     store_snapshot(snapshot)
     job_ids = sorted(values - {"", POSITIONS})
     publish_positions(job_ids, snapshot)
@@ -381,6 +407,8 @@ def serve_dispatcher(
     client = client or get_redis()
     waiting = True  # whether the last snapshot held queued jobs (then it is kept fresh)
     history = KeptHistory()  # the speed history, read anew only for what finished since
+    recent = RecentSpeedKeys()
+    sweep = WaitingScrub(last=time.monotonic())  # the waiting set behind the window
     try:
         while not stop.is_set():
             try:
@@ -402,7 +430,9 @@ def serve_dispatcher(
             close_old_connections()
             try:
                 # Woken, or jobs wait (a worker may have come free or appeared since): a pass.
-                waiting = answer_wake(values, history)
+                waiting = answer_wake(values, history, recent)
+                if waiting:
+                    sweep.turn()  # one slice a second at most
             except Exception:  # the thread must outlive a bad pass; the next wake-up retries
                 logger.exception("dispatcher pass failed")
             finally:

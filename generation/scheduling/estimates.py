@@ -144,7 +144,7 @@ class SpeedCache:
     history comes from when first needed (a `KeptHistory`'s rows; by default a full read)."""
 
     def __init__(self, read: Callable[[], list[dict[str, Any]]] | None = None) -> None:
-        self.known: dict[tuple[int, int, int], Speed] = {}
+        self.known: dict[SpeedKey, Speed] = {}
         self._history: list[dict[str, Any]] | None = None
         self._read = read or _history_rows
 
@@ -172,6 +172,31 @@ class SpeedCache:
             if per_unit:
                 return Speed(statistics.median(per_unit), statistics.median(overheads), "history")
         return DEFAULT_SPEED
+
+
+SpeedKey = tuple[int, int, int]  # checkpoint id, width, height
+
+
+class RecentSpeedKeys:
+    """The kinds of job (checkpoint and size) a long-lived snapshot maker, the dispatcher
+    thread, timed lately. Each snapshot it stores carries their speeds, also after a wake-up
+    that found the queue empty: a reader placing a new job of a known kind (a submission's
+    answer, `QueueSnapshot.place`) then reads no history of its own."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._keys: dict[SpeedKey, None] = {}  # oldest first
+
+    def fill(self, speeds: SpeedCache) -> None:
+        """Remember the kinds `speeds` timed, then time the remembered ones it lacks (from the
+        history it reads anyway, or that the dispatcher keeps)."""
+        for key in speeds.known:
+            self._keys.pop(key, None)
+            self._keys[key] = None
+        for key in list(self._keys)[: -self.size]:
+            del self._keys[key]
+        for checkpoint_id, width, height in self._keys:
+            speeds(checkpoint_id, {"width": width, "height": height})
 
 
 class KnownSpeeds(SpeedCache):

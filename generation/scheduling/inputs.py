@@ -187,12 +187,13 @@ def worker_disk(beat: WorkerHeartbeat) -> tuple[frozenset[str], float]:
 
 
 def extras_models(params: dict) -> frozenset[ModelKey]:
-    """The upscaler models an extras job runs (a resampler needs none)."""
+    """The upscaler and face models an extras job runs (a resampler needs none)."""
     extras = params.get("extras") or {}
     names = {extras.get("upscaler_1"), extras.get("upscaler_2")} - {None, *RESAMPLERS}
     needed = {("upscaler", str(name)) for name in names}
-    if extras.get("face_restorer"):
-        needed.add(("face_restorer", str(extras["face_restorer"])))
+    for key in ("face_restorer", "codeformer"):  # GFPGAN, CodeFormer
+        if extras.get(key):
+            needed.add(("face_restorer", str(extras[key])))
     return frozenset(needed)
 
 

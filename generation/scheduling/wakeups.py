@@ -9,6 +9,9 @@ is, the caller does the work itself (`dispatcher.wake_dispatcher`,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from generation import waiting_set
 from generation.broker import get_redis
 
 WAKE_KEY = "atelier:scheduler:wake"  # new job ids (or "" for a plain pass) for the dispatcher
@@ -18,10 +21,12 @@ WAKE_BACKLOG = 1000  # values kept for a dispatcher that is busy or restarting
 POSITIONS = "*positions"  # not a job id: tell every queued job's owner, no pass needed
 
 
-def ring(values: list[str]) -> bool:
-    """Push `values` for the dispatcher; True if one is alive to take them. Raises
-    redis.RedisError (or OSError) when Redis is unreachable."""
+def ring(values: list[str], waiting: Mapping[str, int] | None = None) -> bool:
+    """Push `values` for the dispatcher; True if one is alive to take them. `waiting`: new
+    waiting jobs for `generation.waiting_set` (member -> score), added in the same round trip.
+    Raises redis.RedisError (or OSError) when Redis is unreachable."""
     pipe = get_redis().pipeline(transaction=False)
+    waiting_set.add(pipe, waiting or {})
     pipe.lpush(WAKE_KEY, *values)
     pipe.ltrim(WAKE_KEY, 0, WAKE_BACKLOG - 1)
     pipe.exists(ALIVE_KEY)

@@ -3,8 +3,11 @@
  * Without this script every unit the tier allows shows with an "Enabled" box and the form posts
  * them. With it: "Add ControlNet unit" and "Remove unit" show and hide units (up to the tier's
  * limit), the model list keeps to ControlNets of the chosen checkpoint's family, "Preview" asks
- * a GPU worker for the preprocessor's map (REST controlnet/detect/, free), and generator.js
- * sends the shown units through `window.AtelierControlNet.addTo(params)`.
+ * a GPU worker for the preprocessor's map (REST controlnet/detect/, free), a reused job's kept
+ * control image (data-kept-image, its owner's only) is sent again unless another is chosen, and
+ * generator.js sends the shown units through `window.AtelierControlNet.addTo(params)`. Choosing a
+ * preprocessor shows its sliders (DATA.controlnet_sliders: the extension's names, ranges and
+ * defaults) in the threshold fields and hides the ones it does not use.
  */
 (function () {
   "use strict";
@@ -18,6 +21,7 @@
   var units = Array.prototype.slice.call(box.querySelectorAll(".cn-unit"));
   var addButton = document.getElementById("cn-add");
   var images = {}; // unit index -> data: URI of its control image
+  var kept = {}; // unit index -> data: URI of the image a reused job kept (Reuse)
 
   function fmt(template, values) {
     return template.replace(/%\((\w+)\)s/g, function (_m, key) { return String(values[key]); });
@@ -59,6 +63,7 @@
     field(unit, "image").addEventListener("change", function () {
       var file = field(unit, "image").files[0];
       delete images[unit.dataset.index];
+      showKept(unit, !file); // cleared: a reused job's image (if any) is the unit's again
       if (!file) return;
       var reader = new FileReader();
       reader.onload = function () { images[unit.dataset.index] = String(reader.result); changed(); };
@@ -66,6 +71,32 @@
     });
     unit.querySelector(".cn-preview-button").addEventListener("click", function () { preview(unit); });
   });
+
+  // ---- Reuse: the control image the member's own job kept, sent again as hers --------------
+
+  units.forEach(function (unit) {
+    var url = unit.dataset.keptImage;
+    if (!url) return;
+    fetch(url, { credentials: "same-origin" }).then(function (resp) {
+      if (!resp.ok) throw new Error(String(resp.status));
+      return resp.blob();
+    }).then(function (blob) {
+      var reader = new FileReader();
+      reader.onload = function () {
+        kept[unit.dataset.index] = String(reader.result);
+        unit.dataset.keptLoaded = "1";
+        showKept(unit, !field(unit, "image").files.length);
+        changed();
+      };
+      reader.readAsDataURL(blob);
+    }).catch(function () { showKept(unit, false); });
+  });
+  function showKept(unit, shown) {
+    var index = unit.dataset.index;
+    shown = shown && !!unit.dataset.keptImage;
+    unit.querySelectorAll(".cn-kept, .cn-kept-note").forEach(function (el) { el.hidden = !shown; });
+    if (shown && kept[index]) images[index] = kept[index];
+  }
 
   // ---- models of the checkpoint's family only -------------------------------------------------
 
@@ -88,6 +119,36 @@
   }
   checkpoint.addEventListener("change", filterModels);
 
+  // ---- each module's sliders: label, range and default of threshold_a/b, as the extension's UI --
+
+  var SLIDERS = DATA.controlnet_sliders || {};
+  function sliders(unit) { return SLIDERS[field(unit, "module").value] || null; }
+  function showSliders(unit, reset) {
+    var table = sliders(unit);
+    if (!table) return; // a module the page does not know: leave the fields as they are
+    field(unit, "processor_res").closest(".field").hidden = !table.resolution;
+    ["threshold_a", "threshold_b"].forEach(function (name) {
+      var input = field(unit, name);
+      var slider = table[name];
+      input.closest(".field").hidden = !slider;
+      if (!slider) return;
+      var label = unit.querySelector("label[for='" + input.id + "']");
+      if (label) label.textContent = slider.name;
+      input.min = slider.min;
+      input.max = slider.max;
+      input.step = slider.step || "any";
+      if (reset) input.value = slider.value;
+    });
+  }
+  units.forEach(function (unit) {
+    showSliders(unit, false); // a reused or refused unit keeps its values
+    field(unit, "module").addEventListener("change", function () { showSliders(unit, true); });
+  });
+  function slider(unit, name) {
+    var table = sliders(unit);
+    return table && !table[name] ? undefined : number(unit, name); // unused: the module's default
+  }
+
   // ---- the request ----------------------------------------------------------------------------
 
   function sourceImage() {
@@ -108,8 +169,8 @@
       resize_mode: number(unit, "resize_mode"),
       pixel_perfect: field(unit, "pixel_perfect").checked,
       processor_res: number(unit, "processor_res"),
-      threshold_a: number(unit, "threshold_a"),
-      threshold_b: number(unit, "threshold_b")
+      threshold_a: slider(unit, "threshold_a"),
+      threshold_b: slider(unit, "threshold_b")
     };
   }
 

@@ -152,6 +152,8 @@
       seed_resize_from_h: intField("seed_resize_from_h"),
       tiling: fields.tiling.checked,
       restore_faces: fields.restore_faces.checked,
+      face_restoration_model: fields.face_restoration_model.value,
+      code_former_weight: floatField("code_former_weight"),
       styles: selectedStyles(fields.styles.value),
       mode: initImage ? "img2img" : "txt2img",
       hires: null
@@ -189,7 +191,8 @@
   function applyParams(params, seed) {
     ["prompt", "negative_prompt", "checkpoint", "sampler", "scheduler", "steps", "cfg_scale",
       "width", "height", "batch_size", "n_iter", "clip_skip", "denoising_strength", "resize_mode",
-      "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h"]
+      "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+      "face_restoration_model", "code_former_weight"]
       .forEach(function (name) { setField(name, params[name]); });
     fields.tiling.checked = !!params.tiling;
     fields.restore_faces.checked = !!params.restore_faces;
@@ -782,7 +785,9 @@
     if (!link) return;
     var figure = link.closest("[data-image-id]");
     var known = imageParams.get(figure.dataset.imageId);
-    if (!known) return; // unknown here: follow the link, the server pre-fills the form
+    // Unknown here, or with ControlNet units (their kept images): follow the link, the server
+    // pre-fills the form.
+    if (!known || (link.classList.contains("result-reuse") && ((known.params && known.params.controlnet) || []).length)) return;
     event.preventDefault();
     if (link.classList.contains("result-reuse")) {
       setInitImage(null);

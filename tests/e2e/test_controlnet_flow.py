@@ -1,6 +1,6 @@
 """ControlNet in a real browser: a member adds a unit, uploads a control image, sees the canny
-map a GPU worker computed for the preview, generates, and finds the unit in the job's details
-and in the image's parameters as sd-webui-controlnet writes them.
+map a GPU worker computed for the preview, generates, finds the unit in the job's details and
+in the image's parameters as sd-webui-controlnet writes them, and gets it back with "Reuse".
 
 Needs Debian's chromium and a Redis, like test_generate_flow.py (same live platform)."""
 
@@ -79,7 +79,14 @@ def test_a_member_previews_a_canny_unit_and_generates_with_it(live_platform, bro
     source = tmp_path / "square.png"
     square().save(source)
     page.set_input_files("#id_cn-0-image", str(source))
+    # a model-free module shows its own slider, at the extension's default, and hides the rest
+    page.select_option("#id_cn-0-module", "tile_resample")
+    assert page.locator("label[for=id_cn-0-threshold_a]").inner_text() == "Down Sampling Rate"
+    assert page.locator("#id_cn-0-threshold_a").input_value() == "1"
+    assert not page.locator("#id_cn-0-threshold_b").is_visible()
+    assert not page.locator("#id_cn-0-processor_res").is_visible()
     page.select_option("#id_cn-0-module", "canny")
+    assert page.locator("#id_cn-0-threshold_a").input_value() == "100"
     page.fill("#id_cn-0-processor_res", str(SIZE))
     wait_for_gpu_worker(live_platform)
     unit.locator(".cn-preview-button").click()
@@ -110,5 +117,40 @@ def test_a_member_previews_a_canny_unit_and_generates_with_it(live_platform, bro
     page.goto(href if href.startswith("http") else base + href)
     infotext = page.locator("pre.infotext").inner_text()
     assert f'ControlNet 0: "Module: canny, Model: {CONTROLNET} [' in infotext
+
+    # Reuse brings the unit back filled in, with her control image (sent again unless she
+    # chooses another).
+    page.locator("a.button", has_text="Reuse parameters").click()
+    unit = page.locator("#cn-unit-0")
+    unit.wait_for(state="visible")
+    assert page.locator(".cn-unit:visible").count() == 1
+    assert page.locator("#id_cn-0-module").input_value() == "canny"
+    assert page.locator("#id_cn-0-model").input_value() == CONTROLNET
+    assert float(page.locator("#id_cn-0-weight").input_value()) == 1.0
+    assert page.locator("#id_cn-0-processor_res").input_value() == str(SIZE)
+    page.locator("#cn-unit-0[data-kept-loaded]").wait_for(state="attached")
+    kept = unit.locator("img.cn-kept")
+    assert kept.is_visible()
+    assert (
+        page.evaluate("() => document.querySelector('#cn-unit-0 img.cn-kept').naturalWidth") == SIZE
+    )
+    page.screenshot(path=SCREENSHOTS.format(name="controlnet-reuse"), full_page=True)
+    # Generating again sends it: a txt2img unit without an image would be refused.
+    page.locator("#price").filter(has_text="credits").wait_for()
+    assert page.locator("#jobs .job").count() == 0
+    page.click("#generate-button")
+    page.locator('#jobs .job[data-status="succeeded"]').first.wait_for(timeout=120_000)
+    assert page.locator("#form-errors").is_hidden()
+
+    # The new result's own "Reuse parameters" opens the page again (its units' images are the
+    # server's to point at), rather than refilling only the form's other fields in place.
+    newest = page.locator("#results .result").first
+    newest.wait_for()
+    image_id = newest.get_attribute("data-image-id")
+    assert image_id and image_id not in page.url
+    newest.locator(".result-reuse").click()
+    page.wait_for_url(f"**/generate/?from_image={image_id}")
+    page.locator("#cn-unit-0[data-kept-loaded]").wait_for(state="attached")
+    assert page.locator("#id_cn-0-model").input_value() == CONTROLNET
     context.close()
     assert not errors, "\n".join(errors)

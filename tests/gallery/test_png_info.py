@@ -8,7 +8,7 @@ import io
 import re
 import struct
 import zlib
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -193,3 +193,24 @@ def test_pillows_decompression_bomb_limit_is_set():
 def test_anonymous_visitors_are_sent_to_log_in_for_png_info(client_for):
     response = client_for(None).get(reverse("gallery:png_info"))
     assert response.status_code == 302 and "/login/" in response["Location"]
+
+
+def test_an_a1111_controlnet_unit_goes_to_the_generator_with_its_settings(alice, client_for):
+    from generation.models import CatalogEntry
+
+    CatalogEntry.objects.create(
+        name="control_v11p_sd15_canny", kind="controlnet", family="sd1", sha256="d14c016b" * 8
+    )
+    unit = (
+        'ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 0.6, '
+        "Resize Mode: Just Resize, Low Vram: False, Processor Res: 512, Threshold A: 100, "
+        "Threshold B: 200, Guidance Start: 0.0, Guidance End: 0.8, Pixel Perfect: True, "
+        'Control Mode: Balanced, Save Detected Map: True"'
+    )
+    fields = _send_to_generator_fields(_upload(client_for(alice), _png(f"{A1111_LEGACY}, {unit}")))
+    assert fields["cn-0-model"] == "control_v11p_sd15_canny [d14c016b]"
+    assert (fields["cn-0-weight"], fields["cn-0-guidance_end"]) == ("0.6", "0.8")
+    assert (fields["cn-0-resize_mode"], fields["cn-0-pixel_perfect"]) == ("0", "on")
+    link = reverse("generate") + "?" + urlencode(fields)
+    page = client_for(alice).get(link).content.decode()
+    assert 'value="control_v11p_sd15_canny" data-family="sd1" selected' in page

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlsplit
 from django.urls import reverse
 
 from gallery.models import Publication
+from generation.models import CatalogEntry
 from tests.gallery.factories import make_checkpoint, make_publication
 
 
@@ -86,3 +87,64 @@ def test_the_generator_understands_the_remix_link(alice, bob, client_for):
     page = client_for(bob).get(_remix_link(client_for(bob), publication)).content.decode()
     assert "an origami heron on a teal lake</textarea>" in page
     assert 'name="seed" type="number" value="1001"' in page
+
+
+# --- ControlNet units: their settings, never their images ------------------------------------
+
+CANNY_UNIT = {
+    "image_sha256": "c0" * 32,  # alice's own control image: stays with her job
+    "module": "canny",
+    "model": "canny-sd15",
+    "weight": 0.8,
+    "guidance_start": 0.1,
+    "guidance_end": 0.9,
+    "control_mode": "prompt",
+    "resize_mode": 2,
+    "pixel_perfect": False,
+    "processor_res": 256,
+    "threshold_a": 50.0,
+    "threshold_b": 150.0,
+}
+
+
+def _controlnet(name: str, **extra) -> CatalogEntry:
+    return CatalogEntry.objects.create(
+        name=name, kind="controlnet", family="sd1", sha256="c1" * 32, **extra
+    )
+
+
+def test_bobs_remix_brings_alices_unit_settings_but_never_her_control_image(alice, bob, client_for):
+    _controlnet("canny-sd15")
+    publication = make_publication(alice, controlnet=[CANNY_UNIT])
+    url = _remix_link(client_for(bob), publication)
+    assert {k: v for k, v in _fields(url).items() if k.startswith("cn-")} == {
+        "cn-0-enabled": "on",
+        "cn-0-module": "canny",
+        "cn-0-model": "canny-sd15",
+        "cn-0-weight": "0.8",
+        "cn-0-guidance_start": "0.1",
+        "cn-0-guidance_end": "0.9",
+        "cn-0-control_mode": "prompt",
+        "cn-0-resize_mode": "2",
+        "cn-0-processor_res": "256",
+        "cn-0-threshold_a": "50",
+        "cn-0-threshold_b": "150",
+    }
+    page = client_for(bob).get(url).content.decode()
+    assert 'name="cn-0-enabled" checked' in page
+    assert 'value="canny-sd15" data-family="sd1" selected' in page
+    assert "data-kept-image" not in page and CANNY_UNIT["image_sha256"] not in page
+
+
+def test_remix_never_names_alices_private_controlnet(alice, bob, client_for):
+    _controlnet("alices-lineart", owner=alice)
+    unit = {**CANNY_UNIT, "model": "alices-lineart"}
+    publication = make_publication(alice, controlnet=[unit])
+    url = _remix_link(client_for(bob), publication)
+    assert "alices-lineart" not in url
+    assert _fields(url)["cn-0-unavailable_model"] == "a private model"
+    page = client_for(bob).get(url).content.decode()
+    assert "The ControlNet model “a private model” is not available to you" in page
+    # Alice's own remix names it (and selects it: it is hers).
+    own = _fields(_remix_link(client_for(alice), publication))
+    assert own["cn-0-model"] == "alices-lineart" and "cn-0-unavailable_model" not in own

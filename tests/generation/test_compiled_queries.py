@@ -184,3 +184,37 @@ def test_the_unfinished_count_follows_each_members_jobs(alice, bob, catalogue):
     assert counts() == tuple(Job.objects.owned_by(u).unfinished().count() for u in (alice, bob))
     with pytest.raises(TypeError):  # a values_list queryset has rows, not instances
         UNFINISHED.objects(owner=alice.pk)
+
+
+def test_a_name_in_the_catalogue_reads_as_visible_to_for_every_kind_of_member(
+    alice, bob, catalogue
+):
+    """The submission's lookup of a model by name (`NAMED_ENTRIES`) finds what
+    `CatalogEntry.objects.visible_to` finds: for a member of a tier limited to some models,
+    one of every model, staff, with another member's private model of the same name."""
+    from accounts.models import MembershipTier
+    from accounts.tiers import allowed_model_names, set_tier
+    from generation.models import CatalogEntry
+    from generation.submission import NAMED_ENTRIES
+
+    CatalogEntry.objects.create(
+        name="model-b", kind="checkpoint", family="sd1", owner=bob, sha256="b" * 64
+    )
+    limited = MembershipTier.objects.create(
+        name="Basic", slug="basic", rank=1, all_models=False, allowed_models=["model-a"]
+    )
+    set_tier(alice, limited)
+    staff = User.objects.create_user("staff", "staff@example.com", "x" * 20, is_staff=True)
+    for user in (alice, bob, staff):
+        names = None if user.is_staff else allowed_model_names(user)
+        for kind, name in [("checkpoint", n) for n in ("model-a", "model-b", "model-off")] + [
+            ("lora", "style")
+        ]:
+            expected = CatalogEntry.objects.visible_to(user).filter(kind=kind, name=name)
+            found = NAMED_ENTRIES.objects(
+                False, names is None, owner=user.pk, kind=kind, name=name, names=names or []
+            )
+            assert sorted(e.pk for e in found) == sorted(e.pk for e in expected), (user, name)
+    assert not NAMED_ENTRIES.objects(
+        False, False, owner=alice.pk, kind="checkpoint", name="model-b", names=["model-a"]
+    )

@@ -14,6 +14,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.urls import reverse
 
+from gpu_worker.preprocessors import BUILT_IN
 from tests.generation.a1111_support import sdapi_client, thread_connections_closed  # noqa: F401
 from tests.generation.conftest import SMALL
 from tests.generation.test_controlnet_preview import b64, decoded, square
@@ -46,7 +47,7 @@ async def test_a_worker_with_their_weights_lists_them_and_previews_with_them(
 ):
     client = await sync_to_async(sdapi_client)(alice)
     modules = (await client.get("/controlnet/module_list")).json()
-    assert modules["module_list"] == ["none", "canny", *WEIGHT_BASED]
+    assert modules["module_list"] == [*BUILT_IN, *WEIGHT_BASED]
     sliders = modules["module_detail"]["openpose"]["sliders"]
     assert sliders[0]["name"] == "Preprocessor Resolution"
 
@@ -80,7 +81,8 @@ def test_the_page_offers_them_and_a_job_takes_them_while_a_worker_has_them(
     accepted = alice_api.post("/api/v1/jobs/", {**SMALL, "controlnet": [unit]}, format="json")
     assert accepted.status_code == 201, accepted.content
 
-    annotator_worker["preprocessors"][:] = ["none", "canny"]  # its weights were taken away
+    # its weights were taken away
+    annotator_worker["preprocessors"][:] = list(BUILT_IN)
     annotator_worker["beat_now"]()
     refused = alice_api.post("/api/v1/jobs/", {**SMALL, "controlnet": [unit]}, format="json")
     assert refused.status_code == 422 and refused.json()["field"] == "controlnet[0].module"

@@ -122,3 +122,21 @@ def _stored_png(data: bytes) -> bytes:
     out = io.BytesIO()
     Image.open(io.BytesIO(data)).convert("RGB").save(out, "PNG")
     return out.getvalue()
+
+
+def test_a_form_with_a_painted_mask_sends_its_units_too(client, alice, catalogue):
+    client.force_login(alice)
+    form = {
+        **GENERATOR_FORM,
+        "checkpoint": "model-a",
+        **unit_fields(module="inpaint_only"),  # no unit image: the source's
+        "init_image": SimpleUploadedFile("source.png", square_png(), "image/png"),
+        "mask": SimpleUploadedFile("mask.png", square_png(), "image/png"),
+        "inpaint_inpaint_full_res": "on",
+    }
+    assert client.post(reverse("generate"), form).status_code == 302
+    params = Job.objects.get(owner=alice).params
+    assert params["inpaint"]["inpaint_full_res"] is True
+    [unit] = params["controlnet"]
+    assert unit["module"] == "inpaint_only" and unit["image_sha256"] is None
+    assert '<option value="inpaint_only"' in client.get(reverse("generate")).content.decode()

@@ -14,6 +14,7 @@ from django.urls import reverse
 from PIL import Image, ImageDraw
 
 from accounts.models import MembershipTier
+from generation.a1111.errors import A1111Error
 from generation.a1111.translation import translate
 from generation.job_messages import build_request
 from generation.models import Job
@@ -77,11 +78,26 @@ def test_a_unit_is_stored_with_its_image_by_hash_and_sent_to_the_worker(
 
 
 @pytest.mark.django_db
-def test_units_with_an_inpaint_mask_are_refused_naming_controlnet(alice_api, catalogue):
+def test_units_ride_along_with_an_inpaint_mask_to_the_worker(alice_api, catalogue):
     body = {**SMALL, "mode": "img2img", "init_image": square_png(), "mask": square_png()}
-    response = alice_api.post("/api/v1/jobs/", {**body, "controlnet": [UNIT]}, format="json")
+    unit = {**UNIT, "image": None, "module": "inpaint_only"}  # the source as its image
+    response = alice_api.post("/api/v1/jobs/", {**body, "controlnet": [unit]}, format="json")
+    assert response.status_code == 201, response.content
+    request = build_request(Job.objects.get())
+    assert request["inpaint"] is not None and request["mask_png_b64"]
+    (sent,) = request["controlnet"]
+    assert sent["module"] == "inpaint_only" and sent["image_sha256"] is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("mode", ["txt2img", "img2img"])
+def test_inpaint_only_without_a_mask_is_refused_naming_the_units_module(alice_api, catalogue, mode):
+    body = {**SMALL, "mode": mode, "init_image": square_png() if mode == "img2img" else None}
+    unit = {**UNIT, "module": "inpaint_only"}
+    response = alice_api.post("/api/v1/jobs/", {**body, "controlnet": [UNIT, unit]}, format="json")
     assert response.status_code == 422, response.content
-    assert response.json()["field"] == "controlnet" and "inpainting" in response.json()["detail"]
+    assert response.json()["field"] == "controlnet[1].module"
+    assert "mask" in response.json()["detail"]
     assert not Job.objects.exists()
 
 
@@ -144,6 +160,40 @@ def test_a_webuiapi_unit_becomes_the_jobs_unit_and_a_disabled_one_is_left_out(al
     assert stored["model"] == "canny-sd15" and stored["threshold_a"] == 100
 
 
+@pytest.mark.django_db
+def test_an_a1111_inpaint_call_with_units_keeps_its_mask_and_units(alice, catalogue):
+    body = {
+        **{
+            k: v
+            for k, v in WEBUIAPI_TXT2IMG.items()
+            if not k.startswith(("hr_", "firstphase_")) and k != "enable_hr"
+        },
+        "prompt": "x",
+        "steps": 4,
+        "width": 64,
+        "height": 64,
+        "init_images": [square_png()],
+        "mask": square_png(),
+        "inpaint_full_res": True,
+        "alwayson_scripts": {"controlnet": {"args": [{**WEBUIAPI_UNIT, "module": "inpaint_only"}]}},
+    }
+    params = validate_params(alice, translate(alice, body, "img2img").params).params
+    inpaint = params["inpaint"]
+    assert inpaint is not None and inpaint["inpaint_full_res"] is True
+    (unit,) = params["controlnet"]
+    assert unit["module"] == "inpaint_only" and unit["model"] == "canny-sd15"
+
+    # The extension's unit option not to crop its image to the "only masked" region: refused
+    uncropped = {**WEBUIAPI_UNIT, "inpaint_crop_input_image": False}
+    body["alwayson_scripts"] = {"controlnet": {"args": [uncropped]}}
+    with pytest.raises(A1111Error) as refused:
+        translate(alice, body, "img2img")
+    assert refused.value.status == 422
+    assert refused.value.field == "alwayson_scripts.controlnet.args[0].inpaint_crop_input_image"
+    whole_picture = translate(alice, {**body, "inpaint_full_res": False}, "img2img").params
+    assert len(whole_picture["controlnet"]) == 1  # nothing is cropped there: it asks for nothing
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("thread_connections_closed")
 @pytest.mark.parametrize(
@@ -185,7 +235,8 @@ async def test_the_controlnet_endpoints_answer_as_the_extension_does(alice, cata
     models = (await client.get("/controlnet/model_list")).json()["model_list"]
     assert models == ["canny-sd15 [63616e6e]"]
     modules = (await client.get("/controlnet/module_list")).json()
-    assert modules["module_list"] == ["none", "canny"] and "canny" in modules["module_detail"]
+    assert modules["module_list"][:3] == ["none", "canny", "inpaint_only"]
+    assert "canny" in modules["module_detail"]
     scripts = (await get(client, "scripts")).json()
     assert scripts == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
     # /controlnet/detect runs on a worker: tests/generation/test_controlnet_preview.py

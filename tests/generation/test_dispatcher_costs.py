@@ -12,6 +12,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from generation.events import user_group
@@ -194,3 +195,35 @@ def test_after_the_queue_moved_every_queued_owner_hears_their_place(
     events = asyncio.run(heard())
     assert all(event["type"] == "job.queued" for event in events.values())
     assert {event["position"] for event in events.values()} == {1, 2}
+
+
+def test_after_the_queue_empties_a_new_jobs_answer_reads_no_speed_history(
+    alice, catalogue, redis_client
+):
+    """A job ran and the dispatcher woke to an empty queue (as after every success): the
+    snapshot it stores still carries the speed of that kind of job, so the next submission of
+    that kind is answered with its measured ETA without reading the history itself."""
+    from accounts.models import ApiToken
+    from generation.scheduling.estimates import KeptHistory, RecentSpeedKeys
+
+    history, recent = KeptHistory(), RecentSpeedKeys()
+    ran = submit_job(alice, SMALL)
+    beat(redis_client, "gpu-1", hot=["model-a"])
+    answer_wake({str(ran.pk)}, history, recent)  # handed out
+    ran.refresh_from_db()
+    assert ran.mark_running("gpu-1", ran.attempt)
+    assert ran.mark_succeeded(ran.attempt, "gpu-1", {"total_s": 2.0, "sampling_s": 1.5})
+    assert answer_wake({""}, history, recent) is False  # the wake after its success
+    empty = stored_snapshot()
+    assert empty is not None and not empty.infos and empty.speeds.known
+
+    _token, secret = ApiToken.issue(alice, "script")
+    headers = {"Authorization": f"Bearer {secret}"}
+    api = Client()
+    with CaptureQueriesContext(connection) as queries:
+        response = api.post(
+            "/api/v1/jobs/", SMALL, content_type="application/json", headers=headers
+        )
+    assert response.status_code == 201 and response.json()["eta_source"] == "history"
+    history_reads = [q for q in queries if '"finished_at" >=' in q["sql"]]
+    assert not history_reads, "no speed history read"

@@ -159,6 +159,38 @@ async def test_the_a1111_extras_restore_faces_with_the_demo_gfpgan(alice):
     assert "GFPGAN visibility: 1" in response.json()["html_info"]
 
 
+@pytest.mark.usefixtures("thread_connections_closed")
+async def test_with_the_operators_opt_in_extras_runs_gfpgan_then_codeformer(alice, settings):
+    client = await sync_to_async(sdapi_client)(alice)
+    body = {"image": png_b64(64, 64), "upscaler_1": DEMO, "gfpgan_visibility": 1}
+    body |= {"codeformer_visibility": 1, "codeformer_weight": 0.5}
+    refused = await post(client, "extra-single-image", body)
+    assert refused.status_code == 422 and refused.json()["field"] == "codeformer_visibility"
+    settings.ALLOW_NONCOMMERCIAL_MODELS = "codeformer:S-Lab-1.0"
+    response = await post(client, "extra-single-image", body)
+    assert response.status_code == 200, response.content
+    info = response.json()["html_info"]
+    assert "GFPGAN visibility: 1, CodeFormer visibility: 1, CodeFormer weight: 0.5" in info
+
+
+@pytest.mark.usefixtures("thread_connections_closed")
+async def test_with_the_operators_opt_in_a1111_txt2img_restores_faces_with_codeformer(
+    alice, settings
+):
+    client = await sync_to_async(sdapi_client)(alice)
+    body = {"prompt": "a portrait", "steps": 2, "width": 64, "height": 64, "restore_faces": True}
+    body["override_settings"] = {"face_restoration_model": "CodeFormer", "code_former_weight": 0}
+    refused = await post(client, "txt2img", body)
+    assert refused.status_code == 422
+    assert refused.json()["field"] == "override_settings.face_restoration_model"
+    settings.ALLOW_NONCOMMERCIAL_MODELS = "codeformer:S-Lab-1.0"
+    response = await post(client, "txt2img", body)
+    assert response.status_code == 200, response.content
+    info = json.loads(response.json()["info"])
+    assert info["face_restoration_model"] == "CodeFormer"
+    assert "Face restoration: CodeFormer" in info["infotexts"][0]
+
+
 def test_txt2img_with_restore_faces_says_so_in_the_image_on_the_real_worker(alice):
     client = api_client(alice)
     body = {"prompt": "a portrait", "steps": 2, "width": 64, "height": 64, "restore_faces": True}

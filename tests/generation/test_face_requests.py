@@ -1,22 +1,25 @@
-"""Face restoration at the front doors, without a GPU worker: which model a job gets, its price,
-and the licence gate that keeps CodeFormer off unless the operator names its licence."""
+"""Face restoration at the front doors, without a GPU worker: which model a job gets (GFPGAN or
+CodeFormer, A1111's face_restoration_model and code_former_weight), its price, and the licence
+gate that keeps CodeFormer off unless the operator names its licence."""
 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.urls import reverse
 
 from generation.a1111.translation import translate
 from generation.models import CatalogEntry, Job
-from generation.submission import validate_params
+from generation.submission import SubmissionError, validate_params
 from tests.generation.a1111_support import (
     get,
     sdapi_client,
     thread_connections_closed,  # noqa: F401 - a fixture
 )
-from tests.generation.conftest import SMALL
+from tests.generation.conftest import GENERATOR_FORM, SMALL
 from tests.generation.test_extras_requests import png_b64
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,10 +56,21 @@ def test_face_restoration_without_a_model_is_422_naming_the_field(alice_api, cat
     assert response.status_code == 422 and response.json()["field"] == "restore_faces"
 
 
-def test_a_codeformer_file_is_never_used_for_restore_faces(alice_api, catalogue):
+def test_a_codeformer_file_is_not_used_for_restore_faces_until_the_operator_enables_it(
+    alice_api, catalogue, settings
+):
     face_model("codeformer-v0.1.0", "codeformer")
     response = alice_api.post("/api/v1/jobs/", {**SMALL, "restore_faces": True}, format="json")
     assert response.status_code == 422
+    named = {**SMALL, "restore_faces": True, "face_restoration_model": "CodeFormer"}
+    response = alice_api.post("/api/v1/jobs/", named, format="json")
+    assert response.status_code == 422
+    assert response.json()["field"] == "face_restoration_model"
+    assert "S-Lab-1.0" in response.json()["detail"]
+    settings.ALLOW_NONCOMMERCIAL_MODELS = "codeformer:S-Lab-1.0"
+    quote = alice_api.post("/api/v1/jobs/quote/", {**SMALL, "restore_faces": True}, format="json")
+    params = quote.json()["params"]  # the only restorer installed: it is the default
+    assert params["face_restorer"] == "codeformer-v0.1.0" and params["code_former_weight"] == 0.5
 
 
 def test_codeformer_is_refused_for_its_licence_until_the_operator_names_it(
@@ -69,9 +83,15 @@ def test_codeformer_is_refused_for_its_licence_until_the_operator_names_it(
     assert "S-Lab-1.0" in detail and "ATELIER_ALLOW_NONCOMMERCIAL_MODELS" in detail
     settings.ALLOW_NONCOMMERCIAL_MODELS = "codeformer:S-Lab-1.0"
     response = alice_api.post("/api/v1/extras/", body, format="json")
-    assert response.status_code == 422
-    assert "not available in this version" in response.json()["detail"]
+    assert response.status_code == 422  # enabled, but none installed
+    assert "no CodeFormer model is installed (models/Codeformer/)" in response.json()["detail"]
     assert not Job.objects.exists()
+    face_model("codeformer-v0.1.0", "codeformer")
+    body |= {"codeformer_weight": 0.7, "upscaler_1": "None"}
+    job = alice_api.post("/api/v1/extras/", body, format="json").json()
+    extras = job["params"]["extras"]
+    assert (extras["codeformer"], extras["codeformer_weight"]) == ("codeformer-v0.1.0", 0.7)
+    assert job["checkpoint"] == "codeformer-v0.1.0"
 
 
 def test_restore_faces_is_carried_and_priced_per_image(alice_api, gfpgan):
@@ -92,14 +112,41 @@ def test_the_a1111_txt2img_restore_faces_is_gfpgan(alice, gfpgan):
     assert params["restore_faces"] is True and params.get("face_restorer") == "GFPGANv1.4"
 
 
+def test_the_a1111_face_restoration_model_and_weight_choose_codeformer(alice, gfpgan, settings):
+    settings.ALLOW_NONCOMMERCIAL_MODELS = "codeformer:S-Lab-1.0"
+    face_model("codeformer-v0.1.0", "codeformer")
+    overrides: dict[str, Any] = {"sd_model_checkpoint": "model-a"}
+    overrides |= {"face_restoration_model": "CodeFormer", "code_former_weight": 0.3}
+    body = {"prompt": "x", "steps": 2, "width": 64, "height": 64, "restore_faces": True}
+    body["override_settings"] = overrides
+    params = validate_params(alice, translate(alice, body, "txt2img").params).params
+    assert params.get("face_restorer") == "codeformer-v0.1.0"
+    assert params.get("code_former_weight") == 0.3
+    overrides["code_former_weight"] = 2
+    with pytest.raises(SubmissionError) as refused:
+        validate_params(alice, translate(alice, body, "txt2img").params)
+    assert refused.value.field == "code_former_weight"
+    overrides |= {"code_former_weight": 0.3, "face_restoration_model": "Other"}
+    with pytest.raises(SubmissionError, match="valid: GFPGAN, CodeFormer"):
+        validate_params(alice, translate(alice, body, "txt2img").params)
+
+
 @pytest.mark.usefixtures("thread_connections_closed")
-async def test_the_a1111_face_restorers_list_gfpgan_only_when_one_is_usable(alice, catalogue):
+async def test_the_a1111_face_restorers_list_what_is_installed_and_enabled(
+    alice, catalogue, settings
+):
     client = await sync_to_async(sdapi_client)(alice)
     assert (await get(client, "face-restorers")).json() == []
+    assert (await get(client, "options")).json()["face_restoration_model"] is None
     await sync_to_async(face_model)("codeformer-v0.1.0", "codeformer")
     assert (await get(client, "face-restorers")).json() == []
     await sync_to_async(face_model)("GFPGANv1.4", "gfpgan")
     assert (await get(client, "face-restorers")).json() == [{"name": "GFPGAN", "cmd_dir": None}]
+    settings.ALLOW_NONCOMMERCIAL_MODELS = "codeformer:S-Lab-1.0"
+    names = [entry["name"] for entry in (await get(client, "face-restorers")).json()]
+    assert names == ["GFPGAN", "CodeFormer"]
+    options = (await get(client, "options")).json()
+    assert (options["face_restoration_model"], options["code_former_weight"]) == ("GFPGAN", 0.5)
 
 
 def test_a_faces_only_extras_job_points_at_its_face_model(alice_api, gfpgan):
@@ -107,3 +154,18 @@ def test_a_faces_only_extras_job_points_at_its_face_model(alice_api, gfpgan):
     job = alice_api.post("/api/v1/extras/", body, format="json").json()
     assert job["checkpoint"] == "GFPGANv1.4"
     assert (job["params"]["width"], job["params"]["height"]) == (64, 64)
+
+
+def test_the_generator_page_offers_codeformer_only_once_the_operator_enabled_it(
+    client, alice, gfpgan, settings
+):
+    face_model("codeformer-v0.1.0", "codeformer")
+    client.force_login(alice)
+    assert '<option value="CodeFormer"' not in client.get(reverse("generate")).content.decode()
+    settings.ALLOW_NONCOMMERCIAL_MODELS = "codeformer:S-Lab-1.0"
+    assert '<option value="CodeFormer"' in client.get(reverse("generate")).content.decode()
+    posted = {**GENERATOR_FORM, "checkpoint": "model-a", "restore_faces": "on"}
+    posted |= {"face_restoration_model": "CodeFormer", "code_former_weight": "0.2"}
+    client.post(reverse("generate"), posted)
+    params = Job.objects.get(owner=alice).params
+    assert params["face_restorer"] == "codeformer-v0.1.0" and params["code_former_weight"] == 0.2

@@ -216,3 +216,51 @@ async def test_an_a1111_all_black_mask_is_a_422_naming_mask(a1111):
     response = await post(a1111, "img2img", body)
     assert response.status_code == 422 and response.json()["field"] == "mask"
     assert not await sync_to_async(Job.objects.exists)()
+
+
+# --- ControlNet units on inpaint jobs ----------------------------------------------------------
+
+
+def canny_square() -> str:
+    image = Image.new("RGB", (64, 64), "black")
+    ImageDraw.Draw(image).rectangle((20, 20, 36, 36), fill="white")
+    return png_b64(image)
+
+
+def test_rest_inpainting_with_a_unit_repaints_only_the_mask_and_the_unit_shows(alice):
+    source = pattern((64, 64))
+    body = {**rest_body(source, mask_of((64, 64), BOX)), "inpaint": {"mask_blur": 0}}
+    unit = {"image": canny_square(), "module": "canny", "model": "atelier-demo-controlnet"}
+    plain, _ = rest_result(alice, body)
+    controlled, infotext = rest_result(alice, {**body, "controlnet": [unit]})
+    diff = changed(source, controlled)
+    assert diff and diff <= inside(BOX)
+    assert changed(plain, controlled)  # the same job without the unit paints the mask otherwise
+    assert 'ControlNet 0: "Module: canny, Model: atelier-demo-controlnet [' in infotext
+    assert "Inpaint area: Whole picture" in infotext
+
+
+async def test_a_webuiapi_inpaint_call_with_an_inpaint_only_unit_keeps_the_unmasked_pixels(a1111):
+    source, box = pattern((128, 96)), (40, 30, 72, 62)
+    unit = {
+        "input_image": None,  # the extension uses the img2img source
+        "module": "inpaint_only",
+        "model": "atelier-demo-controlnet",
+        "weight": 1.0,
+        "resize_mode": "Crop and Resize",
+        "processor_res": -1,
+        "threshold_a": -1,
+        "threshold_b": -1,
+        "control_mode": "ControlNet is more important",
+        "pixel_perfect": True,
+    }
+    body = webuiapi_img2img(source, mask_of((128, 96), box))  # only masked, as webuiapi sends
+    image, result = await a1111_image(
+        a1111, {**body, "alwayson_scripts": {"ControlNet": {"args": [unit]}}}
+    )
+    assert image.size == (128, 96)
+    diff = changed(source, image)
+    assert diff and diff <= inside(box)
+    infotext = json.loads(result["info"])["infotexts"][0]
+    assert "Inpaint area: Only masked" in infotext
+    assert 'ControlNet 0: "Module: inpaint_only, Model: atelier-demo-controlnet [' in infotext

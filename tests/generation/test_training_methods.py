@@ -224,6 +224,20 @@ def test_generated_class_images_are_an_ordinary_job_of_alices_the_training_waits
     assert str(class_job.pk) in str(listed)
 
 
+def test_only_the_class_job_takes_a_place_among_the_waiting_jobs_the_training_waits(
+    alice, catalogue, alices_dataset, redis_client, django_capture_on_commit_callbacks
+):
+    """The waiting set behind queue places (`generation.waiting_set`) holds what the scheduler
+    may hand out: the training is added once its class images are frozen, not before."""
+    from generation import waiting_set
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_client(alice).post(JOBS, generated_classes(alices_dataset), format="json")
+    class_job = Job.objects.get(pk=response.json()["id"]).after
+    assert class_job is not None
+    assert redis_client.zrange(waiting_set.KEY, 0, -1) == [str(class_job.pk).encode()]
+
+
 def test_cancelling_the_class_job_calls_off_the_training_and_refunds_both(
     alice, catalogue, alices_dataset, redis_client
 ):

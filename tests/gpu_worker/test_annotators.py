@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from gpu_worker.engine import JobFailed
 from gpu_worker.infotext import parse_infotext
-from gpu_worker.preprocessors import ANNOTATOR_WEIGHTS, worker_preprocessors
+from gpu_worker.preprocessors import ANNOTATOR_WEIGHTS, BUILT_IN, worker_preprocessors
 
 from .conftest import make_engine
 from .test_controlnet import pixels, run, unit
@@ -38,11 +38,11 @@ def lineart_models(tmp_path_factory: pytest.TempPathFactory, demo_models_dir: Pa
 
 
 def test_an_annotator_is_listed_only_where_its_weights_are(tmp_path: Path) -> None:
-    assert worker_preprocessors(tmp_path) == ["none", "canny"]
+    assert worker_preprocessors(tmp_path) == list(BUILT_IN)
     weights = tmp_path / ANNOTATOR_WEIGHTS["lineart_coarse"]
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
-    assert worker_preprocessors(tmp_path) == ["none", "canny", "lineart_coarse"]
+    assert worker_preprocessors(tmp_path) == [*BUILT_IN, "lineart_coarse"]
 
 
 def test_lineart_is_the_networks_lines_inverted_at_the_processor_resolution(
@@ -107,8 +107,7 @@ def test_hed_and_openpose_are_listed_by_their_own_files(tmp_path: Path) -> None:
         weights.parent.mkdir(parents=True, exist_ok=True)
         weights.write_bytes(b"")
     assert worker_preprocessors(tmp_path) == [
-        "none",
-        "canny",
+        *BUILT_IN,
         "softedge_hed",
         "softedge_hedsafe",  # the same network, quantised: the same file
         "openpose",

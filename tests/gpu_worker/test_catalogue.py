@@ -54,10 +54,12 @@ def test_scan_lists_the_demo_models_with_hashes_and_family(models: Path, tmp_pat
         ("controlnet", "atelier-demo-controlnet"),
         ("upscaler", "atelier-demo-upscaler"),
         ("face_restorer", "atelier-demo-gfpgan"),
+        ("face_restorer", "atelier-demo-codeformer"),
     }
     assert entries[("controlnet", "atelier-demo-controlnet")]["family"] == "sd1"
     assert entries[("upscaler", "atelier-demo-upscaler")]["scale"] == 4
     assert entries[("face_restorer", "atelier-demo-gfpgan")]["family"] == "gfpgan"
+    assert entries[("face_restorer", "atelier-demo-codeformer")]["family"] == "codeformer"
     v1 = entries[("checkpoint", "atelier-demo-v1")]
     path = models / v1["filename"]
     assert v1["family"] == "sd1"

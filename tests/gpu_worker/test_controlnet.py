@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from gpu_worker.controlnet import CACHE_PREFIX, load_controlnet
 from gpu_worker.engine import JobFailed
 from gpu_worker.infotext import parse_infotext
+from gpu_worker.preprocessors import BUILT_IN
 
 from .conftest import demo_request, make_engine
 
@@ -189,7 +190,7 @@ def test_a_diffusers_folder_controlnet_loads_and_acts_like_its_single_file(
     )
     beat = service.heartbeat_snapshot()
     assert beat["loaded_controlnets"] == ["sd15-canny-diffusers"]
-    assert beat["preprocessors"] == ["none", "canny"]
+    assert beat["preprocessors"] == list(BUILT_IN)
 
 
 def test_a_running_worker_answers_a_preview_request(worker_world: Any, gw_redis: Any) -> None:
