@@ -123,6 +123,8 @@ def test_a_member_previews_a_canny_unit_and_generates_with_it(live_platform, bro
     page.locator("a.button", has_text="Reuse parameters").click()
     unit = page.locator("#cn-unit-0")
     unit.wait_for(state="visible")
+    # The server renders both of her tier's units; the script hides the one not enabled.
+    page.locator("#cn-unit-1").wait_for(state="hidden")
     assert page.locator(".cn-unit:visible").count() == 1
     assert page.locator("#id_cn-0-module").input_value() == "canny"
     assert page.locator("#id_cn-0-model").input_value() == CONTROLNET

@@ -76,7 +76,10 @@ async def test_alice_watches_her_job_over_the_websocket_and_cancels_a_running_on
             if event["job_id"] == job["id"]:
                 seen.append(event)
         kinds = [e["type"] for e in seen]
-        assert kinds[0] == "job.queued" and "job.started" in kinds and "job.progress" in kinds
+        # (Its place, job.queued, may come before the start or not at all: a job handed to an
+        # idle worker can start before its place is published; the page never moves a job back.)
+        assert "job.started" in kinds and "job.progress" in kinds
+        assert kinds.index("job.started") < kinds.index("job.succeeded")
         assert seen[-1]["images"][0]["url"].startswith("/images/")
 
         response = await post(
