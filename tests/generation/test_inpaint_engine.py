@@ -23,36 +23,12 @@ from tests.generation.a1111_support import (
 )
 from tests.generation.conftest import api_client, image_bytes, wait_for
 from tests.generation.real_worker import REAL_WORKER_MARKS
+from tests.inpaint_images import mask_of, pattern, png_b64
 
 pytest.importorskip("diffusers")
 pytestmark = REAL_WORKER_MARKS
 
 BOX = (16, 16, 40, 40)
-
-
-def png_b64(image: Image.Image) -> str:
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return base64.b64encode(out.getvalue()).decode()
-
-
-def pattern(size: tuple[int, int]) -> Image.Image:
-    """A source whose every pixel differs from its neighbours, so any change shows."""
-    image = Image.new("RGB", size)
-    image.putdata(
-        [
-            ((x * 7) % 256, (y * 11) % 256, (x * y) % 256)
-            for y in range(size[1])
-            for x in range(size[0])
-        ]
-    )
-    return image
-
-
-def mask_of(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
-    mask = Image.new("L", size, 0)
-    ImageDraw.Draw(mask).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=255)
-    return mask
 
 
 def changed(before: Image.Image, after: Image.Image) -> set[tuple[int, int]]:

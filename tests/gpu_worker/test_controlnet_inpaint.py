@@ -20,36 +20,12 @@ from gpu_worker.engine import JobFailed, resize_image
 from gpu_worker.infotext import parse_infotext
 from gpu_worker.masking import plan_inpaint
 from gpu_worker.params import INPAINT_DEFAULTS
+from tests.inpaint_images import mask_of, pattern, png_b64
 
 from .conftest import demo_request
 
 SHA = "0" * 64
 BOX = (16, 16, 40, 40)
-
-
-def png_b64(image: Image.Image) -> str:
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return base64.b64encode(out.getvalue()).decode()
-
-
-def pattern(size: tuple[int, int]) -> Image.Image:
-    """A source whose every pixel differs from its neighbours, so any change shows."""
-    image = Image.new("RGB", size)
-    image.putdata(
-        [
-            ((x * 7) % 256, (y * 11) % 256, (x * y) % 256)
-            for y in range(size[1])
-            for x in range(size[0])
-        ]
-    )
-    return image
-
-
-def mask_of(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
-    mask = Image.new("L", size, 0)
-    ImageDraw.Draw(mask).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=255)
-    return mask
 
 
 def squares() -> str:
