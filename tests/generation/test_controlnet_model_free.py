@@ -24,19 +24,9 @@ from tests.generation.a1111_support import (
 from tests.generation.conftest import SMALL
 from tests.generation.test_controlnet_preview import DETECT, b64, decoded, square
 from tests.generation.test_controlnet_requests import UNIT, square_png
+from tests.gpu_worker.test_model_free_preprocessors import MODEL_FREE
 
-NEW_MODULES = [
-    "tile_resample",
-    "invert",
-    "threshold",
-    "blur_gaussian",
-    "lineart_standard",
-    "scribble_xdog",
-    "color",
-    "shuffle",
-    "recolor_luminance",
-    "recolor_intensity",
-]
+NEW_MODULES = list(MODEL_FREE)
 
 
 def _txt2img(units: list) -> dict:

@@ -23,8 +23,8 @@ from gpu_worker.params import INPAINT_DEFAULTS
 from tests.inpaint_images import mask_of, pattern, png_b64
 
 from .conftest import demo_request
+from .test_controlnet import SHA, unit
 
-SHA = "0" * 64
 BOX = (16, 16, 40, 40)
 
 
@@ -32,24 +32,6 @@ def squares() -> str:
     image = Image.new("RGB", (64, 64), "black")
     ImageDraw.Draw(image).rectangle((20, 20, 36, 36), fill="white")
     return png_b64(image)
-
-
-def unit(**overrides: Any) -> dict[str, Any]:
-    return {
-        "image_sha256": SHA,
-        "module": "canny",
-        "model": "atelier-demo-controlnet",
-        "weight": 1.0,
-        "guidance_start": 0.0,
-        "guidance_end": 1.0,
-        "control_mode": "balanced",
-        "resize_mode": 1,
-        "pixel_perfect": False,
-        "processor_res": 64,
-        "threshold_a": 100.0,
-        "threshold_b": 200.0,
-        **overrides,
-    }
 
 
 def inpaint_request(

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from gpu_worker.params import INPAINT_DEFAULTS
 
 from .conftest import demo_request
+from .test_controlnet import unit as controlnet_unit
 
 INPAINT_MODEL = "atelier-demo-v1-inpainting"
 
@@ -93,20 +94,7 @@ def test_an_inpaint_checkpoint_takes_a_variation_seed_in_txt2img(engine: Any) ->
 def controlnet_request(**overrides: Any) -> Any:
     control = Image.new("RGB", (64, 64), "black")
     ImageDraw.Draw(control).rectangle((16, 16, 48, 48), fill="white")
-    unit = {
-        "image_sha256": "0" * 64,
-        "module": "canny",
-        "model": "atelier-demo-controlnet",
-        "weight": 1.0,
-        "guidance_start": 0.0,
-        "guidance_end": 1.0,
-        "control_mode": "balanced",
-        "resize_mode": 1,
-        "pixel_perfect": False,
-        "processor_res": 64,
-        "threshold_a": 100.0,
-        "threshold_b": 200.0,
-    }
+    unit = controlnet_unit()
     return demo_request(
         sampler="Euler",
         steps=4,
