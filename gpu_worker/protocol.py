@@ -168,6 +168,10 @@ class ResultImage(TypedDict):
     infotext: str
     width: int
     height: int
+    # The gallery's thumbnail (`gpu_worker.thumbnails`), made by the worker from the image it
+    # already holds, so that the platform checks the PNG instead of decoding it. Workers older
+    # than this field send none; the platform then makes it.
+    thumbnail_webp_b64: NotRequired[str]
 
 
 class JobTimings(TypedDict, total=False):
