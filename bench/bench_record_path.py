@@ -17,6 +17,14 @@ postgres://postgres@127.0.0.1:5432/atelier_bench_platform, dropped and created).
   <kind> sent to event     median and p90 over RECORD_RUNS jobs (after 5 unmeasured)
   platform worker CPU      its CPU time (/proc) per event recorded: the steadiest figure on a
                            busy machine (the 'started' one is taken from the job's engine)
+
+Then the worker's thumbnail against none: for each side of RECORD_THUMBNAIL_SIDES (default 512
+and 1024, SD's sizes), RECORD_RUNS 'succeeded' events whose image carries the thumbnail the
+GPU worker makes (`gpu_worker.thumbnails`; the platform checks the PNG without decoding it)
+alternated with as many without one (what a worker older than the field sends: the platform
+decodes the PNG to make it), so that both kinds share the machine's noise. Prints each kind's
+latency and the platform worker's CPU per event (its threads' run time, /proc schedstat, to the
+nanosecond), and the ratio with/without.
 """
 
 from __future__ import annotations
@@ -31,13 +39,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import cpu_seconds, per_database, setup_django, start, stop
+from support import cpu_seconds, per_database, setup_django, start, stop, vs_goal
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RUNS = int(os.environ.get("RECORD_RUNS", "50"))
 SIDE = int(os.environ.get("RECORD_SIDE", "128"))  # the result image's width and height
+THUMBNAIL_SIDES = [int(v) for v in os.environ.get("RECORD_THUMBNAIL_SIDES", "512,1024").split(",")]
 WARM_UP = 5
 POSTGRES_URL = os.environ.get(
     "BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/atelier_bench_platform"
@@ -54,25 +63,30 @@ JOB = {
 }
 
 
-def result_image() -> dict[str, Any]:
-    """A SIDE x SIDE result as a worker reports the demo job's image (a gradient with noise:
-    about as large as the demo model's output): its PNG with the infotext."""
+def result_image(side: int = SIDE, thumbnail: bool = False) -> dict[str, Any]:
+    """A side x side result as a worker reports the demo job's image (a gradient with noise:
+    about as large as the demo model's output): its PNG with the infotext, and with
+    `thumbnail` the gallery thumbnail a current worker sends beside it."""
     import numpy as np
     from PIL import Image
 
     from gpu_worker.infotext import png_with_infotext
+    from gpu_worker.thumbnails import thumbnail_webp
 
     rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 190, SIDE)[None, :, None]
-    image = Image.fromarray((rng.random((SIDE, SIDE, 3)) * 64 + ramp).astype("uint8"))
+    ramp = np.linspace(0, 190, side)[None, :, None]
+    image = Image.fromarray((rng.random((side, side, 3)) * 64 + ramp).astype("uint8"))
     png = png_with_infotext(image, "a lighthouse at dusk\nSteps: 10, Seed: 1")
-    return {
+    result = {
         "png_b64": base64.b64encode(png).decode("ascii"),
         "seed": 1,
         "infotext": "a lighthouse",
-        "width": SIDE,
-        "height": SIDE,
+        "width": side,
+        "height": side,
     }
+    if thumbnail:
+        result["thumbnail_webp_b64"] = base64.b64encode(thumbnail_webp(image)).decode("ascii")
+    return result
 
 
 def bench_user() -> Any:
@@ -90,32 +104,45 @@ def bench_user() -> Any:
 
 
 KINDS = ("started", "succeeded")  # each job's two events, in the order a worker sends them
+WITH, WITHOUT = "worker's thumbnail", "no thumbnail"  # the two kinds of 'succeeded' compared
+
+Measured = tuple[list[float], float]  # seconds from each event sent to it heard; CPU seconds
 
 
-def record_jobs(user: Any, count: int) -> dict[str, tuple[list[float], float]]:
-    """For each event kind: (seconds from each event sent to its job.<kind> heard, CPU
-    seconds the platform worker spent on the measured ones); all the jobs' 'started' first (the
-    others still queued, as on a busy platform), then their 'succeeded'. The worker's pid is
-    read from $PLATFORM_PID."""
-    import dramatiq
+def thread_cpu_seconds(pid: int) -> float:
+    """The run time of a process's threads (/proc schedstat, in nanoseconds): precise enough to
+    take event by event, where /proc stat counts clock ticks (10 ms). Its threads live as long
+    as it does (Dramatiq's, the dispatcher's, the publisher's), so none takes its time away."""
+    tasks = Path(f"/proc/{pid}/task")
+    return sum(int((task / "schedstat").read_text().split()[0]) for task in tasks.iterdir()) / 1e9
 
-    from generation.broker import get_broker
-    from generation.events import user_group
-    from generation.queue import queue_snapshot, store_snapshot
-    from generation.submission import submit_job
-    from gpu_worker.channel_layer import make_channel_layer
-    from gpu_worker.protocol import JOB_EVENT_ACTOR, JOB_EVENT_KWARG, PLATFORM_QUEUE
 
-    broker = get_broker()
-    image = result_image()
-    pid = int(os.environ["PLATFORM_PID"])
-    jobs = []
-    for _ in range(count + WARM_UP):
-        job = submit_job(user, JOB)
-        assert job.mark_assigned("bench-gpu")  # handed out, as the dispatcher does
-        jobs.append(job)
+class Recorder:
+    """Sends a job's events as a GPU worker does and waits for each one on the owner's
+    channel-layer group (what the websocket relays)."""
 
-    def send(job: Any, kind: str) -> None:  # as WorkerService.flush_events sends an event
+    def __init__(self, user: Any, layer: Any, channel: str) -> None:
+        from generation.broker import get_broker
+
+        self.user, self.layer, self.channel = user, layer, channel
+        self.broker = get_broker()
+
+    def new_jobs(self, count: int) -> list[Any]:
+        from generation.submission import submit_job
+
+        jobs = []
+        for _ in range(count):
+            job = submit_job(self.user, JOB)
+            assert job.mark_assigned("bench-gpu")  # handed out, as the dispatcher does
+            jobs.append(job)
+        return jobs
+
+    def send(self, job: Any, kind: str, image: dict[str, Any] | None) -> None:
+        """As WorkerService.flush_events sends an event."""
+        import dramatiq
+
+        from gpu_worker.protocol import JOB_EVENT_ACTOR, JOB_EVENT_KWARG, PLATFORM_QUEUE
+
         event: dict[str, Any] = {
             "job_id": str(job.pk),
             "attempt": job.attempt,
@@ -124,7 +151,7 @@ def record_jobs(user: Any, count: int) -> dict[str, tuple[list[float], float]]:
         }
         if kind == "succeeded":
             event.update(images=[image], timings={"total_s": 0.15}, steps_done=10)
-        broker.enqueue(
+        self.broker.enqueue(
             dramatiq.Message(
                 queue_name=PLATFORM_QUEUE,
                 actor_name=JOB_EVENT_ACTOR,
@@ -134,12 +161,33 @@ def record_jobs(user: Any, count: int) -> dict[str, tuple[list[float], float]]:
             )
         )
 
-    def keep_snapshot() -> None:
-        """As the dispatcher does after each pass: a start's ETA uses its speeds (it lasts
-        SNAPSHOT_TTL_MS; 20 starts take well under that)."""
-        store_snapshot(queue_snapshot())
+    async def record(self, job: Any, kind: str, image: dict[str, Any] | None = None) -> float:
+        """Seconds from the event sent to its job.<kind> heard."""
+        t0 = time.perf_counter()
+        await asyncio.to_thread(self.send, job, kind, image)
+        while True:
+            event = await asyncio.wait_for(self.layer.receive(self.channel), 30)
+            if event.get("job_id") == str(job.pk) and event["type"] == f"job.{kind}":
+                return time.perf_counter() - t0
 
-    async def measure(layer: Any, channel: str, kind: str) -> tuple[list[float], float]:
+
+def keep_snapshot() -> None:
+    """As the dispatcher does after each pass: a start's ETA uses its speeds (it lasts
+    SNAPSHOT_TTL_MS; 20 starts take well under that)."""
+    from generation.queue import queue_snapshot, store_snapshot
+
+    store_snapshot(queue_snapshot())
+
+
+async def record_jobs(recorder: Recorder, count: int, pid: int) -> dict[str, Measured]:
+    """For each event kind, over `count` jobs after WARM_UP unmeasured: its latencies and the
+    CPU seconds the platform worker spent; all the jobs' 'started' first (the others still
+    queued, as on a busy platform), then their 'succeeded' (a SIDE x SIDE image as an older
+    worker sends it, without a thumbnail)."""
+    jobs = await asyncio.to_thread(recorder.new_jobs, count + WARM_UP)
+    image = result_image()
+
+    async def measure(kind: str) -> Measured:
         latencies: list[float] = []
         cpu0 = 0.0
         for i, job in enumerate(jobs):
@@ -147,25 +195,59 @@ def record_jobs(user: Any, count: int) -> dict[str, tuple[list[float], float]]:
                 cpu0 = cpu_seconds(pid)
             if kind == "started" and i % 20 == 0:  # outside the timing: the dispatcher's work
                 await asyncio.to_thread(keep_snapshot)
-            t0 = time.perf_counter()
-            await asyncio.to_thread(send, job, kind)
-            while True:
-                event = await asyncio.wait_for(layer.receive(channel), 30)
-                if event.get("job_id") == str(job.pk) and event["type"] == f"job.{kind}":
-                    break
+            latency = await recorder.record(job, kind, image)
             if i >= WARM_UP:
-                latencies.append(time.perf_counter() - t0)
+                latencies.append(latency)
         return latencies, cpu_seconds(pid) - cpu0
 
-    async def run() -> dict[str, tuple[list[float], float]]:
+    return {kind: await measure(kind) for kind in KINDS}
+
+
+async def compare_thumbnails(
+    recorder: Recorder, side: int, runs: int, pid: int
+) -> dict[str, Measured]:
+    """`runs` 'succeeded' of a side x side image with the worker's thumbnail and as many
+    without, alternated (after WARM_UP of each unmeasured), each job started first."""
+    images = {WITH: result_image(side, thumbnail=True), WITHOUT: result_image(side)}
+    jobs = await asyncio.to_thread(recorder.new_jobs, 2 * (runs + WARM_UP))
+    for i, job in enumerate(jobs):
+        if i % 20 == 0:
+            await asyncio.to_thread(keep_snapshot)
+        await recorder.record(job, "started")
+    measured: dict[str, Measured] = {WITH: ([], 0.0), WITHOUT: ([], 0.0)}
+    for i, job in enumerate(jobs):
+        kind = (WITH, WITHOUT)[i % 2]
+        cpu0 = thread_cpu_seconds(pid)
+        latency = await recorder.record(job, "succeeded", images[kind])
+        cpu = thread_cpu_seconds(pid) - cpu0
+        if i >= 2 * WARM_UP:
+            latencies, total = measured[kind]
+            measured[kind] = ([*latencies, latency], total + cpu)
+    return measured
+
+
+def measure_all(user: Any, pid: int) -> tuple[dict[str, Measured], dict[int, dict[str, Measured]]]:
+    from generation.events import user_group
+    from gpu_worker.channel_layer import make_channel_layer
+
+    async def run() -> tuple[dict[str, Measured], dict[int, dict[str, Measured]]]:
         layer = make_channel_layer(os.environ["REDIS_URL"], os.environ.get("CHANNEL_LAYER", ""))
         channel = await layer.new_channel()
         await layer.group_add(user_group(user.pk), channel)
-        measured = {kind: await measure(layer, channel, kind) for kind in KINDS}
+        recorder = Recorder(user, layer, channel)
+        events = await record_jobs(recorder, RUNS, pid)
+        thumbnails = {
+            side: await compare_thumbnails(recorder, side, RUNS, pid) for side in THUMBNAIL_SIDES
+        }
         await layer.flush()
-        return measured
+        return events, thumbnails
 
     return asyncio.run(run())
+
+
+def latency_figures(latencies: list[float]) -> str:
+    ms = sorted(v * 1000 for v in latencies)
+    return f"median {statistics.median(ms):6.2f} ms, p90 {ms[int(len(ms) * 0.9)]:6.2f} ms"
 
 
 def run_one(database_url: str, label: str) -> int:
@@ -189,20 +271,29 @@ def run_one(database_url: str, label: str) -> int:
     )
     try:
         time.sleep(3)  # its imports; the warm-up jobs cover the rest
-        os.environ["PLATFORM_PID"] = str(worker.pid)
-        measured = record_jobs(user, RUNS)
+        events, thumbnails = measure_all(user, worker.pid)
     finally:
         stop([worker])
         redis.Redis.from_url(os.environ["REDIS_URL"]).delete(ALIVE_KEY)
     print(f"recording each job's events, {RUNS} jobs one after another ({SIDE}x{SIDE} PNG):")
     for kind in KINDS:
-        latencies, cpu = measured[kind]
-        ms = sorted(v * 1000 for v in latencies)
+        latencies, cpu = events[kind]
         print(
-            f"  {kind:9} sent to event  median {statistics.median(ms):6.2f} ms, "
-            f"p90 {ms[int(len(ms) * 0.9)]:6.2f} ms; "
+            f"  {kind:9} sent to event  {latency_figures(latencies)}; "
             f"platform worker CPU {cpu / RUNS * 1000:6.2f} ms per event"
         )
+    print(
+        f"recording 'succeeded', {RUNS} with the worker's thumbnail alternated with {RUNS} without:"
+    )
+    for side, measured in thumbnails.items():
+        per_event = {kind: cpu / RUNS * 1000 for kind, (_, cpu) in measured.items()}
+        for kind, (latencies, _) in measured.items():
+            print(
+                f"  {side}x{side} {kind:18}  sent to event  {latency_figures(latencies)}; "
+                f"platform worker CPU {per_event[kind]:6.2f} ms per event"
+            )
+        ratio = per_event[WITH] / per_event[WITHOUT]
+        print(f"  {side}x{side} platform worker CPU with/without: {vs_goal(ratio, '<= 0.6')}")
     return 0
 
 

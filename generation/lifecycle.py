@@ -33,7 +33,7 @@ from generation.events import (
 from generation.merge_records import attach_merged_file, drop_unfinished_merge
 from generation.models import Job, JobImage
 from generation.queue import QueueSnapshot, queue_snapshot, stored_snapshot
-from generation.result_images import DecodedImage, decode_image
+from generation.result_images import CheckedImage, checked_image
 from generation.scheduling.estimates import running_eta
 from generation.scheduling.wakeups import POSITIONS, ring
 from gpu_worker.protocol import MergedModel, ResultImage
@@ -91,19 +91,19 @@ def _publish_started(job: Job) -> None:
     )
 
 
-def _stored_image(job: Job, index: int, decoded: DecodedImage) -> JobImage:
+def _stored_image(job: Job, index: int, checked: CheckedImage) -> JobImage:
     """The image's files written to storage; its row is left to one insert for the job."""
     image = JobImage(
         job=job,
         owner_id=job.owner_id,
         index=index,
-        seed=int(decoded.result["seed"]),
-        infotext=decoded.result.get("infotext", ""),
-        width=decoded.width,
-        height=decoded.height,
+        seed=int(checked.result["seed"]),
+        infotext=checked.result.get("infotext", ""),
+        width=checked.width,
+        height=checked.height,
     )
-    image.file.save("image.png", ContentFile(decoded.png), save=False)
-    image.thumbnail.save("thumb.webp", ContentFile(decoded.thumbnail), save=False)
+    image.file.save("image.png", ContentFile(checked.png), save=False)
+    image.thumbnail.save("thumb.webp", ContentFile(checked.thumbnail), save=False)
     return image
 
 
@@ -116,14 +116,15 @@ def succeed_job(
     model: MergedModel | None = None,
 ) -> bool:
     """Record the images (or a merge's model file) of a finished job. A redelivered
-    'succeeded' loses the claim and creates nothing; a failure while decoding or storing
-    leaves the job unclaimed (rolled back) so the message is retried."""
-    # Decoding and thumbnails hold no lock: done before the transaction, which then only writes.
-    decoded = [decode_image(result) for result in images]
+    'succeeded' loses the claim and creates nothing; a broken image, or a failure while
+    storing, leaves the job unclaimed (rolled back) so the message is retried."""
+    # Checking the images (and any thumbnail made here) holds no lock: done before the
+    # transaction, which then only writes.
+    checked = [checked_image(result) for result in images]
     with transaction.atomic():
         if not job.mark_succeeded(attempt, worker_id, timings):
             return False
-        _record_success(job, decoded, model)
+        _record_success(job, checked, model)
     _release_waiting_trainings(job)
     return True
 
@@ -138,20 +139,20 @@ def succeed_job_by_id(
     """`succeed_job` of an image job with the job read by its claim (one statement, not two);
     None when the claim did not match (an unknown job, another attempt, a redelivery, a
     merge): the caller reads the job and takes the general path."""
-    decoded = [decode_image(result) for result in images]
+    checked = [checked_image(result) for result in images]
     with transaction.atomic():
         job = event_claims.claim_success(job_id, attempt, worker_id, timings or {})
         if job is None:
             return None
-        _record_success(job, decoded, None)
+        _record_success(job, checked, None)
     _release_waiting_trainings(job)
     return True
 
 
-def _record_success(job: Job, decoded: list[DecodedImage], model: MergedModel | None) -> None:
+def _record_success(job: Job, checked: list[CheckedImage], model: MergedModel | None) -> None:
     """What a won success writes in its transaction: images, model file, the charge, the event."""
     saved = JobImage.objects.bulk_create(
-        [_stored_image(job, index, image) for index, image in enumerate(decoded)]
+        [_stored_image(job, index, image) for index, image in enumerate(checked)]
     )
     if model is not None:
         attach_merged_file(job, model)

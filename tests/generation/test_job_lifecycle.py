@@ -9,9 +9,10 @@ from typing import Any, cast
 
 import pytest
 from django.core.files.storage import default_storage
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from generation.models import Job, JobImage
+from generation.result_images import BrokenResultImage
 from generation.submission import submit_job
 from generation.worker_events import handle_job_event
 from gpu_worker.protocol import JobEvent, JobEventKind
@@ -199,7 +200,7 @@ def test_a_result_image_that_is_no_png_records_nothing_and_a_good_redelivery_rec
     job = dispatched(submit_job(alice, SMALL))
     before = CreditAccount.objects.get(pk=alice.pk)
     broken = [{"png_b64": base64.b64encode(b"not a png").decode(), "seed": 7}]
-    with pytest.raises(UnidentifiedImageError):
+    with pytest.raises(BrokenResultImage):
         handle_job_event(event(job, "succeeded", images=broken))
     after_broken = CreditAccount.objects.get(pk=alice.pk)
     assert status_of(job) == "queued" and not JobImage.objects.exists()
