@@ -103,7 +103,13 @@ def batched(runner: Any, requests: list[Any]) -> tuple[float, float, list[Any]]:
         del rest[: len(taken)]
         return taken
 
-    elapsed, cpu, _ = wall_and_cpu(lambda: runner.run(jobs[0], take_more))
+    def run_and_write() -> None:  # the serial engine.run waits for its PNGs too
+        runner.run(jobs[0], take_more)
+        for outcome in outcomes.values():
+            if not isinstance(outcome, BaseException):
+                outcome.await_images()
+
+    elapsed, cpu, _ = wall_and_cpu(run_and_write)
     return elapsed, cpu, [outcomes[r["job_id"]] for r in requests]
 
 

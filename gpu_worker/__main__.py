@@ -29,6 +29,7 @@ from gpu_worker.protocol import (
     HEARTBEAT_INTERVAL_SECONDS,
     HEARTBEAT_TTL_SECONDS,
 )
+from gpu_worker.result_encoding import default_encode_threads
 
 log = logging.getLogger("gpu_worker")
 
@@ -108,6 +109,13 @@ def common_options(*, suppress: bool) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="pixels neighbouring upscaler tiles share, blended (default 8)",
+    )
+    common.add_argument(
+        "--encode-threads",
+        type=int,
+        default=int(os.environ.get("ATELIER_ENCODE_THREADS", str(default_encode_threads()))),
+        help="threads that write result PNGs and thumbnails beside sampling (default the "
+        "cores, at most 4; 0: on the sampling thread, the GPU waiting for them)",
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     if suppress:
@@ -252,6 +260,7 @@ def build_engine(args: argparse.Namespace) -> Any:
     from gpu_worker.engine import Engine
     from gpu_worker.loading import default_cache_dir
     from gpu_worker.model_cache import ModelCache
+    from gpu_worker.result_encoding import ResultEncoder
     from gpu_worker.upscalers import TileSettings
 
     tiles = {"size": args.upscale_tile, "overlap": args.upscale_overlap}
@@ -274,6 +283,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         allow_pickle=args.allow_pickle,
         cache_dir=args.cache_dir or default_cache_dir(),
         upscale_tiles=TileSettings(**tiles),
+        encoder=ResultEncoder(args.encode_threads),
     )
 
 

@@ -52,7 +52,6 @@ from gpu_worker.engine import (
     StepObserver,
     _applied_loras,
     _Run,
-    result_image,
 )
 from gpu_worker.inpainting import is_inpaint_model
 from gpu_worker.loading import ModelLoadError
@@ -338,7 +337,7 @@ class BatchRunner:
             return exc
 
     def _finish(self, job: BatchJob, pipe: Any) -> GenerationResult:
-        """Decode the job's latents and make its PNGs, as the pipeline and the engine do."""
+        """Decode the job's latents and hand its images to the encoder, as the engine does."""
         run, prepared = job.run, job.prepared
         assert run is not None and prepared is not None and job.text is not None
         assert job.latents is not None and job.device is not None
@@ -352,7 +351,9 @@ class BatchRunner:
             text = run._infotext(
                 seed, size, prepared.checkpoint, prepared.vae, prepared.loras, None
             )
-            result.images.append(result_image(image, seed, text))
+            # Not waited for here: the batch's other jobs step on while its PNGs are written;
+            # whoever reports the job awaits them (`GenerationResult.await_images`).
+            result.pending.append(self.engine.encoder.submit(image, seed, text))
         result.timings["encode_s"] = round(time.perf_counter() - t0, 4)
         result.timings["total_s"] = round(time.perf_counter() - job.started, 4)
         return result

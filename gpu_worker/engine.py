@@ -81,7 +81,8 @@ from gpu_worker.prompt_syntax import (
     embedding_pattern,
     extract_loras,
 )
-from gpu_worker.protocol import GenerationRequest, ResultImage
+from gpu_worker.protocol import GenerationRequest
+from gpu_worker.result_encoding import ResultEncoder
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
 from gpu_worker.tiling import circular_padding
 from gpu_worker.upscalers import (
@@ -120,6 +121,7 @@ class Engine:
         cache_dir: Path | None = None,
         dtype: torch.dtype | None = None,
         upscale_tiles: TileSettings | None = None,
+        encoder: ResultEncoder | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.cache = cache
@@ -133,6 +135,7 @@ class Engine:
         # the folder's catalogue for that job only. Set and cleared by the worker service.
         self.job_items: dict[tuple[str, str], CatalogueItem] = {}
         self.upscale_tiles = upscale_tiles or TileSettings()
+        self.encoder = encoder or ResultEncoder()  # result PNGs and thumbnails, off this thread
         # ControlNet preprocessors, the weight-based ones loaded from the models folder
         self.annotators = Annotators(self.models_dir, self.device)
         self._upscaler: tuple[str, torch.nn.Module] | None = None  # the last one used (small)
@@ -495,11 +498,13 @@ class _Run:
                 images = [restore(self.faces, i, 1.0, detector, weight) for i in images]
             for seed, image in zip(seeds, images, strict=True):
                 text = self._infotext(seed, size, checkpoint, vae, loras, hires)
-                result.images.append(result_image(image, seed, text))
+                # written beside the next iteration's sampling (gpu_worker.result_encoding)
+                result.pending.append(self.engine.encoder.submit(image, seed, text))
             encode_s += time.perf_counter() - t0
         result.steps_done = self.done
         result.timings["sampling_s"] = round(sampling_s, 4)
         result.timings["encode_s"] = round(encode_s, 4)
+        result.await_images()
         return result
 
     def _prepare_control(self, init: Image.Image | None) -> ControlSet | None:
@@ -792,18 +797,6 @@ class _Run:
             params.update(self.control.infotext())
         params["Version"] = ENGINE_VERSION
         return infotext_mod.build_infotext(r["prompt"], r["negative_prompt"], params)
-
-
-def result_image(image: Image.Image, seed: int, infotext: str) -> ResultImage:
-    """A finished image as the worker reports it: a PNG carrying its infotext, as A1111 saves."""
-    png = infotext_mod.png_with_infotext(image, infotext)
-    return ResultImage(
-        png_b64=base64.b64encode(png).decode("ascii"),
-        seed=seed,
-        infotext=infotext,
-        width=image.width,
-        height=image.height,
-    )
 
 
 def request_problem(request: GenerationRequest) -> str | None:

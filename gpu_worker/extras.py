@@ -25,6 +25,7 @@ from gpu_worker.job_outcome import GenerationResult, JobFailed, JobInterrupted, 
 from gpu_worker.job_outcome import StepObserver as Observer
 from gpu_worker.params import ExtrasParams
 from gpu_worker.protocol import GenerationRequest, ResultImage
+from gpu_worker.thumbnails import thumbnail_webp
 from gpu_worker.upscalers import TileSettings, upscale_image
 
 POSTPROCESSING_CHUNK = "postprocessing"  # A1111's PNG text chunk for extras' own infotext
@@ -94,6 +95,7 @@ def run_extras(
             infotext=text,
             width=image.width,
             height=image.height,
+            thumbnail_webp_b64=base64.b64encode(thumbnail_webp(image)).decode("ascii"),
         )
     )
     result.steps_done = progress.planned

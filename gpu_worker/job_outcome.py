@@ -5,7 +5,9 @@ engine that dispatches to it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,3 +52,20 @@ class GenerationResult:
     skipped_batches: int = 0
     handed_over: bool = False  # a training job stopped between epochs for another worker
     model: MergedModel | None = None  # a merge job's output (gpu_worker/merging.py)
+    # Images still being encoded (gpu_worker.result_encoding), in order after `images`.
+    pending: list[Future[ResultImage]] = field(default_factory=list)
+
+    def await_images(self) -> None:
+        """Wait for the images still being encoded; the wait is added to `encode_s` (what the
+        job's time spent on them beyond its sampling). An image that could not be encoded
+        fails the job."""
+        started = time.perf_counter()
+        try:
+            for image in self.pending:
+                self.images.append(image.result())
+        except Exception as exc:
+            raise JobFailed(f"cannot write the result image: {exc}") from exc
+        finally:
+            self.pending.clear()
+        waited = time.perf_counter() - started
+        self.timings["encode_s"] = round(self.timings.get("encode_s", 0.0) + waited, 4)

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -144,6 +145,10 @@ class WorkerService:
         )
         self.claimed: set[str] = set()
         self._batcher: BatchRunner | None = None
+        # A batch job whose PNGs are still being written is reported from here once they are,
+        # so that the batch's other jobs step on meanwhile (in the order the jobs finished).
+        self._reporter = ThreadPoolExecutor(1, thread_name_prefix="batch-reporter")
+        self._member_reports: list[Future[BaseException | None]] = []
         # ControlNet preprocessor previews, answered beside the job thread (WorkerLifecycle
         # starts and stops it)
         self.previews = DetectResponder(
@@ -530,6 +535,8 @@ class WorkerService:
                 if not member.reported:
                     stopped = JobFailed("the batch it joined stopped")
                     self._report_member(member, stopped, retries=self.max_retries)
+            # Every job reported before the actor returns (and Dramatiq acks its message).
+            self._await_member_reports()
         if retry_own is not None:
             raise retry_own  # Dramatiq retries the actor's own message, as the serial path's
 
@@ -560,7 +567,35 @@ class WorkerService:
         """Report a batch job's end (as `_settle`), then ack its claimed message. An unexpected
         error with retries left is retried as Dramatiq would: a claimed message is sent again
         (before the ack, so the sweeper always sees one); for the actor's own message the
-        error comes back, for the actor to raise."""
+        error comes back, for the actor to raise. A result whose images are still being
+        written is reported from the reporter's thread once they are."""
+        from gpu_worker.engine import GenerationResult
+
+        if isinstance(outcome, GenerationResult) and outcome.pending:
+            member.reported = True
+            report = self._reporter.submit(self._report_member_now, member, outcome, retries)
+            self._member_reports.append(report)
+            return None
+        return self._report_member_now(member, outcome, retries)
+
+    def _await_member_reports(self) -> None:
+        reports, self._member_reports = self._member_reports, []
+        for report in reports:
+            try:
+                report.result()
+            except Exception:  # its job's event stays unsent: the sweeper settles the job
+                log.exception("reporting a batch job failed")
+
+    def _report_member_now(
+        self, member: _BatchMember, outcome: GenerationResult | BaseException, retries: int
+    ) -> BaseException | None:
+        from gpu_worker.engine import GenerationResult, JobFailed
+
+        if isinstance(outcome, GenerationResult):
+            try:
+                outcome.await_images()
+            except JobFailed as exc:
+                outcome = exc
         if self.publisher is not None:
             self.publisher.flush()  # its last progress before its end
         member.reported = True

@@ -49,7 +49,17 @@ def batch(engine: Any, requests: list[Any], join_at: dict[int, int], observers=N
         return [job(i) for i, at in join_at.items() if at == ticks]
 
     BatchRunner(engine).run(job(0), take_more)
-    return [outcomes[i] for i in range(len(requests))]
+    return [finished(outcomes[i]) for i in range(len(requests))]
+
+
+def finished(outcome: Any) -> Any:
+    """A batch job's outcome with its images written: the runner hands them to the encoder's
+    threads and goes on (whoever reports the job waits for them)."""
+    from gpu_worker.engine import GenerationResult
+
+    if isinstance(outcome, GenerationResult):
+        outcome.await_images()
+    return outcome
 
 
 def each_matches_its_serial_render(engine: Any, requests: list[Any], outcomes: list[Any]) -> None:
@@ -186,7 +196,7 @@ def test_a_joining_job_out_of_memory_fails_alone_and_the_batch_keeps_its_models(
         BatchRunner(engine).run(job(0), take_more)
     finally:
         handle.remove()
-    assert outcomes[0].images
+    assert finished(outcomes[0]).images
     assert isinstance(outcomes[1], JobFailed) and "out of GPU memory" in str(outcomes[1])
     assert engine.cache.keys_hottest_first() == loaded
 
