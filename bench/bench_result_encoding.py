@@ -18,7 +18,8 @@ serve the GPU's sampling thread. Each scenario alternates the two ways, BENCH_RU
 For each: the wall time of the job(s) until every image is written, inline / beside (goal:
 >= 1; on this CPU the demo model's sampling dwarfs its images, on a GPU it does not), and the
 sampling thread's time spent on result images (`encode_s`; for the batch, inside its loop),
-beside / inline (goal: <= 0.5): on a GPU that is time the GPU waits.
+beside / inline (goal: <= 0.6; with 2 encoder threads 4 images take at least 2 rounds): on a
+GPU that is time the GPU waits.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def main() -> None:
         )
     print(
         "  goals: wall inline/beside >= 1 (on CPU the sampling dwarfs the images); the sampling"
-        " thread's time on images beside/inline <= 0.5: on a GPU, time it no longer waits"
+        " thread's time on images beside/inline <= 0.6: on a GPU, time it no longer waits"
     )
     beside.shutdown()
 
