@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 
 import pytest
 import redis
+from django.apps import apps as django_apps
 
 from accounts.models import User
 
@@ -60,3 +62,23 @@ def redis_client(redis_url: str) -> redis.Redis:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     return client
+
+
+_default_tiers = importlib.import_module("accounts.migrations.0003_default_tiers")
+
+
+@pytest.fixture(autouse=True)
+def default_tiers_after_a_flush(request: pytest.FixtureRequest) -> None:
+    """The tiers a data migration makes (Free, Member, Pro), there for every test with the
+    database. A transactional test ends with a flush that removes them; run alone, pytest-django
+    orders those tests last, but spread over pytest-xdist workers (`make test XDIST=...`) a
+    plain test may follow one on the same database: it gets them back, inside its own
+    transaction (rolled back with it)."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = "transactional_db" in request.fixturenames or (
+        marker is not None and marker.kwargs.get("transaction", False)
+    )
+    if transactional or (marker is None and "db" not in request.fixturenames):
+        return
+    request.getfixturevalue("db")
+    _default_tiers.create_tiers(django_apps, None)

@@ -74,9 +74,12 @@
 
   // ---- Reuse: the control image the member's own job kept, sent again as hers --------------
 
+  // Until they are here the page quotes no price (a unit without its image would be refused).
+  var keptLoading = 0;
   units.forEach(function (unit) {
     var url = unit.dataset.keptImage;
     if (!url) return;
+    keptLoading += 1;
     fetch(url, { credentials: "same-origin" }).then(function (resp) {
       if (!resp.ok) throw new Error(String(resp.status));
       return resp.blob();
@@ -85,11 +88,16 @@
       reader.onload = function () {
         kept[unit.dataset.index] = String(reader.result);
         unit.dataset.keptLoaded = "1";
+        keptLoading -= 1;
         showKept(unit, !field(unit, "image").files.length);
         changed();
       };
       reader.readAsDataURL(blob);
-    }).catch(function () { showKept(unit, false); });
+    }).catch(function () {
+      keptLoading -= 1;
+      showKept(unit, false);
+      changed();
+    });
   });
   function showKept(unit, shown) {
     var index = unit.dataset.index;
@@ -227,5 +235,8 @@
 
   layout();
   filterModels();
-  window.AtelierControlNet = { addTo: addTo };
+  window.AtelierControlNet = {
+    addTo: addTo,
+    loading: function () { return keptLoading > 0; },
+  };
 })();

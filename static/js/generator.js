@@ -356,6 +356,8 @@
   }
   function updatePrice() {
     priceTimer = null;
+    // A reused job's control image is still on its way: controlnet.js asks again once it is.
+    if (window.AtelierControlNet && window.AtelierControlNet.loading()) return;
     var seq = ++priceSeq;
     priceEl.classList.add("pending");
     api("POST", URLS.quote, collectParams()).then(function (r) {

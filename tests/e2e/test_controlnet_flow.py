@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
@@ -120,6 +121,13 @@ def test_a_member_previews_a_canny_unit_and_generates_with_it(live_platform, bro
 
     # Reuse brings the unit back filled in, with her control image (sent again unless she
     # chooses another).
+    # Her control image arrives after the page's first price quote would have gone (held 1 s
+    # here): the page waits for it instead of quoting a unit without an image (a 400).
+    def held(route: Any) -> None:
+        time.sleep(1)
+        route.continue_()
+
+    page.route("**/controlnet/0", held)
     page.locator("a.button", has_text="Reuse parameters").click()
     unit = page.locator("#cn-unit-0")
     unit.wait_for(state="visible")
