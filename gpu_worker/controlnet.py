@@ -126,7 +126,7 @@ class UnitControlNets(MultiControlNetModel):
         self.modes = modes
         self.halves = False  # classifier-free guidance: the batch is [unconditional, conditional]
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         sample: torch.Tensor,
         timestep: Any,

@@ -400,7 +400,6 @@ def write_demo_xl_folder(models_dir: Path, cache_dir: Path) -> Path:
         scheduler=scheduler,
     )
     tmp = folder.with_name(f".{folder.name}.tmp")
-    # mypy resolves diffusers' top-level export to its no-torch placeholder class.
-    pipe.save_pretrained(tmp, safe_serialization=True)  # type: ignore[attr-defined]
+    pipe.save_pretrained(tmp, safe_serialization=True)
     tmp.replace(folder)
     return folder
