@@ -28,11 +28,10 @@ import io
 import statistics
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
-from support import wall_and_cpu
+from support import demo_request, wall_and_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -46,31 +45,15 @@ PROMPTS = ("a red fox", "a lighthouse at dusk", "a bowl of ramen", "an old map o
 
 
 def request(index: int, checkpoint: str) -> Any:
-    from gpu_worker.protocol import GenerationRequest
-
-    return GenerationRequest(
-        job_id=uuid.uuid4().hex,
-        attempt=1,
-        events_group="bench",
-        mode="txt2img",
+    return demo_request(
         checkpoint=checkpoint,
-        vae=None,
         prompt=PROMPTS[index % len(PROMPTS)],
         negative_prompt="blurry" if index % 2 else "",
-        sampler="Euler a",
-        scheduler="Automatic",
         steps=10 + index % 3,  # different step counts leave the batch at different steps
         cfg_scale=(7.0, 5.0, 1.0)[index % 3],  # 1.0: no guidance, positive rows only
         width=SIZE,
         height=SIZE,
         seed=1000 + index,
-        batch_size=1,
-        n_iter=1,
-        clip_skip=1,
-        denoising_strength=0.75,
-        resize_mode=0,
-        hires=None,
-        loras=[],
     )
 
 

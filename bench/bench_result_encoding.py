@@ -35,10 +35,11 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from support import demo_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,34 +49,9 @@ STEPS = int(os.environ.get("BENCH_STEPS", "2"))
 
 
 def request(**overrides: Any) -> Any:
-    from gpu_worker.protocol import GenerationRequest
-
-    fields: dict[str, Any] = {
-        "job_id": uuid.uuid4().hex,
-        "attempt": 1,
-        "events_group": "bench",
-        "mode": "txt2img",
-        "checkpoint": "atelier-demo-v1",
-        "vae": None,
-        "prompt": "a lighthouse at dusk",
-        "negative_prompt": "",
-        "sampler": "Euler a",
-        "scheduler": "Automatic",
-        "steps": STEPS,
-        "cfg_scale": 7.0,
-        "width": SIZE,
-        "height": SIZE,
-        "seed": 1000,
-        "batch_size": 1,
-        "n_iter": 1,
-        "clip_skip": 1,
-        "denoising_strength": 0.75,
-        "resize_mode": 0,
-        "hires": None,
-        "loras": [],
-    }
-    fields.update(overrides)
-    return GenerationRequest(**fields)  # type: ignore[typeddict-item]
+    """The demo job at SIZE px and STEPS steps, with `overrides`."""
+    fields = {"prompt": "a lighthouse at dusk", "seed": 1000, "steps": STEPS, "width": SIZE}
+    return demo_request(**{**fields, "height": SIZE, **overrides})
 
 
 def cross_user_batch(engine: Any) -> tuple[list[Any], float]:

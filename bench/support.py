@@ -1,6 +1,6 @@
 """What the benches share: the real processes they start and stop (on loopback, in this
 checkout), waiting for them, a fresh database, Django set up in a temporary folder, CPU and wall
-time, and the `ratio ... (goal ...)` lines every bench prints."""
+time, the `ratio ... (goal ...)` lines every bench prints, and a demo job's request."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from gpu_worker.protocol import GenerationRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDS_REDIS = "run under `python -m operations.with_redis --` (needs REDIS_URL)"
@@ -154,3 +158,36 @@ def per_database(script: str, run: Callable[[str, str], int], postgres_url: str)
     else:
         print(f"--- PostgreSQL: skipped (no server at {postgres_url.split('@')[-1]}) ---")
     return rc
+
+
+def demo_request(**overrides: Any) -> GenerationRequest:
+    """A txt2img request for the demo checkpoint, as the platform sends one: 64x64, 4 steps,
+    one image, unless `overrides` say otherwise (each bench names what it measures)."""
+    from gpu_worker.protocol import GenerationRequest
+
+    fields: dict[str, Any] = {
+        "job_id": uuid.uuid4().hex,
+        "attempt": 1,
+        "events_group": "bench." + uuid.uuid4().hex,
+        "mode": "txt2img",
+        "checkpoint": "atelier-demo-v1",
+        "vae": None,
+        "prompt": "a photo of a cat",
+        "negative_prompt": "",
+        "sampler": "Euler a",
+        "scheduler": "Automatic",
+        "steps": 4,
+        "cfg_scale": 7.0,
+        "width": 64,
+        "height": 64,
+        "seed": 1234,
+        "batch_size": 1,
+        "n_iter": 1,
+        "clip_skip": 1,
+        "denoising_strength": 0.75,
+        "resize_mode": 0,
+        "hires": None,
+        "loras": [],
+    }
+    fields.update(overrides)
+    return GenerationRequest(**fields)  # type: ignore[typeddict-item]
