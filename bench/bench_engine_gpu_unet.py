@@ -20,8 +20,9 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
+
+from support import demo_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -100,30 +101,14 @@ def main() -> None:
 
     def through_engine() -> None:
         engine.run(
-            {
-                "job_id": uuid.uuid4().hex,
-                "attempt": 1,
-                "events_group": "",
-                "mode": "txt2img",
-                "checkpoint": "sd15-random",
-                "vae": None,
-                "prompt": "a photo of a cat",
-                "negative_prompt": "",
-                "sampler": "Euler",
-                "scheduler": "Automatic",
-                "steps": STEPS,
-                "cfg_scale": 7.0,
-                "width": SIZE,
-                "height": SIZE,
-                "seed": 1,
-                "batch_size": 1,
-                "n_iter": 1,
-                "clip_skip": 1,
-                "denoising_strength": 0.75,
-                "resize_mode": 0,
-                "hires": None,
-                "loras": [],
-            }
+            demo_request(
+                checkpoint="sd15-random",
+                sampler="Euler",
+                steps=STEPS,
+                width=SIZE,
+                height=SIZE,
+                seed=1,
+            )
         )
 
     timings: dict[str, list[float]] = {"direct": [], "engine": []}

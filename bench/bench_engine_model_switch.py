@@ -21,9 +21,10 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from support import demo_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -85,32 +86,7 @@ def main() -> None:
 
     def job(target: Engine) -> Callable[[CatalogueItem], None]:
         def run(item: CatalogueItem) -> None:
-            target.run(
-                {
-                    "job_id": uuid.uuid4().hex,
-                    "attempt": 1,
-                    "events_group": "",
-                    "mode": "txt2img",
-                    "checkpoint": item.name,
-                    "vae": None,
-                    "prompt": "a cat",
-                    "negative_prompt": "",
-                    "sampler": "Euler a",
-                    "scheduler": "Automatic",
-                    "steps": 4,
-                    "cfg_scale": 7.0,
-                    "width": 64,
-                    "height": 64,
-                    "seed": 1,
-                    "batch_size": 1,
-                    "n_iter": 1,
-                    "clip_skip": 1,
-                    "denoising_strength": 0.75,
-                    "resize_mode": 0,
-                    "hires": None,
-                    "loras": [],
-                }
-            )
+            target.run(demo_request(checkpoint=item.name, prompt="a cat", seed=1))
 
         return run
 

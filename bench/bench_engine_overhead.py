@@ -24,6 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
+from support import demo_request
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RUNS = int(os.environ.get("BENCH_RUNS", "12"))
@@ -57,30 +59,7 @@ def main() -> None:
     engine = Engine(models_dir=tmp / "models", cache=cache, cache_dir=tmp / "cache")
 
     def request() -> GenerationRequest:
-        return {
-            "job_id": uuid.uuid4().hex,
-            "attempt": 1,
-            "events_group": "bench." + uuid.uuid4().hex,
-            "mode": "txt2img",
-            "checkpoint": "atelier-demo-v1",
-            "vae": None,
-            "prompt": "a photo of a cat",
-            "negative_prompt": "blurry",
-            "sampler": "Euler a",
-            "scheduler": "Automatic",
-            "steps": STEPS,
-            "cfg_scale": 7.0,
-            "width": SIZE,
-            "height": SIZE,
-            "seed": 1234,
-            "batch_size": 1,
-            "n_iter": 1,
-            "clip_skip": 1,
-            "denoising_strength": 0.75,
-            "resize_mode": 0,
-            "hires": None,
-            "loras": [],
-        }
+        return demo_request(negative_prompt="blurry", steps=STEPS, width=SIZE, height=SIZE)
 
     pipe = engine.pipeline(engine.resolve("checkpoint", "atelier-demo-v1"), None)
     choice = resolve_sampler("Euler a")
