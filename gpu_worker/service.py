@@ -30,6 +30,7 @@ from gpu_worker.batch_queue import BatchQueue, Claimed
 from gpu_worker.cancel_watch import CancelWatch
 from gpu_worker.detect_responder import DetectResponder
 from gpu_worker.heartbeat import Heartbeat, WorkerStatus
+from gpu_worker.job_outcome import GenerationResult, JobFailed
 from gpu_worker.model_downloads import DownloadCache, ModelFetchError
 from gpu_worker.preprocessors import worker_preprocessors
 from gpu_worker.protocol import (
@@ -50,7 +51,7 @@ from gpu_worker.protocol import (
 
 if TYPE_CHECKING:
     from gpu_worker.batching import BatchJob, BatchRunner
-    from gpu_worker.engine import Engine, GenerationResult
+    from gpu_worker.engine import Engine
     from gpu_worker.progress import ChannelPublisher, JobMonitor
 
 log = logging.getLogger(__name__)
@@ -414,8 +415,6 @@ class WorkerService:
     ) -> JobEvent:
         """Report how the job ended. An unexpected error is raised again while retries are
         left (Dramatiq retries it; the platform treats the redelivery as a no-op)."""
-        from gpu_worker.engine import JobFailed
-
         if isinstance(outcome, ModelFetchError | JobFailed):
             return self._send(self._event(request, "failed", error=str(outcome)))
         if isinstance(outcome, TimeLimitExceeded):
@@ -468,7 +467,6 @@ class WorkerService:
         through the serial path, one by one (`_run_alone`). `retries`: Dramatiq's count for
         the actor's own message."""
         from gpu_worker.batching import BatchJob, BatchRunner
-        from gpu_worker.engine import JobFailed
 
         key, queue = batch_key(request), self.batch_queue
         assert key is not None and queue is not None
@@ -569,8 +567,6 @@ class WorkerService:
         (before the ack, so the sweeper always sees one); for the actor's own message the
         error comes back, for the actor to raise. A result whose images are still being
         written is reported from the reporter's thread once they are."""
-        from gpu_worker.engine import GenerationResult
-
         if isinstance(outcome, GenerationResult) and outcome.pending:
             member.reported = True
             report = self._reporter.submit(self._report_member_now, member, outcome, retries)
@@ -589,8 +585,6 @@ class WorkerService:
     def _report_member_now(
         self, member: _BatchMember, outcome: GenerationResult | BaseException, retries: int
     ) -> BaseException | None:
-        from gpu_worker.engine import GenerationResult, JobFailed
-
         if isinstance(outcome, GenerationResult):
             try:
                 outcome.await_images()
