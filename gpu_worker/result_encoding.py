@@ -3,9 +3,10 @@
 Writing the PNG (zlib at Pillow's default level, as A1111 saves) takes far longer than a GPU
 takes to decode the latents: measured on the development machine, 23-63 ms for a 512 px image
 and 85-300 ms for a 1024 px one, while at the ~105 it/s published for SD 1.5 at 512 px on an
-H100, 20 steps take about 0.2 s. Done on the sampling thread, the GPU waits for it. Pillow releases the GIL while
-it compresses, so the encoder's threads run beside the next iteration's sampling, or beside the
-other jobs of a cross-user batch, and a batch's images are written in parallel.
+H100, 20 steps take about 0.2 s. Done on the sampling thread, the GPU waits for it. Pillow
+releases the GIL while it compresses, so the encoder's threads run beside the next iteration's
+sampling, or beside the other jobs of a cross-user batch, and a batch's images are written in
+parallel.
 
 The thumbnail (`gpu_worker.thumbnails`) is made here too, from the image already in memory, so
 that the platform checks the PNG instead of decoding it again.
