@@ -93,8 +93,11 @@ class ChannelPublisher:
             self._pending.append(future)
 
     def flush(self, timeout: float = 5.0) -> None:
+        # Each caller waits for everything sent before its call (a batch job reported from the
+        # worker's reporter thread while another is reported from the batch's): taking the list
+        # away would let the second caller return before its job's last progress was sent.
         with self._lock:
-            pending, self._pending = self._pending, []
+            pending = list(self._pending)
         for future in pending:
             try:
                 future.result(timeout=timeout)
