@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from support import demo_request, wall_and_cpu
+from support import SD15_NAME, demo_request, sd15_checkpoint, wall_and_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,7 +39,11 @@ RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 SIZE = int(os.environ.get("BENCH_SIZE", "128"))
 # family: its demo checkpoint and the batch sizes measured (1: a job alone through the batch
 # runner, no penalty, same pixels)
-FAMILIES = {"sd1": ("atelier-demo-v1", (1, 2, 4, 8)), "sdxl": ("atelier-demo-xl", (1, 2, 4))}
+FAMILIES = {
+    "sd1": ("atelier-demo-v1", (1, 2, 4, 8)),
+    "sdxl": ("atelier-demo-xl", (1, 2, 4)),
+    "sd15": (SD15_NAME, (1, 4, 8)),  # full size (GPU): BENCH_FAMILIES=sd15 BENCH_SIZE=512
+}
 CHOSEN = os.environ.get("BENCH_FAMILIES", "sd1,sdxl").split(",")
 PROMPTS = ("a red fox", "a lighthouse at dusk", "a bowl of ramen", "an old map of (Paris:1.2)")
 
@@ -123,6 +127,7 @@ def measure(engine: Any, runner: Any, checkpoint: str, n: int) -> tuple[str, int
     row = (
         f"{n:4d} {best_serial:10.3f} {best_batched:10.3f} {ratio:26.2f}x"
         f" {cpu_ratio:13.2f}x {diff:15d} {peak:11d}"
+        f" {n / best_serial:16.2f} {n / best_batched:8.2f}"
     )
     return row, diff
 
@@ -138,9 +143,13 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tmp = Path(tempfile.mkdtemp(prefix="atelier-bench-"))
-    make_demo_models(tmp / "models")
-    write_demo_xl_folder(tmp / "models", tmp / "cache")
-    cache = ModelCache(device=device, device_budget_bytes=4 << 30, ram_budget_bytes=4 << 30)
+    if "sd1" in CHOSEN:
+        make_demo_models(tmp / "models")
+    if "sdxl" in CHOSEN:
+        write_demo_xl_folder(tmp / "models", tmp / "cache")
+    if "sd15" in CHOSEN:
+        sd15_checkpoint(tmp / "models")
+    cache = ModelCache(device=device, device_budget_bytes=8 << 30, ram_budget_bytes=8 << 30)
     engine = Engine(models_dir=tmp / "models", cache=cache, cache_dir=tmp / "cache")
     for family in CHOSEN:
         checkpoint, sizes = FAMILIES[family]
@@ -149,7 +158,7 @@ def main() -> None:
         print(f"cross-user batching, {checkpoint} {SIZE}x{SIZE} on {device}, median of {RUNS}")
         print(
             "   N   serial s  batched s  throughput batched/serial  (by CPU time)"
-            "  max pixel diff  peak batch"
+            "  max pixel diff  peak batch  images/s serial  batched"
         )
         worst = 0
         for n in sizes:

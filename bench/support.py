@@ -191,3 +191,56 @@ def demo_request(**overrides: Any) -> GenerationRequest:
     }
     fields.update(overrides)
     return GenerationRequest(**fields)  # type: ignore[typeddict-item]
+
+
+SD15_NAME = "sd15-random"
+
+
+def sd15_checkpoint(models: Path) -> str:
+    """Put a full-size SD 1.5-architecture checkpoint (random weights, fp16, one original-layout
+    .safetensors file of about 2 GB) in the models folder and return its name, so the engine's
+    single-file loader is what the GPU benches measure. BENCH_SD15_FILE names a file kept
+    between benches (written the first time, linked after)."""
+    target = models / "Stable-diffusion" / f"{SD15_NAME}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shared = os.environ.get("BENCH_SD15_FILE")
+    if not shared:
+        write_sd15_checkpoint(target)
+        return SD15_NAME
+    if not Path(shared).exists():
+        write_sd15_checkpoint(Path(shared))
+    target.symlink_to(Path(shared).resolve())
+    return SD15_NAME
+
+
+def write_sd15_checkpoint(path: Path) -> None:
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from gpu_worker.demo_model import unet_to_ldm, vae_to_ldm
+    from gpu_worker.loading import SHIPPED_CONFIGS
+
+    started = time.perf_counter()
+    configs = SHIPPED_CONFIGS / "sd1"
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))
+    text_config = json.loads((configs / "text_encoder" / "config.json").read_text())
+    text = CLIPTextModel(
+        CLIPTextConfig(**{k: v for k, v in text_config.items() if k != "architectures"})
+    )
+    state = {}
+    for key, value in unet_to_ldm(unet.state_dict(), unet.config).items():
+        state["model.diffusion_model." + key] = value.half()
+    for key, value in vae_to_ldm(vae.state_dict(), vae.config).items():
+        state["first_stage_model." + key] = value.half()
+    for key, value in text.state_dict().items():
+        key = key if key.startswith("text_model.") else "text_model." + key
+        state["cond_stage_model.transformer." + key] = value.half()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    print(f"wrote a random SD 1.5 checkpoint in {time.perf_counter() - started:.1f} s", flush=True)

@@ -30,6 +30,7 @@ from gpu_worker.protocol import (
     HEARTBEAT_TTL_SECONDS,
 )
 from gpu_worker.result_encoding import default_encode_threads
+from gpu_worker.speed_options import COMPILE_MODES
 
 log = logging.getLogger("gpu_worker")
 
@@ -116,6 +117,19 @@ def common_options(*, suppress: bool) -> argparse.ArgumentParser:
         default=int(os.environ.get("ATELIER_ENCODE_THREADS", str(default_encode_threads()))),
         help="threads that write result PNGs and thumbnails beside sampling (default the "
         "cores, at most 4; 0: on the sampling thread, the GPU waiting for them)",
+    )
+    common.add_argument(
+        "--channels-last",
+        action="store_true",
+        default=os.environ.get("ATELIER_CHANNELS_LAST", "") not in ("", "0"),
+        help="UNet and VAE convolution weights in channels_last (NHWC) layout",
+    )
+    common.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default=os.environ.get("ATELIER_TORCH_COMPILE", "off"),
+        help="torch.compile each UNet (reduce-overhead: with CUDA graphs); every new size or "
+        "batch compiles once, tens of seconds (default off)",
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     if suppress:
@@ -261,6 +275,7 @@ def build_engine(args: argparse.Namespace) -> Any:
     from gpu_worker.loading import default_cache_dir
     from gpu_worker.model_cache import ModelCache
     from gpu_worker.result_encoding import ResultEncoder
+    from gpu_worker.speed_options import SpeedOptions
     from gpu_worker.upscalers import TileSettings
 
     tiles = {"size": args.upscale_tile, "overlap": args.upscale_overlap}
@@ -284,6 +299,7 @@ def build_engine(args: argparse.Namespace) -> Any:
         cache_dir=args.cache_dir or default_cache_dir(),
         upscale_tiles=TileSettings(**tiles),
         encoder=ResultEncoder(args.encode_threads),
+        speed=SpeedOptions(channels_last=args.channels_last, compile_mode=args.compile),
     )
 
 

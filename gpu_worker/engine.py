@@ -84,6 +84,7 @@ from gpu_worker.prompt_syntax import (
 from gpu_worker.protocol import GenerationRequest
 from gpu_worker.result_encoding import ResultEncoder
 from gpu_worker.samplers import SamplerChoice, UnknownSampler, build_scheduler, resolve_sampler
+from gpu_worker.speed_options import SpeedOptions
 from gpu_worker.tiling import circular_padding
 from gpu_worker.upscalers import (
     TileSettings,
@@ -122,6 +123,7 @@ class Engine:
         dtype: torch.dtype | None = None,
         upscale_tiles: TileSettings | None = None,
         encoder: ResultEncoder | None = None,
+        speed: SpeedOptions | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.cache = cache
@@ -136,6 +138,7 @@ class Engine:
         self.job_items: dict[tuple[str, str], CatalogueItem] = {}
         self.upscale_tiles = upscale_tiles or TileSettings()
         self.encoder = encoder or ResultEncoder()  # result PNGs and thumbnails, off this thread
+        self.speed = speed or SpeedOptions()  # channels_last / torch.compile of each UNet
         # ControlNet preprocessors, the weight-based ones loaded from the models folder
         self.annotators = Annotators(self.models_dir, self.device)
         self._upscaler: tuple[str, torch.nn.Module] | None = None  # the last one used (small)
@@ -181,6 +184,7 @@ class Engine:
                     cache_dir=self.cache_dir,
                 )
             pipe.set_progress_bar_config(disable=True)
+            self.speed.apply(pipe)
             return pipe
 
         return self.cache.get(key, load)

@@ -1,0 +1,66 @@
+"""The worker's speed options (--channels-last, --compile): from the command line or the
+environment to each loaded pipeline, and the images they make.
+
+A compiled UNet is not run here: inductor takes over a minute to compile even the demo UNet on
+this CPU. bench/bench_engine_gpu_unet.py runs every option on a GPU and prints each image's
+largest pixel difference from eager (README: 1 of 255 with CUDA graphs on an H200)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpu_worker.__main__ import build_engine, build_parser
+from gpu_worker.speed_options import SpeedOptions
+from tests.gpu_worker.conftest import demo_request
+
+
+def test_an_unknown_compile_mode_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="'fast'.*reduce-overhead"):
+        SpeedOptions(compile_mode="fast")
+
+
+def test_flags_and_environment_reach_the_engine(
+    demo_models_dir: Path, monkeypatch: pytest.MonkeyPatch, torch: Any
+) -> None:
+    common = ["--device", "cpu", "--models-dir", str(demo_models_dir)]
+    args = build_parser().parse_args([*common, "worker", "--channels-last", "--compile", "default"])
+    assert build_engine(args).speed == SpeedOptions(channels_last=True, compile_mode="default")
+    assert build_engine(build_parser().parse_args(common)).speed == SpeedOptions()
+
+    monkeypatch.setenv("ATELIER_TORCH_COMPILE", "reduce-overhead")
+    monkeypatch.setenv("ATELIER_CHANNELS_LAST", "1")
+    engine = build_engine(build_parser().parse_args(common))
+    assert engine.speed == SpeedOptions(channels_last=True, compile_mode="reduce-overhead")
+    pipe = engine.pipeline(engine.resolve("checkpoint", "atelier-demo-v1"), None)
+    assert pipe.unet._compiled_call_impl is not None  # compiled in place: the same module
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_makes_the_same_image_within_rounding(
+    demo_models_dir: Path, atelier_cache_dir: Path, torch: Any
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from gpu_worker.engine import Engine
+    from gpu_worker.model_cache import ModelCache
+
+    def image(speed: SpeedOptions) -> Any:
+        cache = ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=1 << 30)
+        engine = Engine(
+            models_dir=demo_models_dir, cache=cache, cache_dir=atelier_cache_dir, speed=speed
+        )
+        pipe = engine.pipeline(engine.resolve("checkpoint", "atelier-demo-v1"), None)
+        assert pipe.unet._compiled_call_impl is None
+        png = engine.run(demo_request(seed=21)).images[0]["png_b64"]
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(png))), dtype=np.int16)
+
+    # NHWC convolutions sum in another order: rounding, never a different picture
+    difference = abs(image(SpeedOptions(channels_last=True)) - image(SpeedOptions()))
+    assert difference.max() <= 2 and difference.mean() < 0.1, difference.max()
