@@ -36,6 +36,9 @@ from support import SD15_NAME, demo_request, sd15_checkpoint, wall_and_cpu
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+# BENCH_COMPILE=reduce-overhead: the worker's --channels-last --compile reduce-overhead (CUDA
+# graphs); each N then runs once untimed first, so compiling and recording are not measured
+COMPILE = os.environ.get("BENCH_COMPILE", "off")
 SIZE = int(os.environ.get("BENCH_SIZE", "128"))
 # family: its demo checkpoint and the batch sizes measured (1: a job alone through the batch
 # runner, no penalty, same pixels)
@@ -111,6 +114,9 @@ def measure(engine: Any, runner: Any, checkpoint: str, n: int) -> tuple[str, int
     walls: tuple[list[float], list[float]] = ([], [])
     cpus: tuple[list[float], list[float]] = ([], [])
     diff, peak = 0, 0
+    if COMPILE != "off":
+        serial(engine, requests)
+        batched(runner, requests)
     for _ in range(RUNS):
         s, cs, serial_results = serial(engine, requests)
         b, cb, batch_results = batched(runner, requests)
@@ -139,6 +145,7 @@ def main() -> None:
     from gpu_worker.demo_model import make_demo_models, write_demo_xl_folder
     from gpu_worker.engine import Engine
     from gpu_worker.model_cache import ModelCache
+    from gpu_worker.speed_options import SpeedOptions
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -150,12 +157,16 @@ def main() -> None:
     if "sd15" in CHOSEN:
         sd15_checkpoint(tmp / "models")
     cache = ModelCache(device=device, device_budget_bytes=8 << 30, ram_budget_bytes=8 << 30)
-    engine = Engine(models_dir=tmp / "models", cache=cache, cache_dir=tmp / "cache")
+    speed = SpeedOptions(channels_last=COMPILE != "off", compile_mode=COMPILE)
+    engine = Engine(models_dir=tmp / "models", cache=cache, cache_dir=tmp / "cache", speed=speed)
     for family in CHOSEN:
         checkpoint, sizes = FAMILIES[family]
         runner = BatchRunner(engine, max_images=max(sizes))
         engine.run(request(0, checkpoint))  # load and warm up
-        print(f"cross-user batching, {checkpoint} {SIZE}x{SIZE} on {device}, median of {RUNS}")
+        print(
+            f"cross-user batching, {checkpoint} {SIZE}x{SIZE} on {device}, {speed.describe()}, "
+            f"median of {RUNS}"
+        )
         print(
             "   N   serial s  batched s  throughput batched/serial  (by CPU time)"
             "  max pixel diff  peak batch  images/s serial  batched"

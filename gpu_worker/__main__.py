@@ -397,6 +397,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.demo_if_empty and not any((args.models_dir / "Stable-diffusion").glob("*")):
         make_demo_models(args.models_dir)
     engine = build_engine(args)
+    if args.compile != "off" and args.batch_max > 0:
+        log.warning(
+            "--compile %s with cross-user batching (--batch-max %d): every batch shape compiles "
+            "once, a minute or more each, before the worker is fast; --batch-max 0 avoids it",
+            args.compile,
+            args.batch_max,
+        )
     # Timeouts so that a Redis that vanishes is noticed (events are then buffered, not lost).
     broker = WakeupRedisBroker(
         url=redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30

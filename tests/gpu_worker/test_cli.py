@@ -91,6 +91,8 @@ def test_worker_beats_and_stops_cleanly_on_sigterm(
             "atelier-demo-v1",
         ],
         cwd=ROOT,
+        # compiling is lazy (a job's first UNet call): the flag costs the start nothing
+        env={**os.environ, "ATELIER_TORCH_COMPILE": "default"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -109,6 +111,9 @@ def test_worker_beats_and_stops_cleanly_on_sigterm(
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert gw_redis.get(key) is None
+        assert process.stdout is not None
+        # the operator is told what --compile costs beside batching (README, "On a GPU")
+        assert "--compile default with cross-user batching (--batch-max 8)" in process.stdout.read()
     finally:
         if process.poll() is None:
             process.kill()
