@@ -3,8 +3,9 @@
 A gallery viewer other than the author sees a private model as "private": no name, no hash.
 That holds for every place a name could travel: the infotext on the image page, the prompt
 (`<lora:name:0.8>` becomes `<lora:private:0.8>`, a private embedding's word becomes
-`private`), the PNG's `parameters` chunk of the file served to others (and so A1111's PNG Info
-and community sites), the remix link, and the text the gallery's search reads.
+`private`), a ControlNet unit's model (`Model: private`, its hash gone), the PNG's `parameters`
+chunk of the file served to others (and so A1111's PNG Info and community sites), the remix
+link, and the text the gallery's search reads.
 
 What is shown is decided by an allowlist, not a blocklist: a name is kept only if it is public
 now (a platform model, or a member's model staff published). So a model renamed or deleted
@@ -20,12 +21,22 @@ import zlib
 from dataclasses import dataclass
 
 from generation.models import CatalogEntry, Job
-from gpu_worker.infotext import PNG_CHUNK, RE_PARAM, quote, unquote
+from gpu_worker.infotext import (
+    PNG_CHUNK,
+    RE_CONTROLNET_KEY,
+    RE_PARAM,
+    parse_controlnet_unit,
+    quote,
+    unquote,
+)
 from gpu_worker.prompt_syntax import LORA_KINDS, RE_EXTRA_NETWORK
 
 PLACEHOLDER = "private"
 HASH_LISTS = {"Lora hashes": CatalogEntry.Kind.LORA, "TI hashes": CatalogEntry.Kind.EMBEDDING}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# a ControlNet unit's model as the extension writes it: "name [hash]" (the hash optional)
+RE_MODEL_TITLE = re.compile(r"^(.*?)(?:\s*\[([0-9a-fA-F]+)\])?$")
+RE_UNIT_MODEL = re.compile(r"(^|,\s*)(Model:\s*)([^,]*)")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,26 @@ def split_infotext(infotext: str) -> tuple[str, list[tuple[str, str]]]:
     return head, pairs
 
 
+def _model_title(unit_text: str) -> tuple[str, str]:
+    """(name, hash) of a ControlNet unit's model ("name [hash]"; the hash may be missing)."""
+    title = parse_controlnet_unit(unit_text).get("model", "")
+    match = RE_MODEL_TITLE.match(title.strip())
+    return (match.group(1).strip(), match.group(2) or "") if match else ("", "")
+
+
+def _redact_unit(unit_text: str, shown: Shown) -> str:
+    """A ControlNet unit's text with a private model's name and hash replaced by `private`."""
+    name, digest = _model_title(unit_text)
+    public = (
+        shown.allows_hash("controlnet", name, digest)
+        if digest
+        else shown.allows("controlnet", name)
+    )
+    if public:
+        return unit_text
+    return RE_UNIT_MODEL.sub(lambda m: f"{m.group(1)}{m.group(2)}{PLACEHOLDER}", unit_text)
+
+
 def names_in(job: Job, infotext: str) -> set[tuple[str, str]]:
     """Every (kind, name) of a model the job's image names, in its text or parameters."""
     text, pairs = split_infotext(infotext)
@@ -81,6 +112,10 @@ def names_in(job: Job, infotext: str) -> set[tuple[str, str]]:
     names |= {("lora", n) for n in job.params.get("loras") or []}
     for key, kind in HASH_LISTS.items():
         names |= {(kind, name) for name, _digest in _hash_list(params.get(key, ""))}
+    names |= {("controlnet", unit.get("model", "")) for unit in job.params.get("controlnet") or ()}
+    for key, raw in pairs:
+        if RE_CONTROLNET_KEY.match(key):
+            names.add(("controlnet", _model_title(unquote(raw))[0]))
     if params.get("VAE") or job.params.get("vae"):
         names.add(("vae", unquote(params.get("VAE") or job.params.get("vae") or "")))
     return names
@@ -121,7 +156,8 @@ def redact_text(text: str, shown: Shown, *, drop: bool = False) -> str:
 
 def redact_infotext(infotext: str, shown: Shown) -> str:
     """The infotext others see: private names gone from the text and the parameters (Model and
-    Model hash of a private checkpoint, a private VAE, private LoRA and TI hash entries)."""
+    Model hash of a private checkpoint, a private VAE, private LoRA and TI hash entries, a
+    private ControlNet unit's model)."""
     if not infotext:
         return infotext
     text, pairs = split_infotext(infotext)
@@ -141,6 +177,8 @@ def redact_infotext(infotext: str, shown: Shown) -> str:
             if not entries:
                 continue
             raw = quote(", ".join(entries))
+        if RE_CONTROLNET_KEY.match(key):
+            raw = quote(_redact_unit(unquote(raw), shown))
         kept.append(f"{key}: {raw.strip()}")
     text = redact_text(text, shown)
     return f"{text}\n{', '.join(kept)}" if kept else text

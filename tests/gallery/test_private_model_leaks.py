@@ -161,3 +161,79 @@ def test_a_hash_listed_under_a_public_name_that_is_not_its_file_is_hidden(
     CatalogEntry.objects.filter(name="foxStyle").update(sha256="ab" * 32)
     page = client_for(bob).get(f"/gallery/{published.pk}/").content.decode()
     assert "foxStyle" in page and PUBLIC_LORA_HASH not in page
+
+
+CN_HASH = "cafe1234"
+PUBLIC_CN_HASH = "0ddba11f"
+
+
+def cn_unit(model: str) -> dict:
+    return {
+        "module": "canny",
+        "model": model,
+        "weight": 0.8,
+        "guidance_start": 0.0,
+        "guidance_end": 1.0,
+        "control_mode": "balanced",
+        "resize_mode": 1,
+        "pixel_perfect": False,
+        "processor_res": 512,
+        "threshold_a": 100.0,
+        "threshold_b": 200.0,
+    }
+
+
+@pytest.fixture
+def with_controlnets(published, alice):
+    """Alice's image also used her private ControlNet and a platform one (units 0 and 1)."""
+    from gpu_worker.infotext import controlnet_unit_text, quote
+
+    CatalogEntry.objects.create(
+        name="alice-secret-cn", kind="controlnet", owner=alice, sha256=CN_HASH + "0" * 56
+    )
+    CatalogEntry.objects.create(
+        name="control_v11p_sd15_canny", kind="controlnet", sha256=PUBLIC_CN_HASH + "0" * 56
+    )
+    image = published.image
+    units = [cn_unit("alice-secret-cn"), cn_unit("control_v11p_sd15_canny")]
+    job = image.job
+    job.params = {**job.params, "controlnet": units}
+    job.save(update_fields=["params"])
+    titles = (f"alice-secret-cn [{CN_HASH}]", f"control_v11p_sd15_canny [{PUBLIC_CN_HASH}]")
+    extra = ", ".join(
+        f"ControlNet {i}: {quote(controlnet_unit_text(unit, title))}"
+        for i, (unit, title) in enumerate(zip(units, titles, strict=True))
+    )
+    head, _sep, params = image.infotext.rpartition("\n")
+    image.infotext = f"{head}\n{params.replace(', Version:', f', {extra}, Version:')}"
+    picture = Image.new("RGB", (64, 64), "teal")
+    image.file.save("cn.png", ContentFile(png_with_infotext(picture, image.infotext)), save=False)
+    image.save()
+    return published
+
+
+def test_bob_never_learns_the_name_or_hash_of_alices_private_controlnet(
+    with_controlnets, bob, client, client_for
+):
+    secrets = ("alice-secret-cn", CN_HASH)
+    pk = with_controlnets.pk
+    page = client_for(bob).get(f"/gallery/{pk}/").content.decode()
+    downloaded = client_for(bob).get(f"/gallery/{pk}/download.png").content
+    infotext = read_infotext(downloaded) or ""
+    png_info = client.post(
+        "/sdapi/v1/png-info",
+        json.dumps({"image": base64.b64encode(downloaded).decode()}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token_for(bob)}",
+    ).json()
+    for text in (page, infotext, json.dumps(png_info)):
+        for secret in secrets:
+            assert secret not in text, secret
+    # the unit itself stays (its settings are useful), its model says private; the platform's
+    # ControlNet keeps its name and hash
+    units = png_info["parameters"]
+    assert "Module: canny, Model: private, Weight: 0.8" in units["ControlNet 0"]
+    assert f"Model: control_v11p_sd15_canny [{PUBLIC_CN_HASH}]" in units["ControlNet 1"]
+    # alice sees her own image as made
+    own = client_for(with_controlnets.owner).get(f"/gallery/{pk}/").content.decode()
+    assert f"alice-secret-cn [{CN_HASH}]" in own
