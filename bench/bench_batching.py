@@ -23,15 +23,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import base64
-import io
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from support import SD15_NAME, demo_request, sd15_checkpoint, wall_and_cpu
+from support import SD15_NAME, demo_request, pixel_difference, sd15_checkpoint, wall_and_cpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -62,14 +60,6 @@ def request(index: int, checkpoint: str) -> Any:
         height=SIZE,
         seed=1000 + index,
     )
-
-
-def pixels(png_b64: str) -> Any:
-    import numpy as np
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(base64.b64decode(png_b64))).convert("RGB")
-    return np.asarray(image, dtype=np.int16)
 
 
 def serial(engine: Any, requests: list[Any]) -> tuple[float, float, list[Any]]:
@@ -126,7 +116,7 @@ def measure(engine: Any, runner: Any, checkpoint: str, n: int) -> tuple[str, int
             assert isinstance(many, GenerationResult), many
             peak = max(peak, int(many.timings.get("batch_jobs", 1)))
             for a, c in zip(one.images, many.images, strict=True):
-                diff = max(diff, int(abs(pixels(a["png_b64"]) - pixels(c["png_b64"])).max()))
+                diff = max(diff, pixel_difference(a["png_b64"], c["png_b64"]))
     best_serial, best_batched = (statistics.median(w) for w in walls)
     ratio = best_serial / best_batched
     cpu_ratio = statistics.median(cpus[0]) / statistics.median(cpus[1])

@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from support import demo_request, sd15_checkpoint, vs_goal
+from support import demo_request, pixel_difference, sd15_checkpoint, vs_goal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -107,22 +107,12 @@ def main() -> None:
         f"  switch through the cache: pageable {slow * 1000:.1f} ms, pinned {fast * 1000:.1f} ms"
         f" ({slow / fast:.1f}x faster); pinned vs goal 0.5 s: " + vs_goal(fast / 0.5, "<= 1.00")
     )
-    same = "bit-identical" if before == after else f"DIFFERENT by up to {pixel_diff(before, after)}"
+    same = (
+        "bit-identical"
+        if before == after
+        else f"DIFFERENT by up to {pixel_difference(before, after)}"
+    )
     print(f"  a job's image after {2 * CYCLES} trips out and back: {same}")
-
-
-def pixel_diff(a: str, b: str) -> int:
-    import base64
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    def pixels(png_b64: str) -> Any:
-        image = Image.open(io.BytesIO(base64.b64decode(png_b64))).convert("RGB")
-        return np.asarray(image, dtype=np.int16)
-
-    return int(abs(pixels(a) - pixels(b)).max())
 
 
 def time_moves(pipe: Any, timed: Callable[[Callable[[], Any]], float]) -> dict[str, list[float]]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of README's performance section (issue 21, item 5), in one go, on a machine
 # with CUDA and python3 holding torch, diffusers, transformers and open-clip-torch:
-#     bash bench/gpu_figures.sh 2>&1 | tee gpu.log        (about 6 minutes on an H200)
+#     bash bench/gpu_figures.sh 2>&1 | tee gpu.log        (about 5 minutes on an H200)
 # Each bench has a time limit of its own, so one that fails or hangs leaves the others' figures.
 set -u
 cd "$(dirname "$0")/.."

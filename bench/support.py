@@ -193,6 +193,23 @@ def demo_request(**overrides: Any) -> GenerationRequest:
     return GenerationRequest(**fields)  # type: ignore[typeddict-item]
 
 
+def png_pixels(png_b64: str) -> Any:
+    """A result image's RGB pixels as int16 (differences do not wrap around)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(png_b64))).convert("RGB")
+    return np.asarray(image, dtype=np.int16)
+
+
+def pixel_difference(a: str, b: str) -> int:
+    """The largest difference (0-255) between two result images' pixels."""
+    return int(abs(png_pixels(a) - png_pixels(b)).max())
+
+
 SD15_NAME = "sd15-random"
 
 
