@@ -15,6 +15,7 @@ from PIL import Image
 from gallery.publishing import publish_image
 from generation.models import CatalogEntry, Job, JobImage
 from gpu_worker.infotext import build_infotext, png_with_infotext, read_infotext
+from gpu_worker.params import CONTROLNET_UNIT_DEFAULTS
 from tests.gallery.factories import job_params, make_checkpoint
 from tests.generation.a1111_support import token_for
 
@@ -168,19 +169,7 @@ PUBLIC_CN_HASH = "0ddba11f"
 
 
 def cn_unit(model: str) -> dict:
-    return {
-        "module": "canny",
-        "model": model,
-        "weight": 0.8,
-        "guidance_start": 0.0,
-        "guidance_end": 1.0,
-        "control_mode": "balanced",
-        "resize_mode": 1,
-        "pixel_perfect": False,
-        "processor_res": 512,
-        "threshold_a": 100.0,
-        "threshold_b": 200.0,
-    }
+    return {**CONTROLNET_UNIT_DEFAULTS, "module": "canny", "model": model, "weight": 0.8}
 
 
 @pytest.fixture

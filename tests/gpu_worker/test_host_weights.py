@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import base64
 import io
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gpu_worker.protocol import GenerationRequest
+from tests.gpu_worker.conftest import demo_request  # a plain function: --noconftest too
 
 
 def weights(pipe: Any) -> dict[str, Any]:
@@ -37,35 +36,6 @@ def png_pixels(result: Any) -> Any:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def small_request(**overrides: Any) -> GenerationRequest:
-    fields: dict[str, Any] = {
-        "job_id": uuid.uuid4().hex,
-        "attempt": 1,
-        "events_group": "test." + uuid.uuid4().hex,
-        "mode": "txt2img",
-        "checkpoint": "atelier-demo-v1",
-        "vae": None,
-        "prompt": "a lighthouse",
-        "negative_prompt": "",
-        "sampler": "Euler a",
-        "scheduler": "Automatic",
-        "steps": 3,
-        "cfg_scale": 7.0,
-        "width": 64,
-        "height": 64,
-        "seed": 11,
-        "batch_size": 1,
-        "n_iter": 1,
-        "clip_skip": 1,
-        "denoising_strength": 0.75,
-        "resize_mode": 0,
-        "hires": None,
-        "loras": [],
-    }
-    fields.update(overrides)
-    return GenerationRequest(**fields)  # type: ignore[typeddict-item]
-
-
 def test_weights_round_trip_through_one_host_buffer(
     demo_models_dir: Path, atelier_cache_dir: Path, torch: Any
 ) -> None:
@@ -81,7 +51,7 @@ def test_weights_round_trip_through_one_host_buffer(
         cache_dir=atelier_cache_dir,
         speed=SpeedOptions(channels_last=True),  # strides that must survive the trip
     )
-    request = small_request()
+    request = demo_request()
     before = png_pixels(engine.run(request))
     pipe = engine.pipeline(engine.resolve("checkpoint", "atelier-demo-v1"), None)
     originals = {k: (t, t.detach().clone(), t.stride()) for k, t in weights(pipe).items()}
@@ -139,7 +109,7 @@ def test_cuda_switch_goes_through_pinned_ram_and_back(tmp_path: Path) -> None:
     probe = engine(device_budget_bytes=1 << 30, ram_budget_bytes=1 << 30)
     size = pipeline_bytes(probe.pipeline(probe.resolve("checkpoint", "atelier-demo-v1"), None))
     one = engine(device_budget_bytes=int(size * 1.5), ram_budget_bytes=int(size * 4))
-    v1, v2 = (small_request(checkpoint=f"atelier-demo-v{i}") for i in (1, 2))
+    v1, v2 = (demo_request(checkpoint=f"atelier-demo-v{i}") for i in (1, 2))
     first = png_pixels(one.run(v1))
     one.run(v2)  # v1 goes out to RAM
     waiting = entry(one, "atelier-demo-v1")
