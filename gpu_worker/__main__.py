@@ -47,6 +47,15 @@ def parse_size(text: str) -> int:
     return int(number * 1024 ** " kmgt".index(unit or " "))
 
 
+def compile_mode(text: str) -> str:
+    if text not in COMPILE_MODES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a compile mode (ATELIER_TORCH_COMPILE or --compile): "
+            f"choose from {', '.join(COMPILE_MODES)}"
+        )
+    return text
+
+
 def common_options(*, suppress: bool) -> argparse.ArgumentParser:
     """Options accepted before and after the subcommand. After it, unset ones are suppressed
     so that they do not overwrite what was given before it."""
@@ -126,6 +135,7 @@ def common_options(*, suppress: bool) -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--compile",
+        type=compile_mode,  # also checks $ATELIER_TORCH_COMPILE (argparse types string defaults)
         choices=COMPILE_MODES,
         default=os.environ.get("ATELIER_TORCH_COMPILE", "off"),
         help="torch.compile each UNet (reduce-overhead: with CUDA graphs); every new size or "

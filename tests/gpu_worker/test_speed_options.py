@@ -64,3 +64,15 @@ def test_channels_last_makes_the_same_image_within_rounding(
     # NHWC convolutions sum in another order: rounding, never a different picture
     difference = abs(image(SpeedOptions(channels_last=True)) - image(SpeedOptions()))
     assert difference.max() <= 2 and difference.mean() < 0.1, difference.max()
+
+
+def test_a_misspelt_compile_mode_stops_the_worker_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ATELIER_TORCH_COMPILE", "reduce_overhead")
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["worker"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "'reduce_overhead' is not a compile mode (ATELIER_TORCH_COMPILE" in error
+    assert "reduce-overhead" in error
