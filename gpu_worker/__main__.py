@@ -47,6 +47,16 @@ def parse_size(text: str) -> int:
     return int(number * 1024 ** " kmgt".index(unit or " "))
 
 
+def env_flag(name: str) -> bool:
+    """An on/off variable: 1/true or 0/false (unset: off); a typo stops the worker, named."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false"):
+        return False
+    if raw in ("1", "true"):
+        return True
+    raise SystemExit(f"{name} must be 1, true, 0 or false, got {os.environ[name]!r}")
+
+
 def compile_mode(text: str) -> str:
     if text not in COMPILE_MODES:
         raise argparse.ArgumentTypeError(
@@ -130,7 +140,7 @@ def common_options(*, suppress: bool) -> argparse.ArgumentParser:
     common.add_argument(
         "--channels-last",
         action="store_true",
-        default=os.environ.get("ATELIER_CHANNELS_LAST", "") not in ("", "0"),
+        default=env_flag("ATELIER_CHANNELS_LAST"),
         help="UNet and VAE convolution weights in channels_last (NHWC) layout",
     )
     common.add_argument(

@@ -76,3 +76,17 @@ def test_a_misspelt_compile_mode_stops_the_worker_with_a_clear_message(
     error = capsys.readouterr().err
     assert "'reduce_overhead' is not a compile mode (ATELIER_TORCH_COMPILE" in error
     assert "reduce-overhead" in error
+
+
+@pytest.mark.parametrize(("raw", "on"), [("1", True), ("TRUE", True), ("0", False), ("", False)])
+def test_channels_last_from_the_environment(
+    raw: str, on: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ATELIER_CHANNELS_LAST", raw)
+    assert build_parser().parse_args(["worker"]).channels_last is on
+
+
+def test_a_channels_last_typo_stops_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATELIER_CHANNELS_LAST", "yes please")
+    with pytest.raises(SystemExit, match="ATELIER_CHANNELS_LAST must be 1, true, 0 or false"):
+        build_parser()
