@@ -43,7 +43,7 @@ SIZE = int(os.environ.get("BENCH_SIZE", "128"))
 FAMILIES = {
     "sd1": ("atelier-demo-v1", (1, 2, 4, 8)),
     "sdxl": ("atelier-demo-xl", (1, 2, 4)),
-    "sd15": (SD15_NAME, (1, 4, 8)),  # full size (GPU): BENCH_FAMILIES=sd15 BENCH_SIZE=512
+    "sd15": (SD15_NAME, (1, 2, 4, 8)),  # full size (GPU): BENCH_FAMILIES=sd15 BENCH_SIZE=512
 }
 CHOSEN = os.environ.get("BENCH_FAMILIES", "sd1,sdxl").split(",")
 PROMPTS = ("a red fox", "a lighthouse at dusk", "a bowl of ramen", "an old map of (Paris:1.2)")
