@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu_worker.batch_key import MAX_BATCH_IMAGES
+from gpu_worker.cache_dir import default_cache_dir, keep_compiled_kernels
 from gpu_worker.channel_layer import CHANNEL_LAYER_BACKENDS, DEFAULT_CHANNEL_LAYER
 from gpu_worker.protocol import (
     DEFAULT_DOWNLOAD_BYTES_PER_S,
@@ -292,7 +293,6 @@ def build_engine(args: argparse.Namespace) -> Any:
 
     torch.set_num_threads(max(1, args.threads))
     from gpu_worker.engine import Engine
-    from gpu_worker.loading import default_cache_dir
     from gpu_worker.model_cache import ModelCache
     from gpu_worker.result_encoding import ResultEncoder
     from gpu_worker.speed_options import SpeedOptions
@@ -312,11 +312,12 @@ def build_engine(args: argparse.Namespace) -> Any:
     cache = ModelCache(
         device=device, device_budget_bytes=device_budget, ram_budget_bytes=ram_budget
     )
+    cache_dir = args.cache_dir or default_cache_dir()
     return Engine(
         models_dir=args.models_dir,
         cache=cache,
         allow_pickle=args.allow_pickle,
-        cache_dir=args.cache_dir or default_cache_dir(),
+        cache_dir=cache_dir,
         upscale_tiles=TileSettings(**tiles),
         encoder=ResultEncoder(args.encode_threads),
         speed=SpeedOptions(channels_last=args.channels_last, compile_mode=args.compile),
@@ -330,7 +331,6 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
         print(path)
     if getattr(args, "sdxl", False):
         from gpu_worker.demo_model import write_demo_xl_folder
-        from gpu_worker.loading import default_cache_dir
 
         print(write_demo_xl_folder(args.models_dir, args.cache_dir or default_cache_dir()))
     return 0
@@ -338,7 +338,6 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from gpu_worker.catalogue import scan_models
-    from gpu_worker.loading import default_cache_dir
 
     cache_dir = args.cache_dir or default_cache_dir()
     catalogue = scan_models(
@@ -482,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     set_thread_policy(args.threads)
+    if args.compile != "off":
+        keep_compiled_kernels(args.cache_dir or default_cache_dir())
     command = args.command or "worker"
     handlers = {
         "worker": cmd_worker,

@@ -22,6 +22,7 @@ from PIL import Image
 
 from gpu_worker import infotext as infotext_mod
 from gpu_worker.annotators import Annotators
+from gpu_worker.cache_dir import default_cache_dir
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
 from gpu_worker.codeformer_arch import CodeFormer
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
@@ -53,7 +54,6 @@ from gpu_worker.job_outcome import (
 from gpu_worker.loading import (
     ModelLoadError,
     architecture_for_pipe,
-    default_cache_dir,
     load_checkpoint,
     load_vae,
 )

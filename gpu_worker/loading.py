@@ -34,13 +34,6 @@ class ModelLoadError(RuntimeError):
     """A model file that is missing, corrupt, or of an architecture we cannot load."""
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("ATELIER_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "atelier"
-    )
-    return Path(base)
-
-
 def config_folder(architecture: str, cache_dir: Path) -> Path:
     """A complete offline diffusers config folder (configs + tokenizers) for an architecture."""
     base = architecture.removesuffix(INPAINT_SUFFIX)
