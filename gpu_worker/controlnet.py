@@ -45,11 +45,17 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from PIL import Image
 
 from gpu_worker.catalogue import CatalogueItem
+from gpu_worker.color_fix import ColorFix, encode_colors
 from gpu_worker.infotext import controlnet_unit_text
 from gpu_worker.loading import SHIPPED_CONFIGS, ModelLoadError, quiet_libraries
 from gpu_worker.model_cache import ModelCache
 from gpu_worker.params import ControlNetUnit
-from gpu_worker.preprocessors import INPAINT_ONLY, pixel_perfect_resolution, shuffle_seed
+from gpu_worker.preprocessors import (
+    COLOR_FIX,
+    INPAINT_ONLY,
+    pixel_perfect_resolution,
+    shuffle_seed,
+)
 
 CACHE_PREFIX = "controlnet:"
 SOFT_INJECTION_BASE = 0.825
@@ -277,6 +283,31 @@ class ControlSet:
             "control_guidance_start": [float(u.unit["guidance_start"]) for u in self.units],
             "control_guidance_end": [float(u.unit["guidance_end"]) for u in self.units],
         }
+
+    def color_fixes(
+        self, pipe: Any, width: int, height: int, *, guidance_scale: float
+    ) -> list[ColorFix]:
+        """The pass's colour corrections: one per tile_colorfix(+sharp) unit, its control
+        image fitted to the pass and encoded by the pass's VAE."""
+        fixes = []
+        for prepared in self.units:
+            module = prepared.unit["module"]
+            if module not in COLOR_FIX:
+                continue
+            image = fit(prepared.control_map, width, height, prepared.unit["resize_mode"])
+            fixes.append(
+                ColorFix(
+                    latent=encode_colors(pipe.vae, image),
+                    variation=int(prepared.unit["threshold_a"]),
+                    sharpness=float(prepared.unit["threshold_b"])
+                    if module == COLOR_FIX[1]
+                    else None,
+                    alphas_cumprod=pipe.scheduler.alphas_cumprod.float(),
+                    prediction=pipe.scheduler.config.prediction_type,
+                    halves=guidance_scale > 1,
+                )
+            )
+        return fixes
 
     def _control_image(self, prepared: PreparedUnit, width: int, height: int) -> Any:
         image = fit(prepared.control_map, width, height, prepared.unit["resize_mode"])

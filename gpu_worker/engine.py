@@ -9,6 +9,7 @@ A1111 infotext. Progress and cancellation go through the `observer` called at ev
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import math
 import time
@@ -25,6 +26,7 @@ from gpu_worker.annotators import Annotators
 from gpu_worker.cache_dir import default_cache_dir
 from gpu_worker.catalogue import Catalogue, CatalogueItem, UnknownModel, scan_models
 from gpu_worker.codeformer_arch import CodeFormer
+from gpu_worker.color_fix import color_fixed
 from gpu_worker.conditioning_schedule import ConditioningSchedule, ScheduleSwitcher, build_schedule
 from gpu_worker.controlnet import ControlNetError, ControlSet
 from gpu_worker.controlnet import fit as fit_control_map
@@ -416,6 +418,7 @@ class _Run:
         self.switcher: ScheduleSwitcher | None = None  # prompt editing of the pass running
         self.upscaler: CatalogueItem | None = None  # the hires fix's upscaler model, if any
         self.control: ControlSet | None = None  # the request's ControlNet units
+        self.color_fix = contextlib.ExitStack()  # tile_colorfix on the pass running, if any
         self.inpaint_plan: InpaintPlan | None = None
         self.faces: Any = None  # restore_faces: the face-restoration model
 
@@ -494,6 +497,7 @@ class _Run:
                 result.interrupted = True
                 break
             finally:
+                self.color_fix.close()
                 sampling_s += time.perf_counter() - t0
             t0 = time.perf_counter()
             if self.faces is not None:  # A1111: on each finished image, after any hires pass
@@ -540,12 +544,13 @@ class _Run:
         arguments (none without units)."""
         if self.control is None:
             return pipe, {}
+        guidance = self.request["cfg_scale"]
         controlled = self.control.pipeline(
-            pipe,
-            kind=kind,
-            scheduler=pipe.scheduler,
-            guidance_scale=self.request["cfg_scale"],
+            pipe, kind=kind, scheduler=pipe.scheduler, guidance_scale=guidance
         )
+        self.color_fix.close()  # the previous pass's (hires: the first pass's)
+        fixes = self.control.color_fixes(controlled, width, height, guidance_scale=guidance)
+        self.color_fix.enter_context(color_fixed(controlled.unet, fixes))
         return controlled, self.control.call_kwargs(width, height, img2img=kind != "txt2img")
 
     def _encode(self, prompt: str, negative: str, min_chunks: int = 0) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 the inpaint ControlNet: the source itself here; the engine marks the job's masked pixels on it,
 gpu_worker/controlnet.py, so it runs only on inpaint jobs), and sd-webui-controlnet's other
 model-free ones (tile_resample, invert, threshold, blur_gaussian, lineart_standard,
-scribble_xdog, color, shuffle, recolor_luminance, recolor_intensity: gpu_worker/model_free_maps.py).
-Not here: tile_colorfix(+sharp), whose map is the image itself and whose work is a colour
-correction inside each denoising step. Torch-free. Only GPU
+scribble_xdog, color, shuffle, recolor_luminance, recolor_intensity: gpu_worker/model_free_maps.py),
+and tile_colorfix(+sharp), whose map is the image itself and whose work is a colour correction
+inside each denoising step (gpu_worker/color_fix.py). Torch-free. Only GPU
 workers run preprocessors: before a job's ControlNet, and for previews
 (gpu_worker/detect_responder.py). The platform imports this module for its rules (names, ranges,
 pixel-perfect resolution) and never runs one.
@@ -30,6 +30,7 @@ from PIL import Image
 INPAINT_ONLY = "inpaint_only"  # sd-webui-controlnet's name, for the inpaint ControlNet
 SHUFFLE = "shuffle"  # the one that draws random numbers: from the job's seeds
 NEEDS_MASK = (INPAINT_ONLY,)  # only on an inpaint job (img2img with a mask or outpainting)
+COLOR_FIX = ("tile_colorfix", "tile_colorfix+sharp")  # the map is the image (see color_fix.py)
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ModuleSliders:
 
 RESOLUTION = Slider("Preprocessor Resolution", 512, 64, 2048)
 _GAMMA = Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001)
+_VARIATION = Slider("Variation", 8.0, 3.0, 32.0, 1.0)
 # The built-in modules with sd-webui-controlnet's names, sliders, defaults and ranges. The
 # model-free maps (gpu_worker/model_free_maps.py) follow its processor.py; the names of
 # invert and lineart_standard in its menu add "(from white bg & black line)".
@@ -81,6 +83,11 @@ MODULE_SLIDERS: dict[str, ModuleSliders] = {
     SHUFFLE: ModuleSliders(resolution=False),
     "recolor_luminance": ModuleSliders(resolution=False, a=_GAMMA),
     "recolor_intensity": ModuleSliders(resolution=False, a=_GAMMA),
+    # the map is the image; the engine corrects colours each step (gpu_worker/color_fix.py)
+    "tile_colorfix": ModuleSliders(resolution=False, a=_VARIATION),
+    "tile_colorfix+sharp": ModuleSliders(
+        resolution=False, a=_VARIATION, b=Slider("Sharpness", 1.0, 0.0, 2.0, 0.01)
+    ),
 }
 BUILT_IN = tuple(MODULE_SLIDERS)
 
@@ -191,7 +198,7 @@ def run_preprocessor(
     the weight-based ones and comes here for the rest). `low` and `high` are the unit's
     threshold_a and threshold_b; `seed` draws shuffle's random fields (None: fresh ones)."""
     image = image.convert("RGB")
-    if module in ("none", *NEEDS_MASK):  # the mask is the job's: the engine marks it
+    if module in ("none", *NEEDS_MASK, *COLOR_FIX):  # the engine does the rest
         return image
     if module not in BUILT_IN:
         raise ValueError(f"unknown preprocessor {module!r}; built in: {', '.join(BUILT_IN)}")
