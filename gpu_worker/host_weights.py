@@ -87,7 +87,8 @@ class HostWeights:
         """Unregister the buffer (after the copies queued on it); the memory itself goes when
         the last view of it does (a job may still hold the pipeline)."""
         if self.pinned:
-            torch.cuda.synchronize()
+            for index in range(torch.cuda.device_count()):  # the worker's may not be current
+                torch.cuda.synchronize(index)
             torch.cuda.cudart().cudaHostUnregister(self.buffer.data_ptr())
             self.pinned = False
 
