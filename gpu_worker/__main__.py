@@ -150,7 +150,7 @@ def common_options(*, suppress: bool) -> argparse.ArgumentParser:
         choices=COMPILE_MODES,
         default=os.environ.get("ATELIER_TORCH_COMPILE", "off"),
         help="torch.compile each UNet (reduce-overhead: with CUDA graphs); every new size or "
-        "batch compiles once, tens of seconds (default off)",
+        "batch compiles once, a minute or more (kept in the cache folder; default off)",
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     if suppress:
@@ -312,12 +312,11 @@ def build_engine(args: argparse.Namespace) -> Any:
     cache = ModelCache(
         device=device, device_budget_bytes=device_budget, ram_budget_bytes=ram_budget
     )
-    cache_dir = args.cache_dir or default_cache_dir()
     return Engine(
         models_dir=args.models_dir,
         cache=cache,
         allow_pickle=args.allow_pickle,
-        cache_dir=cache_dir,
+        cache_dir=args.cache_dir or default_cache_dir(),
         upscale_tiles=TileSettings(**tiles),
         encoder=ResultEncoder(args.encode_threads),
         speed=SpeedOptions(channels_last=args.channels_last, compile_mode=args.compile),
