@@ -1,8 +1,9 @@
 """The model-free preprocessors in jobs on the real GPU worker (demo checkpoint and ControlNet,
 64x64, 3-4 steps): a webuiapi txt2img with a shuffle unit made twice gives the same image
 (shuffle draws from the job's seeds) with the extension's names in the infotext, a REST img2img
-job's invert unit on its source changes the image, and a REST inpaint job with a tile_resample
-unit repaints only the mask."""
+job's invert unit on its source changes the image, a REST inpaint job with a tile_resample
+unit repaints only the mask, and an A1111 tile upscale with tile_colorfix+sharp runs with the
+extension's defaults."""
 
 from __future__ import annotations
 
@@ -87,3 +88,30 @@ def test_an_img2img_job_with_an_invert_unit_on_its_source_names_it_in_the_infote
     controlled, infotext = rest_result(alice, {**body, "controlnet": [unit]})
     assert changed(plain, controlled)  # the unit shows in the pixels
     assert 'ControlNet 0: "Module: invert, Model: atelier-demo-controlnet [' in infotext
+
+
+async def test_an_a1111_tile_upscale_with_tile_colorfix_sharp_runs_with_the_extensions_defaults(
+    alice,
+):
+    """The tile upscale A1111's users run: img2img of an image with the tile ControlNet on it
+    (no unit image: the source), tile_colorfix+sharp, its sliders left at -1."""
+    client = await sync_to_async(sdapi_client)(alice)
+    body = {
+        "init_images": [png_b64(pattern((64, 64)))],
+        "prompt": "a house",
+        "seed": 5,
+        "steps": 4,
+        "width": 64,
+        "height": 64,
+        "denoising_strength": 0.5,
+        "sampler_name": "Euler",
+        "alwayson_scripts": {
+            "controlnet": {"args": [{**webuiapi_unit("tile_colorfix+sharp"), "input_image": None}]}
+        },
+    }
+    response = await post(client, "img2img", body)
+    assert response.status_code == 200, response.content
+    image = base64.b64decode(response.json()["images"][0])
+    unit_text = parse_infotext(read_infotext(image) or "")["ControlNet 0"]
+    assert unit_text.startswith("Module: tile_colorfix+sharp, Model: atelier-demo-controlnet [")
+    assert "Threshold A: 8.0, Threshold B: 1.0" in unit_text  # Variation 8, Sharpness 1
