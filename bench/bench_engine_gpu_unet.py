@@ -160,8 +160,9 @@ def main() -> None:
             direct_s.append(timed(direct))
 
     gpu = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    dtype = next(iter(engines.values())).dtype
     print(
-        f"SD 1.5 architecture, random weights, {SIZE}x{SIZE}, Euler, CFG 7, {engine.dtype}, "
+        f"SD 1.5 architecture, random weights, {SIZE}x{SIZE}, Euler, CFG 7, {dtype}, "
         f"SDPA, {gpu}, torch {torch.__version__}; medians of {RUNS} rounds"
     )
     print(f"  {'variant':<14} {'sampling it/s':>13} {'job it/s':>9} {'UNet it/s':>10}   vs eager")

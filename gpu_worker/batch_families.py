@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from gpu_worker.vae_precision import upcast_if_needed
+
 # The keys of SDXL's `added_cond_kwargs`, as its UNet reads them.
 TEXT_EMBEDS, TIME_IDS = "text_embeds", "time_ids"
 
@@ -171,16 +173,11 @@ def _decode_sdxl(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
 
     vae = pipe.vae
     # SDXL's VAE overflows in float16: the pipeline decodes in float32 and casts back after
-    upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-    if upcast:
-        vae.to(dtype=torch.float32)
-        latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
-    try:
+    with upcast_if_needed(vae) as upcast:
+        if upcast:
+            latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
         latents = _unscaled(vae, latents).to(get_module_execution_device(vae))
         decoded = vae.decode(latents, return_dict=False)[0]
-    finally:
-        if upcast:
-            vae.to(dtype=torch.float16)
     if getattr(pipe, "watermark", None) is not None:
         decoded = pipe.watermark.apply_watermark(decoded)
     images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from gpu_worker.vae_precision import upcast_if_needed
 
 
 def blur(latents: torch.Tensor, k: int) -> torch.Tensor:
@@ -36,15 +38,8 @@ def encode_colors(vae: Any, image: Image.Image) -> torch.Tensor:
     """The control image's latent (its distribution's mean, scaled as the UNet's latents)."""
     pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     tensor = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
-    # SDXL's VAE overflows in fp16 (its config says to upcast): encode a float32 copy then
-    upcast = bool(getattr(vae.config, "force_upcast", False)) and vae.dtype == torch.float16
-    encoder = vae.to(dtype=torch.float32) if upcast else vae
-    try:
-        with torch.no_grad():
-            moments = encoder.encode(tensor.to(encoder.device, encoder.dtype)).latent_dist.mean
-    finally:
-        if upcast:
-            vae.to(dtype=torch.float16)
+    with torch.no_grad(), upcast_if_needed(vae):
+        moments = vae.encode(tensor.to(vae.device, vae.dtype)).latent_dist.mean
     return moments.float() * float(vae.config.scaling_factor)
 
 
@@ -58,15 +53,22 @@ class ColorFix:
     alphas_cumprod: torch.Tensor  # the scheduler's, float32
     prediction: str  # the scheduler's prediction_type: epsilon, v_prediction or sample
     halves: bool  # classifier-free guidance: the batch is [unconditional, conditional]
+    # made once, used at every step: the control image's low frequencies, log-sigma per timestep
+    colors: torch.Tensor = field(init=False)
+    log_sigmas: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.colors = blur(self.latent, self.variation)
+        table = self.alphas_cumprod.float()
+        self.log_sigmas = 0.5 * torch.log((1 - table) / table)
 
     def _alpha(self, timestep: Any, rows: int, device: torch.device) -> torch.Tensor:
         """alpha_cumprod at each row's (possibly fractional) timestep, shaped (rows, 1, 1, 1)."""
         t = torch.as_tensor(timestep, dtype=torch.float32, device=device).flatten()
         t = t.expand(rows) if t.numel() == 1 else t
-        table = self.alphas_cumprod.to(device)
-        log_sigmas = 0.5 * torch.log((1 - table) / table)
-        low = t.floor().long().clamp(0, len(table) - 1)
-        high = (low + 1).clamp(max=len(table) - 1)
+        log_sigmas = self.log_sigmas.to(device)
+        low = t.floor().long().clamp(0, len(log_sigmas) - 1)
+        high = (low + 1).clamp(max=len(log_sigmas) - 1)
         w = (t - low.float()).clamp(0, 1)
         sigma = torch.exp((1 - w) * log_sigmas[low] + w * log_sigmas[high])
         return (1 / (1 + sigma**2)).view(-1, 1, 1, 1)
@@ -82,8 +84,7 @@ class ColorFix:
             x0 = out
         else:
             x0 = (x - s * out) / a
-        colors = blur(self.latent.to(x0.device), self.variation)
-        x0 = x0 - blur(x0, self.variation) + colors
+        x0 = x0 - blur(x0, self.variation) + self.colors.to(x0.device)
         if self.sharpness is not None and self.halves:
             weight = self.sharpness * 0.01
             uncond = x0[: x0.shape[0] // 2]
