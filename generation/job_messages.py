@@ -44,6 +44,8 @@ def build_request(job: Job, stored: StoredModels | None = None) -> GenerationReq
         attempt=job.attempt,
         events_group=user_group(job.owner_id),
     )
+    # Result PNGs come back as bytes in Redis, not as base64 in the event (result_store).
+    request["result_pngs_in_redis"] = True
     if job.mode == Job.Mode.MERGE:  # the merged file comes back to the model store
         request["upload_url"] = signed_upload_url(job)
         request["upload_chunk_bytes"] = upload_chunk_bytes()

@@ -33,7 +33,7 @@ from generation.events import (
 from generation.merge_records import attach_merged_file, drop_unfinished_merge
 from generation.models import Job, JobImage
 from generation.queue import QueueSnapshot, queue_snapshot, stored_snapshot
-from generation.result_images import CheckedImage, checked_image
+from generation.result_images import CheckedImage, checked_images, forget_result_pngs
 from generation.scheduling.estimates import running_eta
 from generation.scheduling.wakeups import POSITIONS, ring
 from gpu_worker.protocol import MergedModel, ResultImage
@@ -117,14 +117,16 @@ def succeed_job(
 ) -> bool:
     """Record the images (or a merge's model file) of a finished job. A redelivered
     'succeeded' loses the claim and creates nothing; a broken image, or a failure while
-    storing, leaves the job unclaimed (rolled back) so the message is retried."""
+    storing, leaves the job unclaimed (rolled back) so the message is retried; images that
+    Redis lost raise LostResultImages (retrying cannot help: the caller fails the job)."""
     # Checking the images (and any thumbnail made here) holds no lock: done before the
     # transaction, which then only writes.
-    checked = [checked_image(result) for result in images]
+    checked = checked_images(str(job.pk), attempt, images)
     with transaction.atomic():
         if not job.mark_succeeded(attempt, worker_id, timings):
             return False
         _record_success(job, checked, model)
+    forget_result_pngs(str(job.pk), attempt, images)
     _release_waiting_trainings(job)
     return True
 
@@ -139,12 +141,13 @@ def succeed_job_by_id(
     """`succeed_job` of an image job with the job read by its claim (one statement, not two);
     None when the claim did not match (an unknown job, another attempt, a redelivery, a
     merge): the caller reads the job and takes the general path."""
-    checked = [checked_image(result) for result in images]
+    checked = checked_images(job_id, attempt, images)
     with transaction.atomic():
         job = event_claims.claim_success(job_id, attempt, worker_id, timings or {})
         if job is None:
             return None
         _record_success(job, checked, None)
+    forget_result_pngs(job_id, attempt, images)  # after the event went out (on commit)
     _release_waiting_trainings(job)
     return True
 

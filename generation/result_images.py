@@ -25,8 +25,11 @@ import io
 import logging
 from dataclasses import dataclass
 
+import redis
 from PIL import Image
 
+from generation.broker import get_redis
+from gpu_worker import result_store
 from gpu_worker.protocol import ResultImage
 from gpu_worker.thumbnails import THUMBNAIL_FORMAT, THUMBNAIL_SIDE, thumbnail_webp
 
@@ -60,9 +63,35 @@ def _decoded_base64(text: str) -> bytes:
     return binascii.a2b_base64(text, strict_mode=True)
 
 
-def checked_image(result: ResultImage) -> CheckedImage:
+class LostResultImages(Exception):
+    """The PNGs a worker left in Redis for this event are gone (a Redis that lost its data, or
+    an event delivered again after they were stored): retrying cannot bring them back."""
+
+
+def checked_images(job_id: str, attempt: int, results: list[ResultImage]) -> list[CheckedImage]:
+    """Each of an event's result images checked; the PNGs the worker left in Redis
+    (`gpu_worker.result_store`) read in one round trip first."""
+    pngs: list[bytes | None] = [None] * len(results)
+    if any(result.get("png_in_redis") for result in results):
+        pngs = result_store.read_pngs(get_redis(), job_id, attempt, results)
+        if any(png is None and r.get("png_in_redis") for png, r in zip(pngs, results, strict=True)):
+            raise LostResultImages(f"job {job_id}'s result images are no longer in Redis")
+    return [checked_image(result, png) for result, png in zip(results, pngs, strict=True)]
+
+
+def forget_result_pngs(job_id: str, attempt: int, results: list[ResultImage]) -> None:
+    """Once the images are stored: their bytes out of Redis (best effort: they expire anyway)."""
     try:
-        png = _decoded_base64(result["png_b64"])
+        result_store.forget_pngs(get_redis(), job_id, attempt, results)
+    except (redis.RedisError, OSError):
+        logger.warning("result PNGs of job %s left in Redis until they expire", job_id)
+
+
+def checked_image(result: ResultImage, png: bytes | None = None) -> CheckedImage:
+    """`png`: the image's bytes where they came apart from the event (else its base64)."""
+    try:
+        if png is None:
+            png = _decoded_base64(result.get("png_b64") or "")
         with Image.open(io.BytesIO(png), formats=["PNG"]) as opened:  # reads the header only
             width, height = opened.size
             opened.verify()

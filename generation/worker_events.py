@@ -18,10 +18,13 @@ import dramatiq
 from generation import lifecycle
 from generation.merge_records import merged_file_problem
 from generation.models import Job
+from generation.result_images import LostResultImages
 from generation.scheduling.dispatcher import wake_dispatcher
 from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE, JobEvent
 
 logger = logging.getLogger(__name__)
+
+LOST_IMAGES = "the result images were lost on their way from the worker (Redis lost them)"
 
 
 def handle_job_event(event: JobEvent) -> bool:
@@ -54,7 +57,11 @@ def handle_job_event(event: JobEvent) -> bool:
             return lifecycle.fail_job(job, problem, attempt, timings)
         return lifecycle.succeed_job(job, attempt, worker_id, [], timings, model=model)
     if kind == "succeeded":
-        return lifecycle.succeed_job(job, attempt, worker_id, event.get("images") or [], timings)
+        images = event.get("images") or []
+        try:
+            return lifecycle.succeed_job(job, attempt, worker_id, images, timings)
+        except LostResultImages:  # (a redelivery after the images were stored: a no-op)
+            return lifecycle.fail_job(job, LOST_IMAGES, attempt, timings)
     if kind == "failed":
         return lifecycle.fail_job(job, event.get("error") or "the worker failed", attempt, timings)
     if kind == "cancelled":
@@ -82,7 +89,10 @@ def _claim_by_id(event: JobEvent) -> bool | None:
     if kind == "succeeded" and event.get("model") is None:
         images = event.get("images") or []
         timings = dict(event.get("timings") or {})
-        return lifecycle.succeed_job_by_id(event["job_id"], attempt, worker_id, images, timings)
+        try:
+            return lifecycle.succeed_job_by_id(event["job_id"], attempt, worker_id, images, timings)
+        except LostResultImages:
+            return None  # the general path reads the job and fails it
     return None
 
 

@@ -353,7 +353,8 @@ class BatchRunner:
             )
             # Not waited for here: the batch's other jobs step on while its PNGs are written;
             # whoever reports the job awaits them (`GenerationResult.await_images`).
-            result.pending.append(self.engine.encoder.submit(image, seed, text))
+            raw = bool(job.request.get("result_pngs_in_redis"))
+            result.pending.append(self.engine.encoder.submit(image, seed, text, raw_png=raw))
         result.timings["encode_s"] = round(time.perf_counter() - t0, 4)
         result.timings["total_s"] = round(time.perf_counter() - job.started, 4)
         return result

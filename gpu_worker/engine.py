@@ -507,7 +507,8 @@ class _Run:
             for seed, image in zip(seeds, images, strict=True):
                 text = self._infotext(seed, size, checkpoint, vae, loras, hires)
                 # written beside the next iteration's sampling (gpu_worker.result_encoding)
-                result.pending.append(self.engine.encoder.submit(image, seed, text))
+                raw = bool(self.request.get("result_pngs_in_redis"))  # gpu_worker.result_store
+                result.pending.append(self.engine.encoder.submit(image, seed, text, raw_png=raw))
             encode_s += time.perf_counter() - t0
         result.steps_done = self.done
         result.timings["sampling_s"] = round(sampling_s, 4)

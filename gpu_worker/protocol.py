@@ -141,6 +141,9 @@ class GenerationRequest(JobEnvelope, GenerationParams):
     # A merge job: where its output goes (signed, for this attempt) and in what chunk size.
     upload_url: NotRequired[str]
     upload_chunk_bytes: NotRequired[int]
+    # The platform reads the result PNGs from Redis (`gpu_worker.result_store`), not as base64
+    # in the event; absent (an older platform): base64.
+    result_pngs_in_redis: NotRequired[bool]
 
 
 class DetectRequest(TypedDict):
@@ -163,7 +166,12 @@ class DetectReply(TypedDict):
 
 
 class ResultImage(TypedDict):
-    png_b64: str  # PNG with the A1111 `parameters` text chunk
+    # PNG with the A1111 `parameters` text chunk, in one of three ways: base64 here; or, in the
+    # event, `png_in_redis` (the bytes under `gpu_worker.result_store.png_key`); or, inside the
+    # worker only, `png` (the bytes, until the event is sent: never on the wire).
+    png_b64: NotRequired[str]
+    png_in_redis: NotRequired[bool]
+    png: NotRequired[bytes]
     seed: int
     infotext: str
     width: int

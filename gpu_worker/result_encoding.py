@@ -32,17 +32,25 @@ def default_encode_threads() -> int:
     return min(MAX_DEFAULT_THREADS, os.cpu_count() or 1)
 
 
-def encode_result_image(image: Image.Image, seed: int, infotext: str) -> ResultImage:
-    """A PNG carrying its infotext (A1111's `parameters` chunk) and its thumbnail."""
+def encode_result_image(
+    image: Image.Image, seed: int, infotext: str, *, raw_png: bool = False
+) -> ResultImage:
+    """A PNG carrying its infotext (A1111's `parameters` chunk) and its thumbnail. `raw_png`:
+    the PNG's bytes kept as they are (`png`), for the event to carry through Redis
+    (`gpu_worker.result_store`), not as base64."""
     png = infotext_mod.png_with_infotext(image, infotext)
-    return ResultImage(
-        png_b64=base64.b64encode(png).decode("ascii"),
+    encoded = ResultImage(
         seed=seed,
         infotext=infotext,
         width=image.width,
         height=image.height,
         thumbnail_webp_b64=base64.b64encode(thumbnail_webp(image)).decode("ascii"),
     )
+    if raw_png:
+        encoded["png"] = png
+    else:
+        encoded["png_b64"] = base64.b64encode(png).decode("ascii")
+    return encoded
 
 
 class ResultEncoder:
@@ -57,12 +65,14 @@ class ResultEncoder:
             else None
         )
 
-    def submit(self, image: Image.Image, seed: int, infotext: str) -> Future[ResultImage]:
+    def submit(
+        self, image: Image.Image, seed: int, infotext: str, *, raw_png: bool = False
+    ) -> Future[ResultImage]:
         if self._pool is not None:
-            return self._pool.submit(encode_result_image, image, seed, infotext)
+            return self._pool.submit(encode_result_image, image, seed, infotext, raw_png=raw_png)
         done: Future[ResultImage] = Future()
         try:
-            done.set_result(encode_result_image(image, seed, infotext))
+            done.set_result(encode_result_image(image, seed, infotext, raw_png=raw_png))
         except Exception as exc:
             done.set_exception(exc)
         return done

@@ -25,6 +25,7 @@ import redis
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, TimeLimitExceeded
 
+from gpu_worker import result_store
 from gpu_worker.batch_key import MAX_BATCH_IMAGES, batch_key
 from gpu_worker.batch_queue import BatchQueue, Claimed
 from gpu_worker.cancel_watch import CancelWatch
@@ -43,6 +44,7 @@ from gpu_worker.protocol import (
     GenerationRequest,
     JobEvent,
     JobTimings,
+    ResultImage,
     WorkerCommand,
     WorkerHeartbeat,
     stored_model_key,
@@ -433,20 +435,35 @@ class WorkerService:
             return self._send(self._event(request, "released", steps_done=result.steps_done))
         if result.interrupted or not (result.images or result.model):
             fields: dict[str, Any] = {"steps_done": result.steps_done, "timings": timings}
-            if result.images:
-                fields["images"] = result.images
+            if result.images:  # (the platform keeps none of these: no bytes left in Redis)
+                fields["images"] = result_store.with_base64(result.images)
             return self._send(self._event(request, "cancelled", **fields))
         extra: dict[str, Any] = {"model": result.model} if result.model else {}
         return self._send(
             self._event(
                 request,
                 "succeeded",
-                images=result.images,
+                images=self._wire_images(request, result.images),
                 timings=timings,
                 steps_done=result.steps_done,
                 **extra,
             )
         )
+
+    def _wire_images(
+        self, request: GenerationRequest, images: list[ResultImage]
+    ) -> list[ResultImage]:
+        """The images as the event carries them: their PNGs' bytes through Redis where the
+        platform asked for that (`gpu_worker.result_store`); else, or when Redis refuses them,
+        as base64 in the event (which the outbox keeps until Redis answers)."""
+        if images and request.get("result_pngs_in_redis"):
+            try:
+                return result_store.for_the_wire(
+                    self.redis, request["job_id"], request["attempt"], images
+                )
+            except SEND_ERRORS:
+                log.warning("Redis unreachable: job %s's images go in its event", request["job_id"])
+        return result_store.with_base64(images)
 
     # --- a batch (cross-user batching) -----------------------------------------------------
     def batches(self, request: GenerationRequest) -> bool:

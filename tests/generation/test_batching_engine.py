@@ -69,16 +69,15 @@ def pixels(png: bytes) -> Any:
 
 def serial_render(job: Job, models: Path, tmp: Path) -> Any:
     """The job's image as the engine renders it alone (a separate engine, same models)."""
-    import base64
-
     from generation.job_messages import build_request
     from gpu_worker.engine import Engine
     from gpu_worker.model_cache import ModelCache
+    from gpu_worker.result_store import png_of
 
     cache = ModelCache(device="cpu", device_budget_bytes=1 << 30, ram_budget_bytes=2 << 30)
     engine = Engine(models_dir=models, cache=cache, cache_dir=tmp)
     result = engine.run(build_request(job))
-    return pixels(base64.b64decode(result.images[0]["png_b64"]))
+    return pixels(png_of(result.images[0]))
 
 
 def spent(user: Any, before: Decimal) -> Decimal:

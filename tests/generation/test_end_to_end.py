@@ -9,6 +9,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from generation.broker import get_redis
 from generation.models import Job
 from tests.generation.conftest import api_client, image_bytes, wait_for
 
@@ -51,6 +52,9 @@ def test_two_users_with_different_models_each_get_their_own_models_image(
         bob, bob_api.get(f"/api/v1/jobs/{ids['bob']}/").json()["images"][0]["url"]
     )
     assert alice_png != bob_png  # same seed and prompt, different weights
+    # The PNGs came as bytes in Redis beside the events (gpu_worker.result_store): cleared
+    # once stored, nothing left to expire.
+    wait_for(lambda: not get_redis().keys("atelier:result-png:*"))
 
 
 async def test_alice_watches_her_job_over_the_websocket_and_cancels_a_running_one(

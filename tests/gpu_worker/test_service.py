@@ -427,3 +427,48 @@ def test_the_heartbeat_tells_models_on_the_device_from_those_only_in_ram(
         assert beat["batch_max_images"] == 8  # batching on: the scheduler may add companions
     finally:
         service.broker.close()
+
+
+def test_a_platform_that_asks_for_them_gets_the_pngs_as_bytes_in_redis(
+    worker_world: Any, gw_redis: Any
+) -> None:
+    """The same job twice: the PNG that the event carried as base64 (an older platform's
+    request) is the one the worker leaves in Redis when the platform asks, byte for byte."""
+    from gpu_worker import result_store
+
+    as_text = demo_request(steps=2, seed=5)
+    worker_world.submit(as_text)
+    old = worker_world.events.wait_terminal(as_text["job_id"])["images"][0]
+    as_bytes = demo_request(steps=2, seed=5, result_pngs_in_redis=True)
+    worker_world.submit(as_bytes)
+    new = worker_world.events.wait_terminal(as_bytes["job_id"])["images"][0]
+
+    assert new["png_in_redis"] is True and "png_b64" not in new and "png" not in new
+    key = result_store.png_key(as_bytes["job_id"], 1, 0)
+    assert gw_redis.get(key) == base64.b64decode(old["png_b64"])
+    assert gw_redis.ttl(key) > 6 * 24 * 3600  # as long as an unread event may wait
+    assert (new["infotext"], new["thumbnail_webp_b64"]) == (
+        old["infotext"],
+        old["thumbnail_webp_b64"],
+    )
+    gw_redis.delete(key)
+
+
+def test_with_redis_refusing_the_pngs_the_event_carries_them_as_base64(engine: Any) -> None:
+    """Redis down when the job ends: the event, kept in the outbox until Redis answers,
+    carries the PNG itself."""
+    from gpu_worker.job_outcome import GenerationResult
+    from gpu_worker.protocol import ResultImage
+    from operations.redis_server import free_port
+
+    service = offline_service(engine, f"redis://127.0.0.1:{free_port()}/0", "no-redis-worker")
+    request = demo_request(result_pngs_in_redis=True)
+    png = b"\x89PNG\r\n\x1a\n-the-bytes"
+    image = ResultImage(png=png, seed=1, infotext="Seed: 1", width=8, height=8)
+    try:
+        sent = service._settle(request, GenerationResult(images=[image]), None, retries=0)
+    finally:
+        service.broker.close()
+    assert sent["kind"] == "succeeded" and service.pending_events() == 1
+    assert sent["images"][0]["png_b64"] == base64.b64encode(png).decode()
+    assert "png_in_redis" not in sent["images"][0] and "png" not in sent["images"][0]
