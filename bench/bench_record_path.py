@@ -24,7 +24,10 @@ GPU worker makes (`gpu_worker.thumbnails`; the platform checks the PNG without d
 alternated with as many without one (what a worker older than the field sends: the platform
 decodes the PNG to make it), so that both kinds share the machine's noise. Prints each kind's
 latency and the platform worker's CPU per event (its threads' run time, /proc schedstat, to the
-nanosecond), and the ratio with/without.
+nanosecond), and the ratio with/without. Then, the same way, 'succeeded' events whose PNG
+waits as bytes in Redis (`gpu_worker.result_store`, what a current worker sends: the bench
+SETs it first, as the worker does) alternated with events that carry it as base64 (an older
+worker's): each kind's latency and the platform worker's CPU per event, and the ratio.
 """
 
 from __future__ import annotations
@@ -63,10 +66,11 @@ JOB = {
 }
 
 
-def result_image(side: int = SIDE, thumbnail: bool = False) -> dict[str, Any]:
+def result_image(side: int = SIDE, thumbnail: bool = False, raw: bool = False) -> dict[str, Any]:
     """A side x side result as a worker reports the demo job's image (a gradient with noise:
     about as large as the demo model's output): its PNG with the infotext, and with
-    `thumbnail` the gallery thumbnail a current worker sends beside it."""
+    `thumbnail` the gallery thumbnail a current worker sends beside it. `raw`: the PNG as the
+    worker's encoder leaves it for Redis (`gpu_worker.result_store`), not as base64."""
     import numpy as np
     from PIL import Image
 
@@ -77,8 +81,8 @@ def result_image(side: int = SIDE, thumbnail: bool = False) -> dict[str, Any]:
     ramp = np.linspace(0, 190, side)[None, :, None]
     image = Image.fromarray((rng.random((side, side, 3)) * 64 + ramp).astype("uint8"))
     png = png_with_infotext(image, "a lighthouse at dusk\nSteps: 10, Seed: 1")
-    result = {
-        "png_b64": base64.b64encode(png).decode("ascii"),
+    result: dict[str, Any] = {
+        "png": png,
         "seed": 1,
         "infotext": "a lighthouse",
         "width": side,
@@ -86,6 +90,8 @@ def result_image(side: int = SIDE, thumbnail: bool = False) -> dict[str, Any]:
     }
     if thumbnail:
         result["thumbnail_webp_b64"] = base64.b64encode(thumbnail_webp(image)).decode("ascii")
+    if not raw:
+        result["png_b64"] = base64.b64encode(result.pop("png")).decode("ascii")
     return result
 
 
@@ -105,6 +111,7 @@ def bench_user() -> Any:
 
 KINDS = ("started", "succeeded")  # each job's two events, in the order a worker sends them
 WITH, WITHOUT = "worker's thumbnail", "no thumbnail"  # the two kinds of 'succeeded' compared
+IN_REDIS, IN_EVENT = "PNG in Redis", "PNG in the event"  # and the two ways its PNG travels
 
 Measured = tuple[list[float], float]  # seconds from each event sent to it heard; CPU seconds
 
@@ -122,10 +129,11 @@ class Recorder:
     channel-layer group (what the websocket relays)."""
 
     def __init__(self, user: Any, layer: Any, channel: str) -> None:
-        from generation.broker import get_broker
+        from generation.broker import get_broker, get_redis
 
         self.user, self.layer, self.channel = user, layer, channel
         self.broker = get_broker()
+        self.redis = get_redis()
 
     def new_jobs(self, count: int) -> list[Any]:
         from generation.submission import submit_job
@@ -141,6 +149,7 @@ class Recorder:
         """As WorkerService.flush_events sends an event."""
         import dramatiq
 
+        from gpu_worker import result_store
         from gpu_worker.protocol import JOB_EVENT_ACTOR, JOB_EVENT_KWARG, PLATFORM_QUEUE
 
         event: dict[str, Any] = {
@@ -150,7 +159,11 @@ class Recorder:
             "kind": kind,
         }
         if kind == "succeeded":
-            event.update(images=[image], timings={"total_s": 0.15}, steps_done=10)
+            assert image is not None
+            wire: list[Any] = [image]
+            if "png" in image:  # as the worker sends it: the bytes first, in Redis
+                wire = result_store.for_the_wire(self.redis, str(job.pk), job.attempt, wire)
+            event.update(images=wire, timings={"total_s": 0.15}, steps_done=10)
         self.broker.enqueue(
             dramatiq.Message(
                 queue_name=PLATFORM_QUEUE,
@@ -203,20 +216,20 @@ async def record_jobs(recorder: Recorder, count: int, pid: int) -> dict[str, Mea
     return {kind: await measure(kind) for kind in KINDS}
 
 
-async def compare_thumbnails(
-    recorder: Recorder, side: int, runs: int, pid: int
+async def compare(
+    recorder: Recorder, images: dict[str, dict[str, Any]], runs: int, pid: int
 ) -> dict[str, Measured]:
-    """`runs` 'succeeded' of a side x side image with the worker's thumbnail and as many
-    without, alternated (after WARM_UP of each unmeasured), each job started first."""
-    images = {WITH: result_image(side, thumbnail=True), WITHOUT: result_image(side)}
+    """`runs` 'succeeded' of each of the two kinds of image, alternated (after WARM_UP of each
+    unmeasured), each job started first."""
     jobs = await asyncio.to_thread(recorder.new_jobs, 2 * (runs + WARM_UP))
     for i, job in enumerate(jobs):
         if i % 20 == 0:
             await asyncio.to_thread(keep_snapshot)
         await recorder.record(job, "started")
-    measured: dict[str, Measured] = {WITH: ([], 0.0), WITHOUT: ([], 0.0)}
+    kinds = list(images)
+    measured: dict[str, Measured] = {kind: ([], 0.0) for kind in kinds}
     for i, job in enumerate(jobs):
-        kind = (WITH, WITHOUT)[i % 2]
+        kind = kinds[i % 2]
         cpu0 = thread_cpu_seconds(pid)
         latency = await recorder.record(job, "succeeded", images[kind])
         cpu = thread_cpu_seconds(pid) - cpu0
@@ -226,23 +239,46 @@ async def compare_thumbnails(
     return measured
 
 
-def measure_all(user: Any, pid: int) -> tuple[dict[str, Measured], dict[int, dict[str, Measured]]]:
+Compared = dict[int, dict[str, Measured]]  # side -> kind -> what was measured
+
+
+def measure_all(user: Any, pid: int) -> tuple[dict[str, Measured], Compared, Compared]:
     from generation.events import user_group
     from gpu_worker.channel_layer import make_channel_layer
 
-    async def run() -> tuple[dict[str, Measured], dict[int, dict[str, Measured]]]:
+    async def run() -> tuple[dict[str, Measured], Compared, Compared]:
         layer = make_channel_layer(os.environ["REDIS_URL"], os.environ.get("CHANNEL_LAYER", ""))
         channel = await layer.new_channel()
         await layer.group_add(user_group(user.pk), channel)
         recorder = Recorder(user, layer, channel)
         events = await record_jobs(recorder, RUNS, pid)
-        thumbnails = {
-            side: await compare_thumbnails(recorder, side, RUNS, pid) for side in THUMBNAIL_SIDES
-        }
+        thumbnails, channels = {}, {}
+        for side in THUMBNAIL_SIDES:
+            thumbnails[side] = await compare(
+                recorder, {WITH: result_image(side, True), WITHOUT: result_image(side)}, RUNS, pid
+            )
+            channels[side] = await compare(
+                recorder,
+                {IN_REDIS: result_image(side, True, raw=True), IN_EVENT: result_image(side, True)},
+                RUNS,
+                pid,
+            )
         await layer.flush()
-        return events, thumbnails
+        return events, thumbnails, channels
 
     return asyncio.run(run())
+
+
+def print_comparison(compared: Compared, first: str, second: str, goal: str) -> None:
+    for side, measured in compared.items():
+        per_event = {kind: cpu / RUNS * 1000 for kind, (_, cpu) in measured.items()}
+        for kind, (latencies, _) in measured.items():
+            print(
+                f"  {side}x{side} {kind:18}  sent to event  {latency_figures(latencies)}; "
+                f"platform worker CPU {per_event[kind]:6.2f} ms per event"
+            )
+        ratio = per_event[first] / per_event[second]
+        print(f"  {side}x{side} platform worker CPU {first} / {second}: {vs_goal(ratio, goal)}")
 
 
 def latency_figures(latencies: list[float]) -> str:
@@ -271,7 +307,7 @@ def run_one(database_url: str, label: str) -> int:
     )
     try:
         time.sleep(3)  # its imports; the warm-up jobs cover the rest
-        events, thumbnails = measure_all(user, worker.pid)
+        events, thumbnails, channels = measure_all(user, worker.pid)
     finally:
         stop([worker])
         redis.Redis.from_url(os.environ["REDIS_URL"]).delete(ALIVE_KEY)
@@ -285,15 +321,12 @@ def run_one(database_url: str, label: str) -> int:
     print(
         f"recording 'succeeded', {RUNS} with the worker's thumbnail alternated with {RUNS} without:"
     )
-    for side, measured in thumbnails.items():
-        per_event = {kind: cpu / RUNS * 1000 for kind, (_, cpu) in measured.items()}
-        for kind, (latencies, _) in measured.items():
-            print(
-                f"  {side}x{side} {kind:18}  sent to event  {latency_figures(latencies)}; "
-                f"platform worker CPU {per_event[kind]:6.2f} ms per event"
-            )
-        ratio = per_event[WITH] / per_event[WITHOUT]
-        print(f"  {side}x{side} platform worker CPU with/without: {vs_goal(ratio, '<= 0.6')}")
+    print_comparison(thumbnails, WITH, WITHOUT, "<= 0.6")
+    print(
+        f"recording 'succeeded' (with the worker's thumbnail), {RUNS} whose PNG waits in Redis "
+        f"alternated with {RUNS} whose PNG is base64 in the event:"
+    )
+    print_comparison(channels, IN_REDIS, IN_EVENT, "< 1")
     return 0
 
 
