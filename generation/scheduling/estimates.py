@@ -121,12 +121,19 @@ class KeptHistory:
     def __init__(self) -> None:
         self._rows: list[dict[str, Any]] | None = None
         self._full_read_at = 0.0
+        self._read_at = 0.0
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self, reuse_within: float = 0.0) -> list[dict[str, Any]]:
+        """`reuse_within`: seconds during which the rows held are returned unread (a caller
+        that knows no job finished since)."""
         now = time.monotonic()
         if self._rows is None or now - self._full_read_at >= HISTORY_FULL_READ_SECONDS:
             self._rows, self._full_read_at = _history_rows(), now
+            self._read_at = now
             return self._rows
+        if now - self._read_at < reuse_within:
+            return self._rows
+        self._read_at = now
         if not self._rows:
             self._rows = _history_rows()  # nothing held: nothing to merge
             return self._rows

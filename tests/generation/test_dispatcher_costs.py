@@ -227,3 +227,47 @@ def test_after_the_queue_empties_a_new_jobs_answer_reads_no_speed_history(
     assert response.status_code == 201 and response.json()["eta_source"] == "history"
     history_reads = [q for q in queries if '"finished_at" >=' in q["sql"]]
     assert not history_reads, "no speed history read"
+
+
+def test_a_wake_up_for_new_jobs_alone_reuses_the_speed_history_the_last_finish_read(
+    alice, bob, catalogue, broker, redis_client, django_capture_on_commit_callbacks
+):
+    """Only a finished job changes the speed history, and every finish rings the dispatcher:
+    a submission's wake-up soon after hands its job out without reading the history, and the
+    next finish's wake-up reads it again (its job's speed is seen)."""
+    from generation.scheduling.estimates import KeptHistory, RecentSpeedKeys
+
+    history, recent = KeptHistory(), RecentSpeedKeys()
+    beat(redis_client, "gpu-1", hot=["model-a"])
+
+    def run_and_finish(job: Job, total_s: float) -> None:
+        job.refresh_from_db()
+        assert job.mark_running("gpu-1", job.attempt)
+        assert job.mark_succeeded(job.attempt, "gpu-1", {"total_s": total_s, "sampling_s": 1})
+
+    def history_reads(queries: CaptureQueriesContext) -> list[dict]:
+        return [q for q in queries.captured_queries if '"finished_at" >=' in q["sql"]]
+
+    first = submit_job(alice, SMALL)
+    with django_capture_on_commit_callbacks(execute=True):
+        answer_wake({str(first.pk)}, history, recent)
+    run_and_finish(first, 2.0)
+    answer_wake({""}, history, recent)  # the wake-up its success rings: reads what finished
+
+    second = submit_job(bob, SMALL)
+    with (
+        CaptureQueriesContext(connection) as queries,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        answer_wake({str(second.pk)}, history, recent)
+    assert not history_reads(queries)
+    assert [r["job_id"] for r in requests_on(redis_client, "gpu-1")] == [
+        str(first.pk),
+        str(second.pk),
+    ]
+
+    run_and_finish(second, 3.0)
+    with CaptureQueriesContext(connection) as queries:
+        answer_wake({""}, history, recent)
+    assert history_reads(queries)
+    assert {row["pk"] for row in history.rows(reuse_within=60)} >= {first.pk, second.pk}
