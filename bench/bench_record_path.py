@@ -42,7 +42,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import cpu_seconds, per_database, setup_django, start, stop, vs_goal
+from support import (
+    cpu_seconds,
+    per_database,
+    result_picture,
+    result_png,
+    setup_django,
+    start,
+    stop,
+    vs_goal,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,16 +80,10 @@ def result_image(side: int = SIDE, thumbnail: bool = False, raw: bool = False) -
     about as large as the demo model's output): its PNG with the infotext, and with
     `thumbnail` the gallery thumbnail a current worker sends beside it. `raw`: the PNG as the
     worker's encoder leaves it for Redis (`gpu_worker.result_store`), not as base64."""
-    import numpy as np
-    from PIL import Image
-
-    from gpu_worker.infotext import png_with_infotext
     from gpu_worker.thumbnails import thumbnail_webp
 
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 190, side)[None, :, None]
-    image = Image.fromarray((rng.random((side, side, 3)) * 64 + ramp).astype("uint8"))
-    png = png_with_infotext(image, "a lighthouse at dusk\nSteps: 10, Seed: 1")
+    image = result_picture(side)
+    png = result_png(image)
     result: dict[str, Any] = {
         "png": png,
         "seed": 1,

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from gpu_worker.protocol import GenerationRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,3 +263,21 @@ def write_sd15_checkpoint(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     print(f"wrote a random SD 1.5 checkpoint in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def result_picture(side: int) -> Image.Image:
+    """A side x side picture about as hard to compress as the demo model's output (a gradient
+    with noise), the same every run."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 190, side)[None, :, None]
+    return Image.fromarray((rng.random((side, side, 3)) * 64 + ramp).astype("uint8"))
+
+
+def result_png(image: Image.Image) -> bytes:
+    """Its PNG as a worker writes a result: with an infotext."""
+    from gpu_worker.infotext import png_with_infotext
+
+    return png_with_infotext(image, "a lighthouse at dusk\nSteps: 10, Seed: 1")
