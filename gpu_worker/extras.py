@@ -24,8 +24,8 @@ from gpu_worker.infotext import PNG_CHUNK, build_infotext, read_infotext
 from gpu_worker.job_outcome import GenerationResult, JobFailed, JobInterrupted, StepInfo
 from gpu_worker.job_outcome import StepObserver as Observer
 from gpu_worker.params import ExtrasParams
-from gpu_worker.protocol import GenerationRequest, ResultImage
-from gpu_worker.thumbnails import thumbnail_webp
+from gpu_worker.protocol import GenerationRequest
+from gpu_worker.result_encoding import packed_result
 from gpu_worker.upscalers import TileSettings, upscale_image
 
 POSTPROCESSING_CHUNK = "postprocessing"  # A1111's PNG text chunk for extras' own infotext
@@ -88,15 +88,9 @@ def run_extras(
         raise JobFailed(str(exc)) from exc
     text = build_line(extras_plan.infotext_fields(extras))
     png = _png(image, source_infotext, text)
+    raw = bool(request.get("result_pngs_in_redis"))  # (gpu_worker.result_store)
     result.images.append(
-        ResultImage(
-            png_b64=base64.b64encode(png).decode("ascii"),
-            seed=int(request.get("seed") or 0),
-            infotext=text,
-            width=image.width,
-            height=image.height,
-            thumbnail_webp_b64=base64.b64encode(thumbnail_webp(image)).decode("ascii"),
-        )
+        packed_result(image, png, int(request.get("seed") or 0), text, raw_png=raw)
     )
     result.steps_done = progress.planned
     result.timings["total_s"] = round(time.perf_counter() - started, 4)

@@ -39,7 +39,15 @@ def encode_result_image(
     the PNG's bytes kept as they are (`png`), for the event to carry through Redis
     (`gpu_worker.result_store`), not as base64."""
     png = infotext_mod.png_with_infotext(image, infotext)
-    encoded = ResultImage(
+    return packed_result(image, png, seed, infotext, raw_png=raw_png)
+
+
+def packed_result(
+    image: Image.Image, png: bytes, seed: int, infotext: str, *, raw_png: bool
+) -> ResultImage:
+    """A result image as the worker reports it: its PNG (bytes with `raw_png`, else base64),
+    its size and the gallery's thumbnail made from `image`."""
+    packed = ResultImage(
         seed=seed,
         infotext=infotext,
         width=image.width,
@@ -47,10 +55,10 @@ def encode_result_image(
         thumbnail_webp_b64=base64.b64encode(thumbnail_webp(image)).decode("ascii"),
     )
     if raw_png:
-        encoded["png"] = png
+        packed["png"] = png
     else:
-        encoded["png_b64"] = base64.b64encode(png).decode("ascii")
-    return encoded
+        packed["png_b64"] = base64.b64encode(png).decode("ascii")
+    return packed
 
 
 class ResultEncoder:

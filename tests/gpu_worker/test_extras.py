@@ -77,6 +77,16 @@ def test_the_demo_esrgan_doubles_the_size_and_says_so_in_its_infotext(engine: An
     assert steps[-1] == (total, total) and result.steps_done == total
 
 
+def test_asked_for_bytes_the_upscaled_png_is_kept_as_bytes_not_base64(engine: Any, torch: Any):
+    """For the event to carry it through Redis (gpu_worker.result_store): the same PNG."""
+    request = extras_request(extras(scale=2))
+    as_text = engine.run(request)
+    as_bytes = engine.run({**request, "result_pngs_in_redis": True})
+    [image] = as_bytes.images
+    assert "png_b64" not in image and image["png"] == base64.b64decode(as_text.images[0]["png_b64"])
+    assert image["thumbnail_webp_b64"] == as_text.images[0]["thumbnail_webp_b64"]
+
+
 def test_a_second_upscaler_is_blended_in_at_its_visibility(engine: Any, torch: Any):
     def upscale(**overrides: Any) -> Image.Image:
         block = extras(scale=2, **overrides)
