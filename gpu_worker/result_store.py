@@ -10,10 +10,11 @@ is sent), and the event's image says `png_in_redis` instead of carrying `png_b64
 reads them with one MGET, names the keys itself (a worker cannot point it at another job's
 data), and deletes them once the images are stored.
 
-A key lives as long as Dramatiq keeps an unconsumed message (`PNG_TTL_SECONDS`), so a platform
-worker that is down for days still finds the images when it comes back; only a Redis that lost
-its data loses them, as it would lose the event itself. If Redis refuses the SET, the worker
-falls back to base64 in the event, which its outbox keeps until Redis answers.
+A key lives seven days (`PNG_TTL_SECONDS`, Dramatiq's dead-message TTL), so a platform worker
+that is down for days still finds the images when it comes back; an event left unread longer,
+or a Redis that lost its data, loses them (the platform then fails the job and gives its
+credits back). If Redis refuses the SET, the worker falls back to base64 in the event, which
+its outbox keeps until Redis answers.
 
 Both sides import this module: the key's shape is defined once. Torch-free and Django-free.
 """
@@ -27,7 +28,7 @@ from typing import Any, cast
 from gpu_worker.protocol import ResultImage
 
 KEY = "atelier:result-png:{job_id}:{attempt}:{index}"
-PNG_TTL_SECONDS = 7 * 24 * 3600  # Dramatiq's default dead-message TTL: as long as an event waits
+PNG_TTL_SECONDS = 7 * 24 * 3600  # Dramatiq's default dead-message TTL
 
 
 def png_key(job_id: str, attempt: int, index: int) -> str:
