@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from support import (
     cpu_seconds,
@@ -150,10 +150,9 @@ class Recorder:
 
     def send(self, job: Any, kind: str, image: dict[str, Any] | None) -> None:
         """As WorkerService.flush_events sends an event."""
-        import dramatiq
-
         from gpu_worker import result_store
-        from gpu_worker.protocol import JOB_EVENT_ACTOR, JOB_EVENT_KWARG, PLATFORM_QUEUE
+        from gpu_worker.protocol import JobEvent
+        from gpu_worker.service import job_event_message
 
         event: dict[str, Any] = {
             "job_id": str(job.pk),
@@ -167,15 +166,7 @@ class Recorder:
             if "png" in image:  # as the worker sends it: the bytes first, in Redis
                 wire = result_store.for_the_wire(self.redis, str(job.pk), job.attempt, wire)
             event.update(images=wire, timings={"total_s": 0.15}, steps_done=10)
-        self.broker.enqueue(
-            dramatiq.Message(
-                queue_name=PLATFORM_QUEUE,
-                actor_name=JOB_EVENT_ACTOR,
-                args=(),
-                kwargs={JOB_EVENT_KWARG: event},
-                options={},
-            )
-        )
+        self.broker.enqueue(job_event_message(cast(JobEvent, event)))
 
     async def record(self, job: Any, kind: str, image: dict[str, Any] | None = None) -> float:
         """Seconds from the event sent to its job.<kind> heard."""

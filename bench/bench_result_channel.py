@@ -35,10 +35,9 @@ IN_EVENT, IN_REDIS = "PNG in the event", "PNG in Redis"
 
 def send_once(broker: Any, client: Any, png: bytes, kind: str) -> tuple[float, float]:
     """(wall, thread CPU) seconds of one 'succeeded' event with this PNG, sent as `kind`."""
-    import dramatiq
-
     from gpu_worker import result_store
-    from gpu_worker.protocol import JOB_EVENT_ACTOR, JOB_EVENT_KWARG, PLATFORM_QUEUE, ResultImage
+    from gpu_worker.protocol import JobEvent, ResultImage
+    from gpu_worker.service import job_event_message
 
     job_id = uuid.uuid4().hex
     image = ResultImage(png=png, seed=1, infotext="a lighthouse", width=1, height=1)
@@ -47,16 +46,8 @@ def send_once(broker: Any, client: Any, png: bytes, kind: str) -> tuple[float, f
         images = result_store.for_the_wire(client, job_id, 1, [image])
     else:
         images = result_store.with_base64([image])
-    event = {"job_id": job_id, "attempt": 1, "kind": "succeeded", "images": images}
-    broker.enqueue(
-        dramatiq.Message(
-            queue_name=PLATFORM_QUEUE,
-            actor_name=JOB_EVENT_ACTOR,
-            args=(),
-            kwargs={JOB_EVENT_KWARG: event},
-            options={},
-        )
-    )
+    event = JobEvent(job_id=job_id, attempt=1, worker_id="bench", kind="succeeded", images=images)
+    broker.enqueue(job_event_message(event))
     return time.perf_counter() - wall0, time.thread_time() - cpu0
 
 

@@ -83,6 +83,17 @@ BATCH_LOOK_SECONDS = 0.05
 BATCH_RECHECK_SECONDS = 1.0
 
 
+def job_event_message(event: JobEvent) -> dramatiq.Message[Any]:
+    """The message a job event travels in: to the platform's actor, by name."""
+    return dramatiq.Message(
+        queue_name=PLATFORM_QUEUE,
+        actor_name=JOB_EVENT_ACTOR,
+        args=(),
+        kwargs={JOB_EVENT_KWARG: dict(event)},
+        options={},
+    )
+
+
 def _decode(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -237,15 +248,7 @@ class WorkerService:
             while self._outbox:
                 event = self._outbox[0]
                 try:
-                    self.broker.enqueue(
-                        dramatiq.Message(
-                            queue_name=PLATFORM_QUEUE,
-                            actor_name=JOB_EVENT_ACTOR,
-                            args=(),
-                            kwargs={JOB_EVENT_KWARG: dict(event)},
-                            options={},
-                        )
-                    )
+                    self.broker.enqueue(job_event_message(event))
                 except SEND_ERRORS:
                     log.warning(
                         "Redis unreachable: %d job event(s) kept to resend", len(self._outbox)

@@ -18,7 +18,8 @@ from rest_framework.test import APIClient
 from generation.broker import get_broker, reset_for_tests
 from generation.models import CatalogEntry, Job
 from generation.worker_events import register_platform_actors
-from gpu_worker.protocol import JOB_EVENT_ACTOR, PLATFORM_QUEUE, JobEvent
+from gpu_worker.protocol import PLATFORM_QUEUE, JobEvent
+from gpu_worker.service import job_event_message
 
 SMALL = {
     "prompt": "a lighthouse at dusk",
@@ -166,15 +167,7 @@ def platform_tick(platform_worker) -> Iterator[None]:
 
 def send_event(broker: dramatiq.Broker, event: JobEvent) -> None:
     """What a GPU worker does: a message to the platform actor, by name."""
-    broker.enqueue(
-        dramatiq.Message(
-            queue_name=PLATFORM_QUEUE,
-            actor_name=JOB_EVENT_ACTOR,
-            args=(),
-            kwargs={"event": event},
-            options={},
-        )
-    )
+    broker.enqueue(job_event_message(event))
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
