@@ -827,7 +827,7 @@ def record_job(
 
 def no_images() -> QuerySet[JobImage]:
     """An empty queryset already evaluated, as a prefetch leaves one: iterating it compiles no
-    SQL (an unevaluated `.none()` still builds its query, about 0.3 ms of the request's CPU)."""
+    SQL (an unevaluated `.none()` still builds and compiles its query on every response)."""
     none = JobImage.objects.none()
     none._result_cache = []
     return none

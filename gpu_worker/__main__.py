@@ -355,11 +355,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import base64
     import secrets
 
     from gpu_worker.engine import JobFailed
     from gpu_worker.protocol import GenerationRequest
+    from gpu_worker.result_store import png_of
 
     engine = build_engine(args)
     seed = args.seed if args.seed >= 0 else secrets.randbelow(2**32)
@@ -393,7 +393,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"failed: {exc}", file=sys.stderr)
         return 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(base64.b64decode(result.images[0]["png_b64"]))
+    args.out.write_bytes(png_of(result.images[0]))
     print(result.images[0]["infotext"])
     print(json.dumps(result.timings))
     print(f"wrote {args.out} on {engine.device}")

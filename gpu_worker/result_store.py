@@ -1,9 +1,10 @@
 """Result PNGs carried beside the 'succeeded' event, as bytes in Redis, not as base64 inside it.
 
-A result's PNG used to travel as base64 text inside the event's JSON: at 1024x1024 (3.5 MB) that
-cost the GPU worker about 6 ms of base64 and 9 ms of JSON, both holding the GIL its sampling
-thread needs, and the platform worker about 8 ms to fetch the 4.7 MB message, 3 ms of JSON and
-11 ms to decode the base64 (measured on the development machine). Now, when the platform's
+A result's PNG used to travel as base64 text inside the event's JSON, which the GPU worker's
+sending thread paid for in base64 and JSON (holding the GIL its sampling thread needs) and the
+platform worker in fetching, parsing and decoding it: bench_result_channel measures the
+worker's side (17.4 -> 2.0 ms of CPU per 1024x1024 event), bench_record_path the platform's
+(35.8 -> 17.5 ms on PostgreSQL). Now, when the platform's
 request asks for it (`result_pngs_in_redis`), the worker SETs each PNG's bytes under a key
 named by the job, its attempt and the image's place (one pipelined round trip, before the event
 is sent), and the event's image says `png_in_redis` instead of carrying `png_b64`. The platform

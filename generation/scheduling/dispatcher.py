@@ -92,7 +92,7 @@ MAX_ROUNDS = 5  # passes one caller runs for the "run again" requests it finds
 SCHEDULING_WINDOW = 100  # the oldest waiting jobs a pass considers
 # Only a finished job changes the speed history, and each finish wakes the dispatcher: a
 # wake-up for new jobs alone reuses the rows read this recently (one query less per
-# submission's hand-out, ~1 ms on PostgreSQL here), bounding what a missed ring could cost.
+# submission's hand-out), bounding what a missed ring could cost.
 HISTORY_REUSE_SECONDS = 2.0
 
 _RELEASE = """

@@ -92,3 +92,10 @@ def test_a_success_delivered_again_after_its_pngs_were_stored_changes_nothing(
     assert status_of(job) == "succeeded" and JobImage.objects.filter(job=job).count() == 1
     again = CreditAccount.objects.get(pk=alice.pk)
     assert (again.balance, again.held) == (charged.balance, charged.held)
+
+
+def test_every_job_message_asks_its_worker_for_the_bytes(alice: Any, catalogue: Any) -> None:
+    """Without it a worker falls back to base64 silently: the tests above would not notice."""
+    from generation.job_messages import build_request
+
+    assert build_request(dispatched(submit_job(alice, SMALL)))["result_pngs_in_redis"] is True
