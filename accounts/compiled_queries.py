@@ -12,12 +12,13 @@ and the conversions: the rows are those the queryset would give.
 Only for querysets whose SQL never changes: a value given anew at each run is one value (a
 user's id, a token's hash: `GivenValue`), a list of ids (a `pk__in` or `owner_id__in` of any
 length as one parameter, `IdList`) or a time (`GivenTime`); any other value would be compiled
-in once and kept.
+in once and kept (on PostgreSQL written into the SQL as a literal, `_constants_inlined`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -205,6 +206,32 @@ class GivenTime(Given):
         return connection.ops.adapt_datetimefield_value(given)
 
 
+def _constants_inlined(sql: str, params: Sequence[Any], connection: Any) -> tuple[str, list[Any]]:
+    """The SQL with its compiled-in values written as literals (quoted by psycopg), only the
+    given ones left as parameters. PostgreSQL plans a prepared statement once (its generic
+    plan) only where that plan is no worse than one made for the values: a status compared
+    with a parameter is not (a rare 'queued' against any status), so the dispatcher's waiting
+    read was planned anew at each run; its constants written in, it has no parameter left
+    and is planned once per connection (`DATABASE_PREPARE_THRESHOLD`)."""
+    from psycopg import sql as pg_sql
+
+    values = iter(params)
+    kept: list[Any] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match.group() == "%%":
+            return "%%"
+        value = next(values)
+        if isinstance(value, Given):
+            kept.append(value)
+            return "%s"
+        with connection.cursor() as cursor:  # the adapters Django registered on it
+            literal = pg_sql.Literal(value).as_string(cursor.cursor)
+        return literal.replace("%", "%%")  # the SQL still goes through %s formatting
+
+    return re.sub(r"%[s%]", placeholder, sql), kept
+
+
 _GIVEN_KINDS: dict[str, Callable[[], Given]] = {
     "value": GivenValue,
     "int_list": lambda: IdList("int"),
@@ -217,6 +244,8 @@ _GIVEN_KINDS: dict[str, Callable[[], Given]] = {
 def _compile(queryset: QuerySet[Any, Any], connection: Any, names: dict[Given, str]) -> _Compiled:
     compiler = queryset.query.get_compiler(connection=connection)
     sql, params = compiler.as_sql()
+    if connection.vendor == "postgresql":
+        sql, params = _constants_inlined(sql, params, connection)
     columns = [column for column, _sql, _alias in compiler.select[: compiler.col_count]]
     if any(isinstance(column, ColPairs) for column in columns):
         raise ValueError("composite keys are not supported")

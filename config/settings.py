@@ -124,9 +124,16 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql") and DATABASE_POOL_SIZE 
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # Parameters sent apart from the SQL (psycopg 3's server-side binding), not quoted into
     # it by the client: bench_platform_overhead, the web's CPU per submission 11.4 -> 9.5 ms
-    # and saturated submissions 92 -> 101 jobs/s. Prepared statements stay off (Django's
-    # default), which keeps a transaction-mode pgbouncer in front working.
+    # and saturated submissions 92 -> 101 jobs/s.
     DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
+    # A statement a pooled connection has run this many times is prepared on it (psycopg 3):
+    # PostgreSQL then skips parsing and, once its generic plan holds, planning. A job's way
+    # through the platform runs the same fifteen-odd statements every time (the API token,
+    # the dispatcher's reads and claim, the settlement): bench_platform_overhead. 0 turns it
+    # off: behind a pgbouncer in transaction mode older than 1.21 (or without
+    # max_prepared_statements), whose server connections do not keep a client's statements.
+    DATABASE_PREPARE_THRESHOLD = env_int("DATABASE_PREPARE_THRESHOLD", 5)
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = DATABASE_PREPARE_THRESHOLD or None
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several processes (web, platform worker) share the file: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20

@@ -119,7 +119,7 @@ def store_progress(job: Job, step: int, steps: int) -> None:
     """What the GPU worker's JobMonitor stores at a step."""
     monitor = JobMonitor(job_id=str(job.pk), events_group="", redis_client=get_redis(),
                          publisher=None)  # fmt: skip
-    monitor.store(
+    monitor.store_now(
         ProgressEvent(
             type="job.progress",
             job_id=str(job.pk),

@@ -218,3 +218,45 @@ def test_a_name_in_the_catalogue_reads_as_visible_to_for_every_kind_of_member(
     assert not NAMED_ENTRIES.objects(
         False, False, owner=alice.pk, kind="checkpoint", name="model-b", names=["model-a"]
     )
+
+
+on_postgresql = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL's literals and prepared statements"
+)
+
+
+@on_postgresql
+def test_values_compiled_in_are_written_as_literals_and_read_back_exactly(alice, bob):
+    """On PostgreSQL a compiled query keeps only the given values as parameters; the others
+    are quoted into its SQL, and a quote, a percent sign or a comment marker in one stays
+    data."""
+    odd = "50% o'clock; -- %s"
+    User.objects.filter(pk=alice.pk).update(first_name=odd)
+    named = CompiledQuery(
+        lambda owner: User.objects.filter(first_name=odd, pk=owner).values_list("pk"),
+        owner="value",
+    )
+    assert named.rows(owner=alice.pk) == [(alice.pk,)]
+    assert named.rows(owner=bob.pk) == []
+    compiled, _ = named._compiled_for(())
+    assert len(compiled.params) == 1  # the given owner; the name is in the SQL
+
+
+@on_postgresql
+def test_the_dispatchers_waiting_read_is_prepared_once_on_its_connection(alice, catalogue):
+    """Its constants written in, the waiting read has no parameter left: after the prepare
+    threshold's runs the connection holds it as a prepared statement (planned once), and it
+    still sees each new job."""
+    from django.conf import settings
+
+    window = CompiledQuery(_waiting_window)
+    for _ in range(settings.DATABASE_PREPARE_THRESHOLD + 1):
+        window.rows(10)
+    compiled, _ = window._compiled_for((10,))
+    assert compiled.params == ()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any('"generation_job"."status" = \'queued\'' in sql for sql in prepared), prepared
+    job = submit_job(alice, SMALL)
+    assert [row[0] for row in window.rows(10)] == [job.pk]

@@ -13,7 +13,7 @@ from django.db import connections
 from django.test import RequestFactory
 
 from accounts.models import ApiToken
-from config.asgi_handler import is_async_view
+from config.asgi_handler import is_async_view, take_over_request_started
 from tests.asgi_calls import call
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -42,14 +42,19 @@ async def closed_connections():
 @pytest.mark.usefixtures("closed_connections")
 async def test_a_rest_call_crosses_to_its_thread_once_and_keeps_its_middleware(alice, hops):
     _, secret = await sync_to_async(ApiToken.issue)(alice, "script")
+    # As in the web process: Django's test client, used by other tests in this one, connects
+    # close_old_connections again after each of its requests.
+    take_over_request_started()
+    hops.clear()
     answer = await call("GET", "/api/v1/samplers/", headers=[("authorization", f"Bearer {secret}")])
     assert answer.status == 200 and answer.json()
     # What the middleware adds is still there (security headers, the frame refusal).
     assert answer.headers["x-frame-options"] == "DENY"
     assert answer.headers["x-content-type-options"] == "nosniff"
-    # The view and its whole chain in one hop; the rest is Django's request signals and close.
-    assert hops.count("BaseHandler.get_response") == 1
-    assert len(hops) <= 4, hops
+    # The view, its whole chain and request_started's receivers in one hop; the other one
+    # closes the response (request_finished: the connection goes back to the pool).
+    assert hops.count("SyncViewsInOneThread._started_and_response") == 1
+    assert hops == ["SyncViewsInOneThread._started_and_response", "HttpResponseBase.close"]
 
 
 @pytest.mark.usefixtures("closed_connections")
@@ -58,7 +63,30 @@ async def test_a_page_and_an_unknown_path_answer_through_the_sync_chain(hops):
     assert page.status == 200 and "csrftoken" in page.cookies  # CSRF middleware ran
     missing = await call("GET", "/no/such/page/")
     assert missing.status == 404
-    assert hops.count("BaseHandler.get_response") == 2
+    assert hops.count("SyncViewsInOneThread._started_and_response") == 2
+
+
+def test_request_started_receivers_run_in_the_view_thread(monkeypatch):
+    """Django's own receivers of request_started (stale connections closed, the query log
+    reset) still run for every request, in its view's hop; no other receiver is connected,
+    which would bring the signal's own hop back."""
+    from django.core.signals import request_started
+
+    from config import asgi_handler
+
+    handler = asgi_handler.SyncViewsInOneThread()  # takes Django's receivers over
+    assert not request_started.receivers
+    ran: list[str] = []
+    monkeypatch.setattr(
+        asgi_handler,
+        "REQUEST_STARTED_RECEIVERS",
+        tuple(
+            (lambda name=receiver.__name__: ran.append(name))
+            for receiver in asgi_handler.REQUEST_STARTED_RECEIVERS
+        ),
+    )
+    handler._started_and_response(RequestFactory().get("/no/such/page/"))
+    assert ran == ["reset_queries", "close_old_connections"]
 
 
 def test_only_async_views_take_the_async_chain():
