@@ -11,8 +11,9 @@
   result image follows it. The same event is also stored under `PROGRESS_KEY` with a short
   expiry, for clients that poll (A1111's /sdapi/v1/progress). With a publisher, the step only
   copies the first image's latents: the preview, the stored copy and the send are made on the
-  publisher's thread, in step order (they cost the engine's thread 3 ms a job on the demo
-  model here, which a direct diffusers call does not pay).
+  publisher's thread, in step order (on the sampling thread they took about 3 ms of each demo
+  job in a profile of bench_platform_overhead's worker, time a direct diffusers call does not
+  spend).
 """
 
 from __future__ import annotations
@@ -130,15 +131,13 @@ def first_latents(latents: Any) -> Any:
 
 
 def latent_preview(latents: Any, family: str = "sd1") -> str:
-    """A data: URI JPEG of the first image's latents through a linear RGB approximation
-    (`latents`: a batch, or one image's as `first_latents` gives them)."""
+    """A data: URI JPEG of one image's latents (as `first_latents` gives them) through a
+    linear RGB approximation."""
     import torch
     from PIL import Image
 
     factors = torch.tensor(LATENT_RGB.get(family, LATENT_RGB["sd1"]))
-    first = latents[0] if latents.dim() == 4 else latents
-    first = first.detach().to("cpu", torch.float32)
-    rgb = torch.einsum("chw,cr->hwr", first, factors)
+    rgb = torch.einsum("chw,cr->hwr", latents, factors)
     pixels = ((rgb + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
     image = Image.fromarray(pixels, "RGB")
     scale = PREVIEW_MAX_SIDE / max(image.size)
@@ -242,16 +241,15 @@ class JobMonitor:
         )
         # A copy: the next step may change the latents in place while the preview is made.
         latents = first_latents(info.latents) if with_preview else None
+
+        def preview_and_store() -> None:
+            self._with_preview(event, latents, info.family)
+            self.store_now(self._stored(event))
+
         if self.publisher is None:
-            self._with_preview(event, latents, info.family)
-            self.store_now(self._stored(event))
+            preview_and_store()
             return
-
-        def store() -> None:
-            self._with_preview(event, latents, info.family)
-            self.store_now(self._stored(event))
-
-        self.publisher.run(store, then_send=lambda: (self.events_group, dict(event)))
+        self.publisher.run(preview_and_store, then_send=lambda: (self.events_group, dict(event)))
         self.sent += 1
 
     def _with_preview(self, event: ProgressEvent, latents: Any, family: str) -> None:
