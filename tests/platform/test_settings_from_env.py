@@ -75,6 +75,38 @@ def test_database_url_and_media_root_are_read(tmp_path):
     ]
 
 
+def test_an_sqlite_database_writes_ahead_and_keeps_full_sync(tmp_path):
+    """Readers do not wait for a writer and a returned commit survives a power cut: WAL mode
+    (kept by the file) with SQLite's default synchronous=FULL."""
+    database = tmp_path / "atelier.sqlite3"
+    code = (
+        "from django.db import connection as c;"
+        "cur=c.cursor();"
+        "print(cur.execute('PRAGMA journal_mode').fetchone()[0],"
+        "cur.execute('PRAGMA synchronous').fetchone()[0])"
+    )
+    result = run_manage(
+        "shell", "--no-imports", "-c", code, env={"DATABASE_URL": f"sqlite:///{database}"}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["wal", "2"]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", "5"), ("0", "None"), ("20", "20")])
+def test_postgresql_prepares_statements_from_the_threshold_or_never(raw, expected):
+    code = (
+        "from django.conf import settings as s;"
+        "print(s.DATABASES['default']['OPTIONS']['prepare_threshold'])"
+    )
+    env = {
+        "DATABASE_URL": "postgres://u:p@db.internal:6543/atelier",
+        "DATABASE_PREPARE_THRESHOLD": raw,
+    }
+    result = run_manage("shell", "--no-imports", "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [expected]
+
+
 def test_a_typo_in_debug_stops_the_process():
     result = run_manage("check", env={"DEBUG": "yes"})
     assert result.returncode != 0
