@@ -201,32 +201,34 @@ def hold(user: Any, amount: Any, job_id: Any) -> CreditEntry | None:
     if price == 0:
         return None
     account_id = user.pk
-    if connection.vendor == "postgresql" and (held := _held_in_one(account_id, price, job_id)):
-        return held
     # No savepoint (two round trips saved per submission) and so no exception inside the
     # block: a refusal leaves the caller's transaction usable.
     with transaction.atomic(savepoint=False):
-        moved = _move_to_held(account_id, price)
-        if not moved:
+        held = _held(account_id, price, job_id)
+        if held is None:
             # No account yet (opened now, with its welcome grant), or really not enough.
             account = account_for(user)
-            moved = _move_to_held(account_id, price)
-        if moved:
-            return CreditEntry.objects.create(
-                account_id=account_id,
-                kind=Kind.HOLD,
-                amount=-price,
-                held_delta=price,
-                job_id=job_id,
-            )
+            held = _held(account_id, price, job_id)
+        if held is not None:
+            return held
         account.refresh_from_db(fields=["balance"])
     raise InsufficientCredits(account.balance, price)
 
 
+def _held(account_id: int, price: Decimal, job_id: Any) -> CreditEntry | None:
+    """The hold's entry, the balance checked and moved with it; None if it could not move."""
+    if connection.vendor == "postgresql":
+        return _held_in_one(account_id, price, job_id)
+    if not _move_to_held(account_id, price):
+        return None
+    return CreditEntry.objects.create(
+        account_id=account_id, kind=Kind.HOLD, amount=-price, held_delta=price, job_id=job_id
+    )
+
+
 def _held_in_one(account_id: int, price: Decimal, job_id: Any) -> CreditEntry | None:
-    """`hold` in one statement (PostgreSQL): the balance checked and moved, and the entry
-    written from what the UPDATE returned, so there is an entry only if the balance moved.
-    None when it did not (no account yet, or not enough): `hold`'s general path decides."""
+    """`_held` in one statement (PostgreSQL): the entry is written from what the balance's
+    UPDATE returned, so there is an entry only if the balance moved."""
     now = timezone.now()
     job = CreditEntry._meta.get_field("job_id").get_db_prep_value(job_id, connection)
     with connection.cursor() as cursor:

@@ -110,6 +110,7 @@ DATABASES = {
     )
 }
 DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 8)
+DATABASE_PREPARE_THRESHOLD = env_int("DATABASE_PREPARE_THRESHOLD", 5)  # PostgreSQL: see below
 if DATABASES["default"]["ENGINE"].endswith("postgresql") and DATABASE_POOL_SIZE > 0:
     # A connection pool (psycopg_pool) instead of a connection per request: under ASGI each
     # request runs in a thread of its own, so persistent connections (CONN_MAX_AGE) would be
@@ -132,7 +133,6 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # the dispatcher's reads and claim, the settlement): bench_platform_overhead. 0 turns it
     # off: behind a pgbouncer in transaction mode older than 1.21 (or without
     # max_prepared_statements), whose server connections do not keep a client's statements.
-    DATABASE_PREPARE_THRESHOLD = env_int("DATABASE_PREPARE_THRESHOLD", 5)
     DATABASES["default"]["OPTIONS"]["prepare_threshold"] = DATABASE_PREPARE_THRESHOLD or None
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Several processes (web, platform worker) share the file: wait for locks instead of failing.
