@@ -217,19 +217,19 @@ def _constants_inlined(sql: str, params: Sequence[Any], connection: Any) -> tupl
 
     values = iter(params)
     kept: list[Any] = []
+    with connection.cursor() as cursor:  # quoted with the adapters Django registered on it
 
-    def placeholder(match: re.Match[str]) -> str:
-        if match.group() == "%%":
-            return "%%"
-        value = next(values)
-        if isinstance(value, Given):
-            kept.append(value)
-            return "%s"
-        with connection.cursor() as cursor:  # the adapters Django registered on it
+        def placeholder(match: re.Match[str]) -> str:
+            if match.group() == "%%":
+                return "%%"
+            value = next(values)
+            if isinstance(value, Given):
+                kept.append(value)
+                return "%s"
             literal = pg_sql.Literal(value).as_string(cursor.cursor)
-        return literal.replace("%", "%%")  # the SQL still goes through %s formatting
+            return literal.replace("%", "%%")  # the SQL still goes through %s formatting
 
-    return re.sub(r"%[s%]", placeholder, sql), kept
+        return re.sub(r"%[s%]", placeholder, sql), kept
 
 
 _GIVEN_KINDS: dict[str, Callable[[], Given]] = {
