@@ -13,19 +13,24 @@ Django also sends `request_started` from the event loop, and its receivers (clos
 database connections, clearing the query log) are synchronous: one more hop to the request's
 thread and back before the view's. Here they run at the start of the view's own hop instead
 (the async views' chain: one hop before it, as before).
+
+And the request's thread is one kept from an earlier request (`config.request_threads`), not a
+new one started for it and joined after it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, sync_to_async
+from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.base import BaseHandler
 from django.core.signals import request_started
 from django.db import close_old_connections, reset_queries
 from django.http import HttpRequest, HttpResponseBase
 from django.urls import Resolver404, get_resolver
+
+from config.request_threads import RequestThreads
 
 
 class SyncViewsInOneThread(ASGIHandler):
@@ -34,6 +39,18 @@ class SyncViewsInOneThread(ASGIHandler):
         self.sync_handler = BaseHandler()
         self.sync_handler.load_middleware(is_async=False)
         take_over_request_started()
+        self.threads = RequestThreads()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Django's entry point, the request's thread-sensitive steps on a kept thread."""
+        if scope["type"] != "http":
+            raise ValueError(f"Django serves only HTTP connections, not {scope['type']}.")
+        executor = self.threads.borrow()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                await self.handle(scope, receive, send)
+        finally:
+            self.threads.give_back(executor)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         if is_async_view(request):

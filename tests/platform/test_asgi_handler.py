@@ -4,6 +4,8 @@ middleware still applies); async views keep the async chain."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,7 +15,9 @@ from django.db import connections
 from django.test import RequestFactory
 
 from accounts.models import ApiToken
+from config import asgi_handler
 from config.asgi_handler import is_async_view, take_over_request_started
+from config.request_threads import RequestThreads
 from tests.asgi_calls import call
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -64,6 +68,69 @@ async def test_a_page_and_an_unknown_path_answer_through_the_sync_chain(hops):
     missing = await call("GET", "/no/such/page/")
     assert missing.status == 404
     assert hops.count("SyncViewsInOneThread._started_and_response") == 2
+
+
+@pytest.fixture
+def view_threads(monkeypatch) -> Iterator[list[str]]:
+    """The name of the thread each sync view's request ran on, in order."""
+    seen: list[str] = []
+    original = asgi_handler.SyncViewsInOneThread._started_and_response
+
+    def recorded(self, request):
+        seen.append(threading.current_thread().name)
+        return original(self, request)
+
+    monkeypatch.setattr(asgi_handler.SyncViewsInOneThread, "_started_and_response", recorded)
+    yield seen
+
+
+@pytest.mark.usefixtures("closed_connections")
+async def test_requests_one_after_another_run_on_a_kept_thread(view_threads):
+    """No thread is started (and joined) for each request: the next one runs on the thread
+    the last one finished with."""
+    for _ in range(2):
+        assert (await call("GET", "/accounts/login/")).status == 200
+    threads_before = threading.active_count()
+    for _ in range(3):
+        assert (await call("GET", "/accounts/login/")).status == 200
+    assert threading.active_count() == threads_before
+    assert len(set(view_threads)) == 1 and view_threads[0].startswith("request")
+
+
+@pytest.mark.usefixtures("closed_connections")
+async def test_concurrent_requests_each_have_a_thread_of_their_own(view_threads, monkeypatch):
+    """Two requests at once run side by side, never one behind the other on a shared thread:
+    each view waits until both have started."""
+    both_started = threading.Barrier(2, timeout=10)
+    original = asgi_handler.SyncViewsInOneThread._started_and_response
+
+    def meeting(self, request):
+        both_started.wait()  # raises BrokenBarrierError if the other never comes
+        return original(self, request)
+
+    monkeypatch.setattr(asgi_handler.SyncViewsInOneThread, "_started_and_response", meeting)
+    answers = await asyncio.gather(call("GET", "/no/such/page/"), call("GET", "/no/such/page/"))
+    assert [a.status for a in answers] == [404, 404]
+
+
+def test_a_thread_left_busy_by_its_request_is_not_lent_again():
+    """A client that went away mid-request leaves its step running: the next request gets
+    another thread rather than waiting behind it; idle threads are kept up to a bound."""
+    threads = RequestThreads(keep_idle=1)
+    release = threading.Event()
+    busy = threads.borrow()
+    busy.submit(release.wait, 10)
+    threads.give_back(busy)
+    assert threads.idle == 0 and threads.borrow() is not busy
+    release.set()
+
+    first, second = threads.borrow(), threads.borrow()
+    for executor in (first, second):
+        executor.submit(int).result()
+    threads.give_back(first)
+    threads.give_back(second)  # beyond keep_idle: its thread ends
+    assert threads.idle == 1 and threads.borrow() is first
+    assert second._shutdown
 
 
 def test_request_started_receivers_run_in_the_view_thread(monkeypatch):
