@@ -72,17 +72,38 @@ def indexed_ids(client: redis.Redis) -> list[str]:
     return sorted(_decode(i) for i in client.smembers(HEARTBEAT_INDEX))
 
 
+# Every indexed worker's id and heartbeat (nil where its key expired), in one round trip: the
+# index's members and their keys, which a client could only read one after the other.
+_INDEXED_BEATS = """
+local ids = redis.call('smembers', KEYS[1])
+local out = {}
+for i, id in ipairs(ids) do
+  out[2 * i - 1] = id
+  out[2 * i] = redis.call('get', ARGV[1] .. id)
+end
+return out
+"""
+_BEAT_PREFIX = HEARTBEAT_KEY.format(worker_id="")
+
+
 def read_heartbeats(
     client: redis.Redis, worker_ids: Iterable[str] | None = None
 ) -> dict[str, WorkerHeartbeat | None]:
     """One read of the heartbeats of `worker_ids` (default: every indexed worker); None where
     the key has expired or cannot be read."""
-    ids = sorted(set(worker_ids)) if worker_ids is not None else indexed_ids(client)
-    if not ids:
-        return {}
+    if worker_ids is None:
+        pairs = client.eval(_INDEXED_BEATS, 1, HEARTBEAT_INDEX, _BEAT_PREFIX)
+        values = dict(zip(map(_decode, pairs[::2]), pairs[1::2], strict=True))
+        ids = sorted(values)
+    else:
+        ids = sorted(set(worker_ids))
+        if not ids:
+            return {}
+        keys = [HEARTBEAT_KEY.format(worker_id=i) for i in ids]
+        values = dict(zip(ids, client.mget(keys), strict=True))
     beats: dict[str, WorkerHeartbeat | None] = {}
-    values = client.mget([HEARTBEAT_KEY.format(worker_id=i) for i in ids])
-    for worker_id, raw in zip(ids, values, strict=True):
+    for worker_id in ids:
+        raw = values[worker_id]
         try:
             beats[worker_id] = json.loads(raw) if raw else None
         except ValueError:

@@ -26,12 +26,12 @@ from generation.limits import limits_for
 from generation.models import CatalogEntry, Job, ModelRecipe
 from generation.own_models import OwnModelError, check_name, check_quota
 from generation.pricing import price_job
+from generation.queue_reachable import queue_answering
 from generation.scheduling.dispatcher import dispatch_on_commit
 from generation.submission import (
     SubmissionError,
     _float,
     _lookup,
-    require_queue,
 )
 from gpu_worker.merge_rules import (
     INPUTS_OF,
@@ -310,9 +310,8 @@ def submit_merge(user: Any, raw: dict[str, Any]) -> Job:
         check_quota(user, valid.output_bytes)
     except OwnModelError as exc:
         raise SubmissionError("name", exc.message, exc.status) from None
-    require_queue()
     try:
-        with transaction.atomic():
+        with transaction.atomic(), queue_answering():
             return _create_job(user, valid, None)
     except IntegrityError:  # the same name raced in from another request
         raise SubmissionError(
@@ -378,6 +377,5 @@ def bake_virtual(user: Any, entry: CatalogEntry) -> Job:
         plan=_plan(params, first.family),
         price=price_job({"mode": "merge", "merge": params}, first),
     )
-    require_queue()
-    with transaction.atomic():
+    with transaction.atomic(), queue_answering():
         return _create_job(user, valid, recipe)

@@ -27,7 +27,6 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from django.utils.translation import gettext
 from PIL import Image, ImageOps
 
 from accounts.compiled_queries import CompiledQuery
@@ -41,6 +40,7 @@ from generation.lifecycle import cancel_queued_job
 from generation.limits import GenerationLimits, limits_for
 from generation.models import CatalogEntry, Job, JobImage, UserGenerationSettings
 from generation.pricing import final_size, price_job, total_steps
+from generation.queue_reachable import queue_answering
 from generation.request_errors import SubmissionError
 from generation.scheduling.dispatcher import dispatch_on_commit
 from generation.styles import StyleError, apply_styles
@@ -769,9 +769,8 @@ def record_job(
     user's unfinished-jobs cap) and schedule it after commit; `remember` keeps its parameters as
     the generator form's next defaults."""
     limits = limits_for(user)
-    require_queue()
     try:
-        with transaction.atomic():
+        with transaction.atomic(), queue_answering():
             # One submission per user at a time, so the unfinished-jobs cap cannot be raced.
             # NO KEY UPDATE: a settlement's deferred FK check on this row (KEY SHARE) must not
             # wait for us while we wait for its credit account (accounts/ledger.py, lock order).
@@ -848,18 +847,6 @@ UNFINISHED = CompiledQuery(
     lambda owner: Job.objects.owned_by(owner).unfinished().order_by().values_list("pk"),
     owner="value",
 )
-
-
-def require_queue() -> None:
-    """Refuse (503) before anything is written when Redis, the queue, cannot be reached: an
-    accepted job must be one the platform can hand to a worker."""
-    try:
-        get_redis().ping()
-    except (redis.RedisError, OSError):
-        logger.warning("submission refused: Redis unreachable")
-        raise SubmissionError(
-            "queue", gettext("the queue is unreachable, try again shortly"), 503
-        ) from None
 
 
 def remember_params(user: Any, params: GenerationParams, chosen_scheduler: Any = None) -> None:

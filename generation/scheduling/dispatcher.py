@@ -79,7 +79,14 @@ from generation.scheduling.inputs import (
 )
 from generation.scheduling.policy import Assignment, FairScheduler, WorkerView, usage_matters
 from generation.scheduling.waiting_scrub import WaitingScrub
-from generation.scheduling.wakeups import ALIVE_KEY, ALIVE_TTL_S, POSITIONS, WAKE_KEY, ring
+from generation.scheduling.wakeups import (
+    ALIVE_KEY,
+    ALIVE_TTL_S,
+    POSITIONS,
+    WAKE_BACKLOG,
+    WAKE_KEY,
+    ring,
+)
 from gpu_worker.batch_key import MAX_BATCH_IMAGES, batch_key
 from gpu_worker.protocol import WORKER_SLOTS, WorkerHeartbeat
 
@@ -413,7 +420,8 @@ def serve_dispatcher(
 ) -> None:
     """The dispatcher thread: blocked on WAKE_KEY, runs a pass the moment it is woken (and
     every `wait_seconds` while jobs wait), until `stop` (a threading.Event) is set. Wake-ups
-    that pile up during a pass make one more. Idle, it costs one SET and one BLPOP a second."""
+    that pile up during a pass make one more. Idle, it costs one round trip a second (SET,
+    BLPOP, LPOP)."""
     from django.db import close_old_connections
 
     client = client or get_redis()
@@ -424,15 +432,15 @@ def serve_dispatcher(
     try:
         while not stop.is_set():
             try:
-                client.set(ALIVE_KEY, "1", ex=ALIVE_TTL_S)
-                popped = client.blpop([WAKE_KEY], timeout=wait_seconds)
-                values: set[str] = set()
-                if popped is not None:
-                    pipe = client.pipeline(transaction=True)
-                    pipe.lrange(WAKE_KEY, 0, -1)
-                    pipe.delete(WAKE_KEY)
-                    rest, _ = pipe.execute()
-                    values = {v.decode() for v in [popped[1], *rest]}
+                # Alive, then every value rung so far in the round trip that waits for the
+                # first: the pop waits, then the rest is taken at once (Redis answers one
+                # connection's commands in order; LPOP's count is atomic).
+                pipe = client.pipeline(transaction=False)
+                pipe.set(ALIVE_KEY, "1", ex=ALIVE_TTL_S)
+                pipe.blpop([WAKE_KEY], timeout=wait_seconds)
+                pipe.lpop(WAKE_KEY, WAKE_BACKLOG)
+                _, popped, rest = pipe.execute()
+                values = {v.decode() for v in [*(popped[1:] if popped else ()), *(rest or ())]}
             except (redis.RedisError, OSError):  # Redis away: the web falls back meanwhile
                 logger.warning("dispatcher: Redis unreachable, retrying")
                 stop.wait(wait_seconds)

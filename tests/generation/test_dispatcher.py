@@ -222,6 +222,20 @@ def test_submission_answers_503_while_redis_is_unreachable_and_writes_nothing(
     assert page.status_code == 200  # the pages keep working
 
 
+def test_a_submission_is_accepted_after_redis_dropped_the_pooled_connections(
+    alice, catalogue, broker, redis_client
+):
+    """The queue's PING goes out on a pooled connection as the submission's writes start; one
+    that Redis dropped meanwhile (a restart) is asked again, not taken for a dead queue."""
+    from generation.broker import get_redis
+
+    get_redis().ping()  # a connection in the web's pool
+    redis_client.client_kill_filter(_type="normal", skipme=True)  # as a restart drops them
+    response = api_client(alice).post("/api/v1/jobs/", SMALL, format="json")
+    assert response.status_code == 201, response.json()
+    assert Job.objects.filter(pk=response.json()["id"]).exists()
+
+
 @pytest.fixture
 def dispatcher_thread(broker, redis_client, transactional_db):
     """The platform worker's dispatcher thread, with a long housekeeping wait: any hand-out
@@ -264,6 +278,61 @@ def test_a_submitted_job_is_handed_out_at_once_by_the_dispatcher_not_by_the_requ
     assert job.worker_id == "gpu-1"
     [request] = queued_on(redis_client, "gpu-1")
     assert request["job_id"] == str(job.pk)
+
+
+def test_wake_ups_rung_before_the_dispatcher_listens_are_all_answered_in_one_turn(
+    alice, bob, catalogue, broker, redis_client, monkeypatch, transactional_db
+):
+    """Several values waiting on the doorbell (new jobs rung while the dispatcher was busy or
+    restarting): its next turn takes them all at once, and none is left for a second turn."""
+    import threading
+
+    from django.db import connections
+
+    from generation.scheduling import dispatcher
+    from generation.scheduling.wakeups import WAKE_KEY, ring
+
+    jobs = [str(submit_job(member, SMALL).pk) for member in (alice, alice, bob)]  # all wait
+    ring(jobs)
+    turns: list[set[str]] = []
+
+    def answered(values, *args, **kwargs):
+        turns.append(set(values))
+        return answer_wake(values, *args, **kwargs)
+
+    answer_wake = dispatcher.answer_wake
+    monkeypatch.setattr(dispatcher, "answer_wake", answered)
+    stop = threading.Event()
+
+    def serve() -> None:
+        dispatcher.serve_dispatcher(stop, wait_seconds=0.2)
+        connections.close_all()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not turns and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(timeout=10)
+    assert turns and turns[0] == set(jobs)
+    assert redis_client.llen(WAKE_KEY) == 0
+
+
+def test_the_fleet_is_read_with_each_present_workers_heartbeat(redis_client):
+    """The index and the heartbeats in one read: a worker whose key expired is indexed but not
+    present; a worker's beat comes back as it wrote it."""
+    from generation.fleet import present_heartbeats, read_heartbeats
+
+    assert read_heartbeats(redis_client) == {}
+    beat(redis_client, "gpu-1", hot=["model-a"])
+    beat(redis_client, "gpu-2")
+    redis_client.delete("atelier:worker:gpu-2")  # expired
+    beats = read_heartbeats(redis_client)
+    assert set(beats) == {"gpu-1", "gpu-2"} and beats["gpu-2"] is None
+    assert beats["gpu-1"]["loaded_models"] == ["model-a"]
+    assert set(present_heartbeats(redis_client)) == {"gpu-1"}
+    assert read_heartbeats(redis_client, ["gpu-2", "gpu-1"]) == beats
 
 
 def test_with_a_dispatcher_alive_the_request_only_wakes_it(
