@@ -79,11 +79,19 @@ class CompiledQuery(Generic[M]):
 
     def objects(self, *shape: Any, **values: Any) -> list[M]:
         """The instances as `list(build(*shape, ...))` gives them (`select_related`, `only`)."""
+        return self.objects_with((), [], *shape, **values)
+
+    def objects_with(
+        self, cte: tuple[str, ...], cte_params: list[Any], *shape: Any, **values: Any
+    ) -> list[M]:
+        """`objects`, the statement led by `WITH` these common table expressions (SQL the
+        caller writes; a data-modifying one runs in the same statement, the query reading the
+        rows as they were before it) with their parameters."""
         compiled, connection = self._compiled_for(shape)
         if not compiled.init_names:
             raise TypeError("objects() is for a queryset of models without annotations")
         found = []
-        for row in self._converted(compiled, connection, values):
+        for row in self._converted(compiled, connection, values, cte, cte_params):
             obj = compiled.model.from_db(
                 connection.alias, compiled.init_names, row[compiled.model_columns]
             )
@@ -126,10 +134,16 @@ class CompiledQuery(Generic[M]):
         return params
 
     def _converted(
-        self, compiled: _Compiled, connection: Any, values: dict[str, Any]
+        self,
+        compiled: _Compiled,
+        connection: Any,
+        values: dict[str, Any],
+        cte: tuple[str, ...] = (),
+        cte_params: Sequence[Any] = (),
     ) -> list[Sequence[Any]]:
+        sql = f"WITH {', '.join(cte)} {compiled.sql}" if cte else compiled.sql
         with connection.cursor() as cursor:
-            cursor.execute(compiled.sql, self._params(compiled, connection, values))
+            cursor.execute(sql, [*cte_params, *self._params(compiled, connection, values)])
             rows: list[Sequence[Any]] = cursor.fetchall()
         if not compiled.converters:
             return rows

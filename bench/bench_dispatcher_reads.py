@@ -69,7 +69,8 @@ def measure(label: str) -> int:
     from generation.broker import get_redis
     from generation.models import CatalogEntry, Job
     from generation.queue import queue_snapshot, snapshot_of
-    from generation.scheduling.dispatcher import _PLANNED, schedule_pending
+    from generation.scheduling.claims import _PLANNED
+    from generation.scheduling.dispatcher import schedule_pending
     from generation.scheduling.estimates import (
         HISTORY_FIELDS,
         HISTORY_ROWS,

@@ -26,6 +26,8 @@ one GPU worker (`python -m gpu_worker`) on the demo model. Prints:
                       their sum without the engine (the platform's own hops), and the engine
                       gap: the worker's engine minus the direct call (the rest of the fixed
                       cost: the engine sharing the cores with the platform's processes)
+  round trip          one Redis (and PostgreSQL) round trip after 5 ms idle and back to back:
+                      what each of the hops' round trips costs on this host
 Goal: platform / direct <= 1.10 on CPU with the demo model, on both databases.
 """
 
@@ -289,6 +291,34 @@ def forget_queued_jobs(redis_url: str) -> None:
     redis.Redis.from_url(redis_url).flushdb()
 
 
+def round_trip_after_idle(redis_url: str, label: str) -> None:
+    """What one round trip costs on this host when the other side (Redis, the database server)
+    has been idle a few milliseconds, as between a job's hops, against back to back: on a
+    virtual machine, waking an idle virtual CPU is most of it (each hop above makes several)."""
+    import redis
+    from django.db import connection
+
+    client = redis.Redis.from_url(redis_url)
+    trips: dict[str, Any] = {"Redis PING": client.ping}
+    if connection.vendor == "postgresql":
+        cursor = connection.cursor()
+        trips["PostgreSQL SELECT 1"] = lambda: cursor.execute("SELECT 1")
+    for name, trip in trips.items():
+        timed = {}
+        for gap in (0.0, 0.005):
+            samples = []
+            for _ in range(100):
+                time.sleep(gap)
+                t0 = time.perf_counter()
+                trip()
+                samples.append(time.perf_counter() - t0)
+            timed[gap] = statistics.median(samples) * 1000
+        print(
+            f"  round trip ({label}) {name}: {timed[0.005]:.2f} ms after 5 ms idle, "
+            f"{timed[0.0]:.2f} ms back to back"
+        )
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[int(len(ordered) * 0.95)] if ordered else float("nan")
@@ -377,6 +407,7 @@ def run_one(database_url: str, label: str) -> int:
     print(f"  the hops' sum        {ours:8.1f} ms")
     gap = medians["engine (worker)"] - d * 1000
     print(f"  engine gap           {gap:8.1f} ms   (worker - direct)")
+    round_trip_after_idle(os.environ["REDIS_URL"], label)
     return 0
 
 

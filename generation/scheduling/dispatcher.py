@@ -67,6 +67,7 @@ from generation.queue import (
     snapshot_of,
     store_snapshot,
 )
+from generation.scheduling.claims import claims_for
 from generation.scheduling.estimates import KeptHistory, RecentSpeedKeys, SpeedCache
 from generation.scheduling.inputs import (
     checkpoint_key_of,
@@ -208,17 +209,17 @@ def _one_pass(client: redis.Redis, scheduler: Any, speeds: SpeedCache) -> PassOu
     usage = recent_usage(now, speeds, held, finished) if finished is not None else {}
     plan = scheduler.plan(waiting.jobs, views, now=now.timestamp(), usage=usage)
     # With its checkpoint and recipe: the message is built from these rows, not read again.
-    jobs = {job.pk: job for job in _PLANNED.objects(ids=[a.job_id for a in plan])}
+    claim = claims_for(a.job_id for a in plan)
     free = {v.worker_id: v.free_slots for v in views}
     made, claimed = [], []
     for assignment in plan:
-        job = jobs.get(uuid.UUID(assignment.job_id))
         companion = assignment.reason == "batch"  # joins a batch: takes no slot
-        if job is None or (not companion and free.get(assignment.worker_id, 0) <= 0):
+        if not companion and free.get(assignment.worker_id, 0) <= 0:
             logger.warning("scheduler proposed an impossible assignment %s", assignment)
             continue
-        if not job.mark_assigned(assignment.worker_id):
-            continue  # cancelled or taken meanwhile
+        job = claim(assignment.job_id, assignment.worker_id)
+        if job is None:
+            continue  # cancelled, taken or gone meanwhile
         if not companion:
             free[assignment.worker_id] -= 1
         made.append(assignment)
@@ -233,13 +234,6 @@ def _one_pass(client: redis.Redis, scheduler: Any, speeds: SpeedCache) -> PassOu
         transaction.on_commit(partial(send_request, job, waiting.stored))
     whole = len(claimed) == len(plan)  # else some job changed under the pass: read anew
     return PassOutcome(made, queue_after_pass(seen, claimed) if whole else None)
-
-
-def _planned(ids: RawSQL) -> QuerySet[Job]:
-    return Job.objects.select_related("checkpoint__recipe").filter(pk__in=ids).order_by()
-
-
-_PLANNED = CompiledQuery(_planned, ids="uuid_list")
 
 
 def queue_after_pass(seen: QueueReads, claimed: list[Job]) -> QueueReads | None:

@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.compiled_queries import CompiledQuery
 from accounts.models import TOKEN_BY_HASH, ApiToken, User, hash_token
 from generation.models import Job, ModelRecipe
-from generation.scheduling.dispatcher import _PLANNED
+from generation.scheduling.claims import _PLANNED
 from generation.scheduling.estimates import (
     HISTORY_FIELDS,
     HISTORY_ROWS,

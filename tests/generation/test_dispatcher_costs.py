@@ -38,7 +38,7 @@ def requests_on(redis_client, worker_id: str) -> list[dict]:
     ]
 
 
-def test_handing_one_job_to_an_idle_worker_costs_six_queries_message_included(
+def test_handing_one_job_to_an_idle_worker_costs_a_fixed_handful_of_queries_message_included(
     alice,
     alice_api,
     catalogue,
@@ -54,8 +54,13 @@ def test_handing_one_job_to_an_idle_worker_costs_six_queries_message_included(
     job = submit_job(alice, {**SMALL, "prompt": "ink <lora:alice-lora:0.7>"})  # no worker yet
     beat(redis_client, "gpu-1", hot=["model-a"])
     # workers' slots, waiting jobs (with tiers), stored models, speed history, the jobs to
-    # hand out, the claim: the message is built from those rows, nothing read again
-    with django_assert_max_num_queries(6), django_capture_on_commit_callbacks(execute=True):
+    # hand out, the claim (on PostgreSQL one statement with the jobs' read): the message is
+    # built from those rows, nothing read again
+    queries = 5 if connection.vendor == "postgresql" else 6
+    with (
+        django_assert_max_num_queries(queries),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
         assert len(schedule_pending().assigned) == 1
     [request] = requests_on(redis_client, "gpu-1")
     job.refresh_from_db()
@@ -106,7 +111,8 @@ def test_a_wake_up_that_hands_out_a_job_reads_the_queue_once(
     ):
         answer_wake({str(job.pk)})
     # the pass (as above), then the new job's row for its owner's place: nothing read again
-    assert len(queries) == 7, [q["sql"][:60] for q in queries.captured_queries]
+    expected = 6 if connection.vendor == "postgresql" else 7
+    assert len(queries) == expected, [q["sql"][:60] for q in queries.captured_queries]
     snapshot = stored_snapshot()
     assert snapshot is not None and snapshot.infos[str(job.pk)].position == 1
     assert requests_on(redis_client, "gpu-1")[0]["job_id"] == str(job.pk)
