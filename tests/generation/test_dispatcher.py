@@ -330,7 +330,8 @@ def test_the_fleet_is_read_with_each_present_workers_heartbeat(redis_client):
     redis_client.delete("atelier:worker:gpu-2")  # expired
     beats = read_heartbeats(redis_client)
     assert set(beats) == {"gpu-1", "gpu-2"} and beats["gpu-2"] is None
-    assert (beats["gpu-1"] or {}).get("loaded_models") == ["model-a"]
+    live = beats["gpu-1"]
+    assert live is not None and live["loaded_models"] == ["model-a"]
     assert set(present_heartbeats(redis_client)) == {"gpu-1"}
     assert read_heartbeats(redis_client, ["gpu-2", "gpu-1"]) == beats
 
