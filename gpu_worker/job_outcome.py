@@ -57,7 +57,9 @@ class GenerationResult:
 
     def await_images(self) -> None:
         """Wait for the images still being encoded; the wait is added to `encode_s` (what the
-        job's time spent on them beyond its sampling). An image that could not be encoded
+        job's time spent on them beyond its sampling), and to `total_s` where that was already
+        stamped (a batch's job, which leaves the batch before its PNGs are written): a job's
+        total covers its images, as `Engine.run`'s does. An image that could not be encoded
         fails the job."""
         started = time.perf_counter()
         try:
@@ -69,3 +71,5 @@ class GenerationResult:
             self.pending.clear()
         waited = time.perf_counter() - started
         self.timings["encode_s"] = round(self.timings.get("encode_s", 0.0) + waited, 4)
+        if "total_s" in self.timings:
+            self.timings["total_s"] = round(self.timings["total_s"] + waited, 4)

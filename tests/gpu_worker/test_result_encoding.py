@@ -90,3 +90,28 @@ def test_the_batch_runner_hands_a_finished_jobs_images_to_the_encoder_and_steps_
         outcome.await_images()
         assert not outcome.pending and len(outcome.images) == 1
         assert outcome.images[0]["thumbnail_webp_b64"]
+
+
+def test_a_jobs_total_time_covers_the_writing_of_its_images():
+    """A batch's job leaves the batch (its total stamped) before its PNGs are written: the wait
+    for them is added to its total, as Engine.run's total includes it; a total not stamped yet
+    is left for the engine to stamp."""
+    import threading
+    from concurrent.futures import Future
+
+    from gpu_worker.job_outcome import GenerationResult
+
+    def written_later(seconds: float) -> Future:
+        future: Future = Future()
+        threading.Timer(seconds, future.set_result, [{"seed": 1}]).start()
+        return future
+
+    stamped = GenerationResult(pending=[written_later(0.05)])
+    stamped.timings["total_s"] = 1.0
+    stamped.await_images()
+    assert stamped.timings["total_s"] >= 1.05
+    assert stamped.timings["encode_s"] >= 0.05 and stamped.images == [{"seed": 1}]
+
+    unstamped = GenerationResult(pending=[written_later(0.0)])
+    unstamped.await_images()
+    assert "total_s" not in unstamped.timings
