@@ -3,8 +3,10 @@ one the platform can hand to a worker.
 
 The question is a PING sent as the submission's transaction starts and its answer read as its
 writes end, so the round trip runs while the database works instead of before it: a
-submission pays no wait of its own for it. Inside `transaction.atomic()`, a refusal rolls back
-whatever the block wrote (the job, its hold): nothing is written.
+submission pays no wait of its own for it. Redis that cannot be asked at all is refused
+before the block; Redis that stops answering meanwhile is refused at its end, which inside
+`transaction.atomic()` rolls back whatever the block wrote (the job, its hold): either way
+nothing is written.
 """
 
 from __future__ import annotations
@@ -26,16 +28,18 @@ UNREACHABLE = (redis.RedisError, OSError)
 
 @contextmanager
 def queue_answering() -> Iterator[None]:
-    """Raise SubmissionError (503) at the end of an error-free block if Redis did not answer
-    meanwhile. Where the early PING could not go or its answer did not come (a pooled
-    connection gone stale when Redis restarted), a plain PING, with the client's retries,
-    decides before refusing."""
+    """Raise SubmissionError (503) before the block when Redis cannot be asked (a down queue
+    costs no writes), or at the end of an error-free block when its answer did not come.
+    Either way a plain PING, with the client's retries, decides before refusing (a pooled
+    connection gone stale when Redis restarted is no dead queue)."""
     pool = get_redis().connection_pool
     connection = _ping_sent(pool)
+    if connection is None and not _answers_now():
+        raise _unreachable()
     try:
         yield
     finally:
-        answered = connection is not None and _answer_read(pool, connection)
+        answered = connection is None or _answer_read(pool, connection)
     if not answered and not _answers_now():
         raise _unreachable()
 

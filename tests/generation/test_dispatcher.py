@@ -229,11 +229,12 @@ def test_a_submission_is_accepted_after_redis_dropped_the_pooled_connections(
     that Redis dropped meanwhile (a restart) is asked again, not taken for a dead queue."""
     from generation.broker import get_redis
 
-    get_redis().ping()  # a connection in the web's pool
-    redis_client.client_kill_filter(_type="normal", skipme=True)  # as a restart drops them
+    pooled = get_redis().client_id()  # the web's pooled connection (one: no other thread)
+    redis_client.client_kill_filter(_id=pooled)  # dropped, as a restart would (only that one)
     response = api_client(alice).post("/api/v1/jobs/", SMALL, format="json")
     assert response.status_code == 201, response.json()
     assert Job.objects.filter(pk=response.json()["id"]).exists()
+    assert get_redis().client_id() != pooled  # the dropped one was replaced
 
 
 @pytest.fixture
