@@ -279,11 +279,13 @@ class JobQuerySet(models.QuerySet["Job"]):
 
 # `Job.mark_assigned`'s claim, written out: every hand-out runs it, and the ORM's compiling of
 # the conditional UPDATE cost several times the statement's own round trip on the dispatcher.
-_CLAIM = (
+# Params: worker id, hand-out time, job id, the waiting status; then what the attempt must be.
+CLAIM_IF_WAITING = (
     'UPDATE "generation_job" SET "attempt" = "attempt" + 1, "worker_id" = %s, '
     '"dispatched_at" = %s WHERE "id" = %s AND "status" = %s AND "worker_id" = \'\' '
-    'AND "attempt" = %s'
+    'AND "attempt" = '
 )
+_CLAIM = CLAIM_IF_WAITING + "%s"
 
 
 class Job(models.Model):

@@ -19,14 +19,14 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from accounts.compiled_queries import CompiledQuery
-from generation.models import Job
+from generation.models import CLAIM_IF_WAITING, Job
 
 Claim = Callable[[str, str], Job | None]  # (job id, worker id) -> the claimed job, or None
 
+# `Job.mark_assigned`'s claim, its attempt the one the statement's snapshot reads
 _CLAIM_RETURNING_ID = (
-    'claimed AS (UPDATE "generation_job" SET "attempt" = "attempt" + 1, "worker_id" = %s, '
-    '"dispatched_at" = %s WHERE "id" = %s AND "status" = %s AND "worker_id" = \'\' '
-    'AND "attempt" = (SELECT "attempt" FROM "generation_job" WHERE "id" = %s) RETURNING "id")'
+    f"claimed AS ({CLAIM_IF_WAITING}"  # noqa: S608 (constant SQL, no value in it)
+    '(SELECT "attempt" FROM "generation_job" WHERE "id" = %s) RETURNING "id")'
 )
 
 
