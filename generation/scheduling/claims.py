@@ -6,6 +6,15 @@ PostgreSQL both are one statement per job: the claim as a data-modifying common 
 expression, the rows read beside it as they were when the statement began (a job that a
 concurrent hand-out changed meanwhile is not claimed: its attempt is pinned to that moment).
 Elsewhere the planned jobs are read in one query, then each claimed.
+
+On PostgreSQL a claim made outside a transaction (the dispatcher's) also commits without
+waiting for the write-ahead log to reach the disk (`synchronous_commit` off for that statement
+alone): the wait was ~0.7 of a claim's ~0.85 ms on the development machine, on every job's way
+to its worker. What a crash of the database server can lose is at most the last fraction of a
+second of claims, and a lost claim is safe: the job reads as waiting again with its attempt
+before the claim, so the worker's events for the lost attempt match nothing (ignored, nothing
+charged) and the next pass hands the job out anew. Everything else (submissions, results,
+credits) keeps the server's durable commit.
 """
 
 from __future__ import annotations
@@ -27,6 +36,13 @@ Claim = Callable[[str, str], Job | None]  # (job id, worker id) -> the claimed j
 _CLAIM_RETURNING_ID = (
     f"claimed AS ({CLAIM_IF_WAITING}"  # noqa: S608 (constant SQL, no value in it)
     '(SELECT "attempt" FROM "generation_job" WHERE "id" = %s) RETURNING "id")'
+)
+# The same, its commit not waiting for the disk (module docstring): set_config's `true` scopes
+# the setting to the statement's own transaction, so only when the claim is not inside a
+# caller's transaction (whose other writes are the caller's to keep durable).
+_CLAIM_RETURNING_ID_ASYNC = _CLAIM_RETURNING_ID.replace(
+    ' RETURNING "id")',
+    " AND set_config('synchronous_commit', 'off', true) = 'off' RETURNING \"id\")",
 )
 
 
@@ -51,7 +67,8 @@ def claim_with_rows(job_id: str, worker_id: str) -> Job | None:
     pk = Job._meta.pk.get_db_prep_value(job_id, connection)
     stamp = connection.ops.adapt_datetimefield_value(now)
     params = [worker_id, stamp, pk, Job.Status.QUEUED, pk]
-    found = _CLAIMED.objects_with((_CLAIM_RETURNING_ID,), params)
+    claim = _CLAIM_RETURNING_ID if connection.in_atomic_block else _CLAIM_RETURNING_ID_ASYNC
+    found = _CLAIMED.objects_with((claim,), params)
     if not found:
         return None
     [job] = found  # read as it was before the claim: what the claim wrote, set here

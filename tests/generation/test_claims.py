@@ -49,3 +49,30 @@ def test_on_postgresql_the_claim_and_the_jobs_read_are_one_statement(
     with django_assert_num_queries(1):
         claimed = claims_for([str(job.pk)])(str(job.pk), "gpu-1")
         assert claimed is not None and claimed.checkpoint.sha256  # loaded with it
+
+
+def _synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return str(cursor.fetchone()[0])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claims_asynchronous_commit_stays_with_the_claim(alice, catalogue, broker):
+    """The dispatcher's claim commits without waiting for the disk (claims.py says why); that
+    must not outlive its own statement: the pooled connection's next transaction (a result, a
+    ledger entry) commits durably, and a claim made inside a caller's transaction leaves that
+    transaction's commit as it was."""
+    from django.db import transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("synchronous_commit is PostgreSQL's")
+    first, second = submit_job(alice, SMALL), submit_job(alice, SMALL)
+    assert _synchronous_commit() == "on"
+    assert claims_for([str(first.pk)])(str(first.pk), "gpu-1") is not None
+    assert _synchronous_commit() == "on"
+    with transaction.atomic():
+        assert claims_for([str(second.pk)])(str(second.pk), "gpu-1") is not None
+        assert _synchronous_commit() == "on"
+    assert Job.objects.get(pk=first.pk).worker_id == "gpu-1"
+    assert Job.objects.get(pk=second.pk).worker_id == "gpu-1"

@@ -1,10 +1,12 @@
-"""Progress goes out at a bounded rate: a burst of fast steps sends the first and the last, and
-the last step (the one a client waits to see reach 100 %) is always sent and stored."""
+"""Progress goes out at a bounded rate counted from the job's start: a burst of fast steps sends
+only the last, and the last step (the one a client waits to see reach 100 %) is always sent
+and stored."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from types import SimpleNamespace
 
 import redis
 
@@ -28,7 +30,7 @@ def test_fast_steps_are_coalesced_and_the_last_step_is_always_sent(redis_url):
             events_group=group,
             redis_client=client,
             publisher=publisher,
-            min_interval=30.0,  # far longer than the whole run: only first and last go out
+            min_interval=30.0,  # far longer than the whole run: only the last goes out
         )
         for done in range(1, 41):
             monitor(StepInfo(done=done, total=40, iteration=0, latents=None, family="sd1"))
@@ -45,18 +47,66 @@ def test_fast_steps_are_coalesced_and_the_last_step_is_always_sent(redis_url):
         return steps
 
     steps = asyncio.run(run())
-    assert steps == [1, 40]
+    assert steps == [40]
     raw = client.get(PROGRESS_KEY.format(job_id="rate-test"))
     assert raw is not None
     stored = json.loads(raw)
     assert (stored["step"], stored["steps"]) == (40, 40)
 
 
+def _fake_clock(monkeypatch) -> list[float]:
+    """The monitor's monotonic clock, set by the test (one element: now)."""
+    from gpu_worker import progress
+
+    clock = [1000.0]
+    monkeypatch.setattr(progress, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    return clock
+
+
+def test_events_go_out_once_per_interval_counted_from_the_start(redis_url, monkeypatch):
+    clock = _fake_clock(monkeypatch)
+    client = redis.Redis.from_url(redis_url)
+    group = "jobs.user.progress-interval-test"
+
+    async def run() -> list[int]:
+        layer = make_channel_layer(redis_url)
+        channel = await layer.new_channel()
+        await layer.group_add(group, channel)
+        publisher = ChannelPublisher(redis_url)
+        monitor = JobMonitor(
+            job_id="interval-test",
+            events_group=group,
+            redis_client=client,
+            publisher=publisher,
+            min_interval=0.25,
+        )
+        # seconds after the start at which each of 5 steps ends
+        for done, at in enumerate([0.1, 0.3, 0.4, 0.6, 0.65], start=1):
+            clock[0] = 1000.0 + at
+            monitor(StepInfo(done=done, total=5, iteration=0, latents=None, family="sd1"))
+        await asyncio.to_thread(publisher.flush)
+        steps = []
+        while True:
+            try:
+                event = await asyncio.wait_for(layer.receive(channel), 1.0)
+            except TimeoutError:
+                break
+            steps.append(event["step"])
+        await layer.group_discard(group, channel)
+        await asyncio.to_thread(publisher.close)
+        return steps
+
+    # Step 1 came within the first interval: not sent. Step 2 after it; step 4 one interval
+    # after step 2; step 5 is the last.
+    assert asyncio.run(run()) == [2, 4, 5]
+
+
 def test_the_last_step_goes_out_without_a_new_preview_and_pollers_keep_the_latest(
-    engine, redis_url
+    engine, redis_url, monkeypatch
 ):
     from .conftest import demo_request
 
+    clock = _fake_clock(monkeypatch)
     client = redis.Redis.from_url(redis_url)
     request = demo_request(steps=6)
 
@@ -72,6 +122,7 @@ def test_the_last_step_goes_out_without_a_new_preview_and_pollers_keep_the_lates
             publisher=publisher,
             min_interval=30.0,
         )
+        clock[0] += 31.0  # the first step ends after an interval: it goes out, then the last
         result = await asyncio.to_thread(engine.run, request, monitor)
         assert result.images
         await asyncio.to_thread(publisher.flush)
