@@ -16,24 +16,31 @@ from gpu_worker.progress import ChannelPublisher, JobMonitor
 from gpu_worker.protocol import PROGRESS_KEY
 
 
-def test_fast_steps_are_coalesced_and_the_last_step_is_always_sent(redis_url):
+def _steps_sent(
+    redis_url: str, job_id: str, min_interval: float, step_at: list[float], clock: list[float]
+) -> list[int]:
+    """The steps whose event reached the job's group when its steps end at `step_at` (seconds
+    after the monitor was made, on the monitor's `clock`)."""
     client = redis.Redis.from_url(redis_url)
-    group = "jobs.user.progress-rate-test"
+    group = f"jobs.user.{job_id}"
+    total = len(step_at)
 
     async def run() -> list[int]:
         layer = make_channel_layer(redis_url)
         channel = await layer.new_channel()
         await layer.group_add(group, channel)
         publisher = ChannelPublisher(redis_url)
+        started = clock[0]
         monitor = JobMonitor(
-            job_id="rate-test",
+            job_id=job_id,
             events_group=group,
             redis_client=client,
             publisher=publisher,
-            min_interval=30.0,  # far longer than the whole run: only the last goes out
+            min_interval=min_interval,
         )
-        for done in range(1, 41):
-            monitor(StepInfo(done=done, total=40, iteration=0, latents=None, family="sd1"))
+        for done, at in enumerate(step_at, start=1):
+            clock[0] = started + at
+            monitor(StepInfo(done=done, total=total, iteration=0, latents=None, family="sd1"))
         await asyncio.to_thread(publisher.flush)  # every send done
         steps = []
         while True:
@@ -46,12 +53,7 @@ def test_fast_steps_are_coalesced_and_the_last_step_is_always_sent(redis_url):
         await asyncio.to_thread(publisher.close)
         return steps
 
-    steps = asyncio.run(run())
-    assert steps == [40]
-    raw = client.get(PROGRESS_KEY.format(job_id="rate-test"))
-    assert raw is not None
-    stored = json.loads(raw)
-    assert (stored["step"], stored["steps"]) == (40, 40)
+    return asyncio.run(run())
 
 
 def _fake_clock(monkeypatch) -> list[float]:
@@ -63,42 +65,23 @@ def _fake_clock(monkeypatch) -> list[float]:
     return clock
 
 
+def test_fast_steps_are_coalesced_and_the_last_step_is_always_sent(redis_url, monkeypatch):
+    clock = _fake_clock(monkeypatch)
+    # 40 steps within a second, the interval far longer: only the last goes out
+    steps = _steps_sent(redis_url, "rate-test", 30.0, [i / 40 for i in range(1, 41)], clock)
+    assert steps == [40]
+    raw = redis.Redis.from_url(redis_url).get(PROGRESS_KEY.format(job_id="rate-test"))
+    assert raw is not None
+    stored = json.loads(raw)
+    assert (stored["step"], stored["steps"]) == (40, 40)
+
+
 def test_events_go_out_once_per_interval_counted_from_the_start(redis_url, monkeypatch):
     clock = _fake_clock(monkeypatch)
-    client = redis.Redis.from_url(redis_url)
-    group = "jobs.user.progress-interval-test"
-
-    async def run() -> list[int]:
-        layer = make_channel_layer(redis_url)
-        channel = await layer.new_channel()
-        await layer.group_add(group, channel)
-        publisher = ChannelPublisher(redis_url)
-        monitor = JobMonitor(
-            job_id="interval-test",
-            events_group=group,
-            redis_client=client,
-            publisher=publisher,
-            min_interval=0.25,
-        )
-        # seconds after the start at which each of 5 steps ends
-        for done, at in enumerate([0.1, 0.3, 0.4, 0.6, 0.65], start=1):
-            clock[0] = 1000.0 + at
-            monitor(StepInfo(done=done, total=5, iteration=0, latents=None, family="sd1"))
-        await asyncio.to_thread(publisher.flush)
-        steps = []
-        while True:
-            try:
-                event = await asyncio.wait_for(layer.receive(channel), 1.0)
-            except TimeoutError:
-                break
-            steps.append(event["step"])
-        await layer.group_discard(group, channel)
-        await asyncio.to_thread(publisher.close)
-        return steps
-
-    # Step 1 came within the first interval: not sent. Step 2 after it; step 4 one interval
+    steps = _steps_sent(redis_url, "interval-test", 0.25, [0.1, 0.3, 0.4, 0.6, 0.65], clock)
+    # Step 1 ended within the first interval: not sent. Step 2 after it; step 4 one interval
     # after step 2; step 5 is the last.
-    assert asyncio.run(run()) == [2, 4, 5]
+    assert steps == [2, 4, 5]
 
 
 def test_the_last_step_goes_out_without_a_new_preview_and_pollers_keep_the_latest(
