@@ -72,15 +72,23 @@ class ChannelPublisher:
     def __init__(self, redis_url: str = "", *, kind: str = "", layer: Any = None) -> None:
         """`layer` (the web's, from Django settings) or a new one of `kind` on `redis_url`."""
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="progress-publisher", daemon=True
-        )
+        self._thread = threading.Thread(target=self._serve, name="progress-publisher", daemon=True)
         self._thread.start()
         # One loop for the process's life, so the layer keeps its Redis connections (a fresh
         # loop per message, as async_to_sync makes outside an ASGI server, reconnects each time).
         self.layer = layer or make_channel_layer(redis_url, kind)
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
+
+    def _serve(self) -> None:
+        try:
+            self._loop.run_forever()
+        finally:
+            # Closed here, in the loop's own thread, once `close()` stopped it: channels_redis
+            # hooks a loop's close to drop its connections (by running the loop once more), and
+            # a loop left to the garbage collector runs that hook in whatever thread collects
+            # it, failing there if that thread runs a loop of its own.
+            self._loop.close()
 
     def publish(self, group: str, message: dict[str, Any]) -> None:
         self._track(
@@ -119,6 +127,10 @@ class ChannelPublisher:
                 log.warning("a progress message could not be sent", exc_info=True)
 
     def close(self) -> None:
+        """Send what is pending, close the layer's connections and stop the thread (which
+        closes its loop). Closing again does nothing."""
+        if self._loop.is_closed() or not self._thread.is_alive():
+            return
         self.flush()
         try:
             asyncio.run_coroutine_threadsafe(close_channel_layer(self.layer), self._loop).result(5)

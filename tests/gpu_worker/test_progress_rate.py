@@ -125,3 +125,11 @@ def test_the_last_step_goes_out_without_a_new_preview_and_pollers_keep_the_lates
     assert last["preview"] is None  # the result image follows: no JPEG made for it
     stored = json.loads(client.get(PROGRESS_KEY.format(job_id=request["job_id"])) or "{}")
     assert (stored["step"], stored["preview"]) == (6, first["preview"])
+
+
+def test_a_closed_publisher_closes_its_loop_and_closing_again_does_nothing(redis_url):
+    publisher = ChannelPublisher(redis_url)
+    publisher.publish("jobs.user.close-test", {"type": "job.progress", "step": 1})
+    publisher.close()
+    assert publisher._loop.is_closed()  # in its own thread, not left to the garbage collector
+    publisher.close()
