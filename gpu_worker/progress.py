@@ -15,10 +15,9 @@
   event, 1.0-1.4 ms without), for an event its result followed within a quarter of a second.
   The same event is also stored under `PROGRESS_KEY` with a short expiry, for clients that
   poll (A1111's /sdapi/v1/progress). With a publisher, the step only copies the first image's
-  latents: the preview, the stored copy and the send are made on the
-  publisher's thread, in step order (on the sampling thread they took about 3 ms of each demo
-  job in a profile of bench_platform_overhead's worker, time a direct diffusers call does not
-  spend).
+  latents: the preview, the stored copy and the send are made on the publisher's thread, in
+  step order (on the sampling thread they took about 3 ms of each demo job in a profile of
+  bench_platform_overhead's worker, time a direct diffusers call does not spend).
 """
 
 from __future__ import annotations
