@@ -12,7 +12,7 @@
   only that one ('started' told its owner it runs): the first step's event and preview, made
   beside the sampling, slowed a short job's engine by ~2 ms on the 2-core development machine
   (the monitor's cost on a 64x64 demo job, 150 runs alternated with none: 2.9-3.3 ms with that
-  event, 1.0-1.4 ms without), for an event its result followed within a quarter of a second.
+  event, 0.5-1.4 ms without), for an event its result followed within a quarter of a second.
   The same event is also stored under `PROGRESS_KEY` with a short expiry, for clients that
   poll (A1111's /sdapi/v1/progress). With a publisher, the step only copies the first image's
   latents: the preview, the stored copy and the send are made on the publisher's thread, in
