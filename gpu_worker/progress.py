@@ -128,7 +128,7 @@ class ChannelPublisher:
     def close(self) -> None:
         """Send what is pending, close the layer's connections and stop the thread (which
         closes its loop). Closing again does nothing."""
-        if self._loop.is_closed() or not self._thread.is_alive():
+        if not self._thread.is_alive():  # closed already (the thread closed its loop)
             return
         self.flush()
         try:

@@ -9,7 +9,7 @@ Elsewhere the planned jobs are read in one query, then each claimed.
 
 On PostgreSQL a claim made outside a transaction (the dispatcher's) also commits without
 waiting for the write-ahead log to reach the disk (`synchronous_commit` off for that statement
-alone): a one-row UPDATE took 0.46-0.85 ms with that wait on the development machine and
+alone): a one-row UPDATE took 0.30-0.85 ms with that wait on the development machine and
 0.14-0.24 ms without, and every job's way to its worker has one. What a crash of the database
 server can lose is at most the last fraction of a second of claims, and a lost claim is safe:
 the job reads as waiting again with its attempt before the claim, so the worker's events for
