@@ -92,8 +92,7 @@ def read_heartbeats(
     """One read of the heartbeats of `worker_ids` (default: every indexed worker); None where
     the key has expired or cannot be read."""
     if worker_ids is None:
-        pairs = client.eval(_INDEXED_BEATS, 1, HEARTBEAT_INDEX, _BEAT_PREFIX)
-        values = dict(zip(map(_decode, pairs[::2]), pairs[1::2], strict=True))
+        values = _indexed_values(client.eval(_INDEXED_BEATS, 1, HEARTBEAT_INDEX, _BEAT_PREFIX))
         ids = sorted(values)
     else:
         ids = sorted(set(worker_ids))
@@ -101,15 +100,32 @@ def read_heartbeats(
             return {}
         keys = [HEARTBEAT_KEY.format(worker_id=i) for i in ids]
         values = dict(zip(ids, client.mget(keys), strict=True))
-    beats: dict[str, WorkerHeartbeat | None] = {}
-    for worker_id in ids:
-        raw = values[worker_id]
-        try:
-            beats[worker_id] = json.loads(raw) if raw else None
-        except ValueError:
-            logger.warning("unreadable heartbeat of %s ignored", worker_id)
-            beats[worker_id] = None
-    return beats
+    return {worker_id: _beat(worker_id, values[worker_id]) for worker_id in ids}
+
+
+def _beat(worker_id: str, raw: bytes | None) -> WorkerHeartbeat | None:
+    try:
+        beat: WorkerHeartbeat | None = json.loads(raw) if raw else None
+    except ValueError:
+        logger.warning("unreadable heartbeat of %s ignored", worker_id)
+        return None
+    return beat
+
+
+def _indexed_values(pairs: list[Any]) -> dict[str, Any]:
+    return dict(zip(map(_decode, pairs[::2]), pairs[1::2], strict=True))
+
+
+def ask_present_heartbeats(pipe: redis.client.Pipeline) -> None:
+    """Queue `present_heartbeats`' read on `pipe`, to go with other commands in one round trip;
+    `present_in` reads its answer."""
+    pipe.eval(_INDEXED_BEATS, 1, HEARTBEAT_INDEX, _BEAT_PREFIX)
+
+
+def present_in(answer: list[Any]) -> dict[str, WorkerHeartbeat]:
+    """The present workers' heartbeats from the answer to `ask_present_heartbeats`."""
+    values = _indexed_values(answer)
+    return {i: beat for i in sorted(values) if (beat := _beat(i, values[i])) is not None}
 
 
 def status_of(
@@ -129,7 +145,7 @@ def read_workers(client: redis.Redis, now: float | None = None) -> list[WorkerSt
 
 def present_heartbeats(client: redis.Redis) -> dict[str, WorkerHeartbeat]:
     """The heartbeats of the present (live or stale) workers, by id."""
-    return {i: beat for i, beat in read_heartbeats(client).items() if beat is not None}
+    return present_in(client.eval(_INDEXED_BEATS, 1, HEARTBEAT_INDEX, _BEAT_PREFIX))
 
 
 def present_count(client: redis.Redis) -> int:

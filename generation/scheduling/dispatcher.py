@@ -54,7 +54,7 @@ from accounts.compiled_queries import CompiledQuery
 from generation import waiting_set
 from generation.broker import get_redis
 from generation.events import send_to_user
-from generation.fleet import present_heartbeats
+from generation.fleet import ask_present_heartbeats, present_heartbeats, present_in
 from generation.job_messages import send_request
 from generation.lifecycle import publish_snapshot_positions, queued_event
 from generation.models import Job
@@ -192,8 +192,15 @@ class PassOutcome:
 # --- the pass ------------------------------------------------------------------------------------
 
 
-def _one_pass(client: redis.Redis, scheduler: Any, speeds: SpeedCache) -> PassOutcome:
-    beats = present_heartbeats(client)
+def _one_pass(
+    client: redis.Redis,
+    scheduler: Any,
+    speeds: SpeedCache,
+    beats: dict[str, WorkerHeartbeat] | None = None,
+) -> PassOutcome:
+    """One round; `beats`: the fleet as read with the lock (else read here)."""
+    if beats is None:
+        beats = present_heartbeats(client)
     if not beats:
         return PassOutcome([])
     held = in_flight_jobs()  # the workers' slots, and the in-flight part of the usage
@@ -262,15 +269,22 @@ def schedule_pending(
     scheduler = scheduler or FairScheduler()
     speeds = speeds or SpeedCache()
     token = uuid.uuid4().hex
-    if not client.eval(_ACQUIRE, 2, LOCK_KEY, AGAIN_KEY, token, LOCK_TTL_MS):
+    # The lock and the first round's fleet in one round trip (wasted only when the lock is held).
+    pipe = client.pipeline(transaction=False)
+    pipe.eval(_ACQUIRE, 2, LOCK_KEY, AGAIN_KEY, token, LOCK_TTL_MS)
+    ask_present_heartbeats(pipe)
+    acquired, fleet = pipe.execute()
+    if not acquired:
         return PassReport(assigned=[], rounds=0, skipped=True)  # the holder goes round again
+    beats: dict[str, WorkerHeartbeat] | None = present_in(fleet)
     assigned: list[Assignment] = []
     rounds = 0
     again = True  # a round is asked for (the last call's "run again" flag, already cleared)
     try:
         while again and rounds < MAX_ROUNDS:
             rounds += 1
-            outcome = _one_pass(client, scheduler, speeds)
+            outcome = _one_pass(client, scheduler, speeds, beats)
+            beats = None  # a later round was asked for since: the fleet read anew
             assigned += outcome.assigned
             pipe = client.pipeline(transaction=False)
             waiting_set.remove(pipe, [a.job_id for a in outcome.assigned])

@@ -9,6 +9,7 @@ import asyncio
 import json
 
 import pytest
+import redis
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
@@ -20,7 +21,7 @@ from generation.job_messages import build_request
 from generation.lifecycle import publish_queue_positions, start_job
 from generation.models import Job
 from generation.queue import queue_snapshot, store_snapshot, stored_snapshot
-from generation.scheduling.dispatcher import answer_wake, schedule_pending
+from generation.scheduling.dispatcher import LOCK_KEY, answer_wake, schedule_pending
 from generation.scheduling.wakeups import ALIVE_KEY, POSITIONS, WAKE_KEY
 from generation.submission import submit_job
 from tests.conftest import make_user
@@ -69,6 +70,38 @@ def test_handing_one_job_to_an_idle_worker_costs_a_fixed_handful_of_queries_mess
     sent = [(m["kind"], m["name"], m["sha256"]) for m in request["models"]]
     assert sent == [(m["kind"], m["name"], m["sha256"]) for m in build_request(job)["models"]]
     assert [kind for kind, _name, _sha in sent] == ["lora"]
+
+
+class CountingConnection(redis.Connection):
+    """A Redis connection that counts what it sends: one send is one round trip (a pipeline's
+    commands go in one)."""
+
+    sends = 0
+
+    def send_packed_command(self, command, check_health=True):
+        CountingConnection.sends += 1
+        return super().send_packed_command(command, check_health)
+
+
+def test_a_pass_takes_its_lock_and_reads_the_fleet_in_one_redis_round_trip(
+    alice, catalogue, broker, redis_url, redis_client, django_capture_on_commit_callbacks
+):
+    submit_job(alice, SMALL)
+    beat(redis_client, "gpu-1", hot=["model-a"])
+    counted = redis.Redis(
+        connection_pool=redis.ConnectionPool.from_url(
+            redis_url, connection_class=CountingConnection
+        )
+    )
+    counted.ping()  # connected (its set-up commands not counted)
+    CountingConnection.sends = 0
+    with django_capture_on_commit_callbacks(execute=True):
+        assert len(schedule_pending(client=counted).assigned) == 1
+    # the lock with the fleet; after the round, the waiting set and the lock's release (the
+    # job's message goes through the broker's own connection)
+    assert CountingConnection.sends == 2
+    assert not redis_client.exists(LOCK_KEY)  # released
+    assert len(requests_on(redis_client, "gpu-1")) == 1
 
 
 def test_a_pass_costs_the_same_queries_for_many_waiting_members_as_for_two(
