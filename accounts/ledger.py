@@ -32,7 +32,6 @@ from django.utils.translation import gettext as _
 
 from accounts.models import CENT, CreditAccount, CreditEntry, MembershipTier
 from accounts.queries import only_row
-from accounts.round_trips import one_round_trip
 from accounts.verification import may_receive_grants
 
 Kind = CreditEntry.Kind
@@ -338,24 +337,24 @@ def charged_so_far(job_id: Any) -> Decimal:
 
 def _lock_open_hold(job_id: Any) -> tuple[int, Decimal] | None:
     """(account id, amount still held) of a job's unsettled hold, with the account row locked;
-    None when the job has no hold or was settled. Call inside a transaction. Two statements in
-    one round trip (`accounts.round_trips`)."""
+    None when the job has no hold or was settled. Call inside a transaction. Two round trips."""
     job = CreditEntry._meta.get_field("job_id").get_db_prep_value(job_id, connection)
     no_key = connection.features.has_select_for_no_key_update
-    kinds = [*CreditEntry.SETTLEMENTS, Kind.HOLD, Kind.PART_CAPTURE]
-    with one_round_trip(), connection.cursor() as locking, connection.cursor() as reading:
+    with connection.cursor() as cursor:
         # The account row lock, found through the job's hold in the same statement (the hold
         # is read, not locked: it never changes). It serialises settlements: the second of two
         # racing messages sees the first one's entry and stops. The unique constraint would
         # refuse it too.
-        locking.execute(_LOCK_HOLD_ACCOUNT_PG if no_key else _LOCK_HOLD_ACCOUNT, [job, Kind.HOLD])
-        # Run after the lock is granted (the server keeps the order; a new statement, so a new
-        # snapshot under READ COMMITTED): settled already? and what is still held, the hold
-        # less the parts charged so far. Sent with the lock, not after its answer.
-        reading.execute(_SETTLED_AND_HELD, [*kinds, job])
-        row = locking.fetchone()
-        settled, held = reading.fetchone()
-    if row is None or settled:
+        cursor.execute(_LOCK_HOLD_ACCOUNT_PG if no_key else _LOCK_HOLD_ACCOUNT, [job, Kind.HOLD])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        # Read after the lock (a new statement, so a new snapshot under READ COMMITTED):
+        # settled already? and what is still held, the hold less the parts charged so far.
+        kinds = [*CreditEntry.SETTLEMENTS, Kind.HOLD, Kind.PART_CAPTURE]
+        cursor.execute(_SETTLED_AND_HELD, [*kinds, job])
+        settled, held = cursor.fetchone()
+    if settled:
         return None
     return int(row[0]), _decimal(held)
 

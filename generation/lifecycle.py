@@ -16,7 +16,6 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.urls import reverse
 
-from accounts.round_trips import one_round_trip
 from generation import class_images, event_claims, waiting_set
 from generation.credits_hold import capture_hold, release_hold
 from generation.events import (
@@ -155,13 +154,12 @@ def succeed_job_by_id(
 
 def _record_success(job: Job, checked: list[CheckedImage], model: MergedModel | None) -> None:
     """What a won success writes in its transaction: images, model file, the charge, the event."""
+    saved = JobImage.objects.bulk_create(
+        [_stored_image(job, index, image) for index, image in enumerate(checked)]
+    )
     if model is not None:
         attach_merged_file(job, model)
-    stored = [_stored_image(job, index, image) for index, image in enumerate(checked)]
-    # The images' INSERT (it returns nothing) goes with the settlement's first round trip.
-    with one_round_trip():
-        saved = JobImage.objects.bulk_create(stored)
-        capture_hold(job)
+    capture_hold(job)
     publish_job_event(
         job,
         JobSucceededEvent(

@@ -4,20 +4,23 @@
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 
-from accounts.models import CreditAccount, MembershipTier, RedeemCode, Redemption
+from accounts import ledger
+from accounts.models import CreditAccount, CreditEntry, MembershipTier, RedeemCode, Redemption
 from accounts.redeem import RedeemError, redeem_code
 from accounts.tiers import set_tier
 from generation.models import CatalogEntry, Job
 from generation.submission import SubmissionError, submit_job
-from tests.accounts.conftest import set_balance
+from tests.accounts.conftest import balance_of, held_of, set_balance
 from tests.conftest import make_user
 
 pytestmark = [
@@ -168,3 +171,64 @@ def test_a_jobs_hold_settled_by_ten_racing_messages_is_charged_once_with_its_par
     assert account.balance == Decimal("10.00") - charged
     assert charged in (Decimal("0.00"), Decimal("1.50"), Decimal("4.00"))
     call_command("check_ledger")
+
+
+def _wait_until_a_statement_waits_for_a_lock() -> None:
+    """Until another connection of this test database waits for a row lock (the second
+    settlement, behind the first's)."""
+    deadline = time.monotonic() + 10
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the second settlement never waited for the account's lock")
+
+
+def test_a_settlement_that_waited_for_the_lock_sees_the_first_ones_entry(alice):
+    """The read after the account's lock runs with a new snapshot, so the second of two
+    settlements of one job finds it settled and writes nothing (a read in the lock's own
+    snapshot would miss the first one's entry and give the hold back a second time)."""
+    set_balance(alice, 10)
+    job_id = uuid.uuid4()
+    ledger.hold(alice, 3, job_id)
+    locked, let_go = threading.Event(), threading.Event()
+    outcome: dict[str, object] = {}
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                outcome["first"] = ledger.capture(job_id)
+                locked.set()
+                let_go.wait(10)  # commit only once the second waits for the account
+        finally:
+            locked.set()
+            connection.close()
+
+    def second() -> None:
+        try:
+            locked.wait(10)
+            outcome["second"] = ledger.release(job_id)
+        except Exception as exc:  # checked below
+            outcome["second"] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    try:
+        _wait_until_a_statement_waits_for_a_lock()
+    finally:
+        let_go.set()
+        for thread in threads:
+            thread.join(10)
+    assert isinstance(outcome["first"], CreditEntry)
+    assert outcome["second"] is None
+    settlements = CreditEntry.objects.filter(job_id=job_id, kind__in=CreditEntry.SETTLEMENTS)
+    assert [entry.kind for entry in settlements] == [CreditEntry.Kind.CAPTURE]
+    assert (balance_of(alice), held_of(alice)) == (Decimal("7.00"), Decimal("0.00"))
