@@ -96,15 +96,26 @@ def test_a_jobs_total_time_covers_the_writing_of_its_images():
     """A batch's job leaves the batch (its total stamped) before its PNGs are written: the wait
     for them is added to its total, as Engine.run's total includes it; a total not stamped yet
     is left for the engine to stamp."""
-    import threading
+    import time
     from concurrent.futures import Future
 
     from gpu_worker.job_outcome import GenerationResult
 
+    class WrittenWhenAwaited(Future):
+        """A PNG whose writing takes `seconds` from the moment the job waits for it (a timer
+        started before the wait would have run partly before it: a flaky lower bound)."""
+
+        def __init__(self, seconds: float) -> None:
+            super().__init__()
+            self.seconds = seconds
+
+        def result(self, timeout: float | None = None) -> dict:
+            time.sleep(self.seconds)
+            self.set_result({"seed": 1})
+            return super().result(timeout)
+
     def written_later(seconds: float) -> Future:
-        future: Future = Future()
-        threading.Timer(seconds, future.set_result, [{"seed": 1}]).start()
-        return future
+        return WrittenWhenAwaited(seconds)
 
     stamped = GenerationResult(pending=[written_later(0.05)])
     stamped.timings["total_s"] = 1.0
