@@ -92,7 +92,7 @@ def read_heartbeats(
     """One read of the heartbeats of `worker_ids` (default: every indexed worker); None where
     the key has expired or cannot be read."""
     if worker_ids is None:
-        values = _indexed_values(client.eval(_INDEXED_BEATS, 1, HEARTBEAT_INDEX, _BEAT_PREFIX))
+        values = _indexed_values(_ask_indexed(client))
         ids = sorted(values)
     else:
         ids = sorted(set(worker_ids))
@@ -112,6 +112,11 @@ def _beat(worker_id: str, raw: bytes | None) -> WorkerHeartbeat | None:
     return beat
 
 
+def _ask_indexed(target: redis.Redis | redis.client.Pipeline) -> Any:
+    """The index's ids and heartbeats, asked of a client (the answer) or queued on a pipeline."""
+    return target.eval(_INDEXED_BEATS, 1, HEARTBEAT_INDEX, _BEAT_PREFIX)
+
+
 def _indexed_values(pairs: list[Any]) -> dict[str, Any]:
     return dict(zip(map(_decode, pairs[::2]), pairs[1::2], strict=True))
 
@@ -119,7 +124,7 @@ def _indexed_values(pairs: list[Any]) -> dict[str, Any]:
 def ask_present_heartbeats(pipe: redis.client.Pipeline) -> None:
     """Queue `present_heartbeats`' read on `pipe`, to go with other commands in one round trip;
     `present_in` reads its answer."""
-    pipe.eval(_INDEXED_BEATS, 1, HEARTBEAT_INDEX, _BEAT_PREFIX)
+    _ask_indexed(pipe)
 
 
 def present_in(answer: list[Any]) -> dict[str, WorkerHeartbeat]:
@@ -145,7 +150,7 @@ def read_workers(client: redis.Redis, now: float | None = None) -> list[WorkerSt
 
 def present_heartbeats(client: redis.Redis) -> dict[str, WorkerHeartbeat]:
     """The heartbeats of the present (live or stale) workers, by id."""
-    return present_in(client.eval(_INDEXED_BEATS, 1, HEARTBEAT_INDEX, _BEAT_PREFIX))
+    return present_in(_ask_indexed(client))
 
 
 def present_count(client: redis.Redis) -> int:
